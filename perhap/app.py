@@ -145,11 +145,9 @@ class PerhapApp:
             self.allow(method, "GET")
             return await self.send_json(send, 200, {
                 "name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"})
-        if names[0].startswith("_"):
+        if names[0].startswith("_") and n == 1:
             return await self.system(names, method, send)
-        if names[0] == "keys":
-            if n != 1:
-                raise HTTPProblem(404, "no such route")
+        if names[0] == "keys" and n == 1:
             self.allow(method, "GET")
             return await self.send_keys(send, store, query)
 

@@ -41,6 +41,8 @@ class _Server(uvicorn.Server):
         if loop is not None:
             loop.call_soon_threadsafe(self.perhap_app.stop_streams)
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after shutting down; a clean stop should exit with 0.
+        self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._perhap_loop = asyncio.get_running_loop()

@@ -33,7 +33,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +42,7 @@ READY_LINE = "Starting listening for CQL clients"
 POM = Path(__file__).with_name("cassandra-pom.xml")
 _MARKER = ".resolved"
 
-# Cassandra's own conf/jvm17-server.options: Java 17 module access that
+# From Cassandra's conf/jvm17-server.options (plus java.nio): Java 17 module access that
 # Cassandra (and jamm, netty, chronicle) need, plus its netty settings.
 _JVM17_FLAGS = [
     "-Djdk.attach.allowAttachSelf=true",
@@ -154,7 +153,13 @@ def _die_with_parent(parent: int) -> None:
 # PDEATHSIG fires when the *thread* that forked the child exits, not the
 # process. Tied children are therefore forked from one long-lived thread, so a
 # node started from a worker thread (asyncio.to_thread) doesn't die with it.
-_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassandra-spawner")
+def _new_spawner() -> None:
+    global _spawner
+    _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cassandra-spawner")
+
+
+_new_spawner()
+os.register_at_fork(after_in_child=_new_spawner)  # a forked child has no spawner thread
 
 
 def _spawn(argv: list[str], *, detach: bool, **kw) -> subprocess.Popen:
@@ -200,6 +205,8 @@ class CassandraNode:
             native, storage, ssl = _free_ports(3)
             state = {"port": native, "storage_port": storage, "ssl_storage_port": ssl}
         if port is not None:
+            if not 0 < port < 65536:
+                raise ValueError(f"port must be in 1..65535, not {port}")
             state["port"] = port
         self.port: int = state["port"]
         self._state = state
@@ -211,7 +218,8 @@ class CassandraNode:
     @property
     def pid(self) -> int | None:
         if self._proc is not None:
-            return self._proc.pid
+            # Once reaped, the pid may belong to someone else: never signal it.
+            return self._proc.pid if self._proc.poll() is None else None
         try:
             pid = int(self.pid_path.read_text())
         except (OSError, ValueError):
@@ -241,7 +249,7 @@ class CassandraNode:
         self._write_config()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         jmx_port, = _free_ports(1)
-        with open(self.out_path, "ab") as out:
+        with open(self.out_path, "wb") as out:  # this run's JVM output only
             self._proc = _spawn(self._command(lib, jmx_port), detach=detach,
                                 cwd=self.dir, stdout=out, stderr=subprocess.STDOUT)
         self.pid_path.write_text(f"{self._proc.pid}\n")
@@ -314,7 +322,17 @@ class CassandraNode:
             return ""
 
     def _fail(self, summary: str, log_offset: int) -> None:
-        tail = self._log_since(log_offset).splitlines()[-40:]
+        lines = self._log_since(log_offset).splitlines()
+        tail = lines[-40:]
+        # Put the cause in the one-line summary: the first ERROR and, when a
+        # stack trace follows, its exception message.
+        for i, line in enumerate(lines):
+            if line.startswith("ERROR"):
+                cause = line.split(" - ", 1)[-1]
+                if i + 1 < len(lines) and "Exception" in lines[i + 1]:
+                    cause += ": " + lines[i + 1]
+                summary += f": {cause}"
+                break
         out = self.out_path.read_text(errors="replace").splitlines()[-15:] if self.out_path.exists() else []
         raise CassandraError(f"{summary} (logs in {self.log_path.parent})",
                              "--- system.log ---\n" + "\n".join(tail) + "\n--- jvm.out ---\n" + "\n".join(out))
