@@ -1,0 +1,50 @@
+"""The README's promises, run as written: the curl examples against a real `perhap serve`."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tests.servers import ProcessServer
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_readme_quick_start_has_two_commands() -> None:
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", quick, re.S)
+    assert blocks[0].strip() == "pip install . && perhap serve"
+    assert blocks[1].strip() == "scripts/test"
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "scripts/test" in ci
+
+
+def test_seed_curl_examples_verbatim(tmp_path: Any) -> None:
+    curls = [line for line in README.splitlines() if line.startswith("curl ")]
+    assert len(curls) == 2
+    with ProcessServer("sqlite:///./perhap.db", 8787 if _port_free(8787) else None, cwd=tmp_path) as server:
+        outputs = []
+        for line in curls:
+            cmd = shlex.split(line.replace("127.0.0.1:8787", f"127.0.0.1:{server.port}"))
+            outputs.append(subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout)
+    appended = orjson.loads(outputs[0])
+    read = orjson.loads(outputs[1])
+    assert appended["version"] == 0
+    assert read["events"][0]["event"] == {"URI": "http://example.com"}
+    assert read["events"][0]["event_id"] == appended["event_id"]
+    assert (tmp_path / "perhap.db").exists()  # the default store is a file in the current directory
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
