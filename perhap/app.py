@@ -98,7 +98,10 @@ class PerhapApp:
 
                         self.store = await open_store(self.store_url)  # type: ignore[arg-type]
                 except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    from .server import redact
+
+                    message = f"cannot open the store {redact(self.store_url or '')}: {exc}"
+                    await send({"type": "lifespan.startup.failed", "message": message})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
