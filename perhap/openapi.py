@@ -9,11 +9,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .store import MAX_BATCH, MAX_LIMIT
+from .store import MAX_BATCH, MAX_LIMIT, MAX_VERSION
 
-NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$",
-        "not": {"const": "keys"}}
-REALM = {**NAME, "pattern": "^[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
+# 'keys' is excluded by the pattern (not by "not": some generators ignore "not" in parameters).
+NAME = {"type": "string", "minLength": 1, "maxLength": 255,
+        "pattern": "^(?!keys$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
+REALM = {**NAME, "pattern": "^(?!keys$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
 UUID = {"type": "string", "format": "uuid"}
 
 
@@ -62,6 +63,13 @@ def _read(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
             "503": _problem("Storage unavailable")}}}
 
 
+def _read_or_event(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    op = _read(summary, params)
+    op["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {
+        "oneOf": [{"$ref": "#/components/schemas/Page"}, {"$ref": "#/components/schemas/Event"}]}
+    return op
+
+
 def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"get": {"summary": summary, "parameters": [*params, Q_AFTER, Q_LIMIT],
                     "responses": {"200": _json("Keys", "Sorted names, paged with after"),
@@ -90,7 +98,7 @@ def openapi_document() -> dict[str, Any]:
     appended = {"type": "object", "required": ["event_id", "version", "timestamp"],
                 "properties": {"event_id": UUID, "version": {"type": "integer", "minimum": 0},
                                "timestamp": {"type": "string", "format": "date-time"}}}
-    expected = {"type": "integer", "minimum": -1,
+    expected = {"type": ["integer", "null"], "minimum": -1, "maximum": MAX_VERSION,
                 "description": "The entity's current version must equal this (-1: no events yet)."}
     schemas = {
         "Event": event_object,
@@ -108,8 +116,8 @@ def openapi_document() -> dict[str, Any]:
                                    "status": {"type": "integer"}, "detail": {"type": "string"},
                                    "current_version": {"type": "integer"}}},
         "AppendRequest": {"type": "object", "required": ["event"], "additionalProperties": False,
-                          "properties": {"event": {}, "event_id": UUID, "meta": {"type": "object"},
-                                         "expected_version": expected}},
+                          "properties": {"event": {}, "event_id": {"oneOf": [UUID, {"type": "null"}]},
+                                         "meta": {"type": "object"}, "expected_version": expected}},
         "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {
                              "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
@@ -130,7 +138,7 @@ def openapi_document() -> dict[str, Any]:
         "/{realm}/{domain}": _read("Every event of a domain, in commit order", [P_REALM, P_DOMAIN, Q_TYPE]),
         "/{realm}/{domain}/keys": _keys("List a domain's entities", [P_REALM, P_DOMAIN]),
         "/{realm}/{domain}/{entity}": {
-            **_read("An entity's events in version order; or one event when {entity} is an event id "
+            **_read_or_event("An entity's events in version order; or one event when {entity} is an event id "
                     "of this realm and domain", [P_REALM, P_DOMAIN, P_ENTITY, Q_TYPE]),
             "post": {"summary": "Append a batch to one entity, atomically",
                      "parameters": [P_REALM, P_DOMAIN, P_ENTITY],

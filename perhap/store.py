@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -24,6 +26,7 @@ MAX_BATCH = 10_000
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1000
 RESERVED_NAME = "keys"
+MAX_VERSION = 2**62
 
 
 # --------------------------------------------------------------------------- errors
@@ -118,11 +121,13 @@ def check_event_id(value: Any, what: str = "event_id") -> str:
 def check_expected_version(value: Any) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON does not tell 3 from 3.0; JSON Schema calls both integers
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput("expected_version must be an integer (-1 for a new entity)")
     if value < -1:
         raise InvalidInput("expected_version must be -1 or greater")
-    if value > 2**62:
+    if value > MAX_VERSION:
         raise InvalidInput("expected_version is out of range")
     return value
 
@@ -135,16 +140,47 @@ def check_limit(value: Any) -> int:
     return value
 
 
+# orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidInput(f"{name} is not valid JSON")
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse JSON exactly: integers of any size stay integers (orjson would make them floats)."""
+    if _LONG_DIGITS.search(raw):
+        try:
+            return json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise orjson.JSONDecodeError(str(exc), "", 0) from None
+    return orjson.loads(raw)
+
+
+def _stdlib_dumps(value: Any, sort_keys: bool = False) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=sort_keys)
+    return text.encode("utf-8")
+
+
 def dump_json(value: Any, what: str) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError as exc:
+    except TypeError:
+        pass
+    try:  # integers beyond 64 bits: stored exactly, as written
+        return _stdlib_dumps(value)
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not serialisable as JSON: {exc}") from None
 
 
 def canonical_json(raw: bytes) -> bytes:
     """A serialisation that compares equal exactly when two JSON values are equal."""
-    return orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+    value = load_json(raw)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return _stdlib_dumps(value, sort_keys=True)
 
 
 EMPTY_OBJECT = b"{}"
@@ -248,11 +284,11 @@ class Event:
 
     @property
     def event(self) -> Any:
-        return orjson.loads(self.data_json)
+        return load_json(self.data_json)
 
     @property
     def meta(self) -> dict[str, Any]:
-        return orjson.loads(self.meta_json)  # type: ignore[no-any-return]
+        return load_json(self.meta_json)  # type: ignore[no-any-return]
 
     def to_json_dict(self) -> dict[str, Any]:
         """The wire form: a dict for orjson, with the stored JSON embedded unparsed."""
@@ -270,7 +306,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The same object with ``event`` and ``meta`` parsed into Python values."""
-        return orjson.loads(orjson.dumps(self.to_json_dict()))  # type: ignore[no-any-return]
+        return load_json(orjson.dumps(self.to_json_dict()))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

@@ -305,6 +305,8 @@ async def test_invalid_values(store: Store, realm: str) -> None:
         await store.append(realm, "d", "e", "t", 1, expected_version=-2)
     with pytest.raises(InvalidInput):
         await store.append(realm, "d", "e", "t", 1, expected_version=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        await store.append(realm, "d", "e", "t", 1, expected_version=0.5)  # type: ignore[arg-type]
     assert (await store.read(Scope(realm))).events == []
 
 
