@@ -31,6 +31,7 @@ from .store import (
     new_event,
 )
 from .streaming import stream_events
+from .ui import send_ui_file
 
 log = logging.getLogger("perhap.http")
 
@@ -149,6 +150,9 @@ class PerhapApp:
             self.allow(method, "GET")
             return await self.send_json(send, 200, {
                 "name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"})
+        if names[0] == "_ui":
+            self.allow(method, "GET")
+            return await send_ui_file(send, names[1:])
         if names[0].startswith("_") and n == 1:
             return await self.system(names, method, send)
         if names[0] == "keys" and n == 1:
