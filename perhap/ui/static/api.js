@@ -1,0 +1,158 @@
+// The HTTP API, as the UI uses it: paths, exact JSON, bearer tokens, problem+json errors.
+
+const TOKEN_KEY = 'perhap.token';
+
+// The token lives in sessionStorage only: it is gone when the browser session ends and is never
+// written to localStorage, cookies or the URL.
+export const token = {
+  get: () => sessionStorage.getItem(TOKEN_KEY) || '',
+  set: (value) => sessionStorage.setItem(TOKEN_KEY, value),
+  clear: () => sessionStorage.removeItem(TOKEN_KEY),
+};
+
+export function authHeaders() {
+  const t = token.get();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+// One path segment per name, each percent-encoded, so '/', '?', '#' and '%' in names stay names.
+export const path = (...names) => '/' + names.map(encodeURIComponent).join('/');
+
+export function url(p, params = {}) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v != null && v !== '') q.set(k, v);
+  const s = q.toString();
+  return s ? `${p}?${s}` : p;
+}
+
+// ---------------------------------------------------------------- exact JSON
+
+// JSON.parse turns 12345678901234567890 into 12345678901234567000 and 1.0 into 1; an event store
+// UI must show what is stored, so numbers whose text would change keep their source text.
+export class RawNumber {
+  constructor(source) { this.source = source; }
+  toString() { return this.source; }
+}
+
+export function parseJSON(text) {
+  return JSON.parse(text, (key, value, context) => {
+    if (typeof value === 'number' && context && context.source !== String(value)) return new RawNumber(context.source);
+    return value;
+  });
+}
+
+// JSON text of a parsed value, keeping RawNumbers exact (indent 0: compact).
+export function stringify(value, indent = 0, depth = 0) {
+  if (value instanceof RawNumber) return value.source;
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
+  const pad = indent ? '\n' + ' '.repeat(indent * (depth + 1)) : '';
+  const end = indent ? '\n' + ' '.repeat(indent * depth) : '';
+  const sep = indent ? ': ' : ':';
+  if (Array.isArray(value)) {
+    if (!value.length) return '[]';
+    return '[' + value.map((v) => pad + stringify(v, indent, depth + 1)).join(',') + end + ']';
+  }
+  const keys = Object.keys(value);
+  if (!keys.length) return '{}';
+  return '{' + keys.map((k) => pad + JSON.stringify(k) + sep + stringify(value[k], indent, depth + 1)).join(',') + end + '}';
+}
+
+// ---------------------------------------------------------------- errors
+
+export class Problem extends Error {
+  constructor(status, body) {
+    super(body.detail || body.title || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function problemFrom(res) {
+  const text = await res.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && typeof body === 'object') return new Problem(res.status, body);
+  } catch { /* not JSON: a proxy's page, say */ }
+  return new Problem(res.status, { title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: text.slice(0, 200) });
+}
+
+// A problem in plain words, for people rather than programs.
+export function explain(p) {
+  const b = p.body || {};
+  const slug = String(b.type || '').replace('urn:perhap:problem:', '');
+  if (p.status === 0) return `Could not reach the server (${b.detail}). Is perhap running?`;
+  if (slug === 'version-conflict') {
+    const cur = Number(b.current_version), exp = Number(b.expected_version);
+    const now = cur < 0 ? 'has no events yet' : `is at version ${cur}`;
+    const wanted = exp === -1 ? 'a new entity (expected version -1)' : `version ${exp}`;
+    const retry = `use expected version ${cur < 0 ? -1 : cur}`;
+    return `Not stored: version conflict. You expected ${wanted}, but the entity ${now}: ` +
+      `someone else wrote to it first. Look at its latest events, then ${retry} to append after them.`;
+  }
+  if (slug === 'event-id-conflict') return `Not stored: the event id ${b.event_id || ''} is already used by a different event. Choose another id, or leave it empty.`;
+  if (p.status === 400) return `The server refused the request: ${b.detail}.`;
+  if (p.status === 401) return 'The server needs a token: set one with the Token button.';
+  if (p.status === 403) return `Your token is not allowed to do this (${b.detail || 'forbidden'}). Set another token with the Token button.`;
+  if (p.status === 404) return `Not found: ${b.detail}.`;
+  if (p.status === 413) return `The request is too large: the server accepts at most ${b.max_body ?? '?'} bytes.`;
+  if (p.status === 429) return `Too many requests or streams: ${b.detail || 'try again shortly'}.`;
+  if (p.status === 503) return `The storage is unavailable right now, so nothing was stored: ${b.detail || 'try again shortly'}.`;
+  return `${b.title || 'Error'} (HTTP ${p.status}): ${b.detail || ''}`;
+}
+
+// ---------------------------------------------------------------- requests
+
+// Set by the token dialog: asks for a token and resolves true when one was given.
+let askForToken = async () => false;
+let pendingAsk = null;
+export function onTokenNeeded(fn) { askForToken = fn; }
+
+// One dialog for any number of requests that hit 401 at the same time.
+export function needToken(reason) {
+  pendingAsk ??= askForToken(reason).finally(() => { pendingAsk = null; });
+  return pendingAsk;
+}
+
+export async function request(p, { method = 'GET', params, body, signal } = {}) {
+  for (;;) {
+    const headers = { Accept: 'application/json', ...authHeaders() };
+    if (body != null) headers['Content-Type'] = 'application/json';
+    let res;
+    try {
+      res = await fetch(url(p, params), { method, headers, body, signal, cache: 'no-store' });
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      throw new Problem(0, { title: 'Network error', detail: e.message });
+    }
+    if (res.status === 401 && await needToken('The server asks for a token.')) continue;
+    if (!res.ok) throw await problemFrom(res);
+    const text = await res.text();
+    return { status: res.status, data: text ? parseJSON(text) : null };
+  }
+}
+
+const get = async (p, params, signal) => (await request(p, { params, signal })).data;
+
+// levels: [] lists realms, [realm] domains, [realm, domain] entities, [realm, domain, entity] types.
+export const keys = (levels, { after, limit = 200, signal } = {}) =>
+  get(levels.length ? path(...levels) + '/keys' : '/keys', { after, limit }, signal);
+
+export const read = (levels, { following, limit = 100, type, signal } = {}) =>
+  get(path(...levels), { following, limit, type }, signal);
+
+// GET /{realm}/{domain}/{id} answers the event, or (when no such event) reads an entity of that name.
+export async function getEvent(realm, domain, id, signal) {
+  const data = await get(path(realm, domain, id), {}, signal);
+  if (!data || data.events) throw new Problem(404, { title: 'Not found', detail: `no event ${id} in ${realm}/${domain}` });
+  return data;
+}
+
+// The body is assembled from the JSON texts the user typed (already validated), so numbers like
+// 1.0 or 2^64-1 reach the server exactly as written.
+export function append(realm, domain, entity, type, { eventText, metaText, expectedVersion, eventId }) {
+  let body = `{"event":${eventText}`;
+  if (metaText) body += `,"meta":${metaText}`;
+  if (expectedVersion !== '' && expectedVersion != null) body += `,"expected_version":${expectedVersion}`;
+  if (eventId) body += `,"event_id":${JSON.stringify(eventId)}`;
+  return request(path(realm, domain, entity, type), { method: 'POST', body: body + '}' });
+}

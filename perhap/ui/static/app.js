@@ -1,0 +1,153 @@
+// The perhap web UI: a single page that follows the URL's hash (see route.js).
+// Each scope view owns an AbortController; leaving the view aborts its requests and streams.
+
+import { request } from './api.js';
+import { $, announce, h, typing } from './dom.js';
+import { format, LEVELS, parse, withParams } from './route.js';
+import { renderNav } from './nav.js';
+import { renderEvents } from './events.js';
+import { renderTail } from './tail.js';
+import { renderAppend } from './append.js';
+import { closeEvent, showEvent } from './detail.js';
+import { setupAuth } from './auth.js';
+
+const KINDS = ['realm', 'domain', 'entity', 'event type'];
+const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false };
+
+function render() {
+  const route = parse();
+  const { names, params } = route;
+  // The event dialog is a parameter: opening or closing it leaves the view underneath alone.
+  const key = JSON.stringify([names, params.get('order'), params.get('type'), params.get('after')]);
+  const previous = view.route;
+  if (key !== view.key) {
+    view.key = key;
+    renderScope(route);
+  }
+  view.route = route;
+  const id = params.get('event');
+  if (id && names.length >= 2) {
+    view.detailFromList = Boolean(previous && !previous.params.get('event'));
+    showEvent(names[0], names[1], id.trim(), () => {
+      // Closed with Escape or the button: back to the list (a step back if we came from it).
+      if (view.detailFromList) history.back();
+      else { history.replaceState(null, '', withParams(parse(), { event: null })); render(); }
+    });
+  } else {
+    closeEvent();
+  }
+}
+
+function renderScope(route) {
+  const { names } = route;
+  const depth = names.length;
+  view.abort?.abort();
+  view.abort = new AbortController();
+  const { signal } = view.abort;
+
+  // The sidebar lists the children of the scope (the siblings, at the event type level).
+  const navLevels = names.slice(0, 3);
+  const navKey = JSON.stringify([navLevels, route.params.get('order')]);
+  if (navKey !== view.navKey) {
+    view.navStop?.();
+    view.navKey = navKey;
+    view.navStop = renderNav($('#sidebar'), navLevels, names[3], { order: route.params.get('order') });
+  } else {
+    $('#sidebar').querySelectorAll('a[aria-current]').forEach((a) => a.removeAttribute('aria-current'));
+    for (const a of $('#sidebar').querySelectorAll('.keys a')) if (a.textContent === names[3]) a.setAttribute('aria-current', 'page');
+  }
+
+  const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('ol', {},
+    h('li', {}, h('a', { href: '#/', 'aria-current': depth ? null : 'page' }, 'All realms')),
+    names.map((name, i) => h('li', {}, h('a', { href: format(names.slice(0, i + 1)), 'aria-current': i === depth - 1 ? 'page' : null, title: `${KINDS[i]} ${name}` }, name)))));
+
+  const main = $('#main');
+  const appendBox = h('details', { class: 'card append', id: 'append' },
+    h('summary', {}, h('h2', {}, 'Append an event'), h('span', { class: 'muted small' }, depth >= 3 ? `to ${names[2]}` : 'to any entity')));
+  renderAppend(appendBox.appendChild(h('div', { class: 'card-body' })), names);
+
+  if (!depth) {
+    document.title = 'perhap';
+    main.replaceChildren(crumbs,
+      h('header', { class: 'page-head' }, h('h1', {}, 'Event store'),
+        h('p', { class: 'lede' }, 'Browse realms, domains, entities and event types on the left, ',
+          'or go to an event by its id above. Every view has its own address: bookmark it or share it.')),
+      health(signal), appendBox);
+    announce('All realms');
+    return;
+  }
+
+  document.title = `${names.join(' / ')} · perhap`;
+  const live = h('section', { class: 'card live', 'aria-labelledby': 'live-title' });
+  const events = h('section', { class: 'card', 'aria-labelledby': 'events-title' });
+  main.replaceChildren(crumbs,
+    h('header', { class: 'page-head' },
+      h('p', { class: 'kind' }, KINDS[depth - 1]),
+      h('h1', {}, names[depth - 1]),
+      depth > 1 ? h('p', { class: 'lede' }, `in ${names.slice(0, depth - 1).map((n, i) => `${LEVELS[i]} ${n}`).join(', ')}`) : null),
+    live, events, appendBox);
+  renderTail(live, route, signal);
+  renderEvents(events, route, signal);
+  announce(`Showing ${KINDS[depth - 1]} ${names[depth - 1]}`);
+}
+
+// The root page's one fact about the server: does the store answer?
+function health(signal) {
+  const line = h('p', { class: 'health', role: 'status' }, 'Checking the store…');
+  request('/_health', { signal }).then(
+    () => { line.dataset.ok = 'true'; line.textContent = 'The store answers.'; },
+    (e) => { if (e.name !== 'AbortError') { line.dataset.ok = 'false'; line.textContent = `The store does not answer: ${e.message}`; } });
+  return line;
+}
+
+// "realm/domain/id", "/realm/domain/id", a full event URL, or just an id within the realm and
+// domain in view.
+function jump(text) {
+  let parts = text.trim().replace(/^[a-z]+:\/\/[^/]+/i, '').split(/[/#]/).filter((p) => p && p !== '_ui' && p !== '#');
+  parts = parts.map((p) => { try { return decodeURIComponent(p); } catch { return p; } });
+  const names = parse().names;
+  if (parts.length === 1 && names.length >= 2) parts = [names[0], names[1], parts[0]];
+  if (parts.length < 3) return 'Type realm/domain/event-id, or just the id inside a domain.';
+  const [realm, domain, id] = parts.slice(-3);
+  location.hash = format([realm, domain], { event: id });
+  return '';
+}
+
+function setup() {
+  setupAuth();
+  $('#jump-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    $('#jump-status').textContent = jump($('#jump-input').value);
+  });
+  $('#jump-input').addEventListener('input', () => { $('#jump-status').textContent = ''; });
+  $('#skip-link').addEventListener('click', (e) => { e.preventDefault(); $('#main').focus(); });
+  const menu = $('#menu-button');
+  menu.addEventListener('click', () => {
+    const open = document.body.classList.toggle('nav-open');
+    menu.setAttribute('aria-expanded', String(open));
+  });
+  $('#sidebar').addEventListener('click', (e) => {
+    if (e.target.closest('a')) { document.body.classList.remove('nav-open'); menu.setAttribute('aria-expanded', 'false'); }
+  });
+
+  // Single-key shortcuts, ignored while typing: / filter, g go to event, p pause, n new event.
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e) || document.querySelector('dialog[open]')) return;
+    const act = {
+      '/': () => $('#key-filter')?.focus(),
+      g: () => $('#jump-input').focus(),
+      p: () => $('#tail-pause')?.click(),
+      n: () => {
+        const box = $('#append');
+        box.open = true;
+        ([...box.querySelectorAll('.grid4 input')].find((i) => !i.value) || $('#append-event')).focus();
+      },
+    }[e.key];
+    if (act) { e.preventDefault(); act(); }
+  });
+
+  window.addEventListener('hashchange', render);
+  render();
+}
+
+setup();

@@ -1,0 +1,44 @@
+// Tokens: when the server answers 401, ask for one. It is kept in sessionStorage only, so it
+// lasts as long as this browser tab's session and is never written anywhere that outlives it.
+
+import { onTokenNeeded, token } from './api.js';
+import { $, announce } from './dom.js';
+
+export function setupAuth() {
+  const dialog = $('#token-dialog');
+  const input = $('#token-input');
+  const reason = $('#token-reason');
+  const button = $('#token-button');
+  const refresh = () => {
+    const set = Boolean(token.get());
+    button.textContent = set ? 'Token set' : 'Token';
+    button.setAttribute('aria-label', set ? 'Token set: change or forget it' : 'Set a token');
+    $('#token-forget').hidden = !set;
+  };
+
+  // Opens the dialog; resolves true when a token was given.
+  const ask = (why) => new Promise((resolve) => {
+    reason.textContent = why;
+    input.value = '';
+    dialog.returnValue = '';
+    dialog.addEventListener('close', () => {
+      const value = input.value.trim();
+      input.value = '';
+      if (dialog.returnValue === 'forget') { token.clear(); announce('Token forgotten'); }
+      const given = dialog.returnValue === 'save' && value !== '';
+      if (given) { token.set(value); announce('Token saved for this session'); }
+      refresh();
+      resolve(given);
+    }, { once: true });
+    dialog.showModal();
+    input.focus();
+  });
+
+  // Enter means "use this token" (the form's first button is "Forget token").
+  input.addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); dialog.close('save'); } });
+  onTokenNeeded(ask);
+  button.addEventListener('click', () => ask(token.get()
+    ? 'A token is set for this session. Give another one, or forget it.'
+    : 'Give the bearer token that perhap should send with every request.'));
+  refresh();
+}

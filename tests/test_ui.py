@@ -1,0 +1,411 @@
+"""The web UI at /_ui, end to end in a real browser: Playwright driving Debian's Chromium against
+`perhap serve` on a temporary SQLite store.
+
+The browser is the system's (/usr/bin/chromium, or PERHAP_CHROMIUM): Playwright's own download is
+not available here, so `playwright install` is never run. A missing browser fails the tests with
+the command that installs it; nothing is skipped.
+
+Screenshots go to tests/artifacts/ (ignored by git). PERHAP_UI_DOCS=1 also rewrites docs/ui.png.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.servers import ProcessServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Request
+
+CHROMIUM = os.environ.get("PERHAP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+DOCS_SHOT = Path(__file__).parent.parent / "docs" / "ui.png"
+SERVE_ARGS = ("--log-level", "warning")  # the child's output is a pipe read only at the end
+
+# An event whose numbers JSON.parse alone would change: the UI must show them as stored.
+EXACT = '{"carrier": "DHL", "parcels": [{"id": 12345678901234567890, "weight": 1.0}], "note": null, "express": true}'
+ODD_NAME = "ada lovelace?#%é"
+UNAUTHORIZED = json.dumps({"type": "urn:perhap:problem:unauthorized", "title": "Unauthorized", "status": 401,
+                           "detail": "a token is needed"})
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@functools.cache
+def http() -> httpx.Client:
+    return httpx.Client(timeout=30)  # one client: making one costs ~40 ms (its TLS context)
+
+
+def post(url: str, path: str, body: Any) -> dict[str, Any]:
+    r = http().post(url + path, content=body if isinstance(body, str) else json.dumps(body))
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def seed(url: str) -> None:
+    """shop/orders: 250 entities (more than one page of keys); load/big: 100,000 events."""
+    def order(n: int) -> None:
+        body = {"events": [{"type": "placed", "event": {"order": n, "total": n * 3}}]}
+        post(url, f"/shop/orders/order-{n:04d}", body)
+
+    for n in range(250):
+        order(n)
+    for b in range(10):
+        ticks = [{"type": "tick", "event": {"n": b * 10_000 + i}} for i in range(10_000)]
+        post(url, f"/load/big/e{b}", {"events": ticks})
+    post(url, "/shop/orders/order-0042/paid", {"event": {"amount": 126}})
+    post(url, "/shop/orders/order-0042/shipped", '{"event": ' + EXACT + ', "meta": {"by": "ui-test"}}')
+    post(url, "/shop/customers/ada%20lovelace%3F%23%25%C3%A9/registered", {"event": {"name": "Ada"}})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessServer]:
+    tmp = tmp_path_factory.mktemp("ui")
+    # synchronous=normal: no fsync per commit; seeding is quicker and durability is not tested here.
+    with ProcessServer(f"sqlite:///{tmp}/ui.db?synchronous=normal", None, *SERVE_ARGS, cwd=tmp) as s:
+        seed(s.url)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the UI tests need Playwright: pip install 'playwright>=1.45' "
+                    "(do not run `playwright install`: the tests use Debian's Chromium)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the UI tests need Chromium at {CHROMIUM}: install it with "
+                    "`apt-get install -y chromium` (as root), or set PERHAP_CHROMIUM to a Chromium binary")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1360, "height": 860})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")  # run-time output only, never committed
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"))
+
+
+def tail_rows(page: Page) -> list[str]:
+    return page.locator("#tail-list li[data-id]").evaluate_all("rows => rows.map(r => r.dataset.id)")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_navigate_the_hierarchy_and_open_an_event(server: ProcessServer, page: Page) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/_ui")
+    nav = page.get_by_role("navigation", name="Hierarchy")
+    expect(page.get_by_role("banner")).to_be_visible()
+    expect(page.get_by_role("main")).to_be_visible()
+    nav.get_by_role("link", name="shop", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/_ui#/shop$"))
+    nav.get_by_role("link", name="orders", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/_ui#/shop/orders$"))
+
+    # 250 entities: the first page of keys, then "Load more" with `after`.
+    keys = nav.locator(".keys li")
+    expect(keys).to_have_count(200)
+    nav.get_by_role("button", name="Load more").click()
+    expect(keys).to_have_count(250)
+    expect(nav.get_by_role("button", name="Load more")).to_be_hidden()
+
+    # Keyboard only: '/' to the filter, a prefix (asked of the server), Tab to a name, Enter.
+    page.locator("body").press("/")
+    expect(page.locator("#key-filter")).to_be_focused()
+    page.keyboard.type("order-004")
+    expect(keys).to_have_count(10)
+    expect(keys.first).to_have_text("order-0040")
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("order-0042")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/shop/orders/order-0042$"))
+    rows = page.locator("table.events tbody tr")
+    expect(rows).to_have_count(3)
+    expect(page.get_by_role("heading", level=1)).to_have_text("order-0042")
+
+    # Event types of the entity, then the events of one type.
+    expect(nav.locator(".keys a")).to_have_text(["paid", "placed", "shipped"])
+    nav.get_by_role("link", name="shipped").click()
+    expect(page).to_have_url(re.compile(r"#/shop/orders/order-0042/shipped$"))
+    expect(rows).to_have_count(1)
+    expect(page.get_by_role("navigation", name="Breadcrumb").get_by_role("link")).to_have_text(
+        ["All realms", "shop", "orders", "order-0042", "shipped"])
+    shot(page, "hierarchy")
+
+    # Open it: version, id, and event and meta as JSON, with the stored numbers exactly.
+    rows.first.get_by_role("link").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(page).to_have_url(re.compile(r"#/shop/orders/order-0042/shipped\?event=[0-9a-f-]{36}$"))
+    event_id = page.url.rsplit("=", 1)[1]
+    expect(dialog.get_by_role("heading", level=2)).to_have_text("shipped · version 2")
+    event_json = dialog.get_by_role("group", name="Event JSON")
+    expect(event_json).to_contain_text('"id": 12345678901234567890')
+    expect(event_json).to_contain_text('"weight": 1.0')
+    expect(dialog.get_by_role("group", name="Meta JSON")).to_contain_text('"by": "ui-test"')
+    # Collapsible: closing the parcels array hides its items.
+    parcels = event_json.locator("summary", has_text='"parcels"')
+    parcels.click()
+    expect(event_json.get_by_text('"weight"')).to_be_hidden()
+    parcels.press("Enter")
+    expect(event_json.get_by_text('"weight"')).to_be_visible()
+    dialog.get_by_role("button", name="Copy event id").click()
+    assert page.evaluate("navigator.clipboard.readText()") == event_id
+    shot(page, "event")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(page).to_have_url(re.compile(r"#/shop/orders/order-0042/shipped$"))
+
+    # Jump to an event by id, from anywhere.
+    page.goto(server.url + "/_ui#/")
+    page.get_by_role("textbox", name="Go to event").fill(f"shop/orders/{event_id}")
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("heading", level=2)).to_have_text("shipped · version 2")
+    page.keyboard.press("Escape")
+    expect(page).to_have_url(re.compile(r"#/$"))  # closing went back to where the jump started
+
+    # A bookmarked view opens as it was; names are percent-encoded per segment.
+    page.goto(server.url + "/_ui#/shop/customers/ada%20lovelace%3F%23%25%C3%A9")
+    expect(page.get_by_role("heading", level=1)).to_have_text(ODD_NAME)
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("registered")
+
+
+def test_a_big_domain_is_paged_never_loaded_whole(server: ProcessServer, page: Page) -> None:
+    from playwright.sync_api import expect
+
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/load/big?" in r.url else None)
+    started = time.monotonic()
+    page.goto(server.url + "/_ui#/load/big")
+    rows = page.locator("table.events tbody tr")
+    expect(rows).to_have_count(100)
+    first_page = time.monotonic() - started
+    assert first_page < 5, f"the first page of a 100,000-event domain took {first_page:.1f} s"
+    # The live tail reads forward at most 20,000 events by itself, then asks.
+    skip = page.get_by_role("button", name="Skip to the newest and follow")
+    expect(skip).to_be_visible()
+    assert len(reads) <= 22, reads
+    page.get_by_role("button", name="Load more").click()
+    expect(rows).to_have_count(200)
+    expect(rows.nth(199).locator(".c-version")).to_have_text("199")
+    shot(page, "big-domain")
+
+    # Newest first: the end is found once (pages of 1,000 ids), then read backwards.
+    page.get_by_role("link", name="Newest first").click()
+    expect(page).to_have_url(re.compile(r"#/load/big\?order=newest$"))
+    expect(rows).to_have_count(100, timeout=20_000)
+    expect(rows.first.locator(".c-version")).to_have_text("9999")  # the last batch's last event
+    expect(page.locator("#events-count")).to_have_text("100,000 in all")
+    # And having found the end, the live tail starts by itself.
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    assert all("limit=10000" not in u for u in reads)
+
+
+def test_append_through_the_form(server: ProcessServer, page: Page) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/_ui#/shop/orders/order-0007")
+    page.locator("#append summary").click()
+    expect(page.get_by_label("Realm", exact=True)).to_have_value("shop")
+    expect(page.get_by_label("Entity", exact=True)).to_have_value("order-0007")
+    page.locator("#append-type").fill("refunded")  # (the event list's type filter is "Type" too)
+    body = page.get_by_label("Event (JSON)")
+    result = page.locator("#append-result")
+
+    # Invalid JSON is caught before anything is sent.
+    body.fill('{"amount": ')
+    expect(body).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#append-event-check")).to_contain_text("Not valid JSON")
+    page.get_by_role("button", name="Append event").click()
+    expect(result).to_contain_text("Not sent: the event is not valid JSON")
+
+    # Valid, at the right expected version: stored, and told so.
+    body.fill('{"amount": 12.50, "reason": "damaged"}')
+    expect(body).to_have_attribute("aria-invalid", "false")
+    page.get_by_label("Expected version").fill("0")
+    page.get_by_role("button", name="Append event").click()
+    expect(result).to_contain_text("Stored: version 1 of order-0007")
+    stored = http().get(f"{server.url}/shop/orders/order-0007/refunded").json()["events"]
+    assert [e["event"] for e in stored] == [{"amount": 12.5, "reason": "damaged"}]
+    expect(page.locator("#tail-list li[data-id]")).to_have_count(1)  # the live tail saw it too
+
+    # The same expected version again: a 409 problem+json, explained in plain words.
+    page.get_by_label("Expected version").fill("0")
+    page.keyboard.press("Control+Enter")
+    expect(result).to_contain_text("version conflict")
+    expect(result).to_contain_text("You expected version 0, but the entity is at version 1")
+    expect(result).to_contain_text("use expected version 1")
+    result.get_by_text("Server's answer (HTTP 409)").click()
+    expect(result.locator("pre")).to_contain_text("urn:perhap:problem:version-conflict")
+    shot(page, "append")
+
+
+def test_live_tail_shows_new_events_and_resumes_after_a_drop(browser: Browser, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    db = f"sqlite:///{tmp_path}/live.db"
+    server = ProcessServer(db, None, *SERVE_ARGS, cwd=tmp_path).start()
+    context = browser.new_context(viewport={"width": 1360, "height": 860})
+    errors: list[str] = []
+    try:
+        post(server.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 61.5}})
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        streams: list[Request] = []
+        page.on("request", lambda r: streams.append(r) if r.resource_type == "eventsource" else None)
+        page.goto(server.url + "/_ui#/plant/sensors/boiler-1")
+        expect(page.locator("table.events tbody tr")).to_have_count(1)
+        pill = page.locator(".live .pill")
+        expect(pill).to_have_text("Live")
+        log = page.get_by_role("log", name="Live events, newest first")
+        expect(log).to_have_attribute("aria-live", "polite")
+
+        # An event appended through the API is on screen within a second.
+        first = post(server.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 62.0}})["event_id"]
+        expect(page.locator(f'#tail-list li[data-id="{first}"]')).to_be_visible(timeout=1_000)
+        expect(page.locator("#tail-count")).to_have_text("1 new")
+
+        # Paused: counted, held back, then shown on top when resumed.
+        pause = page.locator("#tail-pause")
+        pause.click()
+        expect(pause).to_have_attribute("aria-pressed", "true")
+        second = post(server.url, "/plant/sensors/boiler-1/alarm", {"event": {"level": "high"}})["event_id"]
+        expect(page.locator("#tail-count")).to_have_text("2 new")
+        expect(page.locator("#tail-pause")).to_have_text("Resume (1 waiting)")
+        assert tail_rows(page) == [first]
+        page.locator("#tail-pause").click()
+        expect(page.locator("#tail-list li[data-id]")).to_have_count(2)
+        assert tail_rows(page) == [second, first]
+        expect(page.locator("figure.chart")).to_have_attribute(
+            "aria-label", re.compile(r"^Event rate: 2 events in the last 5 minutes"))
+
+        # The server goes away and comes back; events appended meanwhile arrive once each, because
+        # the browser reconnects with Last-Event-ID.
+        server.terminate()
+        expect(pill).to_have_text(re.compile("Reconnecting"))
+        server = ProcessServer(db, server.port, *SERVE_ARGS, cwd=tmp_path).start()
+        later = [post(server.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 63 + i}})["event_id"]
+                 for i in range(3)]
+        expect(page.locator("#tail-list li[data-id]")).to_have_count(5, timeout=15_000)
+        assert tail_rows(page) == [*reversed(later), second, first]
+        expect(pill).to_have_text("Live")
+        # It was the browser's own reconnect (EventSource), and it sent Last-Event-ID.
+        deadline = time.monotonic() + 5
+        while len(streams) < 2 and time.monotonic() < deadline:  # request events may trail the DOM
+            page.wait_for_timeout(100)
+        assert streams[-1].all_headers().get("last-event-id") == second
+        shot(page, "live")
+
+        if os.environ.get("PERHAP_UI_DOCS"):
+            docs_screenshot(page, server)
+    finally:
+        context.close()
+        server.terminate()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_token_asked_on_401_kept_for_the_session_and_sent_on_streams(server: ProcessServer, page: Page) -> None:
+    """The server here has no auth, so a route in the browser plays one that wants a token."""
+    from playwright.sync_api import Route, expect
+
+    seen: list[dict[str, str]] = []
+
+    def guard(route: Route) -> None:
+        request = route.request
+        if "/_ui" in request.url:
+            return route.continue_()
+        seen.append(request.headers)
+        if request.headers.get("authorization") != "Bearer s3cret":
+            return route.fulfill(status=401, headers={"www-authenticate": "Bearer"},
+                                 content_type="application/problem+json", body=UNAUTHORIZED)
+        return route.continue_()
+
+    page.route("**/*", guard)
+    page.goto(server.url + "/_ui#/shop/orders/order-0099")
+    dialog = page.get_by_role("dialog", name="Access token")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Bearer token").fill("s3cret")
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("table.events tbody tr")).to_have_count(1)
+    assert page.evaluate("sessionStorage.getItem('perhap.token')") == "s3cret"
+    assert page.evaluate("localStorage.length") == 0
+    expect(page.locator("#token-button")).to_have_text("Token set")
+
+    # EventSource cannot send the header: with a token the stream is read with fetch().
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    assert any(h.get("accept") == "text/event-stream" and h.get("authorization") == "Bearer s3cret" for h in seen)
+    new = post(server.url, "/shop/orders/order-0099/paid", {"event": {"amount": 297}})["event_id"]
+    expect(page.locator(f'#tail-list li[data-id="{new}"]')).to_be_visible(timeout=2_000)
+
+    # Phone-sized: one column, the hierarchy behind a "Browse" button.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.get_by_role("navigation", name="Hierarchy")).to_be_hidden()
+    page.get_by_role("button", name="Browse").click()
+    expect(page.get_by_role("navigation", name="Hierarchy")).to_be_visible()
+    page.get_by_role("button", name="Browse").click()
+    shot(page, "phone")
+
+
+def docs_screenshot(page: Page, server: ProcessServer) -> None:
+    """The picture in docs/ui.md: a small plant's sensors domain, newest first, after ~25 s of
+    events at a varying rate (so the chart has something to show)."""
+    from playwright.sync_api import expect
+
+    entities = ["boiler-1", "boiler-2", "pump-3", "chiller-4"]
+
+    def reading(n: int) -> None:
+        kind = "alarm" if n % 11 == 5 else "reading"
+        body = {"event": {"celsius": round(55 + (n * 37 % 150) / 10, 1), "pump": "on" if n % 3 else "off"},
+                "meta": {"source": f"plc-{n % 4 + 1}"}}
+        if kind == "alarm":
+            body["event"] = {"level": "high", "threshold": 70}
+        post(server.url, f"/plant/sensors/{entities[n % 4]}/{kind}", body)
+
+    for n in range(40):
+        reading(n)
+    page.goto(server.url + "/_ui#/plant/sensors?order=newest")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    n = 40
+    for second in range(25):
+        for _ in range(1 + (second * 7) % 5):
+            reading(n)
+            n += 1
+        time.sleep(0.9)
+    page.wait_for_timeout(2_500)
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(DOCS_SHOT))
