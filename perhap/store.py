@@ -87,14 +87,15 @@ def check_name(value: Any, what: str, *, realm: bool = False) -> str:
     """Validate one level's name: 1-255 bytes of UTF-8, no control characters, no '/'."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    ascii = value.isascii()  # the usual case: one byte a character, no surrogates possible
+    size = len(value) if ascii else len(value.encode("utf-8", "surrogatepass"))
     if not 1 <= size <= MAX_NAME_BYTES:
         raise InvalidInput(f"{what} must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {size}")
     if not value.isprintable() and any(_is_control(c) for c in value):
         raise InvalidInput(f"{what} must not contain control characters")
     if "/" in value:
         raise InvalidInput(f"{what} must not contain '/'")
-    if any("\ud800" <= c <= "\udfff" for c in value):
+    if not ascii and any("\ud800" <= c <= "\udfff" for c in value):
         raise InvalidInput(f"{what} is not valid UTF-8")
     if value == RESERVED_NAME:
         raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a {what}")
@@ -210,6 +211,29 @@ def uuid7() -> str:
     value = (ms << 80) | (0x7 << 76) | (_last_seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:Z|[+-]\d\d:\d\d)")
+
+
+def check_timestamp(value: Any) -> str:
+    """An RFC 3339 date-time in perhap's own form: UTC, microseconds, 'Z' (as utc_timestamp writes).
+
+    Offsets are converted to UTC, so every backend stores and returns one canonical string (or the
+    microseconds it stands for); precision beyond the microsecond is refused, as it could not be kept.
+    """
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidInput(f"timestamp must be an RFC 3339 date-time, got {str(value)[:40]!r}")
+    fraction = match.group(1) or ""
+    if fraction[6:].strip("0"):
+        raise InvalidInput(f"timestamp {value!r} is finer than a microsecond, which cannot be kept")
+    text = value.replace(f".{fraction}", f".{fraction[:6]}") if fraction else value
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"timestamp is not a valid date and time: {value!r}") from None
+    return parsed.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utc_timestamp(now: float | None = None) -> str:
@@ -352,6 +376,10 @@ class NewEvent:
     meta_json: bytes
     event_id: str
     client_id: bool  # True when the client chose the id (so a replay is possible)
+    #: When set (an import keeping an event's original time), the event's timestamp instead of the
+    #: commit time: an RFC 3339 UTC string in utc_timestamp's form (check_timestamp makes it so),
+    #: which a backend must return exactly as given. Never set from HTTP input.
+    timestamp: str | None = None
 
     def same_content(self, stored: Event, realm: str, domain: str, entity: str) -> bool:
         """Whether a stored event with the same id is this very event (idempotent retry)."""
@@ -366,10 +394,17 @@ class NewEvent:
 
 
 def new_event(
-    type: str, event: Any, event_id: Any = None, meta: Any = None, *, raw: bool = False
+    type: str, event: Any, event_id: Any = None, meta: Any = None, *, raw: bool = False,
+    timestamp: str | None = None,
 ) -> NewEvent:
-    """Validate and serialise one event. With ``raw``, event and meta are JSON bytes already."""
+    """Validate and serialise one event. With ``raw``, event and meta are JSON bytes already.
+
+    ``timestamp`` (RFC 3339) keeps an imported event's original time, normalised to UTC with
+    microseconds; see :attr:`NewEvent.timestamp`.
+    """
     check_name(type, "type")
+    if timestamp is not None:
+        timestamp = check_timestamp(timestamp)
     if meta is not None and not raw and not isinstance(meta, dict):
         raise InvalidInput("meta must be a JSON object")
     data_json = event if raw else dump_json(event, "event")
@@ -378,8 +413,8 @@ def new_event(
     else:
         meta_json = meta if raw else dump_json(meta, "meta")
     if event_id is None:
-        return NewEvent(type, data_json, meta_json, uuid7(), False)
-    return NewEvent(type, data_json, meta_json, check_event_id(event_id), True)
+        return NewEvent(type, data_json, meta_json, uuid7(), False, timestamp)
+    return NewEvent(type, data_json, meta_json, check_event_id(event_id), True, timestamp)
 
 
 def prepare_batch(events: Sequence[NewEvent | Mapping[str, Any]]) -> list[NewEvent]:
@@ -447,6 +482,9 @@ class Store(abc.ABC):
     url: str
     #: Whether several server processes may share this backend (not so for embedded SQLite).
     shared_across_processes = False
+    #: Whether appends started one after another on one event loop, without awaiting each, commit
+    #: in the order they were started (lets an import keep many batches in flight; see transfer.py).
+    preserves_submission_order = False
     #: How long a subscriber waits before polling again when no wake-up arrives.
     poll_interval = 1.0
 

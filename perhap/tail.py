@@ -1,62 +1,44 @@
-"""``perhap tail``: follow a scope over SSE, printing one JSON event a line, resuming after drops."""
+"""``perhap tail``: follow a scope over SSE, printing one JSON event a line, resuming after drops.
+
+The streaming, the resume with Last-Event-ID and the backoff are the client's
+(:meth:`perhap.client.Client.subscribe`); this module only prints.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
-from urllib.parse import quote
 
-import httpx
-
-from .sse import iter_sse
-
-
-def scope_path(scope: str) -> str:
-    parts = [p for p in scope.strip("/").split("/") if p]
-    if not 1 <= len(parts) <= 4:
-        from .cli import CommandError
-
-        raise CommandError("a scope is REALM[/DOMAIN[/ENTITY[/TYPE]]]", 2)
-    return "/" + "/".join(quote(p, safe="") for p in parts)
+import orjson
 
 
 def tail(base_url: str, scope: str, *, following: str | None = None, type: str | None = None,
          max_retries: int | None = None) -> int:
-    from .cli import CommandError
+    """Print the scope's events from the start (or after ``following``), then as they arrive.
 
-    url = base_url.rstrip("/") + scope_path(scope)
-    params = {"type": type} if type else {}
-    if following:
-        params["following"] = following
-    last_id = following
-    failures = 0
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=60.0)) as http:
-        while True:
-            headers = {"accept": "text/event-stream"}
-            if last_id:
-                headers["last-event-id"] = last_id
-            try:
-                with http.stream("GET", url, params=params, headers=headers) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        detail = response.text
-                        try:
-                            detail = response.json().get("detail", detail)
-                        except ValueError:
-                            pass
-                        raise CommandError(f"{response.status_code} from {url}: {detail}")
-                    failures = 0
-                    for message in iter_sse(response.iter_bytes()):
-                        if message.data is None:
-                            continue
-                        sys.stdout.write(message.data + "\n")
-                        sys.stdout.flush()
-                        if message.id:
-                            last_id = message.id
-            except httpx.TransportError as exc:
-                failures += 1
-                if max_retries is not None and failures > max_retries:
-                    raise CommandError(f"cannot reach {base_url}: {exc}") from None
-                print(f"perhap tail: connection lost ({exc.__class__.__name__}); reconnecting",
-                      file=sys.stderr)
-                time.sleep(min(0.2 * 2 ** min(failures, 5), 5.0))
+    The server must answer at first (else one line and exit 1); after that, dropped connections
+    are retried for ever (or ``max_retries`` times in a row), each noted on stderr.
+    """
+    from .cli import CommandError, _client_error, scope_with_type
+    from .client import Client
+    from .store import PerhapError
+
+    where = scope_with_type(scope, type)
+
+    def note(error: Exception, delay: float) -> None:
+        reason = " ".join(str(error).split()) or error.__class__.__name__
+        print(f"perhap tail: connection lost ({reason}); reconnecting in {delay:.1f} s",
+              file=sys.stderr, flush=True)
+
+    if not base_url.startswith(("http://", "https://")):
+        raise CommandError(f"--url must be an http:// or https:// URL, got {base_url!r}", 2)
+    out = sys.stdout.buffer
+    with Client(base_url) as client:
+        try:
+            client._call(client._health_op())  # fail fast (one line) when nothing answers at all
+            for event in client.subscribe(where, following=following, max_retries=max_retries,
+                                          on_retry=note):
+                out.write(orjson.dumps(event.to_json_dict()) + b"\n")
+                out.flush()
+        except PerhapError as exc:
+            raise _client_error(exc) from None
+    return 0

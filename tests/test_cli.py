@@ -1,0 +1,246 @@
+"""The `perhap` command line through its entry point: the client commands against a real server,
+help with examples on every command, one-line errors, and docs/cli.md generated from the parser.
+
+Regenerate the reference part of docs/cli.md after changing the parser: ``python -m tests.test_cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from perhap.store import load_json
+from tests.conftest import BACKENDS, get_provider
+from tests.servers import ProcessServer, free_port
+
+DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
+BEGIN, END = "<!-- BEGIN GENERATED: perhap --help -->", "<!-- END GENERATED -->"
+COMMANDS = ["serve", "append", "read", "keys", "tail", "export", "import", "copy"]
+HELP_COLUMNS = "100"
+
+
+def run_cli(*args: str, input: bytes | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "perhap.cli", *args], input=input, capture_output=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def one_error_line(r: subprocess.CompletedProcess[bytes]) -> str:
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err and "usage:" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessServer]:
+    provider = get_provider(request.param, tmp_path_factory)
+    with ProcessServer(provider.new_url(), None, "--heartbeat", "1", cwd=tmp_path_factory.mktemp("cli")) as s:
+        yield s
+
+
+# --------------------------------------------------------------------------- help and usage errors
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: run_cli(*c, "--help"), [[]] + [[c] for c in COMMANDS]))
+    for command, r in zip(["perhap"] + COMMANDS, results):
+        out = r.stdout.decode()
+        assert r.returncode == 0 and r.stderr == b"", command
+        assert "usage: perhap" in out and re.search(r"examples?:\n  perhap ", out), (command, out)
+
+
+def test_the_console_script_is_installed() -> None:
+    script = shutil.which("perhap") or str(Path(sys.executable).parent / "perhap")
+    r = subprocess.run([script, "--help"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"append" in r.stdout and b"copy" in r.stdout
+
+
+USAGE_ERRORS = [
+    ["bogus"], ["append"], ["append", "r/d/e", "1"], ["append", "r/d/e/t/x", "1"],
+    ["append", "r/d/e/t", "{bad"], ["append", "r/d/e/t", "NaN"], ["append", "r/d/e/t", "1", "--meta", "[1]"],
+    ["append", "r/d/e/t", "1", "--meta", "{bad"], ["append", "r/d/e/t", "1", "--expected-version", "x"],
+    ["append", "keys/d/e/t", "1"], ["append", "r/d//t", "1"], ["read"], ["read", "a/b/c/d/e"], ["read", "_sys"],
+    ["read", "r", "--page-size", "0"], ["read", "r/d/e/t", "--type", "u"], ["read", "r", "--url", "ftp://x"],
+    ["read", "r", "--following"], ["keys", "a/b/c/d"], ["tail"], ["tail", "r", "--url", "localhost"],
+    ["export"], ["export", "--db", "mysql://x/y"], ["export", "--db", "sqlite:///x.db", "a/b/c/d/e"],
+    ["import", "--db", "sqlite:///x.db"], ["import", "dump.jsonl"], ["copy", "--from", "sqlite:///x.db"],
+    ["copy", "--to", "sqlite:///x.db"],
+]
+
+
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path: Path) -> None:
+    def attempt(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "perhap.cli", *args], capture_output=True, timeout=60,
+                              cwd=tmp_path)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(attempt, USAGE_ERRORS))
+    for args, r in zip(USAGE_ERRORS, results):
+        one_error_line(r)
+        assert r.returncode == 2, (args, r.stderr)
+    assert not list(tmp_path.iterdir())  # no command created a store on its way to the error
+    r = run_cli("append", "r/d/e/t", "-", input=b"{not json")
+    assert "the event on stdin is not valid JSON" in one_error_line(r) and r.returncode == 2
+
+
+def test_no_command_prints_help() -> None:
+    r = run_cli()
+    assert r.returncode == 2 and b"COMMAND" in r.stdout
+
+
+# --------------------------------------------------------------------------- the client commands
+
+
+def test_append_read_keys(server: ProcessServer, realm: str) -> None:
+    url = ["--url", server.url]
+    r = run_cli("append", f"{realm}/orders/o-1/placed", '{"total": 42}', *url)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    first = orjson.loads(r.stdout)
+    assert set(first) == {"event_id", "version", "timestamp"} and first["version"] == 0
+    eid = str(uuid.uuid4())
+    for _ in range(2):  # with a chosen id, the same append twice stores one event
+        r = run_cli("append", f"{realm}/orders/o-1/paid", "-", "--event-id", eid, "--meta", '{"by": "me"}',
+                    "--expected-version", "0", *url, input=b'{"amount": 42, "big": 123456789012345678901234}')
+        assert r.returncode == 0, r.stderr
+        assert orjson.loads(r.stdout)["event_id"] == eid
+    run_cli("append", f"{realm}/orders/o-2/placed", "[1, 2]", *url)
+    run_cli("append", f"{realm}/users/u-1/joined", '"ü✓"', *url)
+
+    r = run_cli("read", realm, "--page-size", "1", *url)
+    assert r.returncode == 0 and r.stderr == b""
+    api = httpx.get(f"{server.url}/{realm}").content
+    # Each line is the API's event object, byte for byte.
+    assert api == b'{"events":[' + b",".join(r.stdout.splitlines()) + b'],"next":null}'
+    events = [load_json(line) for line in r.stdout.splitlines()]
+    assert [e["event"] for e in events] == [{"total": 42}, {"amount": 42, "big": 123456789012345678901234},
+                                            [1, 2], "ü✓"]
+    assert events[1]["meta"] == {"by": "me"} and events[1]["event_id"] == eid
+
+    def lines(*args: str) -> list[Any]:
+        r = run_cli(*args, *url)
+        assert r.returncode == 0, r.stderr
+        return [orjson.loads(line) for line in r.stdout.splitlines()]
+
+    assert [e["type"] for e in lines("read", f"{realm}/orders/o-1")] == ["placed", "paid"]
+    assert [e["entity"] for e in lines("read", f"{realm}/orders", "--type", "placed")] == ["o-1", "o-2"]
+    assert [e["event"] for e in lines("read", f"{realm}/orders", "--following", first["event_id"])][1] == [1, 2]
+    assert lines("read", f"{realm}x") == []  # an unknown realm is an empty scope, as in the API
+
+    def names(*args: str) -> list[str]:
+        r = run_cli("keys", *args, *url)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode().splitlines()
+
+    assert realm in names()
+    assert names(realm) == ["orders", "users"]
+    assert names(f"{realm}/orders") == ["o-1", "o-2"]
+    assert names(f"{realm}/orders/o-1") == ["paid", "placed"]
+
+
+def test_read_follows_every_page_and_survives_a_closed_pipe(server: ProcessServer, realm: str) -> None:
+    batch = [{"type": "t", "event": {"n": n, "pad": "x" * 500}} for n in range(300)]
+    assert httpx.post(f"{server.url}/{realm}/d/e", json={"events": batch}).status_code == 201
+    r = run_cli("read", f"{realm}/d", "--page-size", "7", "--url", server.url)
+    assert [orjson.loads(line)["event"]["n"] for line in r.stdout.splitlines()] == list(range(300))
+    # `perhap read ... | head -1`: the reader goes away early; that is not an error.
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "read", realm, "--page-size", "10",
+                             "--url", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert orjson.loads(proc.stdout.readline())["event"]["n"] == 0
+    proc.stdout.close()
+    assert proc.wait(30) == 0 and proc.stderr.read() == b""
+
+
+def test_server_errors_are_one_line(server: ProcessServer, realm: str) -> None:
+    url = ["--url", server.url]
+    run_cli("append", f"{realm}/d/e/t", "1", *url)
+    r = run_cli("append", f"{realm}/d/e/t", "2", "--expected-version", "-1", *url)
+    line = one_error_line(r)
+    assert r.returncode == 1 and "409" in line and "at version 0" in line
+    r = run_cli("read", realm, "--following", "01a2173a-af2e-701e-bbf0-c30a3181d1d9", *url)
+    assert r.returncode == 1 and "404" in one_error_line(r)
+    r = run_cli("append", f"{realm}/d/e/t", "1", "--event-id", "not-a-uuid", *url)
+    assert r.returncode == 1 and "400" in one_error_line(r) and "event_id" in one_error_line(r)
+    r = run_cli("read", realm, "--following", "nope", *url)
+    assert r.returncode == 2 and "following" in one_error_line(r)
+
+
+def test_server_down_is_one_line() -> None:
+    url = ["--url", f"http://127.0.0.1:{free_port()}"]
+    cases = [["append", "r/d/e/t", "1"], ["read", "r"], ["keys"], ["keys", "r/d"], ["tail", "r"]]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda args: run_cli(*args, *url), cases))
+    for args, r in zip(cases, results):
+        line = one_error_line(r)
+        assert r.returncode == 1 and "cannot reach http://127.0.0.1:" in line, (args, line)
+
+
+def test_tail_prints_new_events_of_a_type(server: ProcessServer, realm: str) -> None:
+    httpx.post(f"{server.url}/{realm}/d/e/a", json={"event": 0})
+    tail = subprocess.Popen([sys.executable, "-m", "perhap.cli", "tail", f"{realm}/d", "--type", "b",
+                             "--url", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        for i in range(1, 5):
+            httpx.post(f"{server.url}/{realm}/d/e/{'ab'[i % 2]}", json={"event": i})
+        assert tail.stdout is not None
+        got = [orjson.loads(tail.stdout.readline()) for _ in range(2)]
+        assert [(e["type"], e["event"]) for e in got] == [("b", 1), ("b", 3)]
+    finally:
+        tail.kill()
+        tail.wait()
+
+
+# --------------------------------------------------------------------------- docs/cli.md
+
+
+def render_reference() -> str:
+    """The reference section of docs/cli.md: every command's --help, as printed on a 100-column terminal."""
+    from perhap.cli import build_parser
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_COLUMNS
+    try:
+        parser = build_parser()
+        action = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+        parts = [("perhap --help", parser.format_help())]
+        parts += [(f"perhap {name} --help", action.choices[name].format_help()) for name in COMMANDS]
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+    return "".join(f"\n### `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in parts)
+
+
+def test_docs_match_the_help_output() -> None:
+    text = DOCS.read_text()
+    generated = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert generated == render_reference() + "\n", "docs/cli.md is stale: run python -m tests.test_cli"
+    # The rendering is the real --help output.
+    r = run_cli("read", "--help", env={"COLUMNS": HELP_COLUMNS})
+    assert r.stdout.decode().rstrip() in generated
+
+
+if __name__ == "__main__":
+    text = DOCS.read_text()
+    head, rest = text.split(BEGIN, 1)
+    tail_text = rest.split(END, 1)[1]
+    DOCS.write_text(head + BEGIN + render_reference() + "\n" + END + tail_text)
+    print(f"updated {DOCS}")

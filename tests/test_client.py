@@ -1,0 +1,474 @@
+"""The Python client (perhap.Client, perhap.AsyncClient) against the real app, for every backend:
+in process through the transport seam, and against a real `perhap serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import perhap
+from perhap import AsyncClient, Client, Scope, Store
+from perhap.app import PerhapApp
+from perhap.client import (
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    EventIdConflict,
+    NotFound,
+    PayloadTooLarge,
+    PerhapClientError,
+    Unavailable,
+    VersionConflict,
+)
+from tests.conftest import BACKENDS, get_provider
+from tests.servers import ProcessServer, free_port
+
+UNKNOWN_ID = "01a2173a-af2e-701e-bbf0-c30a3181d1d9"
+
+
+# --------------------------------------------------------------------------- in-process transports
+
+
+class StreamingASGITransport(httpx.AsyncBaseTransport):
+    """The ASGI app in process, with response bodies streamed as the app sends them.
+
+    httpx.ASGITransport waits for the whole body, which never comes on an SSE stream; this one
+    hands chunks over as they are sent and tells the app the client left when the body is closed.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        url = request.url
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": request.method, "scheme": url.scheme, "path": url.path,
+                 "raw_path": url.raw_path.split(b"?")[0], "query_string": url.query,
+                 "headers": [(k.lower(), v) for k, v in request.headers.raw],
+                 "client": ("127.0.0.1", 1), "server": (url.host, url.port or 80)}
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        gone = asyncio.Event()
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.set_result(message)
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    await chunks.put(message["body"])
+                if not message.get("more_body", False):
+                    await chunks.put(None)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await chunks.put(None)
+                if not started.done():
+                    started.set_exception(RuntimeError("the app sent no response"))
+
+        task = asyncio.ensure_future(run())
+        start = await started
+
+        class Body(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                while (chunk := await chunks.get()) is not None:
+                    yield chunk
+
+            async def aclose(self) -> None:
+                gone.set()
+                await asyncio.wait_for(task, 10)
+
+        return httpx.Response(start["status"], headers=start.get("headers", []), stream=Body())
+
+
+class SyncBridge(httpx.BaseTransport):
+    """Lets the blocking Client, run in a worker thread, reach an async transport on ``loop``."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport, self.loop = transport, loop
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._run(self.transport.handle_async_request(request))
+        stream = response.stream
+        run = self._run
+
+        class Body(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                chunks = stream.__aiter__()  # type: ignore[union-attr]
+
+                async def next_chunk() -> bytes | None:
+                    try:
+                        return await chunks.__anext__()  # type: ignore[no-any-return]
+                    except StopAsyncIteration:
+                        return None
+
+                while (chunk := run(next_chunk())) is not None:
+                    yield chunk
+
+            def close(self) -> None:
+                run(stream.aclose())  # type: ignore[union-attr]
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Body())
+
+
+@pytest.fixture
+async def aclient(app: PerhapApp) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:  # type: ignore[arg-type]
+        yield c
+
+
+@pytest.fixture
+async def sync_in_process(app: PerhapApp) -> AsyncIterator[Any]:
+    """Run a function with a blocking Client on the in-process app, in a worker thread."""
+    bridge = SyncBridge(StreamingASGITransport(app), asyncio.get_running_loop())
+
+    async def run(fn: Any) -> Any:
+        def target() -> Any:
+            with Client("http://perhap.test", transport=bridge) as c:
+                return fn(c)
+
+        return await asyncio.to_thread(target)
+
+    yield run
+
+
+async def collect(it: AsyncIterator[Any], n: int, timeout: float = 20) -> list[Any]:
+    out: list[Any] = []
+
+    async def run() -> None:
+        async for item in it:
+            out.append(item)
+            if len(out) == n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+# --------------------------------------------------------------------------- AsyncClient in process
+
+
+async def test_append_read_and_idempotent_replay(aclient: AsyncClient, store: Store, realm: str) -> None:
+    eid = str(uuid.uuid4())
+    first = await aclient.append(realm, "d", "e", "created", {"a": [1, "ü"]}, event_id=eid.upper(),
+                                 meta={"corr": "x"}, expected_version=-1)
+    assert first.created and first.first.event_id == eid and first.first.version == 0
+    again = await aclient.append(realm, "d", "e", "created", {"a": [1, "ü"]}, event_id=eid, meta={"corr": "x"})
+    assert not again.created and again.first == first.first
+    second = await aclient.append(realm, "d", "e", "renamed", None)
+    assert second.first.version == 1
+    # The client's events are the store's own value type, equal to what the store reads.
+    got = [e async for e in aclient.read(realm, "d", "e")]
+    stored = (await store.read(Scope(realm, "d", "e"))).events
+    assert got == stored
+    assert [e.to_dict() for e in got][0] == {
+        "event_id": eid, "realm": realm, "domain": "d", "entity": "e", "type": "created",
+        "event": {"a": [1, "ü"]}, "meta": {"corr": "x"}, "version": 0, "timestamp": first.first.timestamp}
+    assert (await aclient.get_event(realm, "d", eid)) == stored[0]
+
+
+async def test_read_follows_every_page_in_every_scope(aclient: AsyncClient, realm: str) -> None:
+    for i in range(23):
+        await aclient.append(realm, f"d{i % 2}", f"e{i % 3}", f"t{i % 2}", i)
+
+    async def values(*args: Any, **kw: Any) -> list[Any]:
+        return [e.event async for e in aclient.read(*args, page_size=4, **kw)]
+
+    assert await values(realm) == list(range(23))
+    assert await values(realm, type="t1") == list(range(1, 23, 2))
+    assert await values(f"{realm}/d0") == list(range(0, 23, 2))
+    assert await values(realm, "d0", "e0") == [0, 6, 12, 18]
+    assert await values(f"{realm}/d1/e1/t1") == [1, 7, 13, 19]
+    assert await values(Scope(realm, "d1", "e1")) == [1, 7, 13, 19]
+    ids = [e.event_id async for e in aclient.read(realm)]
+    assert await values(realm, following=ids[19]) == [20, 21, 22]
+    assert await values(realm + "x") == []  # an unknown realm is an empty scope
+    with pytest.raises(NotFound):
+        await values(realm, "d0", following=ids[1])  # event 1 is in d1
+
+
+async def test_keys_every_page(aclient: AsyncClient, realm: str) -> None:
+    for i in range(7):
+        await aclient.append(realm, f"d{i % 3}", f"e{i}", f"t{i % 2}", i)
+        await aclient.append(realm, f"d{i % 3}", f"e{i}", "z", i)
+    assert realm in [k async for k in aclient.keys(page_size=1)]
+    assert [k async for k in aclient.keys(realm, page_size=2)] == ["d0", "d1", "d2"]
+    assert [k async for k in aclient.keys(realm, "d0", page_size=2)] == ["e0", "e3", "e6"]
+    assert [k async for k in aclient.keys(realm, "d1", "e1", page_size=1)] == ["t1", "z"]
+    assert [k async for k in aclient.keys(realm, "nope")] == []
+
+
+async def test_batches_and_typed_errors(aclient: AsyncClient, realm: str) -> None:
+    batch: list[dict[str, Any]] = [{"type": "t", "event": i, "event_id": str(uuid.uuid4())} for i in range(3)]
+    result = await aclient.append_batch(realm, "d", "e", batch, expected_version=-1)
+    assert result.created and [a.version for a in result.events] == [0, 1, 2]
+    assert (await aclient.append_batch(realm, "d", "e", batch)).created is False
+
+    with pytest.raises(VersionConflict) as info:
+        await aclient.append(realm, "d", "e", "t", 3, expected_version=0)
+    error = info.value
+    assert error.current_version == 2 and error.expected_version == 0 and error.status == 409
+    assert error.problem["type"] == "urn:perhap:problem:version-conflict" and error.detail
+    # One except clause for the in-process store and the client alike.
+    assert isinstance(error, perhap.VersionConflict) and isinstance(error, Conflict)
+    assert isinstance(error, PerhapClientError) and isinstance(error, perhap.PerhapError)
+    assert "409" in error.one_line() and "\n" not in error.one_line()
+
+    with pytest.raises(EventIdConflict) as id_info:
+        await aclient.append(realm, "d", "other", "t", "different", event_id=batch[0]["event_id"])
+    assert id_info.value.event_id == batch[0]["event_id"] and isinstance(id_info.value, perhap.EventIdConflict)
+
+    with pytest.raises(BadRequest) as bad:
+        await aclient.append(realm, "d", "e", "t", 1, event_id="not-a-uuid")
+    assert bad.value.status == 400 and isinstance(bad.value, perhap.InvalidInput)
+    with pytest.raises(BadRequest):
+        await aclient.append_batch(realm, "d", "e", [])
+    with pytest.raises(NotFound) as missing:
+        await aclient.get_event(realm, "d", UNKNOWN_ID)
+    assert isinstance(missing.value, perhap.NotFound)
+    # Bad names never leave the process (and never reach a different route, like `keys`).
+    for args in (("_sys", "d", "e", "t"), (realm, "keys", "e", "t"), (realm, "d", "a/b", "t"), (realm, "d", "e", "")):
+        with pytest.raises(perhap.InvalidInput):
+            await aclient.append(*args, 1)
+    with pytest.raises(perhap.InvalidInput):
+        [e async for e in aclient.read(realm, "d", "keys")]
+    with pytest.raises(perhap.InvalidInput):
+        await aclient.get_event(realm, "d", "nope")
+
+
+async def test_get_event_of_another_domain_is_not_found(aclient: AsyncClient, realm: str) -> None:
+    eid = (await aclient.append(realm, "d1", "e", "t", 1)).first.event_id
+    assert (await aclient.get_event(realm, "d1", eid)).event == 1
+    with pytest.raises(NotFound):
+        await aclient.get_event(realm, "d2", eid)  # the server reads an (empty) entity here
+
+
+async def test_payload_too_large(store: Store, realm: str) -> None:
+    app = PerhapApp(store, max_body=1000)
+    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:  # type: ignore[arg-type]
+        with pytest.raises(PayloadTooLarge) as info:
+            await c.append(realm, "d", "e", "t", "x" * 2000)
+    assert info.value.status == 413 and info.value.extra["max_body"] == 1000
+
+
+async def test_any_json_value_and_big_integers(aclient: AsyncClient, realm: str) -> None:
+    values: list[Any] = [None, True, 0, -1.5, 1e300, "text\n\"quoted\"", [], {}, 2**64 + 1, {"n": -(10**30)},
+              {"deep": [{"x": "✓"}]}]
+    for v in values:
+        await aclient.append(realm, "d", "e", "t", v)
+    assert [e.event async for e in aclient.read(realm, "d", "e")] == values
+    batch = [{"type": "t", "event": 10**25}, {"type": "t", "event": 1, "meta": {"big": 10**25}}]
+    await aclient.append_batch(realm, "d", "b", batch)
+    assert [(e.event, e.meta) async for e in aclient.read(realm, "d", "b")] == [(10**25, {}), (1, {"big": 10**25})]
+
+
+async def test_subscribe_in_process(store: Store, realm: str) -> None:
+    app = PerhapApp(store, heartbeat=0.3)
+    async with AsyncClient("http://perhap.test", transport=StreamingASGITransport(app)) as c:
+        ids = [(await c.append(realm, "d", f"e{i % 2}", f"t{i % 2}", i)).first.event_id for i in range(4)]
+        async with contextlib.aclosing(c.subscribe(realm, "d")) as sub:
+            assert [e.event for e in await collect(sub, 4)] == [0, 1, 2, 3]
+            await c.append(realm, "d", "e9", "t", 4)
+            live = await collect(sub, 1)
+            assert live[0].event == 4 and live[0].entity == "e9"
+        async with contextlib.aclosing(c.subscribe(realm, type="t1", following=ids[1])) as sub:
+            await c.append(realm, "d", "e1", "t1", 5)
+            assert [e.event for e in await collect(sub, 2)] == [3, 5]
+        with pytest.raises(NotFound):
+            await collect(c.subscribe(realm, "d", following=UNKNOWN_ID), 1)
+    await asyncio.sleep(0.05)
+    assert app.open_streams == 0  # closing the iterator ended the stream on the server
+
+
+# --------------------------------------------------------------------------- Client in process
+
+
+async def test_blocking_client_in_process(sync_in_process: Any, realm: str) -> None:
+    def work(c: Client) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["first"] = c.append(realm, "d", "e", "t", {"n": 0}, expected_version=-1)
+        c.append_batch(realm, "d", "e", [{"type": "u", "event": n} for n in range(1, 6)])
+        out["values"] = [e.event for e in c.read(realm, "d", page_size=2)]
+        out["keys"] = list(c.keys(realm, "d", "e", page_size=1))
+        out["event"] = c.get_event(realm, "d", out["first"].first.event_id)
+        try:
+            c.append(realm, "d", "e", "t", 1, expected_version=-1)
+        except perhap.VersionConflict as exc:
+            out["conflict"] = exc.current_version
+        out["health"] = c.health()
+        sub = c.subscribe(realm, "d", "e", "u")
+        out["stream"] = [next(sub).event for _ in range(5)]
+        sub.close()
+        return out
+
+    out = await sync_in_process(work)
+    assert out["values"] == [{"n": 0}, 1, 2, 3, 4, 5]
+    assert out["keys"] == ["t", "u"]
+    assert out["event"].event == {"n": 0} and out["event"].version == 0
+    assert out["conflict"] == 5 and out["health"] is True
+    assert out["stream"] == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- a real server process
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessServer]:
+    """`perhap serve` as a user runs it, one per backend for this module's tests."""
+    provider = get_provider(request.param, tmp_path_factory)
+    with ProcessServer(provider.new_url(), None, "--heartbeat", "1",
+                       cwd=tmp_path_factory.mktemp("client-server")) as s:
+        yield s
+
+
+def test_blocking_client_against_a_server(server: ProcessServer, realm: str) -> None:
+    with Client(server.url) as c:
+        assert c.health()
+        results = [c.append(realm, f"d{i % 2}", f"e{i % 4}", "t", {"i": i}) for i in range(12)]
+        assert all(r.created for r in results)
+        got = list(c.read(realm, page_size=5))
+        assert [e.event["i"] for e in got] == list(range(12))
+        assert [e.event_id for e in got] == [r.first.event_id for r in results]
+        assert [e.version for e in c.read(realm, "d1", "e3", page_size=1)] == [0, 1, 2]
+        assert list(c.keys(realm, page_size=1)) == ["d0", "d1"]
+        assert c.get_event(realm, "d0", results[4].first.event_id).event == {"i": 4}
+        with pytest.raises(VersionConflict) as info:
+            c.append(realm, "d0", "e0", "t", 0, expected_version=-1)
+        assert info.value.current_version == 2
+        with pytest.raises(NotFound):
+            list(c.read(realm, following=UNKNOWN_ID))
+        with pytest.raises(BadRequest):
+            list(c.read(realm, page_size=0))
+
+
+async def test_async_client_against_a_server_one_writer_wins(server: ProcessServer, realm: str) -> None:
+    async with AsyncClient(server.url) as c:
+        await c.append(realm, "d", "e", "t", 0)
+
+        async def attempt(n: int) -> str:
+            try:
+                await c.append(realm, "d", "e", "t", n, expected_version=0)
+                return "won"
+            except VersionConflict as exc:
+                assert exc.current_version == 1
+                return "lost"
+
+        outcomes = await asyncio.gather(*[attempt(n) for n in range(10)])
+        assert sorted(outcomes) == ["lost"] * 9 + ["won"]
+        assert len([e async for e in c.read(realm, "d", "e", page_size=1)]) == 2
+
+
+def test_subscribe_resumes_after_the_server_restarts(server: ProcessServer, realm: str) -> None:
+    """The stream drops when the server dies; the iterator reconnects with Last-Event-ID and
+    yields every event once, in order."""
+    retries: list[float] = []
+    got: list[Any] = []
+    errors: list[BaseException] = []
+    restarted = threading.Event()
+    with Client(server.url) as c:
+        for i in range(3):
+            c.append(realm, "d", "e", "t", i)
+
+    def consume() -> None:
+        try:
+            with Client(server.url) as c:
+                for event in c.subscribe(realm, "d", on_retry=lambda e, d: retries.append(d)):
+                    got.append(event)
+                    if len(got) == 6:
+                        return
+        except BaseException as exc:  # surfaced by the assertions below
+            errors.append(exc)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    _wait(lambda: len(got) == 3)
+    assert server.proc is not None
+    server.proc.kill()  # the connection drops without a goodbye
+    server.proc.wait(10)
+    server.start()
+    restarted.set()
+    with Client(server.url) as c:
+        for i in range(3, 6):
+            c.append(realm, "d", "e", "t", i)
+    reader.join(30)
+    assert not errors, errors
+    assert [e.event for e in got] == [0, 1, 2, 3, 4, 5]
+    assert len({e.event_id for e in got}) == 6 and retries
+
+
+async def test_async_subscribe_against_a_server(server: ProcessServer, realm: str) -> None:
+    async with AsyncClient(server.url) as c:
+        await c.append(realm, "d", "e", "t", 0)
+        async with contextlib.aclosing(c.subscribe(f"{realm}/d/e")) as sub:
+            assert [e.event for e in await collect(sub, 1)] == [0]
+            await c.append(realm, "d", "e", "t", 1)
+            assert [e.event for e in await collect(sub, 1)] == [1]
+
+
+def test_server_down_is_connection_failed() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with Client(url, timeout=5) as c:
+        with pytest.raises(ConnectionFailed) as info:
+            c.append("r", "d", "e", "t", 1)
+        assert info.value.status == 0 and "cannot reach" in str(info.value)
+        # Nothing answered: as transient as a store that is down, and caught as one.
+        assert isinstance(info.value, Unavailable) and isinstance(info.value, perhap.StorageUnavailable)
+        with pytest.raises(ConnectionFailed):
+            list(c.read("r"))
+        assert c.health() is False
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed):
+            next(c.subscribe("r", max_retries=2))
+        assert time.monotonic() - started < 5
+
+
+async def test_async_server_down_is_connection_failed() -> None:
+    async with AsyncClient(f"http://127.0.0.1:{free_port()}", timeout=5) as c:
+        with pytest.raises(ConnectionFailed):
+            await c.append("r", "d", "e", "t", 1)
+        with pytest.raises(ConnectionFailed):
+            await collect(c.keys(), 1)
+        with pytest.raises(ConnectionFailed):
+            await collect(c.subscribe("r", max_retries=1), 1)
+
+
+def _wait(condition: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_examples_in_docs_client_md_run(server: ProcessServer, tmp_path: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block.replace("http://127.0.0.1:8787", server.url), "docs/client.md", "exec"), {})
