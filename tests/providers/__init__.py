@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Protocol
 
-ALL = ("sqlite",)  # postgres and cassandra join as their backends land
+ALL = ("sqlite", "postgres")  # cassandra joins as its backend lands
 
 
 class Provider(Protocol):

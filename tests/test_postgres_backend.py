@@ -1,0 +1,456 @@
+"""PostgreSQL-specific guarantees: gap-safe commit order across connections and processes, schema
+versions, a database that goes away under load, and several server processes on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from perhap import AppendResult, PerhapError, Scope, StorageUnavailable, Store, open_store
+from perhap import postgres as pgstore
+from perhap.app import PerhapApp
+from perhap.sse import SSEDecoder
+from perhap.testing.postgres import PostgresServer
+from tests.conftest import get_provider
+from tests.servers import ProcessServer
+
+pytestmark = pytest.mark.postgres
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh database on the session's PostgreSQL (private, or PERHAP_TEST_POSTGRES_URL)."""
+    return get_provider("postgres", tmp_path_factory).new_url()
+
+
+@pytest.fixture
+def own_server() -> Any:
+    """A private server this test may stop and start (in its own temp directory: see the provider)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def read_all(store: Store, scope: Scope) -> list[Any]:
+    events: list[Any] = []
+    following = None
+    while True:
+        page = await store.read(scope, following=following, limit=10_000)
+        events += page.events
+        if page.next is None:
+            return events
+        following = page.next
+
+
+async def sql(url: str, query: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- gap safety
+
+WRITER = """
+import asyncio, sys, orjson
+from perhap import open_store
+
+async def main(url, realm, tag, n):
+    ids = []
+    async with open_store(url) as store:
+        async def worker(w):
+            for i in range(n):
+                r = await store.append(realm, f"d{i % 4}", f"{tag}-{w}", "t", [tag, w, i])
+                ids.append(r.first.event_id)
+        await asyncio.gather(*[worker(w) for w in range(6)])
+    sys.stdout.write(orjson.dumps(ids).decode())
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+async def test_paging_during_concurrent_writers_never_skips(pg_url: str) -> None:
+    """Writers on three connections of this process and in two other processes append to one realm
+    across four domains, while readers page through the realm and one domain with small pages.
+    A sequence value that commits after a larger one would make a reader step over it; here every
+    acknowledged event must be seen exactly once, in the order a final read gives."""
+    realm = "gaps"
+    stores = [await open_store(pg_url) for _ in range(3)]
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, pg_url, realm, f"p{k}", "120"], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in range(2)]
+        acknowledged: list[str] = []
+        writing = True
+
+        async def writer(store: Store, tag: str) -> None:
+            for i in range(150):
+                entity = f"{tag}-{i % 5}"
+                batch = [{"type": "t", "event": [tag, i, k]} for k in range(1 + i % 3)]
+                r = await store.append_batch(realm, f"d{i % 4}", entity, batch)
+                acknowledged.extend(a.event_id for a in r.events)
+
+        async def reader(scope: Scope) -> list[Any]:
+            seen: list[Any] = []
+            following = None
+            while True:
+                still_writing = writing
+                page = await stores[0].read(scope, following=following, limit=random.randint(1, 40))
+                seen += page.events
+                if page.events:
+                    following = page.events[-1].event_id
+                elif not still_writing:  # an empty page that began after every writer was done
+                    return seen
+
+        readers = [asyncio.ensure_future(reader(Scope(realm))), asyncio.ensure_future(reader(Scope(realm, "d1")))]
+        await asyncio.gather(*[writer(stores[i % 3], f"s{i}") for i in range(9)])
+        for proc in procs:
+            out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+            assert proc.returncode == 0, err.decode()
+            acknowledged += orjson.loads(out)
+        writing = False
+        seen_realm, seen_domain = await asyncio.gather(*readers)
+
+        final = await read_all(stores[1], Scope(realm))
+        assert len(acknowledged) == len(set(acknowledged)) == 9 * 300 + 2 * 6 * 120
+        assert {e.event_id for e in final} == set(acknowledged)
+        # Paging while others committed saw exactly what a quiet read sees: nothing skipped,
+        # nothing twice, the same order.
+        assert [e.event_id for e in seen_realm] == [e.event_id for e in final]
+        assert [e.event_id for e in seen_domain] == [e.event_id for e in final if e.domain == "d1"]
+        positions = [e.position for e in final]
+        assert positions == sorted(positions)
+        by_entity: dict[tuple[str, str], list[int]] = {}
+        for e in final:
+            by_entity.setdefault((e.domain, e.entity), []).append(e.version)
+        assert all(v == list(range(len(v))) for v in by_entity.values())
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_one_winner_among_processes_with_the_same_expected_version(pg_url: str) -> None:
+    stores = [await open_store(pg_url) for _ in range(4)]
+    try:
+        for round_ in range(20):
+            results = await asyncio.gather(
+                *[s.append("race", "d", "e", "t", [round_, k], expected_version=round_ - 1)
+                  for k, s in enumerate(stores)], return_exceptions=True)
+            assert sum(not isinstance(r, Exception) for r in results) == 1, results
+        events = await read_all(stores[0], Scope("race", "d", "e"))
+        assert [e.version for e in events] == list(range(20))
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_same_client_id_from_two_connections_is_stored_once(pg_url: str) -> None:
+    import uuid
+
+    stores = [await open_store(pg_url) for _ in range(3)]
+    try:
+        for _ in range(10):
+            eid = str(uuid.uuid4())
+            results = await asyncio.gather(*[s.append("idem", "d", "e", "t", {"x": 1}, event_id=eid)
+                                             for s in stores])
+            assert sorted(r.created for r in results) == [False, False, True]
+            assert len({r.first.version for r in results}) == 1
+        assert len(await read_all(stores[0], Scope("idem"))) == 10
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_an_id_raced_in_by_another_transaction_fails_only_its_append(pg_url: str) -> None:
+    """Another transaction inserts an event id (in another realm, so under no lock of ours) and
+    commits while our group waits on it: only the append with that id is refused."""
+    import uuid
+
+    async with open_store(pg_url) as store:
+        await store.append("other", "d", "e", "t", 0)
+        raced = str(uuid.uuid4())
+        rival = await asyncpg.connect(pg_url)
+        try:
+            await rival.execute("BEGIN")
+            await rival.execute(
+                "INSERT INTO perhap_events (event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta) "
+                "SELECT $1, realm_id, domain_id, entity_id, type_id, 1, ts, '1', '{}' FROM perhap_events", raced)
+            appends = asyncio.gather(  # one group: the same event-loop tick
+                store.append("r", "d", "a", "t", "first"),
+                # 150 events: a group this big is written with COPY, which must fail alone too.
+                store.append_batch("r", "d", "b", [{"type": "t", "event": "raced", "event_id": raced}]
+                                   + [{"type": "t", "event": k} for k in range(149)]),
+                store.append("r", "d", "c", "t", "third"), return_exceptions=True)
+            await asyncio.sleep(0.3)  # our insert now waits for the rival's transaction
+            await rival.execute("COMMIT")
+            first, second, third = await appends
+        finally:
+            await rival.close()
+        assert isinstance(second, PerhapError) and second.status == 409, second
+        assert isinstance(first, AppendResult) and first.created
+        assert isinstance(third, AppendResult) and third.created
+        events = await read_all(store, Scope("r"))
+        assert [e.event for e in events] == ["first", "third"]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+async def test_schema_version_row_and_reopen(pg_url: str) -> None:
+    async with open_store(pg_url) as store:
+        await store.append("r", "d", "e", "t", 1)
+    rows = await sql(pg_url, "SELECT value FROM perhap_meta WHERE key = 'schema_version'")
+    assert [r["value"] for r in rows] == [str(pgstore.SCHEMA_VERSION)]
+    async with open_store(pg_url) as store:  # a second start finds the schema and keeps the data
+        await store.append("r", "d", "e", "t", 2)
+        assert [e.event for e in await read_all(store, Scope("r"))] == [1, 2]
+
+
+async def test_several_processes_create_the_schema_at_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*[open_store(pg_url) for _ in range(4)])
+    try:
+        await asyncio.gather(*[s.append("r", "d", f"e{i}", "t", i) for i, s in enumerate(stores)])
+        assert len(await read_all(stores[0], Scope("r"))) == 4
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_newer_schema_is_refused(pg_url: str) -> None:
+    async with open_store(pg_url) as store:
+        await store.append("r", "d", "e", "t", 1)
+    await sql(pg_url, "UPDATE perhap_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StorageUnavailable, match="newer"):
+        await open_store(pg_url)
+
+
+async def test_older_schema_is_migrated_in_place(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_store(pg_url) as store:
+        first = await store.append("r", "d", "e", "t", 1)
+    # A later perhap with a version 2 step: opening the version 1 database runs the step once.
+    monkeypatch.setattr(pgstore, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(pgstore.MIGRATIONS, 2, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
+    stores = await asyncio.gather(*[open_store(pg_url) for _ in range(3)])
+    try:
+        assert [r["value"] for r in await sql(pg_url, "SELECT value FROM perhap_meta")] == ["2"]
+        assert (await sql(pg_url, "SELECT to_regclass('perhap_events_ts') AS i"))[0]["i"] is not None
+        await stores[0].append("r", "d", "e", "t", 2, expected_version=0)
+        events = await read_all(stores[1], Scope("r", "d", "e"))
+        assert [e.event for e in events] == [1, 2] and events[0].event_id == first.first.event_id
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_key_order_is_code_point_order(pg_url: str) -> None:
+    names = ["b", "B", "a", "é", "z", "Z", "_x", "10", "9", "ä", "😀", "ａ"]
+    async with open_store(pg_url) as store:
+        for n in names:
+            await store.append("r", n, "e", n, 1)
+        assert (await store.keys("r")).keys == sorted(names)
+        assert (await store.keys("r", limit=3, after="Z")).keys == sorted(names)[sorted(names).index("Z") + 1:][:3]
+
+
+async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
+    """A page costs O(log n + page) whatever the planner believes about the data: before any
+    ANALYZE (it then thinks a scope holds a few dozen rows and would sort it all) and after."""
+    async with open_store(pg_url) as store:
+        await sql(pg_url, "ALTER TABLE perhap_events SET (autovacuum_enabled = off)")
+        for j in range(12):
+            batch = [{"type": f"t{k % 3}", "event": k} for k in range(1000)]
+            await store.append_batch("big", f"d{j % 2}", f"x{j}", batch)
+        await asyncio.gather(*[store.append(f"small{i}", "d", "e", "t0", i) for i in range(100)])
+        scopes = {"realm": Scope("big"), "realm_type": Scope("big", type="t1"),
+                  "domain": Scope("big", "d1"), "domain_type": Scope("big", "d1", type="t1"),
+                  "entity": Scope("big", "d1", "x1"), "entity_type": Scope("big", "d1", "x1", "t1")}
+        for analysed in (False, True):
+            if analysed:
+                await sql(pg_url, "ANALYZE")
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                for index, scope in scopes.items():
+                    query, params, _ = pgstore._scope_query(scope)
+                    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query, *params, 10, 1000))
+                    assert f"Index Scan using perhap_events_{index} on" in plan, (analysed, scope, plan)
+                    assert "Sort" not in plan and "Bitmap" not in plan, (analysed, scope, plan)
+
+
+# --------------------------------------------------------------------------- the database goes away
+
+
+async def test_database_restart_under_load(own_server: PostgresServer) -> None:
+    url = own_server.create_database("faults")
+    store = await open_store(url)
+    app = PerhapApp(store, heartbeat=0.5)
+    acknowledged: list[str] = []
+    statuses: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def flood(c: int, http: httpx.AsyncClient) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            if n % 5 == 0:
+                r = await http.post(f"/load/d/e{c}", json={"events": [{"type": "t", "event": [c, n, k]} for k in range(3)]})
+                ids = [e["event_id"] for e in r.json()["events"]] if r.status_code == 201 else []
+            else:
+                r = await http.post(f"/load/d/e{c}/t", json={"event": [c, n]})
+                ids = [r.json()["event_id"]] if r.status_code == 201 else []
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            acknowledged.extend(ids)
+            if r.status_code == 503:
+                assert r.headers["content-type"] == "application/problem+json"
+                await asyncio.sleep(0.01)
+
+    async def until(condition: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.02)
+
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://perhap.test", timeout=60) as http:
+            clients = [asyncio.ensure_future(flood(c, http)) for c in range(16)]
+            await until(lambda: len(acknowledged) > 300, 30)
+            await asyncio.to_thread(own_server.stop, "immediate")
+            before = len(acknowledged)
+
+            # While it is down: a problem+json 503, promptly, for appends, reads and health.
+            for method, path, body in [("POST", "/load/d/x/t", {"event": 1}), ("GET", "/load/d", None),
+                                       ("GET", "/load/d/keys", None), ("GET", "/_health", None)]:
+                t0 = time.monotonic()
+                r = await http.request(method, path, json=body)
+                assert r.status_code == 503, (method, path, r.text)
+                assert r.headers["content-type"] == "application/problem+json"
+                assert r.json()["status"] == 503
+                assert time.monotonic() - t0 < 5
+            await asyncio.sleep(0.5)
+            assert statuses.get(503, 0) > 0
+
+            await asyncio.to_thread(own_server.start)
+            # The same store object recovers: pool, writer connection and LISTEN connection.
+            await until(lambda: len(acknowledged) > before + 300, 30)
+            stop.set()
+            await asyncio.gather(*clients)
+            assert (await http.get("/_health")).status_code == 200
+            await until(lambda: store.listening, 15)  # type: ignore[attr-defined]
+        assert set(statuses) <= {201, 503}, statuses
+        stored = {e.event_id for e in await read_all(store, Scope("load"))}
+        missing = set(acknowledged) - stored
+        assert not missing, f"{len(missing)} acknowledged events lost"
+    finally:
+        await store.close()
+
+
+async def test_open_fails_cleanly_without_a_database(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        await open_store(f"postgresql://postgres@127.0.0.1:{free_port()}/none?timeout=3")
+    assert time.monotonic() - t0 < 10
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+async def _sse_events(response: httpx.Response, n: int, timeout: float) -> list[dict[str, Any]]:
+    decoder, got = SSEDecoder(), []  # type: tuple[SSEDecoder, list[dict[str, Any]]]
+    chunks = response.aiter_raw()
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        chunk = await asyncio.wait_for(chunks.__anext__(), max(0.1, deadline - time.monotonic()))
+        got += [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
+    return got
+
+
+async def test_two_servers_share_one_database(pg_url: str, tmp_path: Path) -> None:
+    """A subscriber on one server sees what is appended through the other, once and in order.
+
+    Both poll only every 30 s here, so prompt delivery shows that NOTIFY crossed the processes."""
+    db = pg_url + "?poll_interval=30"
+    with ProcessServer(db, cwd=tmp_path) as a, ProcessServer(db, cwd=tmp_path) as b:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await http.post(f"{b.url}/shared/d/e0/t", json={"event": "before"})
+            async with http.stream("GET", f"{a.url}/shared", headers={"accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200
+                reading = asyncio.ensure_future(_sse_events(stream, 401, 20))
+
+                async def write(w: int) -> None:
+                    for i in range(50):
+                        r = await http.post(f"{b.url}/shared/d{w % 2}/e{w}/t", json={"event": [w, i]})
+                        assert r.status_code == 201
+
+                await asyncio.gather(*[write(w) for w in range(8)])
+                got = await reading
+            # The stream is the read order, on either server.
+            page = (await http.get(f"{b.url}/shared", params={"limit": 1000})).json()["events"]
+            assert len(page) == 401 and len({e["event_id"] for e in got}) == 401
+            assert [e["event_id"] for e in got] == [e["event_id"] for e in page]
+
+            async with http.stream("GET", f"{a.url}/shared/live", headers={"accept": "text/event-stream"}) as stream:
+                reading = asyncio.ensure_future(_sse_events(stream, 1, 20))
+                await asyncio.sleep(0.5)  # the stream has read nothing and waits
+                t0 = time.monotonic()
+                await http.post(f"{b.url}/shared/live/x/t", json={"event": "live"})
+                got = await reading
+                assert got[0]["event"] == "live"
+                assert time.monotonic() - t0 < 2
+
+
+async def test_polling_covers_lost_notifications(pg_url: str) -> None:
+    """Without its LISTEN connection (as behind pgbouncer in transaction mode) a subscriber still
+    gets every event, one poll interval late at most."""
+    a = await open_store(pg_url + "?poll_interval=0.3")
+    b = await open_store(pg_url)
+    try:
+        a._listener_task.cancel()  # type: ignore[attr-defined]
+        sub = await a.subscription(Scope("poll"))
+        assert await sub.fetch(timeout=0.2) == []
+        await asyncio.gather(*[b.append("poll", "d", f"e{i}", "t", i) for i in range(20)])
+        got: list[Any] = []
+        t0 = time.monotonic()
+        while len(got) < 20:
+            got += await sub.fetch(timeout=5)
+        assert time.monotonic() - t0 < 2
+        assert sorted(e.event for e in got) == list(range(20))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_serve_with_two_workers(pg_url: str, tmp_path: Path) -> None:
+    with ProcessServer(pg_url, None, "--workers", "2", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            results = await asyncio.gather(*[http.post(f"/w/d/e{i % 5}/t", json={"event": i}) for i in range(100)])
+            assert all(r.status_code == 201 for r in results)
+            events = (await http.get("/w/d")).json()["events"]
+            assert sorted(e["event"] for e in events) == list(range(100))
+            # Both workers opened the store: each keeps a LISTEN connection of its own.
+            deadline = time.monotonic() + 10
+            while True:
+                rows = await sql(pg_url, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = "
+                                         "current_database() AND application_name = 'perhap' AND query "
+                                         "LIKE 'LISTEN%'")
+                if rows[0]["n"] >= 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert rows[0]["n"] == 2
+        code, _out = server.terminate()
+        assert code == 0
