@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
@@ -30,6 +30,12 @@ from .store import (
     load_json,
     new_event,
 )
+from .auth import ANY_REALM, Authenticator, Grant
+from .cors import Cors
+from .limits import (DEFAULT_MAX_BATCH, DEFAULT_MAX_DEPTH, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_TOKEN,
+                     BatchTooLarge, StreamLimiter, check_depth)
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics, Observer
 from .streaming import stream_events
 from .ui import send_ui_file
 
@@ -43,9 +49,13 @@ JSON = [(b"content-type", b"application/json")]
 PROBLEM = [(b"content-type", b"application/problem+json")]
 _INT = re.compile(r"-?[0-9]{1,12}")
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
-_STATUS_TITLES = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
-                  503: "Service Unavailable"}
+_STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                  405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+                  429: "Too Many Requests", 431: "Request Header Fields Too Large",
+                  500: "Internal Server Error", 503: "Service Unavailable"}
+# With --auth, everything but these needs a bearer token: they hold no data.
+_OPEN = frozenset({"_health", "_openapi.json", "_ui"})
+_CHALLENGE = [(b"www-authenticate", b"Bearer")]
 
 
 class HTTPProblem(Exception):
@@ -71,7 +81,11 @@ class PerhapApp:
     """The ASGI application. Give it an open store, or a URL to open at lifespan start-up."""
 
     def __init__(self, store: Store | None = None, *, store_url: str | None = None,
-                 max_body: int = DEFAULT_MAX_BODY, heartbeat: float = 15.0) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, heartbeat: float = 15.0,
+                 auth: str | Authenticator | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_depth: int = DEFAULT_MAX_DEPTH, max_streams: int = DEFAULT_MAX_STREAMS,
+                 max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
+                 cors_origins: Sequence[str] = (), metrics: bool = True, access_log: bool = False) -> None:
         if store is None and store_url is None:
             raise ValueError("give a store or a store_url")
         self.store = store
@@ -80,6 +94,17 @@ class PerhapApp:
         self.heartbeat = heartbeat
         self.shutting_down = asyncio.Event()
         self.open_streams = 0
+        # None means off: the request path then pays one None check for each.
+        self.auth = Authenticator(auth) if isinstance(auth, str) else auth
+        self.max_batch, self.max_depth = max_batch, max_depth
+        self.stream_limits = StreamLimiter(max_streams, max_streams_per_token)
+        self.metrics = Metrics(self) if metrics else None
+        handler: Any = self.handle
+        if cors_origins:
+            handler = _chain(Cors(cors_origins), handler)
+        if metrics or access_log:
+            handler = _chain(Observer(self, self.metrics, access_log), handler)
+        self.wrapped = None if handler == self.handle else handler
 
     # ----------------------------------------------------------------- ASGI entry
 
@@ -118,6 +143,11 @@ class PerhapApp:
         self.shutting_down.set()
 
     async def http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if self.wrapped is not None:
+            return await self.wrapped(scope, receive, send)
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         try:
             await self.route(scope, receive, send)
         except HTTPProblem as p:
@@ -145,6 +175,14 @@ class PerhapApp:
         if store is None:
             raise StorageUnavailable("the store is not open yet")
         n = len(names)
+        if self.auth is not None and n and names[0] not in _OPEN:
+            grant = self.auth.authenticate(scope.get("headers", ()))
+            if grant is None:
+                # Never echo the token: a client may have pasted a secret in the wrong place.
+                detail = ("the bearer token is not valid (unknown or revoked)" if _header(scope, b"authorization")
+                          else "this route needs a bearer token: Authorization: Bearer TOKEN")
+                raise HTTPProblem(401, detail, "unauthorized", headers=_CHALLENGE)
+            scope["perhap.grant"] = grant
 
         if n == 0:
             self.allow(method, "GET")
@@ -154,12 +192,21 @@ class PerhapApp:
             self.allow(method, "GET")
             return await send_ui_file(send, names[1:])
         if names[0].startswith("_") and n == 1:
+            if names[0] == "_metrics" and self.metrics is not None:
+                self.allow(method, "GET")
+                self.authorize(scope, None, "admin")
+                body = self.metrics.exposition()
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", METRICS_TYPE), (b"content-length", str(len(body)).encode())]})
+                return await send({"type": "http.response.body", "body": body})
             return await self.system(names, method, send)
         if names[0] == "keys" and n == 1:
             self.allow(method, "GET")
-            return await self.send_keys(send, store, query)
+            return await self.send_keys(send, store, query, grant=scope.get("perhap.grant"))
 
         realm = check_name(names[0], "realm", realm=True)
+        if self.auth is not None:
+            self.authorize(scope, realm, "write" if method == "POST" else "read")
         if n == 1:
             self.allow(method, "GET")
             return await self.send_read(scope, receive, send, Scope(realm, type=_type(query)), query)
@@ -196,6 +243,13 @@ class PerhapApp:
                 return await self.append(receive, send, scope, realm, domain, entity, type_)
             return await self.send_read(scope, receive, send, Scope(realm, domain, entity, type_), query)
         raise HTTPProblem(404, "no such route: paths are /REALM[/DOMAIN[/ENTITY[/TYPE]]]")
+
+    @staticmethod
+    def authorize(scope: dict[str, Any], realm: str | None, permission: str) -> None:
+        grant = scope.get("perhap.grant")
+        if grant is not None and not grant.allows(realm, permission):
+            where = f"realm {realm!r}" if realm is not None else "this server"
+            raise HTTPProblem(403, f"this token may not {permission} {where}", "forbidden")
 
     @staticmethod
     def allow(method: str, *methods: str) -> None:
@@ -248,6 +302,9 @@ class PerhapApp:
             raise InvalidInput(f"unknown keys in the body: {', '.join(sorted(unknown))}")
         if not isinstance(body.get("events"), list):
             raise InvalidInput("the body needs an 'events' list: {\"events\": [{\"type\": ..., \"event\": ...}]}")
+        if len(body["events"]) > self.max_batch:
+            raise BatchTooLarge(f"a batch holds at most {self.max_batch} events, got {len(body['events'])}",
+                                max_batch=self.max_batch)
         expected = check_expected_version(body.get("expected_version"))
         assert self.store is not None
         result = await self.store.append_batch(realm, domain, entity, body["events"], expected_version=expected)
@@ -264,12 +321,19 @@ class PerhapApp:
             last = _header(scope, b"last-event-id")
             if last is not None:
                 following = check_event_id(last.strip(), "Last-Event-ID")
-            return await stream_events(self, where, following, receive, send)
+            return await stream_events(self, where, following, receive, send, scope.get("perhap.grant"))
         page = await self.store.read(where, following=following, limit=_limit(query))
         await self.send_json(send, 200, {"events": [e.to_json_dict() for e in page.events], "next": page.next})
 
-    async def send_keys(self, send: Send, store: Store, query: dict[str, str], *levels: str) -> None:
+    async def send_keys(self, send: Send, store: Store, query: dict[str, str], *levels: str,
+                        grant: Grant | None = None) -> None:
         after = query.get("after")
+        if grant is not None and grant.realm != ANY_REALM:
+            # A token of one realm sees that realm, if it exists: never the names of others.
+            _limit(query)  # still refuse a bad limit, as for everyone
+            own = grant.realm
+            shown = (after is None or own > after) and bool((await store.keys(own, limit=1)).keys)
+            return await self.send_json(send, 200, {"keys": [own] if shown else [], "next": None})
         page = await store.keys(*levels, after=after, limit=_limit(query))
         await self.send_json(send, 200, {"keys": page.keys, "next": page.next})
 
@@ -303,6 +367,7 @@ class PerhapApp:
             raise InvalidInput(f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object")
+        check_depth(raw, body, self.max_depth)
         return body
 
     @staticmethod
@@ -368,6 +433,12 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 def _wants_stream(scope: dict[str, Any]) -> bool:
     accept = _header(scope, b"accept")
     return accept is not None and "text/event-stream" in accept
+
+
+def _chain(outer: Any, inner: Any) -> Any:
+    async def call(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await outer(scope, receive, send, inner)
+    return call
 
 
 def create_app(store_url: str, **options: Any) -> PerhapApp:

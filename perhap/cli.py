@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .limits import (DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DEPTH, DEFAULT_MAX_HEADER,
+                     DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_TOKEN)
 from .store import PerhapError
 
 DEFAULT_PORT = 8787
@@ -65,7 +67,59 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=float, default=15.0,
                        help="seconds between keep-alive comments on idle streams (default 15)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: every log line a JSON object, plus one access line per request")
+    sec = serve.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--auth", metavar="FILE", help="require bearer tokens from this token file "
+                     "(see perhap token add); re-read when it changes")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host without --auth (anyone can read and write)")
+    sec.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="allow browser pages from this origin, e.g. https://app.example.com (repeatable; none by default)")
+    lim = serve.add_argument_group("limits (docs/operations.md)")
+    lim.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                     help=f"most events in one batch append, 413 beyond (default {DEFAULT_MAX_BATCH})")
+    lim.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH, metavar="N",
+                     help=f"deepest JSON nesting of a body, 400 beyond (default {DEFAULT_MAX_DEPTH})")
+    lim.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
+                     help=f"open streams in total, 429 beyond (default {DEFAULT_MAX_STREAMS})")
+    lim.add_argument("--max-streams-per-token", type=int, default=DEFAULT_MAX_STREAMS_PER_TOKEN, metavar="N",
+                     help=f"open streams per token with --auth, 429 beyond (default {DEFAULT_MAX_STREAMS_PER_TOKEN})")
+    lim.add_argument("--max-header", type=int, default=DEFAULT_MAX_HEADER, metavar="BYTES",
+                     help=f"request line plus headers, 431 beyond (default {DEFAULT_MAX_HEADER})")
+    lim.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+                     help=f"time to send a request's headers before the connection is closed (default {DEFAULT_HEADER_TIMEOUT:g})")
+    lim.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
+                     help="close a keep-alive connection idle this long (default 5)")
+    lim.add_argument("--max-connections", type=int, metavar="N",
+                     help="open connections and requests at once, 503 beyond (default: no limit)")
     serve.set_defaults(run=_serve)
+
+    token = _command(sub, "token", "manage the bearer tokens of a token file (perhap serve --auth FILE)",
+                     "perhap token add --auth tokens.json --realm shop --permission write",
+                     "perhap token list --auth tokens.json",
+                     "perhap token revoke --auth tokens.json 3f9a01c2")
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser, required=True)
+    tadd = _command(tsub, "add", "create a token; prints it once on the first line of stdout (only its hash is kept)",
+                    "perhap token add --auth tokens.json --realm shop --permission read",
+                    "perhap token add --auth tokens.json --realm '*' --permission admin")
+    tadd.add_argument("--auth", required=True, metavar="FILE", help="the token file (created if missing)")
+    tadd.add_argument("--realm", required=True, help="the realm the token may use; '*' means every realm")
+    tadd.add_argument("--permission", required=True, choices=["read", "write", "admin"],
+                      help="read; write (implies read); admin (implies write, and may read /_metrics)")
+    tadd.set_defaults(run=_token_add)
+    tlist = _command(tsub, "list", "list the tokens: id, realm, permission, creation time (never the tokens)",
+                     "perhap token list --auth tokens.json")
+    tlist.add_argument("--auth", required=True, metavar="FILE", help="the token file")
+    tlist.set_defaults(run=_token_list)
+    trevoke = _command(tsub, "revoke", "revoke a token by its id (from token list) or the token itself; "
+                       "a running server stops accepting it within a second",
+                       "perhap token revoke --auth tokens.json 3f9a01c2")
+    trevoke.add_argument("which", metavar="ID_OR_TOKEN", help="the id shown by token list, or the token")
+    trevoke.add_argument("--auth", required=True, metavar="FILE", help="the token file")
+    trevoke.set_defaults(run=_token_revoke)
 
     append = _command(sub, "append", "append one event; prints its event_id, version and timestamp",
                       """perhap append shop/orders/order-17/placed '{"total": 42}'""",
@@ -152,8 +206,96 @@ def _serve(args: argparse.Namespace) -> int:
                            "embedded SQLite is served by one process")
     if not 1 <= args.port <= 65535:
         raise CommandError("--port must be from 1 to 65535")
+    for name in ("max_body", "max_batch", "max_depth", "max_streams", "max_streams_per_token", "max_header"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be 1 or more", 2)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandError("give --tls-cert and --tls-key together", 2)
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not os.path.isfile(path):
+            raise CommandError(f"cannot read {path}: no such file")
+    from .server import _setup_logging
+
+    _setup_logging(args.log_level, args.log_format)  # so the warnings below are log lines too
+    if args.auth is not None:
+        from .auth import AuthFileError, load_grants
+
+        try:
+            if not load_grants(args.auth):
+                log.warning("the token file %s has no tokens yet: every request needing one gets 401 "
+                            "until `perhap token add --auth %s ...`", args.auth, args.auth)
+        except AuthFileError as exc:
+            raise CommandError(str(exc)) from None
+    elif not _is_loopback(args.host):
+        if not args.insecure:
+            raise CommandError(f"refusing to listen on {args.host} without --auth: anyone who can reach it "
+                               "could read and write every realm; add --auth FILE, or --insecure if you mean it", 2)
+        log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can reach it may read "
+                    "and write every realm", args.host)
+    net = dict(tls_cert=args.tls_cert, tls_key=args.tls_key, idle_timeout=args.idle_timeout,
+               header_timeout=args.header_timeout, max_header=args.max_header,
+               max_connections=args.max_connections)
     return serve(db=args.db, host=args.host, port=args.port, workers=args.workers,
-                 max_body=args.max_body, heartbeat=args.heartbeat, log_level=args.log_level)
+                 log_level=args.log_level, log_format=args.log_format, net=net,
+                 max_body=args.max_body, heartbeat=args.heartbeat, auth=args.auth,
+                 max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
+                 max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    from .auth import ANY_REALM, AuthFileError, add_token
+    from .store import InvalidInput, check_name
+
+    if args.realm != ANY_REALM:
+        try:
+            check_name(args.realm, "realm", realm=True)
+        except InvalidInput as exc:
+            raise CommandError(f"--realm: {exc.detail}", 2) from None
+    try:
+        token, grant = add_token(args.auth, args.realm, args.permission)
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
+    print(token)  # the first line, alone: scripts read it with `head -1`
+    print(f"id {grant.id}: {grant.permission} on realm {grant.realm!r}; store it now, it is not shown again",
+          file=sys.stderr)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from .auth import AuthFileError, load_grants
+
+    try:
+        grants = load_grants(args.auth)
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
+    for g in grants:
+        print(f"{g.id}\t{g.realm}\t{g.permission}\t{g.created}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from .auth import AuthFileError, revoke_token
+
+    try:
+        grant = revoke_token(args.auth, args.which)
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"revoked {grant.id} ({grant.permission} on realm {grant.realm!r})")
+    return 0
 
 
 def parse_scope(text: str, *, levels: int = 4, what: str = "a scope") -> Any:

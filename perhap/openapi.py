@@ -82,7 +82,7 @@ def _append_responses(ok: str) -> dict[str, Any]:
             "200": _json(ok, "Idempotent retry: already stored, the original result"),
             "400": _problem("Malformed body, bad name or value"),
             "409": _problem("Version conflict (with current_version) or event_id reused"),
-            "413": _problem("Body over the size limit"),
+            "413": _problem("Body over the size limit, or a batch over the batch limit"),
             "503": _problem("Storage unavailable")}
 
 
@@ -154,14 +154,31 @@ def openapi_document() -> dict[str, Any]:
                          "schema": {"$ref": "#/components/schemas/AppendRequest"}}}},
                      "responses": _append_responses("Appended")}},
     }
+    paths["/_metrics"] = {"get": {"summary": "Prometheus metrics (an admin token with --auth)", "responses": {
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "401": _problem("No or unknown bearer token (with --auth)"),
+        "403": _problem("The token is not an admin token")}}}
+    open_paths = {"/_health", "/_openapi.json"}
     # Every operation may also answer these, whatever its parameters.
-    for item in paths.values():
-        for op in item.values():
-            op["responses"].setdefault("405", _problem("Method not allowed"))
+    for path, item in paths.items():
+        for method, op in item.items():
+            responses = op["responses"]
+            responses.setdefault("405", _problem("Method not allowed"))
+            if path in open_paths:
+                op["security"] = []
+                continue
+            responses.setdefault("401", _problem("No or unknown bearer token (with --auth)"))
+            responses.setdefault("403", _problem("The token may not do this on this realm"))
+            if method == "get" and path != "/_metrics" and "keys" not in path:
+                responses.setdefault("429", _problem("Too many open streams (with Accept: text/event-stream)"))
     return {
         "openapi": "3.1.0",
         "info": {"title": "perhap", "version": "0.1.0",
                  "description": "An immutable, DDD-inspired event store: realm > domain > entity > type > event."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Needed when the server runs with --auth; without it, no token is needed."}}},
+        # Either a token or none: which one applies depends on how the server was started.
+        "security": [{"bearer": []}, {}],
     }

@@ -17,6 +17,7 @@ from .store import Scope
 
 if TYPE_CHECKING:
     from .app import PerhapApp, Receive, Send
+    from .auth import Grant
 
 log = logging.getLogger("perhap.stream")
 
@@ -32,22 +33,29 @@ def sse_message(event_id: str, data: dict[str, Any]) -> bytes:
 
 
 async def stream_events(app: PerhapApp, where: Scope, following: str | None,
-                        receive: Receive, send: Send) -> None:
+                        receive: Receive, send: Send, grant: Grant | None = None) -> None:
     """Answer a read with a live stream: catch-up from ``following``, then new events."""
     assert app.store is not None
-    # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
-    sub = await app.store.subscription(where, following=following)
+    token_id = grant.id if grant is not None else None
+    app.stream_limits.reserve(app.open_streams, token_id)  # 429 before anything is sent
+    try:
+        # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
+        sub = await app.store.subscription(where, following=following)
+    except BaseException:
+        app.stream_limits.release(token_id)
+        raise
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     # A comment first: it flushes the headers through proxies and tells the client it is live.
     await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
     app.open_streams += 1
-    pump = asyncio.ensure_future(_pump(app, sub, send))
+    pump = asyncio.ensure_future(_pump(app, sub, send, grant))
     watch = asyncio.ensure_future(_wait_disconnect(receive))
     stop = asyncio.ensure_future(app.shutting_down.wait())
     try:
         await asyncio.wait({pump, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         app.open_streams -= 1
+        app.stream_limits.release(token_id)
         for task in (pump, watch, stop):
             task.cancel()
         await asyncio.gather(pump, watch, stop, return_exceptions=True)
@@ -59,9 +67,12 @@ async def stream_events(app: PerhapApp, where: Scope, following: str | None,
         pass
 
 
-async def _pump(app: PerhapApp, sub: Any, send: Send) -> None:
+async def _pump(app: PerhapApp, sub: Any, send: Send, grant: Grant | None) -> None:
     while True:
         events = await sub.fetch(timeout=app.heartbeat)
+        # A revoked token's stream ends before it carries another event.
+        if grant is not None and app.auth is not None and not app.auth.still_valid(grant):
+            return
         if not events:
             await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
             continue

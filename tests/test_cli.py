@@ -28,7 +28,7 @@ from tests.servers import ProcessServer, free_port
 
 DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
 BEGIN, END = "<!-- BEGIN GENERATED: perhap --help -->", "<!-- END GENERATED -->"
-COMMANDS = ["serve", "append", "read", "keys", "tail", "export", "import", "copy"]
+COMMANDS = ["serve", "append", "read", "keys", "tail", "export", "import", "copy", "token"]
 HELP_COLUMNS = "100"
 
 

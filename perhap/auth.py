@@ -1,0 +1,191 @@
+"""Bearer tokens per realm: the token file, and the checks the HTTP app makes with it.
+
+The file holds only SHA-256 hashes of tokens, so reading it does not let anyone act as a client.
+A token is random (256 bits), so an unsalted fast hash is enough: there is nothing to guess.
+The server looks tokens up by hash in a dict and re-reads the file when it changes (checked at
+most once a second), so ``perhap token add`` and ``revoke`` take effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("perhap.auth")
+
+PERMISSIONS = ("read", "write", "admin")  # each implies the ones before it
+_RANK = {p: i for i, p in enumerate(PERMISSIONS)}
+ANY_REALM = "*"
+TOKEN_PREFIX = "perhap_"
+
+
+class AuthFileError(Exception):
+    """The token file cannot be read or written: one line for the CLI or the log."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    hash: str
+    realm: str
+    permission: str
+    created: str = ""
+
+    def allows(self, realm: str | None, permission: str) -> bool:
+        """``realm`` None means "any realm will do" (used for /_metrics)."""
+        if _RANK[self.permission] < _RANK[permission]:
+            return False
+        return realm is None or self.realm == ANY_REALM or self.realm == realm
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def load_grants(path: str) -> list[Grant]:
+    """The grants in FILE; a missing file has none."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise AuthFileError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if not raw.strip():
+        return []
+    try:
+        data = orjson.loads(raw)
+        grants = [Grant(**{k: str(v) for k, v in item.items()}) for item in data["tokens"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise AuthFileError(f"the token file {path} is not a perhap token file: {exc}") from None
+    for g in grants:
+        if g.permission not in _RANK or len(g.hash) != 64:
+            raise AuthFileError(f"the token file {path} has a bad entry {g.id!r}")
+    return grants
+
+
+def save_grants(path: str, grants: list[Grant]) -> None:
+    """Write atomically (a reader never sees half a file), readable by the owner only."""
+    body = orjson.dumps({"tokens": [g.__dict__ for g in grants]}, option=orjson.OPT_INDENT_2) + b"\n"
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".perhap-tokens-", dir=directory)
+    except OSError as exc:
+        raise AuthFileError(f"cannot write the token file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def add_token(path: str, realm: str, permission: str) -> tuple[str, Grant]:
+    """Create a token; returns it (shown once, never stored) and its grant."""
+    if permission not in _RANK:
+        raise AuthFileError(f"permission must be one of {', '.join(PERMISSIONS)}")
+    grants = load_grants(path)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    ids = {g.id for g in grants}
+    gid = secrets.token_hex(4)
+    while gid in ids:
+        gid = secrets.token_hex(4)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    grant = Grant(gid, hash_token(token), realm, permission, created)
+    save_grants(path, [*grants, grant])
+    return token, grant
+
+
+def revoke_token(path: str, which: str) -> Grant:
+    """Remove a grant given its id, or the token itself."""
+    grants = load_grants(path)
+    digest = hash_token(which)
+    for g in grants:
+        if g.id == which or hmac.compare_digest(g.hash, digest):
+            save_grants(path, [x for x in grants if x is not g])
+            return g
+    raise AuthFileError(f"no token with id {which!r} in {path}")
+
+
+# --------------------------------------------------------------------------- the server side
+
+
+class Authenticator:
+    """Tokens of one file, re-read when the file changes (stat checked at most every ``recheck`` s)."""
+
+    def __init__(self, path: str, recheck: float = 1.0) -> None:
+        self.path = path
+        self.recheck = recheck
+        self._by_hash: dict[str, Grant] = {}
+        self._stamp: Any = None
+        self._checked = float("-inf")
+        self._reload(self._stat())
+
+    def _stat(self) -> Any:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _reload(self, stamp: Any) -> None:
+        self._stamp = stamp
+        try:
+            grants = load_grants(self.path)
+        except AuthFileError as exc:
+            # Fail closed: a broken file must not keep a revoked token alive.
+            log.error("%s; every request with a token is refused until it is fixed", exc)
+            grants = []
+        self._by_hash = {g.hash: g for g in grants}
+        log.info("loaded %d token(s) from %s", len(grants), self.path)
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked >= self.recheck:
+            self._checked = now
+            stamp = self._stat()
+            if stamp != self._stamp:
+                self._reload(stamp)
+
+    def lookup(self, token: str) -> Grant | None:
+        self.refresh()
+        digest = hash_token(token)
+        grant = self._by_hash.get(digest)
+        if grant is None or not hmac.compare_digest(grant.hash, digest):
+            return None
+        return grant
+
+    def still_valid(self, grant: Grant) -> bool:
+        """For long-lived streams: has the grant been revoked (or changed) since?"""
+        self.refresh()
+        return self._by_hash.get(grant.hash) == grant
+
+    def authenticate(self, headers: Any) -> Grant | None:
+        """The grant of the request's bearer token; None when absent or unknown."""
+        for key, value in headers:
+            if key == b"authorization":
+                scheme, _, token = value.decode("latin-1").strip().partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    return None
+                return self.lookup(token.strip())
+        return None

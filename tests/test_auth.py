@@ -1,0 +1,217 @@
+"""Bearer tokens per realm: every route and method without a token, with a wrong one, another
+realm's, read against write; the CLI; no token in logs or bodies; revocation without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from perhap import Store
+from perhap.app import PerhapApp
+from perhap.auth import Authenticator, add_token, load_grants, revoke_token
+from tests.servers import ProcessServer, ThreadServer, free_port
+
+ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t"]
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> str:
+    return str(tmp_path / "tokens.json")
+
+
+@pytest.fixture
+async def auth_client(store: Store, tokens: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = PerhapApp(store, heartbeat=0.2, auth=Authenticator(tokens, recheck=0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as c:
+        yield c
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/problem+json"
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_every_route_and_method_needs_a_token(auth_client: httpx.AsyncClient, tokens: str, realm: str) -> None:
+    good, _ = add_token(tokens, "*", "admin")
+    body = {"event": 1}
+    wrong = "perhap_" + "x" * 43
+    for route in ROUTES:
+        path = route.format(r=realm)
+        for method in METHODS:
+            for headers in ({}, bearer(wrong), {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer"}):
+                r = await auth_client.request(method, path, json=body if method == "POST" else None, headers=headers)
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                if method != "HEAD":
+                    assert wrong not in r.text and problem(r, 401)["status"] == 401
+    r = await auth_client.post(f"/{realm}/d/e/t", json=body, headers=bearer(good))
+    assert r.status_code == 201
+    for path in ("/_health", "/_openapi.json", "/_ui/", "/"):
+        assert (await auth_client.get(path)).status_code == 200, path
+
+
+async def test_realm_and_permission(auth_client: httpx.AsyncClient, tokens: str, realm: str) -> None:
+    other = realm + "x"
+    read, _ = add_token(tokens, realm, "read")
+    write, _ = add_token(tokens, realm, "write")
+    admin, _ = add_token(tokens, realm, "admin")
+    foreign, _ = add_token(tokens, other, "admin")
+    for token in (write, admin):
+        r = await auth_client.post(f"/{realm}/d/e/t", json={"event": 1}, headers=bearer(token))
+        assert r.status_code == 201
+        r = await auth_client.post(f"/{realm}/d/e", json={"events": [{"type": "t", "event": 2}]}, headers=bearer(token))
+        assert r.status_code == 201
+    for path in (f"/{realm}/d/e/t", f"/{realm}/d/e"):
+        body = {"event": 1} if path.endswith("/t") else {"events": [{"type": "t", "event": 1}]}
+        detail = problem(await auth_client.post(path, json=body, headers=bearer(read)), 403)["detail"]
+        assert read not in detail
+        problem(await auth_client.post(path, json=body, headers=bearer(foreign)), 403)
+    for route in ROUTES[1:]:
+        path = route.format(r=realm)
+        for token in (read, write, admin):  # write implies read, admin implies write
+            assert (await auth_client.get(path, headers=bearer(token))).status_code == 200, path
+        problem(await auth_client.get(path, headers=bearer(foreign)), 403)
+    events = (await auth_client.get(f"/{realm}", headers=bearer(read))).json()["events"]
+    assert len(events) == 4
+    event_id = events[0]["event_id"]
+    assert (await auth_client.get(f"/{realm}/d/{event_id}", headers=bearer(read))).status_code == 200
+    problem(await auth_client.get(f"/{realm}/d/{event_id}", headers=bearer(foreign)), 403)
+    # the wrong method is still a 405 for a token that may use the realm
+    problem(await auth_client.delete(f"/{realm}/d/e/t", headers=bearer(write)), 405)
+
+
+async def test_keys_lists_only_readable_realms(auth_client: httpx.AsyncClient, tokens: str, realm: str) -> None:
+    everything, _ = add_token(tokens, "*", "write")
+    for r in (realm + "a", realm + "b", realm + "c"):
+        assert (await auth_client.post(f"/{r}/d/e/t", json={"event": 1}, headers=bearer(everything))).status_code == 201
+    mine, _ = add_token(tokens, realm + "b", "read")
+    empty, _ = add_token(tokens, realm + "zzz", "write")  # a realm with no events yet
+    keys = (await auth_client.get("/keys", headers=bearer(mine))).json()
+    assert keys == {"keys": [realm + "b"], "next": None}
+    assert (await auth_client.get("/keys", params={"after": realm + "b"}, headers=bearer(mine))).json()["keys"] == []
+    assert (await auth_client.get("/keys", headers=bearer(empty))).json()["keys"] == []
+    all_keys = (await auth_client.get("/keys", headers=bearer(everything), params={"limit": 10000})).json()["keys"]
+    assert {realm + "a", realm + "b", realm + "c"} <= set(all_keys)
+
+
+async def test_metrics_need_an_admin_token(auth_client: httpx.AsyncClient, tokens: str) -> None:
+    problem(await auth_client.get("/_metrics"), 401)
+    reader, _ = add_token(tokens, "*", "write")
+    problem(await auth_client.get("/_metrics", headers=bearer(reader)), 403)
+    admin, _ = add_token(tokens, "*", "admin")
+    r = await auth_client.get("/_metrics", headers=bearer(admin))
+    assert r.status_code == 200 and "perhap_http_requests_total" in r.text
+
+
+async def test_revoked_token_stops_working_without_restart(store: Store, tokens: str, realm: str) -> None:
+    app = PerhapApp(store, heartbeat=0.2, auth=tokens)  # the default: the file is checked once a second
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        token, grant = add_token(tokens, realm, "write")
+        await asyncio.sleep(1.1)
+        assert (await c.post(f"/{realm}/d/e/t", json={"event": 1}, headers=bearer(token))).status_code == 201
+        revoke_token(tokens, grant.id)
+        await asyncio.sleep(1.1)
+        problem(await c.get(f"/{realm}", headers=bearer(token)), 401)
+
+
+async def test_streams_respect_realms_and_revocation(store_url: str, tokens: str, realm: str) -> None:
+    writer, _ = add_token(tokens, "*", "write")
+    reader, grant = add_token(tokens, realm, "read")
+    with ThreadServer(store_url, heartbeat=0.2, auth=Authenticator(tokens, recheck=0)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            stream_headers = {**bearer(reader), "Accept": "text/event-stream"}
+            problem(await c.get(f"/{realm}x", headers=stream_headers), 403)
+            problem(await c.get(f"/{realm}", headers={"Accept": "text/event-stream"}), 401)
+            await c.post(f"/{realm}/d/e/t", json={"event": 1}, headers=bearer(writer))
+            await c.post(f"/{realm}x/d/e/t", json={"event": 1}, headers=bearer(writer))
+            seen: list[str] = []
+
+            async def follow() -> None:
+                async with c.stream("GET", f"/{realm}", headers=stream_headers) as s:
+                    assert s.status_code == 200
+                    async for line in s.aiter_lines():
+                        if line.startswith("data:"):
+                            seen.append(line)
+
+            task = asyncio.ensure_future(follow())
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(seen) == 1 and realm + "x" not in seen[0]
+            revoke_token(tokens, grant.id)
+            await c.post(f"/{realm}/d/e/t", json={"event": 2}, headers=bearer(writer))
+            await asyncio.wait_for(task, 10)  # the stream ends instead of carrying the new event
+            assert len(seen) == 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "perhap.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_token_cli(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.json")
+    r = run_cli("token", "add", "--auth", path, "--realm", "shop", "--permission", "write")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.splitlines()[0]
+    assert token.strip() == token and " " not in token and len(token) > 30
+    assert token not in Path(path).read_text()
+    assert (Path(path).stat().st_mode & 0o077) == 0
+    [grant] = load_grants(path)
+    assert grant.realm == "shop" and grant.permission == "write"
+    listed = run_cli("token", "list", "--auth", path)
+    assert listed.returncode == 0 and grant.id in listed.stdout and token not in listed.stdout
+    for bad in (["--realm", "_sys", "--permission", "read"], ["--realm", "shop", "--permission", "owner"]):
+        r = run_cli("token", "add", "--auth", path, *bad)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert run_cli("token", "revoke", "--auth", path, grant.id).returncode == 0
+    assert load_grants(path) == []
+    r = run_cli("token", "revoke", "--auth", path, grant.id)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def test_non_loopback_needs_auth_or_insecure(tmp_path: Path) -> None:
+    r = run_cli("serve", "--db", f"sqlite:///{tmp_path}/x.db", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert r.returncode == 2 and "--auth" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--host", "0.0.0.0", "--insecure") as server:
+        code, out = server.terminate()
+    assert "WARNING" in out and "insecure" in out
+
+
+def test_tokens_never_in_logs(tmp_path: Path) -> None:
+    path = str(tmp_path / "tokens.json")
+    token, _ = add_token(path, "shop", "write")
+    wrong = "perhap_" + uuid.uuid4().hex * 2
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--auth", path, "--log-format", "json",
+                       "--log-level", "debug") as server:
+        for t in (token, wrong):
+            for method, url in (("POST", "/shop/d/e/t"), ("GET", "/shop"), ("GET", "/other"), ("GET", "/keys"),
+                                ("GET", "/_metrics"), ("POST", "/shop/d/e/t?x=1")):
+                r = httpx.request(method, server.url + url, json={"event": {"secret-body": 1}},
+                                  headers=bearer(t), timeout=10)
+                assert t not in r.text and r.status_code < 500
+        code, out = server.terminate()
+    assert token not in out and wrong not in out and token[7:20] not in out
+    assert "secret-body" not in out
+    import json
+
+    access = [json.loads(line) for line in out.splitlines() if '"status"' in line]
+    assert len(access) >= 12
+    first = next(a for a in access if a["method"] == "POST")
+    assert {"method", "path", "status", "duration_ms", "realm", "bytes"} <= set(first)
+    assert first["realm"] == "shop" and first["status"] == 201

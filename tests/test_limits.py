@@ -1,0 +1,214 @@
+"""Limits answer with clear problem+json: body, batch, nesting depth, streams, headers; and the
+listener's options: header timeout, CORS, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from perhap import Store
+from perhap.app import PerhapApp
+from perhap.auth import Authenticator, add_token
+from perhap.limits import limited_protocol
+from tests.servers import ThreadServer, free_port
+
+
+def problem(r: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["detail"]
+    if slug:
+        assert body["type"] == f"urn:perhap:problem:{slug}"
+    return body  # type: ignore[no-any-return]
+
+
+async def in_process(app: PerhapApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def test_body_batch_and_depth_limits(store: Store, realm: str) -> None:
+    app = PerhapApp(store, max_body=2000, max_batch=3, max_depth=5)
+    async with await in_process(app) as c:
+        assert problem(await c.post(f"/{realm}/d/e/t", json={"event": "x" * 3000}), 413)["max_body"] == 2000
+        batch = {"events": [{"type": "t", "event": i} for i in range(4)]}
+        assert problem(await c.post(f"/{realm}/d/e", json=batch), 413, "batch-too-large")["max_batch"] == 3
+        batch["events"] = batch["events"][:3]
+        assert (await c.post(f"/{realm}/d/e", json=batch)).status_code == 201
+        ok = {"event": {"a": [{"b": [1]}]}}  # depth 5, counting the body object
+        assert (await c.post(f"/{realm}/d/e/t", json=ok)).status_code == 201
+        deep = {"event": {"a": [{"b": [[1]]}]}}  # depth 6
+        assert problem(await c.post(f"/{realm}/d/e/t", json=deep), 400, "too-deep")["max_depth"] == 5
+        # brackets inside strings do not count
+        assert (await c.post(f"/{realm}/d/e/t", json={"event": "[[[[[[[[{{{{{{"})).status_code == 201
+        assert len((await c.get(f"/{realm}/d/e")).json()["events"]) == 5
+
+
+async def test_default_depth_limit(store: Store, realm: str) -> None:
+    async with await in_process(PerhapApp(store)) as c:
+        nested: Any = 1
+        for _ in range(62):
+            nested = [nested]
+        assert (await c.post(f"/{realm}/d/e/t", json={"event": nested})).status_code == 201
+        body = b'{"event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        problem(await c.post(f"/{realm}/d/e/t", content=body), 400)
+
+
+async def test_open_stream_limits(store_url: str, tmp_path: Path, realm: str) -> None:
+    tokens = str(tmp_path / "tokens.json")
+    a, _ = add_token(tokens, "*", "read")
+    b, _ = add_token(tokens, "*", "read")
+    with ThreadServer(store_url, heartbeat=0.2, max_streams=3, max_streams_per_token=2,
+                      auth=Authenticator(tokens, recheck=0)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            def headers(t: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {t}", "Accept": "text/event-stream"}
+
+            async def hold(t: str, opened: asyncio.Event, stop: asyncio.Event) -> None:
+                async with c.stream("GET", f"/{realm}", headers=headers(t)) as s:
+                    assert s.status_code == 200
+                    opened.set()
+                    await stop.wait()
+
+            stop = asyncio.Event()
+            holders = []
+            for t in (a, a, b):
+                opened = asyncio.Event()
+                holders.append(asyncio.ensure_future(hold(t, opened, stop)))
+                await asyncio.wait_for(opened.wait(), 10)
+                await asyncio.sleep(0.05)
+            # a holds 2 (its limit); the server holds 3 (its limit)
+            body = problem(await c.get(f"/{realm}", headers=headers(a)), 429, "too-many-streams")
+            assert "max_streams" in body or "max_streams_per_token" in body
+            problem(await c.get(f"/{realm}", headers=headers(b)), 429, "too-many-streams")
+            assert (await c.get(f"/{realm}", headers={"Authorization": f"Bearer {b}"})).status_code == 200
+            stop.set()
+            await asyncio.gather(*holders)
+            for _ in range(100):
+                if server.app.open_streams == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.app.open_streams == 0 and server.app.stream_limits.by_token == {}
+
+
+def _raw(port: int, request: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(request)
+        conn.settimeout(timeout)
+        chunks = []
+        try:
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol(max_header=8192, header_timeout=1.0)
+    with server:
+        big = b"GET /_health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+        reply = _raw(server.port, big)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431") and b"application/problem+json" in head
+        assert b'"status":431' in body
+        long_url = b"GET /" + b"r" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert _raw(server.port, long_url).startswith(b"HTTP/1.1 431")
+        ok = _raw(server.port, b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        assert _raw(server.port, b"GET /_health HTTP/1.1\r\nHost: x\r\n", timeout=10) == b""
+        assert time.monotonic() - start < 5  # closed by the 1 s header deadline
+
+
+async def test_cors(store: Store, realm: str, tmp_path: Path) -> None:
+    tokens = str(tmp_path / "tokens.json")
+    token, _ = add_token(tokens, realm, "write")
+    app = PerhapApp(store, cors_origins=["https://app.example"], auth=tokens)
+    async with await in_process(app) as c:
+        pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+        r = await c.options(f"/{realm}/d/e/t", headers=pre)  # no token: preflights never carry one
+        assert r.status_code == 204
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        r = await c.options(f"/{realm}/d/e/t", headers={**pre, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+        r = await c.post(f"/{realm}/d/e/t", json={"event": 1},
+                         headers={"Origin": "https://app.example", "Authorization": f"Bearer {token}"})
+        assert r.status_code == 201 and r.headers["access-control-allow-origin"] == "https://app.example"
+        r = await c.get(f"/{realm}", headers={"Origin": "https://app.example"})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example"
+        r = await c.get(f"/{realm}", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    async with await in_process(PerhapApp(store)) as c:  # none by default
+        r = await c.get(f"/{realm}", headers={"Origin": "https://app.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
+                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert httpx.post(f"https://127.0.0.1:{port}/r/d/e/t", json={"event": 1}, verify=context).status_code == 201
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/_health", timeout=2).raise_for_status()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"https://127.0.0.1:{port}".encode() in out
+
+
+def test_tls_options_must_come_together(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--tls-cert", str(tmp_path / "c.pem")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--tls-key" in r.stderr
