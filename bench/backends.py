@@ -1,0 +1,110 @@
+"""Backends to measure: each hands out fresh, empty store URLs for the in-process rows.
+
+SQLite always exists. PostgreSQL and Cassandra join when their perhap backend module imports and
+the harness can start a private server (``perhap.testing.postgres`` / ``perhap.testing.cassandra``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+NAMES = ("sqlite", "postgresql", "cassandra")
+
+
+class Backend:
+    name = "sqlite"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.counter = itertools.count()
+
+    def start(self) -> None:
+        pass
+
+    def new_url(self) -> str:
+        return f"sqlite:///{self.workdir}/store-{next(self.counter)}.db"
+
+    def stop(self) -> None:
+        pass
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def start(self) -> None:
+        from perhap.testing.postgres import PostgresServer
+
+        self.server = PostgresServer(self.workdir / "pg")
+        self.server.start()
+
+    def new_url(self) -> str:
+        return self.server.create_database(f"bench_{os.getpid()}_{next(self.counter)}")
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+class CassandraBackend(Backend):
+    name = "cassandra"
+
+    def start(self) -> None:
+        from perhap.testing.cassandra import CassandraNode
+
+        self.node = CassandraNode(self.workdir / "node")
+        self.node.start()
+
+    def new_url(self) -> str:
+        return self.node.url(f"bench_{os.getpid()}_{next(self.counter)}")
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+CLASSES = {"sqlite": Backend, "postgresql": PostgresBackend, "cassandra": CassandraBackend}
+
+
+def available(name: str) -> tuple[bool, str]:
+    """Whether a backend can be measured here, and why not."""
+    if name == "sqlite":
+        return True, ""
+    module = {"postgresql": "perhap.postgres", "cassandra": "perhap.cassandra"}[name]
+    if importlib.util.find_spec(module) is None:
+        return False, f"{module} does not exist yet"
+    if name == "postgresql":
+        if importlib.util.find_spec("asyncpg") is None:
+            return False, "asyncpg is not installed"
+        try:
+            from perhap.testing.postgres import find_bin_dir
+
+            find_bin_dir()
+        except Exception as exc:
+            return False, str(exc).splitlines()[0]
+    if name == "cassandra":
+        if importlib.util.find_spec("cassandra") is None:
+            return False, "cassandra-driver is not installed"
+        if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+            return False, "no java to run Cassandra"
+    return True, ""
+
+
+def choose(spec: str, quick: bool) -> list[str]:
+    """Backends named by ``--backend``: a comma list, or ``auto`` (every available one; quick: SQLite)."""
+    if spec == "auto":
+        if quick:
+            return ["sqlite"]
+        return [n for n in NAMES if available(n)[0]]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    names = ["postgresql" if n in ("postgres", "pg") else n for n in names]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise SystemExit(f"unknown backend(s): {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    for n in names:
+        ok, why = available(n)
+        if not ok:
+            raise SystemExit(f"backend {n} is not available: {why}")
+    return names

@@ -1,0 +1,299 @@
+"""The whole suite: every measurement in one run, turned into the rows of one table."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import backends as backend_mod
+from . import dataset, growth, httpbench, inprocess, latency, limits, memory, peers
+from .common import Row, Sizes, log, ratio
+
+T = TypeVar("T")
+ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8")
+
+
+@dataclass
+class Options:
+    sizes: Sizes
+    backends: list[str] = field(default_factory=lambda: ["sqlite"])
+    only: set[str] = field(default_factory=lambda: set(ROWS))
+    cache_dir: str | None = None
+    workdir: str | None = None
+    repeats: int = 2  # alternating runs of perhap and its baseline; the best of each is kept
+    keep: bool = False
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _best(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = set().union(*runs)
+    return {k: max(r[k] for r in runs if k in r) for k in keys}
+
+
+class Suite:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.s = options.sizes
+        self.rows: list[Row] = []
+        self.errors: list[str] = []
+        self.failed: dict[str, str] = {}  # backend -> why its in-process rows are missing
+        self.meta: dict[str, Any] = {}
+
+    def want(self, row: str) -> bool:
+        return row in self.o.only
+
+    def step(self, name: str, fn: Callable[[], None]) -> None:
+        """Run one measurement; a failure becomes a row-less error, the rest of the suite goes on."""
+        start = time.perf_counter()
+        log(f"{name} ...")
+        try:
+            fn()
+        except Exception as exc:
+            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            log(f"{name} FAILED: {exc}\n{traceback.format_exc()}")
+        else:
+            log(f"{name} done in {time.perf_counter() - start:.1f}s")
+
+    def run(self) -> list[Row]:
+        made_workdir = self.o.workdir is None
+        self.work = Path(self.o.workdir or tempfile.mkdtemp(prefix="perhap-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.cache = dataset.cache_dir(self.o.cache_dir)
+        self.meta.update(workdir=str(self.work), cache_dir=str(self.cache))
+        try:
+            self._run()
+        finally:
+            if made_workdir and not self.o.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
+        order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "7a", "7b", "8",
+                                             "ref1", "ref2", "ref3"))}
+        self.rows.sort(key=lambda r: (order.get(r.key, 99), backend_mod.NAMES.index(r.backend)
+                                      if r.backend in backend_mod.NAMES else 9))
+        return self.rows
+
+    # ----------------------------------------------------------------- the measurements
+
+    def _run(self) -> None:
+        s, o = self.s, self.o
+        inproc: dict[str, dict[str, float]] = {}
+        peer: dict[str, float] = {}
+        floor: dict[str, float] = {}
+        if self.want("ref"):
+            self.step("raw SQLite floor", lambda: floor.update(limits.measure(self.work, s)))
+        if self.want("3") or self.want("4") or self.want("5"):
+            self.step("eventsourcing and perhap in process (rows 3-5)",
+                      lambda: self._inprocess(peer, inproc))
+        self._rows_inprocess(peer, inproc)
+        self._rows_floor(floor, inproc.get("sqlite", {}))
+        if self.want("1") or self.want("2"):
+            self.step("HTTP (rows 1-2)", self._http)
+        big = small = None
+        if self.want("6") or self.want("7"):
+            def prepare() -> None:
+                nonlocal big, small
+                big = dataset.prepared(s.growth_n, self.cache)
+                small = dataset.prepared(s.growth_small, self.cache)
+                dataset.warm(big)
+            self.step(f"prepared stores of {s.growth_n:,} and {s.growth_small:,} events", prepare)
+        if big is not None and small is not None:
+            if self.want("6"):
+                self.step("growth (row 6)", lambda: self._growth(big, small))  # type: ignore[arg-type]
+            if self.want("7"):
+                self.step("memory (row 7)", lambda: self._memory(big))  # type: ignore[arg-type]
+        if self.want("8"):
+            self.step("streaming latency (row 8)", self._latency)
+
+    def _inprocess(self, peer: dict[str, float], inproc: dict[str, dict[str, float]]) -> None:
+        s = self.s
+        peer_runs: list[dict[str, float]] = []
+        runs: dict[str, list[dict[str, float]]] = {b: [] for b in self.o.backends}
+        started: dict[str, backend_mod.Backend] = {}
+        try:
+            for name in self.o.backends:
+                b = backend_mod.CLASSES[name](self.work)
+                log(f"starting backend {name}")
+                try:
+                    b.start()
+                except Exception as exc:  # one backend failing must not lose the others' rows
+                    self._backend_failed(name, f"could not start: {exc}")
+                    continue
+                started[name] = b
+            for i in range(self.o.repeats):
+                log(f"round {i + 1}/{self.o.repeats}: eventsourcing")
+                single = peers.concurrent_single_inserts(self.work, s.seconds)
+                batch = peers.batch_inserts(self.work, s.batch_count)
+                peer_runs.append({"single": single, "batch": batch})
+                for name, b in started.items():
+                    if name in self.failed:
+                        continue
+                    log(f"round {i + 1}/{self.o.repeats}: perhap on {name}")
+                    # read back only once: it is best-of-3 inside, and the fill is the slow part
+                    readback = s.readback if i == 0 else 0
+                    try:
+                        runs[name].append(_run_async(_perhap_inprocess(b.new_url(), s, readback)))
+                    except Exception as exc:
+                        self._backend_failed(name, f"{type(exc).__name__}: {exc}")
+            peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
+        finally:
+            for b in started.values():
+                try:
+                    b.stop()
+                except Exception as exc:
+                    log(f"stopping {b.name} failed: {exc}")
+        peer.update(_best(peer_runs))
+        for name, r in runs.items():
+            if r:
+                inproc[name] = _best(r)
+        self.meta["inprocess_runs"] = {"eventsourcing": peer_runs, **runs}
+
+    def _backend_failed(self, name: str, why: str) -> None:
+        self.failed[name] = why.splitlines()[0][:300]
+        self.errors.append(f"backend {name}: {self.failed[name]}")
+        log(f"backend {name} FAILED: {why}")
+
+    def _rows_inprocess(self, peer: dict[str, float], inproc: dict[str, dict[str, float]]) -> None:
+        for name, why in self.failed.items():
+            self.rows.append(Row("3-5", "in-process rows", name, note=f"not measured: {why}",
+                                 target="see rows 3-5"))
+        for name, r in inproc.items():
+            if self.want("3") and "single" in r:
+                self.rows.append(Row("3", "append, 64 concurrent single events", name,
+                                     r["single"], "events/s", peer.get("single"), "events/s",
+                                     "eventsourcing, 16 threads", ratio(r["single"], peer.get("single")),
+                                     note=_group_note(r)).judge(">=", 5))
+            if self.want("4") and "batch" in r:
+                self.rows.append(Row("4", "batch append, 1,000 events a batch", name, r["batch"], "events/s",
+                                     peer.get("batch"), "events/s", "eventsourcing",
+                                     ratio(r["batch"], peer.get("batch"))).judge(">=", 0.5))
+            if self.want("5") and "read" in r:
+                count = int(r.get("read_count", self.s.readback))
+                note = "" if count >= self.s.readback else (
+                    f"a {count:,}-event entity: filling {self.s.readback:,} at this backend's batch rate "
+                    f"would take too long")
+                self.rows.append(Row("5", f"read back one {self.s.readback:,}-event entity", name, r["read"],
+                                     "events/s", peer.get("select"), "events/s",
+                                     "eventsourcing select_events",
+                                     ratio(r["read"], peer.get("select")), note=note).judge(">=", 1))
+
+    def _rows_floor(self, floor: dict[str, float], sqlite: dict[str, float]) -> None:
+        if not floor:
+            return
+        self.rows.append(Row("ref1", "row 3 vs SQLite 1-row durable commits", "sqlite",
+                             sqlite.get("single"), "events/s", floor["single_commits"], "commits/s",
+                             "raw sqlite3", ratio(sqlite.get("single"), floor["single_commits"]),
+                             note="reference: group commit lets perhap beat one fsync per event"))
+        self.rows.append(Row("ref2", "row 4 vs SQLite executemany, 2 indexes", "sqlite",
+                             sqlite.get("batch"), "events/s", floor["executemany"], "rows/s",
+                             "raw sqlite3", ratio(sqlite.get("batch"), floor["executemany"])))
+        self.rows.append(Row("ref3", "row 4 vs SQLite executemany, perhap schema",
+                             "sqlite", sqlite.get("batch"), "events/s", floor["executemany_perhap_schema"],
+                             "rows/s", "raw sqlite3", ratio(sqlite.get("batch"), floor["executemany_perhap_schema"]),
+                             note="reference: the same 7 b-trees perhap writes; the gap is Python"))
+
+    def _http(self) -> None:
+        s = self.s
+        url = f"sqlite:///{self.work}/http.db"
+        r = httpbench.measure(url, self.work, s.http_seconds, self.o.repeats)
+        gen = r["generator"]
+        self.meta["http"] = r
+        if self.want("1"):
+            self.rows.append(Row("1", "HTTP append, 32 connections, durable POST", "sqlite",
+                                 r["perhap_post"]["rps"], "req/s", r["raw_post"]["rps"], "req/s",
+                                 "raw ASGI", ratio(r["perhap_post"]["rps"], r["raw_post"]["rps"]),
+                                 note=f"load generator: {gen}" + (f"; p99 {r['perhap_post']['p99_ms']:.1f} ms "
+                                                                  f"(raw ASGI {r['raw_post']['p99_ms']:.1f} ms)"
+                                                                  if "p99_ms" in r["perhap_post"] else "")
+                                 ).judge(">=", 0.5))
+        if self.want("2"):
+            self.rows.append(Row("2", "HTTP GET of a 100-event entity", "sqlite",
+                                 r["perhap_get"]["rps"], "req/s", r["raw_get"]["rps"], "req/s",
+                                 "raw ASGI", ratio(r["perhap_get"]["rps"], r["raw_get"]["rps"]),
+                                 note=f"load generator: {gen}; perhap's response is 100 events, "
+                                      f"the baseline's a 17-byte hello").judge(">=", 0.4))
+
+    def _growth(self, big: dataset.Dataset, small: dataset.Dataset) -> None:
+        s = self.s
+        r = _run_async(growth.measure(big, small, self.work, s.seconds, s.growth_reads, self.o.repeats))
+        self.meta["growth"] = r
+        n = f"{big.events:,}"
+        self.rows.append(Row("6a", f"append with {big.events / 1e6:g}M events stored", "sqlite",
+                             r["append_big"], "events/s", r["append_empty"], "events/s", "empty store",
+                             ratio(r["append_big"], r["append_empty"]),
+                             note=f"N = {n}{'' if big.events >= 10_000_000 else ' (full mode: 10,000,000)'}; "
+                                  "row 3's load").judge(">=", 0.8))
+        self.rows.append(Row("6b", f"entity read latency at {big.events / 1e6:g}M", "sqlite",
+                             r["read_big_ms"], "ms", r["read_small_ms"], "ms", f"at {small.events // 1000}k events",
+                             ratio(r["read_big_ms"], r["read_small_ms"]),
+                             note=f"median of {s.growth_reads} random 100-event entities; p99 "
+                                  f"{r['read_big_p99_ms']:.2f} vs {r['read_small_p99_ms']:.2f} ms"
+                             ).judge("<=", 1.5))
+
+    def _memory(self, big: dataset.Dataset) -> None:
+        n = big.domain_events()
+        for key, how in (("7a", "paging"), ("7b", "stream")):
+            r = memory.measure(big, self.work, how)
+            self.meta[f"memory_{how}"] = r
+            row = Row(key, f"server peak RSS, {n / 1e6:g}M-event domain by {how}", "sqlite",
+                      r["peak_mib"], "MiB", r["idle_mib"], "MiB", "idle server",
+                      ratio(r["peak_mib"], r["idle_mib"]), target="< 150 MiB",
+                      note=f"RSS {r['rss_at_10pct_mib']:.0f} MiB after 10% read, {r['rss_at_end_mib']:.0f} "
+                           f"MiB at the end; {r['events_per_s']:,.0f} events/s"
+                           + ("" if n >= 1_000_000 else " (full mode: 1,000,000 events)"))
+            self.rows.append(row.judge("<", 150, subject=r["peak_mib"]))
+
+    def _latency(self) -> None:
+        s = self.s
+        url = f"sqlite:///{self.work}/latency.db"
+        r = latency.measure(url, self.work, s.stream_subscribers, s.stream_rate, s.stream_seconds)
+        self.meta["latency"] = r
+        row = Row("8", f"stream p99, 201 to delivery, {s.stream_subscribers} subs, {s.stream_rate:,}/s", "sqlite",
+                  r["p99_ms"], "ms", r["p50_ms"], "ms", "p50", target="< 10 ms",
+                  note=f"{r['deliveries']:,} deliveries, {r['missing']} missing, {r['duplicates']} duplicated; "
+                       f"appends achieved {r['rate_achieved']:,.0f}/s; max {r['max_ms']:.1f} ms")
+        row.judge("<", 10, subject=r["p99_ms"])
+        healthy = r["missing"] == 0 and r["duplicates"] == 0 and r["rate_achieved"] >= 0.95 * s.stream_rate
+        if not healthy:
+            row.passed = False
+        self.rows.append(row)
+
+
+async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, float]:
+    from perhap import open_store
+
+    out: dict[str, float] = {}
+    async with open_store(url) as store:
+        out["single"] = await inprocess.concurrent_appends(store, s.seconds)
+        groups = getattr(store, "groups_committed", None)
+        if groups:
+            out["events_per_commit"] = store.events_committed / groups  # type: ignore[attr-defined]
+        out["batch"] = await inprocess.batch_appends(store, s.batch_count, max_seconds=2 * s.seconds)
+        if readback:
+            # A slow backend reads back a smaller entity: filling it must not take the whole run.
+            affordable = int(out["batch"] * FILL_SECONDS[s.mode]) // 10_000 * 10_000
+            out["read_count"] = count = min(readback, max(affordable, 10_000))
+            out["read"] = await inprocess.read_back(store, count)
+    return out
+
+
+FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
+
+
+def _group_note(r: dict[str, float]) -> str:
+    if r.get("events_per_commit"):
+        return f"group commit: {r['events_per_commit']:.1f} events per commit on average"
+    return ""

@@ -1,0 +1,93 @@
+"""The benchmark suite's machinery on tiny sizes, so `python -m bench` cannot rot unnoticed.
+
+Nothing here times anything: performance targets are judged by running the suite itself
+(docs/performance.md). These tests only check that every row is measured and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("eventsourcing", reason="the bench extra is not installed: pip install -e '.[bench]'")
+pytest.importorskip("psutil", reason="the bench extra is not installed: pip install -e '.[bench]'")
+
+from bench import dataset, loadgen  # noqa: E402
+from bench.common import TINY, Row, markdown_table, table  # noqa: E402
+from bench.servers import raw_server  # noqa: E402
+from bench.suite import Options, Suite  # noqa: E402
+
+EXPECTED = {"1", "2", "3", "4", "5", "6a", "6b", "7a", "7b", "8", "ref1", "ref2", "ref3"}
+
+
+def test_every_row_is_measured_on_tiny_sizes(tmp_path: Path) -> None:
+    suite = Suite(Options(sizes=TINY, repeats=1, cache_dir=str(tmp_path / "cache"),
+                          workdir=str(tmp_path / "work")))
+    rows = suite.run()
+    assert suite.errors == []
+    assert {r.key for r in rows} == EXPECTED
+    for r in rows:
+        assert r.value is not None and (r.value > 0 or r.key == "8"), r  # a p99 may be 0 ms
+        assert r.baseline is not None and r.baseline >= 0, r
+        if r.key not in ("7a", "7b", "8"):  # absolute targets; the rest are ratios
+            assert r.ratio is not None and r.ratio > 0, r
+        if r.target:
+            assert r.passed in (True, False), r
+    stream = next(r for r in rows if r.key == "8")
+    assert "0 missing, 0 duplicated" in stream.note
+    text = table(rows)
+    assert all(f"\n{key} " in "\n" + text for key in EXPECTED)
+    assert markdown_table(rows).count("\n") == len(rows) + 1
+
+
+def test_the_builtin_load_generator_counts_requests(tmp_path: Path) -> None:
+    with raw_server(tmp_path / "raw.log") as server:
+        got = loadgen.run(server.url + "/bench/http", "POST", connections=4, seconds=0.5)
+        assert got["requests"] > 0 and got["non2xx"] == 0 and got["errors"] == 0
+        got = loadgen.run(server.url + "/", "GET", connections=2, seconds=0.3, processes=2)
+        assert got["requests"] > 0 and got["non2xx"] == 0
+
+
+def test_a_prepared_store_is_a_valid_perhap_store_and_restored_after_appends(tmp_path: Path) -> None:
+    import asyncio
+
+    from perhap import Scope, open_store
+
+    data = dataset.prepared(2_000, tmp_path)
+
+    async def check() -> None:
+        async with open_store(data.url) as store:
+            page = await store.read(Scope(*data.entity(3)), limit=1000)
+            assert [e.version for e in page.events] == list(range(100))
+            assert (await store.read(Scope("bench", "d0"), limit=10_000)).events[-1].position <= data.events
+            await store.append("bench", "d0", "new", "happened", {"n": 1})
+            await store.append("bench", "d0", "e0", "happened", {"n": 2})
+
+    asyncio.run(check())
+    dataset.restore(data)
+    again = dataset.prepared(2_000, tmp_path)  # reused, not rebuilt
+    assert again == data
+
+    async def count() -> int:
+        async with open_store(data.url) as store:
+            return await store.count()  # type: ignore[attr-defined,no-any-return]
+
+    assert asyncio.run(count()) == 2_000
+
+
+def test_the_command_line_writes_one_table_and_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--mode", "tiny", "--only", "ref,3,4,5", "--json", str(out),
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "append, 64 concurrent" in proc.stdout and "results written to" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "tiny" and doc["errors"] == [] and doc["machine"]["nproc"] >= 1
+    assert {r["key"] for r in doc["rows"]} == {"3", "4", "5", "ref1", "ref2", "ref3"}
+    assert all(Row(**r).value for r in doc["rows"])
