@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Protocol
 
-ALL = ("sqlite", "postgres")  # cassandra joins as its backend lands
+ALL = ("sqlite", "postgres", "cassandra")
 
 
 class Provider(Protocol):

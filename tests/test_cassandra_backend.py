@@ -1,0 +1,361 @@
+"""Cassandra-specific proofs, on a real node (never a mock): several writer processes and a paging
+reader, the fencing of abandoned attempts, Paxos between processes, a node going away and coming
+back, and the versioned schema. The conformance suite covers the rest of the contract.
+
+Writer processes run this module: ``python -m tests.test_cassandra_backend MODE ARGS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from cassandra.cluster import Cluster
+
+from perhap import Scope, StorageUnavailable, Store, VersionConflict, open_store
+from perhap.app import PerhapApp
+from perhap.cassandra import CassandraStore, parse_cassandra_url
+from perhap.store import new_event
+from perhap.testing.cassandra import CassandraNode
+
+pytestmark = pytest.mark.cassandra
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.conftest import get_provider  # the session's node, shared with the conformance suite
+
+    return get_provider("cassandra", tmp_path_factory)
+
+
+@pytest.fixture
+def url(cassandra: Any) -> str:
+    return cassandra.new_url()  # type: ignore[no-any-return]
+
+
+async def read_all(store: Store, scope: Scope, limit: int = 1000) -> list[Any]:
+    events, following = [], None
+    while True:
+        page = await store.read(scope, following=following, limit=limit)
+        events.extend(page.events)
+        if page.next is None:
+            return events
+        following = page.next
+
+
+def spawn(*args: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tests.test_cassandra_backend", *map(str, args)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> list[str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out.splitlines() + [line for line in err.splitlines() if line.startswith("stats ")]
+
+
+# ----------------------------------------------------------------------------- URL
+
+
+def test_url_defaults_and_options() -> None:
+    c = parse_cassandra_url("cassandra://127.0.0.1/ks")
+    assert (c["hosts"], c["port"], c["keyspace"], c["replication_factor"]) == (["127.0.0.1"], 9042, "ks", 1)
+    assert (c["settle_us"], c["skew_us"]) == (300_000, 50_000)
+    c = parse_cassandra_url("cassandra://u:p%40ss@h1,h2:9043/perhap?replication_factor=3&namespace=t-1"
+                            "&consistency=local_quorum&settle_ms=1000&clock_skew_ms=200&timeout=5")
+    assert (c["hosts"], c["port"], c["user"], c["password"]) == (["h1", "h2"], 9043, "u", "p@ss")
+    assert c["namespace"] == "t-1"
+    assert (c["replication_factor"], c["settle_us"], c["skew_us"], c["timeout"]) == (3, 1_000_000, 200_000, 5.0)
+    for bad in ("cassandra://h/", "cassandra:///ks", "cassandra://h/ks?nope=1", "cassandra://h/k-s",
+                "cassandra://h/ks?consistency=MOST", "cassandra://h/ks?settle_ms=100&clock_skew_ms=100",
+                "cassandra://h/ks?namespace=a/b"):
+        with pytest.raises(ValueError):
+            parse_cassandra_url(bad)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+async def test_schema_is_versioned_and_reopens(cassandra: Any) -> None:
+    keyspace = f"perhap_schema_{uuid.uuid4().hex[:8]}"
+    url = f"cassandra://{cassandra.hosts}/{keyspace}?bucket_seconds=30"
+    cassandra.keyspaces.append(keyspace)  # dropped with the others when the cluster is shared
+    async with open_store(url) as s:
+        await s.append("r", "d", "e", "t", 1)
+    host, _, port = cassandra.hosts.rpartition(":")
+    cluster = Cluster(host.split(","), port=int(port))
+    try:
+        session = cluster.connect(keyspace)
+        meta = dict(session.execute("SELECT key, value FROM meta"))
+        assert meta == {"schema_version": "1", "bucket_us": "30000000"}
+        async with open_store(f"cassandra://{cassandra.hosts}/{keyspace}?bucket_seconds=99") as s:
+            assert isinstance(s, CassandraStore) and s.bucket_us == 30_000_000  # fixed at creation
+            assert [e.event for e in (await s.read(Scope("r", "d", "e"))).events] == [1]
+        session.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        with pytest.raises(StorageUnavailable, match="newer perhap"):
+            await open_store(url)
+    finally:
+        cluster.shutdown()
+
+
+# ----------------------------------------------------------------------------- settling
+
+
+async def test_abandoned_attempt_is_fenced_and_never_delivered(url: str, realm: str) -> None:
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        key = (store._r(realm), "d", "stalled")  # the realm as stored (namespaced)
+        # A writer that wrote its pending rows, then stalled (or died) before its Paxos commit.
+        pending, _ = await store._pending(key, [new_event("t", "lost")], -1, 0, 0)
+        assert pending is not None
+        ok = await store.append(realm, "d", "e", "t", "kept")
+        events = await read_all(store, Scope(realm, "d"))  # waits out the settle window
+        assert [e.event for e in events] == ["kept"] and events[0].event_id == ok.first.event_id
+        assert store.stats["fenced"] == 1
+        # The stalled writer wakes up: its commit is refused, so it can never land behind a reader.
+        assert await store._commit(key, pending, -1) is None
+        assert (await store.read(Scope(realm, "d", "stalled"))).events == []
+        assert [e.event for e in await read_all(store, Scope(realm))] == ["kept"]
+
+
+class Died(Exception):
+    pass
+
+
+async def test_commit_whose_writer_died_is_completed_by_readers(url: str, realm: str) -> None:
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+
+        async def die(*args: Any) -> None:  # the writer dies right after its Paxos commit
+            raise Died
+
+        store._after_commit = die  # type: ignore[method-assign]
+        with pytest.raises(Died):
+            await store.append(realm, "d", "e", "t", "committed")
+    async with open_store(url) as reader:  # another process: no memory of that attempt
+        assert isinstance(reader, CassandraStore)
+        events = await read_all(reader, Scope(realm, "d"))
+        assert [e.event for e in events] == ["committed"]
+        assert reader.stats["fenced"] == 0
+    async with open_store(url) as again:  # the reader repaired the id and the keys on its way
+        assert (await again.get_event(realm, "d", events[0].event_id)).event == "committed"
+        assert (await again.keys(realm, "d")).keys == ["e"]
+
+
+async def test_a_commit_sent_twice_is_recognised(url: str, realm: str) -> None:
+    """The driver re-sends a request whose connection broke: if the first try was applied, the
+    second finds the attempt's own marker and must report success, not a conflict to retry."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        key = (store._r(realm), "d", "e")
+        chosen = new_event("t", "chosen id", event_id=str(uuid.uuid4()))  # its marker too is ours
+        pending, _ = await store._pending(key, [new_event("t", "once"), chosen], -1, 0, 0)
+        assert pending is not None
+        assert await store._commit(key, pending, -1) is True
+        assert await store._commit(key, pending, -1) is True
+        assert [e.version for e in (await store.read(Scope(realm, "d", "e"))).events] == [0, 1]
+
+
+async def test_read_after_acknowledgement_includes_it(url: str, realm: str) -> None:
+    async with open_store(url) as store:
+        for i in range(5):
+            r = await store.append(realm, "d", f"e{i}", "t", i)
+            started = time.monotonic()
+            page = await store.read(Scope(realm))
+            assert page.events[-1].event_id == r.first.event_id
+            assert time.monotonic() - started < 2
+        big = await store.append_batch(realm, "d", "big", [{"type": "t", "event": i} for i in range(2000)])
+        assert (await store.read(Scope(realm, "d"), following=r.first.event_id, limit=5000)).events[-1].event_id \
+            == big.events[-1].event_id
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+async def test_writer_processes_and_a_paging_reader_no_gap_no_duplicate(url: str, realm: str) -> None:
+    """Four writer processes (two with clocks 20 ms off, one that stalls past the settle window
+    now and then, so that readers fence it) and two readers paging the realm and a domain."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        await store.append(realm, "d0", "first", "t", "start")  # the schema exists before they start
+        writers = [spawn("write", url, realm, w, 120, offset, stall)
+                   for w, offset, stall in ((0, 0, 0), (1, 20, 0), (2, -20, 0), (3, 0, 0.15))]
+
+        async def reader(scope: Scope) -> list[str]:
+            seen: list[str] = []
+            following = None
+            while True:
+                finished = all(w.poll() is not None for w in writers)
+                page = await store.read(scope, following=following, limit=7)
+                seen.extend(e.event_id for e in page.events)
+                if page.events:
+                    following = page.events[-1].event_id
+                elif finished:
+                    return seen
+                else:
+                    await asyncio.sleep(0.01)
+
+        realm_seen, d0_seen = await asyncio.gather(reader(Scope(realm)), reader(Scope(realm, "d0")))
+        lines = [line for w in writers for line in finish(w)]
+        acknowledged = [line.split()[1] for line in lines if line.startswith("ack ")]
+        stats = [orjson.loads(line.split(None, 1)[1]) for line in lines if line.startswith("stats ")]
+        assert len(acknowledged) == 4 * 120 * 11 // 10  # every tenth append is a batch of two
+        assert len(realm_seen) == len(set(realm_seen))
+        assert set(acknowledged) <= set(realm_seen)
+        assert realm_seen == [e.event_id for e in await read_all(store, Scope(realm))]
+        assert d0_seen == [e.event_id for e in await read_all(store, Scope(realm, "d0"))]
+        # The stalling writer was fenced off by the readers and retried (a fence is what keeps a
+        # commit from landing behind a reader's horizon).
+        assert store.stats["fenced"] >= 1 and stats[3]["retries"] >= 1
+        for w in range(4):  # each entity's events come in version order in the domain stream
+            events = await read_all(store, Scope(realm, f"d{w % 2}"))
+            mine = [e.version for e in events if e.entity == f"e{w}"]
+            assert mine == list(range(len(mine)))
+
+
+async def test_processes_contending_for_one_entity(url: str, realm: str, tmp_path: Path) -> None:
+    async with open_store(url) as store:
+        await store.append(realm, "d", "warm", "t", 0)
+        start = time.time() + 3  # the processes start together, to contend from the first round
+        procs = [spawn("contend", url, realm, p, 25, start, tmp_path) for p in range(4)]
+        outcomes = [line.split() for p in procs for line in finish(p)]
+        wins = [o for o in outcomes if o[0] == "win"]
+        losses = [o for o in outcomes if o[0] == "lose"]
+        events = (await store.read(Scope(realm, "d", "e"))).events
+        assert [e.version for e in events] == list(range(25))
+        # Each version was won by exactly one attempt, and every loser was told a newer version.
+        assert sorted(int(w[1]) for w in wins) == list(range(-1, 24))
+        assert all(int(current) > int(expected) for _, expected, current in losses)
+        contested = {w[1] for w in wins} & {loss[1] for loss in losses}
+        assert len(contested) >= 5, "the processes hardly contended; the test proves little"
+        # All four append one client-chosen event id at once: one stores it, three replay it.
+        created = [o for o in outcomes if o[0] == "same-id"]
+        assert sorted(o[1] for o in created) == ["created", "replayed", "replayed", "replayed"]
+        assert len({o[2] for o in created}) == 1
+        assert len([e for e in (await store.read(Scope(realm, "d", "same"))).events]) == 1
+
+
+async def _write_main(url: str, realm: str, w: int, count: int, offset_ms: float, stall: float) -> None:
+    import perhap.cassandra as backend
+
+    if offset_ms:  # this process's clock is off by offset_ms (within the store's clock_skew_ms)
+        now = backend._now_us
+        backend._now_us = lambda: now() + int(offset_ms * 1000)  # type: ignore[assignment]
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        if stall:  # sometimes stall between the pending rows and the commit, past the settle window
+            commit = store._commit
+
+            async def slow_commit(*args: Any) -> Any:
+                if random.random() < stall:
+                    await asyncio.sleep(store.settle_us / 1e6 + 0.3)
+                return await commit(*args)
+
+            store._commit = slow_commit  # type: ignore[method-assign]
+        for i in range(count):
+            if i % 10 == 0:
+                r = await store.append_batch(realm, f"d{w % 2}", f"e{w}",
+                                             [{"type": "t", "event": [w, i, k]} for k in range(2)])
+            else:
+                r = await store.append(realm, f"d{w % 2}", f"e{w}", "t", [w, i])
+            for a in r.events:
+                print("ack", a.event_id, flush=True)
+        print("stats", orjson.dumps(store.stats).decode(), file=sys.stderr)
+
+
+async def _contend_main(url: str, realm: str, p: int, rounds: int, start: float, barrier: Path) -> None:
+    async with open_store(url) as store:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        while True:
+            events = (await store.read(Scope(realm, "d", "e"))).events
+            expected = events[-1].version if events else -1
+            if expected >= rounds - 1:
+                break
+            try:
+                await store.append(realm, "d", "e", "t", [p, expected], expected_version=expected)
+                print("win", expected, flush=True)
+            except VersionConflict as exc:
+                print("lose", expected, exc.current_version, flush=True)
+        (barrier / str(p)).touch()  # meet again, for the shared id
+        while len(list(barrier.iterdir())) < 4:
+            await asyncio.sleep(0.005)
+        r = await store.append(realm, "d", "same", "t", "once", event_id="2f6b4a3e-9d1c-4e0a-8b7f-5c3d2e1f0a9b")
+        print("same-id", "created" if r.created else "replayed", r.first.version, flush=True)
+
+
+# ----------------------------------------------------------------------------- the node goes away
+
+
+async def test_node_down_gives_503_and_recovers(tmp_path: Path, realm: str) -> None:
+    node = CassandraNode(tmp_path / "node")
+    node.start()
+    try:
+        url = node.url("perhap") + "?timeout=3"
+        async with open_store(url) as store:
+            app = PerhapApp(store)
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+            acknowledged: list[str] = []
+            failures: list[float] = []
+            stop = asyncio.Event()
+
+            async def load(n: int) -> None:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        r = await store.append(realm, "d", f"e{n}", "t", len(acknowledged))
+                        acknowledged.append(r.first.event_id)
+                    except StorageUnavailable:
+                        failures.append(time.monotonic() - started)
+                        await asyncio.sleep(0.05)
+
+            writers = [asyncio.ensure_future(load(n)) for n in range(4)]
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(node.kill)  # a crash, under load
+            await asyncio.sleep(2)
+            assert failures and max(failures) < 10  # fast failures, no hanging
+            down = len(acknowledged)
+            r = await http.post(f"/{realm}/d/e/t", json={"event": 1})
+            assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+            assert r.json()["status"] == 503 and "Traceback" not in r.text
+            assert (await http.get("/_health")).status_code == 503
+            assert (await http.get(f"/{realm}/d")).status_code == 503
+
+            await asyncio.to_thread(node.start)
+            deadline = time.monotonic() + 60
+            while len(acknowledged) < down + 20:  # the driver reconnects by itself
+                assert time.monotonic() < deadline, "appends did not resume after the node came back"
+                await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.gather(*writers)
+            assert (await http.get("/_health")).status_code == 200
+            assert (await http.post(f"/{realm}/d/e/t", json={"event": 1})).status_code == 201
+            await http.aclose()
+            stored = {e.event_id for e in await read_all(store, Scope(realm))}
+            assert set(acknowledged) <= stored  # nothing acknowledged was lost
+            for n in range(4):
+                versions = [e.version for e in (await store.read(Scope(realm, "d", f"e{n}"))).events]
+                assert versions == list(range(len(versions)))
+    finally:
+        node.stop()
+
+
+if __name__ == "__main__":
+    mode, *argv = sys.argv[1:]
+    if mode == "write":
+        asyncio.run(_write_main(argv[0], argv[1], int(argv[2]), int(argv[3]), float(argv[4]), float(argv[5])))
+    elif mode == "contend":
+        asyncio.run(_contend_main(argv[0], argv[1], int(argv[2]), int(argv[3]), float(argv[4]), Path(argv[5])))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    os._exit(0)  # skip the driver's slow interpreter-exit hooks
