@@ -59,6 +59,7 @@ from cassandra.policies import (
 from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
 
 from .store import (
+    CommitSignal,
     DEFAULT_LIMIT,
     Appended,
     AppendResult,
@@ -194,7 +195,7 @@ class _Pending:
         self.unknown = False  # the commit's outcome could not be learnt: its rows must stay
 
 
-class CassandraStore(Store):
+class CassandraStore(CommitSignal, Store):
     """Events in a Cassandra keyspace; any number of perhap processes may share it."""
 
     shared_across_processes = True
@@ -216,8 +217,6 @@ class CassandraStore(Store):
         self._reads: dict[Any, list[Any]] = {}  # shared reads: key -> [running, next]
         self._fixed_us, self._row_us = 5000.0, 200.0  # learnt cost of pending rows (microseconds)
         self._last_ts = 0  # the last position this process gave out
-        self._commits = 0
-        self._commit_event = asyncio.Event()
         # Outcome counters, read by tests and benchmarks.
         self.stats = {"late": 0, "retries": 0, "fenced": 0, "resolved": 0}
 
@@ -917,25 +916,6 @@ class CassandraStore(Store):
                 slot[1].set_exception(StorageUnavailable("the store is closed"))
         if self._cluster is not None:
             await asyncio.to_thread(self._cluster.shutdown)
-
-    # ----------------------------------------------------------------- local wake-ups
-
-    def _notify_commit(self) -> None:
-        self._commits += 1
-        event, self._commit_event = self._commit_event, asyncio.Event()
-        event.set()
-
-    def _change_token(self) -> Any:
-        return self._commits
-
-    async def _wait_for_change(self, token: Any, timeout: float) -> None:
-        # A local commit wakes subscribers at once; the read then waits for its rows to settle.
-        if self._commits != token:
-            return
-        try:
-            await asyncio.wait_for(self._commit_event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     # ----------------------------------------------------------------- small helpers
 

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from .store import (
+    CommitSignal,
     DEFAULT_LIMIT,
     Appended,
     AppendResult,
@@ -192,7 +193,7 @@ class _Lost(Exception):
     """The connection failed before COMMIT was sent: nothing committed, the group may be retried."""
 
 
-class PostgresStore(Store):
+class PostgresStore(CommitSignal, Store):
     """Events in a PostgreSQL database, shared by any number of perhap processes.
 
     Open with :func:`open_postgres` (or ``perhap.open_store("postgresql://...")``). URL query
@@ -232,8 +233,6 @@ class PostgresStore(Store):
         self._conn: asyncpg.Connection | None = None  # the writer's
         self._types: dict[str, int] = {}
         self._entity_types: set[tuple[int, int]] = set()  # pairs known to be committed
-        self._commits = 0
-        self._commit_event = asyncio.Event()
         self._closed = False
         self.listening = False
         # Group-commit statistics, read by benchmarks and metrics.
@@ -551,24 +550,6 @@ class PostgresStore(Store):
     async def _stored(self, conn: asyncpg.Connection, event_ids: list[str]) -> dict[str, Event]:
         rows = await conn.fetch(f"{_SELECT} WHERE e.event_id = ANY($1::uuid[])", event_ids)
         return {str(r[1]): _row_event(r, False) for r in rows}
-
-    # ----------------------------------------------------------------- change notifications
-
-    def _notify_commit(self, *_: Any) -> None:
-        self._commits += 1
-        event, self._commit_event = self._commit_event, asyncio.Event()
-        event.set()
-
-    def _change_token(self) -> Any:
-        return self._commits
-
-    async def _wait_for_change(self, token: Any, timeout: float) -> None:
-        if self._commits != token:
-            return
-        try:
-            await asyncio.wait_for(self._commit_event.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _listen_loop(self) -> None:
         """Keep one connection LISTENing; reconnect with back-off while the database is away."""

@@ -612,6 +612,37 @@ class Store(abc.ABC):
         await asyncio.sleep(timeout)
 
 
+class CommitSignal:
+    """Wake-ups for a backend's subscribers when a commit is known to this process.
+
+    Backends call ``_notify_commit()`` after their own commits (and on a notification from another
+    process, where they have one); subscribers sleep in ``_wait_for_change`` until then or until
+    their poll interval passes, so correctness never depends on a wake-up arriving.
+    """
+
+    _commits = 0
+    _commit_event: asyncio.Event | None = None
+
+    def _notify_commit(self, *_: Any) -> None:
+        self._commits += 1
+        event, self._commit_event = self._commit_event, asyncio.Event()
+        if event is not None:
+            event.set()
+
+    def _change_token(self) -> Any:
+        return self._commits
+
+    async def _wait_for_change(self, token: Any, timeout: float) -> None:
+        if self._commits != token:
+            return
+        if self._commit_event is None:
+            self._commit_event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._commit_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
 class Subscription:
     """A position in a scope that moves forward as events are fetched."""
 
