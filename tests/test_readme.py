@@ -48,3 +48,12 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_readme_python_example_runs(tmp_path: Any) -> None:
+    import sys
+
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[{'total': 42}]"
