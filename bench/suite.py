@@ -89,7 +89,7 @@ class Suite:
     # ----------------------------------------------------------------- the measurements
 
     def _run(self) -> None:
-        s, o = self.s, self.o
+        s = self.s
         inproc: dict[str, dict[str, float]] = {}
         peer: dict[str, float] = {}
         floor: dict[str, float] = {}

@@ -22,11 +22,12 @@ import orjson
 import pytest
 from cassandra.cluster import Cluster
 
-from perhap import Scope, StorageUnavailable, Store, VersionConflict, open_store
+from perhap import Scope, StorageUnavailable, VersionConflict, open_store
 from perhap.app import PerhapApp
 from perhap.cassandra import CassandraStore, parse_cassandra_url
 from perhap.store import new_event
 from perhap.testing.cassandra import CassandraNode
+from tests.helpers import read_all
 
 pytestmark = pytest.mark.cassandra
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,16 +43,6 @@ def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def url(cassandra: Any) -> str:
     return cassandra.new_url()  # type: ignore[no-any-return]
-
-
-async def read_all(store: Store, scope: Scope, limit: int = 1000) -> list[Any]:
-    events, following = [], None
-    while True:
-        page = await store.read(scope, following=following, limit=limit)
-        events.extend(page.events)
-        if page.next is None:
-            return events
-        following = page.next
 
 
 def spawn(*args: Any) -> subprocess.Popen[str]:

@@ -29,6 +29,7 @@ from perhap.client import (
     VersionConflict,
 )
 from tests.conftest import BACKENDS, get_provider
+from tests.helpers import take
 from tests.servers import ProcessServer, free_port
 
 UNKNOWN_ID = "01a2173a-af2e-701e-bbf0-c30a3181d1d9"
@@ -154,19 +155,6 @@ async def sync_in_process(app: PerhapApp) -> AsyncIterator[Any]:
     yield run
 
 
-async def collect(it: AsyncIterator[Any], n: int, timeout: float = 20) -> list[Any]:
-    out: list[Any] = []
-
-    async def run() -> None:
-        async for item in it:
-            out.append(item)
-            if len(out) == n:
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return out
-
-
 # --------------------------------------------------------------------------- AsyncClient in process
 
 
@@ -289,15 +277,15 @@ async def test_subscribe_in_process(store: Store, realm: str) -> None:
     async with AsyncClient("http://perhap.test", transport=StreamingASGITransport(app)) as c:
         ids = [(await c.append(realm, "d", f"e{i % 2}", f"t{i % 2}", i)).first.event_id for i in range(4)]
         async with contextlib.aclosing(c.subscribe(realm, "d")) as sub:
-            assert [e.event for e in await collect(sub, 4)] == [0, 1, 2, 3]
+            assert [e.event for e in await take(sub, 4)] == [0, 1, 2, 3]
             await c.append(realm, "d", "e9", "t", 4)
-            live = await collect(sub, 1)
+            live = await take(sub, 1)
             assert live[0].event == 4 and live[0].entity == "e9"
         async with contextlib.aclosing(c.subscribe(realm, type="t1", following=ids[1])) as sub:
             await c.append(realm, "d", "e1", "t1", 5)
-            assert [e.event for e in await collect(sub, 2)] == [3, 5]
+            assert [e.event for e in await take(sub, 2)] == [3, 5]
         with pytest.raises(NotFound):
-            await collect(c.subscribe(realm, "d", following=UNKNOWN_ID), 1)
+            await take(c.subscribe(realm, "d", following=UNKNOWN_ID), 1)
     await asyncio.sleep(0.05)
     assert app.open_streams == 0  # closing the iterator ended the stream on the server
 
@@ -422,9 +410,9 @@ async def test_async_subscribe_against_a_server(server: ProcessServer, realm: st
     async with AsyncClient(server.url) as c:
         await c.append(realm, "d", "e", "t", 0)
         async with contextlib.aclosing(c.subscribe(f"{realm}/d/e")) as sub:
-            assert [e.event for e in await collect(sub, 1)] == [0]
+            assert [e.event for e in await take(sub, 1)] == [0]
             await c.append(realm, "d", "e", "t", 1)
-            assert [e.event for e in await collect(sub, 1)] == [1]
+            assert [e.event for e in await take(sub, 1)] == [1]
 
 
 def test_server_down_is_connection_failed() -> None:
@@ -449,9 +437,9 @@ async def test_async_server_down_is_connection_failed() -> None:
         with pytest.raises(ConnectionFailed):
             await c.append("r", "d", "e", "t", 1)
         with pytest.raises(ConnectionFailed):
-            await collect(c.keys(), 1)
+            await take(c.keys(), 1)
         with pytest.raises(ConnectionFailed):
-            await collect(c.subscribe("r", max_retries=1), 1)
+            await take(c.subscribe("r", max_retries=1), 1)
 
 
 def _wait(condition: Any, timeout: float = 20) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from perhap import Scope, open_store
+from tests.helpers import read_all
 from tests.servers import ProcessServer
 
 
@@ -47,14 +48,7 @@ async def test_sigkill_during_flood_loses_no_acknowledged_event(store_url: str, 
     await asyncio.gather(*clients)
 
     async with open_store(store_url) as store:
-        stored: list[Any] = []
-        following = None
-        while True:
-            page = await store.read(Scope(realm, "d"), following=following, limit=10_000)
-            stored += page.events
-            if page.next is None:
-                break
-            following = page.next
+        stored = await read_all(store, Scope(realm, "d"), limit=10_000)
     ids = {e.event_id for e in stored}
     missing = [key for key, eids in acknowledged.items() if not set(eids) <= ids]
     assert not missing, f"acknowledged but lost after SIGKILL: {missing[:5]}"

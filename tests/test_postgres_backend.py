@@ -4,7 +4,6 @@ versions, a database that goes away under load, and several server processes on 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from perhap import postgres as pgstore
 from perhap.app import PerhapApp
 from perhap.sse import SSEDecoder
 from perhap.testing.postgres import PostgresServer
+from tests.helpers import read_all
 from tests.conftest import get_provider
 from tests.servers import ProcessServer
 
@@ -45,17 +45,6 @@ def own_server() -> Any:
         yield server
     finally:
         server.cleanup()
-
-
-async def read_all(store: Store, scope: Scope) -> list[Any]:
-    events: list[Any] = []
-    following = None
-    while True:
-        page = await store.read(scope, following=following, limit=10_000)
-        events += page.events
-        if page.next is None:
-            return events
-        following = page.next
 
 
 async def sql(url: str, query: str, *args: Any) -> list[Any]:

@@ -16,16 +16,7 @@ from perhap import (
     VersionConflict,
     open_store,
 )
-
-
-async def read_all(store: Store, scope: Scope, limit: int = 1000) -> list:
-    events, following = [], None
-    while True:
-        page = await store.read(scope, following=following, limit=limit)
-        events.extend(page.events)
-        if page.next is None:
-            return events
-        following = page.next
+from tests.helpers import read_all
 
 
 async def test_append_and_read_entity(store: Store, realm: str) -> None:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,20 +14,8 @@ import pytest
 
 from perhap import Scope, Store
 from perhap.sse import SSEDecoder, SSEMessage
+from tests.helpers import read_all, take
 from tests.servers import ProcessServer, ThreadServer
-
-
-async def take(it: AsyncIterator[Any], n: int, timeout: float = 30) -> list[Any]:
-    out: list[Any] = []
-
-    async def run() -> None:
-        async for item in it:
-            out.append(item)
-            if len(out) == n:
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return out
 
 
 async def test_subscribe_catch_up_then_live(store: Store, realm: str) -> None:
@@ -92,14 +77,7 @@ async def test_subscriber_during_8_writers_sees_5000_exactly_once(store: Store, 
     await sub.aclose()
     ids = [e.event_id for e in got]
     assert len(set(ids)) == 5000 and set(ids) == set(acknowledged)
-    page_ids = []
-    following = None
-    while True:
-        page = await store.read(Scope(realm, "d"), following=following, limit=10_000)
-        page_ids += [e.event_id for e in page.events]
-        if page.next is None:
-            break
-        following = page.next
+    page_ids = [e.event_id for e in await read_all(store, Scope(realm, "d"), limit=10_000)]
     assert ids == page_ids  # the stream's order is the scope's commit order
     for w in range(8):
         mine = [e.event[1] for e in got if e.entity == f"e{w}"]
@@ -307,4 +285,3 @@ def test_tail_command_reconnects_with_last_event_id(backend: Any, tmp_path: Any,
         tail.kill()
         tail.wait()
         server.kill()
-    _ = os, gc
