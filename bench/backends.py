@@ -72,7 +72,7 @@ def available(name: str) -> tuple[bool, str]:
     """Whether a backend can be measured here, and why not."""
     if name == "sqlite":
         return True, ""
-    module = {"postgresql": "perhap.postgres", "cassandra": "perhap.cassandra"}[name]
+    module = {"postgresql": "perhap.backends.postgres", "cassandra": "perhap.backends.cassandra"}[name]
     if importlib.util.find_spec(module) is None:
         return False, f"{module} does not exist yet"
     if name == "postgresql":

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from perhap.sqlite import SCHEMA, SCHEMA_VERSION
+from perhap.backends.sqlite import SCHEMA, SCHEMA_VERSION
 
 from .common import log
 

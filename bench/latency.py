@@ -1,9 +1,10 @@
 """Row 8: from an append's 201 to the event's arrival at each of 100 subscribers of its domain.
 
 A fresh ``perhap serve``; :mod:`bench.subscribers` holds the streams in a process of its own; this
-process appends at a steady rate (default 1,000 events/s) over 16 keep-alive connections (paced, so more connections only help when the server is slow to answer) and notes
-the monotonic time each 201 arrives. Latency per delivery = arrival - acknowledgement (0 when the
-event reached the subscriber before its writer heard back).
+process appends at a steady rate (default 1,000 events/s) over 16 keep-alive connections (paced,
+so more connections only help when the server is slow to answer) and notes the monotonic time
+each 201 arrives. Latency per delivery = arrival - acknowledgement (0 when the event reached the
+subscriber before its writer heard back).
 """
 
 from __future__ import annotations

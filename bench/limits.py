@@ -59,7 +59,7 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
     path = workdir / f"raw-many-{int(perhap_schema)}.db"
     conn = _connect(path)
     if perhap_schema:
-        from perhap.sqlite import SCHEMA
+        from perhap.backends.sqlite import SCHEMA
 
         conn.executescript(SCHEMA)
         sql = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"

@@ -68,16 +68,16 @@ def _read_paging(url: str, path: str, expected: int, sampler: Sampler) -> int:
 def _read_stream(url: str, path: str, expected: int, sampler: Sampler) -> int:
     total = 0
     tail = b""
-    with httpx.Client(base_url=url, timeout=120) as client:
-        with client.stream("GET", path, headers={"accept": "text/event-stream"}) as r:
-            r.raise_for_status()
-            for chunk in r.iter_raw():
-                data = tail + chunk
-                total += data.count(b"\ndata: ")
-                tail = data[-6:]
-                sampler.progress = total
-                if total >= expected:
-                    return total
+    with httpx.Client(base_url=url, timeout=120) as client, \
+            client.stream("GET", path, headers={"accept": "text/event-stream"}) as r:
+        r.raise_for_status()
+        for chunk in r.iter_raw():
+            data = tail + chunk
+            total += data.count(b"\ndata: ")
+            tail = data[-6:]
+            sampler.progress = total
+            if total >= expected:
+                return total
     return total
 
 

@@ -1,25 +1,16 @@
-"""perhap: an immutable, DDD-inspired event store (realm > domain > entity > type > event)."""
+"""perhap: an immutable, DDD-inspired event store (realm > domain > entity > type > event).
 
-from typing import TYPE_CHECKING, Any
+The names in ``__all__`` are the public API; tests/test_public_api.py keeps the list exact.
+"""
+
+import typing
 
 from .backends import open_store, parse_store_url
-from .store import (
-    Appended,
-    AppendResult,
-    Event,
-    EventIdConflict,
-    InvalidInput,
-    KeysPage,
-    NotFound,
-    Page,
-    PerhapError,
-    Scope,
-    StorageUnavailable,
-    Store,
-    VersionConflict,
-)
+from .errors import EventIdConflict, InvalidInput, NotFound, PerhapError, StorageUnavailable, VersionConflict
+from .model import Appended, AppendResult, Event, KeysPage, NewEvent, Page, Scope
+from .store.base import Statistic, Store, Subscription
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .client import (
         AsyncClient,
         BadRequest,
@@ -35,11 +26,13 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_CLIENT_NAMES = {"AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed", "MethodNotAllowed",
-                 "PayloadTooLarge", "PerhapClientError", "ServerError", "Unavailable"}
+_CLIENT_NAMES = frozenset({
+    "AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed", "MethodNotAllowed",
+    "PayloadTooLarge", "PerhapClientError", "ServerError", "Unavailable",
+})
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     # The client (and httpx) load on first use: `perhap serve` and in-process users never pay for it.
     if name in _CLIENT_NAMES:
         from . import client
@@ -51,29 +44,36 @@ def __getattr__(name: str) -> Any:
 # The client's NotFound, VersionConflict and EventIdConflict (perhap.client) subclass the store's
 # classes of the same names exported here: `except perhap.VersionConflict` catches both.
 __all__ = [
-    "Appended",
-    "AppendResult",
-    "AsyncClient",
-    "BadRequest",
-    "Client",
-    "Conflict",
-    "ConnectionFailed",
-    "Event",
-    "EventIdConflict",
-    "InvalidInput",
-    "KeysPage",
-    "MethodNotAllowed",
-    "NotFound",
-    "Page",
-    "PayloadTooLarge",
-    "PerhapClientError",
-    "PerhapError",
-    "Scope",
-    "ServerError",
-    "StorageUnavailable",
-    "Store",
-    "Unavailable",
-    "VersionConflict",
+    # opening a store
     "open_store",
     "parse_store_url",
+    "Store",
+    # value types
+    "Scope",
+    "Event",
+    "NewEvent",
+    "Appended",
+    "AppendResult",
+    "Page",
+    "KeysPage",
+    "Subscription",
+    "Statistic",
+    # errors
+    "PerhapError",
+    "InvalidInput",
+    "NotFound",
+    "VersionConflict",
+    "EventIdConflict",
+    "StorageUnavailable",
+    # the HTTP client (imported on first use)
+    "Client",
+    "AsyncClient",
+    "PerhapClientError",
+    "BadRequest",
+    "Conflict",
+    "ConnectionFailed",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "ServerError",
+    "Unavailable",
 ]

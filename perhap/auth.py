@@ -15,9 +15,9 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
 
 import orjson
 
@@ -110,7 +110,7 @@ def add_token(path: str, realm: str, permission: str) -> tuple[str, Grant]:
     gid = secrets.token_hex(4)
     while gid in ids:
         gid = secrets.token_hex(4)
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     grant = Grant(gid, hash_token(token), realm, permission, created)
     save_grants(path, [*grants, grant])
     return token, grant
@@ -130,6 +130,9 @@ def revoke_token(path: str, which: str) -> Grant:
 # --------------------------------------------------------------------------- the server side
 
 
+_Stamp = tuple[int, int, int]  # inode, size, mtime: the file changed when this does
+
+
 class Authenticator:
     """Tokens of one file, re-read when the file changes (stat checked at most every ``recheck`` s)."""
 
@@ -137,18 +140,18 @@ class Authenticator:
         self.path = path
         self.recheck = recheck
         self._by_hash: dict[str, Grant] = {}
-        self._stamp: Any = None
+        self._stamp: _Stamp | None = None
         self._checked = float("-inf")
         self._reload(self._stat())
 
-    def _stat(self) -> Any:
+    def _stat(self) -> _Stamp | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _reload(self, stamp: Any) -> None:
+    def _reload(self, stamp: _Stamp | None) -> None:
         self._stamp = stamp
         try:
             grants = load_grants(self.path)
@@ -180,7 +183,7 @@ class Authenticator:
         self.refresh()
         return self._by_hash.get(grant.hash) == grant
 
-    def authenticate(self, headers: Any) -> Grant | None:
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Grant | None:
         """The grant of the request's bearer token; None when absent or unknown."""
         for key, value in headers:
             if key == b"authorization":

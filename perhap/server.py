@@ -5,27 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import uvicorn
 
-from .app import PerhapApp
-from .limits import DEFAULT_MAX_HEADER, limited_protocol
+from .backends import redact
+from .http.app import PerhapApp
+from .http.responses import STATUS_TITLES, problem_body
+from .http.types import ASGIApp
+from .limits import DEFAULT_GRACEFUL_SHUTDOWN, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER
 
 log = logging.getLogger("perhap")
-
-
-def redact(url: str) -> str:
-    """The store URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 class _Server(uvicorn.Server):
@@ -56,14 +51,15 @@ class _Server(uvicorn.Server):
                      redact(self.perhap_app.store_url or ""))
 
 
-def _config(app: PerhapApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:
+def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:
     net = net or {}
-    protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER), net.get("header_timeout", 10.0))
+    protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER),
+                                net.get("header_timeout", DEFAULT_HEADER_TIMEOUT))
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
-        loop="auto", http=protocol, timeout_graceful_shutdown=30, server_header=False,
-        timeout_keep_alive=net.get("idle_timeout", 5), ssl_certfile=net.get("tls_cert"),
+        loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
+        timeout_keep_alive=net.get("idle_timeout", DEFAULT_IDLE_TIMEOUT), ssl_certfile=net.get("tls_cert"),
         ssl_keyfile=net.get("tls_key"), limit_concurrency=net.get("max_connections"),
     )
 
@@ -72,8 +68,6 @@ class _JSONFormatter(logging.Formatter):
     """One JSON object a line; access lines carry their fields, other records their message."""
 
     def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
         line: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
         access = getattr(record, "access", None)
         if access is not None:
@@ -143,9 +137,88 @@ def serve(*, db: str, host: str, port: int, workers: int = 1, log_level: str = "
 
 
 def _signal(pid: int, sig: int) -> None:
-    import os
-
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# --------------------------------------------------------------------------- the HTTP listener
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> Any:
+    """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
+    (431 problem+json; httptools alone takes any size) and a deadline to finish sending them
+    (a slowloris client is disconnected instead of holding a connection slot for ever)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
+        return "auto"
+    body = problem_body(431, "headers-too-large", STATUS_TITLES[431],
+                        f"the request line and headers exceed the limit of {max_header} bytes",
+                        {"max_header": max_header})
+    response = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    class LimitedHttpTools(HttpToolsProtocol):
+        _header_bytes = 0
+        _too_large = False
+        _deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = 0
+            if self._deadline is None:
+                self._arm()
+
+        def _count(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > max_header:
+                self._too_large = True
+                raise _HeadersTooLarge
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._too_large:
+                return super().send_400_response(msg)
+            self.transport.write(response)
+            self.transport.close()
+
+    return LimitedHttpTools

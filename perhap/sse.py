@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 @dataclass
 class SSEMessage:
+    """One complete message: its ``id:``, ``event:`` and ``data:`` fields (None when absent)."""
+
     id: str | None
     event: str | None
     data: str | None
@@ -26,6 +28,7 @@ class SSEDecoder:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
+        """The messages this chunk completes; a partial line waits for the next chunk."""
         self._buffer += chunk
         messages = []
         *lines, self._buffer = self._buffer.replace(b"\r\n", b"\n").split(b"\n")
@@ -51,6 +54,7 @@ class SSEDecoder:
 
 
 def iter_sse(chunks: Iterable[bytes]) -> Iterator[SSEMessage]:
+    """Every message of a stream given as chunks of bytes."""
     decoder = SSEDecoder()
     for chunk in chunks:
         yield from decoder.feed(chunk)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perhap import Scope, StorageUnavailable, Store, open_store  # noqa: E402
-from perhap.testing.cassandra import CassandraNode  # noqa: E402
+from perhap import Scope, StorageUnavailable, Store, open_store
+from perhap.testing.cassandra import CassandraNode
 
 NATIVE, STORAGE = 19142, 17100  # the same ports on each address
 TOKENS = (-9223372036854775808, -3074457345618258603, 3074457345618258602)
@@ -128,7 +128,7 @@ async def flood(url: str, seconds: float, writers: int, kill_at: float, node: Ca
         following = None
         while True:
             page = await store.read(Scope(realm), following=following, limit=5000)
-            stored += [e for e in page.events]
+            stored += page.events
             if page.next is None:
                 break
             following = page.next
@@ -143,7 +143,8 @@ async def flood(url: str, seconds: float, writers: int, kill_at: float, node: Ca
             if versions != list(range(len(versions))):
                 problems.append(f"entity e{w} has gaps: {versions[:5]}...")
         print(f"acknowledged {len(acknowledged)}, stored {len(ids)} (committed but unacknowledged: "
-              f"{len(ids) - len(set(acknowledged))}), reader saw {len(seen)}; store stats {store.stats}")
+              f"{len(ids) - len(set(acknowledged))}), reader saw {len(seen)}; store statistics "
+              f"{ {s.name: s.value for s in store.statistics()} }")
         for p in problems:
             print("PROBLEM:", p)
         return 1 if problems else 0

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from perhap import Store, open_store
-from perhap.app import PerhapApp
+from perhap.backends import open_store
+from perhap.http.app import PerhapApp
+from perhap.store.base import Store
 from tests.providers import ALL, Provider, load
 
 BACKENDS = [b.strip() for b in os.environ.get("PERHAP_TEST_BACKENDS", ",".join(ALL)).split(",") if b.strip()]

@@ -1,35 +1,18 @@
-"""Small helpers shared by the test modules."""
+"""Small helpers shared by the test modules, and the binding of the contract to perhap's backends."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import pytest
 
-from perhap import Event, Scope, Store
+from perhap.backends import open_store
+from perhap.testing.conformance import StoreFactory, read_all, take, wait_until
 
-
-async def read_all(store: Store, scope: Scope, limit: int = 1000) -> list[Event]:
-    """Every event of a scope, following `next` through every page."""
-    events: list[Event] = []
-    following = None
-    while True:
-        page = await store.read(scope, following=following, limit=limit)
-        events.extend(page.events)
-        if page.next is None:
-            return events
-        following = page.next
+__all__ = ["PerhapBackends", "read_all", "take", "wait_until"]
 
 
-async def take(it: AsyncIterator[Any], n: int, timeout: float = 30) -> list[Any]:
-    """The next ``n`` items of an async iterator, failing after ``timeout`` seconds."""
-    out: list[Any] = []
+class PerhapBackends:
+    """Runs a contract class on perhap's own backends: conftest's ``backend`` (PERHAP_TEST_BACKENDS)."""
 
-    async def run() -> None:
-        async for item in it:
-            out.append(item)
-            if len(out) == n:
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return out
+    @pytest.fixture
+    def store_factory(self, store_url: str) -> StoreFactory:
+        return lambda: open_store(store_url)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.cassandra
 
 
 @contextmanager
-def session(node: CassandraNode):
+def session(node: CassandraNode) -> Iterator[Any]:
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
     cluster = Cluster([node.host], port=node.port, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     try:
@@ -33,7 +36,7 @@ def read(node: CassandraNode) -> dict[int, str]:
         return {r.id: r.body for r in s.execute("SELECT id, body FROM smoke.t")}
 
 
-def test_write_survives_stop_and_kill(tmp_path):
+def test_write_survives_stop_and_kill(tmp_path: Path) -> None:
     node = CassandraNode(tmp_path / "node")
     assert node.url("smoke") == f"cassandra://127.0.0.1:{node.port}/smoke"
     node.start()
@@ -60,12 +63,12 @@ def test_write_survives_stop_and_kill(tmp_path):
         node.stop()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "perhap.testing.cassandra", *args],
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_start_stop(tmp_path):
+def test_cli_start_stop(tmp_path: Path) -> None:
     directory = tmp_path / "cli-node"
     started = cli("start", "--dir", str(directory))
     node = CassandraNode(directory)
@@ -82,7 +85,7 @@ def test_cli_start_stop(tmp_path):
         node.stop()
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     done = cli("stop", "--dir", str(tmp_path / "missing"))
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1

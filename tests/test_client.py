@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -117,7 +117,7 @@ class SyncBridge(httpx.BaseTransport):
 
         class Body(httpx.SyncByteStream):
             def __iter__(self) -> Iterator[bytes]:
-                chunks = stream.__aiter__()  # type: ignore[union-attr]
+                chunks = stream.__aiter__()
 
                 async def next_chunk() -> bytes | None:
                     try:
@@ -129,14 +129,14 @@ class SyncBridge(httpx.BaseTransport):
                     yield chunk
 
             def close(self) -> None:
-                run(stream.aclose())  # type: ignore[union-attr]
+                run(stream.aclose())
 
         return httpx.Response(response.status_code, headers=response.headers, stream=Body())
 
 
 @pytest.fixture
 async def aclient(app: PerhapApp) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:  # type: ignore[arg-type]
+    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:
         yield c
 
 
@@ -255,7 +255,7 @@ async def test_get_event_of_another_domain_is_not_found(aclient: AsyncClient, re
 
 async def test_payload_too_large(store: Store, realm: str) -> None:
     app = PerhapApp(store, max_body=1000)
-    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:  # type: ignore[arg-type]
+    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as c:
         with pytest.raises(PayloadTooLarge) as info:
             await c.append(realm, "d", "e", "t", "x" * 2000)
     assert info.value.status == 413 and info.value.extra["max_body"] == 1000
@@ -286,8 +286,7 @@ async def test_subscribe_in_process(store: Store, realm: str) -> None:
             assert [e.event for e in await take(sub, 2)] == [3, 5]
         with pytest.raises(NotFound):
             await take(c.subscribe(realm, "d", following=UNKNOWN_ID), 1)
-    await asyncio.sleep(0.05)
-    assert app.open_streams == 0  # closing the iterator ended the stream on the server
+    await _until(lambda: app.open_streams == 0)  # closing the iterator ended the stream on the server
 
 
 # --------------------------------------------------------------------------- Client in process
@@ -305,7 +304,7 @@ async def test_blocking_client_in_process(sync_in_process: Any, realm: str) -> N
             c.append(realm, "d", "e", "t", 1, expected_version=-1)
         except perhap.VersionConflict as exc:
             out["conflict"] = exc.current_version
-        out["health"] = c.health()
+        out["health"] = c.health() and c.ping()
         sub = c.subscribe(realm, "d", "e", "u")
         out["stream"] = [next(sub).event for _ in range(5)]
         sub.close()
@@ -426,6 +425,8 @@ def test_server_down_is_connection_failed() -> None:
         with pytest.raises(ConnectionFailed):
             list(c.read("r"))
         assert c.health() is False
+        with pytest.raises(ConnectionFailed):
+            c.ping()  # health's strict form: nothing answering is an error, not False
         started = time.monotonic()
         with pytest.raises(ConnectionFailed):
             next(c.subscribe("r", max_retries=2))
@@ -438,15 +439,27 @@ async def test_async_server_down_is_connection_failed() -> None:
             await c.append("r", "d", "e", "t", 1)
         with pytest.raises(ConnectionFailed):
             await take(c.keys(), 1)
+        assert await c.health() is False
+        with pytest.raises(ConnectionFailed):
+            await c.ping()
         with pytest.raises(ConnectionFailed):
             await take(c.subscribe("r", max_retries=1), 1)
 
 
-def _wait(condition: Any, timeout: float = 20) -> None:
+def _wait(condition: Callable[[], bool], timeout: float = 20) -> None:
+    """Block until ``condition()`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait (yielding to the event loop) until ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def test_the_examples_in_docs_client_md_run(server: ProcessServer, tmp_path: Any,

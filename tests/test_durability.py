@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
-from perhap import Scope, open_store
-from tests.helpers import read_all
+from perhap.backends import open_store
+from perhap.model import Scope
+from tests.helpers import read_all, wait_until
 from tests.servers import ProcessServer
 
 
@@ -39,13 +40,13 @@ async def test_sigkill_during_flood_loses_no_acknowledged_event(store_url: str, 
     server = ProcessServer(store_url, cwd=tmp_path).start()
     stop = asyncio.Event()
     clients = [asyncio.ensure_future(_flood(c, server.url, realm, acknowledged, stop)) for c in range(16)]
-    # Kill once plenty is acknowledged, so the kill lands among in-flight appends.
-    while len(acknowledged) < 1000:
-        await asyncio.sleep(0.02)
-    server.proc.kill()  # type: ignore[union-attr]
-    server.proc.wait()  # type: ignore[union-attr]
-    stop.set()
-    await asyncio.gather(*clients)
+    try:
+        # Kill once plenty is acknowledged, so the kill lands among in-flight appends.
+        await wait_until(lambda: len(acknowledged) >= 1000, "1000 acknowledged appends", timeout=120)
+    finally:
+        server.kill()
+        stop.set()
+        await asyncio.gather(*clients)
 
     async with open_store(store_url) as store:
         stored = await read_all(store, Scope(realm, "d"), limit=10_000)
@@ -75,11 +76,13 @@ async def test_sigterm_finishes_in_flight_appends(store_url: str, realm: str, tm
     acknowledged: dict[str, list[str]] = {}
     stop = asyncio.Event()
     clients = [asyncio.ensure_future(_flood(c, server.url, realm, acknowledged, stop)) for c in range(8)]
-    while len(acknowledged) < 100:
-        await asyncio.sleep(0.02)
-    code, output = await asyncio.get_running_loop().run_in_executor(None, server.terminate)
-    stop.set()
-    await asyncio.gather(*clients)
+    try:
+        await wait_until(lambda: len(acknowledged) >= 100, "100 acknowledged appends", timeout=120)
+        code, output = await asyncio.get_running_loop().run_in_executor(None, server.terminate)
+    finally:
+        server.kill()  # only if it is still running
+        stop.set()
+        await asyncio.gather(*clients)
     assert code == 0, output
     assert "Traceback" not in output
     async with open_store(store_url) as store:

@@ -9,8 +9,12 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.servers import ThreadServer
 
@@ -32,7 +36,7 @@ def fuzz_schema(fuzz_server: ThreadServer) -> schemathesis.BaseSchema:
 
 
 def operations() -> list[str]:
-    from perhap.openapi import openapi_document
+    from perhap.http.openapi import openapi_document
 
     return [f"{m.upper()} {p}" for p, item in openapi_document()["paths"].items() for m in item]
 

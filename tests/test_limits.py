@@ -20,7 +20,7 @@ import pytest
 from perhap import Store
 from perhap.app import PerhapApp
 from perhap.auth import Authenticator, add_token
-from perhap.limits import limited_protocol
+from perhap.server import limited_protocol
 from tests.servers import ThreadServer, free_port
 
 
@@ -81,13 +81,21 @@ async def test_open_stream_limits(store_url: str, tmp_path: Path, realm: str) ->
                     opened.set()
                     await stop.wait()
 
+            async def counted(n: int) -> None:
+                """Until the server counts ``n`` open streams (it does just after the client sees 200)."""
+                for _ in range(200):
+                    if server.app.open_streams == n:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"the server counts {server.app.open_streams} open streams, not {n}")
+
             stop = asyncio.Event()
             holders = []
             for t in (a, a, b):
                 opened = asyncio.Event()
                 holders.append(asyncio.ensure_future(hold(t, opened, stop)))
                 await asyncio.wait_for(opened.wait(), 10)
-                await asyncio.sleep(0.05)
+                await counted(len(holders))
             # a holds 2 (its limit); the server holds 3 (its limit)
             body = problem(await c.get(f"/{realm}", headers=headers(a)), 429, "too-many-streams")
             assert "max_streams" in body or "max_streams_per_token" in body
@@ -95,11 +103,8 @@ async def test_open_stream_limits(store_url: str, tmp_path: Path, realm: str) ->
             assert (await c.get(f"/{realm}", headers={"Authorization": f"Bearer {b}"})).status_code == 200
             stop.set()
             await asyncio.gather(*holders)
-            for _ in range(100):
-                if server.app.open_streams == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert server.app.open_streams == 0 and server.app.stream_limits.by_token == {}
+            await counted(0)
+            assert server.app.stream_limits.by_token == {}
 
 
 def _raw(port: int, request: bytes, timeout: float = 5) -> bytes:
@@ -167,7 +172,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))

@@ -1,4 +1,5 @@
-"""GET /_metrics: Prometheus text with appends, reads, latency by route, group commits, streams, errors."""
+"""GET /_metrics: Prometheus text with appends, reads, latency by route, streams, errors, and every
+statistic the store keeps (group commits, size, Cassandra's write attempts ...)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from perhap import Store
 from perhap.app import PerhapApp
-from perhap.metrics import route_of
+from perhap.http.routes import route_of
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -31,17 +32,31 @@ async def test_metrics_count_appends_reads_and_latency(client: httpx.AsyncClient
     assert got[("perhap_appends_total", (("status", "400"),))] >= 1
     assert got[("perhap_reads_total", (("status", "200"),))] >= 1
     assert got[("perhap_reads_total", (("status", "400"),))] >= 1
-    key = ("perhap_http_request_duration_seconds_count", (("method", "POST"), ("route", "/{realm}/{domain}/{entity}/{type}")))
+    route = "/{realm}/{domain}/{entity}/{type}"
+    key = ("perhap_http_request_duration_seconds_count", (("method", "POST"), ("route", route)))
     assert got[key] >= 4
     assert ("perhap_open_streams", ()) in got
     assert ("perhap_backend_errors_total", ()) in got
-    if hasattr(app.store, "groups_committed"):  # SQLite keeps group-commit counters
-        assert got[("perhap_group_commits_total", ())] >= 1
-        assert got[("perhap_group_commit_events_total", ())] >= got[("perhap_group_commits_total", ())]
-    if hasattr(app.store, "path"):
-        assert got[("perhap_store_size_bytes", ())] > 0
     # Labels are route templates, never names a client chose.
     assert realm not in r.text
+
+
+async def test_every_store_statistic_is_exported(client: httpx.AsyncClient, store: Store, realm: str) -> None:
+    for i in range(3):
+        assert (await client.post(f"/{realm}/d/e/t", json={"event": i})).status_code == 201
+    before = {s.name: s for s in store.statistics()}
+    assert before, f"{type(store).__name__} exports no statistics"
+    got = samples((await client.get("/_metrics")).text)
+    after = {s.name: s.value for s in store.statistics()}
+    for name, stat in before.items():
+        # Counters get _total; a figure may move between the reads, never outside them.
+        key = (f"perhap_{name}_total" if stat.counter else f"perhap_{name}", ())
+        assert key in got, f"{key[0]} is missing from /_metrics"
+        low, high = sorted((stat.value, after[name]))
+        assert low <= got[key] <= high, (key[0], stat.value, got[key], after[name])
+    if "group_commits" in before:  # SQLite and PostgreSQL: the appends above went through groups
+        assert got[("perhap_group_commits_total", ())] >= 1
+        assert got[("perhap_group_commit_events_total", ())] >= got[("perhap_group_commits_total", ())]
 
 
 async def test_backend_errors_are_counted(store: Store, realm: str) -> None:
@@ -59,17 +74,28 @@ async def test_backend_errors_are_counted(store: Store, realm: str) -> None:
 
 async def test_metrics_can_be_off(store: Store) -> None:
     app = PerhapApp(store, metrics=False)
-    assert app.wrapped is None  # nothing wraps the request path then
+    assert app.stack == app.dispatch  # nothing wraps the request path then
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.get("/_metrics")).status_code == 404
 
 
+async def test_access_log_alone_wraps_with_the_observer(store: Store) -> None:
+    app = PerhapApp(store, metrics=False, access_log=True)
+    assert app.stack != app.dispatch
+
+
 def test_route_templates_are_bounded() -> None:
-    assert route_of(b"/shop/orders/o-1/placed?x=1") == ("/{realm}/{domain}/{entity}/{type}", True)
-    assert route_of(b"/shop/keys") == ("/{realm}/keys", True)
-    assert route_of(b"/shop/orders/o-1/keys") == ("/{realm}/{domain}/{entity}/keys", True)
-    assert route_of(b"/keys") == ("/keys", False)
-    assert route_of(b"/") == ("/", False)
-    assert route_of(b"/_metrics") == ("/_metrics", False)
-    assert route_of(b"/_whatever") == ("other", False)
-    assert route_of(b"/a/b/c/d/e/f") == ("other", False)
+    def label(raw: bytes) -> tuple[str, bool]:
+        route = route_of(raw)
+        return route.template, route.realm
+
+    assert label(b"/shop/orders/o-1/placed?x=1") == ("/{realm}/{domain}/{entity}/{type}", True)
+    assert label(b"/shop/keys") == ("/{realm}/keys", True)
+    assert label(b"/shop/orders/o-1/keys") == ("/{realm}/{domain}/{entity}/keys", True)
+    assert label(b"/keys") == ("/keys", False)
+    assert label(b"/") == ("/", False)
+    assert label(b"/_metrics") == ("/_metrics", False)
+    assert label(b"/_ui/app.js") == ("/_ui", False)
+    assert label(b"/_whatever") == ("other", False)
+    assert label(b"/a/b/c/d/e/f") == ("other", False)
+    assert label(b"/%ff/x") == ("/{realm}/{domain}", True)  # not UTF-8: still a bounded label

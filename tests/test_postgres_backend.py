@@ -8,6 +8,8 @@ import random
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,15 @@ import orjson
 import pytest
 
 from perhap import AppendResult, PerhapError, Scope, StorageUnavailable, Store, open_store
-from perhap import postgres as pgstore
 from perhap.app import PerhapApp
+from perhap.backends.postgres import PostgresStore
+from perhap.backends.postgres import queries as pgqueries
+from perhap.backends.postgres import schema as pgschema
 from perhap.sse import SSEDecoder
 from perhap.testing.postgres import PostgresServer
-from tests.helpers import read_all
 from tests.conftest import get_provider
-from tests.servers import ProcessServer
+from tests.helpers import read_all
+from tests.servers import ProcessServer, free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -37,7 +41,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def own_server() -> Any:
+def own_server() -> Iterator[PostgresServer]:
     """A private server this test may stop and start (in its own temp directory: see the provider)."""
     server = PostgresServer()
     server.start()
@@ -47,12 +51,29 @@ def own_server() -> Any:
         server.cleanup()
 
 
-async def sql(url: str, query: str, *args: Any) -> list[Any]:
+async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url, timeout=10)
     try:
         return await conn.fetch(query, *args)
     finally:
         await conn.close()
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
+    """Return once ``condition()`` holds (it may be a coroutine function); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)  # the polling step of the wait, not a guess at a duration
+
+
+async def pg_store(url: str) -> PostgresStore:
+    store = await open_store(url)
+    assert isinstance(store, PostgresStore)
+    return store
 
 
 # --------------------------------------------------------------------------- gap safety
@@ -123,8 +144,8 @@ async def test_paging_during_concurrent_writers_never_skips(pg_url: str) -> None
         # nothing twice, the same order.
         assert [e.event_id for e in seen_realm] == [e.event_id for e in final]
         assert [e.event_id for e in seen_domain] == [e.event_id for e in final if e.domain == "d1"]
-        positions = [e.position for e in final]
-        assert positions == sorted(positions)
+        positions = [e.cursor for e in final]
+        assert positions == sorted(positions)  # type: ignore[type-var]  # ints on PostgreSQL
         by_entity: dict[tuple[str, str], list[int]] = {}
         for e in final:
             by_entity.setdefault((e.domain, e.entity), []).append(e.version)
@@ -150,8 +171,6 @@ async def test_one_winner_among_processes_with_the_same_expected_version(pg_url:
 
 
 async def test_same_client_id_from_two_connections_is_stored_once(pg_url: str) -> None:
-    import uuid
-
     stores = [await open_store(pg_url) for _ in range(3)]
     try:
         for _ in range(10):
@@ -169,8 +188,6 @@ async def test_same_client_id_from_two_connections_is_stored_once(pg_url: str) -
 async def test_an_id_raced_in_by_another_transaction_fails_only_its_append(pg_url: str) -> None:
     """Another transaction inserts an event id (in another realm, so under no lock of ours) and
     commits while our group waits on it: only the append with that id is refused."""
-    import uuid
-
     async with open_store(pg_url) as store:
         await store.append("other", "d", "e", "t", 0)
         raced = str(uuid.uuid4())
@@ -178,15 +195,24 @@ async def test_an_id_raced_in_by_another_transaction_fails_only_its_append(pg_ur
         try:
             await rival.execute("BEGIN")
             await rival.execute(
-                "INSERT INTO perhap_events (event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta) "
-                "SELECT $1, realm_id, domain_id, entity_id, type_id, 1, ts, '1', '{}' FROM perhap_events", raced)
+                "INSERT INTO perhap_events (event_id, realm_id, domain_id, entity_id, type_id, version, ts, "
+                "data, meta) SELECT $1, realm_id, domain_id, entity_id, type_id, 1, ts, '1', '{}' "
+                "FROM perhap_events", raced)
             appends = asyncio.gather(  # one group: the same event-loop tick
                 store.append("r", "d", "a", "t", "first"),
                 # 150 events: a group this big is written with COPY, which must fail alone too.
                 store.append_batch("r", "d", "b", [{"type": "t", "event": "raced", "event_id": raced}]
                                    + [{"type": "t", "event": k} for k in range(149)]),
                 store.append("r", "d", "c", "t", "third"), return_exceptions=True)
-            await asyncio.sleep(0.3)  # our insert now waits for the rival's transaction
+
+
+            async def our_insert_waits() -> bool:  # for the rival's transaction, on its row lock
+                rows = await sql(pg_url, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = "
+                                         "current_database() AND application_name = 'perhap' "
+                                         "AND wait_event_type = 'Lock'")
+                return bool(rows[0]["n"])
+
+            await eventually(our_insert_waits, 30, "the group to wait for the rival")
             await rival.execute("COMMIT")
             first, second, third = await appends
         finally:
@@ -205,7 +231,7 @@ async def test_schema_version_row_and_reopen(pg_url: str) -> None:
     async with open_store(pg_url) as store:
         await store.append("r", "d", "e", "t", 1)
     rows = await sql(pg_url, "SELECT value FROM perhap_meta WHERE key = 'schema_version'")
-    assert [r["value"] for r in rows] == [str(pgstore.SCHEMA_VERSION)]
+    assert [r["value"] for r in rows] == [str(pgschema.SCHEMA_VERSION)]
     async with open_store(pg_url) as store:  # a second start finds the schema and keeps the data
         await store.append("r", "d", "e", "t", 2)
         assert [e.event for e in await read_all(store, Scope("r"))] == [1, 2]
@@ -233,8 +259,8 @@ async def test_older_schema_is_migrated_in_place(pg_url: str, monkeypatch: pytes
     async with open_store(pg_url) as store:
         first = await store.append("r", "d", "e", "t", 1)
     # A later perhap with a version 2 step: opening the version 1 database runs the step once.
-    monkeypatch.setattr(pgstore, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(pgstore.MIGRATIONS, 2, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(pgschema.MIGRATIONS, 2, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
     stores = await asyncio.gather(*[open_store(pg_url) for _ in range(3)])
     try:
         assert [r["value"] for r in await sql(pg_url, "SELECT value FROM perhap_meta")] == ["2"]
@@ -259,7 +285,8 @@ async def test_key_order_is_code_point_order(pg_url: str) -> None:
 async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
     """A page costs O(log n + page) whatever the planner believes about the data: before any
     ANALYZE (it then thinks a scope holds a few dozen rows and would sort it all) and after."""
-    async with open_store(pg_url) as store:
+    store = await pg_store(pg_url)
+    async with store:
         await sql(pg_url, "ALTER TABLE perhap_events SET (autovacuum_enabled = off)")
         for j in range(12):
             batch = [{"type": f"t{k % 3}", "event": k} for k in range(1000)]
@@ -271,9 +298,10 @@ async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
         for analysed in (False, True):
             if analysed:
                 await sql(pg_url, "ANALYZE")
-            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+            assert store._pool is not None
+            async with store._pool.acquire() as conn:
                 for index, scope in scopes.items():
-                    query, params, _ = pgstore._scope_query(scope)
+                    query, params, _ = pgqueries.scope_query(scope)
                     plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query, *params, 10, 1000))
                     assert f"Index Scan using perhap_events_{index} on" in plan, (analysed, scope, plan)
                     assert "Sort" not in plan and "Bitmap" not in plan, (analysed, scope, plan)
@@ -284,7 +312,7 @@ async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
 
 async def test_database_restart_under_load(own_server: PostgresServer) -> None:
     url = own_server.create_database("faults")
-    store = await open_store(url)
+    store = await pg_store(url)
     app = PerhapApp(store, heartbeat=0.5)
     acknowledged: list[str] = []
     statuses: dict[int, int] = {}
@@ -295,7 +323,8 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
         while not stop.is_set():
             n += 1
             if n % 5 == 0:
-                r = await http.post(f"/load/d/e{c}", json={"events": [{"type": "t", "event": [c, n, k]} for k in range(3)]})
+                batch = [{"type": "t", "event": [c, n, k]} for k in range(3)]
+                r = await http.post(f"/load/d/e{c}", json={"events": batch})
                 ids = [e["event_id"] for e in r.json()["events"]] if r.status_code == 201 else []
             else:
                 r = await http.post(f"/load/d/e{c}/t", json={"event": [c, n]})
@@ -304,19 +333,13 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
             acknowledged.extend(ids)
             if r.status_code == 503:
                 assert r.headers["content-type"] == "application/problem+json"
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # back off while the database is away (pacing only)
 
-    async def until(condition: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.02)
-
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://perhap.test", timeout=60) as http:
             clients = [asyncio.ensure_future(flood(c, http)) for c in range(16)]
-            await until(lambda: len(acknowledged) > 300, 30)
+            await eventually(lambda: len(acknowledged) > 300, 30, "300 acknowledged appends")
             await asyncio.to_thread(own_server.stop, "immediate")
             before = len(acknowledged)
 
@@ -329,16 +352,15 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
                 assert r.headers["content-type"] == "application/problem+json"
                 assert r.json()["status"] == 503
                 assert time.monotonic() - t0 < 5
-            await asyncio.sleep(0.5)
-            assert statuses.get(503, 0) > 0
+            await eventually(lambda: statuses.get(503, 0) > 0, 5, "the flood to meet a 503")
 
             await asyncio.to_thread(own_server.start)
             # The same store object recovers: pool, writer connection and LISTEN connection.
-            await until(lambda: len(acknowledged) > before + 300, 30)
+            await eventually(lambda: len(acknowledged) > before + 300, 30, "300 appends after the restart")
             stop.set()
             await asyncio.gather(*clients)
             assert (await http.get("/_health")).status_code == 200
-            await until(lambda: store.listening, 15)  # type: ignore[attr-defined]
+            await eventually(lambda: store.listening, 15, "the LISTEN connection to be back")
         assert set(statuses) <= {201, 503}, statuses
         stored = {e.event_id for e in await read_all(store, Scope("load"))}
         missing = set(acknowledged) - stored
@@ -348,8 +370,6 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
 
 
 async def test_open_fails_cleanly_without_a_database(tmp_path: Path) -> None:
-    from tests.servers import free_port
-
     t0 = time.monotonic()
     with pytest.raises(StorageUnavailable):
         await open_store(f"postgresql://postgres@127.0.0.1:{free_port()}/none?timeout=3")
@@ -360,7 +380,7 @@ async def test_open_fails_cleanly_without_a_database(tmp_path: Path) -> None:
 
 
 async def _sse_events(response: httpx.Response, n: int, timeout: float) -> list[dict[str, Any]]:
-    decoder, got = SSEDecoder(), []  # type: tuple[SSEDecoder, list[dict[str, Any]]]
+    decoder, got = SSEDecoder(), list[dict[str, Any]]()
     chunks = response.aiter_raw()
     deadline = time.monotonic() + timeout
     while len(got) < n:
@@ -395,7 +415,16 @@ async def test_two_servers_share_one_database(pg_url: str, tmp_path: Path) -> No
 
             async with http.stream("GET", f"{a.url}/shared/live", headers={"accept": "text/event-stream"}) as stream:
                 reading = asyncio.ensure_future(_sse_events(stream, 1, 20))
-                await asyncio.sleep(0.5)  # the stream has read nothing and waits
+
+                async def stream_waits() -> bool:
+                    # A's subscriber has run its domain read (no other domain read runs in this
+                    # test) and found nothing: it now waits for a wake-up, or 15 s (the heartbeat).
+                    rows = await sql(pg_url, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = "
+                                             "current_database() AND application_name = 'perhap' AND "
+                                             "state = 'idle' AND query LIKE '%WHERE e.domain_id = %'")
+                    return bool(rows[0]["n"])
+
+                await eventually(stream_waits, 20, "the stream's first read")
                 t0 = time.monotonic()
                 await http.post(f"{b.url}/shared/live/x/t", json={"event": "live"})
                 got = await reading
@@ -406,12 +435,14 @@ async def test_two_servers_share_one_database(pg_url: str, tmp_path: Path) -> No
 async def test_polling_covers_lost_notifications(pg_url: str) -> None:
     """Without its LISTEN connection (as behind pgbouncer in transaction mode) a subscriber still
     gets every event, one poll interval late at most."""
-    a = await open_store(pg_url + "?poll_interval=0.3")
+    a = await pg_store(pg_url + "?poll_interval=0.3")
     b = await open_store(pg_url)
     try:
-        a._listener_task.cancel()  # type: ignore[attr-defined]
+        assert a._listener_task is not None
+        a._listener_task.cancel()
         sub = await a.subscription(Scope("poll"))
         assert await sub.fetch(timeout=0.2) == []
+        assert not a.listening
         await asyncio.gather(*[b.append("poll", "d", f"e{i}", "t", i) for i in range(20)])
         got: list[Any] = []
         t0 = time.monotonic()
@@ -432,14 +463,17 @@ async def test_serve_with_two_workers(pg_url: str, tmp_path: Path) -> None:
             events = (await http.get("/w/d")).json()["events"]
             assert sorted(e["event"] for e in events) == list(range(100))
             # Both workers opened the store: each keeps a LISTEN connection of its own.
-            deadline = time.monotonic() + 10
-            while True:
+            listening: int = 0
+
+            async def both_listen() -> bool:
+                nonlocal listening
                 rows = await sql(pg_url, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = "
                                          "current_database() AND application_name = 'perhap' AND query "
                                          "LIKE 'LISTEN%'")
-                if rows[0]["n"] >= 2 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert rows[0]["n"] == 2
+                listening = rows[0]["n"]
+                return listening >= 2
+
+            await eventually(both_listen, 10, "a LISTEN connection per worker")
+            assert listening == 2
         code, _out = server.terminate()
         assert code == 0

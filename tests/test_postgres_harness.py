@@ -7,10 +7,13 @@ These start a real server.  A server that cannot start is a test failure
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +27,17 @@ pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A directory for a cluster outside pytest's temp root: a pytest session starting meanwhile
+    resets that root to mode 0700, which would lock out the postgres user the server runs as."""
+    directory = Path(tempfile.mkdtemp(prefix="perhap-pg-test-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _start(server: PostgresServer) -> float:
     t0 = time.perf_counter()
     try:
@@ -33,7 +47,7 @@ def _start(server: PostgresServer) -> float:
     return time.perf_counter() - t0
 
 
-async def _query(url: str, sql: str, *args):
+async def _query(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url, timeout=10)
     try:
         return await conn.fetch(sql, *args)
@@ -41,12 +55,12 @@ async def _query(url: str, sql: str, *args):
         await conn.close()
 
 
-def _sql(url: str, sql: str, *args):
+def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(_query(url, sql, *args))
 
 
-def test_write_stop_restart_read(tmp_path):
-    server = PostgresServer(tmp_path / "pg")
+def test_write_stop_restart_read(pg_dir: Path) -> None:
+    server = PostgresServer(pg_dir / "pg")
     try:
         first = _start(server)
         url = server.url()
@@ -83,22 +97,22 @@ def test_write_stop_restart_read(tmp_path):
     finally:
         server.cleanup()
     assert not server.running()
-    assert (tmp_path / "pg" / "data" / "PG_VERSION").exists()  # caller's directory is kept
+    assert (pg_dir / "pg" / "data" / "PG_VERSION").exists()  # caller's directory is kept
 
 
-def test_temporary_directory_is_removed():
+def test_temporary_directory_is_removed() -> None:
     with PostgresServer() as server:
         directory = server.directory
         assert _sql(server.url(), "SELECT 1 AS one")[0]["one"] == 1
     assert not directory.exists()
 
 
-def test_cli_start_stop(tmp_path):
-    def cli(*args):
+def test_cli_start_stop(pg_dir: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "perhap.testing.postgres", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
 
-    directory = tmp_path / "cli"
+    directory = pg_dir / "cli"
     started = cli("start", "--dir", str(directory))
     try:
         if started.returncode != 0:
@@ -116,17 +130,17 @@ def test_cli_start_stop(tmp_path):
     with pytest.raises(OSError):
         _sql(url, "SELECT 1")
 
-    missing = cli("stop", "--dir", str(tmp_path / "nothing-here"))
+    missing = cli("stop", "--dir", str(pg_dir / "nothing-here"))
     assert missing.returncode != 0
     assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
     assert "Traceback" not in missing.stderr
 
 
-def test_start_failure_reports_log_tail(tmp_path):
+def test_start_failure_reports_log_tail(pg_dir: Path) -> None:
     with socket.socket() as busy:  # hold the port so postgres cannot bind it
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        server = PostgresServer(tmp_path / "pg", port=busy.getsockname()[1])
+        server = PostgresServer(pg_dir / "pg", port=busy.getsockname()[1])
         try:
             with pytest.raises(PostgresError) as info:
                 server.start(timeout=20)
@@ -136,14 +150,14 @@ def test_start_failure_reports_log_tail(tmp_path):
     assert "could not bind" in str(info.value)
 
 
-def test_missing_binaries_name_the_package(monkeypatch, tmp_path):
+def test_missing_binaries_name_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(pgmod, "PG_GLOB", str(tmp_path / "none" / "*" / "bin"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PostgresError, match="apt-get install postgresql"):
         PostgresServer(tmp_path / "pg")
 
 
-def test_existing_server_url(monkeypatch):
+def test_existing_server_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERHAP_TEST_POSTGRES_URL", raising=False)
     assert existing_server_url() is None
     monkeypatch.setenv("PERHAP_TEST_POSTGRES_URL", "postgresql://u@db:5432/x")

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perhap.store import InvalidInput, check_name
+from perhap.errors import InvalidInput
+from perhap.model import check_name
 
 # Every property runs once per backend with the same store: each example uses a fresh realm.
 SETTINGS = settings(max_examples=40, deadline=None,

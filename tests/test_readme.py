@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from tests.servers import ProcessServer
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -57,3 +58,18 @@ def test_readme_python_example_runs(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[{'total': 42}]"
+
+
+def test_conformance_doc_example_runs(tmp_path: Any) -> None:
+    # The third-party example, run as written outside this repository's pytest configuration (so
+    # in pytest-asyncio's strict mode), on a few tests of each contract class.
+    import sys
+
+    doc = (Path(__file__).parent.parent / "docs" / "conformance.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
+    (tmp_path / "test_my_backend.py").write_text(code)
+    chosen = "test_append_and_read_entity or test_seed_example_with_form_content_type or test_sse_catch_up_live"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", chosen,
+                          "test_my_backend.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "3 passed" in out.stdout, out.stdout[-3000:]

@@ -130,7 +130,7 @@ async def test_export_import_round_trip_is_byte_identical(backend: Provider, tmp
 
 async def test_import_keeps_ids_versions_timestamps_and_meta(store: Store, realm: str) -> None:
     ids = [str(uuid.uuid4()) for _ in range(4)]
-    events = [
+    events: list[dict[str, Any]] = [
         {"event_id": ids[0], "realm": realm, "domain": "d", "entity": "a", "type": "t", "event": {"x": 1},
          "meta": {"corr": "c1"}, "version": 0, "timestamp": "2001-02-03T04:05:06.000007Z"},
         {"event_id": ids[1], "realm": realm, "domain": "d", "entity": "b", "type": "t", "event": 2**80,
@@ -247,7 +247,8 @@ async def test_import_refuses_version_gaps_and_foreign_events(store: Store, real
      "line 2: not an event object (missing realm"),
     ([b'{"format": "perhap-dump", "version": 1, "scope": null}', b"",
       b'{"event_id": "00000000-0000-0000-0000-000000000001", "realm": "r", "domain": "d", "entity": "e", '
-      b'"type": "t", "event": 1, "meta": {}, "version": 0, "timestamp": "yesterday"}'], "line 3: timestamp must be an RFC 3339 date-time"),
+      b'"type": "t", "event": 1, "meta": {}, "version": 0, "timestamp": "yesterday"}'],
+     "line 3: timestamp must be an RFC 3339 date-time"),
     ([b'{"event_id": "00000000-0000-0000-0000-000000000001", "realm": "_r", "domain": "d", "entity": "e", '
       b'"type": "t", "event": 1, "meta": {}, "version": 0, "timestamp": "2001-01-01T00:00:00Z", "x": 1}'],
      "unknown keys x"),

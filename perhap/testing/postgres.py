@@ -36,6 +36,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["PostgresError", "PostgresServer", "existing_server_url", "find_bin_dir"]
@@ -78,13 +79,14 @@ def _free_port() -> int:
     # window is small and a failure shows "could not bind" in the log tail.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class PostgresServer:
     host = "127.0.0.1"
 
-    def __init__(self, directory: str | Path | None = None, port: int | None = None):
+    def __init__(self, directory: str | Path | None = None, port: int | None = None) -> None:
         self.bin_dir = find_bin_dir()
         # initdb/pg_ctl refuse to run as root: drop to the Debian 'postgres' user.
         self._user: pwd.struct_passwd | None = None
@@ -179,7 +181,7 @@ class PostgresServer:
         except OSError:
             return "(no server log)"
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         self.start()
         return self
 
@@ -236,14 +238,17 @@ class PostgresServer:
             env.update(HOME=self._user.pw_dir, USER="postgres", LOGNAME="postgres")
         return env
 
-    def _run(self, cmd: list, timeout: float, what: str, check: bool = True) -> subprocess.CompletedProcess:
-        kw = {}
+    def _run(self, cmd: Sequence[str | Path], timeout: float, what: str,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        # As the postgres user when we are root (initdb and pg_ctl refuse to run as root).
+        uid = gid = None
         if self._user is not None:
-            kw = dict(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+            uid, gid = self._user.pw_uid, self._user.pw_gid
         try:
             proc = subprocess.run(
                 [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                env=self._env(), cwd=self.directory, stdin=subprocess.DEVNULL, **kw,
+                env=self._env(), cwd=self.directory, stdin=subprocess.DEVNULL,
+                user=uid, group=gid, extra_groups=None if uid is None else [],
             )
         except subprocess.TimeoutExpired:
             raise PostgresError(f"{what}: timed out after {timeout:.0f}s (log: {self.log_file})\n"

@@ -1,11 +1,10 @@
-"""The web UI: static files shipped in this package, served at /_ui by the app (no build step)."""
+"""The web UI: static files shipped in this package, served at /_ui by the HTTP app (no build step)."""
 
 from __future__ import annotations
 
 import mimetypes
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -23,21 +22,11 @@ def _load(relative: str) -> tuple[bytes, str] | None:
     return path.read_bytes(), kind
 
 
-async def send_ui_file(send: Any, parts: list[str]) -> None:
-    """Serve /_ui/<file>; /_ui itself (and any unknown page path) is the single-page app."""
+def ui_file(parts: list[str]) -> tuple[bytes, str] | None:
+    """The file at /_ui/<parts> and its content type; /_ui itself (and any unknown page path) is
+    the single-page app. None when there is no such file."""
     relative = "/".join(parts) if parts else "index.html"
     found = _load(relative) if all(p not in ("", ".", "..") for p in parts) else None
     if found is None and (not parts or "." not in parts[-1]):
         found = _load("index.html")  # client-side routes all load the app
-    if found is None:
-        body = b'{"type":"urn:perhap:problem:not-found","title":"Not found","status":404,"detail":"no such file"}'
-        headers = [(b"content-type", b"application/problem+json")]
-        status = 404
-    else:
-        body, kind = found
-        headers = [(b"content-type", kind.encode()), (b"cache-control", b"no-cache"),
-                   (b"x-content-type-options", b"nosniff")]
-        status = 200
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return found

@@ -29,4 +29,5 @@ class Provider(Protocol):
 
 def load(name: str) -> Provider:
     module = importlib.import_module(f"tests.providers.{name}")
-    return module.provider()  # type: ignore[no-any-return]
+    provider: Provider = module.provider()
+    return provider

@@ -1,0 +1,95 @@
+"""Choose a backend from a URL: the one factory every entry point (CLI, tests, bench) goes through.
+
+Each backend is a package beside this module (``sqlite``, ``postgres``, ``cassandra``), imported
+only when a URL names it, so a driver that is not installed costs nothing until it is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+from ..store import Store
+
+SCHEMES = ("sqlite", "postgresql", "cassandra")
+
+
+class UnknownScheme(ValueError):
+    pass
+
+
+def redact(url: str) -> str:
+    """The store URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Split a store URL into its scheme and backend options; ValueError with a clear text if bad."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "postgres":
+        scheme = "postgresql"
+    if scheme not in SCHEMES:
+        raise UnknownScheme(
+            f"unknown store URL scheme {parts.scheme or '(none)'!r} in {url!r}; "
+            f"use one of: sqlite:///path.db, postgresql://user:pass@host:port/db, "
+            f"cassandra://host[,host]:port/keyspace"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if scheme == "sqlite":
+        if parts.netloc:
+            raise ValueError("a SQLite URL has no host: use sqlite:///relative.db or sqlite:////abs.db")
+        path = unquote(parts.path)
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///./perhap.db")
+        return scheme, {"path": path, **query}
+    return scheme, {"url": url, **query}
+
+
+async def _open(url: str) -> Store:
+    scheme, options = parse_store_url(url)
+    if scheme == "sqlite":
+        from .sqlite import open_sqlite
+
+        synchronous = options.get("synchronous", "FULL")
+        return await open_sqlite(options["path"], synchronous=synchronous, url=url)
+    if scheme == "postgresql":
+        try:
+            from .postgres import open_postgres
+        except ImportError as exc:  # asyncpg missing
+            raise ValueError(f"the PostgreSQL backend needs asyncpg: pip install 'perhap[postgres]' ({exc})") from None
+        return await open_postgres(url)
+    try:
+        from .cassandra import open_cassandra
+    except ImportError as exc:
+        raise ValueError(
+            f"the Cassandra backend needs cassandra-driver: pip install 'perhap[cassandra]' ({exc})") from None
+    return await open_cassandra(url)
+
+
+class open_store:
+    """Open a store from a URL: ``async with open_store("sqlite:///./perhap.db") as store: ...``.
+
+    ``store = await open_store(url)`` works too; then call ``await store.close()`` yourself.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: Store | None = None
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return _open(self.url).__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await _open(self.url)
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            await self._store.close()

@@ -1,0 +1,85 @@
+"""The records the backend passes between its parts, and the namespace mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ...model import Event, NewEvent
+
+#: An entity as stored: (realm with its namespace, domain, entity), one entity_log partition.
+EntityKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """``?namespace=`` keeps several stores in one keyspace: stored realms are ``namespace/realm``
+    ('/' never occurs in a realm name), converted back at the edges."""
+
+    name: str
+
+    def stored(self, realm: str) -> str:
+        """A realm as stored: prefixed by the namespace."""
+        return f"{self.name}/{realm}" if self.name else realm
+
+    def shown(self, realm: str) -> str:
+        """A realm as the caller knows it."""
+        return realm[len(self.name) + 1:] if self.name else realm
+
+    def out(self, event: Event) -> Event:
+        """An event read with its stored realm, as the caller knows it."""
+        return dataclasses.replace(event, realm=self.shown(event.realm)) if self.name else event
+
+    @property
+    def realms(self) -> str:
+        """The ``names`` partition that lists this namespace's realms (no stored realm starts with '/')."""
+        return "/" + self.name
+
+    def shard(self, event_id: uuid.UUID) -> str:
+        """The events_by_id partition: the namespace, and the id's top 44 bits (a UUIDv7's
+        millisecond clock / 16, so a batch of server ids shares a few partitions; random otherwise)."""
+        return f"{self.name}/{event_id.int >> 84:x}"
+
+
+class Head(NamedTuple):
+    """An entity's head as the Paxos condition sees it: its last version and that event's position."""
+
+    version: int
+    ts: int
+
+
+class Placed(NamedTuple):
+    """One event of a write attempt, with its id, version and position (microseconds)."""
+
+    event: NewEvent
+    id: uuid.UUID
+    version: int
+    ts: int
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The rows of one write attempt (all events of one batch), as written before its commit."""
+
+    key: EntityKey
+    events: list[Placed]
+    txn: uuid.UUID = field(default_factory=uuid.uuid4)
+    unknown: bool = False  # the commit's outcome could not be learnt: its rows must stay
+
+
+class IndexRow(NamedTuple):
+    """A scope_log row (the domain or realm index), settled or pending, in position order."""
+
+    ts: int
+    id: uuid.UUID
+    domain: str
+    entity: str
+    type: str
+    version: int
+    stamp: str | None
+    data: bytes
+    meta: bytes
+    txn: uuid.UUID  # the write attempt that wrote it
+    ok: bool | None  # true once its attempt is known committed; None while pending

@@ -1,0 +1,137 @@
+"""CassandraStore: the Store template over a Cassandra keyspace, wiring the backend's parts.
+
+The design, proved in docs/backends/cassandra.md:
+
+- An entity is one partition of ``entity_log``: its events (kind 0, clustered by version), a
+  marker per client-chosen event id (kind 1) and a marker per write attempt (kind 2), with the
+  head version, the head's position and the entity's types in static columns. An append is ONE
+  conditional batch on that partition (``IF head = v`` plus ``IF NOT EXISTS`` on its markers): a
+  Paxos round makes versions gapless, batches atomic and client ids unique within the entity,
+  whatever the number of writing processes (writer.py).
+- Domain and realm order is the position ``(ts, event_id)`` in ``scope_log``, partitioned by
+  (realm, domain or '' for the realm, time bucket); a two-level directory (eras, buckets) lists
+  the non-empty buckets, so reads walk bounded partitions. The rows are written *before* the
+  Paxos commit, marked pending with their attempt id; after the commit they are marked ok.
+- Readers of domains and realms return only positions at least ``settle`` older than their clock.
+  A writer whose pending rows were not acknowledged within ``settle - clock_skew`` of their
+  position abandons that attempt, so every row a reader could ever see at or below its horizon was
+  visible when it read. A pending row at or below the horizon is resolved: committed attempt ->
+  returned, otherwise the reader *fences* the attempt (inserts its marker as aborted, IF NOT
+  EXISTS), so it can never commit later (settle.py). The set of events at or below a horizon is
+  thus final: pages never skip nor repeat an event (reader.py).
+- ``events_by_id`` finds an event by id in one read (partitioned by the id's top 44 bits: a
+  UUIDv7's 16 ms window). Names live in ``names`` (a domain's entities hashed into 8 shards).
+- ``?namespace=`` keeps several stores in one keyspace: stored realms are ``namespace/realm``
+  ('/' never occurs in a realm name), converted back at the edges (records.Namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...errors import StorageUnavailable
+from ...model import AppendResult, Cursor, Event, Scope
+from ...store.base import Statistic, Store, WriteJob
+from .driver import DRIVER_ERRORS, Driver
+from .names import Names
+from .reader import Reader
+from .records import EntityKey, Namespace
+from .schema import Keyspace, Statements, open_keyspace
+from .settle import Settler
+from .url import parse_cassandra_url
+from .writer import Writer
+
+HEALTH_TIMEOUT = 5.0  # seconds
+
+
+class CassandraStore(Store):
+    """Events in a Cassandra keyspace; any number of perhap processes may share it."""
+
+    shared_across_processes = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.options = parse_cassandra_url(url)
+        self.poll_interval = self.options.poll
+        self.settle_us, self.skew_us = self.options.settle_us, self.options.skew_us
+        self.ns = Namespace(self.options.namespace)
+        self.db = Driver(self.options)
+        # Outcome counters, read by tests, benchmarks and statistics().
+        self.stats = {"late": 0, "retries": 0, "fenced": 0, "resolved": 0}
+
+    async def open(self) -> CassandraStore:
+        self.db.loop = asyncio.get_running_loop()
+        try:
+            bucket_us, statements = await asyncio.to_thread(self._connect)
+        except DRIVER_ERRORS as exc:
+            await self.db.shutdown()
+            raise StorageUnavailable(f"cannot reach Cassandra at {self.options.hosts}: {exc}") from None
+        self._wire(bucket_us, statements)
+        return self
+
+    def _connect(self) -> tuple[int, Statements]:
+        return open_keyspace(self.db.connect(), self.options)
+
+    def _wire(self, bucket_us: int, statements: Statements) -> None:
+        self.bucket_us = bucket_us
+        self.keyspace = ks = Keyspace(self.db, statements, self.ns, self.options, bucket_us, self.stats)
+        self.names = Names(ks)
+        self.settler = Settler(ks, self.names)
+        self.reader = Reader(ks, self.settler)
+        self.writer = Writer(ks, self.names, self.reader, self.settler, self._notify_commit)
+
+    # ----------------------------------------------------------------- the template's primitives
+
+    def _submit(self, job: WriteJob) -> None:
+        # A task of its own: a client that goes away must not cut a write between its steps.
+        key = (self.ns.stored(job.realm), job.domain, job.entity)
+        self.db.spawn(self._write(job, key))
+
+    async def _write(self, job: WriteJob, key: EntityKey) -> None:
+        try:
+            outcome: AppendResult | BaseException = await self.writer.write(key, job.batch, job.expected)
+        except Exception as exc:
+            outcome = exc
+        except BaseException as exc:  # cancelled or stopping: tell the caller, then stop too
+            job.settle(exc)
+            raise
+        job.settle(outcome)
+
+    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
+        return await self.reader.read(scope, after, limit)
+
+    async def _find_event(self, event_id: str) -> Event | None:
+        event = await self.reader.by_id(event_id)
+        return None if event is None else self.ns.out(event)
+
+    async def _names(self, realm: str | None, domain: str | None, entity: str | None,
+                     after: str, limit: int) -> list[str]:
+        return await self.names.read(realm, domain, entity, after, limit)
+
+    async def _ping(self) -> bool:
+        await asyncio.wait_for(self.db.run(self.keyspace.q.health), HEALTH_TIMEOUT)
+        return True
+
+    async def _close(self) -> None:
+        await self.db.drain()  # writes in flight, then their follow-ups
+        if hasattr(self, "reader"):  # else it was never opened
+            self.reader.close()
+        await self.db.shutdown()
+
+    def statistics(self) -> list[Statistic]:
+        s = self.stats
+        return [
+            Statistic("cassandra_late_attempts", s["late"],
+                      "Write attempts abandoned: pending rows acknowledged too late for the settle window"),
+            Statistic("cassandra_retries", s["retries"],
+                      "Write attempts tried again after a fence or a moved head"),
+            Statistic("cassandra_fenced_attempts", s["fenced"],
+                      "Pending write attempts readers fenced off, so that they never commit"),
+            Statistic("cassandra_resolved_attempts", s["resolved"],
+                      "Pending write attempts readers found decided when they came to fence them"),
+        ]
+
+
+async def open_cassandra(url: str) -> CassandraStore:
+    return await CassandraStore(url).open()

@@ -1,0 +1,308 @@
+"""Appending: pending index rows, then ONE conditional batch on the entity partition (a Paxos
+round), then names, client ids and marking the rows ok (steps 1-4 in docs/backends/cassandra.md).
+
+The batch is ``IF head = v`` plus ``IF NOT EXISTS`` on its markers: a Paxos round makes versions
+gapless, batches atomic and client ids unique within the entity, whatever the number of writing
+processes. The domain and realm index rows are written *before* the commit, marked pending with
+their attempt id; a writer whose pending rows were not acknowledged within ``settle - clock_skew``
+of their position abandons that attempt (Lemma 1: every row a reader could ever see at or below
+its horizon was visible when it read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cassandra.query import BatchStatement
+
+from ...errors import InvalidInput, StorageUnavailable, VersionConflict
+from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
+from . import clock
+from .driver import gather, quiet
+from .names import Names
+from .reader import Reader
+from .records import Attempt, EntityKey, Head, Placed
+from .schema import ATTEMPT, CLIENT_ID, ERA, Keyspace
+from .settle import Settler
+
+MAX_BATCH_BYTES = 12 << 20  # one Paxos mutation must stay under Cassandra's max_mutation_size
+MAX_HEADS = 100_000  # entity heads remembered
+SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending rows, others the per-row one
+
+Rows = list[tuple[Hashable, Sequence[Any]]]  # (partition, arguments) pairs for Driver.batch
+
+
+class Outcome(enum.Enum):
+    COMMITTED = "committed"
+    FENCED = "fenced"  # a reader fenced this attempt off: try again
+
+
+@dataclass(frozen=True, slots=True)
+class TakenIds:
+    """Client ids already stored in this entity (id -> version): a racing twin's write, to replay."""
+
+    ids: dict[uuid.UUID, int]
+
+
+Commit = Outcome | TakenIds | Head  # a Head: the entity is elsewhere, the batch was not applied
+
+
+@dataclass(slots=True)
+class EntityLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class Writer:
+    def __init__(self, ks: Keyspace, names: Names, reader: Reader, settler: Settler,
+                 notify: Callable[[], None]) -> None:
+        self.ks, self.names, self.reader, self.settler, self.notify = ks, names, reader, settler, notify
+        self.locks: dict[EntityKey, EntityLock] = {}
+        self.heads: OrderedDict[EntityKey, Head] = OrderedDict()
+        self.fixed_us, self.row_us = 5000.0, 200.0  # learnt cost of pending rows (microseconds)
+        self.last_ts = 0  # the last position this process gave out
+
+    async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
+        """Append a batch to an entity (its realm as stored)."""
+        if sum(len(e.data_json) + len(e.meta_json) for e in batch) > MAX_BATCH_BYTES:
+            raise InvalidInput(f"a batch may hold at most {MAX_BATCH_BYTES >> 20} MiB of events here")
+        slot = self.locks.setdefault(key, EntityLock())
+        slot.users += 1
+        try:
+            async with slot.lock:  # one write per entity at a time in this process: no self-contention
+                return await self.append(key, batch, expected)
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                del self.locks[key]
+
+    async def append(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
+        ks, spawn = self.ks, self.ks.db.spawn
+        realm, domain, entity = key
+        client_ids = [e.event_id for e in batch if e.client_id]
+        if client_ids:  # a retry of an acknowledged write is answered from events_by_id
+            stored = await self.reader.stored(client_ids)
+            replay = replay_or_conflict(batch, stored, realm, domain, entity)
+            if replay is not None:
+                return replay
+        head = self.heads.get(key)
+        if head is not None and expected is not None and head.version > expected:
+            raise VersionConflict(head.version, expected)  # versions only grow: no need to ask Paxos
+        if head is None:
+            if expected is None:
+                rows = await ks.db.run(ks.q.head, key)
+                head = Head(-1, 0) if not rows or rows[0][0] is None else Head(rows[0][0], rows[0][1])
+            else:
+                head = Head(expected, 0)  # the condition checks it; a wrong guess costs one retry
+        # Pending rows must be acknowledged within settle - clock_skew of their position. A loaded
+        # cluster or a big batch takes a while: place the position twice the time we expect to need
+        # ahead of now (learnt as fixed + per-event cost), and twice what it took after a late try.
+        lead = min(clock.MAX_LEAD_US, int(2 * (self.fixed_us + len(batch) * self.row_us)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ks.options.timeout + len(batch) / 1000
+        written: Attempt | None = None
+        try:
+            while True:
+                version, head_ts = head if expected is None else (expected, head.ts)
+                if written is not None:
+                    spawn(self.forget(written, keep_ids=True))
+                    ks.stats["retries"] += 1
+                if loop.time() > deadline:
+                    raise StorageUnavailable("could not commit the append in time (contention or a slow cluster)")
+                written, took = await self.pending(key, batch, version, head_ts, lead)
+                if written is None:  # too slow to be safe behind the settle window: try again
+                    lead = min(clock.MAX_LEAD_US, max(lead, 2 * took))
+                    continue
+                outcome = await self.commit(key, written, version)
+                if outcome is Outcome.COMMITTED:
+                    break
+                if isinstance(outcome, TakenIds):  # client ids already in this entity: a replay
+                    spawn(self.forget(written, keep_ids=False))
+                    written = None
+                    return await self.replay(key, batch, outcome.ids)
+                if isinstance(outcome, Head):
+                    head = outcome
+                    self.remember_head(key, head)
+                    if expected is not None and head.version != expected:
+                        raise VersionConflict(head.version, expected)
+        except BaseException:
+            if written is not None and not written.unknown:
+                spawn(self.forget(written, keep_ids=False))
+            raise
+        last = written.events[-1]
+        self.remember_head(key, Head(last.version, last.ts))
+        self.settler.remember(written.txn, True)
+        self.settler.own.add(written.txn)  # until mark_ok is done with it
+        try:
+            await self.after_commit(key, written)
+        except BaseException:
+            self.settler.own.discard(written.txn)  # no mark_ok then: let readers repair its rows
+            raise
+        self.notify()
+        return AppendResult([Appended(str(p.id), p.version, clock.stamp(p.ts, p.event.timestamp))
+                             for p in written.events], created=True)
+
+    async def pending(self, key: EntityKey, batch: list[NewEvent], version: int,
+                      head_ts: int, lead: int) -> tuple[Attempt | None, int]:
+        """Write an attempt's index rows (pending) before its commit; None when they were late.
+        Also returns how long that took (microseconds)."""
+        ks = self.ks
+        realm, domain, entity = key
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        now = clock.now_us()
+        # Positions grow along the entity's versions, and along this process's appends (so one that
+        # starts after another was acknowledged comes after it; across processes see the docs).
+        ts0 = max(now + lead, head_ts + 1, self.last_ts + 1)
+        self.last_ts = ts0 + len(batch) - 1
+        attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i)
+                                for i, e in enumerate(batch)])
+        index: Rows = []
+        by_id: Rows = []
+        directory: list[tuple[str, str, int]] = []
+        for e, u, v, ts in attempt.events:
+            bucket = ts // ks.bucket_us
+            for scope in ("", domain):
+                index.append(((scope, bucket), (realm, scope, bucket, ts, u, domain, entity, e.type, v,
+                                                e.timestamp, e.data_json, e.meta_json, attempt.txn)))
+                if (realm, scope, bucket) not in self.names.known:
+                    directory.append((realm, scope, bucket))
+            if not e.client_id:  # client ids get theirs after the commit: a racing twin must not clobber it
+                shard = ks.ns.shard(u)
+                by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
+                                      e.timestamp, e.data_json, e.meta_json, attempt.txn, None)))
+        directory = list(dict.fromkeys(directory))
+        jobs: list[Awaitable[Any]] = [ks.db.batch(ks.q.index, index), ks.db.batch(ks.q.by_id_add, by_id)]
+        for r, s, b in directory:
+            jobs.append(ks.db.run(ks.q.dir_add, (r, s, b // ERA, b)))
+            jobs.append(ks.db.run(ks.q.dir_add, (r, s, -1, b // ERA)))
+        await gather(jobs)
+        self.names.known.update(directory)
+        # Readers trust that any row at or below their horizon (their clock - settle) is visible. Our
+        # rows are, if acknowledged within settle - clock_skew of their position by our clock.
+        took = int((loop.time() - started) * 1e6)
+        if len(batch) < SMALL_BATCH:
+            self.fixed_us = 0.9 * self.fixed_us + 0.1 * took
+        else:
+            self.row_us = 0.8 * self.row_us + 0.2 * max(0, took - self.fixed_us) / len(batch)
+        if took > ts0 - now + ks.options.settle_us - ks.options.skew_us:
+            ks.stats["late"] += 1
+            ks.db.spawn(self.forget(attempt, keep_ids=True))
+            return None, took
+        return attempt, took
+
+    async def commit(self, key: EntityKey, p: Attempt, version: int) -> Commit:
+        """The Paxos round. COMMITTED, FENCED when a reader fenced us off, the client ids already
+        stored here, or the entity's head when it has moved on. The attempt's marker (IF NOT
+        EXISTS) makes the batch idempotent: applied at most once."""
+        q = self.ks.q
+        b = BatchStatement()
+        last = p.events[-1]
+        types = {e.event.type for e in p.events}
+        if version < 0:
+            b.add(q.lwt_new, (last.version, last.ts, types, *key))
+        else:
+            b.add(q.lwt_next, (last.version, last.ts, types, *key, version, p.events[0].ts))
+        b.add(q.marker, (*key, ATTEMPT, p.txn, version + 1, False))
+        for e, u, v, ts in p.events:
+            if e.client_id:
+                b.add(q.marker, (*key, CLIENT_ID, u, v, None))
+            b.add(q.event, (*key, v, u, e.type, ts, e.timestamp, e.data_json, e.meta_json))
+        try:
+            rows = await self.ks.db.run(b, lwt=True)
+        except StorageUnavailable:
+            # The outcome is unknown: settle it ourselves, as a reader would.
+            try:
+                committed = await self.settler.resolve(key, p.txn)
+            except StorageUnavailable:
+                p.unknown = True  # readers will settle it once the cluster answers
+                raise
+            if committed:
+                return Outcome.COMMITTED
+            raise
+        if rows[0]["[applied]"]:
+            return Outcome.COMMITTED
+        for r in rows:
+            if r.get("kind") == ATTEMPT:
+                # Our attempt's marker exists already. Aborted: a reader fenced us off. Not aborted:
+                # this very batch was applied by an earlier try of the same request (the driver
+                # re-sends a request whose connection broke): it is committed. (Checked first: its
+                # client-id markers are then ours, not a twin's.)
+                return Outcome.FENCED if r["aborted"] else Outcome.COMMITTED
+        ids = {r["id"]: r["ver"] for r in rows if r.get("kind") == CLIENT_ID}
+        if ids:
+            return TakenIds(ids)
+        head = rows[0].get("head")
+        return Head(-1, 0) if head is None else Head(head, rows[0]["head_ts"])
+
+    async def after_commit(self, key: EntityKey, p: Attempt) -> None:
+        """Keys and client ids before the acknowledgement; marking the index rows ok after it."""
+        ks = self.ks
+        await self.names.write(key)
+        clients: Rows = []
+        for e, u, v, ts in p.events:
+            if e.client_id:
+                shard = ks.ns.shard(u)
+                clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
+                                        p.txn, True)))
+        if clients:
+            await ks.db.batch(ks.q.by_id_add, clients)
+        ks.db.spawn(self.mark_ok(key, p))
+
+    async def mark_ok(self, key: EntityKey, p: Attempt) -> None:
+        ks = self.ks
+        realm, domain, _ = key
+        rows: Rows = []
+        for _e, u, _v, ts in p.events:
+            bucket = ts // ks.bucket_us
+            rows += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
+        ids: Rows = [(ks.ns.shard(u), (ks.ns.shard(u), u)) for e, u, _, _ in p.events if not e.client_id]
+        try:
+            await gather([ks.db.batch(ks.q.index_ok, rows), ks.db.batch(ks.q.by_id_ok, ids)])
+        except (StorageUnavailable, InvalidInput):
+            pass  # readers resolve pending rows themselves
+        finally:
+            self.settler.own.discard(p.txn)
+
+    async def forget(self, p: Attempt, *, keep_ids: bool) -> None:
+        """Remove an abandoned attempt's rows (best effort: readers fence leftovers anyway).
+        ``keep_ids``: the next attempt of this write rewrites the same events_by_id rows."""
+        ks = self.ks
+        realm, domain, _ = p.key
+        index: Rows = []
+        ids: Rows = []
+        for e, u, _v, ts in p.events:
+            bucket = ts // ks.bucket_us
+            index += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
+            if not e.client_id:
+                ids.append((ks.ns.shard(u), (ks.ns.shard(u), u)))
+        await quiet(ks.db.batch(ks.q.index_del, index))
+        if not keep_ids:
+            await quiet(ks.db.batch(ks.q.by_id_del, ids))
+
+    async def replay(self, key: EntityKey, batch: list[NewEvent], ids: dict[uuid.UUID, int]) -> AppendResult:
+        """Some client ids were committed in this entity already (by a racing twin of this write)."""
+        ks = self.ks
+        realm, domain, entity = key
+        rows = await ks.db.run(ks.q.versions, (*key, sorted(set(ids.values()))))
+        stored = {str(u): Event(str(u), realm, domain, entity, t, v, clock.stamp(ts, st), d, m, v)
+                  for v, u, t, ts, st, d, m in rows}
+        result = replay_or_conflict(batch, stored, realm, domain, entity)
+        assert result is not None
+        # The twin that stored them writes their events_by_id rows; in case it died, so do we.
+        ks.db.spawn(quiet(ks.db.batch(ks.q.by_id_add, [
+            (ks.ns.shard(u), (ks.ns.shard(u), u, *key, t, v, ts, st, d, m, None, True))
+            for v, u, t, ts, st, d, m in rows])))
+        return result
+
+    def remember_head(self, key: EntityKey, head: Head) -> None:
+        self.heads[key] = head
+        self.heads.move_to_end(key)
+        if len(self.heads) > MAX_HEADS:
+            self.heads.popitem(last=False)

@@ -1,0 +1,93 @@
+"""Connecting to PostgreSQL: the URL options of ours, how each connection is set up, and which
+driver errors mean the database is away rather than an answer from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+POOL_SIZE = 10  # read connections
+POLL_INTERVAL = 1.0  # seconds a subscriber waits for a notification before reading anyway
+TIMEOUT = 10.0  # seconds for a connect, a pool acquire or one statement
+
+# Errors that mean "the database is not there", as opposed to an answer from it.
+LOST = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+DB_ERRORS = (*LOST, asyncpg.PostgresError)
+
+# asyncpg's classes are generic only in its stubs, hence the quotes.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+#: A connection of our own or one lent by the pool: both run statements alike.
+AnyConnection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+_OURS: dict[str, type[int] | type[float]] = {"pool_size": int, "poll_interval": float, "timeout": float}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What a PostgreSQL store URL asks for: the DSN for asyncpg and the options of ours.
+
+    Options of ours in the URL query: ``pool_size`` (read connections), ``poll_interval``
+    (seconds a subscriber waits for a notification before reading anyway), ``timeout`` (seconds
+    for a connect or a statement); everything else goes to asyncpg (sslmode, ...).
+    """
+
+    dsn: str
+    pool_size: int = POOL_SIZE
+    poll_interval: float = POLL_INTERVAL
+    timeout: float = TIMEOUT
+
+    @classmethod
+    def from_url(cls, url: str) -> Options:
+        """Split ``url`` into our options and asyncpg's DSN; ValueError naming a bad option."""
+        parts = urlsplit(url)
+        ours: dict[str, float] = {}
+        theirs: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in _OURS:
+                try:
+                    ours[key] = _OURS[key](value)
+                except ValueError:
+                    raise ValueError(f"bad {key}={value!r} in the PostgreSQL URL") from None
+            else:
+                theirs.append((key, value))
+        scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
+        dsn = urlunsplit(parts._replace(scheme=scheme, query=urlencode(theirs)))
+        return cls(dsn, int(ours.get("pool_size", POOL_SIZE)), ours.get("poll_interval", POLL_INTERVAL),
+                   ours.get("timeout", TIMEOUT))
+
+    async def connect(self) -> Connection:
+        """One connection of our own (the writer's, the listener's)."""
+        return await asyncpg.connect(self.dsn, timeout=self.timeout, command_timeout=self.timeout,
+                                     server_settings={"application_name": "perhap"})
+
+    async def create_pool(self) -> Pool:
+        """The read pool: connections set up by :func:`init_reader`, kept without a reset."""
+        return await asyncpg.create_pool(
+            self.dsn, timeout=self.timeout, command_timeout=self.timeout,
+            server_settings={"application_name": "perhap"}, min_size=1, max_size=self.pool_size,
+            init=init_reader, reset=_no_reset)
+
+
+async def init_connection(conn: Connection) -> None:
+    # JSON goes through as the bytes orjson made and the server stored: no decode, no re-encode.
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+
+
+async def init_reader(conn: Connection) -> None:
+    await init_connection(conn)
+    # A page must be a walk along the scope's index, never "fetch the whole scope, sort, keep
+    # 1000": the planner picks the latter whenever it underestimates a scope (a big realm among
+    # many small ones, or tables not analysed yet), making a page cost O(scope). With sorting
+    # priced out, the index walk is the only plan left for scope reads; key listings walk their
+    # unique indexes the same way. (A SET, not a startup parameter, which pgbouncer would refuse.)
+    await conn.execute("SET enable_sort = off")
+
+
+async def _no_reset(conn: Connection) -> None:
+    """Pool connections keep no session state of ours, so skip asyncpg's reset round trip."""

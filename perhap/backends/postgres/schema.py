@@ -1,0 +1,91 @@
+"""The PostgreSQL schema: its versions, the steps between them, and the migration run at start-up.
+
+Names are stored once and events carry integer ids, as in the SQLite backend; name columns use
+``COLLATE "C"`` so key listings sort by code point on every server.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ...errors import StorageUnavailable
+from .connection import AnyConnection
+
+log = logging.getLogger("perhap.postgres")
+
+SCHEMA_VERSION = 1
+CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
+LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
+SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
+
+# Each step upgrades the schema from the version before it; a database records the last step run.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE perhap_realms (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text COLLATE "C" NOT NULL UNIQUE);
+CREATE TABLE perhap_domains (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, realm_id int NOT NULL,
+    name text COLLATE "C" NOT NULL, UNIQUE (realm_id, name));
+CREATE TABLE perhap_entities (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, domain_id int NOT NULL,
+    name text COLLATE "C" NOT NULL, version bigint NOT NULL, UNIQUE (domain_id, name));
+CREATE TABLE perhap_types (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text COLLATE "C" NOT NULL UNIQUE);
+CREATE TABLE perhap_entity_types (
+    entity_id bigint NOT NULL, type_id int NOT NULL, PRIMARY KEY (entity_id, type_id));
+-- pos: CACHE 1 (the default, spelled out), as positions must increase in the order they are
+-- handed out across sessions, which per-session caches would break. No index on pos alone: the
+-- planner cannot see which realm a read's sub-select names, and given a pos index it may walk all
+-- events in pos order filtering by realm (O(table)); the composite indexes are the only way.
+CREATE TABLE perhap_events (
+    event_id uuid PRIMARY KEY,
+    pos bigint NOT NULL GENERATED ALWAYS AS IDENTITY (CACHE 1),
+    realm_id int NOT NULL, domain_id int NOT NULL, entity_id bigint NOT NULL, type_id int NOT NULL,
+    version bigint NOT NULL, ts text NOT NULL, data json NOT NULL, meta json NOT NULL);
+CREATE UNIQUE INDEX perhap_events_entity ON perhap_events (entity_id, version);
+CREATE INDEX perhap_events_entity_type ON perhap_events (entity_id, type_id, version);
+CREATE INDEX perhap_events_domain ON perhap_events (domain_id, pos);
+CREATE INDEX perhap_events_domain_type ON perhap_events (domain_id, type_id, pos);
+CREATE INDEX perhap_events_realm ON perhap_events (realm_id, pos);
+CREATE INDEX perhap_events_realm_type ON perhap_events (realm_id, type_id, pos);
+""",
+}
+
+
+async def migrate(conn: AnyConnection) -> None:
+    """Create or upgrade the schema, once, even when several processes start together."""
+    encoding = await conn.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        raise StorageUnavailable(f"the database encoding is {encoding}; perhap needs UTF8")
+    version = await schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    # A session lock taken before the transaction (not inside it): the transaction's start
+    # then sees the catalog as another process's migration left it.
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", *SCHEMA_LOCK)
+    try:
+        async with conn.transaction():
+            version = await schema_version(conn)  # another process may have just done it
+            if version > SCHEMA_VERSION:
+                raise StorageUnavailable(
+                    f"the database has perhap schema {version}, newer than this perhap's "
+                    f"{SCHEMA_VERSION}; upgrade perhap")
+            if version == 0:
+                await conn.execute("CREATE TABLE perhap_meta (key text PRIMARY KEY, value text NOT NULL)")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                await conn.execute(MIGRATIONS[step])
+            await conn.execute(
+                "INSERT INTO perhap_meta VALUES ('schema_version', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", str(SCHEMA_VERSION))
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", *SCHEMA_LOCK)
+    if version:
+        log.info("upgraded the perhap schema from version %d to %d", version, SCHEMA_VERSION)
+
+
+async def schema_version(conn: AnyConnection) -> int:
+    """The schema version the database records; 0 for a database perhap has not used yet."""
+    if await conn.fetchval("SELECT to_regclass('perhap_meta')") is None:
+        return 0
+    value = await conn.fetchval("SELECT value FROM perhap_meta WHERE key = 'schema_version'")
+    return int(value or 0)

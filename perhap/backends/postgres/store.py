@@ -1,0 +1,174 @@
+"""The PostgreSQL backend: group commit through one writer task, reads from a pool, LISTEN/NOTIFY.
+
+Design, and why (docs/backends/postgresql.md has the long form and the proof):
+- Gap safety and group commit: see :mod:`.writer` (realm advisory locks in sorted order before
+  positions are taken; one transaction per group; a savepoint per append on the slow path).
+- Names are stored once and events carry integer ids (:mod:`.schema`); reads are one statement
+  each, walking one index (:mod:`.queries`).
+- Live streaming across processes: the writer NOTIFYs inside its transaction, a dedicated
+  connection LISTENs and wakes local subscribers (:mod:`.listener`); subscribers also poll every
+  ``poll_interval``, so nothing depends on a notification arriving.
+- A lost database is StorageUnavailable (HTTP 503) for appends and reads; the pool, the writer's
+  connection and the listener reconnect on their own when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from ...errors import PerhapError, StorageUnavailable
+from ...model import Cursor, Event, Scope
+from ...store.base import Statistic, Store, WriteJob
+from ...store.groupcommit import STOP
+from .connection import DB_ERRORS, LOST, Options, Pool
+from .listener import Listener
+from .queries import EVENT_BY_ID, names_query, row_event, scope_query
+from .schema import migrate
+from .writer import GroupWriter
+
+
+class PostgresStore(Store):
+    """Events in a PostgreSQL database, shared by any number of perhap processes.
+
+    Open with :func:`open_postgres` (or ``perhap.open_store("postgresql://...")``). URL query
+    options of ours: ``pool_size`` (read connections, default 10), ``poll_interval`` (seconds a
+    subscriber waits for a notification before reading anyway, default 1), ``timeout`` (seconds for
+    a connect or a statement, default 10); any other option is passed to asyncpg.
+    """
+
+    shared_across_processes = True
+    # One writer task takes appends from a FIFO queue and hands out positions in queue order.
+    preserves_submission_order = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.options = Options.from_url(url)
+        self.pool_size = self.options.pool_size
+        self.poll_interval = self.options.poll_interval
+        self.timeout = self.options.timeout
+        self._pool: Pool | None = None
+        self._writer = GroupWriter(self.options, self._notify_commit)
+        self._put = self._writer.queue.put_nowait
+        self._listener = Listener(self.options, self._notify_commit)
+        self._writer_task: asyncio.Task[None] | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+
+    async def open(self) -> PostgresStore:
+        """Connect, create or upgrade the schema, and start the writer and the listener."""
+        try:
+            self._pool = await self.options.create_pool()
+            async with self._pool.acquire(timeout=self.timeout) as conn:
+                await migrate(conn)
+        except DB_ERRORS as exc:
+            await self._close_pool()
+            raise StorageUnavailable(f"cannot open the PostgreSQL store: {exc}") from None
+        except BaseException:
+            await self._close_pool()
+            raise
+        self._writer_task = asyncio.create_task(self._writer.run(), name="perhap-pg-writer")
+        self._listener_task = asyncio.create_task(self._listener.run(), name="perhap-pg-listener")
+        return self
+
+    # ----------------------------------------------------------------- writing
+
+    def _submit(self, job: WriteJob) -> None:
+        task = self._writer_task
+        if task is None or task.done():  # never opened, or the writer stopped
+            job.settle(StorageUnavailable("the store is closed"))
+            return
+        self._put(job)
+
+    @property
+    def groups_committed(self) -> int:
+        """Write groups committed (one transaction each); read by the benchmarks."""
+        return self._writer.groups_committed
+
+    @property
+    def events_committed(self) -> int:
+        """Events in committed groups; read by the benchmarks."""
+        return self._writer.events_committed
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (else subscribers rely on polling alone)."""
+        return self._listener.listening
+
+    def statistics(self) -> list[Statistic]:
+        return [
+            Statistic("group_commits", self._writer.groups_committed,
+                      "Write groups committed (one fsync each)"),
+            Statistic("group_commit_events", self._writer.events_committed,
+                      "Events in committed groups (divide by perhap_group_commits_total for the mean group size)"),
+        ]
+
+    # ----------------------------------------------------------------- reading
+
+    async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        pool = self._pool
+        if pool is None:  # closed (a subscription outliving its store) or never opened
+            raise StorageUnavailable("the store is closed")
+        for attempt in range(2):
+            try:
+                async with pool.acquire(timeout=self.timeout) as conn:
+                    return await conn.fetch(sql, *args)
+            except LOST as exc:
+                # A pooled connection may have died with a restarted server: one retry takes a
+                # fresh one, and fails fast if the server is really away.
+                if attempt:
+                    raise StorageUnavailable(f"the database is unavailable: {exc!r}") from None
+            except asyncpg.PostgresError as exc:
+                raise StorageUnavailable(f"read failed: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
+        sql, params, by_version = scope_query(scope)
+        rows = await self._fetch(sql, *params, -1 if after is None else after, limit)
+        return [row_event(r, by_version) for r in rows]
+
+    async def _find_event(self, event_id: str) -> Event | None:
+        rows = await self._fetch(EVENT_BY_ID, event_id)
+        return row_event(rows[0], False) if rows else None
+
+    async def _names(self, realm: str | None, domain: str | None, entity: str | None,
+                     after: str, limit: int) -> list[str]:
+        sql, params = names_query(realm, domain, entity)
+        return [r[0] for r in await self._fetch(sql, *params, after, limit)]
+
+    async def count(self) -> int:
+        """How many events the store holds."""
+        count: int = (await self._fetch("SELECT count(*) FROM perhap_events"))[0][0]
+        return count
+
+    # ----------------------------------------------------------------- life cycle
+
+    async def _ping(self) -> bool:
+        try:
+            await self._fetch("SELECT 1")
+        except (PerhapError, *DB_ERRORS):
+            return False
+        return self._writer_task is not None and not self._writer_task.done()
+
+    async def _close(self) -> None:
+        if self._writer_task is not None:
+            self._put(STOP)  # queued after every accepted append: those finish first
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            await asyncio.gather(self._listener_task, return_exceptions=True)
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self.timeout)
+            except Exception:  # a dead server: just drop the sockets
+                pool.terminate()
+
+
+async def open_postgres(url: str) -> PostgresStore:
+    """Open (and on first use create) a perhap store in the database the URL names."""
+    return await PostgresStore(url).open()

@@ -1,0 +1,363 @@
+"""Group commit: one writer task drains every append queued while it was busy into one transaction.
+
+- Gap safety: every transaction that writes events first takes a transaction-scoped advisory lock
+  per realm it touches, in sorted key order, and only then takes positions from the ``pos``
+  identity (CACHE 1, so values increase in the order they are handed out). A realm's positions are
+  therefore handed out by one transaction at a time, and the lock is released only after the commit
+  is visible; so within a realm position order is commit order, and a reader that pages by
+  position never passes over an event that commits later. Realm and domain scopes never cross a
+  realm, so that is all the order they need (docs/backends/postgresql.md has the proof).
+- Outcomes (replays, version conflicts) are decided in Python from one look-up per group, then the
+  accepted appends are written with a handful of array statements, whatever the group's size. A
+  statement that still fails (an event id raced in by another process) sends the group down a slow
+  path where each append runs in its own savepoint, so it undoes only itself.
+- Nothing is acknowledged that was not committed: a connection lost before COMMIT was sent means
+  nothing committed (the group is retried once on a fresh connection); lost during COMMIT, the
+  outcome is unknown and the appends are answered 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import NamedTuple
+
+import asyncpg
+
+from ...errors import PerhapError, StorageUnavailable, VersionConflict
+from ...ids import utc_timestamp
+from ...model import Appended, AppendResult, Event, replay_or_conflict
+from ...store.base import WriteJob
+from ...store.groupcommit import STOP, settle_group, take_group
+from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
+from .listener import Wake
+from .queries import EVENTS_BY_IDS, row_event
+from .schema import CHANNEL, LOCK_CLASS
+
+log = logging.getLogger("perhap.postgres")
+
+COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnest
+
+Key = tuple[str, str, str]  # realm, domain, entity
+#: A job's outcome: the result, or the error that refuses it (that job alone).
+Decided = AppendResult | PerhapError
+
+# Look up every entity of a group at once: ids where they exist, and the current version.
+_LOOKUP = """SELECT k.i, r.id, d.id, n.id, n.version
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(realm, domain, entity, i)
+LEFT JOIN perhap_realms r ON r.name = k.realm
+LEFT JOIN perhap_domains d ON d.realm_id = r.id AND d.name = k.domain
+LEFT JOIN perhap_entities n ON n.domain_id = d.id AND n.name = k.entity"""
+
+_UPSERT_ENTITIES = """INSERT INTO perhap_entities (domain_id, name, version)
+SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[])
+ON CONFLICT (domain_id, name) DO UPDATE SET version = EXCLUDED.version
+RETURNING id, domain_id, name"""
+
+_EVENT_COLUMNS = ["event_id", "realm_id", "domain_id", "entity_id", "type_id", "version", "ts", "data", "meta"]
+_INSERT_EVENTS = f"""INSERT INTO perhap_events ({', '.join(_EVENT_COLUMNS)})
+SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::bigint[],
+                     $7::text[], $8::json[], $9::json[])"""
+
+
+class _Found(NamedTuple):
+    """What a group's look-up found of an entity's names: their ids, None where not stored yet."""
+
+    realm_id: int | None
+    domain_id: int | None
+
+
+class _Accepted(NamedTuple):
+    job: WriteJob
+    first: int  # the version of its first event
+
+
+class _Isolate(Exception):
+    """A statement of the shared group write failed: redo the group, one savepoint per append."""
+
+
+class _Lost(Exception):
+    """The connection failed before COMMIT was sent: nothing committed, the group may be retried."""
+
+
+def _realm_key(realm: str) -> int:
+    """The second advisory lock key of a realm (a collision only makes two realms share a lock)."""
+    return int.from_bytes(hashlib.blake2b(realm.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+class GroupWriter:
+    """The writer task's state: its connection, its queue, the ids it knows, its statistics."""
+
+    def __init__(self, options: Options, wake: Wake) -> None:
+        self._options = options
+        self._wake = wake
+        #: WriteJobs, then STOP; the store puts appends here, the writer takes them in this order.
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self._conn: Connection | None = None
+        self._types: dict[str, int] = {}
+        self._entity_types: set[tuple[int, int]] = set()  # pairs known to be committed
+        self.groups_committed = 0
+        self.events_committed = 0
+
+    async def run(self) -> None:
+        """Commit groups until STOP; every job taken is settled, whatever happens."""
+        stop = False
+        while not stop:
+            first = await self.queue.get()
+            if first is STOP:
+                break
+            assert isinstance(first, WriteJob)
+            jobs, stop = take_group(first, self.queue.get_nowait)
+            try:
+                outcomes = await self._commit_group(jobs)
+            except BaseException as exc:  # never let the writer die with futures unsettled
+                error = StorageUnavailable(f"write failed: {exc!r}")
+                for job in jobs:
+                    job.settle(error)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.exception("the PostgreSQL writer failed on a group")
+                continue
+            settle_group(list(zip(jobs, outcomes, strict=True)), from_thread=False)
+        await self._drop_connection()
+
+    async def _commit_group(self, jobs: list[WriteJob]) -> list[Decided]:
+        """Commit a group; the outcome of each job is an AppendResult or a PerhapError."""
+        for attempt in range(2):
+            try:
+                conn = await self._connection()
+                try:
+                    return await self._transaction(conn, jobs, isolate=False)
+                except _Isolate:
+                    return await self._transaction(conn, jobs, isolate=True)
+            except _Lost as exc:
+                # Nothing was committed, so one retry on a fresh connection is safe; it answers
+                # 503 at once if the database is really gone.
+                await self._drop_connection()
+                if attempt:
+                    return [StorageUnavailable(f"the database is unavailable: {exc}") for _ in jobs]
+            except StorageUnavailable as exc:
+                await self._drop_connection()
+                return [StorageUnavailable(exc.detail) for _ in jobs]
+            except BaseException:
+                # A bug or a cancellation mid-transaction: the connection may still hold the
+                # transaction and its realm locks, so it must go.
+                await self._drop_connection()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _connection(self) -> Connection:
+        if self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = await self._options.connect()
+                await init_connection(self._conn)
+            except DB_ERRORS as exc:
+                self._conn = None
+                raise StorageUnavailable(f"the database is unavailable: {exc}") from None
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def _transaction(self, conn: Connection, jobs: list[WriteJob], isolate: bool) -> list[Decided]:
+        ts = utc_timestamp()
+        committing = False
+        try:
+            types = await self._type_ids(conn, {e.type for job in jobs for e in job.batch})
+            keys = sorted({_realm_key(job.realm) for job in jobs})
+            # The locks are their own statements: under READ COMMITTED each later statement then
+            # reads with a snapshot that includes the previous lock holder's commit.
+            await conn.execute("BEGIN;" + "".join(
+                f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
+            new_pairs: set[tuple[int, int]] = set()
+            if isolate:
+                outcomes = [await self._apply_alone(conn, job, ts, types, new_pairs) for job in jobs]
+            else:
+                try:
+                    outcomes = await self._apply(conn, jobs, ts, types, new_pairs)
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, LOST):
+                        raise
+                    # Most likely an event id another process stored meanwhile; whatever it is,
+                    # it belongs to one append, which the slow path finds and refuses alone.
+                    await conn.execute("ROLLBACK")
+                    raise _Isolate() from None
+            written = sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
+                          if isinstance(o, AppendResult) and o.created)
+            committing = True
+            # NOTIFY inside the transaction: it is delivered when, and only if, the commit is.
+            await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if written else "COMMIT")
+        except _Isolate:
+            raise
+        except asyncpg.PostgresError as exc:
+            if not isinstance(exc, LOST):
+                await _rollback(conn)
+            if committing or not isinstance(exc, LOST):
+                raise StorageUnavailable(f"commit failed: {exc}") from None
+            raise _Lost(str(exc)) from None
+        except LOST as exc:
+            if committing:  # the commit may or may not have happened: never acknowledge it
+                raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
+            raise _Lost(repr(exc)) from None
+        self._entity_types |= new_pairs
+        if len(self._entity_types) > 500_000:
+            self._entity_types.clear()
+        self.groups_committed += 1
+        if written:
+            self.events_committed += written
+            self._wake()
+        return outcomes
+
+    async def _type_ids(self, conn: Connection, names: set[str]) -> dict[str, int]:
+        missing = sorted(names - self._types.keys())
+        if missing:
+            # Outside the group's transaction, in name order: types are shared by every realm, so
+            # creating them under realm locks could deadlock two processes. An unused type is
+            # invisible (keys list the types of an entity, not this table).
+            await conn.execute("INSERT INTO perhap_types (name) SELECT unnest($1::text[]) "
+                               "ON CONFLICT DO NOTHING", missing)
+            rows = await conn.fetch("SELECT name, id FROM perhap_types WHERE name = ANY($1::text[])", missing)
+            self._types.update((r[0], r[1]) for r in rows)
+        return self._types
+
+    async def _apply_alone(self, conn: Connection, job: WriteJob, ts: str,
+                           types: dict[str, int], new_pairs: set[tuple[int, int]]) -> Decided:
+        """Apply one job in its own savepoint (the slow path after a failed shared write)."""
+        await conn.execute("SAVEPOINT job")
+        pairs: set[tuple[int, int]] = set()
+        try:
+            [outcome] = await self._apply(conn, [job], ts, types, pairs)
+        except asyncpg.UniqueViolationError as exc:
+            await conn.execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+            # The id is taken by an event committed meanwhile (or raced in from this group).
+            stored = await _stored(conn, [e.event_id for e in job.batch])
+            try:
+                replay = replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
+            except PerhapError as conflict:
+                return conflict
+            return replay or StorageUnavailable(f"write failed: {exc}")
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, LOST):
+                raise
+            await conn.execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+            return StorageUnavailable(f"write failed: {exc}")
+        await conn.execute("RELEASE SAVEPOINT job")
+        new_pairs |= pairs
+        return outcome
+
+    async def _apply(self, conn: Connection, jobs: list[WriteJob], ts: str,
+                     types: dict[str, int], new_pairs: set[tuple[int, int]]) -> list[Decided]:
+        """Decide every job from one look-up, then write the accepted ones with array statements."""
+        triples = list(dict.fromkeys(j.key for j in jobs))
+        rows = await conn.fetch(_LOOKUP, *map(list, zip(*triples, strict=True)))
+        found: dict[Key, _Found] = {}
+        versions: dict[Key, int] = {}
+        for r in rows:
+            t = triples[r[0] - 1]
+            found[t], versions[t] = _Found(r[1], r[2]), -1 if r[4] is None else r[4]
+        client_ids = [e.event_id for j in jobs for e in j.batch if e.client_id]
+        stored = await _stored(conn, client_ids) if client_ids else {}
+        outcomes: list[Decided] = []
+        accepted: list[_Accepted] = []
+        for job in jobs:
+            key = job.key
+            try:
+                mine = {e.event_id: stored[e.event_id] for e in job.batch if e.event_id in stored}
+                replay = replay_or_conflict(job.batch, mine, *key)
+                if replay is not None:
+                    outcomes.append(replay)
+                    continue
+                current = versions[key]
+                if job.expected is not None and job.expected != current:
+                    raise VersionConflict(current, job.expected)
+            except PerhapError as exc:
+                outcomes.append(exc)
+                continue
+            # An import may bring an event's original time; otherwise the group's commit time.
+            results = [Appended(e.event_id, v, e.timestamp or ts) for v, e in enumerate(job.batch, current + 1)]
+            versions[key] = current + len(job.batch)
+            for e, appended in zip(job.batch, results, strict=True):
+                if e.client_id:  # a later job of this group may be its retry
+                    stored[e.event_id] = Event(e.event_id, *key, e.type, appended.version, appended.timestamp,
+                                               e.data_json, e.meta_json)
+            outcomes.append(AppendResult(results, created=True))
+            accepted.append(_Accepted(job, current + 1))
+        if accepted:
+            await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs)
+        return outcomes
+
+    async def _store_accepted(self, conn: Connection, accepted: list[_Accepted], found: dict[Key, _Found],
+                              versions: dict[Key, int], ts: str, types: dict[str, int],
+                              new_pairs: set[tuple[int, int]]) -> None:
+        keys = list(dict.fromkeys(a.job.key for a in accepted))
+        # Create missing realms and domains. Nobody else can create them meanwhile: we hold the
+        # realm's lock, and every writer takes it first.
+        realm_ids = {k[0]: f.realm_id for k, f in found.items() if f.realm_id is not None}
+        new_realms = sorted({k[0] for k in keys if k[0] not in realm_ids})
+        if new_realms:
+            rows = await conn.fetch("INSERT INTO perhap_realms (name) SELECT unnest($1::text[]) "
+                                    "RETURNING name, id", new_realms)
+            realm_ids.update((r[0], r[1]) for r in rows)
+        domain_ids = {(realm_ids[k[0]], k[1]): f.domain_id for k, f in found.items() if f.domain_id is not None}
+        new_domains = sorted({(realm_ids[k[0]], k[1]) for k in keys} - domain_ids.keys())
+        if new_domains:
+            rows = await conn.fetch("INSERT INTO perhap_domains (realm_id, name) SELECT * FROM "
+                                    "unnest($1::int[], $2::text[]) RETURNING realm_id, name, id",
+                                    *map(list, zip(*new_domains, strict=True)))
+            domain_ids.update(((r[0], r[1]), r[2]) for r in rows)
+        domain_of = {k: domain_ids[(realm_ids[k[0]], k[1])] for k in keys}
+        rows = await conn.fetch(_UPSERT_ENTITIES, [domain_of[k] for k in keys], [k[2] for k in keys],
+                                [versions[k] for k in keys])
+        entity_ids: dict[tuple[int, str], int] = {(r[1], r[2]): r[0] for r in rows}
+        event_ids: list[str] = []
+        realm_col: list[int] = []
+        domain_col: list[int] = []
+        entity_col: list[int] = []
+        type_col: list[int] = []
+        version_col: list[int] = []
+        ts_col: list[str] = []
+        data_col: list[bytes] = []
+        meta_col: list[bytes] = []
+        pairs = set()
+        for job, first in accepted:
+            realm_id, domain_id = realm_ids[job.realm], domain_of[job.key]
+            entity_id = entity_ids[(domain_id, job.entity)]
+            for version, e in enumerate(job.batch, first):
+                type_id = types[e.type]
+                pairs.add((entity_id, type_id))
+                event_ids.append(e.event_id)
+                realm_col.append(realm_id)
+                domain_col.append(domain_id)
+                entity_col.append(entity_id)
+                type_col.append(type_id)
+                version_col.append(version)
+                ts_col.append(e.timestamp or ts)
+                data_col.append(e.data_json)
+                meta_col.append(e.meta_json)
+        pairs -= self._entity_types
+        if pairs:
+            await conn.execute("INSERT INTO perhap_entity_types SELECT * FROM unnest($1::bigint[], "
+                               "$2::int[]) ON CONFLICT DO NOTHING", *map(list, zip(*sorted(pairs), strict=True)))
+            new_pairs |= pairs
+        columns = (event_ids, realm_col, domain_col, entity_col, type_col, version_col, ts_col, data_col, meta_col)
+        if len(event_ids) >= COPY_THRESHOLD:  # COPY costs a round trip more, but inserts faster
+            await conn.copy_records_to_table("perhap_events", records=zip(*columns, strict=True),
+                                             columns=_EVENT_COLUMNS)
+        else:
+            await conn.execute(_INSERT_EVENTS, *columns)
+
+
+async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:
+    rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
+    return {str(r[1]): row_event(r, False) for r in rows}
+
+
+async def _rollback(conn: Connection) -> None:
+    if conn.is_in_transaction():
+        try:
+            await conn.execute("ROLLBACK")
+        except DB_ERRORS:
+            conn.terminate()

@@ -1,0 +1,11 @@
+"""The embedded SQLite backend (the default).
+
+Modules: ``store`` (the Store subclass: reads, life cycle), ``schema`` (tables, opening a file),
+``queries`` (read SQL, rows to Events), ``writer`` (the writer thread, group commit, fast and
+careful paths), ``writes`` (one job's checks and rows), ``ring`` (recent events for subscribers).
+"""
+
+from .schema import SCHEMA, SCHEMA_VERSION
+from .store import SQLiteStore, open_sqlite
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "SQLiteStore", "open_sqlite"]

@@ -1,0 +1,219 @@
+"""What the writer does with one job: checks, then rows, in the writer thread's own connection.
+
+:class:`WriterState` holds the writer's connection and its caches of ids (names never change once
+made), and applies one job either straight away (the careful path, inside a SAVEPOINT) or into a
+:class:`Deferred` that :meth:`WriterState.flush` then writes for a whole group in a few multi-row
+INSERTs (the fast path).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ...errors import VersionConflict
+from ...model import Appended, AppendResult, replay_or_conflict
+from ...store.base import WriteJob
+from .queries import stored_events
+from .schema import last_seq
+
+_K = TypeVar("_K")
+
+_INSERT_EVENTS = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
+                  " data, meta) VALUES ")
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PARAMETERS = 9
+#: Rows per multi-row INSERT at most: the size the fast path was measured with
+#: (docs/performance.md); larger statements were not tried.
+MAX_CHUNK_ROWS = 128
+
+EventRow = tuple[str, int, int, int, int, int, str, bytes, bytes]
+
+
+def insert_chunks(variable_limit: int) -> tuple[int, ...]:
+    """Rows per multi-row INSERT: powers of two, so a handful of statement texts cover every group
+    (and stay in the connection's statement cache), the largest within ``variable_limit`` bound
+    parameters (999 on SQLite builds before 3.32: 64 rows of 9 parameters) and MAX_CHUNK_ROWS."""
+    rows = 1
+    while rows * 2 <= MAX_CHUNK_ROWS and rows * 2 * _ROW_PARAMETERS <= variable_limit:
+        rows *= 2
+    chunks = []
+    while rows:
+        chunks.append(rows)
+        rows //= 2
+    return tuple(chunks)
+
+
+@dataclass(slots=True)
+class EntityRow:
+    """An entity's id and its version as this writer knows it."""
+
+    id: int
+    version: int
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What a group's jobs write, gathered so the fast path sends it in a few statements."""
+
+    rows: list[EventRow] = field(default_factory=list)
+    versions: dict[int, int] = field(default_factory=dict)  # entity id -> its version after the group
+    ids: set[str] = field(default_factory=set)  # event ids in rows
+
+
+class Undeferrable(Exception):
+    """A job reuses an event id an earlier job of the group wrote: only the careful path sees it."""
+
+
+class WriterState:
+    """The writer thread's connection and its caches of ids (names never change once made)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.realms: dict[str, int] = {}
+        self.domains: dict[tuple[int, str], int] = {}
+        self.entities: dict[tuple[int, str], EntityRow] = {}
+        self.types: dict[str, int] = {}
+        self.entity_types: set[tuple[int, int]] = set()
+        self.data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        # The last seq this writer knows of (None: ask), and the last rowid of this group.
+        self.last_seq: int | None = last_seq(conn)
+        self.last_rowid: int | None = None
+        self.chunks = insert_chunks(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        self.insert_sql = {n: _INSERT_EVENTS + ", ".join([_ROW_MARKS] * n) for n in self.chunks}
+
+    def forget(self) -> None:
+        self.realms.clear()
+        self.domains.clear()
+        self.entities.clear()
+        self.types.clear()
+        self.entity_types.clear()
+
+    def check_external_writes(self) -> None:
+        """At the start of a group, inside the write lock: notice other connections' commits."""
+        # data_version changes when another connection (another process) commits: the caches of
+        # versions may then be stale, so drop them.
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self.data_version:
+            self.data_version = version
+            self.forget()
+            self.last_seq = None
+        if self.last_seq is None:
+            self.last_seq = last_seq(self.conn)
+        self.last_rowid = None
+        if len(self.entities) > 200_000 or len(self.entity_types) > 500_000:
+            self.forget()
+
+    def _lookup(self, cache: dict[_K, int], key: _K, select: str, args: tuple[Any, ...]) -> int | None:
+        found = cache.get(key)
+        if found is None:
+            row = self.conn.execute(select, args).fetchone()
+            if row is not None:
+                found = cache[key] = row[0]
+        return found
+
+    def _create(self, cache: dict[_K, int], key: _K, insert: str, args: tuple[Any, ...]) -> int:
+        new_id = self._insert(insert, args)
+        cache[key] = new_id
+        return new_id
+
+    def _insert(self, insert: str, args: tuple[Any, ...]) -> int:
+        new_id = self.conn.execute(insert, args).lastrowid
+        assert new_id is not None  # an INSERT into a rowid table always sets it
+        return new_id
+
+    def _type_id(self, name: str) -> int:
+        found = self._lookup(self.types, name, "SELECT id FROM types WHERE name = ?", (name,))
+        if found is None:
+            found = self._create(self.types, name, "INSERT INTO types (name) VALUES (?)", (name,))
+        return found
+
+    def apply(self, job: WriteJob, ts: str, deferred: Deferred | None = None) -> AppendResult:
+        """Write one job; with ``deferred``, leave its events and version for :meth:`flush`."""
+        conn = self.conn
+        batch = job.batch
+        client_ids = [e.event_id for e in batch if e.client_id]
+        if client_ids:
+            if deferred is not None and not deferred.ids.isdisjoint(client_ids):
+                raise Undeferrable
+            stored = stored_events(conn, client_ids)
+            replay = replay_or_conflict(batch, stored, job.realm, job.domain, job.entity)
+            if replay is not None:
+                return replay
+        # Look everything up before creating anything, so a conflict leaves no trace to undo.
+        realm_id = self._lookup(self.realms, job.realm, "SELECT id FROM realms WHERE name = ?", (job.realm,))
+        domain_id = entity = None
+        if realm_id is not None:
+            domain_id = self._lookup(self.domains, (realm_id, job.domain),
+                                     "SELECT id FROM domains WHERE realm_id = ? AND name = ?",
+                                     (realm_id, job.domain))
+        if domain_id is not None:
+            entity = self.entities.get((domain_id, job.entity))
+            if entity is None:
+                row = conn.execute("SELECT id, version FROM entities WHERE domain_id = ? AND name = ?",
+                                   (domain_id, job.entity)).fetchone()
+                entity = EntityRow(row[0], row[1]) if row else None
+        current = -1 if entity is None else entity.version
+        if job.expected is not None and job.expected != current:
+            raise VersionConflict(current, job.expected)
+        if realm_id is None:
+            realm_id = self._create(self.realms, job.realm, "INSERT INTO realms (name) VALUES (?)", (job.realm,))
+        if domain_id is None:
+            domain_id = self._create(self.domains, (realm_id, job.domain),
+                                     "INSERT INTO domains (realm_id, name) VALUES (?, ?)", (realm_id, job.domain))
+        key = (domain_id, job.entity)
+        if entity is None:
+            entity = EntityRow(self._insert("INSERT INTO entities (domain_id, name, version) VALUES (?, ?, ?)",
+                                            (domain_id, job.entity, current + len(batch))), current)
+        elif deferred is not None:
+            deferred.versions[entity.id] = current + len(batch)
+        else:
+            conn.execute("UPDATE entities SET version = ? WHERE id = ?", (current + len(batch), entity.id))
+        entity_id = entity.id
+        rows: list[EventRow] = []
+        results = []
+        for version, e in enumerate(batch, current + 1):
+            type_id = self._type_id(e.type)
+            if (entity_id, type_id) not in self.entity_types:
+                conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
+                self.entity_types.add((entity_id, type_id))
+            stamp = e.timestamp or ts  # an import keeps the event's original time
+            rows.append((e.event_id, realm_id, domain_id, entity_id, type_id, version, stamp,
+                         e.data_json, e.meta_json))
+            results.append(Appended(e.event_id, version, stamp))
+        if deferred is not None:
+            deferred.rows += rows
+            deferred.ids.update(e.event_id for e in batch)
+            entity.version = current + len(batch)
+            self.entities[key] = entity
+            return AppendResult(results, created=True)
+        try:
+            conn.executemany(
+                "INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
+                " data, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError:
+            self.forget()  # ids cached by this job are being rolled back
+            # A server-made id can only collide with itself if the clock went backwards and the
+            # random bits matched; a client id collides when it raced a twin in this group.
+            stored = stored_events(conn, [e.event_id for e in batch])
+            replay_or_conflict(batch, stored, job.realm, job.domain, job.entity)
+            raise
+        entity.version = current + len(batch)
+        self.entities[key] = entity
+        return AppendResult(results, created=True)
+
+    def flush(self, deferred: Deferred) -> None:
+        """Write what the fast path gathered: events in multi-row INSERTs, then the versions."""
+        conn = self.conn
+        rows = deferred.rows
+        chunks, insert_sql = self.chunks, self.insert_sql
+        start = 0
+        while start < len(rows):
+            n = next(c for c in chunks if c <= len(rows) - start)
+            cursor = conn.execute(insert_sql[n], [value for row in rows[start:start + n] for value in row])
+            self.last_rowid = cursor.lastrowid
+            start += n
+        if deferred.versions:
+            conn.executemany("UPDATE entities SET version = ? WHERE id = ?",
+                             [(v, i) for i, v in deferred.versions.items()])

@@ -1,0 +1,39 @@
+"""``perhap``'s entry point: parse, run the command, and turn every failure into one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .common import CommandError, one_line
+from .parser import build_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``perhap`` with ``argv`` (default: the process's); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+        if run is None:
+            parser.print_help()
+            return 2
+        return run(args)
+    except CommandError as exc:
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `perhap read ... | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: still one line (PERHAP_DEBUG=1 shows the traceback)
+        if os.environ.get("PERHAP_DEBUG"):
+            raise
+        message = one_line(str(exc)) or "no message"
+        print(f"error: unexpected {exc.__class__.__name__}: {message} (set PERHAP_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1

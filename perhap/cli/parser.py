@@ -1,0 +1,204 @@
+"""The ``perhap`` command line's arguments, all in one place: every command, option and example.
+
+Each command's ``run`` is a function of a thin command module (serve, tokens, events, tail,
+transfer) that takes the parsed arguments and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn, TypeAlias
+
+from ..limits import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HEADER,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_STREAMS_PER_TOKEN,
+)
+from ..model import DEFAULT_LIMIT, MAX_LIMIT
+from .common import DEFAULT_PORT, DEFAULT_URL, CommandError
+from .events import run_append, run_keys, run_read
+from .serve import run_serve
+from .tail import run_tail
+from .tokens import run_token_add, run_token_list, run_token_revoke
+from .transfer import run_copy, run_export, run_import
+
+DEFAULT_DB = "sqlite:///./perhap.db"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump: the help says the rest
+        raise CommandError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
+
+
+#: argparse names no public type for it (and the class is not subscriptable at run time).
+Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def _command(sub: Subcommands, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+    text = "example:" if len(examples) == 1 else "examples:"
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, epilog=text + "".join(f"\n  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server base URL (default {DEFAULT_URL})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: ``perhap COMMAND ...``, each command with its ``run`` function."""
+    parser = _Parser(prog="perhap", description="perhap: an immutable, DDD-inspired event store.",
+                     epilog="example:\n  perhap serve --db sqlite:///./perhap.db --port 8787\n\n"
+                            "every command has --help with an example",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_serve(sub)
+    _add_token(sub)
+    _add_client_commands(sub)
+    _add_transfer(sub)
+    return parser
+
+
+def _add_serve(sub: Subcommands) -> None:
+    serve = _command(sub, "serve", "run the HTTP server",
+                     "perhap serve --db sqlite:///./events.db --host 127.0.0.1 --port 8787")
+    serve.add_argument("--db", default=DEFAULT_DB, help=f"store URL (default {DEFAULT_DB})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (PostgreSQL and Cassandra only; default 1)")
+    serve.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body in bytes")
+    serve.add_argument("--heartbeat", type=float, default=15.0,
+                       help="seconds between keep-alive comments on idle streams (default 15)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: every log line a JSON object, plus one access line per request")
+    sec = serve.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--auth", metavar="FILE", help="require bearer tokens from this token file "
+                     "(see perhap token add); re-read when it changes")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host without --auth (anyone can read and write)")
+    sec.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="allow browser pages from this origin, e.g. https://app.example.com "
+                          "(repeatable; none by default)")
+    lim = serve.add_argument_group("limits (docs/operations.md)")
+    lim.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                     help=f"most events in one batch append, 413 beyond (default {DEFAULT_MAX_BATCH})")
+    lim.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH, metavar="N",
+                     help=f"deepest JSON nesting of a body, 400 beyond (default {DEFAULT_MAX_DEPTH})")
+    lim.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
+                     help=f"open streams in total, 429 beyond (default {DEFAULT_MAX_STREAMS})")
+    lim.add_argument("--max-streams-per-token", type=int, default=DEFAULT_MAX_STREAMS_PER_TOKEN, metavar="N",
+                     help=f"open streams per token with --auth, 429 beyond (default {DEFAULT_MAX_STREAMS_PER_TOKEN})")
+    lim.add_argument("--max-header", type=int, default=DEFAULT_MAX_HEADER, metavar="BYTES",
+                     help=f"request line plus headers, 431 beyond (default {DEFAULT_MAX_HEADER})")
+    lim.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+                     help="time to send a request's headers before the connection is closed "
+                          f"(default {DEFAULT_HEADER_TIMEOUT:g})")
+    lim.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
+                     help="close a keep-alive connection idle this long (default 5)")
+    lim.add_argument("--max-connections", type=int, metavar="N",
+                     help="open connections and requests at once, 503 beyond (default: no limit)")
+    serve.set_defaults(run=run_serve)
+
+
+def _add_token(sub: Subcommands) -> None:
+    token = _command(sub, "token", "manage the bearer tokens of a token file (perhap serve --auth FILE)",
+                     "perhap token add --auth tokens.json --realm shop --permission write",
+                     "perhap token list --auth tokens.json",
+                     "perhap token revoke --auth tokens.json 3f9a01c2")
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser, required=True)
+    tadd = _command(tsub, "add", "create a token; prints it once on the first line of stdout (only its hash is kept)",
+                    "perhap token add --auth tokens.json --realm shop --permission read",
+                    "perhap token add --auth tokens.json --realm '*' --permission admin")
+    tadd.add_argument("--auth", required=True, metavar="FILE", help="the token file (created if missing)")
+    tadd.add_argument("--realm", required=True, help="the realm the token may use; '*' means every realm")
+    tadd.add_argument("--permission", required=True, choices=["read", "write", "admin"],
+                      help="read; write (implies read); admin (implies write, and may read /_metrics)")
+    tadd.set_defaults(run=run_token_add)
+    tlist = _command(tsub, "list", "list the tokens: id, realm, permission, creation time (never the tokens)",
+                     "perhap token list --auth tokens.json")
+    tlist.add_argument("--auth", required=True, metavar="FILE", help="the token file")
+    tlist.set_defaults(run=run_token_list)
+    trevoke = _command(tsub, "revoke", "revoke a token by its id (from token list) or the token itself; "
+                       "a running server stops accepting it within a second",
+                       "perhap token revoke --auth tokens.json 3f9a01c2")
+    trevoke.add_argument("which", metavar="ID_OR_TOKEN", help="the id shown by token list, or the token")
+    trevoke.add_argument("--auth", required=True, metavar="FILE", help="the token file")
+    trevoke.set_defaults(run=run_token_revoke)
+
+
+def _add_client_commands(sub: Subcommands) -> None:
+    append = _command(sub, "append", "append one event; prints its event_id, version and timestamp",
+                      """perhap append shop/orders/order-17/placed '{"total": 42}'""",
+                      """echo '{"total": 42}' | perhap append shop/orders/order-17/placed - --expected-version -1""")
+    append.add_argument("target", metavar="REALM/DOMAIN/ENTITY/TYPE", help="where the event goes")
+    append.add_argument("event", metavar="JSON", help="the event, any JSON value; - reads it from stdin")
+    append.add_argument("--event-id", help="a UUID you choose: retrying the same append is then safe")
+    append.add_argument("--meta", metavar="JSON", help="a JSON object stored with the event")
+    append.add_argument("--expected-version", type=int, metavar="N",
+                        help="fail unless the entity is at version N (-1: a new entity)")
+    _url_option(append)
+    append.set_defaults(run=run_append)
+
+    read = _command(sub, "read", "print a scope's events, one JSON object a line, through every page",
+                    "perhap read shop/orders --type placed > placed.jsonl")
+    read.add_argument("scope", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY[/TYPE]]]")
+    read.add_argument("--type", help="only events of this type")
+    read.add_argument("--following", metavar="EVENT_ID", help="start after this event id")
+    read.add_argument("--page-size", type=int, default=DEFAULT_LIMIT, metavar="N",
+                      help=f"events per request, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})")
+    _url_option(read)
+    read.set_defaults(run=run_read)
+
+    keys = _command(sub, "keys", "list the names one level down: realms, domains, entities or types",
+                    "perhap keys shop/orders")
+    keys.add_argument("scope", nargs="?", metavar="SCOPE",
+                      help="nothing (realms), REALM (domains), REALM/DOMAIN (entities) or "
+                           "REALM/DOMAIN/ENTITY (types)")
+    _url_option(keys)
+    keys.set_defaults(run=run_keys)
+
+    tail = _command(sub, "tail", "print a scope's events as they arrive, one JSON object a line",
+                    "perhap tail performance/communications --url http://127.0.0.1:8787")
+    tail.add_argument("scope", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY[/TYPE]]]")
+    _url_option(tail)
+    tail.add_argument("--following", metavar="EVENT_ID", help="start after this event id (default: from the start)")
+    tail.add_argument("--type", help="only events of this type")
+    tail.set_defaults(run=run_tail)
+
+
+def _add_transfer(sub: Subcommands) -> None:
+    export = _command(sub, "export", "write a full-fidelity dump of a store (or a realm, domain or entity) "
+                      "to stdout, one JSON object a line",
+                      "perhap export --db sqlite:///./perhap.db > dump.jsonl",
+                      "perhap export --db postgresql://perhap@localhost/perhap shop/orders -o orders.jsonl")
+    export.add_argument("scope", nargs="?", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY]] (default: everything)")
+    export.add_argument("--db", required=True, metavar="URL", help="the store to read")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(run=run_export)
+
+    imp = _command(sub, "import", "import a dump into a store, keeping ids, versions and timestamps "
+                   "(running it again stores nothing twice)",
+                   "perhap import --db sqlite:///./restored.db dump.jsonl",
+                   "perhap export --db sqlite:///./a.db | perhap import --db sqlite:///./b.db -")
+    imp.add_argument("dump", metavar="FILE", help="the dump; - reads stdin")
+    imp.add_argument("--db", required=True, metavar="URL", help="the store to write")
+    imp.set_defaults(run=run_import)
+
+    copy = _command(sub, "copy", "copy a whole store to another backend, resumably, then verify every "
+                    "realm by count and checksum",
+                    "perhap copy --from sqlite:///./perhap.db --to postgresql://perhap@localhost/perhap")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy")
+    copy.add_argument("--to", dest="destination", required=True, metavar="URL",
+                      help="the store to write (run again after an interruption: it resumes)")
+    copy.add_argument("--limit", type=int, metavar="N",
+                      help="stop after N events this run (run again to go on)")
+    copy.set_defaults(run=run_copy)

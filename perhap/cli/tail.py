@@ -1,0 +1,47 @@
+"""``perhap tail``: follow a scope over SSE, printing one JSON event a line, resuming after drops.
+
+The streaming, the resume with Last-Event-ID and the backoff are the client's
+(:meth:`perhap.client.sync.Client.subscribe`); this module only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import PerhapError
+from .common import client_error, one_line, open_client, scope_with_type
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    """``perhap tail SCOPE [--following ID] [--type TYPE] [--url URL]``."""
+    return tail(args.url, args.scope, following=args.following, type=args.type)
+
+
+def tail(base_url: str, scope: str, *, following: str | None = None, type: str | None = None,
+         max_retries: int | None = None) -> int:
+    """Print the scope's events from the start (or after ``following``), then as they arrive.
+
+    The server must answer at first (else one line and exit 1); after that, dropped connections
+    are retried for ever (or ``max_retries`` times in a row), each noted on stderr.
+    """
+    import orjson
+
+    where = scope_with_type(scope, type)
+
+    def note(error: Exception, delay: float) -> None:
+        reason = one_line(str(error)) or error.__class__.__name__
+        print(f"perhap tail: connection lost ({reason}); reconnecting in {delay:.1f} s",
+              file=sys.stderr, flush=True)
+
+    out = sys.stdout.buffer
+    with open_client(base_url) as client:
+        try:
+            client.ping()  # fail fast (one line) when nothing answers at all
+            for event in client.subscribe(where, following=following, max_retries=max_retries,
+                                          on_retry=note):
+                out.write(orjson.dumps(event.to_json_dict()) + b"\n")
+                out.flush()
+        except PerhapError as exc:
+            raise client_error(exc) from None
+    return 0

@@ -1,0 +1,153 @@
+"""``perhap export``, ``import`` and ``copy``: whole stores, opened directly (see :mod:`perhap.transfer`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any, BinaryIO
+
+from ..errors import PerhapError
+from .common import CommandError, parse_scope
+
+
+def check_db(url: str, option: str, *, must_exist: bool) -> str:
+    """A store URL, checked before anything opens it; usage error when it is bad."""
+    from ..backends import parse_store_url
+
+    try:
+        scheme, options = parse_store_url(url)
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}", 2) from None
+    # Opening a SQLite path creates the file: reading from a typo would export an empty store.
+    if must_exist and scheme == "sqlite" and not os.path.exists(options["path"]):
+        raise CommandError(f"{option}: there is no SQLite store at {options['path']}")
+    return url
+
+
+def run_store_job(job: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine using stores; store and transfer errors become one line."""
+    import asyncio
+
+    from ..transfer.dump import TransferError
+
+    try:
+        return asyncio.run(job)
+    except TransferError as exc:
+        raise CommandError(str(exc)) from None
+    except PerhapError as exc:
+        raise CommandError(f"{exc.title}: {exc.detail}") from None
+    except ValueError as exc:  # open_store: a backend's driver missing, a bad option
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise CommandError(f"{exc.__class__.__name__}: {exc}") from None
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a dump of a store (or a realm, domain or entity) to stdout or ``--output``."""
+    from ..backends import open_store
+    from ..transfer.dump import TYPE_SCOPE_REFUSED
+    from ..transfer.export import export_dump
+    from ..transfer.progress import Progress
+
+    scope = None
+    if args.scope is not None:
+        scope = parse_scope(args.scope)
+        if scope.type is not None:
+            raise CommandError(TYPE_SCOPE_REFUSED, 2)
+    db = check_db(args.db, "--db", must_exist=True)
+
+    async def job() -> int:
+        async with open_store(db) as store:
+            if args.output:
+                # Opened here, once the store is: a store that fails to open leaves no empty file.
+                with open(args.output, "wb") as out:  # noqa: ASYNC230 (the dump's writes block anyway)
+                    progress = Progress("exporting")
+                    await export_dump(store, out, scope, progress=progress)
+            else:
+                progress = Progress("exporting")
+                await export_dump(store, sys.stdout.buffer, scope, progress=progress)
+            progress.close()
+        return 0
+
+    return run_store_job(job())
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import a dump (a file, or stdin for ``-``) into a store; print what was written."""
+    from ..backends import open_store
+    from ..transfer.importer import import_dump
+    from ..transfer.progress import Progress, file_size
+
+    db = check_db(args.db, "--db", must_exist=False)
+    name = "stdin" if args.dump == "-" else args.dump
+
+    async def job(stream: BinaryIO) -> int:
+        progress = Progress("importing", total_bytes=file_size(stream))
+        async with open_store(db) as store:
+            stats = await import_dump(store, stream, name, progress=progress)
+        progress.close()
+        realms = len(stats.realms)
+        print(f"imported {stats.imported:,} events into {realms:,} realm{'s' if realms != 1 else ''}"
+              f" ({stats.present:,} were there already)")
+        return 0
+
+    with _open_dump(args.dump) as stream:
+        return run_store_job(job(stream))
+
+
+def _open_dump(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}", 2) from None
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    """Copy a whole store into another, resumably, then verify every realm."""
+    from ..backends import open_store
+    from ..transfer.copy import copy_store
+    from ..transfer.progress import Progress
+
+    source = check_db(args.source, "--from", must_exist=True)
+    destination = check_db(args.destination, "--to", must_exist=False)
+    if source == destination:
+        raise CommandError("--from and --to are the same store", 2)
+    if args.limit is not None and args.limit < 1:
+        raise CommandError("--limit must be 1 or more", 2)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    async def job() -> int:
+        async with open_store(source) as src, open_store(destination) as dst:
+            report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)
+        stats = report.stats
+        if not report.complete:
+            say(f"stopped after {stats.imported + stats.present:,} events (--limit); "
+                f"run the same command again to go on")
+            return 0
+        for check in report.checks:
+            (n1, h1), (n2, h2) = check.source, check.destination
+            if check.ok:
+                say(f"verified {check.realm}: {n1:,} events, sha256 {h1}")
+            else:
+                say(f"MISMATCH {check.realm}: source {n1:,} events sha256 {h1}, "
+                    f"destination {n2:,} events sha256 {h2}")
+        for realm in report.extra_realms:
+            say(f"note: the destination also holds realm {realm}, which the source does not (not checked)")
+        bad = sum(not c.ok for c in report.checks)
+        total = sum(c.source.events for c in report.checks)
+        if bad:
+            raise CommandError(f"copy verification failed: {bad} of {len(report.checks)} realms differ")
+        realms = f"{len(report.checks):,} realm{'' if len(report.checks) == 1 else 's'}"
+        say(f"copy verified: {realms}, {total:,} events "
+            f"({stats.imported:,} copied now, {stats.present:,} there already)")
+        return 0
+
+    return run_store_job(job())

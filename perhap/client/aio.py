@@ -1,0 +1,128 @@
+"""The asyncio client: :class:`ClientCore`'s requests, sent with ``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+
+from ..model import AppendResult, Event, NewEvent, Scope
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager
+from .errors import ConnectionFailed, unreachable
+from .stream import RetryHook
+from .wire import resolve_scope
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientCore[httpx.AsyncClient]):
+    """The asyncio client: ``async with perhap.AsyncClient(url) as c: await c.append(...)``.
+
+    The same methods as :class:`~perhap.client.sync.Client`; ``read``, ``keys`` and ``subscribe``
+    are async iterators.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(base_url)
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
+                                       headers=headers)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._http.send(request)
+        except httpx.TransportError as exc:
+            raise unreachable(request, exc) from None
+
+    async def _call(self, op: Op[T]) -> T:
+        return op.parse(await self._send(op.request))
+
+    async def _pages(self, pager: Pager[T]) -> AsyncGenerator[T, None]:
+        request: httpx.Request | None = pager.request
+        while request is not None:
+            page = pager.parse(await self._send(request))
+            for item in page.items:
+                yield item
+            request = page.next
+
+    async def append(self, realm: str, domain: str, entity: str, type: str, event: Any, *,
+                     event_id: str | None = None, meta: Mapping[str, Any] | None = None,
+                     expected_version: int | None = None) -> AppendResult:
+        """Append one event (see :meth:`Client.append`)."""
+        return await self._call(self._append_op(realm, domain, entity, type, event, event_id, meta,
+                                                expected_version))
+
+    async def append_batch(self, realm: str, domain: str, entity: str,
+                           events: Sequence[NewEvent | Mapping[str, Any]], *,
+                           expected_version: int | None = None) -> AppendResult:
+        """Append events to one entity atomically (see :meth:`Client.append_batch`)."""
+        return await self._call(self._append_batch_op(realm, domain, entity, events, expected_version))
+
+    def read(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+             type: str | None = None, *, following: str | None = None,
+             page_size: int = DEFAULT_PAGE_SIZE) -> AsyncGenerator[Event, None]:
+        """Every event of a scope through every page: ``async for e in client.read(...)``
+        (see :meth:`Client.read`)."""
+        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size))
+
+    async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
+        """One event by id (see :meth:`Client.get_event`)."""
+        return await self._call(self._get_event_op(realm, domain, event_id))
+
+    def keys(self, realm: str | None = None, domain: str | None = None, entity: str | None = None, *,
+             page_size: int = DEFAULT_PAGE_SIZE) -> AsyncGenerator[str, None]:
+        """Sorted names one level down through every page: ``async for name in client.keys(...)``."""
+        return self._pages(self._keys_pager((realm, domain, entity), page_size))
+
+    async def ping(self) -> bool:
+        """Like :meth:`health`, but raises :class:`ConnectionFailed` when nothing answers at all."""
+        return await self._call(self._health_op())
+
+    async def health(self) -> bool:
+        """True when the server answers and its store does."""
+        try:
+            return await self.ping()
+        except ConnectionFailed:
+            return False
+
+    async def subscribe(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+                        type: str | None = None, *, following: str | None = None,
+                        max_retries: int | None = None, on_retry: RetryHook | None = None,
+                        ) -> AsyncGenerator[Event, None]:
+        """A scope's events, then each new one, resuming after dropped connections
+        (see :meth:`Client.subscribe`). Close it with ``aclose()`` (or ``contextlib.aclosing``)."""
+        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry)
+        while True:
+            try:
+                response = await self._http.send(state.request(), stream=True)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(state.retry_delay(exc))
+                continue
+            error: Exception | None
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                error = state.opened(response)
+                if error is None:
+                    async for chunk in response.aiter_bytes():
+                        for event in state.feed(chunk):
+                            yield event
+                    error = ConnectionFailed("the server ended the stream")
+            except httpx.TransportError as exc:
+                error = exc
+            finally:
+                await response.aclose()
+            await asyncio.sleep(state.retry_delay(error))
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

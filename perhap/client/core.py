@@ -1,0 +1,217 @@
+"""Everything but I/O, for both clients: :class:`ClientCore` checks arguments, builds every request
+and parses every response into the store's own value types.
+
+Each operation is an :class:`Op` (one request and its parser) or a :class:`Pager` (a first request,
+and a parser that also gives the next page's request); :class:`~perhap.client.sync.Client` and
+:class:`~perhap.client.aio.AsyncClient` only send them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import httpx
+import orjson
+
+from ..errors import InvalidInput
+from ..ids import check_event_id
+from ..jsoncodec import dump_json
+from ..model import AppendResult, Event, NewEvent, Scope, check_name
+from .errors import NotFound, unexpected
+from .stream import RetryHook, StreamState, stream_timeout
+from .wire import appended_from_dict, event_from_dict, json_body, path, scope_request
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_PAGE_SIZE = 1000
+
+T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[T]):
+    """One request, and how to read its response."""
+
+    request: httpx.Request
+    parse: Callable[[httpx.Response], T]
+
+
+@dataclass(frozen=True, slots=True)
+class PageOf(Generic[T]):
+    """One page's items, and the request for the next page (None on the last)."""
+
+    items: list[T]
+    next: httpx.Request | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pager(Generic[T]):
+    """The first page's request, and how to read a page (and find the next)."""
+
+    request: httpx.Request
+    parse: Callable[[httpx.Response], PageOf[T]]
+
+
+class ClientCore(Generic[H]):
+    """Everything but I/O: requests are built and responses parsed here, for both clients."""
+
+    _http: H
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    def _request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+                 body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                 timeout: httpx.Timeout | None = None) -> httpx.Request:
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        content = None
+        all_headers = dict(headers or {})
+        if body is not None:
+            try:
+                content = orjson.dumps(body)
+            except TypeError as exc:  # e.g. an event_id or expected_version that is no JSON
+                raise InvalidInput(f"the request is not serialisable as JSON: {exc}") from None
+            all_headers["content-type"] = "application/json"
+        return self._http.build_request(method, path, params=params, content=content,
+                                        headers=all_headers, **extra)
+
+    # ----------------------------------------------------------------- one request each
+
+    def _append_op(self, realm: str, domain: str, entity: str, type: str, event: Any,
+                   event_id: str | None, meta: Mapping[str, Any] | None,
+                   expected_version: int | None) -> Op[AppendResult]:
+        for name, what in ((realm, "realm"), (domain, "domain"), (entity, "entity"), (type, "type")):
+            check_name(name, what, realm=what == "realm")
+        body: dict[str, Any] = {"event": orjson.Fragment(dump_json(event, "event"))}
+        if event_id is not None:
+            body["event_id"] = event_id
+        if meta is not None:
+            body["meta"] = orjson.Fragment(dump_json(meta, "meta"))
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        request = self._request("POST", path(realm, domain, entity, type), body=body)
+
+        def parse(response: httpx.Response) -> AppendResult:
+            try:
+                return AppendResult([appended_from_dict(json_body(response))],
+                                    created=response.status_code == 201)
+            except (KeyError, TypeError):
+                raise unexpected(response, "not an append result") from None
+
+        return Op(request, parse)
+
+    def _append_batch_op(self, realm: str, domain: str, entity: str,
+                         events: Sequence[NewEvent | Mapping[str, Any]],
+                         expected_version: int | None) -> Op[AppendResult]:
+        for name, what in ((realm, "realm"), (domain, "domain"), (entity, "entity")):
+            check_name(name, what, realm=what == "realm")
+        items = []
+        for e in events:
+            if isinstance(e, NewEvent):
+                item: dict[str, Any] = {"type": e.type, "event": orjson.Fragment(e.data_json),
+                                        "meta": orjson.Fragment(e.meta_json)}
+                if e.client_id:
+                    item["event_id"] = e.event_id
+            else:
+                # Serialised here so that any JSON value (big integers too) goes through one path.
+                item = {k: orjson.Fragment(dump_json(v, k)) if k in ("event", "meta") else v
+                        for k, v in e.items()}
+            items.append(item)
+        body: dict[str, Any] = {"events": items}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        request = self._request("POST", path(realm, domain, entity), body=body)
+
+        def parse(response: httpx.Response) -> AppendResult:
+            try:
+                results = [appended_from_dict(a) for a in json_body(response)["events"]]
+            except (KeyError, TypeError):
+                raise unexpected(response, "not a batch result") from None
+            return AppendResult(results, created=response.status_code == 201)
+
+        return Op(request, parse)
+
+    def _get_event_op(self, realm: str, domain: str, event_id: str) -> Op[Event]:
+        check_name(realm, "realm", realm=True)
+        check_name(domain, "domain")
+        event_id = check_event_id(event_id)
+        request = self._request("GET", path(realm, domain, event_id))
+
+        def parse(response: httpx.Response) -> Event:
+            body = json_body(response)
+            # The same URL reads an entity named like the id when no such event exists: an
+            # (empty) page instead of an event means "not found".
+            if isinstance(body, dict) and "events" in body:
+                raise NotFound(f"no event {event_id} in {realm}/{domain}", status=404, url=str(request.url))
+            try:
+                return event_from_dict(body)
+            except (KeyError, TypeError):
+                raise unexpected(response, "not an event") from None
+
+        return Op(request, parse)
+
+    def _health_op(self) -> Op[bool]:
+        return Op(self._request("GET", "/_health"), lambda r: r.status_code == 200)
+
+    # ----------------------------------------------------------------- paged reads
+
+    def _read_pager(self, scope: Scope, following: str | None, page_size: int) -> Pager[Event]:
+        where, params = scope_request(scope)
+        params = {**params, "limit": str(page_size)}
+        if following is not None:
+            params["following"] = check_event_id(following, "following")
+
+        def parse(response: httpx.Response) -> PageOf[Event]:
+            body = json_body(response)
+            try:
+                events = [event_from_dict(e) for e in body["events"]]
+                after = body["next"]
+            except (KeyError, TypeError):
+                raise unexpected(response, "not a page of events") from None
+            if after is None:
+                return PageOf(events, None)
+            return PageOf(events, self._request("GET", where, params={**params, "following": after}))
+
+        return Pager(self._request("GET", where, params=params), parse)
+
+    def _keys_pager(self, levels: tuple[str | None, ...], page_size: int) -> Pager[str]:
+        names: list[str] = []
+        for name, what in zip(levels, ("realm", "domain", "entity")):
+            if name is None:
+                break
+            names.append(check_name(name, what, realm=what == "realm"))
+        if len(names) < len([n for n in levels if n is not None]):
+            raise InvalidInput("keys of an entity need its realm and domain")
+        where = path(*names, "keys")
+        params = {"limit": str(page_size)}
+
+        def parse(response: httpx.Response) -> PageOf[str]:
+            body = json_body(response)
+            try:
+                keys, after = list(body["keys"]), body["next"]
+            except (KeyError, TypeError):
+                raise unexpected(response, "not a page of keys") from None
+            if after is None:
+                return PageOf(keys, None)
+            return PageOf(keys, self._request("GET", where, params={**params, "after": after}))
+
+        return Pager(self._request("GET", where, params=params), parse)
+
+    # ----------------------------------------------------------------- streams
+
+    def _stream(self, scope: Scope, following: str | None, max_retries: int | None,
+                on_retry: RetryHook | None) -> StreamState:
+        if following is not None:
+            following = check_event_id(following, "following")
+        where, params = scope_request(scope)
+        timeout = stream_timeout(self._http.timeout)
+
+        def build(headers: Mapping[str, str]) -> httpx.Request:
+            return self._request("GET", where, params=params, headers=headers, timeout=timeout)
+
+        return StreamState(build, where, following, max_retries, on_retry)

@@ -1,0 +1,143 @@
+"""The client's exceptions, and the one place a server's error response becomes one of them.
+
+Errors answered by the server (RFC 9457 problem+json) become :class:`PerhapClientError` subclasses
+that also subclass the store's own errors: ``except perhap.VersionConflict`` catches the conflict
+whether it was raised by an in-process store or answered by a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..errors import EventIdConflict as _StoreEventIdConflict
+from ..errors import InvalidInput, PerhapError, StorageUnavailable
+from ..errors import NotFound as _StoreNotFound
+from ..errors import VersionConflict as _StoreVersionConflict
+
+
+class PerhapClientError(PerhapError):
+    """An error answered by the server, or met on the way to it.
+
+    ``status`` is the HTTP status (0 when no response came), ``problem`` the problem+json body,
+    ``type``/``title``/``detail`` its fields, ``extra`` its other fields (e.g. ``current_version``)
+    and ``url`` the request's URL.
+    """
+
+    def __init__(self, detail: str, *, status: int = 0, problem: Mapping[str, Any] | None = None,
+                 url: str | None = None) -> None:
+        # Not super().__init__: the store's errors take other arguments; set their fields here.
+        Exception.__init__(self, detail)
+        self.detail = detail
+        self.status = status
+        self.problem: dict[str, Any] = dict(problem or {})
+        self.type: Any = self.problem.get("type")
+        self.title = str(self.problem.get("title") or type(self).title)
+        self.extra = {k: v for k, v in self.problem.items() if k not in {"type", "title", "status", "detail"}}
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def one_line(self) -> str:
+        """``409 Version conflict: expected version 0, ...``: a message for a terminal."""
+        text = f"{self.status} {self.title}: {self.detail}" if self.status else self.detail
+        return " ".join(text.split())
+
+
+class BadRequest(PerhapClientError, InvalidInput):
+    """400: a malformed body, a bad name or parameter."""
+
+
+class NotFound(PerhapClientError, _StoreNotFound):
+    """404: no such event, or a ``following`` id that is not in the scope."""
+
+
+class MethodNotAllowed(PerhapClientError):
+    """405: the route does not take this method."""
+
+
+class Conflict(PerhapClientError):
+    """409: the base of the two conflicts below."""
+
+
+class VersionConflict(Conflict, _StoreVersionConflict):
+    """409: ``expected_version`` did not match; ``current_version`` is the entity's version."""
+
+    def __init__(self, detail: str, *, status: int = 0, problem: Mapping[str, Any] | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(detail, status=status, problem=problem, url=url)
+        self.current_version: int = self.extra.get("current_version", -1)
+        self.expected_version: int = self.extra.get("expected_version", -1)
+
+
+class EventIdConflict(Conflict, _StoreEventIdConflict):
+    """409: the ``event_id`` is already used by a different event."""
+
+    def __init__(self, detail: str, *, status: int = 0, problem: Mapping[str, Any] | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(detail, status=status, problem=problem, url=url)
+        self.event_id: str = self.extra.get("event_id", "")
+
+
+class PayloadTooLarge(PerhapClientError):
+    """413: the request body is over the server's limit (``extra["max_body"]``)."""
+
+
+class ServerError(PerhapClientError):
+    """5xx: the server failed."""
+
+
+class Unavailable(ServerError, StorageUnavailable):
+    """503: the server's storage does not answer (transient: retry later)."""
+
+
+class ConnectionFailed(Unavailable):
+    """No response: the server cannot be reached, or the connection broke or timed out."""
+
+
+_BY_TYPE: dict[str, type[PerhapClientError]] = {
+    "urn:perhap:problem:version-conflict": VersionConflict,
+    "urn:perhap:problem:event-id-conflict": EventIdConflict,
+}
+_BY_STATUS: dict[int, type[PerhapClientError]] = {
+    400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,
+    503: Unavailable,
+}
+
+
+def error_from_response(response: httpx.Response) -> PerhapClientError:
+    """The typed exception for an error response (its body read already)."""
+    status = response.status_code
+    problem: dict[str, Any] = {}
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            problem = body
+    except ValueError:
+        pass
+    cls = _BY_TYPE.get(str(problem.get("type")), _BY_STATUS.get(status))
+    if cls is None:
+        cls = ServerError if status >= 500 else PerhapClientError
+    detail = problem.get("detail")
+    if not isinstance(detail, str) or not detail:
+        # Not a problem+json body (a proxy's error page, say): show a little of what came.
+        text = " ".join(response.text.split())[:200]
+        detail = f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else "")
+    problem.setdefault("title", response.reason_phrase or f"HTTP {status}")
+    return cls(detail, status=status, problem=problem, url=str(response.request.url))
+
+
+def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
+    """The error for a request that got no response at all."""
+    base = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+    reason = str(exc) or exc.__class__.__name__
+    return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
+
+
+def unexpected(response: httpx.Response, what: str) -> PerhapClientError:
+    """The error for a response that is not what the API answers (not a perhap server?)."""
+    return PerhapClientError(f"unexpected response from {response.request.url}: {what}",
+                             status=response.status_code, url=str(response.request.url))

@@ -1,0 +1,91 @@
+"""A subscription's state between reconnects, shared by both clients: which request to (re)send,
+SSE decoding, the resume point and the backoff. The clients only send, iterate and sleep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import httpx
+import orjson
+
+from ..errors import InvalidInput
+from ..jsoncodec import load_json
+from ..model import Event
+from ..sse import SSEDecoder
+from .errors import ConnectionFailed, PerhapClientError, Unavailable, error_from_response
+from .wire import event_from_dict
+
+#: Streams carry a keep-alive comment every 15 s by default; silence this long means a dead link.
+STREAM_IDLE_TIMEOUT = 60.0
+
+#: Builds the stream's request with these extra headers.
+RequestFactory = Callable[[Mapping[str, str]], httpx.Request]
+#: ``on_retry(error, delay)``: called before each wait to reconnect.
+RetryHook = Callable[[Exception, float], None]
+
+
+def stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    """The client's timeout, with a read timeout long enough to outlast the keep-alive interval."""
+    return httpx.Timeout(timeout.connect, read=max(timeout.read or 0, STREAM_IDLE_TIMEOUT),
+                         write=timeout.write, pool=timeout.pool)
+
+
+class StreamState:
+    """One subscription's reconnect state: the request to (re)send, SSE decoding, backoff."""
+
+    def __init__(self, build: RequestFactory, path: str, following: str | None,
+                 max_retries: int | None, on_retry: RetryHook | None) -> None:
+        self.build = build
+        self.path = path
+        self.last_id = following
+        self.max_retries = max_retries
+        self.on_retry = on_retry
+        self.failures = 0
+        self.decoder = SSEDecoder()
+
+    def request(self) -> httpx.Request:
+        """The request to send now: it resumes after the last event yielded."""
+        headers = {"accept": "text/event-stream"}
+        if self.last_id is not None:
+            # The server resumes after this id (it wins over `following`): nothing is seen twice.
+            headers["last-event-id"] = self.last_id
+        return self.build(headers)
+
+    def opened(self, response: httpx.Response) -> Exception | None:
+        """After an error response's body was read: raise, or return a retryable error (503)."""
+        if response.status_code == 200:
+            self.failures = 0
+            self.decoder = SSEDecoder()
+            return None
+        error = error_from_response(response)
+        if isinstance(error, Unavailable):
+            return error
+        raise error
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """The events completed by this chunk of the stream, never one yielded before."""
+        events = []
+        for message in self.decoder.feed(chunk):
+            if message.data is None:
+                continue
+            try:
+                event = event_from_dict(load_json(message.data.encode("utf-8")))
+            except (orjson.JSONDecodeError, KeyError, TypeError, InvalidInput):
+                raise PerhapClientError(f"unexpected data in the stream from {self.path}") from None
+            if event.event_id == self.last_id:
+                continue  # defensive: never yield the resume point itself again
+            self.last_id = event.event_id
+            events.append(event)
+        return events
+
+    def retry_delay(self, error: Exception) -> float:
+        """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row."""
+        self.failures += 1
+        if self.max_retries is not None and self.failures > self.max_retries:
+            if isinstance(error, PerhapClientError):
+                raise error
+            raise ConnectionFailed(f"the stream of {self.path} failed {self.failures} times: {error}")
+        delay = min(0.1 * 2.0 ** (self.failures - 1), 5.0)
+        if self.on_retry is not None:
+            self.on_retry(error, delay)
+        return delay

@@ -1,0 +1,146 @@
+"""The blocking client: :class:`ClientCore`'s requests, sent with ``httpx.Client``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+
+from ..model import AppendResult, Event, NewEvent, Scope
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager
+from .errors import ConnectionFailed, unreachable
+from .stream import RetryHook
+from .wire import resolve_scope
+
+T = TypeVar("T")
+
+
+class Client(ClientCore[httpx.Client]):
+    """A blocking client: ``with perhap.Client("http://127.0.0.1:8787") as c: c.append(...)``.
+
+    ``transport`` is any httpx transport (to run against an app in process, say); ``timeout`` is in
+    seconds per request; ``headers`` go with every request (e.g. an Authorization header).
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(base_url)
+        self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
+                                  headers=headers)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._http.send(request)
+        except httpx.TransportError as exc:
+            raise unreachable(request, exc) from None
+
+    def _call(self, op: Op[T]) -> T:
+        return op.parse(self._send(op.request))
+
+    def _pages(self, pager: Pager[T]) -> Generator[T, None, None]:
+        request: httpx.Request | None = pager.request
+        while request is not None:
+            page = pager.parse(self._send(request))
+            yield from page.items
+            request = page.next
+
+    def append(self, realm: str, domain: str, entity: str, type: str, event: Any, *,
+               event_id: str | None = None, meta: Mapping[str, Any] | None = None,
+               expected_version: int | None = None) -> AppendResult:
+        """Append one event; ``result.first`` has its event_id, version and timestamp.
+
+        ``event_id`` (a UUID you choose) makes a retry safe: the same event again returns the
+        original result with ``created`` False. ``expected_version`` (-1: a new entity) raises
+        :class:`VersionConflict` (with ``current_version``) when the entity is elsewhere.
+        """
+        return self._call(self._append_op(realm, domain, entity, type, event, event_id, meta,
+                                          expected_version))
+
+    def append_batch(self, realm: str, domain: str, entity: str,
+                     events: Sequence[NewEvent | Mapping[str, Any]], *,
+                     expected_version: int | None = None) -> AppendResult:
+        """Append events to one entity atomically: all are stored, or none.
+
+        Each event is ``{"type": ..., "event": ..., "event_id"?: ..., "meta"?: ...}`` (or a
+        :class:`~perhap.model.NewEvent`); the results come in the same order.
+        """
+        return self._call(self._append_batch_op(realm, domain, entity, events, expected_version))
+
+    def read(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+             type: str | None = None, *, following: str | None = None,
+             page_size: int = DEFAULT_PAGE_SIZE) -> Generator[Event, None, None]:
+        """Every event of a scope, in its order, following ``next`` through every page.
+
+        The scope is names (``read("shop", "orders")``), a path (``read("shop/orders/o-17")``) or a
+        :class:`~perhap.model.Scope`. Entities read in version order, domains and realms in commit
+        order; ``following`` starts after that event id. Requests are made as you iterate.
+        """
+        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size))
+
+    def get_event(self, realm: str, domain: str, event_id: str) -> Event:
+        """One event by id; :class:`NotFound` unless it is an event of that realm and domain."""
+        return self._call(self._get_event_op(realm, domain, event_id))
+
+    def keys(self, realm: str | None = None, domain: str | None = None, entity: str | None = None, *,
+             page_size: int = DEFAULT_PAGE_SIZE) -> Generator[str, None, None]:
+        """Sorted names one level down, through every page: realms, a realm's domains, a domain's
+        entities, or an entity's event types."""
+        return self._pages(self._keys_pager((realm, domain, entity), page_size))
+
+    def ping(self) -> bool:
+        """Like :meth:`health`, but raises :class:`ConnectionFailed` when nothing answers at all."""
+        return self._call(self._health_op())
+
+    def health(self) -> bool:
+        """True when the server answers and its store does."""
+        try:
+            return self.ping()
+        except ConnectionFailed:
+            return False
+
+    def subscribe(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+                  type: str | None = None, *, following: str | None = None,
+                  max_retries: int | None = None, on_retry: RetryHook | None = None,
+                  ) -> Generator[Event, None, None]:
+        """Every event of a scope after ``following`` (default: from the start), then each new one.
+
+        An endless iterator over the server's SSE stream. After a dropped connection it reconnects
+        with ``Last-Event-ID``, so each event is yielded once and in order. ``max_retries`` bounds
+        the failures in a row before :class:`ConnectionFailed` (default: retry forever, backing off
+        up to 5 s); ``on_retry(error, delay)`` is called before each wait. Errors other than 503
+        (e.g. :class:`NotFound` for an unknown ``following``) are raised at once.
+        """
+        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry)
+        while True:
+            try:
+                response = self._http.send(state.request(), stream=True)
+            except httpx.TransportError as exc:
+                time.sleep(state.retry_delay(exc))
+                continue
+            error: Exception | None
+            try:
+                if response.status_code != 200:
+                    response.read()
+                error = state.opened(response)
+                if error is None:
+                    for chunk in response.iter_bytes():
+                        yield from state.feed(chunk)
+                    error = ConnectionFailed("the server ended the stream")
+            except httpx.TransportError as exc:
+                error = exc
+            finally:
+                response.close()
+            time.sleep(state.retry_delay(error))
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

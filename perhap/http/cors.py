@@ -1,0 +1,52 @@
+"""CORS for the origins the operator lists (none by default): preflights, and response headers.
+
+A preflight carries no credentials by design, so it is answered here, before any token check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+METHODS = b"GET, HEAD, POST, OPTIONS"
+HEADERS = b"authorization, content-type, accept, last-event-id"
+
+
+class Cors:
+    """ASGI middleware: ``Cors(app, origins)`` answers preflights and marks answers to listed origins."""
+
+    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+        self.app = app
+        self.origins = frozenset(o.rstrip("/").encode("latin-1") for o in origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        origin = preflight = None
+        for key, value in scope.get("headers", ()):
+            if key == b"origin":
+                origin = value
+            elif key == b"access-control-request-method":
+                preflight = value
+        if scope["method"] == "OPTIONS" and preflight is not None and origin is not None:
+            # Answer every preflight; only a listed origin gets the headers that let it through.
+            headers = [(b"vary", b"Origin"), (b"content-length", b"0")]
+            if origin in self.origins:
+                headers += [(b"access-control-allow-origin", origin),
+                            (b"access-control-allow-methods", METHODS),
+                            (b"access-control-allow-headers", HEADERS),
+                            (b"access-control-max-age", b"600")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            return await send({"type": "http.response.body", "body": b""})
+        if origin is None or origin not in self.origins:
+            return await self.app(scope, receive, send)
+        extra = [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                 (b"access-control-expose-headers", b"location, www-authenticate")]
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)

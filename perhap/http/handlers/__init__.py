@@ -1,0 +1,23 @@
+"""The handlers, one per kind of operation in the route table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..requests import Handler
+from ..routes import Kind
+from . import reads, system, writes
+
+HANDLERS: Mapping[Kind, Handler] = {
+    Kind.ROOT: system.index,
+    Kind.UI: system.ui,
+    Kind.HEALTH: system.health,
+    Kind.DOCUMENT: system.document,
+    Kind.METRICS: system.metrics,
+    Kind.KEYS: reads.keys,
+    Kind.READ: reads.read,
+    Kind.READ_OR_EVENT: reads.read_or_event,
+    Kind.APPEND: writes.append,
+    Kind.APPEND_BATCH: writes.append_batch,
+    Kind.NO_ROUTE: system.no_route,
+}

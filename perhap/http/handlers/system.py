@@ -1,0 +1,57 @@
+"""The system endpoints: the index, /_health, /_openapi.json, /_metrics, /_ui, and no route."""
+
+from __future__ import annotations
+
+from ...errors import NotFound, StorageUnavailable
+from ...model import check_name
+from ...ui import ui_file
+from ..metrics import CONTENT_TYPE as METRICS_TYPE
+from ..openapi import openapi_document
+from ..requests import Context, Request, authorize
+from ..responses import HTTPProblem, send_body, send_json
+from ..types import Send
+
+_INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
+_LEVELS = ("realm", "domain", "entity", "type")
+
+
+async def index(ctx: Context, req: Request, send: Send) -> None:
+    await send_json(send, 200, _INDEX)
+
+
+async def health(ctx: Context, req: Request, send: Send) -> None:
+    if await ctx.store.health():
+        return await send_json(send, 200, {"status": "ok"})
+    raise StorageUnavailable("the store does not answer")
+
+
+async def document(ctx: Context, req: Request, send: Send) -> None:
+    await send_json(send, 200, openapi_document())
+
+
+async def metrics(ctx: Context, req: Request, send: Send) -> None:
+    if ctx.metrics is None:  # metrics off: as if the route did not exist
+        return await no_route(ctx, req, send)
+    authorize(req.grant, None, "admin")
+    await send_body(send, 200, ctx.metrics.exposition(ctx.store), [(b"content-type", METRICS_TYPE)])
+
+
+async def ui(ctx: Context, req: Request, send: Send) -> None:
+    found = ui_file(req.names[1:])
+    if found is None:
+        raise NotFound("no such file")
+    body, kind = found
+    await send_body(send, 200, body, [(b"content-type", kind.encode()), (b"cache-control", b"no-cache"),
+                                      (b"x-content-type-options", b"nosniff")])
+
+
+async def no_route(ctx: Context, req: Request, send: Send) -> None:
+    """Nothing answers here: 404, after the checks a real route makes (bad names are 400, as ever)."""
+    names = req.names
+    if len(names) == 1 and names[0].startswith("_"):
+        raise HTTPProblem(404, "no such system endpoint")
+    realm = check_name(names[0], "realm", realm=True)
+    authorize(req.grant, realm, "write" if req.method == "POST" else "read")
+    for i in range(1, min(len(names), 4)):
+        check_name(names[i], _LEVELS[i])
+    raise HTTPProblem(404, "no such route: paths are /REALM[/DOMAIN[/ENTITY[/TYPE]]]")

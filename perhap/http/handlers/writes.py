@@ -1,0 +1,56 @@
+"""Appends: one event (POST to a type), or an atomic batch (POST to an entity)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from ...errors import InvalidInput
+from ...limits import BatchTooLarge
+from ...model import check_expected_version, new_event
+from ..requests import Context, Request, read_json_object
+from ..responses import send_json
+from ..types import Send
+
+_APPEND_KEYS = frozenset({"event", "event_id", "meta", "expected_version"})
+_BATCH_KEYS = frozenset({"events", "expected_version"})
+
+
+def event_path(realm: str, domain: str, event_id: str) -> str:
+    """Where an event can be read on its own (the Location of a 201)."""
+    return f"/{quote(realm, safe='')}/{quote(domain, safe='')}/{event_id}"
+
+
+async def append(ctx: Context, req: Request, send: Send) -> None:
+    realm, domain, entity, type_ = req.names
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    unknown = body.keys() - _APPEND_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown keys in the body: {', '.join(sorted(unknown))}")
+    if "event" not in body:
+        raise InvalidInput("the body needs an 'event' key: {\"event\": ...}")
+    meta = body.get("meta")
+    if "meta" in body and not isinstance(meta, dict):
+        raise InvalidInput("meta must be a JSON object")
+    prepared = new_event(type_, body["event"], body.get("event_id"), meta)
+    expected = check_expected_version(body.get("expected_version"))
+    result = await ctx.store.append_batch(realm, domain, entity, [prepared], expected_version=expected)
+    first = result.first
+    await send_json(send, 201 if result.created else 200, first.to_dict(),
+                    [(b"location", event_path(realm, domain, first.event_id).encode())])
+
+
+async def append_batch(ctx: Context, req: Request, send: Send) -> None:
+    realm, domain, entity = req.names
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    unknown = body.keys() - _BATCH_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown keys in the body: {', '.join(sorted(unknown))}")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise InvalidInput("the body needs an 'events' list: {\"events\": [{\"type\": ..., \"event\": ...}]}")
+    if len(events) > ctx.max_batch:
+        raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
+                            max_batch=ctx.max_batch)
+    expected = check_expected_version(body.get("expected_version"))
+    result = await ctx.store.append_batch(realm, domain, entity, events, expected_version=expected)
+    await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})

@@ -1,0 +1,65 @@
+"""The observer: ASGI middleware that sees each request's answer, for metrics and the access log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import unquote
+
+from .metrics import Metrics
+from .routes import ROUTE_KEY, Route, route_of
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("perhap.access")
+
+
+class Observer:
+    """``Observer(app, metrics, access_log)``: counts each answer, and logs it when asked to."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, access: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = size = 0
+        stream = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, size, stream
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for k, v in message.get("headers", ()):
+                    if k == b"content-type":
+                        stream = v.startswith(b"text/event-stream")
+            else:
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - start
+            # A request refused before dispatch matched it (a preflight, a bad path) is matched here.
+            route: Route | None = scope.get(ROUTE_KEY)
+            if route is None:
+                route = route_of(scope.get("raw_path") or scope["path"].encode("utf-8"))
+            status = status or 500
+            if self.metrics is not None:
+                self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed, stream)
+            if self.access:
+                self.log(scope, route, status, elapsed, size)
+
+    @staticmethod
+    def log(scope: Scope, route: Route, status: int, elapsed: float, size: int) -> None:
+        realm = None
+        if route.realm:
+            raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+            realm = unquote(raw.split(b"?", 1)[0].split(b"/")[1].decode("latin-1"), errors="replace")
+        # The path only: no query, no headers (tokens), no bodies.
+        access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"access": {
+            "method": scope["method"], "path": scope["path"], "status": status,
+            "duration_ms": round(elapsed * 1000, 3), "realm": realm, "bytes": size}})

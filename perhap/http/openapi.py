@@ -1,0 +1,201 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at /_openapi.json.
+
+The paths and operations come from the route table (:mod:`perhap.http.routes`); the schemas are
+written by hand from the same limits the code enforces (names, limits, body shapes), precise enough
+for a schema-driven fuzzer: every parameter and body has a schema, every response a status.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_VERSION
+from .routes import ROUTES, Kind, Operation, Route
+
+# 'keys' is excluded by the pattern (not by "not": some generators ignore "not" in parameters).
+NAME = {"type": "string", "minLength": 1, "maxLength": 255,
+        "pattern": "^(?!keys$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
+REALM = {**NAME, "pattern": "^(?!keys$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
+UUID = {"type": "string", "format": "uuid"}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str,
+           required: bool | None = None) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path" if required is None else required,
+            "schema": schema, "description": description}
+
+
+P_REALM = _param("realm", "path", REALM, "Realm name (names starting with '_' are reserved).")
+P_DOMAIN = _param("domain", "path", NAME, "Domain name.")
+P_ENTITY = _param("entity", "path", NAME, "Entity (aggregate root) name.")
+P_TYPE = _param("type", "path", NAME, "Event type.")
+Q_FOLLOWING = _param("following", "query", UUID, "Only events after this event id in the scope's order.")
+Q_LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                 "Page size.")
+Q_TYPE = _param("type", "query", NAME, "Only events of this type.")
+Q_AFTER = _param("after", "query", {"type": "string"}, "Only names sorting after this one.")
+H_LAST_ID = _param("Last-Event-ID", "header", UUID,
+                   "With Accept: text/event-stream: resume after this event (wins over following).",
+                   required=False)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _read(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "description": "JSON page of events; with `Accept: text/event-stream` a live SSE stream "
+                       "(catch-up after `following` or `Last-Event-ID`, then new events).",
+        "parameters": [*params, Q_FOLLOWING, Q_LIMIT, H_LAST_ID],
+        "responses": {
+            "200": {"description": "A page of events, or an SSE stream",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _problem("Bad name or parameter"),
+            "404": _problem("`following` is not an event of this scope"),
+            "503": _problem("Storage unavailable")}}
+
+
+def _read_or_event(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    op = _read(summary, params)
+    op["responses"]["200"]["content"]["application/json"]["schema"] = {
+        "oneOf": [{"$ref": "#/components/schemas/Page"}, {"$ref": "#/components/schemas/Event"}]}
+    return op
+
+
+def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"summary": summary, "parameters": [*params, Q_AFTER, Q_LIMIT],
+            "responses": {"200": _json("Keys", "Sorted names, paged with after"),
+                          "400": _problem("Bad name or parameter"),
+                          "503": _problem("Storage unavailable")}}
+
+
+def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -> dict[str, Any]:
+    return {"summary": summary, "parameters": params,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{request}"}}}},
+            "responses": {"201": _json(ok, "Stored durably"),
+                          "200": _json(ok, "Idempotent retry: already stored, the original result"),
+                          "400": _problem("Malformed body, bad name or value"),
+                          "409": _problem("Version conflict (with current_version) or event_id reused"),
+                          "413": _problem("Body over the size limit, or a batch over the batch limit"),
+                          "503": _problem("Storage unavailable")}}
+
+
+_PATH_PARAMS = {"{realm}": P_REALM, "{domain}": P_DOMAIN, "{entity}": P_ENTITY, "{type}": P_TYPE}
+_READS = (Kind.READ, Kind.READ_OR_EVENT)
+
+
+def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
+    """The description of one route's method, by what the operation does."""
+    params = [_PATH_PARAMS[p] for p in route.template.split("/") if p in _PATH_PARAMS]
+    if op.kind in _READS and P_TYPE not in params:
+        params.append(Q_TYPE)
+    if op.kind is Kind.READ:
+        return _read(summary, params)
+    if op.kind is Kind.READ_OR_EVENT:
+        return _read_or_event(summary, params)
+    if op.kind is Kind.KEYS:
+        return _keys(summary, params)
+    if op.kind is Kind.APPEND:
+        return _append(summary, params, "AppendRequest", "Appended")
+    if op.kind is Kind.APPEND_BATCH:
+        return _append(summary, params, "BatchRequest", "AppendedBatch")
+    if op.kind is Kind.HEALTH:
+        return {"summary": summary, "responses": {
+            "200": _json("Health", "The store answers"), "503": _problem("The store does not answer")}}
+    if op.kind is Kind.DOCUMENT:
+        return {"summary": summary, "responses": {"200": {
+            "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}
+    if op.kind is Kind.METRICS:
+        return {"summary": summary, "responses": {
+            "200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "401": _problem("No or unknown bearer token (with --auth)"),
+            "403": _problem("The token is not an admin token")}}
+    raise ValueError(f"no OpenAPI description for {op.kind} of {route.template}")
+
+
+def _paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        for method, op in route.operations.items():
+            if op.summary is None:
+                continue  # not described: /, /_ui and the fallback
+            operation = _operation(route, op, op.summary)
+            responses = operation["responses"]
+            # Every operation may also answer these, whatever its parameters.
+            responses.setdefault("405", _problem("Method not allowed"))
+            if route.open:
+                operation["security"] = []
+            else:
+                responses.setdefault("401", _problem("No or unknown bearer token (with --auth)"))
+                responses.setdefault("403", _problem("The token may not do this on this realm"))
+                if op.kind in _READS:
+                    responses.setdefault("429", _problem("Too many open streams (with Accept: text/event-stream)"))
+            paths.setdefault(route.template, {})[method.lower()] = operation
+    return paths
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    event_object = {
+        "type": "object",
+        "required": ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp"],
+        "properties": {"event_id": UUID, "realm": {"type": "string"}, "domain": {"type": "string"},
+                       "entity": {"type": "string"}, "type": {"type": "string"}, "event": {},
+                       "meta": {"type": "object"}, "version": {"type": "integer", "minimum": 0},
+                       "timestamp": {"type": "string", "format": "date-time"}}}
+    appended = {"type": "object", "required": ["event_id", "version", "timestamp"],
+                "properties": {"event_id": UUID, "version": {"type": "integer", "minimum": 0},
+                               "timestamp": {"type": "string", "format": "date-time"}}}
+    expected = {"type": ["integer", "null"], "minimum": -1, "maximum": MAX_VERSION,
+                "description": "The entity's current version must equal this (-1: no events yet)."}
+    schemas = {
+        "Event": event_object,
+        "Appended": appended,
+        "AppendedBatch": {"type": "object", "required": ["events"], "properties": {
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Appended"}}}},
+        "Page": {"type": "object", "required": ["events", "next"],
+                 "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                                "next": {"oneOf": [UUID, {"type": "null"}]}}},
+        "Keys": {"type": "object", "required": ["keys", "next"],
+                 "properties": {"keys": {"type": "array", "items": {"type": "string"}},
+                                "next": {"type": ["string", "null"]}}},
+        "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+                    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                   "status": {"type": "integer"}, "detail": {"type": "string"},
+                                   "current_version": {"type": "integer"}}},
+        "AppendRequest": {"type": "object", "required": ["event"], "additionalProperties": False,
+                          "properties": {"event": {}, "event_id": {"oneOf": [UUID, {"type": "null"}]},
+                                         "meta": {"type": "object"}, "expected_version": expected}},
+        "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
+                         "properties": {
+                             "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
+                                 "type": "object", "required": ["type", "event"], "additionalProperties": False,
+                                 "properties": {"type": NAME, "event": {}, "event_id": UUID,
+                                                "meta": {"type": "object"}}}},
+                             "expected_version": expected}},
+        "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
+    }
+    paths = _paths()
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "perhap", "version": "0.1.0",
+                 "description": "An immutable, DDD-inspired event store: realm > domain > entity > type > event."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Needed when the server runs with --auth; without it, no token is needed."}}},
+        # Either a token or none: which one applies depends on how the server was started.
+        "security": [{"bearer": []}, {}],
+    }

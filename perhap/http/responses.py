@@ -1,0 +1,60 @@
+"""Every response body the HTTP layer builds: JSON, and RFC 9457 problem+json (built only here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .types import Headers, Send
+
+JSON = [(b"content-type", b"application/json")]
+PROBLEM = [(b"content-type", b"application/problem+json")]
+STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+                 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+                 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class HTTPProblem(Exception):
+    """An error of the HTTP layer itself (no route, wrong method, no token ...): one problem+json."""
+
+    def __init__(self, status: int, detail: str, slug: str | None = None,
+                 headers: Headers | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.extra = status, detail, extra
+        self.title = STATUS_TITLES.get(status, "Error")
+        self.slug = slug or STATUS_TITLES.get(status, "error").lower().replace(" ", "-")
+        self.headers = headers or []
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, extra: dict[str, Any]) -> bytes:
+    """The problem+json document: type, title, status, detail, then any extra members."""
+    body = {"type": f"urn:perhap:problem:{slug}", "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    """A complete response: ``headers`` (content type first), then content-length, in two messages."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, value: Any, headers: Headers | None = None) -> None:
+    body = orjson.dumps(value)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode()), *(headers or ())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_problem(send: Send, status: int, slug: str, title: str, detail: str,
+                       extra: dict[str, Any], headers: Headers | None = None) -> None:
+    body = problem_body(status, slug, title, detail, extra)
+    try:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*PROBLEM, (b"content-length", str(len(body)).encode()), *(headers or ())]})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # the response had started already (a stream): nothing more to say
+        pass

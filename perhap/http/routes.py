@@ -1,0 +1,146 @@
+"""The route table: every path the API answers, read by dispatch, metric labels and /_openapi.json.
+
+A path finds its route by shape alone (segment count, a leading ``_``, a trailing ``keys``), in a
+few comparisons: no regular expressions, and no route list walked per request. Names are checked
+afterwards by the dispatcher, in the same order as always (realm, token, the other names, method).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+from ..errors import InvalidInput
+
+
+class Kind(enum.Enum):
+    """What an operation does: names its handler, and the shape of its OpenAPI description."""
+
+    ROOT = "root"
+    UI = "ui"
+    HEALTH = "health"
+    DOCUMENT = "document"
+    METRICS = "metrics"
+    KEYS = "keys"
+    READ = "read"
+    READ_OR_EVENT = "read_or_event"
+    APPEND = "append"
+    APPEND_BATCH = "append_batch"
+    NO_ROUTE = "no_route"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    kind: Kind
+    summary: str | None = None  # None: not in the OpenAPI document
+
+
+ANY_METHOD = "*"
+#: Where dispatch leaves the route it matched in the ASGI scope (the observer reads it there).
+ROUTE_KEY = "perhap.route"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One path template and what each method does there (GET answers HEAD too)."""
+
+    template: str  # the metric label and the OpenAPI path
+    operations: Mapping[str, Operation]
+    open: bool = False  # answered without a token under --auth
+    index: int = 0  # place in ROUTES, for tables indexed by route
+    realm: bool = field(init=False)  # under /{realm}: checked against the token's realm
+    levels: int = field(init=False)  # how many leading path segments are names: realm, domain ...
+    allow: str = field(init=False)  # the methods answered, for the Allow header of a 405
+
+    def __post_init__(self) -> None:
+        methods = set(self.operations) - {ANY_METHOD}
+        if "GET" in methods:
+            methods.add("HEAD")
+        parts = self.template.split("/")[1:]
+        set_ = object.__setattr__  # frozen: derived fields are set once, here
+        set_(self, "realm", self.template.startswith("/{realm}"))
+        set_(self, "levels", sum(p.startswith("{") for p in parts))
+        set_(self, "allow", ", ".join(sorted(methods)))
+
+
+def _get(kind: Kind, summary: str | None = None) -> dict[str, Operation]:
+    return {"GET": Operation(kind, summary)}
+
+
+# The order is the OpenAPI document's; matching does not depend on it.
+_TABLE = (
+    Route("/_health", _get(Kind.HEALTH, "Health"), open=True),
+    Route("/_openapi.json", _get(Kind.DOCUMENT, "This document"), open=True),
+    Route("/keys", _get(Kind.KEYS, "List realms")),
+    Route("/{realm}", _get(Kind.READ, "Every event of a realm, in commit order")),
+    Route("/{realm}/keys", _get(Kind.KEYS, "List a realm's domains")),
+    Route("/{realm}/{domain}", _get(Kind.READ, "Every event of a domain, in commit order")),
+    Route("/{realm}/{domain}/keys", _get(Kind.KEYS, "List a domain's entities")),
+    Route("/{realm}/{domain}/{entity}", {
+        "GET": Operation(Kind.READ_OR_EVENT, "An entity's events in version order; or one event when {entity} "
+                                             "is an event id of this realm and domain"),
+        "POST": Operation(Kind.APPEND_BATCH, "Append a batch to one entity, atomically")}),
+    Route("/{realm}/{domain}/{entity}/keys", _get(Kind.KEYS, "List an entity's event types")),
+    Route("/{realm}/{domain}/{entity}/{type}", {
+        "GET": Operation(Kind.READ, "An entity's events of one type"),
+        "POST": Operation(Kind.APPEND, "Append one event")}),
+    Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),
+    Route("/", _get(Kind.ROOT), open=True),
+    Route("/_ui", _get(Kind.UI), open=True),  # and every path below it
+    # Anything else: 404 (or 400 for a bad name), after the same checks as a real route.
+    Route("other", {ANY_METHOD: Operation(Kind.NO_ROUTE)}),
+)
+ROUTES: tuple[Route, ...] = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(_TABLE))
+_BY_TEMPLATE = {r.template: r for r in ROUTES}
+ROOT, UI, OTHER, KEYS = _BY_TEMPLATE["/"], _BY_TEMPLATE["/_ui"], _BY_TEMPLATE["other"], _BY_TEMPLATE["/keys"]
+_SYSTEM = {r.template[1:]: r for r in ROUTES if r.template.startswith("/_") and r is not UI}
+_LEVELS = [r for r in ROUTES if r.realm and not r.template.endswith("/keys")]
+_KEYS_LEVELS = [r for r in ROUTES if r.realm and r.template.endswith("/keys")]
+#: First segments answered without a token: the open routes' (and everything below /_ui).
+OPEN_SEGMENTS = frozenset(r.template[1:] for r in ROUTES if r.open and r is not ROOT)
+
+
+def match(names: list[str]) -> Route:
+    """The route of a path given as decoded segments; OTHER when none fits."""
+    n = len(names)
+    if n == 0:
+        return ROOT
+    first = names[0]
+    if first.startswith("_"):
+        if first == "_ui":
+            return UI
+        return _SYSTEM.get(first, OTHER) if n == 1 else OTHER
+    if first == "keys":
+        return KEYS if n == 1 else OTHER
+    if n > 4:
+        return OTHER
+    if n > 1 and names[-1] == "keys":
+        return _KEYS_LEVELS[n - 2]
+    return _LEVELS[n - 1]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def split_path(raw: bytes) -> list[bytes]:
+    """The segments of a raw path, still percent-encoded; a trailing slash means the same resource."""
+    segments = raw.split(b"?", 1)[0].split(b"/")[1:]  # some servers and test transports include the query
+    if segments and segments[-1] == b"":
+        segments.pop()
+    return segments
+
+
+def decode_segment(segment: bytes) -> str:
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("a path segment is not valid UTF-8 after percent-decoding") from None
+
+
+def route_of(raw: bytes) -> Route:
+    """The route of a raw path, for labels: decoded leniently, so even a bad path has one."""
+    segments = split_path(raw)
+    return match([unquote_to_bytes(s).decode("utf-8", "replace") for s in segments])

@@ -1,0 +1,316 @@
+"""The store's value types and the rules every name and value must follow, written once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import EventIdConflict, InvalidInput
+from .ids import check_event_id, check_timestamp, uuid7
+from .jsoncodec import EMPTY_OBJECT, canonical_json, dump_json, load_json
+
+MAX_NAME_BYTES = 255
+MAX_BATCH = 10_000
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 1000
+RESERVED_NAME = "keys"
+MAX_VERSION = 2**62
+
+#: Where an event sits in a scope's order: its version in an entity scope, else a backend's
+#: commit-order key (an integer on SQLite and PostgreSQL, (microseconds, id) on Cassandra).
+#: Internal: clients page by event id.
+Cursor = int | tuple[int, uuid.UUID]
+
+
+# --------------------------------------------------------------------------- names and values
+
+
+def check_name(value: Any, what: str, *, realm: bool = False) -> str:
+    """Validate one level's name: 1-255 bytes of UTF-8, no control characters, no '/'."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    ascii = value.isascii()  # the usual case: one byte a character, no surrogates possible
+    size = len(value) if ascii else len(value.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_NAME_BYTES:
+        raise InvalidInput(f"{what} must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {size}")
+    if not value.isprintable() and any(_is_control(c) for c in value):
+        raise InvalidInput(f"{what} must not contain control characters")
+    if "/" in value:
+        raise InvalidInput(f"{what} must not contain '/'")
+    if not ascii and any("\ud800" <= c <= "\udfff" for c in value):
+        raise InvalidInput(f"{what} is not valid UTF-8")
+    if value == RESERVED_NAME:
+        raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a {what}")
+    if realm and value.startswith("_"):
+        raise InvalidInput("realm names beginning with '_' are reserved for system endpoints")
+    return value
+
+
+def _is_control(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o < 0xA0
+
+
+def check_expected_version(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON does not tell 3 from 3.0; JSON Schema calls both integers
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("expected_version must be an integer (-1 for a new entity)")
+    if value < -1:
+        raise InvalidInput("expected_version must be -1 or greater")
+    if value > MAX_VERSION:
+        raise InvalidInput("expected_version is out of range")
+    return value
+
+
+def check_limit(value: Any) -> int:
+    if value is None:
+        return DEFAULT_LIMIT
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return value
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a read or a subscription covers: a realm, a domain, an entity, optionally one type."""
+
+    realm: str
+    domain: str | None = None
+    entity: str | None = None
+    type: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.realm, "realm", realm=True)
+        if self.domain is not None:
+            check_name(self.domain, "domain")
+        if self.entity is not None:
+            if self.domain is None:
+                raise InvalidInput("an entity scope needs a domain")
+            check_name(self.entity, "entity")
+        if self.type is not None:
+            check_name(self.type, "type")
+
+    @classmethod
+    def parse(cls, path: str) -> Scope:
+        """Scope from 'realm[/domain[/entity[/type]]]' (no percent-decoding)."""
+        parts = path.strip("/").split("/")
+        if not 1 <= len(parts) <= 4:
+            raise InvalidInput("a scope is REALM[/DOMAIN[/ENTITY[/TYPE]]]")
+        padded: list[str | None] = [*parts, None, None, None]
+        return cls(parts[0], padded[1], padded[2], padded[3])
+
+    @property
+    def level(self) -> int:
+        """1 for a realm, 2 for a domain, 3 for an entity."""
+        return 3 if self.entity is not None else 2 if self.domain is not None else 1
+
+    def contains(self, event: Event) -> bool:
+        return (
+            event.realm == self.realm
+            and (self.domain is None or event.domain == self.domain)
+            and (self.entity is None or event.entity == self.entity)
+            and (self.type is None or event.type == self.type)
+        )
+
+    def __str__(self) -> str:
+        parts = [self.realm, self.domain, self.entity]
+        text = "/".join(p for p in parts if p is not None)
+        return text + (f"?type={self.type}" if self.type else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. ``data_json`` and ``meta_json`` hold the serialised JSON as stored.
+
+    ``cursor`` is the event's place in the order of the scope it was read from (see
+    :data:`Cursor`); it is never shown to clients (they page by event id).
+    """
+
+    event_id: str
+    realm: str
+    domain: str
+    entity: str
+    type: str
+    version: int
+    timestamp: str
+    data_json: bytes
+    meta_json: bytes
+    cursor: Cursor | None = field(default=None, compare=False)
+
+    @property
+    def event(self) -> Any:
+        return load_json(self.data_json)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = load_json(self.meta_json)
+        return meta
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The wire form: a dict for orjson, with the stored JSON embedded unparsed."""
+        return {
+            "event_id": self.event_id,
+            "realm": self.realm,
+            "domain": self.domain,
+            "entity": self.entity,
+            "type": self.type,
+            "event": orjson.Fragment(self.data_json),
+            "meta": orjson.Fragment(self.meta_json),
+            "version": self.version,
+            "timestamp": self.timestamp,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same object with ``event`` and ``meta`` parsed into Python values."""
+        value: dict[str, Any] = load_json(orjson.dumps(self.to_json_dict()))
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    event_id: str
+    version: int
+    timestamp: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "version": self.version, "timestamp": self.timestamp}
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of an append or a batch: ``created`` is False for an idempotent replay."""
+
+    events: list[Appended]
+    created: bool
+
+    @property
+    def first(self) -> Appended:
+        return self.events[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[Event]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeysPage:
+    keys: list[str]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event ready to be written: validated, serialised, with its final id."""
+
+    type: str
+    data_json: bytes
+    meta_json: bytes
+    event_id: str
+    client_id: bool  # True when the client chose the id (so a replay is possible)
+    #: When set (an import keeping an event's original time), the event's timestamp instead of the
+    #: commit time: an RFC 3339 UTC string in utc_timestamp's form (check_timestamp makes it so),
+    #: which a backend must return exactly as given. Never set from HTTP input.
+    timestamp: str | None = None
+
+    def same_content(self, stored: Event, realm: str, domain: str, entity: str) -> bool:
+        """Whether a stored event with the same id is this very event (idempotent retry)."""
+        return (
+            stored.realm == realm
+            and stored.domain == domain
+            and stored.entity == entity
+            and stored.type == self.type
+            and canonical_json(stored.data_json) == canonical_json(self.data_json)
+            and canonical_json(stored.meta_json) == canonical_json(self.meta_json)
+        )
+
+
+def new_event(
+    type: str, event: Any, event_id: Any = None, meta: Any = None, *, raw: bool = False,
+    timestamp: str | None = None,
+) -> NewEvent:
+    """Validate and serialise one event. With ``raw``, event and meta are JSON bytes already.
+
+    ``timestamp`` (RFC 3339) keeps an imported event's original time, normalised to UTC with
+    microseconds; see :attr:`NewEvent.timestamp`.
+    """
+    check_name(type, "type")
+    if timestamp is not None:
+        timestamp = check_timestamp(timestamp)
+    if meta is not None and not raw and not isinstance(meta, dict):
+        raise InvalidInput("meta must be a JSON object")
+    data_json: bytes = event if raw else dump_json(event, "event")
+    if meta is None:
+        meta_json = EMPTY_OBJECT
+    else:
+        meta_json = meta if raw else dump_json(meta, "meta")
+    if event_id is None:
+        return NewEvent(type, data_json, meta_json, uuid7(), False, timestamp)
+    return NewEvent(type, data_json, meta_json, check_event_id(event_id), True, timestamp)
+
+
+def prepare_batch(events: object) -> list[NewEvent]:
+    """Validate a batch (a sequence of NewEvents or mappings): 1 to MAX_BATCH events, no id twice."""
+    if not isinstance(events, Sequence) or isinstance(events, (str, bytes)):
+        raise InvalidInput("events must be a list")
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} events, got {len(events)}")
+    prepared: list[NewEvent] = []
+    for i, item in enumerate(events):
+        if isinstance(item, NewEvent):
+            prepared.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise InvalidInput(f"events[{i}] must be an object")
+        unknown = set(item) - {"type", "event", "event_id", "meta"}
+        if unknown:
+            raise InvalidInput(f"events[{i}] has unknown keys: {', '.join(sorted(unknown))}")
+        if "event" not in item:
+            raise InvalidInput(f"events[{i}] needs an 'event'")
+        if "type" not in item:
+            raise InvalidInput(f"events[{i}] needs a 'type'")
+        try:
+            prepared.append(new_event(item["type"], item["event"], item.get("event_id"), item.get("meta")))
+        except InvalidInput as exc:
+            raise InvalidInput(f"events[{i}]: {exc.detail}") from None
+    ids = [e.event_id for e in prepared]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("the same event_id appears twice in the batch")
+    return prepared
+
+
+def replay_or_conflict(
+    batch: Sequence[NewEvent], stored: Mapping[str, Event], realm: str, domain: str, entity: str
+) -> AppendResult | None:
+    """Decide a write whose client-chosen ids exist already.
+
+    Returns the original result when every event is present and identical (an idempotent retry),
+    None when no id exists yet, and raises EventIdConflict otherwise (partly present or different).
+    """
+    if not stored:
+        return None
+    results: list[Appended] = []
+    for e in batch:
+        old = stored.get(e.event_id)
+        if old is None:
+            raise EventIdConflict(
+                e.event_id, "part of this batch was stored before with different content or ids"
+            )
+        if not e.same_content(old, realm, domain, entity):
+            raise EventIdConflict(e.event_id)
+        results.append(Appended(old.event_id, old.version, old.timestamp))
+    versions = [r.version for r in results]
+    if len(batch) > 1 and versions != list(range(versions[0], versions[0] + len(versions))):
+        raise EventIdConflict(batch[0].event_id, "these event ids were stored, but not as one batch")
+    return AppendResult(results, created=False)

@@ -1,0 +1,333 @@
+"""The Store template: the façade every caller uses, written once over a few backend primitives.
+
+The template owns everything a backend must not get wrong on its own: validation of names and
+values, paging, scope checks, the closed state, cancellation safety of writes, and wake-ups for
+subscribers. A backend implements only these primitives:
+
+- ``_submit(job)``: start writing one validated batch to one entity atomically, with the version
+  and idempotency checks, and settle the job when it is decided (:mod:`perhap.store.groupcommit`
+  has the shared group-commit machinery);
+- ``_read_after(scope, cursor, limit)``: up to ``limit`` events of a scope after a cursor;
+- ``_find_event(event_id)``: one event by id, wherever it is, with its cursor;
+- ``_names(realm, domain, entity, after, limit)``: names one level below, after a name;
+- ``_ping()`` and ``_close()``; optionally ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import NotFound, StorageUnavailable
+from ..ids import check_event_id
+from ..model import (
+    DEFAULT_LIMIT,
+    AppendResult,
+    Cursor,
+    Event,
+    KeysPage,
+    NewEvent,
+    Page,
+    Scope,
+    check_expected_version,
+    check_limit,
+    check_name,
+    new_event,
+    prepare_batch,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Statistic:
+    """A figure a backend keeps anyway, read at scrape time by ``/_metrics`` and the benchmarks."""
+
+    name: str  # exported as perhap_<name> (counters get _total)
+    value: float
+    help: str
+    counter: bool = True
+
+
+class WriteJob:
+    """One validated batch for one entity, from the caller to the backend and its outcome back."""
+
+    __slots__ = ("realm", "domain", "entity", "batch", "expected", "future", "loop")
+
+    def __init__(self, realm: str, domain: str, entity: str, batch: list[NewEvent],
+                 expected: int | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.realm, self.domain, self.entity = realm, domain, entity
+        self.batch, self.expected = batch, expected
+        self.loop = loop
+        self.future: asyncio.Future[AppendResult] = loop.create_future()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.realm, self.domain, self.entity
+
+    def settle(self, outcome: AppendResult | BaseException) -> None:
+        """Hand the outcome to the caller (on the job's loop); a caller that left is skipped."""
+        future = self.future
+        if future.done():  # the caller was cancelled (a client disconnect): the write stands
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class Store(abc.ABC):
+    """An event store. Open one with :func:`perhap.open_store`; every method is a coroutine."""
+
+    url: str
+    #: Whether several server processes may share this backend (not so for embedded SQLite).
+    shared_across_processes: ClassVar[bool] = False
+    #: Whether appends started one after another on one event loop, without awaiting each, commit
+    #: in the order they were started (lets an import keep many batches in flight; see transfer).
+    preserves_submission_order: ClassVar[bool] = False
+    #: How long a subscriber waits before polling again when no wake-up arrives.
+    poll_interval: float = 1.0
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._commits = 0  # commits known to this process: the subscribers' change token
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    # ----------------------------------------------------------------- writing
+
+    async def append(
+        self,
+        realm: str,
+        domain: str,
+        entity: str,
+        type: str,
+        event: Any,
+        *,
+        event_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        """Append one event to an entity; ``expected_version=-1`` means the entity must be new."""
+        prepared = new_event(type, event, event_id, meta)
+        return await self.append_batch(realm, domain, entity, [prepared], expected_version=expected_version)
+
+    async def append_batch(
+        self,
+        realm: str,
+        domain: str,
+        entity: str,
+        events: Sequence[NewEvent | Mapping[str, Any]],
+        *,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        """Append events to one entity atomically: all are stored, or none."""
+        check_name(realm, "realm", realm=True)
+        check_name(domain, "domain")
+        check_name(entity, "entity")
+        batch = prepare_batch(events)
+        expected = check_expected_version(expected_version)
+        self._check_open()
+        job = WriteJob(realm, domain, entity, batch, expected, asyncio.get_running_loop())
+        self._submit(job)
+        # A client that disconnects cancels only this wait: the backend writes the job all the
+        # same and skips settling a cancelled future (no asyncio.shield: it costs an extra future
+        # and an extra loop pass per append).
+        return await job.future
+
+    @abc.abstractmethod
+    def _submit(self, job: WriteJob) -> None:
+        """Start writing ``job`` atomically, with version and idempotency checks; ``job.settle``
+        its outcome when decided. The write must go on if the caller stops waiting."""
+
+    # ----------------------------------------------------------------- reading
+
+    async def read(self, scope: Scope, *, following: str | None = None, limit: int = DEFAULT_LIMIT) -> Page:
+        """Events of a scope in its order (version order for an entity, else commit order)."""
+        limit = check_limit(limit)
+        self._check_open()
+        after = None
+        if following is not None:
+            after = await self._cursor_of(scope, check_event_id(following, "following"))
+        events = await self._read_after(scope, after, limit + 1)
+        if len(events) > limit:
+            return Page(events[:limit], events[limit - 1].event_id)
+        return Page(events, None)
+
+    async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
+        """One event by id; NotFound unless it belongs to that realm and domain."""
+        event_id = check_event_id(event_id)
+        self._check_open()
+        event = await self._find_event(event_id)
+        if event is None or event.realm != realm or event.domain != domain:
+            raise NotFound(f"no event {event_id} in {realm}/{domain}")
+        return event
+
+    async def keys(
+        self,
+        realm: str | None = None,
+        domain: str | None = None,
+        entity: str | None = None,
+        *,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> KeysPage:
+        """Sorted names one level below the given one (realms when nothing is given)."""
+        limit = check_limit(limit)
+        self._check_open()
+        names = await self._names(realm, domain, entity, after or "", limit + 1)
+        if len(names) > limit:
+            return KeysPage(names[:limit], names[limit - 1])
+        return KeysPage(names, None)
+
+    async def _cursor_of(self, scope: Scope, event_id: str) -> Cursor:
+        """The cursor of an event in a scope's order; NotFound when it is not in the scope."""
+        event = await self._find_event(event_id)
+        if (event is None or event.realm != scope.realm
+                or (scope.domain is not None and event.domain != scope.domain)
+                or (scope.entity is not None and event.entity != scope.entity)
+                or event.cursor is None):
+            raise NotFound(f"no event {event_id} in {scope}")
+        return event.version if scope.entity is not None else event.cursor
+
+    @abc.abstractmethod
+    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
+        """Up to ``limit`` events of the scope after the cursor ``after`` (None: the start)."""
+
+    @abc.abstractmethod
+    async def _find_event(self, event_id: str) -> Event | None:
+        """The event with this id wherever it is, its cursor in its realm's order; None if none."""
+
+    @abc.abstractmethod
+    async def _names(self, realm: str | None, domain: str | None, entity: str | None,
+                     after: str, limit: int) -> list[str]:
+        """Up to ``limit`` names one level below the given one greater than ``after``, in order."""
+
+    # ----------------------------------------------------------------- life cycle
+
+    async def health(self) -> bool:
+        """True when the storage answers."""
+        if self._closed:
+            return False
+        try:
+            return await self._ping()
+        except Exception:
+            return False
+
+    @abc.abstractmethod
+    async def _ping(self) -> bool:
+        """Whether the storage answers and the backend's own machinery runs."""
+
+    async def close(self) -> None:
+        """Finish in-flight writes and release every resource."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Finish the writes already submitted, then release every resource."""
+
+    def statistics(self) -> list[Statistic]:
+        """Figures the backend keeps (group commits, size, retries ...), for metrics."""
+        return []
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageUnavailable("the store is closed")
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- subscriptions
+
+    async def subscribe(
+        self, scope: Scope, *, following: str | None = None, batch: int = 500
+    ) -> AsyncGenerator[Event, None]:
+        """Every event of the scope after ``following``, then each new one as it commits.
+
+        Exactly once and in order: a subscription is a cursor over the same gap-safe read path as
+        paging, so it holds no queue of its own and a slow consumer simply reads further behind.
+        """
+        sub = await self.subscription(scope, following=following, batch=batch)
+        while True:
+            for event in await sub.fetch():
+                yield event
+
+    async def subscription(
+        self, scope: Scope, *, following: str | None = None, batch: int = 500
+    ) -> Subscription:
+        """A cursor for :meth:`subscribe`; ``fetch(timeout)`` returns the next events or []."""
+        self._check_open()
+        after = None
+        if following is not None:
+            after = await self._cursor_of(scope, check_event_id(following, "following"))
+        return Subscription(self, scope, after, batch)
+
+    def _notify_commit(self, *_: object) -> None:
+        """Wake this process's subscribers: call on the store's loop after every commit known
+        here (own commits, and other processes' where the backend hears of them)."""
+        self._commits += 1
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _change_token(self) -> int:
+        """A marker of the last commit this process knows of (see _wait_for_change)."""
+        return self._commits
+
+    async def _wait_for_change(self, token: int, timeout: float) -> None:
+        """Sleep until something may have committed after ``token``, or ``timeout`` passes.
+
+        Correctness never depends on a wake-up arriving: subscribers poll at least this often.
+        """
+        if self._commits != token:
+            return
+        # A bare future and a timer: far cheaper than asyncio.wait_for (a task per wait), which
+        # matters when each commit wakes a hundred streams.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter)
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Subscription:
+    """A cursor in a scope that moves forward as events are fetched."""
+
+    def __init__(self, store: Store, scope: Scope, after: Cursor | None, batch: int) -> None:
+        self.store, self.scope, self.after, self.batch = store, scope, after, batch
+
+    async def fetch(self, timeout: float | None = None) -> list[Event]:
+        """The next events after the cursor, waiting up to ``timeout`` (None: forever) for some."""
+        store = self.store
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            store._check_open()  # a closed store ends its streams with StorageUnavailable
+            # Take the token before reading: a commit after it wakes the wait below at once.
+            token = store._change_token()
+            events = await store._read_after(self.scope, self.after, self.batch)
+            if events:
+                self.after = events[-1].cursor
+                return events
+            wait = store.poll_interval
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    return []
+            await store._wait_for_change(token, wait)

@@ -1,0 +1,89 @@
+"""What a test node runs with: its JVM flags, cassandra.yaml and logback.xml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# From Cassandra's conf/jvm17-server.options (plus java.nio): Java 17 module access that
+# Cassandra (and jamm, netty, chronicle) need, plus its netty settings.
+JVM17_FLAGS = [
+    "-Djdk.attach.allowAttachSelf=true",
+    *(f"--add-exports={m}=ALL-UNNAMED" for m in (
+        "java.base/jdk.internal.misc", "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+        "java.rmi/sun.rmi.registry", "java.rmi/sun.rmi.server", "java.sql/java.sql",
+        "java.base/java.lang.ref", "jdk.unsupported/sun.misc",
+        "jdk.compiler/com.sun.tools.javac.file", "jdk.attach/sun.tools.attach")),
+    *(f"--add-opens={m}=ALL-UNNAMED" for m in (
+        "java.base/java.lang.module", "java.base/jdk.internal.loader", "java.base/jdk.internal.ref",
+        "java.base/jdk.internal.reflect", "java.base/jdk.internal.math",
+        "java.base/jdk.internal.module", "java.base/jdk.internal.util.jar",
+        "jdk.management/com.sun.management.internal", "java.base/sun.nio.ch", "java.base/java.io",
+        "java.base/java.lang.reflect", "jdk.compiler/com.sun.tools.javac", "java.base/java.lang",
+        "java.base/java.util", "java.base/java.nio")),
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+]
+
+
+def cassandra_yaml(data: Path, state: dict[str, int], port: int) -> str:
+    """A small single-node test cluster: ``data`` holds its directories, ``state`` its other ports."""
+    return f"""\
+# Written by perhap.testing.cassandra: a small single-node test cluster.
+cluster_name: perhap-test
+num_tokens: 1
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:{state['storage_port']}"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {state['storage_port']}
+ssl_storage_port: {state['ssl_storage_port']}
+native_transport_port: {port}
+start_native_transport: true
+data_file_directories: [{data / 'data'}]
+commitlog_directory: {data / 'commitlog'}
+saved_caches_directory: {data / 'saved_caches'}
+hints_directory: {data / 'hints'}
+cdc_raw_directory: {data / 'cdc_raw'}
+# An event store answers 201 only for durable writes: fsync the commit log
+# before acknowledging (group commit batches concurrent writes per 2 ms window),
+# so a SIGKILLed node loses nothing it acknowledged.
+commitlog_sync: group
+commitlog_sync_group_window: 2ms
+auto_snapshot: false
+snapshot_on_duplicate_row_detection: false
+hinted_handoff_enabled: false
+dynamic_snitch: false
+cdc_enabled: false
+# Keep the footprint small: few threads and tiny caches.
+concurrent_reads: 4
+concurrent_writes: 4
+concurrent_counter_writes: 2
+concurrent_materialized_view_writes: 2
+concurrent_compactors: 1
+native_transport_max_threads: 16
+key_cache_size: 8MiB
+row_cache_size: 0MiB
+counter_cache_size: 0MiB
+file_cache_size: 32MiB
+networking_cache_size: 16MiB
+memtable_heap_space: 64MiB
+memtable_offheap_space: 64MiB
+commitlog_total_space: 1024MiB
+"""
+
+
+def logback_xml(log_path: Path) -> str:
+    return f"""\
+<configuration>
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>{log_path}</file>
+    <encoder><pattern>%-5level [%thread] %date{{ISO8601}} %logger{{0}} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+</configuration>
+"""

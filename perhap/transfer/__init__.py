@@ -1,0 +1,53 @@
+"""Export, import and copy whole stores through the in-process store API, in constant memory.
+
+The dump format (``perhap-dump``, version 1) is JSON Lines in UTF-8:
+
+- line 1, a header: ``{"format":"perhap-dump","version":1,"scope":null}`` (``scope`` is the
+  exported ``realm[/domain[/entity]]``, or null for the whole store);
+- then one event a line, exactly the event object of the HTTP API:
+  ``{"event_id","realm","domain","entity","type","event","meta","version","timestamp"}``.
+
+Realms come in name order, each realm's events in commit order (a domain's or an entity's in its
+own order when the export is scoped), so importing the lines in order recreates the commit order.
+The header is optional on import: the output of ``perhap read`` imports too.
+
+Import keeps each event's id, version, timestamp and meta. Consecutive events of one entity go as
+one atomic batch with ``expected_version`` = the first version - 1, so an event lands at its own
+version or the import stops with a clear error. Importing again is idempotent: a batch that is
+stored already is an idempotent replay, and a batch that is partly stored (an earlier import was
+interrupted) is reconciled event by event against what the destination holds.
+
+Modules: :mod:`.dump` (the format), :mod:`.reading` (paging through a store), :mod:`.export`,
+:mod:`.importer`, :mod:`.copy` (copy and verify) and :mod:`.progress` (the terminal's progress line).
+"""
+
+from .copy import CopyReport, RealmCheck, RealmDigest, copy_store, realm_digest
+from .dump import (
+    DUMP_FORMAT,
+    DUMP_VERSION,
+    EVENT_KEYS,
+    DumpEvent,
+    TransferError,
+    dump_header,
+    event_to_import,
+    parse_dump,
+)
+from .export import export_dump
+from .importer import (
+    BATCH_BYTES,
+    BATCH_EVENTS,
+    WINDOW_BATCHES,
+    WINDOW_BYTES,
+    Importer,
+    ImportStats,
+    import_dump,
+)
+from .progress import Progress, file_size
+from .reading import PAGE_SIZE, iter_keys, iter_scope
+
+__all__ = [
+    "BATCH_BYTES", "BATCH_EVENTS", "DUMP_FORMAT", "DUMP_VERSION", "EVENT_KEYS", "PAGE_SIZE",
+    "WINDOW_BATCHES", "WINDOW_BYTES", "CopyReport", "DumpEvent", "ImportStats", "Importer", "Progress",
+    "RealmCheck", "RealmDigest", "TransferError", "copy_store", "dump_header", "event_to_import",
+    "export_dump", "file_size", "import_dump", "iter_keys", "iter_scope", "parse_dump", "realm_digest",
+]

@@ -1,0 +1,124 @@
+"""The dump format (``perhap-dump``, version 1): its header, and its lines read back as events to
+import, each checked and named by its line (see :mod:`perhap.transfer` for the format)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidInput
+from ..jsoncodec import dump_json, load_json
+from ..model import Event, NewEvent, Scope, check_name, new_event
+
+DUMP_FORMAT = "perhap-dump"
+DUMP_VERSION = 1
+EVENT_KEYS = ("event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp")
+TYPE_SCOPE_REFUSED = ("export whole entities: a TYPE scope would leave gaps in the versions, "
+                      "and an import keeps versions")
+
+
+class TransferError(Exception):
+    """An export, import or copy cannot go on; the message says why and what to do."""
+
+
+def check_export_scope(scope: Scope | None) -> None:
+    """Refuse a TYPE scope: an import keeps versions, and a type's events leave gaps in them."""
+    if scope is not None and scope.type is not None:
+        raise TransferError(TYPE_SCOPE_REFUSED)
+
+
+def dump_header(scope: Scope | None) -> bytes:
+    """The first line of a dump of ``scope`` (None: the whole store)."""
+    label = None if scope is None else "/".join(p for p in (scope.realm, scope.domain, scope.entity) if p)
+    return orjson.dumps({"format": DUMP_FORMAT, "version": DUMP_VERSION, "scope": label}) + b"\n"
+
+
+@dataclass(slots=True)
+class DumpEvent:
+    """One event to import: where it goes, its version, and the event with its id and time."""
+
+    realm: str
+    domain: str
+    entity: str
+    version: int
+    new: NewEvent
+    origin: str = ""  # e.g. "dump.jsonl line 7", for error messages
+
+    @property
+    def size(self) -> int:
+        return len(self.new.data_json) + len(self.new.meta_json) + 200
+
+    @property
+    def label(self) -> str:
+        """Where the event comes from and goes, for error messages."""
+        place = f"{self.realm}/{self.domain}/{self.entity}"
+        return f"{self.origin} ({place})" if self.origin else place
+
+
+def event_to_import(event: Event) -> DumpEvent:
+    """A stored event (from another store) as an event to import."""
+    new = new_event(event.type, event.data_json, event.event_id, event.meta_json, raw=True,
+                    timestamp=event.timestamp)
+    return DumpEvent(event.realm, event.domain, event.entity, event.version, new)
+
+
+def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
+               on_bytes: Callable[[int], None] | None = None) -> Iterator[DumpEvent]:
+    """Validate a dump line by line and yield its events; TransferError names the bad line."""
+    first = True
+    for number, raw in enumerate(lines, 1):
+        if on_bytes is not None:
+            on_bytes(len(raw))
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{name} line {number}"
+        try:
+            obj = load_json(line)
+        except (orjson.JSONDecodeError, InvalidInput) as exc:
+            raise TransferError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise TransferError(f"{where}: expected a JSON object")
+        if first and "format" in obj:
+            first = False
+            _check_header(obj, where)
+            continue
+        first = False
+        yield _dump_event(obj, where)
+    if first:
+        raise TransferError(f"{name} is empty: a dump has at least its header line")
+
+
+def _check_header(obj: dict[str, Any], where: str) -> None:
+    if obj.get("format") != DUMP_FORMAT:
+        raise TransferError(f"{where}: not a perhap dump (format {obj.get('format')!r})")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > DUMP_VERSION:
+        raise TransferError(f"{where}: dump format version {version!r}; this perhap reads "
+                            f"version {DUMP_VERSION} (upgrade perhap)")
+
+
+def _dump_event(obj: dict[str, Any], where: str) -> DumpEvent:
+    missing = [k for k in EVENT_KEYS if k not in obj]
+    unknown = sorted(set(obj) - set(EVENT_KEYS))
+    if missing or unknown:
+        what = (f"missing {', '.join(missing)}" if missing else "") + \
+               ("; " if missing and unknown else "") + (f"unknown keys {', '.join(unknown)}" if unknown else "")
+        raise TransferError(f"{where}: not an event object ({what})")
+    version = obj["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise TransferError(f"{where}: version must be an integer of 0 or more")
+    if not isinstance(obj["meta"], dict):
+        raise TransferError(f"{where}: meta must be a JSON object")
+    try:
+        check_name(obj["realm"], "realm", realm=True)
+        check_name(obj["domain"], "domain")
+        check_name(obj["entity"], "entity")
+        new = new_event(obj["type"], dump_json(obj["event"], "event"), obj["event_id"],
+                        dump_json(obj["meta"], "meta"), raw=True, timestamp=obj["timestamp"])
+    except InvalidInput as exc:
+        raise TransferError(f"{where}: {exc.detail}") from None
+    return DumpEvent(obj["realm"], obj["domain"], obj["entity"], version, new, where)

@@ -1,0 +1,39 @@
+"""Export: a store (or a realm, domain or entity) written as a dump, in constant memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import IO
+
+import orjson
+
+from ..model import Scope
+from ..store.base import Store
+from .dump import check_export_scope, dump_header
+from .progress import Progress
+from .reading import PAGE_SIZE, iter_keys, iter_scope
+
+
+async def export_dump(store: Store, out: IO[bytes], scope: Scope | None = None, *,
+                      progress: Progress | None = None, page_size: int = PAGE_SIZE) -> int:
+    """Write a dump of the store (or of a realm, domain or entity) to ``out``; return the count."""
+    check_export_scope(scope)
+    out.write(dump_header(scope))
+    count = 0
+    async for where in _scopes(store, scope):
+        async for event in iter_scope(store, where, page_size=page_size):
+            out.write(orjson.dumps(event.to_json_dict()) + b"\n")
+            count += 1
+            if progress is not None:
+                progress.add(1)
+    out.flush()
+    return count
+
+
+async def _scopes(store: Store, scope: Scope | None) -> AsyncIterator[Scope]:
+    """The scope itself, or every realm (in name order) for the whole store."""
+    if scope is not None:
+        yield scope
+        return
+    async for realm in iter_keys(store):
+        yield Scope(realm)

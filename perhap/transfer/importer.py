@@ -1,0 +1,228 @@
+"""Import: events written in dump order, each at its own version, idempotently.
+
+Consecutive events of one entity go as one atomic batch with ``expected_version`` = the first
+version - 1, so an event lands at its own version or the import stops with a clear error.
+Importing again is idempotent: a batch that is stored already is an idempotent replay, and a batch
+that is partly stored (an earlier import was interrupted) is reconciled event by event against
+what the destination holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EventIdConflict, NotFound, VersionConflict
+from ..jsoncodec import canonical_json
+from ..model import AppendResult, Event
+from ..store.base import Store
+from .dump import DumpEvent, TransferError, parse_dump
+from .progress import Progress
+
+BATCH_EVENTS = 1000                  # events in one append_batch
+BATCH_BYTES = 4 * 1024 * 1024        # ... and at most about this much JSON
+WINDOW_BATCHES = 256                 # batches in flight where the store keeps submission order
+WINDOW_BYTES = 16 * 1024 * 1024      # ... and at most about this much JSON in flight
+
+
+@dataclass
+class ImportStats:
+    imported: int = 0   # written by this run
+    present: int = 0    # found stored already (identical): an import run again
+    realms: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch being written while later ones are sent (pipelined imports only)."""
+
+    batch: list[DumpEvent]
+    task: asyncio.Future[AppendResult]
+    size: int
+
+
+class Importer:
+    """Writes events in dump order, batching runs of one entity; each event keeps its version.
+
+    Where the store commits appends in the order they were started (SQLite), up to
+    WINDOW_BATCHES batches are kept in flight once a realm is being written fresh; elsewhere one
+    batch at a time, so that commit order is the dump's order on every backend.
+    """
+
+    def __init__(self, store: Store, *, progress: Progress | None = None,
+                 batch_events: int = BATCH_EVENTS) -> None:
+        self.store = store
+        self.progress = progress
+        self.batch_events = batch_events
+        self.pipelined = bool(store.preserves_submission_order)
+        self.stats = ImportStats()
+        self._run: list[DumpEvent] = []
+        self._run_bytes = 0
+        self._inflight: deque[InFlight] = deque()
+        self._inflight_bytes = 0
+        self._fresh_realm: str | None = None
+
+    def fresh(self, realm: str) -> None:
+        """Declare that the destination holds nothing of ``realm``: its writes may be pipelined at once."""
+        self._fresh_realm = realm
+
+    async def add(self, item: DumpEvent) -> None:
+        """Queue one event; it is written with the run of its entity it belongs to."""
+        run = self._run
+        if run:
+            last = run[-1]
+            if (item.entity != last.entity or item.domain != last.domain or item.realm != last.realm
+                    or item.version != last.version + 1 or len(run) >= self.batch_events
+                    or self._run_bytes >= BATCH_BYTES):
+                await self._flush()
+                run = self._run
+        self.stats.realms.add(item.realm)
+        run.append(item)
+        self._run_bytes += item.size
+
+    async def finish(self) -> ImportStats:
+        """Write what is queued and wait for every write; the stats of the whole run."""
+        await self._flush()
+        await self._drain()
+        return self.stats
+
+    async def _flush(self) -> None:
+        batch, size = self._run, self._run_bytes
+        self._run, self._run_bytes = [], 0
+        if not batch:
+            return
+        # Pipelining is safe only once this realm is being written fresh: everything the dump holds
+        # after a freshly written batch cannot be in the destination if it holds a prefix of the
+        # dump (an interrupted import), and if it holds more the dump's order is moot anyway.
+        if self.pipelined and batch[0].realm == self._fresh_realm:
+            self._inflight.append(InFlight(batch, asyncio.ensure_future(self._append(batch)), size))
+            self._inflight_bytes += size
+            while len(self._inflight) > WINDOW_BATCHES or self._inflight_bytes > WINDOW_BYTES:
+                await self._settle_oldest()
+            return
+        await self._drain()
+        try:
+            result = await self._append(batch)
+        except (VersionConflict, EventIdConflict):
+            await self._reconcile(batch)
+        else:
+            self._check(batch, result)
+
+    def _append(self, batch: list[DumpEvent]) -> Coroutine[Any, Any, AppendResult]:
+        first = batch[0]
+        return self.store.append_batch(first.realm, first.domain, first.entity, [e.new for e in batch],
+                                       expected_version=first.version - 1)
+
+    async def _settle_oldest(self) -> None:
+        oldest = self._inflight.popleft()
+        self._inflight_bytes -= oldest.size
+        try:
+            try:
+                result = await oldest.task
+            except (VersionConflict, EventIdConflict):
+                await self._reconcile(oldest.batch)
+            else:
+                self._check(oldest.batch, result)
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _drain(self) -> None:
+        while self._inflight:
+            await self._settle_oldest()
+
+    async def _abandon(self) -> None:
+        # A write failed for good: let the writes in flight end (they cannot be recalled), then stop.
+        tasks = [flight.task for flight in self._inflight]
+        self._inflight.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check(self, batch: list[DumpEvent], result: AppendResult) -> None:
+        for item, done in zip(batch, result.events):
+            if done.version != item.version:
+                raise TransferError(
+                    f"{item.label}: event {item.new.event_id} is stored at version {done.version}, "
+                    f"but the dump has it at version {item.version}")
+            if done.timestamp != item.new.timestamp:
+                if result.created:
+                    raise TransferError(
+                        f"the destination store ({type(self.store).__name__}) did not keep the imported "
+                        f"timestamp of event {item.new.event_id} ({item.new.timestamp} became "
+                        f"{done.timestamp}): this backend cannot import with full fidelity yet")
+                raise TransferError(
+                    f"{item.label}: event {item.new.event_id} is stored already with timestamp "
+                    f"{done.timestamp}, but the dump says {item.new.timestamp}")
+        if result.created:
+            self.stats.imported += len(batch)
+            self._fresh_realm = batch[0].realm
+        else:
+            self.stats.present += len(batch)
+        if self.progress is not None:
+            self.progress.add(len(batch))
+
+    async def _reconcile(self, batch: list[DumpEvent]) -> None:
+        """A batch met a conflict: keep what is stored already (if identical), write the rest."""
+        present = 0
+        for item in batch:
+            try:
+                stored = await self.store.get_event(item.realm, item.domain, item.new.event_id)
+            except NotFound:
+                break
+            _same_or_fail(item, stored)
+            present += 1
+        self.stats.present += present
+        if self.progress is not None:
+            self.progress.add(present)
+        rest = batch[present:]
+        if not rest:
+            return
+        first = rest[0]
+        try:
+            result = await self._append(rest)
+        except VersionConflict as exc:
+            raise TransferError(
+                f"{first.label}: the destination entity is at version {exc.current_version}, but the "
+                f"next event to import ({first.new.event_id}) has version {first.version}; an imported "
+                f"event keeps its version, so the entity must be at version {first.version - 1}. Import "
+                f"into an empty store, or into one holding an earlier part of the same dump") from None
+        except EventIdConflict as exc:
+            raise TransferError(
+                f"{first.label}: event id {exc.event_id} is used by a different event in the "
+                f"destination") from None
+        self._check(rest, result)
+
+
+def _same_or_fail(item: DumpEvent, stored: Event) -> None:
+    new = item.new
+    differences = [what for what, same in (
+        ("entity", stored.entity == item.entity),
+        ("type", stored.type == new.type),
+        ("version", stored.version == item.version),
+        ("timestamp", stored.timestamp == new.timestamp),
+        ("event", _same_json(stored.data_json, new.data_json)),
+        ("meta", _same_json(stored.meta_json, new.meta_json)),
+    ) if not same]
+    if differences:
+        raise TransferError(
+            f"{item.label}: event {new.event_id} is in the destination already, but its "
+            f"{', '.join(differences)} differ{'s' if len(differences) == 1 else ''} from the dump")
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    return a == b or canonical_json(a) == canonical_json(b)
+
+
+async def import_dump(store: Store, lines: Iterable[bytes], name: str = "the dump", *,
+                      progress: Progress | None = None) -> ImportStats:
+    """Import a dump's lines into ``store``, in order; idempotent (see the module docstring)."""
+    importer = Importer(store, progress=progress)
+    on_bytes = None
+    if progress is not None:
+        def on_bytes(n: int) -> None:
+            progress.bytes += n
+    for item in parse_dump(lines, name, on_bytes=on_bytes):
+        await importer.add(item)
+    return await importer.finish()
