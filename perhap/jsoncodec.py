@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -20,11 +21,20 @@ def _reject_constant(name: str) -> Any:
     raise InvalidInput(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # The stdlib reads 1e400 as infinity, which JSON cannot carry back out (it would be stored as
+    # null): refuse it, as orjson does on the fast path.
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"the number {text[:40]} is too large to be stored exactly")
+    return value
+
+
 def load_json(raw: bytes) -> Any:
     """Parse JSON exactly: integers of any size stay integers (orjson would make them floats)."""
     if _LONG_DIGITS.search(raw):
         try:
-            return json.loads(raw, parse_constant=_reject_constant)
+            return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             raise orjson.JSONDecodeError(str(exc), "", 0) from None
     return orjson.loads(raw)

@@ -43,6 +43,9 @@ def check_name(value: Any, what: str, *, realm: bool = False) -> str:
         raise InvalidInput(f"{what} must not contain '/'")
     if not ascii and any("\ud800" <= c <= "\udfff" for c in value):
         raise InvalidInput(f"{what} is not valid UTF-8")
+    if value in (".", ".."):
+        # A URL resolver drops or climbs such segments, so a Location naming them would point elsewhere.
+        raise InvalidInput(f"'{value}' cannot be used as a {what}: URLs treat it as a relative path")
     if value == RESERVED_NAME:
         raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a {what}")
     if realm and value.startswith("_"):

@@ -20,7 +20,7 @@ SETTINGS = settings(max_examples=40, deadline=None,
 
 valid_names = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1, max_size=60
-).filter(lambda s: s != "keys" and not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s))
+).filter(lambda s: s not in ("keys", ".", "..") and not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)

@@ -6,6 +6,7 @@ only when a URL names it, so a driver that is not installed costs nothing until 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -19,13 +20,23 @@ class UnknownScheme(ValueError):
     pass
 
 
+#: Query options that carry a secret: asyncpg's password and sslpassword, and anything named so.
+_SECRET_OPTION = re.compile(r"(?i)(?:^|[&;])([^=&;]*(?:password|secret|token)[^=&;]*)=([^&;]*)")
+
+
 def redact(url: str) -> str:
-    """The store URL without its password, for logs."""
+    """The store URL with every credential replaced by ``***``, for logs and error messages."""
     parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}"
+    if query:
+        query = _SECRET_OPTION.sub(lambda m: m.group(0).replace(f"={m.group(2)}", "=***", 1), query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -63,14 +74,21 @@ async def _open(url: str) -> Store:
         try:
             from .postgres import open_postgres
         except ImportError as exc:  # asyncpg missing
-            raise ValueError(f"the PostgreSQL backend needs asyncpg: pip install 'perhap[postgres]' ({exc})") from None
+            raise ValueError(
+                f"the PostgreSQL backend needs asyncpg ({exc}): {_install('asyncpg', 'postgres')}") from None
         return await open_postgres(url)
     try:
         from .cassandra import open_cassandra
     except ImportError as exc:
         raise ValueError(
-            f"the Cassandra backend needs cassandra-driver: pip install 'perhap[cassandra]' ({exc})") from None
+            f"the Cassandra backend needs cassandra-driver ({exc}): {_install('cassandra-driver', 'cassandra')}"
+        ) from None
     return await open_cassandra(url)
+
+
+def _install(package: str, extra: str) -> str:
+    """The command that installs a backend's driver (perhap itself is installed from a checkout)."""
+    return f"pip install {package}, or pip install '.[{extra}]' in a perhap checkout"
 
 
 class open_store:

@@ -186,6 +186,7 @@ class Store(abc.ABC):
         if (event is None or event.realm != scope.realm
                 or (scope.domain is not None and event.domain != scope.domain)
                 or (scope.entity is not None and event.entity != scope.entity)
+                or (scope.type is not None and event.type != scope.type)
                 or event.cursor is None):
             raise NotFound(f"no event {event_id} in {scope}")
         return event.version if scope.entity is not None else event.cursor

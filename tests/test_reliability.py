@@ -1,0 +1,117 @@
+"""Regression tests for what the adversarial review found (issue 13), on every backend it concerns."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from perhap.backends import redact
+from perhap.errors import InvalidInput, NotFound
+from perhap.jsoncodec import load_json
+from perhap.model import Scope, check_name
+from perhap.store import Store
+
+# ------------------------------------------------------------------ 1: numbers that cannot be kept
+
+
+@pytest.mark.parametrize("raw", [
+    b"1e400", b"-1e400", b"[1e400]", b'{"a": 1e999}',
+    b'[1e400, -1e400, "1234567890123456789"]',  # a 19-digit run takes the stdlib path
+    b'{"e": 1e400, "n": 1234567890123456789}',
+])
+def test_infinite_numbers_are_refused_on_every_parsing_path(raw: bytes) -> None:
+    with pytest.raises((InvalidInput, ValueError)):
+        load_json(raw)
+
+
+def test_integers_beyond_64_bits_are_kept_exactly() -> None:
+    assert load_json(b"[123456789012345678901234567890, -18446744073709551617]") == [
+        123456789012345678901234567890, -18446744073709551617]
+
+
+async def test_infinite_numbers_are_a_400_and_store_nothing(client: httpx.AsyncClient, realm: str) -> None:
+    for body in (b'{"event":[1e400,-1e400,"1234567890123456789"]}',
+                 b'{"event":1e400,"meta":{"n":1234567890123456789}}',
+                 b'{"event":1e400}'):
+        r = await client.post(f"/{realm}/d/e/t", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+    big = b'{"event":[123456789012345678901234567890,1.5]}'
+    r = await client.post(f"/{realm}/d/e/t", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 201
+    page = (await client.get(f"/{realm}/d/e")).content
+    assert b"[123456789012345678901234567890,1.5]" in page
+    assert (await client.get(f"/{realm}/d/e")).json()["events"][0]["version"] == 0
+
+
+# ------------------------------------------------------------------ 3: following of another type
+
+
+async def test_following_an_event_of_another_type_is_404(store: Store, client: httpx.AsyncClient,
+                                                         realm: str) -> None:
+    a = (await store.append(realm, "d", "e", "a", 1)).first.event_id
+    await store.append(realm, "d", "e", "b", 2)
+    for path in (f"/{realm}/d/e", f"/{realm}/d", f"/{realm}"):
+        r = await client.get(path, params={"type": "b", "following": a})
+        assert r.status_code == 404, (path, r.text)
+        assert (await client.get(path, params={"type": "a", "following": a})).status_code == 200
+        r = await client.get(path, params={"type": "b"}, headers={"accept": "text/event-stream",
+                                                                  "last-event-id": a})
+        assert r.status_code == 404, (path, r.text)
+    with pytest.raises(NotFound):
+        await store.read(Scope(realm, "d", "e", "b"), following=a)
+    with pytest.raises(NotFound):
+        await store.subscription(Scope(realm, "d", None, "b"), following=a)
+
+
+# ------------------------------------------------------------------ 13: '.' and '..' as names
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_name(name, "entity")
+
+
+async def test_dot_names_are_a_400(client: httpx.AsyncClient, realm: str) -> None:
+    for path in (f"/{realm}/%2E%2E/e/t", f"/{realm}/d/%2E/t", f"/{realm}/d/e/%2E%2E", "/%2E%2E/d/e/t"):
+        r = await client.post(path, json={"event": 1})
+        assert r.status_code == 400, (path, r.text)
+    assert (await client.get(f"/{realm}/%2E%2E")).status_code == 400
+
+
+@pytest.mark.parametrize("name", ["...", ".x", "x.", "a b", "ü/".rstrip("/"), "%2E", "?", "#"])
+async def test_location_of_odd_names_points_back_at_the_event(client: httpx.AsyncClient, realm: str,
+                                                              name: str) -> None:
+    from urllib.parse import quote
+
+    segment = quote(name, safe="")
+    r = await client.post(f"/{realm}/{segment}/e/t", json={"event": 1})
+    assert r.status_code == 201, r.text
+    location = r.headers["location"]
+    resolved = httpx.URL("http://perhap.test/").join(location)
+    got = await client.get(resolved.raw_path.decode())
+    assert got.status_code == 200 and got.json()["domain"] == name
+
+
+# ------------------------------------------------------------------ 14: credentials in start-up lines
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://u:s3cret@h/db", "s3cret"),
+    ("postgresql://u@h/db?password=s3cret", "s3cret"),
+    ("postgresql://h/db?sslmode=require&password=s3cret&x=1", "s3cret"),
+    ("postgresql://h/db?sslpassword=s3cret", "s3cret"),
+    ("cassandra://user:s3cret@h1,h2:9042/ks", "s3cret"),
+    ("cassandra://h/ks?password=s3cret", "s3cret"),
+    ("postgresql://u:p%40ss@h/db", "p%40ss"),
+])
+def test_redact_hides_every_credential_form(url: str, secret: str) -> None:
+    shown = redact(url)
+    assert secret not in shown
+    assert "***" in shown
+
+
+def test_redact_leaves_plain_urls_alone() -> None:
+    assert redact("sqlite:///./perhap.db") == "sqlite:///./perhap.db"
+    assert redact("postgresql://u@h:5432/db?sslmode=require") == "postgresql://u@h:5432/db?sslmode=require"
