@@ -172,15 +172,18 @@ def _num(x: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def table(rows: Sequence[Row]) -> str:
-    """The one table the suite prints."""
-    head = ["#", "measure", "backend", "perhap", "baseline", "ratio", "target", "result"]
+def table(rows: Sequence[Row], *, judged: bool = True) -> str:
+    """The one table the suite prints; a smoke run (``judged=False``) gives no verdicts."""
+    head = ["#", "measure", "backend", "perhap", "baseline", "ratio", "target",
+            "result" if judged else "result (smoke run: not judged)"]
     lines = []
     for r in rows:
         base = _num(r.baseline, r.baseline_unit)
         if r.baseline_name:
             base = f"{base} ({r.baseline_name})"
         result = {True: "PASS", False: "FAIL", None: "-" if not r.target else "n/a"}[r.passed]
+        if not judged:
+            result = "-"
         lines.append([r.key, r.name, r.backend, _num(r.value, r.unit), base,
                       "-" if r.ratio is None else f"{r.ratio:.2f}", r.target or "-", result])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]

@@ -270,7 +270,7 @@ class Suite:
         if not healthy:
             # The figure only counts when every event arrived once and the offered load was met.
             row.passed = False
-            row.note += " (judged FAIL: missed deliveries or under 95% of the offered append rate)"
+            row.note += " (below the bar: missed deliveries or under 95% of the offered append rate)"
         self.rows.append(row)
 
 

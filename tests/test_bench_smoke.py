@@ -91,6 +91,9 @@ def test_the_command_line_writes_one_table_and_its_json(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "append, 64 concurrent" in proc.stdout and "results written to" in proc.stdout
+    # A smoke run (anything but the full sizes) measures every row and judges none.
+    assert "smoke run" in proc.stdout and "not judged" in proc.stdout
+    assert "PASS" not in proc.stdout and "FAIL" not in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["mode"] == "tiny" and doc["errors"] == [] and doc["machine"]["nproc"] >= 1
     assert {r["key"] for r in doc["rows"]} == {"3", "4", "5", "ref1", "ref2", "ref3"}
