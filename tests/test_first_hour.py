@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,3 +39,14 @@ def test_the_scripts_use_a_virtual_environment_of_their_own() -> None:
         text = (ROOT / "scripts" / script).read_text()
         assert "source scripts/venv.sh" in text, script
         assert '"$PY" -m pip install' in text, script
+
+
+async def test_json_answers_end_with_a_newline(client: httpx.AsyncClient, realm: str) -> None:
+    # For curl users: the prompt starts on its own line, and jq/wc/grep see whole lines.
+    appended = await client.post(f"/{realm}/d/e/t", json={"event": 1})
+    page = await client.get(f"/{realm}/d/e")
+    problem = await client.post(f"/{realm}/d/e/t", json={"nope": 1})
+    keys = await client.get("/keys")
+    for r in (appended, page, problem, keys):
+        assert r.content.endswith(b"}\n") and r.content.count(b"\n") == 1, r.content[-40:]
+        assert int(r.headers["content-length"]) == len(r.content)

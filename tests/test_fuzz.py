@@ -4,14 +4,19 @@ examples per operation so the whole module takes seconds."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -35,10 +40,28 @@ def fuzz_schema(fuzz_server: ThreadServer) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{fuzz_server.url}/_openapi.json")
 
 
-def operations() -> list[str]:
+def operations(negatable: bool = False) -> list[str]:
+    """Every operation of the document; ``negatable``: only those with a parameter or a body to break."""
     from perhap.http.openapi import openapi_document
 
-    return [f"{m.upper()} {p}" for p, item in openapi_document()["paths"].items() for m in item]
+    return [f"{m.upper()} {p}" for p, item in openapi_document()["paths"].items() for m, op in item.items()
+            if not negatable or "{" in p or op.get("parameters") or op.get("requestBody")]
+
+
+def run_cases(schema: schemathesis.BaseSchema, operation: str, mode: GenerationMode, checks: list[Any],
+              headers: dict[str, str] | None = None) -> None:
+    method, path = operation.split(" ", 1)
+    op = schema[path][method]
+
+    @given(case=op.as_strategy(mode, headers=headers))
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    def run(case: schemathesis.Case) -> None:
+        # A stream never ends on its own; the document's reads are fuzzed as JSON pages.
+        case.headers = {**(case.headers or {}), "Accept": "application/json"}
+        case.call_and_validate(checks=checks, timeout=10)
+
+    run()
 
 
 # The Python API rather than schemathesis' pytest plugin: one test per operation, and no
@@ -46,15 +69,15 @@ def operations() -> list[str]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("operation", operations())
 def test_api_matches_its_document(fuzz_schema: schemathesis.BaseSchema, operation: str) -> None:
-    method, path = operation.split(" ", 1)
-    op = fuzz_schema[path][method]
+    # Every request the document allows is served as it says, and accepted: a query parameter it
+    # lists is one the server takes (the server refuses any other, tests/test_http_strictness.py).
+    run_cases(fuzz_schema, operation, GenerationMode.POSITIVE, [*CHECKS, positive_data_acceptance])
 
-    @given(case=op.as_strategy())
-    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
-    def run(case: schemathesis.Case) -> None:
-        # A stream never ends on its own; the document's reads are fuzzed as JSON pages.
-        case.headers = {**(case.headers or {}), "Accept": "application/json"}
-        case.call_and_validate(checks=CHECKS, timeout=10)
 
-    run()
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("operation", operations(negatable=True))
+def test_api_refuses_what_its_document_forbids(fuzz_schema: schemathesis.BaseSchema, operation: str) -> None:
+    # Every request the document forbids (a bad name, limit, id or body) is a 4xx, never served.
+    # Last-Event-ID is held valid: it is read only with Accept: text/event-stream, not on JSON pages.
+    run_cases(fuzz_schema, operation, GenerationMode.NEGATIVE, [*CHECKS, negative_data_rejection],
+              headers={"Last-Event-ID": str(uuid.uuid4())})

@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /_openapi.json.
 
-The paths and operations come from the route table (:mod:`perhap.http.routes`); the schemas are
-written by hand from the same limits the code enforces (names, limits, body shapes), precise enough
-for a schema-driven fuzzer: every parameter and body has a schema, every response a status.
+The paths, operations and each operation's query parameters come from the route table
+(:mod:`perhap.http.routes`), the same declaration the server checks requests against: a parameter
+listed here is taken, any other is a 400. The schemas are written by hand from the same limits the
+code enforces (names, limits, body shapes), precise enough for a schema-driven fuzzer: every
+parameter and body has a schema, every response a status.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from .routes import ROUTES, Kind, Operation, Route
 NAME = {"type": "string", "minLength": 1, "maxLength": 255,
         "pattern": "^(?!keys$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
 REALM = {**NAME, "pattern": "^(?!keys$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
+#: Any JSON value. Integers of any size are kept exactly; a number beyond a 64-bit float (1e400) is 400.
+EVENT_VALUE: dict[str, Any] = {
+    "description": "any JSON value; integers of any size are stored exactly, and a number too large "
+                   "for a 64-bit float (such as 1e400) is refused with 400"}
 UUID = {"type": "string", "format": "uuid"}
 
 
@@ -50,17 +56,20 @@ def _json(ref: str, description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
+_BAD_PARAMETER = "Bad name or parameter (a query parameter not listed here, or one given twice, too)"
+
+
 def _read(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": "JSON page of events; with `Accept: text/event-stream` a live SSE stream "
                        "(catch-up after `following` or `Last-Event-ID`, then new events).",
-        "parameters": [*params, Q_FOLLOWING, Q_LIMIT, H_LAST_ID],
+        "parameters": [*params, H_LAST_ID],
         "responses": {
             "200": {"description": "A page of events, or an SSE stream",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}},
                                 "text/event-stream": {"schema": {"type": "string"}}}},
-            "400": _problem("Bad name or parameter"),
+            "400": _problem(_BAD_PARAMETER),
             "404": _problem("`following` is not an event of this scope"),
             "503": _problem("Storage unavailable")}}
 
@@ -73,9 +82,9 @@ def _read_or_event(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"summary": summary, "parameters": [*params, Q_AFTER, Q_LIMIT],
+    return {"summary": summary, "parameters": params,
             "responses": {"200": _json("Keys", "Sorted names, paged with after"),
-                          "400": _problem("Bad name or parameter"),
+                          "400": _problem(_BAD_PARAMETER),
                           "503": _problem("Storage unavailable")}}
 
 
@@ -85,21 +94,22 @@ def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -
                 "schema": {"$ref": f"#/components/schemas/{request}"}}}},
             "responses": {"201": _json(ok, "Stored durably"),
                           "200": _json(ok, "Idempotent retry: already stored, the original result"),
-                          "400": _problem("Malformed body, bad name or value"),
+                          "400": _problem("Malformed body, bad name or value, or a query parameter "
+                                          "(this operation takes none)"),
                           "409": _problem("Version conflict (with current_version) or event_id reused"),
                           "413": _problem("Body over the size limit, or a batch over the batch limit"),
                           "503": _problem("Storage unavailable")}}
 
 
 _PATH_PARAMS = {"{realm}": P_REALM, "{domain}": P_DOMAIN, "{entity}": P_ENTITY, "{type}": P_TYPE}
+_QUERY_PARAMS = {"type": Q_TYPE, "following": Q_FOLLOWING, "limit": Q_LIMIT, "after": Q_AFTER}
 _READS = (Kind.READ, Kind.READ_OR_EVENT)
 
 
 def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
     """The description of one route's method, by what the operation does."""
     params = [_PATH_PARAMS[p] for p in route.template.split("/") if p in _PATH_PARAMS]
-    if op.kind in _READS and P_TYPE not in params:
-        params.append(Q_TYPE)
+    params += [_QUERY_PARAMS[name] for name in op.query or ()]  # exactly what the route takes
     if op.kind is Kind.READ:
         return _read(summary, params)
     if op.kind is Kind.READ_OR_EVENT:
@@ -134,6 +144,7 @@ def _paths() -> dict[str, Any]:
             operation = _operation(route, op, op.summary)
             responses = operation["responses"]
             # Every operation may also answer these, whatever its parameters.
+            responses.setdefault("400", _problem("A query parameter not listed here, or one given twice"))
             responses.setdefault("405", _problem("Method not allowed"))
             if route.open:
                 operation["security"] = []
@@ -174,15 +185,16 @@ def openapi_document() -> dict[str, Any]:
         "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
                     "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                    "status": {"type": "integer"}, "detail": {"type": "string"},
-                                   "current_version": {"type": "integer"}}},
+                                   "current_version": {"type": "integer"},
+                                   "parameter": {"type": "string"}}},
         "AppendRequest": {"type": "object", "required": ["event"], "additionalProperties": False,
-                          "properties": {"event": {}, "event_id": {"oneOf": [UUID, {"type": "null"}]},
+                          "properties": {"event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
                                          "meta": {"type": "object"}, "expected_version": expected}},
         "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {
                              "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
                                  "type": "object", "required": ["type", "event"], "additionalProperties": False,
-                                 "properties": {"type": NAME, "event": {}, "event_id": UUID,
+                                 "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": UUID,
                                                 "meta": {"type": "object"}}}},
                              "expected_version": expected}},
         "Health": {"type": "object", "properties": {"status": {"type": "string"}}},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,6 +18,7 @@ from ..model import DEFAULT_LIMIT, MAX_LIMIT, check_name
 from ..store.base import Store
 from .metrics import Metrics
 from .responses import HTTPProblem
+from .routes import ROUTE_KEY, Kind, Route
 from .streaming import StreamRegistry
 from .types import Receive, Scope, Send
 
@@ -38,14 +39,20 @@ class Context:
 
 
 class Request:
-    """One request as a handler sees it: its method, decoded path names, query and token grant."""
+    """One request as a handler sees it: its method, decoded path names, query and token grant.
+
+    Dispatch makes it once the route (``scope[ROUTE_KEY]``) and the method are known, and its query
+    is checked here, before any handler runs: a parameter the route does not take, or one given
+    twice, is a 400 naming it. A request without a query string pays one truth test for this.
+    """
 
     __slots__ = ("scope", "receive", "method", "names", "query", "grant")
 
     def __init__(self, scope: Scope, receive: Receive, method: str, names: list[str],
-                 query: dict[str, str], grant: Grant | None) -> None:
+                 query: Sequence[tuple[str, str]], grant: Grant | None) -> None:
         self.scope, self.receive, self.method = scope, receive, method
-        self.names, self.query, self.grant = names, query, grant
+        self.names, self.grant = names, grant
+        self.query: dict[str, str] = check_query(scope[ROUTE_KEY], method, query) if query else {}
 
     def wants_stream(self) -> bool:
         accept = header(self.scope, b"accept")
@@ -63,13 +70,66 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def parse_query(raw: bytes) -> dict[str, str]:
+# --------------------------------------------------------------------------- the query string
+
+
+def parse_query(raw: bytes) -> Sequence[tuple[str, str]]:
+    """The name/value pairs of a raw query string, in order (repeats kept, for the route to judge)."""
     if not raw:
-        return {}
+        return ()
     try:
-        return dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict"))
+        return parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidInput("the query string is not valid percent-encoded UTF-8") from None
+
+
+_BODY_KEYS = frozenset({"event", "events", "event_id", "meta", "expected_version"})
+
+
+def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The query as a dict, once every name is one the route's operation takes, each at most once."""
+    query = dict(pairs)
+    op = route.operations.get("GET" if method == "HEAD" else method)
+    if op is None or op.query is None:
+        return query  # a 405, a 404 or a static file: that answer wins, whatever the query says
+    for name in query:
+        if name not in op.query:
+            raise _unknown(route, method, op.kind, op.query, name, query[name])
+    if len(query) != len(pairs):
+        seen = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise InvalidInput(f"the query parameter {_shown(name)} is given more than once; give it once",
+                                   parameter=name[:100])
+            seen.add(name)
+    return query
+
+
+def _unknown(route: Route, method: str, kind: Kind, allowed: tuple[str, ...], name: str,
+             value: str) -> InvalidInput:
+    where = f"{'GET' if method == 'HEAD' else method} {route.template}"
+    takes = f"it takes {', '.join(allowed)}" if allowed else "it takes no query parameters"
+    detail = f"unknown query parameter {_shown(name)} for {where}: {takes}"
+    if kind in (Kind.APPEND, Kind.APPEND_BATCH) and name in _BODY_KEYS:
+        detail = f"{name} belongs in the JSON body, not the query string: {_body_shape(kind, name, value)}"
+    elif name == "type" and route.levels == 4:
+        detail += " (the type is the last segment of this path)"
+    return InvalidInput(detail, parameter=name[:100])
+
+
+def _body_shape(kind: Kind, name: str, value: str) -> str:
+    version = value if _INT.fullmatch(value) else "N"
+    if kind is Kind.APPEND:
+        return {"expected_version": f'{{"event": ..., "expected_version": {version}}}',
+                "event_id": '{"event": ..., "event_id": "..."}',
+                "meta": '{"event": ..., "meta": {...}}'}.get(name, '{"event": ...}')
+    if name == "expected_version":
+        return f'{{"events": [...], "expected_version": {version}}}'
+    return '{"events": [{"type": ..., "event": ..., "event_id": ..., "meta": {...}}]}'
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 60 else name[:60] + "...")
 
 
 def page_limit(query: dict[str, str]) -> int:

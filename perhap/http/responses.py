@@ -10,6 +10,9 @@ from .types import Headers, Send
 
 JSON = [(b"content-type", b"application/json")]
 PROBLEM = [(b"content-type", b"application/problem+json")]
+# Every JSON body ends with a newline: a terminal's prompt then starts on its own line after curl,
+# and line-oriented tools (jq -c, wc -l, grep) see one complete line. Parsers ignore it; it costs a byte.
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                  405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
                  429: "Too Many Requests", 431: "Request Header Fields Too Large",
@@ -32,7 +35,7 @@ def problem_body(status: int, slug: str, title: str, detail: str, extra: dict[st
     """The problem+json document: type, title, status, detail, then any extra members."""
     body = {"type": f"urn:perhap:problem:{slug}", "title": title, "status": status, "detail": detail}
     body.update(extra)
-    return orjson.dumps(body)
+    return orjson.dumps(body, option=_NEWLINE)
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> None:
@@ -43,7 +46,7 @@ async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> N
 
 
 async def send_json(send: Send, status: int, value: Any, headers: Headers | None = None) -> None:
-    body = orjson.dumps(value)
+    body = orjson.dumps(value, option=_NEWLINE)
     await send({"type": "http.response.start", "status": status,
                 "headers": [*JSON, (b"content-length", str(len(body)).encode()), *(headers or ())]})
     await send({"type": "http.response.body", "body": body})

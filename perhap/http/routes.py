@@ -3,6 +3,8 @@
 A path finds its route by shape alone (segment count, a leading ``_``, a trailing ``keys``), in a
 few comparisons: no regular expressions, and no route list walked per request. Names are checked
 afterwards by the dispatcher, in the same order as always (realm, token, the other names, method).
+Each operation names the query parameters it takes: the request refuses any other (and any given
+twice) before its handler runs, and the OpenAPI document lists exactly these.
 """
 
 from __future__ import annotations
@@ -30,12 +32,21 @@ class Kind(enum.Enum):
     APPEND = "append"
     APPEND_BATCH = "append_batch"
     NO_ROUTE = "no_route"
+    WRONG_METHOD = "wrong_method"
 
 
 @dataclass(frozen=True, slots=True)
 class Operation:
     kind: Kind
     summary: str | None = None  # None: not in the OpenAPI document
+    #: The query parameters it takes, each at most once; None: not checked (its answer does not
+    #: depend on them: a 404, a 405, a static file).
+    query: tuple[str, ...] | None = ()
+
+
+READ_QUERY = ("type", "following", "limit")
+TYPED_READ_QUERY = ("following", "limit")  # the type is in the path
+KEYS_QUERY = ("after", "limit")
 
 
 ANY_METHOD = "*"
@@ -66,34 +77,38 @@ class Route:
         set_(self, "allow", ", ".join(sorted(methods)))
 
 
-def _get(kind: Kind, summary: str | None = None) -> dict[str, Operation]:
-    return {"GET": Operation(kind, summary)}
+def _get(kind: Kind, summary: str | None = None, query: tuple[str, ...] | None = ()) -> dict[str, Operation]:
+    return {"GET": Operation(kind, summary, query)}
 
 
 # The order is the OpenAPI document's; matching does not depend on it.
 _TABLE = (
     Route("/_health", _get(Kind.HEALTH, "Health"), open=True),
     Route("/_openapi.json", _get(Kind.DOCUMENT, "This document"), open=True),
-    Route("/keys", _get(Kind.KEYS, "List realms")),
-    Route("/{realm}", _get(Kind.READ, "Every event of a realm, in commit order")),
-    Route("/{realm}/keys", _get(Kind.KEYS, "List a realm's domains")),
-    Route("/{realm}/{domain}", _get(Kind.READ, "Every event of a domain, in commit order")),
-    Route("/{realm}/{domain}/keys", _get(Kind.KEYS, "List a domain's entities")),
+    Route("/keys", _get(Kind.KEYS, "List realms", KEYS_QUERY)),
+    Route("/{realm}", _get(Kind.READ, "Every event of a realm, in commit order", READ_QUERY)),
+    Route("/{realm}/keys", _get(Kind.KEYS, "List a realm's domains", KEYS_QUERY)),
+    Route("/{realm}/{domain}", _get(Kind.READ, "Every event of a domain, in commit order", READ_QUERY)),
+    Route("/{realm}/{domain}/keys", _get(Kind.KEYS, "List a domain's entities", KEYS_QUERY)),
     Route("/{realm}/{domain}/{entity}", {
         "GET": Operation(Kind.READ_OR_EVENT, "An entity's events in version order; or one event when {entity} "
-                                             "is an event id of this realm and domain"),
+                                             "is an event id of this realm and domain", READ_QUERY),
         "POST": Operation(Kind.APPEND_BATCH, "Append a batch to one entity, atomically")}),
-    Route("/{realm}/{domain}/{entity}/keys", _get(Kind.KEYS, "List an entity's event types")),
+    Route("/{realm}/{domain}/{entity}/keys", _get(Kind.KEYS, "List an entity's event types", KEYS_QUERY)),
     Route("/{realm}/{domain}/{entity}/{type}", {
-        "GET": Operation(Kind.READ, "An entity's events of one type"),
+        "GET": Operation(Kind.READ, "An entity's events of one type", TYPED_READ_QUERY),
         "POST": Operation(Kind.APPEND, "Append one event")}),
     Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),
     Route("/", _get(Kind.ROOT), open=True),
-    Route("/_ui", _get(Kind.UI), open=True),  # and every path below it
+    Route("/_ui", _get(Kind.UI, query=None), open=True),  # and every path below it: static files
     # Anything else: 404 (or 400 for a bad name), after the same checks as a real route.
-    Route("other", {ANY_METHOD: Operation(Kind.NO_ROUTE)}),
+    Route("other", {ANY_METHOD: Operation(Kind.NO_ROUTE, query=None)}),
 )
-ROUTES: tuple[Route, ...] = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(_TABLE))
+# Every other method of a route answers 405 from one handler, which says where the request belongs.
+_WRONG_METHOD = Operation(Kind.WRONG_METHOD, query=None)
+ROUTES: tuple[Route, ...] = tuple(
+    dataclasses.replace(r, index=i, operations={ANY_METHOD: _WRONG_METHOD, **r.operations})
+    for i, r in enumerate(_TABLE))
 _BY_TEMPLATE = {r.template: r for r in ROUTES}
 ROOT, UI, OTHER, KEYS = _BY_TEMPLATE["/"], _BY_TEMPLATE["/_ui"], _BY_TEMPLATE["other"], _BY_TEMPLATE["/keys"]
 _SYSTEM = {r.template[1:]: r for r in ROUTES if r.template.startswith("/_") and r is not UI}

@@ -20,4 +20,5 @@ HANDLERS: Mapping[Kind, Handler] = {
     Kind.APPEND: writes.append,
     Kind.APPEND_BATCH: writes.append_batch,
     Kind.NO_ROUTE: system.no_route,
+    Kind.WRONG_METHOD: system.wrong_method,
 }

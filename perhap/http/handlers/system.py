@@ -1,4 +1,4 @@
-"""The system endpoints: the index, /_health, /_openapi.json, /_metrics, /_ui, and no route."""
+"""The system endpoints: the index, /_health, /_openapi.json, /_metrics, /_ui; no route; wrong method."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..openapi import openapi_document
 from ..requests import Context, Request, authorize
 from ..responses import HTTPProblem, send_body, send_json
+from ..routes import KEYS, ROUTE_KEY, Route
 from ..types import Send
 
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
 _LEVELS = ("realm", "domain", "entity", "type")
+_APPEND_HINT = ('to append, POST one event to /REALM/DOMAIN/ENTITY/TYPE as {"event": ...}, '
+                'or a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}')
 
 
 async def index(ctx: Context, req: Request, send: Send) -> None:
@@ -55,3 +58,14 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     for i in range(1, min(len(names), 4)):
         check_name(names[i], _LEVELS[i])
     raise HTTPProblem(404, "no such route: paths are /REALM[/DOMAIN[/ENTITY[/TYPE]]]")
+
+
+async def wrong_method(ctx: Context, req: Request, send: Send) -> None:
+    """A method the route does not answer: 405 with its Allow header; a POST is told where appends go."""
+    route: Route = req.scope[ROUTE_KEY]
+    detail = f"{req.method} is not allowed here; use {route.allow}"
+    if req.method == "POST" and (route.realm or route is KEYS):
+        if route.template.endswith("/keys"):
+            detail += "; 'keys' lists the names below and cannot be a name itself"
+        detail += f"; {_APPEND_HINT}"
+    raise HTTPProblem(405, detail, headers=[(b"allow", route.allow.encode())])

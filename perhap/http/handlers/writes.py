@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import quote
 
 from ...errors import InvalidInput
@@ -13,6 +14,9 @@ from ..types import Send
 
 _APPEND_KEYS = frozenset({"event", "event_id", "meta", "expected_version"})
 _BATCH_KEYS = frozenset({"events", "expected_version"})
+# The two shapes, as the error messages show them.
+_ONE = '{"event": <your event>}, optionally with "meta", "event_id" and "expected_version"'
+_BATCH = '{"events": [{"type": "<type>", "event": <your event>}, ...]}, optionally with "expected_version"'
 
 
 def event_path(realm: str, domain: str, event_id: str) -> str:
@@ -20,14 +24,25 @@ def event_path(realm: str, domain: str, event_id: str) -> str:
     return f"/{quote(realm, safe='')}/{quote(domain, safe='')}/{event_id}"
 
 
+def _keys(keys: Iterable[str]) -> str:
+    """Body keys for a message: sorted, and short whatever the client sent."""
+    shown = sorted(keys)
+    text = ", ".join(k if len(k) <= 40 else k[:40] + "..." for k in shown[:10])
+    return text + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+
+
 async def append(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity, type_ = req.names
     body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    if "event" not in body:
+        if "events" in body:
+            raise InvalidInput(f"this route appends one event: {_ONE}; a batch {{\"events\": [...]}} "
+                               "goes to the entity, POST /REALM/DOMAIN/ENTITY")
+        raise InvalidInput(f"the event must be wrapped in {{\"event\": ...}}: send {_ONE}"
+                           + (f"; this body has the keys {_keys(body.keys())}" if body else ""))
     unknown = body.keys() - _APPEND_KEYS
     if unknown:
-        raise InvalidInput(f"unknown keys in the body: {', '.join(sorted(unknown))}")
-    if "event" not in body:
-        raise InvalidInput("the body needs an 'event' key: {\"event\": ...}")
+        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_ONE}")
     meta = body.get("meta")
     if "meta" in body and not isinstance(meta, dict):
         raise InvalidInput("meta must be a JSON object")
@@ -42,9 +57,13 @@ async def append(ctx: Context, req: Request, send: Send) -> None:
 async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity = req.names
     body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    if "events" not in body:
+        raise InvalidInput(f"this is the batch route, POST /REALM/DOMAIN/ENTITY: send {_BATCH}; "
+                           "one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}"
+                           + (f"; this body has the keys {_keys(body.keys())}" if body else ""))
     unknown = body.keys() - _BATCH_KEYS
     if unknown:
-        raise InvalidInput(f"unknown keys in the body: {', '.join(sorted(unknown))}")
+        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_BATCH}")
     events = body.get("events")
     if not isinstance(events, list):
         raise InvalidInput("the body needs an 'events' list: {\"events\": [{\"type\": ..., \"event\": ...}]}")

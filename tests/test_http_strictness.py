@@ -1,0 +1,233 @@
+"""Strict query strings, and error messages that point at the mistake (issue 14, points 1 and 6).
+
+The query string is as strict as the body: a parameter the route does not take, or one given twice,
+is a 400 naming it, checked before the handler runs. The route table declares each operation's
+parameters, and the OpenAPI document lists exactly those: both directions are checked here against
+the document itself. SQLite only: these are rules of the HTTP layer, the same over every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from perhap.backends import open_store
+from perhap.http.app import PerhapApp
+from perhap.http.openapi import openapi_document
+from perhap.http.routes import ANY_METHOD, ROUTES
+from perhap.testing.conformance.helpers import problem
+
+SSE = {"accept": "text/event-stream"}
+
+
+async def sse(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    """A stream request that must be refused: the in-process transport waits for a whole response,
+    so a stream opened by mistake fails the test at this deadline instead of hanging it."""
+    return await asyncio.wait_for(client.get(url, headers=SSE), 30)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_store(f"sqlite:///{tmp_path}/strict.db") as store:
+        app = PerhapApp(store, heartbeat=0.5)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            yield c
+
+
+def refused(r: httpx.Response, name: str) -> str:
+    """The detail of a 400 that names the query parameter ``name``."""
+    p = problem(r, 400)
+    assert p["parameter"] == name, p
+    assert repr(name) in p["detail"] or p["detail"].startswith(name), p
+    detail: str = p["detail"]
+    return detail
+
+
+# ------------------------------------------------------------------ 14.1: unknown and repeated parameters
+
+
+@pytest.mark.parametrize(("method", "url", "name"), [
+    ("GET", "/shop/orders?limt=1", "limt"),
+    ("GET", "/shop/orders?from=0", "from"),
+    ("GET", "/shop?limit=5&offset=2", "offset"),
+    ("GET", "/shop/orders/o1?after=x", "after"),  # a keys parameter on a read
+    ("GET", "/shop/orders/o1/placed?type=placed", "type"),  # the type is in the path here
+    ("HEAD", "/shop/orders?Limit=1", "Limit"),
+    ("GET", "/keys?following=x", "following"),
+    ("GET", "/shop/keys?type=x", "type"),
+    ("GET", "/shop/orders/o1/keys?page=2", "page"),
+    ("GET", "/_health?verbose", "verbose"),
+    ("GET", "/_openapi.json?format=yaml", "format"),
+    ("GET", "/_metrics?x=1", "x"),
+    ("GET", "/?x=1", "x"),
+    ("POST", "/shop/orders/o1/placed?limit=1", "limit"),
+    ("POST", "/shop/orders/o1?type=placed", "type"),
+])
+async def test_an_unknown_query_parameter_is_400_naming_it(client: httpx.AsyncClient, method: str, url: str,
+                                                           name: str) -> None:
+    r = await client.request(method, url, content=b'{"event": 1}' if method == "POST" else None)
+    if method == "HEAD":
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+        return
+    detail = refused(r, name)
+    assert "unknown query parameter" in detail
+    assert (await client.get("/shop")).json()["events"] == []  # nothing was appended
+
+
+async def test_the_message_lists_what_the_route_takes(client: httpx.AsyncClient) -> None:
+    detail = refused(await client.get("/shop/orders?limt=1"), "limt")
+    assert "GET /{realm}/{domain}" in detail and "type, following, limit" in detail
+    assert "after, limit" in refused(await client.get("/shop/keys?limt=1"), "limt")
+    assert "takes no query parameters" in refused(await client.get("/_health?x"), "x")
+    assert "last segment" in refused(await client.get("/shop/d/e/t?type=t"), "type")
+
+
+@pytest.mark.parametrize("query", [
+    "limit=1&limit=2", "limit=1&limit=1", "type=a&type=b", "following={id}&following={id}", "type=a&limit=2&type=a",
+])
+async def test_a_repeated_query_parameter_is_400(client: httpx.AsyncClient, query: str) -> None:
+    event_id = (await client.post("/shop/orders/o1/placed", json={"event": 1})).json()["event_id"]
+    url = "/shop/orders?" + query.format(id=event_id)
+    name = query.split("=")[0]
+    assert "more than once" in refused(await client.get(url), name)
+    assert "more than once" in refused(await sse(client, url), name)  # before a stream opens
+    assert "more than once" in refused(await client.get("/shop/keys?after=a&after=b"), "after")
+
+
+async def test_expected_version_in_the_query_of_an_append_says_it_belongs_in_the_body(
+        client: httpx.AsyncClient) -> None:
+    # The issue's example: this answered 201 and stored version 1, unchecked.
+    assert (await client.post("/shop/orders/o1/placed", json={"event": 0})).status_code == 201
+    r = await client.post("/shop/orders/o1/placed?expected_version=0", content=b'{"event": 1}')
+    detail = refused(r, "expected_version")
+    assert "body" in detail and '{"event": ..., "expected_version": 0}' in detail
+    r = await client.post("/shop/orders/o1?expected_version=5", json={"events": [{"type": "t", "event": 1}]})
+    detail = refused(r, "expected_version")
+    assert "batch" not in detail and '{"events": [...], "expected_version": 5}' in detail
+    detail = refused(await client.post("/shop/orders/o1/placed?expected_version=x", json={"event": 1}),
+                     "expected_version")
+    assert '"expected_version": N}' in detail
+    assert "body" in refused(await client.post("/shop/orders/o1/placed?event_id=x", json={"event": 1}), "event_id")
+    assert len((await client.get("/shop/orders/o1")).json()["events"]) == 1
+
+
+async def test_declared_parameters_are_taken_on_every_read(client: httpx.AsyncClient) -> None:
+    first = (await client.post("/shop/orders/o1/placed", json={"event": 1})).json()["event_id"]
+    await client.post("/shop/orders/o1/placed", json={"event": 2})
+    for url in ("/shop", "/shop/orders", "/shop/orders/o1"):
+        r = await client.get(url, params={"type": "placed", "following": first, "limit": "1"})
+        assert r.status_code == 200 and [e["event"] for e in r.json()["events"]] == [2], (url, r.text)
+    r = await client.get("/shop/orders/o1/placed", params={"following": first, "limit": "5"})
+    assert [e["event"] for e in r.json()["events"]] == [2]
+    for url in ("/keys", "/shop/keys", "/shop/orders/keys", "/shop/orders/o1/keys"):
+        assert (await client.get(url, params={"after": "", "limit": "3"})).status_code == 200, url
+    # No query, an empty one, and empty pairs all read the same.
+    for url in ("/shop", "/shop?", "/shop?&", "/shop?&&"):
+        assert len((await client.get(url)).json()["events"]) == 2, url
+
+
+async def test_routes_that_do_not_read_the_query_still_answer_as_before(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/_ui/?v=2")).status_code == 200  # static files: any query
+    problem(await client.get("/shop/a/b/c/d?x=1&x=2"), 404)  # no route: the 404 wins
+    r = await client.delete("/shop/orders?x=1")  # a wrong method: the 405 wins
+    assert problem(r, 405) and r.headers["allow"] == "GET, HEAD"
+
+
+async def test_streams_take_following_and_type_and_refuse_the_rest(client: httpx.AsyncClient) -> None:
+    refused(await sse(client, "/shop/orders?limt=5"), "limt")
+    # A valid query gets as far as the stream's own checks: an unknown `following` is its 404.
+    missing = str(uuid.uuid4())
+    problem(await sse(client, f"/shop/orders?type=placed&following={missing}"), 404)
+
+
+# ------------------------------------------------------------------ the document is exact
+
+
+def test_the_document_lists_exactly_the_route_tables_parameters() -> None:
+    paths = openapi_document()["paths"]
+    described = 0
+    for route in ROUTES:
+        for method, op in route.operations.items():
+            if method == ANY_METHOD or op.summary is None:
+                continue
+            described += 1
+            params = paths[route.template][method.lower()].get("parameters", [])
+            query = [p["name"] for p in params if p["in"] == "query"]
+            assert query == list(op.query or ()), (method, route.template)
+    assert described == sum(len(item) for item in paths.values())
+
+
+def _value(param: dict[str, Any], event_id: str) -> str:
+    return {"limit": "2", "following": event_id, "type": "placed", "after": "a"}[param["name"]]
+
+
+async def test_the_server_takes_what_the_document_lists_and_nothing_else(client: httpx.AsyncClient) -> None:
+    event_id = (await client.post("/shop/orders/o1/placed", json={"event": 1})).json()["event_id"]
+    names = {"{realm}": "shop", "{domain}": "orders", "{entity}": "o1", "{type}": "placed"}
+    doc = (await client.get("/_openapi.json")).json()
+    checked = 0
+    for template, item in doc["paths"].items():
+        url = "/".join(names.get(part, part) for part in template.split("/"))
+        for method, op in item.items():
+            query = [p for p in op.get("parameters", ()) if p["in"] == "query"]
+            body = {"event": 2} if template.endswith("{type}") else {"events": [{"type": "t", "event": 3}]}
+            send = {"json": body} if method == "post" else {}
+            for param in query:  # each documented parameter is taken ...
+                r = await client.request(method, url, params={param["name"]: _value(param, event_id)}, **send)
+                assert r.status_code < 400, (method, template, param["name"], r.text)
+                checked += 1
+            # ... and a name it does not list is refused, whatever the route.
+            r = await client.request(method, url, params={"nope": "1"}, **send)
+            refused(r, "nope")
+            if query:
+                name = query[0]["name"]
+                pairs = [(name, _value(query[0], event_id))] * 2
+                refused(await client.request(method, url, params=pairs, **send), name)
+    assert checked >= 14
+
+
+# ------------------------------------------------------------------ 14.6: messages that point at the mistake
+
+
+async def test_an_unwrapped_event_is_told_to_wrap_it(client: httpx.AsyncClient) -> None:
+    r = await client.post("/shop/orders/o1/clicked", content=b'{"URI": "http://example.com"}')
+    detail = problem(r, 400)["detail"]
+    assert "wrapped" in detail and '{"event": ' in detail and "URI" in detail
+    assert "unknown keys" not in detail
+    detail = problem(await client.post("/shop/orders/o1/clicked", json={}), 400)["detail"]
+    assert '{"event": ' in detail
+    # A batch sent to the single-event route is told where batches go.
+    detail = problem(await client.post("/shop/orders/o1/clicked", json={"events": []}), 400)["detail"]
+    assert "POST /REALM/DOMAIN/ENTITY" in detail and '{"event": ' in detail
+    # A misspelt key next to `event` is still named, with the keys an append takes.
+    detail = problem(await client.post("/shop/orders/o1/clicked", json={"event": 1, "expectedVersion": 0}),
+                     400)["detail"]
+    assert "unknown keys in the body: expectedVersion" in detail and "expected_version" in detail
+
+
+async def test_a_single_event_posted_to_an_entity_is_told_about_both_shapes(client: httpx.AsyncClient) -> None:
+    r = await client.post("/shop/orders/o1", json={"event": {"total": 1}})
+    detail = problem(r, 400)["detail"]
+    assert "batch route" in detail
+    assert '{"events": [{"type": ' in detail  # the batch, here
+    assert '/REALM/DOMAIN/ENTITY/TYPE as {"event": ' in detail  # one event, there
+    assert "unknown keys" not in detail
+    assert (await client.get("/shop")).json()["events"] == []
+
+
+@pytest.mark.parametrize("url", ["/shop", "/shop/orders", "/shop/keys", "/keys"])
+async def test_a_post_to_one_or_two_segments_shows_where_appends_go(client: httpx.AsyncClient, url: str) -> None:
+    r = await client.post(url, json={"event": 1})
+    detail = problem(r, 405)["detail"]
+    assert r.headers["allow"] == "GET, HEAD"
+    assert "/REALM/DOMAIN/ENTITY/TYPE" in detail and '{"event": ' in detail
+    assert "/REALM/DOMAIN/ENTITY as" in detail  # and the batch
+    # Other wrong methods keep the plain answer.
+    r = await client.put(url, json={"event": 1})
+    assert problem(r, 405)["detail"] == "PUT is not allowed here; use GET, HEAD"
