@@ -19,9 +19,13 @@ DEFAULT_MAX_DEPTH = 64  # JSON nesting, the body object being level 1; deeper is
 DEFAULT_MAX_STREAMS = 1000  # open at once in one process; more is 429
 DEFAULT_MAX_STREAMS_PER_TOKEN = 100
 DEFAULT_HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle stream
+DEFAULT_STREAM_BUFFER = 1024 * 1024  # bytes of events one stream sends at once (one event at least)
+DEFAULT_WRITE_TIMEOUT = 60.0  # seconds a stream's client may leave a write unread; then the stream ends
 # The listener (uvicorn)
 DEFAULT_MAX_HEADER = 64 * 1024  # bytes of request line and headers; more is 431
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds to send them; a slower client is disconnected
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds after the headers to send the whole body; a slower one is 408
+DEFAULT_MAX_CONNECTIONS = 2048  # open connections (and tasks) per process; more are answered 503
 DEFAULT_IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may stay idle
 DEFAULT_GRACEFUL_SHUTDOWN = 30  # seconds in-flight requests get to finish on shutdown
 
@@ -53,14 +57,21 @@ def check_depth(raw: bytes, value: Any, limit: int) -> None:
 
 
 class StreamLimiter:
-    """Counts open streams per token; the total is kept by the caller (the app's stream registry)."""
+    """Counts open streams, in total and per token.
+
+    A slot is taken by :meth:`reserve` before the stream's first await (resolving its start may
+    need a database round trip) and given back by :meth:`release`: a burst of streams can never
+    open more than the limit between the check and the count.
+    """
 
     def __init__(self, total: int, per_token: int) -> None:
         self.total, self.per_token = total, per_token
+        self.open = 0  # streams holding a slot: starting or streaming
         self.by_token: dict[str, int] = {}
 
-    def reserve(self, open_now: int, token_id: str | None) -> None:
-        if open_now >= self.total:
+    def reserve(self, token_id: str | None) -> None:
+        """Take a slot for a new stream, or raise TooManyStreams (429)."""
+        if self.open >= self.total:
             raise TooManyStreams(f"the server has {self.total} streams open, its limit; retry later",
                                  max_streams=self.total)
         if token_id is not None:
@@ -69,8 +80,11 @@ class StreamLimiter:
                 raise TooManyStreams(f"this token has {self.per_token} streams open, its limit; "
                                      "close one first", max_streams_per_token=self.per_token)
             self.by_token[token_id] = held + 1
+        self.open += 1
 
     def release(self, token_id: str | None) -> None:
+        """Give back the slot :meth:`reserve` took."""
+        self.open -= 1
         if token_id is not None:
             left = self.by_token.get(token_id, 1) - 1
             if left > 0:

@@ -16,9 +16,18 @@ import uvicorn
 
 from .backends import redact
 from .http.app import PerhapApp
+from .http.observer import LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
+from .http.streaming import ABORT_EXTENSION
 from .http.types import ASGIApp
-from .limits import DEFAULT_GRACEFUL_SHUTDOWN, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER
+from .limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_GRACEFUL_SHUTDOWN,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER,
+)
 
 log = logging.getLogger("perhap")
 
@@ -53,14 +62,18 @@ class _Server(uvicorn.Server):
 
 def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:
     net = net or {}
+    body_timeout = net.get("body_timeout")
+    max_connections = net.get("max_connections")
     protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER),
-                                net.get("header_timeout", DEFAULT_HEADER_TIMEOUT))
+                                net.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
+                                DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout)
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
         loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
         timeout_keep_alive=net.get("idle_timeout", DEFAULT_IDLE_TIMEOUT), ssl_certfile=net.get("tls_cert"),
-        ssl_keyfile=net.get("tls_key"), limit_concurrency=net.get("max_connections"),
+        ssl_keyfile=net.get("tls_key"),
+        limit_concurrency=DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections,
     )
 
 
@@ -150,52 +163,75 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> Any:
+def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                     body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Any:
     """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
-    (431 problem+json; httptools alone takes any size) and a deadline to finish sending them
-    (a slowloris client is disconnected instead of holding a connection slot for ever)."""
+    (431 problem+json; httptools alone takes any size), a deadline to finish sending them (a
+    slowloris client is disconnected instead of holding a connection slot for ever), a deadline
+    for the body after them (408 problem+json, then the connection is closed), and a way for the
+    app to close a connection at once (the ``perhap.abort`` scope extension, for stalled streams)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
         return "auto"
-    body = problem_body(431, "headers-too-large", STATUS_TITLES[431],
-                        f"the request line and headers exceed the limit of {max_header} bytes",
-                        {"max_header": max_header})
-    response = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+    too_large = _problem_response(b"431 Request Header Fields Too Large", problem_body(
+        431, "headers-too-large", STATUS_TITLES[431],
+        f"the request line and headers exceed the limit of {max_header} bytes", {"max_header": max_header}))
+    too_slow = _problem_response(b"408 Request Timeout", problem_body(
+        408, "body-timeout", "Request Timeout",
+        f"the body did not arrive within {body_timeout:g} s of the headers", {"body_timeout": body_timeout}))
+
+    short_body = body_timeout < header_timeout
 
     class LimitedHttpTools(HttpToolsProtocol):
         _header_bytes = 0
         _too_large = False
         _deadline: Any = None
+        _body_deadline: float | None = None  # loop time; None until the headers are complete
+        _extensions: Any = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._arm()
+            self._extensions = {ABORT_EXTENSION: {"abort": transport.abort}}
+            self._arm(header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
+        def _arm(self, delay: float) -> None:
             self._disarm()
-            self._deadline = self.loop.call_later(header_timeout, self._too_slow)
+            self._deadline = self.loop.call_later(delay, self._expired)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _too_slow(self) -> None:
+        def _expired(self) -> None:
+            # One timer a request, armed when its first byte arrives and cancelled when its last
+            # does: the header deadline first, then (re-armed only if still running) the body's.
             self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            if self._body_deadline is not None:
+                left = self._body_deadline - self.loop.time()
+                if left > 0:
+                    return self._arm(left)
+                cycle = self.cycle
+                if cycle is not None and not cycle.response_started and not cycle.response_complete:
+                    cycle.scope[LISTENER_STATUS] = 408  # type: ignore[literal-required]
+                    cycle.disconnected = True  # the app's receive() now says http.disconnect
+                    cycle.message_event.set()  # and whatever it answers goes nowhere
+                    self.transport.write(too_slow)
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._header_bytes = 0
+            self._body_deadline = None
             if self._deadline is None:
-                self._arm()
+                self._arm(header_timeout)
 
         def _count(self, n: int) -> None:
             self._header_bytes += n
@@ -212,13 +248,26 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._disarm()
+            self._body_deadline = self.loop.time() + body_timeout
+            if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
+                self._arm(body_timeout)  # the body's deadline comes before the header one would
             super().on_headers_complete()
+            self.scope["extensions"] = self._extensions
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:
             if not self._too_large:
                 return super().send_400_response(msg)
-            self.transport.write(response)
+            self.transport.write(too_large)
             self.transport.close()
 
     return LimitedHttpTools
+
+
+def _problem_response(status: bytes, body: bytes) -> bytes:
+    """A whole HTTP/1.1 problem+json response that closes the connection."""
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/problem+json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)

@@ -123,7 +123,7 @@ def test_append_read_keys(server: ProcessServer, realm: str) -> None:
 
     r = run_cli("read", realm, "--page-size", "1", *url)
     assert r.returncode == 0 and r.stderr == b""
-    api = httpx.get(f"{server.url}/{realm}").content
+    api = httpx.get(f"{server.url}/{realm}").content.rstrip(b"\n")
     # Each line is the API's event object, byte for byte.
     assert api == b'{"events":[' + b",".join(r.stdout.splitlines()) + b'],"next":null}'
     events = [load_json(line) for line in r.stdout.splitlines()]
@@ -188,6 +188,104 @@ def test_server_down_is_one_line() -> None:
     for args, r in zip(cases, results):
         line = one_error_line(r)
         assert r.returncode == 1 and "cannot reach http://127.0.0.1:" in line, (args, line)
+
+
+def test_a_bare_word_as_the_event_suggests_quoting_it() -> None:
+    r = run_cli("append", "r/d/e/t", "hello")
+    line = one_error_line(r)
+    assert r.returncode == 2 and "not valid JSON" in line and """quote it as JSON: '"hello"'""" in line
+    r = run_cli("append", "r/d/e/t", "-", input=b"hello world\n")
+    assert r.returncode == 2 and 'quote it as JSON: "hello world"' in one_error_line(r)
+    r = run_cli("append", "r/d/e/t", '{"a": 1')  # broken JSON, not a word: no quoting advice
+    assert r.returncode == 2 and "quote" not in one_error_line(r)
+
+
+def test_version_and_python_m_perhap() -> None:
+    import perhap
+
+    for entry in (["-m", "perhap"], ["-m", "perhap.cli"]):
+        r = subprocess.run([sys.executable, *entry, "--version"], capture_output=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == b"", (entry, r.stderr)
+        assert r.stdout.decode() == f"perhap {perhap.__version__}\n", entry
+    r = subprocess.run([sys.executable, "-m", "perhap", "keys", "a/b/c/d"], capture_output=True, timeout=60)
+    assert r.returncode == 2 and one_error_line(r).startswith("error: ")
+
+
+# --------------------------------------------------------------------------- tokens (serve --auth)
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessServer, dict[str, str]]]:
+    """`perhap serve --auth FILE` (SQLite: tokens do not depend on the backend), and its tokens."""
+    from perhap.auth import add_token
+
+    where = tmp_path_factory.mktemp("auth")
+    tokens = str(where / "tokens.json")
+    issued = {name: add_token(tokens, realm, permission)[0]
+              for name, realm, permission in (("write", "shop", "write"), ("read", "shop", "read"))}
+    with ProcessServer(f"sqlite:///{where}/auth.db", None, "--auth", tokens, "--heartbeat", "1", cwd=where) as s:
+        yield s, issued
+
+
+def test_commands_send_a_token_from_the_option_or_the_environment(
+        auth_server: tuple[ProcessServer, dict[str, str]]) -> None:
+    server, tokens = auth_server
+    url = ["--url", server.url]
+    secrets = list(tokens.values())
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        r = run_cli(*args, *url, env={"PERHAP_TOKEN": "", **(env or {})})
+        for token in secrets:  # a token is never printed, whatever happens
+            assert token.encode() not in r.stdout + r.stderr, args
+        return r
+
+    # No token: 401, and the error says how to give one.
+    r = run("append", "shop/orders/o-1/placed", "1")
+    line = one_error_line(r)
+    assert r.returncode == 1 and "401" in line and "--token" in line and "PERHAP_TOKEN" in line
+    # --token, then PERHAP_TOKEN; the option wins over the variable.
+    r = run("append", "shop/orders/o-1/placed", "1", "--token", tokens["write"])
+    assert r.returncode == 0, r.stderr
+    r = run("append", "shop/orders/o-1/paid", "2", env={"PERHAP_TOKEN": tokens["write"]})
+    assert r.returncode == 0, r.stderr
+    r = run("append", "shop/orders/o-2/placed", "3", "--token", tokens["write"],
+            env={"PERHAP_TOKEN": "perhap_revoked-or-wrong"})
+    assert r.returncode == 0, r.stderr
+    reader = {"PERHAP_TOKEN": tokens["read"]}
+    r = run("read", "shop/orders", env=reader)
+    assert r.returncode == 0 and [orjson.loads(x)["event"] for x in r.stdout.splitlines()] == [1, 2, 3]
+    r = run("keys", "shop", env=reader)
+    assert r.returncode == 0 and r.stdout == b"orders\n"
+    # A read token may not write (403); an unknown token is 401 and is not echoed.
+    r = run("append", "shop/orders/o-3/placed", "4", env=reader)
+    assert r.returncode == 1 and "403" in one_error_line(r)
+    r = run("read", "shop", "--token", "perhap_wrong")
+    assert r.returncode == 1 and "401" in one_error_line(r) and "perhap_wrong" not in one_error_line(r)
+    # tail: the stream is authenticated too.
+    tail = subprocess.Popen([sys.executable, "-m", "perhap.cli", "tail", "shop/orders/o-1", *url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **reader})
+    try:
+        assert tail.stdout is not None
+        assert orjson.loads(tail.stdout.readline())["event"] == 1
+    finally:
+        tail.kill()
+        tail.wait()
+    r = run("tail", "shop", env={"PERHAP_TOKEN": "perhap_wrong"})
+    assert r.returncode == 1 and "401" in one_error_line(r)
+
+
+def test_a_malformed_token_is_a_usage_error_that_does_not_show_it() -> None:
+    secret = "perhap_s3cret value"
+    url = ["--url", f"http://127.0.0.1:{free_port()}"]
+    for args, env in ((["--token", secret], {}), ([], {"PERHAP_TOKEN": secret}),
+                      ([], {"PERHAP_TOKEN": "perhap_s3cret\nHost: evil"}), (["--token", ""], {})):
+        r = run_cli("read", "shop", *url, *args, env=env)
+        line = one_error_line(r)
+        assert r.returncode == 2 and ("not a bearer token" in line or "empty" in line), line
+        assert "s3cret" not in line
+    # Nor does --help show it, though it says where the token comes from.
+    r = run_cli("read", "--help", env={"PERHAP_TOKEN": "perhap_s3cret"})
+    assert r.returncode == 0 and b"PERHAP_TOKEN" in r.stdout and b"s3cret" not in r.stdout
 
 
 def test_tail_prints_new_events_of_a_type(server: ProcessServer, realm: str) -> None:

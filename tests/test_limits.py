@@ -1,5 +1,5 @@
 """Limits answer with clear problem+json: body, batch, nesting depth, streams, headers; and the
-listener's options: header timeout, CORS, TLS."""
+listener's options: header and body timeouts, connections, CORS, TLS."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import pytest
 from perhap import Store
 from perhap.app import PerhapApp
 from perhap.auth import Authenticator, add_token
-from perhap.server import limited_protocol
+from perhap.limits import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from perhap.server import _config, limited_protocol
 from tests.servers import ThreadServer, free_port
 
 
@@ -136,6 +137,62 @@ def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
         start = time.monotonic()
         assert _raw(server.port, b"GET /_health HTTP/1.1\r\nHost: x\r\n", timeout=10) == b""
         assert time.monotonic() - start < 5  # closed by the 1 s header deadline
+
+
+def test_a_body_too_slow_is_408(sqlite_url: str) -> None:
+    """Headers in time, then a body that trickles or stops: 408 problem+json within the body
+    timeout (plus a margin), and the connection is closed; timely bodies are untouched."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = _config(server.app, "127.0.0.1", server.port, "warning",
+                                        {"body_timeout": 1.0}).http
+    with server:
+        head = b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        ok = _raw(server.port, head + b"Content-Length: 12\r\nConnection: close\r\n\r\n{\"event\": 1}")
+        assert ok.startswith(b"HTTP/1.1 201"), ok
+        for sent in (b"", b'{"event": '):  # no body at all, and half a body
+            start = time.monotonic()
+            reply = _raw(server.port, head + b"Content-Length: 100\r\n\r\n" + sent, timeout=20)
+            assert time.monotonic() - start < 1.0 + 5
+            status, _, body = reply.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 408") and b"connection: close" in status, reply
+            problem = httpx.Response(408, headers={"content-type": "application/problem+json"}, content=body)
+            assert problem.json()["type"] == "urn:perhap:problem:body-timeout"
+            assert problem.json()["body_timeout"] == 1.0
+        # A body trickled a byte at a time is cut at the deadline too, however steady the trickle.
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(head + b"Content-Length: 1000\r\n\r\n")
+            conn.settimeout(0.2)
+            start, reply = time.monotonic(), b""
+            while not reply and time.monotonic() - start < 1.0 + 5:
+                try:
+                    conn.sendall(b" ")
+                    reply = conn.recv(65536)
+                except TimeoutError:
+                    pass
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+        # The app saw the request end as the listener answered it.
+        deadline = time.monotonic() + 10
+        while b'perhap_limit_refusals_total{status="408"} 3.0' not in _raw(
+                server.port, b"GET /_metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
+            assert time.monotonic() < deadline, "the 408s were not counted"
+            time.sleep(0.05)
+
+
+def test_listener_defaults() -> None:
+    """The body timeout and the connection limit have defaults, used when an option is None."""
+    app = PerhapApp(store_url="sqlite:///unused.db")
+    for net in ({}, {"max_connections": None, "body_timeout": None}):
+        config = _config(app, "127.0.0.1", 1, "warning", net)
+        assert config.limit_concurrency == DEFAULT_MAX_CONNECTIONS
+    assert _config(app, "127.0.0.1", 1, "warning", {"max_connections": 7}).limit_concurrency == 7
+    assert DEFAULT_BODY_TIMEOUT == 30 and DEFAULT_MAX_CONNECTIONS > 1000  # above the stream limit
+
+
+async def test_ui_refuses_a_nul_in_a_file_name(store: Store) -> None:
+    async with await in_process(PerhapApp(store)) as c:
+        for path in ("/_ui/%00", "/_ui/a%00.js", "/_ui/assets/%00x"):
+            problem(await c.get(path), 404)
+        assert (await c.get("/_ui/")).status_code == 200
 
 
 async def test_cors(store: Store, realm: str, tmp_path: Path) -> None:

@@ -1,12 +1,18 @@
-"""`perhap serve` as a user runs it: defaults, the start line, bad URLs, clean shutdown."""
+"""`perhap serve` as a user runs it: defaults, the start line, bad URLs, clean shutdown, and the
+CLI's error contract on start-up (one `error:` line; exit 2 for bad arguments, 1 for a failed start)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.servers import ProcessServer, free_port
 
@@ -63,11 +69,91 @@ def test_defaults_sqlite_file_in_current_directory_and_start_line(tmp_path: Any)
     assert "Traceback" not in err
 
 
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
 def test_store_url_with_missing_directory_fails_cleanly(tmp_path: Any) -> None:
+    # The store opens inside uvicorn's start-up (the lifespan): its failure is still one line.
     r = run_cli("serve", "--db", f"sqlite:///{tmp_path}/no/such/dir/x.db", "--port", str(free_port()))
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    assert "does not exist" in r.stderr
+    assert r.returncode == 1
+    assert "does not exist" in one_error_line(r)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_port_in_use_is_one_line_and_creates_no_store(tmp_path: Path, busy_port: int) -> None:
+    r = run_cli("serve", "--db", "sqlite:///./perhap.db", "--port", str(busy_port), cwd=tmp_path)
+    assert r.returncode == 1
+    line = one_error_line(r)
+    assert f"cannot listen on 127.0.0.1:{busy_port}: address already in use" in line and "--port" in line
+    assert not list(tmp_path.iterdir())  # checked before the store was opened
+
+
+RACE = """
+import sys
+from perhap.cli.common import CommandError
+from perhap.cli.serve import reporting_start_failure
+from perhap.server import serve
+try:
+    reporting_start_failure(serve, db=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]))
+except CommandError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(exc.status)
+"""
+
+
+def test_port_taken_inside_uvicorn_is_one_line(tmp_path: Path, busy_port: int) -> None:
+    # The port is taken after the pre-flight check (a race): uvicorn's own failure, one line too.
+    r = subprocess.run([sys.executable, "-c", RACE, f"sqlite:///{tmp_path}/x.db", str(busy_port)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "address already in use" in one_error_line(r)
+
+
+def test_bad_serve_arguments_exit_2() -> None:
+    cases = [["--port", "70000"], ["--workers", "0"], ["--workers", "2"], ["--db", "mysql://x/y"],
+             ["--body-timeout", "0"], ["--header-timeout", "-1"], ["--max-connections", "0"],
+             ["--tls-cert", "no.pem", "--tls-key", "no.pem"], ["--host", "0.0.0.0"]]
+    for args in cases:
+        r = run_cli("serve", "--port", str(free_port()), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        one_error_line(r)
+
+
+def test_limit_defaults_come_from_perhap_limits() -> None:
+    from perhap import limits
+    from perhap.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert args.body_timeout == limits.DEFAULT_BODY_TIMEOUT
+    assert args.max_connections == limits.DEFAULT_MAX_CONNECTIONS
+    assert args.heartbeat == limits.DEFAULT_HEARTBEAT and args.idle_timeout == limits.DEFAULT_IDLE_TIMEOUT
+
+
+def test_body_timeout_reaches_the_server(tmp_path: Path) -> None:
+    # A body that stops arriving is answered 408 once --body-timeout has passed (5 s of slack).
+    with ProcessServer(f"sqlite:///{tmp_path}/t.db", None, "--body-timeout", "1") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /r/d/e/t HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: 20\r\n\r\n{\"event\"")
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 1 + 5
 
 
 def _wait_healthy(url: str) -> None:

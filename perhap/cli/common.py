@@ -6,6 +6,8 @@ Light at import time (no httpx, no backends): ``perhap --help`` must start fast.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8787
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 LEVELS = ("REALM", "DOMAIN", "ENTITY", "TYPE")
+TOKEN_ENV = "PERHAP_TOKEN"
+#: RFC 6750's b64token: what may follow "Bearer " (perhap's own tokens are ``perhap_`` + base64url).
+_BEARER = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 class CommandError(Exception):
@@ -41,6 +46,8 @@ def client_error(exc: PerhapError) -> CommandError:
     if isinstance(exc, ConnectionFailed):
         return CommandError(f"{exc.one_line()} (is `perhap serve` running there?)")
     if isinstance(exc, PerhapClientError):
+        if exc.status == 401:
+            return CommandError(f"{exc.one_line()} (give the token with --token or {TOKEN_ENV})")
         return CommandError(exc.one_line())
     if isinstance(exc, InvalidInput):
         return CommandError(exc.detail, 2)
@@ -79,20 +86,66 @@ def check_url(url: str) -> str:
     return url
 
 
-def open_client(url: str) -> Client:
-    """A blocking client of the server at ``url`` (checked first)."""
+def bearer_token(option: str | None) -> str | None:
+    """The token to send: ``--token``, else ``$PERHAP_TOKEN`` (empty means unset), else None.
+
+    A malformed token is a usage error that never shows the token: it is a secret, and it may
+    have been pasted in the wrong place.
+    """
+    if option is not None:
+        token, source = option.strip(), "--token"
+    else:
+        token, source = os.environ.get(TOKEN_ENV, "").strip(), TOKEN_ENV
+        if not token:
+            return None
+    if not token:
+        raise CommandError("--token is empty", 2)
+    if not _BEARER.fullmatch(token):
+        raise CommandError(f"{source} is not a bearer token (not shown): it may hold only letters, digits "
+                           "and - . _ ~ + /, then = at the end", 2)
+    return token
+
+
+def open_client(url: str, token: str | None = None) -> Client:
+    """A blocking client of the server at ``url`` (checked first), sending ``--token`` or $PERHAP_TOKEN."""
     from ..client.sync import Client
 
-    return Client(check_url(url))
+    url = check_url(url)
+    secret = bearer_token(token)
+    return Client(url, headers=None if secret is None else {"authorization": f"Bearer {secret}"})
 
 
-def parse_json(text: str | bytes, what: str) -> Any:
-    """A JSON argument (any JSON value: a boundary); a usage error names ``what`` when it is bad."""
+def parse_json(text: str | bytes, what: str, *, string_hint: bool = False) -> Any:
+    """A JSON argument (any JSON value: a boundary); a usage error names ``what`` when it is bad.
+
+    With ``string_hint``, a bare word (``hello``: no JSON value starts like that) gets the quoted
+    form in the message, since a string was almost certainly meant.
+    """
     try:
         return load_json(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
     except Exception as exc:  # orjson.JSONDecodeError, or InvalidInput for NaN and the like
         reason = one_line(str(exc)) or exc.__class__.__name__
-        raise CommandError(f"{what} is not valid JSON: {reason}", 2) from None
+        hint = _quote_hint(text) if string_hint else ""
+        raise CommandError(f"{what} is not valid JSON: {reason}{hint}", 2) from None
+
+
+def _quote_hint(text: str | bytes) -> str:
+    """``; to send a string, quote it as JSON: '"hello"'`` for a bare word, else nothing."""
+    import shlex
+
+    import orjson
+
+    word = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    word = word.strip()
+    if not word or word[0] in '{["-0123456789' or word in ("true", "false", "null"):
+        return ""  # meant as JSON, just broken: the parser's reason says where
+    try:
+        quoted = orjson.dumps(word if len(word) <= 40 else "...").decode()
+    except TypeError:  # a lone surrogate from an undecodable argument
+        return ""
+    if isinstance(text, bytes):  # from stdin: no shell in between
+        return f"; to send a string, quote it as JSON: {quoted}"
+    return f"; to send a string, quote it as JSON: {shlex.quote(quoted)}"
 
 
 def write_json_line(value: Any) -> None:

@@ -16,15 +16,15 @@ def run_append(args: argparse.Namespace) -> int:
     if scope.domain is None or scope.entity is None or scope.type is None:
         raise CommandError(f"the target is REALM/DOMAIN/ENTITY/TYPE, got {args.target!r}", 2)
     if args.event == "-":
-        event = parse_json(sys.stdin.buffer.read(), "the event on stdin")
+        event = parse_json(sys.stdin.buffer.read(), "the event on stdin", string_hint=True)
     else:
-        event = parse_json(args.event, "the event")
+        event = parse_json(args.event, "the event", string_hint=True)
     meta = None
     if args.meta is not None:
         meta = parse_json(args.meta, "--meta")
         if not isinstance(meta, dict):
             raise CommandError("--meta must be a JSON object", 2)
-    with open_client(args.url) as client:
+    with open_client(args.url, args.token) as client:
         try:
             result = client.append(scope.realm, scope.domain, scope.entity, scope.type, event,
                                    event_id=args.event_id, meta=meta,
@@ -43,7 +43,7 @@ def run_read(args: argparse.Namespace) -> int:
     if not 1 <= args.page_size <= MAX_LIMIT:
         raise CommandError(f"--page-size must be from 1 to {MAX_LIMIT}", 2)
     out = sys.stdout.buffer
-    with open_client(args.url) as client:
+    with open_client(args.url, args.token) as client:
         try:
             for event in client.read(scope, following=args.following, page_size=args.page_size):
                 out.write(orjson.dumps(event.to_json_dict()) + b"\n")
@@ -59,7 +59,7 @@ def run_keys(args: argparse.Namespace) -> int:
     if args.scope is not None:
         scope = parse_scope(args.scope, levels=3)
         levels = [n for n in (scope.realm, scope.domain, scope.entity) if n is not None]
-    with open_client(args.url) as client:
+    with open_client(args.url, args.token) as client:
         try:
             for name in client.keys(*levels):
                 sys.stdout.write(name + "\n")

@@ -7,19 +7,26 @@ transfer) that takes the parsed arguments and returns the exit status.
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn, TypeAlias
+from collections.abc import Sequence
+from typing import Any, NoReturn, TypeAlias
 
 from ..limits import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_HEADER,
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
+    DEFAULT_STREAM_BUFFER,
+    DEFAULT_WRITE_TIMEOUT,
 )
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
-from .common import DEFAULT_PORT, DEFAULT_URL, CommandError
+from .common import DEFAULT_PORT, DEFAULT_URL, TOKEN_ENV, CommandError
 from .events import run_append, run_keys, run_read
 from .serve import run_serve
 from .tail import run_tail
@@ -34,6 +41,24 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("perhap")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            text = "(version unknown: not installed)"
+        print(f"perhap {text}")
+        parser.exit()
+
+
 #: argparse names no public type for it (and the class is not subscriptable at run time).
 Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
@@ -46,8 +71,12 @@ def _command(sub: Subcommands, name: str, help: str, *examples: str) -> argparse
     return parser
 
 
-def _url_option(parser: argparse.ArgumentParser) -> None:
+def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server base URL (default {DEFAULT_URL})")
+    # No default shown: the token is a secret, and is read from the environment only when running.
+    parser.add_argument("--token", metavar="TOKEN",
+                        help=f"bearer token for a server run with --auth (default: ${TOKEN_ENV}, which "
+                             "keeps it out of the process list and the shell history)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="example:\n  perhap serve --db sqlite:///./perhap.db --port 8787\n\n"
                             "every command has --help with an example",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print perhap's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_serve(sub)
     _add_token(sub)
@@ -73,8 +103,8 @@ def _add_serve(sub: Subcommands) -> None:
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (PostgreSQL and Cassandra only; default 1)")
     serve.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body in bytes")
-    serve.add_argument("--heartbeat", type=float, default=15.0,
-                       help="seconds between keep-alive comments on idle streams (default 15)")
+    serve.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT,
+                       help=f"seconds between keep-alive comments on idle streams (default {DEFAULT_HEARTBEAT:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="json: every log line a JSON object, plus one access line per request")
@@ -97,15 +127,23 @@ def _add_serve(sub: Subcommands) -> None:
                      help=f"open streams in total, 429 beyond (default {DEFAULT_MAX_STREAMS})")
     lim.add_argument("--max-streams-per-token", type=int, default=DEFAULT_MAX_STREAMS_PER_TOKEN, metavar="N",
                      help=f"open streams per token with --auth, 429 beyond (default {DEFAULT_MAX_STREAMS_PER_TOKEN})")
+    lim.add_argument("--stream-buffer", type=int, default=DEFAULT_STREAM_BUFFER, metavar="BYTES",
+                     help=f"bytes of events one stream sends at once (default {DEFAULT_STREAM_BUFFER})")
+    lim.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="SECONDS",
+                     help="end a stream whose client leaves a write unread this long; 0: never "
+                          f"(default {DEFAULT_WRITE_TIMEOUT:g})")
     lim.add_argument("--max-header", type=int, default=DEFAULT_MAX_HEADER, metavar="BYTES",
                      help=f"request line plus headers, 431 beyond (default {DEFAULT_MAX_HEADER})")
     lim.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
                      help="time to send a request's headers before the connection is closed "
                           f"(default {DEFAULT_HEADER_TIMEOUT:g})")
-    lim.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
-                     help="close a keep-alive connection idle this long (default 5)")
-    lim.add_argument("--max-connections", type=int, metavar="N",
-                     help="open connections and requests at once, 503 beyond (default: no limit)")
+    lim.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT, metavar="SECONDS",
+                     help="time to send a request's body once its headers are in, 408 beyond "
+                          f"(default {DEFAULT_BODY_TIMEOUT:g})")
+    lim.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
+                     help=f"close a keep-alive connection idle this long (default {DEFAULT_IDLE_TIMEOUT:g})")
+    lim.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                     help=f"open connections and requests at once, 503 beyond (default {DEFAULT_MAX_CONNECTIONS})")
     serve.set_defaults(run=run_serve)
 
 
@@ -145,7 +183,7 @@ def _add_client_commands(sub: Subcommands) -> None:
     append.add_argument("--meta", metavar="JSON", help="a JSON object stored with the event")
     append.add_argument("--expected-version", type=int, metavar="N",
                         help="fail unless the entity is at version N (-1: a new entity)")
-    _url_option(append)
+    _server_options(append)
     append.set_defaults(run=run_append)
 
     read = _command(sub, "read", "print a scope's events, one JSON object a line, through every page",
@@ -155,7 +193,7 @@ def _add_client_commands(sub: Subcommands) -> None:
     read.add_argument("--following", metavar="EVENT_ID", help="start after this event id")
     read.add_argument("--page-size", type=int, default=DEFAULT_LIMIT, metavar="N",
                       help=f"events per request, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})")
-    _url_option(read)
+    _server_options(read)
     read.set_defaults(run=run_read)
 
     keys = _command(sub, "keys", "list the names one level down: realms, domains, entities or types",
@@ -163,13 +201,13 @@ def _add_client_commands(sub: Subcommands) -> None:
     keys.add_argument("scope", nargs="?", metavar="SCOPE",
                       help="nothing (realms), REALM (domains), REALM/DOMAIN (entities) or "
                            "REALM/DOMAIN/ENTITY (types)")
-    _url_option(keys)
+    _server_options(keys)
     keys.set_defaults(run=run_keys)
 
     tail = _command(sub, "tail", "print a scope's events as they arrive, one JSON object a line",
                     "perhap tail performance/communications --url http://127.0.0.1:8787")
     tail.add_argument("scope", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY[/TYPE]]]")
-    _url_option(tail)
+    _server_options(tail)
     tail.add_argument("--following", metavar="EVENT_ID", help="start after this event id (default: from the start)")
     tail.add_argument("--type", help="only events of this type")
     tail.set_defaults(run=run_tail)

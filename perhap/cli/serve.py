@@ -5,40 +5,50 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
-from .common import CommandError
+from .common import CommandError, one_line
 
 log = logging.getLogger("perhap")
 
 #: Options that count something: each must be 1 or more.
-POSITIVE_OPTIONS = ("max_body", "max_batch", "max_depth", "max_streams", "max_streams_per_token", "max_header")
+POSITIVE_OPTIONS = ("max_body", "max_batch", "max_depth", "max_streams", "max_streams_per_token", "max_header",
+                    "max_connections", "stream_buffer")
+#: Options in seconds that must be more than 0 (0 would drop every connection, or spin).
+POSITIVE_SECONDS = ("heartbeat", "header_timeout", "body_timeout")
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; every bad option is one line before anything starts."""
+    """Serve until SIGINT/SIGTERM; every bad option is one line before anything starts, and so is a
+    failed start (port in use, store that cannot open): exit 2 for bad arguments, 1 otherwise."""
     from ..backends import parse_store_url
     from ..server import _setup_logging, serve
 
     try:
         scheme, _ = parse_store_url(args.db)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(str(exc), 2) from None
     if args.workers < 1:
-        raise CommandError("--workers must be 1 or more")
+        raise CommandError("--workers must be 1 or more", 2)
     if args.workers > 1 and scheme == "sqlite":
         raise CommandError("--workers > 1 needs a shared backend (postgresql:// or cassandra://); "
-                           "embedded SQLite is served by one process")
+                           "embedded SQLite is served by one process", 2)
     if not 1 <= args.port <= 65535:
-        raise CommandError("--port must be from 1 to 65535")
+        raise CommandError("--port must be from 1 to 65535", 2)
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be 1 or more", 2)
+    for name in POSITIVE_SECONDS:
+        if not getattr(args, name) > 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be more than 0 seconds", 2)
+    if not args.write_timeout >= 0:
+        raise CommandError("--write-timeout must be 0 (never) or more seconds", 2)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("give --tls-cert and --tls-key together", 2)
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not os.path.isfile(path):
-            raise CommandError(f"cannot read {path}: no such file")
+            raise CommandError(f"cannot read {path}: no such file", 2)
     _setup_logging(args.log_level, args.log_format)  # so the warnings below are log lines too
     if args.auth is not None:
         _check_token_file(args.auth)
@@ -48,14 +58,95 @@ def run_serve(args: argparse.Namespace) -> int:
                                "could read and write every realm; add --auth FILE, or --insecure if you mean it", 2)
         log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can reach it may read "
                     "and write every realm", args.host)
+    # Before the store opens (a SQLite file would be created for nothing). Another process may
+    # still take the port in between: uvicorn's own failure is then reported the same way.
+    check_listen(args.host, args.port)
     net: dict[str, Any] = dict(tls_cert=args.tls_cert, tls_key=args.tls_key, idle_timeout=args.idle_timeout,
-                               header_timeout=args.header_timeout, max_header=args.max_header,
-                               max_connections=args.max_connections)
-    return serve(db=args.db, host=args.host, port=args.port, workers=args.workers,
-                 log_level=args.log_level, log_format=args.log_format, net=net,
-                 max_body=args.max_body, heartbeat=args.heartbeat, auth=args.auth,
-                 max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
-                 max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin)
+                               header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                               max_header=args.max_header, max_connections=args.max_connections)
+    return reporting_start_failure(
+        serve, db=args.db, host=args.host, port=args.port, workers=args.workers,
+        log_level=args.log_level, log_format=args.log_format, net=net,
+        max_body=args.max_body, heartbeat=args.heartbeat, auth=args.auth,
+        max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
+        max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin,
+        stream_buffer=args.stream_buffer, write_timeout=args.write_timeout or None)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (asyncio's create_server), then let it go; one line if not."""
+    import asyncio
+    import errno
+    import socket
+
+    async def probe() -> None:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        asyncio.run(probe())
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror):  # a host name that does not resolve
+            reason = str(exc.strerror).lower()
+        elif exc.errno:
+            reason = os.strerror(exc.errno).lower()
+        else:
+            reason = one_line(str(exc))
+        hint = " (another server is listening there: stop it, or choose another --port)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+
+
+class _StartFailure(logging.Filter):
+    """Holds back uvicorn's error lines about a failed start (the lifespan's message, a bind error,
+    "Application startup failed"), so that the failure is reported as one ``error:`` line instead.
+
+    Only records logged from uvicorn's start-up code are held; should the server start after all,
+    they are let through at the end, so nothing is ever lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        import uvicorn
+
+        self.root = os.path.dirname(uvicorn.__file__)
+        self.lifespan = os.path.join(self.root, "lifespan")
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Server.startup (bind), Config.bind_socket (bind, with --workers), LifespanOn.startup and
+        # LifespanOn.send (the app's "lifespan.startup.failed" message).
+        if record.levelno >= logging.ERROR and record.pathname.startswith(self.root) and (
+                record.funcName in ("startup", "bind_socket")
+                or (record.funcName == "send" and record.pathname.startswith(self.lifespan))):
+            self.held.append(record)
+            return False
+        return True
+
+    def reason(self) -> str:
+        lines = [r.getMessage() for r in self.held if not r.getMessage().startswith("Application startup failed")]
+        return "; ".join(one_line(line) for line in lines) or "the server stopped with an error (see the log above)"
+
+
+def reporting_start_failure(serve: Callable[..., int], **options: Any) -> int:
+    """Run ``serve(**options)``; a failed start (uvicorn exits with 3) becomes one CommandError line."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    held = _StartFailure()
+    uvicorn_log.addFilter(held)
+    status: int | str | None = None
+    try:
+        try:
+            status = serve(**options)
+        except SystemExit as exc:  # uvicorn's way to give up on start-up
+            status = exc.code
+    finally:
+        uvicorn_log.removeFilter(held)
+    if status in (0, None):
+        for record in held.held:  # the server did start: these were not about its start
+            uvicorn_log.handle(record)
+        return 0
+    raise CommandError(held.reason())
 
 
 def _check_token_file(path: str) -> None:

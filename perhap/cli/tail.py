@@ -14,16 +14,17 @@ from .common import client_error, one_line, open_client, scope_with_type
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    """``perhap tail SCOPE [--following ID] [--type TYPE] [--url URL]``."""
-    return tail(args.url, args.scope, following=args.following, type=args.type)
+    """``perhap tail SCOPE [--following ID] [--type TYPE] [--url URL] [--token TOKEN]``."""
+    return tail(args.url, args.scope, following=args.following, type=args.type, token=args.token)
 
 
 def tail(base_url: str, scope: str, *, following: str | None = None, type: str | None = None,
-         max_retries: int | None = None) -> int:
+         max_retries: int | None = None, token: str | None = None) -> int:
     """Print the scope's events from the start (or after ``following``), then as they arrive.
 
     The server must answer at first (else one line and exit 1); after that, dropped connections
-    are retried for ever (or ``max_retries`` times in a row), each noted on stderr.
+    are retried for ever (or ``max_retries`` times in a row), each noted on stderr. ``token`` is
+    ``--token`` (None: $PERHAP_TOKEN, if set).
     """
     import orjson
 
@@ -35,7 +36,7 @@ def tail(base_url: str, scope: str, *, following: str | None = None, type: str |
               file=sys.stderr, flush=True)
 
     out = sys.stdout.buffer
-    with open_client(base_url) as client:
+    with open_client(base_url, token) as client:
         try:
             client.ping()  # fail fast (one line) when nothing answers at all
             for event in client.subscribe(where, following=following, max_retries=max_retries,

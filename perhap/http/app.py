@@ -22,6 +22,8 @@ from ..limits import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
+    DEFAULT_STREAM_BUFFER,
+    DEFAULT_WRITE_TIMEOUT,
     StreamLimiter,
 )
 from ..model import check_name
@@ -49,6 +51,7 @@ class PerhapApp:
                  auth: str | Authenticator | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                  max_depth: int = DEFAULT_MAX_DEPTH, max_streams: int = DEFAULT_MAX_STREAMS,
                  max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
+                 stream_buffer: int = DEFAULT_STREAM_BUFFER, write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
                  cors_origins: Sequence[str] = (), metrics: bool = True, access_log: bool = False) -> None:
         if store is None and store_url is None:
             raise ValueError("give a store or a store_url")
@@ -57,7 +60,7 @@ class PerhapApp:
         # None means off: the request path then pays one None check for each.
         self.auth = Authenticator(auth) if isinstance(auth, str) else auth
         self.stream_limits = StreamLimiter(max_streams, max_streams_per_token)
-        self.streams = StreamRegistry(self.stream_limits, heartbeat, self.auth)
+        self.streams = StreamRegistry(self.stream_limits, heartbeat, self.auth, stream_buffer, write_timeout)
         self.metrics = Metrics(self.streams) if metrics else None
         #: What the handlers share; None until the store is open.
         self.context: Context | None = None if store is None else self._context(store)

@@ -38,6 +38,7 @@ class Metrics:
                                ["status"], registry=r)
         Gauge("perhap_open_streams", "Server-Sent Event streams open now", registry=r).set_function(
             lambda: streams.open)
+        r.register(_StreamFigures(streams))
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
 
     def observe(self, method: str, route: str, realm_route: bool, status: int, seconds: float,
@@ -60,12 +61,24 @@ class Metrics:
             children[2].inc()
         if status == 503:
             self.backend_errors.inc()
-        elif status in (413, 429, 431):
+        elif status in (408, 413, 429, 431):
             self.limited.labels(str(status)).inc()
 
     def exposition(self, store: Store) -> bytes:
         """The Prometheus text: this registry, then the store's statistics as they are now."""
         return generate_latest(self.registry) + generate_latest(_StoreStatistics(store))
+
+
+class _StreamFigures:
+    """What the streams counted themselves, read at scrape time (streams pay nothing for it)."""
+
+    def __init__(self, streams: StreamRegistry) -> None:
+        self.streams = streams
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("perhap_stream_write_timeouts",
+                                  "Streams ended because their client left a write unread for the write timeout",
+                                  value=self.streams.write_timeouts)
 
 
 class _StoreStatistics:

@@ -11,6 +11,8 @@ from .routes import ROUTE_KEY, Route, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("perhap.access")
+#: A scope key perhap's listener sets when it answered the request itself (perhap.server).
+LISTENER_STATUS = "perhap.status"
 
 
 class Observer:
@@ -47,7 +49,8 @@ class Observer:
             route: Route | None = scope.get(ROUTE_KEY)
             if route is None:
                 route = route_of(scope.get("raw_path") or scope["path"].encode("utf-8"))
-            status = status or 500
+            # The listener's own answer (a 408 for a body too slow) replaces what the app saw.
+            status = scope.get(LISTENER_STATUS) or status or 500
             if self.metrics is not None:
                 self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed, stream)
             if self.access:

@@ -1,23 +1,27 @@
 """Server-Sent Events over the store's subscriptions.
 
 Each stream is a cursor (:class:`perhap.store.Subscription`) read as fast as the client takes
-events: there is no per-subscriber queue, so a slow client costs memory for one page at most and
-never slows writers or other subscribers.
+events: there is no per-subscriber queue, so a slow client never slows writers or other
+subscribers. What one stream holds is bounded in bytes (``stream_buffer``: a batch over it is cut,
+the rest read again later in smaller batches), and a client that leaves a write unread for
+``write_timeout`` seconds loses its stream, so it cannot hold memory or a slot for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..auth import Authenticator, Grant
-from ..limits import StreamLimiter
-from ..model import Scope
+from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
+from ..model import Event, Scope
 from ..store.base import Store, Subscription
 from .types import Receive, Send
+from .types import Scope as ASGIScope
 
 log = logging.getLogger("perhap.stream")
 
@@ -26,17 +30,29 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # tell nginx-like proxies not to buffer the stream
 ]
+#: The ASGI scope extension perhap's own listener (:mod:`perhap.server`) provides: ``abort()``
+#: closes the connection at once, unsent data dropped (a plain close waits for the client to read it).
+ABORT_EXTENSION = "perhap.abort"
+_KEEP_ALIVE = b": keep-alive\n\n"
 
 
 class StreamRegistry:
-    """What the streams of one app share: how many are open, their limits, and the signal to end."""
+    """What the streams of one app share: their limits, the signal to end, and what they counted."""
 
-    def __init__(self, limiter: StreamLimiter, heartbeat: float, auth: Authenticator | None) -> None:
+    def __init__(self, limiter: StreamLimiter, heartbeat: float, auth: Authenticator | None,
+                 buffer: int = DEFAULT_STREAM_BUFFER, write_timeout: float | None = DEFAULT_WRITE_TIMEOUT) -> None:
         self.limiter = limiter
         self.heartbeat = heartbeat  # seconds between keep-alive comments on an idle stream
         self.auth = auth  # with a token file, a stream ends when its token is revoked
-        self.open = 0
+        self.buffer = buffer  # bytes of events sent at once (one event at least)
+        self.write_timeout = write_timeout or None  # None or 0: never
+        self.write_timeouts = 0  # streams ended because their client did not read
         self.stopping = asyncio.Event()
+
+    @property
+    def open(self) -> int:
+        """Streams holding a slot now (starting or streaming)."""
+        return self.limiter.open
 
     def stop(self) -> None:
         """End every open stream (the server is stopping); new streams end at once too."""
@@ -47,52 +63,130 @@ def sse_message(event_id: str, data: dict[str, Any]) -> bytes:
     return b"id: " + event_id.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
+    """The listener's way to close the connection at once, when it offers one."""
+    hook: Callable[[], None] | None = (scope.get("extensions") or {}).get(ABORT_EXTENSION, {}).get("abort")
+    return hook
+
+
+async def stream_head(store: Store, where: Scope, following: str | None, send: Send) -> None:
+    """HEAD of a stream: the checks and headers of GET (an unknown start is 404), no stream, no slot."""
+    await store.subscription(where, following=following)
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Writing:
+    """When the stream's current write began (loop time), or None between writes."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
 async def stream_events(streams: StreamRegistry, store: Store, where: Scope, following: str | None,
-                        receive: Receive, send: Send, grant: Grant | None = None) -> None:
+                        receive: Receive, send: Send, grant: Grant | None = None,
+                        abort: Callable[[], None] | None = None) -> None:
     """Answer a read with a live stream: catch-up from ``following``, then new events."""
     token_id = grant.id if grant is not None else None
-    streams.limiter.reserve(streams.open, token_id)  # 429 before anything is sent
+    # The slot is taken here, before the first await: 429 before anything is sent.
+    streams.limiter.reserve(token_id)
     try:
         # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
         sub = await store.subscription(where, following=following)
-    except BaseException:
-        streams.limiter.release(token_id)
-        raise
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-    # A comment first: it flushes the headers through proxies and tells the client it is live.
-    await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
-    streams.open += 1
-    pump = asyncio.ensure_future(_pump(streams, sub, send, grant))
-    watch = asyncio.ensure_future(_wait_disconnect(receive))
-    stop = asyncio.ensure_future(streams.stopping.wait())
-    try:
-        await asyncio.wait({pump, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        # A comment first: it flushes the headers through proxies and tells the client it is live.
+        await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
+        dropped = await _run(streams, sub, receive, send, grant, where)
     finally:
-        streams.open -= 1
         streams.limiter.release(token_id)
-        for task in (pump, watch, stop):
-            task.cancel()
-        await asyncio.gather(pump, watch, stop, return_exceptions=True)
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            log.warning("stream of %s ended: %s", where, pump.exception())
+    if dropped:
+        streams.write_timeouts += 1
+        log.info("stream of %s dropped: its client left a write unread for %s s", where, streams.write_timeout)
+        if abort is None:
+            return  # the server closes the connection of a response left unfinished
+        abort()  # now the last send below returns at once: the connection is gone
     try:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # the client is gone already
         pass
 
 
-async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: Grant | None) -> None:
+async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, send: Send,
+               grant: Grant | None, where: Scope) -> bool:
+    """Stream until the client goes, the server stops or the pump ends; True if the client stopped
+    reading for the write timeout."""
+    writing = _Writing()
+    pump = asyncio.ensure_future(_pump(streams, sub, send, grant, writing))
+    watch = asyncio.ensure_future(_wait_disconnect(receive))
+    stop = asyncio.ensure_future(streams.stopping.wait())
+    timer: asyncio.TimerHandle | None = None
+    dropped = False
+    limit = streams.write_timeout or 0.0
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        # One timer a stream, at most once per write timeout: nothing is paid per event.
+        nonlocal timer, dropped
+        since, now = writing.since, loop.time()
+        if since is not None and now - since >= limit:
+            dropped = True
+            pump.cancel()
+        else:
+            timer = loop.call_later(limit if since is None else since + limit - now, check)
+
+    if limit > 0:
+        timer = loop.call_later(limit, check)
+    try:
+        await asyncio.wait({pump, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for task in (pump, watch, stop):
+            task.cancel()
+        await asyncio.gather(pump, watch, stop, return_exceptions=True)
+        if pump.done() and not pump.cancelled() and pump.exception() is not None:
+            log.warning("stream of %s ended: %s", where, pump.exception())
+    return dropped
+
+
+async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: Grant | None,
+                writing: _Writing) -> None:
     auth = streams.auth
+    buffer, full = streams.buffer, sub.batch
+    clock = asyncio.get_running_loop().time
     while True:
         events = await sub.fetch(timeout=streams.heartbeat)
         # A revoked token's stream ends before it carries another event.
         if grant is not None and auth is not None and not auth.still_valid(grant):
             return
-        if not events:
-            await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-            continue
-        body = b"".join(sse_message(e.event_id, e.to_json_dict()) for e in events)
+        body = _encode(sub, events, buffer, full) if events else _KEEP_ALIVE
+        events = []  # while the client is slow, hold only what is sent
+        writing.since = clock()
         await send({"type": "http.response.body", "body": body, "more_body": True})
+        writing.since = None
+
+
+def _encode(sub: Subscription, events: list[Event], buffer: int, full: int) -> bytes:
+    """The events as SSE messages, at most ``buffer`` bytes (one event at least); the batch size
+    of ``sub`` follows: cut to what fitted, grown back (up to ``full``) while events are small."""
+    parts = [sse_message(e.event_id, e.to_json_dict()) for e in events]
+    body = b"".join(parts)
+    if len(body) <= buffer:
+        if sub.batch < full and 2 * len(body) <= buffer:
+            sub.batch = min(full, 2 * sub.batch)
+        return body
+    size = kept = 0
+    for part in parts:
+        if kept and size + len(part) > buffer:
+            break
+        size += len(part)
+        kept += 1
+    # The rest is read again after the last event kept, in batches of what fitted this time.
+    sub.after = events[kept - 1].cursor
+    sub.batch = kept
+    return b"".join(parts[:kept])
 
 
 async def _wait_disconnect(receive: Receive) -> None:

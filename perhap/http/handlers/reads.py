@@ -10,7 +10,7 @@ from ...ids import check_event_id
 from ...model import Scope
 from ..requests import Context, Request, header, page_limit, type_filter
 from ..responses import send_json
-from ..streaming import stream_events
+from ..streaming import abort_hook, stream_events, stream_head
 from ..types import Send
 
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
@@ -49,7 +49,10 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
         last = header(req.scope, b"last-event-id")
         if last is not None:
             following = check_event_id(last.strip(), "Last-Event-ID")
-        return await stream_events(ctx.streams, ctx.store, where, following, req.receive, send, req.grant)
+        if req.method == "HEAD":  # HEAD never streams: GET's checks and headers, no body, no slot
+            return await stream_head(ctx.store, where, following, send)
+        return await stream_events(ctx.streams, ctx.store, where, following, req.receive, send, req.grant,
+                                   abort_hook(req.scope))
     page = await ctx.store.read(where, following=following, limit=page_limit(req.query))
     await send_json(send, 200, {"events": [e.to_json_dict() for e in page.events], "next": page.next})
 

@@ -1,0 +1,222 @@
+"""What one stream may hold, and what a burst of streams may open (issue 13, points 10 to 12):
+slots are reserved before the first await, HEAD never streams, a stream sends at most
+``stream_buffer`` bytes at once, and a client that stops reading loses its stream."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from perhap import Store
+from perhap.app import PerhapApp
+from perhap.server import limited_protocol
+from tests.servers import ThreadServer
+
+Message = dict[str, Any]
+
+
+class Exchange:
+    """One request driven straight through the app, as an ASGI server would: the request, then a
+    disconnect only when the test says the client went away."""
+
+    def __init__(self, app: PerhapApp, method: str, path: str, headers: dict[str, str]) -> None:
+        raw_path, _, query = path.partition("?")
+        self.scope = {"type": "http", "method": method, "path": raw_path, "raw_path": raw_path.encode(),
+                      "query_string": query.encode(), "http_version": "1.1",
+                      "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        self.sent: list[Message] = []
+        self.started = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.gone = asyncio.Event()
+        self._requested = False
+        self.task = asyncio.ensure_future(app(self.scope, self._receive, self._send))
+
+    async def _receive(self) -> Message:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        # A real server's send may let other tasks run (it waits while the socket drains).
+        await asyncio.sleep(0)
+        self.sent.append(message)
+        if message["type"] == "http.response.start":
+            self.started.set()
+        self.changed.set()
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+    def bodies(self) -> list[bytes]:
+        return [m.get("body", b"") for m in self.sent[1:]]
+
+    async def until(self, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+        """Wait, with a deadline, until ``condition`` holds after something was sent."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0 or self.task.done() and not condition():
+                raise AssertionError(f"never: {what}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        self.gone.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+def stream_headers(**extra: str) -> dict[str, str]:
+    return {"accept": "text/event-stream", **extra}
+
+
+def ids_in(body: bytes) -> list[str]:
+    return [line[4:].decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
+
+
+# --------------------------------------------------------------------------- point 10
+
+
+async def test_a_burst_of_streams_never_opens_more_than_the_limit(store: Store, realm: str) -> None:
+    """Each stream starts after a Last-Event-ID, so its start awaits the database (PostgreSQL,
+    Cassandra; SQLite reads it inline) and then the server's send: the slot must be taken before
+    the first await, or the whole burst passes the check while the count is still 0."""
+    app = PerhapApp(store, max_streams=5, heartbeat=5)
+    first = (await store.append(realm, "d", "e", "t", {"n": 1})).first.event_id
+    streams = [Exchange(app, "GET", f"/{realm}", stream_headers(**{"last-event-id": first}))
+               for _ in range(20)]
+    try:
+        for s in streams:
+            await asyncio.wait_for(s.started.wait(), 30)
+        statuses = sorted(s.status for s in streams)
+        assert statuses == [200] * 5 + [429] * 15, statuses
+        assert app.open_streams == 5
+    finally:
+        for s in streams:
+            await s.close()
+    assert app.open_streams == 0 and app.stream_limits.by_token == {}
+
+
+# --------------------------------------------------------------------------- point 11
+
+
+async def test_head_never_streams(store: Store, realm: str) -> None:
+    """HEAD with Accept: text/event-stream answers GET's status and headers, ends at once and
+    never holds a stream slot; an unknown start is 404 as for GET."""
+    app = PerhapApp(store, max_streams=1, heartbeat=5)
+    event = (await store.append(realm, "d", "e", "t", {"n": 1})).first
+    for path in (f"/{realm}", f"/{realm}/d/e", f"/{realm}/d/e/{event.event_id}", f"/{realm}/d/e/t"):
+        for _ in range(3):
+            head = Exchange(app, "HEAD", path, stream_headers())
+            await asyncio.wait_for(head.task, 10)  # it ends by itself: no stream was opened
+            assert head.status == 200, path
+            assert dict(head.sent[0]["headers"])[b"content-type"].startswith(b"text/event-stream")
+            assert head.bodies() == [b""] and head.sent[-1].get("more_body") is not True
+            assert app.open_streams == 0
+    nowhere = "0" * 8 + "-0000-7000-8000-" + "0" * 12
+    unknown = Exchange(app, "HEAD", f"/{realm}", stream_headers(**{"last-event-id": nowhere}))
+    await asyncio.wait_for(unknown.task, 10)
+    assert unknown.status == 404
+    # The one slot is free for a real stream.
+    stream = Exchange(app, "GET", f"/{realm}", stream_headers())
+    await asyncio.wait_for(stream.started.wait(), 10)
+    assert stream.status == 200 and app.open_streams == 1
+    await stream.close()
+    assert app.open_streams == 0
+
+
+# --------------------------------------------------------------------------- point 12
+
+
+async def test_a_stream_sends_at_most_its_buffer_at_once(store: Store, realm: str) -> None:
+    """500 large events are not one 500-event body: each body is at most ``stream_buffer`` bytes
+    (or one event), nothing is lost or repeated, and the batch grows back once events are small."""
+    buffer = 64 * 1024
+    app = PerhapApp(store, stream_buffer=buffer, heartbeat=5)
+    big = "x" * 8000
+    sent = []
+    for n in range(2):
+        batch = [{"type": "t", "event": {"n": n * 50 + i, "pad": big}} for i in range(50)]
+        sent += [e.event_id for e in (await store.append_batch(realm, "d", "e", batch)).events]
+    small = [{"type": "t", "event": {"n": i}} for i in range(1000)]
+    sent += [e.event_id for e in (await store.append_batch(realm, "d", "f", small)).events]
+    stream = Exchange(app, "GET", f"/{realm}", stream_headers())
+    try:
+        await stream.until(lambda: sum(len(ids_in(b)) for b in stream.bodies()) >= len(sent),
+                           "every event arrived")
+    finally:
+        await stream.close()
+    got = [i for b in stream.bodies() for i in ids_in(b)]
+    assert got == sent  # in order, none lost, none twice
+    event_size = max(len(b) // max(1, len(ids_in(b))) for b in stream.bodies())
+    for body in stream.bodies():
+        assert len(body) <= buffer or len(ids_in(body)) == 1, (len(body), len(ids_in(body)))
+    assert event_size < buffer
+    # Once the events are small again, batches grow back towards the full 500.
+    assert max(len(ids_in(b)) for b in stream.bodies()) >= 200
+
+
+async def test_an_idle_stream_that_reads_is_never_dropped(store_url: str, realm: str) -> None:
+    """The write timeout counts only a write left unread: keep-alives on a quiet stream, and a
+    client that reads them, live on well past it."""
+    with ThreadServer(store_url, heartbeat=0.1, write_timeout=0.5) as server:
+        async with (httpx.AsyncClient(base_url=server.url, timeout=30) as c,
+                    c.stream("GET", f"/{realm}", headers=stream_headers()) as s):
+            assert s.status_code == 200
+            chunks = s.aiter_text()
+            started = time.monotonic()
+            seen = ""
+            while seen.count("keep-alive") < 20:
+                seen += await anext(chunks)
+            assert time.monotonic() - started > 1.0  # two write timeouts at least
+            await c.post(f"/{realm}/d/e/t", json={"event": 1})
+            while "id: " not in seen:
+                seen += await anext(chunks)
+        assert server.app.streams.write_timeouts == 0
+
+
+def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str) -> None:
+    """A client that reads the headers and then nothing: once a write has waited ``write_timeout``
+    seconds, the stream ends, its slot is free, the connection is closed and the metric counts it."""
+    server = ThreadServer(store_url, heartbeat=0.2, write_timeout=1.0, max_body=4 * 1024 * 1024)
+    server.server.config.http = limited_protocol()  # perhap's own listener: it can abort a connection
+    with server:
+        pad = "x" * (256 * 1024)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for n in range(8):  # 16 MiB: more than the kernel's socket buffers can swallow
+                batch = {"events": [{"type": "t", "event": {"pad": pad, "n": n}} for _ in range(8)]}
+                assert c.post(f"/{realm}/d/e", json=batch).status_code == 201
+            with socket.socket() as conn:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                conn.connect(("127.0.0.1", server.port))
+                conn.sendall(f"GET /{realm} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+                conn.settimeout(10)
+                assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+                # ... and the client reads no more.
+                deadline = time.monotonic() + 60
+                while server.app.streams.write_timeouts == 0:
+                    assert time.monotonic() < deadline, "the stalled stream was never dropped"
+                    time.sleep(0.05)
+                while server.app.open_streams:
+                    assert time.monotonic() < deadline, "the dropped stream kept its slot"
+                    time.sleep(0.05)
+                # The connection was closed at once, unsent data dropped: reading ends soon.
+                closed_by = time.monotonic() + 10
+                try:
+                    while conn.recv(1 << 20):
+                        assert time.monotonic() < closed_by, "the connection stayed open"
+                except ConnectionResetError:
+                    pass
+            metrics = c.get("/_metrics").text
+            assert "perhap_stream_write_timeouts_total 1.0" in metrics
+        assert server.app.streams.write_timeouts == 1
