@@ -8,6 +8,7 @@ Writer processes run this module: ``python -m tests.test_cassandra_backend MODE 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import subprocess
@@ -20,11 +21,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster
 
-from perhap import Scope, StorageUnavailable, VersionConflict, open_store
+from perhap import EventIdConflict, Scope, StorageUnavailable, VersionConflict, open_store
 from perhap.app import PerhapApp
-from perhap.backends.cassandra import CassandraStore, parse_cassandra_url
+from perhap.backends.cassandra import CassandraStore, clock, parse_cassandra_url
+from perhap.backends.cassandra.checks import ANY_DC, Replication, check_levels, commitlog_verdict, skew_warnings
 from perhap.backends.cassandra.records import Attempt, EntityKey
 from perhap.backends.cassandra.writer import Commit, Outcome
 from perhap.model import NewEvent, new_event
@@ -70,7 +73,11 @@ def test_url_defaults_and_options() -> None:
     assert (c.hosts, c.port, c.user, c.password) == (["h1", "h2"], 9043, "u", "p@ss")
     assert c.namespace == "t-1"
     assert (c.replication_factor, c.settle_us, c.skew_us, c.timeout) == (3, 1_000_000, 200_000, 5.0)
-    for bad in ("cassandra://h/", "cassandra:///ks", "cassandra://h/ks?nope=1", "cassandra://h/k-s",
+    assert c.given == {"replication_factor", "namespace", "consistency", "settle_ms", "clock_skew_ms", "timeout"}
+    assert not c.accept_periodic_commitlog
+    assert parse_cassandra_url("cassandra://h/ks?accept_periodic_commitlog=true").accept_periodic_commitlog
+    for bad in ("cassandra://h/ks?accept_periodic_commitlog=maybe", "cassandra://h/", "cassandra:///ks",
+                "cassandra://h/ks?nope=1", "cassandra://h/k-s",
                 "cassandra://h/ks?consistency=MOST", "cassandra://h/ks?settle_ms=100&clock_skew_ms=100",
                 "cassandra://h/ks?namespace=a/b"):
         with pytest.raises(ValueError):
@@ -91,13 +98,40 @@ async def test_schema_is_versioned_and_reopens(cassandra: Any) -> None:
     try:
         session = cluster.connect(keyspace)
         meta = dict(session.execute("SELECT key, value FROM meta"))
-        assert meta == {"schema_version": "1", "bucket_us": "30000000"}
+        assert orjson.loads(meta.pop("settings")) == {"settle_us": 300_000, "clock_skew_us": 50_000}
+        assert meta == {"schema_version": "2", "bucket_us": "30000000"}
         async with open_store(f"cassandra://{cassandra.hosts}/{keyspace}?bucket_seconds=99") as s:
             assert isinstance(s, CassandraStore) and s.bucket_us == 30_000_000  # fixed at creation
             assert [e.event for e in (await s.read(Scope("r", "d", "e"))).events] == [1]
         session.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
         with pytest.raises(StorageUnavailable, match="newer perhap"):
             await open_store(url)
+    finally:
+        cluster.shutdown()
+
+
+async def test_a_schema_1_keyspace_is_brought_up_to_date(cassandra: Any, realm: str) -> None:
+    """Schema 2 added events_by_id.claims: a keyspace of schema 1 gets it, and serves."""
+    keyspace = f"perhap_v1_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)
+    host, _, port = cassandra.hosts.rpartition(":")
+    cluster = Cluster(host.split(","), port=int(port))
+    try:
+        session = cluster.connect()
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute(f"CREATE TABLE {keyspace}.meta (key text PRIMARY KEY, value text)")
+        session.execute(f"CREATE TABLE {keyspace}.events_by_id (shard text, id uuid, realm text, domain text, "
+                        "entity text, type text, version bigint, ts bigint, stamp text, data blob, meta blob, "
+                        "txn uuid, ok boolean, PRIMARY KEY (shard, id))")  # as schema 1 made it
+        for key, value in (("schema_version", "1"), ("bucket_us", "60000000")):
+            session.execute(f"INSERT INTO {keyspace}.meta (key, value) VALUES (%s, %s)", (key, value))
+        async with open_store(f"cassandra://{cassandra.hosts}/{keyspace}") as store:
+            event_id = str(uuid.uuid4())
+            await store.append(realm, "d", "e", "t", 1, event_id=event_id)
+            assert (await store.get_event(realm, "d", event_id)).event == 1
+        version = session.execute(f"SELECT value FROM {keyspace}.meta WHERE key = 'schema_version'").one()[0]
+        assert version == "2"
     finally:
         cluster.shutdown()
 
@@ -181,6 +215,150 @@ async def test_read_after_acknowledgement_includes_it(url: str, realm: str) -> N
             == big.events[-1].event_id
 
 
+# ----------------------------------------------------------------------------- a retry after a 503
+
+
+async def test_a_retry_after_a_failed_follow_up_finds_its_event(url: str, realm: str) -> None:
+    """The Paxos commit applies, the write after it fails (503): the client's retry with the same
+    event id and expected version is answered 200 (not 409), every by-id path finds the event, and
+    the id cannot be stored again for another entity (issue 13, point 2)."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        await store.append(realm, "d", "e", "t", "first")  # the head (version 0) is now cached
+        after_commit = store.writer.after_commit
+
+        async def fail_once(key: EntityKey, p: Attempt) -> None:  # a fault in our own path, after the commit
+            store.writer.after_commit = after_commit  # type: ignore[method-assign]
+            raise StorageUnavailable("injected: the write after the commit failed")
+
+        store.writer.after_commit = fail_once  # type: ignore[method-assign]
+        event_id = str(uuid.uuid4())
+        with pytest.raises(StorageUnavailable, match="injected"):
+            await store.append(realm, "d", "e", "t", "second", event_id=event_id, expected_version=0)
+        async with open_store(url) as other:  # another process: nothing cached, nothing repaired yet
+            assert (await other.get_event(realm, "d", event_id)).event == "second"
+            assert (await other.read(Scope(realm, "d", "e"), following=event_id)).events == []
+            sub = await other.subscription(Scope(realm, "d"), following=event_id)  # Last-Event-ID's path
+            assert [e.event for e in await sub.fetch(timeout=0)] == []
+            with pytest.raises(EventIdConflict):  # stored in e: not storable in another entity
+                await other.append(realm, "d", "elsewhere", "t", "second", event_id=event_id)
+        retry = await store.append(realm, "d", "e", "t", "second", event_id=event_id, expected_version=0)
+        assert (retry.created, retry.first.event_id, retry.first.version) == (False, event_id, 1)
+        assert [e.event for e in await read_all(store, Scope(realm))] == ["first", "second"]
+        assert (await store.read(Scope(realm, "d", "elsewhere"))).events == []
+
+
+# ----------------------------------------------------------------------------- settings and checks
+
+
+async def test_settle_window_and_skew_are_stored_with_the_data(cassandra: Any) -> None:
+    """The first process fixes them; a process whose URL is silent adopts them, one that names
+    other values refuses to start (issue 13, point 6)."""
+    url = cassandra.new_url()
+    async with open_store(url + "&settle_ms=500&clock_skew_ms=100") as first:
+        assert isinstance(first, CassandraStore) and (first.settle_us, first.skew_us) == (500_000, 100_000)
+    async with open_store(url) as silent:
+        assert isinstance(silent, CassandraStore)
+        assert (silent.settle_us, silent.skew_us) == (500_000, 100_000)
+        assert silent.keyspace.options.settle_us == 500_000  # what its readers and writers use
+    async with open_store(url + "&settle_ms=500") as same:
+        assert isinstance(same, CassandraStore) and same.skew_us == 100_000
+    for other in ("&settle_ms=300", "&clock_skew_ms=50"):
+        with pytest.raises(ValueError, match=other[1:].split("=")[0]):
+            await open_store(url + other)
+
+
+def test_levels_are_checked_against_the_replication() -> None:
+    one_dc = Replication({ANY_DC: 3}, frozenset({"dc1"}))
+    two_dcs = Replication({"dc1": 3, "dc2": 3}, frozenset({"dc1", "dc2"}))
+    level = ConsistencyLevel
+    sound = [(level.LOCAL_ONE, level.LOCAL_SERIAL, Replication({ANY_DC: 1}, frozenset({"dc1"})), ANY_DC),
+             (level.LOCAL_QUORUM, level.LOCAL_SERIAL, one_dc, ANY_DC), (level.QUORUM, level.SERIAL, one_dc, ANY_DC),
+             (level.TWO, level.SERIAL, one_dc, ANY_DC), (level.ALL, level.LOCAL_SERIAL, one_dc, ANY_DC),
+             (level.QUORUM, level.SERIAL, two_dcs, ANY_DC), (level.LOCAL_QUORUM, level.LOCAL_SERIAL, two_dcs, "dc1"),
+             (level.LOCAL_ONE, level.LOCAL_SERIAL, Replication({"dc1": 1, "dc2": 1}, two_dcs.datacentres), "dc1")]
+    for consistency, serial, replication, scope in sound:
+        assert check_levels(consistency, serial, replication, "dc1") == scope
+    unsound = [(level.LOCAL_ONE, level.LOCAL_SERIAL, one_dc, "LOCAL_QUORUM"),  # one replica of three
+               (level.ONE, level.SERIAL, Replication({ANY_DC: 2}, frozenset({"dc1"})), "QUORUM"),
+               (level.QUORUM, level.LOCAL_SERIAL, two_dcs, "several datacentres"),  # fences miss commits
+               (level.LOCAL_QUORUM, level.SERIAL, two_dcs, "several datacentres"),
+               (level.LOCAL_QUORUM, level.LOCAL_SERIAL, Replication({ANY_DC: 3}, two_dcs.datacentres), "Simple"),
+               (level.LOCAL_ONE, level.LOCAL_SERIAL, two_dcs, "LOCAL_QUORUM"),  # one of dc1's three
+               (level.EACH_QUORUM, level.SERIAL, one_dc, "reads and writes"),
+               (level.QUORUM, level.QUORUM, one_dc, "SERIAL or LOCAL_SERIAL")]
+    for consistency, serial, replication, message in unsound:
+        with pytest.raises(ValueError, match=message):
+            check_levels(consistency, serial, replication, "dc1")
+
+
+async def test_a_store_whose_reads_can_miss_writes_is_refused(cassandra: Any) -> None:
+    """replication_factor=3 with the default LOCAL_ONE: refused before anything is created."""
+    keyspace = f"perhap_rf3_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)  # dropped with the others if it were created
+    with pytest.raises(ValueError, match="LOCAL_QUORUM"):
+        await open_store(f"cassandra://{cassandra.hosts}/{keyspace}?replication_factor=3&timeout=3")
+    host, _, port = cassandra.hosts.rpartition(":")
+    cluster = Cluster(host.split(","), port=int(port))
+    try:
+        session = cluster.connect()
+        rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                               (keyspace,))
+        assert rows.one() is None
+    finally:
+        cluster.shutdown()
+
+
+async def test_commit_log_mode_is_read_and_periodic_refused(cassandra: Any, url: str) -> None:
+    """The node's commitlog_sync is read at start-up (the harness sets group); periodic is refused
+    unless the URL accepts it, and an unreadable one is a warning (issue 13, point 4)."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        modes = set(store.commitlog.values())
+        assert modes == {"group"} if cassandra.node is not None else modes <= {"group", "batch", None}
+    with pytest.raises(ValueError, match="accept_periodic_commitlog=true"):
+        commitlog_verdict({"10.0.0.1": "group", "10.0.0.2": "periodic"}, accept_periodic=False)
+    assert "periodic (accepted" in commitlog_verdict({"10.0.0.2": "periodic"}, accept_periodic=True)[0]
+    assert "could not read" in commitlog_verdict({"10.0.0.3": None}, accept_periodic=False)[0]
+    assert commitlog_verdict({"a": "group", "b": "batch"}, accept_periodic=False) == []
+
+
+async def test_clock_skew_is_measured_against_the_cluster(url: str, cassandra: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    async with open_store(url) as store:  # the node runs on this machine: one clock
+        assert isinstance(store, CassandraStore) and store.clock_offsets
+        assert skew_warnings(store.clock_offsets, store.skew_us) == []
+    assert skew_warnings({"h": (-100_000, 1_000)}, 50_000) and not skew_warnings({"h": (20_000, 1_000)}, 50_000)
+    now = clock.now_us
+    monkeypatch.setattr(clock, "now_us", lambda: now() + 2_000_000)  # this process runs 2 s ahead
+    with caplog.at_level(logging.WARNING, logger="perhap.cassandra"):
+        async with open_store(cassandra.new_url()) as ahead:
+            assert isinstance(ahead, CassandraStore)
+            assert all(offset < -1_000_000 for offset, _ in ahead.clock_offsets.values())
+    assert any("ahead of Cassandra node" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- a big batch
+
+
+async def test_a_big_batch_does_not_push_later_appends_ahead(cassandra: Any, realm: str) -> None:
+    """A big batch is placed seconds ahead of the clock (its pending rows take a while); the appends
+    that start after its acknowledgement must not inherit that lead (issue 13, point 7)."""
+    async with open_store(cassandra.new_url() + "&settle_ms=100&clock_skew_ms=20") as store:
+        assert isinstance(store, CassandraStore)
+        big = await store.append_batch(realm, "d", "big", [{"type": "t", "event": i} for i in range(5000)])
+        before = store.writer.fixed_us  # learnt; the small append may raise it (a slow, late attempt)
+        small = await store.append(realm, "d", "small", "t", "after")
+        finished = clock.now_us()
+        # An ordinary append's lead, which an acknowledged position never exceeds (W - δ here).
+        ordinary = max(store.settle_us - store.skew_us, 2 * before, 2 * store.writer.fixed_us)
+        position = (await store.get_event(realm, "d", small.first.event_id)).cursor
+        big_position = (await store.get_event(realm, "d", big.events[-1].event_id)).cursor
+        assert isinstance(position, tuple) and isinstance(big_position, tuple)
+        assert big_position < position  # still after the batch it followed
+        assert position[0] <= finished + ordinary + 1
+
+
 # ----------------------------------------------------------------------------- several processes
 
 
@@ -250,8 +428,6 @@ async def test_processes_contending_for_one_entity(url: str, realm: str, tmp_pat
 
 
 async def _write_main(url: str, realm: str, w: int, count: int, offset_ms: float, stall: float) -> None:
-    from perhap.backends.cassandra import clock
-
     if offset_ms:  # this process's clock is off by offset_ms (within the store's clock_skew_ms)
         now = clock.now_us
         clock.now_us = lambda: now() + int(offset_ms * 1000)

@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 
 from ...errors import StorageUnavailable
 from ...model import Cursor, Event, Scope
 from . import clock
 from .driver import Row, gather, quiet
-from .records import IndexRow
+from .records import EntityKey, IndexRow
 from .schema import ERA, Keyspace
 from .settle import Settler
 
@@ -53,12 +53,33 @@ class Reader:
         rows = await ks.db.run(ks.q.by_id, (shard, u))
         if not rows:
             return None
-        realm, domain, entity, type_, version, ts, stamp, data, meta, txn, ok = rows[0]
-        if not ok and not await self.settler.is_committed((realm, domain, entity), txn):
-            return None
+        realm, domain, entity, type_, version, ts, stamp, data, meta, txn, ok, claims = rows[0]
+        if realm is None or not ok and not await self.settler.is_committed((realm, domain, entity), txn):
+            # A client-chosen id whose row is not written yet (it is, after the acknowledgement) or
+            # never will be (its writer failed after the commit): the entities it was sent to know.
+            return await self.claimed(u, claims) if claims else None
         if not ok:
             ks.db.spawn(quiet(ks.db.run(ks.q.by_id_ok, (shard, u))))
         return Event(event_id, realm, domain, entity, type_, version, clock.stamp(ts, stamp), data, meta, (ts, u))
+
+    async def claimed(self, u: uuid.UUID, claims: Iterable[EntityKey]) -> Event | None:
+        """A client-chosen id's event, found through the entities its writers claimed it for before
+        their commits: the client-id marker in the entity partition is the truth (written only by a
+        committed batch). Writes the id's row for the next reader."""
+        ks = self.ks
+        keys: list[EntityKey] = sorted(claims)
+        markers = await gather([ks.db.run(ks.q.client_id, (*k, u)) for k in keys])
+        for key, marker in zip(keys, markers, strict=True):
+            if not marker:
+                continue
+            rows = await ks.db.run(ks.q.versions, (*key, [marker[0][0]]))
+            if not rows:
+                continue
+            v, _, t, ts, st, d, m = rows[0]
+            shard = ks.ns.shard(u)
+            ks.db.spawn(quiet(ks.db.run(ks.q.by_id_add, (shard, u, *key, t, v, ts, st, d, m, None, True))))
+            return Event(str(u), key[0], key[1], key[2], t, v, clock.stamp(ts, st), d, m, (ts, u))
+        return None
 
     async def stored(self, ids: list[str]) -> dict[str, Event]:
         found = await gather([self.by_id(i) for i in ids])

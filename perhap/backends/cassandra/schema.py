@@ -1,7 +1,11 @@
-"""The keyspace: its tables, their creation with a schema version, and every prepared statement."""
+"""The keyspace: its tables, their creation with a schema version, the settings stored with the
+data, the start-up checks (checks.py), and every prepared statement."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -9,11 +13,16 @@ from typing import Any
 from cassandra import InvalidRequest
 
 from ...errors import StorageUnavailable
+from . import checks
 from .driver import Driver, Statement
 from .records import Namespace
 from .url import CassandraOptions
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("perhap.cassandra")
+
+#: 2: events_by_id.claims (the entities a client-chosen id was sent to, written before the commit).
+SCHEMA_VERSION = 2
+CLAIMS = "claims set<frozen<tuple<text, text, text>>>"
 ERA = 1024  # buckets per directory partition
 ENTITY_SHARDS = 8
 EVENT, CLIENT_ID, ATTEMPT = 0, 1, 2  # kinds of rows in an entity partition
@@ -29,9 +38,9 @@ TABLES = {
         txn uuid, ok boolean, PRIMARY KEY ((realm, scope, bucket), ts, id)""",
     # The directory of non-empty buckets: partition era -> its buckets; partition -1 -> the eras.
     "scope_dir": "realm text, scope text, era bigint, bucket bigint, PRIMARY KEY ((realm, scope, era), bucket)",
-    "events_by_id": """shard text, id uuid, realm text, domain text, entity text, type text,
+    "events_by_id": f"""shard text, id uuid, realm text, domain text, entity text, type text,
         version bigint, ts bigint, stamp text, data blob, meta blob, txn uuid, ok boolean,
-        PRIMARY KEY (shard, id)""",
+        {CLAIMS}, PRIMARY KEY (shard, id)""",
     # Names: realms under ('/' + namespace, '', 0), domains under (realm, '', 0), entities under
     # (realm, domain, hash shard); a stored realm never starts with '/' and a domain is never ''.
     "names": "realm text, domain text, shard int, name text, PRIMARY KEY ((realm, domain, shard), name)",
@@ -62,6 +71,8 @@ class Statements:
     by_id_ok: Statement
     by_id_del: Statement
     by_id: Statement
+    claim: Statement
+    client_id: Statement
     name_add: Statement
     names: Statement
     health: Statement
@@ -82,25 +93,100 @@ class Keyspace:
     stats: dict[str, int]  # outcome counters (late, retries, fenced, resolved), read by tests and metrics
 
 
-def open_keyspace(session: Any, options: CassandraOptions) -> tuple[int, Statements]:
-    """Create the schema if needed, check its version, prepare the statements (blocking: run it
-    in a thread). Returns the keyspace's bucket size (microseconds) and the statements."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What opening found: the layout and settings stored with the keyspace, and the cluster."""
+
+    bucket_us: int  # the time bucket of the scope indexes, fixed when the keyspace was created
+    statements: Statements
+    options: CassandraOptions  # the URL's, with settle_us and skew_us as stored with the data
+    commitlog: dict[str, str | None]  # each reachable node's commitlog_sync (None: not readable)
+    clock: dict[str, tuple[int, int]]  # each reachable node's clock minus ours, and its uncertainty (µs)
+
+
+def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
+    """Check the cluster, create the schema if needed (or bring it up to this version), adopt the
+    settings stored with the data, prepare the statements. Blocking: run it in a thread."""
     ks = options.keyspace
+    replication = checks.replication_of(session, ks, options.replication_factor)
+    if replication is None:
+        log.warning("keyspace %s uses a replication strategy perhap does not know: it cannot check that "
+                    "consistency=%s and serial_consistency=%s let every read meet every write", ks,
+                    checks.level_name(options.consistency), checks.level_name(options.serial_consistency))
+        scope = checks.ANY_DC
+    else:
+        local_dc = checks.local_datacentre(session, options.local_dc) if replication.multi_dc else None
+        scope = checks.check_levels(options.consistency, options.serial_consistency, replication, local_dc)
+    commitlog = checks.commitlog_modes(session)
+    for warning in checks.commitlog_verdict(commitlog, options.accept_periodic_commitlog):
+        log.warning("%s", warning)
+    keys = ("schema_version", "bucket_us", named("settings", options), named("quorum", options))
+    select = f"SELECT key, value FROM {ks}.meta WHERE key IN ({', '.join(['%s'] * len(keys))})"
     try:
-        rows = session.execute(f"SELECT key, value FROM {ks}.meta")
+        meta = dict(session.execute(select, keys))
     except InvalidRequest:  # no keyspace or table yet
-        rows = create_schema(session, options)
-    meta = dict(rows)
-    if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+        meta = {}
+    version = int(meta.get("schema_version", 0))
+    if version > SCHEMA_VERSION:
         raise StorageUnavailable(f"keyspace {ks} was written by a newer perhap "
                                  f"(schema {meta['schema_version']}); upgrade perhap")
-    if "schema_version" not in meta:
-        meta = dict(create_schema(session, options))
-    return int(meta["bucket_us"]), prepare(session, ks)
+    if version < SCHEMA_VERSION:
+        create_schema(session, options, version)
+        meta = dict(session.execute(select, keys))
+    options = stored_settings(session, options, meta)
+    if replication is not None and replication.multi_dc:
+        pinned = first_writer(session, options, "quorum", scope, meta)
+        if pinned != scope:
+            raise ValueError(
+                f"the processes of this store use consistency levels over {describe(pinned)}; this one would "
+                f"use {describe(scope)}, and the two need not meet: use the same levels in the same datacentre")
+    clock = checks.clock_offsets(session)
+    for warning in checks.skew_warnings(clock, options.skew_us):
+        log.warning("%s", warning)
+    return Opened(int(meta["bucket_us"]), prepare(session, ks), options, commitlog, clock)
 
 
-def create_schema(session: Any, options: CassandraOptions) -> Any:
-    """Create the keyspace and tables (idempotent) and return the meta table's rows."""
+def describe(scope: str) -> str:
+    return "all replicas" if scope == checks.ANY_DC else f"the replicas in datacentre {scope}"
+
+
+def named(key: str, options: CassandraOptions) -> str:
+    """A per-store meta key: each namespace is a store of its own."""
+    return f"{key}/{options.namespace}" if options.namespace else key
+
+
+def first_writer(session: Any, options: CassandraOptions, key: str, value: str, meta: dict[str, str]) -> str:
+    """The value stored under a per-store meta key: the first process's (IF NOT EXISTS)."""
+    key = named(key, options)
+    if key in meta:
+        return meta[key]
+    row = session.execute(f"INSERT INTO {options.keyspace}.meta (key, value) VALUES (%s, %s) IF NOT EXISTS",
+                          (key, value), execution_profile="lwt").one()
+    return value if row["[applied]"] else str(row["value"])
+
+
+#: Settings the proof needs every process of a store to share: (meta field, URL option).
+SHARED_SETTINGS = (("settle_us", "settle_ms"), ("clock_skew_us", "clock_skew_ms"))
+
+
+def stored_settings(session: Any, options: CassandraOptions, meta: dict[str, str]) -> CassandraOptions:
+    """The settle window and clock skew bound are stored with the store's data by its first process.
+    A process whose URL does not name them adopts them; one whose URL names other values refuses
+    to start (a process that believes in another window than the one in force is a mistake)."""
+    mine = {"settle_us": options.settle_us, "clock_skew_us": options.skew_us}
+    stored = json.loads(first_writer(session, options, "settings", json.dumps(mine, sort_keys=True), meta))
+    for field, option in SHARED_SETTINGS:
+        if stored[field] != mine[field] and option in options.given:
+            raise ValueError(
+                f"this store's {option} is {stored[field] / 1000:g}, fixed by the first process that opened it; "
+                f"the URL says {option}={mine[field] / 1000:g}. Every process must use the same value: drop "
+                f"{option} from the URL to use the stored one (changing it: docs/backends/cassandra.md)")
+    return dataclasses.replace(options, settle_us=int(stored["settle_us"]), skew_us=int(stored["clock_skew_us"]))
+
+
+def create_schema(session: Any, options: CassandraOptions, version: int) -> None:
+    """Create the keyspace and tables (idempotent), or bring a keyspace of an older version up to
+    this one, and record the version and the bucket size."""
     s, ks = session, options.keyspace
     s.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
               f"{{'class': 'SimpleStrategy', 'replication_factor': {options.replication_factor}}}")
@@ -108,11 +194,22 @@ def create_schema(session: Any, options: CassandraOptions) -> Any:
         # A fixed table id: processes creating the schema at once on different nodes agree.
         table_id = uuid.uuid5(uuid.NAMESPACE_URL, f"perhap:{ks}.{name}")
         s.execute(f"CREATE TABLE IF NOT EXISTS {ks}.{name} ({columns}) WITH ID = {table_id}")
+    by_id = {r[0] for r in s.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s "
+                                     "AND table_name = 'events_by_id'", (ks,))}
+    if "claims" not in by_id:  # a keyspace of schema 1
+        try:
+            s.execute(f"ALTER TABLE {ks}.events_by_id ADD {CLAIMS}")
+        except InvalidRequest as exc:  # another process added it first
+            if "conflicts" not in str(exc) and "exist" not in str(exc):
+                raise
     # IF NOT EXISTS: the first process to get here fixes the bucket size for good.
     insert = f"INSERT INTO {ks}.meta (key, value) VALUES (%s, %s) IF NOT EXISTS"
     s.execute(insert, ("bucket_us", str(options.bucket_seconds * 1_000_000)), execution_profile="lwt")
-    s.execute(insert, ("schema_version", str(SCHEMA_VERSION)), execution_profile="lwt")
-    return s.execute(f"SELECT key, value FROM {ks}.meta")
+    if version:
+        s.execute(f"UPDATE {ks}.meta SET value = %s WHERE key = 'schema_version' IF value = %s",
+                  (str(SCHEMA_VERSION), str(version)), execution_profile="lwt")
+    else:
+        s.execute(insert, ("schema_version", str(SCHEMA_VERSION)), execution_profile="lwt")
 
 
 def prepare(session: Any, ks: str) -> Statements:
@@ -155,8 +252,10 @@ def prepare(session: Any, ks: str) -> Statements:
                     f"ts, stamp, data, meta, txn, ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         by_id_ok=p(f"UPDATE {ks}.events_by_id SET ok = true WHERE shard = ? AND id = ?"),
         by_id_del=p(f"DELETE FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
-        by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok "
+        by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok, claims "
                 f"FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
+        claim=p(f"UPDATE {ks}.events_by_id SET claims = claims + ? WHERE shard = ? AND id = ?"),
+        client_id=p(f"SELECT ver FROM {ks}.entity_log WHERE {ent} AND kind = {CLIENT_ID} AND seq = 0 AND id = ?"),
         name_add=p(f"INSERT INTO {ks}.names (realm, domain, shard, name) VALUES (?, ?, ?, ?)"),
         names=p(f"SELECT name FROM {ks}.names WHERE realm = ? AND domain = ? AND shard = ? "
                 f"AND name > ? LIMIT ?"),

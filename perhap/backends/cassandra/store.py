@@ -20,7 +20,13 @@ The design, proved in docs/backends/cassandra.md:
   EXISTS), so it can never commit later (settle.py). The set of events at or below a horizon is
   thus final: pages never skip nor repeat an event (reader.py).
 - ``events_by_id`` finds an event by id in one read (partitioned by the id's top 44 bits: a
-  UUIDv7's 16 ms window). Names live in ``names`` (a domain's entities hashed into 8 shards).
+  UUIDv7's 16 ms window). A client-chosen id is *claimed* there before the commit (its entity
+  added to a set), so a reader by id, or a retry, finds the entity whose marker is the truth even
+  when the writer failed after its commit. Names live in ``names`` (a domain's entities hashed
+  into 8 shards).
+- At start-up (checks.py): consistency levels that let a read miss a write, and a commit log that
+  acknowledges before it syncs, are refused; W and δ are stored with the data (first process wins);
+  the clock is compared with the nodes'.
 - ``?namespace=`` keeps several stores in one keyspace: stored realms are ``namespace/realm``
   ('/' never occurs in a realm name), converted back at the edges (records.Namespace).
 """
@@ -36,7 +42,7 @@ from .driver import DRIVER_ERRORS, Driver
 from .names import Names
 from .reader import Reader
 from .records import EntityKey, Namespace
-from .schema import Keyspace, Statements, open_keyspace
+from .schema import Keyspace, Opened, open_keyspace
 from .settle import Settler
 from .url import parse_cassandra_url
 from .writer import Writer
@@ -63,19 +69,24 @@ class CassandraStore(Store):
     async def open(self) -> CassandraStore:
         self.db.loop = asyncio.get_running_loop()
         try:
-            bucket_us, statements = await asyncio.to_thread(self._connect)
-        except DRIVER_ERRORS as exc:
+            opened = await asyncio.to_thread(self._connect)
+        except BaseException as exc:  # unreachable, or a cluster or URL it refuses: let the driver go
             await self.db.shutdown()
-            raise StorageUnavailable(f"cannot reach Cassandra at {self.options.hosts}: {exc}") from None
-        self._wire(bucket_us, statements)
+            if isinstance(exc, DRIVER_ERRORS):
+                raise StorageUnavailable(f"cannot reach Cassandra at {self.options.hosts}: {exc}") from None
+            raise
+        self._wire(opened)
         return self
 
-    def _connect(self) -> tuple[int, Statements]:
+    def _connect(self) -> Opened:
         return open_keyspace(self.db.connect(), self.options)
 
-    def _wire(self, bucket_us: int, statements: Statements) -> None:
-        self.bucket_us = bucket_us
-        self.keyspace = ks = Keyspace(self.db, statements, self.ns, self.options, bucket_us, self.stats)
+    def _wire(self, opened: Opened) -> None:
+        self.bucket_us = opened.bucket_us
+        self.options = options = opened.options  # settle and skew as stored with the data
+        self.settle_us, self.skew_us = options.settle_us, options.skew_us
+        self.commitlog, self.clock_offsets = opened.commitlog, opened.clock
+        self.keyspace = ks = Keyspace(self.db, opened.statements, self.ns, options, opened.bucket_us, self.stats)
         self.names = Names(ks)
         self.settler = Settler(ks, self.names)
         self.reader = Reader(ks, self.settler)

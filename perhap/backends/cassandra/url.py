@@ -8,7 +8,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from cassandra import ConsistencyLevel
 
 OPTIONS = frozenset({"namespace", "replication_factor", "consistency", "serial_consistency", "settle_ms",
-                     "clock_skew_ms", "timeout", "bucket_seconds", "local_dc", "poll_ms"})
+                     "clock_skew_ms", "timeout", "bucket_seconds", "local_dc", "poll_ms",
+                     "accept_periodic_commitlog"})
+TRUE, FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class CassandraOptions:
     bucket_seconds: int
     local_dc: str | None
     poll: float  # seconds between subscribers' polls
+    accept_periodic_commitlog: bool  # serve even when a node acknowledges writes before they are on disk
+    given: frozenset[str]  # the options the URL names (the others are defaults)
 
 
 def parse_cassandra_url(url: str) -> CassandraOptions:
@@ -71,6 +75,9 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
     skew_ms = float(query.get("clock_skew_ms", 50))
     if not 0 <= skew_ms < settle_ms:
         raise ValueError("clock_skew_ms must be at least 0 and less than settle_ms")
+    accept = query.get("accept_periodic_commitlog", "false").lower()
+    if accept not in TRUE | FALSE:
+        raise ValueError(f"accept_periodic_commitlog must be true or false, not {accept!r}")
     return CassandraOptions(
         hosts=hosts, port=port, keyspace=keyspace, namespace=namespace, user=user, password=password,
         replication_factor=int(query.get("replication_factor", 1)),
@@ -81,4 +88,6 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
         bucket_seconds=int(query.get("bucket_seconds", 60)),
         local_dc=query.get("local_dc"),
         poll=float(query.get("poll_ms", 100)) / 1000,
+        accept_periodic_commitlog=accept in TRUE,
+        given=frozenset(query),
     )

@@ -1,5 +1,6 @@
-"""Appending: pending index rows, then ONE conditional batch on the entity partition (a Paxos
-round), then names, client ids and marking the rows ok (steps 1-4 in docs/backends/cassandra.md).
+"""Appending: pending index rows (and claims of client-chosen ids), then ONE conditional batch on
+the entity partition (a Paxos round), then names; after the answer, the rows by id and marking the
+rows ok (steps 1-4 in docs/backends/cassandra.md).
 
 The batch is ``IF head = v`` plus ``IF NOT EXISTS`` on its markers: a Paxos round makes versions
 gapless, batches atomic and client ids unique within the entity, whatever the number of writing
@@ -66,7 +67,7 @@ class Writer:
         self.locks: dict[EntityKey, EntityLock] = {}
         self.heads: OrderedDict[EntityKey, Head] = OrderedDict()
         self.fixed_us, self.row_us = 5000.0, 200.0  # learnt cost of pending rows (microseconds)
-        self.last_ts = 0  # the last position this process gave out
+        self.floor = 0  # the last position this process acknowledged: later appends come after it
 
     async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
         """Append a batch to an entity (its realm as stored)."""
@@ -100,10 +101,7 @@ class Writer:
                 head = Head(-1, 0) if not rows or rows[0][0] is None else Head(rows[0][0], rows[0][1])
             else:
                 head = Head(expected, 0)  # the condition checks it; a wrong guess costs one retry
-        # Pending rows must be acknowledged within settle - clock_skew of their position. A loaded
-        # cluster or a big batch takes a while: place the position twice the time we expect to need
-        # ahead of now (learnt as fixed + per-event cost), and twice what it took after a late try.
-        lead = min(clock.MAX_LEAD_US, int(2 * (self.fixed_us + len(batch) * self.row_us)))
+        lead = self.lead(len(batch))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ks.options.timeout + len(batch) / 1000
         written: Attempt | None = None
@@ -145,8 +143,30 @@ class Writer:
             self.settler.own.discard(written.txn)  # no mark_ok then: let readers repair its rows
             raise
         self.notify()
+        early = self.early(last.ts)
+        if early > 0:  # a big batch: its position is still far ahead of the clock
+            await asyncio.sleep(early)
+        self.floor = max(self.floor, last.ts)
         return AppendResult([Appended(str(p.id), p.version, clock.stamp(p.ts, p.event.timestamp))
                              for p in written.events], created=True)
+
+    def lead(self, events: int) -> int:
+        """How far ahead of the clock to place an attempt (microseconds). Its pending rows must be
+        acknowledged within lead + settle - clock_skew of its position: allow twice the time they are
+        expected to take (learnt: a fixed part and a part per event), and at least twice the fixed
+        part ahead. Not more: positions that run far ahead of the acknowledgement delay everything."""
+        o = self.ks.options
+        expected = self.fixed_us + events * self.row_us
+        return int(min(clock.MAX_LEAD_US, max(2 * self.fixed_us, 2 * expected - (o.settle_us - o.skew_us))))
+
+    def early(self, ts: int) -> float:
+        """How long (seconds) to wait before acknowledging an append whose last position is ``ts``:
+        until it is at most the lead of an ordinary append (settle - clock_skew, or twice the fixed
+        cost when that is more) ahead of the clock. Appends that start after an acknowledgement come
+        after it (``floor``): a big batch, placed seconds ahead, would otherwise push every later
+        append of this process as far; it waits instead (an ordinary append never does)."""
+        o = self.ks.options
+        return (ts - clock.now_us() - max(o.settle_us - o.skew_us, 2 * self.fixed_us)) / 1e6
 
     async def pending(self, key: EntityKey, batch: list[NewEvent], version: int,
                       head_ts: int, lead: int) -> tuple[Attempt | None, int]:
@@ -157,14 +177,14 @@ class Writer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         now = clock.now_us()
-        # Positions grow along the entity's versions, and along this process's appends (so one that
-        # starts after another was acknowledged comes after it; across processes see the docs).
-        ts0 = max(now + lead, head_ts + 1, self.last_ts + 1)
-        self.last_ts = ts0 + len(batch) - 1
+        # Positions grow along the entity's versions, and an append that starts after another was
+        # acknowledged by this process comes after it (across processes see the docs).
+        ts0 = max(now + lead, head_ts + 1, self.floor + 1)
         attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i)
                                 for i, e in enumerate(batch)])
         index: Rows = []
         by_id: Rows = []
+        claims: Rows = []
         directory: list[tuple[str, str, int]] = []
         for e, u, v, ts in attempt.events:
             bucket = ts // ks.bucket_us
@@ -173,12 +193,16 @@ class Writer:
                                                 e.timestamp, e.data_json, e.meta_json, attempt.txn)))
                 if (realm, scope, bucket) not in self.names.known:
                     directory.append((realm, scope, bucket))
-            if not e.client_id:  # client ids get theirs after the commit: a racing twin must not clobber it
-                shard = ks.ns.shard(u)
+            shard = ks.ns.shard(u)
+            if e.client_id:  # a claim: a racing twin must not clobber its row, and a retry must find it
+                claims.append((shard, ({key}, shard, u)))
+            else:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
                                       e.timestamp, e.data_json, e.meta_json, attempt.txn, None)))
         directory = list(dict.fromkeys(directory))
         jobs: list[Awaitable[Any]] = [ks.db.batch(ks.q.index, index), ks.db.batch(ks.q.by_id_add, by_id)]
+        if claims:
+            jobs.append(ks.db.batch(ks.q.claim, claims))
         for r, s, b in directory:
             jobs.append(ks.db.run(ks.q.dir_add, (r, s, b // ERA, b)))
             jobs.append(ks.db.run(ks.q.dir_add, (r, s, -1, b // ERA)))
@@ -242,29 +266,31 @@ class Writer:
         return Head(-1, 0) if head is None else Head(head, rows[0]["head_ts"])
 
     async def after_commit(self, key: EntityKey, p: Attempt) -> None:
-        """Keys and client ids before the acknowledgement; marking the index rows ok after it."""
-        ks = self.ks
+        """Names before the acknowledgement; the rows by id and marking the index rows ok after it
+        (until then, readers find a client-chosen id through its claim, a server id by its attempt)."""
         await self.names.write(key)
-        clients: Rows = []
-        for e, u, v, ts in p.events:
-            if e.client_id:
-                shard = ks.ns.shard(u)
-                clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
-                                        p.txn, True)))
-        if clients:
-            await ks.db.batch(ks.q.by_id_add, clients)
-        ks.db.spawn(self.mark_ok(key, p))
+        self.ks.db.spawn(self.mark_ok(key, p))
 
     async def mark_ok(self, key: EntityKey, p: Attempt) -> None:
         ks = self.ks
         realm, domain, _ = key
         rows: Rows = []
-        for _e, u, _v, ts in p.events:
+        ids: Rows = []
+        clients: Rows = []
+        for e, u, v, ts in p.events:
             bucket = ts // ks.bucket_us
             rows += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
-        ids: Rows = [(ks.ns.shard(u), (ks.ns.shard(u), u)) for e, u, _, _ in p.events if not e.client_id]
+            shard = ks.ns.shard(u)
+            if e.client_id:
+                clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
+                                        p.txn, True)))
+            else:
+                ids.append((shard, (shard, u)))
+        jobs = [ks.db.batch(ks.q.index_ok, rows), ks.db.batch(ks.q.by_id_ok, ids)]
+        if clients:
+            jobs.append(ks.db.batch(ks.q.by_id_add, clients))
         try:
-            await gather([ks.db.batch(ks.q.index_ok, rows), ks.db.batch(ks.q.by_id_ok, ids)])
+            await gather(jobs)
         except (StorageUnavailable, InvalidInput):
             pass  # readers resolve pending rows themselves
         finally:
