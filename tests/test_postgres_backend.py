@@ -477,3 +477,67 @@ async def test_serve_with_two_workers(pg_url: str, tmp_path: Path) -> None:
             assert listening == 2
         code, _out = server.terminate()
         assert code == 0
+
+
+# --------------------------------------------------------------------------- durability settings
+
+#: A trigger that notes the synchronous_commit in force for each statement writing events.
+_NOTE_SETTING = """
+CREATE TABLE seen_settings (setting text NOT NULL);
+CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO seen_settings VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$;
+CREATE TRIGGER note_setting AFTER INSERT ON perhap_events FOR EACH STATEMENT EXECUTE FUNCTION note_setting();
+"""
+
+
+@pytest.mark.parametrize(("default", "in_writes"), [("off", "on"), ("remote_apply", "remote_apply")])
+async def test_writes_flush_whatever_the_database_default(pg_url: str, default: str, in_writes: str) -> None:
+    # A database default of synchronous_commit = off would acknowledge appends before their WAL
+    # is flushed; the writer raises it to on for its own transactions, and keeps stronger settings.
+    async with open_store(pg_url):
+        pass  # the schema, for the trigger
+    conn = await asyncpg.connect(pg_url, timeout=10)
+    try:
+        await conn.execute(_NOTE_SETTING)
+        await conn.execute(f"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = %L', "
+                           f"current_database(), '{default}'); END $$")
+    finally:
+        await conn.close()
+    assert (await sql(pg_url, "SHOW synchronous_commit"))[0][0] == default  # new sessions get it
+    async with open_store(pg_url) as store:
+        await store.append("sync", "d", "one", "t", 1)  # INSERT
+        await store.append_batch("sync", "d", "many", [{"type": "t", "event": i} for i in range(150)])  # COPY
+        await asyncio.gather(*(store.append("sync", "d", f"e{i}", "t", i) for i in range(20)))  # groups
+    seen = [r[0] for r in await sql(pg_url, "SELECT setting FROM seen_settings")]
+    assert len(seen) >= 3 and set(seen) == {in_writes}, seen
+    assert (await sql(pg_url, "SHOW synchronous_commit"))[0][0] == default  # only the writer's own
+
+
+async def test_a_server_without_fsync_is_named_at_open(own_server: PostgresServer,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    url = own_server.create_database("nofsync")
+    async with open_store(url):
+        pass
+    assert "fsync = off" not in caplog.text
+    await sql(url, "ALTER SYSTEM SET fsync = off")
+    await sql(url, "SELECT pg_reload_conf()")
+    await eventually(lambda: _setting(url, "fsync", "off"), 10, "the server to reload with fsync = off")
+    with caplog.at_level("WARNING", logger="perhap.postgres"):
+        async with open_store(url):
+            pass
+    assert "runs with fsync = off" in caplog.text
+
+
+async def _setting(url: str, name: str, value: str) -> bool:
+    return bool((await sql(url, f"SELECT current_setting('{name}') = '{value}'"))[0][0])
+
+
+async def test_an_append_from_another_event_loop_is_refused(pg_url: str) -> None:
+    # The writer's queue and the appends' futures belong to the loop that opened the store; an
+    # append from another loop would be woken late or never, so it is refused up front (as on
+    # SQLite; a read from another loop is refused by asyncio itself).
+    async with open_store(pg_url) as store:
+        with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
+            await asyncio.to_thread(asyncio.run, store.append("loops", "d", "e", "t", 1))
+        assert (await store.read(Scope("loops", "d"))).events == []
+        assert (await store.append("loops", "d", "e", "t", 2)).first.version == 0

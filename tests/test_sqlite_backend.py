@@ -6,6 +6,9 @@
 - Live subscribers of realms and domains read a ring of recent events; under concurrent appenders,
   forced ring trims and a second writer on the same file, each still sees every event of its scope
   once, in commit order.
+- A store belongs to the event loop that opened it; the writer thread outlives that loop, and an
+  append never waits on a writer that stopped.
+- One process owns a file: a second process is refused at open, and the lock dies with the owner.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,9 +35,13 @@ from perhap.backends.sqlite import ring as ring_module
 from perhap.backends.sqlite.schema import open_database
 from perhap.backends.sqlite.writer import JobOutcome, apply_each, apply_together
 from perhap.backends.sqlite.writes import WriterState, insert_chunks
-from perhap.errors import EventIdConflict, PerhapError, VersionConflict
+from perhap.errors import EventIdConflict, PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, NewEvent, Scope, new_event
 from perhap.store.base import WriteJob
+from tests.helpers import wait_until
+from tests.servers import ProcessServer
+
+_T = TypeVar("_T")
 
 TS = "2026-01-01T00:00:00.000000Z"
 CLIENT_IDS = [f"00000000-0000-4000-8000-{i:012x}" for i in range(6)]
@@ -324,3 +334,167 @@ async def _read_all(store: SQLiteStore, scope: Scope) -> list[Event]:
         if page.next is None:
             return events
         following = page.next
+
+
+# ------------------------------------------------------------------ event loops and the writer thread
+
+
+def _in_another_loop(coro_fn: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion in a new event loop in another thread; its result or error."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", asyncio.run(coro_fn())))
+        except BaseException as exc:
+            out.append(("error", exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert out, "the other loop did not finish"
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+async def test_a_store_refuses_an_event_loop_that_did_not_open_it(tmp_path: Path) -> None:
+    # Issue 13.8: an append from a second loop, cancelled, whose loop closed before its group
+    # committed, used to take the writer thread down. Such an append is refused up front now,
+    # and so is every read, the same way; the writer goes on serving its own loop.
+    store = await open_sqlite(str(tmp_path / "loops.db"))
+    try:
+        first = await store.append("r", "d", "e", "t", 0)
+        calls: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+            "append": lambda: store.append("r", "d", "e", "t", 1),
+            "read": lambda: store.read(Scope("r", "d")),
+            "entity read": lambda: store.read(Scope("r", "d", "e")),
+            "get_event": lambda: store.get_event("r", "d", first.first.event_id),
+            "keys": lambda: store.keys("r"),
+            "count": store.count,
+            "subscription": lambda: store.subscription(Scope("r"), following=first.first.event_id),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
+                _in_another_loop(call)
+                pytest.fail(f"{name} from another loop was not refused")
+        assert await store.health()
+        second = await store.append("r", "d", "e", "t", 2)
+        assert second.first.version == 1  # the refused append stored nothing
+        assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [0, 2]
+    finally:
+        await store.close()
+
+
+async def test_the_writer_survives_the_loop_that_opened_the_store_closing_mid_group(tmp_path: Path) -> None:
+    # The same scenario on the loop a store belongs to: an append waits for its group (another
+    # connection holds the write lock), is cancelled, and the loop closes before the group
+    # commits. The commit notice then finds a closed loop; the writer must not die of it.
+    path = str(tmp_path / "closed.db")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder: list[SQLiteStore] = []
+
+    async def append_then_leave() -> None:
+        store = await open_sqlite(path)
+        holder.append(store)
+        blocker.execute("BEGIN IMMEDIATE")  # the group cannot commit until this ends
+        task = asyncio.ensure_future(store.append("r", "d", "e", "t", "late"))
+        await asyncio.sleep(0)  # the append is queued
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    _in_another_loop(append_then_leave)  # asyncio.run closed that loop on its way out
+    [store] = holder
+    blocker.execute("COMMIT")
+    await wait_until(lambda: blocker.execute("SELECT count(*) FROM events").fetchone()[0] == 1,
+                     "the cancelled append to commit")
+    await store.close()  # from this loop: closing works from any loop
+    blocker.close()
+    writer = store._writer
+    assert writer is not None and not writer.thread.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError):  # it lived to close its connection when told to
+        writer.state.conn.execute("SELECT 1")
+    assert writer.failure is None
+
+
+async def test_an_append_never_waits_on_a_stopped_writer(tmp_path: Path) -> None:
+    # Whatever stops the writer thread (here a foreign object in its queue, standing in for a bug),
+    # queued appends and later ones fail at once with StorageUnavailable, /_health says so, and
+    # reads, which do not need the writer, go on.
+    store = await open_sqlite(str(tmp_path / "stopped.db"))
+    try:
+        await store.append("r", "d", "e", "t", 0)
+        store._queue.put(object())
+        queued = asyncio.ensure_future(store.append("r", "d", "e", "t", 1))
+        for pending in (queued, asyncio.ensure_future(store.append("r", "d", "e", "t", 2))):
+            with pytest.raises(StorageUnavailable, match="writer thread stopped"):
+                await asyncio.wait_for(pending, 10)
+        assert store._writer is not None
+        await asyncio.get_running_loop().run_in_executor(None, store._writer.thread.join, 10)
+        with pytest.raises(StorageUnavailable, match="writer thread stopped"):
+            await asyncio.wait_for(store.append("r", "d", "e", "t", 3), 10)
+        assert not await store.health()
+        assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [0]
+    finally:
+        await asyncio.wait_for(store.close(), 10)
+
+
+# ------------------------------------------------------------------ one process owns a file
+
+
+def _perhap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "perhap.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_a_second_process_is_refused_and_the_lock_dies_with_the_first(tmp_path: Path) -> None:
+    # Issues 13.15 and 14.3: a second process writing the file was allowed, and its events reached
+    # the server's streams only at the next 5 s poll. Now the second process is refused at open,
+    # told which process holds the file and what to do; the lock ends with the holder, even SIGKILLed.
+    path = tmp_path / "owned.db"
+    url = f"sqlite:///{path}"
+    server = ProcessServer(url, cwd=tmp_path).start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        dump = tmp_path / "dump.jsonl"
+        dump.write_text('{"event_id":"01a2173a-af2e-701e-bbf0-c30a3181d1d9","realm":"r","domain":"d",'
+                        '"entity":"e","type":"t","event":1,"meta":{},"version":0,'
+                        '"timestamp":"2026-11-26T09:40:51.630610Z"}\n')
+        for args in (("export", "--db", url), ("import", "--db", url, str(dump))):
+            r = _perhap(*args)
+            assert r.returncode == 1, (args, r.stdout, r.stderr)
+            [line] = r.stderr.strip().splitlines()
+            assert line.startswith("error: ") and f"in use by process {pid}" in line, line
+            assert f"{path}-lock" in line and "stop that process" in line and "PostgreSQL" in line, line
+        with pytest.raises(RuntimeError, match=f"in use by process {pid}"):
+            ProcessServer(url, cwd=tmp_path).start()
+        with pytest.raises(StorageUnavailable, match=f"in use by process {pid}"):
+            await open_sqlite(str(path))  # this test's own process is another process too
+        assert httpx.get(f"{server.url}/r/d/e").json()["events"] == []  # nothing got in
+    finally:
+        server.kill()  # SIGKILL: the kernel drops the lock with the process
+    store = await open_sqlite(str(path))
+    assert await store.count() == 0
+    await store.close()
+    # Closed, the file is free for another process again.
+    r = _perhap("import", "--db", url, str(tmp_path / "dump.jsonl"))
+    assert r.returncode == 0, r.stderr
+
+
+async def test_stores_of_one_process_share_a_file(tmp_path: Path) -> None:
+    # Within one process several stores may open one file (the ring test plays a second writer
+    # so); the lock is held until the last of them closes.
+    path = str(tmp_path / "shared.db")
+    first = await open_sqlite(path)
+    second = await open_sqlite(path)
+    await first.append("r", "d", "e", "t", 0)
+    await second.append("r", "d", "e", "t", 1)
+    await first.close()
+    assert _perhap("export", "--db", f"sqlite:///{path}").returncode == 1  # still held by `second`
+    assert await second.count() == 2
+    await second.close()
+    r = _perhap("export", "--db", f"sqlite:///{path}")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 3  # the header and two events

@@ -3,12 +3,15 @@ driver errors mean the database is away rather than an answer from it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+log = logging.getLogger("perhap.postgres")
 
 POOL_SIZE = 10  # read connections
 POLL_INTERVAL = 1.0  # seconds a subscriber waits for a notification before reading anyway
@@ -87,6 +90,15 @@ async def init_reader(conn: Connection) -> None:
     # priced out, the index walk is the only plan left for scope reads; key listings walk their
     # unique indexes the same way. (A SET, not a startup parameter, which pgbouncer would refuse.)
     await conn.execute("SET enable_sort = off")
+
+
+async def warn_if_not_durable(conn: AnyConnection) -> None:
+    """Warn (at open) when the server does not flush its WAL at all (``fsync = off``): then a
+    commit, and so a 201, does not survive a crash of the database's machine. Only a warning:
+    throwaway test and CI servers run so on purpose."""
+    if await conn.fetchval("SELECT current_setting('fsync')") != "on":
+        log.warning("the PostgreSQL server runs with fsync = off: an acknowledged append (201) is "
+                    "lost if the database's machine crashes; set fsync = on for data that matters")
 
 
 async def _no_reset(conn: Connection) -> None:

@@ -10,6 +10,8 @@ Design, and why (docs/backends/postgresql.md has the long form and the proof):
   ``poll_interval``, so nothing depends on a notification arriving.
 - A lost database is StorageUnavailable (HTTP 503) for appends and reads; the pool, the writer's
   connection and the listener reconnect on their own when it is back.
+- A store belongs to the event loop that opened it (asyncpg's connections do): an append from
+  another loop is refused up front with RuntimeError, as a read from one is by asyncio itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ...errors import PerhapError, StorageUnavailable
 from ...model import Cursor, Event, Scope
 from ...store.base import Statistic, Store, WriteJob
 from ...store.groupcommit import STOP
-from .connection import DB_ERRORS, LOST, Options, Pool
+from .connection import DB_ERRORS, LOST, Options, Pool, warn_if_not_durable
 from .listener import Listener
 from .queries import EVENT_BY_ID, names_query, row_event, scope_query
 from .schema import migrate
@@ -55,6 +57,7 @@ class PostgresStore(Store):
         self._listener = Listener(self.options, self._notify_commit)
         self._writer_task: asyncio.Task[None] | None = None
         self._listener_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> PostgresStore:
         """Connect, create or upgrade the schema, and start the writer and the listener."""
@@ -62,12 +65,14 @@ class PostgresStore(Store):
             self._pool = await self.options.create_pool()
             async with self._pool.acquire(timeout=self.timeout) as conn:
                 await migrate(conn)
+                await warn_if_not_durable(conn)
         except DB_ERRORS as exc:
             await self._close_pool()
             raise StorageUnavailable(f"cannot open the PostgreSQL store: {exc}") from None
         except BaseException:
             await self._close_pool()
             raise
+        self._loop = asyncio.get_running_loop()
         self._writer_task = asyncio.create_task(self._writer.run(), name="perhap-pg-writer")
         self._listener_task = asyncio.create_task(self._listener.run(), name="perhap-pg-listener")
         return self
@@ -79,6 +84,9 @@ class PostgresStore(Store):
         if task is None or task.done():  # never opened, or the writer stopped
             job.settle(StorageUnavailable("the store is closed"))
             return
+        if job.loop is not self._loop:  # its queue and its futures would wake the wrong loop
+            raise RuntimeError("this PostgresStore belongs to the event loop that opened it; "
+                               "open another store for this loop")
         self._put(job)
 
     @property

@@ -14,6 +14,8 @@
 - Nothing is acknowledged that was not committed: a connection lost before COMMIT was sent means
   nothing committed (the group is retried once on a fresh connection); lost during COMMIT, the
   outcome is unknown and the appends are answered 503.
+- Nothing is acknowledged before the commit is flushed to disk: a database or role whose default
+  is ``synchronous_commit = off`` is overridden for each group's transaction (:data:`DURABLE`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ from .schema import CHANNEL, LOCK_CLASS
 log = logging.getLogger("perhap.postgres")
 
 COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnest
+
+#: Sent with BEGIN, in the same round trip: a transaction that would commit without waiting for
+#: its WAL flush (synchronous_commit = off, set for the database, the role or the server) waits for
+#: it after all, so a 201 always means flushed. Per transaction (SET LOCAL), so it holds through
+#: pgbouncer's transaction pooling too; only ``off`` is raised: ``local``, ``remote_write``,
+#: ``on`` and ``remote_apply`` all flush locally, and an operator's stronger choice is kept.
+DURABLE = ("SELECT set_config('synchronous_commit', 'on', true) "
+           "WHERE current_setting('synchronous_commit') = 'off';")
 
 Key = tuple[str, str, str]  # realm, domain, entity
 #: A job's outcome: the result, or the error that refuses it (that job alone).
@@ -170,7 +180,7 @@ class GroupWriter:
             keys = sorted({_realm_key(job.realm) for job in jobs})
             # The locks are their own statements: under READ COMMITTED each later statement then
             # reads with a snapshot that includes the previous lock holder's commit.
-            await conn.execute("BEGIN;" + "".join(
+            await conn.execute("BEGIN;" + DURABLE + "".join(
                 f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
             new_pairs: set[tuple[int, int]] = set()
             if isolate:

@@ -2,7 +2,8 @@
 
 Modules: ``store`` (the Store subclass: reads, life cycle), ``schema`` (tables, opening a file),
 ``queries`` (read SQL, rows to Events), ``writer`` (the writer thread, group commit, fast and
-careful paths), ``writes`` (one job's checks and rows), ``ring`` (recent events for subscribers).
+careful paths), ``writes`` (one job's checks and rows), ``ring`` (recent events for subscribers),
+``lock`` (one process owns a file).
 """
 
 from .schema import SCHEMA, SCHEMA_VERSION

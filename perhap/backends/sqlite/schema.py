@@ -54,11 +54,16 @@ def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: str, *, synchronous: str) -> sqlite3.Connection:
-    """The writer's connection to ``path``, the schema created or its version checked."""
+def check_directory(path: str) -> None:
+    """StorageUnavailable naming the directory when the one that should hold ``path`` is missing."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StorageUnavailable(f"the directory {directory} does not exist")
+
+
+def open_database(path: str, *, synchronous: str) -> sqlite3.Connection:
+    """The writer's connection to ``path``, the schema created or its version checked."""
+    check_directory(path)
     try:
         conn = connect(path, synchronous=synchronous)
         conn.executescript(SCHEMA)

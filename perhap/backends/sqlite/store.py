@@ -9,6 +9,10 @@ Design, and why:
   than the read, and a pool thread waits for the GIL at every row.
 - Live subscribers of realms and domains read a ring of recently committed events kept on the
   event loop (:mod:`.ring`) instead of querying the database once per commit each.
+- One process owns the file (:mod:`.lock`): another process that opens it is refused.
+- A store belongs to the event loop that opened it: reads and appends from another loop are
+  refused up front (RuntimeError), so the writer only ever answers one loop, and an append never
+  waits on a writer thread that has stopped (StorageUnavailable).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from ...model import Cursor, Event, Scope
 from ...store.base import Statistic, Store, WriteJob
 from ...store.groupcommit import STOP
 from . import queries
+from .lock import FileLock, acquire
 from .ring import Ring
-from .schema import SYNCHRONOUS, connect, last_seq, open_database
+from .schema import SYNCHRONOUS, check_directory, connect, last_seq, open_database
 from .writer import Writer
 
 #: Reads of at most this many rows run on the event loop itself rather than in the thread pool.
@@ -38,12 +43,14 @@ _T = TypeVar("_T")
 
 
 class SQLiteStore(Store):
-    """Events in one SQLite file. Only one server process should own a file at a time."""
+    """Events in one SQLite file, owned by one process (another process is refused at open)."""
 
     shared_across_processes = False
     # One writer thread takes appends from a FIFO queue: appends started in order commit in order.
     preserves_submission_order = True
-    poll_interval = 5.0  # wake-ups come from the writer thread; polling only covers other processes
+    # Wake-ups come from the writer thread; polling only covers another store on the same file in
+    # this process, or a tool other than perhap writing the file.
+    poll_interval = 5.0
 
     def __init__(self, path: str, *, synchronous: str = "FULL", url: str | None = None) -> None:
         super().__init__()
@@ -54,14 +61,23 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer: Writer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: FileLock | None = None
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perhap-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._ring = Ring()
 
     async def open(self) -> SQLiteStore:
-        """Create or check the schema and start the writer thread."""
-        conn = open_database(self.path, synchronous=self.synchronous)
+        """Take the file's lock, create or check the schema and start the writer thread."""
+        check_directory(self.path)
+        self._lock = acquire(self.path)
+        try:
+            conn = open_database(self.path, synchronous=self.synchronous)
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
         self._loop = asyncio.get_running_loop()
         self._ring.start(last_seq(conn))
         self._writer = Writer(conn, self._queue, self._ring, self._loop, self._committed)
@@ -71,9 +87,22 @@ class SQLiteStore(Store):
     # ----------------------------------------------------------------- writing
 
     def _submit(self, job: WriteJob) -> None:
+        writer = self._writer
+        if writer is None or job.loop is not self._loop:
+            raise self._foreign()
         # The writer never looks at the future before writing: it commits the job all the same
         # when its caller stops waiting.
         self._queue.put(job)
+        # Checked after the put: a writer that stopped before it settles every job queued by then.
+        if writer.failure is not None:
+            job.settle(StorageUnavailable(writer.failure))
+
+    def _foreign(self) -> Exception:
+        """The error for a store used before open() or from an event loop that did not open it."""
+        if self._loop is None:
+            return StorageUnavailable("the store is not open: await its open() first")
+        return RuntimeError("this SQLiteStore belongs to the event loop that opened it; "
+                            "open another store for this loop (several may share a file in one process)")
 
     def _committed(self, events: list[Event] | None, last: int | None) -> None:
         """On the loop, after each commit (in commit order): extend the ring, wake the waiters."""
@@ -115,18 +144,18 @@ class SQLiteStore(Store):
         self._check_open()
         if isinstance(after, tuple):
             raise TypeError("a SQLite cursor is an integer")
-        if asyncio.get_running_loop() is self._loop:
-            ring = self._ring
-            from_ring = ring.read(scope, after, limit, self.poll_interval)
-            if from_ring is not None:
-                return from_ring
-            # Every commit notified so far is visible to the read that starts now.
-            known = ring.known()
-            events = await self._run(self._read_sync, scope, after, limit, inline=limit <= INLINE_ROWS)
-            if not events and scope.entity is None and known is not None:
-                ring.nothing_after(scope, after, known)  # nothing up to at least that commit
-            return events
-        return await self._run(self._read_sync, scope, after, limit, inline=limit <= INLINE_ROWS)
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._foreign()
+        ring = self._ring
+        from_ring = ring.read(scope, after, limit, self.poll_interval)
+        if from_ring is not None:
+            return from_ring
+        # Every commit notified so far is visible to the read that starts now.
+        known = ring.known()
+        events = await self._run(self._read_sync, scope, after, limit, inline=limit <= INLINE_ROWS)
+        if not events and scope.entity is None and known is not None:
+            ring.nothing_after(scope, after, known)  # nothing up to at least that commit
+        return events
 
     def _read_sync(self, scope: Scope, after: int | None, limit: int) -> list[Event]:
         return queries.read_scope(self._reader(), scope, after, limit)
@@ -174,8 +203,11 @@ class SQLiteStore(Store):
         A small read costs less than the hand-off to a thread and back, and on the loop it
         never waits for the GIL between rows; one that would block (busy) retries in the pool.
         """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise self._foreign()
         try:
-            if inline and asyncio.get_running_loop() is self._loop:
+            if inline:
                 self._local.inline = True
                 try:
                     return fn(*args)
@@ -184,7 +216,7 @@ class SQLiteStore(Store):
                         raise
                 finally:
                     self._local.inline = False
-            return await self._loop.run_in_executor(self._readers, fn, *args)
+            return await loop.run_in_executor(self._readers, fn, *args)
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"read failed: {exc}") from None
 
@@ -192,15 +224,19 @@ class SQLiteStore(Store):
 
     async def _ping(self) -> bool:
         await self._run(lambda: self._reader().execute("SELECT 1").fetchone(), inline=True)
-        return self._writer is not None and self._writer.thread.is_alive()
+        return self._writer is not None and self._writer.failure is None and self._writer.thread.is_alive()
 
     async def _close(self) -> None:
+        # From any loop: closing must work even after the loop that opened the store has ended.
         if self._writer is not None:
             self._queue.put(STOP)  # queued after every accepted append: those finish first
             await asyncio.get_running_loop().run_in_executor(None, self._writer.thread.join)
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 async def open_sqlite(path: str, *, synchronous: str = "FULL", url: str | None = None) -> SQLiteStore:

@@ -13,11 +13,16 @@ Design, and why:
   between the writer thread and the event loop, which is where a group's time went.
 - ``PRAGMA data_version`` tells the writer when another connection committed, so its caches
   never outlive another writer's changes.
+- The thread must outlive anything a caller does: a commit notice to a loop that has closed is
+  dropped (nobody is left to tell). Should it stop all the same, it says why in ``failure`` and
+  fails every queued job, and the store fails later appends with that reason instead of queueing
+  them for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -32,6 +37,8 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from .queries import make_event
 from .ring import Ring
 from .writes import Deferred, Undeferrable, WriterState
+
+log = logging.getLogger("perhap.sqlite")
 
 #: Called on the store's loop after each commit with the events it stored (None: unknown) and the
 #: last seq it wrote.
@@ -103,9 +110,21 @@ class Writer:
         # Group-commit statistics, read by benchmarks and metrics.
         self.groups_committed = 0
         self.events_committed = 0
+        #: Why the thread stopped before it was told to (None while it runs or after a clean stop).
+        self.failure: str | None = None
         self.thread = threading.Thread(target=self.run, name="perhap-sqlite-writer", daemon=True)
 
     def run(self) -> None:
+        try:
+            self.take_groups()
+        except BaseException as exc:
+            self.failure = f"the SQLite writer thread stopped: {exc!r}"
+            self.fail_queued()
+            log.exception("the SQLite writer thread stopped; appends now fail (restart the server)")
+        finally:
+            self.state.conn.close()
+
+    def take_groups(self) -> None:
         get, get_nowait = self.jobs.get, self.jobs.get_nowait
         while True:
             first = get()
@@ -117,7 +136,17 @@ class Writer:
             self.commit_group(group)
             if stop:
                 break
-        self.state.conn.close()
+
+    def fail_queued(self) -> None:
+        """Settle every job still queued with the failure (the store fails later ones itself)."""
+        error = StorageUnavailable(self.failure or "the SQLite writer thread stopped")
+        while True:
+            try:
+                item = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, WriteJob):
+                settle_group([(item, error)], from_thread=True)
 
     def commit_group(self, jobs: list[WriteJob]) -> None:
         """Decide every job, commit them all with one fsync, then tell the loop and the callers."""
@@ -151,7 +180,15 @@ class Writer:
             self.groups_committed += 1
             self.events_committed += written
             if written:
-                self.loop.call_soon_threadsafe(self.on_commit, *self.ring_events(outcomes))
+                try:
+                    notice = self.ring_events(outcomes)
+                except BaseException:  # a bug: the group is committed, so answer it before stopping
+                    settle_group(outcomes, from_thread=True)
+                    raise
+                try:
+                    self.loop.call_soon_threadsafe(self.on_commit, *notice)
+                except RuntimeError:  # the store's loop is closed: no subscriber is left to wake
+                    pass
         # One wake-up per event loop for the whole group, queued after the commit notification.
         settle_group(outcomes, from_thread=True)
 
