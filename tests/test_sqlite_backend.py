@@ -216,6 +216,21 @@ def test_insert_chunks_fit_the_variable_limit() -> None:
     assert insert_chunks(limit)[0] * 9 <= limit
 
 
+def test_a_large_group_stays_on_the_fast_path_under_an_old_variable_limit(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """SQLite before 3.32 allows 999 variables a statement: a group of 300 events must still be
+    written by the fast path (the old 128-row chunks needed 1,152 and always fell back)."""
+    conn = open_database(f"{tmp_path}/old.db", synchronous="OFF")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    state = WriterState(conn)
+    jobs = [WriteJob("r", "d", f"e{i}", _events([(0, 0, None, False)] * 3), -1, loop) for i in range(100)]
+    outcomes = _fast(state, jobs)
+    assert outcomes is not None, "the fast path fell back to the careful one"
+    assert all(isinstance(o.outcome, AppendResult) and o.outcome.created for o in outcomes)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 300
+    conn.close()
+
+
 # ------------------------------------------------------------------ the subscriber ring
 
 
