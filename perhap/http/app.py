@@ -157,10 +157,8 @@ class PerhapApp:
                 for i in range(1, route.levels):
                     check_name(names[i], _LEVELS[i])
             handlers = self.handlers[route.index]
-            handler = handlers.get(method) or handlers.get(ANY_METHOD)
-            if handler is None:
-                raise HTTPProblem(405, f"{method} is not allowed here; use {route.allow}",
-                                  headers=[(b"allow", route.allow.encode())])
+            # Every route has an ANY_METHOD handler (the wrong-method 405, or no route).
+            handler = handlers.get(method) or handlers[ANY_METHOD]
             await handler(ctx, Request(scope, receive, method, names, query, grant), send)
         except HTTPProblem as p:
             await send_problem(send, p.status, p.slug, p.title, p.detail, p.extra, p.headers)

@@ -140,8 +140,6 @@ class SQLiteStore(Store):
     # ----------------------------------------------------------------- reading
 
     async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        # Subscriptions call this directly, not through a method that checks the store is open.
-        self._check_open()
         if isinstance(after, tuple):
             raise TypeError("a SQLite cursor is an integer")
         if asyncio.get_running_loop() is not self._loop:
