@@ -37,6 +37,22 @@ class VersionConflict(PerhapError):
         )
         self.current_version = current_version
         self.expected_version = expected_version
+        #: (entity, expected_version, current_version) for every failing entity of a multi-entity append.
+        self.conflicts: list[tuple[str, int, int]] = []
+
+    @classmethod
+    def several(cls, conflicts: list[tuple[str, int, int]]) -> VersionConflict:
+        """The conflict of a multi-entity append: every (entity, expected, current) that failed."""
+        entity, expected, current = conflicts[0]
+        error = cls(current, expected)
+        shown = "; ".join(f"{e}: expected {x}, at {c}" for e, x, c in conflicts[:5])
+        more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        error.detail = f"expected versions do not hold ({shown}{more}); nothing was stored"
+        error.args = (error.detail,)
+        error.conflicts = conflicts
+        error.extra = {"conflicts": [{"entity": e, "expected_version": x, "current_version": c}
+                                     for e, x, c in conflicts]}
+        return error
 
 
 class EventIdConflict(PerhapError):
@@ -47,6 +63,12 @@ class EventIdConflict(PerhapError):
             detail or f"event_id {event_id} is already used by a different event", event_id=event_id
         )
         self.event_id = event_id
+
+
+class NotSupported(PerhapError):
+    """A capability this backend does not offer (see the feature matrix in docs/backends)."""
+
+    status, slug, title = 501, "not-supported", "Not supported by this backend"
 
 
 class StorageUnavailable(PerhapError):

@@ -19,6 +19,7 @@ MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1000
 RESERVED_NAME = "keys"
 MAX_VERSION = 2**62
+MAX_POSITION = 2**63 - 1
 
 #: Where an event sits in a scope's order: its version in an entity scope, else a backend's
 #: commit-order key (an integer on SQLite and PostgreSQL, (microseconds, id) on Cassandra).
@@ -135,8 +136,9 @@ class Scope:
 class Event:
     """A stored event. ``data_json`` and ``meta_json`` hold the serialised JSON as stored.
 
-    ``cursor`` is the event's place in the order of the scope it was read from (see
-    :data:`Cursor`); it is never shown to clients (they page by event id).
+    ``position`` is the event's integer place in its realm (1 to 2^63 - 1, increasing in the
+    realm's order; contiguous on SQLite and PostgreSQL). ``cursor`` is the event's place in the
+    order of the scope it was read from (see :data:`Cursor`); it is never shown to clients.
     """
 
     event_id: str
@@ -148,6 +150,7 @@ class Event:
     timestamp: str
     data_json: bytes
     meta_json: bytes
+    position: int
     cursor: Cursor | None = field(default=None, compare=False)
 
     @property
@@ -170,6 +173,7 @@ class Event:
             "event": orjson.Fragment(self.data_json),
             "meta": orjson.Fragment(self.meta_json),
             "version": self.version,
+            "position": self.position,
             "timestamp": self.timestamp,
         }
 
@@ -181,12 +185,18 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Appended:
+    """Where an appended event went; ``entity`` is set in the results of a multi-entity append."""
+
     event_id: str
     version: int
+    position: int
     timestamp: str
+    entity: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event_id": self.event_id, "version": self.version, "timestamp": self.timestamp}
+        fields = {"event_id": self.event_id, "version": self.version, "position": self.position,
+                  "timestamp": self.timestamp}
+        return fields if self.entity is None else {"entity": self.entity, **fields}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +322,80 @@ def replay_or_conflict(
             )
         if not e.same_content(old, realm, domain, entity):
             raise EventIdConflict(e.event_id)
-        results.append(Appended(old.event_id, old.version, old.timestamp))
+        results.append(Appended(old.event_id, old.version, old.position, old.timestamp))
     versions = [r.version for r in results]
     if len(batch) > 1 and versions != list(range(versions[0], versions[0] + len(versions))):
+        raise EventIdConflict(batch[0].event_id, "these event ids were stored, but not as one batch")
+    return AppendResult(results, created=False)
+
+
+def prepare_multi(events: object, expected_versions: object) -> tuple[list[str], list[NewEvent], dict[str, int]]:
+    """Validate a multi-entity append: 1 to MAX_BATCH events of the form
+    ``{"entity", "type", "event", "event_id"?, "meta"?}`` (or ``(entity, NewEvent)`` pairs), and
+    ``expected_versions`` mapping any entities (with or without events) to an expected version.
+
+    Returns the entity of each event, the events, and the expectations.
+    """
+    if not isinstance(events, Sequence) or isinstance(events, (str, bytes)):
+        raise InvalidInput("events must be a list")
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} events, got {len(events)}")
+    entities: list[str] = []
+    plain: list[NewEvent | Mapping[str, Any]] = []
+    for i, item in enumerate(events):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], NewEvent):
+            entity, event = item
+        elif isinstance(item, Mapping):
+            if "entity" not in item:
+                raise InvalidInput(f"events[{i}] needs an 'entity'")
+            entity = item["entity"]
+            event = {k: v for k, v in item.items() if k != "entity"}
+        else:
+            raise InvalidInput(f"events[{i}] must be an object")
+        try:
+            entities.append(check_name(entity, "entity"))
+        except InvalidInput as exc:
+            raise InvalidInput(f"events[{i}]: {exc.detail}") from None
+        plain.append(event)
+    batch = prepare_batch(plain)
+    expectations: dict[str, int] = {}
+    if expected_versions is not None:
+        if not isinstance(expected_versions, Mapping):
+            raise InvalidInput("expected_versions must be an object mapping entities to versions")
+        if len(expected_versions) > MAX_BATCH:
+            raise InvalidInput(f"expected_versions names at most {MAX_BATCH} entities")
+        for entity, value in expected_versions.items():
+            check_name(entity, "entity in expected_versions")
+            expected = check_expected_version(value)
+            if expected is None:
+                raise InvalidInput(f"expected_versions[{entity!r}] must be an integer (-1 for a new entity)")
+            expectations[entity] = expected
+    return entities, batch, expectations
+
+
+def replay_or_conflict_multi(
+    batch: Sequence[NewEvent], entities: Sequence[str], stored: Mapping[str, Event], realm: str, domain: str
+) -> AppendResult | None:
+    """:func:`replay_or_conflict` for a multi-entity append: the original results when every event
+    is stored, identical, in its entity, and each entity's events as one run of versions."""
+    if not stored:
+        return None
+    results: list[Appended] = []
+    runs: dict[str, list[int]] = {}
+    for e, entity in zip(batch, entities, strict=True):
+        old = stored.get(e.event_id)
+        if old is None:
+            raise EventIdConflict(
+                e.event_id, "part of this batch was stored before with different content or ids"
+            )
+        if not e.same_content(old, realm, domain, entity):
+            raise EventIdConflict(e.event_id)
+        results.append(Appended(old.event_id, old.version, old.position, old.timestamp, entity))
+        runs.setdefault(entity, []).append(old.version)
+    positions = [r.position for r in results]
+    for versions in runs.values():
+        if versions != list(range(versions[0], versions[0] + len(versions))):
+            raise EventIdConflict(batch[0].event_id, "these event ids were stored, but not as one batch")
+    if positions != sorted(positions):
         raise EventIdConflict(batch[0].event_id, "these event ids were stored, but not as one batch")
     return AppendResult(results, created=False)

@@ -4,10 +4,11 @@ The template owns everything a backend must not get wrong on its own: validation
 values, paging, scope checks, the closed state, cancellation safety of writes, and wake-ups for
 subscribers. A backend implements only these primitives:
 
-- ``_submit(job)``: start writing one validated batch to one entity atomically, with the version
-  and idempotency checks, and settle the job when it is decided (:mod:`perhap.store.groupcommit`
-  has the shared group-commit machinery);
-- ``_read_after(scope, cursor, limit)``: up to ``limit`` events of a scope after a cursor;
+- ``_submit(job)``: start writing one validated batch atomically (to one entity, or with
+  ``job.entities`` to several of one domain), with the version and idempotency checks, and settle
+  the job when it is decided (:mod:`perhap.store.groupcommit` has the shared group-commit machinery);
+- ``_read(query)``: up to ``query.limit`` events of a scope within the query's bounds, in either
+  order (:class:`perhap.store.query.ReadQuery`);
 - ``_find_event(event_id)``: one event by id, wherever it is, with its cursor;
 - ``_names(realm, domain, entity, after, limit)``: names one level below, after a name;
 - ``_ping()`` and ``_close()``; optionally ``statistics()``.
@@ -18,10 +19,10 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ..errors import NotFound, StorageUnavailable
+from ..errors import NotFound, NotSupported, StorageUnavailable
 from ..ids import check_event_id
 from ..model import (
     DEFAULT_LIMIT,
@@ -37,7 +38,9 @@ from ..model import (
     check_name,
     new_event,
     prepare_batch,
+    prepare_multi,
 )
+from .query import ReadQuery, read_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +54,32 @@ class Statistic:
 
 
 class WriteJob:
-    """One validated batch for one entity, from the caller to the backend and its outcome back."""
+    """One validated batch, from the caller to the backend and its outcome back.
 
-    __slots__ = ("realm", "domain", "entity", "batch", "expected", "future", "loop")
+    A single-entity job writes ``batch`` to ``entity`` with ``expected`` (None: any version).
+    A multi-entity job (``entities`` set) writes ``batch[i]`` to ``entities[i]``, all or nothing,
+    each entity's events taking consecutive versions in send order, and fails with
+    ``VersionConflict.several`` unless every ``expectations[entity]`` holds (``entity`` is then
+    the first event's entity, ``expected`` None).
+    """
+
+    __slots__ = ("realm", "domain", "entity", "batch", "expected", "future", "loop",
+                 "entities", "expectations")
 
     def __init__(self, realm: str, domain: str, entity: str, batch: list[NewEvent],
-                 expected: int | None, loop: asyncio.AbstractEventLoop) -> None:
+                 expected: int | None, loop: asyncio.AbstractEventLoop,
+                 entities: list[str] | None = None, expectations: dict[str, int] | None = None) -> None:
         self.realm, self.domain, self.entity = realm, domain, entity
         self.batch, self.expected = batch, expected
         self.loop = loop
         self.future: asyncio.Future[AppendResult] = loop.create_future()
+        self.entities = entities
+        self.expectations = expectations
+
+    @property
+    def multi(self) -> bool:
+        """Whether this job writes to several entities (see the class docstring)."""
+        return self.entities is not None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -86,6 +105,8 @@ class Store(abc.ABC):
     #: Whether appends started one after another on one event loop, without awaiting each, commit
     #: in the order they were started (lets an import keep many batches in flight; see transfer).
     preserves_submission_order: ClassVar[bool] = False
+    #: Whether :meth:`append_many` (a multi-entity atomic append) is offered; else 501.
+    supports_multi_entity: ClassVar[bool] = True
     #: How long a subscriber waits before polling again when no wake-up arrives.
     poll_interval: float = 1.0
 
@@ -135,6 +156,39 @@ class Store(abc.ABC):
         # and an extra loop pass per append).
         return await job.future
 
+    async def append_many(
+        self,
+        realm: str,
+        domain: str,
+        events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+    ) -> AppendResult:
+        """Append events to several entities of one domain atomically: all are stored, or none.
+
+        Each event names its ``entity``; each entity's events take consecutive versions in the
+        order sent, and positions follow the order sent. ``expected_versions`` may name any
+        entities (with or without events); if any does not hold, VersionConflict lists them all.
+        The results (in the order sent) carry their entity.
+        """
+        check_name(realm, "realm", realm=True)
+        check_name(domain, "domain")
+        entities, batch, expectations = prepare_multi(events, expected_versions)
+        self._check_open()
+        if not self.supports_multi_entity:
+            raise NotSupported(f"the {self.backend_name} backend does not offer multi-entity appends; "
+                               "append to one entity at a time (see the feature matrix in docs/backends)",
+                               backend=self.backend_name)
+        job = WriteJob(realm, domain, entities[0], batch, None, asyncio.get_running_loop(),
+                       entities, expectations)
+        self._submit(job)
+        return await job.future
+
+    @property
+    def backend_name(self) -> str:
+        """The backend's name as the docs and errors give it."""
+        return type(self).__name__.removesuffix("Store").lower()
+
     @abc.abstractmethod
     def _submit(self, job: WriteJob) -> None:
         """Start writing ``job`` atomically, with version and idempotency checks; ``job.settle``
@@ -142,18 +196,52 @@ class Store(abc.ABC):
 
     # ----------------------------------------------------------------- reading
 
-    async def read(self, scope: Scope, *, following: str | None = None, limit: int = DEFAULT_LIMIT) -> Page:
-        """Events of a scope in its order (version order for an entity, else commit order)."""
-        limit = check_limit(limit)
+    async def read(
+        self,
+        scope: Scope,
+        *,
+        following: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "asc",
+        after_position: int | None = None,
+        before_position: int | None = None,
+        types: Sequence[str] | None = None,
+        after_version: int | None = None,
+        until_version: int | None = None,
+    ) -> Page:
+        """Events of a scope in its order (version order for an entity, else position order).
+
+        ``order="desc"`` reads newest first; ``next`` of a page, passed as ``following``, continues
+        in the same order. ``after_position`` (ascending) and ``before_position`` (descending) start
+        from a position; ``types`` keeps events of any of those types; ``after_version`` and
+        ``until_version`` bound an entity's versions (exclusive and inclusive).
+        """
+        query = read_query(scope, following=following, order=order, after_position=after_position,
+                           before_position=before_position, types=types, after_version=after_version,
+                           until_version=until_version, limit=check_limit(limit))
+        return await self.read_page(query, following)
+
+    async def read_page(self, query: ReadQuery, following: str | None = None) -> Page:
+        """A page of a checked query (see :func:`perhap.store.query.read_query`), after ``following``."""
         self._check_open()
-        after = None
-        if following is not None:
-            after = await self._cursor_of(scope, check_event_id(following, "following"))
-        events = await self._read_after(scope, after, limit + 1)
+        query = await self._bounded(query, following)
+        limit = query.limit
+        events = await self._read(replace(query, limit=limit + 1))
         if len(events) > limit:
             return Page(events[:limit], events[limit - 1].event_id)
         return Page(events, None)
 
+    async def _bounded(self, query: ReadQuery, following: str | None) -> ReadQuery:
+        """The query with the cursor of ``following`` as its bound in the direction of reading."""
+        if following is None:
+            return query
+        cursor = await self._cursor_of(query.scope, query.types, check_event_id(following, "following"))
+        if query.descending:
+            if query.before is None or _less(cursor, query.before):
+                return replace(query, before=cursor)
+        elif query.after is None or _less(query.after, cursor):
+            return replace(query, after=cursor)
+        return query
     async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
         """One event by id; NotFound unless it belongs to that realm and domain."""
         event_id = check_event_id(event_id)
@@ -180,20 +268,24 @@ class Store(abc.ABC):
             return KeysPage(names[:limit], names[limit - 1])
         return KeysPage(names, None)
 
-    async def _cursor_of(self, scope: Scope, event_id: str) -> Cursor:
+    async def _cursor_of(self, scope: Scope, types: Sequence[str], event_id: str) -> Cursor:
         """The cursor of an event in a scope's order; NotFound when it is not in the scope."""
         event = await self._find_event(event_id)
         if (event is None or event.realm != scope.realm
                 or (scope.domain is not None and event.domain != scope.domain)
                 or (scope.entity is not None and event.entity != scope.entity)
                 or (scope.type is not None and event.type != scope.type)
+                or (types and event.type not in types)
                 or event.cursor is None):
-            raise NotFound(f"no event {event_id} in {scope}")
+            shown = str(scope) + (f" of type {', '.join(types)}" if types else "")
+            raise NotFound(f"no event {event_id} in {shown}")
         return event.version if scope.entity is not None else event.cursor
 
     @abc.abstractmethod
-    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        """Up to ``limit`` events of the scope after the cursor ``after`` (None: the start)."""
+    async def _read(self, query: ReadQuery) -> list[Event]:
+        """Up to ``query.limit`` events of ``query.scope`` within every bound of the query, of its
+        types, in its order. Realm and domain reads show only events no earlier event can still
+        join (gap-safe), in either order."""
 
     @abc.abstractmethod
     async def _find_event(self, event_id: str) -> Event | None:
@@ -247,27 +339,34 @@ class Store(abc.ABC):
     # ----------------------------------------------------------------- subscriptions
 
     async def subscribe(
-        self, scope: Scope, *, following: str | None = None, batch: int = 500
+        self, scope: Scope, *, following: str | None = None, batch: int = 500,
+        after_position: int | None = None, types: Sequence[str] | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Every event of the scope after ``following``, then each new one as it commits.
+        """Every event of the scope after ``following`` (or ``after_position``), of ``types`` when
+        given, then each new one as it commits.
 
         Exactly once and in order: a subscription is a cursor over the same gap-safe read path as
         paging, so it holds no queue of its own and a slow consumer simply reads further behind.
         """
-        sub = await self.subscription(scope, following=following, batch=batch)
+        sub = await self.subscription(scope, following=following, batch=batch,
+                                      after_position=after_position, types=types)
         while True:
             for event in await sub.fetch():
                 yield event
 
     async def subscription(
-        self, scope: Scope, *, following: str | None = None, batch: int = 500
+        self, scope: Scope, *, following: str | None = None, batch: int = 500,
+        after_position: int | None = None, types: Sequence[str] | None = None,
     ) -> Subscription:
         """A cursor for :meth:`subscribe`; ``fetch(timeout)`` returns the next events or []."""
+        query = read_query(scope, following=following, after_position=after_position, types=types,
+                           limit=batch, stream=True)
+        return await self.subscription_for(query, following)
+
+    async def subscription_for(self, query: ReadQuery, following: str | None = None) -> Subscription:
+        """A subscription for a checked ascending query (see :func:`perhap.store.query.read_query`)."""
         self._check_open()
-        after = None
-        if following is not None:
-            after = await self._cursor_of(scope, check_event_id(following, "following"))
-        return Subscription(self, scope, after, batch)
+        return Subscription(self, await self._bounded(query, following))
 
     def _notify_commit(self, *_: object) -> None:
         """Wake this process's subscribers: call on the store's loop after every commit known
@@ -310,8 +409,12 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class Subscription:
     """A cursor in a scope that moves forward as events are fetched."""
 
-    def __init__(self, store: Store, scope: Scope, after: Cursor | None, batch: int) -> None:
-        self.store, self.scope, self.after, self.batch = store, scope, after, batch
+    def __init__(self, store: Store, query: ReadQuery) -> None:
+        self.store, self.query = store, query
+
+    @property
+    def scope(self) -> Scope:
+        return self.query.scope
 
     async def fetch(self, timeout: float | None = None) -> list[Event]:
         """The next events after the cursor, waiting up to ``timeout`` (None: forever) for some."""
@@ -322,9 +425,9 @@ class Subscription:
             store._check_open()  # a closed store ends its streams with StorageUnavailable
             # Take the token before reading: a commit after it wakes the wait below at once.
             token = store._change_token()
-            events = await store._read_after(self.scope, self.after, self.batch)
+            events = await store._read(self.query)
             if events:
-                self.after = events[-1].cursor
+                self.query = replace(self.query, after=events[-1].cursor)
                 return events
             wait = store.poll_interval
             if deadline is not None:
@@ -332,3 +435,8 @@ class Subscription:
                 if wait <= 0:
                     return []
             await store._wait_for_change(token, wait)
+
+
+def _less(a: Cursor, b: Cursor) -> bool:
+    """Cursor order (cursors of one scope are all integers, or all tuples)."""
+    return a < b  # type: ignore[operator]
