@@ -6,9 +6,18 @@ The names in ``__all__`` are the public API; tests/test_public_api.py keeps the 
 import typing
 
 from .backends import open_store, parse_store_url
-from .errors import EventIdConflict, InvalidInput, NotFound, PerhapError, StorageUnavailable, VersionConflict
+from .errors import (
+    EventIdConflict,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    PerhapError,
+    StorageUnavailable,
+    VersionConflict,
+)
 from .model import Appended, AppendResult, Event, KeysPage, NewEvent, Page, Scope
 from .store.base import Statistic, Store, Subscription
+from .store.query import ReadQuery, read_query
 
 if typing.TYPE_CHECKING:
     from .client import (
@@ -57,6 +66,8 @@ __all__ = [
     "Page",
     "KeysPage",
     "Subscription",
+    "ReadQuery",
+    "read_query",
     "Statistic",
     # errors
     "PerhapError",
@@ -65,6 +76,7 @@ __all__ = [
     "VersionConflict",
     "EventIdConflict",
     "StorageUnavailable",
+    "NotSupported",
     # the HTTP client (imported on first use)
     "Client",
     "AsyncClient",

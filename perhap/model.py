@@ -366,7 +366,10 @@ def prepare_multi(events: object, expected_versions: object) -> tuple[list[str],
             raise InvalidInput(f"expected_versions names at most {MAX_BATCH} entities")
         for entity, value in expected_versions.items():
             check_name(entity, "entity in expected_versions")
-            expected = check_expected_version(value)
+            try:
+                expected = check_expected_version(value)
+            except InvalidInput as exc:
+                raise InvalidInput(f"expected_versions[{entity!r}]: {exc.detail}") from None
             if expected is None:
                 raise InvalidInput(f"expected_versions[{entity!r}] must be an integer (-1 for a new entity)")
             expectations[entity] = expected

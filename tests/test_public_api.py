@@ -19,7 +19,9 @@ import perhap
 EXPECTED = {
     "open_store", "parse_store_url", "Store",
     "Scope", "Event", "NewEvent", "Appended", "AppendResult", "Page", "KeysPage", "Subscription", "Statistic",
+    "ReadQuery", "read_query",
     "PerhapError", "InvalidInput", "NotFound", "VersionConflict", "EventIdConflict", "StorageUnavailable",
+    "NotSupported",
     "Client", "AsyncClient", "PerhapClientError", "BadRequest", "Conflict", "ConnectionFailed",
     "MethodNotAllowed", "PayloadTooLarge", "ServerError", "Unavailable",
 }

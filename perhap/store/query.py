@@ -81,7 +81,7 @@ def read_query(
     if stream and descending:
         raise InvalidInput("order=desc cannot be streamed: a live stream runs oldest first")
     after_p = check_integer(after_position, "after_position", 0, MAX_POSITION)
-    before_p = check_integer(before_position, "before_position", 1, MAX_POSITION)
+    before_p = check_integer(before_position, "before_position", 0, MAX_POSITION)
     if after_p is not None and descending:
         raise InvalidInput("after_position goes with order=asc; newest first, page with before_position")
     if before_p is not None and not descending:
@@ -93,7 +93,8 @@ def read_query(
     until_v = check_integer(until_version, "until_version", 0, MAX_VERSION)
     if (after_v is not None or until_v is not None) and scope.entity is None:
         which = "after_version" if after_v is not None else "until_version"
-        raise InvalidInput(f"{which} applies to an entity's events only, not to a {('realm', 'domain')[scope.level - 1]}")
+        level = ("realm", "domain")[scope.level - 1]
+        raise InvalidInput(f"{which} applies to an entity's events only, not to a {level}")
     if after_v is not None and until_v is not None and until_v < after_v:
         raise InvalidInput(f"until_version ({until_v}) is below after_version ({after_v})")
     wanted: tuple[str, ...] = ()
