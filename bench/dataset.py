@@ -103,13 +103,14 @@ def build(path: Path, events: int) -> None:
     # Event i (0-based): entity i % entities, version i / entities; type alternates by version.
     conn.execute(f"""
         WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {events})
-        INSERT INTO events (seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta)
+        INSERT INTO events (seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta,
+                            position)
         SELECT i + 1,
                printf('00000000-%04x-7%03x-8%03x-%012x', (i >> 40) & 65535, 0, 0, i & 281474976710655),
                1, (i % {entities}) % {DOMAINS} + 1, i % {entities} + 1, (i / {entities}) % 2 + 1,
                i / {entities}, '{TS}',
                CAST(printf('{{"n":%d,"text":"hello from the benchmark"}}', i / {entities}) AS BLOB),
-               CAST('{{}}' AS BLOB)
+               CAST('{{}}' AS BLOB), i + 1
         FROM s""")
     conn.execute("COMMIT")
     for statement in indexes:

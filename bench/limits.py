@@ -63,7 +63,7 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
 
         conn.executescript(SCHEMA)
         sql = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
-               " data, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " data, meta, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     else:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, g INTEGER NOT NULL,"
                      " v BLOB NOT NULL)")
@@ -76,7 +76,7 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
     deadline = start + seconds
     while time.perf_counter() < deadline or batch_no == 0:
         if perhap_schema:
-            rows = [(uuid7(), 1, 1, batch_no + 1, 1, v, ts, _payload(v), b"{}")
+            rows = [(uuid7(), 1, 1, batch_no + 1, 1, v, ts, _payload(v), b"{}", n + v + 1)
                     for v in range(1000)]
         else:
             rows = [(uuid7(), batch_no, _payload(v)) for v in range(1000)]

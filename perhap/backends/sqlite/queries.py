@@ -1,4 +1,5 @@
-"""The read side's SQL (scopes, one event, names) and the turning of rows into Events."""
+"""The read side's SQL for one event and for names, and the turning of rows into Events
+(scope reads are :mod:`.reads`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ...model import Cursor, Event, Scope
+from ...model import Cursor, Event
 
 #: Builds an Event from its fields in declaration order (see :func:`event_maker`).
-MakeEvent = Callable[[str, str, str, str, str, int, str, bytes, bytes, Cursor | None], Event]
+MakeEvent = Callable[[str, str, str, str, str, int, str, bytes, bytes, int, Cursor | None], Event]
 
-SELECT_EVENT = """SELECT e.seq, e.event_id, r.name, d.name, n.name, t.name, e.version, e.ts, e.data, e.meta
-FROM events e
+SELECT_EVENT = """SELECT e.seq, e.event_id, r.name, d.name, n.name, t.name, e.version, e.ts, e.data, e.meta,
+e.position FROM events e
 JOIN entities n ON n.id = e.entity_id JOIN domains d ON d.id = e.domain_id
 JOIN realms r ON r.id = e.realm_id JOIN types t ON t.id = e.type_id"""
 
@@ -24,7 +25,7 @@ ENTITY_ID = f"(SELECT id FROM entities WHERE domain_id = {DOMAIN_ID} AND name = 
 TYPE_ID = "(SELECT id FROM types WHERE name = ?)"
 
 _EVENT_FIELDS = ("event_id", "realm", "domain", "entity", "type", "version", "timestamp",
-                 "data_json", "meta_json", "cursor")
+                 "data_json", "meta_json", "position", "cursor")
 
 
 def event_maker() -> MakeEvent:
@@ -36,13 +37,13 @@ def event_maker() -> MakeEvent:
     if tuple(f.name for f in dataclasses.fields(Event)) != _EVENT_FIELDS or hasattr(Event, "__post_init__"):
         return Event
     new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (Event.__dict__[f].__set__ for f in _EVENT_FIELDS)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (Event.__dict__[f].__set__ for f in _EVENT_FIELDS)
 
     def make(event_id: str, realm: str, domain: str, entity: str, type_: str, version: int,
-             ts: str, data: bytes, meta: bytes, cursor: Cursor | None) -> Event:
+             ts: str, data: bytes, meta: bytes, position: int, cursor: Cursor | None) -> Event:
         e = new(Event)
         s0(e, event_id), s1(e, realm), s2(e, domain), s3(e, entity), s4(e, type_)
-        s5(e, version), s6(e, ts), s7(e, data), s8(e, meta), s9(e, cursor)
+        s5(e, version), s6(e, ts), s7(e, data), s8(e, meta), s9(e, position), s10(e, cursor)
         return e
 
     return make
@@ -53,8 +54,8 @@ make_event = event_maker()
 
 def row_event(row: tuple[Any, ...]) -> Event:
     """An Event from a row of :data:`SELECT_EVENT`; its cursor is its seq (realm order)."""
-    seq, event_id, realm, domain, entity, type_, version, ts, data, meta = row
-    return make_event(event_id, realm, domain, entity, type_, version, ts, data, meta, seq)
+    seq, event_id, realm, domain, entity, type_, version, ts, data, meta, position = row
+    return make_event(event_id, realm, domain, entity, type_, version, ts, data, meta, position, seq)
 
 
 def find_event(conn: sqlite3.Connection, event_id: str) -> Event | None:
@@ -77,59 +78,6 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-# The read path's queries select only the names the scope does not fix (an entity's events need
-# no join for their realm, domain and entity), and are built once per shape of scope.
-_SHAPES: dict[tuple[int, bool], str] = {}
-
-
-def scope_sql(level: int, typed: bool) -> str:
-    """SQL for a scope of ``level`` (1 realm, 2 domain, 3 entity), with or without a type."""
-    sql = _SHAPES.get((level, typed))
-    if sql is None:
-        names = ("d.name, n.name", "n.name", "")[level - 1]
-        joins = ("JOIN domains d ON d.id = e.domain_id JOIN entities n ON n.id = e.entity_id",
-                 "JOIN entities n ON n.id = e.entity_id", "")[level - 1]
-        column, owner, pos = (("realm_id", REALM_ID, "seq"), ("domain_id", DOMAIN_ID, "seq"),
-                              ("entity_id", ENTITY_ID, "version"))[level - 1]
-        index = ("events_realm", "events_domain", "events_entity")[level - 1]
-        where = f"e.{column} = {owner}"
-        if typed:
-            index = ("events_realm_type", "events_domain_type", "events_entity_type")[level - 1]
-            where += f" AND e.type_id = {TYPE_ID}"
-        sql = (f"SELECT e.seq, e.event_id, {names + ', ' if names else ''}t.name, e.version, e.ts, "
-               f"e.data, e.meta FROM events e INDEXED BY {index} {joins} "
-               f"JOIN types t ON t.id = e.type_id WHERE {where} AND e.{pos} > ? "
-               f"ORDER BY e.{pos} LIMIT ?")
-        _SHAPES[(level, typed)] = sql
-    return sql
-
-
-def read_scope(conn: sqlite3.Connection, scope: Scope, after: int | None, limit: int) -> list[Event]:
-    """Up to ``limit`` events of ``scope`` after the cursor ``after`` (seq, or version in an entity)."""
-    level = 3 if scope.entity is not None else 2 if scope.domain is not None else 1
-    params: tuple[str | None, ...] = (scope.realm, scope.domain, scope.entity)[:level]
-    if scope.type is not None:
-        params += (scope.type,)
-    rows = conn.execute(scope_sql(level, scope.type is not None),
-                        (*params, -1 if after is None else after, limit)).fetchall()
-    return scope_events(scope, rows)
-
-
-def scope_events(scope: Scope, rows: list[tuple[Any, ...]]) -> list[Event]:
-    """Events from the rows of :func:`scope_sql`, the scope's own names filled in."""
-    make, realm, domain = make_event, scope.realm, scope.domain
-    if scope.entity is not None:
-        assert domain is not None  # Scope guarantees it: an entity scope has a domain
-        entity = scope.entity
-        return [make(event_id, realm, domain, entity, type_, version, ts, data, meta, version)
-                for seq, event_id, type_, version, ts, data, meta in rows]
-    if domain is not None:
-        return [make(event_id, realm, domain, entity, type_, version, ts, data, meta, seq)
-                for seq, event_id, entity, type_, version, ts, data, meta in rows]
-    return [make(event_id, realm, domain, entity, type_, version, ts, data, meta, seq)
-            for seq, event_id, domain, entity, type_, version, ts, data, meta in rows]
 
 
 def names_query(realm: str | None, domain: str | None, entity: str | None) -> tuple[str, list[str]]:

@@ -14,6 +14,7 @@ import time
 from typing import cast
 
 from ...model import Event, Scope
+from ...store.query import ReadQuery
 
 #: The ring keeps at most this many events and bytes of event data (module globals, read at
 #: each trim, so tests can make them small).
@@ -39,9 +40,14 @@ class Ring:
         self.size = 0  # bytes of data and meta in ``events``
         #: time.monotonic() until which the writer builds ring events (read by the writer thread)
         self.wanted = 0.0
-        #: (scope, cursor) -> a seq up to which that scope has no events after that cursor
-        self.scanned: dict[tuple[Scope, int], int] = {}
+        #: (scope, types, after_position, cursor) -> a seq up to which that read has no events
+        #: after that cursor
+        self.scanned: dict[tuple[Scope, tuple[str, ...], int | None, int], int] = {}
         self.last_commit = 0.0  # time.monotonic() of the last commit notification
+        #: The largest seq a database read has shown: the ring answers only once it holds that
+        #: commit too, so no read shows less than one before it (the writer's commit notices
+        #: reach the ring a moment after the commit is readable).
+        self.seen = 0
 
     def start(self, last: int) -> None:
         """Begin empty after the last seq stored when the store opens."""
@@ -78,32 +84,38 @@ class Ring:
             self.lo = last
             self.scanned.clear()
 
-    def read(self, scope: Scope, after: int | None, limit: int, fresh: float) -> list[Event] | None:
-        """A realm or domain scope's events after ``after`` from the ring; None if it cannot say.
+    def read(self, query: ReadQuery, fresh: float) -> list[Event] | None:
+        """A realm or domain read's events from the ring; None if it cannot say.
 
         The ring holds every event committed after ``lo``, so for a cursor at or past it the
         answer is complete and in order, exactly what the database would return at the ring's
-        last commit; earlier cursors (and entity scopes, positioned by version) go to the
-        database, as do reads ``fresh`` seconds after the last commit heard of (another process
-        may have written meanwhile). ``scanned`` remembers stretches a scope has no events in, so
-        a subscriber of a quiet domain does not rescan the ring on every commit.
+        last commit. The ring answers ascending reads bounded below only (a cursor, a position),
+        of any types; descending or upper-bounded reads, earlier cursors (and entity scopes,
+        positioned by version) go to the database, as do reads ``fresh`` seconds after the last
+        commit heard of (another process may have written meanwhile). ``scanned`` remembers
+        stretches a read has no events in, so a subscriber of a quiet domain does not rescan the
+        ring on every commit.
         """
         now = time.monotonic()
         self.wanted = now + RING_IDLE
         lo = self.lo
-        if lo is None or scope.entity is not None or now - self.last_commit > fresh:
+        if (lo is None or now - self.last_commit > fresh or not self.may_serve(query)
+                or cast(int, self.known()) < self.seen):
             return None
-        start = 0 if after is None else after
-        key = (scope, start)
+        scope = query.scope
+        after = query.after
+        start = 0 if after is None else cast(int, after)
+        key = (scope, query.types, query.after_position, start)
         start = max(start, self.scanned.get(key, start))
         if start < lo:
             return None
         ring = self.events
         i = bisect.bisect_right(ring, start, key=_seq)
         found: list[Event] = []
-        contains = scope.contains
+        contains, types, limit = scope.contains, query.types, query.limit
+        low = -1 if query.after_position is None else query.after_position
         for e in itertools.islice(ring, i, None):
-            if contains(e):
+            if contains(e) and e.position > low and (not types or e.type in types):
                 found.append(e)
                 if len(found) >= limit:
                     break
@@ -113,6 +125,18 @@ class Ring:
             self.scanned[key] = _seq(ring[-1]) if ring else lo
         return found
 
-    def nothing_after(self, scope: Scope, after: int | None, known: int) -> None:
-        """Note that the database had no event of ``scope`` after ``after`` up to at least ``known``."""
-        self.scanned[(scope, 0 if after is None else after)] = known
+    @staticmethod
+    def may_serve(query: ReadQuery) -> bool:
+        """Whether the ring can answer reads of this shape (when it holds their cursor)."""
+        return (query.scope.entity is None and not query.descending and query.before is None
+                and query.before_position is None)
+
+    def saw(self, seq: int) -> None:
+        """A database read showed the event of this seq (see ``seen``)."""
+        if seq > self.seen:
+            self.seen = seq
+
+    def nothing_after(self, query: ReadQuery, known: int) -> None:
+        """Note that the database had nothing for ``query`` after its cursor up to at least ``known``."""
+        start = 0 if query.after is None else cast(int, query.after)
+        self.scanned[(query.scope, query.types, query.after_position, start)] = known

@@ -4,6 +4,11 @@ Names are stored once (realms, domains, entities, types tables) and events carry
 the indexes that make every read O(log n + page) stay small. In SQLite an index on ``(x)`` is
 ordered by ``(x, rowid)``, and ``seq`` is the rowid: ``INDEX(domain_id)`` already serves "domain
 events after seq N in seq order".
+
+Each scope is walked in one key: a realm by ``position`` (its unique ``(realm_id, position)``
+index also gives the writer a realm's head in one probe), a domain by ``seq``, an entity by
+``version``; the typed indexes end in the same key, so a type filter is an index walk too. All
+three keys grow with ``seq`` inside their scope, since one writer assigns them all in commit order.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import sqlite3
 
 from ...errors import StorageUnavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
+SCHEMA_TABLES = """
 CREATE TABLE IF NOT EXISTS perhap_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS realms (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS domains (
@@ -33,14 +38,26 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT NOT NULL UNIQUE,
     realm_id INTEGER NOT NULL, domain_id INTEGER NOT NULL,
     entity_id INTEGER NOT NULL, type_id INTEGER NOT NULL,
-    version INTEGER NOT NULL, ts TEXT NOT NULL, data BLOB NOT NULL, meta BLOB NOT NULL);
+    version INTEGER NOT NULL, ts TEXT NOT NULL, data BLOB NOT NULL, meta BLOB NOT NULL,
+    position INTEGER NOT NULL);
+"""
+
+# Schema 1 had events_realm (realm_id), events_realm_type (realm_id, type_id) and
+# events_entity_type (entity_id, type_id): ordered by seq. The realm's position index replaces
+# the first (one index write less per event), and the typed ones end in their scope's key.
+SCHEMA_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS events_entity ON events (entity_id, version);
-CREATE INDEX IF NOT EXISTS events_entity_type ON events (entity_id, type_id);
+CREATE INDEX IF NOT EXISTS events_entity_type ON events (entity_id, type_id, version);
 CREATE INDEX IF NOT EXISTS events_domain ON events (domain_id);
 CREATE INDEX IF NOT EXISTS events_domain_type ON events (domain_id, type_id);
-CREATE INDEX IF NOT EXISTS events_realm ON events (realm_id);
-CREATE INDEX IF NOT EXISTS events_realm_type ON events (realm_id, type_id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_realm_position ON events (realm_id, position);
+CREATE INDEX IF NOT EXISTS events_realm_type ON events (realm_id, type_id, position);
 """
+
+SCHEMA = SCHEMA_TABLES + SCHEMA_INDEXES
+
+#: Indexes of schema 1 that schema 2 drops or redefines.
+_SCHEMA1_INDEXES = ("events_realm", "events_realm_type", "events_entity_type")
 
 SYNCHRONOUS = frozenset({"FULL", "NORMAL", "EXTRA", "OFF"})
 
@@ -62,19 +79,57 @@ def check_directory(path: str) -> None:
 
 
 def open_database(path: str, *, synchronous: str) -> sqlite3.Connection:
-    """The writer's connection to ``path``, the schema created or its version checked."""
+    """The writer's connection to ``path``, the schema created, migrated or its version checked."""
     check_directory(path)
     try:
         conn = connect(path, synchronous=synchronous)
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA_TABLES.split(";", 1)[0])  # perhap_meta, to read the version
         row = conn.execute("SELECT value FROM perhap_meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StorageUnavailable(f"{path} was written by a newer perhap (schema {row[0]}); upgrade perhap")
+        if row is not None and int(row[0]) == 1:
+            migrate_from_schema1(conn)
+        conn.executescript(SCHEMA)
         if row is None:
             conn.execute("INSERT INTO perhap_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StorageUnavailable(f"{path} was written by a newer perhap (schema {row[0]}); upgrade perhap")
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"cannot open {path}: {exc}") from None
     return conn
+
+
+def migrate_from_schema1(conn: sqlite3.Connection) -> None:
+    """Give a schema-1 file its positions, in place and in one transaction (all or nothing).
+
+    Each realm's events are numbered 1..n in seq order, which was the realm's read order: every
+    read keeps its answer, and the writer goes on at n + 1.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Checked again inside the write lock: another process may have migrated meanwhile.
+        row = conn.execute("SELECT value FROM perhap_meta WHERE key = 'schema_version'").fetchone()
+        if int(row[0]) != 1:
+            conn.execute("ROLLBACK")
+            return
+        for name in _SCHEMA1_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        # ADD COLUMN ... NOT NULL needs a default; every row gets its number before the commit.
+        conn.execute("ALTER TABLE events ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
+        # A numbering table keyed by seq, not UPDATE ... FROM: that needs SQLite 3.33.
+        conn.execute("CREATE TEMP TABLE numbering (seq INTEGER PRIMARY KEY, position INTEGER NOT NULL)")
+        conn.execute("INSERT INTO numbering SELECT seq, row_number() OVER (PARTITION BY realm_id ORDER BY seq)"
+                     " FROM events")
+        conn.execute("UPDATE events SET position = (SELECT n.position FROM numbering n WHERE n.seq = events.seq)")
+        conn.execute("DROP TABLE temp.numbering")
+        # executescript would commit first: the indexes go in one by one, inside the transaction.
+        for statement in SCHEMA_INDEXES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("UPDATE perhap_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def last_seq(conn: sqlite3.Connection) -> int:

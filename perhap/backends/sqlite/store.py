@@ -24,13 +24,14 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from ...errors import StorageUnavailable
-from ...model import Cursor, Event, Scope
+from ...model import Event
 from ...store.base import Statistic, Store, WriteJob
 from ...store.groupcommit import STOP
-from . import queries
+from ...store.query import ReadQuery
+from . import queries, reads
 from .lock import FileLock, acquire
 from .ring import Ring
 from .schema import SYNCHRONOUS, check_directory, connect, last_seq, open_database
@@ -139,27 +140,30 @@ class SQLiteStore(Store):
 
     # ----------------------------------------------------------------- reading
 
-    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        if isinstance(after, tuple):
-            raise TypeError("a SQLite cursor is an integer")
+    async def _read(self, query: ReadQuery) -> list[Event]:
         if asyncio.get_running_loop() is not self._loop:
             raise self._foreign()
         ring = self._ring
-        from_ring = ring.read(scope, after, limit, self.poll_interval)
+        from_ring = ring.read(query, self.poll_interval)
         if from_ring is not None:
             return from_ring
         # Every commit notified so far is visible to the read that starts now.
         known = ring.known()
-        events = await self._run(self._read_sync, scope, after, limit, inline=limit <= INLINE_ROWS)
-        if not events and scope.entity is None and known is not None:
-            ring.nothing_after(scope, after, known)  # nothing up to at least that commit
+        events, last = await self._run(self._read_sync, query, inline=query.limit <= INLINE_ROWS)
+        if events:
+            ring.saw(last)
+        elif known is not None and ring.may_serve(query):
+            ring.nothing_after(query, known)  # nothing up to at least that commit
         return events
 
-    def _read_sync(self, scope: Scope, after: int | None, limit: int) -> list[Event]:
-        return queries.read_scope(self._reader(), scope, after, limit)
+    def _read_sync(self, query: ReadQuery) -> tuple[list[Event], int]:
+        return reads.read_events(self._reader(), query)
 
     async def _find_event(self, event_id: str) -> Event | None:
-        return await self._run(self._find_sync, event_id, inline=True)
+        event = await self._run(self._find_sync, event_id, inline=True)
+        if event is not None:
+            self._ring.saw(cast(int, event.cursor))
+        return event
 
     def _find_sync(self, event_id: str) -> Event | None:
         return queries.find_event(self._reader(), event_id)

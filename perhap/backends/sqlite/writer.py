@@ -4,8 +4,8 @@ Design, and why:
 - One writer thread owns the only write connection and drains every append queued while it was
   busy into a single transaction, so concurrent clients share one fsync (group commit). Each
   append behaves as if in its own SAVEPOINT, so a conflict in one never undoes another.
-- One writer means commit order is ``seq`` order: a reader paging by ``seq`` can never skip an
-  event that commits later with a smaller ``seq``.
+- One writer means commit order is ``seq`` order, and each realm's ``position`` order: a reader
+  paging by either can never skip an event that commits later with a smaller one.
 - The group's statements are batched (fast path): every job's checks run first, then all events
   go in a few multi-row INSERTs. A failing check raises before its job writes anything; any SQLite
   error rolls the group back and redoes it job by job, each in a SAVEPOINT (the careful path), so
@@ -91,6 +91,7 @@ def apply_each(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOut
         except PerhapError as exc:  # a conflict: undo whatever this job wrote
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
+            state.heads.clear()  # (a job takes positions only once written: this is a safety net)
             outcomes.append(JobOutcome(job, exc))
         except sqlite3.Error as exc:  # a failure of this job only: undo it alone
             conn.execute("ROLLBACK TO job")
@@ -212,8 +213,8 @@ class Writer:
                 realm, domain, entity = job.realm, job.domain, job.entity
                 for e, a in zip(job.batch, result.events):
                     seq += 1
-                    events.append(make(e.event_id, realm, domain, entity, e.type, a.version,
-                                       a.timestamp, e.data_json, e.meta_json, seq))
+                    events.append(make(e.event_id, realm, domain, a.entity or entity, e.type, a.version,
+                                       a.timestamp, e.data_json, e.meta_json, a.position, seq))
         if seq != last:
             return None, last
         return events, last

@@ -4,16 +4,23 @@
 made), and applies one job either straight away (the careful path, inside a SAVEPOINT) or into a
 :class:`Deferred` that :meth:`WriterState.flush` then writes for a whole group in a few multi-row
 INSERTs (the fast path).
+
+Positions: the writer keeps each realm's head (its last position) and numbers a job's events on
+from it, in the order they will be inserted, so positions follow seqs, one after another. A job
+only takes numbers once its checks pass; whenever a job or a group is rolled back the heads are
+dropped with the other caches and read again (one probe of the ``(realm_id, position)`` index),
+so a rolled-back write burns no number. The unique index would refuse a position given twice.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ...errors import VersionConflict
-from ...model import Appended, AppendResult, replay_or_conflict
+from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict, replay_or_conflict_multi
 from ...store.base import WriteJob
 from .queries import stored_events
 from .schema import last_seq
@@ -21,20 +28,20 @@ from .schema import last_seq
 _K = TypeVar("_K")
 
 _INSERT_EVENTS = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
-                  " data, meta) VALUES ")
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ROW_PARAMETERS = 9
+                  " data, meta, position) VALUES ")
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PARAMETERS = 10
 #: Rows per multi-row INSERT at most: the size the fast path was measured with
 #: (docs/performance.md); larger statements were not tried.
 MAX_CHUNK_ROWS = 128
 
-EventRow = tuple[str, int, int, int, int, int, str, bytes, bytes]
+EventRow = tuple[str, int, int, int, int, int, str, bytes, bytes, int]
 
 
 def insert_chunks(variable_limit: int) -> tuple[int, ...]:
     """Rows per multi-row INSERT: powers of two, so a handful of statement texts cover every group
     (and stay in the connection's statement cache), the largest within ``variable_limit`` bound
-    parameters (999 on SQLite builds before 3.32: 64 rows of 9 parameters) and MAX_CHUNK_ROWS."""
+    parameters (999 on SQLite builds before 3.32: 64 rows of 10 parameters) and MAX_CHUNK_ROWS."""
     rows = 1
     while rows * 2 <= MAX_CHUNK_ROWS and rows * 2 * _ROW_PARAMETERS <= variable_limit:
         rows *= 2
@@ -62,6 +69,11 @@ class Deferred:
     ids: set[str] = field(default_factory=set)  # event ids in rows
 
 
+def _version(entity: EntityRow | None) -> int:
+    """An entity's version; -1 for one that does not exist (yet)."""
+    return -1 if entity is None else entity.version
+
+
 class Undeferrable(Exception):
     """A job reuses an event id an earlier job of the group wrote: only the careful path sees it."""
 
@@ -76,6 +88,7 @@ class WriterState:
         self.entities: dict[tuple[int, str], EntityRow] = {}
         self.types: dict[str, int] = {}
         self.entity_types: set[tuple[int, int]] = set()
+        self.heads: dict[int, int] = {}  # realm id -> its last position, as this writer knows it
         self.data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
         # The last seq this writer knows of (None: ask), and the last rowid of this group.
         self.last_seq: int | None = last_seq(conn)
@@ -89,11 +102,12 @@ class WriterState:
         self.entities.clear()
         self.types.clear()
         self.entity_types.clear()
+        self.heads.clear()
 
     def check_external_writes(self) -> None:
         """At the start of a group, inside the write lock: notice other connections' commits."""
         # data_version changes when another connection (another process) commits: the caches of
-        # versions may then be stale, so drop them.
+        # versions and positions may then be stale, so drop them.
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self.data_version:
             self.data_version = version
@@ -129,78 +143,134 @@ class WriterState:
             found = self._create(self.types, name, "INSERT INTO types (name) VALUES (?)", (name,))
         return found
 
-    def apply(self, job: WriteJob, ts: str, deferred: Deferred | None = None) -> AppendResult:
-        """Write one job; with ``deferred``, leave its events and version for :meth:`flush`."""
-        conn = self.conn
-        batch = job.batch
-        client_ids = [e.event_id for e in batch if e.client_id]
-        if client_ids:
-            if deferred is not None and not deferred.ids.isdisjoint(client_ids):
-                raise Undeferrable
-            stored = stored_events(conn, client_ids)
-            replay = replay_or_conflict(batch, stored, job.realm, job.domain, job.entity)
-            if replay is not None:
-                return replay
-        # Look everything up before creating anything, so a conflict leaves no trace to undo.
-        realm_id = self._lookup(self.realms, job.realm, "SELECT id FROM realms WHERE name = ?", (job.realm,))
-        domain_id = entity = None
+    def _head(self, realm_id: int) -> int:
+        """The realm's last position: from the cache, else one probe of its position index."""
+        head = self.heads.get(realm_id)
+        if head is None:
+            row = self.conn.execute("SELECT max(position) FROM events WHERE realm_id = ?", (realm_id,)).fetchone()
+            head = self.heads[realm_id] = row[0] or 0
+        return head
+
+    def _place(self, realm: str, domain: str) -> tuple[int | None, int | None]:
+        """The ids of a realm and a domain, None for those not made yet."""
+        realm_id = self._lookup(self.realms, realm, "SELECT id FROM realms WHERE name = ?", (realm,))
+        domain_id = None
         if realm_id is not None:
-            domain_id = self._lookup(self.domains, (realm_id, job.domain),
-                                     "SELECT id FROM domains WHERE realm_id = ? AND name = ?",
-                                     (realm_id, job.domain))
-        if domain_id is not None:
-            entity = self.entities.get((domain_id, job.entity))
-            if entity is None:
-                row = conn.execute("SELECT id, version FROM entities WHERE domain_id = ? AND name = ?",
-                                   (domain_id, job.entity)).fetchone()
-                entity = EntityRow(row[0], row[1]) if row else None
-        current = -1 if entity is None else entity.version
-        if job.expected is not None and job.expected != current:
-            raise VersionConflict(current, job.expected)
+            domain_id = self._lookup(self.domains, (realm_id, domain),
+                                     "SELECT id FROM domains WHERE realm_id = ? AND name = ?", (realm_id, domain))
+        return realm_id, domain_id
+
+    def _make_place(self, realm: str, domain: str, realm_id: int | None, domain_id: int | None) -> tuple[int, int]:
         if realm_id is None:
-            realm_id = self._create(self.realms, job.realm, "INSERT INTO realms (name) VALUES (?)", (job.realm,))
+            realm_id = self._create(self.realms, realm, "INSERT INTO realms (name) VALUES (?)", (realm,))
         if domain_id is None:
-            domain_id = self._create(self.domains, (realm_id, job.domain),
-                                     "INSERT INTO domains (realm_id, name) VALUES (?, ?)", (realm_id, job.domain))
-        key = (domain_id, job.entity)
+            domain_id = self._create(self.domains, (realm_id, domain),
+                                     "INSERT INTO domains (realm_id, name) VALUES (?, ?)", (realm_id, domain))
+        return realm_id, domain_id
+
+    def _entity(self, domain_id: int | None, name: str) -> EntityRow | None:
+        if domain_id is None:
+            return None
+        entity = self.entities.get((domain_id, name))
         if entity is None:
-            entity = EntityRow(self._insert("INSERT INTO entities (domain_id, name, version) VALUES (?, ?, ?)",
-                                            (domain_id, job.entity, current + len(batch))), current)
-        elif deferred is not None:
-            deferred.versions[entity.id] = current + len(batch)
+            row = self.conn.execute("SELECT id, version FROM entities WHERE domain_id = ? AND name = ?",
+                                    (domain_id, name)).fetchone()
+            entity = EntityRow(row[0], row[1]) if row else None
+        return entity
+
+    def _grow(self, domain_id: int, name: str, entity: EntityRow | None, added: int,
+              deferred: Deferred | None) -> EntityRow:
+        """The entity's row with ``added`` more events (its version in the row: before them)."""
+        current = _version(entity)
+        if entity is None:
+            return EntityRow(self._insert("INSERT INTO entities (domain_id, name, version) VALUES (?, ?, ?)",
+                                          (domain_id, name, current + added)), current)
+        if deferred is not None:
+            deferred.versions[entity.id] = current + added
         else:
-            conn.execute("UPDATE entities SET version = ? WHERE id = ?", (current + len(batch), entity.id))
-        entity_id = entity.id
+            self.conn.execute("UPDATE entities SET version = ? WHERE id = ?", (current + added, entity.id))
+        return entity
+
+    def _row(self, e: NewEvent, realm_id: int, domain_id: int, entity_id: int, version: int,
+             position: int, ts: str) -> EventRow:
+        type_id = self._type_id(e.type)
+        if (entity_id, type_id) not in self.entity_types:
+            self.conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
+            self.entity_types.add((entity_id, type_id))
+        stamp = e.timestamp or ts  # an import keeps the event's original time
+        return (e.event_id, realm_id, domain_id, entity_id, type_id, version, stamp, e.data_json,
+                e.meta_json, position)
+
+    def _replayed(self, job: WriteJob, deferred: Deferred | None) -> AppendResult | None:
+        """The original result when the job's client-chosen ids are stored already (a retry)."""
+        client_ids = [e.event_id for e in job.batch if e.client_id]
+        if not client_ids:
+            return None
+        if deferred is not None and not deferred.ids.isdisjoint(client_ids):
+            raise Undeferrable
+        return self._decide_stored(job, stored_events(self.conn, client_ids))
+
+    @staticmethod
+    def _decide_stored(job: WriteJob, stored: dict[str, Event]) -> AppendResult | None:
+        if job.entities is not None:
+            return replay_or_conflict_multi(job.batch, job.entities, stored, job.realm, job.domain)
+        return replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
+
+    def apply(self, job: WriteJob, ts: str, deferred: Deferred | None = None) -> AppendResult:
+        """Write one job; with ``deferred``, leave its events and versions for :meth:`flush`."""
+        replay = self._replayed(job, deferred)
+        if replay is not None:
+            return replay
+        # Look everything up before creating anything, so a conflict leaves no trace to undo.
+        realm_id, domain_id = self._place(job.realm, job.domain)
+        names = job.entities if job.entities is not None else [job.entity] * len(job.batch)
+        found = {name: self._entity(domain_id, name)
+                 for name in dict.fromkeys([*names, *(job.expectations or ())])}
+        if job.entities is None:
+            current = _version(found[job.entity])
+            if job.expected is not None and job.expected != current:
+                raise VersionConflict(current, job.expected)
+        elif job.expectations:  # every entity checked, so the conflict names all that fail
+            failing = [(name, expected, _version(found[name])) for name, expected in job.expectations.items()
+                       if expected != _version(found[name])]
+            if failing:
+                raise VersionConflict.several(failing)
+        realm_id, domain_id = self._make_place(job.realm, job.domain, realm_id, domain_id)
+        # Each entity's events take the versions after its own, in the order sent.
+        rows_of: dict[str, EntityRow] = {}
+        next_version: dict[str, int] = {}
+        for name, added in Counter(names).items():
+            entity = found[name]
+            next_version[name] = _version(entity) + 1
+            rows_of[name] = self._grow(domain_id, name, entity, added, deferred)
+        position = self._head(realm_id)
         rows: list[EventRow] = []
         results = []
-        for version, e in enumerate(batch, current + 1):
-            type_id = self._type_id(e.type)
-            if (entity_id, type_id) not in self.entity_types:
-                conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
-                self.entity_types.add((entity_id, type_id))
-            stamp = e.timestamp or ts  # an import keeps the event's original time
-            rows.append((e.event_id, realm_id, domain_id, entity_id, type_id, version, stamp,
-                         e.data_json, e.meta_json))
-            results.append(Appended(e.event_id, version, stamp))
+        multi = job.entities is not None
+        for e, name in zip(job.batch, names):
+            version = next_version[name]
+            next_version[name] = version + 1
+            position += 1
+            row = self._row(e, realm_id, domain_id, rows_of[name].id, version, position, ts)
+            rows.append(row)
+            results.append(Appended(e.event_id, version, position, row[6], name if multi else None))
         if deferred is not None:
             deferred.rows += rows
-            deferred.ids.update(e.event_id for e in batch)
-            entity.version = current + len(batch)
-            self.entities[key] = entity
-            return AppendResult(results, created=True)
-        try:
-            conn.executemany(
-                "INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
-                " data, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        except sqlite3.IntegrityError:
-            self.forget()  # ids cached by this job are being rolled back
-            # A server-made id can only collide with itself if the clock went backwards and the
-            # random bits matched; a client id collides when it raced a twin in this group.
-            stored = stored_events(conn, [e.event_id for e in batch])
-            replay_or_conflict(batch, stored, job.realm, job.domain, job.entity)
-            raise
-        entity.version = current + len(batch)
-        self.entities[key] = entity
+            deferred.ids.update(e.event_id for e in job.batch)
+        else:
+            try:
+                self.conn.executemany(_INSERT_EVENTS + _ROW_MARKS, rows)
+            except sqlite3.IntegrityError:
+                self.forget()  # ids cached by this job are being rolled back
+                # A server-made id can only collide with itself if the clock went backwards and the
+                # random bits matched; a client id collides when it raced a twin in this group.
+                self._decide_stored(job, stored_events(self.conn, [e.event_id for e in job.batch]))
+                raise
+        # Written (or deferred, and dropped with the caches should the group roll back).
+        self.heads[realm_id] = position
+        for name, entity in rows_of.items():
+            entity.version = next_version[name] - 1
+            self.entities[(domain_id, name)] = entity
         return AppendResult(results, created=True)
 
     def flush(self, deferred: Deferred) -> None:
