@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from perhap.backends.postgres import PostgresStore
 from perhap.backends.postgres import queries as pgqueries
 from perhap.backends.postgres import schema as pgschema
 from perhap.sse import SSEDecoder
+from perhap.store.query import read_query
 from perhap.testing.postgres import PostgresServer
 from tests.conftest import get_provider
 from tests.helpers import read_all
@@ -144,8 +146,9 @@ async def test_paging_during_concurrent_writers_never_skips(pg_url: str) -> None
         # nothing twice, the same order.
         assert [e.event_id for e in seen_realm] == [e.event_id for e in final]
         assert [e.event_id for e in seen_domain] == [e.event_id for e in final if e.domain == "d1"]
-        positions = [e.cursor for e in final]
-        assert positions == sorted(positions)  # type: ignore[type-var]  # ints on PostgreSQL
+        # Positions 1..N: numbered in commit order, none burnt by the other processes' groups.
+        assert [e.position for e in final] == list(range(1, len(final) + 1))
+        assert [e.position for e in seen_realm] == [e.position for e in final]
         by_entity: dict[tuple[str, str], list[int]] = {}
         for e in final:
             by_entity.setdefault((e.domain, e.entity), []).append(e.version)
@@ -195,8 +198,8 @@ async def test_an_id_raced_in_by_another_transaction_fails_only_its_append(pg_ur
         try:
             await rival.execute("BEGIN")
             await rival.execute(
-                "INSERT INTO perhap_events (event_id, realm_id, domain_id, entity_id, type_id, version, ts, "
-                "data, meta) SELECT $1, realm_id, domain_id, entity_id, type_id, 1, ts, '1', '{}' "
+                "INSERT INTO perhap_events (event_id, position, realm_id, domain_id, entity_id, type_id, version, "
+                "ts, data, meta) SELECT $1, position + 1, realm_id, domain_id, entity_id, type_id, 1, ts, '1', '{}' "
                 "FROM perhap_events", raced)
             appends = asyncio.gather(  # one group: the same event-loop tick
                 store.append("r", "d", "a", "t", "first"),
@@ -258,12 +261,13 @@ async def test_newer_schema_is_refused(pg_url: str) -> None:
 async def test_older_schema_is_migrated_in_place(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with open_store(pg_url) as store:
         first = await store.append("r", "d", "e", "t", 1)
-    # A later perhap with a version 2 step: opening the version 1 database runs the step once.
-    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(pgschema.MIGRATIONS, 2, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
+    # A later perhap with one more step: opening the database written by this one runs it once.
+    later = pgschema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", later)
+    monkeypatch.setitem(pgschema.MIGRATIONS, later, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
     stores = await asyncio.gather(*[open_store(pg_url) for _ in range(3)])
     try:
-        assert [r["value"] for r in await sql(pg_url, "SELECT value FROM perhap_meta")] == ["2"]
+        assert [r["value"] for r in await sql(pg_url, "SELECT value FROM perhap_meta")] == [str(later)]
         assert (await sql(pg_url, "SELECT to_regclass('perhap_events_ts') AS i"))[0]["i"] is not None
         await stores[0].append("r", "d", "e", "t", 2, expected_version=0)
         events = await read_all(stores[1], Scope("r", "d", "e"))
@@ -282,9 +286,15 @@ async def test_key_order_is_code_point_order(pg_url: str) -> None:
         assert (await store.keys("r", limit=3, after="Z")).keys == sorted(names)[sorted(names).index("Z") + 1:][:3]
 
 
+def _sort_nodes(plan: str) -> list[str]:
+    """The plan's Sort nodes (a Merge Append's "Sort Key" line merges sorted walks: not one)."""
+    return [line for line in plan.splitlines() if re.match(r"\s*(->\s+)?(Incremental )?Sort  \(", line)]
+
+
 async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
     """A page costs O(log n + page) whatever the planner believes about the data: before any
-    ANALYZE (it then thinks a scope holds a few dozen rows and would sort it all) and after."""
+    ANALYZE (it then thinks a scope holds a few dozen rows and would sort it all) and after, in
+    both orders, with one type or several, from a position."""
     store = await pg_store(pg_url)
     async with store:
         await sql(pg_url, "ALTER TABLE perhap_events SET (autovacuum_enabled = off)")
@@ -292,19 +302,53 @@ async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
             batch = [{"type": f"t{k % 3}", "event": k} for k in range(1000)]
             await store.append_batch("big", f"d{j % 2}", f"x{j}", batch)
         await asyncio.gather(*[store.append(f"small{i}", "d", "e", "t0", i) for i in range(100)])
-        scopes = {"realm": Scope("big"), "realm_type": Scope("big", type="t1"),
-                  "domain": Scope("big", "d1"), "domain_type": Scope("big", "d1", type="t1"),
-                  "entity": Scope("big", "d1", "x1"), "entity_type": Scope("big", "d1", "x1", "t1")}
-        for analysed in (False, True):
+        scopes = {"realm": Scope("big"), "domain": Scope("big", "d1"), "entity": Scope("big", "d1", "x1")}
+        variants: list[tuple[str, dict[str, Any]]] = [
+            ("", {}), ("", {"order": "desc"}), ("", {"after_position": 5000}),
+            ("", {"order": "desc", "before_position": 5000}),
+            ("_type", {"types": ["t1"]}), ("_type", {"types": ["t1"], "order": "desc"}),
+            ("_type", {"types": ["t0", "t2"]}), ("_type", {"types": ["t0", "t1", "t2"], "order": "desc"}),
+            ("_type", {"types": ["t0", "t2"], "after_position": 5000}),
+        ]
+        # Last, the plan a prepared statement may settle on after a few runs: the generic one.
+        for analysed, mode in ((False, "auto"), (True, "auto"), (True, "force_generic_plan")):
             if analysed:
                 await sql(pg_url, "ANALYZE")
             assert store._pool is not None
             async with store._pool.acquire() as conn:
-                for index, scope in scopes.items():
-                    query, params, _ = pgqueries.scope_query(scope)
-                    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query, *params, 10, 1000))
-                    assert f"Index Scan using perhap_events_{index} on" in plan, (analysed, scope, plan)
-                    assert "Sort" not in plan and "Bitmap" not in plan, (analysed, scope, plan)
+                await conn.execute(f"SET plan_cache_mode = {mode}")
+                for name, scope in scopes.items():
+                    for suffix, options in variants:
+                        query, params, _ = pgqueries.read_sql(read_query(scope, limit=1000, **options))
+                        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query, *params))
+                        shown = (analysed, mode, scope, options, plan)
+                        assert f"using perhap_events_{name}{suffix} on" in plan, shown
+                        assert not _sort_nodes(plan) and "Bitmap" not in plan, shown
+                        assert "Seq Scan on perhap_events" not in plan, shown
+                        if len(options.get("types", ())) > 1:
+                            assert "Merge Append" in plan, shown
+                await conn.execute("RESET plan_cache_mode")
+
+
+async def test_heads_cost_one_index_probe(pg_url: str) -> None:
+    """The realm's head and an entity's last event read one index entry: the plan's walk of
+    perhap_events returns one row, on a store of 20,000 events."""
+    store = await pg_store(pg_url)
+    async with store:
+        for j in range(10):
+            await store.append_batch("big", f"d{j % 2}", f"x{j % 3}",
+                                     [{"type": "t", "event": k} for k in range(2000)])
+        await sql(pg_url, "ANALYZE")
+        last = (await store.read(Scope("big"), order="desc", limit=1)).events
+        assert [e.position for e in last] == [20_000]
+        assert store._pool is not None
+        async with store._pool.acquire() as conn:
+            for index, scope in (("realm", Scope("big")), ("entity", Scope("big", "d1", "x1"))):
+                query, params, _ = pgqueries.read_sql(read_query(scope, order="desc", limit=1))
+                plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, TIMING OFF) " + query, *params))
+                walk = [line for line in plan.splitlines() if "on perhap_events" in line]
+                assert len(walk) == 1 and f"Index Scan Backward using perhap_events_{index} on" in walk[0], plan
+                assert "rows=1 loops=1" in walk[0] and not _sort_nodes(plan), plan
 
 
 # --------------------------------------------------------------------------- the database goes away

@@ -1,52 +1,112 @@
 """The SQL that reads events and names, and the conversion of its rows.
 
 Each read is one statement; the realm, domain, entity and type ids are resolved by sub-selects in
-the same statement, and a page walks one index from the cursor (see ``init_reader`` for why the
-read connections price sorting out).
+the same statement, and a page walks one index from its bound, in either direction (see
+``init_reader`` for why the read connections price sorting out). A realm or domain is ordered by
+``position``, an entity by ``version``.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from ...model import Event, Scope
+from ...model import Cursor, Event
+from ...store.query import ReadQuery
 
 REALM_ID = "(SELECT id FROM perhap_realms WHERE name = $1)"
 DOMAIN_ID = f"(SELECT id FROM perhap_domains WHERE realm_id = {REALM_ID} AND name = $2)"
 ENTITY_ID = f"(SELECT id FROM perhap_entities WHERE domain_id = {DOMAIN_ID} AND name = $3)"
 
-SELECT_EVENTS = """SELECT e.pos, e.event_id, r.name, d.name, n.name, t.name, e.version, e.ts, e.data, e.meta
-FROM perhap_events e JOIN perhap_entities n ON n.id = e.entity_id
+COLUMNS = "e.position, e.event_id, r.name, d.name, n.name, t.name, e.version, e.ts, e.data, e.meta"
+NAMES = """JOIN perhap_entities n ON n.id = e.entity_id
 JOIN perhap_domains d ON d.id = e.domain_id JOIN perhap_realms r ON r.id = e.realm_id
 JOIN perhap_types t ON t.id = e.type_id"""
+SELECT_EVENTS = f"SELECT {COLUMNS}\nFROM perhap_events e {NAMES}"
 
 EVENT_BY_ID = f"{SELECT_EVENTS} WHERE e.event_id = $1"
 EVENTS_BY_IDS = f"{SELECT_EVENTS} WHERE e.event_id = ANY($1::uuid[])"
 
 
-def row_event(row: asyncpg.Record, by_version: bool) -> Event:
-    """An event from a row of :data:`SELECT_EVENTS`; its cursor is the version or the position."""
-    pos, event_id, realm, domain, entity, type_, version, ts, data, meta = row
-    return Event(str(event_id), realm, domain, entity, type_, version, ts, data, meta,
-                 version if by_version else pos)
+def row_event(row: asyncpg.Record, by_version: bool = False) -> Event:
+    """An event from a row of :data:`SELECT_EVENTS`; its cursor is the version (an entity
+    scope) or the position (a realm or domain, and look-ups by id)."""
+    position, event_id, realm, domain, entity, type_, version, ts, data, meta = row
+    return Event(str(event_id), realm, domain, entity, type_, version, ts, data, meta, position,
+                 version if by_version else position)
 
 
-def scope_query(scope: Scope) -> tuple[str, list[str], bool]:
-    """SQL selecting a scope's events after a cursor ($n) with a limit ($n+1), its parameters
-    before those two, and whether the cursor is the version (an entity scope)."""
-    params: list[str]
+def read_sql(query: ReadQuery) -> tuple[str, list[object], bool]:
+    """The statement reading ``query`` (limit included), its parameters, and whether the cursor
+    is the version (an entity scope).
+
+    Every bound becomes a bound of the walked index's last column, so a page starts with one
+    probe and reads nothing outside it: in a realm or domain the cursor is the position, so
+    cursor and position bounds merge; in an entity the position bounds can only filter the
+    versions walked (positions grow with versions there, so they cut one end of the walk).
+    Several types are one limited walk of the type index per type, merged in order (see
+    :func:`_union`): a single walk of the scope filtering types would read every event of the
+    other types, and ``type_id = ANY(...)`` would make the planner sort the whole scope.
+    """
+    scope = query.scope
+    params: list[object]
     if scope.domain is None:
-        where, params, pos = f"e.realm_id = {REALM_ID}", [scope.realm], "pos"
+        where, params = f"e.realm_id = {REALM_ID}", [scope.realm]
     elif scope.entity is None:
-        where, params, pos = f"e.domain_id = {DOMAIN_ID}", [scope.realm, scope.domain], "pos"
+        where, params = f"e.domain_id = {DOMAIN_ID}", [scope.realm, scope.domain]
     else:
-        where, params, pos = f"e.entity_id = {ENTITY_ID}", [scope.realm, scope.domain, scope.entity], "version"
-    if scope.type is not None:
-        params.append(scope.type)
+        where, params = f"e.entity_id = {ENTITY_ID}", [scope.realm, scope.domain, scope.entity]
+    by_version = scope.entity is not None
+    column = "e.version" if by_version else "e.position"
+    after: Cursor | None = query.after
+    before: Cursor | None = query.before
+    extra: list[tuple[str, str, object]] = []  # (column, operator, value) bounds beyond the cursor's
+    if by_version:
+        if query.after_position is not None:
+            extra.append(("e.position", ">", query.after_position))
+        if query.before_position is not None:
+            extra.append(("e.position", "<", query.before_position))
+    else:
+        after = _tighter(after, query.after_position, lower=True)
+        before = _tighter(before, query.before_position, lower=False)
+    for op, bound in ((">", after), ("<", before)):
+        if bound is not None:
+            extra.append((column, op, bound))
+    for col, op, value in extra:
+        params.append(value)
+        where += f" AND {col} {op} ${len(params)}"
+    direction = " DESC" if query.descending else ""
+    params.append(query.limit)
+    limit = f"${len(params)}"
+    if len(query.types) > 1:
+        return _union(where, params, query.types, column, direction, limit), params, by_version
+    if query.types:
+        params.append(query.types[0])
         where += f" AND e.type_id = (SELECT id FROM perhap_types WHERE name = ${len(params)})"
-    n = len(params)
-    sql = f"{SELECT_EVENTS} WHERE {where} AND e.{pos} > ${n + 1} ORDER BY e.{pos} LIMIT ${n + 2}"
-    return sql, params, pos == "version"
+    sql = f"{SELECT_EVENTS} WHERE {where} ORDER BY {column}{direction} LIMIT {limit}"
+    return sql, params, by_version
+
+
+def _union(where: str, params: list[object], types: tuple[str, ...], column: str, direction: str,
+           limit: str) -> str:
+    """Several types: per type, a walk of the scope's type index limited to a page, merged in
+    cursor order (a Merge Append, which stops once the page is full), names joined last."""
+    walks = []
+    for name in types:
+        params.append(name)
+        walks.append(f"(SELECT e.* FROM perhap_events e WHERE {where} AND e.type_id = "
+                     f"(SELECT id FROM perhap_types WHERE name = ${len(params)}) "
+                     f"ORDER BY {column}{direction} LIMIT {limit})")
+    merged = "\nUNION ALL\n".join(walks)
+    return (f"SELECT {COLUMNS}\nFROM (SELECT * FROM ({merged}) e ORDER BY {column}{direction} "
+            f"LIMIT {limit}) e {NAMES} ORDER BY {column}{direction}")
+
+
+def _tighter(cursor: Cursor | None, position: int | None, lower: bool) -> int | None:
+    """The tighter of a cursor bound and a position bound (both positions in a realm or domain)."""
+    assert cursor is None or isinstance(cursor, int)  # this backend's cursors are integers
+    if cursor is None or position is None:
+        return position if cursor is None else cursor
+    return max(cursor, position) if lower else min(cursor, position)
 
 
 def names_query(realm: str | None, domain: str | None, entity: str | None) -> tuple[str, list[str]]:

@@ -13,10 +13,14 @@ from .connection import AnyConnection
 
 log = logging.getLogger("perhap.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
+#: Seconds a migration step, and a process waiting for another's migration, may take: a step may
+#: rewrite the events table (step 2: minutes for tens of millions of events), far beyond the
+#: per-statement ``timeout`` of the URL.
+MIGRATION_TIMEOUT = 24 * 3600.0
 
 # Each step upgrades the schema from the version before it; a database records the last step run.
 MIGRATIONS: dict[int, str] = {
@@ -49,6 +53,32 @@ CREATE INDEX perhap_events_domain_type ON perhap_events (domain_id, type_id, pos
 CREATE INDEX perhap_events_realm ON perhap_events (realm_id, pos);
 CREATE INDEX perhap_events_realm_type ON perhap_events (realm_id, type_id, pos);
 """,
+    # Integer positions, contiguous per realm (1, 2, 3 ... in today's realm order), replace the
+    # global pos as the realm and domain order: the unique (realm_id, position) index then serves
+    # realm reads, the realm's head and the writer's next position alike, and pos (and its
+    # indexes) would only cost writes. The table is rewritten once (rows in one pass, indexes
+    # built afterwards) rather than updated row by row, which would leave a dead copy of every
+    # row and update six indexes per row.
+    2: """
+CREATE TABLE perhap_events_v2 (
+    event_id uuid NOT NULL, position bigint NOT NULL,
+    realm_id int NOT NULL, domain_id int NOT NULL, entity_id bigint NOT NULL, type_id int NOT NULL,
+    version bigint NOT NULL, ts text NOT NULL, data json NOT NULL, meta json NOT NULL);
+INSERT INTO perhap_events_v2
+SELECT event_id, row_number() OVER (PARTITION BY realm_id ORDER BY pos),
+       realm_id, domain_id, entity_id, type_id, version, ts, data, meta
+FROM perhap_events;
+DROP TABLE perhap_events;
+ALTER TABLE perhap_events_v2 RENAME TO perhap_events;
+ALTER TABLE perhap_events ADD CONSTRAINT perhap_events_pkey PRIMARY KEY (event_id);
+CREATE UNIQUE INDEX perhap_events_realm ON perhap_events (realm_id, position);
+CREATE INDEX perhap_events_realm_type ON perhap_events (realm_id, type_id, position);
+CREATE INDEX perhap_events_domain ON perhap_events (domain_id, position);
+CREATE INDEX perhap_events_domain_type ON perhap_events (domain_id, type_id, position);
+CREATE UNIQUE INDEX perhap_events_entity ON perhap_events (entity_id, version);
+CREATE INDEX perhap_events_entity_type ON perhap_events (entity_id, type_id, version);
+ANALYZE perhap_events;
+""",
 }
 
 
@@ -62,9 +92,11 @@ async def migrate(conn: AnyConnection) -> None:
         return
     # A session lock taken before the transaction (not inside it): the transaction's start
     # then sees the catalog as another process's migration left it.
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", *SCHEMA_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", *SCHEMA_LOCK, timeout=MIGRATION_TIMEOUT)
     try:
         async with conn.transaction():
+            # Nor may a server or role default cut a long step short.
+            await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
             version = await schema_version(conn)  # another process may have just done it
             if version > SCHEMA_VERSION:
                 raise StorageUnavailable(
@@ -73,7 +105,7 @@ async def migrate(conn: AnyConnection) -> None:
             if version == 0:
                 await conn.execute("CREATE TABLE perhap_meta (key text PRIMARY KEY, value text NOT NULL)")
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                await conn.execute(MIGRATIONS[step])
+                await conn.execute(MIGRATIONS[step], timeout=MIGRATION_TIMEOUT)
             await conn.execute(
                 "INSERT INTO perhap_meta VALUES ('schema_version', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", str(SCHEMA_VERSION))

@@ -1,10 +1,11 @@
 """The PostgreSQL backend: group commit through one writer task, reads from a pool, LISTEN/NOTIFY.
 
 Design, and why (docs/backends/postgresql.md has the long form and the proof):
-- Gap safety and group commit: see :mod:`.writer` (realm advisory locks in sorted order before
-  positions are taken; one transaction per group; a savepoint per append on the slow path).
+- Contiguous, gap-safe positions and group commit: see :mod:`.writer` (realm advisory locks in
+  sorted order, then positions numbered on from each realm's head; one transaction per group; a
+  savepoint per append on the slow path); :mod:`.decide` decides each append of a group.
 - Names are stored once and events carry integer ids (:mod:`.schema`); reads are one statement
-  each, walking one index (:mod:`.queries`).
+  each, walking one index forwards or backwards (:mod:`.queries`).
 - Live streaming across processes: the writer NOTIFYs inside its transaction, a dedicated
   connection LISTENs and wakes local subscribers (:mod:`.listener`); subscribers also poll every
   ``poll_interval``, so nothing depends on a notification arriving.
@@ -21,12 +22,13 @@ import asyncio
 import asyncpg
 
 from ...errors import PerhapError, StorageUnavailable
-from ...model import Cursor, Event, Scope
+from ...model import Event
 from ...store.base import Statistic, Store, WriteJob
 from ...store.groupcommit import STOP
+from ...store.query import ReadQuery
 from .connection import DB_ERRORS, LOST, Options, Pool, warn_if_not_durable
 from .listener import Listener
-from .queries import EVENT_BY_ID, names_query, row_event, scope_query
+from .queries import EVENT_BY_ID, names_query, read_sql, row_event
 from .schema import migrate
 from .writer import GroupWriter
 
@@ -131,14 +133,16 @@ class PostgresStore(Store):
                 raise StorageUnavailable(f"read failed: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        sql, params, by_version = scope_query(scope)
-        rows = await self._fetch(sql, *params, -1 if after is None else after, limit)
+    async def _read(self, query: ReadQuery) -> list[Event]:
+        # Gap-safe in both orders without a horizon: positions are contiguous per realm and a
+        # snapshot sees a prefix of them (see .writer), so any one statement is a consistent page.
+        sql, params, by_version = read_sql(query)
+        rows = await self._fetch(sql, *params)
         return [row_event(r, by_version) for r in rows]
 
     async def _find_event(self, event_id: str) -> Event | None:
         rows = await self._fetch(EVENT_BY_ID, event_id)
-        return row_event(rows[0], False) if rows else None
+        return row_event(rows[0]) if rows else None
 
     async def _names(self, realm: str | None, domain: str | None, entity: str | None,
                      after: str, limit: int) -> list[str]:

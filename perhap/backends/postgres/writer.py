@@ -1,12 +1,16 @@
 """Group commit: one writer task drains every append queued while it was busy into one transaction.
 
-- Gap safety: every transaction that writes events first takes a transaction-scoped advisory lock
-  per realm it touches, in sorted key order, and only then takes positions from the ``pos``
-  identity (CACHE 1, so values increase in the order they are handed out). A realm's positions are
-  therefore handed out by one transaction at a time, and the lock is released only after the commit
-  is visible; so within a realm position order is commit order, and a reader that pages by
-  position never passes over an event that commits later. Realm and domain scopes never cross a
-  realm, so that is all the order they need (docs/backends/postgresql.md has the proof).
+- Contiguous, gap-safe positions: every transaction that writes events first takes a
+  transaction-scoped advisory lock per realm it touches, in sorted key order, and only then reads
+  each realm's head (one probe of the unique (realm_id, position) index) and numbers its events
+  head+1, head+2 ... in queue order. A realm's positions are therefore handed out by one
+  transaction at a time, each continuing from the last committed one, and the lock is released
+  only after the commit is visible: positions are 1, 2, 3 ... in commit order, a rolled-back
+  transaction burns none (the next one reads the same head), and no snapshot sees n+1 without n.
+  Realm and domain scopes never cross a realm, so that is all the order they need
+  (docs/backends/postgresql.md has the proof).
+- Multi-entity jobs are decided like the others, all or nothing: every expectation checked
+  against the versions the group has reached, then one run of positions in send order.
 - Outcomes (replays, version conflicts) are decided in Python from one look-up per group, then the
   accepted appends are written with a handful of array statements, whatever the group's size. A
   statement that still fails (an event id raced in by another process) sends the group down a slow
@@ -27,12 +31,13 @@ from typing import NamedTuple
 
 import asyncpg
 
-from ...errors import PerhapError, StorageUnavailable, VersionConflict
+from ...errors import PerhapError, StorageUnavailable
 from ...ids import utc_timestamp
-from ...model import Appended, AppendResult, Event, replay_or_conflict
+from ...model import AppendResult, Event
 from ...store.base import WriteJob
 from ...store.groupcommit import STOP, settle_group, take_group
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
+from .decide import Accepted, Decided, Key, decide, keys_read, replay_of
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
 from .schema import CHANNEL, LOCK_CLASS
@@ -49,13 +54,13 @@ COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnes
 DURABLE = ("SELECT set_config('synchronous_commit', 'on', true) "
            "WHERE current_setting('synchronous_commit') = 'off';")
 
-Key = tuple[str, str, str]  # realm, domain, entity
-#: A job's outcome: the result, or the error that refuses it (that job alone).
-Decided = AppendResult | PerhapError
 
-# Look up every entity of a group at once: ids where they exist, and the current version.
-_LOOKUP = """SELECT k.i, r.id, d.id, n.id, n.version
-FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(realm, domain, entity, i)
+# Look up every entity of a group at once: ids where they exist, and the current version; and
+# on the first row of each realm ($4), the realm's head (last position, 0 if none): one probe of
+# the unique (realm_id, position) index, read under the realm's lock.
+_LOOKUP = """SELECT k.i, r.id, d.id, n.id, n.version, CASE WHEN k.head THEN coalesce(
+    (SELECT e.position FROM perhap_events e WHERE e.realm_id = r.id ORDER BY e.position DESC LIMIT 1), 0) END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) WITH ORDINALITY AS k(realm, domain, entity, head, i)
 LEFT JOIN perhap_realms r ON r.name = k.realm
 LEFT JOIN perhap_domains d ON d.realm_id = r.id AND d.name = k.domain
 LEFT JOIN perhap_entities n ON n.domain_id = d.id AND n.name = k.entity"""
@@ -65,10 +70,11 @@ SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[])
 ON CONFLICT (domain_id, name) DO UPDATE SET version = EXCLUDED.version
 RETURNING id, domain_id, name"""
 
-_EVENT_COLUMNS = ["event_id", "realm_id", "domain_id", "entity_id", "type_id", "version", "ts", "data", "meta"]
+_EVENT_COLUMNS = ["event_id", "position", "realm_id", "domain_id", "entity_id", "type_id", "version", "ts",
+                  "data", "meta"]
 _INSERT_EVENTS = f"""INSERT INTO perhap_events ({', '.join(_EVENT_COLUMNS)})
-SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::bigint[],
-                     $7::text[], $8::json[], $9::json[])"""
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::int[],
+                     $7::bigint[], $8::text[], $9::json[], $10::json[])"""
 
 
 class _Found(NamedTuple):
@@ -76,11 +82,6 @@ class _Found(NamedTuple):
 
     realm_id: int | None
     domain_id: int | None
-
-
-class _Accepted(NamedTuple):
-    job: WriteJob
-    first: int  # the version of its first event
 
 
 class _Isolate(Exception):
@@ -245,7 +246,7 @@ class GroupWriter:
             # The id is taken by an event committed meanwhile (or raced in from this group).
             stored = await _stored(conn, [e.event_id for e in job.batch])
             try:
-                replay = replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
+                replay = replay_of(job, stored)
             except PerhapError as conflict:
                 return conflict
             return replay or StorageUnavailable(f"write failed: {exc}")
@@ -261,48 +262,41 @@ class GroupWriter:
     async def _apply(self, conn: Connection, jobs: list[WriteJob], ts: str,
                      types: dict[str, int], new_pairs: set[tuple[int, int]]) -> list[Decided]:
         """Decide every job from one look-up, then write the accepted ones with array statements."""
-        triples = list(dict.fromkeys(j.key for j in jobs))
-        rows = await conn.fetch(_LOOKUP, *map(list, zip(*triples, strict=True)))
+        triples = list(dict.fromkeys(k for job in jobs for k in keys_read(job)))
+        seen: set[str] = set()
+        first_of_realm: list[bool] = []  # ask each realm's head once
+        for realm, _, _ in triples:
+            first_of_realm.append(realm not in seen)
+            seen.add(realm)
+        rows = await conn.fetch(_LOOKUP, *map(list, zip(*triples, strict=True)), first_of_realm)
         found: dict[Key, _Found] = {}
         versions: dict[Key, int] = {}
+        heads: dict[str, int] = {}  # the last position taken in each realm
         for r in rows:
             t = triples[r[0] - 1]
             found[t], versions[t] = _Found(r[1], r[2]), -1 if r[4] is None else r[4]
+            if r[5] is not None:
+                heads[t[0]] = r[5]
         client_ids = [e.event_id for j in jobs for e in j.batch if e.client_id]
         stored = await _stored(conn, client_ids) if client_ids else {}
         outcomes: list[Decided] = []
-        accepted: list[_Accepted] = []
+        accepted: list[Accepted] = []
         for job in jobs:
-            key = job.key
             try:
-                mine = {e.event_id: stored[e.event_id] for e in job.batch if e.event_id in stored}
-                replay = replay_or_conflict(job.batch, mine, *key)
-                if replay is not None:
-                    outcomes.append(replay)
-                    continue
-                current = versions[key]
-                if job.expected is not None and job.expected != current:
-                    raise VersionConflict(current, job.expected)
+                outcomes.append(decide(job, stored, versions, heads, ts, accepted))
             except PerhapError as exc:
                 outcomes.append(exc)
-                continue
-            # An import may bring an event's original time; otherwise the group's commit time.
-            results = [Appended(e.event_id, v, e.timestamp or ts) for v, e in enumerate(job.batch, current + 1)]
-            versions[key] = current + len(job.batch)
-            for e, appended in zip(job.batch, results, strict=True):
-                if e.client_id:  # a later job of this group may be its retry
-                    stored[e.event_id] = Event(e.event_id, *key, e.type, appended.version, appended.timestamp,
-                                               e.data_json, e.meta_json)
-            outcomes.append(AppendResult(results, created=True))
-            accepted.append(_Accepted(job, current + 1))
         if accepted:
             await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs)
         return outcomes
 
-    async def _store_accepted(self, conn: Connection, accepted: list[_Accepted], found: dict[Key, _Found],
+    async def _store_accepted(self, conn: Connection, accepted: list[Accepted], found: dict[Key, _Found],
                               versions: dict[Key, int], ts: str, types: dict[str, int],
                               new_pairs: set[tuple[int, int]]) -> None:
-        keys = list(dict.fromkeys(a.job.key for a in accepted))
+        # Sorted: row locks on entities are then taken in one order by every writer. The realm
+        # lock already keeps two writers of one realm apart; this keeps the order safe without it.
+        keys_of = [a.keys() for a in accepted]
+        keys = sorted({k for job_keys in keys_of for k in job_keys})
         # Create missing realms and domains. Nobody else can create them meanwhile: we hold the
         # realm's lock, and every writer takes it first.
         realm_ids = {k[0]: f.realm_id for k, f in found.items() if f.realm_id is not None}
@@ -323,6 +317,7 @@ class GroupWriter:
                                 [versions[k] for k in keys])
         entity_ids: dict[tuple[int, str], int] = {(r[1], r[2]): r[0] for r in rows}
         event_ids: list[str] = []
+        position_col: list[int] = []
         realm_col: list[int] = []
         domain_col: list[int] = []
         entity_col: list[int] = []
@@ -332,10 +327,12 @@ class GroupWriter:
         data_col: list[bytes] = []
         meta_col: list[bytes] = []
         pairs = set()
-        for job, first in accepted:
-            realm_id, domain_id = realm_ids[job.realm], domain_of[job.key]
-            entity_id = entity_ids[(domain_id, job.entity)]
-            for version, e in enumerate(job.batch, first):
+        ids_of = {k: (realm_ids[k[0]], domain_of[k], entity_ids[(domain_of[k], k[2])]) for k in keys}
+        for (job, versions_given, first_position), job_keys in zip(accepted, keys_of, strict=True):
+            version_col.extend(versions_given)
+            position_col.extend(range(first_position, first_position + len(job.batch)))
+            for key, e in zip(job_keys, job.batch, strict=True):
+                realm_id, domain_id, entity_id = ids_of[key]
                 type_id = types[e.type]
                 pairs.add((entity_id, type_id))
                 event_ids.append(e.event_id)
@@ -343,7 +340,6 @@ class GroupWriter:
                 domain_col.append(domain_id)
                 entity_col.append(entity_id)
                 type_col.append(type_id)
-                version_col.append(version)
                 ts_col.append(e.timestamp or ts)
                 data_col.append(e.data_json)
                 meta_col.append(e.meta_json)
@@ -352,7 +348,8 @@ class GroupWriter:
             await conn.execute("INSERT INTO perhap_entity_types SELECT * FROM unnest($1::bigint[], "
                                "$2::int[]) ON CONFLICT DO NOTHING", *map(list, zip(*sorted(pairs), strict=True)))
             new_pairs |= pairs
-        columns = (event_ids, realm_col, domain_col, entity_col, type_col, version_col, ts_col, data_col, meta_col)
+        columns = (event_ids, position_col, realm_col, domain_col, entity_col, type_col, version_col, ts_col,
+                   data_col, meta_col)
         if len(event_ids) >= COPY_THRESHOLD:  # COPY costs a round trip more, but inserts faster
             await conn.copy_records_to_table("perhap_events", records=zip(*columns, strict=True),
                                              columns=_EVENT_COLUMNS)
@@ -362,7 +359,7 @@ class GroupWriter:
 
 async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:
     rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
-    return {str(r[1]): row_event(r, False) for r in rows}
+    return {str(r[1]): row_event(r) for r in rows}
 
 
 async def _rollback(conn: Connection) -> None:

@@ -1,0 +1,96 @@
+"""Deciding a group's jobs in Python, in queue order, from what one look-up found: idempotent
+replays, version conflicts, and for accepted jobs the versions and positions of their events.
+
+Nothing here touches the database: the writer (:mod:`.writer`) looks up the versions and realm
+heads under the realm locks, and writes the rows decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ...errors import PerhapError, VersionConflict
+from ...model import Appended, AppendResult, Event, replay_or_conflict, replay_or_conflict_multi
+from ...store.base import WriteJob
+
+Key = tuple[str, str, str]  # realm, domain, entity
+#: A job's outcome: the result, or the error that refuses it (that job alone).
+Decided = AppendResult | PerhapError
+
+
+class Accepted(NamedTuple):
+    """An accepted job: the version of each of its events, and the position of its first."""
+
+    job: WriteJob
+    versions: Sequence[int]
+    first_position: int
+
+    def keys(self) -> list[Key]:
+        """The entity each event goes to, in the order of the batch."""
+        job = self.job
+        if job.entities is None:
+            return [job.key] * len(job.batch)
+        return [(job.realm, job.domain, entity) for entity in job.entities]
+
+
+def keys_read(job: WriteJob) -> list[Key]:
+    """The entities a job must look up: those it writes to, and those it only expects versions of."""
+    if not job.multi:
+        return [job.key]
+    named = [*(job.entities or ()), *(job.expectations or {})]
+    return [(job.realm, job.domain, entity) for entity in dict.fromkeys(named)]
+
+
+def replay_of(job: WriteJob, stored: dict[str, Event]) -> AppendResult | None:
+    """The original result when the job's client ids are stored as this very job; None when none
+    of them is stored; EventIdConflict otherwise."""
+    if job.entities is not None:
+        return replay_or_conflict_multi(job.batch, job.entities, stored, job.realm, job.domain)
+    return replay_or_conflict(job.batch, stored, *job.key)
+
+
+def decide(job: WriteJob, stored: dict[str, Event], versions: dict[Key, int], heads: dict[str, int],
+           ts: str, accepted: list[Accepted]) -> AppendResult:
+    """Decide one job against the versions and heads left by the jobs before it in the group: a
+    replay, or accepted (added to ``accepted``, versions, heads and ``stored`` moved on); a
+    refusal raises its PerhapError and changes nothing."""
+    mine = {e.event_id: stored[e.event_id] for e in job.batch if e.event_id in stored}
+    replayed = replay_of(job, mine)
+    if replayed is not None:
+        return replayed
+    realm, domain, batch = job.realm, job.domain, job.batch
+    if job.expectations:
+        conflicts = [(entity, expected, versions[(realm, domain, entity)])
+                     for entity, expected in job.expectations.items()
+                     if versions[(realm, domain, entity)] != expected]
+        if conflicts:
+            raise VersionConflict.several(conflicts)
+    elif job.expected is not None and job.expected != versions[job.key]:
+        raise VersionConflict(versions[job.key], job.expected)
+    first_position = heads.get(realm, 0) + 1
+    heads[realm] = first_position + len(batch) - 1
+    given: Sequence[int]
+    if job.entities is None:  # one entity: its next versions, without a look-up per event
+        first = versions[job.key] + 1
+        given = range(first, first + len(batch))
+        versions[job.key] = given[-1]
+        entities: Sequence[str | None] = [None] * len(batch)
+    else:
+        given = []
+        for entity in job.entities:
+            key = (realm, domain, entity)
+            versions[key] += 1
+            given.append(versions[key])
+        entities = job.entities  # multi-entity results name their entity
+    # An import may bring an event's original time; otherwise the group's commit time.
+    results = [Appended(e.event_id, version, position, e.timestamp or ts, entity)
+               for e, version, position, entity in zip(batch, given, range(first_position, heads[realm] + 1),
+                                                         entities, strict=True)]
+    for e, appended in zip(batch, results, strict=True):
+        if e.client_id:  # a later job of this group may be its retry
+            stored[e.event_id] = Event(e.event_id, realm, domain, appended.entity or job.entity, e.type,
+                                       appended.version, appended.timestamp, e.data_json, e.meta_json,
+                                       appended.position, appended.position)
+    accepted.append(Accepted(job, given, first_position))
+    return AppendResult(results, created=True)
