@@ -99,7 +99,9 @@ async def test_schema_is_versioned_and_reopens(cassandra: Any) -> None:
         session = cluster.connect(keyspace)
         meta = dict(session.execute("SELECT key, value FROM meta"))
         assert orjson.loads(meta.pop("settings")) == {"settle_us": 300_000, "clock_skew_us": 50_000}
-        assert meta == {"schema_version": "2", "bucket_us": "30000000"}
+        slots = [orjson.loads(meta.pop(key)) for key in list(meta) if key.startswith("slot/")]
+        assert len(slots) == 1 and slots[0]["free"]  # the writer slot, given back at close
+        assert meta == {"schema_version": "3", "bucket_us": "30000000"}
         async with open_store(f"cassandra://{cassandra.hosts}/{keyspace}?bucket_seconds=99") as s:
             assert isinstance(s, CassandraStore) and s.bucket_us == 30_000_000  # fixed at creation
             assert [e.event for e in (await s.read(Scope("r", "d", "e"))).events] == [1]
@@ -111,7 +113,7 @@ async def test_schema_is_versioned_and_reopens(cassandra: Any) -> None:
 
 
 async def test_a_schema_1_keyspace_is_brought_up_to_date(cassandra: Any, realm: str) -> None:
-    """Schema 2 added events_by_id.claims: a keyspace of schema 1 gets it, and serves."""
+    """Schema 2 added events_by_id.claims, schema 3 positions: a keyspace of schema 1 gets both, and serves."""
     keyspace = f"perhap_v1_{uuid.uuid4().hex[:8]}"
     cassandra.keyspaces.append(keyspace)
     host, _, port = cassandra.hosts.rpartition(":")
@@ -131,7 +133,7 @@ async def test_a_schema_1_keyspace_is_brought_up_to_date(cassandra: Any, realm: 
             await store.append(realm, "d", "e", "t", 1, event_id=event_id)
             assert (await store.get_event(realm, "d", event_id)).event == 1
         version = session.execute(f"SELECT value FROM {keyspace}.meta WHERE key = 'schema_version'").one()[0]
-        assert version == "2"
+        assert version == "3"
     finally:
         cluster.shutdown()
 
@@ -352,11 +354,9 @@ async def test_a_big_batch_does_not_push_later_appends_ahead(cassandra: Any, rea
         finished = clock.now_us()
         # An ordinary append's lead, which an acknowledged position never exceeds (W - δ here).
         ordinary = max(store.settle_us - store.skew_us, 2 * before, 2 * store.writer.fixed_us)
-        position = (await store.get_event(realm, "d", small.first.event_id)).cursor
-        big_position = (await store.get_event(realm, "d", big.events[-1].event_id)).cursor
-        assert isinstance(position, tuple) and isinstance(big_position, tuple)
-        assert big_position < position  # still after the batch it followed
-        assert position[0] <= finished + ordinary + 1
+        position = (await store.get_event(realm, "d", small.first.event_id)).position
+        assert big.events[-1].position < position == small.first.position  # still after the batch it followed
+        assert position >> 10 <= finished + ordinary + 1  # its ts: the position without the writer slot
 
 
 # ----------------------------------------------------------------------------- several processes
@@ -394,7 +394,19 @@ async def test_writer_processes_and_a_paging_reader_no_gap_no_duplicate(url: str
         assert len(acknowledged) == 4 * 120 * 11 // 10  # every tenth append is a batch of two
         assert len(realm_seen) == len(set(realm_seen))
         assert set(acknowledged) <= set(realm_seen)
-        assert realm_seen == [e.event_id for e in await read_all(store, Scope(realm))]
+        final = await read_all(store, Scope(realm))
+        assert realm_seen == [e.event_id for e in final]
+        positions = [e.position for e in final]  # four processes, four writer slots: none shared
+        assert positions == sorted(set(positions)) and len({p & 1023 for p in positions}) >= 4
+        newest_first: list[str] = []
+        following = None
+        while True:  # paged backwards: the same events, reversed
+            page = await store.read(Scope(realm), order="desc", following=following, limit=50)
+            newest_first += [e.event_id for e in page.events]
+            if page.next is None:
+                break
+            following = page.next
+        assert newest_first == realm_seen[::-1]
         assert d0_seen == [e.event_id for e in await read_all(store, Scope(realm, "d0"))]
         # The stalling writer was fenced off by the readers and retried (a fence is what keeps a
         # commit from landing behind a reader's horizon).

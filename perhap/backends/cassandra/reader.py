@@ -1,9 +1,10 @@
 """Reading: an event by id, an entity's slice, and domain and realm scopes through the bucket
-directory, settled behind the horizon; identical reads running at once share one query.
+directory, settled behind the horizon, either way; identical reads running at once share one query.
 
-Readers of domains and realms return only positions at least ``settle`` older than their clock
-(the horizon); a pending row at or below it is settled (see settle.py), so the set of events at or
-below a horizon is final: pages never skip nor repeat an event.
+Readers of domains and realms return only positions whose ts is at least ``settle`` older than
+their clock (the horizon); a pending row at or below it is settled (see settle.py), so the set of
+events at or below a horizon is final: pages never skip nor repeat an event, oldest or newest
+first, and a newest-first read shows exactly what an oldest-first one could.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ...errors import StorageUnavailable
-from ...model import Cursor, Event, Scope
+from ...model import MAX_POSITION, Event
+from ...store.query import ReadQuery
 from . import clock
-from .driver import Row, gather, quiet
-from .records import EntityKey, IndexRow
-from .schema import ERA, Keyspace
+from .driver import gather, quiet
+from .records import SLOT_BITS, EntityKey, IndexRow
+from .scan import IndexScan
+from .schema import Keyspace
 from .settle import Settler
 
-#: No writer can have reached an era that starts this far after now (big batches sit seconds ahead).
-ERA_HORIZON_US = 600_000_000
-
-Position = tuple[int, uuid.UUID]  # (ts, event id): the order of domains and realms
-ReadKey = tuple[Scope, Position | None, int]
+MAX_SEQ = 2**63 - 1
+ENTITY_CHUNK = 500  # rows per query when several types are filtered here
 
 
 @dataclass(slots=True)
@@ -41,7 +41,7 @@ class SharedRead:
 class Reader:
     def __init__(self, ks: Keyspace, settler: Settler) -> None:
         self.ks, self.settler = ks, settler
-        self.reads: dict[ReadKey, SharedRead] = {}
+        self.reads: dict[ReadQuery, SharedRead] = {}
 
     # ----------------------------------------------------------------- by id
 
@@ -53,14 +53,15 @@ class Reader:
         rows = await ks.db.run(ks.q.by_id, (shard, u))
         if not rows:
             return None
-        realm, domain, entity, type_, version, ts, stamp, data, meta, txn, ok, claims = rows[0]
+        realm, domain, entity, type_, version, ts, stamp, data, meta, txn, ok, claims, position = rows[0]
         if realm is None or not ok and not await self.settler.is_committed((realm, domain, entity), txn):
             # A client-chosen id whose row is not written yet (it is, after the acknowledgement) or
             # never will be (its writer failed after the commit): the entities it was sent to know.
             return await self.claimed(u, claims) if claims else None
         if not ok:
             ks.db.spawn(quiet(ks.db.run(ks.q.by_id_ok, (shard, u))))
-        return Event(event_id, realm, domain, entity, type_, version, clock.stamp(ts, stamp), data, meta, (ts, u))
+        return Event(event_id, realm, domain, entity, type_, version, clock.stamp(ts, stamp), data, meta,
+                     position, position)
 
     async def claimed(self, u: uuid.UUID, claims: Iterable[EntityKey]) -> Event | None:
         """A client-chosen id's event, found through the entities its writers claimed it for before
@@ -75,10 +76,10 @@ class Reader:
             rows = await ks.db.run(ks.q.versions, (*key, [marker[0][0]]))
             if not rows:
                 continue
-            v, _, t, ts, st, d, m = rows[0]
+            v, _, t, ts, st, d, m, position = rows[0]
             shard = ks.ns.shard(u)
-            ks.db.spawn(quiet(ks.db.run(ks.q.by_id_add, (shard, u, *key, t, v, ts, st, d, m, None, True))))
-            return Event(str(u), key[0], key[1], key[2], t, v, clock.stamp(ts, st), d, m, (ts, u))
+            ks.db.spawn(quiet(ks.db.run(ks.q.by_id_add, (shard, u, *key, t, v, ts, st, d, m, None, True, position))))
+            return Event(str(u), key[0], key[1], key[2], t, v, clock.stamp(ts, st), d, m, position, position)
         return None
 
     async def stored(self, ids: list[str]) -> dict[str, Event]:
@@ -87,36 +88,35 @@ class Reader:
 
     # ----------------------------------------------------------------- scopes
 
-    async def read(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        """Up to ``limit`` events of the scope after the cursor."""
-        if scope.entity is not None:
-            assert after is None or isinstance(after, int)
-            return await self.read_entity(scope, after, limit)
-        assert after is None or isinstance(after, tuple)
+    async def read(self, query: ReadQuery) -> list[Event]:
+        """Up to ``query.limit`` events of the scope within the query's bounds, in its order."""
+        if query.scope.entity is not None:
+            return await self.read_entity(query)
         # Identical reads running at once (many subscribers of one scope) share one query. A caller
         # never joins a read that started before it (it might miss what was acknowledged meanwhile):
         # it joins the one that starts next.
-        key = (scope, after, limit)
-        slot = self.reads.get(key)
+        slot = self.reads.get(query)
         if slot is None:
-            slot = self.reads[key] = SharedRead()
+            slot = self.reads[query] = SharedRead()
         if slot.running is None:
-            running = slot.running = asyncio.ensure_future(self._shared_read(key, slot))
+            running = slot.running = asyncio.ensure_future(self._shared_read(query, slot))
             return list(await asyncio.shield(running))
         if slot.waiting is None:
             slot.waiting = asyncio.get_running_loop().create_future()
         return list(await asyncio.shield(slot.waiting))
 
-    async def _shared_read(self, key: ReadKey, slot: SharedRead) -> list[Event]:
+    async def _shared_read(self, query: ReadQuery, slot: SharedRead) -> list[Event]:
         try:
-            return await self.read_scope(*key)
+            if query.descending:
+                return await self.newest_first(query)
+            return await self.oldest_first(query)
         finally:
             waiting, slot.waiting = slot.waiting, None
             if waiting is None:
                 slot.running = None
-                self.reads.pop(key, None)
+                self.reads.pop(query, None)
             else:
-                slot.running = asyncio.ensure_future(self._shared_read(key, slot))
+                slot.running = asyncio.ensure_future(self._shared_read(query, slot))
                 slot.running.add_done_callback(functools.partial(_copy_result, waiting))
 
     def close(self) -> None:
@@ -125,87 +125,151 @@ class Reader:
             if slot.waiting is not None and not slot.waiting.done():
                 slot.waiting.set_exception(StorageUnavailable("the store is closed"))
 
-    async def read_entity(self, scope: Scope, after: int | None, limit: int) -> list[Event]:
-        ks = self.ks
-        assert scope.domain is not None and scope.entity is not None
-        realm, domain, entity = scope.realm, scope.domain, scope.entity
-        stored = (ks.ns.stored(realm), domain, entity)
-        start = -1 if after is None else after
-        if scope.type is None:
-            rows = await ks.db.run(ks.q.entity_read, (*stored, start, limit))
-        else:
-            rows = await ks.db.run(ks.q.entity_read_type, (*stored, start, scope.type, limit))
-        return [Event(str(u), realm, domain, entity, t, v, clock.stamp(ts, st), d, m, v)
-                for v, u, t, ts, st, d, m in rows]
+    def scan(self, query: ReadQuery) -> tuple[IndexScan, int | None, int | None]:
+        """The index walk of a realm or domain query, and its exclusive position bounds."""
+        scope = query.scope
+        assert not isinstance(query.after, tuple) and not isinstance(query.before, tuple)  # positions here
+        after = _bound(max, query.after, query.after_position)
+        before = _bound(min, query.before, query.before_position)
+        scan = IndexScan(self.ks, self.ks.ns.stored(scope.realm), scope.domain or "", query.types, query.descending)
+        return scan, after, before
 
-    async def read_scope(self, scope: Scope, after: Position | None, limit: int) -> list[Event]:
-        """Settled events after ``after``. When the page is not full and rows above the horizon are
-        visible, waits once until they settle (settle + their lead, at most 10 s more) and reads
-        on: so a read after an acknowledgement includes the acknowledged events."""
-        options = self.ks.options
+    async def oldest_first(self, query: ReadQuery) -> list[Event]:
+        """Settled events after the lower bound. When the page is not full and rows above the
+        horizon are visible, waits once until they settle (settle + their lead, at most 10 s more)
+        and reads on: so a read after an acknowledgement includes the acknowledged events."""
+        scan, start, before = self.scan(query)
+        scope, limit = query.scope, query.limit
         out: list[Event] = []
         waited = False
         while True:
-            horizon = clock.now_us() - options.settle_us
-            want = limit - len(out)
-            rows = await self.scope_rows(scope, after, want)
-            settled = [r for r in rows if r.ts <= horizon]  # a prefix: rows come in position order
-            if settled:
-                after = (settled[-1].ts, settled[-1].id)
-                out += await self.settler.settle_rows(scope.realm, scope.domain or "", settled)
+            horizon = clock.now_us() - self.ks.options.settle_us
+            rows, newest, ended = await self.collect_oldest(scan, start, before, limit - len(out), horizon)
+            if rows:
+                start = rows[-1].position
+                out += await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
             if len(out) >= limit:
                 return out[:limit]
-            if len(settled) == len(rows):
-                if len(rows) < want:
-                    return out  # the end of the scope
+            if newest is None:
+                if ended:
+                    return out
                 continue  # aborted attempts were dropped: fill the page
             if waited:
                 return out
-            # Unsettled rows exist: wait until the newest we saw is behind the horizon (bounded, in
-            # case a writer's clock runs far ahead), then read on from where we are.
-            now = clock.now_us()
-            target = min(rows[-1].ts, now + options.skew_us + clock.MAX_LEAD_US)
-            await asyncio.sleep(max(0, target + options.settle_us - now) / 1e6 + 0.001)
+            await self.until_settled(newest)
             waited = True
 
-    async def scope_rows(self, scope: Scope, after: Position | None, limit: int) -> list[IndexRow]:
-        """Up to ``limit`` index rows after ``after`` in position order, settled or not."""
-        ks = self.ks
-        realm, key = ks.ns.stored(scope.realm), scope.domain or ""
-        typed = scope.type is not None
-        type_args = (scope.type,) if typed else ()
-        start = None if after is None else after[0] // ks.bucket_us
-        rows: list[Row] = []
-        async with contextlib.aclosing(self.buckets(realm, key, start)) as buckets:
-            async for bucket in buckets:
-                if after is not None and bucket == start:
-                    args = (realm, key, bucket, after[0], after[1], *type_args, limit - len(rows))
-                    rows += await ks.db.run(ks.q.scope_after[typed], args)
-                else:
-                    args = (realm, key, bucket, *type_args, limit - len(rows))
-                    rows += await ks.db.run(ks.q.scope_all[typed], args)
-                if len(rows) >= limit:
-                    break
-        return [IndexRow._make(r) for r in rows]
-
-    async def buckets(self, realm: str, key: str, start: int | None) -> AsyncGenerator[int, None]:
-        """The scope's non-empty buckets from ``start`` on, in order, from the directory."""
-        ks = self.ks
-        era = None if start is None else start // ERA
-        first = start is not None
-        horizon = clock.now_us() + ERA_HORIZON_US
+    async def newest_first(self, query: ReadQuery) -> list[Event]:
+        """Settled events below the upper bound, newest first: exactly those an oldest-first read
+        could return now. Rows above the horizon come first: a read that meets some waits once
+        until they settle, then reads from its new horizon down (a read after an acknowledgement
+        includes it, as oldest first)."""
+        scan, after, start = self.scan(query)
+        scope, limit = query.scope, query.limit
+        out: list[Event] = []
+        waited = False
         while True:
-            if not first:
-                if era is not None and (era + 1) * ERA * ks.bucket_us > horizon:
-                    return  # no writer can have reached a later era yet
-                rows = await ks.db.run(ks.q.next_era, (realm, key, -1 if era is None else era))
-                if not rows:
-                    return
-                era = rows[0][0]
-            first = False
-            assert era is not None
-            for (bucket,) in await ks.db.run(ks.q.buckets, (realm, key, era, start or era * ERA)):
-                yield bucket
+            horizon = clock.now_us() - self.ks.options.settle_us
+            begin = _bound(min, start, (horizon + 1) << SLOT_BITS) if waited else start
+            rows, newest, ended = await self.collect_newest(scan, begin, after, limit - len(out), horizon,
+                                                            may_wait=not waited and not out)
+            if newest is not None:
+                await self.until_settled(newest)
+                waited = True
+                continue
+            if rows:
+                start = rows[-1].position
+                out += await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
+            if len(out) >= limit:
+                return out[:limit]
+            if ended:
+                return out
+
+    @staticmethod
+    async def collect_oldest(scan: IndexScan, start: int | None, before: int | None, want: int,
+                             horizon: int) -> tuple[list[IndexRow], int | None, bool]:
+        """Up to about ``want`` rows after ``start``: those at or below the horizon, the ts of the
+        newest row seen above it (rows come in ts order: all after the first such), and whether
+        the scope (or the bound) ended."""
+        rows: list[IndexRow] = []
+        newest = None
+        seen = 0
+        async with contextlib.aclosing(scan.chunks(start, want + 1)) as chunks:
+            async for chunk in chunks:
+                for row in chunk:
+                    if before is not None and row.position >= before:
+                        return rows, newest, True
+                    if row.ts > horizon:
+                        newest = row.ts
+                    else:
+                        rows.append(row)
+                    seen += 1
+                if seen >= want:
+                    return rows, newest, False
+        return rows, newest, True
+
+    @staticmethod
+    async def collect_newest(scan: IndexScan, start: int | None, after: int | None, want: int, horizon: int,
+                             *, may_wait: bool) -> tuple[list[IndexRow], int | None, bool]:
+        """Up to about ``want`` rows at or below the horizon before ``start``, newest first; or,
+        when ``may_wait``, the ts of the first row above the horizon (the newest); and whether
+        the scope (or the bound) ended."""
+        rows: list[IndexRow] = []
+        async with contextlib.aclosing(scan.chunks(start, want + 1)) as chunks:
+            async for chunk in chunks:
+                for row in chunk:
+                    if after is not None and row.position <= after:
+                        return rows, None, True
+                    if row.ts > horizon:
+                        if may_wait:
+                            return rows, row.ts, False
+                        continue  # arrived after the read began: an oldest-first read could not see it
+                    rows.append(row)
+                if len(rows) >= want:
+                    return rows, None, False
+        return rows, None, True
+
+    async def until_settled(self, ts: int) -> None:
+        """Sleep until the row at ``ts`` is behind the horizon (bounded, in case a writer's clock
+        runs far ahead)."""
+        options = self.ks.options
+        now = clock.now_us()
+        target = min(ts, now + options.skew_us + clock.MAX_LEAD_US)
+        await asyncio.sleep(max(0, target + options.settle_us - now) / 1e6 + 0.001)
+
+    async def read_entity(self, query: ReadQuery) -> list[Event]:
+        """An entity's events between the version bounds, of the query's types, within its position
+        bounds (positions grow with versions), from either end: one slice of its partition."""
+        ks = self.ks
+        scope = query.scope
+        assert scope.domain is not None and scope.entity is not None
+        realm, domain, entity = scope.realm, scope.domain, scope.entity
+        stored = (ks.ns.stored(realm), domain, entity)
+        types = query.types
+        if len(types) > 1:  # the entity's own types (a static column) may narrow the filter
+            found = await ks.db.run(ks.q.types, stored)
+            present = set(found[0][0] or ()) if found else set()
+            if not present & set(types):
+                return []
+            types = () if present <= set(types) else tuple(sorted(present & set(types)))
+        statements = ks.q.entity_read[query.descending]
+        low, high = -1 if query.after is None else query.after, MAX_SEQ if query.before is None else query.before
+        positions = (query.after_position or 0, query.before_position or MAX_POSITION)
+        if not types and positions == (0, MAX_POSITION):
+            rows = await ks.db.run(statements[0], (*stored, low, high, query.limit))
+        elif len(types) <= 1:
+            rows = await ks.db.run(statements[len(types) + 1], (*stored, low, high, *positions, *types, query.limit))
+        else:  # several types: filtered here, a bounded chunk at a time
+            rows = []
+            while len(rows) < query.limit:
+                chunk = await ks.db.run(statements[1], (*stored, low, high, *positions, ENTITY_CHUNK))
+                rows += [r for r in chunk if r[2] in types]
+                if len(chunk) < ENTITY_CHUNK:
+                    break
+                low, high = (low, chunk[-1][0]) if query.descending else (chunk[-1][0], high)
+            rows = rows[:query.limit]
+        return [Event(str(u), realm, domain, entity, t, v, clock.stamp(ts, st), d, m, position, v)
+                for v, u, t, ts, st, d, m, position in rows]
 
 
 def _copy_result(future: asyncio.Future[list[Event]], task: asyncio.Task[list[Event]]) -> None:
@@ -220,3 +284,10 @@ def _copy_result(future: asyncio.Future[list[Event]], task: asyncio.Task[list[Ev
         future.set_exception(exc)
     else:
         future.set_result(task.result())
+
+
+def _bound(pick: Callable[[int, int], int], a: int | None, b: int | None) -> int | None:
+    """The tighter of two optional bounds (``pick``: max for lower bounds, min for upper ones)."""
+    if a is None:
+        return b
+    return a if b is None else pick(a, b)

@@ -9,6 +9,9 @@ from typing import NamedTuple
 
 from ...model import Event, NewEvent
 
+EVENT, CLIENT_ID, ATTEMPT = 0, 1, 2  # kinds of rows in an entity partition
+SLOT_BITS = 10  # a position is ts * 2**SLOT_BITS + the writer slot (positions.py)
+
 #: An entity as stored: (realm with its namespace, domain, entity), one entity_log partition.
 EntityKey = tuple[str, str, str]
 
@@ -51,12 +54,14 @@ class Head(NamedTuple):
 
 
 class Placed(NamedTuple):
-    """One event of a write attempt, with its id, version and position (microseconds)."""
+    """One event of a write attempt: its id, version, ts (microseconds: the settle window's clock)
+    and position (``ts * 1024 + writer slot``, see positions.py)."""
 
     event: NewEvent
     id: uuid.UUID
     version: int
     ts: int
+    position: int
 
 
 @dataclass(slots=True)
@@ -70,7 +75,8 @@ class Attempt:
 
 
 class IndexRow(NamedTuple):
-    """A scope_log row (the domain or realm index), settled or pending, in position order."""
+    """A scope_log row (the domain or realm index), settled or pending; clustered by (ts, id),
+    read in position order (scan.py)."""
 
     ts: int
     id: uuid.UUID
@@ -83,3 +89,4 @@ class IndexRow(NamedTuple):
     meta: bytes
     txn: uuid.UUID  # the write attempt that wrote it
     ok: bool | None  # true once its attempt is known committed; None while pending
+    position: int

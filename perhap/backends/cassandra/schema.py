@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,34 +14,36 @@ from typing import Any
 from cassandra import InvalidRequest
 
 from ...errors import StorageUnavailable
-from . import checks
+from . import checks, migrate
 from .driver import Driver, Statement
-from .records import Namespace
+from .records import ATTEMPT, CLIENT_ID, EVENT, Namespace
 from .url import CassandraOptions
 
 log = logging.getLogger("perhap.cassandra")
 
 #: 2: events_by_id.claims (the entities a client-chosen id was sent to, written before the commit).
-SCHEMA_VERSION = 2
+#: 3: ``position`` in entity_log, scope_log and events_by_id (positions.py; migrate.py fills it in).
+SCHEMA_VERSION = 3
 CLAIMS = "claims set<frozen<tuple<text, text, text>>>"
+POSITION_TABLES = ("entity_log", "scope_log", "events_by_id")
+COLUMN_WAITS = 120  # half-seconds to wait for a column another process is adding
 ERA = 1024  # buckets per directory partition
 ENTITY_SHARDS = 8
-EVENT, CLIENT_ID, ATTEMPT = 0, 1, 2  # kinds of rows in an entity partition
 
 TABLES = {
     "meta": "key text PRIMARY KEY, value text",
     "entity_log": """realm text, domain text, entity text, kind tinyint, seq bigint, id uuid,
         head bigint static, head_ts bigint static, types set<text> static,
-        type text, ts bigint, stamp text, data blob, meta blob, ver bigint, aborted boolean,
+        type text, ts bigint, stamp text, data blob, meta blob, ver bigint, aborted boolean, position bigint,
         PRIMARY KEY ((realm, domain, entity), kind, seq, id)""",
     "scope_log": """realm text, scope text, bucket bigint, ts bigint, id uuid,
         domain text, entity text, type text, version bigint, stamp text, data blob, meta blob,
-        txn uuid, ok boolean, PRIMARY KEY ((realm, scope, bucket), ts, id)""",
+        txn uuid, ok boolean, position bigint, PRIMARY KEY ((realm, scope, bucket), ts, id)""",
     # The directory of non-empty buckets: partition era -> its buckets; partition -1 -> the eras.
     "scope_dir": "realm text, scope text, era bigint, bucket bigint, PRIMARY KEY ((realm, scope, era), bucket)",
     "events_by_id": f"""shard text, id uuid, realm text, domain text, entity text, type text,
         version bigint, ts bigint, stamp text, data blob, meta blob, txn uuid, ok boolean,
-        {CLAIMS}, PRIMARY KEY (shard, id)""",
+        {CLAIMS}, position bigint, PRIMARY KEY (shard, id)""",
     # Names: realms under ('/' + namespace, '', 0), domains under (realm, '', 0), entities under
     # (realm, domain, hash shard); a stored realm never starts with '/' and a domain is never ''.
     "names": "realm text, domain text, shard int, name text, PRIMARY KEY ((realm, domain, shard), name)",
@@ -59,14 +62,10 @@ class Statements:
     attempt: Statement
     event: Statement
     versions: Statement
-    entity_read: Statement
-    entity_read_type: Statement
     index: Statement
     index_ok: Statement
     index_del: Statement
     dir_add: Statement
-    buckets: Statement
-    next_era: Statement
     by_id_add: Statement
     by_id_ok: Statement
     by_id_del: Statement
@@ -76,9 +75,21 @@ class Statements:
     name_add: Statement
     names: Statement
     health: Statement
-    #: Scope reads from a bucket's start and after a position: [untyped, with a type filter].
-    scope_all: tuple[Statement, Statement]
-    scope_after: tuple[Statement, Statement]
+    meta_get: Statement
+    meta_new: Statement
+    meta_swap: Statement
+    #: The bucket directory: [ascending, descending] buckets of an era from a bucket on, and the
+    #: next (previous) non-empty era.
+    buckets: tuple[Statement, Statement]
+    eras: tuple[Statement, Statement]
+    #: An entity's events between two versions, [ascending, descending] x [every event, within
+    #: position bounds, within position bounds and of one type].
+    entity_read: tuple[tuple[Statement, Statement, Statement], tuple[Statement, Statement, Statement]]
+    #: A bucket of a scope index, [ascending, descending] x [untyped, one type]: whole, from a ts
+    #: on (at or after ascending, at or before descending), and after a row (ts, id).
+    scope_all: tuple[tuple[Statement, Statement], tuple[Statement, Statement]]
+    scope_from: tuple[tuple[Statement, Statement], tuple[Statement, Statement]]
+    scope_after: tuple[tuple[Statement, Statement], tuple[Statement, Statement]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,7 @@ class Opened:
     """What opening found: the layout and settings stored with the keyspace, and the cluster."""
 
     bucket_us: int  # the time bucket of the scope indexes, fixed when the keyspace was created
+    floor: int  # positions of events migrated from schema 2 lie below this ts (0: none)
     statements: Statements
     options: CassandraOptions  # the URL's, with settle_us and skew_us as stored with the data
     commitlog: dict[str, str | None]  # each reachable node's commitlog_sync (None: not readable)
@@ -120,7 +132,7 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
     commitlog = checks.commitlog_modes(session)
     for warning in checks.commitlog_verdict(commitlog, options.accept_periodic_commitlog):
         log.warning("%s", warning)
-    keys = ("schema_version", "bucket_us", named("settings", options), named("quorum", options))
+    keys = ("schema_version", "bucket_us", named("settings", options), named("quorum", options), migrate.FLOOR)
     select = f"SELECT key, value FROM {ks}.meta WHERE key IN ({', '.join(['%s'] * len(keys))})"
     try:
         meta = dict(session.execute(select, keys))
@@ -143,7 +155,8 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
     clock = checks.clock_offsets(session)
     for warning in checks.skew_warnings(clock, options.skew_us):
         log.warning("%s", warning)
-    return Opened(int(meta["bucket_us"]), prepare(session, ks), options, commitlog, clock)
+    floor = int(meta.get(migrate.FLOOR, 0))
+    return Opened(int(meta["bucket_us"]), floor, prepare(session, ks), options, commitlog, clock)
 
 
 def describe(scope: str) -> str:
@@ -194,30 +207,72 @@ def create_schema(session: Any, options: CassandraOptions, version: int) -> None
         # A fixed table id: processes creating the schema at once on different nodes agree.
         table_id = uuid.uuid5(uuid.NAMESPACE_URL, f"perhap:{ks}.{name}")
         s.execute(f"CREATE TABLE IF NOT EXISTS {ks}.{name} ({columns}) WITH ID = {table_id}")
-    by_id = {r[0] for r in s.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s "
-                                     "AND table_name = 'events_by_id'", (ks,))}
-    if "claims" not in by_id:  # a keyspace of schema 1
-        try:
-            s.execute(f"ALTER TABLE {ks}.events_by_id ADD {CLAIMS}")
-        except InvalidRequest as exc:  # another process added it first
-            if "conflicts" not in str(exc) and "exist" not in str(exc):
-                raise
+    add_column(s, ks, "events_by_id", CLAIMS)  # a keyspace of schema 1
+    for table in POSITION_TABLES:  # a keyspace of schema 1 or 2
+        add_column(s, ks, table, "position bigint")
     # IF NOT EXISTS: the first process to get here fixes the bucket size for good.
     insert = f"INSERT INTO {ks}.meta (key, value) VALUES (%s, %s) IF NOT EXISTS"
     s.execute(insert, ("bucket_us", str(options.bucket_seconds * 1_000_000)), execution_profile="lwt")
     if version:
-        s.execute(f"UPDATE {ks}.meta SET value = %s WHERE key = 'schema_version' IF value = %s",
-                  (str(SCHEMA_VERSION), str(version)), execution_profile="lwt")
+        # Events written by the older release get their positions before any process of this one
+        # may read or write (they wait for the version below).
+        migrate.give_positions(s, options, str(version), str(SCHEMA_VERSION))
     else:
         s.execute(insert, ("schema_version", str(SCHEMA_VERSION)), execution_profile="lwt")
+
+
+def add_column(session: Any, ks: str, table: str, column: str) -> None:
+    """ALTER TABLE ADD unless the column is there (or another process added it at the same time)."""
+    name = column.split()[0]
+    present = {r[0] for r in session.execute("SELECT column_name FROM system_schema.columns WHERE "
+                                             "keyspace_name = %s AND table_name = %s", (ks, table))}
+    if name not in present:
+        try:
+            session.execute(f"ALTER TABLE {ks}.{table} ADD {column}")
+        except InvalidRequest as exc:  # another process added it first
+            if "conflicts" not in str(exc) and "exist" not in str(exc):
+                raise
+    # Another process's ALTER may still be under way (the column listed, or conflicting, before the
+    # table takes it): wait until a statement naming the column is accepted.
+    for _ in range(COLUMN_WAITS):
+        try:
+            session.execute(f"SELECT {name} FROM {ks}.{table} LIMIT 1")
+            return
+        except InvalidRequest:
+            time.sleep(0.5)
+    raise StorageUnavailable(f"the column {table}.{name} did not appear in keyspace {ks}; start again")
 
 
 def prepare(session: Any, ks: str) -> Statements:
     p = session.prepare
     ent = "realm = ? AND domain = ? AND entity = ?"
-    cols = "ts, id, domain, entity, type, version, stamp, data, meta, txn, ok"
+    event_cols = "seq, id, type, ts, stamp, data, meta, position"
+    cols = "ts, id, domain, entity, type, version, stamp, data, meta, txn, ok, position"
     where = f"FROM {ks}.scope_log WHERE realm = ? AND scope = ? AND bucket = ?"
-    tails = (" LIMIT ?", " AND type = ? LIMIT ? ALLOW FILTERING")
+
+    def scope(ascending: str, descending: str) -> tuple[tuple[Statement, Statement], tuple[Statement, Statement]]:
+        asc, desc = ((f"{where}{ascending}", ""), (f"{where}{descending}", " ORDER BY ts DESC, id DESC"))
+        return tuple(  # type: ignore[return-value]
+            (p(f"SELECT {cols} {body}{order} LIMIT ?"),
+             p(f"SELECT {cols} {body} AND type = ?{order} LIMIT ? ALLOW FILTERING"))
+            for body, order in (asc, desc))
+
+    def entity(descending: bool) -> tuple[Statement, Statement, Statement]:
+        base = (f"SELECT {event_cols} FROM {ks}.entity_log WHERE {ent} AND kind = {EVENT} "
+                f"AND seq > ? AND seq < ?")
+        order = " ORDER BY kind DESC, seq DESC" if descending else ""
+        bounded = f"{base} AND position > ? AND position < ?"
+        return (p(f"{base}{order} LIMIT ?"), p(f"{bounded}{order} LIMIT ? ALLOW FILTERING"),
+                p(f"{bounded} AND type = ?{order} LIMIT ? ALLOW FILTERING"))
+
+    def directory(descending: bool) -> tuple[Statement, Statement]:
+        dirs = f"SELECT bucket FROM {ks}.scope_dir WHERE realm = ? AND scope = ? AND era = ?"
+        if descending:
+            return (p(f"{dirs} AND bucket <= ? ORDER BY bucket DESC"),
+                    p(f"{dirs.replace('era = ?', 'era = -1')} AND bucket < ? ORDER BY bucket DESC LIMIT 1"))
+        return p(f"{dirs} AND bucket >= ?"), p(f"{dirs.replace('era = ?', 'era = -1')} AND bucket > ? LIMIT 1")
+
+    asc_dir, desc_dir = directory(False), directory(True)
     return Statements(
         head=p(f"SELECT head, head_ts FROM {ks}.entity_log WHERE {ent} LIMIT 1"),
         types=p(f"SELECT types FROM {ks}.entity_log WHERE {ent} LIMIT 1"),
@@ -230,29 +285,20 @@ def prepare(session: Any, ks: str) -> Statements:
         attempt=p(f"SELECT ver, aborted FROM {ks}.entity_log WHERE {ent} AND kind = {ATTEMPT} "
                   f"AND seq = 0 AND id = ?"),
         event=p(f"INSERT INTO {ks}.entity_log (realm, domain, entity, kind, seq, id, type, ts, stamp, "
-                f"data, meta) VALUES (?, ?, ?, {EVENT}, ?, ?, ?, ?, ?, ?, ?)"),
-        versions=p(f"SELECT seq, id, type, ts, stamp, data, meta FROM {ks}.entity_log WHERE {ent} "
-                   f"AND kind = {EVENT} AND seq IN ?"),
-        entity_read=p(f"SELECT seq, id, type, ts, stamp, data, meta FROM {ks}.entity_log WHERE {ent} "
-                      f"AND kind = {EVENT} AND seq > ? LIMIT ?"),
-        entity_read_type=p(f"SELECT seq, id, type, ts, stamp, data, meta FROM {ks}.entity_log WHERE {ent} "
-                           f"AND kind = {EVENT} AND seq > ? AND type = ? LIMIT ? ALLOW FILTERING"),
+                f"data, meta, position) VALUES (?, ?, ?, {EVENT}, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        versions=p(f"SELECT {event_cols} FROM {ks}.entity_log WHERE {ent} AND kind = {EVENT} AND seq IN ?"),
         index=p(f"INSERT INTO {ks}.scope_log (realm, scope, bucket, ts, id, domain, entity, type, "
-                f"version, stamp, data, meta, txn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                f"version, stamp, data, meta, txn, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         index_ok=p(f"UPDATE {ks}.scope_log SET ok = true WHERE realm = ? AND scope = ? AND bucket = ? "
                    f"AND ts = ? AND id = ?"),
         index_del=p(f"DELETE FROM {ks}.scope_log WHERE realm = ? AND scope = ? AND bucket = ? "
                     f"AND ts = ? AND id = ?"),
         dir_add=p(f"INSERT INTO {ks}.scope_dir (realm, scope, era, bucket) VALUES (?, ?, ?, ?)"),
-        buckets=p(f"SELECT bucket FROM {ks}.scope_dir WHERE realm = ? AND scope = ? AND era = ? "
-                  f"AND bucket >= ?"),
-        next_era=p(f"SELECT bucket FROM {ks}.scope_dir WHERE realm = ? AND scope = ? AND era = -1 "
-                   f"AND bucket > ? LIMIT 1"),
         by_id_add=p(f"INSERT INTO {ks}.events_by_id (shard, id, realm, domain, entity, type, version, "
-                    f"ts, stamp, data, meta, txn, ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                    f"ts, stamp, data, meta, txn, ok, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         by_id_ok=p(f"UPDATE {ks}.events_by_id SET ok = true WHERE shard = ? AND id = ?"),
         by_id_del=p(f"DELETE FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
-        by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok, claims "
+        by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok, claims, position "
                 f"FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
         claim=p(f"UPDATE {ks}.events_by_id SET claims = claims + ? WHERE shard = ? AND id = ?"),
         client_id=p(f"SELECT ver FROM {ks}.entity_log WHERE {ent} AND kind = {CLIENT_ID} AND seq = 0 AND id = ?"),
@@ -260,7 +306,13 @@ def prepare(session: Any, ks: str) -> Statements:
         names=p(f"SELECT name FROM {ks}.names WHERE realm = ? AND domain = ? AND shard = ? "
                 f"AND name > ? LIMIT ?"),
         health=p("SELECT release_version FROM system.local"),
-        scope_all=(p(f"SELECT {cols} {where}{tails[0]}"), p(f"SELECT {cols} {where}{tails[1]}")),
-        scope_after=(p(f"SELECT {cols} {where} AND (ts, id) > (?, ?){tails[0]}"),
-                     p(f"SELECT {cols} {where} AND (ts, id) > (?, ?){tails[1]}")),
+        meta_get=p(f"SELECT value FROM {ks}.meta WHERE key = ?"),
+        meta_new=p(f"INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS"),
+        meta_swap=p(f"UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?"),
+        buckets=(asc_dir[0], desc_dir[0]),
+        eras=(asc_dir[1], desc_dir[1]),
+        entity_read=(entity(False), entity(True)),
+        scope_all=scope("", ""),
+        scope_from=scope(" AND ts >= ?", " AND ts <= ?"),
+        scope_after=scope(" AND (ts, id) > (?, ?)", " AND (ts, id) < (?, ?)"),
     )

@@ -20,8 +20,8 @@ from ...model import Event
 from . import clock
 from .driver import gather
 from .names import Names
-from .records import EntityKey, IndexRow
-from .schema import ATTEMPT, Keyspace
+from .records import ATTEMPT, EntityKey, IndexRow
+from .schema import Keyspace
 
 MAX_TXNS = 100_000  # resolved attempts remembered
 
@@ -80,7 +80,7 @@ class Settler:
             committed = {k for k, ok in zip(unknown, outcomes, strict=True) if ok}
             self.ks.db.spawn(self.repair(stored, scope, [r for r in rows if not r.ok], committed))
         return [Event(str(r.id), realm, r.domain, r.entity, r.type, r.version, clock.stamp(r.ts, r.stamp),
-                      r.data, r.meta, (r.ts, r.id))
+                      r.data, r.meta, r.position, r.position)
                 for r in rows if r.ok or (r.domain, r.entity, r.txn) in committed]
 
     async def repair(self, realm: str, scope: str, rows: list[IndexRow], committed: set[AttemptKey]) -> None:
@@ -98,7 +98,7 @@ class Settler:
                 keys.add((realm, r.domain, r.entity))
                 shard = ks.ns.shard(r.id)
                 ids.append((shard, (shard, r.id, realm, r.domain, r.entity, r.type, r.version, r.ts, r.stamp,
-                                    r.data, r.meta, r.txn, True)))
+                                    r.data, r.meta, r.txn, True, r.position)))
                 done.append(((scope, bucket), (realm, scope, bucket, r.ts, r.id)))
         try:
             await gather([*(self.names.write(k) for k in keys), ks.db.batch(ks.q.by_id_add, ids)])

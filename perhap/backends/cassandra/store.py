@@ -4,21 +4,24 @@ The design, proved in docs/backends/cassandra.md:
 
 - An entity is one partition of ``entity_log``: its events (kind 0, clustered by version), a
   marker per client-chosen event id (kind 1) and a marker per write attempt (kind 2), with the
-  head version, the head's position and the entity's types in static columns. An append is ONE
+  head version, the head's ts and the entity's types in static columns. An append is ONE
   conditional batch on that partition (``IF head = v`` plus ``IF NOT EXISTS`` on its markers): a
   Paxos round makes versions gapless, batches atomic and client ids unique within the entity,
   whatever the number of writing processes (writer.py).
-- Domain and realm order is the position ``(ts, event_id)`` in ``scope_log``, partitioned by
-  (realm, domain or '' for the realm, time bucket); a two-level directory (eras, buckets) lists
-  the non-empty buckets, so reads walk bounded partitions. The rows are written *before* the
+- Domain and realm order is the position ``ts * 1024 + writer slot``: ``ts`` (microseconds)
+  from the writer's clock, unique within the store instance, and a slot in [0, 1024) that the
+  instance holds under a lease (positions.py), so that no two events of a realm share one. The
+  index ``scope_log`` is partitioned by (realm, domain or '' for the realm, time bucket) and
+  clustered by (ts, id); a two-level directory (eras, buckets) lists the non-empty buckets, so
+  reads walk bounded partitions, either way (scan.py). The rows are written *before* the
   Paxos commit, marked pending with their attempt id; after the commit they are marked ok.
-- Readers of domains and realms return only positions at least ``settle`` older than their clock.
-  A writer whose pending rows were not acknowledged within ``settle - clock_skew`` of their
-  position abandons that attempt, so every row a reader could ever see at or below its horizon was
+- Readers of domains and realms return only events whose ts is at least ``settle`` older than
+  their clock. A writer whose pending rows were not acknowledged within ``settle - clock_skew`` of
+  their ts abandons that attempt, so every row a reader could ever see at or below its horizon was
   visible when it read. A pending row at or below the horizon is resolved: committed attempt ->
   returned, otherwise the reader *fences* the attempt (inserts its marker as aborted, IF NOT
   EXISTS), so it can never commit later (settle.py). The set of events at or below a horizon is
-  thus final: pages never skip nor repeat an event (reader.py).
+  thus final: pages never skip nor repeat an event, oldest or newest first (reader.py).
 - ``events_by_id`` finds an event by id in one read (partitioned by the id's top 44 bits: a
   UUIDv7's 16 ms window). A client-chosen id is *claimed* there before the commit (its entity
   added to a set), so a reader by id, or a retry, finds the entity whose marker is the truth even
@@ -27,6 +30,8 @@ The design, proved in docs/backends/cassandra.md:
 - At start-up (checks.py): consistency levels that let a read miss a write, and a commit log that
   acknowledges before it syncs, are refused; W and δ are stored with the data (first process wins);
   the clock is compared with the nodes'.
+- Multi-entity appends are not offered (501): one Paxos round covers one entity partition, and an
+  atomic commit across partitions is a protocol of its own (docs/backends/cassandra.md).
 - ``?namespace=`` keeps several stores in one keyspace: stored realms are ``namespace/realm``
   ('/' never occurs in a realm name), converted back at the edges (records.Namespace).
 """
@@ -36,10 +41,12 @@ from __future__ import annotations
 import asyncio
 
 from ...errors import StorageUnavailable
-from ...model import AppendResult, Cursor, Event, Scope
+from ...model import AppendResult, Event
 from ...store.base import Statistic, Store, WriteJob
+from ...store.query import ReadQuery
 from .driver import DRIVER_ERRORS, Driver
 from .names import Names
+from .positions import Positions
 from .reader import Reader
 from .records import EntityKey, Namespace
 from .schema import Keyspace, Opened, open_keyspace
@@ -54,6 +61,8 @@ class CassandraStore(Store):
     """Events in a Cassandra keyspace; any number of perhap processes may share it."""
 
     shared_across_processes = True
+    #: One Paxos round is one entity partition: see "Multi-entity appends" in docs/backends/cassandra.md.
+    supports_multi_entity = False
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -90,7 +99,8 @@ class CassandraStore(Store):
         self.names = Names(ks)
         self.settler = Settler(ks, self.names)
         self.reader = Reader(ks, self.settler)
-        self.writer = Writer(ks, self.names, self.reader, self.settler, self._notify_commit)
+        self.positions = Positions(ks, opened.floor)
+        self.writer = Writer(ks, self.names, self.reader, self.settler, self.positions, self._notify_commit)
 
     # ----------------------------------------------------------------- the template's primitives
 
@@ -109,8 +119,8 @@ class CassandraStore(Store):
             raise
         job.settle(outcome)
 
-    async def _read_after(self, scope: Scope, after: Cursor | None, limit: int) -> list[Event]:
-        return await self.reader.read(scope, after, limit)
+    async def _read(self, query: ReadQuery) -> list[Event]:
+        return await self.reader.read(query)
 
     async def _find_event(self, event_id: str) -> Event | None:
         event = await self.reader.by_id(event_id)
@@ -128,6 +138,7 @@ class CassandraStore(Store):
         await self.db.drain()  # writes in flight, then their follow-ups
         if hasattr(self, "reader"):  # else it was never opened
             self.reader.close()
+            await self.positions.release()
         await self.db.shutdown()
 
     def statistics(self) -> list[Statistic]:

@@ -27,9 +27,10 @@ from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
 from . import clock
 from .driver import gather, quiet
 from .names import Names
+from .positions import Positions, position
 from .reader import Reader
-from .records import Attempt, EntityKey, Head, Placed
-from .schema import ATTEMPT, CLIENT_ID, ERA, Keyspace
+from .records import ATTEMPT, CLIENT_ID, Attempt, EntityKey, Head, Placed
+from .schema import ERA, Keyspace
 from .settle import Settler
 
 MAX_BATCH_BYTES = 12 << 20  # one Paxos mutation must stay under Cassandra's max_mutation_size
@@ -61,9 +62,10 @@ class EntityLock:
 
 
 class Writer:
-    def __init__(self, ks: Keyspace, names: Names, reader: Reader, settler: Settler,
+    def __init__(self, ks: Keyspace, names: Names, reader: Reader, settler: Settler, positions: Positions,
                  notify: Callable[[], None]) -> None:
         self.ks, self.names, self.reader, self.settler, self.notify = ks, names, reader, settler, notify
+        self.positions = positions
         self.locks: dict[EntityKey, EntityLock] = {}
         self.heads: OrderedDict[EntityKey, Head] = OrderedDict()
         self.fixed_us, self.row_us = 5000.0, 200.0  # learnt cost of pending rows (microseconds)
@@ -147,7 +149,7 @@ class Writer:
         if early > 0:  # a big batch: its position is still far ahead of the clock
             await asyncio.sleep(early)
         self.floor = max(self.floor, last.ts)
-        return AppendResult([Appended(str(p.id), p.version, clock.stamp(p.ts, p.event.timestamp))
+        return AppendResult([Appended(str(p.id), p.version, p.position, clock.stamp(p.ts, p.event.timestamp))
                              for p in written.events], created=True)
 
     def lead(self, events: int) -> int:
@@ -175,22 +177,26 @@ class Writer:
         ks = self.ks
         realm, domain, entity = key
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        now = clock.now_us()
         # Positions grow along the entity's versions, and an append that starts after another was
-        # acknowledged by this process comes after it (across processes see the docs).
-        ts0 = max(now + lead, head_ts + 1, self.floor + 1)
-        attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i)
+        # acknowledged by this process comes after it (across processes see the docs). The ts are
+        # this instance's alone, and its writer slot makes the positions the realm's alone.
+        now = clock.now_us()
+        ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1), len(batch))
+        if clock.now_us() - now > lead // 2:  # it waited for its lease: place it from the clock as it is now
+            now = clock.now_us()
+            ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1), len(batch))
+        started = loop.time()
+        attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i, position(ts0 + i, slot))
                                 for i, e in enumerate(batch)])
         index: Rows = []
         by_id: Rows = []
         claims: Rows = []
         directory: list[tuple[str, str, int]] = []
-        for e, u, v, ts in attempt.events:
+        for e, u, v, ts, pos in attempt.events:
             bucket = ts // ks.bucket_us
             for scope in ("", domain):
                 index.append(((scope, bucket), (realm, scope, bucket, ts, u, domain, entity, e.type, v,
-                                                e.timestamp, e.data_json, e.meta_json, attempt.txn)))
+                                                e.timestamp, e.data_json, e.meta_json, attempt.txn, pos)))
                 if (realm, scope, bucket) not in self.names.known:
                     directory.append((realm, scope, bucket))
             shard = ks.ns.shard(u)
@@ -198,7 +204,7 @@ class Writer:
                 claims.append((shard, ({key}, shard, u)))
             else:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
-                                      e.timestamp, e.data_json, e.meta_json, attempt.txn, None)))
+                                      e.timestamp, e.data_json, e.meta_json, attempt.txn, None, pos)))
         directory = list(dict.fromkeys(directory))
         jobs: list[Awaitable[Any]] = [ks.db.batch(ks.q.index, index), ks.db.batch(ks.q.by_id_add, by_id)]
         if claims:
@@ -215,7 +221,7 @@ class Writer:
             self.fixed_us = 0.9 * self.fixed_us + 0.1 * took
         else:
             self.row_us = 0.8 * self.row_us + 0.2 * max(0, took - self.fixed_us) / len(batch)
-        if took > ts0 - now + ks.options.settle_us - ks.options.skew_us:
+        if clock.now_us() > ts0 + ks.options.settle_us - ks.options.skew_us:
             ks.stats["late"] += 1
             ks.db.spawn(self.forget(attempt, keep_ids=True))
             return None, took
@@ -234,10 +240,10 @@ class Writer:
         else:
             b.add(q.lwt_next, (last.version, last.ts, types, *key, version, p.events[0].ts))
         b.add(q.marker, (*key, ATTEMPT, p.txn, version + 1, False))
-        for e, u, v, ts in p.events:
+        for e, u, v, ts, pos in p.events:
             if e.client_id:
                 b.add(q.marker, (*key, CLIENT_ID, u, v, None))
-            b.add(q.event, (*key, v, u, e.type, ts, e.timestamp, e.data_json, e.meta_json))
+            b.add(q.event, (*key, v, u, e.type, ts, e.timestamp, e.data_json, e.meta_json, pos))
         try:
             rows = await self.ks.db.run(b, lwt=True)
         except StorageUnavailable:
@@ -277,13 +283,13 @@ class Writer:
         rows: Rows = []
         ids: Rows = []
         clients: Rows = []
-        for e, u, v, ts in p.events:
+        for e, u, v, ts, pos in p.events:
             bucket = ts // ks.bucket_us
             rows += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
             shard = ks.ns.shard(u)
             if e.client_id:
                 clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
-                                        p.txn, True)))
+                                        p.txn, True, pos)))
             else:
                 ids.append((shard, (shard, u)))
         jobs = [ks.db.batch(ks.q.index_ok, rows), ks.db.batch(ks.q.by_id_ok, ids)]
@@ -303,7 +309,7 @@ class Writer:
         realm, domain, _ = p.key
         index: Rows = []
         ids: Rows = []
-        for e, u, _v, ts in p.events:
+        for e, u, _v, ts, _pos in p.events:
             bucket = ts // ks.bucket_us
             index += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
             if not e.client_id:
@@ -317,14 +323,14 @@ class Writer:
         ks = self.ks
         realm, domain, entity = key
         rows = await ks.db.run(ks.q.versions, (*key, sorted(set(ids.values()))))
-        stored = {str(u): Event(str(u), realm, domain, entity, t, v, clock.stamp(ts, st), d, m, v)
-                  for v, u, t, ts, st, d, m in rows}
+        stored = {str(u): Event(str(u), realm, domain, entity, t, v, clock.stamp(ts, st), d, m, pos, v)
+                  for v, u, t, ts, st, d, m, pos in rows}
         result = replay_or_conflict(batch, stored, realm, domain, entity)
         assert result is not None
         # The twin that stored them writes their events_by_id rows; in case it died, so do we.
         ks.db.spawn(quiet(ks.db.batch(ks.q.by_id_add, [
-            (ks.ns.shard(u), (ks.ns.shard(u), u, *key, t, v, ts, st, d, m, None, True))
-            for v, u, t, ts, st, d, m in rows])))
+            (ks.ns.shard(u), (ks.ns.shard(u), u, *key, t, v, ts, st, d, m, None, True, pos))
+            for v, u, t, ts, st, d, m, pos in rows])))
         return result
 
     def remember_head(self, key: EntityKey, head: Head) -> None:

@@ -1,0 +1,128 @@
+"""Walking a domain's or the realm's index (scope_log) in position order, either way.
+
+Rows are clustered by (ts, id) in buckets listed by a two-level directory (scope_dir). A position
+is ``ts * 1024 + slot`` (positions.py), so position order is ts order, and within one ts the
+slot's: the rows of one ts (a *run*: as many as processes that picked that microsecond) are
+reordered by position, and a chunk handed out always holds whole runs, so that a reader that
+stops after any row of a chunk resumes correctly from that row's position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from ...errors import StorageUnavailable
+from . import clock
+from .driver import Row
+from .records import SLOT_BITS, IndexRow
+from .schema import ERA, Keyspace
+
+#: No writer can have reached an era that starts this far after now (big batches sit seconds ahead).
+ERA_HORIZON_US = 600_000_000
+MAX_CHUNK = 1000  # rows per query
+UNNUMBERED = ("an event without a position in this store: a process of a perhap older than schema 3 is "
+              "still writing to it; stop it (docs/backends/cassandra.md, \"Upgrading to positions\")")
+MIN_FILTERED_CHUNK = 200  # rows per query when several types are filtered here (few may be kept)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexScan:
+    """A scope index read from an exclusive position on (None: from its first or, descending, its
+    last row), keeping rows of ``types`` (empty: all)."""
+
+    ks: Keyspace
+    realm: str  # as stored
+    key: str  # the domain, or '' for the realm index
+    types: tuple[str, ...]
+    descending: bool
+
+    async def chunks(self, start: int | None, chunk: int) -> AsyncGenerator[list[IndexRow], None]:
+        """Rows after ``start`` in reading order, in lists of whole runs; ``chunk`` rows per query."""
+        ks, desc = self.ks, self.descending
+        one_type = len(self.types) == 1  # filtered by the node; several: filtered here
+        chunk = max(2 if len(self.types) < 2 else MIN_FILTERED_CHUNK, min(chunk, MAX_CHUNK))
+        wanted = frozenset(self.types)
+        type_args = self.types if one_type else ()
+        if start is None:
+            first_ts = clock.now_us() + ERA_HORIZON_US if desc else None
+        else:  # the ts of the first position after (before) start
+            first_ts = (start - 1 if desc else start + 1) >> SLOT_BITS
+        if first_ts is not None and first_ts < 0:
+            return  # before position 1 (or 0): nothing
+        first_bucket = None if first_ts is None else first_ts // ks.bucket_us
+        async for bucket in self.buckets(first_bucket):
+            carry: list[IndexRow] = []
+            last: IndexRow | None = None
+            while True:
+                head = (self.realm, self.key, bucket)
+                args: tuple[object, ...]
+                if last is not None:
+                    stmt, args = ks.q.scope_after[desc][one_type], (*head, last.ts, last.id)
+                elif bucket == first_bucket:
+                    stmt, args = ks.q.scope_from[desc][one_type], (*head, first_ts)
+                else:
+                    stmt, args = ks.q.scope_all[desc][one_type], head
+                rows = [_numbered(r) for r in await ks.db.run(stmt, (*args, *type_args, chunk))]
+                full = len(rows) == chunk
+                if rows:
+                    last = rows[-1]
+                batch = carry + rows
+                carry = []
+                if full:  # the last run may go on in the next query: hold it back
+                    cut = len(batch)
+                    while cut and batch[cut - 1].ts == batch[-1].ts:
+                        cut -= 1
+                    batch, carry = batch[:cut], batch[cut:]
+                kept = [r for r in batch if self.after(r, start) and (one_type or not wanted or r.type in wanted)]
+                if kept:
+                    kept.sort(key=_position, reverse=desc)
+                    yield kept
+                if not full:
+                    break
+
+    def after(self, row: IndexRow, start: int | None) -> bool:
+        """Whether the row comes after ``start`` in reading order."""
+        if start is None:
+            return True
+        return row.position < start if self.descending else row.position > start
+
+    async def buckets(self, first: int | None) -> AsyncGenerator[int, None]:
+        """The scope's non-empty buckets from ``first`` on (None: all), in reading order."""
+        ks, desc = self.ks, self.descending
+        era = None if first is None else first // ERA
+        opening = first is not None
+        horizon = clock.now_us() + ERA_HORIZON_US
+        while True:
+            if not opening:
+                if not desc and era is not None and (era + 1) * ERA * ks.bucket_us > horizon:
+                    return  # no writer can have reached a later era yet
+                rows = await ks.db.run(ks.q.eras[desc], (self.realm, self.key, -1 if era is None else era))
+                if not rows:
+                    return
+                era = rows[0][0]
+            assert era is not None
+            if opening:
+                bound = first
+            else:
+                bound = (era + 1) * ERA - 1 if desc else era * ERA
+            opening = False
+            for (bucket,) in await ks.db.run(ks.q.buckets[desc], (self.realm, self.key, era, bound)):
+                yield bucket
+
+
+def _position(row: IndexRow) -> int:
+    return row.position
+
+
+def _numbered(raw: Row) -> IndexRow:
+    """The row, with a position. The upgrade to schema 3 numbered every row of the realm indexes
+    and theirs in the domains; a pending domain row without one lost its realm row (its writer
+    died between the two), so it never committed: any position will do, readers drop it. A
+    settled row without one was written by a process of the older release: refused."""
+    row = IndexRow._make(raw)
+    if raw[-1] is not None:
+        return row
+    if row.ok:
+        raise StorageUnavailable(UNNUMBERED)
+    return row._replace(position=row.ts << SLOT_BITS | ((1 << SLOT_BITS) - 1))
