@@ -37,7 +37,10 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServ
 
 @pytest.fixture(scope="module")
 def fuzz_schema(fuzz_server: ThreadServer) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{fuzz_server.url}/_openapi.json")
+    schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/_openapi.json")
+    # A body breaking a batch's maxItems is often over the body limit as well: 413 refuses it too.
+    schema.config.checks.negative_data_rejection.expected_statuses.append("413")
+    return schema
 
 
 def operations(negatable: bool = False) -> list[str]:
@@ -59,9 +62,23 @@ def run_cases(schema: schemathesis.BaseSchema, operation: str, mode: GenerationM
     def run(case: schemathesis.Case) -> None:
         # A stream never ends on its own; the document's reads are fuzzed as JSON pages.
         case.headers = {**(case.headers or {}), "Accept": "application/json"}
+        if mode is GenerationMode.POSITIVE and case.query:
+            without_clashes(case.query)
         case.call_and_validate(checks=checks, timeout=10)
 
     run()
+
+
+def without_clashes(query: dict[str, Any]) -> None:
+    """Drop what makes valid parameters clash: OpenAPI cannot relate one parameter to another, so
+    the document allows `following` with `after_position`, which the server refuses (400, by design)."""
+    if query.get("following") is not None:
+        query.pop("after_position", None)
+        query.pop("before_position", None)
+    query.pop("before_position" if query.get("order") != "desc" else "after_position", None)
+    low, high = query.get("after_version"), query.get("until_version")
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        query["after_version"], query["until_version"] = high, low
 
 
 # The Python API rather than schemathesis' pytest plugin: one test per operation, and no

@@ -140,7 +140,7 @@ async def test_huge_query_and_header_values(client: httpx.AsyncClient, realm: st
 async def test_hostile_query_strings(client: httpx.AsyncClient, realm: str, sentinel: Any) -> None:
     # Unknown, repeated, odd and huge parameter names: a 400 that names them (shortened), never a 5xx.
     for raw in ("x" * 20000 + "=1", "%00=1", "'%3B--=1", "limit=1&" * 2000, "a=1&" * 2000, "=1", "%FF=1",
-                "limit", "+=+", "type=a&type=a&type=a", "%E2%80%AE=1"):
+                "limit", "+=+", "order=asc&order=asc", "type=a&" * 2000, "%E2%80%AE=1"):
         r = no_5xx(await client.get(f"/{realm}?{raw}"))
         assert r.status_code == 400, (raw[:40], r.text)
         assert len(r.content) < 1000

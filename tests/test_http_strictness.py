@@ -89,7 +89,8 @@ async def test_the_message_lists_what_the_route_takes(client: httpx.AsyncClient)
 
 
 @pytest.mark.parametrize("query", [
-    "limit=1&limit=2", "limit=1&limit=1", "type=a&type=b", "following={id}&following={id}", "type=a&limit=2&type=a",
+    "limit=1&limit=2", "limit=1&limit=1", "following={id}&following={id}", "order=asc&type=a&order=asc",
+    "after_position=1&after_position=2",
 ])
 async def test_a_repeated_query_parameter_is_400(client: httpx.AsyncClient, query: str) -> None:
     event_id = (await client.post("/shop/orders/o1/placed", json={"event": 1})).json()["event_id"]
@@ -98,6 +99,15 @@ async def test_a_repeated_query_parameter_is_400(client: httpx.AsyncClient, quer
     assert "more than once" in refused(await client.get(url), name)
     assert "more than once" in refused(await sse(client, url), name)  # before a stream opens
     assert "more than once" in refused(await client.get("/shop/keys?after=a&after=b"), "after")
+
+
+async def test_type_may_repeat(client: httpx.AsyncClient) -> None:
+    # The one parameter that may: events of any of those types (issue 15).
+    await client.post("/shop/orders/o1/placed", json={"event": 1})
+    await client.post("/shop/orders/o1/paid", json={"event": 2})
+    for url in ("/shop", "/shop/orders", "/shop/orders/o1"):
+        r = await client.get(url + "?type=placed&type=paid&type=placed")
+        assert [e["event"] for e in r.json()["events"]] == [1, 2], url
 
 
 async def test_expected_version_in_the_query_of_an_append_says_it_belongs_in_the_body(
@@ -135,7 +145,7 @@ async def test_declared_parameters_are_taken_on_every_read(client: httpx.AsyncCl
 async def test_routes_that_do_not_read_the_query_still_answer_as_before(client: httpx.AsyncClient) -> None:
     assert (await client.get("/_ui/?v=2")).status_code == 200  # static files: any query
     problem(await client.get("/shop/a/b/c/d?x=1&x=2"), 404)  # no route: the 404 wins
-    r = await client.delete("/shop/orders?x=1")  # a wrong method: the 405 wins
+    r = await client.delete("/shop?x=1")  # a wrong method: the 405 wins
     assert problem(r, 405) and r.headers["allow"] == "GET, HEAD"
 
 
@@ -163,8 +173,13 @@ def test_the_document_lists_exactly_the_route_tables_parameters() -> None:
     assert described == sum(len(item) for item in paths.values())
 
 
-def _value(param: dict[str, Any], event_id: str) -> str:
-    return {"limit": "2", "following": event_id, "type": "placed", "after": "a"}[param["name"]]
+def _params(param: dict[str, Any], event_id: str) -> dict[str, str]:
+    """A valid value of one documented parameter, with what it needs beside it (before_position
+    pages newest first, so it comes with order=desc)."""
+    name = param["name"]
+    value = {"limit": "2", "following": event_id, "type": "placed", "after": "a", "order": "desc",
+             "after_position": "0", "before_position": "5", "after_version": "0", "until_version": "3"}[name]
+    return {name: value, **({"order": "desc"} if name == "before_position" else {})}
 
 
 async def test_the_server_takes_what_the_document_lists_and_nothing_else(client: httpx.AsyncClient) -> None:
@@ -177,17 +192,20 @@ async def test_the_server_takes_what_the_document_lists_and_nothing_else(client:
         for method, op in item.items():
             query = [p for p in op.get("parameters", ()) if p["in"] == "query"]
             body = {"event": 2} if template.endswith("{type}") else {"events": [{"type": "t", "event": 3}]}
+            if template == "/{realm}/{domain}":
+                body = {"events": [{"entity": "o1", "type": "t", "event": 3}]}
             send = {"json": body} if method == "post" else {}
             for param in query:  # each documented parameter is taken ...
-                r = await client.request(method, url, params={param["name"]: _value(param, event_id)}, **send)
+                r = await client.request(method, url, params=_params(param, event_id), **send)
                 assert r.status_code < 400, (method, template, param["name"], r.text)
                 checked += 1
             # ... and a name it does not list is refused, whatever the route.
             r = await client.request(method, url, params={"nope": "1"}, **send)
             refused(r, "nope")
-            if query:
-                name = query[0]["name"]
-                pairs = [(name, _value(query[0], event_id))] * 2
+            once = [p for p in query if not p.get("explode")]  # an exploded array may repeat
+            if once:
+                name = once[0]["name"]
+                pairs = [(name, _params(once[0], event_id)[name])] * 2
                 refused(await client.request(method, url, params=pairs, **send), name)
     assert checked >= 14
 
@@ -221,13 +239,14 @@ async def test_a_single_event_posted_to_an_entity_is_told_about_both_shapes(clie
     assert (await client.get("/shop")).json()["events"] == []
 
 
-@pytest.mark.parametrize("url", ["/shop", "/shop/orders", "/shop/keys", "/keys"])
+@pytest.mark.parametrize("url", ["/shop", "/shop/orders/keys", "/shop/keys", "/keys"])
 async def test_a_post_to_one_or_two_segments_shows_where_appends_go(client: httpx.AsyncClient, url: str) -> None:
     r = await client.post(url, json={"event": 1})
     detail = problem(r, 405)["detail"]
     assert r.headers["allow"] == "GET, HEAD"
     assert "/REALM/DOMAIN/ENTITY/TYPE" in detail and '{"event": ' in detail
     assert "/REALM/DOMAIN/ENTITY as" in detail  # and the batch
+    assert "/REALM/DOMAIN as" in detail  # and the batch over several entities
     # Other wrong methods keep the plain answer.
     r = await client.put(url, json={"event": 1})
     assert problem(r, 405)["detail"] == "PUT is not allowed here; use GET, HEAD"

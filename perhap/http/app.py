@@ -32,6 +32,7 @@ from .cors import Cors
 from .handlers import HANDLERS
 from .metrics import Metrics
 from .observer import Observer
+from .pagecache import DEFAULT_PAGE_CACHE, PageCache
 from .requests import Context, Handler, Request, authenticate, authorize, parse_query
 from .responses import HTTPProblem, send_problem
 from .routes import ANY_METHOD, OPEN_SEGMENTS, ROUTE_KEY, ROUTES, Kind, decode_segment, match, split_path
@@ -52,7 +53,8 @@ class PerhapApp:
                  max_depth: int = DEFAULT_MAX_DEPTH, max_streams: int = DEFAULT_MAX_STREAMS,
                  max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
                  stream_buffer: int = DEFAULT_STREAM_BUFFER, write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
-                 cors_origins: Sequence[str] = (), metrics: bool = True, access_log: bool = False) -> None:
+                 cors_origins: Sequence[str] = (), metrics: bool = True, access_log: bool = False,
+                 page_cache: int = DEFAULT_PAGE_CACHE) -> None:
         if store is None and store_url is None:
             raise ValueError("give a store or a store_url")
         self.store_url = store_url
@@ -62,6 +64,8 @@ class PerhapApp:
         self.stream_limits = StreamLimiter(max_streams, max_streams_per_token)
         self.streams = StreamRegistry(self.stream_limits, heartbeat, self.auth, stream_buffer, write_timeout)
         self.metrics = Metrics(self.streams) if metrics else None
+        #: Serialised entity pages, up to ``page_cache`` bytes (0: none); see :mod:`.pagecache`.
+        self.pages = PageCache(page_cache) if page_cache > 0 else None
         #: What the handlers share; None until the store is open.
         self.context: Context | None = None if store is None else self._context(store)
         self.handlers = self._bind_handlers()
@@ -90,7 +94,8 @@ class PerhapApp:
         return tuple(table)
 
     def _context(self, store: Store) -> Context:
-        return Context(store, self.max_body, self.max_batch, self.max_depth, self.metrics, self.streams)
+        return Context(store, self.max_body, self.max_batch, self.max_depth, self.metrics, self.streams,
+                       self.pages)
 
     @property
     def store(self) -> Store | None:

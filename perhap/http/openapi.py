@@ -12,7 +12,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_VERSION
+from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_POSITION, MAX_VERSION
+from ..store.query import MAX_TYPES
 from .routes import ROUTES, Kind, Operation, Route
 
 # 'keys' is excluded by the pattern (not by "not": some generators ignore "not" in parameters).
@@ -36,14 +37,34 @@ P_REALM = _param("realm", "path", REALM, "Realm name (names starting with '_' ar
 P_DOMAIN = _param("domain", "path", NAME, "Domain name.")
 P_ENTITY = _param("entity", "path", NAME, "Entity (aggregate root) name.")
 P_TYPE = _param("type", "path", NAME, "Event type.")
-Q_FOLLOWING = _param("following", "query", UUID, "Only events after this event id in the scope's order.")
+Q_FOLLOWING = _param("following", "query", UUID,
+                     "Only events after this event id in the read's order (pass a page's `next`); "
+                     "not with after_position or before_position.")
 Q_LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
                  "Page size.")
-Q_TYPE = _param("type", "query", NAME, "Only events of this type.")
+Q_TYPE = {**_param("type", "query", {"type": "array", "items": NAME, "minItems": 1, "maxItems": MAX_TYPES},
+                   f"Only events of these types: repeat it, `type=a&type=b` (at most {MAX_TYPES})."),
+          "style": "form", "explode": True}
+Q_ORDER = _param("order", "query", {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+                 "`desc`: newest first (`next` then continues newest first). A live stream is `asc` only.")
+Q_AFTER_POSITION = _param("after_position", "query", {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+                          "With order=asc: only events with a position above this one (a position beyond "
+                          "the head gives an empty page). Not with following.")
+Q_BEFORE_POSITION = _param("before_position", "query", {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+                           "With order=desc: only events with a position below this one. Not with following.")
+Q_AFTER_VERSION = _param("after_version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
+                         "Only the entity's events with a version above this one.")
+Q_UNTIL_VERSION = _param("until_version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
+                         "Only the entity's events with a version up to this one (not below after_version).")
 Q_AFTER = _param("after", "query", {"type": "string"}, "Only names sorting after this one.")
 H_LAST_ID = _param("Last-Event-ID", "header", UUID,
-                   "With Accept: text/event-stream: resume after this event (wins over following).",
-                   required=False)
+                   "With Accept: text/event-stream: resume after this event (wins over following and "
+                   "after_position).", required=False)
+H_IF_NONE_MATCH = _param("If-None-Match", "header", {"type": "string"},
+                         "ETags the client holds (or `*`): when one matches, 304 with no body.", required=False)
+ETAG = {"ETag": {"description": "Changes exactly when the JSON answer does (not sent with a stream).",
+                 "schema": {"type": "string"}}}
+NOT_MODIFIED = {"description": "Not modified: If-None-Match holds the current ETag; no body", "headers": ETAG}
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -56,19 +77,24 @@ def _json(ref: str, description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-_BAD_PARAMETER = "Bad name or parameter (a query parameter not listed here, or one given twice, too)"
+_BAD_PARAMETER = ("Bad name or parameter, or parameters that clash (named in detail: following with "
+                  "after_position, after_position with order=desc, before_position with order=asc, "
+                  "until_version below after_version, order=desc on a stream); a query parameter not "
+                  "listed here, or one given twice, too")
 
 
 def _read(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "summary": summary,
-        "description": "JSON page of events; with `Accept: text/event-stream` a live SSE stream "
-                       "(catch-up after `following` or `Last-Event-ID`, then new events).",
-        "parameters": [*params, H_LAST_ID],
+        "description": "JSON page of events, with an ETag; with `Accept: text/event-stream` a live SSE "
+                       "stream (catch-up after `following`, `after_position` or `Last-Event-ID`, then new "
+                       "events; `order`, `before_position` and `limit` are for pages).",
+        "parameters": [*params, H_LAST_ID, H_IF_NONE_MATCH],
         "responses": {
-            "200": {"description": "A page of events, or an SSE stream",
+            "200": {"description": "A page of events, or an SSE stream", "headers": ETAG,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}},
                                 "text/event-stream": {"schema": {"type": "string"}}}},
+            "304": NOT_MODIFIED,
             "400": _problem(_BAD_PARAMETER),
             "404": _problem("`following` is not an event of this scope"),
             "503": _problem("Storage unavailable")}}
@@ -82,8 +108,9 @@ def _read_or_event(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"summary": summary, "parameters": params,
-            "responses": {"200": _json("Keys", "Sorted names, paged with after"),
+    return {"summary": summary, "parameters": [*params, H_IF_NONE_MATCH],
+            "responses": {"200": {**_json("Keys", "Sorted names, paged with after"), "headers": ETAG},
+                          "304": NOT_MODIFIED,
                           "400": _problem(_BAD_PARAMETER),
                           "503": _problem("Storage unavailable")}}
 
@@ -101,8 +128,21 @@ def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -
                           "503": _problem("Storage unavailable")}}
 
 
+def _append_many(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    op = _append(summary, params, "ManyRequest", "AppendedMany")
+    op["description"] = ("Events for one or more entities of the domain, stored all or nothing in the "
+                         "order sent: each entity's events take consecutive versions, positions follow "
+                         "the order sent.")
+    op["responses"]["409"] = _problem("An expected version does not hold (`conflicts` lists every failing "
+                                      "entity; nothing stored), or an event_id reused")
+    op["responses"]["501"] = _problem("This backend does not offer multi-entity appends (`backend` names it)")
+    return op
+
+
 _PATH_PARAMS = {"{realm}": P_REALM, "{domain}": P_DOMAIN, "{entity}": P_ENTITY, "{type}": P_TYPE}
-_QUERY_PARAMS = {"type": Q_TYPE, "following": Q_FOLLOWING, "limit": Q_LIMIT, "after": Q_AFTER}
+_QUERY_PARAMS = {"type": Q_TYPE, "following": Q_FOLLOWING, "limit": Q_LIMIT, "after": Q_AFTER, "order": Q_ORDER,
+                 "after_position": Q_AFTER_POSITION, "before_position": Q_BEFORE_POSITION,
+                 "after_version": Q_AFTER_VERSION, "until_version": Q_UNTIL_VERSION}
 _READS = (Kind.READ, Kind.READ_OR_EVENT)
 
 
@@ -120,6 +160,8 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
         return _append(summary, params, "AppendRequest", "Appended")
     if op.kind is Kind.APPEND_BATCH:
         return _append(summary, params, "BatchRequest", "AppendedBatch")
+    if op.kind is Kind.APPEND_MANY:
+        return _append_many(summary, params)
     if op.kind is Kind.HEALTH:
         return {"summary": summary, "responses": {
             "200": _json("Health", "The store answers"), "503": _problem("The store does not answer")}}
@@ -159,23 +201,36 @@ def _paths() -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
+    position = {"type": "integer", "minimum": 1, "maximum": MAX_POSITION,
+                "description": "The event's place in its realm: unique, increasing in the realm's order."}
     event_object = {
         "type": "object",
-        "required": ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp"],
+        "required": ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "position",
+                     "timestamp"],
         "properties": {"event_id": UUID, "realm": {"type": "string"}, "domain": {"type": "string"},
                        "entity": {"type": "string"}, "type": {"type": "string"}, "event": {},
                        "meta": {"type": "object"}, "version": {"type": "integer", "minimum": 0},
-                       "timestamp": {"type": "string", "format": "date-time"}}}
-    appended = {"type": "object", "required": ["event_id", "version", "timestamp"],
-                "properties": {"event_id": UUID, "version": {"type": "integer", "minimum": 0},
-                               "timestamp": {"type": "string", "format": "date-time"}}}
+                       "position": position, "timestamp": {"type": "string", "format": "date-time"}}}
+    appended: dict[str, Any] = {
+        "type": "object", "required": ["event_id", "version", "position", "timestamp"],
+        "properties": {"event_id": UUID, "version": {"type": "integer", "minimum": 0},
+                       "position": position, "timestamp": {"type": "string", "format": "date-time"}}}
+    appended_one_of_many = {"type": "object", "required": ["entity", "event_id", "version", "position", "timestamp"],
+                            "properties": {"entity": {"type": "string"}, **appended["properties"]}}
     expected = {"type": ["integer", "null"], "minimum": -1, "maximum": MAX_VERSION,
                 "description": "The entity's current version must equal this (-1: no events yet)."}
+    batch_item: dict[str, Any] = {
+        "type": "object", "required": ["type", "event"], "additionalProperties": False,
+        "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": UUID, "meta": {"type": "object"}}}
+    many_item = {**batch_item, "required": ["entity", "type", "event"],
+                 "properties": {"entity": NAME, **batch_item["properties"]}}
     schemas = {
         "Event": event_object,
         "Appended": appended,
         "AppendedBatch": {"type": "object", "required": ["events"], "properties": {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/Appended"}}}},
+        "AppendedMany": {"type": "object", "required": ["events"], "properties": {
+            "events": {"type": "array", "items": appended_one_of_many, "description": "In the order sent."}}},
         "Page": {"type": "object", "required": ["events", "next"],
                  "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                                 "next": {"oneOf": [UUID, {"type": "null"}]}}},
@@ -186,17 +241,31 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                    "status": {"type": "integer"}, "detail": {"type": "string"},
                                    "current_version": {"type": "integer"},
-                                   "parameter": {"type": "string"}}},
+                                   "expected_version": {"type": "integer"},
+                                   "parameter": {"type": "string"},
+                                   "backend": {"type": "string"},
+                                   "conflicts": {"type": "array", "items": {
+                                       "type": "object",
+                                       "required": ["entity", "expected_version", "current_version"],
+                                       "properties": {"entity": {"type": "string"},
+                                                      "expected_version": {"type": "integer"},
+                                                      "current_version": {"type": "integer"}}}}}},
         "AppendRequest": {"type": "object", "required": ["event"], "additionalProperties": False,
                           "properties": {"event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
                                          "meta": {"type": "object"}, "expected_version": expected}},
         "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {
-                             "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
-                                 "type": "object", "required": ["type", "event"], "additionalProperties": False,
-                                 "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": UUID,
-                                                "meta": {"type": "object"}}}},
+                             "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": batch_item},
                              "expected_version": expected}},
+        "ManyRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
+                        "properties": {
+                            "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": many_item},
+                            "expected_versions": {
+                                "type": "object", "maxProperties": MAX_BATCH,
+                                "propertyNames": NAME,
+                                "additionalProperties": {**expected, "type": "integer"},
+                                "description": "Entity to expected version, for any entities of the "
+                                               "domain (with or without events here)."}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
     }
     paths = _paths()

@@ -14,9 +14,10 @@ from ..auth import Authenticator, Grant
 from ..errors import InvalidInput
 from ..jsoncodec import load_json
 from ..limits import check_depth
-from ..model import DEFAULT_LIMIT, MAX_LIMIT, check_name
+from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
 from .metrics import Metrics
+from .pagecache import PageCache
 from .responses import HTTPProblem
 from .routes import ROUTE_KEY, Kind, Route
 from .streaming import StreamRegistry
@@ -36,6 +37,7 @@ class Context:
     max_depth: int
     metrics: Metrics | None
     streams: StreamRegistry
+    pages: PageCache | None  # None: entity pages are not cached
 
 
 class Request:
@@ -43,16 +45,25 @@ class Request:
 
     Dispatch makes it once the route (``scope[ROUTE_KEY]``) and the method are known, and its query
     is checked here, before any handler runs: a parameter the route does not take, or one given
-    twice, is a 400 naming it. A request without a query string pays one truth test for this.
+    twice (unless it may repeat), is a 400 naming it. A request without a query string pays one
+    truth test for this.
     """
 
-    __slots__ = ("scope", "receive", "method", "names", "query", "grant")
+    __slots__ = ("scope", "receive", "method", "names", "query", "pairs", "grant")
 
     def __init__(self, scope: Scope, receive: Receive, method: str, names: list[str],
                  query: Sequence[tuple[str, str]], grant: Grant | None) -> None:
         self.scope, self.receive, self.method = scope, receive, method
         self.names, self.grant = names, grant
+        #: Each parameter's value (the last one, for a parameter that may repeat: see :meth:`values`).
         self.query: dict[str, str] = check_query(scope[ROUTE_KEY], method, query) if query else {}
+        self.pairs = query  # as sent, repeats kept
+
+    def values(self, name: str) -> list[str] | None:
+        """Every value of a parameter that may repeat, in order; None when it is not given."""
+        if name not in self.query:
+            return None
+        return [value for key, value in self.pairs if key == name]
 
     def wants_stream(self) -> bool:
         accept = header(self.scope, b"accept")
@@ -83,11 +94,13 @@ def parse_query(raw: bytes) -> Sequence[tuple[str, str]]:
         raise InvalidInput("the query string is not valid percent-encoded UTF-8") from None
 
 
-_BODY_KEYS = frozenset({"event", "events", "event_id", "meta", "expected_version"})
+_BODY_KEYS = frozenset({"event", "events", "event_id", "meta", "expected_version", "expected_versions"})
+_APPENDS = (Kind.APPEND, Kind.APPEND_BATCH, Kind.APPEND_MANY)
 
 
 def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """The query as a dict, once every name is one the route's operation takes, each at most once."""
+    """The query as a dict, once every name is one the route's operation takes, each at most once
+    unless the operation lets it repeat."""
     query = dict(pairs)
     op = route.operations.get("GET" if method == "HEAD" else method)
     if op is None or op.query is None:
@@ -98,7 +111,7 @@ def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> 
     if len(query) != len(pairs):
         seen = set()
         for name, _ in pairs:
-            if name in seen:
+            if name in seen and name not in op.repeatable:
                 raise InvalidInput(f"the query parameter {_shown(name)} is given more than once; give it once",
                                    parameter=name[:100])
             seen.add(name)
@@ -110,10 +123,12 @@ def _unknown(route: Route, method: str, kind: Kind, allowed: tuple[str, ...], na
     where = f"{'GET' if method == 'HEAD' else method} {route.template}"
     takes = f"it takes {', '.join(allowed)}" if allowed else "it takes no query parameters"
     detail = f"unknown query parameter {_shown(name)} for {where}: {takes}"
-    if kind in (Kind.APPEND, Kind.APPEND_BATCH) and name in _BODY_KEYS:
+    if kind in _APPENDS and name in _BODY_KEYS:
         detail = f"{name} belongs in the JSON body, not the query string: {_body_shape(kind, name, value)}"
     elif name == "type" and route.levels == 4:
         detail += " (the type is the last segment of this path)"
+    elif name in ("after_version", "until_version") and kind is Kind.READ and route.levels < 3:
+        detail += f" ({name} bounds an entity's versions: /REALM/DOMAIN/ENTITY?{name}=N)"
     return InvalidInput(detail, parameter=name[:100])
 
 
@@ -123,6 +138,8 @@ def _body_shape(kind: Kind, name: str, value: str) -> str:
         return {"expected_version": f'{{"event": ..., "expected_version": {version}}}',
                 "event_id": '{"event": ..., "event_id": "..."}',
                 "meta": '{"event": ..., "meta": {...}}'}.get(name, '{"event": ...}')
+    if kind is Kind.APPEND_MANY:
+        return '{"events": [{"entity": ..., "type": ..., "event": ...}], "expected_versions": {"<entity>": N}}'
     if name == "expected_version":
         return f'{{"events": [...], "expected_version": {version}}}'
     return '{"events": [{"type": ..., "event": ..., "event_id": ..., "meta": {...}}]}'
@@ -139,11 +156,6 @@ def page_limit(query: dict[str, str]) -> int:
     if not _INT.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text[:20]!r}")
     return int(text)
-
-
-def type_filter(query: dict[str, str]) -> str | None:
-    value = query.get("type")
-    return None if value is None else check_name(value, "type")
 
 
 # --------------------------------------------------------------------------- tokens

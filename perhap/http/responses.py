@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -16,7 +18,9 @@ _NEWLINE = orjson.OPT_APPEND_NEWLINE
 STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                  405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
                  429: "Too Many Requests", 431: "Request Header Fields Too Large",
-                 500: "Internal Server Error", 503: "Service Unavailable"}
+                 500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+# An entity tag's opaque part inside If-None-Match, with or without the weak prefix W/.
+_TAG = re.compile(r'(?:W/)?"([^"]*)"')
 
 
 class HTTPProblem(Exception):
@@ -50,6 +54,41 @@ async def send_json(send: Send, status: int, value: Any, headers: Headers | None
     await send({"type": "http.response.start", "status": status,
                 "headers": [*JSON, (b"content-length", str(len(body)).encode()), *(headers or ())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def entity_tag(body: bytes) -> bytes:
+    """A strong ETag for a body: a digest of its bytes, so it changes exactly when the body does.
+
+    SHA-256 (cut to 128 bits) rather than a cheaper checksum: a collision would serve a stale
+    page as current, and with hardware SHA it costs one or two microseconds per kilobyte.
+    """
+    return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+
+
+def none_match(if_none_match: str, tag: bytes) -> bool:
+    """Whether an If-None-Match header matches ``tag`` (RFC 9110 13.1.2: ``*``, or any listed tag,
+    compared weakly: ``W/"x"`` matches ``"x"``). A malformed header matches nothing."""
+    if if_none_match.strip() == "*":
+        return True
+    opaque = tag[1:-1].decode()
+    return any(found == opaque for found in _TAG.findall(if_none_match))
+
+
+async def send_tagged(send: Send, body: bytes, tag: bytes, if_none_match: str | None) -> None:
+    """A JSON 200 with its ETag, or a bodiless 304 when the client holds that representation."""
+    if if_none_match is not None and none_match(if_none_match, tag):
+        # 304 carries the validator it confirms, and no content headers (RFC 9110 15.4.5).
+        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag)]})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode()), (b"etag", tag)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_bytes(value: Any) -> bytes:
+    """A JSON body as every response sends it (with its trailing newline)."""
+    return orjson.dumps(value, option=_NEWLINE)
 
 
 async def send_problem(send: Send, status: int, slug: str, title: str, detail: str,

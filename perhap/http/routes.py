@@ -4,7 +4,8 @@ A path finds its route by shape alone (segment count, a leading ``_``, a trailin
 few comparisons: no regular expressions, and no route list walked per request. Names are checked
 afterwards by the dispatcher, in the same order as always (realm, token, the other names, method).
 Each operation names the query parameters it takes: the request refuses any other (and any given
-twice) before its handler runs, and the OpenAPI document lists exactly these.
+twice, unless the operation lets it repeat) before its handler runs, and the OpenAPI document lists
+exactly these.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Kind(enum.Enum):
     READ_OR_EVENT = "read_or_event"
     APPEND = "append"
     APPEND_BATCH = "append_batch"
+    APPEND_MANY = "append_many"
     NO_ROUTE = "no_route"
     WRONG_METHOD = "wrong_method"
 
@@ -42,11 +44,17 @@ class Operation:
     #: The query parameters it takes, each at most once; None: not checked (its answer does not
     #: depend on them: a 404, a 405, a static file).
     query: tuple[str, ...] | None = ()
+    #: Those of ``query`` that may be given several times (``type=a&type=b``).
+    repeatable: frozenset[str] = frozenset()
 
 
-READ_QUERY = ("type", "following", "limit")
-TYPED_READ_QUERY = ("following", "limit")  # the type is in the path
+_PAGING = ("following", "limit", "order", "after_position", "before_position")
+_VERSIONS = ("after_version", "until_version")  # an entity's versions: entity scopes only
+SCOPE_READ_QUERY = ("type", *_PAGING)
+ENTITY_READ_QUERY = (*SCOPE_READ_QUERY, *_VERSIONS)
+TYPED_READ_QUERY = (*_PAGING, *_VERSIONS)  # the type is in the path
 KEYS_QUERY = ("after", "limit")
+_TYPES = frozenset({"type"})
 
 
 ANY_METHOD = "*"
@@ -77,8 +85,9 @@ class Route:
         set_(self, "allow", ", ".join(sorted(methods)))
 
 
-def _get(kind: Kind, summary: str | None = None, query: tuple[str, ...] | None = ()) -> dict[str, Operation]:
-    return {"GET": Operation(kind, summary, query)}
+def _get(kind: Kind, summary: str | None = None, query: tuple[str, ...] | None = (),
+         repeatable: frozenset[str] = frozenset()) -> dict[str, Operation]:
+    return {"GET": Operation(kind, summary, query, repeatable)}
 
 
 # The order is the OpenAPI document's; matching does not depend on it.
@@ -86,17 +95,19 @@ _TABLE = (
     Route("/_health", _get(Kind.HEALTH, "Health"), open=True),
     Route("/_openapi.json", _get(Kind.DOCUMENT, "This document"), open=True),
     Route("/keys", _get(Kind.KEYS, "List realms", KEYS_QUERY)),
-    Route("/{realm}", _get(Kind.READ, "Every event of a realm, in commit order", READ_QUERY)),
+    Route("/{realm}", _get(Kind.READ, "Every event of a realm, in position order", SCOPE_READ_QUERY, _TYPES)),
     Route("/{realm}/keys", _get(Kind.KEYS, "List a realm's domains", KEYS_QUERY)),
-    Route("/{realm}/{domain}", _get(Kind.READ, "Every event of a domain, in commit order", READ_QUERY)),
+    Route("/{realm}/{domain}", {
+        "GET": Operation(Kind.READ, "Every event of a domain, in position order", SCOPE_READ_QUERY, _TYPES),
+        "POST": Operation(Kind.APPEND_MANY, "Append events to several entities of the domain, atomically")}),
     Route("/{realm}/{domain}/keys", _get(Kind.KEYS, "List a domain's entities", KEYS_QUERY)),
     Route("/{realm}/{domain}/{entity}", {
         "GET": Operation(Kind.READ_OR_EVENT, "An entity's events in version order; or one event when {entity} "
-                                             "is an event id of this realm and domain", READ_QUERY),
+                                             "is an event id of this realm and domain", ENTITY_READ_QUERY, _TYPES),
         "POST": Operation(Kind.APPEND_BATCH, "Append a batch to one entity, atomically")}),
     Route("/{realm}/{domain}/{entity}/keys", _get(Kind.KEYS, "List an entity's event types", KEYS_QUERY)),
     Route("/{realm}/{domain}/{entity}/{type}", {
-        "GET": Operation(Kind.READ, "An entity's events of one type", TYPED_READ_QUERY),
+        "GET": Operation(Kind.READ, "An entity's events of one type, in version order", TYPED_READ_QUERY),
         "POST": Operation(Kind.APPEND, "Append one event")}),
     Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),
     Route("/", _get(Kind.ROOT), open=True),

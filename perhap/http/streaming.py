@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from ..auth import Authenticator, Grant
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event, Scope
 from ..store.base import Store, Subscription
+from ..store.query import ReadQuery
 from .types import Receive, Send
 from .types import Scope as ASGIScope
 
@@ -34,6 +36,8 @@ SSE_HEADERS = [
 #: closes the connection at once, unsent data dropped (a plain close waits for the client to read it).
 ABORT_EXTENSION = "perhap.abort"
 _KEEP_ALIVE = b": keep-alive\n\n"
+#: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
+STREAM_BATCH = 500
 
 
 class StreamRegistry:
@@ -69,9 +73,9 @@ def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
     return hook
 
 
-async def stream_head(store: Store, where: Scope, following: str | None, send: Send) -> None:
+async def stream_head(store: Store, query: ReadQuery, following: str | None, send: Send) -> None:
     """HEAD of a stream: the checks and headers of GET (an unknown start is 404), no stream, no slot."""
-    await store.subscription(where, following=following)
+    await store.subscription_for(query, following)
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -85,16 +89,18 @@ class _Writing:
         self.since: float | None = None
 
 
-async def stream_events(streams: StreamRegistry, store: Store, where: Scope, following: str | None,
+async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery, following: str | None,
                         receive: Receive, send: Send, grant: Grant | None = None,
                         abort: Callable[[], None] | None = None) -> None:
-    """Answer a read with a live stream: catch-up from ``following``, then new events."""
+    """Answer a read with a live stream: catch-up from ``following`` (or the query's own start),
+    then new events, each within the query's bounds and types."""
+    where = query.scope
     token_id = grant.id if grant is not None else None
     # The slot is taken here, before the first await: 429 before anything is sent.
     streams.limiter.reserve(token_id)
     try:
         # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
-        sub = await store.subscription(where, following=following)
+        sub = await store.subscription_for(query, following)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         # A comment first: it flushes the headers through proxies and tells the client it is live.
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
@@ -154,7 +160,7 @@ async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, sen
 async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: Grant | None,
                 writing: _Writing) -> None:
     auth = streams.auth
-    buffer, full = streams.buffer, sub.batch
+    buffer, full = streams.buffer, sub.query.limit
     clock = asyncio.get_running_loop().time
     while True:
         events = await sub.fetch(timeout=streams.heartbeat)
@@ -174,8 +180,9 @@ def _encode(sub: Subscription, events: list[Event], buffer: int, full: int) -> b
     parts = [sse_message(e.event_id, e.to_json_dict()) for e in events]
     body = b"".join(parts)
     if len(body) <= buffer:
-        if sub.batch < full and 2 * len(body) <= buffer:
-            sub.batch = min(full, 2 * sub.batch)
+        batch = sub.query.limit
+        if batch < full and 2 * len(body) <= buffer:
+            sub.query = replace(sub.query, limit=min(full, 2 * batch))
         return body
     size = kept = 0
     for part in parts:
@@ -184,8 +191,7 @@ def _encode(sub: Subscription, events: list[Event], buffer: int, full: int) -> b
         size += len(part)
         kept += 1
     # The rest is read again after the last event kept, in batches of what fitted this time.
-    sub.after = events[kept - 1].cursor
-    sub.batch = kept
+    sub.query = replace(sub.query, after=events[kept - 1].cursor, limit=kept)
     return b"".join(parts[:kept])
 
 

@@ -19,6 +19,7 @@ HANDLERS: Mapping[Kind, Handler] = {
     Kind.READ_OR_EVENT: reads.read_or_event,
     Kind.APPEND: writes.append,
     Kind.APPEND_BATCH: writes.append_batch,
+    Kind.APPEND_MANY: writes.append_many,
     Kind.NO_ROUTE: system.no_route,
     Kind.WRONG_METHOD: system.wrong_method,
 }

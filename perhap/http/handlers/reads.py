@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from ...auth import ANY_REALM
 from ...errors import InvalidInput, NotFound
 from ...ids import check_event_id
 from ...model import Scope
-from ..requests import Context, Request, header, page_limit, type_filter
-from ..responses import send_json
-from ..streaming import abort_hook, stream_events, stream_head
+from ...store.query import ReadQuery, read_query
+from ..pagecache import CachedPage, entity_version, known_version
+from ..requests import Context, Request, header, page_limit
+from ..responses import entity_tag, json_bytes, send_tagged
+from ..streaming import STREAM_BATCH, abort_hook, stream_events, stream_head
 from ..types import Send
 
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
 
 
 async def read(ctx: Context, req: Request, send: Send) -> None:
-    """GET /REALM[/DOMAIN[/ENTITY[/TYPE]]]: a type in the path, or else from ?type=."""
-    names = req.names
-    n = len(names)
-    if n == 4:
-        where = Scope(names[0], names[1], names[2], names[3])
-    else:
-        type_ = type_filter(req.query)
-        where = Scope(names[0], names[1] if n > 1 else None, names[2] if n > 2 else None, type_)
-    await send_events(ctx, req, send, where)
+    """GET /REALM[/DOMAIN[/ENTITY[/TYPE]]]: a type in the path, or types from ?type= (repeatable)."""
+    await send_events(ctx, req, send, Scope(*req.names))
 
 
 async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
@@ -37,8 +33,19 @@ async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
         except (NotFound, InvalidInput):
             pass
         else:
-            return await send_json(send, 200, event.to_json_dict())
-    await send_events(ctx, req, send, Scope(realm, domain, entity, type_filter(req.query)))
+            return await _send_tagged_json(req, send, event.to_json_dict())
+    await send_events(ctx, req, send, Scope(realm, domain, entity))
+
+
+def _query(req: Request, where: Scope, following: str | None, limit: int, stream: bool) -> ReadQuery:
+    """The request's read, checked in one place (clashing parameters are 400s naming both)."""
+    q = req.query
+    if not q:  # the common read: no parameters, nothing to check
+        return read_query(where, limit=limit, stream=stream)
+    return read_query(where, following=following, order=q.get("order", "asc"),
+                      after_position=q.get("after_position"), before_position=q.get("before_position"),
+                      types=req.values("type"), after_version=q.get("after_version"),
+                      until_version=q.get("until_version"), limit=limit, stream=stream)
 
 
 async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> None:
@@ -46,15 +53,44 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     if following is not None:
         following = check_event_id(following, "following")
     if req.wants_stream():
+        # A stream reads in batches of its own: `limit` means nothing to it and is ignored.
+        query = _query(req, where, following, STREAM_BATCH, stream=True)
         last = header(req.scope, b"last-event-id")
         if last is not None:
+            # A reconnecting EventSource repeats its URL: its Last-Event-ID wins over the starting
+            # point the URL gives (`following` or `after_position`), which were checked all the same.
             following = check_event_id(last.strip(), "Last-Event-ID")
+            query = replace(query, after_position=None)
         if req.method == "HEAD":  # HEAD never streams: GET's checks and headers, no body, no slot
-            return await stream_head(ctx.store, where, following, send)
-        return await stream_events(ctx.streams, ctx.store, where, following, req.receive, send, req.grant,
+            return await stream_head(ctx.store, query, following, send)
+        return await stream_events(ctx.streams, ctx.store, query, following, req.receive, send, req.grant,
                                    abort_hook(req.scope))
-    page = await ctx.store.read(where, following=following, limit=page_limit(req.query))
-    await send_json(send, 200, {"events": [e.to_json_dict() for e in page.events], "next": page.next})
+    query = _query(req, where, following, page_limit(req.query), stream=False)
+    pages = ctx.pages
+    if pages is None or where.entity is None:
+        page = await ctx.store.read_page(query, following)
+        return await _send_tagged_json(req, send, {"events": [e.to_json_dict() for e in page.events],
+                                                   "next": page.next})
+    # An entity read: served from the page cache while the entity stays at the cached version.
+    key = (query, following)
+    cached = pages.get(key)
+    version = None
+    if cached is not None:
+        version = await entity_version(ctx.store, query)
+        if version == cached.version:
+            pages.hits += 1
+            return await send_tagged(send, cached.body, cached.tag, header(req.scope, b"if-none-match"))
+    pages.misses += 1
+    page = await ctx.store.read_page(query, following)
+    body = json_bytes({"events": [e.to_json_dict() for e in page.events], "next": page.next})
+    tag = entity_tag(body)
+    # The probe came first, so the page is at least as new as `version`: kept under it, a later
+    # read that finds the entity there gets this page or a newer one, never an older.
+    if version is None:
+        version = known_version(query, page)
+    if version is not None:
+        pages.put(key, CachedPage(version, body, tag))
+    await send_tagged(send, body, tag, header(req.scope, b"if-none-match"))
 
 
 async def keys(ctx: Context, req: Request, send: Send) -> None:
@@ -67,6 +103,12 @@ async def keys(ctx: Context, req: Request, send: Send) -> None:
         page_limit(req.query)  # still refuse a bad limit, as for everyone
         own = grant.realm
         shown = (after is None or own > after) and bool((await ctx.store.keys(own, limit=1)).keys)
-        return await send_json(send, 200, {"keys": [own] if shown else [], "next": None})
+        return await _send_tagged_json(req, send, {"keys": [own] if shown else [], "next": None})
     page = await ctx.store.keys(*levels, after=after, limit=page_limit(req.query))
-    await send_json(send, 200, {"keys": page.keys, "next": page.next})
+    await _send_tagged_json(req, send, {"keys": page.keys, "next": page.next})
+
+
+async def _send_tagged_json(req: Request, send: Send, value: object) -> None:
+    """A JSON 200 with an ETag of its bytes (or a 304: see send_tagged)."""
+    body = json_bytes(value)
+    await send_tagged(send, body, entity_tag(body), header(req.scope, b"if-none-match"))

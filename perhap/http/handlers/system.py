@@ -15,7 +15,9 @@ from ..types import Send
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
 _LEVELS = ("realm", "domain", "entity", "type")
 _APPEND_HINT = ('to append, POST one event to /REALM/DOMAIN/ENTITY/TYPE as {"event": ...}, '
-                'or a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}')
+                'a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}, '
+                'or a batch over several entities to /REALM/DOMAIN as '
+                '{"events": [{"entity": ..., "type": ..., "event": ...}]}')
 
 
 async def index(ctx: Context, req: Request, send: Send) -> None:

@@ -1,4 +1,5 @@
-"""Appends: one event (POST to a type), or an atomic batch (POST to an entity)."""
+"""Appends: one event (POST to a type), an atomic batch (POST to an entity), or an atomic batch
+over several entities of a domain (POST to the domain)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from ..types import Send
 
 _APPEND_KEYS = frozenset({"event", "event_id", "meta", "expected_version"})
 _BATCH_KEYS = frozenset({"events", "expected_version"})
+_MANY_KEYS = frozenset({"events", "expected_versions"})
 # The two shapes, as the error messages show them.
 _ONE = '{"event": <your event>}, optionally with "meta", "event_id" and "expected_version"'
 _BATCH = '{"events": [{"type": "<type>", "event": <your event>}, ...]}, optionally with "expected_version"'
+_MANY = ('{"events": [{"entity": "<entity>", "type": "<type>", "event": <your event>}, ...]}, '
+         'optionally with "expected_versions": {"<entity>": <version>, ...}')
 
 
 def event_path(realm: str, domain: str, event_id: str) -> str:
@@ -72,4 +76,27 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
                             max_batch=ctx.max_batch)
     expected = check_expected_version(body.get("expected_version"))
     result = await ctx.store.append_batch(realm, domain, entity, events, expected_version=expected)
+    await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})
+
+
+async def append_many(ctx: Context, req: Request, send: Send) -> None:
+    """POST /REALM/DOMAIN: events for several entities of the domain, stored all or nothing."""
+    realm, domain = req.names
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    if "events" not in body:
+        hint = ("; one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}" if "event" in body
+                else f"; this body has the keys {_keys(body.keys())}" if body else "")
+        raise InvalidInput(f"this is the multi-entity route, POST /REALM/DOMAIN: send {_MANY}{hint}")
+    unknown = body.keys() - _MANY_KEYS
+    if unknown:
+        hint = ("; expected_versions (plural) maps each entity to its version here"
+                if "expected_version" in unknown else "")
+        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_MANY}{hint}")
+    events = body["events"]
+    if not isinstance(events, list):
+        raise InvalidInput(f"'events' must be a list: send {_MANY}")
+    if len(events) > ctx.max_batch:
+        raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
+                            max_batch=ctx.max_batch)
+    result = await ctx.store.append_many(realm, domain, events, expected_versions=body.get("expected_versions"))
     await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})

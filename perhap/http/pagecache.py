@@ -1,0 +1,78 @@
+"""Serialised pages of entity reads, served again while the entity has not moved.
+
+An entity's events never change once written, and its versions grow by one without gaps, so the
+answer to one read of an entity (the same query from the same ``following``) is fixed by the
+entity's current version. A repeated read then costs one index probe (the entity's last event)
+instead of reading, decoding, serialising and hashing every event of the page.
+
+Exact, also with several server processes on one store: the probe asks the store each time, so
+an append made anywhere is seen by the next read. A page is kept under a version it is known to
+be at least as new as (see :func:`known_version`), never a later one, so a stale page is never
+served for a version it does not reflect.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..model import Page
+from ..store.base import Store
+from ..store.query import ReadQuery
+
+#: Bytes of pages kept per app by default: about a thousand 100-event pages.
+DEFAULT_PAGE_CACHE = 32 * 1024 * 1024
+_LARGEST_SHARE = 16  # a page over 1/16 of the cache is not kept: it would evict many hot ones
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPage:
+    version: int  # the entity's version the page was read at (or after)
+    body: bytes
+    tag: bytes  # its ETag
+
+
+Key = tuple[ReadQuery, str | None]
+
+
+class PageCache:
+    """A least-recently-used map of entity reads to their pages, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_PAGE_CACHE) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._pages: OrderedDict[Key, CachedPage] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Key) -> CachedPage | None:
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: Key, page: CachedPage) -> None:
+        if len(page.body) * _LARGEST_SHARE > self.max_bytes:
+            return
+        old = self._pages.pop(key, None)
+        if old is not None:
+            self.size -= len(old.body)
+        self._pages[key] = page
+        self.size += len(page.body)
+        while self.size > self.max_bytes:
+            _, evicted = self._pages.popitem(last=False)
+            self.size -= len(evicted.body)
+
+
+async def entity_version(store: Store, query: ReadQuery) -> int:
+    """The current version of the query's entity (-1: no events): one index probe."""
+    page = await store.read_page(ReadQuery(query.scope, descending=True, limit=1))
+    return page.events[0].version if page.events else -1
+
+
+def known_version(query: ReadQuery, page: Page) -> int | None:
+    """The entity's version a page was read at, when the page shows it for free: the last event
+    of a complete oldest-first read of every type with no upper bound is the entity's last."""
+    if (page.next is None and page.events and not query.descending and not query.types
+            and query.before is None and query.before_position is None):
+        return page.events[-1].version
+    return None
