@@ -27,7 +27,7 @@ from tests.servers import ProcessServer, free_port
 
 DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
 BEGIN, END = "<!-- BEGIN GENERATED: perhap --help -->", "<!-- END GENERATED -->"
-COMMANDS = ["serve", "append", "read", "keys", "tail", "export", "import", "copy", "token"]
+COMMANDS = ["serve", "append", "append-many", "read", "keys", "tail", "export", "import", "copy", "token"]
 HELP_COLUMNS = "100"
 
 
@@ -111,7 +111,7 @@ def test_append_read_keys(server: ProcessServer, realm: str) -> None:
     r = run_cli("append", f"{realm}/orders/o-1/placed", '{"total": 42}', *url)
     assert r.returncode == 0 and r.stderr == b"", r.stderr
     first = orjson.loads(r.stdout)
-    assert set(first) == {"event_id", "version", "timestamp"} and first["version"] == 0
+    assert set(first) == {"event_id", "version", "position", "timestamp"} and first["version"] == 0
     eid = str(uuid.uuid4())
     for _ in range(2):  # with a chosen id, the same append twice stores one event
         r = run_cli("append", f"{realm}/orders/o-1/paid", "-", "--event-id", eid, "--meta", '{"by": "me"}',
@@ -164,6 +164,80 @@ def test_read_follows_every_page_and_survives_a_closed_pipe(server: ProcessServe
     assert orjson.loads(proc.stdout.readline())["event"]["n"] == 0
     proc.stdout.close()
     assert proc.wait(30) == 0 and proc.stderr.read() == b""
+
+
+def test_read_newest_first_from_a_position_of_several_types(server: ProcessServer, realm: str) -> None:
+    url = ["--url", server.url]
+    for i in range(10):
+        assert httpx.post(f"{server.url}/{realm}/d{i % 2}/e{i % 3}/t{i % 3}", json={"event": i}).status_code == 201
+
+    def values(*args: str) -> list[Any]:
+        r = run_cli("read", *args, *url)
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+        return [orjson.loads(line)["event"] for line in r.stdout.splitlines()]
+
+    events = [orjson.loads(line) for line in run_cli("read", realm, *url).stdout.splitlines()]
+    position = [e["position"] for e in events]
+    assert position == sorted(position)
+    assert values(realm, "--desc", "--page-size", "3") == list(range(9, -1, -1))
+    assert values(realm, "--desc", "--limit", "1") == [9]  # the realm's head
+    assert values(realm, "--limit", "4", "--page-size", "3") == [0, 1, 2, 3]
+    assert values(realm, "--type", "t0", "--type", "t2") == [0, 2, 3, 5, 6, 8, 9]
+    assert values(f"{realm}/d1", "--type", "t1", "--type", "t0", "--desc") == [9, 7, 3, 1]
+    assert values(realm, "--after-position", str(position[6])) == [7, 8, 9]
+    assert values(realm, "--desc", "--before-position", str(position[2]), "--page-size", "1") == [1, 0]
+    assert values(f"{realm}/d0/e0", "--after-version", "0", "--until-version", "1") == [6]
+    # Clashes are usage errors that name the options.
+    for args, words in ((["--desc", "--after-position", "3"], "--after-position"),
+                        (["--before-position", "3"], "--before-position"),
+                        (["--after-version", "1"], "--after-version"),
+                        (["--following", events[0]["event_id"], "--after-position", "1"], "--following"),
+                        (["--limit", "0"], "--limit"), ([f"{realm}/d0/e0/t0", "--type", "t1"], "not both")):
+        scope = [] if args[0].startswith(realm) else [realm]
+        r = run_cli("read", *scope, *args, *url)
+        assert r.returncode == 2 and words in one_error_line(r), (args, r.stderr)
+
+
+def test_append_many(server: ProcessServer, realm: str, tmp_path: Path) -> None:
+    url = ["--url", server.url]
+    target = f"{realm}/orders"
+    assert httpx.post(f"{server.url}/{target}/stock-4/received", json={"event": 12}).status_code == 201
+    lines = (b'{"entity": "order-17", "type": "placed", "event": {"total": 42}}\n\n'
+             b'{"entity": "stock-4", "type": "reserved", "event": 1, "meta": {"by": "cli"}}\n')
+    r = run_cli("append-many", target, "--expect", "order-17=-1", "--expect", "stock-4=0", *url, input=lines)
+    if r.returncode == 1 and "501" in one_error_line(r):
+        return  # a backend without multi-entity appends says so in one line
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    results = [orjson.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["entity"], x["version"]) for x in results] == [("order-17", 0), ("stock-4", 1)]
+    assert set(results[0]) == {"entity", "event_id", "version", "position", "timestamp"}
+    assert results[1]["position"] > results[0]["position"]
+    # A file holding a request body (with its expected versions) or a JSON array works too.
+    body = tmp_path / "body.json"
+    body.write_bytes(orjson.dumps({"events": [{"entity": "order-17", "type": "paid", "event": 42}],
+                                   "expected_versions": {"order-17": 0, "stock-4": 1}}))
+    r = run_cli("append-many", target, str(body), *url)
+    assert r.returncode == 0 and orjson.loads(r.stdout)["version"] == 1, r.stderr
+    array = tmp_path / "array.json"
+    array.write_bytes(orjson.dumps([{"entity": "a", "type": "t", "event": 1},
+                                    {"entity": "b", "type": "t", "event": 2}]))
+    r = run_cli("append-many", target, str(array), *url)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    # A conflict names every failing entity; nothing is stored.
+    r = run_cli("append-many", target, str(array), "--expect", "a=5", "--expect", "b=0", "--expect", "c=0", *url)
+    line = one_error_line(r)
+    assert r.returncode == 1 and "409" in line and "a: expected 5" in line and "c: expected 0" in line, line
+    assert len(run_cli("read", target, *url).stdout.splitlines()) == 6
+    # Usage errors: one line each, exit 2.
+    for args, stdin, words in ((["--expect", "order-17"], lines, "ENTITY=VERSION"),
+                               ([str(body), "--expect", "order-17=3"], None, "expects version 0"),
+                               ([], b"{oops\n", "line 1"), ([], b"", "no events"),
+                               ([str(tmp_path / "missing.jsonl")], None, "cannot read"),
+                               ([], b'[{"type": "t", "event": 1}]', "entity")):
+        r = run_cli("append-many", target, *args, *url, input=stdin)
+        assert r.returncode == 2 and words in one_error_line(r), (args, r.stderr)
+    r = run_cli("append-many", f"{realm}/orders/e", *url, input=lines)
+    assert r.returncode == 2 and "REALM/DOMAIN" in one_error_line(r)
 
 
 def test_server_errors_are_one_line(server: ProcessServer, realm: str) -> None:
@@ -301,6 +375,24 @@ def test_tail_prints_new_events_of_a_type(server: ProcessServer, realm: str) -> 
             httpx.post(f"{server.url}/{realm}/d/e/{'ab'[i % 2]}", json={"event": i})
         got.append(orjson.loads(tail.stdout.readline()))
         assert [(e["type"], e["event"]) for e in got] == [("b", 1), ("b", 3)]
+    finally:
+        tail.kill()
+        tail.wait()
+
+
+def test_tail_from_a_position_of_several_types(server: ProcessServer, realm: str) -> None:
+    positions = [httpx.post(f"{server.url}/{realm}/d/e/{t}", json={"event": i}).json()["position"]
+                 for i, t in enumerate("abcab")]
+    tail = subprocess.Popen([sys.executable, "-m", "perhap.cli", "tail", realm, "--after-position",
+                             str(positions[1]), "--type", "a", "--type", "c", "--url", server.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert tail.stdout is not None
+        got = [orjson.loads(tail.stdout.readline()) for _ in range(2)]
+        httpx.post(f"{server.url}/{realm}/d/e/b", json={"event": 5})
+        httpx.post(f"{server.url}/{realm}/d/e/c", json={"event": 6})
+        got.append(orjson.loads(tail.stdout.readline()))
+        assert [(e["type"], e["event"]) for e in got] == [("c", 2), ("a", 3), ("c", 6)]
     finally:
         tail.kill()
         tail.wait()

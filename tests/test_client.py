@@ -23,6 +23,7 @@ from perhap.client import (
     ConnectionFailed,
     EventIdConflict,
     NotFound,
+    NotSupported,
     PayloadTooLarge,
     PerhapClientError,
     Unavailable,
@@ -173,7 +174,9 @@ async def test_append_read_and_idempotent_replay(aclient: AsyncClient, store: St
     assert got == stored
     assert [e.to_dict() for e in got][0] == {
         "event_id": eid, "realm": realm, "domain": "d", "entity": "e", "type": "created",
-        "event": {"a": [1, "ü"]}, "meta": {"corr": "x"}, "version": 0, "timestamp": first.first.timestamp}
+        "event": {"a": [1, "ü"]}, "meta": {"corr": "x"}, "version": 0, "position": first.first.position,
+        "timestamp": first.first.timestamp}
+    assert second.first.position > first.first.position == stored[0].position
     assert (await aclient.get_event(realm, "d", eid)) == stored[0]
 
 
@@ -289,6 +292,102 @@ async def test_subscribe_in_process(store: Store, realm: str) -> None:
     await _until(lambda: app.open_streams == 0)  # closing the iterator ended the stream on the server
 
 
+async def test_newest_first_positions_types_and_version_bounds(aclient: AsyncClient, realm: str) -> None:
+    for i in range(23):
+        await aclient.append(realm, f"d{i % 2}", f"e{i % 3}", f"t{i % 3}", i)
+
+    async def values(*args: Any, **kw: Any) -> list[Any]:
+        return [e.event async for e in aclient.read(*args, page_size=4, **kw)]
+
+    everything = [e async for e in aclient.read(realm)]
+    positions = [e.position for e in everything]
+    assert positions == sorted(positions) and len(set(positions)) == 23
+    # Newest first, through every page (`next` continues in the same order), in every scope.
+    assert await values(realm, order="desc") == list(range(22, -1, -1))
+    assert await values(f"{realm}/d1", order="desc") == list(range(21, 0, -2))
+    assert await values(realm, "d0", "e0", order="desc") == [18, 12, 6, 0]
+    # Several types at once, at every scope, in both orders.
+    assert await values(realm, types=["t0", "t2"]) == [i for i in range(23) if i % 3 != 1]
+    assert await values(realm, "d0", types=("t1", "t2"), order="desc") == [
+        i for i in range(22, -1, -2) if i % 3 != 0]
+    assert await values(realm, "d1", "e1", types=["t1"]) == [1, 7, 13, 19]
+    # Position bounds: a checkpoint to resume from, and pages backwards from a position.
+    assert await values(realm, after_position=positions[19]) == [20, 21, 22]
+    assert await values(realm, order="desc", before_position=positions[3]) == [2, 1, 0]
+    assert await values(realm, types=["t0"], after_position=positions[10]) == [12, 15, 18, 21]
+    assert await values(realm, after_position=2**63 - 1) == []  # beyond the head: empty, not an error
+    # Version bounds on an entity: after_version exclusive, until_version inclusive.
+    assert await values(realm, "d0", "e0", after_version=0, until_version=2) == [6, 12]
+    assert await values(realm, "d0", "e0", until_version=1, order="desc") == [6, 0]
+    # The head of a realm and an entity's last event: newest first, one event.
+    head = [e async for e in aclient.read(realm, order="desc", page_size=1)][0]
+    assert head == everything[-1]
+    answer = await aclient.read_page(realm, "d0", "e0", order="desc", limit=1)
+    entity = [e for e in everything if (e.domain, e.entity) == ("d0", "e0")]
+    assert answer is not None and answer[0].events == entity[-1:]  # an entity's last event
+    assert await aclient.read_page(realm, "d0", "e0", order="desc", limit=1, if_none_match=answer[1]) is None
+    # Clashes are refused before anything is sent, with the store's own words.
+    for kw in ({"following": everything[0].event_id, "after_position": 1}, {"order": "desc", "after_position": 1},
+               {"before_position": 5}, {"after_version": 1}, {"order": "sideways"},
+               {"types": [f"t{i}" for i in range(101)]}):
+        with pytest.raises(perhap.InvalidInput) as refused:
+            [e async for e in aclient.read(realm, **kw)]
+        assert not isinstance(refused.value, PerhapClientError), kw
+
+
+async def test_append_many_and_its_conflicts(aclient: AsyncClient, store: Store, realm: str) -> None:
+    await aclient.append(realm, "d", "stock-4", "received", {"n": 12})
+    events = [{"entity": "order-17", "type": "placed", "event": {"total": 42}, "event_id": str(uuid.uuid4())},
+              {"entity": "stock-4", "type": "reserved", "event": {"n": 1}, "meta": {"by": "me"}},
+              {"entity": "order-17", "type": "priced", "event": 42}]
+    if not store.supports_multi_entity:
+        with pytest.raises(NotSupported) as unsupported:
+            await aclient.append_many(realm, "d", events)
+        assert unsupported.value.status == 501 and isinstance(unsupported.value, perhap.NotSupported)
+        return
+    result = await aclient.append_many(realm, "d", events, expected_versions={"order-17": -1, "stock-4": 0})
+    assert result.created
+    assert [(a.entity, a.version) for a in result.events] == [("order-17", 0), ("stock-4", 1), ("order-17", 1)]
+    assert [a.position for a in result.events] == sorted(a.position for a in result.events)
+    assert result.events[0].event_id == events[0]["event_id"]
+    stored = [e async for e in aclient.read(realm, "d", order="desc", page_size=3)][:3][::-1]
+    assert [(e.event_id, e.position) for e in stored] == [(a.event_id, a.position) for a in result.events]
+    assert result.events[0].to_dict() == {"entity": "order-17", "event_id": stored[0].event_id, "version": 0,
+                                          "position": stored[0].position, "timestamp": stored[0].timestamp}
+    # A retry with the same ids is the original result; it stores nothing twice.
+    retry = [dict(e, event_id=a.event_id) for e, a in zip(events, result.events, strict=True)]
+    again = await aclient.append_many(realm, "d", retry)
+    assert not again.created and again.events == result.events
+    # Every failing expectation is listed, including a guard on an entity that gets no event.
+    with pytest.raises(VersionConflict) as info:
+        await aclient.append_many(realm, "d", [{"entity": "order-17", "type": "paid", "event": 1}],
+                                  expected_versions={"order-17": 0, "stock-4": 1, "guard": 3})
+    error = info.value
+    assert sorted(error.conflicts) == [("guard", 3, -1), ("order-17", 0, 1)]
+    assert isinstance(error, perhap.VersionConflict) and error.status == 409
+    assert (error.expected_version, error.current_version) in {(3, -1), (0, 1)}
+    assert len([e async for e in aclient.read(realm, "d")]) == 4  # nothing was stored
+    # Bad input never leaves the process.
+    for bad in ([], [{"type": "t", "event": 1}], [{"entity": "a/b", "type": "t", "event": 1}]):
+        with pytest.raises(perhap.InvalidInput):
+            await aclient.append_many(realm, "d", bad)
+
+
+async def test_subscribe_after_a_position_to_several_types(store: Store, realm: str) -> None:
+    app = PerhapApp(store, heartbeat=0.3)
+    async with AsyncClient("http://perhap.test", transport=StreamingASGITransport(app)) as c:
+        appended = [(await c.append(realm, "d", "e", f"t{i % 3}", i)).first for i in range(6)]
+        async with contextlib.aclosing(c.subscribe(realm, after_position=appended[2].position,
+                                                   types=["t0", "t1"])) as sub:
+            await c.append(realm, "d", "e", "t2", 6)
+            await c.append(realm, "d", "e", "t1", 7)
+            assert [(e.event, e.position > appended[2].position) for e in await take(sub, 3)] == [
+                (3, True), (4, True), (7, True)]
+        with pytest.raises(perhap.InvalidInput):
+            await take(c.subscribe(realm, after_position=1, following=appended[0].event_id), 1)
+    await _until(lambda: app.open_streams == 0)
+
+
 # --------------------------------------------------------------------------- Client in process
 
 
@@ -348,6 +447,21 @@ def test_blocking_client_against_a_server(server: ProcessServer, realm: str) -> 
             list(c.read(realm, following=UNKNOWN_ID))
         with pytest.raises(BadRequest):
             list(c.read(realm, page_size=0))
+        # Newest first through every page; the head of the realm; a checkpoint to resume from.
+        assert [e.event["i"] for e in c.read(realm, order="desc", page_size=5)] == list(range(11, -1, -1))
+        assert next(c.read(realm, order="desc", page_size=1)) == got[-1]
+        assert [e.event["i"] for e in c.read(realm, after_position=got[8].position)] == [9, 10, 11]
+        assert [e.event["i"] for e in c.read(realm, "d0", order="desc", before_position=got[4].position,
+                                             page_size=1)] == [2, 0]
+        # One page at a time, with its ETag: asking again with it costs no body while nothing changed.
+        page, etag = c.read_page(realm, order="desc", limit=5)
+        assert page.events == got[:-6:-1] and page.next == got[7].event_id and etag
+        assert c.read_page(realm, order="desc", limit=5, if_none_match=etag) is None
+        rest = c.read_page(realm, order="desc", limit=10, following=page.next)
+        assert rest is not None and rest[0].events == got[6::-1] and rest[0].next is None
+        newer = c.append(realm, "d0", "e0", "t", {"i": 12}).first
+        answer = c.read_page(realm, order="desc", limit=5, if_none_match=etag)
+        assert answer is not None and answer[0].events[0].event_id == newer.event_id and answer[1] != etag
 
 
 async def test_async_client_against_a_server_one_writer_wins(server: ProcessServer, realm: str) -> None:
@@ -369,19 +483,23 @@ async def test_async_client_against_a_server_one_writer_wins(server: ProcessServ
 
 def test_subscribe_resumes_after_the_server_restarts(server: ProcessServer, realm: str) -> None:
     """The stream drops when the server dies; the iterator reconnects with Last-Event-ID and
-    yields every event once, in order."""
+    yields every event once, in order (here a stream started from a position, of two types: the
+    reconnect resumes after the last event, not from the position again)."""
     retries: list[float] = []
     got: list[Any] = []
     errors: list[BaseException] = []
     restarted = threading.Event()
     with Client(server.url) as c:
+        start = c.append(realm, "d", "e", "t", -1).first.position
         for i in range(3):
-            c.append(realm, "d", "e", "t", i)
+            c.append(realm, "d", "e", "other", "not this type")
+            c.append(realm, "d", "e", "t" if i % 2 else "u", i)
 
     def consume() -> None:
         try:
             with Client(server.url) as c:
-                for event in c.subscribe(realm, "d", on_retry=lambda e, d: retries.append(d)):
+                for event in c.subscribe(realm, "d", after_position=start, types=["t", "u"],
+                                         on_retry=lambda e, d: retries.append(d)):
                     got.append(event)
                     if len(got) == 6:
                         return
@@ -398,7 +516,8 @@ def test_subscribe_resumes_after_the_server_restarts(server: ProcessServer, real
     restarted.set()
     with Client(server.url) as c:
         for i in range(3, 6):
-            c.append(realm, "d", "e", "t", i)
+            c.append(realm, "d", "e", "other", "not this type")
+            c.append(realm, "d", "e", "t" if i % 2 else "u", i)
     reader.join(30)
     assert not errors, errors
     assert [e.event for e in got] == [0, 1, 2, 3, 4, 5]

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,24 @@ async def read_realm(store: Store, realm: str) -> list[dict[str, Any]]:
     return [e.to_dict() async for e in iter_scope(store, Scope(realm))]
 
 
+_POSITION = re.compile(rb'("version":\d+),"position":\d+(,"timestamp")')
+
+
+def strip_positions(dump: bytes) -> bytes:
+    """A dump without its positions: each store numbers its events itself, so two stores holding
+    the same events may differ there (on Cassandra; SQLite and PostgreSQL count 1, 2, 3 ... per realm)."""
+    return _POSITION.sub(rb"\1\2", dump)
+
+
+def positions_of(dump: bytes) -> dict[str, list[int]]:
+    """Each realm's positions, in the dump's order."""
+    found: dict[str, list[int]] = {}
+    for line in dump.splitlines()[1:]:
+        event = orjson.loads(line)
+        found.setdefault(event["realm"], []).append(event["position"])
+    return found
+
+
 def export_cli(url: str, *scope: str) -> bytes:
     r = run_cli("export", "--db", url, *scope)
     assert r.returncode == 0, r.stderr
@@ -109,10 +128,11 @@ async def test_export_import_round_trip_is_byte_identical(backend: Provider, tmp
         count = await fill(store)
     dump = export_cli(store_url)
     lines = dump.splitlines()
-    assert orjson.loads(lines[0]) == {"format": "perhap-dump", "version": 1, "scope": None}
+    assert orjson.loads(lines[0]) == {"format": "perhap-dump", "version": 2, "scope": None}
     assert len(lines) == count + 1
     first = orjson.loads(lines[1])
-    assert list(first) == ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp"]
+    assert list(first) == ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "position",
+                           "timestamp"]
 
     target = fresh_url(backend)
     path = tmp_path / "dump.jsonl"
@@ -120,12 +140,19 @@ async def test_export_import_round_trip_is_byte_identical(backend: Provider, tmp
     r = run_cli("import", "--db", target, str(path))
     assert r.returncode == 0 and r.stderr == b"", r.stderr
     assert f"imported {count:,} events into 3 realms (0 were there already)" in r.stdout.decode()
-    assert export_cli(target) == dump
+    imported = export_cli(target)
+    assert strip_positions(imported) == strip_positions(dump)
+    # The target gave the events positions of its own, in the dump's order; where positions count
+    # 1, 2, 3 ... per realm (not on Cassandra) they are the source's again: byte for byte the same.
+    for realm, positions in positions_of(imported).items():
+        assert positions == sorted(set(positions)), realm
+    if backend.name != "cassandra":
+        assert imported == dump
     # Idempotent: again, from stdin this time, stores nothing new.
     r = run_cli("import", "--db", target, "-", input=dump)
     assert r.returncode == 0, r.stderr
     assert f"imported 0 events into 3 realms ({count:,} were there already)" in r.stdout.decode()
-    assert export_cli(target) == dump
+    assert export_cli(target) == imported
 
 
 async def test_import_keeps_ids_versions_timestamps_and_meta(store: Store, realm: str) -> None:
@@ -145,7 +172,9 @@ async def test_import_keeps_ids_versions_timestamps_and_meta(store: Store, realm
     assert (stats.imported, stats.present) == (4, 0)
     # Commit order across entities is the dump's; a timestamp is kept in perhap's own form (UTC).
     events[3]["timestamp"] = "2000-01-01T00:00:00.000000Z"
-    assert await read_realm(store, realm) == events
+    stored = await read_realm(store, realm)
+    positions = [e.pop("position") for e in stored]
+    assert stored == events and positions == sorted(set(positions))
     assert (await import_dump(store, lines)).present == 4
     assert (await store.get_event(realm, "d", ids[1])).event == 2**80
 
@@ -168,7 +197,7 @@ async def test_interrupted_import_resumes_with_other_batch_boundaries(tmp_path: 
         out2 = tmp_path / "again.jsonl"
         with out2.open("wb") as out:
             await export_dump(target, out)
-    assert out2.read_bytes() == sink.read_bytes()
+    assert strip_positions(out2.read_bytes()) == strip_positions(sink.read_bytes())
 
 
 class Sequential:
@@ -200,7 +229,7 @@ async def test_sequential_import_keeps_order(store: Store, realm: str, backend: 
         second = tmp_path / "b.jsonl"
         with second.open("wb") as out:
             await export_dump(target, out, Scope(f"{realm}0"))
-    assert second.read_bytes() == first.read_bytes()
+    assert strip_positions(second.read_bytes()) == strip_positions(first.read_bytes())
 
 
 async def test_a_backend_that_drops_timestamps_fails_clearly(store: Store, realm: str, backend: Provider) -> None:
@@ -242,7 +271,10 @@ async def test_import_refuses_version_gaps_and_foreign_events(store: Store, real
     ([b"{not json"], "line 1: not valid JSON"),
     ([b"[1, 2]"], "line 1: expected a JSON object"),
     ([b'{"format": "other", "version": 1}'], "not a perhap dump"),
-    ([b'{"format": "perhap-dump", "version": 2, "scope": null}'], "format version 2"),
+    ([b'{"format": "perhap-dump", "version": 3, "scope": null}'], "format version 3"),
+    ([b'{"event_id": "00000000-0000-0000-0000-000000000001", "realm": "r", "domain": "d", "entity": "e", '
+      b'"type": "t", "event": 1, "meta": {}, "version": 0, "position": 0, "timestamp": "2001-01-01T00:00:00Z"}'],
+     "line 1: position must be an integer from 1 to"),
     ([b'{"format": "perhap-dump", "version": 1, "scope": null}', b'{"event_id": "x"}'],
      "line 2: not an event object (missing realm"),
     ([b'{"format": "perhap-dump", "version": 1, "scope": null}', b"",
@@ -260,6 +292,25 @@ async def test_import_refuses_version_gaps_and_foreign_events(store: Store, real
 def test_bad_dumps_name_the_line(lines: list[bytes], message: str) -> None:
     with pytest.raises(TransferError, match=message.replace("(", r"\(").replace("[", r"\[")):
         list(parse_dump(lines, "dump.jsonl"))
+
+
+async def test_import_ignores_positions_and_reads_version_1_dumps(store: Store, realm: str) -> None:
+    base = {"realm": realm, "domain": "d", "type": "t", "meta": {}, "timestamp": "2001-01-01T00:00:00.000000Z"}
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    # Positions from another store (out of this store's order, even): read, checked, not kept.
+    new = [orjson.dumps({"format": "perhap-dump", "version": 2, "scope": None})] + [
+        orjson.dumps({**base, "event_id": ids[i], "entity": "a", "event": i, "version": i, "position": p})
+        for i, p in enumerate((900, 5, 2**63 - 1))]
+    assert (await import_dump(store, new)).imported == 3
+    # A dump written before positions existed imports as it always did.
+    old = [orjson.dumps({"format": "perhap-dump", "version": 1, "scope": None}),
+           orjson.dumps({**base, "event_id": str(uuid.uuid4()), "entity": "b", "event": 3, "version": 0})]
+    assert (await import_dump(store, old)).imported == 1
+    stored = (await store.read(Scope(realm))).events
+    assert [e.event for e in stored] == [0, 1, 2, 3]
+    positions = [e.position for e in stored]
+    assert positions == sorted(set(positions)) and 900 not in positions and 2**63 - 1 not in positions
+    assert (await import_dump(store, new)).present == 3  # again: idempotent, positions or not
 
 
 async def test_export_scopes(backend: Provider) -> None:
@@ -359,11 +410,14 @@ async def test_copy_between_backends_verifies_every_realm(pair: tuple[str, str],
     for realm in ("realm0", "realm1", "realm2"):
         assert f"verified {realm}: " in out
     assert f"copy verified: 3 realms, {count:,} events ({count:,} copied now, 0 there already)" in out
-    assert export_cli(destination) == export_cli(source)
+    copied = export_cli(destination)
+    assert strip_positions(copied) == strip_positions(export_cli(source))
+    for realm, positions in positions_of(copied).items():  # the destination's own positions
+        assert positions == sorted(set(positions)), realm
     # And back: a copy of the copy into a third store is the same store again.
     back = fresh_url(get_provider(pair[0], tmp_path_factory))
     assert run_cli("copy", "--from", destination, "--to", back).returncode == 0
-    assert export_cli(back) == export_cli(source)
+    assert strip_positions(export_cli(back)) == strip_positions(export_cli(source))
 
 
 async def test_copy_with_limit_resumes_where_it_stopped(backend: Provider) -> None:
@@ -381,7 +435,7 @@ async def test_copy_with_limit_resumes_where_it_stopped(backend: Provider) -> No
         if run > 0:
             assert "(resumed after " in out
     assert f"copy verified: 2 realms, {count:,} events" in out
-    assert export_cli(destination) == export_cli(source)
+    assert strip_positions(export_cli(destination)) == strip_positions(export_cli(source))
 
 
 def test_copy_killed_mid_way_resumes(tmp_path: Path) -> None:
@@ -402,7 +456,7 @@ def test_copy_killed_mid_way_resumes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "(resumed after " in out
     assert f"copy verified: 100 realms, {count:,} events" in out
-    assert export_cli(destination) == export_cli(source)
+    assert export_cli(destination) == export_cli(source)  # SQLite to SQLite: the same positions too
 
 
 async def _realms(url: str) -> list[str]:

@@ -3,7 +3,7 @@
 Thin by design: parse arguments (:mod:`.parser`), turn every expected failure into one line on
 stderr and a non-zero exit code (:mod:`.main`, :mod:`.common`), and hand the real work to the
 server, the store or the client from one small module per command group: :mod:`.serve`,
-:mod:`.tokens`, :mod:`.events` (append, read, keys), :mod:`.tail`, :mod:`.transfer` (export,
+:mod:`.tokens`, :mod:`.events` (append, append-many, read, keys), :mod:`.tail`, :mod:`.transfer` (export,
 import, copy). Heavy imports (httpx, the backends, uvicorn) happen inside the commands, so
 ``perhap --help`` starts fast.
 """

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, PerhapError
 from ..jsoncodec import load_json
-from ..model import Scope
+from ..model import Scope, check_name
 
 if TYPE_CHECKING:
     from ..client.sync import Client
@@ -66,17 +66,19 @@ def parse_scope(text: str, *, levels: int = 4, what: str = "a scope") -> Scope:
         raise CommandError(f"{what} {text!r}: {exc.detail}", 2) from None
 
 
-def scope_with_type(text: str, type: str | None) -> Scope:
-    """parse_scope, then add ``--type`` (given at most once, in the scope or as the option)."""
+def scope_with_types(text: str, types: list[str] | None) -> tuple[Scope, list[str] | None]:
+    """parse_scope, and the ``--type`` options (the type goes in the scope or in them, not both)."""
     scope = parse_scope(text)
-    if type is None:
-        return scope
+    if not types:
+        return scope, None
     if scope.type is not None:
         raise CommandError("give the type in the scope or with --type, not both", 2)
-    try:
-        return Scope(scope.realm, scope.domain, scope.entity, type)
-    except InvalidInput as exc:
-        raise CommandError(f"--type: {exc.detail}", 2) from None
+    for name in types:
+        try:
+            check_name(name, "type")
+        except InvalidInput as exc:
+            raise CommandError(f"--type {name!r}: {exc.detail}", 2) from None
+    return scope, types
 
 
 def check_url(url: str) -> str:

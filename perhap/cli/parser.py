@@ -27,7 +27,7 @@ from ..limits import (
 )
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from .common import DEFAULT_PORT, DEFAULT_URL, TOKEN_ENV, CommandError
-from .events import run_append, run_keys, run_read
+from .events import run_append, run_append_many, run_keys, run_read
 from .serve import run_serve
 from .tail import run_tail
 from .tokens import run_token_add, run_token_list, run_token_revoke
@@ -174,7 +174,7 @@ def _add_token(sub: Subcommands) -> None:
 
 
 def _add_client_commands(sub: Subcommands) -> None:
-    append = _command(sub, "append", "append one event; prints its event_id, version and timestamp",
+    append = _command(sub, "append", "append one event; prints its event_id, version, position and timestamp",
                       """perhap append shop/orders/order-17/placed '{"total": 42}'""",
                       """echo '{"total": 42}' | perhap append shop/orders/order-17/placed - --expected-version -1""")
     append.add_argument("target", metavar="REALM/DOMAIN/ENTITY/TYPE", help="where the event goes")
@@ -186,11 +186,40 @@ def _add_client_commands(sub: Subcommands) -> None:
     _server_options(append)
     append.set_defaults(run=run_append)
 
+    append_many = _command(
+        sub, "append-many", "append events to several entities of one domain atomically (all or none); "
+        "prints each event's entity, event_id, version, position and timestamp",
+        "perhap append-many shop/orders moves.jsonl --expect order-17=-1 --expect stock-4=12",
+        """echo '{"entity": "o-1", "type": "placed", "event": {"total": 42}}' | perhap append-many shop/orders""")
+    append_many.add_argument("target", metavar="REALM/DOMAIN", help="the domain the events go to")
+    append_many.add_argument("events", nargs="?", default="-", metavar="FILE",
+                             help="the events: JSON lines of {entity, type, event, event_id?, meta?}, a JSON "
+                                  "array of them, or a request body {events, expected_versions?}; "
+                                  "- reads stdin (the default)")
+    append_many.add_argument("--expect", action="append", default=[], metavar="ENTITY=VERSION",
+                             help="fail (storing nothing) unless ENTITY is at VERSION (-1: a new entity); "
+                                  "repeatable; any entity, with or without events here")
+    _server_options(append_many)
+    append_many.set_defaults(run=run_append_many)
+
     read = _command(sub, "read", "print a scope's events, one JSON object a line, through every page",
-                    "perhap read shop/orders --type placed > placed.jsonl")
+                    "perhap read shop/orders --type placed --type paid > orders.jsonl",
+                    "perhap read shop --desc --limit 1   # the realm's newest event",
+                    "perhap read shop --after-position 1200   # resume a projection from its checkpoint")
     read.add_argument("scope", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY[/TYPE]]]")
-    read.add_argument("--type", help="only events of this type")
-    read.add_argument("--following", metavar="EVENT_ID", help="start after this event id")
+    read.add_argument("--type", action="append", metavar="TYPE",
+                      help="only events of this type (repeatable: events of any of them)")
+    read.add_argument("--desc", action="store_true", help="newest first (default: oldest first)")
+    read.add_argument("--following", metavar="EVENT_ID", help="start after this event id (in the order read)")
+    read.add_argument("--after-position", type=int, metavar="N",
+                      help="only events after position N (oldest first)")
+    read.add_argument("--before-position", type=int, metavar="N",
+                      help="only events before position N (with --desc)")
+    read.add_argument("--after-version", type=int, metavar="N",
+                      help="an entity's events after version N")
+    read.add_argument("--until-version", type=int, metavar="N",
+                      help="an entity's events up to version N (included)")
+    read.add_argument("--limit", type=int, metavar="N", help="stop after N events (default: every one)")
     read.add_argument("--page-size", type=int, default=DEFAULT_LIMIT, metavar="N",
                       help=f"events per request, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})")
     _server_options(read)
@@ -209,7 +238,9 @@ def _add_client_commands(sub: Subcommands) -> None:
     tail.add_argument("scope", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY[/TYPE]]]")
     _server_options(tail)
     tail.add_argument("--following", metavar="EVENT_ID", help="start after this event id (default: from the start)")
-    tail.add_argument("--type", help="only events of this type")
+    tail.add_argument("--after-position", type=int, metavar="N", help="start after position N")
+    tail.add_argument("--type", action="append", metavar="TYPE",
+                      help="only events of this type (repeatable: events of any of them)")
     tail.set_defaults(run=run_tail)
 
 

@@ -22,6 +22,7 @@ from .errors import (
     EventIdConflict,
     MethodNotAllowed,
     NotFound,
+    NotSupported,
     PayloadTooLarge,
     PerhapClientError,
     ServerError,
@@ -36,6 +37,6 @@ from .wire import event_from_dict
 __all__ = [
     "DEFAULT_PAGE_SIZE", "DEFAULT_TIMEOUT", "DEFAULT_URL", "STREAM_IDLE_TIMEOUT",
     "AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed", "EventIdConflict",
-    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "PerhapClientError", "ServerError",
+    "MethodNotAllowed", "NotFound", "NotSupported", "PayloadTooLarge", "PerhapClientError", "ServerError",
     "Unavailable", "VersionConflict", "error_from_response", "event_from_dict",
 ]

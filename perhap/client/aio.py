@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
 from .stream import RetryHook
 from .wire import resolve_scope
@@ -61,12 +61,33 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
         """Append events to one entity atomically (see :meth:`Client.append_batch`)."""
         return await self._call(self._append_batch_op(realm, domain, entity, events, expected_version))
 
+    async def append_many(self, realm: str, domain: str,
+                          events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]], *,
+                          expected_versions: Mapping[str, int] | None = None) -> AppendResult:
+        """Append events to several entities of one domain atomically (see :meth:`Client.append_many`)."""
+        return await self._call(self._append_many_op(realm, domain, events, expected_versions))
+
     def read(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
              type: str | None = None, *, following: str | None = None,
-             page_size: int = DEFAULT_PAGE_SIZE) -> AsyncGenerator[Event, None]:
+             page_size: int = DEFAULT_PAGE_SIZE, order: str = "asc", after_position: int | None = None,
+             before_position: int | None = None, types: Sequence[str] | None = None,
+             after_version: int | None = None, until_version: int | None = None,
+             ) -> AsyncGenerator[Event, None]:
         """Every event of a scope through every page: ``async for e in client.read(...)``
         (see :meth:`Client.read`)."""
-        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size))
+        bounds = ReadBounds(order, after_position, before_position, types, after_version, until_version)
+        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size,
+                                            bounds))
+
+    async def read_page(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+                  type: str | None = None, *, following: str | None = None, limit: int = DEFAULT_PAGE_SIZE,
+                  order: str = "asc", after_position: int | None = None, before_position: int | None = None,
+                  types: Sequence[str] | None = None, after_version: int | None = None,
+                  until_version: int | None = None, if_none_match: str | None = None) -> TaggedPage | None:
+        """One page of a scope, with the server's ETag (see :meth:`Client.read_page`)."""
+        bounds = ReadBounds(order, after_position, before_position, types, after_version, until_version)
+        return await self._call(self._read_page_op(resolve_scope(realm, domain, entity, type), following, limit,
+                                              bounds, if_none_match))
 
     async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
         """One event by id (see :meth:`Client.get_event`)."""
@@ -90,11 +111,13 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
 
     async def subscribe(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
                         type: str | None = None, *, following: str | None = None,
+                        after_position: int | None = None, types: Sequence[str] | None = None,
                         max_retries: int | None = None, on_retry: RetryHook | None = None,
                         ) -> AsyncGenerator[Event, None]:
         """A scope's events, then each new one, resuming after dropped connections
         (see :meth:`Client.subscribe`). Close it with ``aclose()`` (or ``contextlib.aclosing``)."""
-        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry)
+        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry,
+                             after_position=after_position, types=types)
         while True:
             try:
                 response = await self._http.send(state.request(), stream=True)

@@ -18,10 +18,11 @@ import orjson
 from ..errors import InvalidInput
 from ..ids import check_event_id
 from ..jsoncodec import dump_json
-from ..model import AppendResult, Event, NewEvent, Scope, check_name
+from ..model import AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
+from ..store.query import read_query
 from .errors import NotFound, unexpected
 from .stream import RetryHook, StreamState, stream_timeout
-from .wire import appended_from_dict, event_from_dict, json_body, path, scope_request
+from .wire import Params, appended_from_dict, event_from_dict, json_body, path, read_request, without
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_TIMEOUT = 30.0
@@ -55,6 +56,29 @@ class Pager(Generic[T]):
     parse: Callable[[httpx.Response], PageOf[T]]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadBounds:
+    """A read's order, position and version bounds, and types (see :meth:`Client.read`)."""
+
+    order: str = "asc"
+    after_position: int | None = None
+    before_position: int | None = None
+    types: Sequence[str] | None = None
+    after_version: int | None = None
+    until_version: int | None = None
+
+
+#: One page and the server's ETag for it (None if the server sent none).
+TaggedPage = tuple[Page, str | None]
+
+
+def _page(response: httpx.Response, body: Any) -> Page:
+    try:
+        return Page([event_from_dict(e) for e in body["events"]], body["next"])
+    except (KeyError, TypeError):
+        raise unexpected(response, "not a page of events") from None
+
+
 class ClientCore(Generic[H]):
     """Everything but I/O: requests are built and responses parsed here, for both clients."""
 
@@ -63,7 +87,7 @@ class ClientCore(Generic[H]):
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
 
-    def _request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+    def _request(self, method: str, path: str, *, params: Mapping[str, str] | Params | None = None,
                  body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                  timeout: httpx.Timeout | None = None) -> httpx.Request:
         extra: dict[str, Any] = {}
@@ -77,7 +101,8 @@ class ClientCore(Generic[H]):
             except TypeError as exc:  # e.g. an event_id or expected_version that is no JSON
                 raise InvalidInput(f"the request is not serialisable as JSON: {exc}") from None
             all_headers["content-type"] = "application/json"
-        return self._http.build_request(method, path, params=params, content=content,
+        query = tuple(params) if isinstance(params, list) else params  # (a tuple is covariant for mypy)
+        return self._http.build_request(method, path, params=query, content=content,
                                         headers=all_headers, **extra)
 
     # ----------------------------------------------------------------- one request each
@@ -158,26 +183,77 @@ class ClientCore(Generic[H]):
     def _health_op(self) -> Op[bool]:
         return Op(self._request("GET", "/_health"), lambda r: r.status_code == 200)
 
+    def _append_many_op(self, realm: str, domain: str,
+                        events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]],
+                        expected_versions: Mapping[str, int] | None) -> Op[AppendResult]:
+        check_name(realm, "realm", realm=True)
+        check_name(domain, "domain")
+        # The store's own check: the same 400 for a bad event here as from a server or a Store.
+        entities, batch, expectations = prepare_multi(events, expected_versions)
+        items = []
+        for entity, e in zip(entities, batch, strict=True):
+            item: dict[str, Any] = {"entity": entity, "type": e.type, "event": orjson.Fragment(e.data_json),
+                                    "meta": orjson.Fragment(e.meta_json)}
+            if e.client_id:  # an id the caller chose (else the server picks one)
+                item["event_id"] = e.event_id
+            items.append(item)
+        body: dict[str, Any] = {"events": items}
+        if expected_versions is not None:
+            body["expected_versions"] = expectations
+        request = self._request("POST", path(realm, domain), body=body)
+
+        def parse(response: httpx.Response) -> AppendResult:
+            try:
+                results = [appended_from_dict(a) for a in json_body(response)["events"]]
+            except (KeyError, TypeError):
+                raise unexpected(response, "not a multi-entity append result") from None
+            return AppendResult(results, created=response.status_code == 201)
+
+        return Op(request, parse)
+
     # ----------------------------------------------------------------- paged reads
 
-    def _read_pager(self, scope: Scope, following: str | None, page_size: int) -> Pager[Event]:
-        where, params = scope_request(scope)
-        params = {**params, "limit": str(page_size)}
+    def _read_requests(self, scope: Scope, following: str | None, limit: int,
+                       bounds: ReadBounds) -> tuple[str, Params, Params]:
+        """A read's path, its first query, and the query of the pages after it (without `following`)."""
         if following is not None:
-            params["following"] = check_event_id(following, "following")
+            following = check_event_id(following, "following")
+        # Checked here as the store checks them: a clash is the same 400, before anything is sent.
+        query = read_query(scope, following=following, order=bounds.order, after_position=bounds.after_position,
+                           before_position=bounds.before_position, types=bounds.types,
+                           after_version=bounds.after_version, until_version=bounds.until_version)
+        params: Params  # (annotated: mypy defers this module's imports and cannot infer it)
+        where, params = read_request(scope, query)
+        params.append(("limit", str(limit)))
+        first = params if following is None else [*params, ("following", following)]
+        # `next` continues in the same order; it replaces a position bound, which it is past already.
+        later: Params = without(params, "after_position", "before_position")
+        return where, first, later
+
+    def _read_pager(self, scope: Scope, following: str | None, page_size: int,
+                    bounds: ReadBounds) -> Pager[Event]:
+        later: Params  # (annotated: mypy defers this module's imports and cannot infer it)
+        where, first, later = self._read_requests(scope, following, page_size, bounds)
 
         def parse(response: httpx.Response) -> PageOf[Event]:
-            body = json_body(response)
-            try:
-                events = [event_from_dict(e) for e in body["events"]]
-                after = body["next"]
-            except (KeyError, TypeError):
-                raise unexpected(response, "not a page of events") from None
-            if after is None:
-                return PageOf(events, None)
-            return PageOf(events, self._request("GET", where, params={**params, "following": after}))
+            page = _page(response, json_body(response))
+            if page.next is None:
+                return PageOf(page.events, None)
+            return PageOf(page.events, self._request("GET", where, params=[*later, ("following", page.next)]))
 
-        return Pager(self._request("GET", where, params=params), parse)
+        return Pager(self._request("GET", where, params=first), parse)
+
+    def _read_page_op(self, scope: Scope, following: str | None, limit: int, bounds: ReadBounds,
+                      if_none_match: str | None) -> Op[TaggedPage | None]:
+        where, first, _ = self._read_requests(scope, following, limit, bounds)
+        headers = None if if_none_match is None else {"if-none-match": if_none_match}
+
+        def parse(response: httpx.Response) -> TaggedPage | None:
+            if response.status_code == 304:
+                return None  # unchanged since the page tagged `if_none_match`
+            return _page(response, json_body(response)), response.headers.get("etag")
+
+        return Op(self._request("GET", where, params=first, headers=headers), parse)
 
     def _keys_pager(self, levels: tuple[str | None, ...], page_size: int) -> Pager[str]:
         names: list[str] = []
@@ -205,13 +281,20 @@ class ClientCore(Generic[H]):
     # ----------------------------------------------------------------- streams
 
     def _stream(self, scope: Scope, following: str | None, max_retries: int | None,
-                on_retry: RetryHook | None) -> StreamState:
+                on_retry: RetryHook | None, *, after_position: int | None = None,
+                types: Sequence[str] | None = None) -> StreamState:
         if following is not None:
             following = check_event_id(following, "following")
-        where, params = scope_request(scope)
+        query = read_query(scope, following=following, after_position=after_position, types=types,
+                           stream=True)
+        where, params = read_request(scope, query)
+        resumed = without(params, "after_position")
         timeout = stream_timeout(self._http.timeout)
 
         def build(headers: Mapping[str, str]) -> httpx.Request:
-            return self._request("GET", where, params=params, headers=headers, timeout=timeout)
+            # A stream resumes after the event in Last-Event-ID (the last one seen, or `following`),
+            # which is past any starting position: the position is left out, not contradicted.
+            query_params = resumed if "last-event-id" in headers else params
+            return self._request("GET", where, params=query_params, headers=headers, timeout=timeout)
 
         return StreamState(build, where, following, max_retries, on_retry)

@@ -15,6 +15,7 @@ import httpx
 from ..errors import EventIdConflict as _StoreEventIdConflict
 from ..errors import InvalidInput, PerhapError, StorageUnavailable
 from ..errors import NotFound as _StoreNotFound
+from ..errors import NotSupported as _StoreNotSupported
 from ..errors import VersionConflict as _StoreVersionConflict
 
 
@@ -64,13 +65,34 @@ class Conflict(PerhapClientError):
 
 
 class VersionConflict(Conflict, _StoreVersionConflict):
-    """409: ``expected_version`` did not match; ``current_version`` is the entity's version."""
+    """409: ``expected_version`` did not match; ``current_version`` is the entity's version.
+
+    After a multi-entity append, ``conflicts`` lists every failing entity as ``(entity,
+    expected_version, current_version)``, as the store's own error does; ``expected_version`` and
+    ``current_version`` are then the first one's. Empty for a single entity's conflict.
+    """
 
     def __init__(self, detail: str, *, status: int = 0, problem: Mapping[str, Any] | None = None,
                  url: str | None = None) -> None:
         super().__init__(detail, status=status, problem=problem, url=url)
-        self.current_version: int = self.extra.get("current_version", -1)
-        self.expected_version: int = self.extra.get("expected_version", -1)
+        self.conflicts: list[tuple[str, int, int]] = _conflicts(self.extra.get("conflicts"))
+        first = self.conflicts[0] if self.conflicts else ("", -1, -1)
+        self.current_version: int = self.extra.get("current_version", first[2])
+        self.expected_version: int = self.extra.get("expected_version", first[1])
+
+
+def _conflicts(listed: Any) -> list[tuple[str, int, int]]:
+    """The ``conflicts`` member of a problem as tuples; what is not shaped like one is left out."""
+    if not isinstance(listed, list):
+        return []
+    found = []
+    for item in listed:
+        if not isinstance(item, dict):
+            continue
+        entity, expected, current = item.get("entity"), item.get("expected_version"), item.get("current_version")
+        if isinstance(entity, str) and isinstance(expected, int) and isinstance(current, int):
+            found.append((entity, expected, current))
+    return found
 
 
 class EventIdConflict(Conflict, _StoreEventIdConflict):
@@ -90,6 +112,10 @@ class ServerError(PerhapClientError):
     """5xx: the server failed."""
 
 
+class NotSupported(ServerError, _StoreNotSupported):
+    """501: the server's backend does not offer this (e.g. multi-entity appends on Cassandra)."""
+
+
 class Unavailable(ServerError, StorageUnavailable):
     """503: the server's storage does not answer (transient: retry later)."""
 
@@ -101,10 +127,11 @@ class ConnectionFailed(Unavailable):
 _BY_TYPE: dict[str, type[PerhapClientError]] = {
     "urn:perhap:problem:version-conflict": VersionConflict,
     "urn:perhap:problem:event-id-conflict": EventIdConflict,
+    "urn:perhap:problem:not-supported": NotSupported,
 }
 _BY_STATUS: dict[int, type[PerhapClientError]] = {
     400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,
-    503: Unavailable,
+    501: NotSupported, 503: Unavailable,
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
 from .stream import RetryHook
 from .wire import resolve_scope
@@ -50,7 +50,7 @@ class Client(ClientCore[httpx.Client]):
     def append(self, realm: str, domain: str, entity: str, type: str, event: Any, *,
                event_id: str | None = None, meta: Mapping[str, Any] | None = None,
                expected_version: int | None = None) -> AppendResult:
-        """Append one event; ``result.first`` has its event_id, version and timestamp.
+        """Append one event; ``result.first`` has its event_id, version, position and timestamp.
 
         ``event_id`` (a UUID you choose) makes a retry safe: the same event again returns the
         original result with ``created`` False. ``expected_version`` (-1: a new entity) raises
@@ -69,16 +69,55 @@ class Client(ClientCore[httpx.Client]):
         """
         return self._call(self._append_batch_op(realm, domain, entity, events, expected_version))
 
+    def append_many(self, realm: str, domain: str,
+                    events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]], *,
+                    expected_versions: Mapping[str, int] | None = None) -> AppendResult:
+        """Append events to several entities of one domain atomically: all are stored, or none.
+
+        Each event is ``{"entity": ..., "type": ..., "event": ..., "event_id"?: ..., "meta"?: ...}``
+        (or an ``(entity, NewEvent)`` pair); each entity's events take consecutive versions in the
+        order given. ``expected_versions`` maps any entities (with or without events here) to the
+        version each must be at; if any is elsewhere, :class:`VersionConflict` lists every one in
+        ``conflicts`` and nothing is stored. The results, in the order given, carry their entity.
+        A backend without multi-entity appends answers :class:`NotSupported`.
+        """
+        return self._call(self._append_many_op(realm, domain, events, expected_versions))
+
     def read(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
              type: str | None = None, *, following: str | None = None,
-             page_size: int = DEFAULT_PAGE_SIZE) -> Generator[Event, None, None]:
+             page_size: int = DEFAULT_PAGE_SIZE, order: str = "asc", after_position: int | None = None,
+             before_position: int | None = None, types: Sequence[str] | None = None,
+             after_version: int | None = None, until_version: int | None = None,
+             ) -> Generator[Event, None, None]:
         """Every event of a scope, in its order, following ``next`` through every page.
 
         The scope is names (``read("shop", "orders")``), a path (``read("shop/orders/o-17")``) or a
-        :class:`~perhap.model.Scope`. Entities read in version order, domains and realms in commit
-        order; ``following`` starts after that event id. Requests are made as you iterate.
+        :class:`~perhap.model.Scope`. Entities read in version order, domains and realms in position
+        order; ``order="desc"`` reads newest first. ``following`` starts after that event id (in
+        the order read); ``after_position`` (ascending) or ``before_position`` (descending) starts
+        from a position instead. ``types`` keeps events of any of those types; ``after_version``
+        and ``until_version`` bound an entity's versions (exclusive, inclusive). Requests are
+        made as you iterate; a clash of arguments raises InvalidInput before any is sent.
         """
-        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size))
+        bounds = ReadBounds(order, after_position, before_position, types, after_version, until_version)
+        return self._pages(self._read_pager(resolve_scope(realm, domain, entity, type), following, page_size,
+                                            bounds))
+
+    def read_page(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
+                  type: str | None = None, *, following: str | None = None, limit: int = DEFAULT_PAGE_SIZE,
+                  order: str = "asc", after_position: int | None = None, before_position: int | None = None,
+                  types: Sequence[str] | None = None, after_version: int | None = None,
+                  until_version: int | None = None, if_none_match: str | None = None) -> TaggedPage | None:
+        """One page of a scope (the arguments of :meth:`read`, ``limit`` events) and its ETag:
+        ``page, etag = client.read_page(...)``; ``page.next`` is the next page's ``following``.
+
+        Given ``if_none_match`` (an earlier answer's ETag), the answer is None while that page is
+        still what the server would answer (304, no body): a cheap way to poll a realm's head,
+        ``read_page("shop", order="desc", limit=1, if_none_match=etag)``.
+        """
+        bounds = ReadBounds(order, after_position, before_position, types, after_version, until_version)
+        return self._call(self._read_page_op(resolve_scope(realm, domain, entity, type), following, limit,
+                                              bounds, if_none_match))
 
     def get_event(self, realm: str, domain: str, event_id: str) -> Event:
         """One event by id; :class:`NotFound` unless it is an event of that realm and domain."""
@@ -103,9 +142,11 @@ class Client(ClientCore[httpx.Client]):
 
     def subscribe(self, realm: str | Scope, domain: str | None = None, entity: str | None = None,
                   type: str | None = None, *, following: str | None = None,
+                  after_position: int | None = None, types: Sequence[str] | None = None,
                   max_retries: int | None = None, on_retry: RetryHook | None = None,
                   ) -> Generator[Event, None, None]:
-        """Every event of a scope after ``following`` (default: from the start), then each new one.
+        """Every event of a scope after ``following`` or ``after_position`` (default: from the
+        start), of ``types`` when given, then each new one.
 
         An endless iterator over the server's SSE stream. After a dropped connection it reconnects
         with ``Last-Event-ID``, so each event is yielded once and in order. ``max_retries`` bounds
@@ -113,7 +154,8 @@ class Client(ClientCore[httpx.Client]):
         up to 5 s); ``on_retry(error, delay)`` is called before each wait. Errors other than 503
         (e.g. :class:`NotFound` for an unknown ``following``) are raised at once.
         """
-        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry)
+        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry,
+                             after_position=after_position, types=types)
         while True:
             try:
                 response = self._http.send(state.request(), stream=True)

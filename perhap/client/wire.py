@@ -4,7 +4,7 @@ store's own value types (:class:`~perhap.model.Event`, :class:`~perhap.model.App
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
 import httpx
@@ -13,7 +13,11 @@ import orjson
 from ..errors import InvalidInput
 from ..jsoncodec import dump_json, load_json
 from ..model import Appended, Event, Scope
+from ..store.query import ReadQuery
 from .errors import error_from_response, unexpected
+
+#: A request's query parameters, in order; a name may repeat (``type``).
+Params: TypeAlias = list[tuple[str, str]]
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -30,12 +34,15 @@ def event_from_dict(item: Mapping[str, Any]) -> Event:
     """An :class:`~perhap.model.Event` from its wire form (a dict as the API returns it)."""
     return Event(item["event_id"], item["realm"], item["domain"], item["entity"], item["type"],
                  item["version"], item["timestamp"], dump_json(item["event"], "event"),
-                 dump_json(item["meta"], "meta"))
+                 dump_json(item["meta"], "meta"), item["position"])
 
 
 def appended_from_dict(item: Mapping[str, Any]) -> Appended:
-    """An :class:`~perhap.model.Appended` from an append's answer."""
-    return Appended(item["event_id"], item["version"], item["timestamp"])
+    """An :class:`~perhap.model.Appended` from an append's answer (``entity`` in multi-entity results)."""
+    entity = item.get("entity")
+    if entity is not None and not isinstance(entity, str):
+        raise TypeError("entity is not a string")
+    return Appended(item["event_id"], item["version"], item["position"], item["timestamp"], entity)
 
 
 def path(*names: str) -> str:
@@ -61,9 +68,28 @@ def resolve_scope(realm: object, domain: str | None, entity: str | None, type: s
     return Scope(realm, domain, entity, type)
 
 
-def scope_request(scope: Scope) -> tuple[str, dict[str, str]]:
-    """The path and query of a scope's read (an entity's type is a path segment, else a parameter)."""
+def read_request(scope: Scope, query: ReadQuery) -> tuple[str, Params]:
+    """The path and query of a checked read: an entity's one type is a path segment, other types
+    are repeated ``type`` parameters; bounds and order as the API names them."""
     names = [n for n in (scope.realm, scope.domain, scope.entity) if n is not None]
     if scope.entity is not None and scope.type is not None:
-        return path(*names, scope.type), {}
-    return path(*names), ({"type": scope.type} if scope.type else {})
+        where, params = path(*names, scope.type), []
+    else:
+        where, params = path(*names), [("type", t) for t in query.types]
+    if query.descending:
+        params.append(("order", "desc"))
+    if query.after_position is not None:
+        params.append(("after_position", str(query.after_position)))
+    if query.before_position is not None:
+        params.append(("before_position", str(query.before_position)))
+    # In an entity scope the query's cursor bounds are versions: after_version, until_version + 1.
+    if isinstance(query.after, int):
+        params.append(("after_version", str(query.after)))
+    if isinstance(query.before, int):
+        params.append(("until_version", str(query.before - 1)))
+    return where, params
+
+
+def without(params: Params, *names: str) -> Params:
+    """The parameters less every one named."""
+    return [(k, v) for k, v in params if k not in names]

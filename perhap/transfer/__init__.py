@@ -1,19 +1,22 @@
 """Export, import and copy whole stores through the in-process store API, in constant memory.
 
-The dump format (``perhap-dump``, version 1) is JSON Lines in UTF-8:
+The dump format (``perhap-dump``, version 2) is JSON Lines in UTF-8:
 
-- line 1, a header: ``{"format":"perhap-dump","version":1,"scope":null}`` (``scope`` is the
+- line 1, a header: ``{"format":"perhap-dump","version":2,"scope":null}`` (``scope`` is the
   exported ``realm[/domain[/entity]]``, or null for the whole store);
 - then one event a line, exactly the event object of the HTTP API:
-  ``{"event_id","realm","domain","entity","type","event","meta","version","timestamp"}``.
+  ``{"event_id","realm","domain","entity","type","event","meta","version","position","timestamp"}``.
+
+Version 1 (before positions) is the same without ``position``, and still imports.
 
 Realms come in name order, each realm's events in commit order (a domain's or an entity's in its
 own order when the export is scoped), so importing the lines in order recreates the commit order.
 The header is optional on import: the output of ``perhap read`` imports too.
 
-Import keeps each event's id, version, timestamp and meta. Consecutive events of one entity go as
-one atomic batch with ``expected_version`` = the first version - 1, so an event lands at its own
-version or the import stops with a clear error. Importing again is idempotent: a batch that is
+Import keeps each event's id, version, timestamp and meta; not its position: the destination
+gives every event its own, in the order the events are written (the dump's order). Consecutive
+events of one entity go as one atomic batch with ``expected_version`` = the first version - 1, so
+an event lands at its own version or the import stops with a clear error. Importing again is idempotent: a batch that is
 stored already is an idempotent replay, and a batch that is partly stored (an earlier import was
 interrupted) is reconciled event by event against what the destination holds.
 
@@ -26,6 +29,7 @@ from .dump import (
     DUMP_FORMAT,
     DUMP_VERSION,
     EVENT_KEYS,
+    OPTIONAL_KEYS,
     DumpEvent,
     TransferError,
     dump_header,
@@ -46,7 +50,7 @@ from .progress import Progress, file_size
 from .reading import PAGE_SIZE, iter_keys, iter_scope
 
 __all__ = [
-    "BATCH_BYTES", "BATCH_EVENTS", "DUMP_FORMAT", "DUMP_VERSION", "EVENT_KEYS", "PAGE_SIZE",
+    "BATCH_BYTES", "BATCH_EVENTS", "DUMP_FORMAT", "DUMP_VERSION", "EVENT_KEYS", "OPTIONAL_KEYS", "PAGE_SIZE",
     "WINDOW_BATCHES", "WINDOW_BYTES", "CopyReport", "DumpEvent", "ImportStats", "Importer", "Progress",
     "RealmCheck", "RealmDigest", "TransferError", "copy_store", "dump_header", "event_to_import",
     "export_dump", "file_size", "import_dump", "iter_keys", "iter_scope", "parse_dump", "realm_digest",

@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import NotFound
 from ..jsoncodec import canonical_json
-from ..model import MAX_LIMIT, Event, Scope
+from ..model import Event, Scope
 from ..store.base import Store
 from .dump import TransferError, event_to_import
 from .importer import Importer, ImportStats
@@ -53,6 +53,7 @@ class CopyReport:
 
 def _digest_line(e: Event) -> bytes:
     # Canonical JSON (sorted keys) so the checksum compares meaning, whatever a backend's spacing.
+    # Not the position: each store numbers its events itself (an import or copy assigns its own).
     return orjson.dumps([e.event_id, e.domain, e.entity, e.type, e.version, e.timestamp,
                          orjson.Fragment(canonical_json(e.data_json)),
                          orjson.Fragment(canonical_json(e.meta_json))]) + b"\n"
@@ -130,7 +131,6 @@ async def _check_source_holds(source: Store, realm: str, following: str) -> None
 
 
 async def _last_event_id(store: Store, realm: str) -> str | None:
-    last = None
-    async for event in iter_scope(store, Scope(realm), page_size=MAX_LIMIT):
-        last = event.event_id
-    return last
+    """The id of the realm's newest event: one read, newest first."""
+    page = await store.read(Scope(realm), order="desc", limit=1)
+    return page.events[0].event_id if page.events else None

@@ -11,11 +11,15 @@ import orjson
 
 from ..errors import InvalidInput
 from ..jsoncodec import dump_json, load_json
-from ..model import Event, NewEvent, Scope, check_name, new_event
+from ..model import MAX_POSITION, Event, NewEvent, Scope, check_name, new_event
 
 DUMP_FORMAT = "perhap-dump"
-DUMP_VERSION = 1
+#: Version 2 added each event's ``position``; version 1 dumps (without it) import as before.
+DUMP_VERSION = 2
 EVENT_KEYS = ("event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp")
+#: Keys an event line may have besides EVENT_KEYS: read, checked, and not imported (the destination
+#: gives every event its own position).
+OPTIONAL_KEYS = ("position",)
 TYPE_SCOPE_REFUSED = ("export whole entities: a TYPE scope would leave gaps in the versions, "
                       "and an import keeps versions")
 
@@ -103,7 +107,7 @@ def _check_header(obj: dict[str, Any], where: str) -> None:
 
 def _dump_event(obj: dict[str, Any], where: str) -> DumpEvent:
     missing = [k for k in EVENT_KEYS if k not in obj]
-    unknown = sorted(set(obj) - set(EVENT_KEYS))
+    unknown = sorted(set(obj) - set(EVENT_KEYS) - set(OPTIONAL_KEYS))
     if missing or unknown:
         what = (f"missing {', '.join(missing)}" if missing else "") + \
                ("; " if missing and unknown else "") + (f"unknown keys {', '.join(unknown)}" if unknown else "")
@@ -113,6 +117,10 @@ def _dump_event(obj: dict[str, Any], where: str) -> DumpEvent:
         raise TransferError(f"{where}: version must be an integer of 0 or more")
     if not isinstance(obj["meta"], dict):
         raise TransferError(f"{where}: meta must be a JSON object")
+    position = obj.get("position")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int)
+                                 or not 1 <= position <= MAX_POSITION):
+        raise TransferError(f"{where}: position must be an integer from 1 to {MAX_POSITION}")
     try:
         check_name(obj["realm"], "realm", realm=True)
         check_name(obj["domain"], "domain")

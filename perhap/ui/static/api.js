@@ -18,9 +18,12 @@ export function authHeaders() {
 // One path segment per name, each percent-encoded, so '/', '?', '#' and '%' in names stay names.
 export const path = (...names) => '/' + names.map(encodeURIComponent).join('/');
 
+// An array value repeats its parameter (type=a&type=b).
 export function url(p, params = {}) {
   const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v != null && v !== '') q.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    for (const one of Array.isArray(v) ? v : [v]) if (one != null && one !== '') q.append(k, one);
+  }
   const s = q.toString();
   return s ? `${p}?${s}` : p;
 }
@@ -137,8 +140,9 @@ const get = async (p, params, signal) => (await request(p, { params, signal })).
 export const keys = (levels, { after, limit = 200, signal } = {}) =>
   get(levels.length ? path(...levels) + '/keys' : '/keys', { after, limit }, signal);
 
-export const read = (levels, { following, limit = 100, type, signal } = {}) =>
-  get(path(...levels), { following, limit, type }, signal);
+// A page of events: `newest` reads newest first (order=desc); `types` keeps events of any of them.
+export const read = (levels, { following, limit = 100, types = [], newest = false, signal } = {}) =>
+  get(path(...levels), { following, limit, type: types, order: newest ? 'desc' : null }, signal);
 
 // GET /{realm}/{domain}/{id} answers the event, or (when no such event) reads an entity of that name.
 export async function getEvent(realm, domain, id, signal) {

@@ -3,13 +3,14 @@
 
 import { request } from './api.js';
 import { $, announce, h, typing } from './dom.js';
-import { format, LEVELS, parse, withParams } from './route.js';
+import { format, LEVELS, orderOf, parse, typesOf, withParams } from './route.js';
 import { renderNav } from './nav.js';
 import { renderEvents } from './events.js';
 import { renderTail } from './tail.js';
 import { renderAppend } from './append.js';
 import { closeEvent, showEvent } from './detail.js';
 import { setupAuth } from './auth.js';
+import { ScopeHead } from './head.js';
 
 const KINDS = ['realm', 'domain', 'entity', 'event type'];
 const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false };
@@ -18,7 +19,7 @@ function render() {
   const route = parse();
   const { names, params } = route;
   // The event dialog is a parameter: opening or closing it leaves the view underneath alone.
-  const key = JSON.stringify([names, params.get('order'), params.get('type'), params.get('after')]);
+  const key = JSON.stringify([names, orderOf(route), typesOf(route), params.get('after'), params.get('before')]);
   const previous = view.route;
   if (key !== view.key) {
     view.key = key;
@@ -86,8 +87,10 @@ function renderScope(route) {
       h('h1', {}, names[depth - 1]),
       depth > 1 ? h('p', { class: 'lede' }, `in ${names.slice(0, depth - 1).map((n, i) => `${LEVELS[i]} ${n}`).join(', ')}`) : null),
     live, events, appendBox);
-  renderTail(live, route, signal);
-  renderEvents(events, route, signal);
+  // The scope's newest event: read once, shared by the live tail (which starts after it) and the list.
+  const head = new ScopeHead(names, typesOf(route));
+  renderTail(live, route, head, signal);
+  renderEvents(events, route, head, signal);
   announce(`Showing ${KINDS[depth - 1]} ${names[depth - 1]}`);
 }
 

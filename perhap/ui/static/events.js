@@ -1,11 +1,10 @@
-// The events of the scope in view, a page at a time, oldest or newest first.
-// Oldest first is the API's own order: each page costs one request, whatever the scope's size.
-// Newest first needs the scope's end, found once per session by skipping forward (see scan.js).
+// The events of the scope in view, a page at a time, newest or oldest first, of any of the chosen
+// types. Either order costs one request a page, whatever the scope's size: newest first is the
+// API's order=desc, and "Load more" / "Show older" pass the page's `next` as `following`.
 
-import { explain, read } from './api.js';
+import { explain, keys, read } from './api.js';
 import { h, number, preview, shortId, time } from './dom.js';
-import { withParams } from './route.js';
-import { indexOf } from './scan.js';
+import { orderOf, typesOf, withParams } from './route.js';
 
 const PAGE = 100;
 
@@ -13,16 +12,18 @@ const PAGE = 100;
 function eventRow(ev, route, depth) {
   const href = withParams(route, { event: ev.event_id });
   return h('tr', { 'data-id': ev.event_id },
+    h('td', { class: 'c-position num', title: 'Position in the realm' }, number(ev.position)),
     h('td', { class: 'c-version num' }, String(ev.version)),
     h('td', { class: 'c-time' }, time(ev.timestamp)),
     depth < 4 ? h('td', { class: 'c-type' }, h('span', { class: 'tag' }, ev.type)) : null,
     depth < 3 ? h('td', { class: 'c-entity' }, ev.entity) : null,
-    h('td', { class: 'c-id' }, h('a', { href, class: 'mono', 'aria-label': `Open event ${ev.event_id} (${ev.type}, version ${ev.version})` }, shortId(ev.event_id))),
+    h('td', { class: 'c-id' }, h('a', { href, class: 'mono', 'aria-label': `Open event ${ev.event_id} (${ev.type}, version ${ev.version}, position ${ev.position})` }, shortId(ev.event_id))),
     h('td', { class: 'c-data mono' }, preview(ev.event)));
 }
 
 function eventTable(depth, caption) {
   const head = h('tr', {},
+    h('th', { scope: 'col', class: 'c-position num', title: 'Position in the realm' }, 'Position'),
     h('th', { scope: 'col', class: 'c-version num' }, 'Version'),
     h('th', { scope: 'col', class: 'c-time' }, 'Time'),
     depth < 4 ? h('th', { scope: 'col', class: 'c-type' }, 'Type') : null,
@@ -39,96 +40,98 @@ function eventTable(depth, caption) {
   return { table, body };
 }
 
-export function renderEvents(section, route, signal) {
+// The chosen types as removable chips, and a field to add one (any name: no separators to split on).
+function typeFilter(route, types, signal) {
+  const depth = route.names.length;
+  const input = h('input', { id: 'type-filter', name: 'type', placeholder: types.length ? 'or also…' : 'any type', autocomplete: 'off', spellcheck: 'false', list: depth === 3 ? 'type-suggestions' : null });
+  const chips = types.map((t) => h('li', { class: 'chip' }, h('span', { class: 'tag' }, t),
+    h('a', { href: withParams(route, { type: types.filter((x) => x !== t), after: null, before: null, event: null }), class: 'chip-remove', 'aria-label': `Remove type ${t}`, title: `Show events of any type but those listed` }, '×')));
+  const form = h('form', { class: 'type-filter', role: 'search', 'aria-label': 'Only events of these types' },
+    h('label', { for: 'type-filter' }, 'Types'),
+    chips.length ? h('ul', { class: 'chips', 'aria-label': 'Showing events of any of these types' }, chips) : null,
+    input,
+    h('button', { type: 'submit' }, 'Add'),
+    types.length ? h('a', { href: withParams(route, { type: null, after: null, before: null }), class: 'clear-filter' }, 'All types') : null);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const added = input.value.trim();
+    if (!added || types.includes(added)) { input.value = ''; return; }
+    location.hash = withParams(route, { type: [...types, added], after: null, before: null, event: null });
+  });
+  if (depth === 3) {
+    // An entity's types are one cheap keys request away: offer them as suggestions.
+    const options = h('datalist', { id: 'type-suggestions' });
+    form.append(options);
+    keys(route.names, { limit: 200, signal }).then(
+      (page) => options.replaceChildren(...page.keys.filter((k) => !types.includes(k)).map((k) => h('option', { value: k }))),
+      () => {}); // suggestions only: the list itself reports errors
+  }
+  return form;
+}
+
+export function renderEvents(section, route, head, signal) {
   const { names, params } = route;
   const depth = names.length;
-  const newest = params.get('order') === 'newest';
-  const type = depth < 4 ? params.get('type') || '' : '';
+  const newest = orderOf(route) === 'newest';
+  const types = typesOf(route);
   const { table, body } = eventTable(depth, `Events of ${names.join(' / ')}, ${newest ? 'newest' : 'oldest'} first`);
   const status = h('p', { class: 'list-status', role: 'status' });
   const more = h('button', { type: 'button', class: 'more', hidden: true }, newest ? 'Show older' : 'Load more');
   const empty = h('p', { class: 'empty', hidden: true });
 
   const orderSwitch = h('div', { class: 'segmented', role: 'group', 'aria-label': 'Order' },
-    ...[['oldest', 'Oldest first'], ['newest', 'Newest first']].map(([value, label]) => h('a', {
-      href: withParams(route, { order: value === 'newest' ? 'newest' : null, after: null, event: null }),
+    ...[['newest', 'Newest first'], ['oldest', 'Oldest first']].map(([value, label]) => h('a', {
+      href: withParams(route, { order: value, after: null, before: null, event: null }),
       'aria-current': (value === 'newest') === newest ? 'true' : null, class: 'seg',
     }, label)));
-  const typeInput = h('input', { id: 'type-filter', name: 'type', value: type, placeholder: 'any type', autocomplete: 'off', spellcheck: 'false' });
-  const typeForm = depth < 4 ? h('form', { class: 'type-filter', role: 'search', 'aria-label': 'Only events of one type' },
-    h('label', { for: 'type-filter' }, 'Type'), typeInput,
-    h('button', { type: 'submit' }, 'Apply'),
-    type ? h('a', { href: withParams(route, { type: null, after: null }), class: 'clear-filter' }, 'Clear') : null) : null;
-  typeForm?.addEventListener('submit', (e) => {
-    e.preventDefault();
-    location.hash = withParams(route, { type: typeInput.value.trim() || null, after: null, event: null });
-  });
 
-  const after = params.get('after');
+  // Where the list starts: after an event (oldest first) or before one (newest first).
+  const start = newest ? params.get('before') : params.get('after');
+  const startNote = start ? h('p', { class: 'note' },
+    `Starting ${newest ? 'before' : 'after'} event ${start}. `,
+    h('a', { href: withParams(route, { after: null, before: null }) }, newest ? 'From the newest' : 'From the start')) : null;
   section.replaceChildren(...[
     h('div', { class: 'section-head' },
       h('h2', { id: 'events-title' }, 'Events'),
       h('span', { class: 'count', id: 'events-count' }),
-      h('div', { class: 'toolbar' }, orderSwitch, typeForm)),
-    after && !newest ? h('p', { class: 'note' }, `Starting after event ${after}. `, h('a', { href: withParams(route, { after: null }) }, 'From the start')) : null,
+      h('div', { class: 'toolbar' }, orderSwitch, depth < 4 ? typeFilter(route, types, signal) : null)),
+    startNote,
     h('div', { class: 'table-wrap' }, table), empty, h('div', { class: 'list-foot' }, more, status)].filter(Boolean));
 
-  // The total, once anything (this list or the live tail) has read to the end of the scope.
-  const index = indexOf(names, type);
-  const count = () => { section.querySelector('#events-count').textContent = `${number(index.total)} in all`; };
-  if (index.atEnd) count();
-  index.addEventListener('end', count, { signal });
-  index.addEventListener('grow', count, { signal });
+  // How far the scope goes: an entity's event count is its newest version + 1; elsewhere the
+  // newest event's position (positions are the realm's, so they count nothing else exactly).
+  const count = () => {
+    const ev = head.event;
+    const text = !ev ? '' : depth === 3 && !types.length ? `${number(ev.version + 1)} in all`
+      : `newest at position ${number(ev.position)}`;
+    section.querySelector('#events-count').textContent = text;
+  };
+  head.addEventListener('change', count, { signal });
+  head.load(signal).catch(() => {}); // the list's own read reports errors
 
-  const rows = (events) => { for (const ev of events) body.append(eventRow(ev, route, depth)); };
   const done = () => {
     const shown = body.rows.length;
     status.textContent = shown ? `${number(shown)} event${shown === 1 ? '' : 's'} shown${more.hidden ? '' : ', more to load'}` : '';
     if (!shown) {
       empty.hidden = false;
-      empty.textContent = type ? `No events of type “${type}” here.` : 'No events here yet.';
+      empty.textContent = types.length ? `No events of type ${types.map((t) => `“${t}”`).join(' or ')} here.` : 'No events here yet.';
     }
   };
-  const fail = (e) => {
-    if (e.name === 'AbortError') return;
-    status.textContent = explain(e);
-    more.disabled = false;
-  };
-
-  if (!newest) {
-    let following = after || null;
-    const load = async () => {
-      more.disabled = true;
-      try {
-        const page = await read(names, { following, limit: PAGE, type, signal });
-        rows(page.events);
-        following = page.next;
-        more.hidden = !page.next;
-        more.disabled = false;
-        done();
-      } catch (e) { fail(e); }
-    };
-    more.addEventListener('click', load);
-    load();
-    return;
-  }
-
-  // Newest first: find the end (cheap for small scopes; shows progress for big ones), then read
-  // the known chunks backwards.
-  let pager = null;
+  let following = start || null;
   const load = async () => {
     more.disabled = true;
     try {
-      if (!pager) {
-        status.textContent = 'Finding the newest events…';
-        await index.extend({ signal, onProgress: (n) => { status.textContent = `Finding the newest events: ${number(n)} read so far…`; } });
-        pager = index.backwards();
-      }
-      rows(await pager.next(PAGE, signal));
-      more.hidden = !pager.more;
+      const page = await read(names, { following, limit: PAGE, types, newest, signal });
+      for (const ev of page.events) body.append(eventRow(ev, route, depth));
+      following = page.next;
+      more.hidden = !page.next;
       more.disabled = false;
       done();
-    } catch (e) { fail(e); }
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      status.textContent = explain(e);
+      more.disabled = false;
+    }
   };
   more.addEventListener('click', load);
   load();

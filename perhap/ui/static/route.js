@@ -1,5 +1,7 @@
 // Where the user is, kept in the URL's hash so every view can be bookmarked and shared:
-//   #/realm/domain/entity/type?order=newest&type=placed&event=<event id>
+//   #/realm/domain/entity/type?order=newest&type=placed&type=paid&event=<event id>
+// `type` may repeat (events of any of those types); `after` and `before` are event ids to start
+// after (oldest first) or before (newest first).
 // Each name is percent-encoded on its own, so a name may hold any character (even '/' or '?').
 // The hash is used rather than a path under /_ui because names may contain dots, which the static
 // server would take for file names.
@@ -20,17 +22,37 @@ function splitOnce(text, sep) {
   return i < 0 ? [text] : [text.slice(0, i), text.slice(i + 1)];
 }
 
+// An array value repeats its parameter (type=a&type=b); null, '' and [] leave it out.
 export function format(names, params = {}) {
   const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v != null && v !== '') q.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    for (const one of Array.isArray(v) ? v : [v]) if (one != null && one !== '') q.append(k, one);
+  }
   const s = q.toString();
   return '#/' + names.map(encodeURIComponent).join('/') + (s ? '?' + s : '');
 }
 
-// The same route with some parameters changed (null removes one).
+// The same route with some parameters changed (null removes one; repeated ones stay repeated).
 export function withParams(route, changes) {
-  const params = Object.fromEntries(route.params);
+  const params = {};
+  for (const key of new Set(route.params.keys())) params[key] = route.params.getAll(key);
   return format(route.names, { ...params, ...changes });
+}
+
+// Realms and domains show their newest events first (what a busy scope's viewer comes for, and
+// one request however big it is); an entity reads as its history, oldest first. ?order= overrides.
+export function orderOf(route) {
+  const asked = route.params.get('order');
+  if (asked === 'newest' || asked === 'oldest') return asked;
+  if (route.params.has('after')) return 'oldest'; // "after this event" reads forwards
+  if (route.params.has('before')) return 'newest';
+  return route.names.length <= 2 ? 'newest' : 'oldest';
+}
+
+// The event types the view is filtered to (none: every type); a type in the path needs none.
+export function typesOf(route) {
+  if (route.names.length >= 4) return [];
+  return [...new Set(route.params.getAll('type').map((t) => t.trim()).filter(Boolean))];
 }
 
 export const LEVELS = ['realm', 'domain', 'entity', 'type'];

@@ -9,9 +9,10 @@ import { authHeaders, needToken, parseJSON, path, request, token, url } from './
 
 const MAX_DELAY = 30_000;
 
-// follow(levels, {following, type, onEvent, onState}) starts a stream; returns stop().
+// follow(levels, {following, types, onEvent, onState}) starts a stream of events after `following`
+// (of any of `types`, when given); returns stop().
 // onState(state, detail) gets 'connecting', 'live', 'reconnecting' or 'stopped' (no token given).
-export function follow(levels, { following = null, type = null, onEvent, onState = () => {} }) {
+export function follow(levels, { following = null, types = [], onEvent, onState = () => {} }) {
   const stream = { last: following, stopped: false, stop: null };
   const seen = new Set(); // the last ids delivered: a replay after a reconnect is never shown twice
   const deliver = (id, data) => {
@@ -21,12 +22,12 @@ export function follow(levels, { following = null, type = null, onEvent, onState
     stream.last = id;
     onEvent(parseJSON(data));
   };
-  const start = () => (token.get() ? viaFetch : viaEventSource)(levels, type, stream, deliver, onState, start);
+  const start = () => (token.get() ? viaFetch : viaEventSource)(levels, types, stream, deliver, onState, start);
   start();
   return () => { stream.stopped = true; stream.stop?.(); };
 }
 
-function viaEventSource(levels, type, stream, deliver, onState, restart) {
+function viaEventSource(levels, types, stream, deliver, onState, restart) {
   let delay = 1000;
   let source = null;
   const open = () => {
@@ -34,7 +35,7 @@ function viaEventSource(levels, type, stream, deliver, onState, restart) {
     onState('connecting');
     // The URL carries the position we started from; on its own reconnects the browser adds the
     // Last-Event-ID header, which the server prefers over `following`.
-    source = new EventSource(url(path(...levels), { following: stream.last, type }));
+    source = new EventSource(url(path(...levels), { following: stream.last, type: types }));
     source.onopen = () => { delay = 1000; onState('live'); };
     source.onmessage = (m) => deliver(m.lastEventId, m.data);
     source.onerror = async () => {
@@ -44,7 +45,7 @@ function viaEventSource(levels, type, stream, deliver, onState, restart) {
       // request (a 401 opens the token dialog), then start again from the last event we have.
       onState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
       try {
-        await request(path(...levels), { params: { limit: 1, type } });
+        await request(path(...levels), { params: { limit: 1, type: types } });
       } catch (e) {
         if (e.status === 401) { onState('stopped', 'the stream needs a token'); return; } // dialog cancelled
       }
@@ -56,7 +57,7 @@ function viaEventSource(levels, type, stream, deliver, onState, restart) {
   open();
 }
 
-function viaFetch(levels, type, stream, deliver, onState) {
+function viaFetch(levels, types, stream, deliver, onState) {
   const abort = new AbortController();
   stream.stop = () => abort.abort();
   (async () => {
@@ -66,7 +67,7 @@ function viaFetch(levels, type, stream, deliver, onState) {
       try {
         const headers = { Accept: 'text/event-stream', ...authHeaders() };
         if (stream.last) headers['Last-Event-ID'] = stream.last;
-        const res = await fetch(url(path(...levels), { type }), { headers, signal: abort.signal, cache: 'no-store' });
+        const res = await fetch(url(path(...levels), { type: types }), { headers, signal: abort.signal, cache: 'no-store' });
         if (res.status === 401) {
           if (await needToken('The live stream needs a token.')) continue;
           onState('stopped', 'the stream needs a token');

@@ -1,11 +1,10 @@
 // The live tail of the scope in view: new events on top as they commit, a counter, pause/resume,
-// and the rate chart. It starts after the scope's newest event (found with scan.js), so it shows
-// what happens from now on rather than replaying history.
+// and the rate chart. It starts after the scope's newest event (one read, see head.js), so it
+// shows what happens from now on rather than replaying history.
 
 import { explain } from './api.js';
 import { h, number, preview, time } from './dom.js';
-import { withParams } from './route.js';
-import { AUTO_SKIP, indexOf } from './scan.js';
+import { typesOf, withParams } from './route.js';
 import { follow } from './sse.js';
 import { rateChart } from './chart.js';
 
@@ -13,13 +12,13 @@ const MAX_ROWS = 200; // rows kept on screen; the counter still counts every eve
 
 const STATES = {
   finding: 'Finding the newest event…', connecting: 'Connecting…', live: 'Live',
-  reconnecting: 'Reconnecting…', paused: 'Paused', stopped: 'Stopped', waiting: 'Not started',
+  reconnecting: 'Reconnecting…', paused: 'Paused', stopped: 'Stopped',
 };
 
-export function renderTail(section, route, signal) {
-  const { names, params } = route;
+export function renderTail(section, route, head, signal) {
+  const { names } = route;
   const depth = names.length;
-  const type = depth < 4 ? params.get('type') || undefined : undefined;
+  const types = typesOf(route);
   const chart = rateChart();
   const pill = h('span', { class: 'pill', 'data-state': 'finding' }, STATES.finding);
   const counter = h('span', { class: 'counter', id: 'tail-count', 'aria-live': 'off' }, '0 new');
@@ -67,11 +66,11 @@ export function renderTail(section, route, signal) {
     time(ev.timestamp),
     h('span', { class: 'tag' }, ev.type),
     depth < 3 ? h('span', { class: 'entity' }, ev.entity) : null,
-    h('span', { class: 'ver' }, `v${ev.version}`),
+    h('span', { class: 'ver' }, `v${ev.version} `, h('span', { class: 'pos', title: 'Position in the realm' }, `#${number(ev.position)}`)),
     h('a', { href: withParams(route, { event: ev.event_id }), class: 'mono data' }, preview(ev.event, 100)));
 
   const onEvent = (ev) => {
-    index.advance(ev);
+    head.advance(ev);
     total++;
     counter.textContent = `${number(total)} new`;
     chart.add(ev.timestamp);
@@ -96,38 +95,12 @@ export function renderTail(section, route, signal) {
 
   let stop = () => {};
   signal.addEventListener('abort', () => { stop(); chart.stop(); });
-  let started = false;
-  const start = () => {
-    if (started || signal.aborted) return;
-    started = true;
-    note.replaceChildren();
-    stop = follow(names, { following: index.end, type, onEvent, onState: setState });
-  };
-
-  const index = indexOf(names, type);
-  const progress = (n) => { note.textContent = `Skipping past ${number(n)} existing events to the newest…`; };
-  (async () => {
-    try {
-      if (await index.extend({ budget: AUTO_SKIP, signal, onProgress: progress })) return start();
-      // A big scope: reading forward to its end takes a while, so ask first (unless the event
-      // list gets there anyway, for "newest first").
-      setState('waiting');
-      index.addEventListener('end', start, { once: true, signal });
-      const go = h('button', { type: 'button' }, 'Skip to the newest and follow');
-      note.replaceChildren(
-        h('p', {}, `This scope holds more than ${number(index.total)} events. The live tail starts after the newest one, `,
-          'and the API can only find it by reading forward through all of them.'), go);
-      go.addEventListener('click', async () => {
-        setState('finding');
-        try {
-          await index.extend({ signal, onProgress: progress });
-          start();
-        } catch (e) { if (e.name !== 'AbortError') note.textContent = explain(e); }
-      });
-    } catch (e) {
-      if (e.name === 'AbortError') return;
-      setState('stopped');
-      note.textContent = explain(e);
-    }
-  })();
+  head.load(signal).then((newest) => {
+    if (signal.aborted) return;
+    stop = follow(names, { following: newest?.event_id ?? null, types, onEvent, onState: setState });
+  }, (e) => {
+    if (e.name === 'AbortError') return;
+    setState('stopped');
+    note.textContent = explain(e);
+  });
 }

@@ -1,0 +1,34 @@
+// The newest event of the scope in view (of its types, when filtered): one read, newest first,
+// limit 1, which the server answers with one index probe however big the scope is.
+//
+// The live tail starts right after it (so it shows what happens from now on, without replaying
+// history), and the event list shows how far the scope goes. The live tail moves it on as events
+// arrive ('change'), so both stay current without asking again.
+
+import { read } from './api.js';
+
+export class ScopeHead extends EventTarget {
+  constructor(levels, types) {
+    super();
+    this.levels = levels;
+    this.types = types;
+    this.event = null; // the newest event known; null for an empty scope (or before the read)
+    this.loading = null;
+  }
+
+  // Resolves with the newest event (or null) once read; every caller shares the one request.
+  load(signal) {
+    this.loading ??= read(this.levels, { newest: true, limit: 1, types: this.types, signal }).then((page) => {
+      this.event = page.events[0] ?? null;
+      this.dispatchEvent(new Event('change'));
+      return this.event;
+    }, (e) => { this.loading = null; throw e; });
+    return this.loading;
+  }
+
+  // An event the live stream delivered: the stream starts after the head and runs in order.
+  advance(event) {
+    this.event = event;
+    this.dispatchEvent(new Event('change'));
+  }
+}
