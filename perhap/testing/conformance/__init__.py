@@ -10,22 +10,31 @@ fixture, ``store_factory``; pytest then runs every inherited test against your s
     class TestStore(MyBackend, StoreContract): ...
     class TestHTTP(MyBackend, HTTPContract): ...
     class TestStreaming(MyBackend, StreamingContract): ...
+    class TestConsumer(MyBackend, ConsumerContract): ...
+    class TestMultiEntity(MyBackend, MultiEntityContract): ...
+    class TestConsumerHTTP(MyBackend, ConsumerHTTPContract): ...
 
 The contract classes' names do not start with ``Test``, so importing them runs nothing by itself.
 Needs the ``test`` extra (pytest, pytest-asyncio, httpx). See docs/conformance.md.
 """
 
 from .base import BackendContract, StoreFactory
-from .helpers import aclose, problem, read_all, take, wait_until
+from .consumer import ConsumerContract
+from .consumer_http import ConsumerHTTPContract
+from .helpers import aclose, problem, read_all, read_by_position, read_every, take, wait_until
 from .http_api import HTTPContract
 from .live import LiveServer
+from .multi_entity import MultiEntityContract
 from .store import StoreContract
 from .streaming import SSEReader, StreamingContract
 
 __all__ = [
     "BackendContract",
+    "ConsumerContract",
+    "ConsumerHTTPContract",
     "HTTPContract",
     "LiveServer",
+    "MultiEntityContract",
     "SSEReader",
     "StoreContract",
     "StoreFactory",
@@ -33,6 +42,8 @@ __all__ = [
     "aclose",
     "problem",
     "read_all",
+    "read_by_position",
+    "read_every",
     "take",
     "wait_until",
 ]

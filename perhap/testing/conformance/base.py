@@ -40,3 +40,10 @@ class BackendContract:
     def realm(self) -> str:
         """A realm no other test uses, so tests may share one storage where a backend needs it."""
         return f"r{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def contiguous_positions(self, store: Store) -> bool:
+        """Whether the backend numbers each realm's events 1, 2, 3 ... with no gap (SQLite and
+        PostgreSQL promise it; Cassandra only promises increasing positions). Override to say so
+        for your backend; the contract then checks contiguity too."""
+        return store.backend_name in ("sqlite", "postgres")

@@ -65,3 +65,40 @@ def problem(r: httpx.Response, status: int) -> dict[str, Any]:
     assert body["status"] == status and body["title"] and body["detail"] and body["type"]
     assert "Traceback" not in r.text
     return body
+
+
+async def read_every(store: Store, scope: Scope, *, limit: int = 1000, **params: Any) -> list[Event]:
+    """Every event of a read with ``Store.read``'s parameters (``order``, ``types`` ...), following
+    ``next`` through every page in the read's own order."""
+    events: list[Event] = []
+    following = None
+    while True:
+        page = await store.read(scope, following=following, limit=limit, **params)
+        assert len(page.events) <= limit
+        events.extend(page.events)
+        if page.next is None:
+            return events
+        assert page.next == page.events[-1].event_id
+        following = page.next
+
+
+async def read_by_position(store: Store, scope: Scope, *, limit: int = 1000, after: int = 0,
+                           **params: Any) -> list[Event]:
+    """Every event of an ascending read, paging by ``after_position`` (a consumer's checkpoint)."""
+    events: list[Event] = []
+    while True:
+        page = await store.read(scope, after_position=after, limit=limit, **params)
+        assert len(page.events) <= limit
+        events.extend(page.events)
+        if len(page.events) < limit:
+            return events
+        after = page.events[-1].position
+
+
+def positions(events: list[Event]) -> list[int]:
+    """The positions of some events, in their order."""
+    return [e.position for e in events]
+
+
+def strictly_increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in zip(values, values[1:], strict=False))

@@ -38,7 +38,7 @@ class HTTPContract(BackendContract):
                               headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 201, r.text
         body = r.json()
-        assert set(body) == {"event_id", "version", "timestamp"}
+        assert set(body) == {"event_id", "version", "position", "timestamp"}
         assert body["version"] == 0 and uuid.UUID(body["event_id"]).version == 7
         assert r.headers["location"] == f"/performance/communications/{body['event_id']}"
         r = await client.get(f"/performance/communications/{ENTITY}")
@@ -48,7 +48,7 @@ class HTTPContract(BackendContract):
         assert page["events"] == [{
             "event_id": body["event_id"], "realm": "performance", "domain": "communications",
             "entity": ENTITY, "type": "click", "event": {"URI": "http://example.com"}, "meta": {},
-            "version": 0, "timestamp": body["timestamp"]}]
+            "version": 0, "position": body["position"], "timestamp": body["timestamp"]}]
         # The Location names the event.
         r = await client.get(f"/performance/communications/{body['event_id']}")
         assert r.status_code == 200 and r.json()["event"] == {"URI": "http://example.com"}
@@ -242,7 +242,8 @@ class HTTPContract(BackendContract):
         assert (await client.get(f"/{realm}/d", params={"following": other})).status_code == 200
 
     async def test_wrong_methods_are_405(self, client: httpx.AsyncClient, realm: str) -> None:
-        for method, path in [("POST", f"/{realm}"), ("POST", f"/{realm}/d"), ("DELETE", f"/{realm}/d/e"),
+        # POST /{realm}/{domain} is the multi-entity append (see ConsumerHTTPContract).
+        for method, path in [("POST", f"/{realm}"), ("DELETE", f"/{realm}/d/e"),
                              ("PUT", f"/{realm}/d/e/t"), ("PATCH", f"/{realm}/d/e/t"), ("POST", "/keys"),
                              ("POST", "/_health"), ("DELETE", f"/{realm}/keys"),
                              ("POST", f"/{realm}/d/keys"), ("POST", f"/{realm}/d/e/keys")]:
@@ -280,6 +281,7 @@ class HTTPContract(BackendContract):
             assert path in doc["paths"]
         assert "post" in doc["paths"]["/{realm}/{domain}/{entity}/{type}"]
         assert "post" in doc["paths"]["/{realm}/{domain}/{entity}"]
+        assert "post" in doc["paths"]["/{realm}/{domain}"]
 
     async def test_health_is_503_when_store_is_closed(self, store: Store) -> None:
         app = PerhapApp(store)

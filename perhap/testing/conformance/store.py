@@ -34,10 +34,13 @@ class StoreContract(BackendContract):
         assert page.next is None
         assert [e.to_dict() for e in page.events] == [
             {"event_id": r1.first.event_id, "realm": realm, "domain": "d", "entity": "e", "type": "created",
-             "event": {"a": 1}, "meta": {"by": "me"}, "version": 0, "timestamp": r1.first.timestamp},
+             "event": {"a": 1}, "meta": {"by": "me"}, "version": 0, "position": r1.first.position,
+             "timestamp": r1.first.timestamp},
             {"event_id": r2.first.event_id, "realm": realm, "domain": "d", "entity": "e", "type": "renamed",
-             "event": [1, "two", None], "meta": {}, "version": 1, "timestamp": r2.first.timestamp},
+             "event": [1, "two", None], "meta": {}, "version": 1, "position": r2.first.position,
+             "timestamp": r2.first.timestamp},
         ]
+        assert 1 <= r1.first.position < r2.first.position
 
     async def test_server_ids_are_uuid7_and_time_ordered(self, store: Store, realm: str) -> None:
         ids = [(await store.append(realm, "d", "e", "t", i)).first.event_id for i in range(20)]

@@ -30,9 +30,14 @@ class SSEReader:
         self.raw = b""
 
     async def next(self, timeout: float = 20) -> SSEMessage:
-        """The next message, comments included; StopAsyncIteration when the stream ends."""
+        """The next message (comments are not messages); StopAsyncIteration when the stream ends,
+        TimeoutError when none completes within ``timeout`` (keep-alive comments do not count)."""
+        deadline = time.monotonic() + timeout
         while not self.pending:
-            chunk = await asyncio.wait_for(self.chunks.__anext__(), timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no SSE message within {timeout} s")
+            chunk = await asyncio.wait_for(self.chunks.__anext__(), left)
             self.raw += chunk
             self.pending.extend(self.decoder.feed(chunk))
         return self.pending.pop(0)
@@ -161,6 +166,28 @@ class StreamingContract(BackendContract):
         for s in subs:
             await aclose(s)
 
+    async def test_subscribe_from_a_position_with_several_types(self, store: Store, realm: str) -> None:
+        for i in range(9):
+            await store.append(realm, "d", f"e{i % 2}", f"t{i % 3}", i)
+        events = await read_all(store, Scope(realm))
+        start = events[3].position
+        sub = store.subscribe(Scope(realm), after_position=start, types=["t0", "t2"])
+        expected = [e for e in events[4:] if e.type in ("t0", "t2")]
+        got = await take(sub, len(expected))
+        assert [(e.event_id, e.position) for e in got] == [(e.event_id, e.position) for e in expected]
+        reading = asyncio.ensure_future(take(sub, 1))
+        await store.append(realm, "d", "e0", "t1", "filtered out")
+        live = await store.append(realm, "d2", "e0", "t2", "wanted")
+        assert [(e.event_id, e.position) for e in await reading] == [(live.first.event_id, live.first.position)]
+        await aclose(sub)
+        # A position past the head waits for the next event; the same with a domain's subscription.
+        head = (await store.read(Scope(realm), order="desc", limit=1)).events[0].position
+        sub = store.subscribe(Scope(realm, "d"), after_position=head)
+        reading = asyncio.ensure_future(take(sub, 1))
+        later = await store.append(realm, "d", "e1", "t1", "later")
+        assert [e.event_id for e in await reading] == [later.first.event_id]
+        await aclose(sub)
+
     # ------------------------------------------------------------- over HTTP (SSE)
 
     async def test_sse_catch_up_live_and_resume(self, live: LiveServer, realm: str) -> None:
@@ -245,3 +272,32 @@ class StreamingContract(BackendContract):
                 await asyncio.gather(*[one() for _ in range(100)])
             await wait_until(lambda: live.app.open_streams == 0 and live.task_count() <= baseline + 2,
                              "every stream's tasks to end", timeout=10)
+
+    async def test_sse_after_position_several_types_and_positions(self, live: LiveServer, realm: str) -> None:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+            for i in range(8):
+                assert (await http.post(f"/{realm}/d/e{i % 2}/t{i % 3}", json={"event": i})).status_code == 201
+            read = (await http.get(f"/{realm}")).json()["events"]
+            assert all(isinstance(e["position"], int) for e in read)
+            start = read[2]["position"]
+            params = [("after_position", start), ("type", "t0"), ("type", "t1")]
+            expected = [e for e in read[3:] if e["type"] in ("t0", "t1")]
+            for url in (f"/{realm}", f"/{realm}/d", f"/{realm}/d/e1"):
+                async with http.stream("GET", url, params=params, headers=SSE) as r:
+                    assert r.status_code == 200
+                    reader = SSEReader(r)
+                    want = [e for e in expected if url != f"/{realm}/d/e1" or e["entity"] == "e1"]
+                    assert await reader.events(len(want)) == want  # data objects carry positions
+                    await http.post(f"/{realm}/d/e1/t2", json={"event": "filtered out"})
+                    await http.post(f"/{realm}/d/e1/t1", json={"event": "wanted"})
+                    got = (await reader.events(1))[0]
+                    assert got["event"] == "wanted" and got["position"] > want[-1]["position"]
+                    expected.append(got)
+            for query, names in [("order=desc", ["order"]), ("after_position=1&order=desc", ["order"]),
+                                 (f"following={read[0]['event_id']}&after_position=1", ["following", "after_position"]),
+                                 ("after_position=x", ["after_position"]),
+                                 ("&".join(f"type=t{i}" for i in range(101)), ["type"])]:
+                r = await http.get(f"/{realm}/d?{query}", headers=SSE)
+                assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", query
+                for name in names:
+                    assert name in r.json()["detail"], (query, r.json())
