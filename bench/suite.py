@@ -80,7 +80,7 @@ class Suite:
         finally:
             if made_workdir and not self.o.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
-        order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "7a", "7b", "8",
+        order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "6c", "6d", "7a", "7b", "8",
                                              "ref1", "ref2", "ref3"))}
         self.rows.sort(key=lambda r: (order.get(r.key, 99), backend_mod.NAMES.index(r.backend)
                                       if r.backend in backend_mod.NAMES else 9))
@@ -242,6 +242,14 @@ class Suite:
                              note=f"median of {s.growth_reads} random 100-event entities; p99 "
                                   f"{r['read_big_p99_ms']:.2f} vs {r['read_small_p99_ms']:.2f} ms"
                              ).judge("<=", 1.5))
+        for key, kind, what in (("6c", "realm", "realm head (order=desc, limit=1)"),
+                                ("6d", "entity", "entity's last event (order=desc, limit=1)")):
+            self.rows.append(Row(key, f"{what} at {big.events / 1e6:g}M", "sqlite",
+                                 r[f"head_{kind}_big_us"], "µs", r[f"head_{kind}_small_us"], "µs",
+                                 f"at {small.events // 1000}k events",
+                                 ratio(r[f"head_{kind}_big_us"], r[f"head_{kind}_small_us"]),
+                                 note=f"median of {s.growth_reads} in-process reads; one index probe, so "
+                                      "flat as the store grows").judge("<=", 1.5))
 
     def _memory(self, big: dataset.Dataset) -> None:
         n = big.domain_events()
