@@ -311,22 +311,7 @@ def replay_or_conflict(
     Returns the original result when every event is present and identical (an idempotent retry),
     None when no id exists yet, and raises EventIdConflict otherwise (partly present or different).
     """
-    if not stored:
-        return None
-    results: list[Appended] = []
-    for e in batch:
-        old = stored.get(e.event_id)
-        if old is None:
-            raise EventIdConflict(
-                e.event_id, "part of this batch was stored before with different content or ids"
-            )
-        if not e.same_content(old, realm, domain, entity):
-            raise EventIdConflict(e.event_id)
-        results.append(Appended(old.event_id, old.version, old.position, old.timestamp))
-    versions = [r.version for r in results]
-    if len(batch) > 1 and versions != list(range(versions[0], versions[0] + len(versions))):
-        raise EventIdConflict(batch[0].event_id, "these event ids were stored, but not as one batch")
-    return AppendResult(results, created=False)
+    return _replay(batch, [entity] * len(batch), stored, realm, domain, with_entity=False)
 
 
 def prepare_multi(events: object, expected_versions: object) -> tuple[list[str], list[NewEvent], dict[str, int]]:
@@ -381,6 +366,12 @@ def replay_or_conflict_multi(
 ) -> AppendResult | None:
     """:func:`replay_or_conflict` for a multi-entity append: the original results when every event
     is stored, identical, in its entity, and each entity's events as one run of versions."""
+    return _replay(batch, entities, stored, realm, domain, with_entity=True)
+
+
+def _replay(batch: Sequence[NewEvent], entities: Sequence[str], stored: Mapping[str, Event], realm: str,
+            domain: str, *, with_entity: bool) -> AppendResult | None:
+    """Both replay decisions: a batch to one entity is the case where every entity is the same."""
     if not stored:
         return None
     results: list[Appended] = []
@@ -393,7 +384,8 @@ def replay_or_conflict_multi(
             )
         if not e.same_content(old, realm, domain, entity):
             raise EventIdConflict(e.event_id)
-        results.append(Appended(old.event_id, old.version, old.position, old.timestamp, entity))
+        results.append(Appended(old.event_id, old.version, old.position, old.timestamp,
+                                entity if with_entity else None))
         runs.setdefault(entity, []).append(old.version)
     positions = [r.position for r in results]
     for versions in runs.values():
