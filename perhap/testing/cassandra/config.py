@@ -54,6 +54,11 @@ cdc_raw_directory: {data / 'cdc_raw'}
 # so a SIGKILLed node loses nothing it acknowledged.
 commitlog_sync: group
 commitlog_sync_group_window: 2ms
+# Two cores shared with the test process and a cold JIT: under a burst of batched writes (the
+# eventsourcing suite writes 10,000 events from 10 threads) a write can wait out the default 2 s
+# while a tiny memtable flushes. A timeout there reports an outcome as unknown, which the tests
+# would see as a failure of the store, not of the machine.
+write_request_timeout: 10000ms
 auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
 hinted_handoff_enabled: false

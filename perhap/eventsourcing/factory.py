@@ -1,0 +1,91 @@
+"""The persistence module's infrastructure factory: which store, realm and domain an application uses.
+
+Settings come from the application's environment, where eventsourcing looks for each name with the
+application's own prefix first (``BANKACCOUNTS_PERHAP_URL``) and then without it (``PERHAP_URL``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from eventsourcing.persistence import InfrastructureFactory, InfrastructureFactoryError
+from eventsourcing.utils import Environment, EnvType, resolve_topic
+
+from ..errors import InvalidInput
+from ..model import Scope
+from .recorders import (
+    PerhapAggregateRecorder,
+    PerhapApplicationRecorder,
+    PerhapProcessRecorder,
+    PerhapSnapshotRecorder,
+    PerhapTrackingRecorder,
+)
+from .transport import Transport, connect
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+DEFAULT_DOMAIN = "events"
+DEFAULT_TIMEOUT = 30.0
+
+
+def default_realm(application_name: str) -> str:
+    """The realm named after the application: ``BankAccounts`` -> ``bankaccounts``."""
+    name = re.sub(r"[^0-9a-z_.-]+", "-", application_name.lower()).lstrip("_-.")
+    return name or "eventsourcing"
+
+
+class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
+    """``PERSISTENCE_MODULE=perhap.eventsourcing``: an application's events in a perhap store.
+
+    ``PERHAP_URL`` is a server (``http://``, ``https://``, with ``PERHAP_TOKEN``) or a store opened
+    in process (``sqlite:///``, ``postgresql://``, ``cassandra://``). The application's events go
+    to realm ``PERHAP_REALM`` (default: its name in lower case), domain ``PERHAP_DOMAIN`` (default
+    ``events``); its snapshots to the domain ``<domain>-snapshots``.
+    """
+
+    PERHAP_URL = "PERHAP_URL"
+    PERHAP_TOKEN = "PERHAP_TOKEN"
+    PERHAP_REALM = "PERHAP_REALM"
+    PERHAP_DOMAIN = "PERHAP_DOMAIN"
+    PERHAP_TIMEOUT = "PERHAP_TIMEOUT"
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        self.url = self.env.get(self.PERHAP_URL) or DEFAULT_URL
+        self.realm = self.env.get(self.PERHAP_REALM) or default_realm(self.env.name)
+        self.domain = self.env.get(self.PERHAP_DOMAIN) or DEFAULT_DOMAIN
+        try:
+            Scope(self.realm, self.domain)
+            timeout = float(self.env.get(self.PERHAP_TIMEOUT) or DEFAULT_TIMEOUT)
+        except (InvalidInput, ValueError) as exc:
+            raise InfrastructureFactoryError(f"perhap.eventsourcing: {exc}") from None
+        self.transport: Transport = connect(self.url, self.env.get(self.PERHAP_TOKEN), timeout)
+
+    def aggregate_recorder(self, purpose: str = "events") -> PerhapAggregateRecorder | PerhapSnapshotRecorder:
+        if purpose == "events":
+            return PerhapAggregateRecorder(self.transport, self.realm, self.domain)
+        return PerhapSnapshotRecorder(self.transport, self.realm, f"{self.domain}-{purpose}")
+
+    def application_recorder(self) -> PerhapApplicationRecorder:
+        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else PerhapApplicationRecorder
+        assert issubclass(cls, PerhapApplicationRecorder), cls
+        return cls(self.transport, self.realm, self.domain)
+
+    def tracking_recorder(self, tracking_recorder_class: type[PerhapTrackingRecorder] | None = None,
+                          ) -> PerhapTrackingRecorder:
+        cls = tracking_recorder_class
+        if cls is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            cls = resolve_topic(topic) if topic else PerhapTrackingRecorder
+        assert cls is not None and issubclass(cls, PerhapTrackingRecorder), cls
+        return cls(self.transport, self.realm, self.domain)
+
+    def process_recorder(self) -> PerhapProcessRecorder:
+        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else PerhapProcessRecorder
+        assert issubclass(cls, PerhapProcessRecorder), cls
+        return cls(self.transport, self.realm, self.domain)
+
+    def close(self) -> None:
+        self.transport.close()
+        super().close()

@@ -1,0 +1,205 @@
+"""How eventsourcing's stored events become perhap events and back, exactly.
+
+An aggregate is an entity, a topic is an event type, a notification id is a position. What perhap's
+names cannot hold, or holds differently, travels in the event's ``meta``:
+
+- ``originator_version``: always. perhap versions start at 0 and have no gaps; an aggregate's
+  versions start where the application starts them (1 by default, 0 in some applications), so the
+  two differ by a constant per aggregate, which every event carries.
+- ``uuid``: true when the originator id was a UUID (perhap names are strings), so it comes back as one.
+- ``topic``: only when the topic is not a valid perhap type name; the type is then ``~topic``.
+- ``state``: ``"base64"`` when the state bytes are not JSON in perhap's own serialisation (compressed,
+  encrypted or otherwise binary state): the event is then the base64 text. Plain JSON state is stored
+  as the event itself, readable in the web UI, and comes back byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import Notification, StoredEvent
+
+from ..errors import InvalidInput
+from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json
+from ..model import Event, NewEvent, check_name, new_event
+
+#: The type of events whose topic is not a valid perhap type name (the topic is in the meta).
+ESCAPED_TOPIC_TYPE = "~topic"
+#: The type of the events that record a process application's tracking (one entity per upstream).
+TRACKING_TYPE = "eventsourcing.tracking"
+_TRACKING_PREFIX = "~tracking~"
+
+
+def _is_plain_name(text: str) -> bool:
+    if text.startswith("~"):
+        return False  # reserved for escaped ids and the recorder's own entities
+    try:
+        check_name(text, "name")
+    except InvalidInput:
+        return False
+    return True
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii").rstrip("=")
+
+
+def entity_name(originator_id: UUID | str) -> str:
+    """The entity of an aggregate: its id as text, or ``~`` and the id in base64url when the id is
+    not a valid perhap name (a '/', control characters, over 255 bytes, a leading '~'). One-to-one."""
+    if isinstance(originator_id, UUID):
+        return str(originator_id)
+    if _is_plain_name(originator_id):
+        return originator_id
+    escaped = "~" + _b64(originator_id)
+    if len(escaped) > 255:
+        raise InvalidInput(f"originator id too long for perhap (at most 190 bytes when escaped): "
+                           f"{originator_id[:40]!r}...")
+    return escaped
+
+
+def originator_of(entity: str, is_uuid: bool) -> UUID | str:
+    """The inverse of :func:`entity_name`."""
+    if is_uuid:
+        return UUID(entity)
+    if entity.startswith("~"):
+        padded = entity[1:] + "=" * (-len(entity[1:]) % 4)
+        return base64.urlsafe_b64decode(padded).decode("utf-8", "surrogatepass")
+    return entity
+
+
+def tracking_entity(application_name: str) -> str:
+    """The entity holding the tracking records of one upstream application (never an aggregate's:
+    escaped ids hold no second '~' and plain ids never begin with one)."""
+    if _is_plain_name(application_name) and len(application_name) <= 240:
+        return _TRACKING_PREFIX + application_name
+    return _TRACKING_PREFIX + "~" + _b64(application_name)[:200]
+
+
+def is_tracking_entity(entity: str) -> bool:
+    return entity.startswith(_TRACKING_PREFIX)
+
+
+def type_of(topic: str) -> str:
+    if _is_plain_name(topic):
+        return topic
+    return ESCAPED_TOPIC_TYPE
+
+
+def types_of(topics: Iterable[str]) -> list[str]:
+    """The event types to read for a set of topics (deduplicated, in a stable order)."""
+    return sorted({type_of(t) for t in topics})
+
+
+# --------------------------------------------------------------------------- state bytes
+
+
+def encode_state(state: bytes) -> tuple[bytes, bool]:
+    """The event's JSON for these state bytes, and whether they had to be base64-encoded.
+
+    State is stored as JSON only when perhap's serialisation of it gives the same bytes back (so any
+    path, HTTP included, returns it byte for byte); anything else is stored as base64 text.
+    """
+    if state[:1] in (b"{", b"[", b'"'):  # JSON values an application's transcoder writes
+        try:
+            if dump_json(load_json(state), "state") == state:
+                return state, False
+        except (orjson.JSONDecodeError, InvalidInput, ValueError, TypeError, RecursionError):
+            pass
+    return b'"' + base64.b64encode(state) + b'"', True
+
+
+def decode_state(data_json: bytes, binary: bool) -> bytes:
+    if not binary:
+        return data_json
+    try:
+        return base64.b64decode(data_json[1:-1], validate=True)
+    except binascii.Error:
+        raise ValueError("an event marked as base64 state holds something else") from None
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a perhap event says about the stored event it holds."""
+
+    originator_version: int
+    is_uuid: bool
+    topic: str
+    binary: bool
+
+
+def recorded(event: Event) -> Recorded:
+    """The eventsourcing fields of a stored perhap event; ValueError if it holds none."""
+    meta: dict[str, Any] = load_json(event.meta_json)
+    version = meta.get("originator_version")
+    if not isinstance(version, int):
+        raise ValueError(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
+                         "written by perhap.eventsourcing (no originator_version in its meta)")
+    topic = meta.get("topic", event.type)
+    return Recorded(version, meta.get("uuid") is True, topic, meta.get("state") == "base64")
+
+
+def to_new_event(stored: StoredEvent) -> NewEvent:
+    """A perhap event holding this stored event (its entity is :func:`entity_name` of the id)."""
+    topic = stored.topic
+    state = stored.state
+    data_json, binary = encode_state(state if isinstance(state, bytes) else bytes(state))
+    meta: dict[str, Any] = {"originator_version": stored.originator_version}
+    if isinstance(stored.originator_id, UUID):
+        meta["uuid"] = True
+    event_type = type_of(topic)
+    if event_type != topic:
+        meta["topic"] = topic
+    if binary:
+        meta["state"] = "base64"
+    return new_event(event_type, data_json, None, orjson.dumps(meta), raw=True)
+
+
+def to_stored_event(event: Event, originator_id: UUID | str | None = None) -> StoredEvent:
+    info = recorded(event)
+    if originator_id is None:
+        originator_id = originator_of(event.entity, info.is_uuid)
+    return StoredEvent(originator_id=originator_id, originator_version=info.originator_version,
+                       topic=info.topic, state=decode_state(event.data_json, info.binary))
+
+
+def to_notification(event: Event) -> Notification:
+    info = recorded(event)
+    return Notification(id=event.position, originator_id=originator_of(event.entity, info.is_uuid),
+                        originator_version=info.originator_version, topic=info.topic,
+                        state=decode_state(event.data_json, info.binary))
+
+
+def notifications(events: Iterable[Event], topics: Collection[str]) -> list[Notification]:
+    """The notifications among events of an application's domain: tracking records are left out,
+    and when ``topics`` are given, events of other topics (types may be shared by escaped topics)."""
+    found = []
+    for event in events:
+        if is_tracking_entity(event.entity):
+            continue
+        notification = to_notification(event)
+        if topics and notification.topic not in topics:
+            continue
+        found.append(notification)
+    return found
+
+
+def tracking_event(application_name: str, notification_id: int) -> NewEvent:
+    data = orjson.dumps({"application_name": application_name, "notification_id": notification_id})
+    return new_event(TRACKING_TYPE, data, None, EMPTY_OBJECT, raw=True)
+
+
+def tracking_id(event: Event) -> int:
+    value = load_json(event.data_json).get("notification_id")
+    if not isinstance(value, int):
+        raise ValueError(f"tracking event {event.event_id} has no notification_id")
+    return value

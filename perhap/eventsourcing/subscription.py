@@ -1,0 +1,51 @@
+"""``ApplicationRecorder.subscribe``: perhap's live stream of the application's domain as an iterator.
+
+The stream (SSE over HTTP, the store's own subscription in process) runs on a thread or task of its
+own and hands each batch of events to a queue; the iterating thread turns them into notifications,
+leaving out tracking records and, when topics are given, other topics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from queue import SimpleQueue
+
+from eventsourcing.persistence import ApplicationRecorder, Notification, PersistenceError, Subscription
+
+from ..model import Event, Scope
+from . import mapping
+from .transport import Transport
+
+
+class PerhapSubscription(Subscription[ApplicationRecorder]):
+    """Notifications with ids above ``gt``, then each new one as it is recorded, until stopped:
+    the live stream of ``scope`` (the recorder's domain) through ``transport``."""
+
+    def __init__(self, recorder: ApplicationRecorder, transport: Transport, scope: Scope,
+                 gt: int | None = None, topics: Sequence[str] = ()) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._queue: SimpleQueue[list[Event] | PersistenceError | None] = SimpleQueue()
+        self._ready: deque[Notification] = deque()
+        types = mapping.types_of(topics) if topics else None
+        self._end_stream = transport.subscribe(scope, gt, types, self._queue.put)
+
+    def stop(self) -> None:
+        super().stop()
+        self._end_stream()
+        self._queue.put(None)  # wakes a thread waiting in __next__
+
+    def __next__(self) -> Notification:
+        while True:
+            if self._has_been_stopped:
+                raise StopIteration
+            if self._ready:
+                notification = self._ready.popleft()
+                self._last_notification_id = notification.id
+                return notification
+            item = self._queue.get()
+            if isinstance(item, PersistenceError):
+                self.stop()
+                raise item
+            if item:
+                self._ready.extend(mapping.notifications(item, self._topics))

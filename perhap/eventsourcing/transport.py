@@ -1,0 +1,331 @@
+"""The recorders' way to a perhap store: blocking calls, in process or over HTTP, one interface.
+
+eventsourcing's recorders are called from application threads and block. :class:`InProcess` runs
+a store on one event loop thread per process (shared by every application that opens the same
+URL, so two applications on one SQLite file share its single writer); :class:`OverHttp` uses
+perhap's blocking client. Both raise perhap's own ``VersionConflict`` for the recorders to decide,
+and eventsourcing's exceptions for everything else (see :func:`translated`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+)
+
+from .. import errors
+from ..backends import open_store
+from ..model import Appended, Event, NewEvent, Scope
+from ..store.base import Store
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+T = TypeVar("T")
+
+#: Called with each batch of events a live stream brings, or with the error that ended it.
+Deliver = Callable[[list[Event] | PersistenceError], None]
+
+
+def translate(exc: BaseException) -> PersistenceError:
+    """eventsourcing's exception for a perhap error, as its database modules classify theirs."""
+    if isinstance(exc, PersistenceError):
+        return exc
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, errors.EventIdConflict):
+        return IntegrityError(detail)
+    if isinstance(exc, errors.NotSupported):
+        return NotSupportedError(detail)
+    if isinstance(exc, errors.StorageUnavailable | httpx.TransportError | TimeoutError | ConnectionError):
+        return OperationalError(f"perhap is unavailable: {detail}")
+    if isinstance(exc, errors.InvalidInput):
+        return DataError(detail)
+    if isinstance(exc, errors.NotFound):
+        return ProgrammingError(detail)
+    status = getattr(exc, "status", 0)
+    if status in (401, 403):
+        return OperationalError(f"perhap refused the credentials: {detail}")
+    if isinstance(exc, errors.PerhapError) and 400 <= status < 500:
+        return ProgrammingError(detail)
+    if isinstance(exc, errors.PerhapError | httpx.HTTPError):
+        return InternalError(detail)
+    return InterfaceError(detail)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise eventsourcing's exceptions; perhap's VersionConflict passes for the recorder to decide."""
+    try:
+        yield
+    except errors.VersionConflict:
+        raise
+    except (errors.PerhapError, httpx.HTTPError, OSError, TimeoutError, RuntimeError) as exc:
+        raise translate(exc) from exc
+
+
+class Transport(abc.ABC):
+    """Blocking access to one store. Reads return one page; ``read`` takes ``Store.read``'s bounds."""
+
+    name: str
+    supports_multi_entity: bool = True
+
+    @abc.abstractmethod
+    def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
+               expected: int | None) -> list[Appended]: ...
+
+    @abc.abstractmethod
+    def append_many(self, realm: str, domain: str, pairs: list[tuple[str, NewEvent]],
+                    expected: dict[str, int]) -> list[Appended]: ...
+
+    @abc.abstractmethod
+    def read(self, scope: Scope, limit: int, **bounds: Any) -> list[Event]: ...
+
+    @abc.abstractmethod
+    def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
+                  deliver: Deliver) -> Callable[[], None]:
+        """Start delivering the scope's events after the position; returns a function that stops it."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- in process
+
+
+class _LoopThread:
+    """One event loop on a daemon thread, where this process's in-process stores live."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="perhap-eventsourcing", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+_lock = threading.Lock()
+_loop_thread: _LoopThread | None = None
+_stores: dict[str, tuple[Store, int]] = {}  # url -> (store, factories using it)
+
+
+def _loop() -> _LoopThread:
+    global _loop_thread
+    if _loop_thread is None:
+        _loop_thread = _LoopThread()
+    return _loop_thread
+
+
+class InProcess(Transport):
+    """A perhap store opened in this process (``sqlite:///``, ``postgresql://``, ``cassandra://``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with _lock:
+            self._runner = _loop()
+            store, users = _stores.get(url, (None, 0))
+            if store is None:
+                with translated():
+                    store = self._runner.run(_opened(url))
+            _stores[url] = (store, users + 1)
+        self.store = store
+        self.name = store.backend_name
+        self.supports_multi_entity = store.supports_multi_entity
+        self._closed = False
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            call.close()
+            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+        with translated():
+            return self._runner.run(call)
+
+    def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
+               expected: int | None) -> list[Appended]:
+        return self._run(self.store.append_batch(realm, domain, entity, events, expected_version=expected)).events
+
+    def append_many(self, realm: str, domain: str, pairs: list[tuple[str, NewEvent]],
+                    expected: dict[str, int]) -> list[Appended]:
+        return self._run(self.store.append_many(realm, domain, pairs, expected_versions=expected)).events
+
+    def read(self, scope: Scope, limit: int, **bounds: Any) -> list[Event]:
+        return self._run(self.store.read(scope, limit=limit, **bounds)).events
+
+    def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
+                  deliver: Deliver) -> Callable[[], None]:
+        store = self.store
+
+        async def pump() -> None:
+            try:
+                sub = await store.subscription(scope, after_position=after_position, types=types)
+                while True:
+                    deliver(await sub.fetch())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream ends: the subscriber gets the error
+                deliver(translate(exc))
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self._runner.loop)
+
+        def stop() -> None:
+            future.cancel()  # thread-safe: cancels the task on its loop
+
+        return stop
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _lock:
+            store, users = _stores[self.url]
+            if users > 1:
+                _stores[self.url] = (store, users - 1)
+                return
+            del _stores[self.url]
+        with translated():
+            self._runner.run(store.close())
+
+
+async def _opened(url: str) -> Store:
+    return await open_store(url)
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+class OverHttp(Transport):
+    """A perhap server, through the blocking client (``http://`` and ``https://``)."""
+
+    name = "http"
+
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
+        from ..client import Client  # httpx loads only for this transport
+
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self.client = Client(url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), headers=headers)
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+
+    def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
+               expected: int | None) -> list[Appended]:
+        self._check()
+        with translated():
+            return self.client.append_batch(realm, domain, entity, events, expected_version=expected).events
+
+    def append_many(self, realm: str, domain: str, pairs: list[tuple[str, NewEvent]],
+                    expected: dict[str, int]) -> list[Appended]:
+        self._check()
+        with translated():
+            return self.client.append_many(realm, domain, pairs, expected_versions=expected).events
+
+    def read(self, scope: Scope, limit: int, **bounds: Any) -> list[Event]:
+        self._check()
+        with translated():
+            tagged = self.client.read_page(scope, limit=limit, **bounds)
+        assert tagged is not None  # only a conditional read answers None
+        return tagged[0].events
+
+    def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
+                  deliver: Deliver) -> Callable[[], None]:
+        self._check()
+        stream = _HttpStream(self.client, scope, after_position, types, deliver)
+        threading.Thread(target=stream.run, name="perhap-eventsourcing-stream", daemon=True).start()
+        return stream.stop
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+
+#: Failed connections in a row after which a live stream gives up with an OperationalError.
+STREAM_RETRIES = 5
+
+
+class _HttpStream:
+    """One SSE stream on a thread of its own; ``stop()`` from any thread ends it at once."""
+
+    def __init__(self, client: Client, scope: Scope, after_position: int | None, types: Sequence[str] | None,
+                 deliver: Deliver) -> None:
+        self.http: httpx.Client = client._http
+        self.state = client._stream(scope, None, STREAM_RETRIES, None, after_position=after_position,
+                                    types=types)
+        self.deliver = deliver
+        self.stopped = threading.Event()
+        self.response: httpx.Response | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                error = self._once()
+                if self.stopped.is_set():
+                    return
+                self.stopped.wait(self.state.retry_delay(error))
+        except Exception as exc:
+            if not self.stopped.is_set():
+                self.deliver(translate(exc))
+
+    def _once(self) -> Exception:
+        try:
+            response = self.http.send(self.state.request(), stream=True)
+        except httpx.TransportError as exc:
+            return exc
+        self.response = response
+        try:
+            if self.stopped.is_set():
+                return ConnectionError("stopped")
+            if response.status_code != 200:
+                response.read()
+            failed = self.state.opened(response)
+            if failed is not None:
+                return failed
+            for chunk in response.iter_bytes():
+                if self.stopped.is_set():
+                    break
+                events = self.state.feed(chunk)
+                if events:
+                    self.deliver(events)
+            return ConnectionError("the server ended the stream")
+        except httpx.TransportError as exc:
+            return exc
+        finally:
+            response.close()
+
+    def stop(self) -> None:
+        """End the stream: wake its thread from a blocking read by shutting the socket down."""
+        self.stopped.set()
+        response = self.response
+        if response is None:
+            return
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def connect(url: str, token: str | None = None, timeout: float = 30.0) -> Transport:
+    """The transport for a PERHAP_URL."""
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        return OverHttp(url, token, timeout)
+    return InProcess(url)
