@@ -17,7 +17,7 @@ from . import dataset, growth, httpbench, inprocess, latency, limits, memory, pe
 from .common import Row, Sizes, log, ratio
 
 T = TypeVar("T")
-ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8")
+ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Suite:
             if made_workdir and not self.o.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
         order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "6c", "6d", "7a", "7b", "8",
-                                             "ref1", "ref2", "ref3"))}
+                                             "9a", "9b", "9c", "9d", "ref1", "ref2", "ref3"))}
         self.rows.sort(key=lambda r: (order.get(r.key, 99), backend_mod.NAMES.index(r.backend)
                                       if r.backend in backend_mod.NAMES else 9))
         return self.rows
@@ -117,6 +117,8 @@ class Suite:
                 self.step("memory (row 7)", lambda: self._memory(big))  # type: ignore[arg-type]
         if self.want("8"):
             self.step("streaming latency (row 8)", self._latency)
+        if self.want("9"):
+            self.step("eventsourcing application (row 9)", self._esapp)
 
     def _inprocess(self, peer: dict[str, float], inproc: dict[str, dict[str, float]]) -> None:
         s = self.s
@@ -225,6 +227,13 @@ class Suite:
                                  "raw ASGI", ratio(r["perhap_get"]["rps"], r["raw_get"]["rps"]),
                                  note=f"load generator: {gen}; perhap's response is 100 events, "
                                       f"the baseline's a 17-byte hello").judge(">=", 0.4))
+
+    def _esapp(self) -> None:
+        from . import esapp  # eventsourcing's application classes load only for this row
+
+        r = esapp.measure(self.work, self.s.mode, self.o.repeats)
+        self.meta["esapp"] = r
+        self.rows += esapp.rows(r)
 
     def _growth(self, big: dataset.Dataset, small: dataset.Dataset) -> None:
         s = self.s
