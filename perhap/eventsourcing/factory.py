@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from eventsourcing.persistence import InfrastructureFactory, InfrastructureFactoryError
+from eventsourcing.persistence import InfrastructureFactory, InfrastructureFactoryError, NotSupportedError
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from ..errors import InvalidInput
@@ -81,6 +81,11 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
         return cls(self.transport, self.realm, self.domain)
 
     def process_recorder(self) -> PerhapProcessRecorder:
+        if not self.transport.supports_multi_entity:
+            # Refused here, not at the first event a policy emits: a process application stores
+            # its events and its tracking record in one multi-entity append.
+            raise NotSupportedError(f"the {self.transport.name} backend has no multi-entity appends, so it "
+                                    "cannot record a process application's events with its tracking")
         topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
         cls = resolve_topic(topic) if topic else PerhapProcessRecorder
         assert issubclass(cls, PerhapProcessRecorder), cls

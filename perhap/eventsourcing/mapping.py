@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import DataError, Notification, StoredEvent
 
 from ..errors import InvalidInput
 from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json
@@ -59,8 +60,8 @@ def entity_name(originator_id: UUID | str) -> str:
         return originator_id
     escaped = "~" + _b64(originator_id)
     if len(escaped) > 255:
-        raise InvalidInput(f"originator id too long for perhap (at most 190 bytes when escaped): "
-                           f"{originator_id[:40]!r}...")
+        raise DataError(f"originator id too long for perhap (at most 255 bytes, or 190 when it needs "
+                        f"escaping): {originator_id[:40]!r}...")
     return escaped
 
 
@@ -77,9 +78,13 @@ def originator_of(entity: str, is_uuid: bool) -> UUID | str:
 def tracking_entity(application_name: str) -> str:
     """The entity holding the tracking records of one upstream application (never an aggregate's:
     escaped ids hold no second '~' and plain ids never begin with one)."""
-    if _is_plain_name(application_name) and len(application_name) <= 240:
+    if _is_plain_name(application_name) and len(application_name.encode("utf-8")) <= 245:
         return _TRACKING_PREFIX + application_name
-    return _TRACKING_PREFIX + "~" + _b64(application_name)[:200]
+    escaped = _b64(application_name)
+    if len(escaped) <= 244:
+        return _TRACKING_PREFIX + "~" + escaped
+    # Too long even escaped: a digest ('=' never appears in unpadded base64url, so no clash).
+    return _TRACKING_PREFIX + "=" + hashlib.sha256(application_name.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_tracking_entity(entity: str) -> bool:

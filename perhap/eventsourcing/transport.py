@@ -169,6 +169,8 @@ class InProcess(Transport):
 
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:
+        if self._closed:
+            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
         store = self.store
 
         async def pump() -> None:
