@@ -158,11 +158,22 @@ class InProcess(Transport):
 
     def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
                expected: int | None) -> list[Appended]:
+        if self.store.accepts_blocking_appends:  # straight to the writer thread (SQLite)
+            return self._blocking(realm, domain, entity, events, expected_version=expected)
         return self._run(self.store.append_batch(realm, domain, entity, events, expected_version=expected)).events
 
     def append_many(self, realm: str, domain: str, pairs: list[tuple[str, NewEvent]],
                     expected: dict[str, int]) -> list[Appended]:
+        if self.store.accepts_blocking_appends:
+            return self._blocking(realm, domain, None, pairs, expected_versions=expected)
         return self._run(self.store.append_many(realm, domain, pairs, expected_versions=expected)).events
+
+    def _blocking(self, realm: str, domain: str, entity: str | None, events: Sequence[Any],
+                  **expected: Any) -> list[Appended]:
+        if self._closed:
+            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+        with translated():
+            return self.store.append_blocking(realm, domain, entity, events, **expected).events
 
     def read(self, scope: Scope, limit: int, **bounds: Any) -> list[Event]:
         return self._run(self.store.read(scope, limit=limit, **bounds)).events

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -61,18 +62,23 @@ class WriteJob:
     each entity's events taking consecutive versions in send order, and fails with
     ``VersionConflict.several`` unless every ``expectations[entity]`` holds (``entity`` is then
     the first event's entity, ``expected`` None).
+
+    ``loop`` is the caller's event loop, and ``future`` an asyncio future on it; a caller on a plain
+    thread (:meth:`Store.append_blocking`) has no loop, and waits on a thread-safe future that the
+    writer settles where it runs.
     """
 
     __slots__ = ("realm", "domain", "entity", "batch", "expected", "future", "loop",
                  "entities", "expectations")
 
     def __init__(self, realm: str, domain: str, entity: str, batch: list[NewEvent],
-                 expected: int | None, loop: asyncio.AbstractEventLoop,
+                 expected: int | None, loop: asyncio.AbstractEventLoop | None,
                  entities: list[str] | None = None, expectations: dict[str, int] | None = None) -> None:
         self.realm, self.domain, self.entity = realm, domain, entity
         self.batch, self.expected = batch, expected
         self.loop = loop
-        self.future: asyncio.Future[AppendResult] = loop.create_future()
+        self.future: asyncio.Future[AppendResult] | concurrent.futures.Future[AppendResult] = (
+            loop.create_future() if loop is not None else concurrent.futures.Future())
         self.entities = entities
         self.expectations = expectations
 
@@ -107,6 +113,8 @@ class Store(abc.ABC):
     preserves_submission_order: ClassVar[bool] = False
     #: Whether :meth:`append_many` (a multi-entity atomic append) is offered; else 501.
     supports_multi_entity: ClassVar[bool] = True
+    #: Whether :meth:`append_blocking` takes appends from plain threads (its ``_submit`` is thread-safe).
+    accepts_blocking_appends: ClassVar[bool] = False
     #: How long a subscriber waits before polling again when no wake-up arrives.
     poll_interval: float = 1.0
 
@@ -143,18 +151,14 @@ class Store(abc.ABC):
         expected_version: int | None = None,
     ) -> AppendResult:
         """Append events to one entity atomically: all are stored, or none."""
-        check_name(realm, "realm", realm=True)
-        check_name(domain, "domain")
-        check_name(entity, "entity")
-        batch = prepare_batch(events)
-        expected = check_expected_version(expected_version)
-        self._check_open()
-        job = WriteJob(realm, domain, entity, batch, expected, asyncio.get_running_loop())
+        job = self._batch_job(realm, domain, entity, events, expected_version, asyncio.get_running_loop())
         self._submit(job)
         # A client that disconnects cancels only this wait: the backend writes the job all the
         # same and skips settling a cancelled future (no asyncio.shield: it costs an extra future
         # and an extra loop pass per append).
-        return await job.future
+        future = job.future
+        assert isinstance(future, asyncio.Future)
+        return await future
 
     async def append_many(
         self,
@@ -171,6 +175,48 @@ class Store(abc.ABC):
         entities (with or without events); if any does not hold, VersionConflict lists them all.
         The results (in the order sent) carry their entity.
         """
+        job = self._multi_job(realm, domain, events, expected_versions, asyncio.get_running_loop())
+        self._submit(job)
+        future = job.future
+        assert isinstance(future, asyncio.Future)
+        return await future
+
+    def append_blocking(
+        self,
+        realm: str,
+        domain: str,
+        entity: str | None,
+        events: Sequence[Any],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        """:meth:`append_batch` (``entity`` given) or :meth:`append_many` (``entity`` None) for a
+        caller on a plain thread, blocking until the outcome. Only where ``accepts_blocking_appends``
+        (SQLite, whose writer is a thread of its own: the call never passes through the event loop);
+        other stores raise NotSupported."""
+        if not self.accepts_blocking_appends:
+            raise NotSupported(f"the {self.backend_name} backend takes appends on its event loop only",
+                               backend=self.backend_name)
+        if entity is None:
+            job = self._multi_job(realm, domain, events, expected_versions, None)
+        else:
+            job = self._batch_job(realm, domain, entity, events, expected_version, None)
+        self._submit(job)
+        return job.future.result()
+
+    def _batch_job(self, realm: str, domain: str, entity: str, events: Sequence[NewEvent | Mapping[str, Any]],
+                   expected_version: int | None, loop: asyncio.AbstractEventLoop | None) -> WriteJob:
+        check_name(realm, "realm", realm=True)
+        check_name(domain, "domain")
+        check_name(entity, "entity")
+        batch = prepare_batch(events)
+        expected = check_expected_version(expected_version)
+        self._check_open()
+        return WriteJob(realm, domain, entity, batch, expected, loop)
+
+    def _multi_job(self, realm: str, domain: str, events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]],
+                   expected_versions: Mapping[str, int] | None, loop: asyncio.AbstractEventLoop | None) -> WriteJob:
         check_name(realm, "realm", realm=True)
         check_name(domain, "domain")
         entities, batch, expectations = prepare_multi(events, expected_versions)
@@ -179,10 +225,7 @@ class Store(abc.ABC):
             raise NotSupported(f"the {self.backend_name} backend does not offer multi-entity appends; "
                                "append to one entity at a time (see the feature matrix in docs/backends)",
                                backend=self.backend_name)
-        job = WriteJob(realm, domain, entities[0], batch, None, asyncio.get_running_loop(),
-                       entities, expectations)
-        self._submit(job)
-        return await job.future
+        return WriteJob(realm, domain, entities[0], batch, None, loop, entities, expectations)
 
     @property
     def backend_name(self) -> str:

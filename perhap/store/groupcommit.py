@@ -49,7 +49,11 @@ def settle_group(outcomes: Sequence[Outcome], *, from_thread: bool) -> None:
         return
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for item in outcomes:
-        by_loop.setdefault(item[0].loop, []).append(item)
+        loop = item[0].loop
+        if loop is None:  # a caller on a plain thread: its future is thread-safe, settle it here
+            item[0].settle(item[1])
+        else:
+            by_loop.setdefault(loop, []).append(item)
     for loop, settled in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_all, settled)

@@ -49,6 +49,9 @@ class SQLiteStore(Store):
     shared_across_processes = False
     # One writer thread takes appends from a FIFO queue: appends started in order commit in order.
     preserves_submission_order = True
+    # The writer is a thread fed by a thread-safe queue: a caller on another thread may hand it a job
+    # directly (append_blocking) and be settled from the writer, skipping the event loop both ways.
+    accepts_blocking_appends = True
     # Wake-ups come from the writer thread; polling only covers another store on the same file in
     # this process, or a tool other than perhap writing the file.
     poll_interval = 5.0
@@ -89,7 +92,7 @@ class SQLiteStore(Store):
 
     def _submit(self, job: WriteJob) -> None:
         writer = self._writer
-        if writer is None or job.loop is not self._loop:
+        if writer is None or (job.loop is not self._loop and job.loop is not None):
             raise self._foreign()
         # The writer never looks at the future before writing: it commits the job all the same
         # when its caller stops waiting.
