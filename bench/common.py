@@ -110,6 +110,15 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
+def remove_sqlite(path: Path | str) -> None:
+    """Delete a SQLite database file and its WAL and shared-memory files, if there."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(f"{path}{suffix}")
+        except FileNotFoundError:
+            pass
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 

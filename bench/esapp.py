@@ -12,7 +12,6 @@ every setup, so the ratio is the persistence module's.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from .common import Row, ratio
+from .common import Row, ratio, remove_sqlite
 from .servers import perhap_server
 
 #: Saves per run by mode, over all threads (even: every account is saved twice).
@@ -88,14 +87,6 @@ def _run(env: dict[str, str], threads: int, saves: int) -> float:
         app.close()
 
 
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.remove(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
-
-
 def one_round(workdir: Path, mode: str, index: int) -> dict[str, float]:
     """One run of every setup and thread count, each on a fresh database; saves per second."""
     out: dict[str, float] = {}
@@ -103,16 +94,16 @@ def one_round(workdir: Path, mode: str, index: int) -> dict[str, float]:
         es_db = workdir / f"esapp-es-{index}-{threads}.db"
         out[f"eventsourcing_{threads}"] = _run(
             {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(es_db)}, threads, saves)
-        _remove(es_db)
+        remove_sqlite(es_db)
         db = workdir / f"esapp-perhap-{index}-{threads}.db"
         out[f"perhap_{threads}"] = _run(
             {"PERSISTENCE_MODULE": "perhap.eventsourcing", "PERHAP_URL": f"sqlite:///{db}"}, threads, saves)
-        _remove(db)
+        remove_sqlite(db)
         db = workdir / f"esapp-http-{index}-{threads}.db"
         with perhap_server(f"sqlite:///{db}", workdir / "esapp-server.log") as server:
             out[f"perhap_http_{threads}"] = _run(
                 {"PERSISTENCE_MODULE": "perhap.eventsourcing", "PERHAP_URL": server.url}, threads, saves)
-        _remove(db)
+        remove_sqlite(db)
     return out
 
 

@@ -11,14 +11,13 @@ unique index and measure the disk's random-write rate instead).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
 
 from perhap.store import uuid7
 
-from .common import Sizes
+from .common import Sizes, remove_sqlite
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -50,7 +49,7 @@ def single_row_commits(workdir: Path, seconds: float) -> float:
             break
     elapsed = time.perf_counter() - start
     conn.close()
-    _remove(path)
+    remove_sqlite(path)
     return n / elapsed
 
 
@@ -87,16 +86,8 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
         batch_no += 1
     elapsed = time.perf_counter() - start
     conn.close()
-    _remove(path)
+    remove_sqlite(path)
     return n / elapsed
-
-
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.remove(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
 
 
 def measure(workdir: Path, sizes: Sizes) -> dict[str, float]:

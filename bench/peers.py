@@ -9,13 +9,12 @@ serialised, so the peer's figures exclude the serialisation perhap does inside `
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from .common import Sizes
+from .common import Sizes, remove_sqlite
 
 TOPIC = "bench.domain:Happened"
 
@@ -64,7 +63,7 @@ def concurrent_single_inserts(workdir: Path, seconds: float, threads: int = 16) 
         t.join()
     elapsed = time.perf_counter() - start
     datastore.close()
-    _remove(path)
+    remove_sqlite(path)
     return sum(counts) / elapsed
 
 
@@ -83,7 +82,7 @@ def batch_inserts(workdir: Path, batches: int, size: int = 1000) -> float:
         recorder.insert_events(batch)
     elapsed = time.perf_counter() - start
     datastore.close()
-    _remove(path)
+    remove_sqlite(path)
     return batches * size / elapsed
 
 
@@ -105,16 +104,8 @@ def select_events(workdir: Path, count: int) -> tuple[float, int]:
         best = min(best, time.perf_counter() - start)
         assert len(events) == count
     datastore.close()
-    _remove(path)
+    remove_sqlite(path)
     return count / best, count
-
-
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.remove(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
 
 
 def measure(workdir: Path, sizes: Sizes) -> dict[str, float]:

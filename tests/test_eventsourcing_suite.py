@@ -93,20 +93,16 @@ class PerhapCase:
         self.factories.append(factory)
         return factory
 
-    def close_factories(self) -> None:
+    def tearDown(self) -> None:
         for factory in getattr(self, "factories", []):
             factory.close()
         self.factories = []
+        super().tearDown()  # type: ignore[misc]  # the TestCase after this mixin
 
 
 class AggregateCase(PerhapCase, es.AggregateRecorderTestCase):
     def create_recorder(self) -> AggregateRecorder:
         return self.new_factory().aggregate_recorder()
-
-    def tearDown(self) -> None:
-        self.close_factories()
-        super().tearDown()
-
 
 class ApplicationCase(PerhapCase, es.ApplicationRecorderTestCase[PerhapApplicationRecorder]):
     def create_recorder(self) -> PerhapApplicationRecorder:
@@ -115,37 +111,17 @@ class ApplicationCase(PerhapCase, es.ApplicationRecorderTestCase[PerhapApplicati
     def test_insert_subscribe(self) -> None:
         self.optional_test_insert_subscribe()
 
-    def tearDown(self) -> None:
-        self.close_factories()
-        super().tearDown()
-
-
 class TrackingCase(PerhapCase, es.TrackingRecorderTestCase):
     def create_recorder(self) -> TrackingRecorder:
         return self.new_factory().tracking_recorder()
-
-    def tearDown(self) -> None:
-        self.close_factories()
-        super().tearDown()
-
 
 class ProcessCase(PerhapCase, es.ProcessRecorderTestCase):
     def create_recorder(self) -> ProcessRecorder:
         return self.new_factory().process_recorder()
 
-    def tearDown(self) -> None:
-        self.close_factories()
-        super().tearDown()
-
-
 class NonInterleavingCase(PerhapCase, es.NonInterleavingNotificationIDsBaseCase):
     def create_recorder(self) -> ApplicationRecorder:
         return self.new_factory().application_recorder()
-
-    def tearDown(self) -> None:
-        self.close_factories()
-        super().tearDown()
-
 
 class FactoryCase(PerhapCase, es.InfrastructureFactoryTestCase[Factory]):
     def expected_factory_class(self) -> type[Factory]:
