@@ -37,7 +37,7 @@ from perhap.backends.sqlite.writer import JobOutcome, apply_each, apply_together
 from perhap.backends.sqlite.writes import WriterState, insert_chunks
 from perhap.errors import EventIdConflict, PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, NewEvent, Scope, new_event
-from perhap.store.base import WriteJob
+from perhap.store.job import WriteJob
 from tests.helpers import wait_until
 from tests.servers import ProcessServer
 

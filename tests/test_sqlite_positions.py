@@ -31,7 +31,8 @@ from perhap.backends.sqlite.reads import walk_sql
 from perhap.backends.sqlite.schema import open_database
 from perhap.errors import StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, Scope, new_event
-from perhap.store.base import Store, WriteJob
+from perhap.store.base import Store
+from perhap.store.job import WriteJob
 from perhap.store.query import ReadQuery
 from tests.test_sqlite_backend import _careful, _decided, _events, _fast, _fresh, _rows
 

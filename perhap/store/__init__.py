@@ -28,7 +28,8 @@ from ..model import (
     prepare_batch,
     replay_or_conflict,
 )
-from .base import Statistic, Store, Subscription, WriteJob
+from .base import Statistic, Store, Subscription
+from .job import WriteJob
 
 __all__ = [
     "DEFAULT_LIMIT", "EMPTY_OBJECT", "MAX_BATCH", "MAX_LIMIT", "MAX_NAME_BYTES", "MAX_VERSION",

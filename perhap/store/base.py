@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -41,6 +40,7 @@ from ..model import (
     prepare_batch,
     prepare_multi,
 )
+from .job import WriteJob
 from .query import ReadQuery, read_query
 
 
@@ -52,54 +52,6 @@ class Statistic:
     value: float
     help: str
     counter: bool = True
-
-
-class WriteJob:
-    """One validated batch, from the caller to the backend and its outcome back.
-
-    A single-entity job writes ``batch`` to ``entity`` with ``expected`` (None: any version).
-    A multi-entity job (``entities`` set) writes ``batch[i]`` to ``entities[i]``, all or nothing,
-    each entity's events taking consecutive versions in send order, and fails with
-    ``VersionConflict.several`` unless every ``expectations[entity]`` holds (``entity`` is then
-    the first event's entity, ``expected`` None).
-
-    ``loop`` is the caller's event loop, and ``future`` an asyncio future on it; a caller on a plain
-    thread (:meth:`Store.append_blocking`) has no loop, and waits on a thread-safe future that the
-    writer settles where it runs.
-    """
-
-    __slots__ = ("realm", "domain", "entity", "batch", "expected", "future", "loop",
-                 "entities", "expectations")
-
-    def __init__(self, realm: str, domain: str, entity: str, batch: list[NewEvent],
-                 expected: int | None, loop: asyncio.AbstractEventLoop | None,
-                 entities: list[str] | None = None, expectations: dict[str, int] | None = None) -> None:
-        self.realm, self.domain, self.entity = realm, domain, entity
-        self.batch, self.expected = batch, expected
-        self.loop = loop
-        self.future: asyncio.Future[AppendResult] | concurrent.futures.Future[AppendResult] = (
-            loop.create_future() if loop is not None else concurrent.futures.Future())
-        self.entities = entities
-        self.expectations = expectations
-
-    @property
-    def multi(self) -> bool:
-        """Whether this job writes to several entities (see the class docstring)."""
-        return self.entities is not None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.realm, self.domain, self.entity
-
-    def settle(self, outcome: AppendResult | BaseException) -> None:
-        """Hand the outcome to the caller (on the job's loop); a caller that left is skipped."""
-        future = self.future
-        if future.done():  # the caller was cancelled (a client disconnect): the write stands
-            return
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 class Store(abc.ABC):

@@ -12,7 +12,7 @@ import queue
 from collections.abc import Callable, Sequence
 
 from ..model import AppendResult
-from .base import WriteJob
+from .job import WriteJob
 
 #: Queued after the last job by close(): the writer finishes what came before it, then stops.
 STOP = object()

@@ -42,7 +42,8 @@ import asyncio
 
 from ...errors import StorageUnavailable
 from ...model import AppendResult, Event
-from ...store.base import Statistic, Store, WriteJob
+from ...store.base import Statistic, Store
+from ...store.job import WriteJob
 from ...store.query import ReadQuery
 from .driver import DRIVER_ERRORS, Driver
 from .names import Names

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from ...errors import PerhapError, VersionConflict
 from ...model import Appended, AppendResult, Event, replay_or_conflict, replay_or_conflict_multi
-from ...store.base import WriteJob
+from ...store.job import WriteJob
 
 Key = tuple[str, str, str]  # realm, domain, entity
 #: A job's outcome: the result, or the error that refuses it (that job alone).

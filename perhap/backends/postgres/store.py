@@ -23,8 +23,9 @@ import asyncpg
 
 from ...errors import PerhapError, StorageUnavailable
 from ...model import Event
-from ...store.base import Statistic, Store, WriteJob
+from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
+from ...store.job import WriteJob
 from ...store.query import ReadQuery
 from .connection import DB_ERRORS, LOST, Options, Pool, warn_if_not_durable
 from .listener import Listener

@@ -34,8 +34,8 @@ import asyncpg
 from ...errors import PerhapError, StorageUnavailable
 from ...ids import utc_timestamp
 from ...model import AppendResult, Event
-from ...store.base import WriteJob
 from ...store.groupcommit import STOP, settle_group, take_group
+from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
 from .decide import Accepted, Decided, Key, decide, keys_read, replay_of
 from .listener import Wake

@@ -28,8 +28,9 @@ from typing import TypeVar, cast
 
 from ...errors import StorageUnavailable
 from ...model import Event
-from ...store.base import Statistic, Store, WriteJob
+from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
+from ...store.job import WriteJob
 from ...store.query import ReadQuery
 from . import queries, reads
 from .lock import FileLock, acquire

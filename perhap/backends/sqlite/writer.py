@@ -32,8 +32,8 @@ from typing import NamedTuple
 from ...errors import PerhapError, StorageUnavailable
 from ...ids import utc_timestamp
 from ...model import AppendResult, Event
-from ...store.base import WriteJob
 from ...store.groupcommit import STOP, settle_group, take_group
+from ...store.job import WriteJob
 from .queries import make_event
 from .ring import Ring
 from .writes import Deferred, Undeferrable, WriterState

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ...errors import VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict, replay_or_conflict_multi
-from ...store.base import WriteJob
+from ...store.job import WriteJob
 from .queries import stored_events
 from .schema import last_seq
 
