@@ -78,14 +78,15 @@ def load(url: str, method: str, seconds: int, workdir: Path) -> dict[str, float]
     return _builtin(url if method == "GET" else base + "/bench/http", method, seconds)
 
 
-def _prepare_entity(server: Server, count: int = 100) -> str:
+def _prepare_entity(server: Server, count: int = 100) -> tuple[str, int]:
+    """The path of a ``count``-event entity, and the size of perhap's answer to a GET of it."""
     path = "/bench/http-read/e100"
     events = [{"type": "happened", "event": {"n": i, "text": "hello from the benchmark"}} for i in range(count)]
     r = httpx.post(server.url + path, json={"events": events}, timeout=30)
     r.raise_for_status()
-    check = httpx.get(server.url + path, timeout=30).json()
-    assert len(check["events"]) == count, check
-    return path
+    answer = httpx.get(server.url + path, timeout=30)
+    assert len(answer.json()["events"]) == count, answer.text[:200]
+    return path, len(answer.content)
 
 
 def measure(db_url: str, workdir: Path, seconds: int, repeats: int) -> dict[str, Any]:
@@ -94,12 +95,13 @@ def measure(db_url: str, workdir: Path, seconds: int, repeats: int) -> dict[str,
                                                   "perhap_get": []}
     with raw_server(workdir / "raw-server.log") as raw, \
             perhap_server(db_url, workdir / "perhap-server.log") as perhap:
-        read_path = _prepare_entity(perhap)
+        read_path, read_size = _prepare_entity(perhap)
         for _ in range(repeats):
             results["raw_post"].append(load(raw.url + "/bench/http", "POST", seconds, workdir))
             results["perhap_post"].append(load(perhap.url + "/bench/http", "POST", seconds, workdir))
         for _ in range(repeats):
-            results["raw_get"].append(load(raw.url + "/", "GET", seconds, workdir))
+            # The baseline answers a body of the same size: the row compares like with like.
+            results["raw_get"].append(load(raw.url + f"/sized/{read_size}", "GET", seconds, workdir))
             results["perhap_get"].append(load(perhap.url + read_path, "GET", seconds, workdir))
         stored = httpx.get(perhap.url + "/bench/http/keys", params={"limit": 10}, timeout=30)
         stored.raise_for_status()
@@ -107,4 +109,4 @@ def measure(db_url: str, workdir: Path, seconds: int, repeats: int) -> dict[str,
     for name, r in best.items():
         if r.get("non2xx") or r.get("errors"):
             raise RuntimeError(f"{name}: {r['non2xx']:.0f} non-2xx responses, {r['errors']:.0f} errors")
-    return {"generator": generator(), **best, "runs": results}
+    return {"generator": generator(), **best, "read_bytes": read_size, "runs": results}

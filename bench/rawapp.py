@@ -2,7 +2,8 @@
 
 ``python -m bench.rawapp PORT`` runs it through :func:`perhap.server._config`, the very uvicorn
 settings of ``perhap serve`` (uvloop, httptools, no access log), so the only difference between the
-two servers is the application.
+two servers is the application. ``GET /sized/N`` answers a JSON body of exactly N bytes (built once
+per size), so a read of perhap can be compared with a body of the same size.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import sys
 from typing import Any
 
 HELLO = b'{"hello":"world"}'
+_SIZED: dict[int, bytes] = {}
+
+
+def sized(n: int) -> bytes:
+    """A JSON object of exactly ``n`` bytes (at least the 10 of its frame)."""
+    body = _SIZED.get(n)
+    if body is None:
+        body = _SIZED[n] = b'{"pad":"' + b"x" * max(0, n - 10) + b'"}'
+    return body
 CREATED = b'{"event_id":"00000000-0000-7000-8000-000000000000","version":0,"timestamp":"2026-01-01T00:00:00.000000Z"}'
 
 
@@ -31,6 +41,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             message = await receive()
             more = message.get("more_body", False)
         status, body = 201, CREATED
+    elif scope["path"].startswith("/sized/"):
+        status, body = 200, sized(int(scope["path"][len("/sized/"):]))
     else:
         status, body = 200, HELLO
     await send({"type": "http.response.start", "status": status,
