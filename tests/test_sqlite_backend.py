@@ -529,3 +529,42 @@ async def test_stores_of_one_process_share_a_file(tmp_path: Path) -> None:
     r = _perhap("export", "--db", f"sqlite:///{path}")
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3  # the header and two events
+
+
+async def test_cached_pages_are_served_without_a_probe_until_a_store_of_the_file_commits(tmp_path: Path) -> None:
+    # SQLite's commit marker is shared by every store of this process on the file, and no other
+    # process writes it: while the marker stays, the page cache serves without asking the store.
+    from perhap.http.app import PerhapApp
+
+    path = str(tmp_path / "pages.db")
+    store, other = await open_sqlite(path), await open_sqlite(path)
+    probes = 0
+    read_page = store.read_page
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal probes
+        probes += 1
+        return await read_page(*args, **kwargs)
+
+    store.read_page = counted  # type: ignore[method-assign]  # counts, and reads for real
+    app = PerhapApp(store)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            assert (await client.post("/shop/orders/o1/a", json={"event": 1})).status_code == 201
+            first = await client.get("/shop/orders/o1")
+            before = probes
+            for _ in range(3):
+                assert (await client.get("/shop/orders/o1")).content == first.content
+            assert probes == before, "nothing was stored: the cache must not ask the store"
+            await other.append("shop", "orders", "o1", "a", 2)  # another store of this process
+            moved = await client.get("/shop/orders/o1")
+            assert [e["event"] for e in moved.json()["events"]] == [1, 2]
+            await other.append("shop", "orders", "o2", "a", 3)  # elsewhere: o1's page still holds
+            before = probes
+            assert (await client.get("/shop/orders/o1")).content == moved.content
+            assert probes == before + 1, "the marker moved: one probe, then the cached page"
+            assert (await client.get("/shop/orders/o1")).content == moved.content
+            assert probes == before + 1
+    finally:
+        await store.close()
+        await other.close()

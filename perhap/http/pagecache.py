@@ -9,6 +9,10 @@ Exact, also with several server processes on one store: the probe asks the store
 an append made anywhere is seen by the next read. A page is kept under a version it is known to
 be at least as new as (see :func:`known_version`), never a later one, so a stale page is never
 served for a version it does not reflect.
+
+Where the store knows every commit made to it (:meth:`Store.commit_marker`: embedded SQLite, which
+one process owns), a page also keeps the commit marker taken before it was read or probed: while
+the marker has not moved, nothing was stored, and the page is served without a probe.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class CachedPage:
     version: int  # the entity's version the page was read at (or after)
     body: bytes
     tag: bytes  # its ETag
+    marker: int | None = None  # the store's commit marker before the page was read or last probed
 
 
 Key = tuple[ReadQuery, str | None]

@@ -372,6 +372,12 @@ class Store(abc.ABC):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def commit_marker(self) -> int | None:
+        """A value that changes with every commit to this store by anyone, or None where other
+        processes may commit unseen (then callers must ask the store). Equal markers taken at two
+        moments mean no event was stored in between: caches may skip asking."""
+        return None
+
     def _change_token(self) -> int:
         """A marker of the last commit this process knows of (see _wait_for_change)."""
         return self._commits

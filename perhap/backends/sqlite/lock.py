@@ -18,6 +18,7 @@ another writer); the lock is released when the last of them closes.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import threading
 
@@ -35,6 +36,14 @@ class FileLock:
 
     def __init__(self, key: tuple[int, int], fd: int) -> None:
         self.key, self.fd, self.users = key, fd, 1
+        #: Changes with every commit that stored events, by any store of this process on the file;
+        #: as only this process writes the file, an unchanged marker means unchanged data.
+        self.commit_marker = 0
+        self._markers = itertools.count(1)  # next() is atomic: writers of two stores never share one
+
+    def committed(self) -> None:
+        """A commit that stored events (called on the committing store's loop, see SQLiteStore)."""
+        self.commit_marker = next(self._markers)
 
     def release(self) -> None:
         """One store is done with the file; the last one closes the descriptor (and the lock)."""

@@ -110,9 +110,19 @@ class SQLiteStore(Store):
                             "open another store for this loop (several may share a file in one process)")
 
     def _committed(self, events: list[Event] | None, last: int | None) -> None:
-        """On the loop, after each commit (in commit order): extend the ring, wake the waiters."""
+        """On the loop, after each commit (in commit order): extend the ring, move the commit
+        marker, wake the waiters. A read started after the marker moved sees the commit, through
+        the ring or the file. Callers on a loop are answered after this runs (settle_group), and
+        a caller on a plain thread (append_blocking) reaches this loop only after it, too."""
         self._ring.committed(events, last)
+        if self._lock is not None:
+            self._lock.committed()
         self._notify_commit()
+
+    def commit_marker(self) -> int | None:
+        # This process alone writes the file (the lock), and every store of this process on it
+        # moves the lock's marker after each commit that stored events (see _committed).
+        return None if self._lock is None else self._lock.commit_marker
 
     @property
     def groups_committed(self) -> int:

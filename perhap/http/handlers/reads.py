@@ -75,10 +75,17 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     key = (query, following)
     cached = pages.get(key)
     version = None
+    # Taken before any read: what is read next reflects at least every commit up to it.
+    marker = ctx.store.commit_marker()
     if cached is not None:
+        if marker is not None and marker == cached.marker:  # nothing stored since: no probe
+            pages.hits += 1
+            return await send_tagged(send, cached.body, cached.tag, header(req.scope, b"if-none-match"))
         version = await entity_version(ctx.store, query)
         if version == cached.version:
             pages.hits += 1
+            if marker is not None:
+                pages.put(key, replace(cached, marker=marker))
             return await send_tagged(send, cached.body, cached.tag, header(req.scope, b"if-none-match"))
     pages.misses += 1
     page = await ctx.store.read_page(query, following)
@@ -89,7 +96,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     if version is None:
         version = known_version(query, page)
     if version is not None:
-        pages.put(key, CachedPage(version, body, tag))
+        pages.put(key, CachedPage(version, body, tag, marker))
     await send_tagged(send, body, tag, header(req.scope, b"if-none-match"))
 
 
