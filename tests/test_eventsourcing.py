@@ -487,6 +487,8 @@ def test_realm_and_domain_from_the_environment(target: Target) -> None:
     assert app.factory.realm == "n-code_shop"
     with pytest.raises(es.InfrastructureFactoryError):
         Factory(Environment("X", {**target.env(realm=None), "PERHAP_REALM": "a/b"}))
+    with pytest.raises(es.InfrastructureFactoryError, match="PERHAP_URL"):
+        Factory(Environment("X", {**target.env(realm=None), "PERHAP_URL": "ftp://example.com/store"}))
 
 
 # --------------------------------------------------------------------------- 9. Cassandra

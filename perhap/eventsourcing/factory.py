@@ -58,7 +58,10 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
             timeout = float(self.env.get(self.PERHAP_TIMEOUT) or DEFAULT_TIMEOUT)
         except (InvalidInput, ValueError) as exc:
             raise InfrastructureFactoryError(f"perhap.eventsourcing: {exc}") from None
-        self.transport: Transport = connect(self.url, self.env.get(self.PERHAP_TOKEN), timeout)
+        try:
+            self.transport: Transport = connect(self.url, self.env.get(self.PERHAP_TOKEN), timeout)
+        except ValueError as exc:  # a URL no backend takes (the message lists those that exist)
+            raise InfrastructureFactoryError(f"perhap.eventsourcing: PERHAP_URL: {exc}") from None
 
     def aggregate_recorder(self, purpose: str = "events") -> PerhapAggregateRecorder | PerhapSnapshotRecorder:
         if purpose == "events":
