@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
+import socket
+import threading
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -11,7 +13,7 @@ import httpx
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
-from .stream import RetryHook
+from .stream import RetryHook, StreamState
 from .wire import resolve_scope
 
 T = TypeVar("T")
@@ -154,28 +156,17 @@ class Client(ClientCore[httpx.Client]):
         up to 5 s); ``on_retry(error, delay)`` is called before each wait. Errors other than 503
         (e.g. :class:`NotFound` for an unknown ``following``) are raised at once.
         """
-        state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry,
-                             after_position=after_position, types=types)
-        while True:
-            try:
-                response = self._http.send(state.request(), stream=True)
-            except httpx.TransportError as exc:
-                time.sleep(state.retry_delay(exc))
-                continue
-            error: Exception | None
-            try:
-                if response.status_code != 200:
-                    response.read()
-                error = state.opened(response)
-                if error is None:
-                    for chunk in response.iter_bytes():
-                        yield from state.feed(chunk)
-                    error = ConnectionFailed("the server ended the stream")
-            except httpx.TransportError as exc:
-                error = exc
-            finally:
-                response.close()
-            time.sleep(state.retry_delay(error))
+        stream = self._live_stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry,
+                                   after_position=after_position, types=types)
+        for batch in stream.batches():
+            yield from batch
+
+    def _live_stream(self, scope: Scope, following: str | None, max_retries: int | None,
+                     on_retry: RetryHook | None, *, after_position: int | None = None,
+                     types: Sequence[str] | None = None) -> LiveStream:
+        """:meth:`subscribe`'s stream as an object another thread can stop (perhap.eventsourcing)."""
+        return LiveStream(self._http, self._stream(scope, following, max_retries, on_retry,
+                                                   after_position=after_position, types=types))
 
     def close(self) -> None:
         """Close the connections."""
@@ -186,3 +177,54 @@ class Client(ClientCore[httpx.Client]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LiveStream:
+    """One subscription's connection loop: reconnects with Last-Event-ID and backs off as
+    :class:`StreamState` says; :meth:`stop` from any thread ends it, a blocking read included."""
+
+    def __init__(self, http: httpx.Client, state: StreamState) -> None:
+        self.http, self.state = http, state
+        self.stopped = threading.Event()
+        self.response: httpx.Response | None = None
+
+    def batches(self) -> Generator[list[Event], None, None]:
+        """The events of each chunk of the stream that completes some, until stopped."""
+        state = self.state
+        while not self.stopped.is_set():
+            try:
+                response = self.http.send(state.request(), stream=True)
+            except httpx.TransportError as exc:
+                self.stopped.wait(state.retry_delay(exc))
+                continue
+            self.response = response
+            error: Exception | None
+            try:
+                if self.stopped.is_set():
+                    return
+                if response.status_code != 200:
+                    response.read()
+                error = state.opened(response)
+                if error is None:
+                    for chunk in response.iter_bytes():
+                        events = state.feed(chunk)
+                        if events:
+                            yield events
+                    error = ConnectionFailed("the server ended the stream")
+            except httpx.TransportError as exc:
+                error = exc
+            finally:
+                response.close()
+            if self.stopped.is_set():
+                return
+            self.stopped.wait(state.retry_delay(error))
+
+    def stop(self) -> None:
+        """End the stream: a thread blocked reading it wakes as its socket is shut down."""
+        self.stopped.set()
+        response = self.response
+        stream = response.extensions.get("network_stream") if response is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

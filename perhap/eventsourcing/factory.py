@@ -7,6 +7,7 @@ application's own prefix first (``BANKACCOUNTS_PERHAP_URL``) and then without it
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from eventsourcing.persistence import InfrastructureFactory, InfrastructureFactoryError, NotSupportedError
 from eventsourcing.utils import Environment, EnvType, resolve_topic
@@ -21,6 +22,8 @@ from .recorders import (
     PerhapTrackingRecorder,
 )
 from .transport import Transport, connect
+
+R = TypeVar("R")
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_DOMAIN = "events"
@@ -68,19 +71,21 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
             return PerhapAggregateRecorder(self.transport, self.realm, self.domain)
         return PerhapSnapshotRecorder(self.transport, self.realm, f"{self.domain}-{purpose}")
 
+    def _chosen(self, setting: str, default: type[R]) -> type[R]:
+        """The recorder class named by a setting (a topic), else the default; a subclass of it."""
+        topic = self.env.get(setting)
+        cls = resolve_topic(topic) if topic else default
+        assert isinstance(cls, type) and issubclass(cls, default), cls
+        return cls
+
     def application_recorder(self) -> PerhapApplicationRecorder:
-        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
-        cls = resolve_topic(topic) if topic else PerhapApplicationRecorder
-        assert issubclass(cls, PerhapApplicationRecorder), cls
+        cls = self._chosen(self.APPLICATION_RECORDER_TOPIC, PerhapApplicationRecorder)
         return cls(self.transport, self.realm, self.domain)
 
     def tracking_recorder(self, tracking_recorder_class: type[PerhapTrackingRecorder] | None = None,
                           ) -> PerhapTrackingRecorder:
-        cls = tracking_recorder_class
-        if cls is None:
-            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
-            cls = resolve_topic(topic) if topic else PerhapTrackingRecorder
-        assert cls is not None and issubclass(cls, PerhapTrackingRecorder), cls
+        cls = tracking_recorder_class or self._chosen(self.TRACKING_RECORDER_TOPIC, PerhapTrackingRecorder)
+        assert issubclass(cls, PerhapTrackingRecorder), cls
         return cls(self.transport, self.realm, self.domain)
 
     def process_recorder(self) -> PerhapProcessRecorder:
@@ -89,9 +94,7 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
             # its events and its tracking record in one multi-entity append.
             raise NotSupportedError(f"the {self.transport.name} backend has no multi-entity appends, so it "
                                     "cannot record a process application's events with its tracking")
-        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
-        cls = resolve_topic(topic) if topic else PerhapProcessRecorder
-        assert issubclass(cls, PerhapProcessRecorder), cls
+        cls = self._chosen(self.PROCESS_RECORDER_TOPIC, PerhapProcessRecorder)
         return cls(self.transport, self.realm, self.domain)
 
     def close(self) -> None:

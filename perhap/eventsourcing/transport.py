@@ -12,7 +12,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +34,7 @@ from ..model import Appended, Event, NewEvent, Scope
 from ..store.base import Store
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..client.sync import LiveStream
 
 T = TypeVar("T")
 
@@ -84,6 +83,11 @@ class Transport(abc.ABC):
 
     name: str
     supports_multi_entity: bool = True
+    _closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
 
     @abc.abstractmethod
     def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
@@ -147,12 +151,11 @@ class InProcess(Transport):
         self.store = store
         self.name = store.backend_name
         self.supports_multi_entity = store.supports_multi_entity
-        self._closed = False
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         if self._closed:
-            call.close()
-            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+            call.close()  # never awaited: close it, so Python does not warn
+        self._check()
         with translated():
             return self._runner.run(call)
 
@@ -170,8 +173,7 @@ class InProcess(Transport):
 
     def _blocking(self, realm: str, domain: str, entity: str | None, events: Sequence[Any],
                   **expected: Any) -> list[Appended]:
-        if self._closed:
-            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+        self._check()
         with translated():
             return self.store.append_blocking(realm, domain, entity, events, **expected).events
 
@@ -180,8 +182,7 @@ class InProcess(Transport):
 
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:
-        if self._closed:
-            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+        self._check()
         store = self.store
 
         async def pump() -> None:
@@ -232,11 +233,6 @@ class OverHttp(Transport):
 
         headers = {"authorization": f"Bearer {token}"} if token else None
         self.client = Client(url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), headers=headers)
-        self._closed = False
-
-    def _check(self) -> None:
-        if self._closed:
-            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
 
     def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
                expected: int | None) -> list[Appended]:
@@ -260,8 +256,10 @@ class OverHttp(Transport):
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:
         self._check()
-        stream = _HttpStream(self.client, scope, after_position, types, deliver)
-        threading.Thread(target=stream.run, name="perhap-eventsourcing-stream", daemon=True).start()
+        stream = self.client._live_stream(scope, None, STREAM_RETRIES, None, after_position=after_position,
+                                          types=types)
+        threading.Thread(target=_pump, args=(stream, deliver), name="perhap-eventsourcing-stream",
+                         daemon=True).start()
         return stream.stop
 
     def close(self) -> None:
@@ -274,66 +272,14 @@ class OverHttp(Transport):
 STREAM_RETRIES = 5
 
 
-class _HttpStream:
-    """One SSE stream on a thread of its own; ``stop()`` from any thread ends it at once."""
-
-    def __init__(self, client: Client, scope: Scope, after_position: int | None, types: Sequence[str] | None,
-                 deliver: Deliver) -> None:
-        self.http: httpx.Client = client._http
-        self.state = client._stream(scope, None, STREAM_RETRIES, None, after_position=after_position,
-                                    types=types)
-        self.deliver = deliver
-        self.stopped = threading.Event()
-        self.response: httpx.Response | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.is_set():
-                error = self._once()
-                if self.stopped.is_set():
-                    return
-                self.stopped.wait(self.state.retry_delay(error))
-        except Exception as exc:
-            if not self.stopped.is_set():
-                self.deliver(translate(exc))
-
-    def _once(self) -> Exception:
-        try:
-            response = self.http.send(self.state.request(), stream=True)
-        except httpx.TransportError as exc:
-            return exc
-        self.response = response
-        try:
-            if self.stopped.is_set():
-                return ConnectionError("stopped")
-            if response.status_code != 200:
-                response.read()
-            failed = self.state.opened(response)
-            if failed is not None:
-                return failed
-            for chunk in response.iter_bytes():
-                if self.stopped.is_set():
-                    break
-                events = self.state.feed(chunk)
-                if events:
-                    self.deliver(events)
-            return ConnectionError("the server ended the stream")
-        except httpx.TransportError as exc:
-            return exc
-        finally:
-            response.close()
-
-    def stop(self) -> None:
-        """End the stream: wake its thread from a blocking read by shutting the socket down."""
-        self.stopped.set()
-        response = self.response
-        if response is None:
-            return
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+def _pump(stream: LiveStream, deliver: Deliver) -> None:
+    """Hand each batch of the stream to ``deliver``, then the error that ended it (not a stop)."""
+    try:
+        for batch in stream.batches():
+            deliver(batch)
+    except Exception as exc:
+        if not stream.stopped.is_set():
+            deliver(translate(exc))
 
 
 def connect(url: str, token: str | None = None, timeout: float = 30.0) -> Transport:
