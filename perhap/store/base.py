@@ -42,6 +42,7 @@ from ..model import (
 )
 from .job import WriteJob
 from .query import ReadQuery, read_query
+from .states import StateTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +317,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def _close(self) -> None:
         """Finish the writes already submitted, then release every resource."""
+
+    def group_states(self) -> StateTable:
+        """Where consumer groups keep their state (:mod:`perhap.store.states`); set up at open."""
+        raise NotSupported("this store keeps no consumer-group state")
 
     def statistics(self) -> list[Statistic]:
         """Figures the backend keeps (group commits, size, retries ...), for metrics."""

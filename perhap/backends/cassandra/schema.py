@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,14 @@ TABLES = {
     # Names: realms under ('/' + namespace, '', 0), domains under (realm, '', 0), entities under
     # (realm, domain, hash shard); a stored realm never starts with '/' and a domain is never ''.
     "names": "realm text, domain text, shard int, name text, PRIMARY KEY ((realm, domain, shard), name)",
+    # Consumer groups' state documents, one partition each, and their names by namespace
+    # ('/' + namespace, as in names): states.py.
+    "group_states": "realm text, name text, state_token text, data blob, gone text, PRIMARY KEY ((realm, name))",
+    "group_names": "ns text, realm text, name text, PRIMARY KEY (ns, realm, name)",
 }
+#: Tables added without a new schema version: only added, so a keyspace of schema 3 gets them at
+#: its next open (add_tables), and an older perhap of schema 3 still opens a keyspace that has them.
+ADDED_TABLES = ("group_states", "group_names")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,8 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
     if version < SCHEMA_VERSION:
         create_schema(session, options, version)
         meta = dict(session.execute(select, keys))
+    else:
+        add_tables(session, ks)
     options = stored_settings(session, options, meta)
     if replication is not None and replication.multi_dc:
         pinned = first_writer(session, options, "quorum", scope, meta)
@@ -203,10 +213,7 @@ def create_schema(session: Any, options: CassandraOptions, version: int) -> None
     s, ks = session, options.keyspace
     s.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
               f"{{'class': 'SimpleStrategy', 'replication_factor': {options.replication_factor}}}")
-    for name, columns in TABLES.items():
-        # A fixed table id: processes creating the schema at once on different nodes agree.
-        table_id = uuid.uuid5(uuid.NAMESPACE_URL, f"perhap:{ks}.{name}")
-        s.execute(f"CREATE TABLE IF NOT EXISTS {ks}.{name} ({columns}) WITH ID = {table_id}")
+    create_tables(s, ks, TABLES)
     add_column(s, ks, "events_by_id", CLAIMS)  # a keyspace of schema 1
     for table in POSITION_TABLES:  # a keyspace of schema 1 or 2
         add_column(s, ks, table, "position bigint")
@@ -219,6 +226,20 @@ def create_schema(session: Any, options: CassandraOptions, version: int) -> None
         migrate.give_positions(s, options, str(version), str(SCHEMA_VERSION))
     else:
         s.execute(insert, ("schema_version", str(SCHEMA_VERSION)), execution_profile="lwt")
+
+
+def create_tables(session: Any, ks: str, names: Iterable[str]) -> None:
+    for name in names:
+        # A fixed table id: processes creating the schema at once on different nodes agree.
+        table_id = uuid.uuid5(uuid.NAMESPACE_URL, f"perhap:{ks}.{name}")
+        session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.{name} ({TABLES[name]}) WITH ID = {table_id}")
+
+
+def add_tables(session: Any, ks: str) -> None:
+    """Create the ADDED_TABLES a keyspace of this schema version lacks."""
+    present = {r[0] for r in session.execute("SELECT table_name FROM system_schema.tables WHERE "
+                                             "keyspace_name = %s", (ks,))}
+    create_tables(session, ks, [name for name in ADDED_TABLES if name not in present])
 
 
 def add_column(session: Any, ks: str, table: str, column: str) -> None:

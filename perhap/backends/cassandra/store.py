@@ -32,6 +32,8 @@ The design, proved in docs/backends/cassandra.md:
   the clock is compared with the nodes'.
 - Multi-entity appends are not offered (501): one Paxos round covers one entity partition, and an
   atomic commit across partitions is a protocol of its own (docs/backends/cassandra.md).
+- Consumer groups' state documents: lightweight transactions, one partition per document, read
+  at the serial consistency level (states.py).
 - ``?namespace=`` keeps several stores in one keyspace: stored realms are ``namespace/realm``
   ('/' never occurs in a realm name), converted back at the edges (records.Namespace).
 """
@@ -45,6 +47,7 @@ from ...model import AppendResult, Event
 from ...store.base import Statistic, Store
 from ...store.job import WriteJob
 from ...store.query import ReadQuery
+from ...store.states import StateTable
 from .driver import DRIVER_ERRORS, Driver
 from .names import Names
 from .positions import Positions
@@ -52,6 +55,7 @@ from .reader import Reader
 from .records import EntityKey, Namespace
 from .schema import Keyspace, Opened, open_keyspace
 from .settle import Settler
+from .states import CassandraStates, StateStatements, prepare_states
 from .url import parse_cassandra_url
 from .writer import Writer
 
@@ -85,13 +89,15 @@ class CassandraStore(Store):
             if isinstance(exc, DRIVER_ERRORS):
                 raise StorageUnavailable(f"cannot reach Cassandra at {self.options.hosts}: {exc}") from None
             raise
-        self._wire(opened)
+        self._wire(*opened)
         return self
 
-    def _connect(self) -> Opened:
-        return open_keyspace(self.db.connect(), self.options)
+    def _connect(self) -> tuple[Opened, StateStatements]:
+        session = self.db.connect()
+        opened = open_keyspace(session, self.options)
+        return opened, prepare_states(session, self.options.keyspace, self.options.serial_consistency)
 
-    def _wire(self, opened: Opened) -> None:
+    def _wire(self, opened: Opened, states: StateStatements) -> None:
         self.bucket_us = opened.bucket_us
         self.options = options = opened.options  # settle and skew as stored with the data
         self.settle_us, self.skew_us = options.settle_us, options.skew_us
@@ -102,6 +108,7 @@ class CassandraStore(Store):
         self.reader = Reader(ks, self.settler)
         self.positions = Positions(ks, opened.floor)
         self.writer = Writer(ks, self.names, self.reader, self.settler, self.positions, self._notify_commit)
+        self.states = CassandraStates(self.db, states, self.ns)
 
     # ----------------------------------------------------------------- the template's primitives
 
@@ -130,6 +137,11 @@ class CassandraStore(Store):
     async def _names(self, realm: str | None, domain: str | None, entity: str | None,
                      after: str, limit: int) -> list[str]:
         return await self.names.read(realm, domain, entity, after, limit)
+
+    def group_states(self) -> StateTable:
+        if not hasattr(self, "states"):
+            raise StorageUnavailable("the store is not open: await its open() first")
+        return self.states
 
     async def _ping(self) -> bool:
         await asyncio.wait_for(self.db.run(self.keyspace.q.health), HEALTH_TIMEOUT)

@@ -13,7 +13,7 @@ from .connection import AnyConnection
 
 log = logging.getLogger("perhap.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
@@ -78,6 +78,12 @@ CREATE INDEX perhap_events_domain_type ON perhap_events (domain_id, type_id, pos
 CREATE UNIQUE INDEX perhap_events_entity ON perhap_events (entity_id, version);
 CREATE INDEX perhap_events_entity_type ON perhap_events (entity_id, type_id, version);
 ANALYZE perhap_events;
+""",
+    # The consumer groups' state documents, changed by compare-and-set (.states).
+    3: """
+CREATE TABLE perhap_groups (
+    realm text COLLATE "C" NOT NULL, name text COLLATE "C" NOT NULL,
+    token text NOT NULL, data bytea NOT NULL, PRIMARY KEY (realm, name));
 """,
 }
 

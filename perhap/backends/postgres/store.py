@@ -11,6 +11,7 @@ Design, and why (docs/backends/postgresql.md has the long form and the proof):
   ``poll_interval``, so nothing depends on a notification arriving.
 - A lost database is StorageUnavailable (HTTP 503) for appends and reads; the pool, the writer's
   connection and the listener reconnect on their own when it is back.
+- Consumer groups' state documents: one conditional statement per change (:mod:`.states`).
 - A store belongs to the event loop that opened it (asyncpg's connections do): an append from
   another loop is refused up front with RuntimeError, as a read from one is by asyncio itself.
 """
@@ -27,10 +28,12 @@ from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
 from ...store.job import WriteJob
 from ...store.query import ReadQuery
+from ...store.states import StateTable
 from .connection import DB_ERRORS, LOST, Options, Pool, warn_if_not_durable
 from .listener import Listener
 from .queries import EVENT_BY_ID, names_query, read_sql, row_event
 from .schema import migrate
+from .states import PostgresStates
 from .writer import GroupWriter
 
 
@@ -61,6 +64,7 @@ class PostgresStore(Store):
         self._writer_task: asyncio.Task[None] | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._states: PostgresStates | None = None
 
     async def open(self) -> PostgresStore:
         """Connect, create or upgrade the schema, and start the writer and the listener."""
@@ -76,6 +80,7 @@ class PostgresStore(Store):
             await self._close_pool()
             raise
         self._loop = asyncio.get_running_loop()
+        self._states = PostgresStates(lambda: self._pool, self._fetch, self.timeout)
         self._writer_task = asyncio.create_task(self._writer.run(), name="perhap-pg-writer")
         self._listener_task = asyncio.create_task(self._listener.run(), name="perhap-pg-listener")
         return self
@@ -91,6 +96,11 @@ class PostgresStore(Store):
             raise RuntimeError("this PostgresStore belongs to the event loop that opened it; "
                                "open another store for this loop")
         self._put(job)
+
+    def group_states(self) -> StateTable:
+        if self._states is None:
+            raise StorageUnavailable("the store is not open: await its open() first")
+        return self._states
 
     @property
     def groups_committed(self) -> int:

@@ -9,6 +9,11 @@ Each scope is walked in one key: a realm by ``position`` (its unique ``(realm_id
 index also gives the writer a realm's head in one probe), a domain by ``seq``, an entity by
 ``version``; the typed indexes end in the same key, so a type filter is an index walk too. All
 three keys grow with ``seq`` inside their scope, since one writer assigns them all in commit order.
+
+``perhap_groups`` holds the consumer groups' state documents (:mod:`.states`). It came after
+schema 2 without a new version: every open runs ``CREATE TABLE IF NOT EXISTS``, so a file of
+schema 2 gains the table when it is opened, and a perhap that does not know the table still opens
+a file that has it (a version bump would lock that older perhap out for nothing).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ CREATE TABLE IF NOT EXISTS events (
     entity_id INTEGER NOT NULL, type_id INTEGER NOT NULL,
     version INTEGER NOT NULL, ts TEXT NOT NULL, data BLOB NOT NULL, meta BLOB NOT NULL,
     position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS perhap_groups (
+    realm TEXT NOT NULL, name TEXT NOT NULL, token TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (realm, name));
 """
 
 # Schema 1 had events_realm (realm_id), events_realm_type (realm_id, type_id) and

@@ -13,6 +13,8 @@ Design, and why:
 - A store belongs to the event loop that opened it: reads and appends from another loop are
   refused up front (RuntimeError), so the writer only ever answers one loop, and an append never
   waits on a writer thread that has stopped (StorageUnavailable).
+- Consumer groups' state documents are written by a thread of their own, with group commit
+  too (:mod:`.states`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
 from ...store.job import WriteJob
 from ...store.query import ReadQuery
+from ...store.states import StateTable
 from . import queries, reads
 from .lock import FileLock, acquire
 from .ring import Ring
 from .schema import SYNCHRONOUS, check_directory, connect, last_seq, open_database
+from .states import SQLiteStates
 from .writer import Writer
 
 #: Reads of at most this many rows run on the event loop itself rather than in the thread pool.
@@ -72,6 +76,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._ring = Ring()
+        self._states: SQLiteStates | None = None
 
     async def open(self) -> SQLiteStore:
         """Take the file's lock, create or check the schema and start the writer thread."""
@@ -87,6 +92,7 @@ class SQLiteStore(Store):
         self._ring.start(last_seq(conn))
         self._writer = Writer(conn, self._queue, self._ring, self._loop, self._committed)
         self._writer.thread.start()
+        self._states = SQLiteStates(self.path, self.synchronous, self._read_states)
         return self
 
     # ----------------------------------------------------------------- writing
@@ -202,6 +208,15 @@ class SQLiteStore(Store):
 
         return await self._run(run)
 
+    async def _read_states(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """A read of group state (:mod:`.states`) on a reader connection."""
+        return await self._run(lambda: fn(self._reader()), inline=True)
+
+    def group_states(self) -> StateTable:
+        if self._states is None:
+            raise self._foreign()
+        return self._states
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -247,6 +262,8 @@ class SQLiteStore(Store):
         if self._writer is not None:
             self._queue.put(STOP)  # queued after every accepted append: those finish first
             await asyncio.get_running_loop().run_in_executor(None, self._writer.thread.join)
+        if self._states is not None:
+            await self._states.close()
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
