@@ -65,6 +65,18 @@ class EventIdConflict(PerhapError):
         self.event_id = event_id
 
 
+class LeaseConflict(PerhapError):
+    """A consumer acknowledged or returned an event its group has not leased to it (now)."""
+
+    status, slug, title = 409, "lease-conflict", "Not leased to this consumer"
+
+
+class GroupConflict(PerhapError):
+    """A consumer group exists with other settings than those asked for."""
+
+    status, slug, title = 409, "group-conflict", "Group exists with other settings"
+
+
 class NotSupported(PerhapError):
     """A capability this backend does not offer (see the feature matrix in docs/backends)."""
 

@@ -54,6 +54,24 @@ def check_name(value: Any, what: str, *, realm: bool = False) -> str:
     return value
 
 
+def check_consumer(value: Any) -> str:
+    """A consumer id: 1 to 255 bytes of UTF-8 without control characters (it is never a path
+    segment, so '/' and the reserved names are fine: a host name and a pid, say)."""
+    if value is None:
+        raise InvalidInput("consumer is required: the id of the worker taking the events")
+    if not isinstance(value, str):
+        raise InvalidInput("consumer must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput("consumer is not valid UTF-8") from None
+    if not 1 <= size <= MAX_NAME_BYTES:
+        raise InvalidInput(f"consumer must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {size}")
+    if not value.isprintable() and any(_is_control(c) for c in value):
+        raise InvalidInput("consumer must not contain control characters")
+    return value
+
+
 def _is_control(c: str) -> bool:
     o = ord(c)
     return o < 0x20 or 0x7F <= o < 0xA0

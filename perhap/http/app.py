@@ -15,6 +15,7 @@ from typing import Any
 from ..auth import Authenticator
 from ..backends import open_store, redact
 from ..errors import PerhapError, StorageUnavailable
+from ..groups import Groups
 from ..limits import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_BATCH,
@@ -95,7 +96,7 @@ class PerhapApp:
 
     def _context(self, store: Store) -> Context:
         return Context(store, self.max_body, self.max_batch, self.max_depth, self.metrics, self.streams,
-                       self.pages)
+                       self.pages, Groups(store))
 
     @property
     def store(self) -> Store | None:

@@ -7,7 +7,8 @@ retries ...) are read at scrape time, so the write path pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,9 +65,11 @@ class Metrics:
         elif status in (408, 413, 429, 431):
             self.limited.labels(str(status)).inc()
 
-    def exposition(self, store: Store) -> bytes:
-        """The Prometheus text: this registry, then the store's statistics as they are now."""
-        return generate_latest(self.registry) + generate_latest(_StoreStatistics(store))
+    def exposition(self, store: Store, groups: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> bytes:
+        """The Prometheus text: this registry, then the store's statistics and the consumer groups'
+        figures (realm, name, description) as they are now."""
+        return (generate_latest(self.registry) + generate_latest(_StoreStatistics(store))
+                + generate_latest(_GroupFigures(groups)))
 
 
 class _StreamFigures:
@@ -79,6 +82,29 @@ class _StreamFigures:
         yield CounterMetricFamily("perhap_stream_write_timeouts",
                                   "Streams ended because their client left a write unread for the write timeout",
                                   value=self.streams.write_timeouts)
+
+
+class _GroupFigures:
+    """Each consumer group's lag, leases in flight, parked events and redeliveries, by realm and group."""
+
+    _GAUGES = (("lag", "Events of the group's scope not yet acknowledged or parked"),
+               ("in_flight", "Events leased to the group's consumers and not yet acknowledged"),
+               ("parked", "Events the group parked"))
+
+    def __init__(self, groups: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        self.groups = groups
+
+    def collect(self) -> Iterator[Metric]:
+        for field, text in self._GAUGES:
+            gauge = GaugeMetricFamily(f"perhap_consumer_group_{field}", text, labels=["realm", "group"])
+            for realm, name, figures in self.groups:
+                gauge.add_metric([realm, name], figures[field])
+            yield gauge
+        counter = CounterMetricFamily("perhap_consumer_group_redeliveries", "Deliveries of an event after its first",
+                                      labels=["realm", "group"])
+        for realm, name, figures in self.groups:
+            counter.add_metric([realm, name], figures["redeliveries"])
+        yield counter
 
 
 class _StoreStatistics:

@@ -57,6 +57,28 @@ Q_AFTER_VERSION = _param("after_version", "query", {"type": "integer", "minimum"
 Q_UNTIL_VERSION = _param("until_version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
                          "Only the entity's events with a version up to this one (not below after_version).")
 Q_AFTER = _param("after", "query", {"type": "string"}, "Only names sorting after this one.")
+P_GROUP = _param("group", "path", NAME, "Consumer group name.")
+Q_CONSUMER = _param("consumer", "query", NAME, "The consumer taking the events: it holds their leases.",
+                    required=True)
+Q_MAX = _param("max", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+               "Lease at most this many events (a consumer never holds more than the group's max_in_flight).")
+Q_WAIT = _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300, "default": 0},
+                "Seconds to wait for at least one event (long poll); ignored by a stream.")
+#: Consumer-group operations: (request body, success status, what it answers), for docs/groups.md.
+_GROUP_OPS: dict[Kind, tuple[str | None, str, str]] = {
+    Kind.GROUPS: (None, "200", 'The realm\'s groups: {"groups": [group, ...]}'),
+    Kind.GROUP: (None, "200", "The group: its settings, checkpoint, head, lag, in_flight, parked, consumers"),
+    Kind.GROUP_CREATE: ("The settings: domain, types, start, ack_timeout, max_deliveries, max_in_flight "
+                        "(each optional)", "201", "Created (200: it exists with these settings); the group"),
+    Kind.GROUP_DELETE: (None, "204", "Deleted"),
+    Kind.GROUP_LEASE: (None, "200", 'Leased events, each with its "delivery" count: {"events": [...]}; '
+                                    "or with Accept: text/event-stream, a stream of them"),
+    Kind.GROUP_ACK: ('{"consumer": ID, "event_ids": [...]}', "200", '{"acknowledged": n}'),
+    Kind.GROUP_NACK: ('{"consumer": ID, "event_ids": [...], "action": "retry" | "park"}', "200",
+                      '{"retried": n, "parked": n}'),
+    Kind.GROUP_PARKED: (None, "200", 'Parked events: {"events": [...]}'),
+    Kind.GROUP_REPLAY: ('Optional: {"event_ids": [...]} (else every parked event)', "200", '{"replayed": n}'),
+}
 H_LAST_ID = _param("Last-Event-ID", "header", UUID,
                    "With Accept: text/event-stream: resume after this event (wins over following and "
                    "after_position).", required=False)
@@ -139,10 +161,12 @@ def _append_many(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return op
 
 
-_PATH_PARAMS = {"{realm}": P_REALM, "{domain}": P_DOMAIN, "{entity}": P_ENTITY, "{type}": P_TYPE}
+_PATH_PARAMS = {"{realm}": P_REALM, "{domain}": P_DOMAIN, "{entity}": P_ENTITY, "{type}": P_TYPE,
+                "{group}": P_GROUP}
 _QUERY_PARAMS = {"type": Q_TYPE, "following": Q_FOLLOWING, "limit": Q_LIMIT, "after": Q_AFTER, "order": Q_ORDER,
                  "after_position": Q_AFTER_POSITION, "before_position": Q_BEFORE_POSITION,
-                 "after_version": Q_AFTER_VERSION, "until_version": Q_UNTIL_VERSION}
+                 "after_version": Q_AFTER_VERSION, "until_version": Q_UNTIL_VERSION, "consumer": Q_CONSUMER,
+                 "max": Q_MAX, "wait": Q_WAIT}
 _READS = (Kind.READ, Kind.READ_OR_EVENT)
 
 
@@ -174,7 +198,24 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
             "401": _problem("No or unknown bearer token (with --auth)"),
             "403": _problem("The token is not an admin token")}}
+    if op.kind in _GROUP_OPS:
+        return _group(summary, params, *_GROUP_OPS[op.kind])
     raise ValueError(f"no OpenAPI description for {op.kind} of {route.template}")
+
+
+def _group(summary: str, params: list[dict[str, Any]], body: str | None, status: str,
+           answer: str) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": answer}
+    if status != "204":
+        ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+    operation: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {
+        status: ok, "404": _problem("No such group"),
+        "409": _problem("The group exists with other settings (PUT), or an event is not leased to this "
+                        "consumer (ack, nack): nothing was changed")}}
+    if body is not None:
+        operation["requestBody"] = {"description": body, "content": {
+            "application/json": {"schema": {"type": "object"}}}}
+    return operation
 
 
 def _paths() -> dict[str, Any]:

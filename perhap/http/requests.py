@@ -12,6 +12,7 @@ import orjson
 
 from ..auth import Authenticator, Grant
 from ..errors import InvalidInput
+from ..groups import Groups
 from ..jsoncodec import load_json
 from ..limits import check_depth
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
@@ -38,6 +39,7 @@ class Context:
     metrics: Metrics | None
     streams: StreamRegistry
     pages: PageCache | None  # None: entity pages are not cached
+    groups: Groups
 
 
 class Request:
@@ -182,8 +184,10 @@ def authorize(grant: Grant | None, realm: str | None, permission: str) -> None:
 # --------------------------------------------------------------------------- the body
 
 
-async def read_json_object(request: Request, max_body: int, max_depth: int) -> dict[str, Any]:
-    """The body as a JSON object: at most ``max_body`` bytes (413), nested at most ``max_depth``."""
+async def read_json_object(request: Request, max_body: int, max_depth: int,
+                           optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object: at most ``max_body`` bytes (413), nested at most ``max_depth``;
+    with ``optional``, no body at all reads as ``{}``."""
     declared = header(request.scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise HTTPProblem(413, f"the body is larger than the limit of {max_body} bytes", max_body=max_body)
@@ -203,6 +207,8 @@ async def read_json_object(request: Request, max_body: int, max_depth: int) -> d
             break
     raw = b"".join(chunks)
     if not raw.strip():
+        if optional:
+            return {}
         raise InvalidInput("the body is empty; send a JSON object")
     try:
         body = load_json(raw)

@@ -33,6 +33,15 @@ class Kind(enum.Enum):
     APPEND = "append"
     APPEND_BATCH = "append_batch"
     APPEND_MANY = "append_many"
+    GROUPS = "groups"
+    GROUP = "group"
+    GROUP_CREATE = "group_create"
+    GROUP_DELETE = "group_delete"
+    GROUP_LEASE = "group_lease"
+    GROUP_ACK = "group_ack"
+    GROUP_NACK = "group_nack"
+    GROUP_PARKED = "group_parked"
+    GROUP_REPLAY = "group_replay"
     NO_ROUTE = "no_route"
     WRONG_METHOD = "wrong_method"
 
@@ -109,6 +118,20 @@ _TABLE = (
     Route("/{realm}/{domain}/{entity}/{type}", {
         "GET": Operation(Kind.READ, "An entity's events of one type, in version order", TYPED_READ_QUERY),
         "POST": Operation(Kind.APPEND, "Append one event")}),
+    Route("/_groups/{realm}", _get(Kind.GROUPS, "List a realm's consumer groups")),
+    Route("/_groups/{realm}/{group}", {
+        "GET": Operation(Kind.GROUP, "A consumer group: settings, checkpoint, head, lag, in flight, parked"),
+        "PUT": Operation(Kind.GROUP_CREATE, "Create a consumer group (200 when it exists with these settings)"),
+        "DELETE": Operation(Kind.GROUP_DELETE, "Delete a consumer group")}),
+    Route("/_groups/{realm}/{group}/events", _get(Kind.GROUP_LEASE, "Lease events to a consumer (long poll, "
+                                                  "or a stream with Accept: text/event-stream)",
+                                                  ("consumer", "max", "wait"))),
+    Route("/_groups/{realm}/{group}/ack", {"POST": Operation(Kind.GROUP_ACK, "Acknowledge leased events")}),
+    Route("/_groups/{realm}/{group}/nack", {
+        "POST": Operation(Kind.GROUP_NACK, "Give leased events back: to retry, or to park")}),
+    Route("/_groups/{realm}/{group}/parked", _get(Kind.GROUP_PARKED, "A group's parked events", ("limit",))),
+    Route("/_groups/{realm}/{group}/parked/replay", {
+        "POST": Operation(Kind.GROUP_REPLAY, "Deliver parked events again")}),
     Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),
     Route("/", _get(Kind.ROOT), open=True),
     Route("/_ui", _get(Kind.UI, query=None), open=True),  # and every path below it: static files
@@ -122,7 +145,13 @@ ROUTES: tuple[Route, ...] = tuple(
     for i, r in enumerate(_TABLE))
 _BY_TEMPLATE = {r.template: r for r in ROUTES}
 ROOT, UI, OTHER, KEYS = _BY_TEMPLATE["/"], _BY_TEMPLATE["/_ui"], _BY_TEMPLATE["other"], _BY_TEMPLATE["/keys"]
-_SYSTEM = {r.template[1:]: r for r in ROUTES if r.template.startswith("/_") and r is not UI}
+_SYSTEM = {r.template[1:]: r for r in ROUTES if r.template.startswith("/_") and r is not UI
+           and not r.template.startswith("/_groups")}
+GROUPS = "_groups"
+#: The consumer-group routes by what follows /_groups/{realm}/{group} ("" for the group itself).
+_GROUP_ROUTES = {r.template.split("{group}")[1].lstrip("/"): r for r in ROUTES
+                 if r.template.startswith("/_groups/{realm}/{group}")}
+_GROUP_LIST = _BY_TEMPLATE["/_groups/{realm}"]
 _LEVELS = [r for r in ROUTES if r.realm and not r.template.endswith("/keys")]
 _KEYS_LEVELS = [r for r in ROUTES if r.realm and r.template.endswith("/keys")]
 #: First segments answered without a token: the open routes' (and everything below /_ui).
@@ -138,6 +167,8 @@ def match(names: list[str]) -> Route:
     if first.startswith("_"):
         if first == "_ui":
             return UI
+        if first == GROUPS and n > 1:
+            return _GROUP_LIST if n == 2 else _GROUP_ROUTES.get("/".join(names[3:]), OTHER)
         return _SYSTEM.get(first, OTHER) if n == 1 else OTHER
     if first == "keys":
         return KEYS if n == 1 else OTHER

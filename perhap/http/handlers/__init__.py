@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from ..requests import Handler
 from ..routes import Kind
-from . import reads, system, writes
+from . import groups, reads, system, writes
 
 HANDLERS: Mapping[Kind, Handler] = {
     Kind.ROOT: system.index,
@@ -20,6 +20,15 @@ HANDLERS: Mapping[Kind, Handler] = {
     Kind.APPEND: writes.append,
     Kind.APPEND_BATCH: writes.append_batch,
     Kind.APPEND_MANY: writes.append_many,
+    Kind.GROUPS: groups.list_groups,
+    Kind.GROUP: groups.describe,
+    Kind.GROUP_CREATE: groups.create,
+    Kind.GROUP_DELETE: groups.delete,
+    Kind.GROUP_LEASE: groups.lease,
+    Kind.GROUP_ACK: groups.ack,
+    Kind.GROUP_NACK: groups.nack,
+    Kind.GROUP_PARKED: groups.parked,
+    Kind.GROUP_REPLAY: groups.replay,
     Kind.NO_ROUTE: system.no_route,
     Kind.WRONG_METHOD: system.wrong_method,
 }

@@ -9,7 +9,7 @@ from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..openapi import openapi_document
 from ..requests import Context, Request, authorize
 from ..responses import HTTPProblem, send_body, send_json
-from ..routes import KEYS, ROUTE_KEY, Route
+from ..routes import GROUPS, KEYS, ROUTE_KEY, Route
 from ..types import Send
 
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
@@ -38,7 +38,10 @@ async def metrics(ctx: Context, req: Request, send: Send) -> None:
     if ctx.metrics is None:  # metrics off: as if the route did not exist
         return await no_route(ctx, req, send)
     authorize(req.grant, None, "admin")
-    await send_body(send, 200, ctx.metrics.exposition(ctx.store), [(b"content-type", METRICS_TYPE)])
+    grant = req.grant
+    # The group series name realms: a token sees those of the realms it administers.
+    groups = [g for g in await ctx.groups.figures() if grant is None or grant.allows(g[0], "admin")]
+    await send_body(send, 200, ctx.metrics.exposition(ctx.store, groups), [(b"content-type", METRICS_TYPE)])
 
 
 async def ui(ctx: Context, req: Request, send: Send) -> None:
@@ -55,6 +58,9 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     names = req.names
     if len(names) == 1 and names[0].startswith("_"):
         raise HTTPProblem(404, "no such system endpoint")
+    if names[0] == GROUPS:
+        raise HTTPProblem(404, "no such route: consumer groups are at /_groups/REALM[/GROUP[/events|ack|nack|"
+                               "parked[/replay]]]")
     realm = check_name(names[0], "realm", realm=True)
     authorize(req.grant, realm, "write" if req.method == "POST" else "read")
     for i in range(1, min(len(names), 4)):

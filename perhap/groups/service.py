@@ -1,0 +1,365 @@
+"""Consumer groups over a store: each operation a compare-and-set of the group's state document.
+
+One :class:`Groups` serves one store in one process. An operation loads the group's document,
+changes it (:mod:`.state`) and writes it back only if nobody wrote it meanwhile; else it loads
+again and starts over. Within a process a lock per group keeps its operations from racing each
+other, so conflicts only come from other processes sharing the store (PostgreSQL, Cassandra),
+which is what makes two servers of one group safe without any coordination of their own: a lease
+exists for everyone once its write succeeded, and no write can succeed over a state it did not see.
+
+Wall-clock time judges leases, since several servers judge the same ones: keep their clocks in
+step (NTP), as a lease may end early or late by their difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import GroupConflict, NotFound, StorageUnavailable
+from ..ids import utc_timestamp
+from ..model import MAX_LIMIT, Event
+from ..store.base import Store
+from ..store.states import StateTable, new_token
+from .settings import GroupSettings
+from .state import GroupState, Lease
+
+_T = TypeVar("_T")
+#: Compare-and-set attempts of one operation before it gives up (503): only other processes
+#: writing the same group at the same moment make an attempt fail.
+MAX_ATTEMPTS = 50
+#: How often a waiting consumer looks at a group another process may have changed.
+SHARED_POLL = 0.5
+#: A consumer's last activity is stored again after this long (an idle poll writes nothing before).
+SEEN_EVERY = 5.0
+#: Events read from the scope at once when looking for new work.
+SCAN_BATCH = 1000
+#: Events read beyond those still wanted, in case some wait behind their entity.
+SCAN_SLACK = 16
+#: Event bodies kept for redelivery, so a retried event is not read by id again.
+BODY_CACHE = 20_000
+
+Change = Callable[[GroupState, float], Awaitable[tuple[_T, bool]]]
+
+
+class Groups:
+    """The consumer groups of one store, in this process."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._table: StateTable | None = None
+        self._cache: dict[tuple[str, str], _Parsed] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Per group, a future resolved (and replaced) when the group changes in this process.
+        self._changed: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._bodies: OrderedDict[str, Event] = OrderedDict()
+
+    @property
+    def table(self) -> StateTable:
+        if self._table is None:
+            self._table = self.store.group_states()
+        return self._table
+
+    # ----------------------------------------------------------------- the group itself
+
+    async def create(self, realm: str, name: str, settings: GroupSettings) -> tuple[bool, dict[str, Any]]:
+        """Make the group (True), or find it made with the same settings (False); else 409."""
+        while True:
+            record = await self.table.get(realm, name)
+            if record is not None:
+                state = GroupState.from_bytes(record.data)
+                differ = state.settings.differences(settings)
+                if differ:
+                    raise GroupConflict(f"group {name!r} of realm {realm!r} exists with other settings: "
+                                        f"{', '.join(differ)} differ(s); delete it first to change them",
+                                        settings=state.settings.to_json())
+                return False, await self._describe(realm, name, state)
+            scanned = await self._start(realm, settings)
+            state = GroupState(settings, time.time(), scanned)
+            token = new_token()
+            data = state.to_bytes()
+            if await self.table.put(realm, name, data, token, None):
+                return True, await self._describe(realm, name, state)
+
+    async def _start(self, realm: str, settings: GroupSettings) -> int:
+        """The position the group starts after."""
+        if settings.start == "beginning":
+            return 0
+        if isinstance(settings.start, int):
+            return max(settings.start - 1, 0)
+        return await self._head(realm, settings)
+
+    async def delete(self, realm: str, name: str) -> None:
+        key = (realm, name)
+        async with self._lock(key):
+            while True:
+                record = await self.table.get(realm, name)
+                if record is None:
+                    raise _unknown(realm, name)
+                if await self.table.delete(realm, name, record.token):
+                    self._cache.pop(key, None)
+                    self._wake(key)
+                    return
+
+    async def names(self, realm: str | None) -> list[tuple[str, str]]:
+        return await self.table.names(realm)
+
+    async def check(self, realm: str, name: str) -> None:
+        """404 unless the group exists."""
+        if await self.table.get(realm, name) is None:
+            raise _unknown(realm, name)
+
+    async def describe(self, realm: str, name: str) -> dict[str, Any]:
+        record = await self.table.get(realm, name)
+        if record is None:
+            raise _unknown(realm, name)
+        return await self._describe(realm, name, GroupState.from_bytes(record.data))
+
+    async def _describe(self, realm: str, name: str, state: GroupState) -> dict[str, Any]:
+        now = time.time()
+        state.expire(now)  # as a consumer would find it now
+        held: dict[str, int] = {}
+        for lease in state.leases.values():
+            held[lease.consumer] = held.get(lease.consumer, 0) + 1
+        head = await self._head(realm, state.settings)
+        unread = await self._count_after(realm, state.settings, state.scanned) if head > state.scanned else 0
+        return {
+            "realm": realm, "name": name, **state.settings.to_json(), "created": _stamp(state.created),
+            "checkpoint": state.checkpoint, "head": head,
+            "lag": len(state.leases) + len(state.pending) + unread,
+            "in_flight": len(state.leases), "parked": len(state.parked), "delivered": state.delivered,
+            "redeliveries": state.redeliveries, "acknowledged": state.acknowledged,
+            "consumers": [{"consumer": c, "last_seen": _stamp(t), "in_flight": held.get(c, 0)}
+                          for c, t in sorted(state.consumers.items())],
+        }
+
+    async def _head(self, realm: str, settings: GroupSettings) -> int:
+        page = await self.store.read(settings.scope(realm), order="desc", limit=1, types=settings.types)
+        return page.events[0].position if page.events else 0
+
+    async def _count_after(self, realm: str, settings: GroupSettings, position: int) -> int:
+        total = 0
+        while True:
+            page = await self.store.read(settings.scope(realm), after_position=position, limit=MAX_LIMIT,
+                                         types=settings.types)
+            total += len(page.events)
+            if page.next is None or not page.events:
+                return total
+            position = page.events[-1].position
+
+    # ----------------------------------------------------------------- consuming
+
+    async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float) -> list[dict[str, Any]]:
+        """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        key = (realm, name)
+        while True:
+            # Both taken before looking: a commit or a change after them ends the wait at once.
+            token = self.store._change_token()
+            changed = self._changed.get(key)
+            if changed is None:
+                changed = self._changed[key] = loop.create_future()
+            leased, expiry = await self._lease_once(realm, name, consumer, limit)
+            if leased:
+                return await self._deliveries(realm, leased)
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            pause = min(left, self.store.poll_interval)
+            if self.store.shared_across_processes:
+                pause = min(pause, SHARED_POLL)
+            if expiry is not None:
+                pause = min(pause, max(expiry - time.time(), 0.0) + 0.01)
+            await self._wait(changed, token, pause)
+
+    async def _wait(self, changed: asyncio.Future[None], token: int, timeout: float) -> None:
+        """Until an event is stored, the group changes in this process, or ``timeout`` passes."""
+        commit = asyncio.ensure_future(self.store._wait_for_change(token, timeout))
+        try:
+            await asyncio.wait({commit, changed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            commit.cancel()
+
+    async def _lease_once(self, realm: str, name: str, consumer: str,
+                          limit: int) -> tuple[list[tuple[int, Lease]], float | None]:
+        async def change(state: GroupState, now: float) -> tuple[tuple[list[tuple[int, Lease]], float | None], bool]:
+            scanned = state.scanned
+            dirty = state.expire(now)
+            dirty = state.seen(consumer, now, SEEN_EVERY) or dirty
+            room = min(limit, state.settings.max_in_flight - state.held_by(consumer))
+            chosen: list[int] = []
+            if room > 0:
+                busy = state.busy_entities()
+                chosen = state.choose_pending(room, busy)
+                await self._scan(realm, state, room, busy, chosen)
+            leases = state.lease(chosen, consumer, now)
+            # Every change made in place must be stored (or dropped with the cache): events read
+            # and waiting behind their entity are one, even when nothing goes out.
+            dirty = dirty or bool(chosen) or state.scanned != scanned
+            return (list(zip(chosen, leases, strict=True)), state.next_expiry()), dirty
+
+        return await self._update(realm, name, change)
+
+    async def _scan(self, realm: str, state: GroupState, room: int, busy: set[tuple[str, str]],
+                    chosen: list[int]) -> None:
+        """Read the scope after ``scanned`` until ``room`` events are chosen or nothing is left."""
+        settings = state.settings
+        while len(chosen) < room:
+            # Read about what is still wanted: events read past the last one taken in are dropped.
+            wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
+            page = await self.store.read(settings.scope(realm), after_position=state.scanned,
+                                         limit=wanted, types=settings.types)
+            for event in page.events:
+                self._remember(event)
+            taken = state.admit(page.events, room, busy, chosen)
+            if page.next is None or taken < len(page.events):
+                return
+
+    async def ack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str]) -> int:
+        async def change(state: GroupState, now: float) -> tuple[int, bool]:
+            count = state.ack(consumer, event_ids)  # first: a late ack wins over an expiry not yet seen
+            state.expire(now)
+            state.seen(consumer, now, SEEN_EVERY)
+            return count, True
+
+        count = await self._update(realm, name, change)
+        self._wake((realm, name))
+        return count
+
+    async def nack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str],
+                   action: str) -> tuple[int, int]:
+        async def change(state: GroupState, now: float) -> tuple[tuple[int, int], bool]:
+            outcome = state.nack(consumer, event_ids, action, now)
+            state.expire(now)
+            state.seen(consumer, now, SEEN_EVERY)
+            return outcome, True
+
+        outcome = await self._update(realm, name, change)
+        self._wake((realm, name))
+        return outcome
+
+    async def parked(self, realm: str, name: str, limit: int) -> list[dict[str, Any]]:
+        record = await self.table.get(realm, name)
+        if record is None:
+            raise _unknown(realm, name)
+        state = GroupState.from_bytes(record.data)
+        state.expire(time.time())  # leases that ran out for the last time are parked already
+        found = []
+        for pos in sorted(state.parked)[:limit]:
+            p = state.parked[pos]
+            event = await self._body(realm, p.domain, p.event_id)
+            found.append({**event.to_json_dict(), "delivery": p.deliveries, "parked_at": _stamp(p.at),
+                          "reason": p.reason})
+        return found
+
+    async def replay(self, realm: str, name: str, event_ids: Sequence[str] | None) -> int:
+        async def change(state: GroupState, now: float) -> tuple[int, bool]:
+            expired = state.expire(now)
+            count = state.replay(event_ids)
+            return count, expired or count > 0
+
+        count = await self._update(realm, name, change)
+        self._wake((realm, name))
+        return count
+
+    # ----------------------------------------------------------------- state documents
+
+    async def _update(self, realm: str, name: str, change: Change[_T]) -> _T:
+        """Run ``change`` on the group's state and store the result, again on a fresher state
+        whenever another process wrote first.
+
+        The stored token is read every time (one small read), but the document is parsed only
+        when it is not the one this process wrote or read last: ``change`` works on the parsed
+        state in place, so any failure before the write is stored drops it.
+        """
+        key = (realm, name)
+        async with self._lock(key):
+            for attempt in range(MAX_ATTEMPTS):
+                stored = await self.table.get(realm, name)
+                if stored is None:
+                    self._cache.pop(key, None)
+                    raise _unknown(realm, name)
+                cached = self._cache.get(key)
+                if cached is None or cached.token != stored.token:
+                    cached = self._cache[key] = _Parsed(stored.token, GroupState.from_bytes(stored.data))
+                state = cached.state
+                try:
+                    result, dirty = await change(state, time.time())
+                    if not dirty:
+                        return result
+                    token = new_token()
+                    written = await self.table.put(realm, name, state.to_bytes(), token, cached.token)
+                except BaseException:
+                    self._cache.pop(key, None)
+                    raise
+                if written:
+                    self._cache[key] = _Parsed(token, state)
+                    return result
+                self._cache.pop(key, None)
+                await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        raise StorageUnavailable(f"group {name!r} is changed by other processes too often; try again")
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _wake(self, key: tuple[str, str]) -> None:
+        changed = self._changed.pop(key, None)
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    # ----------------------------------------------------------------- event bodies
+
+    def _remember(self, event: Event) -> None:
+        bodies = self._bodies
+        bodies[event.event_id] = event
+        if len(bodies) > BODY_CACHE:
+            bodies.popitem(last=False)
+
+    async def _body(self, realm: str, domain: str, event_id: str) -> Event:
+        event = self._bodies.get(event_id)
+        if event is None:
+            event = await self.store.get_event(realm, domain, event_id)
+            self._remember(event)
+        return event
+
+    async def _deliveries(self, realm: str, leased: list[tuple[int, Lease]]) -> list[dict[str, Any]]:
+        out = []
+        for _, lease in leased:
+            event = await self._body(realm, lease.domain, lease.event_id)
+            out.append({**event.to_json_dict(), "delivery": lease.delivery})
+        return out
+
+    async def figures(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(realm, name, description) of every group of the store, for metrics."""
+        found = []
+        for realm, name in await self.table.names(None):
+            try:
+                found.append((realm, name, await self.describe(realm, name)))
+            except NotFound:  # deleted meanwhile
+                continue
+        return found
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A group's state as this process last read or wrote it, under the token stored with it."""
+
+    token: str
+    state: GroupState
+
+
+def _unknown(realm: str, name: str) -> NotFound:
+    return NotFound(f"no consumer group {name!r} in realm {realm!r}; create it with PUT /_groups/{realm}/{name}")
+
+
+def _stamp(seconds: float) -> str:
+    return utc_timestamp(seconds)

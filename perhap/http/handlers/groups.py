@@ -1,0 +1,201 @@
+"""Consumer groups over HTTP: /_groups/{realm}[/{group}[/events|ack|nack|parked[/replay]]].
+
+Consuming (leases, acks, nacks, the parked list) needs ``read`` on the realm; creating, deleting
+and replaying need ``write``. The semantics live in :mod:`perhap.groups`; this module only reads
+requests and writes answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+from urllib.parse import quote
+
+from ...errors import InvalidInput
+from ...groups import GroupSettings, check_group_name
+from ...ids import check_event_id
+from ...model import MAX_LIMIT, check_consumer, check_name
+from ..requests import Context, Request, authorize, page_limit, read_json_object
+from ..responses import send_json
+from ..streaming import SSE_HEADERS, sse_message
+from ..types import Send
+
+DEFAULT_MAX = 100
+NACK_ACTIONS = ("retry", "park", "release")
+MAX_WAIT = 300.0
+_KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def _names(req: Request, permission: str) -> tuple[str, str]:
+    """The realm and group of the path, the token's ``permission`` on the realm checked."""
+    realm = check_name(req.names[1], "realm", realm=True)
+    authorize(req.grant, realm, permission)
+    return realm, check_group_name(req.names[2])
+
+
+def group_path(realm: str, name: str) -> str:
+    return f"/_groups/{quote(realm, safe='')}/{quote(name, safe='')}"
+
+
+async def list_groups(ctx: Context, req: Request, send: Send) -> None:
+    realm = check_name(req.names[1], "realm", realm=True)
+    authorize(req.grant, realm, "read")
+    groups = [await ctx.groups.describe(realm, name) for _, name in await ctx.groups.names(realm)]
+    await send_json(send, 200, {"groups": groups})
+
+
+async def describe(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "read")
+    await send_json(send, 200, await ctx.groups.describe(realm, name))
+
+
+async def create(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "write")
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, optional=True)
+    created, group = await ctx.groups.create(realm, name, GroupSettings.from_json(body))
+    headers = [(b"location", group_path(realm, name).encode())] if created else None
+    await send_json(send, 201 if created else 200, group, headers)
+
+
+async def delete(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "write")
+    await ctx.groups.delete(realm, name)
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def lease(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "read")
+    consumer = check_consumer(req.query.get("consumer"))
+    most = _max(req.query.get("max"))
+    wait = _wait(req.query.get("wait"))
+    if req.wants_stream():
+        return await _stream(ctx, req, send, realm, name, consumer, most)
+    events = await ctx.groups.lease(realm, name, consumer, most, wait)
+    await send_json(send, 200, {"events": events})
+
+
+async def ack(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "read")
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    _only(body, ("consumer", "event_ids"))
+    count = await ctx.groups.ack(realm, name, check_consumer(body.get("consumer")), _required_ids(body))
+    await send_json(send, 200, {"acknowledged": count})
+
+
+async def nack(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "read")
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    _only(body, ("consumer", "event_ids", "action"))
+    action = body.get("action", "retry")
+    if action not in NACK_ACTIONS:
+        raise InvalidInput('action must be "retry" (deliver it again), "park", or "release" (give it back '
+                           'unhandled: a worker stopping)')
+    consumer = check_consumer(body.get("consumer"))
+    retried, parked = await ctx.groups.nack(realm, name, consumer, _required_ids(body), action)
+    answer = {"released": retried} if action == "release" else {"retried": retried, "parked": parked}
+    await send_json(send, 200, answer)
+
+
+async def parked(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "read")
+    limit = page_limit(req.query) if "limit" in req.query else MAX_LIMIT
+    await send_json(send, 200, {"events": await ctx.groups.parked(realm, name, limit)})
+
+
+async def replay(ctx: Context, req: Request, send: Send) -> None:
+    realm, name = _names(req, "write")
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, optional=True)
+    _only(body, ("event_ids",))
+    ids = _event_ids(body, required=False)
+    await send_json(send, 200, {"replayed": await ctx.groups.replay(realm, name, ids)})
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str, consumer: str,
+                  most: int) -> None:
+    """Lease to the consumer for as long as it listens: each leased event one SSE message, never
+    more than the group's max_in_flight unacknowledged (the leases decide that, not the stream)."""
+    streams, groups = ctx.streams, ctx.groups
+    token_id = req.grant.id if req.grant is not None else None
+    streams.limiter.reserve(token_id)
+    try:
+        await groups.check(realm, name)  # an unknown group is a plain 404, before the stream
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
+
+        async def pump() -> None:
+            while True:
+                events = await groups.lease(realm, name, consumer, most, streams.heartbeat)
+                body = b"".join(sse_message(e["event_id"], e) for e in events) if events else _KEEP_ALIVE
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        async def gone() -> None:
+            while (await req.receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(gone()),
+                 asyncio.ensure_future(streams.stopping.wait())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        streams.limiter.release(token_id)
+    try:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception:  # the client is gone already
+        pass
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _only(body: dict[str, Any], keys: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(keys))
+    if unknown:
+        raise InvalidInput(f"unknown key {unknown[0]!r} in the body: it takes {', '.join(keys)}")
+
+
+def _required_ids(body: dict[str, Any]) -> list[str]:
+    ids = _event_ids(body, required=True)
+    assert ids is not None
+    return ids
+
+
+def _event_ids(body: dict[str, Any], *, required: bool) -> list[str] | None:
+    ids = body.get("event_ids")
+    if ids is None:
+        if required:
+            raise InvalidInput("event_ids is required: a list of the event ids of your leases")
+        return None
+    if not isinstance(ids, list):
+        raise InvalidInput("event_ids must be a list of event ids")
+    if len(ids) > MAX_LIMIT:
+        raise InvalidInput(f"event_ids may hold at most {MAX_LIMIT} ids, got {len(ids)}")
+    return [check_event_id(i, "event_ids") for i in ids]
+
+
+def _max(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_MAX
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
+        raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {text[:20]!r}")
+    return int(text)
+
+
+def _wait(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT:  # NaN fails this too
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {text[:20]!r}")
+    return seconds

@@ -1,0 +1,398 @@
+"""Consumer groups over HTTP (issue 17), on every backend: settings, leases, per-entity order,
+acknowledgements, expiry and redelivery, parking and replay, statistics, errors and durability.
+
+Each rule of docs/groups.md has a test here that fails if the rule breaks. Streams, tokens and
+metrics are rules of the HTTP layer and run on SQLite only (tests/test_groups_http.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from perhap.backends import open_store
+from perhap.http.app import PerhapApp
+from perhap.testing.conformance.helpers import problem
+
+Json = dict[str, Any]
+
+
+async def put(client: httpx.AsyncClient, realm: str, group: str = "g", **settings: Any) -> httpx.Response:
+    return await client.put(f"/_groups/{realm}/{group}", json=settings)
+
+
+async def lease(client: httpx.AsyncClient, realm: str, consumer: str, group: str = "g", max: int = 100,
+                wait: float = 0) -> list[Json]:
+    r = await client.get(f"/_groups/{realm}/{group}/events", params={"consumer": consumer, "max": max, "wait": wait})
+    assert r.status_code == 200, r.text
+    events: list[Json] = r.json()["events"]
+    return events
+
+
+async def ack(client: httpx.AsyncClient, realm: str, consumer: str, events: list[Json],
+              group: str = "g") -> httpx.Response:
+    return await client.post(f"/_groups/{realm}/{group}/ack",
+                             json={"consumer": consumer, "event_ids": [e["event_id"] for e in events]})
+
+
+async def nack(client: httpx.AsyncClient, realm: str, consumer: str, events: list[Json], action: str = "retry",
+               group: str = "g") -> httpx.Response:
+    return await client.post(f"/_groups/{realm}/{group}/nack", json={
+        "consumer": consumer, "event_ids": [e["event_id"] for e in events], "action": action})
+
+
+async def stats(client: httpx.AsyncClient, realm: str, group: str = "g") -> Json:
+    r = await client.get(f"/_groups/{realm}/{group}")
+    assert r.status_code == 200, r.text
+    body: Json = r.json()
+    return body
+
+
+async def append(client: httpx.AsyncClient, realm: str, entity: str, value: Any, domain: str = "orders",
+                 type_: str = "placed") -> Json:
+    r = await client.post(f"/{realm}/{domain}/{entity}/{type_}", json={"event": value})
+    assert r.status_code == 201, r.text
+    body: Json = r.json()
+    return body
+
+
+# --------------------------------------------------------------------------- the group itself
+
+
+async def test_create_is_idempotent_and_a_different_group_is_a_conflict(client: httpx.AsyncClient,
+                                                                          realm: str) -> None:
+    settings = {"domain": "orders", "types": ["placed", "cancelled"], "start": "beginning", "ack_timeout": 30,
+                "max_deliveries": 5, "max_in_flight": 1000}
+    r = await put(client, realm, **settings)
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == f"/_groups/{realm}/g"
+    created = r.json()
+    assert {k: created[k] for k in settings} == {**settings, "types": ["cancelled", "placed"]}
+    again = await put(client, realm, **{**settings, "types": ["cancelled", "placed"]})
+    assert again.status_code == 200 and again.json()["name"] == "g"
+    body = problem(await put(client, realm, **{**settings, "max_deliveries": 6}), 409)
+    assert "max_deliveries" in body["detail"]
+    assert (await stats(client, realm))["max_deliveries"] == 5  # unchanged
+    # No body at all: every default.
+    r = await client.put(f"/_groups/{realm}/plain")
+    assert r.status_code == 201, r.text
+    assert {k: r.json()[k] for k in settings} == {"domain": None, "types": None, "start": "beginning",
+                                                  "ack_timeout": 30, "max_deliveries": 5, "max_in_flight": 1000}
+
+
+@pytest.mark.parametrize("settings", [
+    {"ack_timeout": 0}, {"ack_timeout": -1}, {"ack_timeout": "30"}, {"ack_timeout": 10**9},
+    {"max_deliveries": 0}, {"max_deliveries": 1.5}, {"max_in_flight": 0}, {"max_in_flight": True},
+    {"start": "middle"}, {"start": -1}, {"types": "placed"}, {"types": [""]}, {"domain": "a/b"},
+    {"domain": 5}, {"colour": "red"},
+])
+async def test_bad_settings_are_400_and_make_nothing(client: httpx.AsyncClient, realm: str,
+                                                     settings: Json) -> None:
+    problem(await put(client, realm, **settings), 400)
+    problem(await client.get(f"/_groups/{realm}/g"), 404)
+
+
+async def test_bad_names_and_bodies_are_400(client: httpx.AsyncClient, realm: str) -> None:
+    problem(await client.put("/_groups/_system/g", json={}), 400)
+    problem(await client.put(f"/_groups/{realm}/g", content=b"[1, 2]"), 400)
+    assert (await put(client, realm)).status_code == 201
+    base = f"/_groups/{realm}/g"
+    problem(await client.get(f"{base}/events"), 400)  # no consumer
+    problem(await client.get(f"{base}/events", params={"consumer": "c", "max": 0}), 400)
+    problem(await client.get(f"{base}/events", params={"consumer": "c", "wait": "soon"}), 400)
+    problem(await client.get(f"{base}/events", params={"consumer": "c", "wait": 301}), 400)
+    problem(await client.get(f"{base}/events", params={"consumer": "c", "colour": "red"}), 400)
+    problem(await client.post(f"{base}/ack", json={"consumer": "c"}), 400)
+    problem(await client.post(f"{base}/ack", json={"consumer": "c", "event_ids": "x"}), 400)
+    problem(await client.post(f"{base}/ack", json={"consumer": "c", "event_ids": ["not-an-id"]}), 400)
+    problem(await client.post(f"{base}/ack", json={"event_ids": []}), 400)
+    problem(await client.post(f"{base}/nack", json={"consumer": "c", "event_ids": [], "action": "drop"}), 400)
+    problem(await client.post(f"{base}/ack", content=b"{"), 400)
+    problem(await client.get(f"{base}/somewhere"), 404)
+    problem(await client.post(f"{base}/events", json={}), 405)
+
+
+async def test_unknown_group_is_404_everywhere(client: httpx.AsyncClient, realm: str) -> None:
+    base = f"/_groups/{realm}/nobody"
+    problem(await client.get(base), 404)
+    problem(await client.delete(base), 404)
+    problem(await client.get(f"{base}/events", params={"consumer": "c"}), 404)
+    problem(await client.post(f"{base}/ack", json={"consumer": "c", "event_ids": []}), 404)
+    problem(await client.post(f"{base}/nack", json={"consumer": "c", "event_ids": []}), 404)
+    problem(await client.get(f"{base}/parked"), 404)
+    problem(await client.post(f"{base}/parked/replay"), 404)
+
+
+async def test_list_and_delete(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await client.get(f"/_groups/{realm}")).json() == {"groups": []}
+    for name in ("b", "a"):
+        assert (await put(client, realm, name, domain="orders")).status_code == 201
+    groups = (await client.get(f"/_groups/{realm}")).json()["groups"]
+    assert [g["name"] for g in groups] == ["a", "b"] and groups[0]["domain"] == "orders"
+    r = await client.delete(f"/_groups/{realm}/a")
+    assert r.status_code == 204 and r.content == b""
+    assert [g["name"] for g in (await client.get(f"/_groups/{realm}")).json()["groups"]] == ["b"]
+    problem(await client.get(f"/_groups/{realm}/a"), 404)
+    # Made again, it starts afresh.
+    await append(client, realm, "o1", 1)
+    assert (await put(client, realm, "a")).status_code == 201
+    assert len(await lease(client, realm, "c", "a")) == 1
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+async def test_per_entity_order_ack_and_lag(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    plan = ["o1", "o2", "o1", "o3", "o1", "o2"]
+    appended = [await append(client, realm, entity, i) for i, entity in enumerate(plan)]
+    s = await stats(client, realm)
+    assert (s["lag"], s["in_flight"], s["checkpoint"], s["head"]) == (6, 0, 0, appended[-1]["position"])
+    # One event per entity at a time, oldest first: o1#1, o2#1, o3#1.
+    first = await lease(client, realm, "c1")
+    assert [(e["entity"], e["event"], e["delivery"]) for e in first] == [("o1", 0, 1), ("o2", 1, 1), ("o3", 3, 1)]
+    assert [e["position"] for e in first] == sorted(e["position"] for e in first)
+    # Nothing else may go out while those are in flight, to anyone.
+    assert await lease(client, realm, "c2") == []
+    s = await stats(client, realm)
+    assert (s["lag"], s["in_flight"]) == (6, 3)
+    assert s["checkpoint"] < first[0]["position"]
+    r = await ack(client, realm, "c1", first[:1])
+    assert r.status_code == 200 and r.json() == {"acknowledged": 1}
+    second = await lease(client, realm, "c2")
+    assert [(e["entity"], e["event"]) for e in second] == [("o1", 2)]
+    assert (await ack(client, realm, "c1", first[1:])).status_code == 200
+    assert (await ack(client, realm, "c2", second)).status_code == 200
+    rest = []
+    while batch := await lease(client, realm, "c1"):
+        rest += batch
+        assert (await ack(client, realm, "c1", batch)).status_code == 200
+    assert [(e["entity"], e["event"]) for e in rest] == [("o1", 4), ("o2", 5)]
+    s = await stats(client, realm)
+    assert (s["lag"], s["in_flight"], s["parked"], s["checkpoint"]) == (0, 0, 0, s["head"])
+    assert (s["delivered"], s["acknowledged"], s["redeliveries"]) == (6, 6, 0)
+    assert {c["consumer"] for c in s["consumers"]} == {"c1", "c2"}
+    # Acknowledged events never come back.
+    assert await lease(client, realm, "c3") == []
+    problem(await ack(client, realm, "c1", first[:1]), 409)
+
+
+async def test_scope_types_and_start(client: httpx.AsyncClient, realm: str) -> None:
+    await append(client, realm, "o1", "old")
+    head = await append(client, realm, "o1", "kept", type_="cancelled")
+    assert (await put(client, realm, "typed", domain="orders", types=["cancelled"])).status_code == 201
+    assert (await put(client, realm, "late", start="end")).status_code == 201
+    assert (await put(client, realm, "from", start=head["position"])).status_code == 201
+    await append(client, realm, "o2", "new", type_="cancelled")
+    await append(client, realm, "s1", "stock", domain="stock", type_="cancelled")
+
+    async def drain(group: str) -> list[Any]:
+        seen = []
+        while batch := await lease(client, realm, "c", group):
+            seen += [e["event"] for e in batch]
+            assert (await ack(client, realm, "c", batch, group)).status_code == 200
+        return seen
+
+    assert await drain("typed") == ["kept", "new"]
+    assert await drain("late") == ["new", "stock"]
+    assert await drain("from") == ["kept", "new", "stock"]
+    typed = await stats(client, realm, "typed")
+    assert typed["lag"] == 0 and typed["head"] > head["position"]
+
+
+async def test_wrong_consumer_is_409_and_changes_nothing(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    await append(client, realm, "o1", 1)
+    await append(client, realm, "o2", 2)
+    mine = await lease(client, realm, "a")
+    assert len(mine) == 2
+    body = problem(await ack(client, realm, "b", mine), 409)
+    assert "not to 'b'" in body["detail"]
+    problem(await nack(client, realm, "b", mine, "park"), 409)
+    # All or nothing: one good id and one not held means neither is acknowledged.
+    problem(await client.post(f"/_groups/{realm}/g/ack", json={
+        "consumer": "a", "event_ids": [mine[0]["event_id"], "0190a4c2-0000-7000-8000-000000000000"]}), 409)
+    s = await stats(client, realm)
+    assert (s["in_flight"], s["parked"], s["acknowledged"]) == (2, 0, 0)
+    assert (await ack(client, realm, "a", mine)).json() == {"acknowledged": 2}
+
+
+async def test_expired_lease_goes_to_another_consumer(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm, ack_timeout=0.5)).status_code == 201
+    await append(client, realm, "o1", "x")
+    await append(client, realm, "o1", "y")
+    [first] = await lease(client, realm, "a")
+    assert first["delivery"] == 1
+    assert await lease(client, realm, "b") == []
+    again = await lease(client, realm, "b", wait=5)  # the wait ends when the lease runs out
+    assert [(e["event_id"], e["delivery"]) for e in again] == [(first["event_id"], 2)]
+    problem(await ack(client, realm, "a", [first]), 409)  # too late: b holds it
+    assert (await ack(client, realm, "b", again)).status_code == 200
+    [second] = await lease(client, realm, "a")
+    assert second["event"] == "y" and second["delivery"] == 1
+    assert (await stats(client, realm))["redeliveries"] == 1
+
+
+async def test_poison_event_is_parked_listed_and_replayed(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm, max_deliveries=3)).status_code == 201
+    poison = await append(client, realm, "o1", "poison")
+    await append(client, realm, "o1", "after")
+    deliveries = []
+    for _ in range(3):
+        [event] = await lease(client, realm, "w", max=1)
+        assert event["event_id"] == poison["event_id"]
+        deliveries.append(event["delivery"])
+        r = await nack(client, realm, "w", [event])
+        assert r.status_code == 200
+    assert deliveries == [1, 2, 3]
+    assert r.json() == {"retried": 0, "parked": 1}
+    parked = (await client.get(f"/_groups/{realm}/g/parked")).json()["events"]
+    assert [(p["event_id"], p["event"], p["delivery"], p["reason"]) for p in parked] == [
+        (poison["event_id"], "poison", 3, "max_deliveries")]
+    assert parked[0]["position"] == poison["position"] and parked[0]["parked_at"]
+    # A parked event holds nothing back: the entity's next event goes out.
+    [after] = await lease(client, realm, "w")
+    assert after["event"] == "after"
+    assert (await ack(client, realm, "w", [after])).status_code == 200
+    s = await stats(client, realm)
+    assert (s["parked"], s["lag"], s["checkpoint"]) == (1, 0, s["head"])
+    r = await client.post(f"/_groups/{realm}/g/parked/replay")
+    assert r.status_code == 200 and r.json() == {"replayed": 1}
+    assert (await stats(client, realm))["lag"] == 1
+    [back] = await lease(client, realm, "w")
+    assert (back["event_id"], back["delivery"]) == (poison["event_id"], 1)
+    assert (await ack(client, realm, "w", [back])).status_code == 200
+    assert (await client.get(f"/_groups/{realm}/g/parked")).json() == {"events": []}
+    assert (await stats(client, realm))["lag"] == 0
+
+
+async def test_nack_park_and_replay_of_some(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    for entity in ("o1", "o2", "o3"):
+        await append(client, realm, entity, entity)
+    leased = await lease(client, realm, "w")
+    r = await nack(client, realm, "w", leased, "park")
+    assert r.json() == {"retried": 0, "parked": 3}
+    parked = (await client.get(f"/_groups/{realm}/g/parked", params={"limit": 2})).json()["events"]
+    assert [p["event"] for p in parked] == ["o1", "o2"] and parked[0]["reason"] == "nack"
+    r = await client.post(f"/_groups/{realm}/g/parked/replay", json={"event_ids": [leased[1]["event_id"]]})
+    assert r.json() == {"replayed": 1}
+    assert [e["event"] for e in await lease(client, realm, "w")] == ["o2"]
+    assert (await stats(client, realm))["parked"] == 2
+
+
+async def test_release_gives_back_without_counting_a_delivery(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm, max_deliveries=1)).status_code == 201
+    await append(client, realm, "o1", 1)
+    for _ in range(3):  # a worker stopping three times before it handles the event
+        [event] = await lease(client, realm, "a")
+        assert event["delivery"] == 1
+        r = await nack(client, realm, "a", [event], "release")
+        assert r.status_code == 200 and r.json() == {"released": 1}
+    [event] = await lease(client, realm, "b")
+    assert (await nack(client, realm, "b", [event])).json() == {"retried": 0, "parked": 1}
+    s = await stats(client, realm)
+    assert (s["parked"], s["redeliveries"]) == (1, 0)
+
+
+async def test_nack_retry_delivers_again_first(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    await append(client, realm, "o1", 1)
+    await append(client, realm, "o1", 2)
+    [one] = await lease(client, realm, "a")
+    assert (await nack(client, realm, "a", [one])).json() == {"retried": 1, "parked": 0}
+    [again] = await lease(client, realm, "b")
+    assert (again["event"], again["delivery"]) == (1, 2)
+
+
+async def test_max_in_flight_bounds_a_consumer(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm, max_in_flight=2)).status_code == 201
+    for i in range(5):
+        await append(client, realm, f"o{i}", i)
+    held = await lease(client, realm, "a", max=10)
+    assert len(held) == 2
+    assert await lease(client, realm, "a", max=10) == []
+    assert len(await lease(client, realm, "b", max=10)) == 2  # the bound is per consumer
+    assert (await ack(client, realm, "a", held[:1])).status_code == 200
+    assert len(await lease(client, realm, "a", max=10)) == 1
+
+
+async def test_long_poll_wakes_on_append(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    waiting = asyncio.ensure_future(lease(client, realm, "a", wait=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await append(client, realm, "o1", "late")
+    got = await asyncio.wait_for(waiting, 20)
+    assert [e["event"] for e in got] == ["late"]
+
+
+async def test_long_poll_wakes_when_an_ack_frees_the_entity(client: httpx.AsyncClient, realm: str) -> None:
+    assert (await put(client, realm)).status_code == 201
+    await append(client, realm, "o1", 1)
+    await append(client, realm, "o1", 2)
+    held = await lease(client, realm, "a")
+    waiting = asyncio.ensure_future(lease(client, realm, "b", wait=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert (await ack(client, realm, "a", held)).status_code == 200
+    assert [e["event"] for e in await asyncio.wait_for(waiting, 20)] == [2]
+
+
+async def test_concurrent_consumers_never_share_an_event(client: httpx.AsyncClient, realm: str) -> None:
+    """Ten consumers at once over one process: every event handled once, entities in order."""
+    assert (await put(client, realm)).status_code == 201
+    for i in range(60):
+        await append(client, realm, f"o{i % 7}", i)
+    seen: dict[str, list[int]] = {}
+    handled: list[str] = []
+
+    async def work(consumer: str) -> None:
+        while batch := await lease(client, realm, consumer, max=5):
+            for e in batch:
+                seen.setdefault(e["entity"], []).append(e["version"])
+                handled.append(e["event_id"])
+            assert (await ack(client, realm, consumer, batch)).status_code == 200
+
+    await asyncio.gather(*(work(f"c{i}") for i in range(10)))
+    while batch := await lease(client, realm, "last"):  # what was still in flight when some stopped
+        await ack(client, realm, "last", batch)
+        handled += [e["event_id"] for e in batch]
+    assert len(handled) == len(set(handled)) == 60
+    assert all(versions == sorted(versions) for versions in seen.values())
+    assert (await stats(client, realm))["lag"] == 0
+
+
+async def test_state_survives_a_restart(store_url: str, realm: str) -> None:
+    """Leases, acknowledgements and parked events are stored: a new server over the same store
+    goes on where the first stopped."""
+    async def session() -> Any:
+        store = await open_store(store_url)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=PerhapApp(store)), base_url="http://t")
+        return store, client
+
+    store, client = await session()
+    try:
+        assert (await put(client, realm, max_deliveries=1)).status_code == 201
+        for i, entity in enumerate(("o1", "o2", "o3", "o1")):
+            await append(client, realm, entity, i)
+        o1, o2, o3 = await lease(client, realm, "a")
+        assert (await ack(client, realm, "a", [o1])).status_code == 200
+        assert (await nack(client, realm, "a", [o2], "park")).status_code == 200
+    finally:
+        await client.aclose()
+        await store.close()
+    store, client = await session()
+    try:
+        s = await stats(client, realm)
+        assert (s["in_flight"], s["parked"], s["acknowledged"], s["lag"]) == (1, 1, 1, 2)
+        assert (await ack(client, realm, "a", [o3])).status_code == 200  # the lease is still a's
+        [last] = await lease(client, realm, "b")
+        assert last["event"] == 3
+        assert [p["event"] for p in (await client.get(f"/_groups/{realm}/g/parked")).json()["events"]] == [1]
+    finally:
+        await client.aclose()
+        await store.close()

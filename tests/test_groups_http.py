@@ -1,0 +1,129 @@
+"""Consumer groups, rules of the HTTP layer (SQLite): the lease stream and max_in_flight, tokens,
+metrics and the OpenAPI document. What a group delivers on each backend is tests/test_groups.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from perhap.auth import Authenticator, add_token
+from perhap.backends import open_store
+from perhap.http.app import PerhapApp
+from perhap.http.openapi import openapi_document
+from perhap.store.base import Store
+from perhap.testing.conformance import SSEReader
+from perhap.testing.conformance.helpers import problem
+from tests.servers import ThreadServer
+
+SSE = {"accept": "text/event-stream"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(f"sqlite:///{tmp_path}/groups.db") as s:
+        yield s
+
+
+async def test_the_stream_never_holds_more_than_max_in_flight(tmp_path: Path) -> None:
+    with ThreadServer(f"sqlite:///{tmp_path}/stream.db", heartbeat=0.2) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await http.put("/_groups/shop/g", json={"max_in_flight": 2})).status_code == 201
+            for i in range(5):
+                assert (await http.post(f"/shop/orders/o{i}/placed", json={"event": i})).status_code == 201
+            url = "/_groups/shop/g/events?consumer=s"
+            async with http.stream("GET", url, headers=SSE) as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                reader = SSEReader(r)
+                first = await reader.events(2)
+                assert [e["event"] for e in first] == [0, 1] and all(e["delivery"] == 1 for e in first)
+                # Two unacknowledged: the stream holds the rest back (a second lease of the same
+                # consumer is bounded by the same leases).
+                empty = await http.get(url)
+                assert empty.json() == {"events": []}
+                ack = {"consumer": "s", "event_ids": [first[0]["event_id"]]}
+                assert (await http.post("/_groups/shop/g/ack", json=ack)).status_code == 200
+                [third] = await reader.events(1)
+                assert third["event"] == 2
+                stats = (await http.get("/_groups/shop/g")).json()
+                assert stats["in_flight"] == 2 and stats["consumers"][0]["consumer"] == "s"
+            # An unknown group is a plain 404 before any stream.
+            problem(await http.get("/_groups/shop/nobody/events?consumer=s", headers=SSE), 404)
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> str:
+    return str(tmp_path / "tokens.json")
+
+
+async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> None:
+    read, _ = add_token(tokens, "shop", "read")
+    write, _ = add_token(tokens, "shop", "write")
+    other, _ = add_token(tokens, "elsewhere", "admin")
+    app = PerhapApp(store, auth=Authenticator(tokens, recheck=0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        def h(token: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {token}"}
+
+        base = "/_groups/shop/g"
+        problem(await http.get(base), 401)
+        problem(await http.put(base, json={}, headers=h(read)), 403)
+        problem(await http.put(base, json={}, headers=h(other)), 403)
+        assert (await http.put(base, json={}, headers=h(write))).status_code == 201
+        assert (await http.post("/shop/d/e/t", json={"event": 1}, headers=h(write))).status_code == 201
+        problem(await http.get(base, headers=h(other)), 403)
+        problem(await http.get(f"{base}/events?consumer=c", headers=h(other)), 403)
+        assert (await http.get(base, headers=h(read))).status_code == 200
+        assert (await http.get("/_groups/shop", headers=h(read))).status_code == 200
+        [event] = (await http.get(f"{base}/events?consumer=c", headers=h(read))).json()["events"]
+        body = {"consumer": "c", "event_ids": [event["event_id"]], "action": "park"}
+        assert (await http.post(f"{base}/nack", json=body, headers=h(read))).status_code == 200
+        assert (await http.get(f"{base}/parked", headers=h(read))).status_code == 200
+        problem(await http.post(f"{base}/parked/replay", headers=h(read)), 403)
+        assert (await http.post(f"{base}/parked/replay", headers=h(write))).json() == {"replayed": 1}
+        [again] = (await http.get(f"{base}/events?consumer=c", headers=h(read))).json()["events"]
+        ack = {"consumer": "c", "event_ids": [again["event_id"]]}
+        problem(await http.post(f"{base}/ack", json=ack, headers=h(other)), 403)
+        assert (await http.post(f"{base}/ack", json=ack, headers=h(read))).status_code == 200
+        problem(await http.delete(base, headers=h(read)), 403)
+        assert (await http.delete(base, headers=h(write))).status_code == 204
+
+
+async def test_metrics_per_group(store: Store) -> None:
+    app = PerhapApp(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.put("/_groups/shop/g", json={"max_deliveries": 1})).status_code == 201
+        for i in range(3):
+            await http.post(f"/shop/orders/o{i}/placed", json={"event": i})
+        events = (await http.get("/_groups/shop/g/events?consumer=c&max=2")).json()["events"]
+        await http.post("/_groups/shop/g/nack", json={"consumer": "c", "event_ids": [events[0]["event_id"]]})
+        text = (await http.get("/_metrics")).text
+        assert 'perhap_consumer_group_lag{group="g",realm="shop"} 2.0' in text
+        assert 'perhap_consumer_group_in_flight{group="g",realm="shop"} 1.0' in text
+        assert 'perhap_consumer_group_parked{group="g",realm="shop"} 1.0' in text
+        assert 'perhap_consumer_group_redeliveries_total{group="g",realm="shop"} 0.0' in text
+
+
+def test_openapi_lists_the_group_routes() -> None:
+    paths = openapi_document()["paths"]
+    assert set(paths["/_groups/{realm}/{group}"]) == {"get", "put", "delete"}
+    lease = paths["/_groups/{realm}/{group}/events"]["get"]
+    assert {p["name"] for p in lease["parameters"]} == {"realm", "group", "consumer", "max", "wait"}
+    for path in ("/_groups/{realm}", "/_groups/{realm}/{group}/ack", "/_groups/{realm}/{group}/nack",
+                 "/_groups/{realm}/{group}/parked", "/_groups/{realm}/{group}/parked/replay"):
+        assert path in paths
+
+
+async def test_consumer_ids_are_any_printable_text(store: Store) -> None:
+    app = PerhapApp(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.put("/_groups/shop/g", json={})).status_code == 201
+        await http.post("/shop/orders/o1/placed", json={"event": 1})
+        for consumer in ("host-a/1234", "keys", ".", "é ü"):
+            r = await http.get("/_groups/shop/g/events", params={"consumer": consumer})
+            assert r.status_code == 200, (consumer, r.text)
+        for bad in ("", "a\x01b", "x" * 256):
+            problem(await http.get("/_groups/shop/g/events", params={"consumer": bad}), 400)
+        problem(await http.post("/_groups/shop/g/ack", json={"consumer": 5, "event_ids": []}), 400)
