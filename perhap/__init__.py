@@ -18,6 +18,7 @@ from .errors import (
 from .model import Appended, AppendResult, Event, KeysPage, NewEvent, Page, Scope
 from .store.base import Statistic, Store, Subscription
 from .store.query import ReadQuery, read_query
+from .store.states import StateRecord, StateTable
 
 if typing.TYPE_CHECKING:
     from .client import (
@@ -26,6 +27,7 @@ if typing.TYPE_CHECKING:
         Client,
         Conflict,
         ConnectionFailed,
+        Delivery,
         MethodNotAllowed,
         PayloadTooLarge,
         PerhapClientError,
@@ -36,7 +38,7 @@ if typing.TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _CLIENT_NAMES = frozenset({
-    "AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed", "MethodNotAllowed",
+    "AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed", "Delivery", "MethodNotAllowed",
     "PayloadTooLarge", "PerhapClientError", "ServerError", "Unavailable",
 })
 
@@ -69,6 +71,8 @@ __all__ = [
     "ReadQuery",
     "read_query",
     "Statistic",
+    "StateTable",
+    "StateRecord",
     # errors
     "PerhapError",
     "InvalidInput",
@@ -84,6 +88,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ConnectionFailed",
+    "Delivery",
     "MethodNotAllowed",
     "PayloadTooLarge",
     "ServerError",

@@ -19,10 +19,10 @@ import perhap
 EXPECTED = {
     "open_store", "parse_store_url", "Store",
     "Scope", "Event", "NewEvent", "Appended", "AppendResult", "Page", "KeysPage", "Subscription", "Statistic",
-    "ReadQuery", "read_query",
+    "ReadQuery", "read_query", "StateTable", "StateRecord",
     "PerhapError", "InvalidInput", "NotFound", "VersionConflict", "EventIdConflict", "StorageUnavailable",
     "NotSupported",
-    "Client", "AsyncClient", "PerhapClientError", "BadRequest", "Conflict", "ConnectionFailed",
+    "Client", "AsyncClient", "Delivery", "PerhapClientError", "BadRequest", "Conflict", "ConnectionFailed",
     "MethodNotAllowed", "PayloadTooLarge", "ServerError", "Unavailable",
 }
 

@@ -1,7 +1,7 @@
 """The ``perhap`` command line's arguments, all in one place: every command, option and example.
 
 Each command's ``run`` is a function of a thin command module (serve, tokens, events, tail,
-transfer) that takes the parsed arguments and returns the exit status.
+groups, transfer) that takes the parsed arguments and returns the exit status.
 """
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ from ..limits import (
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from .common import DEFAULT_PORT, DEFAULT_URL, TOKEN_ENV, CommandError
 from .events import run_append, run_append_many, run_keys, run_read
+from .groups import (
+    parse_start,
+    run_group_create,
+    run_group_delete,
+    run_group_list,
+    run_group_parked,
+    run_group_replay,
+    run_group_stats,
+)
 from .serve import run_serve
 from .tail import run_tail
 from .tokens import run_token_add, run_token_list, run_token_revoke
@@ -90,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_token(sub)
     _add_client_commands(sub)
+    _add_group(sub)
     _add_transfer(sub)
     return parser
 
@@ -242,6 +252,65 @@ def _add_client_commands(sub: Subcommands) -> None:
     tail.add_argument("--type", action="append", metavar="TYPE",
                       help="only events of this type (repeatable: events of any of them)")
     tail.set_defaults(run=run_tail)
+
+
+def _add_group(sub: Subcommands) -> None:
+    group = _command(sub, "group", "manage consumer groups: server-side checkpoints shared by competing consumers",
+                     "perhap group create shop projector --domain orders --type placed --type paid",
+                     "perhap group list shop",
+                     "perhap group stats shop projector --json")
+    gsub = group.add_subparsers(dest="group_command", metavar="ACTION", parser_class=_Parser, required=True)
+
+    def action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        parser = _command(gsub, name, help, *examples)
+        parser.add_argument("realm", metavar="REALM", help="the realm the group belongs to")
+        if name != "list":
+            parser.add_argument("group", metavar="GROUP", help="the group's name")
+        return parser
+
+    create = action("create", "create a consumer group (again with the same settings: nothing changes)",
+                    "perhap group create shop projector --domain orders",
+                    "perhap group create shop mailer --domain orders --type placed --start end --ack-timeout 60")
+    create.add_argument("--domain", help="only events of this domain (default: the whole realm)")
+    create.add_argument("--type", action="append", metavar="TYPE",
+                        help="only events of this type (repeatable: events of any of them)")
+    create.add_argument("--start", type=parse_start, default="beginning", metavar="WHERE",
+                        help="beginning (default), end (only events appended from now on), or a position "
+                             "(the first event delivered is the first at or after it)")
+    create.add_argument("--ack-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="a lease not acknowledged this long goes back to the group (default 30)")
+    create.add_argument("--max-deliveries", type=int, default=5, metavar="N",
+                        help="deliveries before an unacknowledged event is parked (default 5)")
+    create.add_argument("--max-in-flight", type=int, default=1000, metavar="N",
+                        help="unacknowledged leases one consumer may hold (default 1000)")
+    create.add_argument("--json", action="store_true", help="print the group object as JSON")
+    create.set_defaults(run=run_group_create)
+
+    listing = action("list", "list a realm's groups: name, scope, lag, in flight, parked", "perhap group list shop")
+    listing.add_argument("--json", action="store_true", help="one group object a line, as JSON")
+    listing.set_defaults(run=run_group_list)
+
+    stats = action("stats", "show a group's settings, checkpoint, lag, leases and consumers",
+                   "perhap group stats shop projector", "perhap group stats shop projector --json | jq .lag")
+    stats.add_argument("--json", action="store_true", help="print the group object as JSON")
+    stats.set_defaults(run=run_group_stats)
+
+    parked = action("parked", "print a group's parked events, one JSON object a line "
+                    "(the event, its delivery count, parked_at and reason)", "perhap group parked shop projector")
+    parked.set_defaults(run=run_group_parked)
+
+    replay = action("replay", "put parked events back in the group, to be delivered again",
+                    "perhap group replay shop projector",
+                    "perhap group replay shop projector --event-id 01a2173a-af2e-701e-bbf0-c30a3181d1d9")
+    replay.add_argument("--event-id", action="append", metavar="EVENT_ID",
+                        help="only this parked event (repeatable; default: every parked event)")
+    replay.set_defaults(run=run_group_replay)
+
+    delete = action("delete", "delete a group, its checkpoint and its parked events",
+                    "perhap group delete shop projector")
+    delete.set_defaults(run=run_group_delete)
+    for parser in (create, listing, stats, parked, replay, delete):
+        _server_options(parser)
 
 
 def _add_transfer(sub: Subcommands) -> None:

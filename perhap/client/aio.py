@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager, ReadBounds, TaggedPage
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
+from .groups import Delivery, GroupCore
 from .stream import RetryHook
 from .wire import resolve_scope
+from .workers import AsyncWorker
 
 T = TypeVar("T")
 
 
-class AsyncClient(ClientCore[httpx.AsyncClient]):
+class AsyncClient(GroupCore[httpx.AsyncClient]):
     """The asyncio client: ``async with perhap.AsyncClient(url) as c: await c.append(...)``.
 
     The same methods as :class:`~perhap.client.sync.Client`; ``read``, ``keys`` and ``subscribe``
@@ -139,6 +141,59 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
             finally:
                 await response.aclose()
             await asyncio.sleep(state.retry_delay(error))
+
+    # ----------------------------------------------------------------- consumer groups
+
+    async def create_group(self, realm: str, group: str, *, domain: str | None = None,
+                           types: Sequence[str] | None = None, start: str | int = "beginning",
+                           ack_timeout: float = 30, max_deliveries: int = 5,
+                           max_in_flight: int = 1000) -> dict[str, Any]:
+        """Create a consumer group; the group object (see :meth:`Client.create_group`)."""
+        return await self._call(self._create_group_op(realm, group, domain, types, start, ack_timeout,
+                                                      max_deliveries, max_in_flight))
+
+    async def groups(self, realm: str) -> list[dict[str, Any]]:
+        """The realm's groups, by name."""
+        return await self._call(self._groups_op(realm))
+
+    async def group(self, realm: str, group: str) -> dict[str, Any]:
+        """A group's settings and figures (see :meth:`Client.group`)."""
+        return await self._call(self._group_op(realm, group))
+
+    async def delete_group(self, realm: str, group: str) -> None:
+        """Delete a group and its state."""
+        await self._call(self._delete_group_op(realm, group))
+
+    async def lease(self, realm: str, group: str, consumer: str, *, max: int = 100,
+                    wait: float = 0.0) -> list[Delivery]:
+        """Lease up to ``max`` events, waiting up to ``wait`` seconds for one (see :meth:`Client.lease`)."""
+        return await self._call(self._lease_op(realm, group, consumer, max, wait))
+
+    async def ack(self, realm: str, group: str, consumer: str, event_ids: Sequence[str]) -> int:
+        """Acknowledge leased events, all or nothing (see :meth:`Client.ack`)."""
+        return await self._call(self._ack_op(realm, group, consumer, event_ids))
+
+    async def nack(self, realm: str, group: str, consumer: str, event_ids: Sequence[str],
+                   action: str = "retry") -> dict[str, int]:
+        """Give leased events back, ``"retry"`` or ``"park"`` (see :meth:`Client.nack`)."""
+        return await self._call(self._nack_op(realm, group, consumer, event_ids, action))
+
+    async def parked(self, realm: str, group: str) -> list[Delivery]:
+        """The group's parked events."""
+        return await self._call(self._parked_op(realm, group))
+
+    async def replay_parked(self, realm: str, group: str, event_ids: Sequence[str] | None = None) -> int:
+        """Put parked events (all by default) back in the group; how many."""
+        return await self._call(self._replay_op(realm, group, event_ids))
+
+    async def consume(self, realm: str, group: str, handler: Callable[[Delivery], Awaitable[object] | object], *,
+                      consumer: str | None = None, max: int = 100, wait: float = 5.0,
+                      stop: asyncio.Event | None = None) -> int:
+        """Work for a group until ``stop`` is set (see :meth:`Client.consume`); ``handler`` may be
+        async or not (a plain one runs on the event loop). Cancelling the task gives the leased,
+        unhandled events back before the cancellation goes on. Returns the number handled."""
+        worker = AsyncWorker(self, realm, group, handler, consumer=consumer, max=max, wait=wait, stop=stop)
+        return await worker.run()
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 
 from ..errors import EventIdConflict as _StoreEventIdConflict
+from ..errors import GroupConflict as _StoreGroupConflict
 from ..errors import InvalidInput, PerhapError, StorageUnavailable
+from ..errors import LeaseConflict as _StoreLeaseConflict
 from ..errors import NotFound as _StoreNotFound
 from ..errors import NotSupported as _StoreNotSupported
 from ..errors import VersionConflict as _StoreVersionConflict
@@ -61,7 +63,7 @@ class MethodNotAllowed(PerhapClientError):
 
 
 class Conflict(PerhapClientError):
-    """409: the base of the two conflicts below."""
+    """409: the base of the conflicts below."""
 
 
 class VersionConflict(Conflict, _StoreVersionConflict):
@@ -104,6 +106,15 @@ class EventIdConflict(Conflict, _StoreEventIdConflict):
         self.event_id: str = self.extra.get("event_id", "")
 
 
+class LeaseConflict(Conflict, _StoreLeaseConflict):
+    """409: an ack or nack named an event that is not leased to that consumer now (its lease ran
+    out and it went back to the group, or it was never leased to it); nothing was changed."""
+
+
+class GroupConflict(Conflict, _StoreGroupConflict):
+    """409: the consumer group exists already with other settings (the detail names them)."""
+
+
 class PayloadTooLarge(PerhapClientError):
     """413: the request body is over the server's limit (``extra["max_body"]``)."""
 
@@ -128,6 +139,8 @@ _BY_TYPE: dict[str, type[PerhapClientError]] = {
     "urn:perhap:problem:version-conflict": VersionConflict,
     "urn:perhap:problem:event-id-conflict": EventIdConflict,
     "urn:perhap:problem:not-supported": NotSupported,
+    "urn:perhap:problem:lease-conflict": LeaseConflict,
+    "urn:perhap:problem:group-conflict": GroupConflict,
 }
 _BY_STATUS: dict[int, type[PerhapClientError]] = {
     400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge,

@@ -5,21 +5,23 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, ClientCore, Op, Pager, ReadBounds, TaggedPage
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
+from .groups import Delivery, GroupCore
 from .stream import RetryHook, StreamState
 from .wire import resolve_scope
+from .workers import Worker
 
 T = TypeVar("T")
 
 
-class Client(ClientCore[httpx.Client]):
+class Client(GroupCore[httpx.Client]):
     """A blocking client: ``with perhap.Client("http://127.0.0.1:8787") as c: c.append(...)``.
 
     ``transport`` is any httpx transport (to run against an app in process, say); ``timeout`` is in
@@ -167,6 +169,77 @@ class Client(ClientCore[httpx.Client]):
         """:meth:`subscribe`'s stream as an object another thread can stop (perhap.eventsourcing)."""
         return LiveStream(self._http, self._stream(scope, following, max_retries, on_retry,
                                                    after_position=after_position, types=types))
+
+    # ----------------------------------------------------------------- consumer groups
+
+    def create_group(self, realm: str, group: str, *, domain: str | None = None,
+                     types: Sequence[str] | None = None, start: str | int = "beginning",
+                     ack_timeout: float = 30, max_deliveries: int = 5,
+                     max_in_flight: int = 1000) -> dict[str, Any]:
+        """Create a consumer group of the realm (of ``domain``, of ``types`` when given); the group
+        object. Creating it again with the same settings is fine; other settings raise
+        :class:`~perhap.client.errors.GroupConflict`, whose detail names them.
+
+        ``start``: ``"beginning"``, ``"end"`` (only events appended from now on) or a position (the
+        first event delivered is the first at or after it). A lease not acknowledged within
+        ``ack_timeout`` seconds goes back to the group; after ``max_deliveries`` deliveries the
+        event is parked; a consumer holds at most ``max_in_flight`` leases at once.
+        """
+        return self._call(self._create_group_op(realm, group, domain, types, start, ack_timeout, max_deliveries,
+                                                max_in_flight))
+
+    def groups(self, realm: str) -> list[dict[str, Any]]:
+        """The realm's groups (their objects, as :meth:`group` gives them), by name."""
+        return self._call(self._groups_op(realm))
+
+    def group(self, realm: str, group: str) -> dict[str, Any]:
+        """A group's settings and figures: ``checkpoint``, ``head``, ``lag``, ``in_flight``,
+        ``parked``, ``delivered``, ``redeliveries``, ``acknowledged``, and its ``consumers``."""
+        return self._call(self._group_op(realm, group))
+
+    def delete_group(self, realm: str, group: str) -> None:
+        """Delete a group and its state (:class:`NotFound` if there is none)."""
+        self._call(self._delete_group_op(realm, group))
+
+    def lease(self, realm: str, group: str, consumer: str, *, max: int = 100,
+              wait: float = 0.0) -> list[Delivery]:
+        """Lease up to ``max`` events of the group to ``consumer``, waiting up to ``wait`` seconds
+        for one (a long poll); ``[]`` if none came. Each must be acknowledged (:meth:`ack`) or
+        given back (:meth:`nack`) within the group's ``ack_timeout``."""
+        return self._call(self._lease_op(realm, group, consumer, max, wait))
+
+    def ack(self, realm: str, group: str, consumer: str, event_ids: Sequence[str]) -> int:
+        """Acknowledge events leased to ``consumer``: never delivered again. All or nothing: if one is
+        not leased to it now, :class:`~perhap.client.errors.LeaseConflict` and nothing changes."""
+        return self._call(self._ack_op(realm, group, consumer, event_ids))
+
+    def nack(self, realm: str, group: str, consumer: str, event_ids: Sequence[str],
+             action: str = "retry") -> dict[str, int]:
+        """Give leased events back: ``"retry"`` (delivered again, or parked after ``max_deliveries``)
+        or ``"park"``; ``{"retried": n, "parked": n}``. All or nothing, as :meth:`ack`."""
+        return self._call(self._nack_op(realm, group, consumer, event_ids, action))
+
+    def parked(self, realm: str, group: str) -> list[Delivery]:
+        """The group's parked events, with ``delivery``, ``parked_at`` and ``reason``."""
+        return self._call(self._parked_op(realm, group))
+
+    def replay_parked(self, realm: str, group: str, event_ids: Sequence[str] | None = None) -> int:
+        """Put parked events (all of them by default) back in the group; how many."""
+        return self._call(self._replay_op(realm, group, event_ids))
+
+    def consume(self, realm: str, group: str, handler: Callable[[Delivery], object], *,
+                consumer: str | None = None, max: int = 100, wait: float = 5.0,
+                stop: threading.Event | None = None) -> int:
+        """Work for a group until ``stop`` is set: lease events (long polls of ``wait`` seconds), call
+        ``handler(event)`` for each in order, acknowledge each after its handler returned, and nack
+        ("retry") an event whose handler raised (logged on ``perhap.client``; the loop goes on).
+
+        Setting ``stop`` (or Ctrl-C, which is raised again) ends the loop after the current handler;
+        the events leased but not handled go back to the group at once. Transient failures (a
+        server restarting, 503) are retried with backoff. ``consumer`` defaults to
+        ``hostname-pid-random``. Returns the number of events handled.
+        """
+        return Worker(self, realm, group, handler, consumer=consumer, max=max, wait=wait, stop=stop).run()
 
     def close(self) -> None:
         """Close the connections."""
