@@ -160,3 +160,20 @@ export function append(realm, domain, entity, type, { eventText, metaText, expec
   if (eventId) body += `,"event_id":${JSON.stringify(eventId)}`;
   return request(path(realm, domain, entity, type), { method: 'POST', body: body + '}' });
 }
+
+// ---------------------------------------------------------------- consumer groups
+
+// GET /_groups/{realm} -> {"groups": [group, ...]}, sorted by name.
+export const groups = (realm, signal) => get(path('_groups', realm), {}, signal);
+
+// GET /_groups/{realm}/{group} -> the group: settings, checkpoint, head, lag, in_flight, parked, consumers.
+export const group = (realm, name, signal) => get(path('_groups', realm, name), {}, signal);
+
+// GET /_groups/{realm}/{group}/parked -> {"events": [event + delivery, parked_at, reason, ...]},
+// the first `limit` of them.
+export const parked = (realm, name, { limit, signal } = {}) => get(path('_groups', realm, name, 'parked'), { limit }, signal);
+
+// POST /_groups/{realm}/{group}/parked/replay (a write): the chosen parked events, or all of them
+// when eventIds is null, go back to the group for delivery. Answers {"replayed": n}.
+export const replayParked = async (realm, name, eventIds = null) => (await request(path('_groups', realm, name, 'parked', 'replay'),
+  { method: 'POST', body: eventIds ? JSON.stringify({ event_ids: eventIds }) : null })).data;

@@ -11,6 +11,7 @@ import { renderAppend } from './append.js';
 import { closeEvent, showEvent } from './detail.js';
 import { setupAuth } from './auth.js';
 import { ScopeHead } from './head.js';
+import { GROUPS, renderGroupsView } from './groups.js';
 
 const KINDS = ['realm', 'domain', 'entity', 'event type'];
 const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false };
@@ -27,7 +28,7 @@ function render() {
   }
   view.route = route;
   const id = params.get('event');
-  if (id && names.length >= 2) {
+  if (id && names.length >= 2 && names[0] !== GROUPS) {
     view.detailFromList = Boolean(previous && !previous.params.get('event'));
     showEvent(names[0], names[1], id.trim(), () => {
       // Closed with Escape or the button: back to the list (a step back if we came from it).
@@ -46,8 +47,10 @@ function renderScope(route) {
   view.abort = new AbortController();
   const { signal } = view.abort;
 
-  // The sidebar lists the children of the scope (the siblings, at the event type level).
-  const navLevels = names.slice(0, 3);
+  // The sidebar lists the children of the scope (the siblings, at the event type level); beside a
+  // realm's consumer groups, the realm's domains.
+  const groupsView = names[0] === GROUPS;
+  const navLevels = groupsView ? names.slice(1, 2) : names.slice(0, 3);
   const navKey = JSON.stringify([navLevels, route.params.get('order')]);
   if (navKey !== view.navKey) {
     view.navStop?.();
@@ -63,6 +66,10 @@ function renderScope(route) {
     names.map((name, i) => h('li', {}, h('a', { href: format(names.slice(0, i + 1)), 'aria-current': i === depth - 1 ? 'page' : null, title: `${KINDS[i]} ${name}` }, name)))));
 
   const main = $('#main');
+  if (groupsView) {
+    renderGroupsView(main, names.slice(1), signal);
+    return;
+  }
   const appendBox = h('details', { class: 'card append', id: 'append' },
     h('summary', {}, h('h2', {}, 'Append an event'), h('span', { class: 'muted small' }, depth >= 3 ? `to ${names[2]}` : 'to any entity')));
   renderAppend(appendBox.appendChild(h('div', { class: 'card-body' })), names);
@@ -85,7 +92,9 @@ function renderScope(route) {
     h('header', { class: 'page-head' },
       h('p', { class: 'kind' }, KINDS[depth - 1]),
       h('h1', {}, names[depth - 1]),
-      depth > 1 ? h('p', { class: 'lede' }, `in ${names.slice(0, depth - 1).map((n, i) => `${LEVELS[i]} ${n}`).join(', ')}`) : null),
+      depth > 1 ? h('p', { class: 'lede' }, `in ${names.slice(0, depth - 1).map((n, i) => `${LEVELS[i]} ${n}`).join(', ')}`) : null,
+      h('p', { class: 'page-links' }, h('a', { href: format([GROUPS, names[0]]), id: 'groups-link' }, 'Consumer groups'),
+        h('span', { class: 'muted' }, depth > 1 ? ` of realm ${names[0]}` : ' of this realm: lag, consumers, parked events'))),
     live, events, appendBox);
   // The scope's newest event: read once, shared by the live tail (which starts after it) and the list.
   const head = new ScopeHead(names, typesOf(route));
@@ -142,6 +151,7 @@ function setup() {
       p: () => $('#tail-pause')?.click(),
       n: () => {
         const box = $('#append');
+        if (!box) return; // a page without the form (consumer groups)
         box.open = true;
         ([...box.querySelectorAll('.grid4 input')].find((i) => !i.value) || $('#append-event')).focus();
       },

@@ -1,6 +1,6 @@
 // Small DOM helpers. Data from the store is only ever set as text, never parsed as HTML.
 
-import { stringify } from './api.js';
+import { RawNumber, stringify } from './api.js';
 
 // h('a', {href: '#/x', class: 'link', onclick: fn}, 'text', childNode, [more, children])
 export function h(tag, attrs = {}, ...children) {
@@ -37,7 +37,20 @@ export function time(iso) {
   return h('time', { datetime: iso, title: iso }, day + clock);
 }
 
-export const number = (n) => Number(n).toLocaleString('en-US');
+// Positions go up to 2^63 - 1, past what a JavaScript number holds: an exact integer kept as
+// source text (see RawNumber) is grouped as a BigInt, digit for digit.
+export const number = (n) => (n instanceof RawNumber && /^-?[0-9]+$/.test(n.source) ? BigInt(n.source) : Number(n)).toLocaleString('en-US');
+
+// "just now", "12 s ago", "4 min ago", "3 h ago", "2 d ago": how long since an RFC 3339 time.
+export function ago(iso) {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (!Number.isFinite(s)) return '';
+  if (s < 2) return 'just now';
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 129600) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
 
 export function preview(value, max = 140) {
   const text = stringify(value);
