@@ -3,6 +3,7 @@ metrics and the OpenAPI document. What a group delivers on each backend is tests
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -127,3 +128,24 @@ async def test_consumer_ids_are_any_printable_text(store: Store) -> None:
         for bad in ("", "a\x01b", "x" * 256):
             problem(await http.get("/_groups/shop/g/events", params={"consumer": bad}), 400)
         problem(await http.post("/_groups/shop/g/ack", json={"consumer": 5, "event_ids": []}), 400)
+
+
+async def test_a_long_poll_that_hangs_up_leases_nothing(tmp_path: Path) -> None:
+    with ThreadServer(f"sqlite:///{tmp_path}/hangup.db") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await http.put("/_groups/shop/g", json={"ack_timeout": 3600})).status_code == 201
+            host, port = server.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET /_groups/shop/g/events?consumer=gone&wait=60 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                         .encode())
+            await writer.drain()
+            await asyncio.sleep(0.5)  # the poll is waiting
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.5)  # the server has seen the hang-up
+            assert (await http.post("/shop/orders/o1/placed", json={"event": 1})).status_code == 201
+            got = (await http.get("/_groups/shop/g/events", params={"consumer": "here", "wait": 5})).json()
+            assert [e["event"] for e in got["events"]] == [1]
+            stats = (await http.get("/_groups/shop/g")).json()
+            assert [c["consumer"] for c in stats["consumers"] if c["in_flight"]] == ["here"]
+            del reader

@@ -72,7 +72,22 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
     wait = _wait(req.query.get("wait"))
     if req.wants_stream():
         return await _stream(ctx, req, send, realm, name, consumer, most)
-    events = await ctx.groups.lease(realm, name, consumer, most, wait)
+    if wait <= 0:
+        events = await ctx.groups.lease(realm, name, consumer, most, 0.0)
+    else:
+        # A client that hangs up while it waits must not have events leased to it afterwards
+        # (they would sit unseen until ack_timeout): the poll ends with the connection.
+        poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait))
+        hangup = asyncio.ensure_future(_disconnected(req))
+        try:
+            await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+            poll.cancel()  # nothing if it finished
+            await asyncio.gather(poll, hangup, return_exceptions=True)
+        if poll.cancelled():
+            return  # nobody to answer
+        events = poll.result()
     await send_json(send, 200, {"events": events})
 
 
@@ -133,11 +148,7 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
                 body = b"".join(sse_message(e["event_id"], e) for e in events) if events else _KEEP_ALIVE
                 await send({"type": "http.response.body", "body": body, "more_body": True})
 
-        async def gone() -> None:
-            while (await req.receive())["type"] != "http.disconnect":
-                pass
-
-        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(gone()),
+        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(_disconnected(req)),
                  asyncio.ensure_future(streams.stopping.wait())}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -150,6 +161,12 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
     try:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # the client is gone already
+        pass
+
+
+async def _disconnected(req: Request) -> None:
+    """Returns when the client hangs up."""
+    while (await req.receive())["type"] != "http.disconnect":
         pass
 
 
