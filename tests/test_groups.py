@@ -396,3 +396,23 @@ async def test_state_survives_a_restart(store_url: str, realm: str) -> None:
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_checkpoint_is_the_last_settled_event_of_the_scope(client: httpx.AsyncClient, realm: str) -> None:
+    """Other domains' events sit between the group's: the checkpoint is always one of the group's
+    own positions, the newest with every event up to it settled."""
+    assert (await put(client, realm, domain="orders")).status_code == 201
+    first = await append(client, realm, "o1", 1)
+    await append(client, realm, "s1", "elsewhere", domain="stock")
+    second = await append(client, realm, "o2", 2)
+    await append(client, realm, "s1", "elsewhere", domain="stock")
+    assert (await stats(client, realm))["checkpoint"] == 0
+    one, two = await lease(client, realm, "c")
+    assert (await ack(client, realm, "c", [one])).status_code == 200
+    s = await stats(client, realm)
+    assert (s["checkpoint"], s["head"], s["lag"]) == (first["position"], second["position"], 1)
+    assert (await nack(client, realm, "c", [two], "park")).status_code == 200
+    s = await stats(client, realm)
+    assert (s["checkpoint"], s["lag"]) == (second["position"], 0)
+    assert (await client.post(f"/_groups/{realm}/g/parked/replay")).status_code == 200
+    assert (await stats(client, realm))["checkpoint"] == first["position"]

@@ -80,7 +80,7 @@ class Groups:
                                         settings=state.settings.to_json())
                 return False, await self._describe(realm, name, state)
             scanned = await self._start(realm, settings)
-            state = GroupState(settings, time.time(), scanned)
+            state = GroupState(settings, time.time(), scanned, scanned)
             token = new_token()
             data = state.to_bytes()
             if await self.table.put(realm, name, data, token, None):
@@ -130,13 +130,23 @@ class Groups:
         unread = await self._count_after(realm, state.settings, state.scanned) if head > state.scanned else 0
         return {
             "realm": realm, "name": name, **state.settings.to_json(), "created": _stamp(state.created),
-            "checkpoint": state.checkpoint, "head": head,
+            "checkpoint": await self._checkpoint(realm, state), "head": head,
             "lag": len(state.leases) + len(state.pending) + unread,
             "in_flight": len(state.leases), "parked": len(state.parked), "delivered": state.delivered,
             "redeliveries": state.redeliveries, "acknowledged": state.acknowledged,
             "consumers": [{"consumer": c, "last_seen": _stamp(t), "in_flight": held.get(c, 0)}
                           for c, t in sorted(state.consumers.items())],
         }
+
+    async def _checkpoint(self, realm: str, state: GroupState) -> int:
+        """The position of the newest scope event with every event up to it acknowledged or
+        parked (the group's start when there is none)."""
+        oldest = state.oldest_open()
+        if oldest is None:
+            return state.scanned
+        page = await self.store.read(state.settings.scope(realm), order="desc", before_position=oldest,
+                                     limit=1, types=state.settings.types)
+        return max(state.floor, page.events[0].position if page.events else 0)
 
     async def _head(self, realm: str, settings: GroupSettings) -> int:
         page = await self.store.read(settings.scope(realm), order="desc", limit=1, types=settings.types)

@@ -70,6 +70,7 @@ class GroupState:
     settings: GroupSettings
     created: float
     scanned: int  # every event of the scope up to this position is accounted for
+    floor: int  # where the group started: scanned when it was made
     leases: dict[int, Lease] = field(default_factory=dict)
     pending: dict[int, Waiting] = field(default_factory=dict)
     parked: dict[int, Parked] = field(default_factory=dict)
@@ -80,11 +81,10 @@ class GroupState:
 
     # ----------------------------------------------------------------- figures
 
-    @property
-    def checkpoint(self) -> int:
-        """Every event of the scope at or below this position is acknowledged or parked."""
-        open_ = [*self.leases, *self.pending]
-        return min(open_) - 1 if open_ else self.scanned
+    def oldest_open(self) -> int | None:
+        """The position of the oldest event leased or waiting (every scope event before it, from
+        the floor on, is acknowledged or parked); None when there is none."""
+        return min((*self.leases, *self.pending), default=None)
 
     def held_by(self, consumer: str) -> int:
         return sum(1 for lease in self.leases.values() if lease.consumer == consumer)
@@ -228,6 +228,7 @@ class GroupState:
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "settings": self.settings.to_json(), "created": self.created, "scanned": self.scanned,
+            "floor": self.floor,
             "leases": [[p, x.event_id, x.domain, x.entity, x.consumer, x.until, x.delivery]
                        for p, x in self.leases.items()],
             "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries] for p, x in self.pending.items()],
@@ -241,7 +242,7 @@ class GroupState:
     def from_bytes(cls, data: bytes) -> GroupState:
         d: dict[str, Any] = orjson.loads(data)
         return cls(
-            GroupSettings.from_json(d["settings"]), d["created"], d["scanned"],
+            GroupSettings.from_json(d["settings"]), d["created"], d["scanned"], d["floor"],
             {r[0]: Lease(*r[1:]) for r in d["leases"]},
             {r[0]: Waiting(*r[1:]) for r in d["pending"]},
             {r[0]: Parked(*r[1:]) for r in d["parked"]},
