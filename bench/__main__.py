@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto",
                         help="backends for the in-process rows 3-5: a comma list of "
                              f"{', '.join(backends.NAMES)}, or auto (every one available; "
-                             "with --quick only sqlite). Rows 1-2 and 6-9 measure SQLite.")
+                             "with --quick only sqlite). Rows 1-2 and 6-10 measure SQLite.")
     parser.add_argument("--only", help=f"comma list of rows to run, from {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, help="alternating runs per comparison, best kept "
                         "(default 2, 1 with --quick)")

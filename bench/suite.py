@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import backends as backend_mod
-from . import dataset, growth, httpbench, inprocess, latency, limits, memory, peers
+from . import dataset, groups, growth, httpbench, inprocess, latency, limits, memory, peers
 from .common import Row, Sizes, log, ratio
 
 T = TypeVar("T")
-ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Suite:
             if made_workdir and not self.o.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
         order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "6c", "6d", "7a", "7b", "8",
-                                             "9a", "9b", "9c", "9d", "ref1", "ref2", "ref3"))}
+                                             "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3"))}
         self.rows.sort(key=lambda r: (order.get(r.key, 99), backend_mod.NAMES.index(r.backend)
                                       if r.backend in backend_mod.NAMES else 9))
         return self.rows
@@ -119,6 +119,8 @@ class Suite:
             self.step("streaming latency (row 8)", self._latency)
         if self.want("9"):
             self.step("eventsourcing application (row 9)", self._esapp)
+        if self.want("10"):
+            self.step("consumer groups (row 10)", self._groups)
 
     def _inprocess(self, peer: dict[str, float], inproc: dict[str, dict[str, float]]) -> None:
         s = self.s
@@ -236,6 +238,18 @@ class Suite:
         self.meta["esapp"] = r
         self.rows += esapp.rows(r)
 
+    def _groups(self) -> None:
+        r = groups.measure(self.work, self.s.mode, self.o.repeats)
+        self.meta["groups"] = r
+        best = max(r["group_runs"], key=lambda g: g["events_per_s"])
+        self.rows.append(Row("10", f"group delivery, {r['consumers']} consumers, lease {r['lease_max']} + ack",
+                             "sqlite", r["group_events_per_s"], "events/s", r["stream_events_per_s"], "events/s",
+                             "SSE stream, same events",
+                             ratio(r["group_events_per_s"], r["stream_events_per_s"]),
+                             note=f"{r['events']:,} events over {r['entities']} entities, acknowledged in "
+                                  f"{best['leases']} leases; median lease {best['lease_ms_p50']:.1f} ms, "
+                                  f"ack {best['ack_ms_p50']:.1f} ms").judge(">=", GROUP_TARGET))
+
     def _growth(self, big: dataset.Dataset, small: dataset.Dataset) -> None:
         s = self.s
         r = _run_async(growth.measure(big, small, self.work, s.seconds, s.growth_reads, self.o.repeats))
@@ -311,6 +325,8 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, floa
 
 
 FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
+#: Row 10's bar: see docs/performance.md.
+GROUP_TARGET = 0.1
 
 
 def _group_note(r: dict[str, float]) -> str:
