@@ -6,13 +6,14 @@ Regenerate the reference part of docs/cli.md after changing the parser: ``python
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -401,23 +402,32 @@ def test_tail_from_a_position_of_several_types(server: ProcessServer, realm: str
 # --------------------------------------------------------------------------- docs/cli.md
 
 
-def render_reference() -> str:
-    """The reference section of docs/cli.md: every command's --help, as printed on a 100-column terminal."""
+def render_help(sections: Callable[[argparse.ArgumentParser], list[tuple[str, str]]]) -> str:
+    """(title, --help text) sections of the CLI's parser, as printed on a 100-column terminal,
+    in docs/cli.md's form."""
     from perhap.cli import build_parser
 
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = HELP_COLUMNS
     try:
-        parser = build_parser()
-        action = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
-        parts = [("perhap --help", parser.format_help())]
-        parts += [(f"perhap {name} --help", action.choices[name].format_help()) for name in COMMANDS]
+        parts = sections(build_parser())
     finally:
         if old is None:
             del os.environ["COLUMNS"]
         else:
             os.environ["COLUMNS"] = old
     return "".join(f"\n### `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in parts)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def render_reference() -> str:
+    """The reference section of docs/cli.md: every command's --help."""
+    return render_help(lambda parser: [("perhap --help", parser.format_help())] + [
+        (f"perhap {name} --help", subcommands(parser)[name].format_help()) for name in COMMANDS])
 
 
 def test_docs_match_the_help_output() -> None:

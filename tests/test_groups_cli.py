@@ -8,7 +8,6 @@ Regenerate that reference after changing the parser: ``python -m tests.test_grou
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from perhap import Client
 from tests.servers import ProcessServer
-from tests.test_cli import HELP_COLUMNS, one_error_line, run_cli
+from tests.test_cli import one_error_line, render_help, run_cli, subcommands
 
 DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
 BEGIN, END = "<!-- BEGIN GENERATED: perhap group --help -->", "<!-- END GENERATED: perhap group --help -->"
@@ -128,24 +127,13 @@ def test_every_group_command_has_help_with_an_example() -> None:
 
 
 def render_reference() -> str:
-    """The group commands' --help, as printed on a 100-column terminal (docs/cli.md's reference)."""
-    from perhap.cli import build_parser
+    """The group commands' --help (docs/cli.md's second generated reference)."""
+    def sections(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+        group = subcommands(parser)["group"]
+        return [("perhap group --help", group.format_help())] + [
+            (f"perhap group {name} --help", subcommands(group)[name].format_help()) for name in ACTIONS]
 
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = HELP_COLUMNS
-    try:
-        parser = build_parser()
-        top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        group = top.choices["group"]
-        sub = next(a for a in group._actions if isinstance(a, argparse._SubParsersAction))
-        parts = [("perhap group --help", group.format_help())]
-        parts += [(f"perhap group {name} --help", sub.choices[name].format_help()) for name in ACTIONS]
-    finally:
-        if old is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = old
-    return "".join(f"\n### `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in parts)
+    return render_help(sections)
 
 
 def test_docs_match_the_group_help_output() -> None:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.servers import ProcessServer
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, SERVE_ARGS, shot
+from tests.test_ui import SERVE_ARGS, browser, shot  # noqa: F401 (browser: test_ui's fixture, shared)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -105,24 +105,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         yield Seeded(s, tokens, held[0]["event_id"])
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the UI tests need Playwright: pip install 'playwright>=1.45' "
-                    "(do not run `playwright install`: the tests use Debian's Chromium)")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"the UI tests need Chromium at {CHROMIUM}: install it with "
-                    "`apt-get install -y chromium` (as root), or set PERHAP_CHROMIUM to a Chromium binary")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        yield b
-        b.close()
-
-
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser) -> Iterator[Page]:  # noqa: F811 (the fixture imported above)
     context = browser.new_context(viewport={"width": 1360, "height": 860})
     context.set_default_timeout(10_000)
     page = context.new_page()

@@ -232,27 +232,26 @@ class Groups:
                 return
 
     async def ack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str]) -> int:
-        async def change(state: GroupState, now: float) -> tuple[int, bool]:
-            count = state.ack(consumer, event_ids)  # first: a late ack wins over an expiry not yet seen
-            state.expire(now)
-            state.seen(consumer, now, SEEN_EVERY)
-            return count, True
-
-        count = await self._update(realm, name, change)
-        self._wake((realm, name))
-        return count
+        return await self._answer(realm, name, consumer, lambda state, now: state.ack(consumer, event_ids))
 
     async def nack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str],
                    action: str) -> tuple[int, int]:
-        async def change(state: GroupState, now: float) -> tuple[tuple[int, int], bool]:
-            outcome = state.nack(consumer, event_ids, action, now)
+        return await self._answer(realm, name, consumer,
+                                  lambda state, now: state.nack(consumer, event_ids, action, now))
+
+    async def _answer(self, realm: str, name: str, consumer: str,
+                      apply: Callable[[GroupState, float], _T]) -> _T:
+        """A consumer's ack or nack: applied before leases are expired (an answer that comes late
+        wins over an expiry nobody has seen yet); then waiting consumers look again."""
+        async def change(state: GroupState, now: float) -> tuple[_T, bool]:
+            result = apply(state, now)
             state.expire(now)
             state.seen(consumer, now, SEEN_EVERY)
-            return outcome, True
+            return result, True
 
-        outcome = await self._update(realm, name, change)
+        result = await self._update(realm, name, change)
         self._wake((realm, name))
-        return outcome
+        return result
 
     async def parked(self, realm: str, name: str, limit: int) -> list[dict[str, Any]]:
         record = await self.table.get(realm, name)
