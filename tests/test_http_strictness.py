@@ -178,13 +178,16 @@ def _params(param: dict[str, Any], event_id: str) -> dict[str, str]:
     pages newest first, so it comes with order=desc)."""
     name = param["name"]
     value = {"limit": "2", "following": event_id, "type": "placed", "after": "a", "order": "desc",
-             "after_position": "0", "before_position": "5", "after_version": "0", "until_version": "3"}[name]
-    return {name: value, **({"order": "desc"} if name == "before_position" else {})}
+             "after_position": "0", "before_position": "5", "after_version": "0", "until_version": "3",
+             "consumer": "c", "max": "5", "wait": "0"}[name]
+    needs = {"before_position": {"order": "desc"}, "max": {"consumer": "c"}, "wait": {"consumer": "c"}}
+    return {name: value, **needs.get(name, {})}
 
 
 async def test_the_server_takes_what_the_document_lists_and_nothing_else(client: httpx.AsyncClient) -> None:
     event_id = (await client.post("/shop/orders/o1/placed", json={"event": 1})).json()["event_id"]
-    names = {"{realm}": "shop", "{domain}": "orders", "{entity}": "o1", "{type}": "placed"}
+    assert (await client.put("/_groups/shop/g", json={})).status_code == 201
+    names = {"{realm}": "shop", "{domain}": "orders", "{entity}": "o1", "{type}": "placed", "{group}": "g"}
     doc = (await client.get("/_openapi.json")).json()
     checked = 0
     for template, item in doc["paths"].items():

@@ -75,8 +75,8 @@ class Groups:
                 state = GroupState.from_bytes(record.data)
                 differ = state.settings.differences(settings)
                 if differ:
-                    raise GroupConflict(f"group {name!r} of realm {realm!r} exists with other settings: "
-                                        f"{', '.join(differ)} differ(s); delete it first to change them",
+                    raise GroupConflict(f"group {name!r} of realm {realm!r} has another {' and '.join(differ)}; "
+                                        "delete it first to change its settings",
                                         settings=state.settings.to_json())
                 return False, await self._describe(realm, name, state)
             scanned = await self._start(realm, settings)

@@ -75,8 +75,9 @@ def _types(value: Any) -> tuple[str, ...] | None:
 
 
 def _start(value: Any) -> str | int:
-    if value in STARTS:
-        return str(value)
+    if isinstance(value, str) and value in STARTS:
+        return value
+    value = _integral(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_POSITION:
         return value
     raise InvalidInput(f'start must be "beginning", "end" or a position (an integer from 0 to {MAX_POSITION})')
@@ -90,7 +91,15 @@ def _number(value: Any, name: str, low: float, high: float, *, exclusive: bool =
     return float(value)
 
 
+def _integral(value: Any) -> Any:
+    """A float with nothing after the point (5.0, which JSON Schema calls an integer) as an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _count(value: Any, name: str, high: int) -> int:
+    value = _integral(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
         raise InvalidInput(f"{name} must be an integer from 1 to {high}")
     return value

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from ..groups.settings import MAX_ACK_TIMEOUT, MAX_DELIVERIES, MAX_IN_FLIGHT
 from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_POSITION, MAX_VERSION
 from ..store.query import MAX_TYPES
 from .routes import ROUTES, Kind, Operation, Route
@@ -57,27 +58,29 @@ Q_AFTER_VERSION = _param("after_version", "query", {"type": "integer", "minimum"
 Q_UNTIL_VERSION = _param("until_version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
                          "Only the entity's events with a version up to this one (not below after_version).")
 Q_AFTER = _param("after", "query", {"type": "string"}, "Only names sorting after this one.")
+CONSUMER = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+            "description": "Any id the worker chooses: 1 to 255 bytes of UTF-8, no control characters."}
 P_GROUP = _param("group", "path", NAME, "Consumer group name.")
-Q_CONSUMER = _param("consumer", "query", NAME, "The consumer taking the events: it holds their leases.",
+Q_CONSUMER = _param("consumer", "query", CONSUMER, "The consumer taking the events: it holds their leases.",
                     required=True)
 Q_MAX = _param("max", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
                "Lease at most this many events (a consumer never holds more than the group's max_in_flight).")
 Q_WAIT = _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300, "default": 0},
                 "Seconds to wait for at least one event (long poll); ignored by a stream.")
-#: Consumer-group operations: (request body, success status, what it answers), for docs/groups.md.
-_GROUP_OPS: dict[Kind, tuple[str | None, str, str]] = {
-    Kind.GROUPS: (None, "200", 'The realm\'s groups: {"groups": [group, ...]}'),
-    Kind.GROUP: (None, "200", "The group: its settings, checkpoint, head, lag, in_flight, parked, consumers"),
-    Kind.GROUP_CREATE: ("The settings: domain, types, start, ack_timeout, max_deliveries, max_in_flight "
-                        "(each optional)", "201", "Created (200: it exists with these settings); the group"),
-    Kind.GROUP_DELETE: (None, "204", "Deleted"),
-    Kind.GROUP_LEASE: (None, "200", 'Leased events, each with its "delivery" count: {"events": [...]}; '
-                                    "or with Accept: text/event-stream, a stream of them"),
-    Kind.GROUP_ACK: ('{"consumer": ID, "event_ids": [...]}', "200", '{"acknowledged": n}'),
-    Kind.GROUP_NACK: ('{"consumer": ID, "event_ids": [...], "action": "retry" | "park"}', "200",
-                      '{"retried": n, "parked": n}'),
-    Kind.GROUP_PARKED: (None, "200", 'Parked events: {"events": [...]}'),
-    Kind.GROUP_REPLAY: ('Optional: {"event_ids": [...]} (else every parked event)', "200", '{"replayed": n}'),
+#: Consumer-group operations: (request body schema, whether the body is required, success status,
+#: answer schema, what it answers).
+_GROUP_OPS: dict[Kind, tuple[str | None, bool, str, str | None, str]] = {
+    Kind.GROUPS: (None, False, "200", "Groups", "The realm's groups, by name"),
+    Kind.GROUP: (None, False, "200", "Group", "The group: its settings, checkpoint, head, lag, in flight, parked"),
+    Kind.GROUP_CREATE: ("GroupSettings", False, "201", "Group",
+                        "Created (200 with the same body: it exists with these settings)"),
+    Kind.GROUP_DELETE: (None, False, "204", None, "Deleted"),
+    Kind.GROUP_LEASE: (None, False, "200", "Deliveries", "Events leased to the consumer, each with its delivery "
+                                                         "count; with Accept: text/event-stream, a stream of them"),
+    Kind.GROUP_ACK: ("Ack", True, "200", "Acknowledged", "Acknowledged"),
+    Kind.GROUP_NACK: ("Nack", True, "200", "Nacked", "Given back"),
+    Kind.GROUP_PARKED: (None, False, "200", "Deliveries", "Parked events, each with parked_at and reason"),
+    Kind.GROUP_REPLAY: ("Replay", False, "200", "Replayed", "Back in the group, to be delivered again"),
 }
 H_LAST_ID = _param("Last-Event-ID", "header", UUID,
                    "With Accept: text/event-stream: resume after this event (wins over following and "
@@ -203,19 +206,67 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
     raise ValueError(f"no OpenAPI description for {op.kind} of {route.template}")
 
 
-def _group(summary: str, params: list[dict[str, Any]], body: str | None, status: str,
-           answer: str) -> dict[str, Any]:
-    ok: dict[str, Any] = {"description": answer}
-    if status != "204":
-        ok["content"] = {"application/json": {"schema": {"type": "object"}}}
-    operation: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {
-        status: ok, "404": _problem("No such group"),
-        "409": _problem("The group exists with other settings (PUT), or an event is not leased to this "
-                        "consumer (ack, nack): nothing was changed")}}
+def _group(summary: str, params: list[dict[str, Any]], body: str | None, required: bool, status: str,
+           answer: str | None, description: str) -> dict[str, Any]:
+    ok = _json(answer, description) if answer is not None else {"description": description}
+    responses = {status: ok, "404": _problem("No such group"), "409": _problem(
+        "The group exists with other settings (PUT), or an event is not leased to this consumer now "
+        "(ack, nack): nothing was changed")}
+    if status == "201":
+        responses["200"] = _json("Group", "It exists with these settings: nothing was changed")
+    operation: dict[str, Any] = {"summary": summary, "parameters": params, "responses": responses}
     if body is not None:
-        operation["requestBody"] = {"description": body, "content": {
-            "application/json": {"schema": {"type": "object"}}}}
+        operation["requestBody"] = {"required": required, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
     return operation
+
+
+def _group_schemas(position: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The consumer groups' bodies and answers (docs/groups.md)."""
+    ids = {"type": "array", "maxItems": MAX_LIMIT, "items": UUID}
+    settings = {
+        "domain": {"oneOf": [NAME, {"type": "null"}]},
+        "types": {"oneOf": [{"type": "array", "maxItems": MAX_TYPES, "items": NAME}, {"type": "null"}]},
+        "start": {"oneOf": [{"enum": ["beginning", "end"]},
+                            {"type": "integer", "minimum": 0, "maximum": MAX_POSITION}]},
+        "ack_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_ACK_TIMEOUT},
+        "max_deliveries": {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES},
+        "max_in_flight": {"type": "integer", "minimum": 1, "maximum": MAX_IN_FLIGHT}}
+    count = {"type": "integer", "minimum": 0}
+    figures = ("checkpoint", "head", "lag", "in_flight", "parked", "delivered", "redeliveries", "acknowledged")
+    group = {"type": "object", "required": ["realm", "name", *settings, "created", *figures, "consumers"],
+             "properties": {"realm": {"type": "string"}, "name": {"type": "string"}, **settings,
+                            "created": {"type": "string", "format": "date-time"},
+                            **dict.fromkeys(figures, count),
+                            "consumers": {"type": "array", "items": {
+                                "type": "object", "required": ["consumer", "last_seen", "in_flight"],
+                                "properties": {"consumer": {"type": "string"},
+                                               "last_seen": {"type": "string", "format": "date-time"},
+                                               "in_flight": count}}}}}
+    delivered = {**event, "required": [*event["required"], "delivery"], "properties": {
+        **event["properties"], "position": position, "delivery": {"type": "integer", "minimum": 1},
+        "parked_at": {"type": "string", "format": "date-time"}, "reason": {"enum": ["nack", "max_deliveries"]}}}
+
+    def counts(*names: str) -> dict[str, Any]:
+        return {"type": "object", "required": list(names), "properties": dict.fromkeys(names, count)}
+
+    return {
+        "GroupSettings": {"type": "object", "additionalProperties": False, "properties": settings},
+        "Group": group,
+        "Groups": {"type": "object", "required": ["groups"], "properties": {"groups": {"type": "array",
+                                                                                     "items": group}}},
+        "Deliveries": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array",
+                                                                                          "items": delivered}}},
+        "Ack": {"type": "object", "required": ["consumer", "event_ids"], "additionalProperties": False,
+                "properties": {"consumer": CONSUMER, "event_ids": ids}},
+        "Nack": {"type": "object", "required": ["consumer", "event_ids"], "additionalProperties": False,
+                 "properties": {"consumer": CONSUMER, "event_ids": ids,
+                                "action": {"enum": ["retry", "park", "release"], "default": "retry"}}},
+        "Replay": {"type": "object", "additionalProperties": False, "properties": {"event_ids": ids}},
+        "Acknowledged": counts("acknowledged"),
+        "Nacked": {"oneOf": [counts("retried", "parked"), counts("released")]},
+        "Replayed": counts("replayed"),
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -308,6 +359,7 @@ def openapi_document() -> dict[str, Any]:
                                 "description": "Entity to expected version, for any entities of the "
                                                "domain (with or without events here)."}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
+        **_group_schemas(position, event_object),
     }
     paths = _paths()
     return {

@@ -59,6 +59,10 @@ commitlog_sync_group_window: 2ms
 # while a tiny memtable flushes. A timeout there reports an outcome as unknown, which the tests
 # would see as a failure of the store, not of the machine.
 write_request_timeout: 10000ms
+# The same goes for lightweight transactions racing on one partition (consumer groups' state,
+# tests/test_group_states.py): a serial read or a Paxos round waits out contention, not 1-5 s.
+read_request_timeout: 10000ms
+cas_contention_timeout: 5000ms
 auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
 hinted_handoff_enabled: false
