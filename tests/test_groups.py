@@ -416,3 +416,23 @@ async def test_checkpoint_is_the_last_settled_event_of_the_scope(client: httpx.A
     assert (s["checkpoint"], s["lag"]) == (second["position"], 0)
     assert (await client.post(f"/_groups/{realm}/g/parked/replay")).status_code == 200
     assert (await stats(client, realm))["checkpoint"] == first["position"]
+
+
+async def test_operations_that_arrive_together_are_answered_each_on_its_own(client: httpx.AsyncClient,
+                                                                            realm: str) -> None:
+    """Operations queued on one group are stored together: one that fails (a 409) fails alone."""
+    assert (await put(client, realm)).status_code == 201
+    for i in range(6):
+        await append(client, realm, f"o{i}", i)
+    held = await lease(client, realm, "a", max=3)
+    answers = await asyncio.gather(
+        ack(client, realm, "a", held[:1]), ack(client, realm, "b", held[1:2]), nack(client, realm, "a", held[2:]),
+        *(lease(client, realm, f"c{i}", max=1) for i in range(3)), ack(client, realm, "a", held[:1]))
+    first, wrong, back, *leased, again = answers
+    assert wrong.status_code == 409 and back.json() == {"retried": 1, "parked": 0}
+    # The same ack twice: whichever goes first wins, the other finds nothing leased.
+    assert sorted([first.status_code, again.status_code]) == [200, 409]
+    got = [e["event_id"] for batch in leased for e in batch]
+    assert len(got) == len(set(got)) == 3
+    s = await stats(client, realm)
+    assert (s["acknowledged"], s["in_flight"]) == (1, 4)

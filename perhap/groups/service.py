@@ -54,7 +54,9 @@ class Groups:
         self.store = store
         self._table: StateTable | None = None
         self._cache: dict[tuple[str, str], _Parsed] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Per group, the operations waiting to be applied, and the task applying them.
+        self._queues: dict[tuple[str, str], list[_Queued]] = {}
+        self._runners: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: Per group, a future resolved (and replaced) when the group changes in this process.
         self._changed: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._bodies: OrderedDict[str, Event] = OrderedDict()
@@ -96,15 +98,14 @@ class Groups:
 
     async def delete(self, realm: str, name: str) -> None:
         key = (realm, name)
-        async with self._lock(key):
-            while True:
-                record = await self.table.get(realm, name)
-                if record is None:
-                    raise _unknown(realm, name)
-                if await self.table.delete(realm, name, record.token):
-                    self._cache.pop(key, None)
-                    self._wake(key)
-                    return
+        while True:  # until this delete wins over whatever else writes the group meanwhile
+            record = await self.table.get(realm, name)
+            if record is None:
+                raise _unknown(realm, name)
+            if await self.table.delete(realm, name, record.token):
+                self._cache.pop(key, None)
+                self._wake(key)
+                return
 
     async def names(self, realm: str | None) -> list[tuple[str, str]]:
         return await self.table.names(realm)
@@ -283,13 +284,34 @@ class Groups:
         """Run ``change`` on the group's state and store the result, again on a fresher state
         whenever another process wrote first.
 
-        The stored token is read every time (one small read), but the document is parsed only
-        when it is not the one this process wrote or read last: ``change`` works on the parsed
-        state in place, so any failure before the write is stored drops it.
+        Operations on one group that arrive while one is being stored wait, then go together
+        (group commit): each is applied in turn to the same state, one write stores them all, and
+        its outcome answers each. The stored token is read every time (one small read), but the
+        document is parsed only when it is not the one this process wrote or read last.
         """
         key = (realm, name)
-        async with self._lock(key):
-            for attempt in range(MAX_ATTEMPTS):
+        done: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append(_Queued(change, done))
+        if key not in self._runners:
+            # A task of its own: a caller that goes away must not leave the others unanswered.
+            self._runners[key] = asyncio.ensure_future(self._run(key))
+        return await done
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        try:
+            while batch := self._queues.pop(key, None):
+                # A caller that left (a long poll whose client hung up) is owed nothing: its
+                # operation is not applied at all.
+                batch = [q for q in batch if not q.done.done()]
+                if batch:
+                    await self._store(key, batch)
+        finally:
+            del self._runners[key]
+
+    async def _store(self, key: tuple[str, str], batch: list[_Queued]) -> None:
+        realm, name = key
+        for attempt in range(MAX_ATTEMPTS):
+            try:
                 stored = await self.table.get(realm, name)
                 if stored is None:
                     self._cache.pop(key, None)
@@ -298,27 +320,37 @@ class Groups:
                 if cached is None or cached.token != stored.token:
                     cached = self._cache[key] = _Parsed(stored.token, GroupState.from_bytes(stored.data))
                 state = cached.state
-                try:
-                    result, dirty = await change(state, time.time())
-                    if not dirty:
-                        return result
-                    token = new_token()
-                    written = await self.table.put(realm, name, state.to_bytes(), token, cached.token)
-                except BaseException:
-                    self._cache.pop(key, None)
+                outcomes: list[object] = []
+                dirty = failed = False
+                for item in batch:
+                    try:
+                        result, changed = await item.change(state, time.time())
+                    except Exception as exc:  # this operation's own failure: a 409, a read that failed
+                        outcomes.append(_Failed(exc))
+                        failed = True
+                        continue
+                    outcomes.append(result)
+                    dirty = dirty or changed
+                token = new_token()
+                written = not dirty or await self.table.put(realm, name, state.to_bytes(), token, cached.token)
+            except BaseException as exc:
+                self._cache.pop(key, None)  # changed in place, maybe not stored
+                _answer(batch, [_Failed(exc if isinstance(exc, Exception) else StorageUnavailable("stopped"))]
+                        * len(batch))
+                if not isinstance(exc, Exception):
                     raise
-                if written:
+                return
+            if written:
+                if dirty:
                     self._cache[key] = _Parsed(token, state)
-                    return result
-                self._cache.pop(key, None)
-                await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
-        raise StorageUnavailable(f"group {name!r} is changed by other processes too often; try again")
-
-    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+                elif failed:
+                    self._cache.pop(key, None)  # a failed operation may have changed it unstored
+                _answer(batch, outcomes)
+                return
+            self._cache.pop(key, None)
+            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        busy = StorageUnavailable(f"group {name!r} is changed by other processes too often; try again")
+        _answer(batch, [_Failed(busy)] * len(batch))
 
     def _wake(self, key: tuple[str, str]) -> None:
         changed = self._changed.pop(key, None)
@@ -356,6 +388,29 @@ class Groups:
             except NotFound:  # deleted meanwhile
                 continue
         return found
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An operation waiting for its turn, and where its outcome goes."""
+
+    change: Change[Any]
+    done: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Failed:
+    error: Exception
+
+
+def _answer(batch: list[_Queued], outcomes: list[object]) -> None:
+    for item, outcome in zip(batch, outcomes, strict=True):
+        if item.done.done():  # its caller left meanwhile
+            continue
+        if isinstance(outcome, _Failed):
+            item.done.set_exception(outcome.error)
+        else:
+            item.done.set_result(outcome)
 
 
 @dataclass(slots=True)
