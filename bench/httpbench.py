@@ -1,5 +1,8 @@
 """Rows 1 and 2: perhap over HTTP against a raw ASGI hello-world under the same uvicorn settings.
 
+Each :class:`Target` is one ``perhap serve`` (SQLite; PostgreSQL with one process and with
+``--workers 2``); all of a run's targets share one raw ASGI baseline, measured in turn with them.
+
 The load comes from wrk (Debian's ``wrk`` package) when it is installed, else from
 :mod:`bench.loadgen`; either way it runs in processes of its own. 32 connections, one request in
 flight on each. POSTs are durable single-event appends spread over 2,000 entities (each wrk thread
@@ -13,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +52,12 @@ def _wrk(url: str, seconds: int, script: Path | None) -> dict[str, float]:
     argv = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    proc = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+    out = proc.stdout
+    found = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk gave no rate (exit {proc.returncode}): {(out + proc.stderr).strip()[-300:]}")
+    rps = float(found.group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     errors = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
@@ -89,24 +98,95 @@ def _prepare_entity(server: Server, count: int = 100) -> tuple[str, int]:
     return path, len(answer.content)
 
 
-def measure(db_url: str, workdir: Path, seconds: int, repeats: int) -> dict[str, Any]:
-    """Best of ``repeats`` alternating runs (raw, perhap, raw, perhap ...) for POST and GET."""
-    results: dict[str, list[dict[str, float]]] = {"raw_post": [], "perhap_post": [], "raw_get": [],
-                                                  "perhap_get": []}
-    with raw_server(workdir / "raw-server.log") as raw, \
-            perhap_server(db_url, workdir / "perhap-server.log") as perhap:
-        read_path, read_size = _prepare_entity(perhap)
-        for _ in range(repeats):
-            results["raw_post"].append(load(raw.url + "/bench/http", "POST", seconds, workdir))
-            results["perhap_post"].append(load(perhap.url + "/bench/http", "POST", seconds, workdir))
-        for _ in range(repeats):
-            # The baseline answers a body of the same size: the row compares like with like.
-            results["raw_get"].append(load(raw.url + f"/sized/{read_size}", "GET", seconds, workdir))
-            results["perhap_get"].append(load(perhap.url + read_path, "GET", seconds, workdir))
-        stored = httpx.get(perhap.url + "/bench/http/keys", params={"limit": 10}, timeout=30)
-        stored.raise_for_status()
-    best = {k: max(v, key=lambda r: r["rps"]) for k, v in results.items()}
-    for name, r in best.items():
-        if r.get("non2xx") or r.get("errors"):
-            raise RuntimeError(f"{name}: {r['non2xx']:.0f} non-2xx responses, {r['errors']:.0f} errors")
-    return {"generator": generator(), **best, "read_bytes": read_size, "runs": results}
+@dataclass(frozen=True)
+class Target:
+    """One ``perhap serve`` to measure: its label in the table, its store and its processes."""
+
+    label: str  # the table's backend column: "sqlite", "postgresql", "postgresql, 2 workers"
+    backend: str  # one of bench.backends.NAMES
+    db_url: str
+    workers: int = 1
+
+
+def _best(runs: list[dict[str, float]]) -> dict[str, float]:
+    return max(runs, key=lambda r: r["rps"])
+
+
+def _bad(r: dict[str, float]) -> str:
+    if r.get("non2xx") or r.get("errors"):
+        return f"{r.get('non2xx', 0):.0f} non-2xx responses, {r.get('errors', 0):.0f} errors"
+    return ""
+
+
+def measure(targets: list[Target], workdir: Path, seconds: int, repeats: int,
+            methods: tuple[str, ...] = ("POST", "GET")) -> dict[str, Any]:
+    """Best of ``repeats`` alternating runs (raw, each target, raw, each target ...) per method.
+
+    One raw ASGI baseline serves every target of the run. A target whose server does not start,
+    or whose load sees a non-2xx answer or a socket error, is left out and named in ``failed``;
+    the others are still measured.
+    """
+    failed: dict[str, str] = {}
+    raw_runs: dict[str, list[dict[str, float]]] = {"post": []}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {t.label: {"post": [], "get": []} for t in targets}
+    reads: dict[str, tuple[str, int]] = {}
+    with ExitStack() as stack:
+        raw = stack.enter_context(raw_server(workdir / "raw-server.log"))
+        servers: dict[str, Server] = {}
+        for t in targets:
+            log_path = workdir / f"perhap-server-{t.label.replace(', ', '-').replace(' ', '-')}.log"
+            extra = ("--workers", str(t.workers)) if t.workers > 1 else ()
+            try:
+                server = stack.enter_context(perhap_server(t.db_url, log_path, *extra))
+                if t.workers > 1:
+                    server.wait_for_workers(t.workers)
+                reads[t.label] = _prepare_entity(server)
+            except Exception as exc:
+                failed[t.label] = f"server: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                continue
+            servers[t.label] = server
+
+        def each_target(method: str) -> None:
+            for label, server in list(servers.items()):
+                path = "/bench/http" if method == "POST" else reads[label][0]
+                try:
+                    runs[label][method.lower()].append(load(server.url + path, method, seconds, workdir))
+                except Exception as exc:  # this server's rows are lost, not the others'
+                    failed[label] = f"{method}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                    del servers[label]
+
+        if "POST" in methods:
+            for _ in range(repeats):
+                raw_runs["post"].append(load(raw.url + "/bench/http", "POST", seconds, workdir))
+                each_target("POST")
+        if "GET" in methods:
+            # The baseline answers a body of the same size as each target's (like with like).
+            sizes = sorted({reads[label][1] for label in servers})
+            for size in sizes:
+                raw_runs[f"get_{size}"] = []
+            for _ in range(repeats):
+                for size in sizes:
+                    raw_runs[f"get_{size}"].append(load(raw.url + f"/sized/{size}", "GET", seconds, workdir))
+                each_target("GET")
+        for label, server in list(servers.items()):  # still answering after the load
+            try:
+                httpx.get(server.url + "/bench/http/keys", params={"limit": 10}, timeout=30).raise_for_status()
+            except httpx.HTTPError as exc:
+                failed[label] = f"after the load: {type(exc).__name__}: {exc}"
+    raw_best = {k: _best(v) for k, v in raw_runs.items() if v}
+    for name, r in raw_best.items():
+        if _bad(r):
+            raise RuntimeError(f"raw ASGI {name}: {_bad(r)}")
+    perhap: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        if t.label in failed:
+            continue
+        best = {k: _best(v) for k, v in runs[t.label].items() if v}
+        bad = "; ".join(f"{k}: {_bad(r)}" for k, r in best.items() if _bad(r))
+        if bad:
+            failed[t.label] = bad
+            continue
+        perhap[t.label] = {**best, "read_bytes": reads[t.label][1], "workers": t.workers,
+                           "backend": t.backend}
+    return {"generator": generator(), "raw": raw_best, "perhap": perhap, "failed": failed,
+            "runs": {"raw": raw_runs, **runs}}

@@ -42,6 +42,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server {self.argv} exited with {self.proc.returncode}; "
                                    f"see {self.log_path}")
             try:
@@ -53,6 +54,38 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"server {self.argv} did not answer in {timeout}s; see {self.log_path}")
             time.sleep(0.05)
+
+    def wait_for_workers(self, workers: int, timeout: float = 30) -> None:
+        """With ``--workers N``: return once every worker process has accepted a connection.
+
+        The supervisor binds the socket before its workers have started, so the first answer to
+        ``start``'s probe only says that one worker serves. Connections are accepted only by
+        workers that finished starting; a worker holding an established connection on the port
+        is serving.
+        """
+        import psutil
+
+        parent = psutil.Process(self.pid)
+        deadline = time.monotonic() + timeout
+        request = f"GET {self.ready_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        while True:
+            clients = [socket.create_connection(("127.0.0.1", self.port), timeout=5) for _ in range(4 * workers)]
+            try:
+                for c in clients:
+                    c.sendall(request)
+                for c in clients:
+                    c.recv(65536)  # answered, and kept alive: the worker still holds it
+                serving = sum(1 for child in parent.children()
+                              if any(conn.status == psutil.CONN_ESTABLISHED and conn.laddr
+                                     and conn.laddr.port == self.port for conn in child.net_connections("tcp")))
+            finally:
+                for c in clients:
+                    c.close()
+            if serving >= workers:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {serving} of {workers} workers of {self.argv} serve after {timeout}s")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -72,6 +105,7 @@ class Server:
 
 
 def perhap_server(db_url: str, log_path: Path, *extra: str) -> Server:
+    """``perhap serve --db db_url`` on a free port; ``extra`` adds options (``--workers 2``)."""
     argv = [sys.executable, "-m", "perhap.cli", "serve", "--db", db_url, "--port", "{port}",
             "--log-level", "warning", *extra]
     return Server(argv, "/_health", log_path)

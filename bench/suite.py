@@ -53,6 +53,31 @@ class Suite:
         self.errors: list[str] = []
         self.failed: dict[str, str] = {}  # backend -> why its in-process rows are missing
         self.meta: dict[str, Any] = {}
+        self.started: dict[str, backend_mod.Backend] = {}  # shared by rows 3-5 and 1-2
+
+    def backend(self, name: str) -> backend_mod.Backend | None:
+        """The started backend ``name``, started on first use; None if it could not start."""
+        if name not in self.started and name not in self.failed:
+            b = backend_mod.CLASSES[name](self.work)
+            log(f"starting backend {name}")
+            try:
+                b.start()
+            except Exception as exc:  # one backend failing must not lose the others' rows
+                self._backend_failed(name, f"could not start: {exc}")
+                return None
+            self.started[name] = b
+        return self.started.get(name)
+
+    def stop_backends(self, keep: tuple[str, ...] = ()) -> None:
+        """Stop every started backend but those named in ``keep``."""
+        for name, b in list(self.started.items()):
+            if name in keep:
+                continue
+            try:
+                b.stop()
+            except Exception as exc:
+                log(f"stopping {b.name} failed: {exc}")
+            del self.started[name]
 
     def want(self, row: str) -> bool:
         return row in self.o.only
@@ -78,12 +103,12 @@ class Suite:
         try:
             self._run()
         finally:
+            self.stop_backends()
             if made_workdir and not self.o.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
-        order = {k: i for i, k in enumerate(("1", "2", "3", "4", "5", "3-5", "6a", "6b", "6c", "6d", "7a", "7b", "8",
-                                             "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3"))}
-        self.rows.sort(key=lambda r: (order.get(r.key, 99), backend_mod.NAMES.index(r.backend)
-                                      if r.backend in backend_mod.NAMES else 9))
+        order = {k: i for i, k in enumerate(("1", "2", "1-2", "3", "4", "5", "3-5", "6a", "6b", "6c", "6d", "7a",
+                                             "7b", "8", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3"))}
+        self.rows.sort(key=lambda r: (order.get(r.key, 99), _backend_order(r)))
         return self.rows
 
     # ----------------------------------------------------------------- the measurements
@@ -98,10 +123,12 @@ class Suite:
         if self.want("3") or self.want("4") or self.want("5"):
             self.step("eventsourcing and perhap in process (rows 3-5)",
                       lambda: self._inprocess(peer, inproc))
+        if self.want("1") or self.want("2"):
+            self.stop_backends(keep=("postgresql",))  # an idle Cassandra node would take CPU from rows 1-2
+            self.step("HTTP (rows 1-2)", self._http)
+        self.stop_backends()  # rows 6-10 measure SQLite on a machine without idle servers
         self._rows_inprocess(peer, inproc)
         self._rows_floor(floor, inproc.get("sqlite", {}))
-        if self.want("1") or self.want("2"):
-            self.step("HTTP (rows 1-2)", self._http)
         big = small = None
         if self.want("6") or self.want("7"):
             def prepare() -> None:
@@ -126,39 +153,23 @@ class Suite:
         s = self.s
         peer_runs: list[dict[str, float]] = []
         runs: dict[str, list[dict[str, float]]] = {b: [] for b in self.o.backends}
-        started: dict[str, backend_mod.Backend] = {}
-        try:
-            for name in self.o.backends:
-                b = backend_mod.CLASSES[name](self.work)
-                log(f"starting backend {name}")
-                try:
-                    b.start()
-                except Exception as exc:  # one backend failing must not lose the others' rows
-                    self._backend_failed(name, f"could not start: {exc}")
+        started = {name: b for name in self.o.backends if (b := self.backend(name)) is not None}
+        for i in range(self.o.repeats):
+            log(f"round {i + 1}/{self.o.repeats}: eventsourcing")
+            single = peers.concurrent_single_inserts(self.work, s.seconds)
+            batch = peers.batch_inserts(self.work, s.batch_count)
+            peer_runs.append({"single": single, "batch": batch})
+            for name, b in started.items():
+                if name in self.failed:
                     continue
-                started[name] = b
-            for i in range(self.o.repeats):
-                log(f"round {i + 1}/{self.o.repeats}: eventsourcing")
-                single = peers.concurrent_single_inserts(self.work, s.seconds)
-                batch = peers.batch_inserts(self.work, s.batch_count)
-                peer_runs.append({"single": single, "batch": batch})
-                for name, b in started.items():
-                    if name in self.failed:
-                        continue
-                    log(f"round {i + 1}/{self.o.repeats}: perhap on {name}")
-                    # read back only once: it is best-of-3 inside, and the fill is the slow part
-                    readback = s.readback if i == 0 else 0
-                    try:
-                        runs[name].append(_run_async(_perhap_inprocess(b.new_url(), s, readback)))
-                    except Exception as exc:
-                        self._backend_failed(name, f"{type(exc).__name__}: {exc}")
-            peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
-        finally:
-            for b in started.values():
+                log(f"round {i + 1}/{self.o.repeats}: perhap on {name}")
+                # read back only once: it is best-of-3 inside, and the fill is the slow part
+                readback = s.readback if i == 0 else 0
                 try:
-                    b.stop()
+                    runs[name].append(_run_async(_perhap_inprocess(b.new_url(), s, readback)))
                 except Exception as exc:
-                    log(f"stopping {b.name} failed: {exc}")
+                    self._backend_failed(name, f"{type(exc).__name__}: {exc}")
+        peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
         peer.update(_best(peer_runs))
         for name, r in runs.items():
             if r:
@@ -171,7 +182,7 @@ class Suite:
         log(f"backend {name} FAILED: {why}")
 
     def _rows_inprocess(self, peer: dict[str, float], inproc: dict[str, dict[str, float]]) -> None:
-        for name, why in self.failed.items():
+        for name, why in self.failed.items() if self.want("3") or self.want("4") or self.want("5") else ():
             self.rows.append(Row("3-5", "in-process rows", name, note=f"not measured: {why}",
                                  target="see rows 3-5"))
         for name, r in inproc.items():
@@ -209,27 +220,58 @@ class Suite:
                              "rows/s", "raw sqlite3", ratio(sqlite.get("batch"), floor["executemany_perhap_schema"]),
                              note="reference: the same 7 b-trees perhap writes; the gap is Python"))
 
+    def _http_targets(self) -> list[httpbench.Target]:
+        """The servers rows 1-2 measure: SQLite, and PostgreSQL with one and with two workers."""
+        targets = []
+        for name in self.o.backends:
+            if name == "sqlite":
+                targets.append(httpbench.Target("sqlite", name, f"sqlite:///{self.work}/http.db"))
+            elif name == "postgresql":
+                b = self.backend(name)
+                if b is None:
+                    self.rows.append(Row("1-2", "HTTP rows", name, note=f"not measured: {self.failed[name]}",
+                                         target="see rows 1-2"))
+                    continue
+                targets.append(httpbench.Target(name, name, b.new_url()))
+                for n in HTTP_WORKERS:
+                    targets.append(httpbench.Target(f"{name}, {n} workers", name, b.new_url(), workers=n))
+            else:
+                log(f"rows 1-2 do not measure {name} (SQLite and PostgreSQL only)")
+        return targets
+
     def _http(self) -> None:
         s = self.s
-        url = f"sqlite:///{self.work}/http.db"
-        r = httpbench.measure(url, self.work, s.http_seconds, self.o.repeats)
+        targets = self._http_targets()
+        if not targets:
+            return
+        methods = tuple(m for m, row in (("POST", "1"), ("GET", "2")) if self.want(row))
+        r = httpbench.measure(targets, self.work, s.http_seconds, self.o.repeats, methods)
         gen = r["generator"]
         self.meta["http"] = r
-        if self.want("1"):
-            self.rows.append(Row("1", "HTTP append, 32 connections, durable POST", "sqlite",
-                                 r["perhap_post"]["rps"], "req/s", r["raw_post"]["rps"], "req/s",
-                                 "raw ASGI", ratio(r["perhap_post"]["rps"], r["raw_post"]["rps"]),
-                                 note=f"load generator: {gen}" + (f"; p99 {r['perhap_post']['p99_ms']:.1f} ms "
-                                                                  f"(raw ASGI {r['raw_post']['p99_ms']:.1f} ms)"
-                                                                  if "p99_ms" in r["perhap_post"] else "")
-                                 ).judge(">=", 0.5))
-        if self.want("2"):
-            self.rows.append(Row("2", "HTTP GET of a 100-event entity, same-size baseline", "sqlite",
-                                 r["perhap_get"]["rps"], "req/s", r["raw_get"]["rps"], "req/s",
-                                 "raw ASGI", ratio(r["perhap_get"]["rps"], r["raw_get"]["rps"]),
-                                 note=f"load generator: {gen}; both answer {r['read_bytes']:,} bytes "
-                                      f"(perhap: 100 events; the baseline: a body of the same size)"
-                                 ).judge(">=", 0.5))
+        raw = r["raw"]
+        for label, why in r["failed"].items():
+            self.errors.append(f"HTTP rows on {label}: {why}")
+            self.rows.append(Row("1-2", "HTTP rows", label, note=f"not measured: {why}", target="see rows 1-2"))
+        for label, p in r["perhap"].items():
+            extra = {"backend": p["backend"], "workers": p["workers"]}
+            if "post" in p:
+                post = p["post"]
+                note = f"load generator: {gen}"
+                if "p99_ms" in post and "p99_ms" in raw["post"]:
+                    note += f"; p99 {post['p99_ms']:.1f} ms (raw ASGI {raw['post']['p99_ms']:.1f} ms)"
+                self.rows.append(Row("1", "HTTP append, 32 connections, durable POST", label,
+                                     post["rps"], "req/s", raw["post"]["rps"], "req/s", "raw ASGI",
+                                     ratio(post["rps"], raw["post"]["rps"]), note=note,
+                                     extra=extra).judge(">=", 0.5))
+            if "get" in p:
+                size = p["read_bytes"]
+                base = raw[f"get_{size}"]
+                self.rows.append(Row("2", "HTTP GET of a 100-event entity, same-size baseline", label,
+                                     p["get"]["rps"], "req/s", base["rps"], "req/s", "raw ASGI",
+                                     ratio(p["get"]["rps"], base["rps"]),
+                                     note=f"load generator: {gen}; both answer {size:,} bytes "
+                                          f"(perhap: 100 events; the baseline: a body of the same size)",
+                                     extra=extra).judge(">=", 0.5))
 
     def _esapp(self) -> None:
         from . import esapp  # eventsourcing's application classes load only for this row
@@ -325,8 +367,17 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, floa
 
 
 FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
+#: Rows 1-2 on PostgreSQL are measured with one server process and with each of these.
+#: SQLite is one process by design (perhap/backends/sqlite/lock.py; docs/performance.md).
+HTTP_WORKERS = (2,)
 #: Row 10's bar: see docs/performance.md.
 GROUP_TARGET = 0.1
+
+
+def _backend_order(r: Row) -> tuple[int, int]:
+    """SQLite, PostgreSQL, Cassandra; one server process before several."""
+    name = r.extra.get("backend", r.backend)
+    return (backend_mod.NAMES.index(name) if name in backend_mod.NAMES else 9, r.extra.get("workers", 1))
 
 
 def _group_note(r: dict[str, float]) -> str:

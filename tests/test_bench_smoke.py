@@ -15,11 +15,14 @@ from pathlib import Path
 # rather than skipping the smoke check.
 import eventsourcing  # noqa: F401
 import psutil  # noqa: F401
+import pytest
 
-from bench import dataset, loadgen
+from bench import backends, dataset, loadgen
 from bench.common import TINY, Row, markdown_table, table
 from bench.servers import raw_server
 from bench.suite import Options, Suite
+from tests.conftest import get_provider
+from tests.providers.postgres import PostgresProvider
 
 EXPECTED = {"1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "7a", "7b", "8", "9a", "9b", "9c", "9d",
             "10", "ref1", "ref2", "ref3"}
@@ -43,6 +46,37 @@ def test_every_row_is_measured_on_tiny_sizes(tmp_path: Path) -> None:
     text = table(rows)
     assert all(f"\n{key} " in "\n" + text for key in EXPECTED)
     assert markdown_table(rows).count("\n") == len(rows) + 1
+
+
+class _SessionPostgres(backends.Backend):
+    """The test session's PostgreSQL in the place of the private server the suite would start."""
+
+    name = "postgresql"
+
+    def __init__(self, provider: PostgresProvider) -> None:
+        self.provider = provider
+
+    def new_url(self) -> str:
+        return self.provider.new_url()
+
+
+@pytest.mark.postgres
+def test_the_http_rows_run_on_postgresql_with_one_and_two_workers(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    provider = get_provider("postgres", tmp_path_factory)
+    assert isinstance(provider, PostgresProvider)
+    suite = Suite(Options(sizes=TINY, backends=["postgresql"], only={"1", "2"}, repeats=1,
+                          cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "work")))
+    suite.started["postgresql"] = _SessionPostgres(provider)
+    rows = suite.run()
+    assert suite.errors == []
+    labels = {"postgresql", "postgresql, 2 workers"}
+    assert {(r.key, r.backend) for r in rows} == {(k, b) for k in ("1", "2") for b in labels}
+    for r in rows:
+        assert r.value and r.baseline and r.ratio, r
+        assert r.extra == {"backend": "postgresql", "workers": 2 if "2 workers" in r.backend else 1}, r
+    # One raw ASGI baseline for every server of the run.
+    assert len({r.baseline for r in rows if r.key == "1"}) == 1
 
 
 def test_the_builtin_load_generator_counts_requests(tmp_path: Path) -> None:
