@@ -167,6 +167,20 @@ class _Loop:
         log.warning("%s: %s of %d events not sent before their leases ran out (%s); they go back to the group",
                     self.name, kind, count, error.one_line())
 
+    def pause(self, error: PerhapClientError, kind: str, ids: list[str], batch: Batch,
+              backoff: Backoff) -> float | None:
+        """How long to wait before sending ``kind`` of ``ids`` again after ``error``; None: give up
+        (the leases ran out meanwhile). A failure that is not transient is raised."""
+        if not transient(error):
+            raise error
+        left = batch.expires - time.monotonic()
+        if left <= 0:
+            self.gave_up(kind, len(ids), error)
+            return None
+        delay = min(backoff.next(), left)
+        self.retrying(error, delay)
+        return delay
+
     def nacked(self, counts: Any) -> None:
         if isinstance(counts, dict) and counts.get("parked"):
             log.warning("%s: %d events parked (delivered max_deliveries times)", self.name, counts["parked"])
@@ -216,7 +230,7 @@ class Worker(_Loop):
                 except Exception:
                     batch.next += 1
                     self.failed(event)
-                    self._settle("nack", [event.event_id], batch)
+                    self._settle("retry", [event.event_id], batch)
                     continue
                 batch.next += 1
                 batch.handled(event.event_id)
@@ -240,15 +254,15 @@ class Worker(_Loop):
                         self.name, exc.one_line())
 
     def _settle(self, kind: str, ids: list[str], batch: Batch) -> None:
-        """Ack (or nack, "retry") ``ids``; a 409 is split up to settle the others."""
+        """``kind``: "ack", or the nack action ("retry", "release") for ``ids``; a 409 is split up
+        to settle the others."""
         backoff = Backoff()
         while ids:
             try:
                 if kind == "ack":
                     self.client.ack(self.realm, self.group, self.consumer, ids)
                 else:
-                    action = "release" if kind == "release" else "retry"
-                    self.nacked(self.client.nack(self.realm, self.group, self.consumer, ids, action))
+                    self.nacked(self.client.nack(self.realm, self.group, self.consumer, ids, kind))
                 return
             except Conflict:
                 if len(ids) == 1:
@@ -258,14 +272,9 @@ class Worker(_Loop):
                         self._settle(kind, [one], batch)
                 return
             except PerhapClientError as exc:
-                left = batch.expires - time.monotonic()
-                if not transient(exc):
-                    raise
-                if left <= 0:
-                    self.gave_up(kind, len(ids), exc)
+                delay = self.pause(exc, kind, ids, batch, backoff)
+                if delay is None:
                     return
-                delay = min(backoff.next(), left)
-                self.retrying(exc, delay)
                 time.sleep(delay)
 
 
@@ -319,7 +328,7 @@ class AsyncWorker(_Loop):
                 except Exception:
                     batch.next += 1
                     self.failed(event)
-                    await self._settle("nack", [event.event_id], batch)
+                    await self._settle("retry", [event.event_id], batch)
                     continue
                 batch.next += 1
                 batch.handled(event.event_id)
@@ -348,8 +357,7 @@ class AsyncWorker(_Loop):
                 if kind == "ack":
                     await self.client.ack(self.realm, self.group, self.consumer, ids)
                 else:
-                    action = "release" if kind == "release" else "retry"
-                    self.nacked(await self.client.nack(self.realm, self.group, self.consumer, ids, action))
+                    self.nacked(await self.client.nack(self.realm, self.group, self.consumer, ids, kind))
                 return
             except Conflict:
                 if len(ids) == 1:
@@ -359,12 +367,7 @@ class AsyncWorker(_Loop):
                         await self._settle(kind, [one], batch)
                 return
             except PerhapClientError as exc:
-                left = batch.expires - time.monotonic()
-                if not transient(exc):
-                    raise
-                if left <= 0:
-                    self.gave_up(kind, len(ids), exc)
+                delay = self.pause(exc, kind, ids, batch, backoff)
+                if delay is None:
                     return
-                delay = min(backoff.next(), left)
-                self.retrying(exc, delay)
                 await asyncio.sleep(delay)

@@ -35,7 +35,7 @@ SSE_HEADERS = [
 #: The ASGI scope extension perhap's own listener (:mod:`perhap.server`) provides: ``abort()``
 #: closes the connection at once, unsent data dropped (a plain close waits for the client to read it).
 ABORT_EXTENSION = "perhap.abort"
-_KEEP_ALIVE = b": keep-alive\n\n"
+KEEP_ALIVE = b": keep-alive\n\n"
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
 
@@ -125,7 +125,7 @@ async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, sen
     reading for the write timeout."""
     writing = _Writing()
     pump = asyncio.ensure_future(_pump(streams, sub, send, grant, writing))
-    watch = asyncio.ensure_future(_wait_disconnect(receive))
+    watch = asyncio.ensure_future(wait_disconnect(receive))
     stop = asyncio.ensure_future(streams.stopping.wait())
     timer: asyncio.TimerHandle | None = None
     dropped = False
@@ -167,7 +167,7 @@ async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: G
         # A revoked token's stream ends before it carries another event.
         if grant is not None and auth is not None and not auth.still_valid(grant):
             return
-        body = _encode(sub, events, buffer, full) if events else _KEEP_ALIVE
+        body = _encode(sub, events, buffer, full) if events else KEEP_ALIVE
         events = []  # while the client is slow, hold only what is sent
         writing.since = clock()
         await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -195,7 +195,8 @@ def _encode(sub: Subscription, events: list[Event], buffer: int, full: int) -> b
     return b"".join(parts[:kept])
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
+    """Returns when the client hangs up."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -18,13 +18,12 @@ from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
 from ..requests import Context, Request, authorize, page_limit, read_json_object
 from ..responses import send_json
-from ..streaming import SSE_HEADERS, sse_message
+from ..streaming import KEEP_ALIVE, SSE_HEADERS, sse_message, wait_disconnect
 from ..types import Send
 
 DEFAULT_MAX = 100
 NACK_ACTIONS = ("retry", "park", "release")
 MAX_WAIT = 300.0
-_KEEP_ALIVE = b": keep-alive\n\n"
 
 
 def _names(req: Request, permission: str) -> tuple[str, str]:
@@ -78,7 +77,7 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
         # A client that hangs up while it waits must not have events leased to it afterwards
         # (they would sit unseen until ack_timeout): the poll ends with the connection.
         poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait))
-        hangup = asyncio.ensure_future(_disconnected(req))
+        hangup = asyncio.ensure_future(wait_disconnect(req.receive))
         try:
             await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -145,10 +144,10 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
         async def pump() -> None:
             while True:
                 events = await groups.lease(realm, name, consumer, most, streams.heartbeat)
-                body = b"".join(sse_message(e["event_id"], e) for e in events) if events else _KEEP_ALIVE
+                body = b"".join(sse_message(e["event_id"], e) for e in events) if events else KEEP_ALIVE
                 await send({"type": "http.response.body", "body": body, "more_body": True})
 
-        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(_disconnected(req)),
+        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(wait_disconnect(req.receive)),
                  asyncio.ensure_future(streams.stopping.wait())}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -161,12 +160,6 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
     try:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # the client is gone already
-        pass
-
-
-async def _disconnected(req: Request) -> None:
-    """Returns when the client hangs up."""
-    while (await req.receive())["type"] != "http.disconnect":
         pass
 
 
