@@ -55,7 +55,8 @@ class CassandraBackend(Backend):
     def start(self) -> None:
         from perhap.testing.cassandra import CassandraNode
 
-        self.node = CassandraNode(self.workdir / "node")
+        # Sized for load, not for a test suite's footprint (issue 19: the engine's own ceiling).
+        self.node = CassandraNode(self.workdir / "node", profile="throughput")
         self.node.start()
 
     def new_url(self) -> str:

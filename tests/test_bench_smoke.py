@@ -22,6 +22,7 @@ from bench.common import TINY, Row, markdown_table, table
 from bench.servers import raw_server
 from bench.suite import Options, Suite
 from tests.conftest import get_provider
+from tests.providers.cassandra import CassandraProvider
 from tests.providers.postgres import PostgresProvider
 
 EXPECTED = {"1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "7a", "7b", "8", "9a", "9b", "9c", "9d",
@@ -77,6 +78,40 @@ def test_the_http_rows_run_on_postgresql_with_one_and_two_workers(
         assert r.extra == {"backend": "postgresql", "workers": 2 if "2 workers" in r.backend else 1}, r
     # One raw ASGI baseline for every server of the run.
     assert len({r.baseline for r in rows if r.key == "1"}) == 1
+
+
+class _SessionCassandra(backends.Backend):
+    """The test session's Cassandra node in the place of the one the suite would start."""
+
+    name = "cassandra"
+
+    def __init__(self, provider: CassandraProvider) -> None:
+        self.provider = provider
+
+    def new_url(self) -> str:
+        return self.provider.new_url()
+
+
+@pytest.mark.cassandra
+def test_the_cassandra_rows_are_judged_against_the_raw_driver_on_the_same_node(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    provider = get_provider("cassandra", tmp_path_factory)
+    assert isinstance(provider, CassandraProvider)
+    suite = Suite(Options(sizes=TINY, backends=["cassandra"], only={"3", "4", "5"}, repeats=1,
+                          cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "work")))
+    suite.started["cassandra"] = _SessionCassandra(provider)
+    rows = suite.run()
+    assert suite.errors == []
+    by_key = {r.key: r for r in rows if r.backend == "cassandra"}
+    assert set(by_key) == {"3", "4", "5", "3c", "4c", "5c", "cref"}
+    raw = suite.meta["cassandra_raw_runs"][0]
+    assert raw["plain"] > 0 and raw["conditional"] > 0 and raw["batch"] > 0 and raw["read"] > 0
+    for key, baseline in (("3c", raw["conditional"]), ("4c", raw["batch"]), ("5c", raw["read"])):
+        r = by_key[key]
+        assert r.baseline == baseline and r.value == by_key[key[0]].value, r
+        assert r.ratio == pytest.approx(r.value / baseline) and r.passed in (True, False), r
+    # Both sides of row 5c read the same number of rows.
+    assert raw["read_count"] == suite.meta["inprocess_runs"]["cassandra"][0]["read_count"]
 
 
 def test_the_builtin_load_generator_counts_requests(tmp_path: Path) -> None:

@@ -90,3 +90,20 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
+
+
+def test_the_throughput_profile_sizes_the_node_for_load_and_keeps_its_durability(tmp_path: Path) -> None:
+    from perhap.testing.cassandra.config import cassandra_yaml
+
+    state = {"storage_port": 7000, "ssl_storage_port": 7001}
+    small = cassandra_yaml(tmp_path, state, 9042)
+    big = cassandra_yaml(tmp_path, state, 9042, "throughput")
+    assert "concurrent_writes: 4\n" in small and "concurrent_writes: 32\n" in big
+    assert "memtable_heap_space: 64MiB" in small and "memtable_heap_space: 512MiB" in big
+    for text in (small, big):  # a 201 is durable whatever the sizing
+        assert "commitlog_sync: group\n" in text
+    assert CassandraNode(tmp_path / "a").heap_mb == 512
+    assert CassandraNode(tmp_path / "b", profile="throughput").heap_mb == 2048
+    assert CassandraNode(tmp_path / "c", profile="throughput", heap_mb=1024).heap_mb == 1024
+    with pytest.raises(ValueError, match="profile must be one of test, throughput"):
+        CassandraNode(tmp_path / "d", profile="huge")

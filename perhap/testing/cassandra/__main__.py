@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import PROFILES
 from .jars import DEFAULT_VERSION, CassandraError, resolve_jars
 from .node import CassandraNode
 
@@ -17,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     p_start = sub.add_parser("start", help="start a node in the background; returns when it is ready")
     p_start.add_argument("--dir", required=True, type=Path, help="node directory (config, data, logs)")
     p_start.add_argument("--port", type=int, help="native CQL port (default: a free one, then kept)")
-    p_start.add_argument("--heap-mb", type=int, default=512)
+    p_start.add_argument("--profile", choices=PROFILES, default="test",
+                         help="sizing: test (small footprint, the default) or throughput (load runs)")
+    p_start.add_argument("--heap-mb", type=int, help="JVM heap (default: 512 for test, 2048 for throughput)")
     p_start.add_argument("--timeout", type=float, default=180)
     p_stop = sub.add_parser("stop", help="stop a node started with 'start'")
     p_stop.add_argument("--dir", required=True, type=Path)
@@ -30,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resolve":
             print(resolve_jars(args.cassandra_version))
         elif args.command == "start":
-            node = CassandraNode(args.dir, args.port, version=args.cassandra_version, heap_mb=args.heap_mb)
+            node = CassandraNode(args.dir, args.port, version=args.cassandra_version, heap_mb=args.heap_mb,
+                                  profile=args.profile)
             node.start(args.timeout, detach=True)
             print(f"{node.host}:{node.port}")
         else:

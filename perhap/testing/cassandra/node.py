@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import JVM17_FLAGS, cassandra_yaml, logback_xml
+from .config import HEAP_MB, JVM17_FLAGS, PROFILES, cassandra_yaml, logback_xml
 from .jars import DEFAULT_VERSION, CassandraError, resolve_jars
 from .process import alive, free_ports, java, port_open, spawn
 
@@ -28,9 +28,12 @@ class CassandraNode:
     host = "127.0.0.1"
 
     def __init__(self, directory: str | Path, port: int | None = None, *,
-                 version: str = DEFAULT_VERSION, heap_mb: int = 512) -> None:
+                 version: str = DEFAULT_VERSION, heap_mb: int | None = None, profile: str = "test") -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
         self.dir = Path(directory).resolve()
-        self.version, self.heap_mb = version, heap_mb
+        self.profile = profile  # the sizing (config.PROFILES): "test" small, "throughput" for load runs
+        self.version, self.heap_mb = version, heap_mb or HEAP_MB[profile]
         self.log_path = self.dir / "logs" / "system.log"
         self.out_path = self.dir / "logs" / "jvm.out"  # JVM's own stdout/stderr
         self.pid_path = self.dir / "cassandra.pid"
@@ -211,5 +214,5 @@ class CassandraNode:
         (self.dir / "node.json").write_text(json.dumps({**self._state, "port": self.port}) + "\n")
         # Rewritten on every start (cheap, and picks up a changed --port); the
         # data directories are what carry state between runs.
-        (self.dir / "cassandra.yaml").write_text(cassandra_yaml(data, self._state, self.port))
+        (self.dir / "cassandra.yaml").write_text(cassandra_yaml(data, self._state, self.port, self.profile))
         (self.dir / "logback.xml").write_text(logback_xml(self.log_path))
