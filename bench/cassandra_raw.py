@@ -6,7 +6,8 @@ that must be exact (gapless versions, no lost race) can cost with Cassandra's ow
 
 - ``plain`` and ``conditional``: 64 asyncio tasks, each inserting one row at a time into its own
   partition (as row 3's tasks each append to their own entity), ``INSERT`` and ``INSERT ... IF NOT
-  EXISTS``, for the row's seconds;
+  EXISTS``, for the row's seconds; ``hot``: the plain inserts all into one partition, as every
+  append of a realm writes into its index bucket (the capacity model's hot partition);
 - ``batch``: single-partition unlogged batches of 1,000 rows, one after another (row 4's shape);
 - ``read``: one partition of ``count`` rows read in pages of 10,000 (row 5's shape).
 
@@ -65,8 +66,9 @@ class Raw:
         finally:
             await self.driver.shutdown()
 
-    async def inserts(self, seconds: float, *, conditional: bool) -> float:
-        """Rows per second: WORKERS tasks, each inserting one row at a time into its own partition."""
+    async def inserts(self, seconds: float, *, conditional: bool, one_partition: bool = False) -> float:
+        """Rows per second: WORKERS tasks, each inserting one row at a time into its own partition
+        (or, with ``one_partition``, all into one: a realm's index bucket under load)."""
         stmt = self.insert_if if conditional else self.insert
         run = self.driver.run
         run_id = next(self.partitions)
@@ -75,8 +77,8 @@ class Raw:
 
         async def work(index: int) -> None:
             nonlocal done
-            partition = f"s{run_id}-{index}"
-            for c in itertools.count():
+            partition = f"s{run_id}" if one_partition else f"s{run_id}-{index}"
+            for c in itertools.count(index * 10_000_000 if one_partition else 0):
                 if stop:
                     return
                 rows = await run(stmt, (partition, c, PAYLOAD), lwt=conditional)
@@ -141,9 +143,10 @@ async def measure(url: str, seconds: float, batches: int, read_count: int) -> di
     """The baselines (the read only with a ``read_count``), on a keyspace of their own, dropped after."""
     async with Raw(url) as raw:
         plain = await raw.inserts(seconds, conditional=False)
+        hot = await raw.inserts(seconds, conditional=False, one_partition=True)
         conditional = await raw.inserts(seconds, conditional=True)
         batch = await raw.batches(batches, max_seconds=2 * seconds)
-        out = {"plain": plain, "conditional": conditional, "batch": batch}
+        out = {"plain": plain, "hot": hot, "conditional": conditional, "batch": batch}
         if read_count:
             out.update(read=await raw.read(read_count), read_count=read_count)
     return out

@@ -257,6 +257,10 @@ class Suite:
                              "rows/s", raw["conditional"], "rows/s", "raw driver, INSERT IF NOT EXISTS",
                              ratio(raw["plain"], raw["conditional"]),
                              note="reference: what a Paxos round costs on this node"))
+        self.rows.append(Row("cref2", "raw driver, 64 concurrent plain INSERTs into one partition", "cassandra",
+                             raw["hot"], "rows/s", raw["plain"], "rows/s", "the same into 64 partitions",
+                             ratio(raw["hot"], raw["plain"]),
+                             note="reference: one hot partition (a realm's index bucket) against spread writes"))
 
     def _rows_floor(self, floor: dict[str, float], sqlite: dict[str, float]) -> None:
         if not floor:
@@ -423,8 +427,8 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, floa
 
 
 #: The table's order of rows.
-ROW_ORDER = ("1", "2", "1-2", "3", "4", "5", "3-5", "3c", "4c", "5c", "cref", "6a", "6b",
-             "6c", "6d", "7a", "7b", "8", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3")
+ROW_ORDER = ("1", "2", "1-2", "3", "4", "5", "3-5", "3c", "4c", "5c", "cref", "cref2", "6a",
+             "6b", "6c", "6d", "7a", "7b", "8", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3")
 FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
 #: Rows 1-2 on PostgreSQL are measured with one server process and with each of these.
 #: SQLite is one process by design (perhap/backends/sqlite/lock.py; docs/performance.md).

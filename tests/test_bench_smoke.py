@@ -103,9 +103,9 @@ def test_the_cassandra_rows_are_judged_against_the_raw_driver_on_the_same_node(
     rows = suite.run()
     assert suite.errors == []
     by_key = {r.key: r for r in rows if r.backend == "cassandra"}
-    assert set(by_key) == {"3", "4", "5", "3c", "4c", "5c", "cref"}
+    assert set(by_key) == {"3", "4", "5", "3c", "4c", "5c", "cref", "cref2"}
     raw = suite.meta["cassandra_raw_runs"][0]
-    assert raw["plain"] > 0 and raw["conditional"] > 0 and raw["batch"] > 0 and raw["read"] > 0
+    assert all(raw[k] > 0 for k in ("plain", "hot", "conditional", "batch", "read")), raw
     for key, baseline in (("3c", raw["conditional"]), ("4c", raw["batch"]), ("5c", raw["read"])):
         r = by_key[key]
         assert r.baseline == baseline and r.value == by_key[key[0]].value, r
