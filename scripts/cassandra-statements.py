@@ -60,11 +60,12 @@ def _batch_statements(session_cluster: Any, batch: BatchStatement) -> list[Any]:
             for is_prepared, query, _ in batch._statements_and_parameters]
 
 
-async def count(name: str, operation: Awaitable[Any]) -> None:
+async def count(name: str, operation: Awaitable[Any], appends: int = 1) -> None:
     sent.clear()
     await operation
     await asyncio.sleep(1.0)  # the follow-ups after the answer
-    print(f"\n{name}: {len(sent)} requests")
+    each = f", {len(sent) / appends:.2f} per append" if appends > 1 else ""
+    print(f"\n{name}: {len(sent)} requests{each}")
     for what, n in collections.Counter(sent).most_common():
         print(f"  {n:3} x {what}")
 
@@ -77,6 +78,10 @@ async def measure(url: str) -> None:
         await count("single append, existing entity", store.append("r", "d", "e1", "t", {"x": 2}))
         await count("single append with a client-chosen id", store.append(
             "r", "d", "e1", "t", {"x": 3}, event_id="0190f2c0-0000-7000-8000-000000000001"))
+        await count("64 concurrent single appends, 64 new entities", asyncio.gather(*(
+            store.append("r", "d", f"c{i}", "t", {"x": i}) for i in range(64))), appends=64)
+        await count("64 more, to the same (existing) entities", asyncio.gather(*(
+            store.append("r", "d", f"c{i}", "t", {"x": i}) for i in range(64))), appends=64)
         await count("batch of 1,000 events, new entity", store.append_batch(
             "r", "d", "b1", [{"type": "t", "event": {"n": i}} for i in range(1000)]))
         await count("read an entity (1,000 events, one page)", store.read(Scope("r", "d", "b1"), limit=1000))

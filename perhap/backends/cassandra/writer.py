@@ -25,6 +25,7 @@ from cassandra.query import BatchStatement
 from ...errors import InvalidInput, StorageUnavailable, VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
 from . import clock
+from .coalesce import Coalescer
 from .driver import gather, quiet
 from .names import Names
 from .positions import Positions, position
@@ -38,6 +39,12 @@ MAX_HEADS = 100_000  # entity heads remembered
 SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending rows, others the per-row one
 
 Rows = list[tuple[Hashable, Sequence[Any]]]  # (partition, arguments) pairs for Driver.batch
+KEY_BYTES = 64  # about what a row that carries only its key (marking it ok) weighs in a batch
+
+
+def payload(p: Attempt) -> int:
+    """The bytes of events an attempt carries (what each of its index rows repeats)."""
+    return sum(len(e.event.data_json) + len(e.event.meta_json) for e in p.events)
 
 
 class Outcome(enum.Enum):
@@ -70,6 +77,8 @@ class Writer:
         self.heads: OrderedDict[EntityKey, Head] = OrderedDict()
         self.fixed_us, self.row_us = 5000.0, 200.0  # learnt cost of pending rows (microseconds)
         self.floor = 0  # the last position this process acknowledged: later appends come after it
+        # Plain writes of appends in flight at once go out together, one batch per partition.
+        self.coalescer = Coalescer(ks.db)
 
     async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
         """Append a batch to an entity (its realm as stored)."""
@@ -195,7 +204,7 @@ class Writer:
         for e, u, v, ts, pos in attempt.events:
             bucket = ts // ks.bucket_us
             for scope in ("", domain):
-                index.append(((scope, bucket), (realm, scope, bucket, ts, u, domain, entity, e.type, v,
+                index.append(((realm, scope, bucket), (realm, scope, bucket, ts, u, domain, entity, e.type, v,
                                                 e.timestamp, e.data_json, e.meta_json, attempt.txn, pos)))
                 if (realm, scope, bucket) not in self.names.known:
                     directory.append((realm, scope, bucket))
@@ -206,12 +215,16 @@ class Writer:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
                                       e.timestamp, e.data_json, e.meta_json, attempt.txn, None, pos)))
         directory = list(dict.fromkeys(directory))
-        jobs: list[Awaitable[Any]] = [ks.db.batch(ks.q.index, index), ks.db.batch(ks.q.by_id_add, by_id)]
+        size = payload(attempt)
+        jobs: list[Awaitable[Any]] = [self.coalescer.write(ks.q.index, index, 2 * size),
+                                      self.coalescer.write(ks.q.by_id_add, by_id, size)]
         if claims:
             jobs.append(ks.db.batch(ks.q.claim, claims))
-        for r, s, b in directory:
-            jobs.append(ks.db.run(ks.q.dir_add, (r, s, b // ERA, b)))
-            jobs.append(ks.db.run(ks.q.dir_add, (r, s, -1, b // ERA)))
+        if directory:  # a new bucket: every append then in flight adds it, in one round together
+            listed: Rows = []
+            for r, s, b in directory:
+                listed += [((r, s, b // ERA), (r, s, b // ERA, b)), ((r, s, -1), (r, s, -1, b // ERA))]
+            jobs.append(self.coalescer.write(ks.q.dir_add, listed, KEY_BYTES * len(listed)))
         await gather(jobs)
         self.names.known.update(directory)
         # Readers trust that any row at or below their horizon (their clock - settle) is visible. Our
@@ -285,16 +298,17 @@ class Writer:
         clients: Rows = []
         for e, u, v, ts, pos in p.events:
             bucket = ts // ks.bucket_us
-            rows += [((s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
+            rows += [((realm, s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
             shard = ks.ns.shard(u)
             if e.client_id:
                 clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
                                         p.txn, True, pos)))
             else:
                 ids.append((shard, (shard, u)))
-        jobs = [ks.db.batch(ks.q.index_ok, rows), ks.db.batch(ks.q.by_id_ok, ids)]
+        write = self.coalescer.write
+        jobs = [write(ks.q.index_ok, rows, KEY_BYTES * len(rows)), write(ks.q.by_id_ok, ids, KEY_BYTES * len(ids))]
         if clients:
-            jobs.append(ks.db.batch(ks.q.by_id_add, clients))
+            jobs.append(write(ks.q.by_id_add, clients, payload(p)))
         try:
             await gather(jobs)
         except (StorageUnavailable, InvalidInput):
