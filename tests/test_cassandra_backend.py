@@ -555,3 +555,18 @@ if __name__ == "__main__":
     else:
         raise SystemExit(f"unknown mode {mode}")
     os._exit(0)  # skip the driver's slow interpreter-exit hooks
+
+
+def test_event_timestamps_are_exact_rfc3339_from_the_position_clock() -> None:
+    """clock.stamp keeps each second's text: what it answers must equal a fresh strftime of the
+    exact microsecond, around second and epoch boundaries and far from them, cached or not."""
+    from datetime import timedelta
+
+    rng = random.Random(5)
+    samples = [0, -1, 1, 999_999, 1_000_000, -1_000_000, -1_000_001, 1_764_000_000_123_456]
+    samples += [rng.randrange(-10**15, 10**17) for _ in range(20_000)]
+    samples += [1_764_000_000_000_000 + rng.randrange(3_000_000) for _ in range(5_000)]  # one cached second
+    for ts in samples:
+        want = (clock.EPOCH + timedelta(microseconds=ts)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert clock.stamp(ts) == want, ts
+    assert clock.stamp(7, "2020-01-01T00:00:00.000001Z") == "2020-01-01T00:00:00.000001Z"  # imported
