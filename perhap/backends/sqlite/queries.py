@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...model import Cursor, Event
+from ...slotted import fast_constructor
 
 #: Builds an Event from its fields in declaration order (see :func:`event_maker`).
 MakeEvent = Callable[[str, str, str, str, str, int, str, bytes, bytes, int, Cursor | None], Event]
@@ -24,32 +24,8 @@ DOMAIN_ID = f"(SELECT id FROM domains WHERE realm_id = {REALM_ID} AND name = ?)"
 ENTITY_ID = f"(SELECT id FROM entities WHERE domain_id = {DOMAIN_ID} AND name = ?)"
 TYPE_ID = "(SELECT id FROM types WHERE name = ?)"
 
-_EVENT_FIELDS = ("event_id", "realm", "domain", "entity", "type", "version", "timestamp",
-                 "data_json", "meta_json", "position", "cursor")
-
-
-def event_maker() -> MakeEvent:
-    """A constructor of Events that skips the frozen dataclass's __init__ (half the cost per row).
-
-    Event has no __post_init__, so setting its slots directly builds the same object; should
-    its fields ever change, this falls back to the dataclass constructor.
-    """
-    if tuple(f.name for f in dataclasses.fields(Event)) != _EVENT_FIELDS or hasattr(Event, "__post_init__"):
-        return Event
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (Event.__dict__[f].__set__ for f in _EVENT_FIELDS)
-
-    def make(event_id: str, realm: str, domain: str, entity: str, type_: str, version: int,
-             ts: str, data: bytes, meta: bytes, position: int, cursor: Cursor | None) -> Event:
-        e = new(Event)
-        s0(e, event_id), s1(e, realm), s2(e, domain), s3(e, entity), s4(e, type_)
-        s5(e, version), s6(e, ts), s7(e, data), s8(e, meta), s9(e, position), s10(e, cursor)
-        return e
-
-    return make
-
-
-make_event = event_maker()
+#: Event's constructor for rows: every field, positionally (see perhap.slotted).
+make_event: MakeEvent = fast_constructor(Event)
 
 
 def row_event(row: tuple[Any, ...]) -> Event:

@@ -14,6 +14,7 @@ so a rolled-back write burns no number. The unique index would refuse a position
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from ...errors import VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict, replay_or_conflict_multi
+from ...slotted import fast_constructor
 from ...store.job import WriteJob
 from .queries import stored_events
 from .schema import last_seq
@@ -50,6 +52,10 @@ def insert_chunks(variable_limit: int) -> tuple[int, ...]:
         chunks.append(rows)
         rows //= 2
     return tuple(chunks)
+
+
+#: Appended's constructor on the write path: every field, positionally (see perhap.slotted).
+make_appended = fast_constructor(Appended)
 
 
 @dataclass(slots=True)
@@ -191,12 +197,17 @@ class WriterState:
             self.conn.execute("UPDATE entities SET version = ? WHERE id = ?", (current + added, entity.id))
         return entity
 
-    def _row(self, e: NewEvent, realm_id: int, domain_id: int, entity_id: int, version: int,
-             position: int, ts: str) -> EventRow:
-        type_id = self._type_id(e.type)
+    def _entity_type(self, entity_id: int, name: str) -> int:
+        """The id of the type ``name``, made if need be, and recorded as one of the entity's types."""
+        type_id = self._type_id(name)
         if (entity_id, type_id) not in self.entity_types:
             self.conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
             self.entity_types.add((entity_id, type_id))
+        return type_id
+
+    def _row(self, e: NewEvent, realm_id: int, domain_id: int, entity_id: int, version: int,
+             position: int, ts: str) -> EventRow:
+        type_id = self._entity_type(entity_id, e.type)
         stamp = e.timestamp or ts  # an import keeps the event's original time
         return (e.event_id, realm_id, domain_id, entity_id, type_id, version, stamp, e.data_json,
                 e.meta_json, position)
@@ -250,7 +261,7 @@ class WriterState:
             position += 1
             row = self._row(e, realm_id, domain_id, rows_of[name].id, version, position, ts)
             rows.append(row)
-            results.append(Appended(e.event_id, version, position, row[6], name))
+            results.append(make_appended(e.event_id, version, position, row[6], name))
         self._write(job, rows, deferred)
         # Written (or deferred, and dropped with the caches should the group roll back).
         self.heads[realm_id] = position
@@ -262,32 +273,40 @@ class WriterState:
     def _apply_one(self, job: WriteJob, ts: str, deferred: Deferred | None,
                    realm_id: int | None, domain_id: int | None) -> AppendResult:
         """:meth:`apply` for the common job, one entity: the same steps without the bookkeeping
-        several entities need (it is most of a single append's cost in the writer)."""
+        several entities need (it is most of a single append's cost in the writer), and each
+        event's row and result made in one expression (most of a large batch's Python work)."""
         entity = self._entity(domain_id, job.entity)
         current = _version(entity)
         if job.expected is not None and job.expected != current:
             raise VersionConflict(current, job.expected)
         realm_id, domain_id = self._make_place(job.realm, job.domain, realm_id, domain_id)
-        grown = self._grow(domain_id, job.entity, entity, len(job.batch), deferred)
-        position = self._head(realm_id)
-        rows: list[EventRow] = []
-        results = []
-        for version, e in enumerate(job.batch, current + 1):
-            position += 1
-            row = self._row(e, realm_id, domain_id, grown.id, version, position, ts)
-            rows.append(row)
-            results.append(Appended(e.event_id, version, position, row[6]))
+        batch = job.batch
+        grown = self._grow(domain_id, job.entity, entity, len(batch), deferred)
+        entity_id, position = grown.id, self._head(realm_id)
+        if len(batch) == 1:
+            e = batch[0]
+            rows = [(e.event_id, realm_id, domain_id, entity_id, self._entity_type(entity_id, e.type), current + 1,
+                     e.timestamp or ts, e.data_json, e.meta_json, position + 1)]
+        else:
+            type_ids = {name: self._entity_type(entity_id, name) for name in dict.fromkeys([e.type for e in batch])}
+            # An import keeps each event's original time (timestamp); others take the commit's.
+            rows = [(e.event_id, realm_id, domain_id, entity_id, type_ids[e.type], version, e.timestamp or ts,
+                     e.data_json, e.meta_json, at)
+                    for e, version, at in zip(batch, itertools.count(current + 1), itertools.count(position + 1))]
         self._write(job, rows, deferred)
-        self.heads[realm_id] = position
-        grown.version = current + len(job.batch)
+        self.heads[realm_id] = position + len(batch)
+        grown.version = current + len(batch)
         self.entities[(domain_id, job.entity)] = grown
-        return AppendResult(results, created=True)
+        make = make_appended
+        return AppendResult([make(r[0], r[5], r[9], r[6], None) for r in rows], created=True)
 
     def _write(self, job: WriteJob, rows: list[EventRow], deferred: Deferred | None) -> None:
         """Insert a job's rows now, or leave them to :meth:`flush` (the fast path)."""
         if deferred is not None:
             deferred.rows += rows
-            deferred.ids.update(e.event_id for e in job.batch)
+            # Only a client's ids can come again in a later job of the group (see _replayed); a
+            # server-made id the client copied would fail the unique index: the careful path then.
+            deferred.ids.update([e.event_id for e in job.batch if e.client_id])
             return
         try:
             self.conn.executemany(_INSERT_EVENTS + _ROW_MARKS, rows)
@@ -306,7 +325,7 @@ class WriterState:
         start = 0
         while start < len(rows):
             n = next(c for c in chunks if c <= len(rows) - start)
-            cursor = conn.execute(insert_sql[n], [value for row in rows[start:start + n] for value in row])
+            cursor = conn.execute(insert_sql[n], list(itertools.chain.from_iterable(rows[start:start + n])))
             self.last_rowid = cursor.lastrowid
             start += n
         if deferred.versions:
