@@ -6,7 +6,10 @@ entity's current version. A repeated read then costs one index probe (the entity
 instead of reading, decoding, serialising and hashing every event of the page.
 
 Exact, also with several server processes on one store: the probe asks the store each time, so
-an append made anywhere is seen by the next read. A page is kept under a version it is known to
+an append made anywhere is seen by the next read. A store may offer a cheaper probe of its own
+(``entity_version(realm, domain, entity)``, see :class:`VersionProbing`: PostgreSQL reads the
+version its entities table keeps, one statement for many concurrent requests); it must answer as
+of a moment after it was called, as a read would. A page is kept under a version it is known to
 be at least as new as (see :func:`known_version`), never a later one, so a stale page is never
 served for a version it does not reflect.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from ..model import Page
 from ..store.base import Store
@@ -68,8 +72,21 @@ class PageCache:
             self.size -= len(evicted.body)
 
 
+class VersionProbing(Protocol):
+    """A store's own probe of an entity's current version (-1: no events).
+
+    Optional, found by name rather than declared on :class:`Store`: only the page cache uses it,
+    and stores without it are probed by a read of the entity's last event."""
+
+    async def entity_version(self, realm: str, domain: str, entity: str) -> int: ...
+
+
 async def entity_version(store: Store, query: ReadQuery) -> int:
-    """The current version of the query's entity (-1: no events): one index probe."""
+    """The current version of the query's entity (-1: no events): the store's own probe, or a
+    read of its last event (one index probe)."""
+    scope = query.scope
+    if hasattr(store, "entity_version") and scope.domain is not None and scope.entity is not None:
+        return await cast(VersionProbing, store).entity_version(scope.realm, scope.domain, scope.entity)
     page = await store.read_page(ReadQuery(query.scope, descending=True, limit=1))
     return page.events[0].version if page.events else -1
 

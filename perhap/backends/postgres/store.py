@@ -12,6 +12,9 @@ Design, and why (docs/backends/postgresql.md has the long form and the proof):
 - A lost database is StorageUnavailable (HTTP 503) for appends and reads; the pool, the writer's
   connection and the listener reconnect on their own when it is back.
 - Consumer groups' state documents: one conditional statement per change (:mod:`.states`).
+- The page cache's version probe: the version ``perhap_entities`` keeps, one statement for the
+  probes of many concurrent requests, each answered by a statement sent after it was asked
+  (:class:`VersionProbe`).
 - A store belongs to the event loop that opened it (asyncpg's connections do): an append from
   another loop is refused up front with RuntimeError, as a read from one is by asyncio itself.
 """
@@ -19,6 +22,7 @@ Design, and why (docs/backends/postgresql.md has the long form and the proof):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -31,10 +35,84 @@ from ...store.query import ReadQuery
 from ...store.states import StateTable
 from .connection import DB_ERRORS, LOST, Options, Pool, warn_if_not_durable
 from .listener import Listener
-from .queries import EVENT_BY_ID, names_query, read_sql, row_event
+from .queries import EVENT_BY_ID, entity_events, names_query, read_sql, row_event
 from .schema import migrate
 from .states import PostgresStates
 from .writer import GroupWriter
+
+Key = tuple[str, str, str]  # realm, domain, entity
+Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]
+
+# Per key, three probes of unique indexes (realm, domain and entity by name), as nested
+# sub-selects: no join for the planner to choose, and no events table involved. One key (the
+# common case) has a statement of its own with plain parameters: its generic plan costs what a
+# custom one does, so the prepared statement settles on it and is not planned again per call
+# (an array's length is unknown to a generic plan, which then looks dearer than a custom one).
+_VERSION_OF = """(SELECT n.version FROM perhap_entities n WHERE n.name = {2} AND n.domain_id =
+    (SELECT d.id FROM perhap_domains d WHERE d.name = {1} AND d.realm_id =
+        (SELECT r.id FROM perhap_realms r WHERE r.name = {0})))"""
+VERSION = "SELECT 1, " + _VERSION_OF.format("$1", "$2", "$3")
+VERSIONS = (f"SELECT k.i, {_VERSION_OF.format('k.realm', 'k.domain', 'k.entity')}\n"
+            "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(realm, domain, entity, i)")
+
+
+class VersionProbe:
+    """Answers concurrent asks for entities' versions with one statement at a time.
+
+    The version is the one ``perhap_entities`` keeps, written in the same transaction as the
+    entity's events, so a statement that finds version v sees every event up to v and none after.
+    One statement answers every ask waiting when it is sent; asks made while it runs wait for the
+    next one. An ask is therefore answered by a statement sent after it was made, so it sees every
+    commit made before it, by any process, as a read of its own would: exact, with one round trip
+    for many concurrent asks instead of one each.
+    """
+
+    def __init__(self, fetch: Fetch) -> None:
+        self._fetch = fetch
+        self._waiting: dict[Key, list[asyncio.Future[int]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def version(self, realm: str, domain: str, entity: str) -> int:
+        """The entity's current version (-1: no events), as of a moment after this call."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault((realm, domain, entity), []).append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="perhap-pg-probe")
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                # Taken out before the statement is sent: later asks wait for the next one.
+                waiting, self._waiting = self._waiting, {}
+                keys = list(waiting)
+                try:
+                    if len(keys) == 1:
+                        rows = await self._fetch(VERSION, *keys[0])
+                    else:
+                        rows = await self._fetch(VERSIONS, *map(list, zip(*keys, strict=True)))
+                except BaseException as exc:  # StorageUnavailable, or the task cancelled
+                    for futures in waiting.values():
+                        for f in futures:
+                            if f.done():
+                                continue
+                            if isinstance(exc, Exception):
+                                f.set_exception(exc)
+                            else:
+                                f.cancel()
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for i, version in rows:
+                    for f in waiting[keys[i - 1]]:
+                        if not f.done():
+                            f.set_result(-1 if version is None else version)
+        finally:
+            self._task = None
+            for futures in self._waiting.values():  # only if cancelled (the store closing)
+                for f in futures:
+                    f.cancel()
+            self._waiting = {}
 
 
 class PostgresStore(Store):
@@ -65,6 +143,7 @@ class PostgresStore(Store):
         self._listener_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._states: PostgresStates | None = None
+        self._probe = VersionProbe(self._fetch)
 
     async def open(self) -> PostgresStore:
         """Connect, create or upgrade the schema, and start the writer and the listener."""
@@ -149,7 +228,16 @@ class PostgresStore(Store):
         # snapshot sees a prefix of them (see .writer), so any one statement is a consistent page.
         sql, params, by_version = read_sql(query)
         rows = await self._fetch(sql, *params)
+        scope = query.scope
+        if scope.domain is not None and scope.entity is not None:
+            return entity_events(rows, scope.realm, scope.domain, scope.entity)
         return [row_event(r, by_version) for r in rows]
+
+    async def entity_version(self, realm: str, domain: str, entity: str) -> int:
+        """The entity's current version (-1: no events), read after this call by one statement
+        shared with concurrent calls; the page cache's probe (:mod:`perhap.http.pagecache`)."""
+        self._check_open()
+        return await self._probe.version(realm, domain, entity)
 
     async def _find_event(self, event_id: str) -> Event | None:
         rows = await self._fetch(EVENT_BY_ID, event_id)
