@@ -5,6 +5,11 @@ events: there is no per-subscriber queue, so a slow client never slows writers o
 subscribers. What one stream holds is bounded in bytes (``stream_buffer``: a batch over it is cut,
 the rest read again later in smaller batches), and a client that leaves a write unread for
 ``write_timeout`` seconds loses its stream, so it cannot hold memory or a slot for ever.
+
+Streams at the same place share their reads: when several wait with equal queries (the
+subscribers of one domain, all caught up), one of them fetches and encodes, and the others are
+handed the same bytes and the query that follows them, each sending on its own (its own token
+check, buffer and write timeout). A stream that falls behind has a query of its own again.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class StreamRegistry:
         self.write_timeout = write_timeout or None  # None or 0: never
         self.write_timeouts = 0  # streams ended because their client did not read
         self.stopping = asyncio.Event()
+        self.messages = MessageCache()
+        #: (store, query, full batch) -> the futures of streams waiting for the fetch of another
+        #: stream at that same query (see _next_body)
+        self.shared: dict[tuple[Store, ReadQuery, int], list[asyncio.Future[_Body | None]]] = {}
 
     @property
     def open(self) -> int:
@@ -65,6 +74,36 @@ class StreamRegistry:
 
 def sse_message(event_id: str, data: dict[str, Any]) -> bytes:
     return b"id: " + event_id.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class MessageCache:
+    """The SSE message of each recent event, encoded once for every stream that sends it.
+
+    The streams of one scope are handed the very same :class:`Event` objects (the SQLite ring's,
+    or one shared read), so the cache is keyed by identity and holds the event, so that its id
+    cannot be reused while the entry lives; an event is immutable, so its message never goes
+    stale. Bounded in entries and bytes: emptied when either is exceeded.
+    """
+
+    __slots__ = ("items", "size", "max_items", "max_bytes")
+
+    def __init__(self, max_items: int = 4096, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.items: dict[int, tuple[Event, bytes]] = {}
+        self.size = 0
+        self.max_items, self.max_bytes = max_items, max_bytes
+
+    def message(self, event: Event) -> bytes:
+        """The SSE message of ``event`` (equal to a fresh ``sse_message`` of it)."""
+        hit = self.items.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        message = sse_message(event.event_id, event.to_json_dict())
+        if len(self.items) >= self.max_items or self.size >= self.max_bytes:
+            self.items.clear()
+            self.size = 0
+        self.items[id(event)] = (event, message)
+        self.size += len(message)
+        return message
 
 
 def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
@@ -160,24 +199,55 @@ async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, sen
 async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: Grant | None,
                 writing: _Writing) -> None:
     auth = streams.auth
-    buffer, full = streams.buffer, sub.query.limit
+    full = sub.query.limit
     clock = asyncio.get_running_loop().time
     while True:
-        events = await sub.fetch(timeout=streams.heartbeat)
+        sub.query, body = await _next_body(streams, sub, full)
         # A revoked token's stream ends before it carries another event.
         if grant is not None and auth is not None and not auth.still_valid(grant):
             return
-        body = _encode(sub, events, buffer, full) if events else KEEP_ALIVE
-        events = []  # while the client is slow, hold only what is sent
         writing.since = clock()
         await send({"type": "http.response.body", "body": body, "more_body": True})
         writing.since = None
 
 
-def _encode(sub: Subscription, events: list[Event], buffer: int, full: int) -> bytes:
+#: What a stream sends next, and its query after that.
+_Body = tuple[ReadQuery, bytes]
+
+
+async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _Body:
+    """The stream's next body (events, or a keep-alive after ``heartbeat`` seconds without) and
+    its query after it. When another stream is already fetching at an equal query, its answer is
+    this stream's too (the same events after the same cursor), so a commit costs one read and
+    one encoding per query, not per stream; if that stream ends without an answer, this one
+    reads for itself."""
+    key = (sub.store, sub.query, full)
+    shared = streams.shared
+    while (waiting := shared.get(key)) is not None:
+        answer: asyncio.Future[_Body | None] = asyncio.get_running_loop().create_future()
+        waiting.append(answer)
+        given = await answer  # each its own future: one stream cancelled cancels nobody else's
+        if given is not None:
+            return given
+    waiting = shared[key] = []
+    result: _Body | None = None
+    try:
+        events = await sub.fetch(timeout=streams.heartbeat)
+        body = _encode(sub, events, streams.buffer, full, streams.messages.message) if events else KEEP_ALIVE
+        result = (sub.query, body)  # after _encode: a batch cut to the buffer moves the cursor back
+        return result
+    finally:
+        del shared[key]  # the next fetch at this place starts a new round
+        for answer in waiting:
+            if not answer.done():
+                answer.set_result(result)
+
+
+def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
+            message: Callable[[Event], bytes]) -> bytes:
     """The events as SSE messages, at most ``buffer`` bytes (one event at least); the batch size
     of ``sub`` follows: cut to what fitted, grown back (up to ``full``) while events are small."""
-    parts = [sse_message(e.event_id, e.to_json_dict()) for e in events]
+    parts = [message(e) for e in events]
     body = b"".join(parts)
     if len(body) <= buffer:
         batch = sub.query.limit

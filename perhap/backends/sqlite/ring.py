@@ -48,10 +48,15 @@ class Ring:
         #: commit too, so no read shows less than one before it (the writer's commit notices
         #: reach the ring a moment after the commit is readable).
         self.seen = 0
+        #: Answers given since the last commit, by query: the hundred subscribers of one domain
+        #: woken by a commit ask the same question, so the ring is scanned once for them all.
+        #: Emptied whenever the ring changes (committed, start).
+        self.answers: dict[tuple[Scope, tuple[str, ...], int | None, object, int], list[Event]] = {}
 
     def start(self, last: int) -> None:
         """Begin empty after the last seq stored when the store opens."""
         self.lo = last
+        self.answers.clear()
 
     def wants_events(self) -> bool:
         """Whether the writer should build the events of its commits (someone read lately)."""
@@ -64,6 +69,7 @@ class Ring:
     def committed(self, events: list[Event] | None, last: int | None) -> None:
         """After each commit (in commit order): extend the ring, or reset it after ``last``."""
         self.last_commit = time.monotonic()
+        self.answers.clear()
         ring = self.events
         if (events and self.lo is not None and last is not None
                 and _seq(events[0]) == (_seq(ring[-1]) if ring else self.lo) + 1):
@@ -94,7 +100,8 @@ class Ring:
         positioned by version) go to the database, as do reads ``fresh`` seconds after the last
         commit heard of (another process may have written meanwhile). ``scanned`` remembers
         stretches a read has no events in, so a subscriber of a quiet domain does not rescan the
-        ring on every commit.
+        ring on every commit; ``answers`` remembers what each read found since the last commit.
+        Each caller gets a list of its own.
         """
         now = time.monotonic()
         self.wanted = now + RING_IDLE
@@ -104,6 +111,10 @@ class Ring:
             return None
         scope = query.scope
         after = query.after
+        memo = (scope, query.types, query.after_position, after, query.limit)
+        answer = self.answers.get(memo)
+        if answer is not None:
+            return answer.copy()
         start = 0 if after is None else cast(int, after)
         key = (scope, query.types, query.after_position, start)
         start = max(start, self.scanned.get(key, start))
@@ -123,7 +134,10 @@ class Ring:
             if len(self.scanned) > 10_000:
                 self.scanned.clear()
             self.scanned[key] = _seq(ring[-1]) if ring else lo
-        return found
+        if len(self.answers) > 10_000:
+            self.answers.clear()
+        self.answers[memo] = found
+        return found.copy()
 
     @staticmethod
     def may_serve(query: ReadQuery) -> bool:
