@@ -14,7 +14,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import backends as backend_mod
-from . import cassandra_raw, dataset, groups, growth, httpbench, inprocess, latency, limits, memory, peers
+from . import (
+    cassandra_live,
+    cassandra_raw,
+    dataset,
+    groups,
+    growth,
+    httpbench,
+    inprocess,
+    latency,
+    limits,
+    memory,
+    peers,
+)
 from .common import Row, Sizes, log, ratio
 
 T = TypeVar("T")
@@ -124,6 +136,8 @@ class Suite:
         if self.want("3") or self.want("4") or self.want("5"):
             self.step("eventsourcing and perhap in process (rows 3-5)",
                       lambda: self._inprocess(peer, inproc))
+        if self.want("8") and "cassandra" in self.o.backends:
+            self.step("live delivery on Cassandra (row 8c)", self._cassandra_live)
         if self.want("1") or self.want("2"):
             self.stop_backends(keep=("postgresql",))  # an idle Cassandra node would take CPU from rows 1-2
             self.step("HTTP (rows 1-2)", self._http)
@@ -193,6 +207,22 @@ class Suite:
         if raw_runs:
             self.raw_cassandra = _best(raw_runs)
             self.meta["cassandra_raw_runs"] = raw_runs
+
+    def _cassandra_live(self) -> None:
+        b = self.backend("cassandra")
+        if b is None:
+            return
+        events = {"full": 200, "quick": 60, "tiny": 20}[self.s.mode]
+        r = _run_async(cassandra_live.measure(b.new_url(), events, rate=20.0))
+        self.meta["cassandra_live"] = r
+        row = Row("8c", f"live delivery, acknowledgement to another store's subscriber, {r['rate']:g}/s",
+                  "cassandra", r["p99_ms"], "ms", r["settle_ms"], "ms", "the settle window W",
+                  note=f"p50 {r['p50_ms']:.0f} ms, max {r['max_ms']:.0f} ms; {r['delivered']} of {events} "
+                       f"delivered, {r['missing']} missing, {'in' if r['in_order'] else 'OUT OF'} order; "
+                       f"the subscriber polls every {r['poll_ms']:g} ms; reported: delivery waits for W")
+        self.rows.append(row)
+        if r["missing"] or not r["in_order"]:
+            self.errors.append(f"row 8c: {r['missing']} events missing, in order: {r['in_order']}")
 
     def _cassandra_warm(self, b: Any) -> None:
         seconds = {"full": 10.0, "quick": 4.0, "tiny": 1.0}[self.s.mode]
@@ -428,7 +458,7 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, floa
 
 #: The table's order of rows.
 ROW_ORDER = ("1", "2", "1-2", "3", "4", "5", "3-5", "3c", "4c", "5c", "cref", "cref2", "6a",
-             "6b", "6c", "6d", "7a", "7b", "8", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3")
+             "6b", "6c", "6d", "7a", "7b", "8", "8c", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3")
 FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
 #: Rows 1-2 on PostgreSQL are measured with one server process and with each of these.
 #: SQLite is one process by design (perhap/backends/sqlite/lock.py; docs/performance.md).

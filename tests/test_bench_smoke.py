@@ -97,13 +97,16 @@ def test_the_cassandra_rows_are_judged_against_the_raw_driver_on_the_same_node(
         tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     provider = get_provider("cassandra", tmp_path_factory)
     assert isinstance(provider, CassandraProvider)
-    suite = Suite(Options(sizes=TINY, backends=["cassandra"], only={"3", "4", "5"}, repeats=1,
+    suite = Suite(Options(sizes=TINY, backends=["cassandra"], only={"3", "4", "5", "8"}, repeats=1,
                           cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "work")))
     suite.started["cassandra"] = _SessionCassandra(provider)
     rows = suite.run()
     assert suite.errors == []
     by_key = {r.key: r for r in rows if r.backend == "cassandra"}
-    assert set(by_key) == {"3", "4", "5", "3c", "4c", "5c", "cref", "cref2"}
+    assert set(by_key) == {"3", "4", "5", "3c", "4c", "5c", "cref", "cref2", "8c"}
+    live = suite.meta["cassandra_live"]
+    assert live["delivered"] == live["events"] and live["missing"] == 0 and live["in_order"], live
+    assert by_key["8c"].value == live["p99_ms"] and by_key["8c"].baseline == live["settle_ms"]
     raw = suite.meta["cassandra_raw_runs"][0]
     assert all(raw[k] > 0 for k in ("plain", "hot", "conditional", "batch", "read")), raw
     for key, baseline in (("3c", raw["conditional"]), ("4c", raw["batch"]), ("5c", raw["read"])):
