@@ -24,6 +24,8 @@ import itertools
 import os
 import time
 
+from .common import rate_of
+
 PAYLOAD = b'{"n":0,"text":"hello from the benchmark"}'  # about the size of row 3's events
 WORKERS = 64
 BATCH_ROWS = 1000
@@ -72,26 +74,14 @@ class Raw:
         stmt = self.insert_if if conditional else self.insert
         run = self.driver.run
         run_id = next(self.partitions)
-        done = 0
-        stop = False
 
-        async def work(index: int) -> None:
-            nonlocal done
-            partition = f"s{run_id}" if one_partition else f"s{run_id}-{index}"
-            for c in itertools.count(index * 10_000_000 if one_partition else 0):
-                if stop:
-                    return
-                rows = await run(stmt, (partition, c, PAYLOAD), lwt=conditional)
-                if conditional:
-                    assert rows and rows[0]["[applied]"], rows  # a new row each time: always applied
-                done += 1
+        async def insert(index: int, n: int) -> None:
+            partition, c = (f"s{run_id}", index * 10_000_000 + n) if one_partition else (f"s{run_id}-{index}", n)
+            rows = await run(stmt, (partition, c, PAYLOAD), lwt=conditional)
+            if conditional:
+                assert rows and rows[0]["[applied]"], rows  # a new row each time: always applied
 
-        tasks = [asyncio.ensure_future(work(i)) for i in range(WORKERS)]
-        start = time.perf_counter()
-        await asyncio.sleep(seconds)
-        stop = True
-        await asyncio.gather(*tasks)
-        return done / (time.perf_counter() - start)
+        return await rate_of(WORKERS, seconds, insert)
 
     async def batches(self, count: int, max_seconds: float) -> float:
         """Rows per second: ``count`` single-partition unlogged batches of BATCH_ROWS, in sequence."""

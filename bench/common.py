@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import math
 import os
@@ -10,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,28 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+async def rate_of(workers: int, seconds: float, step: Callable[[int, int], Awaitable[object]]) -> float:
+    """Operations per second: ``workers`` tasks, task ``i`` awaiting ``step(i, n)`` for n = 0, 1, ...
+    one at a time, until ``seconds`` have passed (every step started is finished and counted)."""
+    done = 0
+    stop = False
+
+    async def work(index: int) -> None:
+        nonlocal done
+        for n in itertools.count():
+            if stop:
+                return
+            await step(index, n)
+            done += 1
+
+    tasks = [asyncio.ensure_future(work(i)) for i in range(workers)]
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    stop = True
+    await asyncio.gather(*tasks)
+    return done / (time.perf_counter() - start)
 
 
 class Stopwatch:
@@ -230,5 +254,5 @@ def rows_from_json(path: Path) -> list[Row]:
 
 
 __all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "Stopwatch", "disk_of",
-           "log", "machine", "markdown_table", "median", "percentile", "ratio", "replace", "table",
+           "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of", "replace", "table",
            "write_json"]

@@ -8,6 +8,8 @@ from typing import Any
 
 from perhap import Scope, open_store
 
+from .common import rate_of
+
 PAYLOAD_TEXT = "hello from the benchmark"
 
 
@@ -19,27 +21,12 @@ def event_body(n: int) -> dict[str, Any]:
 async def concurrent_appends(store: Any, seconds: float, *, workers: int = 64, realm: str = "bench",
                              domain: str = "append", prefix: str = "w") -> float:
     """Events per second: ``workers`` tasks, each appending one event at a time to its own entity."""
-    done = 0
-    stop = False
-
-    async def work(index: int) -> None:
-        nonlocal done
-        entity = f"{prefix}{index}"
-        n = 0
-        while not stop:
-            await store.append(realm, domain, entity, "happened", event_body(n))
-            n += 1
-            done += 1
+    async def append(index: int, n: int) -> None:
+        await store.append(realm, domain, f"{prefix}{index}", "happened", event_body(n))
 
     # Warm up (names created, statements prepared) before the clock starts.
-    await asyncio.gather(*(store.append(realm, domain, f"{prefix}{i}", "happened", event_body(-1))
-                           for i in range(workers)))
-    tasks = [asyncio.ensure_future(work(i)) for i in range(workers)]
-    start = time.perf_counter()
-    await asyncio.sleep(seconds)
-    stop = True
-    await asyncio.gather(*tasks)
-    return done / (time.perf_counter() - start)
+    await asyncio.gather(*(append(i, -1) for i in range(workers)))
+    return await rate_of(workers, seconds, append)
 
 
 async def batch_appends(store: Any, batches: int, *, size: int = 1000, realm: str = "bench",

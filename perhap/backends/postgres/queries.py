@@ -33,12 +33,11 @@ EVENT_BY_ID = f"{SELECT_EVENTS} WHERE e.event_id = $1"
 EVENTS_BY_IDS = f"{SELECT_EVENTS} WHERE e.event_id = ANY($1::uuid[])"
 
 
-def row_event(row: asyncpg.Record, by_version: bool = False) -> Event:
-    """An event from a row of :data:`SELECT_EVENTS`; its cursor is the version (an entity
-    scope) or the position (a realm or domain, and look-ups by id)."""
+def row_event(row: asyncpg.Record) -> Event:
+    """An event from a row of :data:`SELECT_EVENTS` (a realm or domain read, or a look-up by id):
+    its cursor is its position. An entity's rows go through :func:`entity_events`."""
     position, event_id, realm, domain, entity, type_, version, ts, data, meta = row
-    return make_event(str(event_id), realm, domain, entity, type_, version, ts, data, meta, position,
-                      version if by_version else position)
+    return make_event(event_id, realm, domain, entity, type_, version, ts, data, meta, position, position)
 
 
 #: Event's constructor for rows: every field, positionally (see perhap.slotted).

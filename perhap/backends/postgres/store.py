@@ -228,10 +228,11 @@ class PostgresStore(Store):
         # snapshot sees a prefix of them (see .writer), so any one statement is a consistent page.
         sql, params, by_version = read_sql(query)
         rows = await self._fetch(sql, *params)
-        scope = query.scope
-        if scope.domain is not None and scope.entity is not None:
+        if by_version:  # an entity's rows carry only what its scope does not name
+            scope = query.scope
+            assert scope.domain is not None and scope.entity is not None
             return entity_events(rows, scope.realm, scope.domain, scope.entity)
-        return [row_event(r, by_version) for r in rows]
+        return [row_event(r) for r in rows]
 
     async def entity_version(self, realm: str, domain: str, entity: str) -> int:
         """The entity's current version (-1: no events), read after this call by one statement

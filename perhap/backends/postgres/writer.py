@@ -359,7 +359,7 @@ class GroupWriter:
 
 async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:
     rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
-    return {str(r[1]): row_event(r) for r in rows}
+    return {r[1]: row_event(r) for r in rows}
 
 
 async def _rollback(conn: Connection) -> None:
