@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import subprocess
@@ -161,8 +162,9 @@ async def pending_rows(store: CassandraStore, key: EntityKey, batch: list[NewEve
     """Step 1 of an append to a new entity, as its writer does it (again when it was too late
     for the settle window, as happens on a loaded machine)."""
     for _ in range(10):
-        pending, _took = await store.writer.pending(key, batch, -1, 0, 0)
+        pending, _took = await store.writer.pending(key, batch, -1, 0, 0, set(), math.inf)
         if pending is not None:
+            assert isinstance(pending, Attempt)
             return pending
     raise AssertionError("ten attempts in a row were late")
 

@@ -26,6 +26,9 @@ log = logging.getLogger("perhap.cassandra")
 #: 3: ``position`` in entity_log, scope_log and events_by_id (positions.py; migrate.py fills it in).
 SCHEMA_VERSION = 3
 CLAIMS = "claims set<frozen<tuple<text, text, text>>>"
+#: The attempt that holds a client-chosen id's claim, and its entity (claims.py). Added to schema 3
+#: without a new version, like ADDED_TABLES: only added, and only written by Paxos rounds.
+OWNER_COLUMNS = ("owner frozen<tuple<text, text, text>>", "owner_txn uuid")
 POSITION_TABLES = ("entity_log", "scope_log", "events_by_id")
 COLUMN_WAITS = 120  # half-seconds to wait for a column another process is adding
 ERA = 1024  # buckets per directory partition
@@ -44,7 +47,7 @@ TABLES = {
     "scope_dir": "realm text, scope text, era bigint, bucket bigint, PRIMARY KEY ((realm, scope, era), bucket)",
     "events_by_id": f"""shard text, id uuid, realm text, domain text, entity text, type text,
         version bigint, ts bigint, stamp text, data blob, meta blob, txn uuid, ok boolean,
-        {CLAIMS}, position bigint, PRIMARY KEY (shard, id)""",
+        {CLAIMS}, position bigint, {", ".join(OWNER_COLUMNS)}, PRIMARY KEY (shard, id)""",
     # Names: realms under ('/' + namespace, '', 0), domains under (realm, '', 0), entities under
     # (realm, domain, hash shard); a stored realm never starts with '/' and a domain is never ''.
     "names": "realm text, domain text, shard int, name text, PRIMARY KEY ((realm, domain, shard), name)",
@@ -155,6 +158,8 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
         meta = dict(session.execute(select, keys))
     else:
         add_tables(session, ks)
+        for column in OWNER_COLUMNS:
+            add_column(session, ks, "events_by_id", column)
     options = stored_settings(session, options, meta)
     if replication is not None and replication.multi_dc:
         pinned = first_writer(session, options, "quorum", scope, meta)
@@ -217,6 +222,8 @@ def create_schema(session: Any, options: CassandraOptions, version: int) -> None
     add_column(s, ks, "events_by_id", CLAIMS)  # a keyspace of schema 1
     for table in POSITION_TABLES:  # a keyspace of schema 1 or 2
         add_column(s, ks, table, "position bigint")
+    for column in OWNER_COLUMNS:
+        add_column(s, ks, "events_by_id", column)
     # IF NOT EXISTS: the first process to get here fixes the bucket size for good.
     insert = f"INSERT INTO {ks}.meta (key, value) VALUES (%s, %s) IF NOT EXISTS"
     s.execute(insert, ("bucket_us", str(options.bucket_seconds * 1_000_000)), execution_profile="lwt")
@@ -321,7 +328,8 @@ def prepare(session: Any, ks: str) -> Statements:
         by_id_del=p(f"DELETE FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
         by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok, claims, position "
                 f"FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
-        claim=p(f"UPDATE {ks}.events_by_id SET claims = claims + ? WHERE shard = ? AND id = ?"),
+        claim=p(f"UPDATE {ks}.events_by_id SET owner = ?, owner_txn = ?, claims = claims + ? "
+                f"WHERE shard = ? AND id = ? IF owner = ? AND owner_txn = ?"),
         client_id=p(f"SELECT ver FROM {ks}.entity_log WHERE {ent} AND kind = {CLIENT_ID} AND seq = 0 AND id = ?"),
         name_add=p(f"INSERT INTO {ks}.names (realm, domain, shard, name) VALUES (?, ?, ?, ?)"),
         names=p(f"SELECT name FROM {ks}.names WHERE realm = ? AND domain = ? AND shard = ? "

@@ -23,10 +23,10 @@ The design, proved in docs/backends/cassandra.md:
   EXISTS), so it can never commit later (settle.py). The set of events at or below a horizon is
   thus final: pages never skip nor repeat an event, oldest or newest first (reader.py).
 - ``events_by_id`` finds an event by id in one read (partitioned by the id's top 44 bits: a
-  UUIDv7's 16 ms window). A client-chosen id is *claimed* there before the commit (its entity
-  added to a set), so a reader by id, or a retry, finds the entity whose marker is the truth even
-  when the writer failed after its commit. Names live in ``names`` (a domain's entities hashed
-  into 8 shards).
+  UUIDv7's 16 ms window). A client-chosen id is *claimed* there before the commit, by a Paxos
+  round that makes the attempt its one owner (claims.py): an id is stored in one entity at most,
+  and a reader by id, or a retry, finds the entity whose marker is the truth even when the writer
+  failed after its commit. Names live in ``names`` (a domain's entities hashed into 8 shards).
 - At start-up (checks.py): consistency levels that let a read miss a write, and a commit log that
   acknowledges before it syncs, are refused; W and δ are stored with the data (first process wins);
   the clock is compared with the nodes'.

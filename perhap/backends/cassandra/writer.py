@@ -18,13 +18,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cassandra.query import BatchStatement
 
 from ...errors import InvalidInput, StorageUnavailable, VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
 from . import clock
+from .claims import Claims, Taken
 from .coalesce import Coalescer
 from .driver import gather, quiet
 from .names import Names
@@ -40,6 +41,12 @@ SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending r
 
 Rows = list[tuple[Hashable, Sequence[Any]]]  # (partition, arguments) pairs for Driver.batch
 KEY_BYTES = 64  # about what a row that carries only its key (marking it ok) weighs in a batch
+
+
+async def written_at(jobs: list[Awaitable[Any]]) -> float:
+    """When (event loop time) every one of ``jobs`` was acknowledged."""
+    await gather(jobs)
+    return asyncio.get_running_loop().time()
 
 
 def payload(p: Attempt) -> int:
@@ -79,6 +86,7 @@ class Writer:
         self.floor = 0  # the last position this process acknowledged: later appends come after it
         # Plain writes of appends in flight at once go out together, one batch per partition.
         self.coalescer = Coalescer(ks.db)
+        self.claims = Claims(ks, settler)
 
     async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
         """Append a batch to an entity (its realm as stored)."""
@@ -116,6 +124,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ks.options.timeout + len(batch) / 1000
         written: Attempt | None = None
+        mine: set[uuid.UUID] = set()  # this append's attempts: the claims of client ids may pass between them
         try:
             while True:
                 version, head_ts = head if expected is None else (expected, head.ts)
@@ -124,7 +133,14 @@ class Writer:
                     ks.stats["retries"] += 1
                 if loop.time() > deadline:
                     raise StorageUnavailable("could not commit the append in time (contention or a slow cluster)")
-                written, took = await self.pending(key, batch, version, head_ts, lead)
+                placed, took = await self.pending(key, batch, version, head_ts, lead, mine, deadline)
+                if isinstance(placed, Taken):  # a client id is committed already: a replay, or a 409
+                    written = None
+                    replay = replay_or_conflict(batch, await self.reader.stored(client_ids), realm, domain, entity)
+                    if replay is not None:
+                        return replay
+                    continue  # its event is not readable yet: try again
+                written = placed
                 if written is None:  # too slow to be safe behind the settle window: try again
                     lead = min(clock.MAX_LEAD_US, max(lead, 2 * took))
                     continue
@@ -179,10 +195,11 @@ class Writer:
         o = self.ks.options
         return (ts - clock.now_us() - max(o.settle_us - o.skew_us, 2 * self.fixed_us)) / 1e6
 
-    async def pending(self, key: EntityKey, batch: list[NewEvent], version: int,
-                      head_ts: int, lead: int) -> tuple[Attempt | None, int]:
-        """Write an attempt's index rows (pending) before its commit; None when they were late.
-        Also returns how long that took (microseconds)."""
+    async def pending(self, key: EntityKey, batch: list[NewEvent], version: int, head_ts: int, lead: int,
+                      mine: set[uuid.UUID], deadline: float) -> tuple[Attempt | Taken | None, int]:
+        """Write an attempt's index rows (pending) and claim its client ids before its commit; None
+        when the rows were late, Taken when a client id is committed already. Also returns how long
+        the rows took (microseconds)."""
         ks = self.ks
         realm, domain, entity = key
         loop = asyncio.get_running_loop()
@@ -197,9 +214,10 @@ class Writer:
         started = loop.time()
         attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i, position(ts0 + i, slot))
                                 for i, e in enumerate(batch)])
+        mine.add(attempt.txn)
         index: Rows = []
         by_id: Rows = []
-        claims: Rows = []
+        claims: list[uuid.UUID] = []
         directory: list[tuple[str, str, int]] = []
         for e, u, v, ts, pos in attempt.events:
             bucket = ts // ks.bucket_us
@@ -209,8 +227,8 @@ class Writer:
                 if (realm, scope, bucket) not in self.names.known:
                     directory.append((realm, scope, bucket))
             shard = ks.ns.shard(u)
-            if e.client_id:  # a claim: a racing twin must not clobber its row, and a retry must find it
-                claims.append((shard, ({key}, shard, u)))
+            if e.client_id:  # its row is written after the commit; until then readers follow its claim
+                claims.append(u)
             else:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
                                       e.timestamp, e.data_json, e.meta_json, attempt.txn, None, pos)))
@@ -218,23 +236,34 @@ class Writer:
         size = payload(attempt)
         jobs: list[Awaitable[Any]] = [self.coalescer.write(ks.q.index, index, 2 * size),
                                       self.coalescer.write(ks.q.by_id_add, by_id, size)]
-        if claims:
-            jobs.append(ks.db.batch(ks.q.claim, claims))
         if directory:  # a new bucket: every append then in flight adds it, in one round together
             listed: Rows = []
             for r, s, b in directory:
                 listed += [((r, s, b // ERA), (r, s, b // ERA, b)), ((r, s, -1), (r, s, -1, b // ERA))]
             jobs.append(self.coalescer.write(ks.q.dir_add, listed, KEY_BYTES * len(listed)))
-        await gather(jobs)
+        # Client ids are claimed while the rows are written: a Paxos round in parallel, not after.
+        taken: Taken | None = None
+        if claims:
+            both = await asyncio.gather(written_at(jobs), self.claims.take(key, attempt.txn, claims, mine, deadline),
+                                        return_exceptions=True)
+            for outcome in both:  # both ran to their end (no orphaned request), then a failure is raised
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            acked, taken = cast(tuple[float, Taken | None], both)
+        else:
+            acked = await written_at(jobs)
+        took = int(acked * 1e6 - started * 1e6)
         self.names.known.update(directory)
-        # Readers trust that any row at or below their horizon (their clock - settle) is visible. Our
-        # rows are, if acknowledged within settle - clock_skew of their position by our clock.
-        took = int((loop.time() - started) * 1e6)
+        if taken is not None:
+            ks.db.spawn(self.forget(attempt, keep_ids=False))
+            return taken, took
         if len(batch) < SMALL_BATCH:
             self.fixed_us = 0.9 * self.fixed_us + 0.1 * took
         else:
             self.row_us = 0.8 * self.row_us + 0.2 * max(0, took - self.fixed_us) / len(batch)
-        if clock.now_us() > ts0 + ks.options.settle_us - ks.options.skew_us:
+        # Readers trust that any row at or below their horizon (their clock - settle) is visible. Our
+        # rows are, if acknowledged within settle - clock_skew of their position by our clock.
+        if clock.now_us() - int((loop.time() - acked) * 1e6) > ts0 + ks.options.settle_us - ks.options.skew_us:
             ks.stats["late"] += 1
             ks.db.spawn(self.forget(attempt, keep_ids=True))
             return None, took

@@ -137,6 +137,20 @@ class StoreContract(BackendContract):
         assert len({(r.first.event_id, r.first.version, r.first.timestamp) for r in results}) == 1
         assert len((await store.read(Scope(realm, "d", "e"))).events) == 1
 
+    async def test_one_id_sent_at_once_to_several_entities_is_stored_once(self, store: Store, realm: str) -> None:
+        # Not a retry: the same client id raced to different entities (and realms). One append
+        # stores it; every other is refused with 409; the id is in one entity, once.
+        for n in range(5):
+            eid = str(uuid.uuid4())
+            targets = [(realm, "d", f"e{n}-{i}") for i in range(4)] + [(realm + "x", "d", f"e{n}")]
+            results = await asyncio.gather(*[store.append(r, d, e, "t", {"x": 1}, event_id=eid)
+                                             for r, d, e in targets], return_exceptions=True)
+            created = [t for t, r in zip(targets, results, strict=True) if not isinstance(r, BaseException)]
+            assert len(created) == 1, results
+            assert all(isinstance(r, EventIdConflict) for r in results if isinstance(r, BaseException)), results
+            stored = [t for t in targets if (await store.read(Scope(*t))).events]
+            assert stored == created
+
     async def test_batch_is_atomic_and_ordered(self, store: Store, realm: str) -> None:
         await store.append(realm, "d", "e", "t", "before")
         result = await store.append_batch(realm, "d", "e", [

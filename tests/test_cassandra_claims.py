@@ -1,0 +1,149 @@
+"""Client-chosen event ids on Cassandra, against a real node: one id sent at the same moment to
+several entities, through several store instances (each its own driver, caches and writer slot,
+as separate processes have), is stored in exactly one of them; the claim of an attempt that never
+committed passes on; a keyspace of schema 3 made before the claim's owner columns gains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from cassandra.cluster import Cluster
+
+from perhap import EventIdConflict, Scope, StorageUnavailable, VersionConflict, open_store
+from perhap.backends.cassandra import CassandraStore
+
+pytestmark = pytest.mark.cassandra
+
+
+@pytest.fixture(scope="module")
+def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.conftest import get_provider  # the session's node, shared with the conformance suite
+
+    return get_provider("cassandra", tmp_path_factory)
+
+
+@pytest.fixture
+def url(cassandra: Any) -> str:
+    return cassandra.new_url()  # type: ignore[no-any-return]
+
+
+async def _send(store: Any, realm: str, entity: str, event_id: str, data: Any) -> str:
+    try:
+        result = await store.append(realm, "d", entity, "t", data, event_id=event_id)
+    except EventIdConflict:
+        return "conflict"
+    return "created" if result.created else "replayed"
+
+
+async def test_one_id_raced_to_several_entities_is_stored_once(url: str, realm: str) -> None:
+    """Three store instances send the same id at once: two to entities of their own, one to the
+    first's entity (a twin). Exactly one append creates it; the other entity's answer is 409, the
+    twin's 201 or 200 with the stored event; the id is in one entity, once, and found by id."""
+    rounds = 25
+    stores = [await open_store(url) for _ in range(3)]
+    try:
+        outcomes: Counter[tuple[str, ...]] = Counter()
+        for i in range(rounds):
+            event_id = str(uuid.uuid4())
+            answers = await asyncio.gather(
+                _send(stores[0], realm, f"a{i}", event_id, i), _send(stores[1], realm, f"b{i}", event_id, i),
+                _send(stores[2], realm, f"a{i}", event_id, i))
+            outcomes[tuple(answers)] += 1
+            a = (await stores[1].read(Scope(realm, "d", f"a{i}"))).events
+            b = (await stores[0].read(Scope(realm, "d", f"b{i}"))).events
+            assert len(a) + len(b) == 1, (i, answers, a, b)
+            stored_in = "a" if a else "b"
+            assert (a + b)[0].event_id == event_id and (a + b)[0].version == 0
+            if stored_in == "a":  # the twins: one created it, the other created or replayed it
+                assert answers[1] == "conflict" and answers.count("created") == 1, answers
+                assert {answers[0], answers[2]} == {"created", "replayed"}, answers
+            else:
+                assert answers == ["conflict", "created", "conflict"], answers
+            found = await stores[2].get_event(realm, "d", event_id)
+            assert (found.entity, found.version) == (f"{stored_in}{i}", 0)
+        assert sum(outcomes.values()) == rounds
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_burst_of_ids_each_stored_once(url: str, realm: str) -> None:
+    """Many ids in flight together (several appends racing per id, two stores), then every entity
+    read back: each id once in the whole realm, every acknowledged append's answer agrees with it."""
+    async with open_store(url) as one, open_store(url) as two:
+        ids = [str(uuid.uuid4()) for _ in range(40)]
+        jobs = []
+        for n, event_id in enumerate(ids):
+            for k, store in enumerate((one, two, one)):
+                jobs.append(_send(store, realm, f"e{(n + k) % 7}", event_id, n))
+        answers = await asyncio.gather(*jobs, return_exceptions=True)
+        unavailable = [a for a in answers if isinstance(a, StorageUnavailable)]
+        assert not [a for a in answers if isinstance(a, BaseException) and a not in unavailable], answers
+        realm_events = []
+        following = None
+        while True:
+            page = await two.read(Scope(realm), following=following, limit=500)
+            realm_events += page.events
+            if page.next is None:
+                break
+            following = page.next
+        stored = Counter(e.event_id for e in realm_events)
+        assert all(count == 1 for count in stored.values()), stored.most_common(3)
+        assert set(stored) <= set(ids)
+        for n, event_id in enumerate(ids):
+            mine = answers[3 * n:3 * n + 3]
+            if "created" in mine or "conflict" in mine or "replayed" in mine:
+                assert event_id in stored, (n, mine)
+            assert mine.count("created") <= 1, mine  # three different entities: one stores it
+        for entity in {e.entity for e in realm_events}:
+            versions = [e.version for e in (await one.read(Scope(realm, "d", entity), limit=500)).events]
+            assert versions == list(range(len(versions)))
+
+
+async def test_the_claim_of_an_attempt_that_never_committed_passes_on(url: str, realm: str) -> None:
+    """An append refused by its expected version leaves the id's claim to an attempt that never
+    committed: the id may then be stored in another entity, and is refused in the first after that."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        await store.append(realm, "d", "a", "t", "first")
+        event_id = str(uuid.uuid4())
+        with pytest.raises(VersionConflict):
+            await store.append(realm, "d", "a", "t", "late", event_id=event_id, expected_version=5)
+        async with open_store(url) as other:  # another process: it must fence the dead claim first
+            assert isinstance(other, CassandraStore)
+            created = await other.append(realm, "d", "b", "t", "moved", event_id=event_id)
+            assert created.created and created.first.version == 0
+            assert other.writer.ks.stats["fenced"] == 1
+        with pytest.raises(EventIdConflict):
+            await store.append(realm, "d", "a", "t", "moved", event_id=event_id)
+        assert (await store.get_event(realm, "d", event_id)).entity == "b"
+        assert [e.event for e in (await store.read(Scope(realm, "d", "a"))).events] == ["first"]
+
+
+async def test_a_schema_3_keyspace_gains_the_owner_columns(cassandra: Any, realm: str) -> None:
+    keyspace = f"perhap_own_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)
+    url = f"cassandra://{cassandra.hosts}/{keyspace}"
+    async with open_store(url) as store:
+        await store.append(realm, "d", "e", "t", 1)
+    host, _, port = cassandra.hosts.rpartition(":")
+    cluster = Cluster(host.split(","), port=int(port))
+    try:
+        session = cluster.connect(keyspace)
+        session.execute("ALTER TABLE events_by_id DROP (owner, owner_txn)")  # as schema 3 first made it
+        async with open_store(url) as store:
+            event_id = str(uuid.uuid4())
+            await store.append(realm, "d", "e", "t", 2, event_id=event_id)
+            with pytest.raises(EventIdConflict):
+                await store.append(realm, "d", "other", "t", 2, event_id=event_id)
+        columns = {r[0] for r in session.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = 'events_by_id'",
+            (keyspace,))}
+        assert {"owner", "owner_txn"} <= columns
+    finally:
+        cluster.shutdown()
