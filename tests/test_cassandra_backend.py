@@ -272,6 +272,24 @@ async def test_settle_window_and_skew_are_stored_with_the_data(cassandra: Any) -
             await open_store(url + other)
 
 
+async def test_what_w_must_cover_is_exported(cassandra: Any, realm: str) -> None:
+    """The gauges an operator chooses W from: W and the clock bound in force, and how long pending
+    rows took to be acknowledged over the last attempts (none yet: zero)."""
+    async with open_store(cassandra.new_url() + "&settle_ms=400&clock_skew_ms=60") as store:
+        assert isinstance(store, CassandraStore)
+        gauges = {s.name: s for s in store.statistics() if not s.counter}
+        assert gauges["cassandra_settle_window_seconds"].value == 0.4
+        assert gauges["cassandra_clock_skew_seconds"].value == 0.06
+        assert gauges["cassandra_pending_rows_p99_seconds"].value == 0
+        started = time.perf_counter()
+        await asyncio.gather(*[store.append(realm, "d", f"e{i}", "t", i) for i in range(20)])
+        took = time.perf_counter() - started
+        gauges = {s.name: s.value for s in store.statistics() if not s.counter}
+        p99, longest = gauges["cassandra_pending_rows_p99_seconds"], gauges["cassandra_pending_rows_max_seconds"]
+        assert 0 < p99 <= longest <= took  # measured, and within the appends' own time
+        assert len(store.writer.step1_us) == 20 + store.stats["late"]
+
+
 def test_levels_are_checked_against_the_replication() -> None:
     one_dc = Replication({ANY_DC: 3}, frozenset({"dc1"}))
     two_dcs = Replication({"dc1": 3, "dc2": 3}, frozenset({"dc1", "dc2"}))

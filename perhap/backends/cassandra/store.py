@@ -165,6 +165,27 @@ class CassandraStore(Store):
                       "Pending write attempts readers fenced off, so that they never commit"),
             Statistic("cassandra_resolved_attempts", s["resolved"],
                       "Pending write attempts readers found decided when they came to fence them"),
+            *self._settle_statistics(),
+        ]
+
+    def _settle_statistics(self) -> list[Statistic]:
+        """What W must cover, beside W itself: the time pending rows took to be acknowledged, over
+        this process's last appends (docs/backends/cassandra.md, "Choosing W")."""
+        if not hasattr(self, "writer"):
+            return []
+        o = self.keyspace.options
+        taken = sorted(self.writer.step1_us)
+        p99 = taken[min(len(taken) - 1, len(taken) * 99 // 100)] if taken else 0
+        return [
+            Statistic("cassandra_settle_window_seconds", o.settle_us / 1e6,
+                      "The settle window W this store runs with (settle_ms)", counter=False),
+            Statistic("cassandra_clock_skew_seconds", o.skew_us / 1e6,
+                      "The clock skew bound this store runs with (clock_skew_ms)", counter=False),
+            Statistic("cassandra_pending_rows_p99_seconds", p99 / 1e6,
+                      "99th percentile of the time the last appends' pending rows took to be acknowledged",
+                      counter=False),
+            Statistic("cassandra_pending_rows_max_seconds", (taken[-1] if taken else 0) / 1e6,
+                      "Longest time the last appends' pending rows took to be acknowledged", counter=False),
         ]
 
 

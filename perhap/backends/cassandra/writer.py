@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,6 +37,7 @@ from .settle import Settler
 
 MAX_BATCH_BYTES = 12 << 20  # one Paxos mutation must stay under Cassandra's max_mutation_size
 MAX_HEADS = 100_000  # entity heads remembered
+STEP1_SAMPLES = 2048  # pending-row timings kept for the statistics
 SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending rows, others the per-row one
 
 Rows = list[tuple[Hashable, Sequence[Any]]]  # (partition, arguments) pairs for Driver.batch
@@ -87,6 +88,9 @@ class Writer:
         # Plain writes of appends in flight at once go out together, one batch per partition.
         self.coalescer = Coalescer(ks.db)
         self.claims = Claims(ks, settler)
+        #: How long the last attempts' pending rows took to be acknowledged (microseconds): what the
+        #: settle window must cover (statistics for operators choosing W, docs "Choosing W").
+        self.step1_us: deque[int] = deque(maxlen=STEP1_SAMPLES)
 
     async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
         """Append a batch to an entity (its realm as stored)."""
@@ -253,6 +257,7 @@ class Writer:
         else:
             acked = await written_at(jobs)
         took = int(acked * 1e6 - started * 1e6)
+        self.step1_us.append(took)
         self.names.known.update(directory)
         if taken is not None:
             ks.db.spawn(self.forget(attempt, keep_ids=False))
