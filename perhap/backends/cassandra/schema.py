@@ -15,6 +15,7 @@ from typing import Any
 from cassandra import InvalidRequest
 
 from ...errors import StorageUnavailable
+from ...model import MAX_LIMIT
 from . import checks, migrate
 from .driver import Driver, Statement
 from .records import ATTEMPT, CLIENT_ID, EVENT, Namespace
@@ -290,8 +291,11 @@ def prepare(session: Any, ks: str) -> Statements:
                 f"AND seq > ? AND seq < ?")
         order = " ORDER BY kind DESC, seq DESC" if descending else ""
         bounded = f"{base} AND position > ? AND position < ?"
-        return (p(f"{base}{order} LIMIT ?"), p(f"{bounded}{order} LIMIT ? ALLOW FILTERING"),
-                p(f"{bounded} AND type = ?{order} LIMIT ? ALLOW FILTERING"))
+        statements = (p(f"{base}{order} LIMIT ?"), p(f"{bounded}{order} LIMIT ? ALLOW FILTERING"),
+                      p(f"{bounded} AND type = ?{order} LIMIT ? ALLOW FILTERING"))
+        for statement in statements:  # a page in one round trip, not in the driver's pages of 5,000
+            statement.fetch_size = MAX_LIMIT
+        return statements
 
     def directory(descending: bool) -> tuple[Statement, Statement]:
         dirs = f"SELECT bucket FROM {ks}.scope_dir WHERE realm = ? AND scope = ? AND era = ?"

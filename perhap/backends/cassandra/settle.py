@@ -17,13 +17,15 @@ from typing import Any
 
 from ...errors import InvalidInput, StorageUnavailable
 from ...model import Event
+from ...slotted import fast_constructor
 from . import clock
 from .driver import gather
 from .names import Names
 from .records import ATTEMPT, EntityKey, IndexRow
 from .schema import Keyspace
 
-MAX_TXNS = 100_000  # resolved attempts remembered
+MAX_TXNS = 100_000
+make_event = fast_constructor(Event)  # every field, positionally (see perhap.slotted)  # resolved attempts remembered
 
 #: A pending attempt of an index row: (domain, entity, attempt id).
 AttemptKey = tuple[str, str, uuid.UUID]
@@ -79,8 +81,9 @@ class Settler:
             outcomes = await gather([self.resolve((stored, d, e), t) for d, e, t in unknown])
             committed = {k for k, ok in zip(unknown, outcomes, strict=True) if ok}
             self.ks.db.spawn(self.repair(stored, scope, [r for r in rows if not r.ok], committed))
-        return [Event(str(r.id), realm, r.domain, r.entity, r.type, r.version, clock.stamp(r.ts, r.stamp),
-                      r.data, r.meta, r.position, r.position)
+        stamp = clock.stamp
+        return [make_event(str(r.id), realm, r.domain, r.entity, r.type, r.version, r.stamp or stamp(r.ts),
+                           r.data, r.meta, r.position, r.position)
                 for r in rows if r.ok or (r.domain, r.entity, r.txn) in committed]
 
     async def repair(self, realm: str, scope: str, rows: list[IndexRow], committed: set[AttemptKey]) -> None:
