@@ -206,6 +206,43 @@ async def test_a_commit_sent_twice_is_recognised(url: str, realm: str) -> None:
         assert [e.version for e in (await store.read(Scope(realm, "d", "e"))).events] == [0, 1]
 
 
+@pytest.mark.parametrize("applied", [True, False])
+async def test_a_commit_whose_outcome_is_unknown_is_settled(url: str, realm: str, applied: bool) -> None:
+    """Cassandra 5 answers a Paxos round whose proposal reached fewer replicas than a quorum with
+    error 0x1700 ("CAS operation result is unknown"), which cassandra-driver 3.30 has no class for.
+    Whether the round was in fact applied or not, the append is settled (its own marker read, or
+    fenced and retried): one event, in the entity and in the realm, never a 500 or a lost index row."""
+    from cassandra.protocol import ErrorMessage
+    from cassandra.query import BatchStatement
+
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        db = store.writer.ks.db
+        execute = db.execute
+        injected = []
+
+        def unknown_once(stmt: Any, args: Any = None, *, lwt: bool = False) -> Any:
+            if lwt and isinstance(stmt, BatchStatement) and not injected:  # the commit's Paxos batch
+                injected.append(stmt)
+                future = execute(stmt, args, lwt=lwt) if applied else asyncio.get_running_loop().create_future()
+
+                async def then_unknown() -> Any:
+                    if applied:
+                        await future  # the round is applied; only its answer is lost
+                    raise ErrorMessage(code=0x1700, message="CAS operation result is unknown - proposal "
+                                                            "accepted by 1 but not a quorum.", info=None)
+                return asyncio.ensure_future(then_unknown())
+            return execute(stmt, args, lwt=lwt)
+
+        db.execute = unknown_once  # type: ignore[method-assign]
+        result = await store.append(realm, "d", "e", "t", "once")
+        db.execute = execute  # type: ignore[method-assign]
+        assert injected and result.created and result.first.version == 0
+        assert store.stats["fenced"] == (0 if applied else 1)
+        assert [e.event for e in (await store.read(Scope(realm, "d", "e"))).events] == ["once"]
+        assert [e.event_id for e in await read_all(store, Scope(realm))] == [result.first.event_id]
+
+
 async def test_read_after_acknowledgement_includes_it(url: str, realm: str) -> None:
     async with open_store(url) as store:
         for i in range(5):

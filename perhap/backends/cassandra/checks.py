@@ -13,6 +13,7 @@ run blocking driver calls, at start-up only.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,20 +133,31 @@ def local_datacentre(session: Any, configured: str | None) -> str | None:
 # ----------------------------------------------------------------------------- the commit log
 
 
-def commitlog_modes(session: Any) -> dict[str, str | None]:
-    """Each reachable node's ``commitlog_sync`` (None where it cannot be read)."""
-    modes: dict[str, str | None] = {}
-    for host in up_hosts(session):
-        modes[str(host.address)] = None
-        for query in COMMITLOG_QUERIES:
-            try:
-                row = session.execute(query, host=host, timeout=CHECK_TIMEOUT).one()
-            except DRIVER_ERRORS:
-                continue  # no such table on this kind of node, or no right to read it
-            if row is not None and row[0]:
-                modes[str(host.address)] = str(row[0]).strip().strip('"').lower()
-                break
+def commitlog_modes(session: Any, tries: int = 3) -> dict[str, str | None]:
+    """Each reachable node's ``commitlog_sync`` (None where it cannot be read). A node asked
+    right after connecting may not have its connection pool yet (seen on a three-node cluster):
+    the nodes that gave nothing are asked again, up to ``tries`` times, half a second apart."""
+    modes: dict[str, str | None] = {str(host.address): None for host in up_hosts(session)}
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(0.5)
+        for host in up_hosts(session):
+            if modes.get(str(host.address)) is None:
+                modes[str(host.address)] = _commitlog_mode(session, host)
+        if all(mode is not None for mode in modes.values()):
+            break
     return modes
+
+
+def _commitlog_mode(session: Any, host: Any) -> str | None:
+    for query in COMMITLOG_QUERIES:
+        try:
+            row = session.execute(query, host=host, timeout=CHECK_TIMEOUT).one()
+        except DRIVER_ERRORS:
+            continue  # no such table on this kind of node, or no right to read it (yet)
+        if row is not None and row[0]:
+            return str(row[0]).strip().strip('"').lower()
+    return None
 
 
 def commitlog_verdict(modes: dict[str, str | None], accept_periodic: bool) -> list[str]:

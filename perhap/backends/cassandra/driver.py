@@ -14,6 +14,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
 
 from ...errors import InvalidInput, StorageUnavailable
@@ -27,7 +28,12 @@ Row = Any
 Statement = Any
 
 ROWS_PER_BATCH = 500  # pending index rows per unlogged single-partition batch
-DRIVER_ERRORS = (RequestExecutionException, DriverException, NoHostAvailable, ConnectionException, OSError)
+#: What a request may fail with: a 503 for the caller. ErrorMessage is the server's own error when
+#: the driver has no class for its code, notably 0x1700 (Cassandra 5: a Paxos round's outcome is
+#: unknown, its proposal accepted by fewer replicas than a quorum); a later round may still complete
+#: it, so it must be handled as a timeout is (the writer settles its attempt), never as a bug.
+DRIVER_ERRORS = (RequestExecutionException, DriverException, NoHostAvailable, ConnectionException, OSError,
+                 ErrorMessage)
 
 
 class _QuietNegotiation(logging.Filter):

@@ -300,9 +300,9 @@ class Writer:
             except StorageUnavailable:
                 p.unknown = True  # readers will settle it once the cluster answers
                 raise
-            if committed:
-                return Outcome.COMMITTED
-            raise
+            # Fenced by us now, or before by a reader: it can never commit, so try again, as after
+            # any fence (the append's deadline bounds the tries).
+            return Outcome.COMMITTED if committed else Outcome.FENCED
         if rows[0]["[applied]"]:
             return Outcome.COMMITTED
         for r in rows:
