@@ -37,6 +37,8 @@ async def _send(store: Any, realm: str, entity: str, event_id: str, data: Any) -
         result = await store.append(realm, "d", entity, "t", data, event_id=event_id)
     except EventIdConflict:
         return "conflict"
+    except StorageUnavailable:  # two racers may fence each other until the deadline: then 503
+        return "unavailable"
     return "created" if result.created else "replayed"
 
 
@@ -56,6 +58,9 @@ async def test_one_id_raced_to_several_entities_is_stored_once(url: str, realm: 
             outcomes[tuple(answers)] += 1
             a = (await stores[1].read(Scope(realm, "d", f"a{i}"))).events
             b = (await stores[0].read(Scope(realm, "d", f"b{i}"))).events
+            if "unavailable" in answers:  # whatever the 503s: never stored twice
+                assert len(a) + len(b) <= 1, (i, answers, a, b)
+                continue
             assert len(a) + len(b) == 1, (i, answers, a, b)
             stored_in = "a" if a else "b"
             assert (a + b)[0].event_id == event_id and (a + b)[0].version == 0
@@ -66,7 +71,8 @@ async def test_one_id_raced_to_several_entities_is_stored_once(url: str, realm: 
                 assert answers == ["conflict", "created", "conflict"], answers
             found = await stores[2].get_event(realm, "d", event_id)
             assert (found.entity, found.version) == (f"{stored_in}{i}", 0)
-        assert sum(outcomes.values()) == rounds
+        decided = sum(n for answers, n in outcomes.items() if "unavailable" not in answers)
+        assert decided >= rounds - 3, outcomes  # a 503 is the rare outcome of a race, not the rule
     finally:
         for store in stores:
             await store.close()
@@ -81,9 +87,8 @@ async def test_a_burst_of_ids_each_stored_once(url: str, realm: str) -> None:
         for n, event_id in enumerate(ids):
             for k, store in enumerate((one, two, one)):
                 jobs.append(_send(store, realm, f"e{(n + k) % 7}", event_id, n))
-        answers = await asyncio.gather(*jobs, return_exceptions=True)
-        unavailable = [a for a in answers if isinstance(a, StorageUnavailable)]
-        assert not [a for a in answers if isinstance(a, BaseException) and a not in unavailable], answers
+        answers = await asyncio.gather(*jobs)
+        assert answers.count("unavailable") <= len(answers) // 10, Counter(answers)
         realm_events = []
         following = None
         while True:
