@@ -50,6 +50,12 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return get_provider(request.param, tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Provider:
+    """The session's Cassandra (started on first use), shared with the conformance suite."""
+    return get_provider("cassandra", tmp_path_factory)
+
+
 @pytest.fixture
 def store_url(backend: Provider) -> str:
     return backend.new_url()

@@ -39,13 +39,6 @@ pytestmark = pytest.mark.cassandra
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.conftest import get_provider  # the session's node, shared with the conformance suite
-
-    return get_provider("cassandra", tmp_path_factory)
-
-
 @pytest.fixture
 def url(cassandra: Any) -> str:
     return cassandra.new_url()  # type: ignore[no-any-return]

@@ -15,13 +15,6 @@ from perhap.backends.cassandra.coalesce import DIRECT_BYTES
 pytestmark = pytest.mark.cassandra
 
 
-@pytest.fixture(scope="module")
-def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.conftest import get_provider  # the session's node
-
-    return get_provider("cassandra", tmp_path_factory)
-
-
 async def read_all(store: Any, scope: Scope) -> list[Any]:
     events, following = [], None
     while True:

@@ -25,13 +25,6 @@ from tests.test_cassandra_backend import Died, pending_rows
 pytestmark = pytest.mark.cassandra
 
 
-@pytest.fixture(scope="module")
-def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.conftest import get_provider  # the session's node, shared with the conformance suite
-
-    return get_provider("cassandra", tmp_path_factory)
-
-
 @pytest.fixture
 def url(cassandra: Any) -> str:
     return cassandra.new_url()  # type: ignore[no-any-return]
