@@ -272,8 +272,8 @@ class Reader:
                 low, high = (low, chunk[-1][0]) if query.descending else (chunk[-1][0], high)
             rows = rows[:query.limit]
         stamp = clock.stamp
-        return [make_event(str(u), realm, domain, entity, t, v, st or stamp(ts), d, m, position, v)
-                for v, u, t, ts, st, d, m, position in rows]
+        return [make_event(event_id, realm, domain, entity, t, v, st or stamp(ts), d, m, position, v)
+                for v, event_id, t, ts, st, d, m, position in rows]
 
 
 def _copy_result(future: asyncio.Future[list[Event]], task: asyncio.Task[list[Event]]) -> None:

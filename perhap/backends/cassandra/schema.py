@@ -287,7 +287,10 @@ def prepare(session: Any, ks: str) -> Statements:
             for body, order in (asc, desc))
 
     def entity(descending: bool) -> tuple[Statement, Statement, Statement]:
-        base = (f"SELECT {event_cols} FROM {ks}.entity_log WHERE {ent} AND kind = {EVENT} "
+        # The id as text, made by the node: the driver would build a uuid.UUID per row (most of a
+        # row's decoding) only for perhap to turn it into text again.
+        cols = event_cols.replace("id,", "CAST(id AS text),", 1)
+        base = (f"SELECT {cols} FROM {ks}.entity_log WHERE {ent} AND kind = {EVENT} "
                 f"AND seq > ? AND seq < ?")
         order = " ORDER BY kind DESC, seq DESC" if descending else ""
         bounded = f"{base} AND position > ? AND position < ?"
