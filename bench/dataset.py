@@ -7,10 +7,12 @@ indexes built after the rows, and kept in a cache directory (``~/.cache/perhap-b
 
 Shape of a store of N events: realm ``bench``, ten domains ``d0`` .. ``d9`` of N/10 events each,
 N/100 entities ``e0`` .. of 100 events each (entity k in domain ``d{k % 10}``), two event types.
-Events are interleaved round-robin over all entities, so one entity's 100 events lie on 100
-different pages, as they do in a store written by many clients over time: the worst locality for
-an entity read. Event ids are valid version-7 UUIDs, ordered like the rows, all older than any
-perhap makes today (so new appends land at the end of the id index, as real ones do).
+Events are interleaved round-robin over all entities in commit order (seq and position), as in a
+store written by many clients over time: a domain's or realm's walk meets every entity in turn.
+Schema 3 stores the rows by entity whatever the order they came in (:mod:`perhap.backends.sqlite.schema`),
+so they are generated in that order (each one appended to the table), with the seq and position the
+round-robin gives them. Event ids are valid version-7 UUIDs, ordered like the seqs, all older than
+any perhap makes today (so new appends land at the end of the id index, as real ones do).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perhap.backends.sqlite import SCHEMA, SCHEMA_VERSION
+from perhap.backends.sqlite.schema import KEY_SPAN
 
 from .common import log
 
@@ -97,21 +100,24 @@ def build(path: Path, events: int) -> None:
     conn.executemany("INSERT INTO types (id, name) VALUES (?, ?)", [(i + 1, t) for i, t in enumerate(TYPES)])
     conn.execute(f"""
         WITH RECURSIVE k(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM k WHERE x + 1 < {entities})
-        INSERT INTO entities (id, domain_id, name, version)
-        SELECT x + 1, x % {DOMAINS} + 1, 'e' || x, {EVENTS_PER_ENTITY - 1} FROM k""")
+        INSERT INTO entities (id, domain_id, name)
+        SELECT x + 1, x % {DOMAINS} + 1, 'e' || x FROM k""")
     conn.execute("INSERT INTO entity_types SELECT n.id, t.id FROM entities n, types t")
-    # Event i (0-based): entity i % entities, version i / entities; type alternates by version.
+    # Row x in key order is entity x / 100 (0-based), version x % 100; its commit order i (0-based)
+    # is version * entities + entity: entity i % entities, version i / entities, as round-robin
+    # appends would make it. The type alternates by version.
     conn.execute(f"""
-        WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {events})
-        INSERT INTO events (seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta,
-                            position)
-        SELECT i + 1,
+        WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x + 1 < {events}),
+        r(i, k, v) AS (SELECT (x % {EVENTS_PER_ENTITY}) * {entities} + x / {EVENTS_PER_ENTITY},
+                              x / {EVENTS_PER_ENTITY}, x % {EVENTS_PER_ENTITY} FROM s)
+        INSERT INTO events (entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts,
+                            data, meta, position)
+        SELECT (k + 1) * {KEY_SPAN} + v, i + 1,
                printf('00000000-%04x-7%03x-8%03x-%012x', (i >> 40) & 65535, 0, 0, i & 281474976710655),
-               1, (i % {entities}) % {DOMAINS} + 1, i % {entities} + 1, (i / {entities}) % 2 + 1,
-               i / {entities}, '{TS}',
-               CAST(printf('{{"n":%d,"text":"hello from the benchmark"}}', i / {entities}) AS BLOB),
+               1, k % {DOMAINS} + 1, k + 1, v % 2 + 1, v, '{TS}',
+               CAST(printf('{{"n":%d,"text":"hello from the benchmark"}}', v) AS BLOB),
                CAST('{{}}' AS BLOB), i + 1
-        FROM s""")
+        FROM r""")
     conn.execute("COMMIT")
     for statement in indexes:
         conn.execute(statement)
@@ -139,8 +145,6 @@ def restore(data: Dataset) -> None:
         conn.execute("DELETE FROM events WHERE seq > ?", (data.events,))
         conn.execute("DELETE FROM entity_types WHERE entity_id > ?", (data.entities,))
         conn.execute("DELETE FROM entities WHERE id > ?", (data.entities,))
-        conn.execute("UPDATE entities SET version = ? WHERE version != ?",
-                     (EVENTS_PER_ENTITY - 1, EVENTS_PER_ENTITY - 1))
         conn.execute("DELETE FROM domains WHERE id > ?", (DOMAINS,))
         conn.execute("DELETE FROM realms WHERE id > 1")
         conn.execute("DELETE FROM types WHERE id > ?", (len(TYPES),))

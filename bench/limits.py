@@ -61,8 +61,8 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
         from perhap.backends.sqlite import SCHEMA
 
         conn.executescript(SCHEMA)
-        sql = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
-               " data, meta, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sql = ("INSERT INTO events (entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
+               " data, meta, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     else:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, g INTEGER NOT NULL,"
                      " v BLOB NOT NULL)")
@@ -75,8 +75,9 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
     deadline = start + seconds
     while time.perf_counter() < deadline or batch_no == 0:
         if perhap_schema:
-            rows = [(uuid7(), 1, 1, batch_no + 1, 1, v, ts, _payload(v), b"{}", n + v + 1)
-                    for v in range(1000)]
+            # Each batch a new entity, as row 4 appends: its key is entity * 2**32 + version.
+            rows = [((batch_no + 1) * 2**32 + v, n + v + 1, uuid7(), 1, 1, batch_no + 1, 1, v, ts, _payload(v), b"{}",
+                     n + v + 1) for v in range(1000)]
         else:
             rows = [(uuid7(), batch_no, _payload(v)) for v in range(1000)]
         conn.execute("BEGIN")

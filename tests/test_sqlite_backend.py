@@ -135,9 +135,9 @@ def _fast(state: WriterState, jobs: list[WriteJob]) -> list[JobOutcome] | None:
         state.forget()
         return None
     conn.execute("COMMIT")
-    # What the ring relies on: the last rowid the fast path reports is the last seq stored.
-    assert state.last_rowid == conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    state.last_seq = state.last_rowid
+    # What the ring relies on: the last seq the fast path took is the last seq stored.
+    assert state.seq == conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    state.last_seq = state.seq
     return outcomes
 
 

@@ -111,10 +111,10 @@ async def test_a_schema1_file_is_migrated_in_place(tmp_path: Path) -> None:
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT value FROM perhap_meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+        assert conn.execute("SELECT value FROM perhap_meta").fetchone()[0] == str(SCHEMA_VERSION) == "3"
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
                                               " AND name LIKE 'events_%'")}
-        assert indexes == {"events_entity", "events_entity_type", "events_domain", "events_domain_type",
+        assert indexes == {"events_event_id", "events_seq", "events_domain", "events_domain_type",
                            "events_realm_position", "events_realm_type"}
     finally:
         conn.close()
@@ -127,7 +127,7 @@ async def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "newer.sqlite"
     shutil.copy(LEGACY, path)
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE perhap_meta SET value = '3' WHERE key = 'schema_version'")
+    conn.execute("UPDATE perhap_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.commit()
     conn.close()
     with pytest.raises(StorageUnavailable, match="newer perhap"):
@@ -298,7 +298,7 @@ def test_every_read_shape_is_an_index_walk(tmp_path: Path) -> None:
     head = _plan(conn, walk_sql(1, False, True, False), ("r", -1, 2**63 - 1, 1))
     assert any("events_realm_position (realm_id=?" in step for step in head), head
     last = _plan(conn, walk_sql(3, False, True, False), ("r", "d", "e", -1, 2**63 - 1, 1))
-    assert any("events_entity (entity_id=?" in step for step in last), last
+    assert any("INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in step for step in last), last
     conn.close()
 
 

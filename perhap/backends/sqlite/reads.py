@@ -1,14 +1,17 @@
 """Scope reads: a :class:`ReadQuery` turned into index walks, each bounded by the page size.
 
 Each scope is walked in one key (see :mod:`.schema`): a realm by ``position``, a domain by
-``seq``, an entity by ``version``. Every bound of a query is first turned into that key, with
-one index probe at most:
+``seq``, an entity by ``entity_key`` (its id times 2**32 plus the version: its events lie side
+by side in the table). Every bound of a query is first turned into that key, with one index probe
+at most:
 
-- a realm's cursors are seqs of its own events: one rowid probe gives the event's position;
+- a realm's cursors are seqs of its own events: one probe of the seq index gives the event's
+  position;
 - a domain's position bounds: one probe of the realm's ``(realm_id, position)`` index gives the
   seq of that position. Positions are contiguous, so a position that is not found lies beyond
   the head (``after_position`` there is an empty page; ``before_position`` bounds nothing);
-- an entity's position bounds are a filter on its walk (versions and positions are unrelated).
+- an entity's version bounds are key bounds within its range; its position bounds and its types
+  are filters on its walk (bounded by the entity's size).
 
 Several types are one walk per type, each limited to the page, merged lazily on ``seq`` (which
 grows with every scope's key): the work is the page plus one row per type, however large the
@@ -28,17 +31,22 @@ from typing import Any
 
 from ...model import Event, Scope
 from ...store.query import ReadQuery
-from .queries import DOMAIN_ID, ENTITY_ID, REALM_ID, TYPE_ID, make_event
+from .queries import DOMAIN_ID, REALM_ID, TYPE_ID, make_event
+from .schema import KEY_SPAN
 
 #: Above any key (SQLite's largest integer): "no upper bound".
 NO_LIMIT = 2**63 - 1
+#: An entity's walk: after version -1 and before version 2**32 (the next entity's first key).
+_ENTITY_LOW, _ENTITY_HIGH = -1, KEY_SPAN
 
 #: The key column, owner column and owner subquery of each level (1 realm, 2 domain, 3 entity).
-_LEVELS = {1: ("position", "realm_id", REALM_ID), 2: ("seq", "domain_id", DOMAIN_ID),
-           3: ("version", "entity_id", ENTITY_ID)}
+_LEVELS = {1: ("position", "realm_id", REALM_ID), 2: ("seq", "domain_id", DOMAIN_ID)}
 _INDEXES = {(1, False): "events_realm_position", (1, True): "events_realm_type",
-            (2, False): "events_domain", (2, True): "events_domain_type",
-            (3, False): "events_entity", (3, True): "events_entity_type"}
+            (2, False): "events_domain", (2, True): "events_domain_type"}
+
+#: ENTITY_ID with numbered parameters, so that a statement may name it twice.
+_ENTITY_ID_NUMBERED = ("(SELECT id FROM entities WHERE domain_id = (SELECT id FROM domains WHERE realm_id = "
+                       "(SELECT id FROM realms WHERE name = ?1) AND name = ?2) AND name = ?3)")
 
 # The walks select only the names the scope does not fix (an entity's events need no join for
 # their realm, domain and entity), and are built once per shape.
@@ -59,15 +67,26 @@ def walk_sql(level: int, typed: bool, descending: bool, positions: bool) -> str:
         names = ("d.name, n.name, ", "n.name, ", "")[level - 1]
         joins = ("JOIN domains d ON d.id = e.domain_id JOIN entities n ON n.id = e.entity_id",
                  "JOIN entities n ON n.id = e.entity_id", "")[level - 1]
-        key, column, owner = _LEVELS[level]
-        where = f"e.{column} = {owner}"
+        if level == 3:
+            # A range of the table's own key (no index), its ends made from the entity's id: the
+            # id's look-up is written twice with the same numbered parameters (?1-?3), and a
+            # type's name is ?4, so the parameters keep the order the other levels take.
+            key, source = "entity_key", "events e NOT INDEXED"
+            where = "TRUE"
+            base = f"{_ENTITY_ID_NUMBERED} * {KEY_SPAN}"
+            bounds = f" AND e.entity_key > {base} + ? AND e.entity_key < {base} + ?"
+        else:
+            key, column, owner = _LEVELS[level]
+            source = f"events e INDEXED BY {_INDEXES[(level, typed)]}"
+            where = f"e.{column} = {owner}"
+            bounds = f" AND e.{key} > ? AND e.{key} < ?"
         if typed:
-            where += f" AND e.type_id = {TYPE_ID}"
-        where += f" AND e.{key} > ? AND e.{key} < ?"
+            where += f" AND e.type_id = {TYPE_ID if level < 3 else '(SELECT id FROM types WHERE name = ?4)'}"
+        where += bounds
         if positions:
             where += " AND e.position > ? AND e.position < ?"
         sql = (f"SELECT e.seq, e.event_id, {names}t.name, e.version, e.ts, e.data, e.meta, e.position "
-               f"FROM events e INDEXED BY {_INDEXES[(level, typed)]} {joins} "
+               f"FROM {source} {joins} "
                f"JOIN types t ON t.id = e.type_id WHERE {where} "
                f"ORDER BY e.{key}{' DESC' if descending else ''} LIMIT ?")
         _SHAPES[shape] = sql
@@ -142,8 +161,9 @@ def _key_bounds(conn: sqlite3.Connection, query: ReadQuery, alone: bool) -> tupl
     after, before = query.after, query.before
     if isinstance(after, tuple) or isinstance(before, tuple):
         raise TypeError("a SQLite cursor is an integer")
-    if scope.level == 3:  # versions; positions are filtered on the walk
-        return (low if after is None else after, high if before is None else before)
+    if scope.level == 3:  # versions, within the entity's range of keys; positions are filtered on the walk
+        return (_ENTITY_LOW if after is None else max(_ENTITY_LOW, min(after, _ENTITY_HIGH)),
+                _ENTITY_HIGH if before is None else max(_ENTITY_LOW, min(before, _ENTITY_HIGH)))
     realm = scope.realm
     if scope.level == 1:  # positions; cursors are seqs of the realm's events
         if query.after_position is not None:

@@ -4,8 +4,9 @@ Design, and why:
 - One writer thread owns the only write connection and drains every append queued while it was
   busy into a single transaction, so concurrent clients share one fsync (group commit). Each
   append behaves as if in its own SAVEPOINT, so a conflict in one never undoes another.
-- One writer means commit order is ``seq`` order, and each realm's ``position`` order: a reader
-  paging by either can never skip an event that commits later with a smaller one.
+- One writer means commit order is ``seq`` order, and each realm's ``position`` order: the writer
+  assigns both (:mod:`.writes`), one after another from the last it wrote, so a reader paging by
+  either can never skip an event that commits later with a smaller one.
 - The group's statements are batched (fast path): every job's checks run first, then all events
   go in a few multi-row INSERTs. A failing check raises before its job writes anything; any SQLite
   error rolls the group back and redoes it job by job, each in a SAVEPOINT (the careful path), so
@@ -53,7 +54,7 @@ class JobOutcome(NamedTuple):
 
 
 def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOutcome] | None:
-    """The fast path: every job's events in a few INSERTs and its versions in one UPDATE.
+    """The fast path: every job's events in a few INSERTs.
 
     A job that fails a check (version or event-id conflict) raises before it writes anything, so
     no savepoint is needed to undo it. Any SQLite error, or a failing job that did write, returns
@@ -74,7 +75,6 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[Jo
         state.flush(deferred)
     except (sqlite3.Error, Undeferrable):
         return None
-    state.last_rowid = state.last_seq if not deferred.rows else state.last_rowid
     return outcomes
 
 
@@ -84,6 +84,7 @@ def apply_each(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOut
     outcomes: list[JobOutcome] = []
     for job in jobs:
         conn.execute("SAVEPOINT job")
+        seq = state.seq  # where the job's seqs begin: a job undone gives them back
         try:
             result = state.apply(job, ts)
             conn.execute("RELEASE job")
@@ -91,12 +92,14 @@ def apply_each(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOut
         except PerhapError as exc:  # a conflict: undo whatever this job wrote
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
-            state.heads.clear()  # (a job takes positions only once written: this is a safety net)
+            state.heads.clear()  # (a job takes numbers only once written: this is a safety net)
+            state.seq = seq
             outcomes.append(JobOutcome(job, exc))
         except sqlite3.Error as exc:  # a failure of this job only: undo it alone
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
             state.forget()
+            state.seq = seq
             outcomes.append(JobOutcome(job, StorageUnavailable(f"write failed: {exc}")))
     return outcomes
 
@@ -163,8 +166,8 @@ class Writer:
                 conn.execute("ROLLBACK")
                 state.forget()
                 conn.execute("BEGIN IMMEDIATE")
+                state.check_external_writes()  # (the seq back to the last committed, too)
                 outcomes = apply_each(state, jobs, ts)
-                state.last_rowid = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
             conn.execute("COMMIT")
         except Exception as exc:
             # The transaction itself failed (disk full, I/O error): nothing in it is durable.
@@ -173,6 +176,7 @@ class Writer:
             except sqlite3.Error:
                 pass
             state.forget()
+            state.last_seq = None  # read again at the next group, whatever the failure left
             error = StorageUnavailable(f"commit failed: {exc}")
             outcomes = [JobOutcome(job, error) for job in jobs]
         else:
@@ -196,14 +200,13 @@ class Writer:
     def ring_events(self, outcomes: list[JobOutcome]) -> tuple[list[Event] | None, int | None]:
         """The events a commit stored, with their seqs, for the ring (None: reset the ring).
 
-        One writer appends rows one after another, and SQLite gives each new row the largest
-        rowid plus one, so a group's committed rows are the seqs following the last one before
-        it, in the order they were written; the last rowid the INSERTs reported confirms it.
+        The writer numbers a group's events on from the last seq committed, in the order of the
+        jobs and of each job's events (:mod:`.writes`); the last seq it took confirms the count.
         """
         state = self.state
-        last, first = state.last_rowid, state.last_seq
+        last, first = state.seq, state.last_seq
         state.last_seq = last
-        if last is None or first is None or not self.ring.wants_events():
+        if first is None or not self.ring.wants_events():
             return None, last
         events: list[Event] = []
         seq = first

@@ -5,11 +5,16 @@ made), and applies one job either straight away (the careful path, inside a SAVE
 :class:`Deferred` that :meth:`WriterState.flush` then writes for a whole group in a few multi-row
 INSERTs (the fast path).
 
-Positions: the writer keeps each realm's head (its last position) and numbers a job's events on
-from it, in the order they will be inserted, so positions follow seqs, one after another. A job
-only takes numbers once its checks pass; whenever a job or a group is rolled back the heads are
-dropped with the other caches and read again (one probe of the ``(realm_id, position)`` index),
-so a rolled-back write burns no number. The unique index would refuse a position given twice.
+Seqs and positions: the writer numbers a job's events on from the last seq it wrote and from each
+realm's head (its last position), in the order they will be inserted, so both follow commit
+order one after another, with no gap. A job only takes numbers once its checks pass; whenever a
+job or a group is rolled back the seq goes back to where the job or group began, and the heads
+are dropped with the other caches and read again (one probe of the ``(realm_id, position)``
+index), so a rolled-back write burns no number. The unique indexes would refuse a seq or a
+position given twice.
+
+Each event's row carries its key (see :mod:`.schema`): an entity's version is the largest key in
+its range, read with one probe when the entity is not cached, and nothing else keeps it.
 """
 
 from __future__ import annotations
@@ -20,30 +25,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ...errors import VersionConflict
+from ...errors import InvalidInput, StorageUnavailable, VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict, replay_or_conflict_multi
 from ...slotted import fast_constructor
 from ...store.job import WriteJob
 from .queries import stored_events
-from .schema import last_seq
+from .schema import KEY_SPAN, MAX_ENTITY_ID, last_seq
 
 _K = TypeVar("_K")
 
-_INSERT_EVENTS = ("INSERT INTO events (event_id, realm_id, domain_id, entity_id, type_id, version, ts,"
-                  " data, meta, position) VALUES ")
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ROW_PARAMETERS = 10
+_INSERT_EVENTS = ("INSERT INTO events (entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id,"
+                  " version, ts, data, meta, position) VALUES ")
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PARAMETERS = 12
 #: Rows per multi-row INSERT at most: the size the fast path was measured with
 #: (docs/performance.md); larger statements were not tried.
 MAX_CHUNK_ROWS = 128
 
-EventRow = tuple[str, int, int, int, int, int, str, bytes, bytes, int]
+#: entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta, position
+EventRow = tuple[int, int, str, int, int, int, int, int, str, bytes, bytes, int]
+
+#: An entity's id and its version: the largest key in the entity's range, one probe backwards.
+_SELECT_ENTITY = ("SELECT n.id, coalesce((SELECT e.version FROM events e WHERE e.entity_key >= n.id * 4294967296"
+                  " AND e.entity_key < (n.id + 1) * 4294967296 ORDER BY e.entity_key DESC LIMIT 1), -1)"
+                  " FROM entities n WHERE n.domain_id = ? AND n.name = ?")
 
 
 def insert_chunks(variable_limit: int) -> tuple[int, ...]:
     """Rows per multi-row INSERT: powers of two, so a handful of statement texts cover every group
     (and stay in the connection's statement cache), the largest within ``variable_limit`` bound
-    parameters (999 on SQLite builds before 3.32: 64 rows of 10 parameters) and MAX_CHUNK_ROWS."""
+    parameters (999 on SQLite builds before 3.32: 64 rows of 12 parameters) and MAX_CHUNK_ROWS."""
     rows = 1
     while rows * 2 <= MAX_CHUNK_ROWS and rows * 2 * _ROW_PARAMETERS <= variable_limit:
         rows *= 2
@@ -71,7 +82,6 @@ class Deferred:
     """What a group's jobs write, gathered so the fast path sends it in a few statements."""
 
     rows: list[EventRow] = field(default_factory=list)
-    versions: dict[int, int] = field(default_factory=dict)  # entity id -> its version after the group
     ids: set[str] = field(default_factory=set)  # event ids in rows
 
 
@@ -96,9 +106,10 @@ class WriterState:
         self.entity_types: set[tuple[int, int]] = set()
         self.heads: dict[int, int] = {}  # realm id -> its last position, as this writer knows it
         self.data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
-        # The last seq this writer knows of (None: ask), and the last rowid of this group.
+        # The last seq committed, as this writer knows it (None: ask), and the last seq taken in
+        # the open transaction (``last_seq`` when it has written nothing).
         self.last_seq: int | None = last_seq(conn)
-        self.last_rowid: int | None = None
+        self.seq: int = self.last_seq
         self.chunks = insert_chunks(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         self.insert_sql = {n: _INSERT_EVENTS + ", ".join([_ROW_MARKS] * n) for n in self.chunks}
 
@@ -121,7 +132,7 @@ class WriterState:
             self.last_seq = None
         if self.last_seq is None:
             self.last_seq = last_seq(self.conn)
-        self.last_rowid = None
+        self.seq = self.last_seq
         if len(self.entities) > 200_000 or len(self.entity_types) > 500_000:
             self.forget()
 
@@ -179,23 +190,22 @@ class WriterState:
             return None
         entity = self.entities.get((domain_id, name))
         if entity is None:
-            row = self.conn.execute("SELECT id, version FROM entities WHERE domain_id = ? AND name = ?",
-                                    (domain_id, name)).fetchone()
+            row = self.conn.execute(_SELECT_ENTITY, (domain_id, name)).fetchone()
             entity = EntityRow(row[0], row[1]) if row else None
         return entity
 
-    def _grow(self, domain_id: int, name: str, entity: EntityRow | None, added: int,
-              deferred: Deferred | None) -> EntityRow:
-        """The entity's row with ``added`` more events (its version in the row: before them)."""
+    def _grow(self, domain_id: int, name: str, entity: EntityRow | None, added: int) -> EntityRow:
+        """The entity's row, made if it is new, once ``added`` more events are known to fit in its
+        keys (its version in the row: before them)."""
         current = _version(entity)
-        if entity is None:
-            return EntityRow(self._insert("INSERT INTO entities (domain_id, name, version) VALUES (?, ?, ?)",
-                                          (domain_id, name, current + added)), current)
-        if deferred is not None:
-            deferred.versions[entity.id] = current + added
-        else:
-            self.conn.execute("UPDATE entities SET version = ? WHERE id = ?", (current + added, entity.id))
-        return entity
+        if current + added >= KEY_SPAN:
+            raise InvalidInput(f"an entity holds at most {KEY_SPAN:,} events in a SQLite store")
+        if entity is not None:
+            return entity
+        entity_id = self._insert("INSERT INTO entities (domain_id, name) VALUES (?, ?)", (domain_id, name))
+        if entity_id > MAX_ENTITY_ID:  # (raised after the INSERT: the job's rollback undoes it)
+            raise StorageUnavailable(f"a SQLite store holds at most {MAX_ENTITY_ID:,} entities")
+        return EntityRow(entity_id, current)
 
     def _entity_type(self, entity_id: int, name: str) -> int:
         """The id of the type ``name``, made if need be, and recorded as one of the entity's types."""
@@ -206,11 +216,11 @@ class WriterState:
         return type_id
 
     def _row(self, e: NewEvent, realm_id: int, domain_id: int, entity_id: int, version: int,
-             position: int, ts: str) -> EventRow:
+             seq: int, position: int, ts: str) -> EventRow:
         type_id = self._entity_type(entity_id, e.type)
         stamp = e.timestamp or ts  # an import keeps the event's original time
-        return (e.event_id, realm_id, domain_id, entity_id, type_id, version, stamp, e.data_json,
-                e.meta_json, position)
+        return (entity_id * KEY_SPAN + version, seq, e.event_id, realm_id, domain_id, entity_id, type_id, version,
+                stamp, e.data_json, e.meta_json, position)
 
     def _replayed(self, job: WriteJob, deferred: Deferred | None) -> AppendResult | None:
         """The original result when the job's client-chosen ids are stored already (a retry)."""
@@ -228,7 +238,7 @@ class WriterState:
         return replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
 
     def apply(self, job: WriteJob, ts: str, deferred: Deferred | None = None) -> AppendResult:
-        """Write one job; with ``deferred``, leave its events and versions for :meth:`flush`."""
+        """Write one job; with ``deferred``, leave its events for :meth:`flush`."""
         replay = self._replayed(job, deferred)
         if replay is not None:
             return replay
@@ -251,20 +261,22 @@ class WriterState:
         for name, added in Counter(names).items():
             entity = found[name]
             next_version[name] = _version(entity) + 1
-            rows_of[name] = self._grow(domain_id, name, entity, added, deferred)
-        position = self._head(realm_id)
+            rows_of[name] = self._grow(domain_id, name, entity, added)
+        position, seq = self._head(realm_id), self.seq
         rows: list[EventRow] = []
         results = []
         for e, name in zip(job.batch, names, strict=True):
             version = next_version[name]
             next_version[name] = version + 1
             position += 1
-            row = self._row(e, realm_id, domain_id, rows_of[name].id, version, position, ts)
+            seq += 1
+            row = self._row(e, realm_id, domain_id, rows_of[name].id, version, seq, position, ts)
             rows.append(row)
-            results.append(make_appended(e.event_id, version, position, row[6], name))
+            results.append(make_appended(e.event_id, version, position, row[8], name))
         self._write(job, rows, deferred)
         # Written (or deferred, and dropped with the caches should the group roll back).
         self.heads[realm_id] = position
+        self.seq = seq
         for name, entity in rows_of.items():
             entity.version = next_version[name] - 1
             self.entities[(domain_id, name)] = entity
@@ -281,24 +293,28 @@ class WriterState:
             raise VersionConflict(current, job.expected)
         realm_id, domain_id = self._make_place(job.realm, job.domain, realm_id, domain_id)
         batch = job.batch
-        grown = self._grow(domain_id, job.entity, entity, len(batch), deferred)
-        entity_id, position = grown.id, self._head(realm_id)
+        grown = self._grow(domain_id, job.entity, entity, len(batch))
+        entity_id, position, seq = grown.id, self._head(realm_id), self.seq
+        key = entity_id * KEY_SPAN
         if len(batch) == 1:
             e = batch[0]
-            rows = [(e.event_id, realm_id, domain_id, entity_id, self._entity_type(entity_id, e.type), current + 1,
-                     e.timestamp or ts, e.data_json, e.meta_json, position + 1)]
+            rows = [(key + current + 1, seq + 1, e.event_id, realm_id, domain_id, entity_id,
+                     self._entity_type(entity_id, e.type), current + 1, e.timestamp or ts, e.data_json, e.meta_json,
+                     position + 1)]
         else:
             type_ids = {name: self._entity_type(entity_id, name) for name in dict.fromkeys([e.type for e in batch])}
             # An import keeps each event's original time (timestamp); others take the commit's.
-            rows = [(e.event_id, realm_id, domain_id, entity_id, type_ids[e.type], version, e.timestamp or ts,
-                     e.data_json, e.meta_json, at)
-                    for e, version, at in zip(batch, itertools.count(current + 1), itertools.count(position + 1))]
+            rows = [(key + version, n, e.event_id, realm_id, domain_id, entity_id, type_ids[e.type], version,
+                     e.timestamp or ts, e.data_json, e.meta_json, at)
+                    for e, version, n, at in zip(batch, itertools.count(current + 1), itertools.count(seq + 1),
+                                                 itertools.count(position + 1))]
         self._write(job, rows, deferred)
         self.heads[realm_id] = position + len(batch)
+        self.seq = seq + len(batch)
         grown.version = current + len(batch)
         self.entities[(domain_id, job.entity)] = grown
         make = make_appended
-        return AppendResult([make(r[0], r[5], r[9], r[6], None) for r in rows], created=True)
+        return AppendResult([make(r[2], r[7], r[11], r[8], None) for r in rows], created=True)
 
     def _write(self, job: WriteJob, rows: list[EventRow], deferred: Deferred | None) -> None:
         """Insert a job's rows now, or leave them to :meth:`flush` (the fast path)."""
@@ -318,16 +334,12 @@ class WriterState:
             raise
 
     def flush(self, deferred: Deferred) -> None:
-        """Write what the fast path gathered: events in multi-row INSERTs, then the versions."""
+        """Write what the fast path gathered, in multi-row INSERTs."""
         conn = self.conn
         rows = deferred.rows
         chunks, insert_sql = self.chunks, self.insert_sql
         start = 0
         while start < len(rows):
             n = next(c for c in chunks if c <= len(rows) - start)
-            cursor = conn.execute(insert_sql[n], list(itertools.chain.from_iterable(rows[start:start + n])))
-            self.last_rowid = cursor.lastrowid
+            conn.execute(insert_sql[n], list(itertools.chain.from_iterable(rows[start:start + n])))
             start += n
-        if deferred.versions:
-            conn.executemany("UPDATE entities SET version = ? WHERE id = ?",
-                             [(v, i) for i, v in deferred.versions.items()])
