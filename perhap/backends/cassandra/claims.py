@@ -64,4 +64,5 @@ class Claims:
                 if await self.settler.resolve(entity, owner_txn):
                     return Taken(entity)
             if loop.time() > deadline:
-                raise StorageUnavailable("could not claim the event id in time (a slow cluster, or writers racing for it)")
+                raise StorageUnavailable("could not claim the event id in time "
+                                         "(a slow cluster, or writers racing for it)")
