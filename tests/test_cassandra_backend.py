@@ -236,6 +236,25 @@ async def test_a_commit_whose_outcome_is_unknown_is_settled(url: str, realm: str
         assert [e.event_id for e in await read_all(store, Scope(realm))] == [result.first.event_id]
 
 
+async def test_a_busy_connection_delays_requests_instead_of_failing_them(url: str) -> None:
+    """Big writes in flight fill the connection's socket buffer; cassandra-driver then refuses
+    further requests at once ("Connection ... is overloaded") instead of queueing them. They were
+    never sent, so they are sent again after a pause: no 503 (before: most of 96 answered 503)."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        db, keyspace = store.writer.ks.db, store.writer.ks.options.keyspace
+        insert = db.session.prepare(f"INSERT INTO {keyspace}.meta (key, value) VALUES (?, ?)")
+        value = "x" * (1 << 20)
+        keys = [f"busy-{uuid.uuid4().hex}" for _ in range(96)]
+        try:
+            for first in (0, 48):
+                await asyncio.gather(*[db.run(insert, (key, value)) for key in keys[first:first + 48]])
+            stored = await db.run(f"SELECT key FROM {keyspace}.meta WHERE key IN ({', '.join(['%s'] * 96)})", keys)
+            assert len(stored) == 96
+        finally:
+            await db.run(f"DELETE FROM {keyspace}.meta WHERE key IN ({', '.join(['%s'] * 96)})", keys)
+
+
 async def test_read_after_acknowledgement_includes_it(url: str, realm: str) -> None:
     async with open_store(url) as store:
         for i in range(5):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 from cassandra import DriverException, InvalidRequest, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
@@ -27,6 +27,7 @@ Row = Any
 #: A statement the driver runs: prepared, a batch, or CQL text.
 Statement = Any
 
+BUSY_PAUSE = 0.005  # seconds before sending again a request a busy connection refused
 ROWS_PER_BATCH = 500  # pending index rows per unlogged single-partition batch
 #: What a request may fail with: a 503 for the caller. ErrorMessage is the server's own error when
 #: the driver has no class for its code, notably 0x1700 (Cassandra 5: a Paxos round's outcome is
@@ -122,15 +123,27 @@ class Driver:
         return future
 
     async def run(self, stmt: Statement, args: Any = None, *, lwt: bool = False) -> list[Row]:
-        """Rows of one statement; a driver failure becomes StorageUnavailable (HTTP 503)."""
-        try:
-            return await self.execute(stmt, args, lwt=lwt)
-        except InvalidRequest as exc:
-            if "too large" in str(exc).lower() or "mutation" in str(exc).lower():
-                raise InvalidInput(f"the batch is too large for Cassandra: {exc}") from None
-            raise
-        except DRIVER_ERRORS as exc:
-            raise unavailable(exc) from None
+        """Rows of one statement; a driver failure becomes StorageUnavailable (HTTP 503).
+
+        A connection whose socket buffer is full refuses a request at once (ConnectionBusy) rather
+        than queue it: big batches in flight fill it. Such a request was never sent, so it is sent
+        again after a short pause (any statement, Paxos rounds included), until the timeout."""
+        deadline: float | None = None
+        while True:
+            try:
+                return await self.execute(stmt, args, lwt=lwt)
+            except NoHostAvailable as exc:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.options.timeout if deadline is None else deadline
+                if not _never_sent(exc) or loop.time() > deadline:
+                    raise unavailable(exc) from None
+                await asyncio.sleep(BUSY_PAUSE)
+            except InvalidRequest as exc:
+                if "too large" in str(exc).lower() or "mutation" in str(exc).lower():
+                    raise InvalidInput(f"the batch is too large for Cassandra: {exc}") from None
+                raise
+            except DRIVER_ERRORS as exc:
+                raise unavailable(exc) from None
 
     async def batch(self, stmt: Statement, rows: Iterable[tuple[Hashable, Sequence[Any]]]) -> None:
         """Unlogged batches of rows that share one partition (a single mutation each); ``rows`` are
@@ -173,6 +186,12 @@ def _deliver(future: asyncio.Future[list[Row]], value: list[Row] | None, exc: Ba
     else:
         assert value is not None
         future.set_result(value)
+
+
+def _never_sent(exc: NoHostAvailable) -> bool:
+    """Whether every host refused the request before sending it: their connections were busy."""
+    errors = getattr(exc, "errors", None) or {}
+    return bool(errors) and all(isinstance(e, ConnectionBusy) for e in errors.values())
 
 
 def unavailable(exc: BaseException) -> StorageUnavailable:
