@@ -145,3 +145,24 @@ async def test_a_schema_3_keyspace_gains_the_owner_columns(cassandra: Any, realm
         assert {"owner", "owner_txn"} <= columns
     finally:
         cluster.shutdown()
+
+
+async def test_a_batch_of_client_ids_raced_to_two_entities_is_stored_once(url: str, realm: str) -> None:
+    """The ids of a batch are claimed a partition at a time (time-ordered ids share a few, random
+    ones each have their own): the same 200-event batch sent at once to two entities through two
+    store instances is stored whole in exactly one, and the other append is refused with 409."""
+    from perhap.ids import uuid7
+
+    async with open_store(url) as one, open_store(url) as two:
+        for make_id in (uuid7, lambda: str(uuid.uuid4())):
+            ids = [make_id() for _ in range(200)]
+            batch = [{"type": "t", "event": i, "event_id": event_id} for i, event_id in enumerate(ids)]
+            entities = (f"x{uuid.uuid4().hex[:6]}", f"y{uuid.uuid4().hex[:6]}")
+            results = await asyncio.gather(one.append_batch(realm, "d", entities[0], batch),
+                                           two.append_batch(realm, "d", entities[1], batch), return_exceptions=True)
+            created = [e for e, r in zip(entities, results, strict=True) if not isinstance(r, BaseException)]
+            assert len(created) == 1, results
+            assert all(isinstance(r, EventIdConflict) for r in results if isinstance(r, BaseException)), results
+            for entity in entities:
+                events = (await one.read(Scope(realm, "d", entity), limit=500)).events
+                assert [e.event_id for e in events] == (ids if entity == created[0] else [])

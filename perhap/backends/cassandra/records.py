@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -62,6 +63,13 @@ class Placed(NamedTuple):
     version: int
     ts: int
     position: int
+
+
+def attempt_id(started_us: int) -> uuid.UUID:
+    """A write attempt's id: its append's start (microseconds) in the top 64 bits, random below.
+    Ids so order appends oldest first, and all attempts of one append alike: of two appends racing
+    for the claims of the same client ids, the older goes first (claims.py)."""
+    return uuid.UUID(int=(started_us & (2**64 - 1)) << 64 | int.from_bytes(os.urandom(8), "big"))
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ from .driver import gather, quiet
 from .names import Names
 from .positions import Positions, position
 from .reader import Reader
-from .records import ATTEMPT, CLIENT_ID, Attempt, EntityKey, Head, Placed
+from .records import ATTEMPT, CLIENT_ID, Attempt, EntityKey, Head, Placed, attempt_id
 from .schema import ERA, Keyspace
 from .settle import Settler
 
@@ -129,6 +129,7 @@ class Writer:
         deadline = loop.time() + ks.options.timeout + len(batch) / 1000
         written: Attempt | None = None
         mine: set[uuid.UUID] = set()  # this append's attempts: the claims of client ids may pass between them
+        started = clock.now_us()  # in each attempt's id: the older of two racing appends claims first
         try:
             while True:
                 version, head_ts = head if expected is None else (expected, head.ts)
@@ -137,7 +138,7 @@ class Writer:
                     ks.stats["retries"] += 1
                 if loop.time() > deadline:
                     raise StorageUnavailable("could not commit the append in time (contention or a slow cluster)")
-                placed, took = await self.pending(key, batch, version, head_ts, lead, mine, deadline)
+                placed, took = await self.pending(key, batch, version, head_ts, lead, mine, deadline, started)
                 if isinstance(placed, Taken):  # a client id is committed already: a replay, or a 409
                     written = None
                     replay = replay_or_conflict(batch, await self.reader.stored(client_ids), realm, domain, entity)
@@ -200,7 +201,7 @@ class Writer:
         return (ts - clock.now_us() - max(o.settle_us - o.skew_us, 2 * self.fixed_us)) / 1e6
 
     async def pending(self, key: EntityKey, batch: list[NewEvent], version: int, head_ts: int, lead: int,
-                      mine: set[uuid.UUID], deadline: float) -> tuple[Attempt | Taken | None, int]:
+                      mine: set[uuid.UUID], deadline: float, started_us: int) -> tuple[Attempt | Taken | None, int]:
         """Write an attempt's index rows (pending) and claim its client ids before its commit; None
         when the rows were late, Taken when a client id is committed already. Also returns how long
         the rows took (microseconds)."""
@@ -217,7 +218,7 @@ class Writer:
             ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1), len(batch))
         started = loop.time()
         attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i, position(ts0 + i, slot))
-                                for i, e in enumerate(batch)])
+                                for i, e in enumerate(batch)], attempt_id(started_us))
         mine.add(attempt.txn)
         index: Rows = []
         by_id: Rows = []
@@ -247,15 +248,20 @@ class Writer:
             jobs.append(self.coalescer.write(ks.q.dir_add, listed, KEY_BYTES * len(listed)))
         # Client ids are claimed while the rows are written: a Paxos round in parallel, not after.
         taken: Taken | None = None
-        if claims:
-            both = await asyncio.gather(written_at(jobs), self.claims.take(key, attempt.txn, claims, mine, deadline),
-                                        return_exceptions=True)
-            for outcome in both:  # both ran to their end (no orphaned request), then a failure is raised
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            acked, taken = cast(tuple[float, Taken | None], both)
-        else:
-            acked = await written_at(jobs)
+        try:
+            if claims:
+                both = await asyncio.gather(written_at(jobs),
+                                            self.claims.take(key, attempt.txn, claims, mine, deadline),
+                                            return_exceptions=True)
+                for outcome in both:  # both ran to their end (no orphaned request), then a failure is raised
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                acked, taken = cast(tuple[float, Taken | None], both)
+            else:
+                acked = await written_at(jobs)
+        except BaseException:
+            ks.db.spawn(self.forget(attempt, keep_ids=False))  # never committed: its rows need no fence
+            raise
         took = int(acked * 1e6 - started * 1e6)
         self.step1_us.append(took)
         self.names.known.update(directory)
