@@ -34,6 +34,7 @@ from perhap.model import AppendResult, Event, Scope, new_event
 from perhap.store.base import Store
 from perhap.store.job import WriteJob
 from perhap.store.query import ReadQuery
+from tests.helpers import append_from_another_store
 from tests.test_sqlite_backend import _careful, _decided, _events, _fast, _fresh, _rows
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy" / "schema1.sqlite"
@@ -241,15 +242,7 @@ async def test_another_writer_on_the_file_does_not_break_the_numbering(tmp_path:
     path = str(tmp_path / "twin.db")
     async with await open_sqlite(path, synchronous="OFF") as store:
         await store.append("r", "d", "e", "t", 0)  # the writer now caches r's head
-        other = asyncio.new_event_loop()
-        try:
-            async def twin_writes() -> None:
-                async with await open_sqlite(path, synchronous="OFF") as twin:
-                    for i in range(3):
-                        await twin.append("r", "d", "twin", "t", i)
-            await asyncio.get_running_loop().run_in_executor(None, other.run_until_complete, twin_writes())
-        finally:
-            other.close()
+        await append_from_another_store(path, "r", "d", "twin", 3)
         assert (await store.append("r", "d", "e", "t", 1)).first.position == 5
         events = (await store.read(Scope("r"))).events
         assert [e.position for e in events] == [1, 2, 3, 4, 5]

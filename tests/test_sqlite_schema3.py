@@ -28,6 +28,7 @@ from perhap.backends.sqlite.schema import KEY_SPAN, MAX_ENTITY_ID, connect, migr
 from perhap.errors import InvalidInput, StorageUnavailable
 from perhap.model import AppendResult, Event, Scope
 from perhap.store.base import Store
+from tests.helpers import append_from_another_store
 
 #: Schema 2 as perhap created it (tables, then indexes), to make files of that schema.
 SCHEMA2 = """
@@ -385,15 +386,7 @@ async def test_seqs_stay_contiguous_through_rolled_back_jobs_and_another_writer(
             return_exceptions=True)
         assert [type(r).__name__ for r in results] == ["AppendResult", "AppendResult", "EventIdConflict",
                                                        "VersionConflict", "AppendResult"]
-        other = asyncio.new_event_loop()
-        try:
-            async def twin_writes() -> None:
-                async with await open_sqlite(path, synchronous="OFF") as twin:
-                    for i in range(3):
-                        await twin.append("r", "d2", "twin", "t", i)
-            await asyncio.get_running_loop().run_in_executor(None, other.run_until_complete, twin_writes())
-        finally:
-            other.close()
+        await append_from_another_store(path, "r", "d2", "twin", 3)
         appended = await store.append("r", "d", "e", "t", 6)
         assert appended.first.version == 5
         domain = (await store.read(Scope("r", "d"), limit=100)).events
