@@ -5,11 +5,15 @@ process appends at a steady rate (default 1,000 events/s) over 16 keep-alive con
 so more connections only help when the server is slow to answer) and notes the monotonic time
 each 201 arrives. Latency per delivery = arrival - acknowledgement (0 when the event reached the
 subscriber before its writer heard back).
+
+Both measuring processes run with the cyclic garbage collector off while the events flow: a
+collection pausing either one would count as the server's latency, or hide some of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import subprocess
@@ -77,12 +81,15 @@ def measure(db_url: str, workdir: Path, subscribers: int, rate: int, seconds: fl
             line = proc.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"subscribers did not start: {line!r}")
+            gc.disable()
             try:
                 import uvloop
 
                 acks = uvloop.run(_append_all(server.url, rate, total))
             except ImportError:
                 acks = asyncio.run(_append_all(server.url, rate, total))
+            finally:
+                gc.enable()
             times = sorted(acks.values())
             # The rate the appends were acknowledged at, first to last (the offered rate when the
             # server keeps up).

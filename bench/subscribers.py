@@ -8,11 +8,18 @@ the machine) when each event id arrives on each stream, and when every stream ha
 
 Parsing is deliberately minimal (find ``\\nid: `` in the raw bytes, chunked framing included), so
 that the subscribers cost the machine as little as possible.
+
+The process runs with Python's cyclic garbage collector off. It keeps one (id, time) tuple per
+delivery, a million in row 8, and every full collection walks all of them: pauses of 30-60 ms
+that stopped every stream at once and that the row reported as the server's delivery latency
+(p99 36 ms with the collector on, 2.4-2.8 ms with it off, the same server, 2026-12-03). Nothing
+here makes reference cycles worth collecting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 import time
@@ -106,6 +113,7 @@ async def main_async(url: str, path: str, count: int, expected: int) -> None:
 
 
 def main() -> None:
+    gc.disable()  # see the module's docstring: the instrument must not pause
     url, path, count, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     try:
         import uvloop
