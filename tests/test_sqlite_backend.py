@@ -210,7 +210,7 @@ def test_fast_path_is_taken_for_conflicts_replays_and_new_names(
 
 def test_insert_chunks_fit_the_variable_limit() -> None:
     assert insert_chunks(999) == (64, 32, 16, 8, 4, 2, 1)  # 640 of 999 variables
-    assert insert_chunks(32766)[0] == 128
+    assert insert_chunks(32766)[0] == 1024
     assert insert_chunks(9) == (1,)
     limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     assert insert_chunks(limit)[0] * 10 <= limit

@@ -41,8 +41,8 @@ KEY_SPAN = 2**32
 #: Entity ids stay below this, so every key fits SQLite's signed 64-bit integer.
 MAX_ENTITY_ID = 2**31 - 1
 
-_EVENTS_TABLE = """
-CREATE TABLE IF NOT EXISTS {name} (
+_EVENTS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {{name}} (
     entity_key INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL,
     event_id TEXT NOT NULL,
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     entity_id INTEGER NOT NULL, type_id INTEGER NOT NULL,
     version INTEGER NOT NULL, ts TEXT NOT NULL, data BLOB NOT NULL, meta BLOB NOT NULL,
     position INTEGER NOT NULL,
-    CHECK (version >= 0 AND version < 4294967296 AND entity_key = entity_id * 4294967296 + version))"""
+    CHECK (version >= 0 AND version < {KEY_SPAN} AND entity_key = entity_id * {KEY_SPAN} + version))"""
 
 _ENTITIES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -151,7 +151,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(_EVENTS_TABLE.format(name="events_v3"))
         conn.execute("INSERT INTO events_v3 (entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id,"
                      " version, ts, data, meta, position)"
-                     " SELECT entity_id * 4294967296 + version, seq, event_id, realm_id, domain_id, entity_id,"
+                     f" SELECT entity_id * {KEY_SPAN} + version, seq, event_id, realm_id, domain_id, entity_id,"
                      f" type_id, version, ts, data, meta, {position} FROM events ORDER BY entity_id, version")
         conn.execute("DROP TABLE events")  # (its indexes with it)
         conn.execute("ALTER TABLE events_v3 RENAME TO events")
