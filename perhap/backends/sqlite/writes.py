@@ -39,7 +39,8 @@ _INSERT_EVENTS = ("INSERT INTO events (entity_key, seq, event_id, realm_id, doma
 _ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ROW_PARAMETERS = 12
 #: Rows per multi-row INSERT at most. 1,024 against 128: a 1,000-event batch in 6 statements
-#: instead of 10, 5-20 % more events/s in bench row 4 (alternating runs, docs/performance.md).
+#: instead of 10, 0-33 % more events/s in five alternating pairs of row 4's batches
+#: (docs/performance.md, section 7).
 MAX_CHUNK_ROWS = 1024
 
 #: entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta, position
