@@ -31,8 +31,20 @@ Cursor = int | tuple[int, uuid.UUID]
 # --------------------------------------------------------------------------- names and values
 
 
+# Names that passed check_name, realm names apart (a realm may not begin with '_'). A name's
+# validity never changes, and the same realm, domain and type names come with almost every request
+# (an append checks each twice: the HTTP layer, then the store), so a set look-up answers most
+# checks. Emptied when full: a workload of many distinct entity names only refills it.
+_VALID_NAMES: set[str] = set()
+_VALID_REALMS: set[str] = set()
+_VALID_MAX = 4096
+
+
 def check_name(value: Any, what: str, *, realm: bool = False) -> str:
     """Validate one level's name: 1-255 bytes of UTF-8, no control characters, no '/'."""
+    known = _VALID_REALMS if realm else _VALID_NAMES
+    if type(value) is str and value in known:
+        return value
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
     ascii = value.isascii()  # the usual case: one byte a character, no surrogates possible
@@ -52,6 +64,10 @@ def check_name(value: Any, what: str, *, realm: bool = False) -> str:
         raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a {what}")
     if realm and value.startswith("_"):
         raise InvalidInput("realm names beginning with '_' are reserved for system endpoints")
+    if type(value) is str:  # not a subclass, whose __eq__ or __hash__ could lie to the set
+        if len(known) >= _VALID_MAX:
+            known.clear()
+        known.add(value)
     return value
 
 

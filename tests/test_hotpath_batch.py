@@ -10,6 +10,10 @@
   ``new_event`` does for each event, with the same messages, and keeps the batch's order.
 - The SQLite writer's one-entity path stores each event's own type and timestamp, and records
   every type of the entity, as the row-by-row code did.
+- ``check_name`` answers names it accepted before from a set: a name valid at one level is still
+  refused where another rule applies (a realm beginning with '_'), refused names are refused
+  every time, and the set stays bounded. The request path's fast paths for unquoting a segment
+  and quoting a Location's names give what ``urllib.parse`` gives.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from perhap.backends.sqlite import open_sqlite
 from perhap.backends.sqlite.queries import make_event
 from perhap.backends.sqlite.writes import make_appended
 from perhap.errors import InvalidInput
-from perhap.model import Appended, Event, NewEvent, Scope, make_new_event, new_event, prepare_batch
+from perhap.model import Appended, Event, NewEvent, Scope, check_name, make_new_event, new_event, prepare_batch
 from perhap.slotted import fast_constructor
 
 # ------------------------------------------------------------------ ids
@@ -246,3 +250,38 @@ async def test_a_batch_keeps_each_events_type_and_timestamp(tmp_path: Path) -> N
         assert (await store.keys("r", "d", "e")).keys == ["a", "b", "c", "old"]
     finally:
         await store.close()
+
+
+def test_names_accepted_before_are_accepted_again_and_only_where_their_rules_allow() -> None:
+    from perhap import model
+
+    assert check_name("_internal", "domain") == "_internal"
+    for _ in range(2):  # once to fill the set, once from it
+        with pytest.raises(InvalidInput, match="reserved for system endpoints"):
+            check_name("_internal", "realm", realm=True)
+        assert check_name("_internal", "domain") == "_internal"
+        for bad in ("", "a/b", "keys", "..", "x\x00"):
+            with pytest.raises(InvalidInput):
+                check_name(bad, "entity")
+    with pytest.raises(InvalidInput, match="must be a string"):
+        check_name(["a"], "entity")
+    for i in range(model._VALID_MAX + 10):
+        check_name(f"entity-{i}", "entity")
+    assert len(model._VALID_NAMES) <= model._VALID_MAX
+    assert check_name("entity-1", "entity") == "entity-1"
+
+
+def test_segment_and_location_fast_paths_match_urllib() -> None:
+    from urllib.parse import quote, unquote_to_bytes
+
+    from perhap.http.handlers.writes import event_path
+    from perhap.http.routes import decode_segment
+
+    for name in ("plain-Name_1.~", "with space", "caf\u00e9", "a%2Fb", "%", "~x", "50%25", "\U0001f600"):
+        raw = quote(name, safe="%").encode()
+        assert decode_segment(raw) == unquote_to_bytes(raw).decode()
+        assert event_path(name, name, "id") == f"/{quote(name, safe='')}/{quote(name, safe='')}/id"
+    with pytest.raises(InvalidInput):
+        decode_segment(b"\xff")
+    with pytest.raises(InvalidInput):
+        decode_segment(b"%ff")

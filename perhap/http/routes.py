@@ -192,6 +192,8 @@ def split_path(raw: bytes) -> list[bytes]:
 
 def decode_segment(segment: bytes) -> str:
     try:
+        if b"%" not in segment:  # the usual case: nothing to unquote
+            return segment.decode("utf-8")
         return unquote_to_bytes(segment).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("a path segment is not valid UTF-8 after percent-decoding") from None
