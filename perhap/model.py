@@ -31,18 +31,14 @@ Cursor = int | tuple[int, uuid.UUID]
 # --------------------------------------------------------------------------- names and values
 
 
-# Names that passed check_name, realm names apart (a realm may not begin with '_'). A name's
-# validity never changes, and the same realm, domain and type names come with almost every request
-# (an append checks each twice: the HTTP layer, then the store), so a set look-up answers most
-# checks. Emptied when full: a workload of many distinct entity names only refills it.
-_VALID_NAMES: set[str] = set()
-_VALID_REALMS: set[str] = set()
+# Names check_name passed (other levels', realms'): requests repeat them; emptied when full.
+_VALID: tuple[set[str], set[str]] = (set(), set())
 _VALID_MAX = 4096
 
 
 def check_name(value: Any, what: str, *, realm: bool = False) -> str:
     """Validate one level's name: 1-255 bytes of UTF-8, no control characters, no '/'."""
-    known = _VALID_REALMS if realm else _VALID_NAMES
+    known = _VALID[realm]
     if type(value) is str and value in known:
         return value
     if not isinstance(value, str):

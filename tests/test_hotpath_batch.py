@@ -267,7 +267,7 @@ def test_names_accepted_before_are_accepted_again_and_only_where_their_rules_all
         check_name(["a"], "entity")
     for i in range(model._VALID_MAX + 10):
         check_name(f"entity-{i}", "entity")
-    assert len(model._VALID_NAMES) <= model._VALID_MAX
+    assert all(len(known) <= model._VALID_MAX for known in model._VALID)
     assert check_name("entity-1", "entity") == "entity-1"
 
 
