@@ -4,6 +4,7 @@ statistic the store keeps (group commits, size, Cassandra's write attempts ...).
 from __future__ import annotations
 
 import httpx
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from perhap import Store
@@ -99,3 +100,33 @@ def test_route_templates_are_bounded() -> None:
     assert label(b"/_whatever") == ("other", False)
     assert label(b"/a/b/c/d/e/f") == ("other", False)
     assert label(b"/%ff/x") == ("/{realm}/{domain}", True)  # not UTF-8: still a bounded label
+
+
+def test_latency_buckets_counts_and_sums_are_exact() -> None:
+    """The request figures are kept as plain numbers and exported at scrape time: each bucket holds
+    the requests at or under its bound (a time equal to a bound is in that bucket), streams are
+    counted but not timed, and appends and reads are counted by status."""
+    from perhap.http.metrics import Metrics
+
+    class Streams:
+        open = write_timeouts = 0
+
+    m = Metrics(Streams())  # type: ignore[arg-type]
+    route = "/{realm}/{domain}/{entity}"
+    for seconds in (0.0001, 0.0005, 0.001, 0.003, 0.3, 11.0):
+        m.observe("GET", route, True, 200, seconds, False)
+    m.observe("GET", route, True, 200, 99.0, True)  # a stream: counted, not timed
+    m.observe("POST", route, True, 409, 0.002, False)
+    m.observe("GET", "/{realm}/keys", True, 200, 0.002, False)  # a key listing is not a read
+    got = samples(generate_latest(m.registry).decode())
+    labels = (("method", "GET"), ("route", route))
+    bucket = {le: got[("perhap_http_request_duration_seconds_bucket", (("le", le), *labels))]
+              for le in ("0.0005", "0.001", "0.0025", "0.005", "0.25", "0.5", "10.0", "+Inf")}
+    assert bucket == {"0.0005": 2, "0.001": 3, "0.0025": 3, "0.005": 4, "0.25": 4, "0.5": 5, "10.0": 5, "+Inf": 6}
+    assert got[("perhap_http_request_duration_seconds_count", labels)] == 6
+    assert abs(got[("perhap_http_request_duration_seconds_sum", labels)] - 11.3046) < 1e-9
+    assert got[("perhap_http_requests_total", (*labels, ("status", "200")))] == 7
+    assert got[("perhap_reads_total", (("status", "200"),))] == 7
+    assert got[("perhap_appends_total", (("status", "409"),))] == 1
+    assert ("perhap_http_requests_created", (*labels, ("status", "200"))) in got
+    assert ("perhap_http_request_duration_seconds_created", labels) in got
