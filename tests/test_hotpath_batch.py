@@ -274,6 +274,7 @@ def test_names_accepted_before_are_accepted_again_and_only_where_their_rules_all
 def test_segment_and_location_fast_paths_match_urllib() -> None:
     from urllib.parse import quote, unquote_to_bytes
 
+    from perhap.http.handlers.groups import group_path
     from perhap.http.handlers.writes import event_path
     from perhap.http.routes import decode_segment
 
@@ -281,6 +282,7 @@ def test_segment_and_location_fast_paths_match_urllib() -> None:
         raw = quote(name, safe="%").encode()
         assert decode_segment(raw) == unquote_to_bytes(raw).decode()
         assert event_path(name, name, "id") == f"/{quote(name, safe='')}/{quote(name, safe='')}/id"
+        assert group_path(name, name) == f"/_groups/{quote(name, safe='')}/{quote(name, safe='')}"
     with pytest.raises(InvalidInput):
         decode_segment(b"\xff")
     with pytest.raises(InvalidInput):

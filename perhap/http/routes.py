@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from ..errors import InvalidInput
 
@@ -188,6 +189,15 @@ def split_path(raw: bytes) -> list[bytes]:
     if segments and segments[-1] == b"":
         segments.pop()
     return segments
+
+
+# What quote(..., safe="") leaves as it is: RFC 3986's unreserved characters.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def encode_segment(name: str) -> str:
+    """A name as one path segment (for a Location); names that need no quoting (most) as they are."""
+    return name if _UNRESERVED.fullmatch(name) else quote(name, safe="")
 
 
 def decode_segment(segment: bytes) -> str:

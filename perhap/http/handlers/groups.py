@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Any
-from urllib.parse import quote
 
 from ...errors import InvalidInput
 from ...groups import GroupSettings, check_group_name
@@ -18,6 +17,7 @@ from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
 from ..requests import Context, Request, authorize, page_limit, read_json_object
 from ..responses import send_json
+from ..routes import encode_segment
 from ..streaming import KEEP_ALIVE, SSE_HEADERS, sse_message, wait_disconnect
 from ..types import Send
 
@@ -34,7 +34,7 @@ def _names(req: Request, permission: str) -> tuple[str, str]:
 
 
 def group_path(realm: str, name: str) -> str:
-    return f"/_groups/{quote(realm, safe='')}/{quote(name, safe='')}"
+    return f"/_groups/{encode_segment(realm)}/{encode_segment(name)}"
 
 
 async def list_groups(ctx: Context, req: Request, send: Send) -> None:

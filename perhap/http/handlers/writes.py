@@ -3,22 +3,19 @@ over several entities of a domain (POST to the domain)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from urllib.parse import quote
 
 from ...errors import InvalidInput
 from ...limits import BatchTooLarge
 from ...model import check_expected_version, new_event
 from ..requests import Context, Request, read_json_object
 from ..responses import send_json
+from ..routes import encode_segment
 from ..types import Send
 
 _APPEND_KEYS = frozenset({"event", "event_id", "meta", "expected_version"})
 _BATCH_KEYS = frozenset({"events", "expected_version"})
 _MANY_KEYS = frozenset({"events", "expected_versions"})
-# What quote(..., safe="") leaves as it is: RFC 3986's unreserved characters.
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
 # The two shapes, as the error messages show them.
 _ONE = '{"event": <your event>}, optionally with "meta", "event_id" and "expected_version"'
 _BATCH = '{"events": [{"type": "<type>", "event": <your event>}, ...]}, optionally with "expected_version"'
@@ -28,12 +25,7 @@ _MANY = ('{"events": [{"entity": "<entity>", "type": "<type>", "event": <your ev
 
 def event_path(realm: str, domain: str, event_id: str) -> str:
     """Where an event can be read on its own (the Location of a 201)."""
-    return f"/{_quoted(realm)}/{_quoted(domain)}/{event_id}"
-
-
-def _quoted(name: str) -> str:
-    """A name as one path segment; names that need no quoting (most) are returned as they are."""
-    return name if _UNRESERVED.fullmatch(name) else quote(name, safe="")
+    return f"/{encode_segment(realm)}/{encode_segment(domain)}/{event_id}"
 
 
 def _keys(keys: Iterable[str]) -> str:
