@@ -27,37 +27,58 @@ async def append_rate(url: str, seconds: float, prefix: str) -> float:
         return await concurrent_appends(store, seconds, domain="d0", prefix=prefix)
 
 
-async def read_latencies(data: Dataset, count: int, seed: int = 7) -> list[float]:
-    """Seconds per read of a random entity's 100 events (after a few warm-up reads)."""
-    rng = random.Random(seed)
-    async with open_store(data.url) as store:
-        for _ in range(min(20, count)):
-            await store.read(Scope(*data.entity(rng.randrange(data.entities))), limit=1000)
-        latencies = []
-        for _ in range(count):
-            scope = Scope(*data.entity(rng.randrange(data.entities)))
-            start = time.perf_counter()
-            page = await store.read(scope, limit=1000)
-            latencies.append(time.perf_counter() - start)
-            assert len(page.events) == EVENTS_PER_ENTITY, (scope, len(page.events))
-    return latencies
+#: Reads per block: the big and the small store are read in alternating blocks, so that a change
+#: of the machine's load during the row weighs on both sides alike (row 6b's baseline once came out
+#: at two thirds of its usual time when each store was read in one stretch, one after the other).
+BLOCK = 25
 
 
-async def head_latencies(data: Dataset, count: int, seed: int = 11) -> dict[str, list[float]]:
-    """Seconds per newest-first, one-event read: the realm's head, and a random entity's last event."""
+async def read_latencies(big: Dataset, small: Dataset, count: int, seed: int = 7) -> dict[str, list[float]]:
+    """Seconds per read of a random entity's 100 events, ``count`` per store (after a few warm-up
+    reads), the two stores read in alternating blocks."""
     rng = random.Random(seed)
-    found: dict[str, list[float]] = {"realm": [], "entity": []}
-    async with open_store(data.url) as store:
-        realm = Scope(data.entity(0)[0])
-        for i in range(count + 20):  # the first 20 warm the caches
-            for kind in ("realm", "entity"):
-                scope = realm if kind == "realm" else Scope(*data.entity(rng.randrange(data.entities)))
-                start = time.perf_counter()
-                page = await store.read(scope, order="desc", limit=1)
-                took = time.perf_counter() - start
-                assert len(page.events) == 1, (scope, page)
-                if i >= 20:
-                    found[kind].append(took)
+    found: dict[str, list[float]] = {"big": [], "small": []}
+    async with open_store(big.url) as big_store, open_store(small.url) as small_store:
+        stores = {"big": (big_store, big), "small": (small_store, small)}
+        for store, data in stores.values():
+            for _ in range(min(20, count)):
+                await store.read(Scope(*data.entity(rng.randrange(data.entities))), limit=1000)
+        while len(found["small"]) < count:
+            for name, (store, data) in stores.items():
+                latencies = found[name]
+                for _ in range(min(BLOCK, count - len(latencies))):
+                    scope = Scope(*data.entity(rng.randrange(data.entities)))
+                    start = time.perf_counter()
+                    page = await store.read(scope, limit=1000)
+                    latencies.append(time.perf_counter() - start)
+                    assert len(page.events) == EVENTS_PER_ENTITY, (scope, len(page.events))
+    return found
+
+
+async def head_latencies(big: Dataset, small: Dataset, count: int, seed: int = 11) -> dict[str, list[float]]:
+    """Seconds per newest-first, one-event read: the realm's head, and a random entity's last
+    event, ``count`` of each per store, the two stores read in alternating blocks (keys
+    ``realm_big``, ``entity_small`` ...)."""
+    rng = random.Random(seed)
+    found: dict[str, list[float]] = {f"{kind}_{size}": [] for kind in ("realm", "entity")
+                                     for size in ("big", "small")}
+    async with open_store(big.url) as big_store, open_store(small.url) as small_store:
+        stores = {"big": (big_store, big), "small": (small_store, small)}
+        done = -20  # the first 20 of each store warm the caches
+        while done < count:
+            block = BLOCK if done >= 0 else 20
+            for size, (store, data) in stores.items():
+                realm = Scope(data.entity(0)[0])
+                for _ in range(min(block, count - done)):
+                    for kind in ("realm", "entity"):
+                        scope = realm if kind == "realm" else Scope(*data.entity(rng.randrange(data.entities)))
+                        start = time.perf_counter()
+                        page = await store.read(scope, order="desc", limit=1)
+                        took = time.perf_counter() - start
+                        assert len(page.events) == 1, (scope, page)
+                        if done >= 0:
+                            found[f"{kind}_{size}"].append(took)
+            done += block
     return found
 
 
@@ -71,15 +92,11 @@ async def measure(big: Dataset, small: Dataset, workdir: Path, seconds: float, r
             big_rates.append(await append_rate(big.url, seconds, f"g{i}-"))
     finally:
         restore(big)
-    big_lat = await read_latencies(big, reads)
-    small_lat = await read_latencies(small, reads)
-    big_head = await head_latencies(big, reads)
-    small_head = await head_latencies(small, reads)
+    latencies = await read_latencies(big, small, reads)
+    big_lat, small_lat = latencies["big"], latencies["small"]
+    heads = await head_latencies(big, small, reads)
     return {
-        "head_realm_big_us": median(big_head["realm"]) * 1e6,
-        "head_realm_small_us": median(small_head["realm"]) * 1e6,
-        "head_entity_big_us": median(big_head["entity"]) * 1e6,
-        "head_entity_small_us": median(small_head["entity"]) * 1e6,
+        **{f"head_{key}_us": median(values) * 1e6 for key, values in heads.items()},
         "append_empty": max(empty_rates), "append_big": max(big_rates),
         "read_big_ms": median(big_lat) * 1000, "read_small_ms": median(small_lat) * 1000,
         "read_big_p99_ms": percentile(big_lat, 99) * 1000,
