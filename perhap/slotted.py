@@ -10,7 +10,8 @@ frozen like one built the usual way (tests/test_hotpath_batch.py checks each of 
 
 Every field must be passed, positionally. Should the dataclass ever gain a ``__post_init__``, or
 fields that are not exactly its slots, the dataclass itself is returned and nothing changes but
-speed.
+speed. ``checked=True`` skips a ``__post_init__`` that only validates: for callers that have made
+the same checks already (the HTTP layer builds the Scope of a read from names it has checked).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def fast_constructor(cls: type[T]) -> Callable[..., T]:
-    """A constructor of ``cls`` (a frozen, slotted dataclass) taking every field positionally."""
+def fast_constructor(cls: type[T], *, checked: bool = False) -> Callable[..., T]:
+    """A constructor of ``cls`` (a frozen, slotted dataclass) taking every field positionally;
+    with ``checked``, for values that already pass its ``__post_init__`` (which is not run)."""
     names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type,unused-ignore]
-    if getattr(cls, "__slots__", None) != names or hasattr(cls, "__post_init__"):
+    if getattr(cls, "__slots__", None) != names or (hasattr(cls, "__post_init__") and not checked):
         return cls
     # The same code a dataclass generates for a plain __init__, plus the change of class at the end.
     source = (f"def __init__(self, {', '.join(names)}):\n"

@@ -32,8 +32,11 @@ from perhap.backends.sqlite import open_sqlite
 from perhap.backends.sqlite.queries import make_event
 from perhap.backends.sqlite.writes import make_appended
 from perhap.errors import InvalidInput
+from perhap.http.handlers.reads import _checked_scope
+from perhap.http.pagecache import page_key
 from perhap.model import Appended, Event, NewEvent, Scope, check_name, make_new_event, new_event, prepare_batch
 from perhap.slotted import fast_constructor
+from perhap.store.query import ReadQuery, read_query
 
 # ------------------------------------------------------------------ ids
 
@@ -167,6 +170,46 @@ def test_a_dataclass_the_fast_constructor_cannot_mirror_keeps_its_own_constructo
     fast = fast_constructor(Plain)
     assert fast is not Plain
     _same_object(fast(1, "x"), Plain(1, "x"))
+
+
+def test_a_checked_constructor_skips_only_the_check() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    fast = fast_constructor(Checked, checked=True)
+    assert fast is not Checked
+    _same_object(fast(1), Checked(1))
+    assert fast(-1).a == -1  # the caller promised the check: it is not made again
+
+
+def test_the_read_paths_scopes_and_queries_are_the_classes_own_objects() -> None:
+    for names in (("r",), ("r", "d"), ("r", "d", "e"), ("r", "d", "e", "t")):
+        _same_object(_checked_scope(*names, *(None,) * (4 - len(names))), Scope(*names))
+    _same_object(read_query(Scope("r", "d", "e"), limit=7), ReadQuery(Scope("r", "d", "e"), limit=7))
+    made = read_query(Scope("r", "d", "e"), order="desc", types=["b", "a"], after_version="2", until_version=5,
+                      limit=7)
+    _same_object(made, ReadQuery(Scope("r", "d", "e"), ("a", "b"), True, 2, 6, None, None, 7))
+
+
+def test_page_keys_are_equal_exactly_when_the_reads_are() -> None:
+    entity, other = Scope("r", "d", "e"), Scope("r", "d", "f")
+    queries = [ReadQuery(entity), ReadQuery(other), ReadQuery(Scope("r", "d")), ReadQuery(Scope("r", "e", "e")),
+               ReadQuery(entity, limit=2), ReadQuery(entity, descending=True), ReadQuery(entity, ("t",)),
+               ReadQuery(entity, ("t", "u")), ReadQuery(entity, after=3), ReadQuery(entity, before=3),
+               ReadQuery(entity, after_position=3), ReadQuery(entity, before_position=3),
+               ReadQuery(entity, after=3, limit=2), ReadQuery(Scope("r", "d", "e"))]
+    reads = [(q, f) for q in queries for f in (None, "0190e3a0-0000-7000-8000-000000000001",
+                                                "0190e3a0-0000-7000-8000-000000000002")]
+    for a in reads:
+        for b in reads:
+            assert (page_key(*a) == page_key(*b)) == (a == b), (a, b)
+            if a == b:
+                assert hash(page_key(*a)) == hash(page_key(*b))
 
 
 # ------------------------------------------------------------------ prepare_batch

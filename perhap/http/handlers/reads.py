@@ -9,19 +9,24 @@ from ...auth import ANY_REALM
 from ...errors import InvalidInput, NotFound
 from ...ids import check_event_id
 from ...model import Scope
+from ...slotted import fast_constructor
 from ...store.query import ReadQuery, read_query
-from ..pagecache import CachedPage, entity_version, known_version
+from ..pagecache import CachedPage, entity_version, known_version, page_key
 from ..requests import Context, Request, header, page_limit
 from ..responses import entity_tag, json_bytes, send_tagged
 from ..streaming import STREAM_BATCH, abort_hook, stream_events, stream_head
 from ..types import Send
 
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
+#: A Scope of names dispatch has checked (each level's name; a route has no entity without a
+#: domain): built without checking them again, all four fields given.
+_checked_scope = fast_constructor(Scope, checked=True)
 
 
 async def read(ctx: Context, req: Request, send: Send) -> None:
     """GET /REALM[/DOMAIN[/ENTITY[/TYPE]]]: a type in the path, or types from ?type= (repeatable)."""
-    await send_events(ctx, req, send, Scope(*req.names))
+    names = req.names
+    await send_events(ctx, req, send, _checked_scope(*names, *(None,) * (4 - len(names))))
 
 
 async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
@@ -34,7 +39,7 @@ async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
             pass
         else:
             return await _send_tagged_json(req, send, event.to_json_dict())
-    await send_events(ctx, req, send, Scope(realm, domain, entity))
+    await send_events(ctx, req, send, _checked_scope(realm, domain, entity, None))
 
 
 def _query(req: Request, where: Scope, following: str | None, limit: int, stream: bool) -> ReadQuery:
@@ -72,7 +77,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
         return await _send_tagged_json(req, send, {"events": [e.to_json_dict() for e in page.events],
                                                    "next": page.next})
     # An entity read: served from the page cache while the entity stays at the cached version.
-    key = (query, following)
+    key = page_key(query, following)
     cached = pages.get(key)
     version = None
     # Taken before any read: what is read next reflects at least every commit up to it.
