@@ -20,11 +20,13 @@ the marker has not moved, nothing was stored, and the page is served without a p
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol, cast
 
-from ..model import Page
+from ..model import Page, Scope
 from ..store.base import Store
 from ..store.query import ReadQuery
 
@@ -47,11 +49,14 @@ class CachedPage:
 Key = tuple[object, ...]
 
 
+# Every field, read from the dataclasses themselves: a field added to either is in the key at once.
+_scope_fields = attrgetter(*(f.name for f in dataclasses.fields(Scope)))
+_query_fields = attrgetter(*(f.name for f in dataclasses.fields(ReadQuery) if f.name != "scope"))
+
+
 def page_key(query: ReadQuery, following: str | None) -> Key:
     """The cache key of a read: equal exactly when the queries (and ``following``) are equal."""
-    scope = query.scope
-    return (scope.realm, scope.domain, scope.entity, scope.type, query.types, query.descending, query.after,
-            query.before, query.after_position, query.before_position, query.limit, following)
+    return (_scope_fields(query.scope), _query_fields(query), following)
 
 
 class PageCache:
