@@ -22,8 +22,10 @@ import pytest
 from perhap import AppendResult, PerhapError, Scope, StorageUnavailable, Store, open_store
 from perhap.app import PerhapApp
 from perhap.backends.postgres import PostgresStore
+from perhap.backends.postgres import connection as pgconnection
 from perhap.backends.postgres import queries as pgqueries
 from perhap.backends.postgres import schema as pgschema
+from perhap.backends.postgres import writer as pgwriter
 from perhap.sse import SSEDecoder
 from perhap.store.query import read_query
 from perhap.testing.postgres import PostgresServer
@@ -349,6 +351,45 @@ async def test_heads_cost_one_index_probe(pg_url: str) -> None:
                 walk = [line for line in plan.splitlines() if "on perhap_events" in line]
                 assert len(walk) == 1 and f"Index Scan Backward using perhap_events_{index} on" in walk[0], plan
                 assert "rows=1 loops=1" in walk[0] and not _sort_nodes(plan), plan
+
+
+async def test_the_writers_lookup_probes_every_key(pg_url: str) -> None:
+    """A group's look-up finds each realm, domain and entity by its whole unique key and the realm's
+    head by one backward index probe, whatever the planner believes: before any ANALYZE (tables
+    that looked empty when the schema was made, as in a new store's first minutes), after it, and
+    with the generic plan a prepared statement may settle on. A scan of the events or of a
+    domain's entities here would make every group cost O(store)."""
+    store = await pg_store(pg_url)
+    async with store:
+        for table in ("perhap_events", "perhap_entities", "perhap_domains", "perhap_realms"):
+            await sql(pg_url, f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+        for j in range(4):
+            await store.append_batch("big", "d", f"x{j}", [{"type": "t", "event": k} for k in range(1000)])
+        await asyncio.gather(*[store.append("big", "d", f"e{i}", "t", i) for i in range(400)])
+        names = [f"e{i}" for i in range(0, 400, 25)] + ["new"]
+        args = (["big"] * len(names), ["d"] * len(names), names, [True] + [False] * (len(names) - 1))
+        conn = await asyncpg.connect(pg_url, timeout=10)
+        try:
+            await pgconnection.init_writer(conn)
+            for analysed, mode in ((False, "auto"), (True, "auto"), (True, "force_generic_plan")):
+                if analysed:
+                    await sql(pg_url, "ANALYZE")
+                await conn.execute(f"SET plan_cache_mode = {mode}")
+                statement = await conn.prepare("EXPLAIN (ANALYZE, TIMING OFF) " + pgwriter._LOOKUP)
+                plan = "\n".join(r[0] for r in await statement.fetch(*args))
+                shown = (analysed, mode, plan)
+                assert "Seq Scan" not in plan and not _sort_nodes(plan) and "Removed by" not in plan, shown
+                for key in (r"\(name = k\.realm\)", r"\(\(realm_id = \S+\) AND \(name = k\.domain\)\)",
+                            r"\(\(domain_id = \S+\) AND \(name = k\.entity\)\)"):
+                    assert re.search(r"Index Cond: " + key, plan), (key, shown)
+                head = [line for line in plan.splitlines() if "on perhap_events" in line]
+                assert len(head) == 1 and "Index Only Scan Backward using perhap_events_realm" in head[0], shown
+                assert "rows=1 loops=1" in head[0], shown
+            rows = await conn.fetch(pgwriter._LOOKUP, *args)
+            assert [r[4] for r in sorted(rows, key=lambda r: r[0])] == [0] * (len(names) - 1) + [None]
+            assert sorted(rows, key=lambda r: r[0])[0][5] == 4400
+        finally:
+            await conn.close()
 
 
 # --------------------------------------------------------------------------- the database goes away

@@ -36,7 +36,7 @@ from ...ids import utc_timestamp
 from ...model import AppendResult, Event
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
-from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
+from .connection import DB_ERRORS, LOST, Connection, Options, init_writer
 from .decide import Accepted, Decided, Key, decide, keys_read, replay_of
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
@@ -57,13 +57,17 @@ DURABLE = ("SELECT set_config('synchronous_commit', 'on', true) "
 
 # Look up every entity of a group at once: ids where they exist, and the current version; and
 # on the first row of each realm ($4), the realm's head (last position, 0 if none): one probe of
-# the unique (realm_id, position) index, read under the realm's lock.
+# the unique (realm_id, position) index, read under the realm's lock. Each name is its own
+# LATERAL probe (LIMIT 1 keeps the planner from flattening it into a join), so every level is
+# found by its whole unique key: joined, a young table's statistics let the planner probe the
+# entities by domain alone and filter the names, a cost that grows with the domain.
 _LOOKUP = """SELECT k.i, r.id, d.id, n.id, n.version, CASE WHEN k.head THEN coalesce(
     (SELECT e.position FROM perhap_events e WHERE e.realm_id = r.id ORDER BY e.position DESC LIMIT 1), 0) END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) WITH ORDINALITY AS k(realm, domain, entity, head, i)
-LEFT JOIN perhap_realms r ON r.name = k.realm
-LEFT JOIN perhap_domains d ON d.realm_id = r.id AND d.name = k.domain
-LEFT JOIN perhap_entities n ON n.domain_id = d.id AND n.name = k.entity"""
+LEFT JOIN LATERAL (SELECT id FROM perhap_realms WHERE name = k.realm LIMIT 1) r ON true
+LEFT JOIN LATERAL (SELECT id FROM perhap_domains WHERE realm_id = r.id AND name = k.domain LIMIT 1) d ON true
+LEFT JOIN LATERAL (SELECT id, version FROM perhap_entities WHERE domain_id = d.id AND name = k.entity LIMIT 1)
+    n ON true"""
 
 _UPSERT_ENTITIES = """INSERT INTO perhap_entities (domain_id, name, version)
 SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[])
@@ -162,7 +166,7 @@ class GroupWriter:
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = await self._options.connect()
-                await init_connection(self._conn)
+                await init_writer(self._conn)
             except DB_ERRORS as exc:
                 self._conn = None
                 raise StorageUnavailable(f"the database is unavailable: {exc}") from None
