@@ -82,16 +82,6 @@ async def init_connection(conn: Connection) -> None:
     await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
 
 
-async def init_writer(conn: Connection) -> None:
-    await init_connection(conn)
-    # The writer reads only by key (names, ids, a realm's head), and must keep doing so as its
-    # tables grow from empty: a plan made while the events table looked empty read a realm's head
-    # by scanning and sorting the realm (milliseconds per group after a few thousand events, until
-    # autovacuum analysed the table). With scans and sorts priced out, index probes are the plans
-    # left; a statement with no other plan still runs, only costed high.
-    await conn.execute("SET enable_seqscan = off; SET enable_sort = off")
-
-
 async def init_reader(conn: Connection) -> None:
     await init_connection(conn)
     # A page must be a walk along the scope's index, never "fetch the whole scope, sort, keep

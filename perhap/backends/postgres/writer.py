@@ -36,7 +36,7 @@ from ...ids import utc_timestamp
 from ...model import AppendResult, Event
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
-from .connection import DB_ERRORS, LOST, Connection, Options, init_writer
+from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
 from .decide import Accepted, Decided, Key, decide, keys_read, replay_of
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
@@ -54,6 +54,13 @@ COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnes
 DURABLE = ("SELECT set_config('synchronous_commit', 'on', true) "
            "WHERE current_setting('synchronous_commit') = 'off';")
 
+#: Also sent with BEGIN. The writer reads only by key (names, ids, a realm's head) and must keep
+#: doing so as its tables grow from empty: a plan made while the events table looked empty read a
+#: realm's head by scanning and sorting the realm (milliseconds a group after a few thousand
+#: events, until autovacuum analysed the table). With scans and sorts priced out, index probes are
+#: the plans left (a statement with no other plan still runs, only costed high). SET LOCAL, like
+#: DURABLE, so that it holds through pgbouncer's transaction pooling.
+KEY_PLANS = "SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off;"
 
 # Look up every entity of a group at once: ids where they exist, and the current version; and
 # on the first row of each realm ($4), the realm's head (last position, 0 if none): one probe of
@@ -166,7 +173,7 @@ class GroupWriter:
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = await self._options.connect()
-                await init_writer(self._conn)
+                await init_connection(self._conn)
             except DB_ERRORS as exc:
                 self._conn = None
                 raise StorageUnavailable(f"the database is unavailable: {exc}") from None
@@ -185,7 +192,7 @@ class GroupWriter:
             keys = sorted({_realm_key(job.realm) for job in jobs})
             # The locks are their own statements: under READ COMMITTED each later statement then
             # reads with a snapshot that includes the previous lock holder's commit.
-            await conn.execute("BEGIN;" + DURABLE + "".join(
+            await conn.execute("BEGIN;" + DURABLE + KEY_PLANS + "".join(
                 f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
             new_pairs: set[tuple[int, int]] = set()
             if isolate:
