@@ -44,9 +44,12 @@ _LEVELS = {1: ("position", "realm_id", REALM_ID), 2: ("seq", "domain_id", DOMAIN
 _INDEXES = {(1, False): "events_realm_position", (1, True): "events_realm_type",
             (2, False): "events_domain", (2, True): "events_domain_type"}
 
-#: ENTITY_ID with numbered parameters, so that a statement may name it twice.
-_ENTITY_ID_NUMBERED = ("(SELECT id FROM entities WHERE domain_id = (SELECT id FROM domains WHERE realm_id = "
-                       "(SELECT id FROM realms WHERE name = ?1) AND name = ?2) AND name = ?3)")
+#: An entity's first key (its id times KEY_SPAN), looked up once as the outer side of its walk.
+#: Its names are ?1-?3 and a type's name ?4, the order of the other levels' parameters, so its
+#: walk's bounds are numbered after them.
+_ENTITY_BASE = ("(SELECT id * {span} AS base FROM entities WHERE domain_id = (SELECT id FROM domains WHERE "
+                "realm_id = (SELECT id FROM realms WHERE name = ?1) AND name = ?2) AND name = ?3) x "
+                "JOIN events e NOT INDEXED ON e.entity_key > x.base + ?{low} AND e.entity_key < x.base + ?{high}")
 
 # The walks select only the names the scope does not fix (an entity's events need no join for
 # their realm, domain and entity), and are built once per shape.
@@ -68,13 +71,10 @@ def walk_sql(level: int, typed: bool, descending: bool, positions: bool) -> str:
         joins = ("JOIN domains d ON d.id = e.domain_id JOIN entities n ON n.id = e.entity_id",
                  "JOIN entities n ON n.id = e.entity_id", "")[level - 1]
         if level == 3:
-            # A range of the table's own key (no index), its ends made from the entity's id: the
-            # id's look-up is written twice with the same numbered parameters (?1-?3), and a
-            # type's name is ?4, so the parameters keep the order the other levels take.
-            key, source = "entity_key", "events e NOT INDEXED"
-            where = "TRUE"
-            base = f"{_ENTITY_ID_NUMBERED} * {KEY_SPAN}"
-            bounds = f" AND e.entity_key > {base} + ? AND e.entity_key < {base} + ?"
+            # A range of the table's own key (no index), its ends made from the entity's id.
+            low = 5 if typed else 4
+            key, source = "entity_key", _ENTITY_BASE.format(span=KEY_SPAN, low=low, high=low + 1)
+            where, bounds = "TRUE", ""
         else:
             key, column, owner = _LEVELS[level]
             source = f"events e INDEXED BY {_INDEXES[(level, typed)]}"
