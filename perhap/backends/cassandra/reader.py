@@ -234,11 +234,19 @@ class Reader:
 
     async def until_settled(self, ts: int) -> None:
         """Sleep until the row at ``ts`` is behind the horizon (bounded, in case a writer's clock
-        runs far ahead)."""
+        runs far ahead): when this returns, ``clock.now_us() - settle`` is past it.
+
+        Checked against the clock the horizon is taken from, and slept again if need be: the event
+        loop's timers may fire early by that clock (uvloop counts whole milliseconds from the time
+        it cached when its iteration began). A read that woke early and read on from a horizon
+        still short of the row would skip the acknowledged event it had just waited for."""
         options = self.ks.options
-        now = clock.now_us()
-        target = min(ts, now + options.skew_us + clock.MAX_LEAD_US)
-        await asyncio.sleep(max(0, target + options.settle_us - now) / 1e6 + 0.001)
+        until = min(ts, clock.now_us() + options.skew_us + clock.MAX_LEAD_US) + options.settle_us
+        while True:
+            left = until - clock.now_us()
+            if left < 0:
+                return
+            await asyncio.sleep(left / 1e6 + 0.001)
 
     async def read_entity(self, query: ReadQuery) -> list[Event]:
         """An entity's events between the version bounds, of the query's types, within its position
