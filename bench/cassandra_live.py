@@ -30,7 +30,8 @@ async def measure(url: str, events: int, rate: float) -> dict[str, Any]:
     async with open_store(url) as writer, open_store(url) as reader:
         # The subscription starts after the warm-up event named by its id, not after what a read
         # of the domain returns: once in CI such a subscription started from the beginning and
-        # counted the warm-up event as a measured one (unexplained; docs/performance.md, section 8).
+        # counted the warm-up event as a measured one (a read that woke early from its settle wait
+        # and skipped the event; fixed in the reader, docs/performance.md, section 10).
         warm_id = (await writer.append("bench", DOMAIN, "warm", "happened", {"n": -1})).first.event_id
         sub = await reader.subscription(Scope("bench", DOMAIN), following=warm_id)
 
