@@ -45,10 +45,9 @@ _INDEXES = {(1, False): "events_realm_position", (1, True): "events_realm_type",
             (2, False): "events_domain", (2, True): "events_domain_type"}
 
 #: An entity's first key (its id times KEY_SPAN), looked up once as the outer side of its walk.
-#: Its names are ?1-?3 and a type's name ?4, the order of the other levels' parameters, so its
-#: walk's bounds are numbered after them.
-_ENTITY_BASE = ("(SELECT id * {span} AS base FROM entities WHERE domain_id = (SELECT id FROM domains WHERE "
-                "realm_id = (SELECT id FROM realms WHERE name = ?1) AND name = ?2) AND name = ?3) x "
+#: Its names come first in the text, so they are ?1-?3; a type's name is ?4, the order of the other
+#: levels' parameters, so the walk's bounds are numbered after them.
+_ENTITY_BASE = (f"(SELECT id * {KEY_SPAN} AS base FROM entities WHERE domain_id = {DOMAIN_ID} AND name = ?) x "
                 "JOIN events e NOT INDEXED ON e.entity_key > x.base + ?{low} AND e.entity_key < x.base + ?{high}")
 
 # The walks select only the names the scope does not fix (an entity's events need no join for
@@ -73,7 +72,7 @@ def walk_sql(level: int, typed: bool, descending: bool, positions: bool) -> str:
         if level == 3:
             # A range of the table's own key (no index), its ends made from the entity's id.
             low = 5 if typed else 4
-            key, source = "entity_key", _ENTITY_BASE.format(span=KEY_SPAN, low=low, high=low + 1)
+            key, source = "entity_key", _ENTITY_BASE.format(low=low, high=low + 1)
             where, bounds = "TRUE", ""
         else:
             key, column, owner = _LEVELS[level]
