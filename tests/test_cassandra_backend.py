@@ -155,7 +155,7 @@ async def pending_rows(store: CassandraStore, key: EntityKey, batch: list[NewEve
     """Step 1 of an append to a new entity, as its writer does it (again when it was too late
     for the settle window, as happens on a loaded machine)."""
     for _ in range(10):
-        pending, _took = await store.writer.pending(key, batch, -1, 0, 0, set(), math.inf, clock.now_us())
+        pending, _took = await store.writer.pending(key, batch, -1, 0, 0, set(), math.inf, clock.now_us(), 0)
         if pending is not None:
             assert isinstance(pending, Attempt)
             return pending

@@ -7,15 +7,18 @@ committed passes on; a keyspace of schema 3 made before the claim's owner column
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cassandra.cluster import Cluster
 
 from perhap import EventIdConflict, Scope, StorageUnavailable, VersionConflict, open_store
-from perhap.backends.cassandra import CassandraStore
+from perhap.backends.cassandra import CassandraStore, clock
+from perhap.backends.cassandra.records import SLOT_BITS
 
 pytestmark = pytest.mark.cassandra
 
@@ -123,6 +126,66 @@ async def test_the_claim_of_an_attempt_that_never_committed_passes_on(url: str, 
         assert [e.event for e in (await store.read(Scope(realm, "d", "a"))).events] == ["first"]
 
 
+@contextlib.contextmanager
+def placed_at(ts: int, *stores: Any) -> Iterator[None]:
+    """Every attempt of these stores placed at ``ts`` (or above, if asked for more): the rare moment
+    when two processes pick the same microsecond for one id, made certain."""
+    for store in stores:
+        positions = store.writer.positions
+
+        async def place(start: int, count: int, positions: Any = positions) -> tuple[int, int]:
+            ts0, slot = await type(positions).place(positions, max(start, ts), count)
+            return max(ts0, ts), slot  # the lease covers it: ts is a few ms ahead of the clock
+        positions.place = place
+    try:
+        yield
+    finally:
+        for store in stores:
+            del store.writer.positions.place
+
+
+async def _scopes(store: Any, realm: str, event_id: str) -> list[list[tuple[str, int]]]:
+    """Where the id's event is found: the realm's events, the domain's, each as (entity, version)."""
+    return [[(e.entity, e.version) for e in (await store.read(scope, limit=500)).events if e.event_id == event_id]
+            for scope in (Scope(realm), Scope(realm, "d"))]
+
+
+async def test_one_id_placed_at_one_ts_by_two_stores_keeps_its_index_rows(url: str, realm: str) -> None:
+    """Two processes place the same ts for one id (index rows are keyed by ts and id): only the
+    claim's owner writes rows there, so the loser's clean-up cannot delete the winner's, and the
+    realm and domain reads show the stored event once, in the entity that stored it."""
+    async with open_store(url) as one, open_store(url) as two:
+        await asyncio.gather(one.append(realm, "d", "w1", "t", 0), two.append(realm, "d", "w2", "t", 0))
+        for i in range(8):
+            event_id = str(uuid.uuid4())
+            with placed_at(clock.now_us() + 150_000, one, two):
+                answers = await asyncio.gather(_send(one, realm, f"a{i}", event_id, i),
+                                               _send(two, realm, f"b{i}", event_id, i))
+            assert sorted(answers) == ["conflict", "created"], answers
+            stored = await one.get_event(realm, "d", event_id)
+            await asyncio.sleep(0.4)  # past the settle window: the forgotten rows' clean-up is done
+            assert await _scopes(two, realm, event_id) == [[(stored.entity, 0)]] * 2, (i, answers)
+
+
+async def test_an_id_taken_over_is_placed_above_its_last_owner(url: str, realm: str) -> None:
+    """The claim of an attempt that never committed passes to another process's attempt only at a
+    later ts than the first one's rows: at the same ts, the new attempt is placed again, above it."""
+    async with open_store(url) as one, open_store(url) as two:
+        assert isinstance(one, CassandraStore) and isinstance(two, CassandraStore)
+        await one.append(realm, "d", "a", "t", "first")
+        await two.append(realm, "d", "c", "t", "warm")  # its writer slot taken
+        event_id = str(uuid.uuid4())
+        at = clock.now_us() + 150_000  # ahead of where either places its next attempt
+        with placed_at(at, one, two):
+            with pytest.raises(VersionConflict):  # its attempt claimed the id, wrote rows at ``at``
+                await one.append(realm, "d", "a", "t", "late", event_id=event_id, expected_version=5)
+            created = await two.append(realm, "d", "b", "t", "moved", event_id=event_id)
+        assert two.writer.ks.stats["fenced"] == 1
+        assert created.first.position >> SLOT_BITS > at
+        await asyncio.sleep(0.4)
+        assert await _scopes(one, realm, event_id) == [[("b", 0)]] * 2
+
+
 async def test_a_schema_3_keyspace_gains_the_owner_columns(cassandra: Any, realm: str) -> None:
     keyspace = f"perhap_own_{uuid.uuid4().hex[:8]}"
     cassandra.keyspaces.append(keyspace)
@@ -133,7 +196,7 @@ async def test_a_schema_3_keyspace_gains_the_owner_columns(cassandra: Any, realm
     cluster = Cluster(host.split(","), port=int(port))
     try:
         session = cluster.connect(keyspace)
-        session.execute("ALTER TABLE events_by_id DROP (owner, owner_txn)")  # as schema 3 first made it
+        session.execute("ALTER TABLE events_by_id DROP (owner, owner_txn, owner_ts)")  # as schema 3 first made it
         async with open_store(url) as store:
             event_id = str(uuid.uuid4())
             await store.append(realm, "d", "e", "t", 2, event_id=event_id)

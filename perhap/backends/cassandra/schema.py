@@ -27,9 +27,10 @@ log = logging.getLogger("perhap.cassandra")
 #: 3: ``position`` in entity_log, scope_log and events_by_id (positions.py; migrate.py fills it in).
 SCHEMA_VERSION = 3
 CLAIMS = "claims set<frozen<tuple<text, text, text>>>"
-#: The attempt that holds a client-chosen id's claim, and its entity (claims.py). Added to schema 3
-#: without a new version, like ADDED_TABLES: only added, and only written by Paxos rounds.
-OWNER_COLUMNS = ("owner frozen<tuple<text, text, text>>", "owner_txn uuid")
+#: The attempt that holds a client-chosen id's claim, its entity and the ts of its rows (claims.py).
+#: Added to schema 3 without a new version, like ADDED_TABLES: only added, and only written by
+#: Paxos rounds.
+OWNER_COLUMNS = ("owner frozen<tuple<text, text, text>>", "owner_txn uuid", "owner_ts bigint")
 POSITION_TABLES = ("entity_log", "scope_log", "events_by_id")
 COLUMN_WAITS = 120  # half-seconds to wait for a column another process is adding
 ERA = 1024  # buckets per directory partition
@@ -335,8 +336,8 @@ def prepare(session: Any, ks: str) -> Statements:
         by_id_del=p(f"DELETE FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
         by_id=p(f"SELECT realm, domain, entity, type, version, ts, stamp, data, meta, txn, ok, claims, position "
                 f"FROM {ks}.events_by_id WHERE shard = ? AND id = ?"),
-        claim=p(f"UPDATE {ks}.events_by_id SET owner = ?, owner_txn = ?, claims = claims + ? "
-                f"WHERE shard = ? AND id = ? IF owner = ? AND owner_txn = ?"),
+        claim=p(f"UPDATE {ks}.events_by_id SET owner = ?, owner_txn = ?, owner_ts = ?, claims = claims + ? "
+                f"WHERE shard = ? AND id = ? IF owner = ? AND owner_txn = ? AND owner_ts = ?"),
         client_id=p(f"SELECT ver FROM {ks}.entity_log WHERE {ent} AND kind = {CLIENT_ID} AND seq = 0 AND id = ?"),
         name_add=p(f"INSERT INTO {ks}.names (realm, domain, shard, name) VALUES (?, ?, ?, ?)"),
         names=p(f"SELECT name FROM {ks}.names WHERE realm = ? AND domain = ? AND shard = ? "

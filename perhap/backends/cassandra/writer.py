@@ -18,14 +18,14 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from cassandra.query import BatchStatement
 
 from ...errors import InvalidInput, StorageUnavailable, VersionConflict
 from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
 from . import clock
-from .claims import Claims, Taken
+from .claims import Claims, Stale, Taken
 from .coalesce import Coalescer
 from .driver import gather, quiet
 from .names import Names
@@ -129,16 +129,22 @@ class Writer:
         deadline = loop.time() + ks.options.timeout + len(batch) / 1000
         written: Attempt | None = None
         mine: set[uuid.UUID] = set()  # this append's attempts: the claims of client ids may pass between them
+        above = 0  # every ts of the next attempt lies above this (claims.py: an id's owners' ts only grow)
         started = clock.now_us()  # in each attempt's id: the older of two racing appends claims first
         try:
             while True:
                 version, head_ts = head if expected is None else (expected, head.ts)
                 if written is not None:
+                    above = max(above, written.events[-1].ts)
                     spawn(self.forget(written, keep_ids=True))
                     ks.stats["retries"] += 1
                 if loop.time() > deadline:
                     raise StorageUnavailable("could not commit the append in time (contention or a slow cluster)")
-                placed, took = await self.pending(key, batch, version, head_ts, lead, mine, deadline, started)
+                placed, took = await self.pending(key, batch, version, head_ts, lead, mine, deadline, started, above)
+                if isinstance(placed, Stale):  # an earlier owner of a client id used a ts at or above ours
+                    written = None
+                    above = max(above, placed.ts)
+                    continue
                 if isinstance(placed, Taken):  # a client id is committed already: a replay, or a 409
                     written = None
                     replay = replay_or_conflict(batch, await self.reader.stored(client_ids), realm, domain, entity)
@@ -201,10 +207,12 @@ class Writer:
         return (ts - clock.now_us() - max(o.settle_us - o.skew_us, 2 * self.fixed_us)) / 1e6
 
     async def pending(self, key: EntityKey, batch: list[NewEvent], version: int, head_ts: int, lead: int,
-                      mine: set[uuid.UUID], deadline: float, started_us: int) -> tuple[Attempt | Taken | None, int]:
-        """Write an attempt's index rows (pending) and claim its client ids before its commit; None
-        when the rows were late, Taken when a client id is committed already. Also returns how long
-        the rows took (microseconds)."""
+                      mine: set[uuid.UUID], deadline: float, started_us: int,
+                      above: int) -> tuple[Attempt | Taken | Stale | None, int]:
+        """Claim an attempt's client ids, then write its index rows (pending), before its commit;
+        None when the rows were late, Taken when a client id is committed already, Stale when an
+        earlier owner of a client id used a ts at or above this attempt's. Also returns how long
+        the claims and rows took (microseconds)."""
         ks = self.ks
         realm, domain, entity = key
         loop = asyncio.get_running_loop()
@@ -212,17 +220,17 @@ class Writer:
         # acknowledged by this process comes after it (across processes see the docs). The ts are
         # this instance's alone, and its writer slot makes the positions the realm's alone.
         now = clock.now_us()
-        ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1), len(batch))
+        ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1, above + 1), len(batch))
         if clock.now_us() - now > lead // 2:  # it waited for its lease: place it from the clock as it is now
             now = clock.now_us()
-            ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1), len(batch))
+            ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1, above + 1), len(batch))
         started = loop.time()
         attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i, position(ts0 + i, slot))
                                 for i, e in enumerate(batch)], attempt_id(started_us))
         mine.add(attempt.txn)
         index: Rows = []
         by_id: Rows = []
-        claims: list[uuid.UUID] = []
+        claims: dict[uuid.UUID, int] = {}  # client id -> the ts of its rows
         directory: list[tuple[str, str, int]] = []
         for e, u, v, ts, pos in attempt.events:
             bucket = ts // ks.bucket_us
@@ -233,11 +241,19 @@ class Writer:
                     directory.append((realm, scope, bucket))
             shard = ks.ns.shard(u)
             if e.client_id:  # its row is written after the commit; until then readers follow its claim
-                claims.append(u)
+                claims[u] = ts
             else:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
                                       e.timestamp, e.data_json, e.meta_json, attempt.txn, None, pos)))
         directory = list(dict.fromkeys(directory))
+        # Client ids are claimed before any row is written. An index row is keyed by (ts, id) alone,
+        # and two processes may place the same ts: two attempts of one id there would share a row,
+        # and the loser's clean-up would delete the winner's. A claim records the ts of its id's
+        # rows and is taken over only by a later ts (claims.py), so each attempt's rows are its own.
+        if claims:
+            claimed = await self.claims.take(key, attempt.txn, claims, mine, deadline)
+            if claimed is not None:  # no row written: none to forget
+                return claimed, 0
         size = payload(attempt)
         jobs: list[Awaitable[Any]] = [self.coalescer.write(ks.q.index, index, 2 * size),
                                       self.coalescer.write(ks.q.by_id_add, by_id, size)]
@@ -246,28 +262,14 @@ class Writer:
             for r, s, b in directory:
                 listed += [((r, s, b // ERA), (r, s, b // ERA, b)), ((r, s, -1), (r, s, -1, b // ERA))]
             jobs.append(self.coalescer.write(ks.q.dir_add, listed, KEY_BYTES * len(listed)))
-        # Client ids are claimed while the rows are written: a Paxos round in parallel, not after.
-        taken: Taken | None = None
         try:
-            if claims:
-                both = await asyncio.gather(written_at(jobs),
-                                            self.claims.take(key, attempt.txn, claims, mine, deadline),
-                                            return_exceptions=True)
-                for outcome in both:  # both ran to their end (no orphaned request), then a failure is raised
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                acked, taken = cast(tuple[float, Taken | None], both)
-            else:
-                acked = await written_at(jobs)
+            acked = await written_at(jobs)
         except BaseException:
             ks.db.spawn(self.forget(attempt, keep_ids=False))  # never committed: its rows need no fence
             raise
         took = int(acked * 1e6 - started * 1e6)
         self.step1_us.append(took)
         self.names.known.update(directory)
-        if taken is not None:
-            ks.db.spawn(self.forget(attempt, keep_ids=False))
-            return taken, took
         if len(batch) < SMALL_BATCH:
             self.fixed_us = 0.9 * self.fixed_us + 0.1 * took
         else:
