@@ -1,4 +1,4 @@
-"""Appending: pending index rows (and claims of client-chosen ids), then ONE conditional batch on
+"""Appending: claims of client-chosen ids, pending index rows, then ONE conditional batch on
 the entity partition (a Paxos round), then names; after the answer, the rows by id and marking the
 rows ok (steps 1-4 in docs/backends/cassandra.md).
 
