@@ -27,9 +27,9 @@ from cassandra.cluster import Cluster
 
 from perhap import EventIdConflict, Scope, StorageUnavailable, VersionConflict, open_store
 from perhap.app import PerhapApp
-from perhap.backends.cassandra import CassandraStore, clock, parse_cassandra_url
+from perhap.backends.cassandra import CassandraStore, clock, parse_cassandra_url, scan
 from perhap.backends.cassandra.checks import ANY_DC, Replication, check_levels, commitlog_verdict, skew_warnings
-from perhap.backends.cassandra.records import Attempt, EntityKey
+from perhap.backends.cassandra.records import SLOT_BITS, Attempt, EntityKey
 from perhap.backends.cassandra.writer import Commit, Outcome
 from perhap.model import NewEvent, new_event
 from perhap.testing.cassandra import CassandraNode
@@ -234,6 +234,38 @@ async def test_a_commit_whose_outcome_is_unknown_is_settled(url: str, realm: str
         assert store.stats["fenced"] == (0 if applied else 1)
         assert [e.event for e in (await store.read(Scope(realm, "d", "e"))).events] == ["once"]
         assert [e.event_id for e in await read_all(store, Scope(realm))] == [result.first.event_id]
+
+
+async def test_an_index_row_without_content_is_skipped(cassandra: Any, realm: str, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scope_log row of keys and ``ok`` alone (what marking ok leaves of a deleted row) among a
+    realm's and a domain's events: reads skip it, in both orders, with a warning, instead of
+    refusing every read of the realm."""
+    keyspace = f"perhap_hollow_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)
+    async with open_store(f"cassandra://{cassandra.hosts}/{keyspace}") as store:
+        assert isinstance(store, CassandraStore)
+        appended = [await store.append(realm, "d", f"e{i}", "t", i) for i in range(3)]
+        ts = appended[1].first.position >> SLOT_BITS
+        host, _, port = cassandra.hosts.rpartition(":")
+        cluster = Cluster(host.split(","), port=int(port))
+        try:
+            session = cluster.connect(keyspace)
+            for scope in ("", "d"):
+                session.execute("UPDATE scope_log SET ok = true WHERE realm = %s AND scope = %s AND bucket = %s "
+                                "AND ts = %s AND id = %s", (store.writer.ks.ns.stored(realm), scope,
+                                                             ts // store.bucket_us, ts - 1, uuid.uuid4()))
+        finally:
+            cluster.shutdown()
+        await asyncio.sleep(0.4)  # past the settle window
+        monkeypatch.setattr(scan, "_hollow_seen", False)  # warned once per process: this test's
+        with caplog.at_level(logging.WARNING, logger="perhap.cassandra"):
+            for scope in (Scope(realm), Scope(realm, "d")):
+                assert [e.event for e in (await store.read(scope)).events] == [0, 1, 2]
+                assert [e.event for e in (await store.read(scope, order="desc")).events] == [2, 1, 0]
+                after_first = await store.read(scope, limit=1, following=appended[0].first.event_id)
+                assert [e.event for e in after_first.events] == [1]
+        assert any("no content" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_busy_connection_delays_requests_instead_of_failing_them(url: str) -> None:

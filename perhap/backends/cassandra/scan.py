@@ -9,6 +9,7 @@ stops after any row of a chunk resumes correctly from that row's position.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -24,6 +25,10 @@ MAX_CHUNK = 1000  # rows per query
 UNNUMBERED = ("an event without a position in this store: a process of a perhap older than schema 3 is "
               "still writing to it; stop it (docs/backends/cassandra.md, \"Upgrading to positions\")")
 MIN_FILTERED_CHUNK = 200  # rows per query when several types are filtered here (few may be kept)
+
+log = logging.getLogger("perhap.cassandra")
+_hollow_seen = False  # a row without content was met (warned once)
+ENTITY = IndexRow._fields.index("entity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,20 +58,21 @@ class IndexScan:
         first_bucket = None if first_ts is None else first_ts // ks.bucket_us
         async for bucket in self.buckets(first_bucket):
             carry: list[IndexRow] = []
-            last: IndexRow | None = None
+            last: tuple[int, object] | None = None
             while True:
                 head = (self.realm, self.key, bucket)
                 args: tuple[object, ...]
                 if last is not None:
-                    stmt, args = ks.q.scope_after[desc][one_type], (*head, last.ts, last.id)
+                    stmt, args = ks.q.scope_after[desc][one_type], (*head, *last)
                 elif bucket == first_bucket:
                     stmt, args = ks.q.scope_from[desc][one_type], (*head, first_ts)
                 else:
                     stmt, args = ks.q.scope_all[desc][one_type], head
-                rows = [_numbered(r) for r in await ks.db.run(stmt, (*args, *type_args, chunk))]
-                full = len(rows) == chunk
-                if rows:
-                    last = rows[-1]
+                raw = await ks.db.run(stmt, (*args, *type_args, chunk))
+                full = len(raw) == chunk
+                if raw:
+                    last = raw[-1][0], raw[-1][1]  # (ts, id): where the next query goes on
+                rows = [row for row in map(_numbered, raw) if row is not None]
                 batch = carry + rows
                 carry = []
                 if full:  # the last run may go on in the next query: hold it back
@@ -115,14 +121,25 @@ def _position(row: IndexRow) -> int:
     return row.position
 
 
-def _numbered(raw: Row) -> IndexRow:
+def _numbered(raw: Row) -> IndexRow | None:
     """The row, with a position. The upgrade to schema 3 numbered every row of the realm indexes
     and theirs in the domains; a pending domain row without one lost its realm row (its writer
     died between the two), so it never committed: any position will do, readers drop it. A
-    settled row without one was written by a process of the older release: refused."""
-    row = IndexRow._make(raw)
+    settled row without one was written by a process of the older release: refused. None for a
+    row with no content."""
     if raw[-1] is not None:
-        return row
+        return IndexRow._make(raw)
+    if raw[ENTITY] is None:
+        # Keys and ``ok`` alone: the row's content was deleted, then it was marked ok (an UPDATE
+        # makes the row it names). No writer does that now, but one damaged row must not make
+        # every read of its realm fail: the scan drops it, and says so once.
+        global _hollow_seen
+        if not _hollow_seen:
+            _hollow_seen = True
+            log.warning("skipping a scope_log row that has no content (ts %d, id %s); this warning "
+                        "is given once per process", raw[0], raw[1])
+        return None
+    row = IndexRow._make(raw)
     if row.ok:
         raise StorageUnavailable(UNNUMBERED)
     return row._replace(position=row.ts << SLOT_BITS | ((1 << SLOT_BITS) - 1))
