@@ -53,6 +53,11 @@ class Stale(NamedTuple):
 Owner = tuple[EntityKey | None, uuid.UUID | None, int | None]  # entity, attempt id, ts of its rows
 
 
+def _owner(row: Any) -> Owner:
+    """The owner a claim's row names, from the answer to a claim that was not applied."""
+    return row.get("owner"), row.get("owner_txn"), row.get("owner_ts")
+
+
 class Claims:
     def __init__(self, ks: Keyspace, settler: Settler) -> None:
         self.ks, self.settler = ks, settler
@@ -109,13 +114,10 @@ class Claims:
                 return None
             # Not applied: the owners the rows have. A single statement answers with the columns of
             # its condition; a batch with each row's key too (a row not listed has no owner).
-            def owner_of(r: Any) -> Owner:
-                return r.get("owner"), r.get("owner_txn"), r.get("owner_ts")
-
             if len(ids) == 1:
-                current = {ids[0]: owner_of(rows[0])}
+                current = {ids[0]: _owner(rows[0])}
             else:
-                current = {r["id"]: owner_of(r) for r in rows if r.get("id") is not None}
+                current = {r["id"]: _owner(r) for r in rows if r.get("id") is not None}
             # A row may be taken over (expected as it is) only from no owner, from this append's own
             # attempts, or from another writer's attempt once that is known never to commit.
             foreign: dict[uuid.UUID, EntityKey] = {}

@@ -219,11 +219,12 @@ class Writer:
         # Positions grow along the entity's versions, and an append that starts after another was
         # acknowledged by this process comes after it (across processes see the docs). The ts are
         # this instance's alone, and its writer slot makes the positions the realm's alone.
+        least = max(head_ts, self.floor, above) + 1
         now = clock.now_us()
-        ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1, above + 1), len(batch))
+        ts0, slot = await self.positions.place(max(now + lead, least), len(batch))
         if clock.now_us() - now > lead // 2:  # it waited for its lease: place it from the clock as it is now
             now = clock.now_us()
-            ts0, slot = await self.positions.place(max(now + lead, head_ts + 1, self.floor + 1, above + 1), len(batch))
+            ts0, slot = await self.positions.place(max(now + lead, least), len(batch))
         started = loop.time()
         attempt = Attempt(key, [Placed(e, uuid.UUID(e.event_id), version + 1 + i, ts0 + i, position(ts0 + i, slot))
                                 for i, e in enumerate(batch)], attempt_id(started_us))
