@@ -231,6 +231,37 @@ def test_a_large_group_stays_on_the_fast_path_under_an_old_variable_limit(
     conn.close()
 
 
+
+def test_a_statement_journal_past_its_spill_size_stays_in_memory_and_still_rolls_back(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """A group of single appends to 64 entities changes one page of the events table per entity: the
+    multi-row INSERT's statement journal (those pages as they were) is far past the 64 KiB at which
+    SQLite would spill it to a temporary file for every group. The writer keeps it in memory; the
+    connection a migration runs on does not (an index build there may sort more than fits in RAM).
+    A statement that fails on its last row is still undone, and the group's fallback stores the rest."""
+    conn = open_database(f"{tmp_path}/journal.db", synchronous="OFF")
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 0  # the default: files
+    state = WriterState(conn)
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    padding = "x" * 600
+    filled = [WriteJob("r", "d", f"e{i}", [new_event("t", {"pad": padding, "n": n}) for n in range(20)], None, loop)
+              for i in range(64)]
+    assert _fast(state, filled) is not None
+    pages_before = conn.execute("PRAGMA page_count").fetchone()[0]
+    group = [WriteJob("r", "d", f"e{i}", [new_event("t", {"n": 20})], 19, loop) for i in range(64)]
+    # A server-made id given again (a clock gone backwards): the INSERT fails on its last row.
+    group.append(WriteJob("r", "d", "e-late", [filled[0].batch[0]], None, loop))
+    assert _fast(state, group) is None
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 64 * 20
+    decided = _careful(state, group)
+    assert all(isinstance(o.outcome, AppendResult) and o.outcome.created for o in decided[:64])
+    assert isinstance(decided[64].outcome, PerhapError)
+    assert conn.execute("SELECT count(*), max(version) FROM events").fetchone() == (64 * 21, 20)
+    assert conn.execute("SELECT count(*) FROM entities WHERE name = 'e-late'").fetchone()[0] == 0
+    assert pages_before > 64 * 2  # every entity's events span pages of their own
+    conn.close()
+
+
 # ------------------------------------------------------------------ the subscriber ring
 
 
