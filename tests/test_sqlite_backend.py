@@ -231,7 +231,6 @@ def test_a_large_group_stays_on_the_fast_path_under_an_old_variable_limit(
     conn.close()
 
 
-
 def test_a_statement_journal_past_its_spill_size_stays_in_memory_and_still_rolls_back(
         tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
     """A group of single appends to 64 entities changes one page of the events table per entity: the

@@ -104,8 +104,9 @@ class WriterState:
         # changes, as they were, should it fail midway). Past 64 KiB (16 pages: one group of 16
         # appends to distinct entities) SQLite spills it to a temporary file, created, written and
         # unlinked for every such statement: half the writer's system time under row 3's load
-        # (docs/performance.md, section 12). In memory it is a few MiB at most (one statement's
-        # pages). Set here, after open_database: a migration's index builds still sort on disk.
+        # (docs/performance.md, section 12). In memory it holds at most the pages one statement of
+        # up to 1,024 rows changes. Set here, after open_database: a migration's index builds
+        # still sort on disk.
         conn.execute("PRAGMA temp_store=MEMORY")
         self.realms: dict[str, int] = {}
         self.domains: dict[tuple[int, str], int] = {}
