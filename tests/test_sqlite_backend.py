@@ -247,6 +247,7 @@ def test_a_statement_journal_past_its_spill_size_stays_in_memory_and_still_rolls
               for i in range(64)]
     assert _fast(state, filled) is not None
     pages_before = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert pages_before > 64 * 2  # every entity's events span pages of their own
     group = [WriteJob("r", "d", f"e{i}", [new_event("t", {"n": 20})], 19, loop) for i in range(64)]
     # A server-made id given again (a clock gone backwards): the INSERT fails on its last row.
     group.append(WriteJob("r", "d", "e-late", [filled[0].batch[0]], None, loop))
@@ -257,7 +258,6 @@ def test_a_statement_journal_past_its_spill_size_stays_in_memory_and_still_rolls
     assert isinstance(decided[64].outcome, PerhapError)
     assert conn.execute("SELECT count(*), max(version) FROM events").fetchone() == (64 * 21, 20)
     assert conn.execute("SELECT count(*) FROM entities WHERE name = 'e-late'").fetchone()[0] == 0
-    assert pages_before > 64 * 2  # every entity's events span pages of their own
     conn.close()
 
 
