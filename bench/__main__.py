@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import backends, dataset, httpbench
-from .common import FULL, MODES, QUICK, disk_of, log, machine, table, write_json
+from .common import FULL, MODES, QUICK, cpu_times, disk_of, log, machine, stolen_percent, table, write_json
 from .suite import ROWS, Options, Suite
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = machine().get("load_average")
+    cpu_before = cpu_times()
     log(f"mode {sizes.mode}, backends {', '.join(options.backends)}, rows {','.join(sorted(only))}")
     suite = Suite(options)
     rows = suite.run()
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(suite.meta["workdir"])
     info["disk"] = disk_of(scratch.parent if not scratch.exists() else scratch)
     info["load_average_at_start"] = load_before
+    stolen = stolen_percent(cpu_before, cpu_times())
+    info["steal_percent"] = None if stolen is None else round(stolen, 2)
     meta = {"mode": sizes.mode, "seconds": round(elapsed, 1), "started": started_at,
             "machine": info, "backends": options.backends, "load_generator": httpbench.generator(),
             "cache_dir": str(dataset.cache_dir(args.cache_dir)), "errors": suite.errors,
@@ -79,12 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, judged=not quick))
     print(f"\n{sizes.mode} run in {elapsed:.0f}s on {info['nproc']} x {info['cpu']}, {info['disk']}; "
           f"load generator {meta['load_generator']}")
+    print(steal_line(info["steal_percent"], suite.meta.get("steal_percent", {})))
     for error in suite.errors:
         print(f"ERROR {error}")
     path = args.json or HERE / ("results.json" if sizes is FULL else f"results-{sizes.mode}.json")
     write_json(path, rows, meta)
     print(f"results written to {path}")
     return 1 if suite.errors else 0
+
+
+def steal_line(run: float | None, by_step: dict[str, float | None]) -> str:
+    """One line on the CPU time the hypervisor gave to other guests: the whole run's share, and
+    the steps above 1 % (their rows are the ones to doubt)."""
+    if run is None:
+        return "CPU steal: not known on this platform"
+    noisy = [f"{name} {share:.1f}%" for name, share in by_step.items() if share is not None and share > 1]
+    return (f"CPU steal: {run:.1f}% of the run's CPU time went to other guests"
+            + (f"; steps above 1%: {', '.join(noisy)}" if noisy else ""))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,39 @@ def machine() -> dict[str, Any]:
     return info
 
 
+#: The fields of /proc/stat's "cpu" line, in order (proc(5)); guest time is counted in user already.
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> dict[str, int] | None:
+    """The machine's CPU time so far, in clock ticks summed over its CPUs (/proc/stat's "cpu"
+    line), or None where there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    return dict(zip(_CPU_FIELDS, map(int, first[1:1 + len(_CPU_FIELDS)]), strict=False))
+
+
+def stolen_percent(before: dict[str, int] | None, after: dict[str, int] | None) -> float | None:
+    """The share of the machine's CPU time that the hypervisor gave to other guests between two
+    :func:`cpu_times` readings, in percent (None if either is missing or no time passed).
+
+    On a shared virtual machine this is the noise no ratio can cancel when it comes in bursts: a
+    burst that falls on perhap's run and not on its baseline's (or the other way round) moves the
+    ratio. A quiet machine shows about 0.
+    """
+    if before is None or after is None:
+        return None
+    total = sum(after.get(k, 0) - before.get(k, 0) for k in _CPU_FIELDS)
+    if total <= 0:
+        return None
+    return 100.0 * (after.get("steal", 0) - before.get("steal", 0)) / total
+
+
 def disk_of(path: Path) -> str:
     """The filesystem and device a path lives on, e.g. 'ext4 on /dev/vda (rotational=0)'."""
     try:
@@ -253,6 +286,6 @@ def rows_from_json(path: Path) -> list[Row]:
     return [Row(**r) for r in doc["rows"]]
 
 
-__all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "Stopwatch", "disk_of",
-           "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of", "replace", "table",
-           "write_json"]
+__all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "Stopwatch", "cpu_times", "disk_of",
+           "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of", "replace",
+           "stolen_percent", "table", "write_json"]

@@ -27,7 +27,7 @@ from . import (
     memory,
     peers,
 )
-from .common import Row, Sizes, log, ratio
+from .common import Row, Sizes, cpu_times, log, ratio, stolen_percent
 
 T = TypeVar("T")
 ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
@@ -99,6 +99,7 @@ class Suite:
     def step(self, name: str, fn: Callable[[], None]) -> None:
         """Run one measurement; a failure becomes a row-less error, the rest of the suite goes on."""
         start = time.perf_counter()
+        cpu_before = cpu_times()
         log(f"{name} ...")
         try:
             fn()
@@ -106,7 +107,11 @@ class Suite:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"{name} FAILED: {exc}\n{traceback.format_exc()}")
         else:
-            log(f"{name} done in {time.perf_counter() - start:.1f}s")
+            stolen = stolen_percent(cpu_before, cpu_times())
+            # Kept by step: the rows of one step were measured under the same share.
+            self.meta.setdefault("steal_percent", {})[name] = None if stolen is None else round(stolen, 2)
+            shown = "" if stolen is None else f", {stolen:.1f}% of the CPU time stolen"
+            log(f"{name} done in {time.perf_counter() - start:.1f}s{shown}")
 
     def run(self) -> list[Row]:
         made_workdir = self.o.workdir is None

@@ -18,7 +18,8 @@ import psutil  # noqa: F401
 import pytest
 
 from bench import backends, dataset, loadgen
-from bench.common import TINY, Row, markdown_table, table
+from bench.__main__ import steal_line
+from bench.common import TINY, Row, cpu_times, markdown_table, stolen_percent, table
 from bench.servers import raw_server
 from bench.suite import Options, Suite
 from tests.conftest import get_provider
@@ -47,6 +48,10 @@ def test_every_row_is_measured_on_tiny_sizes(tmp_path: Path) -> None:
     text = table(rows)
     assert all(f"\n{key} " in "\n" + text for key in EXPECTED)
     assert markdown_table(rows).count("\n") == len(rows) + 1
+    # Every step that ran says how much of the machine's CPU time other guests took meanwhile.
+    steal = suite.meta["steal_percent"]
+    assert "growth (row 6)" in steal and len(steal) >= 8, steal
+    assert all(share is not None and 0 <= share <= 100 for share in steal.values()), steal
 
 
 class _SessionPostgres(backends.Backend):
@@ -171,3 +176,21 @@ def test_the_command_line_writes_one_table_and_its_json(tmp_path: Path) -> None:
     assert doc["mode"] == "tiny" and doc["errors"] == [] and doc["machine"]["nproc"] >= 1
     assert {r["key"] for r in doc["rows"]} == {"3", "4", "5", "ref1", "ref2", "ref3"}
     assert all(Row(**r).value for r in doc["rows"])
+    share = doc["machine"]["steal_percent"]
+    assert 0 <= share <= 100 and f"CPU steal: {share:.1f}% of the run's CPU time" in proc.stdout
+    steps = {"raw SQLite floor", "eventsourcing and perhap in process (rows 3-5)"}
+    assert set(doc["details"]["steal_percent"]) == steps
+
+
+def test_stolen_cpu_time_is_the_steal_share_of_all_cpu_time_between_two_readings() -> None:
+    now = cpu_times()
+    assert now is not None and set(now) >= {"user", "system", "idle", "steal"}  # Linux: /proc/stat
+    assert all(ticks >= 0 for ticks in now.values())
+    before = dict.fromkeys(now, 0) | {"user": 100, "idle": 100, "steal": 10}
+    after = before | {"user": 160, "idle": 120, "steal": 30}  # 100 ticks passed, 20 of them stolen
+    assert stolen_percent(before, after) == pytest.approx(20.0)
+    assert stolen_percent(before, before) is None  # no time passed
+    assert stolen_percent(None, after) is None and stolen_percent(before, None) is None
+    assert steal_line(None, {}) == "CPU steal: not known on this platform"
+    line = steal_line(3.3, {"row 1": 0.5, "rows 3-5": 7.0, "row 6": None})
+    assert line == "CPU steal: 3.3% of the run's CPU time went to other guests; steps above 1%: rows 3-5 7.0%"
