@@ -106,12 +106,13 @@ class Suite:
         except Exception as exc:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"{name} FAILED: {exc}\n{traceback.format_exc()}")
-        else:
-            stolen = stolen_percent(cpu_before, cpu_times())
+            return
+        finally:
             # Kept by step: the rows of one step were measured under the same share.
+            stolen = stolen_percent(cpu_before, cpu_times())
             self.meta.setdefault("steal_percent", {})[name] = None if stolen is None else round(stolen, 2)
-            shown = "" if stolen is None else f", {stolen:.1f}% of the CPU time stolen"
-            log(f"{name} done in {time.perf_counter() - start:.1f}s{shown}")
+        shown = "" if stolen is None else f", {stolen:.1f}% of the CPU time stolen"
+        log(f"{name} done in {time.perf_counter() - start:.1f}s{shown}")
 
     def run(self) -> list[Row]:
         made_workdir = self.o.workdir is None
