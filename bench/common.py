@@ -207,6 +207,21 @@ def stolen_percent(before: dict[str, int] | None, after: dict[str, int] | None) 
     return 100.0 * (after.get("steal", 0) - before.get("steal", 0)) / total
 
 
+class StealMeter:
+    """``with StealMeter() as m: ...`` then ``m.percent``: :func:`stolen_percent` over the block,
+    for one round of a comparison (None where unknown)."""
+
+    percent: float | None = None
+
+    def __enter__(self) -> StealMeter:
+        self._before = cpu_times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stolen = stolen_percent(self._before, cpu_times())
+        self.percent = None if stolen is None else round(stolen, 2)
+
+
 def disk_of(path: Path) -> str:
     """The filesystem and device a path lives on, e.g. 'ext4 on /dev/vda (rotational=0)'."""
     try:
@@ -286,6 +301,6 @@ def rows_from_json(path: Path) -> list[Row]:
     return [Row(**r) for r in doc["rows"]]
 
 
-__all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "Stopwatch", "cpu_times", "disk_of",
+__all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "StealMeter", "Stopwatch", "cpu_times", "disk_of",
            "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of", "replace",
            "stolen_percent", "table", "write_json"]

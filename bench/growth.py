@@ -17,7 +17,7 @@ from typing import Any
 
 from perhap import Scope, open_store
 
-from .common import median, percentile
+from .common import StealMeter, median, percentile
 from .dataset import EVENTS_PER_ENTITY, Dataset, restore
 from .inprocess import concurrent_appends
 
@@ -85,11 +85,16 @@ async def head_latencies(big: Dataset, small: Dataset, count: int, seed: int = 1
 async def measure(big: Dataset, small: Dataset, workdir: Path, seconds: float, reads: int,
                   repeats: int) -> dict[str, Any]:
     empty_rates, big_rates = [], []
+    empty_steal, big_steal = [], []  # each run's CPU steal (None where unknown), beside its rate
     try:
         for i in range(repeats):
             empty = workdir / f"growth-empty-{i}.db"
-            empty_rates.append(await append_rate(f"sqlite:///{empty}", seconds, f"g{i}-"))
-            big_rates.append(await append_rate(big.url, seconds, f"g{i}-"))
+            with StealMeter() as steal:
+                empty_rates.append(await append_rate(f"sqlite:///{empty}", seconds, f"g{i}-"))
+            empty_steal.append(steal.percent)
+            with StealMeter() as steal:
+                big_rates.append(await append_rate(big.url, seconds, f"g{i}-"))
+            big_steal.append(steal.percent)
     finally:
         restore(big)
     latencies = await read_latencies(big, small, reads)
@@ -101,5 +106,6 @@ async def measure(big: Dataset, small: Dataset, workdir: Path, seconds: float, r
         "read_big_ms": median(big_lat) * 1000, "read_small_ms": median(small_lat) * 1000,
         "read_big_p99_ms": percentile(big_lat, 99) * 1000,
         "read_small_p99_ms": percentile(small_lat, 99) * 1000,
-        "runs": {"append_empty": empty_rates, "append_big": big_rates},
+        "runs": {"append_empty": empty_rates, "append_big": big_rates,
+                 "steal_percent_empty": empty_steal, "steal_percent_big": big_steal},
     }

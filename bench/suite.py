@@ -27,7 +27,7 @@ from . import (
     memory,
     peers,
 )
-from .common import Row, Sizes, cpu_times, log, ratio, stolen_percent
+from .common import Row, Sizes, StealMeter, cpu_times, log, ratio, stolen_percent
 
 T = TypeVar("T")
 ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
@@ -53,8 +53,24 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
+#: A round's CPU steal, kept beside its figures in the JSON: not a figure to take the best of.
+STEAL = "steal_percent"
+
+
+def _steal_note(perhap: dict[str, float], baseline: dict[str, float]) -> str:
+    """A row note's warning when the two runs a ratio divides lost 1 % or more to steal."""
+    a, b = perhap.get(STEAL), baseline.get(STEAL)
+    if a is None or b is None or max(a, b) < 1:
+        return ""
+    return f"; CPU steal in the runs compared: perhap {a:.1f}%, baseline {b:.1f}%"
+
+
+def _with_steal(figures: dict[str, float], steal: StealMeter) -> dict[str, float]:
+    return figures if steal.percent is None else {**figures, STEAL: steal.percent}
+
+
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:
-    keys = set().union(*runs)
+    keys = set().union(*runs) - {STEAL}
     return {k: max(r[k] for r in runs if k in r) for k in keys}
 
 
@@ -181,9 +197,10 @@ class Suite:
             self._cassandra_warm(started["cassandra"])
         for i in range(self.o.repeats):
             log(f"round {i + 1}/{self.o.repeats}: eventsourcing")
-            single = peers.concurrent_single_inserts(self.work, s.seconds)
-            batch = peers.batch_inserts(self.work, s.batch_count)
-            peer_runs.append({"single": single, "batch": batch})
+            with StealMeter() as steal:
+                single = peers.concurrent_single_inserts(self.work, s.seconds)
+                batch = peers.batch_inserts(self.work, s.batch_count)
+            peer_runs.append(_with_steal({"single": single, "batch": batch}, steal))
             for name, b in started.items():
                 if name in self.failed:
                     continue
@@ -191,7 +208,9 @@ class Suite:
                 # read back only once: it is best-of-3 inside, and the fill is the slow part
                 readback = s.readback if i == 0 else 0
                 try:
-                    runs[name].append(_run_async(_perhap_inprocess(b.new_url(), s, readback)))
+                    with StealMeter() as steal:
+                        figures = _run_async(_perhap_inprocess(b.new_url(), s, readback))
+                    runs[name].append(_with_steal(figures, steal))
                 except Exception as exc:
                     self._backend_failed(name, f"{type(exc).__name__}: {exc}")
                     continue
@@ -352,6 +371,7 @@ class Suite:
                 note = f"load generator: {gen}"
                 if "p99_ms" in post and "p99_ms" in raw["post"]:
                     note += f"; p99 {post['p99_ms']:.1f} ms (raw ASGI {raw['post']['p99_ms']:.1f} ms)"
+                note += _steal_note(post, raw["post"])
                 row = Row("1", "HTTP append, 32 connections, durable POST", label,
                           post["rps"], "req/s", raw["post"]["rps"], "req/s", "raw ASGI",
                           ratio(post["rps"], raw["post"]["rps"]), note=note, extra=extra,
@@ -366,7 +386,8 @@ class Suite:
                                      p["get"]["rps"], "req/s", base["rps"], "req/s", "raw ASGI",
                                      ratio(p["get"]["rps"], base["rps"]),
                                      note=f"load generator: {gen}; both answer {size:,} bytes "
-                                          f"(perhap: 100 events; the baseline: a body of the same size)",
+                                          f"(perhap: 100 events; the baseline: a body of the same size)"
+                                          + _steal_note(p["get"], base),
                                      extra=extra).judge(">=", 0.5))
 
     def _esapp(self) -> None:

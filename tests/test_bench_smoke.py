@@ -52,6 +52,13 @@ def test_every_row_is_measured_on_tiny_sizes(tmp_path: Path) -> None:
     steal = suite.meta["steal_percent"]
     assert "growth (row 6)" in steal and len(steal) >= 8, steal
     assert all(share is not None and 0 <= share <= 100 for share in steal.values()), steal
+    # And every round of a comparison, beside its figures (never taken for a figure's best).
+    rounds = [*suite.meta["inprocess_runs"]["eventsourcing"], *suite.meta["inprocess_runs"]["sqlite"],
+              suite.meta["http"]["raw"]["post"], *suite.meta["http"]["perhap"]["sqlite"].values()]
+    assert all(0 <= r["steal_percent"] <= 100 for r in rounds if isinstance(r, dict)), rounds
+    growth_runs = suite.meta["growth"]["runs"]
+    assert len(growth_runs["steal_percent_empty"]) == len(growth_runs["append_empty"]) == 1
+    assert all(0 <= x <= 100 for x in growth_runs["steal_percent_empty"] + growth_runs["steal_percent_big"])
 
 
 class _SessionPostgres(backends.Backend):
@@ -180,6 +187,17 @@ def test_the_command_line_writes_one_table_and_its_json(tmp_path: Path) -> None:
     assert 0 <= share <= 100 and f"CPU steal: {share:.1f}% of the run's CPU time" in proc.stdout
     steps = {"raw SQLite floor", "eventsourcing and perhap in process (rows 3-5)"}
     assert set(doc["details"]["steal_percent"]) == steps
+
+
+def test_a_ratio_whose_runs_lost_cpu_time_to_steal_says_so_in_its_note() -> None:
+    from bench.suite import _best, _steal_note
+
+    assert _steal_note({"rps": 9.0, "steal_percent": 0.4}, {"rps": 20.0, "steal_percent": 0.2}) == ""
+    assert _steal_note({"rps": 9.0}, {"rps": 20.0, "steal_percent": 5.0}) == ""  # one side unknown
+    assert (_steal_note({"rps": 9.0, "steal_percent": 0.4}, {"rps": 20.0, "steal_percent": 2.5})
+            == "; CPU steal in the runs compared: perhap 0.4%, baseline 2.5%")
+    # A round's steal rides along in the JSON but is no figure: the best of rounds leaves it out.
+    assert _best([{"single": 5.0, "steal_percent": 9.0}, {"single": 7.0, "steal_percent": 1.0}]) == {"single": 7.0}
 
 
 def test_stolen_cpu_time_is_the_steal_share_of_all_cpu_time_between_two_readings() -> None:
