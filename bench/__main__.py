@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import backends, dataset, httpbench
-from .common import FULL, MODES, QUICK, cpu_times, disk_of, log, machine, stolen_percent, table, write_json
+from .common import FULL, MODES, QUICK, StealMeter, disk_of, log, machine, table, write_json
 from .suite import ROWS, Options, Suite
 
 HERE = Path(__file__).resolve().parent
@@ -61,17 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = machine().get("load_average")
-    cpu_before = cpu_times()
     log(f"mode {sizes.mode}, backends {', '.join(options.backends)}, rows {','.join(sorted(only))}")
     suite = Suite(options)
-    rows = suite.run()
+    with StealMeter() as steal:
+        rows = suite.run()
     elapsed = time.perf_counter() - started
     info = machine()
     scratch = Path(suite.meta["workdir"])
     info["disk"] = disk_of(scratch.parent if not scratch.exists() else scratch)
     info["load_average_at_start"] = load_before
-    stolen = stolen_percent(cpu_before, cpu_times())
-    info["steal_percent"] = None if stolen is None else round(stolen, 2)
+    info["steal_percent"] = steal.percent
     meta = {"mode": sizes.mode, "seconds": round(elapsed, 1), "started": started_at,
             "machine": info, "backends": options.backends, "load_generator": httpbench.generator(),
             "cache_dir": str(dataset.cache_dir(args.cache_dir)), "errors": suite.errors,

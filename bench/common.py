@@ -207,9 +207,13 @@ def stolen_percent(before: dict[str, int] | None, after: dict[str, int] | None) 
     return 100.0 * (after.get("steal", 0) - before.get("steal", 0)) / total
 
 
+#: A round's CPU steal, kept beside its figures in the JSON: not a figure to take the best of.
+STEAL = "steal_percent"
+
+
 class StealMeter:
     """``with StealMeter() as m: ...`` then ``m.percent``: :func:`stolen_percent` over the block,
-    for one round of a comparison (None where unknown)."""
+    for one round of a comparison or one step of the suite (None where unknown)."""
 
     percent: float | None = None
 
@@ -220,6 +224,10 @@ class StealMeter:
     def __exit__(self, *exc: object) -> None:
         stolen = stolen_percent(self._before, cpu_times())
         self.percent = None if stolen is None else round(stolen, 2)
+
+    def beside(self, figures: dict[str, float]) -> dict[str, float]:
+        """A round's figures with its steal under :data:`STEAL`, when known."""
+        return figures if self.percent is None else {**figures, STEAL: self.percent}
 
 
 def disk_of(path: Path) -> str:
@@ -301,6 +309,6 @@ def rows_from_json(path: Path) -> list[Row]:
     return [Row(**r) for r in doc["rows"]]
 
 
-__all__ = ["FULL", "MODES", "QUICK", "TINY", "MiB", "Row", "Sizes", "StealMeter", "Stopwatch", "cpu_times", "disk_of",
-           "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of", "replace",
-           "stolen_percent", "table", "write_json"]
+__all__ = ["FULL", "MODES", "QUICK", "STEAL", "TINY", "MiB", "Row", "Sizes", "StealMeter", "Stopwatch",
+           "cpu_times", "disk_of", "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of",
+           "replace", "stolen_percent", "table", "write_json"]

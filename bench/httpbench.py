@@ -78,7 +78,7 @@ def _builtin(url: str, method: str, seconds: int) -> dict[str, float]:
 
 def load(url: str, method: str, seconds: int, workdir: Path) -> dict[str, float]:
     """Requests per second of ``method`` on ``url`` from 32 connections for ``seconds``, with the
-    CPU steal of the run (``steal_percent``; the best run's is the one the table's ratio used)."""
+    CPU steal of the run (under ``STEAL``; the best run's is the one the table's ratio used)."""
     with StealMeter() as steal:
         if generator() == "wrk":
             script = None
@@ -89,9 +89,7 @@ def load(url: str, method: str, seconds: int, workdir: Path) -> dict[str, float]
         else:
             base, _, path = url.partition("/bench/http")
             figures = _builtin(url if method == "GET" else base + "/bench/http", method, seconds)
-    if steal.percent is not None:
-        figures["steal_percent"] = steal.percent
-    return figures
+    return steal.beside(figures)
 
 
 def _prepare_entity(server: Server, count: int = 100) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from . import (
     memory,
     peers,
 )
-from .common import Row, Sizes, StealMeter, cpu_times, log, ratio, stolen_percent
+from .common import STEAL, Row, Sizes, StealMeter, log, ratio
 
 T = TypeVar("T")
 ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
@@ -53,20 +53,12 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
-#: A round's CPU steal, kept beside its figures in the JSON: not a figure to take the best of.
-STEAL = "steal_percent"
-
-
 def _steal_note(perhap: dict[str, float], baseline: dict[str, float]) -> str:
     """A row note's warning when the two runs a ratio divides lost 1 % or more to steal."""
     a, b = perhap.get(STEAL), baseline.get(STEAL)
     if a is None or b is None or max(a, b) < 1:
         return ""
     return f"; CPU steal in the runs compared: perhap {a:.1f}%, baseline {b:.1f}%"
-
-
-def _with_steal(figures: dict[str, float], steal: StealMeter) -> dict[str, float]:
-    return figures if steal.percent is None else {**figures, STEAL: steal.percent}
 
 
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -115,19 +107,19 @@ class Suite:
     def step(self, name: str, fn: Callable[[], None]) -> None:
         """Run one measurement; a failure becomes a row-less error, the rest of the suite goes on."""
         start = time.perf_counter()
-        cpu_before = cpu_times()
         log(f"{name} ...")
+        steal = StealMeter()
         try:
-            fn()
+            with steal:
+                fn()
         except Exception as exc:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"{name} FAILED: {exc}\n{traceback.format_exc()}")
             return
         finally:
             # Kept by step: the rows of one step were measured under the same share.
-            stolen = stolen_percent(cpu_before, cpu_times())
-            self.meta.setdefault("steal_percent", {})[name] = None if stolen is None else round(stolen, 2)
-        shown = "" if stolen is None else f", {stolen:.1f}% of the CPU time stolen"
+            self.meta.setdefault("steal_percent", {})[name] = steal.percent
+        shown = "" if steal.percent is None else f", {steal.percent:.1f}% of the CPU time stolen"
         log(f"{name} done in {time.perf_counter() - start:.1f}s{shown}")
 
     def run(self) -> list[Row]:
@@ -200,7 +192,7 @@ class Suite:
             with StealMeter() as steal:
                 single = peers.concurrent_single_inserts(self.work, s.seconds)
                 batch = peers.batch_inserts(self.work, s.batch_count)
-            peer_runs.append(_with_steal({"single": single, "batch": batch}, steal))
+            peer_runs.append(steal.beside({"single": single, "batch": batch}))
             for name, b in started.items():
                 if name in self.failed:
                     continue
@@ -210,7 +202,7 @@ class Suite:
                 try:
                     with StealMeter() as steal:
                         figures = _run_async(_perhap_inprocess(b.new_url(), s, readback))
-                    runs[name].append(_with_steal(figures, steal))
+                    runs[name].append(steal.beside(figures))
                 except Exception as exc:
                     self._backend_failed(name, f"{type(exc).__name__}: {exc}")
                     continue
