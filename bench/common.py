@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,36 @@ class StealMeter:
         return figures if self.percent is None else {**figures, STEAL: self.percent}
 
 
+#: A round of a comparison that lost this share of the machine's CPU time to steal, or more, does
+#: not count towards the comparison's rounds: another round is run, up to :data:`EXTRA_ROUNDS`.
+NOISY_STEAL = 3.0
+EXTRA_ROUNDS = 2
+
+
+def rounds(repeats: int, what: str, *, noisy: float = NOISY_STEAL, extra: int = EXTRA_ROUNDS,
+           meter: Callable[[], StealMeter] = StealMeter) -> Iterator[int]:
+    """The round numbers of one comparison of alternating runs (``for i in rounds(2, "row 3")``).
+
+    Each round's steal is measured from one round number to the next. A round that lost ``noisy``
+    percent or more is run again, up to ``extra`` more rounds in all: ``repeats`` counts rounds
+    that were not stolen from, as far as the machine allows. Its figures are still kept (a best of
+    rounds may take them); the extra rounds only give the comparison more chances at a fair pair.
+    """
+    done = added = 0
+    index = 0
+    while done < repeats:
+        with meter() as steal:
+            yield index
+        index += 1
+        lost = steal.percent
+        if lost is not None and lost >= noisy and added < extra:
+            added += 1
+            log(f"{what}: round {index} lost {lost:.1f}% of the CPU time to steal; one round more "
+                f"({added} of at most {extra})")
+        else:
+            done += 1
+
+
 def disk_of(path: Path) -> str:
     """The filesystem and device a path lives on, e.g. 'ext4 on /dev/vda (rotational=0)'."""
     try:
@@ -309,6 +339,6 @@ def rows_from_json(path: Path) -> list[Row]:
     return [Row(**r) for r in doc["rows"]]
 
 
-__all__ = ["FULL", "MODES", "QUICK", "STEAL", "TINY", "MiB", "Row", "Sizes", "StealMeter", "Stopwatch",
-           "cpu_times", "disk_of", "log", "machine", "markdown_table", "median", "percentile", "ratio", "rate_of",
-           "replace", "stolen_percent", "table", "write_json"]
+__all__ = ["EXTRA_ROUNDS", "FULL", "MODES", "NOISY_STEAL", "QUICK", "STEAL", "TINY", "MiB", "Row", "Sizes",
+           "StealMeter", "Stopwatch", "cpu_times", "disk_of", "log", "machine", "markdown_table", "median",
+           "percentile", "ratio", "rate_of", "replace", "rounds", "stolen_percent", "table", "write_json"]

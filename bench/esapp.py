@@ -20,7 +20,7 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from .common import Row, ratio, remove_sqlite
+from .common import Row, ratio, remove_sqlite, rounds
 from .servers import perhap_server
 
 #: Saves per run by mode, over all threads (even: every account is saved twice).
@@ -109,7 +109,7 @@ def one_round(workdir: Path, mode: str, index: int) -> dict[str, float]:
 
 def measure(workdir: Path, mode: str, repeats: int) -> dict[str, Any]:
     """Alternating rounds; the best of each setup is kept, every round is in ``runs``."""
-    runs = [one_round(workdir, mode, i) for i in range(repeats)]
+    runs = [one_round(workdir, mode, i) for i in rounds(repeats, "row 9")]
     best = {k: max(r[k] for r in runs) for k in runs[0]}
     return {"best": best, "runs": runs, "saves": SAVES[mode], "events_per_save": EVENTS_PER_SAVE}
 

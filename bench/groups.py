@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from .common import median, remove_sqlite
+from .common import median, remove_sqlite, rounds
 from .servers import perhap_server
 
 #: (events, entities) of the realm by mode: the events are interleaved over the entities.
@@ -131,7 +131,7 @@ def measure(workdir: Path, mode: str, repeats: int) -> dict[str, Any]:
     streams: list[float] = []
     with perhap_server(url, workdir / "groups-server.log") as server:
         _stream(server.url, events)  # once first, so both sides find the store in the page cache
-        for i in range(repeats):
+        for i in rounds(repeats, "row 10"):
             # Alternating which goes first, so neither always finds the machine fresher.
             if i % 2:
                 groups.append(_group(server.url, f"g{i}", events))

@@ -17,7 +17,7 @@ from typing import Any
 
 from perhap import Scope, open_store
 
-from .common import StealMeter, median, percentile
+from .common import StealMeter, median, percentile, rounds
 from .dataset import EVENTS_PER_ENTITY, Dataset, restore
 from .inprocess import concurrent_appends
 
@@ -87,7 +87,7 @@ async def measure(big: Dataset, small: Dataset, workdir: Path, seconds: float, r
     empty_rates, big_rates = [], []
     empty_steal, big_steal = [], []  # each run's CPU steal (None where unknown), beside its rate
     try:
-        for i in range(repeats):
+        for i in rounds(repeats, "row 6a"):
             empty = workdir / f"growth-empty-{i}.db"
             with StealMeter() as steal:
                 empty_rates.append(await append_rate(f"sqlite:///{empty}", seconds, f"g{i}-"))

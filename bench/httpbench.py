@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from .common import StealMeter
+from .common import StealMeter, rounds
 from .servers import Server, perhap_server, raw_server
 
 CONNECTIONS = 32
@@ -125,7 +125,8 @@ def _bad(r: dict[str, float]) -> str:
 
 def measure(targets: list[Target], workdir: Path, seconds: int, repeats: int,
             methods: tuple[str, ...] = ("POST", "GET")) -> dict[str, Any]:
-    """Best of ``repeats`` alternating runs (raw, each target, raw, each target ...) per method.
+    """Best of ``repeats`` alternating runs (raw, each target, raw, each target ...) per method, and
+    a round more for each round stolen from (:func:`~bench.common.rounds`).
 
     One raw ASGI baseline serves every target of the run. A target whose server does not start,
     or whose load sees a non-2xx answer or a socket error, is left out and named in ``failed``;
@@ -161,7 +162,7 @@ def measure(targets: list[Target], workdir: Path, seconds: int, repeats: int,
                     del servers[label]
 
         if "POST" in methods:
-            for _ in range(repeats):
+            for _ in rounds(repeats, "rows 1 (POST)"):
                 raw_runs["post"].append(load(raw.url + "/bench/http", "POST", seconds, workdir))
                 each_target("POST")
         if "GET" in methods:
@@ -169,7 +170,7 @@ def measure(targets: list[Target], workdir: Path, seconds: int, repeats: int,
             sizes = sorted({reads[label][1] for label in servers})
             for size in sizes:
                 raw_runs[f"get_{size}"] = []
-            for _ in range(repeats):
+            for _ in rounds(repeats, "row 2 (GET)"):
                 for size in sizes:
                     raw_runs[f"get_{size}"].append(load(raw.url + f"/sized/{size}", "GET", seconds, workdir))
                 each_target("GET")

@@ -27,7 +27,7 @@ from . import (
     memory,
     peers,
 )
-from .common import STEAL, Row, Sizes, StealMeter, log, ratio
+from .common import STEAL, Row, Sizes, StealMeter, log, ratio, rounds
 
 T = TypeVar("T")
 ROWS = ("ref", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
@@ -187,8 +187,8 @@ class Suite:
         raw_runs: list[dict[str, Any]] = []
         if "cassandra" in started:
             self._cassandra_warm(started["cassandra"])
-        for i in range(self.o.repeats):
-            log(f"round {i + 1}/{self.o.repeats}: eventsourcing")
+        for i in rounds(self.o.repeats, "rows 3-5"):
+            log(f"round {i + 1}: eventsourcing")
             with StealMeter() as steal:
                 single = peers.concurrent_single_inserts(self.work, s.seconds)
                 batch = peers.batch_inserts(self.work, s.batch_count)
@@ -196,7 +196,7 @@ class Suite:
             for name, b in started.items():
                 if name in self.failed:
                     continue
-                log(f"round {i + 1}/{self.o.repeats}: perhap on {name}")
+                log(f"round {i + 1}: perhap on {name}")
                 # read back only once: it is best-of-3 inside, and the fill is the slow part
                 readback = s.readback if i == 0 else 0
                 try:
@@ -208,7 +208,7 @@ class Suite:
                     continue
                 if name == "cassandra":
                     # The engine's own figures on the same node, right after perhap's (issue 19).
-                    log(f"round {i + 1}/{self.o.repeats}: raw cassandra-driver on the same node")
+                    log(f"round {i + 1}: raw cassandra-driver on the same node")
                     count = int(runs[name][-1].get("read_count", 0)) if readback else 0
                     try:
                         raw_runs.append(_run_async(cassandra_raw.measure(b.new_url(), s.seconds, s.batch_count,

@@ -19,7 +19,7 @@ import pytest
 
 from bench import backends, dataset, loadgen
 from bench.__main__ import steal_line
-from bench.common import TINY, Row, cpu_times, markdown_table, stolen_percent, table
+from bench.common import TINY, Row, StealMeter, cpu_times, markdown_table, rounds, stolen_percent, table
 from bench.servers import raw_server
 from bench.suite import Options, Suite
 from tests.conftest import get_provider
@@ -212,3 +212,33 @@ def test_stolen_cpu_time_is_the_steal_share_of_all_cpu_time_between_two_readings
     assert steal_line(None, {}) == "CPU steal: not known on this platform"
     line = steal_line(3.3, {"row 1": 0.5, "rows 3-5": 7.0, "row 6": None})
     assert line == "CPU steal: 3.3% of the run's CPU time went to other guests; steps above 1%: rows 3-5 7.0%"
+
+
+class _Stolen(StealMeter):
+    """A meter that reads the next share from a list instead of the machine (the real one is
+    tested above): the rounds' rule is tested on known steal."""
+
+    def __init__(self, shares: list[float | None]) -> None:
+        self.shares = shares
+
+    def __enter__(self) -> _Stolen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.percent = self.shares.pop(0)
+
+
+def _rounds_run(repeats: int, shares: list[float | None], extra: int = 2) -> list[int]:
+    return list(rounds(repeats, "test", noisy=3.0, extra=extra, meter=lambda: _Stolen(shares)))
+
+
+def test_a_round_that_lost_cpu_time_to_steal_is_run_again_up_to_a_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _rounds_run(2, [0.0, 2.9]) == [0, 1]  # under the threshold: the rounds asked for
+    assert _rounds_run(2, [None, None]) == [0, 1]  # steal unknown: no extra round
+    assert _rounds_run(2, [3.0, 0.1, 0.2]) == [0, 1, 2]  # the first stolen from: one more
+    logged = capsys.readouterr().err
+    assert "test: round 1 lost 3.0% of the CPU time to steal; one round more (1 of at most 2)" in logged
+    assert _rounds_run(1, [9.0, 0.0]) == [0, 1]
+    assert _rounds_run(2, [5.0, 5.0, 5.0, 5.0]) == [0, 1, 2, 3]  # two extra at most, then it stops
+    assert _rounds_run(2, [5.0, 5.0, 5.0], extra=1) == [0, 1, 2]
+    assert _rounds_run(0, []) == []
