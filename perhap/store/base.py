@@ -374,14 +374,16 @@ class Store(abc.ABC):
         self._commits += 1
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _wake(waiter)
 
     def commit_marker(self) -> int | None:
         """A value that changes with every commit to this store by anyone, or None where other
         processes may commit unseen (then callers must ask the store). Equal markers taken at two
         moments mean no event was stored in between: caches may skip asking."""
         return None
+
+    def _add_waiter(self, waiter: asyncio.Future[None]) -> None:  # the next commit notice sets it
+        self._waiters.add(waiter)
 
     def _change_token(self) -> int:
         """A marker of the last commit this process knows of (see _wait_for_change)."""
@@ -399,7 +401,7 @@ class Store(abc.ABC):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         timer = loop.call_later(timeout, _wake, waiter)
-        self._waiters.add(waiter)
+        self._add_waiter(waiter)
         try:
             await waiter
         finally:

@@ -42,7 +42,7 @@ class FileLock:
         self._markers = itertools.count(1)  # next() is atomic: writers of two stores never share one
 
     def committed(self) -> None:
-        """A commit that stored events (called on the committing store's loop, see SQLiteStore)."""
+        """A commit that stored events (called on the committing thread, see SQLiteStore)."""
         self.commit_marker = next(self._markers)
 
     def release(self) -> None:

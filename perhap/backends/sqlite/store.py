@@ -9,6 +9,12 @@ Design, and why:
   than the read, and a pool thread waits for the GIL at every row.
 - Live subscribers of realms and domains read a ring of recently committed events kept on the
   event loop (:mod:`.ring`) instead of querying the database once per commit each.
+- Each commit moves the commit marker (which the page cache trusts) on the committing thread, before
+  any caller hears of it. Its notice for the loop (the ring, the subscribers' wake-up) goes
+  through one list, in commit order (``_pending``). A commit that nobody on the loop is waiting
+  for (its callers are on plain threads, no subscriber waits, nobody read the ring lately) does
+  not wake the loop: its notice waits in the list until the loop next reads or starts to wait,
+  and each of those first takes in every notice waiting (``_take_notices``).
 - One process owns the file (:mod:`.lock`): another process that opens it is refused.
 - A store belongs to the event loop that opened it: reads and appends from another loop are
   refused up front (RuntimeError), so the writer only ever answers one loop, and an append never
@@ -77,6 +83,11 @@ class SQLiteStore(Store):
         self._reader_conns: list[sqlite3.Connection] = []
         self._ring = Ring()
         self._states: SQLiteStates | None = None
+        # Commit notices on their way from the committing thread to the loop, in commit order;
+        # a run of notices without events is kept as its last (each one only resets the ring).
+        self._notice_lock = threading.Lock()
+        self._pending: list[tuple[list[Event] | None, int | None]] = []
+        self._wake_scheduled = False  # a _take_notices is queued on the loop
 
     async def open(self) -> SQLiteStore:
         """Take the file's lock, create or check the schema and start the writer thread."""
@@ -90,7 +101,7 @@ class SQLiteStore(Store):
             raise
         self._loop = asyncio.get_running_loop()
         self._ring.start(last_seq(conn))
-        self._writer = Writer(conn, self._queue, self._ring, self._loop, self._committed)
+        self._writer = Writer(conn, self._queue, self._ring, self._commit_notice)
         self._writer.thread.start()
         self._states = SQLiteStates(self.path, self.synchronous, self._read_states)
         return self
@@ -101,6 +112,9 @@ class SQLiteStore(Store):
         writer = self._writer
         if writer is None or (job.loop is not self._loop and job.loop is not None):
             raise self._foreign()
+        # A caller on a plain thread commits its job itself when the writer is idle.
+        if job.loop is None and writer.commit_inline(job):
+            return
         # The writer never looks at the future before writing: it commits the job all the same
         # when its caller stops waiting.
         self._queue.put(job)
@@ -115,19 +129,69 @@ class SQLiteStore(Store):
         return RuntimeError("this SQLiteStore belongs to the event loop that opened it; "
                             "open another store for this loop (several may share a file in one process)")
 
+    def _commit_notice(self, events: list[Event] | None, last: int | None, loop_jobs: bool) -> None:
+        """On the committing thread, after each commit that stored events, in commit order: move
+        the commit marker, and pass the notice to the loop, waking it unless nobody there waits
+        for this commit."""
+        lock = self._lock
+        if lock is not None:  # every store of this process on the file sees it at once
+            lock.committed()
+        with self._notice_lock:
+            pending = self._pending
+            if events is None and pending and pending[-1][0] is None:
+                pending[-1] = (None, last)  # the later reset says all the earlier one did
+            else:
+                pending.append((events, last))
+            # Defer only when nothing on the loop waits: no caller of this group (a loop's
+            # callers are answered after their notice), no subscriber (waiters are added under
+            # this lock, see _add_waiter), no ring reader (events is None).
+            if self._wake_scheduled or (events is None and not loop_jobs and not self._waiters):
+                return
+            self._wake_scheduled = True
+        try:
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon_threadsafe(self._take_notices)
+        except RuntimeError:  # the store's loop is closed: nobody is left to tell
+            with self._notice_lock:
+                self._pending.clear()
+                self._wake_scheduled = False
+
+    def _take_notices(self) -> None:
+        """On the loop: apply every commit notice waiting, in commit order. Also called before the
+        loop reads or starts to wait, so it never acts on a ring or a change token older than a
+        commit whose caller it has heard from."""
+        with self._notice_lock:
+            pending, self._pending = self._pending, []
+            self._wake_scheduled = False
+        for events, last in pending:
+            self._committed(events, last)
+
     def _committed(self, events: list[Event] | None, last: int | None) -> None:
-        """On the loop, after each commit (in commit order): extend the ring, move the commit
-        marker, wake the waiters. A read started after the marker moved sees the commit, through
-        the ring or the file. Callers on a loop are answered after this runs (settle_group), and
-        a caller on a plain thread (append_blocking) reaches this loop only after it, too."""
+        """On the loop, for each commit (in commit order): extend the ring, wake the waiters. A
+        read started after this sees the commit, through the ring or the file. Callers on a loop
+        are answered after this runs (settle_group); a caller on a plain thread (append_blocking)
+        may be answered first, and whatever it asks of this loop next takes the notice in before
+        it looks (_take_notices)."""
         self._ring.committed(events, last)
-        if self._lock is not None:
-            self._lock.committed()
         self._notify_commit()
+
+    def _add_waiter(self, waiter: asyncio.Future[None]) -> None:
+        # Under the notice lock, so a commit either sees the waiter and wakes the loop, or came
+        # before it and is taken in here (which wakes the waiter at once).
+        with self._notice_lock:
+            self._waiters.add(waiter)
+            unannounced = bool(self._pending) and not self._wake_scheduled
+        if unannounced:
+            self._take_notices()
+
+    def _change_token(self) -> int:
+        if self._pending:
+            self._take_notices()
+        return super()._change_token()
 
     def commit_marker(self) -> int | None:
         # This process alone writes the file (the lock), and every store of this process on it
-        # moves the lock's marker after each commit that stored events (see _committed).
+        # moves the lock's marker after each commit that stored events, before answering any of
+        # its callers (see _commit_notice).
         return None if self._lock is None else self._lock.commit_marker
 
     @property
@@ -163,6 +227,8 @@ class SQLiteStore(Store):
     async def _read(self, query: ReadQuery) -> list[Event]:
         if asyncio.get_running_loop() is not self._loop:
             raise self._foreign()
+        if self._pending:
+            self._take_notices()
         ring = self._ring
         from_ring = ring.read(query, self.poll_interval)
         if from_ring is not None:

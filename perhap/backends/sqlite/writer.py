@@ -14,6 +14,11 @@ Design, and why:
   between the writer thread and the event loop, which is where a group's time went.
 - ``PRAGMA data_version`` tells the writer when another connection committed, so its caches
   never outlive another writer's changes.
+- A caller on a plain thread (``append_blocking``) commits its own job on its own thread when
+  nothing is queued or being committed (:meth:`Writer.commit_inline`): two thread crossings fewer,
+  which were a fifth of a single-threaded caller's time (docs/performance.md, section 14). One lock
+  is held by whoever commits, so groups still commit one at a time, and a job goes ahead of no job
+  queued before it.
 - The thread must outlive anything a caller does: a commit notice to a loop that has closed is
   dropped (nobody is left to tell). Should it stop all the same, it says why in ``failure`` and
   fails every queued job, and the store fails later appends with that reason instead of queueing
@@ -22,7 +27,6 @@ Design, and why:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import sqlite3
@@ -41,9 +45,10 @@ from .writes import Deferred, Undeferrable, WriterState
 
 log = logging.getLogger("perhap.sqlite")
 
-#: Called on the store's loop after each commit with the events it stored (None: unknown) and the
-#: last seq it wrote.
-CommitHook = Callable[[list[Event] | None, int | None], None]
+#: Called on the committing thread after each commit that stored events, in commit order, with the
+#: events it stored (None: unknown), the last seq it wrote, and whether the group holds jobs of an
+#: event loop (their callers are answered after the notice reaches the loop).
+CommitHook = Callable[[list[Event] | None, int | None, bool], None]
 
 
 class JobOutcome(NamedTuple):
@@ -108,9 +113,13 @@ class Writer:
     """The thread that takes jobs from ``jobs`` in groups and commits each group at once."""
 
     def __init__(self, conn: sqlite3.Connection, jobs: queue.SimpleQueue[object], ring: Ring,
-                 loop: asyncio.AbstractEventLoop, on_commit: CommitHook) -> None:
+                 on_commit: CommitHook) -> None:
         self.state = WriterState(conn)
-        self.jobs, self.ring, self.loop, self.on_commit = jobs, ring, loop, on_commit
+        self.jobs, self.ring, self.on_commit = jobs, ring, on_commit
+        #: Held by whoever takes and commits a group: the writer thread, or a caller committing
+        #: its own job (commit_inline). The connection and ``state`` are used under it only.
+        self.commit_lock = threading.Lock()
+        self._stopped = False  # the connection is closed (under commit_lock)
         # Group-commit statistics, read by benchmarks and metrics.
         self.groups_committed = 0
         self.events_committed = 0
@@ -126,7 +135,9 @@ class Writer:
             self.fail_queued()
             log.exception("the SQLite writer thread stopped; appends now fail (restart the server)")
         finally:
-            self.state.conn.close()
+            with self.commit_lock:  # not under a caller's inline commit
+                self._stopped = True
+                self.state.conn.close()
 
     def take_groups(self) -> None:
         get, get_nowait = self.jobs.get, self.jobs.get_nowait
@@ -135,11 +146,37 @@ class Writer:
             if first is STOP:
                 break
             assert isinstance(first, WriteJob)
-            # What queued up meanwhile, bounded so one transaction stays short.
-            group, stop = take_group(first, get_nowait)
-            self.commit_group(group)
+            with self.commit_lock:
+                # What queued up meanwhile, bounded so one transaction stays short.
+                group, stop = take_group(first, get_nowait)
+                self.commit_group(group)
             if stop:
                 break
+
+    def commit_inline(self, job: WriteJob) -> bool:
+        """Commit ``job`` on the calling thread if nothing is queued or being committed (else
+        False: queue it). For a caller on a plain thread, which would otherwise wake this thread
+        and be woken by it. A job the writer thread has just taken from the queue, and not yet
+        begun, may commit after this one: the two were submitted at the same moment."""
+        if not self.jobs.empty() or not self.commit_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._stopped or self.failure is not None or not self.jobs.empty():
+                return False
+            try:
+                self.commit_group([job])
+            except BaseException:  # the caller was interrupted (KeyboardInterrupt) mid-group
+                try:
+                    if self.state.conn.in_transaction:  # nothing of it committed: undo it
+                        self.state.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self.state.forget()
+                self.state.last_seq = None
+                raise
+            return True
+        finally:
+            self.commit_lock.release()
 
     def fail_queued(self) -> None:
         """Settle every job still queued with the failure (the store fails later ones itself)."""
@@ -190,10 +227,7 @@ class Writer:
                 except BaseException:  # a bug: the group is committed, so answer it before stopping
                     settle_group(outcomes, from_thread=True)
                     raise
-                try:
-                    self.loop.call_soon_threadsafe(self.on_commit, *notice)
-                except RuntimeError:  # the store's loop is closed: no subscriber is left to wake
-                    pass
+                self.on_commit(*notice, any(job.loop is not None for job in jobs))
         # One wake-up per event loop for the whole group, queued after the commit notification.
         settle_group(outcomes, from_thread=True)
 

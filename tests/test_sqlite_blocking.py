@@ -1,0 +1,241 @@
+"""Appends from plain threads on SQLite (``Store.append_blocking``), and the commit notices they leave.
+
+A caller on a plain thread commits its own job when the writer is idle, and its commit does not wake
+the store's event loop when nothing there waits for it: the notice waits until the loop next reads,
+gives out the commit marker or starts waiting. These tests hold that to what the store promised
+before: appends from threads and from the loop at once stay exact, a waiting subscriber is woken by
+a thread's append (not by its poll), and whatever the loop does after a thread's append sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from perhap.backends.sqlite import SQLiteStore, open_sqlite
+from perhap.backends.sqlite import ring as ring_module
+from perhap.errors import VersionConflict
+from perhap.http.app import PerhapApp
+from perhap.model import AppendResult, Scope, new_event
+
+#: Long enough that no delivery below can be the subscribers' poll: each must be a wake-up.
+NO_POLL = 600.0
+
+
+async def _store(tmp_path: Path) -> SQLiteStore:
+    store = await open_sqlite(str(tmp_path / "blocking.db"))
+    store.poll_interval = NO_POLL
+    return store
+
+
+async def _all(store: SQLiteStore, scope: Scope) -> list[object]:
+    return list((await store.read(scope, limit=10_000)).events)
+
+
+async def test_appends_from_plain_threads_and_the_loop_at_once_are_exact(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    threads, each = 6, 40
+    shared: list[AppendResult] = []
+    own: dict[int, list[int]] = {}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            versions = own.setdefault(n, [])
+            for i in range(each):
+                r = store.append_blocking("r", "d", "shared", [new_event("t", {"n": n, "i": i})])
+                with lock:
+                    shared.append(r)
+                # Its own entity, at the version it expects: every one must hold.
+                mine = store.append_blocking("r", "d", f"own-{n}", [new_event("t", {"i": i})],
+                                             expected_version=i - 1)
+                versions.append(mine.first.version)
+        except BaseException as exc:
+            failures.append(exc)
+
+    async def from_the_loop() -> list[int]:
+        versions = []
+        for i in range(each * 2):
+            r = await store.append_batch("r", "d", "loop", [new_event("t", {"i": i})], expected_version=i - 1)
+            versions.append(r.first.version)
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        return versions
+
+    try:
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        loop_versions = await from_the_loop()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in pool])
+        assert not failures, failures[0]
+        assert loop_versions == list(range(each * 2))
+        for n in range(threads):
+            assert own[n] == list(range(each))
+        # The shared entity: every append acknowledged once, versions gapless and one each.
+        assert sorted(r.first.version for r in shared) == list(range(threads * each))
+        stored = await _all(store, Scope("r", "d", "shared"))
+        assert [e.version for e in stored] == list(range(threads * each))  # type: ignore[attr-defined]
+        assert {e.event_id for e in stored} == {r.first.event_id for r in shared}  # type: ignore[attr-defined]
+        # The realm: positions 1..n without gaps, in commit (seq) order.
+        realm = await _all(store, Scope("r"))
+        total = threads * each * 2 + each * 2
+        assert [e.position for e in realm] == list(range(1, total + 1))  # type: ignore[attr-defined]
+        assert [e.cursor for e in realm] == sorted(e.cursor for e in realm)  # type: ignore[attr-defined]
+        # A thread whose expected version no longer holds gets the conflict, and nothing is stored.
+        with pytest.raises(VersionConflict):
+            await asyncio.get_running_loop().run_in_executor(None, lambda: store.append_blocking(
+                "r", "d", "own-0", [new_event("t", {})], expected_version=0))
+        assert len(await _all(store, Scope("r", "d", "own-0"))) == each
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("ring", ["read", "unread"])
+async def test_a_waiting_subscriber_is_woken_by_each_append_from_a_plain_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ring: str) -> None:
+    """The append lands just before, during or just after the subscriber starts waiting; with the
+    poll ten minutes away, every event must arrive by a wake-up. With the ring read (its events
+    built at each commit) and unread (only the waiting subscriber makes a commit wake the loop)."""
+    if ring == "unread":
+        monkeypatch.setattr(ring_module, "RING_IDLE", -1.0)
+    store = await _store(tmp_path)
+    rng = random.Random(7)
+    try:
+        for realm, scope in (("r1", Scope("r1")), ("r2", Scope("r2", "d")), ("r3", Scope("r3", "d", "e"))):
+            sub = await store.subscription(scope)
+            assert await sub.fetch(timeout=0) == []
+            for i in range(40):
+                delay = rng.choice([0.0, 0.0005, 0.001, 0.003])
+
+                def append(i: int = i, delay: float = delay, realm: str = realm) -> None:
+                    threading.Event().wait(delay)
+                    store.append_blocking(realm, "d", "e", [new_event("t", {"i": i})])
+
+                thread = threading.Thread(target=append)
+                thread.start()
+                # A missed wake-up would wait for the poll, ten minutes away: fail at 10 s instead.
+                got = await asyncio.wait_for(sub.fetch(), timeout=10)
+                await asyncio.get_running_loop().run_in_executor(None, thread.join)
+                assert [e.event for e in got] == [{"i": i}], (scope, i)
+    finally:
+        await store.close()
+
+
+async def test_what_the_loop_does_after_a_plain_threads_append_sees_it(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        await store.append_batch("r", "d", "e", [new_event("t", {"i": 0})])
+        marker = store.commit_marker()
+        # Nothing on the loop waits for it: the commit's notice is left for the loop to take in.
+        await loop.run_in_executor(None, lambda: store.append_blocking("r", "d", "e", [new_event("t", {"i": 1})]))
+        assert store._pending, "the notice should wait for the loop (the path under test)"
+        assert store.commit_marker() != marker  # moved at the commit: no cached page outlives it
+        for scope in (Scope("r"), Scope("r", "d"), Scope("r", "d", "e")):
+            assert [e.event for e in await _all(store, scope)] == [{"i": 0}, {"i": 1}]
+
+        # The same through a subscriber whose ring was read lately: still one event each time.
+        sub = await store.subscription(Scope("r"), after_position=2)
+        for i in range(2, 6):
+            await loop.run_in_executor(None, lambda i=i: store.append_blocking(
+                "r", "d", "e", [new_event("t", {"i": i})]))
+            assert [e.event for e in await sub.fetch(timeout=30)] == [{"i": i}]
+    finally:
+        await store.close()
+
+
+async def test_the_page_cache_serves_no_page_older_than_a_plain_threads_append(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    app = PerhapApp(store)
+    loop = asyncio.get_running_loop()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as client:
+            for i in range(5):
+                await loop.run_in_executor(None, lambda i=i: store.append_blocking(
+                    "r", "d", "e", [new_event("t", {"i": i})]))
+                for _ in range(2):  # the second GET may come from the cache: it must be as fresh
+                    answer = await client.get("/r/d/e")
+                    assert answer.status_code == 200
+                    assert [e["event"] for e in answer.json()["events"]] == [{"i": k} for k in range(i + 1)]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def ring_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody has read the ring lately, whatever reads the test makes: the writer never builds
+    ring events, so every commit nobody waits for leaves its notice for the loop to take in."""
+    monkeypatch.setattr(ring_module, "RING_IDLE", -1.0)
+
+
+async def test_a_commit_between_a_subscribers_read_and_its_wait_ends_the_wait(
+        tmp_path: Path, ring_unread: None) -> None:
+    """The subscriber's steps, one by one, with a thread's append landing between its read and
+    its wait: the wait must end at once, not at the poll ten minutes away."""
+    store = await _store(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        for i in range(3):
+            token = store._change_token()
+            assert (await store.read(Scope("r"), after_position=i)).events == []
+            await loop.run_in_executor(None, lambda i=i: store.append_blocking(
+                "r", "d", "e", [new_event("t", {"i": i})]))
+            assert store._pending  # not announced: nothing waited when it committed
+            await asyncio.wait_for(store._wait_for_change(token, NO_POLL), timeout=30)
+            assert [e.event for e in (await store.read(Scope("r"), after_position=i)).events] == [{"i": i}]
+    finally:
+        await store.close()
+
+
+async def test_a_read_the_ring_could_answer_sees_a_plain_threads_append(tmp_path: Path, ring_unread: None) -> None:
+    """The ring answers reads after its last notice; a notice left waiting must be taken in
+    before it answers, or the read would miss the thread's own event."""
+    store = await _store(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        first = await store.append_batch("r", "d", "e", [new_event("t", {"i": 0})])  # a loop job: announced
+        following = first.first.event_id
+        for i in range(1, 4):
+            await loop.run_in_executor(None, lambda i=i: store.append_blocking(
+                "r", "d", "e", [new_event("t", {"i": i})]))
+            for scope in (Scope("r"), Scope("r", "d")):
+                page = await store.read(scope, following=following)
+                assert [e.event for e in page.events] == [{"i": k} for k in range(1, i + 1)], scope
+    finally:
+        await store.close()
+
+
+async def test_a_page_cached_by_one_store_is_not_served_after_another_stores_append_to_the_file(
+        tmp_path: Path) -> None:
+    """Two stores of one process on one file (an application's in-process store on a loop thread
+    of its own, a server's on this loop) share the commit marker: an append through the first,
+    from a plain thread, must end the second's cached page at once."""
+    path = str(tmp_path / "shared.db")
+    other_loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=other_loop.run_forever, daemon=True)
+    runner.start()
+    first = asyncio.run_coroutine_threadsafe(open_sqlite(path), other_loop).result()
+    second = await open_sqlite(path)
+    loop = asyncio.get_running_loop()
+    try:
+        app = PerhapApp(second)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as client:
+            for i in range(4):
+                await loop.run_in_executor(None, lambda i=i: first.append_blocking(
+                    "r", "d", "e", [new_event("t", {"i": i})]))
+                for _ in range(2):
+                    answer = await client.get("/r/d/e")
+                    assert [e["event"] for e in answer.json()["events"]] == [{"i": k} for k in range(i + 1)]
+    finally:
+        await second.close()
+        asyncio.run_coroutine_threadsafe(first.close(), other_loop).result()
+        other_loop.call_soon_threadsafe(other_loop.stop)
+        runner.join()
+        other_loop.close()
