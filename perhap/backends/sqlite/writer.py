@@ -120,6 +120,9 @@ class Writer:
         #: its own job (commit_inline). The connection and ``state`` are used under it only.
         self.commit_lock = threading.Lock()
         self._stopped = False  # the connection is closed (under commit_lock)
+        #: The writer thread holds a job from the queue (it may still wait for commit_lock): a
+        #: caller on a plain thread then queues behind it rather than taking the lock first.
+        self._taking = False
         # Group-commit statistics, read by benchmarks and metrics.
         self.groups_committed = 0
         self.events_committed = 0
@@ -146,22 +149,25 @@ class Writer:
             if first is STOP:
                 break
             assert isinstance(first, WriteJob)
+            self._taking = True
             with self.commit_lock:
                 # What queued up meanwhile, bounded so one transaction stays short.
                 group, stop = take_group(first, get_nowait)
                 self.commit_group(group)
+            self._taking = False
             if stop:
                 break
 
     def commit_inline(self, job: WriteJob) -> bool:
         """Commit ``job`` on the calling thread if nothing is queued or being committed (else
         False: queue it). For a caller on a plain thread, which would otherwise wake this thread
-        and be woken by it. A job the writer thread has just taken from the queue, and not yet
-        begun, may commit after this one: the two were submitted at the same moment."""
-        if not self.jobs.empty() or not self.commit_lock.acquire(blocking=False):
+        and be woken by it. At most one such commit goes ahead of a job the writer thread has
+        just taken from the queue (in the moment before it marks itself taking): the two were
+        submitted at the same moment, and the writer is never kept waiting by a stream of them."""
+        if self._taking or not self.jobs.empty() or not self.commit_lock.acquire(blocking=False):
             return False
         try:
-            if self._stopped or self.failure is not None or not self.jobs.empty():
+            if self._taking or self._stopped or self.failure is not None or not self.jobs.empty():
                 return False
             try:
                 self.commit_group([job])
