@@ -22,6 +22,7 @@ from perhap.backends.sqlite import ring as ring_module
 from perhap.errors import VersionConflict
 from perhap.http.app import PerhapApp
 from perhap.model import AppendResult, Scope, new_event
+from tests.helpers import wait_until
 
 #: Long enough that no delivery below can be the subscribers' poll: each must be a wake-up.
 NO_POLL = 600.0
@@ -239,3 +240,24 @@ async def test_a_page_cached_by_one_store_is_not_served_after_another_stores_app
         other_loop.call_soon_threadsafe(other_loop.stop)
         runner.join()
         other_loop.close()
+
+
+
+async def test_a_plain_thread_does_not_go_ahead_of_a_job_the_writer_thread_took(tmp_path: Path) -> None:
+    """The commit lock is not fair: a caller on a plain thread could take it, again and again,
+    while the writer thread holds a job from the queue and waits for it. The writer marks itself
+    taking first, and a plain thread's append then queues behind it."""
+    store = await _store(tmp_path)
+    writer = store._writer
+    assert writer is not None
+    from_a_thread = store._batch_job("r", "d", "thread", [new_event("t", {})], None, None)
+    writer.commit_lock.acquire()  # as if a plain thread were committing
+    try:
+        loops_append = asyncio.ensure_future(store.append_batch("r", "d", "loop", [new_event("t", {})]))
+        await wait_until(lambda: writer._taking and writer.jobs.empty(), "the writer to take the job")
+    finally:
+        writer.commit_lock.release()
+    # Right after the release this thread still holds the GIL: the writer thread has not run yet.
+    assert writer.commit_inline(from_a_thread) is False
+    assert (await loops_append).first.version == 0
+    await store.close()
