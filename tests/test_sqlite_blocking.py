@@ -21,8 +21,8 @@ from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import ring as ring_module
 from perhap.errors import VersionConflict
 from perhap.http.app import PerhapApp
-from perhap.model import AppendResult, Scope, new_event
-from tests.helpers import wait_until
+from perhap.model import AppendResult, Event, Scope, new_event
+from tests.helpers import read_all, wait_until
 
 #: Long enough that no delivery below can be the subscribers' poll: each must be a wake-up.
 NO_POLL = 600.0
@@ -34,7 +34,7 @@ async def _store(tmp_path: Path) -> SQLiteStore:
     return store
 
 
-async def _all(store: SQLiteStore, scope: Scope) -> list[object]:
+async def _all(store: SQLiteStore, scope: Scope) -> list[Event]:
     return list((await store.read(scope, limit=10_000)).events)
 
 
@@ -82,13 +82,13 @@ async def test_appends_from_plain_threads_and_the_loop_at_once_are_exact(tmp_pat
         # The shared entity: every append acknowledged once, versions gapless and one each.
         assert sorted(r.first.version for r in shared) == list(range(threads * each))
         stored = await _all(store, Scope("r", "d", "shared"))
-        assert [e.version for e in stored] == list(range(threads * each))  # type: ignore[attr-defined]
-        assert {e.event_id for e in stored} == {r.first.event_id for r in shared}  # type: ignore[attr-defined]
+        assert [e.version for e in stored] == list(range(threads * each))
+        assert {e.event_id for e in stored} == {r.first.event_id for r in shared}
         # The realm: positions 1..n without gaps, in commit (seq) order.
         realm = await _all(store, Scope("r"))
         total = threads * each * 2 + each * 2
-        assert [e.position for e in realm] == list(range(1, total + 1))  # type: ignore[attr-defined]
-        assert [e.cursor for e in realm] == sorted(e.cursor for e in realm)  # type: ignore[attr-defined]
+        assert [e.position for e in realm] == list(range(1, total + 1))
+        assert [e.cursor for e in realm] == sorted(e.cursor for e in realm)
         # A thread whose expected version no longer holds gets the conflict, and nothing is stored.
         with pytest.raises(VersionConflict):
             await asyncio.get_running_loop().run_in_executor(None, lambda: store.append_blocking(
@@ -261,3 +261,84 @@ async def test_a_plain_thread_does_not_go_ahead_of_a_job_the_writer_thread_took(
     assert writer.commit_inline(from_a_thread) is False
     assert (await loops_append).first.version == 0
     await store.close()
+
+
+_APPENDERS = r'''
+import asyncio, json, random, sys, threading
+from perhap.backends.sqlite import open_sqlite
+from perhap.model import new_event
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+store = asyncio.run_coroutine_threadsafe(open_sqlite(sys.argv[1]), loop).result()
+out = threading.Lock()
+
+def acknowledged(ids):
+    with out:
+        sys.stdout.write(json.dumps(ids) + "\n")
+        sys.stdout.flush()
+
+def appender(c):
+    n = 0
+    while True:
+        n += 1
+        size = 5 if n % 4 == 0 else 1
+        batch = [new_event("t", {"c": c, "n": n, "k": k}) for k in range(size)]
+        result = store.append_blocking("r", "d", f"e{random.randrange(20)}", batch)
+        acknowledged([e.event_id for e in result.events])
+
+async def from_the_loop():
+    n = 0
+    while True:
+        n += 1
+        result = await store.append_batch("r", "d", f"e{random.randrange(20)}", [new_event("t", {"c": -1, "n": n})])
+        acknowledged([result.first.event_id])
+
+for c in range(6):
+    threading.Thread(target=appender, args=(c,), daemon=True).start()
+asyncio.run_coroutine_threadsafe(from_the_loop(), loop)
+threading.Event().wait()
+'''
+
+
+async def test_sigkill_during_plain_thread_appends_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """Six threads appending with append_blocking (committing themselves or through the writer)
+    and the loop appending too, in a process killed with SIGKILL: every append it acknowledged
+    is stored whole, with positions and versions still gapless."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "killed.db")
+    child = subprocess.Popen([sys.executable, "-c", _APPENDERS, path], stdout=subprocess.PIPE, text=True)
+    acknowledged: list[list[str]] = []
+    assert child.stdout is not None
+    try:
+        for line in child.stdout:
+            acknowledged.append(json.loads(line))
+            if len(acknowledged) >= 3000:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert len(acknowledged) >= 3000, "the appenders stopped early"
+    store = await open_sqlite(path)
+    try:
+        stored = await read_all(store, Scope("r"))
+    finally:
+        await store.close()
+    ids = {e.event_id for e in stored}
+    missing = [a for a in acknowledged if not set(a) <= ids]
+    assert not missing, f"acknowledged but lost after SIGKILL: {missing[:3]}"
+    sizes: dict[tuple[int, int], int] = {}
+    for e in stored:
+        data = e.event
+        if "k" in data:
+            sizes[(data["c"], data["n"])] = sizes.get((data["c"], data["n"]), 0) + 1
+    assert all(count in (1, 5) for count in sizes.values())
+    assert all(count == 5 for (c, n), count in sizes.items() if n % 4 == 0), "a batch stored in part"
+    assert [e.position for e in stored] == list(range(1, len(stored) + 1))
+    for entity in {e.entity for e in stored}:
+        versions = [e.version for e in stored if e.entity == entity]
+        assert versions == list(range(len(versions)))
