@@ -156,22 +156,19 @@ class SQLiteStore(Store):
                 self._wake_scheduled = False
 
     def _take_notices(self) -> None:
-        """On the loop: apply every commit notice waiting, in commit order. Also called before the
-        loop reads or starts to wait, so it never acts on a ring or a change token older than a
+        """On the loop: extend the ring with every commit notice waiting, in commit order, then wake
+        the waiters once. A read started after this sees those commits, through the ring or the
+        file. Callers on a loop are answered after it runs (settle_group); a caller on a plain
+        thread (append_blocking) may be answered first, so every read and wait on the loop calls
+        this first when notices wait: it never acts on a ring or a change token older than a
         commit whose caller it has heard from."""
         with self._notice_lock:
             pending, self._pending = self._pending, []
             self._wake_scheduled = False
+        if not pending:
+            return
         for events, last in pending:
-            self._committed(events, last)
-
-    def _committed(self, events: list[Event] | None, last: int | None) -> None:
-        """On the loop, for each commit (in commit order): extend the ring, wake the waiters. A
-        read started after this sees the commit, through the ring or the file. Callers on a loop
-        are answered after this runs (settle_group); a caller on a plain thread (append_blocking)
-        may be answered first, and whatever it asks of this loop next takes the notice in before
-        it looks (_take_notices)."""
-        self._ring.committed(events, last)
+            self._ring.committed(events, last)
         self._notify_commit()
 
     def _add_waiter(self, waiter: asyncio.Future[None]) -> None:

@@ -172,17 +172,23 @@ class Writer:
             try:
                 self.commit_group([job])
             except BaseException:  # the caller was interrupted (KeyboardInterrupt) mid-group
-                try:
-                    if self.state.conn.in_transaction:  # nothing of it committed: undo it
-                        self.state.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                self.state.forget()
-                self.state.last_seq = None
+                self.abandon()
                 raise
             return True
         finally:
             self.commit_lock.release()
+
+    def abandon(self) -> None:
+        """Undo a group's open transaction (a failure, or an interrupted caller), and read every
+        cache and the last seq again at the next group, whatever the failure left."""
+        state = self.state
+        try:
+            if state.conn.in_transaction:
+                state.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        state.forget()
+        state.last_seq = None
 
     def fail_queued(self) -> None:
         """Settle every job still queued with the failure (the store fails later ones itself)."""
@@ -214,12 +220,7 @@ class Writer:
             conn.execute("COMMIT")
         except Exception as exc:
             # The transaction itself failed (disk full, I/O error): nothing in it is durable.
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            state.forget()
-            state.last_seq = None  # read again at the next group, whatever the failure left
+            self.abandon()
             error = StorageUnavailable(f"commit failed: {exc}")
             outcomes = [JobOutcome(job, error) for job in jobs]
         else:
