@@ -185,13 +185,15 @@ def test_fast_path_decides_and_stores_what_the_careful_path_does(
         _run_both(directory, _build(groups, loop))
 
 
-def test_fast_path_is_taken_for_conflicts_replays_and_new_names(
+def test_fast_path_is_taken_for_conflicts_new_names_and_retries_that_fail_a_check(
         tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
-    """Conflicts and replays do not need the careful path: the fast path decides them itself."""
+    """Conflicts and new names do not need the careful path: the fast path decides them itself. So
+    does a retry that fails a check its first attempt passed: its ids are looked up before the
+    check's error is given, and it gets its original answer, as on the careful path."""
     seed = [WriteJob("r", "d", "e", _events([(0, 0, 0, False), (1, 1, 1, False)]), -1, loop)]
     group = [
-        WriteJob("r", "d", "e", seed[0].batch, None, loop),  # an idempotent replay
-        WriteJob("r", "d", "e", _events([(0, 1, 0, False)]), None, loop),  # an id reused, other content
+        WriteJob("r", "d", "e", seed[0].batch, -1, loop),  # a retry, its expected version gone by
+        WriteJob("r", "d", "e", _events([(0, 1, 0, False)]), 0, loop),  # an id reused, other content
         WriteJob("r", "d", "e", _events([(0, 0, None, False)]), 0, loop),  # a version conflict
         WriteJob("r", "d", "e", _events([(2, 0, None, True)]), 1, loop),  # the right version, a new type
         WriteJob("r", "d", "f", _events([(0, 0, 2, False)]), -1, loop),  # a new entity
@@ -206,6 +208,26 @@ def test_fast_path_is_taken_for_conflicts_replays_and_new_names(
         "AppendResult", "AppendResult", EventIdConflict.__name__, VersionConflict.__name__,
         "AppendResult", "AppendResult", "AppendResult", VersionConflict.__name__]
     assert decided[1].created is False
+
+
+def test_a_retry_that_passes_every_check_is_refused_by_the_index_then_decided_carefully(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """The fast path does not look up the ids of a job that passes its checks: the unique index
+    refuses one stored already, and the careful path gives the retry its original answer (or the
+    conflict of an id reused with other content) and stores the group's other jobs."""
+    seed = [WriteJob("r", "d", "e", _events([(0, 0, 0, False), (1, 1, 1, False)]), -1, loop)]
+    group = [
+        WriteJob("r", "d", "e", seed[0].batch, None, loop),  # a retry
+        WriteJob("r", "d", "e", _events([(0, 0, None, False)]), None, loop),
+        WriteJob("r", "d", "g", _events([(0, 1, 0, False)]), None, loop),  # an id reused, other content
+    ]
+    assert _run_both(str(tmp_path), [seed, group]) == 1  # the seed only
+    state = _fresh(str(tmp_path), "again")
+    decided = _decided(_careful(state, seed + group))
+    state.conn.close()
+    assert [type(d).__name__ if isinstance(d, AppendResult) else d[0] for d in decided] == [
+        "AppendResult", "AppendResult", "AppendResult", EventIdConflict.__name__]
+    assert decided[1].created is False and decided[2].created is True
 
 
 def test_insert_chunks_fit_the_variable_limit() -> None:

@@ -41,7 +41,7 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .queries import make_event
 from .ring import Ring
-from .writes import Deferred, Undeferrable, WriterState
+from .writes import ONE_STATEMENT_ROWS, Deferred, Undeferrable, WriterState
 
 log = logging.getLogger("perhap.sqlite")
 
@@ -81,6 +81,21 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[Jo
     except (sqlite3.Error, Undeferrable):
         return None
     return outcomes
+
+
+def decided_by_caches(state: WriterState, jobs: list[WriteJob]) -> bool:
+    """Whether a group can be written as one INSERT, which SQLite commits as a transaction of its
+    own, as durably as a COMMIT: the caches decide every job (:meth:`WriterState.cached`) and its
+    rows fit one statement.
+
+    That spares ``BEGIN``, ``PRAGMA data_version`` and ``COMMIT``: each SQLite call lets go of the
+    GIL, and the writer takes it back only when the event loop lets it, so under HTTP load a group's
+    time went mostly to these waits (docs/performance.md, section 15). Without the data_version
+    check the caches may be stale should another connection have written: then the INSERT takes a
+    seq that connection took (each writer numbers on from the largest), the unique index refuses
+    it, and nothing of the statement stands.
+    """
+    return sum(len(job.batch) for job in jobs) <= ONE_STATEMENT_ROWS and all(map(state.cached, jobs))
 
 
 def apply_each(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOutcome]:
@@ -207,17 +222,26 @@ class Writer:
         conn = state.conn
         outcomes: list[JobOutcome] | None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            state.check_external_writes()  # inside the write lock: no commit can slip in after it
             ts = utc_timestamp()
-            outcomes = apply_together(state, jobs, ts)
+            if decided_by_caches(state, jobs):
+                outcomes = apply_together(state, jobs, ts)  # its INSERT is its own transaction
+                if outcomes is None:  # refused, so nothing written: take back the numbers it took
+                    state.forget()
+                    state.last_seq = None
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                state.check_external_writes()  # inside the write lock: no commit can slip in after it
+                outcomes = apply_together(state, jobs, ts)
+                if outcomes is None:
+                    conn.execute("ROLLBACK")
+                    state.forget()
+                else:
+                    conn.execute("COMMIT")
             if outcomes is None:  # a statement failed: redo the group one job at a time
-                conn.execute("ROLLBACK")
-                state.forget()
                 conn.execute("BEGIN IMMEDIATE")
                 state.check_external_writes()  # (the seq back to the last committed, too)
                 outcomes = apply_each(state, jobs, ts)
-            conn.execute("COMMIT")
+                conn.execute("COMMIT")
         except Exception as exc:
             # The transaction itself failed (disk full, I/O error): nothing in it is durable.
             self.abandon()

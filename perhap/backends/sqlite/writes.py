@@ -22,11 +22,12 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ...errors import InvalidInput, StorageUnavailable, VersionConflict
-from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict, replay_or_conflict_multi
+from ...errors import InvalidInput, PerhapError, StorageUnavailable, VersionConflict
+from ...model import Appended, AppendResult, NewEvent, replay_or_conflict, replay_or_conflict_multi
 from ...slotted import fast_constructor
 from ...store.job import WriteJob
 from .queries import stored_events
@@ -50,6 +51,11 @@ EventRow = tuple[int, int, str, int, int, int, int, int, str, bytes, bytes, int]
 _SELECT_ENTITY = (f"SELECT n.id, coalesce((SELECT e.version FROM events e WHERE e.entity_key >= n.id * {KEY_SPAN}"
                   f" AND e.entity_key < (n.id + 1) * {KEY_SPAN} ORDER BY e.entity_key DESC LIMIT 1), -1)"
                   " FROM entities n WHERE n.domain_id = ? AND n.name = ?")
+
+
+#: Rows a group writes in one INSERT of exactly its size (more: in chunks of powers of two). Up to
+#: 64 rows take 64 statement texts, which stay in the connection's statement cache with the rest.
+ONE_STATEMENT_ROWS = 64
 
 
 def insert_chunks(variable_limit: int) -> tuple[int, ...]:
@@ -145,6 +151,31 @@ class WriterState:
         if len(self.entities) > 200_000 or len(self.entity_types) > 500_000:
             self.forget()
 
+    def cached(self, job: WriteJob) -> bool:
+        """Whether :meth:`apply` decides ``job`` from the caches alone: every name's id, the
+        entity's version, the realm's head and the last seq known, so it sends no statement."""
+        if self.last_seq is None:
+            return False
+        realm_id = self.realms.get(job.realm)
+        if realm_id is None or realm_id not in self.heads:
+            return False
+        domain_id = self.domains.get((realm_id, job.domain))
+        if domain_id is None:
+            return False
+        entities, types, entity_types = self.entities, self.types, self.entity_types
+        if job.entities is None:
+            names: Iterable[str] = itertools.repeat(job.entity, len(job.batch))
+        else:
+            names = job.entities
+            if any((domain_id, name) not in entities for name in job.expectations or ()):
+                return False
+        for e, name in zip(job.batch, names):
+            entity = entities.get((domain_id, name))
+            type_id = types.get(e.type)
+            if entity is None or type_id is None or (entity.id, type_id) not in entity_types:
+                return False
+        return True
+
     def _lookup(self, cache: dict[_K, int], key: _K, select: str, args: tuple[Any, ...]) -> int | None:
         found = cache.get(key)
         if found is None:
@@ -231,26 +262,40 @@ class WriterState:
         return (entity_id * KEY_SPAN + version, seq, e.event_id, realm_id, domain_id, entity_id, type_id, version,
                 stamp, e.data_json, e.meta_json, position)
 
-    def _replayed(self, job: WriteJob, deferred: Deferred | None) -> AppendResult | None:
+    def _replayed(self, job: WriteJob, client_ids: list[str]) -> AppendResult | None:
         """The original result when the job's client-chosen ids are stored already (a retry)."""
-        client_ids = [e.event_id for e in job.batch if e.client_id]
-        if not client_ids:
-            return None
-        if deferred is not None and not deferred.ids.isdisjoint(client_ids):
-            raise Undeferrable
-        return self._decide_stored(job, stored_events(self.conn, client_ids))
-
-    @staticmethod
-    def _decide_stored(job: WriteJob, stored: dict[str, Event]) -> AppendResult | None:
+        stored = stored_events(self.conn, client_ids)
         if job.entities is not None:
             return replay_or_conflict_multi(job.batch, job.entities, stored, job.realm, job.domain)
         return replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
 
     def apply(self, job: WriteJob, ts: str, deferred: Deferred | None = None) -> AppendResult:
-        """Write one job; with ``deferred``, leave its events for :meth:`flush`."""
-        replay = self._replayed(job, deferred)
-        if replay is not None:
-            return replay
+        """Write one job; with ``deferred``, leave its events for :meth:`flush`.
+
+        Client-chosen ids are looked up first (a retry gets its original answer, whatever the
+        entity's version now), except on the fast path (``deferred``): there only a job that fails
+        a check looks them up, and for the rest the unique index refuses an id stored already,
+        the group then taking the careful path. A retry costs that; a new id costs nothing.
+        """
+        client_ids = [e.event_id for e in job.batch if e.client_id]
+        if not client_ids:
+            return self._apply(job, ts, deferred)
+        if deferred is None:
+            replay = self._replayed(job, client_ids)
+            return self._apply(job, ts, deferred) if replay is None else replay
+        if not deferred.ids.isdisjoint(client_ids):
+            raise Undeferrable
+        changes = self.conn.total_changes
+        try:
+            return self._apply(job, ts, deferred)
+        except PerhapError:
+            if self.conn.total_changes == changes:  # (else the careful path decides it)
+                replay = self._replayed(job, client_ids)
+                if replay is not None:
+                    return replay
+            raise
+
+    def _apply(self, job: WriteJob, ts: str, deferred: Deferred | None) -> AppendResult:
         # Look everything up before creating anything, so a conflict leaves no trace to undo.
         realm_id, domain_id = self._place(job.realm, job.domain)
         if job.entities is None:
@@ -329,7 +374,7 @@ class WriterState:
         """Insert a job's rows now, or leave them to :meth:`flush` (the fast path)."""
         if deferred is not None:
             deferred.rows += rows
-            # Only a client's ids can come again in a later job of the group (see _replayed); a
+            # Only a client's ids can come again in a later job of the group (see apply); a
             # server-made id the client copied would fail the unique index: the careful path then.
             deferred.ids.update([e.event_id for e in job.batch if e.client_id])
             return
@@ -339,7 +384,7 @@ class WriterState:
             self.forget()  # ids cached by this job are being rolled back
             # A server-made id can only collide with itself if the clock went backwards and the
             # random bits matched; a client id collides when it raced a twin in this group.
-            self._decide_stored(job, stored_events(self.conn, [e.event_id for e in job.batch]))
+            self._replayed(job, [e.event_id for e in job.batch])
             raise
 
     def flush(self, deferred: Deferred) -> None:
@@ -347,6 +392,13 @@ class WriterState:
         conn = self.conn
         rows = deferred.rows
         chunks, insert_sql = self.chunks, self.insert_sql
+        if len(rows) <= ONE_STATEMENT_ROWS:  # the common group: one statement of its exact size
+            sql = insert_sql.get(len(rows))
+            if sql is None:
+                sql = insert_sql[len(rows)] = _INSERT_EVENTS + ", ".join([_ROW_MARKS] * len(rows))
+            if rows:
+                conn.execute(sql, list(itertools.chain.from_iterable(rows)))
+            return
         start = 0
         while start < len(rows):
             n = next(c for c in chunks if c <= len(rows) - start)
