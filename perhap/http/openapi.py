@@ -313,7 +313,9 @@ def openapi_document() -> dict[str, Any]:
                 "description": "The entity's current version must equal this (-1: no events yet)."}
     batch_item: dict[str, Any] = {
         "type": "object", "required": ["type", "event"], "additionalProperties": False,
-        "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": UUID, "meta": {"type": "object"}}}
+        # null stands for absent in an item (perhap's client sends it for meta=None).
+        "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
+                       "meta": {"oneOf": [{"type": "object"}, {"type": "null"}]}}}
     many_item = {**batch_item, "required": ["entity", "type", "event"],
                  "properties": {"entity": NAME, **batch_item["properties"]}}
     schemas = {
