@@ -33,8 +33,9 @@ from hypothesis import strategies as st
 from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import ring as ring_module
 from perhap.backends.sqlite.schema import open_database
+from perhap.backends.sqlite.statements import insert_chunks
 from perhap.backends.sqlite.writer import JobOutcome, apply_each, apply_together
-from perhap.backends.sqlite.writes import WriterState, insert_chunks
+from perhap.backends.sqlite.writes import WriterState
 from perhap.errors import EventIdConflict, PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, NewEvent, Scope, new_event
 from perhap.store.job import WriteJob

@@ -41,7 +41,8 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .queries import make_event
 from .ring import Ring
-from .writes import ONE_STATEMENT_ROWS, Deferred, Undeferrable, WriterState
+from .statements import ONE_STATEMENT_ROWS
+from .writes import Deferred, Undeferrable, WriterState
 
 log = logging.getLogger("perhap.sqlite")
 
@@ -58,8 +59,10 @@ class JobOutcome(NamedTuple):
     outcome: AppendResult | BaseException
 
 
-def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOutcome] | None:
-    """The fast path: every job's events in a few INSERTs.
+def apply_together(state: WriterState, jobs: list[WriteJob], ts: str, *,
+                   cached: bool = False) -> list[JobOutcome] | None:
+    """The fast path: every job's events in a few INSERTs (``cached``: the caches hold every
+    entity the jobs name, so there is nothing to look up first).
 
     A job that fails a check (version or event-id conflict) raises before it writes anything, so
     no savepoint is needed to undo it. Any SQLite error, or a failing job that did write, returns
@@ -69,6 +72,8 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[Jo
     deferred = Deferred()
     outcomes: list[JobOutcome] = []
     try:
+        if len(jobs) > 1 and not cached:  # (one job: the same one look-up as it reaches its entity)
+            state.look_up_entities(jobs, deferred)
         for job in jobs:
             changes = conn.total_changes
             try:
@@ -80,6 +85,8 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str) -> list[Jo
         state.flush(deferred)
     except (sqlite3.Error, Undeferrable):
         return None
+    finally:
+        state.deferred = None
     return outcomes
 
 
@@ -224,7 +231,7 @@ class Writer:
         try:
             ts = utc_timestamp()
             if decided_by_caches(state, jobs):
-                outcomes = apply_together(state, jobs, ts)  # its INSERT is its own transaction
+                outcomes = apply_together(state, jobs, ts, cached=True)  # its INSERT is its own transaction
                 if outcomes is None:  # refused, so nothing written: take back the numbers it took
                     state.forget()
                     state.last_seq = None

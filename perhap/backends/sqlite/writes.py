@@ -3,7 +3,9 @@
 :class:`WriterState` holds the writer's connection and its caches of ids (names never change once
 made), and applies one job either straight away (the careful path, inside a SAVEPOINT) or into a
 :class:`Deferred` that :meth:`WriterState.flush` then writes for a whole group in a few multi-row
-INSERTs (the fast path).
+INSERTs (the fast path): its events, and the entities it made (their ids given here, the next after
+the largest, as SQLite would) and the types new to an entity, after one look-up of the group's
+uncached entities per domain (:meth:`WriterState.look_up_entities`).
 
 Seqs and positions: the writer numbers a job's events on from the last seq it wrote and from each
 realm's head (its last position), in the order they will be inserted, so both follow commit
@@ -14,7 +16,8 @@ index), so a rolled-back write burns no number. The unique indexes would refuse 
 position given twice.
 
 Each event's row carries its key (see :mod:`.schema`): an entity's version is the largest key in
-its range, read with one probe when the entity is not cached, and nothing else keeps it.
+its range, read with one probe when the entity is not cached (on the fast path, for all of a
+group's at once), and nothing else keeps it.
 """
 
 from __future__ import annotations
@@ -32,45 +35,9 @@ from ...slotted import fast_constructor
 from ...store.job import WriteJob
 from .queries import stored_events
 from .schema import KEY_SPAN, MAX_ENTITY_ID, last_seq
+from .statements import SELECT_ENTITY, EventRow, Statements
 
 _K = TypeVar("_K")
-
-_INSERT_EVENTS = ("INSERT INTO events (entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id,"
-                  " version, ts, data, meta, position) VALUES ")
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ROW_PARAMETERS = 12
-#: Rows per multi-row INSERT at most. 1,024 against 128: a 1,000-event batch in 6 statements
-#: instead of 10, 0-33 % more events/s in five alternating pairs of row 4's batches
-#: (docs/performance.md, section 7).
-MAX_CHUNK_ROWS = 1024
-
-#: entity_key, seq, event_id, realm_id, domain_id, entity_id, type_id, version, ts, data, meta, position
-EventRow = tuple[int, int, str, int, int, int, int, int, str, bytes, bytes, int]
-
-#: An entity's id and its version: the largest key in the entity's range, one probe backwards.
-_SELECT_ENTITY = (f"SELECT n.id, coalesce((SELECT e.version FROM events e WHERE e.entity_key >= n.id * {KEY_SPAN}"
-                  f" AND e.entity_key < (n.id + 1) * {KEY_SPAN} ORDER BY e.entity_key DESC LIMIT 1), -1)"
-                  " FROM entities n WHERE n.domain_id = ? AND n.name = ?")
-
-
-#: Rows a group writes in one INSERT of exactly its size (more: in chunks of powers of two). Up to
-#: 64 rows take 64 statement texts, which stay in the connection's statement cache with the rest.
-ONE_STATEMENT_ROWS = 64
-
-
-def insert_chunks(variable_limit: int) -> tuple[int, ...]:
-    """Rows per multi-row INSERT: powers of two, so a handful of statement texts cover every group
-    (and stay in the connection's statement cache), the largest within ``variable_limit`` bound
-    parameters (999 on SQLite builds before 3.32: 64 rows of 12 parameters) and MAX_CHUNK_ROWS."""
-    rows = 1
-    while rows * 2 <= MAX_CHUNK_ROWS and rows * 2 * _ROW_PARAMETERS <= variable_limit:
-        rows *= 2
-    chunks = []
-    while rows:
-        chunks.append(rows)
-        rows //= 2
-    return tuple(chunks)
-
 
 #: Appended's constructor on the write path: every field, positionally (see perhap.slotted).
 make_appended = fast_constructor(Appended)
@@ -90,6 +57,18 @@ class Deferred:
 
     rows: list[EventRow] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)  # event ids in rows
+    entities: list[tuple[int, int, str]] = field(default_factory=list)  # new: id, domain id, name
+    pairs: dict[tuple[int, int], None] = field(default_factory=dict)  # (entity, type) not yet stored
+    absent: set[tuple[int, str]] = field(default_factory=set)  # (domain id, name): looked up, not found
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.entities), len(self.pairs)
+
+    def take_back(self, mark: tuple[int, int]) -> None:
+        """Drop the entities and pairs gathered since ``mark`` (a job that failed a check)."""
+        del self.entities[mark[0]:]
+        for pair in list(self.pairs)[mark[1]:]:
+            del self.pairs[pair]
 
 
 def _version(entity: EntityRow | None) -> int:
@@ -120,13 +99,15 @@ class WriterState:
         self.types: dict[str, int] = {}
         self.entity_types: set[tuple[int, int]] = set()
         self.heads: dict[int, int] = {}  # realm id -> its last position, as this writer knows it
+        self.next_entity_id: int | None = None  # the id the fast path gives the next new entity
+        #: What the fast path is gathering for its group (None: the careful path writes at once).
+        self.deferred: Deferred | None = None
         self.data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
         # The last seq committed, as this writer knows it (None: ask), and the last seq taken in
         # the open transaction (``last_seq`` when it has written nothing).
         self.last_seq: int | None = last_seq(conn)
         self.seq: int = self.last_seq
-        self.chunks = insert_chunks(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-        self.insert_sql = {n: _INSERT_EVENTS + ", ".join([_ROW_MARKS] * n) for n in self.chunks}
+        self.sql = Statements(conn)
 
     def forget(self) -> None:
         self.realms.clear()
@@ -135,6 +116,7 @@ class WriterState:
         self.types.clear()
         self.entity_types.clear()
         self.heads.clear()
+        self.next_entity_id = None
 
     def check_external_writes(self) -> None:
         """At the start of a group, inside the write lock: notice other connections' commits."""
@@ -175,6 +157,26 @@ class WriterState:
             if entity is None or type_id is None or (entity.id, type_id) not in entity_types:
                 return False
         return True
+
+    def look_up_entities(self, jobs: list[WriteJob], deferred: Deferred) -> None:
+        """Read, for the fast path, the entities a group names that the caches lack: one statement
+        a domain (64 names at most), not one each as the jobs reach them. Names not found are new
+        (``deferred.absent``): the jobs then give them ids without asking again."""
+        wanted: dict[int, dict[str, None]] = {}
+        for job in jobs:
+            domain_id = self._place(job.realm, job.domain)[1]
+            if domain_id is None:
+                continue  # (a new domain has only new entities: nothing to look up)
+            names = (job.entity,) if job.entities is None else (*job.entities, *(job.expectations or ()))
+            for name in names:
+                if (domain_id, name) not in self.entities:
+                    wanted.setdefault(domain_id, {})[name] = None
+        for domain_id, named in wanted.items():
+            absent = set(named)
+            for entity_id, name, version in self.sql.select_entities(domain_id, list(named)):
+                self.entities[(domain_id, name)] = EntityRow(entity_id, version)
+                absent.discard(name)
+            deferred.absent.update((domain_id, name) for name in absent)
 
     def _lookup(self, cache: dict[_K, int], key: _K, select: str, args: tuple[Any, ...]) -> int | None:
         found = cache.get(key)
@@ -230,7 +232,9 @@ class WriterState:
             return None
         entity = self.entities.get((domain_id, name))
         if entity is None:
-            row = self.conn.execute(_SELECT_ENTITY, (domain_id, name)).fetchone()
+            if self.deferred is not None and (domain_id, name) in self.deferred.absent:
+                return None
+            row = self.conn.execute(SELECT_ENTITY, (domain_id, name)).fetchone()
             entity = EntityRow(row[0], row[1]) if row else None
         return entity
 
@@ -242,6 +246,16 @@ class WriterState:
             raise InvalidInput(f"an entity holds at most {KEY_SPAN:,} events in a SQLite store")
         if entity is not None:
             return entity
+        deferred = self.deferred
+        if deferred is not None:  # its row written by flush, with the id given here
+            if self.next_entity_id is None:
+                self.next_entity_id = self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM entities").fetchone()[0]
+            entity_id, self.next_entity_id = self.next_entity_id, self.next_entity_id + 1
+            if entity_id > MAX_ENTITY_ID:
+                raise StorageUnavailable(f"a SQLite store holds at most {MAX_ENTITY_ID:,} entities")
+            deferred.entities.append((entity_id, domain_id, name))
+            return EntityRow(entity_id, current)
+        self.next_entity_id = None  # (SQLite gives this one)
         entity_id = self._insert("INSERT INTO entities (domain_id, name) VALUES (?, ?)", (domain_id, name))
         if entity_id > MAX_ENTITY_ID:  # (raised after the INSERT: the job's rollback undoes it)
             raise StorageUnavailable(f"a SQLite store holds at most {MAX_ENTITY_ID:,} entities")
@@ -251,8 +265,11 @@ class WriterState:
         """The id of the type ``name``, made if need be, and recorded as one of the entity's types."""
         type_id = self._type_id(name)
         if (entity_id, type_id) not in self.entity_types:
-            self.conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
-            self.entity_types.add((entity_id, type_id))
+            if self.deferred is not None:
+                self.deferred.pairs[(entity_id, type_id)] = None
+            else:
+                self.conn.execute("INSERT OR IGNORE INTO entity_types VALUES (?, ?)", (entity_id, type_id))
+                self.entity_types.add((entity_id, type_id))
         return type_id
 
     def _row(self, e: NewEvent, realm_id: int, domain_id: int, entity_id: int, version: int,
@@ -277,19 +294,26 @@ class WriterState:
         a check looks them up, and for the rest the unique index refuses an id stored already,
         the group then taking the careful path. A retry costs that; a new id costs nothing.
         """
+        self.deferred = deferred
+        if deferred is not None:
+            return self._apply_deferred(job, ts, deferred)
         client_ids = [e.event_id for e in job.batch if e.client_id]
-        if not client_ids:
-            return self._apply(job, ts, deferred)
-        if deferred is None:
+        if client_ids:
             replay = self._replayed(job, client_ids)
-            return self._apply(job, ts, deferred) if replay is None else replay
-        if not deferred.ids.isdisjoint(client_ids):
+            if replay is not None:
+                return replay
+        return self._apply(job, ts, None)
+
+    def _apply_deferred(self, job: WriteJob, ts: str, deferred: Deferred) -> AppendResult:
+        client_ids = [e.event_id for e in job.batch if e.client_id]
+        if client_ids and not deferred.ids.isdisjoint(client_ids):
             raise Undeferrable
-        changes = self.conn.total_changes
+        changes, made = self.conn.total_changes, deferred.mark()
         try:
             return self._apply(job, ts, deferred)
         except PerhapError:
-            if self.conn.total_changes == changes:  # (else the careful path decides it)
+            deferred.take_back(made)  # the job writes nothing: nor the entities and types it was given
+            if client_ids and self.conn.total_changes == changes:  # (else the careful path decides it)
                 replay = self._replayed(job, client_ids)
                 if replay is not None:
                     return replay
@@ -379,7 +403,7 @@ class WriterState:
             deferred.ids.update([e.event_id for e in job.batch if e.client_id])
             return
         try:
-            self.conn.executemany(_INSERT_EVENTS + _ROW_MARKS, rows)
+            self.sql.insert_events(rows)
         except sqlite3.IntegrityError:
             self.forget()  # ids cached by this job are being rolled back
             # A server-made id can only collide with itself if the clock went backwards and the
@@ -388,19 +412,12 @@ class WriterState:
             raise
 
     def flush(self, deferred: Deferred) -> None:
-        """Write what the fast path gathered, in multi-row INSERTs."""
-        conn = self.conn
-        rows = deferred.rows
-        chunks, insert_sql = self.chunks, self.insert_sql
-        if len(rows) <= ONE_STATEMENT_ROWS:  # the common group: one statement of its exact size
-            sql = insert_sql.get(len(rows))
-            if sql is None:
-                sql = insert_sql[len(rows)] = _INSERT_EVENTS + ", ".join([_ROW_MARKS] * len(rows))
-            if rows:
-                conn.execute(sql, list(itertools.chain.from_iterable(rows)))
-            return
-        start = 0
-        while start < len(rows):
-            n = next(c for c in chunks if c <= len(rows) - start)
-            conn.execute(insert_sql[n], list(itertools.chain.from_iterable(rows[start:start + n])))
-            start += n
+        """Write what the fast path gathered, in multi-row INSERTs: new entities, the types new
+        to an entity, then the events."""
+        if deferred.entities:
+            self.sql.insert_small("INSERT INTO entities (id, domain_id, name) VALUES ", 3, deferred.entities)
+        if deferred.pairs:
+            pairs = list(deferred.pairs)
+            self.sql.insert_small("INSERT OR IGNORE INTO entity_types VALUES ", 2, pairs)
+            self.entity_types.update(pairs)
+        self.sql.insert_events(deferred.rows)

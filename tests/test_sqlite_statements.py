@@ -1,12 +1,15 @@
-"""The SQLite writer's quickest path: a group its caches decide whole is one INSERT, its own transaction.
+"""The SQLite writer's statements: few a group, since each call into SQLite lets go of the GIL.
 
-No ``BEGIN``, ``PRAGMA data_version`` or ``COMMIT`` for such a group, so nothing checks for another
-connection's commits before the INSERT: the unique indexes on seq, on each realm's positions and
-on the entity-keyed events table must refuse whatever stale caches would number twice, and the
-group must then be decided as the careful path decides it. These tests hold the path to that:
-which groups take it (read from SQLite's own trace of the writer's statements), the same decisions
-and rows as the careful path on random groups, a second store writing the file between two
-appends, and a retry of client-chosen ids.
+A group its caches decide whole is one INSERT, its own transaction: no ``BEGIN``, ``PRAGMA
+data_version`` or ``COMMIT``, so nothing checks for another connection's commits before it, and
+the unique indexes on seq, on each realm's positions and on the entity-keyed events table must
+refuse whatever stale caches would number twice; the group is then decided as the careful path
+decides it. A group that makes entities looks them up in one statement a domain and writes the new
+ones, and the types new to an entity, in multi-row INSERTs, not a few statements each. These tests
+hold both to that: which statements a group sends (from SQLite's own trace of the writer's
+connection), the same decisions and rows as the careful path on random groups, a second store
+writing the file between two appends, a retry of client-chosen ids, and a job that fails after
+its first entity was given an id.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import queue
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import writer as writer_module
 from perhap.backends.sqlite.ring import Ring
-from perhap.backends.sqlite.schema import open_database
+from perhap.backends.sqlite.schema import MAX_ENTITY_ID, open_database
 from perhap.backends.sqlite.writer import JobOutcome, Writer
-from perhap.errors import VersionConflict
+from perhap.errors import StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, Scope, new_event
 from perhap.store.job import WriteJob
 from tests.test_sqlite_backend import TS, _build, _careful, _decided, _fresh, _groups, _rows
@@ -167,6 +171,14 @@ def _writer_on(directory: str) -> Writer:
     return Writer(conn, queue.SimpleQueue(), Ring(), lambda events, last, loop_jobs: None)
 
 
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    """A writer on a fresh file, its thread not started: tests call commit_group themselves."""
+    made = _writer_on(str(tmp_path))
+    yield made
+    made.state.conn.close()
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(groups=_groups)
 def test_the_writer_decides_and_stores_what_the_careful_path_does(groups: list[list[Any]]) -> None:
@@ -186,36 +198,86 @@ def test_the_writer_decides_and_stores_what_the_careful_path_does(groups: list[l
             writer.state.conn.close()
 
 
-def test_random_groups_do_take_the_one_statement_path(tmp_path: Path) -> None:
+def test_random_groups_do_take_the_one_statement_path(writer: Writer) -> None:
     """The comparison above means little unless the path is taken: groups of single appends to
     names already written take it, a group with a new name does not."""
-    writer = _writer_on(str(tmp_path))
     traced = _Traced(writer.state.conn)
-    try:
-        def job(entity: str, expected: int | None = None) -> WriteJob:
-            return WriteJob("r", "d", entity, [new_event("t", {"e": entity})], expected, None)
 
-        _commit(writer, [job(f"e{i}") for i in range(10)])
-        assert traced.take()[0] == "BEGIN IMMEDIATE"
-        outcomes = _commit(writer, [job(f"e{i}") for i in range(10)] + [job("e0", 0)])
-        assert _kinds(traced.take()) == ["INSERT INTO events"]
-        assert [type(o.outcome) for o in outcomes] == [AppendResult] * 10 + [VersionConflict]
-        _commit(writer, [job("e0"), job("new")])
-        assert traced.take()[0] == "BEGIN IMMEDIATE"
-    finally:
-        writer.state.conn.close()
+    def job(entity: str, expected: int | None = None) -> WriteJob:
+        return WriteJob("r", "d", entity, [new_event("t", {"e": entity})], expected, None)
+
+    _commit(writer, [job(f"e{i}") for i in range(10)])
+    assert traced.take()[0] == "BEGIN IMMEDIATE"
+    outcomes = _commit(writer, [job(f"e{i}") for i in range(10)] + [job("e0", 0)])
+    assert _kinds(traced.take()) == ["INSERT INTO events"]
+    assert [type(o.outcome) for o in outcomes] == [AppendResult] * 10 + [VersionConflict]
+    _commit(writer, [job("e0"), job("new")])
+    assert traced.take()[0] == "BEGIN IMMEDIATE"
 
 
-def test_a_group_larger_than_one_statement_takes_a_transaction(tmp_path: Path) -> None:
-    writer = _writer_on(str(tmp_path))
+def test_a_group_larger_than_one_statement_takes_a_transaction(writer: Writer) -> None:
     traced = _Traced(writer.state.conn)
-    try:
-        seed = [WriteJob("r", "d", f"e{i}", [new_event("t", {})], None, None) for i in range(65)]
-        _commit(writer, seed)
+    for _ in range(2):  # the entities new, then known
         traced.take()
         _commit(writer, [WriteJob("r", "d", f"e{i}", [new_event("t", {})], None, None) for i in range(65)])
+    lines = traced.take()
+    assert lines[0] == "BEGIN IMMEDIATE" and lines[-1] == "COMMIT"
+
+
+def test_a_group_of_new_entities_sends_a_few_statements_not_a_few_each(tmp_path: Path) -> None:
+    writer = _writer_on(str(tmp_path))
+    traced = _Traced(writer.state.conn)
+    try:
+        def job(domain: str, entity: str, type_: str = "t") -> WriteJob:
+            return WriteJob("r", domain, entity, [new_event(type_, {"e": entity})], None, None)
+
+        _commit(writer, [job("d", "seed"), job("x", "seed")])  # the realm, domains and type exist
+        # A second writer state on the file (a restart): its caches know nothing, the file a lot.
+        _commit(writer, [job("d", f"old{i}") for i in range(5)])
+        writer.state.conn.close()
+        writer = _writer_on(str(tmp_path))
+        traced = _Traced(writer.state.conn)
+        group = ([job("d", f"new{i}") for i in range(20)] + [job("d", f"old{i}", "u") for i in range(5)]
+                 + [job("x", f"new{i}") for i in range(3)])
+        outcomes = _commit(writer, group)
         lines = traced.take()
-        assert lines[0] == "BEGIN IMMEDIATE" and lines[-1] == "COMMIT"
+
+        def sent(start: str) -> int:
+            return sum(line.startswith(start) for line in lines)
+
+        # Per domain one look-up of every name (none one by one); 23 new entities in statements
+        # of 16, 4, 2 and 1 rows, their 28 new type pairs in 16, 8 and 4.
+        assert sent("SELECT n.id, n.name, coalesce") == 2, lines
+        assert sent("SELECT n.id, coalesce") == 0, lines
+        assert sent("INSERT INTO entities") == 4 and sent("INSERT OR IGNORE INTO entity_types") == 3, lines
+        assert len(lines) == 21, lines  # with 8 look-ups that fill a fresh writer's caches once
+        _commit(writer, [job("d", f"more{i}") for i in range(20)])  # the caches warm now
+        assert _kinds(traced.take()) == [
+            "BEGIN IMMEDIATE", "PRAGMA data_version", "SELECT n.id, n.name, coalesce((SELECT e.",
+            "INSERT INTO entities", "INSERT INTO entities", "INSERT OR IGNORE INTO entity_types VALUE",
+            "INSERT OR IGNORE INTO entity_types VALUE", "INSERT INTO events", "COMMIT"]
+        versions = [o.outcome.first.version for o in outcomes if isinstance(o.outcome, AppendResult)]
+        assert versions == [0] * 20 + [1] * 5 + [0] * 3
+        conn = writer.state.conn
+        assert conn.execute("SELECT count(*) FROM entities").fetchone()[0] == 2 + 5 + 23 + 20
+        assert conn.execute("SELECT count(*) FROM entity_types").fetchone()[0] == 2 + 5 + 5 + 23 + 20
+        orphans = "SELECT count(*) FROM entities n WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.entity_id = n.id)"
+        assert conn.execute(orphans).fetchone()[0] == 0
     finally:
         writer.state.conn.close()
 
+
+def test_a_job_that_fails_after_an_entity_was_given_an_id_leaves_no_entity(writer: Writer) -> None:
+    """The fast path gives a new entity its id at once and writes its row with the group's; a job
+    refused after that (here the store's last entity id reached midway through a multi-entity job)
+    must take the row back, while the group's other jobs are stored."""
+    _commit(writer, [WriteJob("r", "d", "a", [new_event("t", {})], None, None)])
+    state = writer.state
+    state.next_entity_id = MAX_ENTITY_ID  # the next new entity is the last one a store may hold
+    two_new = WriteJob("r", "d", "b", [new_event("t", {}), new_event("t", {})], None, None,
+                       entities=["b", "c"], expectations={})
+    outcomes = _commit(writer, [two_new, WriteJob("r", "d", "a", [new_event("t", {})], None, None)])
+    assert isinstance(outcomes[0].outcome, StorageUnavailable)
+    assert isinstance(outcomes[1].outcome, AppendResult) and outcomes[1].outcome.first.version == 1
+    names = [row[0] for row in state.conn.execute("SELECT name FROM entities ORDER BY id")]
+    assert names == ["a"]
