@@ -69,7 +69,7 @@ class Statements:
         self.chunks = insert_chunks(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         self._events = {n: INSERT_EVENTS + ", ".join([_ROW_MARKS] * n)
                         for n in (*self.chunks, *range(1, ONE_STATEMENT_ROWS + 1))}
-        self._texts: dict[tuple[str, int, int], str] = {}
+        self._texts: dict[tuple[str, str, int], str] = {}
 
     def insert_events(self, rows: list[EventRow]) -> None:
         """A group of up to ONE_STATEMENT_ROWS rows in one statement of its size; more in chunks."""
@@ -88,7 +88,7 @@ class Statements:
         start = 0
         while start < len(rows):
             n = _power_of_two(len(rows) - start)
-            sql = self._text(insert, width, n)
+            sql = self._text(insert, "(" + ", ".join("?" * width) + ")", n)
             self.conn.execute(sql, list(itertools.chain.from_iterable(rows[start:start + n])))
             start += n
 
@@ -101,16 +101,13 @@ class Statements:
             n = _power_of_two(len(chunk))
             if n < len(chunk):
                 n *= 2
-            sql = self._text(_SELECT_ENTITIES, 1, n)
+            sql = self._text(_SELECT_ENTITIES + "(", "?", n, ")")
             found += self.conn.execute(sql, (domain_id, *chunk, *[chunk[-1]] * (n - len(chunk)))).fetchall()
         return found
 
-    def _text(self, head: str, width: int, n: int) -> str:
-        sql = self._texts.get((head, width, n))
+    def _text(self, head: str, row: str, n: int, tail: str = "") -> str:
+        """``head``, then ``row`` n times with commas, then ``tail``: made once for each n."""
+        sql = self._texts.get((head, row, n))
         if sql is None:
-            if head == _SELECT_ENTITIES:
-                sql = head + "(" + ", ".join("?" * n) + ")"
-            else:
-                sql = head + ", ".join(["(" + ", ".join("?" * width) + ")"] * n)
-            self._texts[(head, width, n)] = sql
+            sql = self._texts[(head, row, n)] = head + ", ".join([row] * n) + tail
         return sql

@@ -232,19 +232,14 @@ class Writer:
             ts = utc_timestamp()
             if decided_by_caches(state, jobs):
                 outcomes = apply_together(state, jobs, ts, cached=True)  # its INSERT is its own transaction
-                if outcomes is None:  # refused, so nothing written: take back the numbers it took
-                    state.forget()
-                    state.last_seq = None
             else:
                 conn.execute("BEGIN IMMEDIATE")
                 state.check_external_writes()  # inside the write lock: no commit can slip in after it
                 outcomes = apply_together(state, jobs, ts)
-                if outcomes is None:
-                    conn.execute("ROLLBACK")
-                    state.forget()
-                else:
+                if outcomes is not None:
                     conn.execute("COMMIT")
-            if outcomes is None:  # a statement failed: redo the group one job at a time
+            if outcomes is None:  # a statement failed: undo the group, redo it one job at a time
+                self.abandon()  # (and take back the numbers it took)
                 conn.execute("BEGIN IMMEDIATE")
                 state.check_external_writes()  # (the seq back to the last committed, too)
                 outcomes = apply_each(state, jobs, ts)

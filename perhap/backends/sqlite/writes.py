@@ -302,7 +302,7 @@ class WriterState:
             replay = self._replayed(job, client_ids)
             if replay is not None:
                 return replay
-        return self._apply(job, ts, None)
+        return self._apply(job, ts)
 
     def _apply_deferred(self, job: WriteJob, ts: str, deferred: Deferred) -> AppendResult:
         client_ids = [e.event_id for e in job.batch if e.client_id]
@@ -310,7 +310,7 @@ class WriterState:
             raise Undeferrable
         changes, made = self.conn.total_changes, deferred.mark()
         try:
-            return self._apply(job, ts, deferred)
+            return self._apply(job, ts)
         except PerhapError:
             deferred.take_back(made)  # the job writes nothing: nor the entities and types it was given
             if client_ids and self.conn.total_changes == changes:  # (else the careful path decides it)
@@ -319,11 +319,11 @@ class WriterState:
                     return replay
             raise
 
-    def _apply(self, job: WriteJob, ts: str, deferred: Deferred | None) -> AppendResult:
+    def _apply(self, job: WriteJob, ts: str) -> AppendResult:
         # Look everything up before creating anything, so a conflict leaves no trace to undo.
         realm_id, domain_id = self._place(job.realm, job.domain)
         if job.entities is None:
-            return self._apply_one(job, ts, deferred, realm_id, domain_id)
+            return self._apply_one(job, ts, realm_id, domain_id)
         names = job.entities
         found = {name: self._entity(domain_id, name)
                  for name in dict.fromkeys([*names, *(job.expectations or ())])}
@@ -351,7 +351,7 @@ class WriterState:
             row = self._row(e, realm_id, domain_id, rows_of[name].id, version, seq, position, ts)
             rows.append(row)
             results.append(make_appended(e.event_id, version, position, row[8], name))
-        self._write(job, rows, deferred)
+        self._write(job, rows)
         # Written (or deferred, and dropped with the caches should the group roll back).
         self.heads[realm_id] = position
         self.seq = seq
@@ -360,7 +360,7 @@ class WriterState:
             self.entities[(domain_id, name)] = entity
         return AppendResult(results, created=True)
 
-    def _apply_one(self, job: WriteJob, ts: str, deferred: Deferred | None,
+    def _apply_one(self, job: WriteJob, ts: str,
                    realm_id: int | None, domain_id: int | None) -> AppendResult:
         """:meth:`apply` for the common job, one entity: the same steps without the bookkeeping
         several entities need (it is most of a single append's cost in the writer), and each
@@ -386,7 +386,7 @@ class WriterState:
                      e.timestamp or ts, e.data_json, e.meta_json, at)
                     for e, version, n, at in zip(batch, itertools.count(current + 1), itertools.count(seq + 1),
                                                  itertools.count(position + 1))]
-        self._write(job, rows, deferred)
+        self._write(job, rows)
         self.heads[realm_id] = position + len(batch)
         self.seq = seq + len(batch)
         grown.version = current + len(batch)
@@ -394,8 +394,9 @@ class WriterState:
         make = make_appended
         return AppendResult([make(r[2], r[7], r[11], r[8], None) for r in rows], created=True)
 
-    def _write(self, job: WriteJob, rows: list[EventRow], deferred: Deferred | None) -> None:
+    def _write(self, job: WriteJob, rows: list[EventRow]) -> None:
         """Insert a job's rows now, or leave them to :meth:`flush` (the fast path)."""
+        deferred = self.deferred
         if deferred is not None:
             deferred.rows += rows
             # Only a client's ids can come again in a later job of the group (see apply); a
