@@ -8,13 +8,14 @@ heads under the realm locks, and writes the rows decided here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ...errors import PerhapError, VersionConflict
 from ...model import Appended, AppendResult, Event, replay_or_conflict, replay_or_conflict_multi
 from ...store.job import WriteJob
 
 Key = tuple[str, str, str]  # realm, domain, entity
+Ids = tuple[int, int, int]  # the realm, domain and entity ids of a Key
 #: A job's outcome: the result, or the error that refuses it (that job alone).
 Decided = AppendResult | PerhapError
 
@@ -94,3 +95,39 @@ def decide(job: WriteJob, stored: dict[str, Event], versions: dict[Key, int], he
                                        appended.position, appended.position)
     accepted.append(Accepted(job, given, first_position))
     return AppendResult(results, created=True)
+
+
+def event_columns(accepted: list[Accepted], ids_of: dict[Key, Ids], types: dict[str, int],
+                  ts: str) -> tuple[tuple[list[Any], ...], set[tuple[int, int]]]:
+    """The accepted jobs' events as the columns of their rows (the order of ``perhap_events``'
+    columns in the writer's statements), and the (entity, type) pairs they make."""
+    event_ids: list[str] = []
+    position_col: list[int] = []
+    realm_col: list[int] = []
+    domain_col: list[int] = []
+    entity_col: list[int] = []
+    type_col: list[int] = []
+    version_col: list[int] = []
+    ts_col: list[str] = []
+    data_col: list[bytes] = []
+    meta_col: list[bytes] = []
+    pairs: set[tuple[int, int]] = set()
+    for a in accepted:
+        job = a.job
+        version_col.extend(a.versions)
+        position_col.extend(range(a.first_position, a.first_position + len(job.batch)))
+        for key, e in zip(a.keys(), job.batch, strict=True):
+            realm_id, domain_id, entity_id = ids_of[key]
+            type_id = types[e.type]
+            pairs.add((entity_id, type_id))
+            event_ids.append(e.event_id)
+            realm_col.append(realm_id)
+            domain_col.append(domain_id)
+            entity_col.append(entity_id)
+            type_col.append(type_id)
+            ts_col.append(e.timestamp or ts)
+            data_col.append(e.data_json)
+            meta_col.append(e.meta_json)
+    columns = (event_ids, position_col, realm_col, domain_col, entity_col, type_col, version_col, ts_col,
+               data_col, meta_col)
+    return columns, pairs

@@ -37,7 +37,8 @@ from ...model import AppendResult, Event
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
-from .decide import Accepted, Decided, Key, decide, keys_read, replay_of
+from .decide import Accepted, Decided, Ids, Key, decide, event_columns, keys_read, replay_of
+from .known import WRITE_IF_UNCHANGED, Known
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
 from .schema import CHANNEL, LOCK_CLASS
@@ -119,6 +120,7 @@ class GroupWriter:
         self._conn: Connection | None = None
         self._types: dict[str, int] = {}
         self._entity_types: set[tuple[int, int]] = set()  # pairs known to be committed
+        self._known = Known()
         self.groups_committed = 0
         self.events_committed = 0
 
@@ -156,15 +158,18 @@ class GroupWriter:
             except _Lost as exc:
                 # Nothing was committed, so one retry on a fresh connection is safe; it answers
                 # 503 at once if the database is really gone.
+                self._known.forget()
                 await self._drop_connection()
                 if attempt:
                     return [StorageUnavailable(f"the database is unavailable: {exc}") for _ in jobs]
             except StorageUnavailable as exc:
+                self._known.forget()
                 await self._drop_connection()
                 return [StorageUnavailable(exc.detail) for _ in jobs]
             except BaseException:
                 # A bug or a cancellation mid-transaction: the connection may still hold the
                 # transaction and its realm locks, so it must go.
+                self._known.forget()
                 await self._drop_connection()
                 raise
         raise AssertionError("unreachable")
@@ -199,12 +204,14 @@ class GroupWriter:
                 outcomes = [await self._apply_alone(conn, job, ts, types, new_pairs) for job in jobs]
             else:
                 try:
-                    outcomes = await self._apply(conn, jobs, ts, types, new_pairs)
+                    known = await self._apply_known(conn, jobs, ts, types, new_pairs)
+                    outcomes = known if known is not None else await self._apply(conn, jobs, ts, types, new_pairs)
                 except asyncpg.PostgresError as exc:
                     if isinstance(exc, LOST):
                         raise
                     # Most likely an event id another process stored meanwhile; whatever it is,
                     # it belongs to one append, which the slow path finds and refuses alone.
+                    self._known.forget()
                     await conn.execute("ROLLBACK")
                     raise _Isolate() from None
             written = sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
@@ -224,6 +231,10 @@ class GroupWriter:
             if committing:  # the commit may or may not have happened: never acknowledge it
                 raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
             raise _Lost(repr(exc)) from None
+        if isolate:  # rare: start the memory again rather than reason about each savepoint
+            self._known.forget()
+        else:
+            self._known.committed()
         self._entity_types |= new_pairs
         if len(self._entity_types) > 500_000:
             self._entity_types.clear()
@@ -297,13 +308,55 @@ class GroupWriter:
                 outcomes.append(decide(job, stored, versions, heads, ts, accepted))
             except PerhapError as exc:
                 outcomes.append(exc)
-        if accepted:
-            await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs)
+        ids_of = await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs) if accepted else {}
+        self._known.stage(ids_of, versions, heads)
         return outcomes
+
+    async def _apply_known(self, conn: Connection, jobs: list[WriteJob], ts: str,
+                           types: dict[str, int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
+        """Decide a group of remembered entities from the memory and write it by one statement that
+        checks the memory first (see :mod:`.known`); None, with nothing written, when the memory
+        does not cover the group, or the group holds a stored client id."""
+        known = self._known
+        keys = known.covering(jobs)
+        if keys is None:
+            return None
+        realms = list(dict.fromkeys(k[0] for k in keys))
+        ids_of = {k: known.ids[k] for k in keys}
+        client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
+        for _ in range(2):  # the second time with the memory corrected under the same locks
+            versions = {k: known.versions[k] for k in keys}
+            heads = {realm: known.heads[realm][1] for realm in realms}
+            check_heads, check_versions = list(heads.values()), list(versions.values())
+            accepted: list[Accepted] = []
+            outcomes: list[Decided] = []
+            in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
+            for job in jobs:
+                try:
+                    outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
+                except PerhapError as exc:  # it stands only if the statement finds the memory true
+                    outcomes.append(exc)
+            written = list(dict.fromkeys(k for job_keys in map(Accepted.keys, accepted) for k in job_keys))
+            columns, pairs = event_columns(accepted, ids_of, types, ts)
+            pairs -= self._entity_types
+            entity_pairs = list(zip(*sorted(pairs), strict=True)) or [(), ()]
+            row = await conn.fetchrow(
+                WRITE_IF_UNCHANGED, [known.heads[realm][0] for realm in realms], check_heads,
+                [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
+                [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns)
+            assert row is not None  # the statement always returns its one row
+            holds, stored_heads, stored_versions, ids_stored = row
+            if holds:
+                new_pairs |= pairs
+                known.stage({k: ids_of[k] for k in written}, versions, heads)
+                return outcomes
+            if ids_stored or not known.correct(keys, realms, stored_versions, stored_heads):
+                return None
+        return None
 
     async def _store_accepted(self, conn: Connection, accepted: list[Accepted], found: dict[Key, _Found],
                               versions: dict[Key, int], ts: str, types: dict[str, int],
-                              new_pairs: set[tuple[int, int]]) -> None:
+                              new_pairs: set[tuple[int, int]]) -> dict[Key, Ids]:
         # Sorted: row locks on entities are then taken in one order by every writer. The realm
         # lock already keeps two writers of one realm apart; this keeps the order safe without it.
         keys_of = [a.keys() for a in accepted]
@@ -327,45 +380,19 @@ class GroupWriter:
         rows = await conn.fetch(_UPSERT_ENTITIES, [domain_of[k] for k in keys], [k[2] for k in keys],
                                 [versions[k] for k in keys])
         entity_ids: dict[tuple[int, str], int] = {(r[1], r[2]): r[0] for r in rows}
-        event_ids: list[str] = []
-        position_col: list[int] = []
-        realm_col: list[int] = []
-        domain_col: list[int] = []
-        entity_col: list[int] = []
-        type_col: list[int] = []
-        version_col: list[int] = []
-        ts_col: list[str] = []
-        data_col: list[bytes] = []
-        meta_col: list[bytes] = []
-        pairs = set()
         ids_of = {k: (realm_ids[k[0]], domain_of[k], entity_ids[(domain_of[k], k[2])]) for k in keys}
-        for (job, versions_given, first_position), job_keys in zip(accepted, keys_of, strict=True):
-            version_col.extend(versions_given)
-            position_col.extend(range(first_position, first_position + len(job.batch)))
-            for key, e in zip(job_keys, job.batch, strict=True):
-                realm_id, domain_id, entity_id = ids_of[key]
-                type_id = types[e.type]
-                pairs.add((entity_id, type_id))
-                event_ids.append(e.event_id)
-                realm_col.append(realm_id)
-                domain_col.append(domain_id)
-                entity_col.append(entity_id)
-                type_col.append(type_id)
-                ts_col.append(e.timestamp or ts)
-                data_col.append(e.data_json)
-                meta_col.append(e.meta_json)
+        columns, pairs = event_columns(accepted, ids_of, types, ts)
         pairs -= self._entity_types
         if pairs:
             await conn.execute("INSERT INTO perhap_entity_types SELECT * FROM unnest($1::bigint[], "
                                "$2::int[]) ON CONFLICT DO NOTHING", *map(list, zip(*sorted(pairs), strict=True)))
             new_pairs |= pairs
-        columns = (event_ids, position_col, realm_col, domain_col, entity_col, type_col, version_col, ts_col,
-                   data_col, meta_col)
-        if len(event_ids) >= COPY_THRESHOLD:  # COPY costs a round trip more, but inserts faster
+        if len(columns[0]) >= COPY_THRESHOLD:  # COPY costs a round trip more, but inserts faster
             await conn.copy_records_to_table("perhap_events", records=zip(*columns, strict=True),
                                              columns=_EVENT_COLUMNS)
         else:
             await conn.execute(_INSERT_EVENTS, *columns)
+        return ids_of
 
 
 async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:

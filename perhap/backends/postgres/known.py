@@ -1,0 +1,115 @@
+"""What the writer's own commits tell it, so that a group of entities it already wrote to is
+written by one statement instead of a look-up, an upsert and an insert.
+
+After each commit the writer remembers the ids and versions of the entities it wrote, and the
+head (last position) of each realm it locked. A later group whose every entity is remembered is
+decided from that memory by :func:`.decide.decide`, the function that decides from a look-up, and
+written by :data:`WRITE_IF_UNCHANGED`. That statement runs under the group's realm locks and
+first checks that the memory still holds: every remembered version (of every entity a job writes
+or expects a version of) and every realm's head is the stored one, and none of the group's
+client-chosen ids is stored. Those are all the inputs ``decide`` takes from a look-up (a look-up
+finding no stored id gives it nothing more), so when the check holds, the outcomes (acceptances
+and refusals alike) are the ones the look-up would have given, and the statement writes them.
+When it does not hold (another process wrote meanwhile; rows removed behind the store's back) the
+statement writes nothing, the outcomes are dropped, and it returns the stored heads and versions
+instead: the writer corrects its memory with them and decides and sends the group again, in the
+same transaction and under the same locks, so the second statement holds. Only a stored client id
+(a retry) or an entity gone sends the group to the look-up, which finds the stored events. The
+memory is therefore only a hint: stale, it costs a statement, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ...store.job import WriteJob
+from .decide import Ids, Key, keys_read
+
+#: Entities remembered at most; past it the memory starts again empty (a hint, so nothing is lost).
+LIMIT = 200_000
+
+#: $1/$2 the group's realms and their remembered heads; $3/$4 every entity the group reads and its
+#: remembered version; $5 the group's client-chosen ids; $6/$7 the entities it writes and their
+#: new versions; $8/$9 new (entity, type) pairs; $10-$19 the events. One snapshot for the whole
+#: statement, taken after the realm locks were granted, so ``stored`` sees every earlier group's
+#: commit; every write is conditioned on ``holds``, so when it is false nothing is written, and the
+#: stored heads and versions come back instead. Each probe is of a unique index (a realm's head, an
+#: entity by id, an event by id), whatever the plan for the rest.
+WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
+    ARRAY(SELECT coalesce((SELECT e.position FROM perhap_events e WHERE e.realm_id = h.realm_id
+                           ORDER BY e.position DESC LIMIT 1), 0)
+          FROM unnest($1::int[]) WITH ORDINALITY AS h(realm_id, i) ORDER BY h.i) AS heads,
+    ARRAY(SELECT (SELECT n.version FROM perhap_entities n WHERE n.id = c.id)
+          FROM unnest($3::bigint[]) WITH ORDINALITY AS c(id, i) ORDER BY c.i) AS versions,
+    EXISTS (SELECT 1 FROM unnest($5::uuid[]) AS u(id)
+            WHERE EXISTS (SELECT 1 FROM perhap_events e WHERE e.event_id = u.id)) AS ids_stored),
+ok AS (SELECT heads = $2::bigint[] AND versions = $4::bigint[] AND NOT ids_stored AS holds FROM stored),
+up AS (UPDATE perhap_entities n SET version = u.version
+    FROM unnest($6::bigint[], $7::bigint[]) AS u(id, version)
+    WHERE n.id = u.id AND (SELECT holds FROM ok)),
+pairs AS (INSERT INTO perhap_entity_types SELECT p.entity_id, p.type_id
+    FROM unnest($8::bigint[], $9::int[]) AS p(entity_id, type_id) WHERE (SELECT holds FROM ok)
+    ON CONFLICT DO NOTHING),
+ins AS (INSERT INTO perhap_events (event_id, position, realm_id, domain_id, entity_id, type_id, version,
+                                   ts, data, meta)
+    SELECT * FROM unnest($10::uuid[], $11::bigint[], $12::int[], $13::int[], $14::bigint[], $15::int[],
+                         $16::bigint[], $17::text[], $18::json[], $19::json[])
+    WHERE (SELECT holds FROM ok))
+SELECT holds, heads, versions, ids_stored FROM ok, stored"""
+
+
+class Known:
+    """The writer's memory of its own commits (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Key, Ids] = {}
+        self.versions: dict[Key, int] = {}
+        self.heads: dict[str, tuple[int, int]] = {}  # realm -> (realm id, last position)
+        self._staged: list[tuple[dict[Key, Ids], dict[Key, int], dict[str, int]]] = []
+
+    def covering(self, jobs: Iterable[WriteJob]) -> list[Key] | None:
+        """Every entity the group reads, in first-seen order, if all are remembered; else None."""
+        keys = list(dict.fromkeys(k for job in jobs for k in keys_read(job)))
+        versions, heads = self.versions, self.heads
+        for key in keys:
+            if key not in versions or key[0] not in heads:
+                return None
+        return keys
+
+    def correct(self, keys: list[Key], realms: list[str], versions: list[int | None], heads: list[int]) -> bool:
+        """Take the stored versions and heads the statement found; False (and the memory dropped)
+        when an entity is gone."""
+        if None in versions:
+            self.forget()
+            return False
+        self.versions.update((k, v) for k, v in zip(keys, versions, strict=True) if v is not None)
+        for realm, head in zip(realms, heads, strict=True):
+            self.heads[realm] = (self.heads[realm][0], head)
+        return True
+
+    def stage(self, ids: dict[Key, Ids], versions: dict[Key, int], heads: dict[str, int]) -> None:
+        """What a transaction wrote (ids and versions of its entities, heads of its realms), to be
+        remembered once it commits. ``heads`` names realms; their ids come with ``ids``."""
+        self._staged.append((ids, versions, heads))
+
+    def committed(self) -> None:
+        """The transaction committed: remember what it staged."""
+        staged, self._staged = self._staged, []
+        if len(self.ids) > LIMIT:
+            self.forget()
+        for ids, versions, heads in staged:
+            realm_ids = {key[0]: i[0] for key, i in ids.items()}
+            for key, i in ids.items():
+                self.ids[key] = i
+                self.versions[key] = versions[key]
+            for realm, head in heads.items():
+                realm_id = realm_ids.get(realm) or self.heads.get(realm, (None, 0))[0]
+                if realm_id is not None:
+                    self.heads[realm] = (realm_id, head)
+
+    def forget(self) -> None:
+        """Drop the memory and anything staged (a transaction failed or was redone)."""
+        self.ids.clear()
+        self.versions.clear()
+        self.heads.clear()
+        self._staged.clear()

@@ -1,0 +1,252 @@
+"""The PostgreSQL writer's memory of its own commits (``perhap/backends/postgres/known.py``).
+
+A group of entities the writer already wrote to is decided from that memory and written by one
+statement, which writes only if the memory still matches the stored state. These tests show the
+statements each path runs (asyncpg's query logger on the writer's connection) and, above all,
+that a memory made stale by another writer, or by rows that went away behind the store's back,
+never yields an answer or a row the look-up would not have given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from perhap import Scope, open_store
+from perhap.backends.postgres import PostgresStore
+from perhap.backends.postgres import writer as pgwriter
+from perhap.backends.postgres.known import WRITE_IF_UNCHANGED
+from perhap.errors import EventIdConflict, VersionConflict
+from tests.conftest import get_provider
+
+pytestmark = pytest.mark.postgres
+
+LOOK_UP = "SELECT k.i"
+
+
+@pytest.fixture
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return get_provider("postgres", tmp_path_factory).new_url()
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    opened = await open_store(pg_url)
+    assert isinstance(opened, PostgresStore)
+    async with opened:
+        yield opened
+
+
+@pytest.fixture
+async def other(pg_url: str) -> AsyncIterator[PostgresStore]:
+    """A second store on the same database: another process, as far as the first can tell."""
+    opened = await open_store(pg_url)
+    assert isinstance(opened, PostgresStore)
+    async with opened:
+        yield opened
+
+
+class Statements:
+    """The statements the writer's connection runs, in order, by their first words."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        conn = store._writer._conn
+        assert conn is not None
+        self.texts: list[str] = []
+        conn.add_query_logger(lambda record: self.texts.append(" ".join(record.query.split())))
+
+    def take(self) -> list[str]:
+        texts, self.texts = self.texts, []
+        return texts
+
+    @staticmethod
+    def kinds(texts: list[str]) -> list[str]:
+        kinds = []
+        for text in texts:
+            if text == " ".join(WRITE_IF_UNCHANGED.split()):
+                kinds.append("write if unchanged")
+            elif text.startswith(LOOK_UP):
+                kinds.append("look-up")
+            else:
+                kinds.append(text.split()[0].split(";")[0])
+        return kinds
+
+
+async def positions_and_versions(store: PostgresStore, realm: str) -> list[tuple[int, str, int]]:
+    page = await store.read(Scope(realm), limit=1000)
+    return [(e.position, e.entity, e.version) for e in page.events]
+
+
+async def test_a_remembered_entity_is_written_by_one_statement(store: PostgresStore) -> None:
+    await store.append("r", "d", "e", "t", 0)
+    seen = Statements(store)
+    result = await store.append("r", "d", "e", "t", 1)
+    assert (result.events[0].version, result.events[0].position) == (1, 2)
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    # An entity the writer has not written to yet takes the look-up.
+    await store.append("r", "d", "new", "t", 2)
+    assert "look-up" in seen.kinds(seen.take())
+    # A new type for a remembered entity still goes by the one statement (its pair with it).
+    await store.append("r", "d", "e", "other", 3)
+    assert seen.kinds(seen.take()) == ["INSERT", "SELECT", "BEGIN", "write if unchanged", "NOTIFY"]
+    assert (await store.keys("r", "d", "e")).keys == ["other", "t"]
+    assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "new", 0), (4, "e", 2)]
+
+
+async def test_another_writer_in_the_realm_makes_the_memory_stale_and_nothing_is_lost(
+        store: PostgresStore, other: PostgresStore) -> None:
+    await store.append("r", "d", "e", "t", 0)
+    await store.append("r", "d", "f", "t", 0)
+    await other.append("r", "d", "g", "t", 0)  # position 3, which the first store does not know
+    seen = Statements(store)
+    result = await store.append("r", "d", "e", "t", 1)
+    assert (result.events[0].version, result.events[0].position) == (1, 4)
+    # The first statement found head 3, wrote nothing and said so; the second, decided again
+    # from what the first found, holds.
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "write if unchanged", "NOTIFY"]
+    await store.append("r", "d", "e", "t", 2)
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    # Two stores taking turns in one realm: each group corrects the memory once.
+    for n in range(5):
+        await other.append("r", "d", "g", "t", 1 + n)
+        await store.append("r", "d", "e", "t", 3 + n)
+    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 16))
+    assert [v for _, e, v in await positions_and_versions(store, "r") if e == "e"] == list(range(8))
+
+
+async def test_a_conflict_is_decided_from_the_stored_version(store: PostgresStore, other: PostgresStore) -> None:
+    await store.append("r", "d", "e", "t", 0)
+    await other.append("r", "d", "e", "t", 1)  # version 1, behind the first store's back
+    # The memory says version 0: expecting 1 would be refused by it, but 1 is the stored version.
+    result = await store.append("r", "d", "e", "t", 2, expected_version=1)
+    assert result.events[0].version == 2
+    await other.append("r", "d", "e", "t", 3)  # version 3
+    # The memory says 2, which the caller expects: the stored version decides, and the 409 says 3.
+    with pytest.raises(VersionConflict) as refused:
+        await store.append("r", "d", "e", "t", 4, expected_version=2)
+    assert refused.value.current_version == 3
+    assert [(v, p) for p, _, v in await positions_and_versions(store, "r")] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+async def test_a_retry_of_a_stored_client_id_is_answered_as_a_retry(store: PostgresStore) -> None:
+    await store.append("r", "d", "e", "t", 0)
+    event_id = "0190a3c4-0000-7000-8000-000000000001"
+    first = await store.append("r", "d", "e", "t", {"n": 1}, event_id=event_id)
+    seen = Statements(store)
+    again = await store.append("r", "d", "e", "t", {"n": 1}, event_id=event_id)
+    assert again.created is False and again.events == first.events
+    # The check found the id stored, wrote nothing, and the look-up answered: no failed
+    # statement, no savepoints.
+    kinds = seen.kinds(seen.take())
+    assert kinds[:3] == ["BEGIN", "write if unchanged", "look-up"] and "ROLLBACK" not in kinds
+    with pytest.raises(EventIdConflict):
+        await store.append("r", "d", "e", "t", {"n": 2}, event_id=event_id)
+    # Two new client ids in one group, the second a twin of the first: decided in the group.
+    twin = "0190a3c4-0000-7000-8000-000000000002"
+    seen.take()
+    both = await asyncio.gather(store.append("r", "d", "e", "t", 5, event_id=twin),
+                                store.append("r", "d", "e", "t", 5, event_id=twin))
+    assert both[0].events == both[1].events and [b.created for b in both] == [True, False]
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    assert [v for _, _, v in await positions_and_versions(store, "r")] == [0, 1, 2]
+
+
+async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(store: PostgresStore, pg_url: str) -> None:
+    """The check compares, it does not only catch collisions: a realm's stored head below the
+    memory's (a restore, a hand edit) is decided from the look-up, and no position is skipped."""
+    for n in range(3):
+        await store.append("r", "d", "e", "t", n)
+    await store.append("r", "d", "f", "t", 0)
+    conn = await asyncpg.connect(pg_url)
+    try:  # f's only event goes, and f with it: the realm's head is 3 again
+        await conn.execute("DELETE FROM perhap_events WHERE position = 4")
+        await conn.execute("DELETE FROM perhap_entity_types WHERE entity_id = "
+                           "(SELECT id FROM perhap_entities WHERE name = 'f')")
+        await conn.execute("DELETE FROM perhap_entities WHERE name = 'f'")
+    finally:
+        await conn.close()
+    seen = Statements(store)
+    result = await store.append("r", "d", "e", "t", 9)
+    assert (result.events[0].version, result.events[0].position) == (3, 4)
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "write if unchanged", "NOTIFY"]
+    assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "e", 2), (4, "e", 3)]
+
+
+async def test_a_stored_version_the_memory_lacks_is_found(store: PostgresStore, pg_url: str) -> None:
+    """Only an entity's version moved behind the store's back (the realm's head did not), to one
+    that no new version would collide with: the version check alone finds it."""
+    await store.append("r", "d", "e", "t", 0)
+    await store.append("r", "d", "e", "t", 1)
+    await store.append("r", "d", "f", "t", 0)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("UPDATE perhap_events SET version = 5 WHERE position = 2")
+        await conn.execute("UPDATE perhap_entities SET version = 5 WHERE name = 'e'")
+    finally:
+        await conn.close()
+    result = await store.append("r", "d", "e", "t", 2)
+    assert result.events[0].version == 6
+
+
+async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: PostgresStore, pg_url: str) -> None:
+    await store.append("r", "d", "e", "t", 0)
+    await store.append("r", "d", "f", "t", 0)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("DELETE FROM perhap_events WHERE position = 2")
+        await conn.execute("DELETE FROM perhap_entity_types WHERE entity_id = "
+                           "(SELECT id FROM perhap_entities WHERE name = 'f')")
+        await conn.execute("DELETE FROM perhap_entities WHERE name = 'f'")
+    finally:
+        await conn.close()
+    seen = Statements(store)
+    result = await store.append("r", "d", "f", "t", 1)
+    assert (result.events[0].version, result.events[0].position) == (0, 2)
+    assert seen.kinds(seen.take())[:3] == ["BEGIN", "write if unchanged", "look-up"]
+    await store.append("r", "d", "e", "t", 1)
+    assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "f", 0), (3, "e", 1)]
+
+
+async def test_the_statement_probes_every_key(store: PostgresStore, pg_url: str) -> None:
+    """Each check of the statement is an index probe and its update finds entities by id, whatever
+    the planner believes: before any ANALYZE, after it, and with the generic plan a prepared
+    statement may settle on. A scan of the events or entities would make every group O(store)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for table in ("perhap_events", "perhap_entities"):
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+        for j in range(4):
+            await store.append_batch("big", "d", f"x{j}", [{"type": "t", "event": k} for k in range(1000)])
+        await asyncio.gather(*[store.append("big", "d", f"e{i}", "t", i) for i in range(400)])
+        rows = await conn.fetch("SELECT id, version FROM perhap_entities ORDER BY id LIMIT 16")
+        ids, versions = [r[0] for r in rows], [r[1] for r in rows]
+        realm_id = await conn.fetchval("SELECT id FROM perhap_realms WHERE name = 'big'")
+        event = ["0190a3c4-0000-7000-8000-00000000000a", 4401, realm_id, 1, ids[0], 1, versions[0] + 1,
+                 "2026-12-05T00:00:00.000000Z", b"1", b"{}"]
+        args = ([realm_id], [4399], ids, versions, [event[0]], ids[:1], [versions[0] + 1], [ids[0]], [1],
+                *([value] for value in event))
+        await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+        await conn.execute("BEGIN;" + pgwriter.KEY_PLANS)  # as the writer's transactions do
+        for analysed, mode in ((False, "auto"), (True, "auto"), (True, "force_generic_plan")):
+            if analysed:
+                await conn.execute("ANALYZE")
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            statement = await conn.prepare("EXPLAIN (ANALYZE, TIMING OFF) " + WRITE_IF_UNCHANGED)
+            plan = "\n".join(r[0] for r in await statement.fetch(*args))
+            shown = (analysed, mode, plan)
+            assert "Seq Scan" not in plan and "Bitmap" not in plan, shown
+            head = [line for line in plan.splitlines() if "on perhap_events" in line and "Backward" in line]
+            assert len(head) == 1 and "using perhap_events_realm" in head[0], shown
+            assert "rows=1 loops=1" in head[0], shown  # the head 4400 found, unlike the 4399 given
+            assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n\b.*loops=16", plan), shown
+            assert re.search(r"using perhap_events_pkey on perhap_events e_\d+ .*loops=1\)", plan), shown
+            assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n_\d+ ", plan), shown
+        holds, heads, stored, ids_stored = await conn.fetchrow(WRITE_IF_UNCHANGED, *args)
+        assert (holds, heads, stored, ids_stored) == (False, [4400], versions, False)
+        assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
+    finally:
+        await conn.close()
