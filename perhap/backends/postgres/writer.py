@@ -194,7 +194,7 @@ class GroupWriter:
         committing = False
         try:
             types = await self._type_ids(conn, {e.type for job in jobs for e in job.batch})
-            keys = sorted({_realm_key(job.realm) for job in jobs})
+            keys = sorted({_realm_key(realm) for realm in {job.realm for job in jobs}})  # a hash a realm
             # The locks are their own statements: under READ COMMITTED each later statement then
             # reads with a snapshot that includes the previous lock holder's commit.
             await conn.execute("BEGIN;" + DURABLE + KEY_PLANS + "".join(
