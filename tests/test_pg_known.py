@@ -33,21 +33,24 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return get_provider("postgres", tmp_path_factory).new_url()
 
 
+async def opened(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = await open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    async with store:
+        yield store
+
+
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    opened = await open_store(pg_url)
-    assert isinstance(opened, PostgresStore)
-    async with opened:
-        yield opened
+    async for one in opened(pg_url):
+        yield one
 
 
 @pytest.fixture
 async def other(pg_url: str) -> AsyncIterator[PostgresStore]:
     """A second store on the same database: another process, as far as the first can tell."""
-    opened = await open_store(pg_url)
-    assert isinstance(opened, PostgresStore)
-    async with opened:
-        yield opened
+    async for one in opened(pg_url):
+        yield one
 
 
 class Statements:
@@ -74,6 +77,22 @@ class Statements:
             else:
                 kinds.append(text.split()[0].split(";")[0])
         return kinds
+
+
+async def behind_the_back(pg_url: str, *statements: str) -> None:
+    """Change the stored rows on a connection of its own, as a restore or a hand edit would."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def remove_entity(name: str) -> list[str]:
+    """The statements that remove an entity's row and its types (its events go separately)."""
+    return [f"DELETE FROM perhap_entity_types WHERE entity_id = (SELECT id FROM perhap_entities WHERE name = '{name}')",
+            f"DELETE FROM perhap_entities WHERE name = '{name}'"]
 
 
 async def positions_and_versions(store: PostgresStore, realm: str) -> list[tuple[int, str, int]]:
@@ -161,14 +180,8 @@ async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(store: Post
     for n in range(3):
         await store.append("r", "d", "e", "t", n)
     await store.append("r", "d", "f", "t", 0)
-    conn = await asyncpg.connect(pg_url)
-    try:  # f's only event goes, and f with it: the realm's head is 3 again
-        await conn.execute("DELETE FROM perhap_events WHERE position = 4")
-        await conn.execute("DELETE FROM perhap_entity_types WHERE entity_id = "
-                           "(SELECT id FROM perhap_entities WHERE name = 'f')")
-        await conn.execute("DELETE FROM perhap_entities WHERE name = 'f'")
-    finally:
-        await conn.close()
+    # f's only event goes, and f with it: the realm's head is 3 again
+    await behind_the_back(pg_url, "DELETE FROM perhap_events WHERE position = 4", *remove_entity("f"))
     seen = Statements(store)
     result = await store.append("r", "d", "e", "t", 9)
     assert (result.events[0].version, result.events[0].position) == (3, 4)
@@ -182,12 +195,8 @@ async def test_a_stored_version_the_memory_lacks_is_found(store: PostgresStore, 
     await store.append("r", "d", "e", "t", 0)
     await store.append("r", "d", "e", "t", 1)
     await store.append("r", "d", "f", "t", 0)
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute("UPDATE perhap_events SET version = 5 WHERE position = 2")
-        await conn.execute("UPDATE perhap_entities SET version = 5 WHERE name = 'e'")
-    finally:
-        await conn.close()
+    await behind_the_back(pg_url, "UPDATE perhap_events SET version = 5 WHERE position = 2",
+                          "UPDATE perhap_entities SET version = 5 WHERE name = 'e'")
     result = await store.append("r", "d", "e", "t", 2)
     assert result.events[0].version == 6
 
@@ -195,14 +204,7 @@ async def test_a_stored_version_the_memory_lacks_is_found(store: PostgresStore, 
 async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: PostgresStore, pg_url: str) -> None:
     await store.append("r", "d", "e", "t", 0)
     await store.append("r", "d", "f", "t", 0)
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute("DELETE FROM perhap_events WHERE position = 2")
-        await conn.execute("DELETE FROM perhap_entity_types WHERE entity_id = "
-                           "(SELECT id FROM perhap_entities WHERE name = 'f')")
-        await conn.execute("DELETE FROM perhap_entities WHERE name = 'f'")
-    finally:
-        await conn.close()
+    await behind_the_back(pg_url, "DELETE FROM perhap_events WHERE position = 2", *remove_entity("f"))
     seen = Statements(store)
     result = await store.append("r", "d", "f", "t", 1)
     assert (result.events[0].version, result.events[0].position) == (0, 2)
