@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from perhap import Scope, open_store
-from perhap.backends.postgres import PostgresStore
+from perhap.backends.postgres import PostgresStore, known
 from perhap.backends.postgres import writer as pgwriter
 from perhap.backends.postgres.known import WRITE_IF_UNCHANGED
 from perhap.errors import EventIdConflict, VersionConflict
@@ -252,3 +252,17 @@ async def test_the_statement_probes_every_key(store: PostgresStore, pg_url: str)
         assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
     finally:
         await conn.close()
+
+
+async def test_the_memory_starts_again_past_its_limit(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(known, "LIMIT", 3)
+    memory = store._writer._known
+    for n in range(8):
+        await store.append("r", "d", f"e{n}", "t", n)
+        assert len(memory.ids) <= 4
+    seen = Statements(store)
+    await store.append("r", "d", "e7", "t", 8)  # remembered since the last restart
+    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    await store.append("r", "d", "e0", "t", 9)  # forgotten: looked up, then remembered again
+    assert "look-up" in seen.kinds(seen.take())
+    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 11))

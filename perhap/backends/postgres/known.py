@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from ...store.job import WriteJob
 from .decide import Ids, Key, keys_read
 
-#: Entities remembered at most; past it the memory starts again empty (a hint, so nothing is lost).
-LIMIT = 200_000
+#: Entities remembered at most (about 450 bytes each); past it the memory starts again empty,
+#: which loses nothing: the next group of each entity takes the look-up and is remembered again.
+LIMIT = 20_000
 
 #: $1/$2 the group's realms and their remembered heads; $3/$4 every entity the group reads and its
 #: remembered version; $5 the group's client-chosen ids; $6/$7 the entities it writes and their
