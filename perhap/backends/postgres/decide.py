@@ -1,5 +1,6 @@
-"""Deciding a group's jobs in Python, in queue order, from what one look-up found: idempotent
-replays, version conflicts, and for accepted jobs the versions and positions of their events.
+"""Deciding a group's jobs in Python, in queue order, from what one look-up found (or what the
+writer remembers of its own commits, :mod:`.known`): idempotent replays, version conflicts, and for
+accepted jobs the versions and positions of their events.
 
 Nothing here touches the database: the writer (:mod:`.writer`) looks up the versions and realm
 heads under the realm locks, and writes the rows decided here.

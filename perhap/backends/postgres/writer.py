@@ -316,7 +316,7 @@ class GroupWriter:
                            types: dict[str, int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
         """Decide a group of remembered entities from the memory and write it by one statement that
         checks the memory first (see :mod:`.known`); None, with nothing written, when the memory
-        does not cover the group, or the group holds a stored client id."""
+        does not cover the group, a client id of the group is stored, or an entity is gone."""
         known = self._known
         keys = known.covering(jobs)
         if keys is None:
