@@ -19,7 +19,7 @@ import pytest
 from perhap import Scope, open_store
 from perhap.backends.postgres import PostgresStore, known
 from perhap.backends.postgres import writer as pgwriter
-from perhap.backends.postgres.known import WRITE_IF_UNCHANGED
+from perhap.backends.postgres.known import CALL, WRITE_IF_UNCHANGED
 from perhap.errors import EventIdConflict, VersionConflict
 from tests.conftest import get_provider
 
@@ -70,8 +70,8 @@ class Statements:
     def kinds(texts: list[str]) -> list[str]:
         kinds = []
         for text in texts:
-            if text == " ".join(WRITE_IF_UNCHANGED.split()):
-                kinds.append("write if unchanged")
+            if text == " ".join(CALL.split()):
+                kinds.append("call")
             elif text.startswith(LOOK_UP):
                 kinds.append("look-up")
             else:
@@ -105,13 +105,13 @@ async def test_a_remembered_entity_is_written_by_one_statement(store: PostgresSt
     seen = Statements(store)
     result = await store.append("r", "d", "e", "t", 1)
     assert (result.events[0].version, result.events[0].position) == (1, 2)
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["call"]
     # An entity the writer has not written to yet takes the look-up.
     await store.append("r", "d", "new", "t", 2)
     assert "look-up" in seen.kinds(seen.take())
     # A new type for a remembered entity still goes by the one statement (its pair with it).
     await store.append("r", "d", "e", "other", 3)
-    assert seen.kinds(seen.take()) == ["INSERT", "SELECT", "BEGIN", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["INSERT", "SELECT", "call"]
     assert (await store.keys("r", "d", "e")).keys == ["other", "t"]
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "new", 0), (4, "e", 2)]
 
@@ -124,11 +124,11 @@ async def test_another_writer_in_the_realm_makes_the_memory_stale_and_nothing_is
     seen = Statements(store)
     result = await store.append("r", "d", "e", "t", 1)
     assert (result.events[0].version, result.events[0].position) == (1, 4)
-    # The first statement found head 3, wrote nothing and said so; the second, decided again
-    # from what the first found, holds.
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "write if unchanged", "NOTIFY"]
+    # The first call found head 3, wrote nothing and said so; the second, decided again from
+    # what the first found, holds.
+    assert seen.kinds(seen.take()) == ["call", "call"]
     await store.append("r", "d", "e", "t", 2)
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["call"]
     # Two stores taking turns in one realm: each group corrects the memory once.
     for n in range(5):
         await other.append("r", "d", "g", "t", 1 + n)
@@ -161,7 +161,7 @@ async def test_a_retry_of_a_stored_client_id_is_answered_as_a_retry(store: Postg
     # The check found the id stored, wrote nothing, and the look-up answered: no failed
     # statement, no savepoints.
     kinds = seen.kinds(seen.take())
-    assert kinds[:3] == ["BEGIN", "write if unchanged", "look-up"] and "ROLLBACK" not in kinds
+    assert kinds[:3] == ["call", "BEGIN", "look-up"] and "ROLLBACK" not in kinds
     with pytest.raises(EventIdConflict):
         await store.append("r", "d", "e", "t", {"n": 2}, event_id=event_id)
     # Two new client ids in one group, the second a twin of the first: decided in the group.
@@ -170,7 +170,7 @@ async def test_a_retry_of_a_stored_client_id_is_answered_as_a_retry(store: Postg
     both = await asyncio.gather(store.append("r", "d", "e", "t", 5, event_id=twin),
                                 store.append("r", "d", "e", "t", 5, event_id=twin))
     assert both[0].events == both[1].events and [b.created for b in both] == [True, False]
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["call"]
     assert [v for _, _, v in await positions_and_versions(store, "r")] == [0, 1, 2]
 
 
@@ -185,7 +185,7 @@ async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(store: Post
     seen = Statements(store)
     result = await store.append("r", "d", "e", "t", 9)
     assert (result.events[0].version, result.events[0].position) == (3, 4)
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["call", "call"]
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "e", 2), (4, "e", 3)]
 
 
@@ -208,7 +208,7 @@ async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: Postgre
     seen = Statements(store)
     result = await store.append("r", "d", "f", "t", 1)
     assert (result.events[0].version, result.events[0].position) == (0, 2)
-    assert seen.kinds(seen.take())[:3] == ["BEGIN", "write if unchanged", "look-up"]
+    assert seen.kinds(seen.take())[:3] == ["call", "BEGIN", "look-up"]
     await store.append("r", "d", "e", "t", 1)
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "f", 0), (3, "e", 1)]
 
@@ -262,7 +262,7 @@ async def test_the_memory_starts_again_past_its_limit(store: PostgresStore, monk
         assert len(memory.ids) <= 4
     seen = Statements(store)
     await store.append("r", "d", "e7", "t", 8)  # remembered since the last restart
-    assert seen.kinds(seen.take()) == ["BEGIN", "write if unchanged", "NOTIFY"]
+    assert seen.kinds(seen.take()) == ["call"]
     await store.append("r", "d", "e0", "t", 9)  # forgotten: looked up, then remembered again
     assert "look-up" in seen.kinds(seen.take())
     assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 11))

@@ -592,8 +592,9 @@ async def test_writes_flush_whatever_the_database_default(pg_url: str, default: 
         await store.append("sync", "d", "one", "t", 1)  # INSERT
         await store.append_batch("sync", "d", "many", [{"type": "t", "event": i} for i in range(150)])  # COPY
         await asyncio.gather(*(store.append("sync", "d", f"e{i}", "t", i) for i in range(20)))  # groups
+        await store.append("sync", "d", "one", "t", 2)  # a remembered entity: the writer's one call
     seen = [r[0] for r in await sql(pg_url, "SELECT setting FROM seen_settings")]
-    assert len(seen) >= 3 and set(seen) == {in_writes}, seen
+    assert len(seen) >= 4 and set(seen) == {in_writes}, seen
     assert (await sql(pg_url, "SHOW synchronous_commit"))[0][0] == default  # only the writer's own
 
 

@@ -1,25 +1,28 @@
 """What the writer's own commits tell it, so that a group of entities it already wrote to is
-written by one statement instead of a look-up, an upsert and an insert.
+committed by one call of a server-side function, one round trip, instead of a transaction with a
+look-up, an upsert and an insert.
 
 After each commit the writer remembers the ids and versions of the entities it wrote, and the
 head (last position) of each realm it locked. A later group whose every entity is remembered is
 decided from that memory by :func:`.decide.decide`, the function that decides from a look-up, and
-written by :data:`WRITE_IF_UNCHANGED`. That statement runs under the group's realm locks and
-first checks that the memory still holds: every remembered version (of every entity a job writes
-or expects a version of) and every realm's head is the stored one, and none of the group's
-client-chosen ids is stored. Those are all the inputs ``decide`` takes from a look-up (a look-up
-finding no stored id gives it nothing more), so when the check holds, the outcomes (acceptances
-and refusals alike) are the ones the look-up would have given, and the statement writes them.
-When it does not hold (another process wrote meanwhile; rows removed behind the store's back) the
-statement writes nothing, the outcomes are dropped, and it returns the stored heads and versions
-instead: the writer corrects its memory with them and decides and sends the group again, in the
-same transaction and under the same locks, so the second statement holds. Only a stored client id
-(a retry) or an entity gone sends the group to the look-up, which finds the stored events. The
-memory is therefore only a hint: stale, it costs a statement, never a wrong answer.
+sent as one call of :data:`FUNCTION` (schema step 4), which is its own transaction: it takes the
+group's realm locks, then runs :data:`WRITE_IF_UNCHANGED`, which first checks that the memory still
+holds: every remembered version (of every entity a job writes or expects a version of) and every
+realm's head is the stored one, and none of the group's client-chosen ids is stored. Those are all
+the inputs ``decide`` takes from a look-up (a look-up finding no stored id gives it nothing more),
+so when the check holds, the outcomes (acceptances and refusals alike) are the ones the look-up
+would have given, and the statement writes them. When it does not hold (another process wrote
+meanwhile; rows removed behind the store's back) nothing is written, the outcomes are dropped,
+and the call returns the stored heads and versions instead: the writer corrects its memory with
+them and decides and calls again, once. Only a stored client id (a retry), an entity gone, a
+second stale answer or a failed call sends the group to a transaction and the look-up, which finds
+the stored events. The memory is therefore only a hint: stale, it costs a call, never a wrong
+answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ...store.job import WriteJob
@@ -57,6 +60,41 @@ ins AS (INSERT INTO perhap_events (event_id, position, realm_id, domain_id, enti
                          $16::bigint[], $17::text[], $18::json[], $19::json[])
     WHERE (SELECT holds FROM ok))
 SELECT holds, heads, versions, ids_stored FROM ok, stored"""
+
+#: The writer sends a group of remembered entities as one call of this function, outside any
+#: transaction: the call is its own transaction, so the group costs one round trip, and the realm
+#: locks are held only while the server works. Inside, it takes the realm locks ($1, sorted) and
+#: only then runs :data:`WRITE_IF_UNCHANGED` (its parameters one further on): in a volatile
+#: PL/pgSQL function each statement reads a new snapshot, so the check sees every commit made
+#: before the locks were granted. It notifies listeners only if it wrote; the commit at the call's
+#: end delivers that. The settings are the writer's transaction's (``writer.DURABLE`` and
+#: ``KEY_PLANS``), set after the locks; and no JIT, which a price-only `enable_sort = off` can set
+#: off for nothing (11 ms a call, seen on the lock statement's sort).
+_IN_FUNCTION = re.sub(r"[$](\d+)", lambda m: "$" + str(int(m.group(1)) + 1), WRITE_IF_UNCHANGED).replace(
+    "SELECT holds, heads, versions, ids_stored FROM ok, stored",
+    "SELECT holds, heads, versions, ids_stored INTO holds_, heads_, versions_, ids_stored_ FROM ok, stored")
+
+FUNCTION = """CREATE OR REPLACE FUNCTION perhap_write_known(
+    int[], int[], bigint[], bigint[], bigint[], uuid[], bigint[], bigint[], bigint[], int[],
+    uuid[], bigint[], int[], int[], bigint[], int[], bigint[], text[], json[], json[])
+RETURNS TABLE (out_holds boolean, out_heads bigint[], out_versions bigint[], out_ids_stored boolean)
+LANGUAGE plpgsql AS $body$
+DECLARE holds_ boolean; heads_ bigint[]; versions_ bigint[]; ids_stored_ boolean;
+BEGIN
+    PERFORM pg_advisory_xact_lock(%(lock_class)d, k) FROM unnest($1) AS k ORDER BY k;
+    PERFORM set_config('synchronous_commit', 'on', true) WHERE current_setting('synchronous_commit') = 'off';
+    PERFORM set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true),
+            set_config('enable_sort', 'off', true);
+    """ + _IN_FUNCTION.replace("%", "%%") + """;
+    IF holds_ THEN
+        PERFORM pg_notify('%(channel)s', '');
+    END IF;
+    RETURN QUERY SELECT holds_, heads_, versions_, ids_stored_;
+END
+$body$"""
+
+#: The call; $1 the realms' lock keys, then WRITE_IF_UNCHANGED's parameters.
+CALL = "SELECT * FROM perhap_write_known(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
 
 
 class Known:

@@ -10,10 +10,11 @@ import logging
 
 from ...errors import StorageUnavailable
 from .connection import AnyConnection
+from .known import FUNCTION
 
 log = logging.getLogger("perhap.postgres")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
@@ -85,6 +86,8 @@ CREATE TABLE perhap_groups (
     realm text COLLATE "C" NOT NULL, name text COLLATE "C" NOT NULL,
     token text NOT NULL, data bytea NOT NULL, PRIMARY KEY (realm, name));
 """,
+    # The writer's one-call group for entities it remembers (.known): no data changes.
+    4: FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
 }
 
 

@@ -38,7 +38,7 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
 from .decide import Accepted, Decided, Ids, Key, decide, event_columns, keys_read, replay_of
-from .known import WRITE_IF_UNCHANGED, Known
+from .known import CALL, Known
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
 from .schema import CHANNEL, LOCK_CLASS
@@ -195,30 +195,15 @@ class GroupWriter:
         try:
             types = await self._type_ids(conn, {e.type for job in jobs for e in job.batch})
             keys = sorted({_realm_key(realm) for realm in {job.realm for job in jobs}})  # a hash a realm
-            # The locks are their own statements: under READ COMMITTED each later statement then
-            # reads with a snapshot that includes the previous lock holder's commit.
-            await conn.execute("BEGIN;" + DURABLE + KEY_PLANS + "".join(
-                f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
             new_pairs: set[tuple[int, int]] = set()
-            if isolate:
-                outcomes = [await self._apply_alone(conn, job, ts, types, new_pairs) for job in jobs]
+            called = None if isolate else await self._call_known(conn, jobs, ts, types, keys, new_pairs)
+            if called is not None:  # committed by the call itself
+                outcomes = called
             else:
-                try:
-                    known = await self._apply_known(conn, jobs, ts, types, new_pairs)
-                    outcomes = known if known is not None else await self._apply(conn, jobs, ts, types, new_pairs)
-                except asyncpg.PostgresError as exc:
-                    if isinstance(exc, LOST):
-                        raise
-                    # Most likely an event id another process stored meanwhile; whatever it is,
-                    # it belongs to one append, which the slow path finds and refuses alone.
-                    self._known.forget()
-                    await conn.execute("ROLLBACK")
-                    raise _Isolate() from None
-            written = sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
-                          if isinstance(o, AppendResult) and o.created)
-            committing = True
-            # NOTIFY inside the transaction: it is delivered when, and only if, the commit is.
-            await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if written else "COMMIT")
+                outcomes = await self._transaction_body(conn, jobs, ts, types, keys, new_pairs, isolate)
+                committing = True
+                # NOTIFY inside the transaction: it is delivered when, and only if, the commit is.
+                await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if _written(jobs, outcomes) else "COMMIT")
         except _Isolate:
             raise
         except asyncpg.PostgresError as exc:
@@ -239,10 +224,31 @@ class GroupWriter:
         if len(self._entity_types) > 500_000:
             self._entity_types.clear()
         self.groups_committed += 1
+        written = _written(jobs, outcomes)
         if written:
             self.events_committed += written
             self._wake()
         return outcomes
+
+    async def _transaction_body(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
+                                keys: list[int], new_pairs: set[tuple[int, int]], isolate: bool) -> list[Decided]:
+        """BEGIN, the realm locks, and the group decided from a look-up: all but the COMMIT."""
+        # The locks are their own statements: under READ COMMITTED each later statement then
+        # reads with a snapshot that includes the previous lock holder's commit.
+        await conn.execute("BEGIN;" + DURABLE + KEY_PLANS + "".join(
+            f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
+        if isolate:
+            return [await self._apply_alone(conn, job, ts, types, new_pairs) for job in jobs]
+        try:
+            return await self._apply(conn, jobs, ts, types, new_pairs)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, LOST):
+                raise
+            # Most likely an event id another process stored meanwhile; whatever it is,
+            # it belongs to one append, which the slow path finds and refuses alone.
+            self._known.forget()
+            await conn.execute("ROLLBACK")
+            raise _Isolate() from None
 
     async def _type_ids(self, conn: Connection, names: set[str]) -> dict[str, int]:
         missing = sorted(names - self._types.keys())
@@ -312,11 +318,13 @@ class GroupWriter:
         self._known.stage(ids_of, versions, heads)
         return outcomes
 
-    async def _apply_known(self, conn: Connection, jobs: list[WriteJob], ts: str,
-                           types: dict[str, int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
-        """Decide a group of remembered entities from the memory and write it by one statement that
-        checks the memory first (see :mod:`.known`); None, with nothing written, when the memory
-        does not cover the group, a client id of the group is stored, or an entity is gone."""
+    async def _call_known(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
+                          lock_keys: list[int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
+        """Decide a group of remembered entities from the memory and commit it by one call that
+        checks the memory under the realm locks first (see :mod:`.known`). None, with nothing
+        committed, when the memory does not cover the group, a client id of the group is stored,
+        an entity is gone, the memory was stale twice, or the call failed: the group then goes to a
+        transaction and the look-up."""
         known = self._known
         keys = known.covering(jobs)
         if keys is None:
@@ -324,7 +332,7 @@ class GroupWriter:
         realms = list(dict.fromkeys(k[0] for k in keys))
         ids_of = {k: known.ids[k] for k in keys}
         client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
-        for _ in range(2):  # the second time with the memory corrected under the same locks
+        for _ in range(2):  # the second time with the memory corrected
             versions = {k: known.versions[k] for k in keys}
             heads = {realm: known.heads[realm][1] for realm in realms}
             check_heads, check_versions = list(heads.values()), list(versions.values())
@@ -340,11 +348,19 @@ class GroupWriter:
             columns, pairs = event_columns(accepted, ids_of, types, ts)
             pairs -= self._entity_types
             entity_pairs = list(zip(*sorted(pairs), strict=True)) or [(), ()]
-            row = await conn.fetchrow(
-                WRITE_IF_UNCHANGED, [known.heads[realm][0] for realm in realms], check_heads,
-                [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
-                [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns)
-            assert row is not None  # the statement always returns its one row
+            try:
+                row = await conn.fetchrow(
+                    CALL, lock_keys, [known.heads[realm][0] for realm in realms], check_heads,
+                    [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
+                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns)
+            except LOST as exc:  # the call commits as it ends: whether it did is unknown
+                raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
+            except asyncpg.PostgresError:
+                # Nothing committed (an event id another process was storing, say): the look-up
+                # in a transaction decides, and finds whatever that was.
+                known.forget()
+                return None
+            assert row is not None  # the call always returns its one row
             holds, stored_heads, stored_versions, ids_stored = row
             if holds:
                 new_pairs |= pairs
@@ -393,6 +409,12 @@ class GroupWriter:
         else:
             await conn.execute(_INSERT_EVENTS, *columns)
         return ids_of
+
+
+def _written(jobs: list[WriteJob], outcomes: list[Decided]) -> int:
+    """Events the group stores (replays and refusals store none)."""
+    return sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
+               if isinstance(o, AppendResult) and o.created)
 
 
 async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:
