@@ -103,7 +103,7 @@ class Known:
     def __init__(self) -> None:
         self.ids: dict[Key, Ids] = {}
         self.versions: dict[Key, int] = {}
-        self.heads: dict[str, tuple[int, int]] = {}  # realm -> (realm id, last position)
+        self.heads: dict[str, int] = {}  # realm -> last position (realm ids are in ``ids``)
         self._staged: list[tuple[dict[Key, Ids], dict[Key, int], dict[str, int]]] = []
 
     def covering(self, jobs: Iterable[WriteJob]) -> list[Key] | None:
@@ -122,13 +122,12 @@ class Known:
             self.forget()
             return False
         self.versions.update((k, v) for k, v in zip(keys, versions, strict=True) if v is not None)
-        for realm, head in zip(realms, heads, strict=True):
-            self.heads[realm] = (self.heads[realm][0], head)
+        self.heads.update(zip(realms, heads, strict=True))
         return True
 
     def stage(self, ids: dict[Key, Ids], versions: dict[Key, int], heads: dict[str, int]) -> None:
         """What a transaction wrote (ids and versions of its entities, heads of its realms), to be
-        remembered once it commits. ``heads`` names realms; their ids come with ``ids``."""
+        remembered once it commits."""
         self._staged.append((ids, versions, heads))
 
     def committed(self) -> None:
@@ -137,14 +136,9 @@ class Known:
         if len(self.ids) > LIMIT:
             self.forget()
         for ids, versions, heads in staged:
-            realm_ids = {key[0]: i[0] for key, i in ids.items()}
-            for key, i in ids.items():
-                self.ids[key] = i
-                self.versions[key] = versions[key]
-            for realm, head in heads.items():
-                realm_id = realm_ids.get(realm) or self.heads.get(realm, (None, 0))[0]
-                if realm_id is not None:
-                    self.heads[realm] = (realm_id, head)
+            self.ids.update(ids)
+            self.versions.update((key, versions[key]) for key in ids)
+            self.heads.update(heads)
 
     def forget(self) -> None:
         """Drop the memory and anything staged (a transaction failed or was redone)."""

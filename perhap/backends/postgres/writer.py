@@ -199,11 +199,13 @@ class GroupWriter:
             called = None if isolate else await self._call_known(conn, jobs, ts, types, keys, new_pairs)
             if called is not None:  # committed by the call itself
                 outcomes = called
+                written = _written(jobs, outcomes)
             else:
                 outcomes = await self._transaction_body(conn, jobs, ts, types, keys, new_pairs, isolate)
+                written = _written(jobs, outcomes)
                 committing = True
                 # NOTIFY inside the transaction: it is delivered when, and only if, the commit is.
-                await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if _written(jobs, outcomes) else "COMMIT")
+                await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if written else "COMMIT")
         except _Isolate:
             raise
         except asyncpg.PostgresError as exc:
@@ -224,7 +226,6 @@ class GroupWriter:
         if len(self._entity_types) > 500_000:
             self._entity_types.clear()
         self.groups_committed += 1
-        written = _written(jobs, outcomes)
         if written:
             self.events_committed += written
             self._wake()
@@ -329,12 +330,13 @@ class GroupWriter:
         keys = known.covering(jobs)
         if keys is None:
             return None
-        realms = list(dict.fromkeys(k[0] for k in keys))
         ids_of = {k: known.ids[k] for k in keys}
+        realm_ids = {k[0]: ids[0] for k, ids in ids_of.items()}
+        realms = list(realm_ids)
         client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
         for _ in range(2):  # the second time with the memory corrected
             versions = {k: known.versions[k] for k in keys}
-            heads = {realm: known.heads[realm][1] for realm in realms}
+            heads = {realm: known.heads[realm] for realm in realms}
             check_heads, check_versions = list(heads.values()), list(versions.values())
             accepted: list[Accepted] = []
             outcomes: list[Decided] = []
@@ -350,7 +352,7 @@ class GroupWriter:
             entity_pairs = list(zip(*sorted(pairs), strict=True)) or [(), ()]
             try:
                 row = await conn.fetchrow(
-                    CALL, lock_keys, [known.heads[realm][0] for realm in realms], check_heads,
+                    CALL, lock_keys, list(realm_ids.values()), check_heads,
                     [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
                     [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns)
             except LOST as exc:  # the call commits as it ends: whether it did is unknown
