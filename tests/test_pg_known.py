@@ -20,6 +20,7 @@ from perhap import Scope, open_store
 from perhap.backends.postgres import PostgresStore, known
 from perhap.backends.postgres import writer as pgwriter
 from perhap.backends.postgres.known import CALL, WRITE_IF_UNCHANGED
+from perhap.backends.postgres.schema import CHANNEL
 from perhap.errors import EventIdConflict, VersionConflict
 from tests.conftest import get_provider
 
@@ -219,39 +220,78 @@ async def test_the_statement_probes_every_key(store: PostgresStore, pg_url: str)
     statement may settle on. A scan of the events or entities would make every group O(store)."""
     conn = await asyncpg.connect(pg_url)
     try:
-        for table in ("perhap_events", "perhap_entities"):
-            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-        for j in range(4):
-            await store.append_batch("big", "d", f"x{j}", [{"type": "t", "event": k} for k in range(1000)])
-        await asyncio.gather(*[store.append("big", "d", f"e{i}", "t", i) for i in range(400)])
-        rows = await conn.fetch("SELECT id, version FROM perhap_entities ORDER BY id LIMIT 16")
-        ids, versions = [r[0] for r in rows], [r[1] for r in rows]
-        realm_id = await conn.fetchval("SELECT id FROM perhap_realms WHERE name = 'big'")
-        event = ["0190a3c4-0000-7000-8000-00000000000a", 4401, realm_id, 1, ids[0], 1, versions[0] + 1,
-                 "2026-12-05T00:00:00.000000Z", b"1", b"{}"]
-        args = ([realm_id], [4399], ids, versions, [event[0]], ids[:1], [versions[0] + 1], [ids[0]], [1],
-                *([value] for value in event))
-        await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+        args, versions = await stale_group(store, conn)
         await conn.execute("BEGIN;" + pgwriter.KEY_PLANS)  # as the writer's transactions do
-        for analysed, mode in ((False, "auto"), (True, "auto"), (True, "force_generic_plan")):
+        for analysed, mode in PLANNER_STATES:
             if analysed:
                 await conn.execute("ANALYZE")
             await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
             statement = await conn.prepare("EXPLAIN (ANALYZE, TIMING OFF) " + WRITE_IF_UNCHANGED)
-            plan = "\n".join(r[0] for r in await statement.fetch(*args))
-            shown = (analysed, mode, plan)
-            assert "Seq Scan" not in plan and "Bitmap" not in plan, shown
-            head = [line for line in plan.splitlines() if "on perhap_events" in line and "Backward" in line]
-            assert len(head) == 1 and "using perhap_events_realm" in head[0], shown
-            assert "rows=1 loops=1" in head[0], shown  # the head 4400 found, unlike the 4399 given
-            assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n\b.*loops=16", plan), shown
-            assert re.search(r"using perhap_events_pkey on perhap_events e_\d+ .*loops=1\)", plan), shown
-            assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n_\d+ ", plan), shown
+            check_probes("\n".join(r[0] for r in await statement.fetch(*args)), (analysed, mode))
         holds, heads, stored, ids_stored = await conn.fetchrow(WRITE_IF_UNCHANGED, *args)
         assert (holds, heads, stored, ids_stored) == (False, [4400], versions, False)
         assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
     finally:
         await conn.close()
+
+
+async def test_the_call_plans_its_statement_as_probes_too(store: PostgresStore, pg_url: str) -> None:
+    """Inside ``perhap_write_known`` PL/pgSQL plans the statement itself, under the settings the
+    function sets after its locks: its plan, as ``auto_explain`` logs a nested statement (sent to
+    this connection), is the same handful of probes, before and after ANALYZE and generic."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        args, versions = await stale_group(store, conn)
+        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                           "SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on; "
+                           "SET auto_explain.log_timing = off; SET client_min_messages = log")
+        logged: list[str] = []
+        conn.add_log_listener(lambda _, message: logged.append(message.message))
+        for analysed, mode in PLANNER_STATES:
+            if analysed:
+                await conn.execute("ANALYZE")
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            logged.clear()
+            row = await conn.fetchrow(CALL, [pgwriter._realm_key("big")], *args)
+            assert tuple(row) == (False, [4400], versions, False)
+            [plan] = [m for m in logged if "WITH stored AS" in m]
+            check_probes(plan, (analysed, mode))
+        assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
+    finally:
+        await conn.close()
+
+
+PLANNER_STATES = ((False, "auto"), (True, "auto"), (True, "force_generic_plan"))
+
+
+async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[tuple[object, ...], list[int]]:
+    """4,400 events in realm "big", and the statement's parameters for a group that remembers its
+    head as 4,399 (stale) and writes one event: (parameters, the 16 entities' stored versions)."""
+    for table in ("perhap_events", "perhap_entities"):
+        await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    for j in range(4):
+        await store.append_batch("big", "d", f"x{j}", [{"type": "t", "event": k} for k in range(1000)])
+    await asyncio.gather(*[store.append("big", "d", f"e{i}", "t", i) for i in range(400)])
+    rows = await conn.fetch("SELECT id, version FROM perhap_entities ORDER BY id LIMIT 16")
+    ids, versions = [r[0] for r in rows], [r[1] for r in rows]
+    realm_id = await conn.fetchval("SELECT id FROM perhap_realms WHERE name = 'big'")
+    event = ["0190a3c4-0000-7000-8000-00000000000a", 4401, realm_id, 1, ids[0], 1, versions[0] + 1,
+             "2026-12-05T00:00:00.000000Z", b"1", b"{}"]
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+    return ([realm_id], [4399], ids, versions, [event[0]], ids[:1], [versions[0] + 1], [ids[0]], [1],
+            *([value] for value in event)), versions
+
+
+def check_probes(plan: str, shown: object) -> None:
+    """The statement's plan: each check an index probe, the update's entities found by id."""
+    shown = (shown, plan)
+    assert "Seq Scan" not in plan and "Bitmap" not in plan, shown
+    head = [line for line in plan.splitlines() if "on perhap_events" in line and "Backward" in line]
+    assert len(head) == 1 and "using perhap_events_realm" in head[0], shown
+    assert "rows=1 loops=1" in head[0], shown  # the head 4400 found, unlike the 4399 given
+    assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n\b.*loops=16", plan), shown
+    assert re.search(r"using perhap_events_pkey on perhap_events e_\d+ .*loops=1\)", plan), shown
+    assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n_\d+ ", plan), shown
 
 
 async def test_the_memory_starts_again_past_its_limit(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,3 +306,27 @@ async def test_the_memory_starts_again_past_its_limit(store: PostgresStore, monk
     await store.append("r", "d", "e0", "t", 9)  # forgotten: looked up, then remembered again
     assert "look-up" in seen.kinds(seen.take())
     assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 11))
+
+
+async def test_a_call_that_stores_nothing_notifies_no_one(store: PostgresStore, pg_url: str) -> None:
+    """A group of refusals decided from the memory commits no event, so it wakes no listener:
+    only the next group's call, which stores one, is heard (notifications arrive in commit order,
+    so a stray one from the refusal would arrive first)."""
+    await store.append("r", "d", "e", "t", 0)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        heard: list[str] = []
+        await conn.add_listener(CHANNEL, lambda *args: heard.append(args[2]))
+        seen = Statements(store)
+        with pytest.raises(VersionConflict):
+            await store.append("r", "d", "e", "t", 1, expected_version=5)
+        await store.append("r", "d", "e", "t", 2)
+        assert seen.kinds(seen.take()) == ["call", "call"]
+        for _ in range(500):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        await conn.execute("SELECT 1")  # a round trip: anything queued behind it has arrived
+        assert heard == [CHANNEL]
+    finally:
+        await conn.close()

@@ -323,10 +323,16 @@ async def test_every_scope_read_walks_its_index(pg_url: str) -> None:
                         query, params, _ = pgqueries.read_sql(read_query(scope, limit=1000, **options))
                         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query, *params))
                         shown = (analysed, mode, scope, options, plan)
-                        assert f"using perhap_events_{name}{suffix} on" in plan, shown
-                        assert not _sort_nodes(plan) and "Bitmap" not in plan, shown
+                        if name == "entity":  # no type index: types filter the entity's own walk
+                            walks = [line for line in plan.splitlines() if "on perhap_events" in line]
+                            assert len(walks) == 1 and "using perhap_events_entity on" in walks[0], shown
+                        else:
+                            assert f"using perhap_events_{name}{suffix} on" in plan, shown
+                        # (the type names of an entity's filter may be found by a bitmap scan
+                        # of perhap_types: a few rows, never the events)
+                        assert not _sort_nodes(plan) and "Bitmap Heap Scan on perhap_events" not in plan, shown
                         assert "Seq Scan on perhap_events" not in plan, shown
-                        if len(options.get("types", ())) > 1:
+                        if len(options.get("types", ())) > 1 and name != "entity":
                             assert "Merge Append" in plan, shown
                 await conn.execute("RESET plan_cache_mode")
 

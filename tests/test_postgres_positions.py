@@ -70,6 +70,10 @@ async def test_a_store_of_the_previous_release_is_migrated_in_place(pg_url: str)
         columns = {r[0] for r in await sql(pg_url, "SELECT column_name FROM information_schema.columns "
                                                    "WHERE table_name = 'perhap_events'")}
         assert "position" in columns and "pos" not in columns
+        indexes = {r[0] for r in await sql(pg_url, "SELECT indexname FROM pg_indexes "
+                                                   "WHERE tablename = 'perhap_events'")}
+        assert indexes == {"perhap_events_pkey", "perhap_events_realm", "perhap_events_realm_type",
+                           "perhap_events_domain", "perhap_events_domain_type", "perhap_events_entity"}
         for realm in ("shop", "bank"):
             was = [r for r in old if r["realm"] == realm]
             events = await read_all(stores[1], Scope(realm))

@@ -66,7 +66,7 @@ SELECT holds, heads, versions, ids_stored FROM ok, stored"""
 #: locks are held only while the server works. Inside, it takes the realm locks ($1, sorted) and
 #: only then runs :data:`WRITE_IF_UNCHANGED` (its parameters one further on): in a volatile
 #: PL/pgSQL function each statement reads a new snapshot, so the check sees every commit made
-#: before the locks were granted. It notifies listeners only if it wrote; the commit at the call's
+#: before the locks were granted. It notifies listeners only if it stored events; the commit at the call's
 #: end delivers that. The settings are the writer's transaction's (``writer.DURABLE`` and
 #: ``KEY_PLANS``), set after the locks; and no JIT, which a price-only `enable_sort = off` can set
 #: off for nothing (11 ms a call, seen on the lock statement's sort).
@@ -86,7 +86,7 @@ BEGIN
     PERFORM set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true),
             set_config('enable_sort', 'off', true);
     """ + _IN_FUNCTION.replace("%", "%%") + """;
-    IF holds_ THEN
+    IF holds_ AND cardinality($11) > 0 THEN  -- $11: the events' ids, accepted jobs' only
         PERFORM pg_notify('%(channel)s', '');
     END IF;
     RETURN QUERY SELECT holds_, heads_, versions_, ids_stored_;

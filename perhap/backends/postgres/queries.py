@@ -59,9 +59,11 @@ def read_sql(query: ReadQuery) -> tuple[str, list[object], bool]:
     probe and reads nothing outside it: in a realm or domain the cursor is the position, so
     cursor and position bounds merge; in an entity the position bounds can only filter the
     versions walked (positions grow with versions there, so they cut one end of the walk).
-    Several types are one limited walk of the type index per type, merged in order (see
-    :func:`_union`): a single walk of the scope filtering types would read every event of the
-    other types, and ``type_id = ANY(...)`` would make the planner sort the whole scope.
+    In a realm or domain, several types are one limited walk of the type index per type, merged in
+    order (see :func:`_union`): a single walk of the scope filtering types would read every event
+    of the other types, and ``type_id = ANY(...)`` would make the planner sort the whole scope. An
+    entity has no type index (schema step 5): its types filter its own walk, which the entity
+    bounds, as in SQLite.
     """
     scope = query.scope
     params: list[object]
@@ -94,9 +96,12 @@ def read_sql(query: ReadQuery) -> tuple[str, list[object], bool]:
     params.append(query.limit)
     limit = f"${len(params)}"
     columns, names = (ENTITY_COLUMNS, ENTITY_NAMES) if by_version else (COLUMNS, NAMES)
-    if len(query.types) > 1:
+    if by_version and query.types:
+        params.append(list(query.types))
+        where += f" AND e.type_id = ANY(ARRAY(SELECT id FROM perhap_types WHERE name = ANY(${len(params)}::text[])))"
+    elif len(query.types) > 1:
         return _union(where, params, query.types, column, direction, limit, columns, names), params, by_version
-    if query.types:
+    elif query.types:
         params.append(query.types[0])
         where += f" AND e.type_id = (SELECT id FROM perhap_types WHERE name = ${len(params)})"
     sql = f"SELECT {columns}\nFROM perhap_events e {names} WHERE {where} ORDER BY {column}{direction} LIMIT {limit}"
