@@ -61,7 +61,13 @@ class Statements:
         conn = store._writer._conn
         assert conn is not None
         self.texts: list[str] = []
-        conn.add_query_logger(lambda record: self.texts.append(" ".join(record.query.split())))
+        self.failed: list[str] = []  # statements that raised
+        conn.add_query_logger(self._log)
+
+    def _log(self, record: asyncpg.connection.LoggedQuery) -> None:
+        self.texts.append(" ".join(record.query.split()))
+        if record.exception is not None:
+            self.failed.append(f"{self.texts[-1][:60]}: {record.exception!r}")
 
     def take(self) -> list[str]:
         texts, self.texts = self.texts, []
@@ -123,19 +129,54 @@ async def test_another_writer_in_the_realm_makes_the_memory_stale_and_nothing_is
     await store.append("r", "d", "f", "t", 0)
     await other.append("r", "d", "g", "t", 0)  # position 3, which the first store does not know
     seen = Statements(store)
-    result = await store.append("r", "d", "e", "t", 1)
+    # An expected version makes the group's outcome depend on what is stored: the first call
+    # found head 3, wrote nothing and said so; the second, decided again from it, holds.
+    result = await store.append("r", "d", "e", "t", 1, expected_version=0)
     assert (result.events[0].version, result.events[0].position) == (1, 4)
-    # The first call found head 3, wrote nothing and said so; the second, decided again from
-    # what the first found, holds.
     assert seen.kinds(seen.take()) == ["call", "call"]
-    await store.append("r", "d", "e", "t", 2)
+    await store.append("r", "d", "e", "t", 2, expected_version=1)
     assert seen.kinds(seen.take()) == ["call"]
-    # Two stores taking turns in one realm: each group corrects the memory once.
+    # Two stores taking turns in one realm: each such group corrects the memory once.
     for n in range(5):
         await other.append("r", "d", "g", "t", 1 + n)
-        await store.append("r", "d", "e", "t", 3 + n)
+        await store.append("r", "d", "e", "t", 3 + n, expected_version=2 + n)
+        assert seen.kinds(seen.take()) == ["call", "call"]
     assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 16))
     assert [v for _, e, v in await positions_and_versions(store, "r") if e == "e"] == list(range(8))
+
+
+async def test_a_group_without_expectations_is_written_relative_to_what_is_stored(
+        store: PostgresStore, other: PostgresStore) -> None:
+    """No job expects a version, so what each is accepted as does not depend on what is stored:
+    the one call writes each position moved by the realm's stored head minus the remembered one,
+    and each version by its entity's, and the answers are what the look-up would have given."""
+    await store.append("r", "d", "e", "t", 0)
+    await store.append("r", "d", "f", "t", 0)
+    await other.append("r", "d", "g", "t", 0)  # position 3, which the first store does not know
+    await other.append_batch("r", "d", "e", [{"type": "t", "event": n} for n in (1, 2)])  # e at 2
+    seen = Statements(store)
+    result = await store.append("r", "d", "e", "t", 3)
+    assert (result.events[0].version, result.events[0].position) == (3, 6)
+    assert seen.kinds(seen.take()) == ["call"]
+    # A group of several jobs, twins of one client id among them, and a batch.
+    twin = "0190a3c4-0000-7000-8000-0000000000a1"
+    await other.append("r", "d", "f", "t", 1)  # f at 1, position 7
+    results = await asyncio.gather(
+        store.append("r", "d", "e", "t", 4), store.append("r", "d", "f", "t", 2, event_id=twin),
+        store.append("r", "d", "f", "t", 2, event_id=twin),
+        store.append_batch("r", "d", "e", [{"type": "t", "event": n} for n in (5, 6)]))
+    assert seen.kinds(seen.take()) == ["call"]
+    answered = {(e.event_id, e.version, e.position) for r in results for e in r.events}
+    stored = await store.read(Scope("r"), limit=1000)
+    assert answered == {(e.event_id, e.version, e.position) for e in stored.events[7:]}
+    assert [r.created for r in results] == [True, True, False, True]
+    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 12))
+    for entity, last in (("e", 6), ("f", 2), ("g", 0)):
+        assert [v for _, e, v in await positions_and_versions(store, "r") if e == entity] == list(range(last + 1))
+    # The memory took what was stored: the next group's call holds as it is.
+    await store.append("r", "d", "f", "t", 3, expected_version=2)
+    assert seen.kinds(seen.take()) == ["call"]
+    assert (await store.read(Scope("r", "d", "f"), order="desc", limit=1)).events[0].version == 3
 
 
 async def test_a_conflict_is_decided_from_the_stored_version(store: PostgresStore, other: PostgresStore) -> None:
@@ -175,22 +216,33 @@ async def test_a_retry_of_a_stored_client_id_is_answered_as_a_retry(store: Postg
     assert [v for _, _, v in await positions_and_versions(store, "r")] == [0, 1, 2]
 
 
-async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(store: PostgresStore, pg_url: str) -> None:
+#: An append's expected version, and the calls a stale memory then costs: with one, the group is
+#: checked against the memory and decided again; without, it is written relative to what is stored.
+EXPECTING = pytest.mark.parametrize("expect, calls", [(True, ["call", "call"]), (False, ["call"])],
+                                    ids=["expected-version", "relative"])
+
+
+@EXPECTING
+async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(
+        store: PostgresStore, pg_url: str, expect: bool, calls: list[str]) -> None:
     """The check compares, it does not only catch collisions: a realm's stored head below the
-    memory's (a restore, a hand edit) is decided from the look-up, and no position is skipped."""
+    memory's (a restore, a hand edit) is what the group is decided from (or written relative to),
+    and no position is skipped."""
     for n in range(3):
         await store.append("r", "d", "e", "t", n)
     await store.append("r", "d", "f", "t", 0)
     # f's only event goes, and f with it: the realm's head is 3 again
     await behind_the_back(pg_url, "DELETE FROM perhap_events WHERE position = 4", *remove_entity("f"))
     seen = Statements(store)
-    result = await store.append("r", "d", "e", "t", 9)
+    result = await store.append("r", "d", "e", "t", 9, expected_version=2 if expect else None)
     assert (result.events[0].version, result.events[0].position) == (3, 4)
-    assert seen.kinds(seen.take()) == ["call", "call"]
+    assert seen.kinds(seen.take()) == calls
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "e", 2), (4, "e", 3)]
 
 
-async def test_a_stored_version_the_memory_lacks_is_found(store: PostgresStore, pg_url: str) -> None:
+@EXPECTING
+async def test_a_stored_version_the_memory_lacks_is_found(
+        store: PostgresStore, pg_url: str, expect: bool, calls: list[str]) -> None:
     """Only an entity's version moved behind the store's back (the realm's head did not), to one
     that no new version would collide with: the version check alone finds it."""
     await store.append("r", "d", "e", "t", 0)
@@ -198,8 +250,10 @@ async def test_a_stored_version_the_memory_lacks_is_found(store: PostgresStore, 
     await store.append("r", "d", "f", "t", 0)
     await behind_the_back(pg_url, "UPDATE perhap_events SET version = 5 WHERE position = 2",
                           "UPDATE perhap_entities SET version = 5 WHERE name = 'e'")
-    result = await store.append("r", "d", "e", "t", 2)
-    assert result.events[0].version == 6
+    seen = Statements(store)
+    result = await store.append("r", "d", "e", "t", 2, expected_version=5 if expect else None)
+    assert (result.events[0].version, result.events[0].position) == (6, 4)
+    assert seen.kinds(seen.take()) == calls
 
 
 async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: PostgresStore, pg_url: str) -> None:
@@ -210,6 +264,7 @@ async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: Postgre
     result = await store.append("r", "d", "f", "t", 1)
     assert (result.events[0].version, result.events[0].position) == (0, 2)
     assert seen.kinds(seen.take())[:3] == ["call", "BEGIN", "look-up"]
+    assert seen.failed == []  # the call found f gone and wrote nothing; it did not fail
     await store.append("r", "d", "e", "t", 1)
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "f", 0), (3, "e", 1)]
 
@@ -228,6 +283,14 @@ async def test_the_statement_probes_every_key(store: PostgresStore, pg_url: str)
             await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
             statement = await conn.prepare("EXPLAIN (ANALYZE, TIMING OFF) " + WRITE_IF_UNCHANGED)
             check_probes("\n".join(r[0] for r in await statement.fetch(*args)), (analysed, mode))
+            # The same group written relative to the stored head (it holds, and writes: undone).
+            await conn.execute("SAVEPOINT relative")
+            plan = "\n".join(r[0] for r in await statement.fetch(*args[:-1], True))
+            check_probes(plan, (analysed, mode, "relative"))
+            assert re.search(r"Insert on perhap_events .*rows=0 loops=1", plan), plan  # (no RETURNING)
+            # the given position 4401, moved by the stored head 4400 minus the remembered 4399
+            assert await conn.fetchval("SELECT max(position) FROM perhap_events") == 4402
+            await conn.execute("ROLLBACK TO SAVEPOINT relative")
         holds, heads, stored, ids_stored = await conn.fetchrow(WRITE_IF_UNCHANGED, *args)
         assert (holds, heads, stored, ids_stored) == (False, [4400], versions, False)
         assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
@@ -279,7 +342,7 @@ async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[t
              "2026-12-05T00:00:00.000000Z", b"1", b"{}"]
     await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
     return ([realm_id], [4399], ids, versions, [event[0]], ids[:1], [versions[0] + 1], [ids[0]], [1],
-            *([value] for value in event)), versions
+            *([value] for value in event), False), versions
 
 
 def check_probes(plan: str, shown: object) -> None:

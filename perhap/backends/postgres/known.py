@@ -18,6 +18,17 @@ them and decides and calls again, once. Only a stored client id (a retry), an en
 second stale answer or a failed call sends the group to a transaction and the look-up, which finds
 the stored events. The memory is therefore only a hint: stale, it costs a call, never a wrong
 answer.
+
+**A group in which no job expects a version is written relative to what is stored** (schema step
+5). Whether such a job is accepted does not depend on any version or head (only on the group's own
+client ids), and its events' versions and positions are the remembered version or head plus their
+rank in the group: decided from the stored values instead, every one moves by the stored value
+minus the remembered one, and nothing else changes. So the statement skips the comparison of heads
+and versions for such a group (the client-id and entity checks stay) and writes each position and
+version moved by that difference, which is zero when the memory is true; when it was not, the
+writer corrects its memory from the returned values and decides again, which gives exactly the
+rows written. Two processes appending to one realm (each makes the other's memory of the realm's
+head stale at nearly every group) then need one call a group, not two or a transaction.
 """
 
 from __future__ import annotations
@@ -34,11 +45,16 @@ LIMIT = 20_000
 
 #: $1/$2 the group's realms and their remembered heads; $3/$4 every entity the group reads and its
 #: remembered version; $5 the group's client-chosen ids; $6/$7 the entities it writes and their
-#: new versions; $8/$9 new (entity, type) pairs; $10-$19 the events. One snapshot for the whole
-#: statement, taken after the realm locks were granted, so ``stored`` sees every earlier group's
-#: commit; every write is conditioned on ``holds``, so when it is false nothing is written, and the
-#: stored heads and versions come back instead. Each probe is of a unique index (a realm's head, an
-#: entity by id, an event by id), whatever the plan for the rest.
+#: new versions; $8/$9 new (entity, type) pairs; $10-$19 the events; $20 whether the group may be
+#: written relative to the stored heads and versions (no job expects a version; see
+#: :func:`relative`). One snapshot for the whole statement, taken after the realm locks were
+#: granted, so ``stored`` sees every earlier group's commit. ``holds`` when no client id is stored,
+#: every entity exists, and either the remembered heads and versions are the stored ones or the
+#: group is relative; every write is conditioned on it, so when it is false nothing is written, and
+#: the stored heads and versions come back instead. Each position is written moved by its realm's
+#: stored head minus the remembered one, each version by its entity's: nothing when the memory
+#: holds. Each probe is of a unique index (a realm's head, an entity by id, an event by id),
+#: whatever the plan for the rest.
 WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
     ARRAY(SELECT coalesce((SELECT e.position FROM perhap_events e WHERE e.realm_id = h.realm_id
                            ORDER BY e.position DESC LIMIT 1), 0)
@@ -47,17 +63,26 @@ WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
           FROM unnest($3::bigint[]) WITH ORDINALITY AS c(id, i) ORDER BY c.i) AS versions,
     EXISTS (SELECT 1 FROM unnest($5::uuid[]) AS u(id)
             WHERE EXISTS (SELECT 1 FROM perhap_events e WHERE e.event_id = u.id)) AS ids_stored),
-ok AS (SELECT heads = $2::bigint[] AND versions = $4::bigint[] AND NOT ids_stored AS holds FROM stored),
-up AS (UPDATE perhap_entities n SET version = u.version
-    FROM unnest($6::bigint[], $7::bigint[]) AS u(id, version)
+ok AS (SELECT ($20::boolean OR (heads = $2::bigint[] AND versions = $4::bigint[]))
+              AND array_position(versions, NULL) IS NULL AND NOT ids_stored AS holds FROM stored),
+realm_moves AS (SELECT h.realm_id, s.heads[h.i] - h.head AS by
+    FROM stored s, unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS h(realm_id, head, i)),
+entity_moves AS (SELECT c.id, s.versions[c.i] - c.version AS by
+    FROM stored s, unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS c(id, version, i)),
+up AS (UPDATE perhap_entities n SET version = u.version + m.by
+    FROM unnest($6::bigint[], $7::bigint[]) AS u(id, version) JOIN entity_moves m ON m.id = u.id
     WHERE n.id = u.id AND (SELECT holds FROM ok)),
 pairs AS (INSERT INTO perhap_entity_types SELECT p.entity_id, p.type_id
     FROM unnest($8::bigint[], $9::int[]) AS p(entity_id, type_id) WHERE (SELECT holds FROM ok)
     ON CONFLICT DO NOTHING),
 ins AS (INSERT INTO perhap_events (event_id, position, realm_id, domain_id, entity_id, type_id, version,
                                    ts, data, meta)
-    SELECT * FROM unnest($10::uuid[], $11::bigint[], $12::int[], $13::int[], $14::bigint[], $15::int[],
-                         $16::bigint[], $17::text[], $18::json[], $19::json[])
+    SELECT v.event_id, v.position + r.by, v.realm_id, v.domain_id, v.entity_id, v.type_id, v.version + m.by,
+           v.ts, v.data, v.meta
+    FROM unnest($10::uuid[], $11::bigint[], $12::int[], $13::int[], $14::bigint[], $15::int[],
+                $16::bigint[], $17::text[], $18::json[], $19::json[])
+         AS v(event_id, position, realm_id, domain_id, entity_id, type_id, version, ts, data, meta)
+         JOIN realm_moves r ON r.realm_id = v.realm_id JOIN entity_moves m ON m.id = v.entity_id
     WHERE (SELECT holds FROM ok))
 SELECT holds, heads, versions, ids_stored FROM ok, stored"""
 
@@ -74,9 +99,12 @@ _IN_FUNCTION = re.sub(r"[$](\d+)", lambda m: "$" + str(int(m.group(1)) + 1), WRI
     "SELECT holds, heads, versions, ids_stored FROM ok, stored",
     "SELECT holds, heads, versions, ids_stored INTO holds_, heads_, versions_, ids_stored_ FROM ok, stored")
 
+#: The function's arguments before schema step 5 (which added the last, ``relative``).
+STEP_4_ARGUMENTS = """int[], int[], bigint[], bigint[], bigint[], uuid[], bigint[], bigint[], bigint[], int[],
+    uuid[], bigint[], int[], int[], bigint[], int[], bigint[], text[], json[], json[]"""
+
 FUNCTION = """CREATE OR REPLACE FUNCTION perhap_write_known(
-    int[], int[], bigint[], bigint[], bigint[], uuid[], bigint[], bigint[], bigint[], int[],
-    uuid[], bigint[], int[], int[], bigint[], int[], bigint[], text[], json[], json[])
+    """ + STEP_4_ARGUMENTS + """, boolean)
 RETURNS TABLE (out_holds boolean, out_heads bigint[], out_versions bigint[], out_ids_stored boolean)
 LANGUAGE plpgsql AS $body$
 DECLARE holds_ boolean; heads_ bigint[]; versions_ bigint[]; ids_stored_ boolean;
@@ -94,7 +122,7 @@ END
 $body$"""
 
 #: The call; $1 the realms' lock keys, then WRITE_IF_UNCHANGED's parameters.
-CALL = "SELECT * FROM perhap_write_known(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
+CALL = "SELECT * FROM perhap_write_known(" + ", ".join(f"${n}" for n in range(1, 22)) + ")"
 
 
 class Known:

@@ -10,7 +10,7 @@ import logging
 
 from ...errors import StorageUnavailable
 from .connection import AnyConnection
-from .known import FUNCTION
+from .known import FUNCTION, STEP_4_ARGUMENTS
 
 log = logging.getLogger("perhap.postgres")
 
@@ -91,8 +91,11 @@ CREATE TABLE perhap_groups (
     # An entity's type filter becomes a filter on the entity's own walk of (entity_id, version),
     # bounded by the entity, as in SQLite since its schema 3: the (entity_id, type_id, version)
     # index was the seventh b-tree every event wrote, for reads that never leave one entity
-    # (docs/performance.md, section 17). The function again: it notifies only when it stored events.
-    5: "DROP INDEX IF EXISTS perhap_events_entity_type;\n" + FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
+    # (docs/performance.md, section 17). The function again, with one argument more (a group written
+    # relative to the stored heads and versions, .known), and notifying only when it stored events.
+    5: "DROP INDEX IF EXISTS perhap_events_entity_type;\n"
+       f"DROP FUNCTION IF EXISTS perhap_write_known({STEP_4_ARGUMENTS});\n"
+       + FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
 }
 
 

@@ -322,10 +322,10 @@ class GroupWriter:
     async def _call_known(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
                           lock_keys: list[int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
         """Decide a group of remembered entities from the memory and commit it by one call that
-        checks the memory under the realm locks first (see :mod:`.known`). None, with nothing
-        committed, when the memory does not cover the group, a client id of the group is stored,
-        an entity is gone, the memory was stale twice, or the call failed: the group then goes to a
-        transaction and the look-up."""
+        checks the memory under the realm locks first, or writes relative to what is stored when
+        no job expects a version (see :mod:`.known`). None, with nothing committed, when the memory
+        does not cover the group, a client id of the group is stored, an entity is gone, the memory
+        was stale twice, or the call failed: the group then goes to a transaction and the look-up."""
         known = self._known
         keys = known.covering(jobs)
         if keys is None:
@@ -334,18 +334,11 @@ class GroupWriter:
         realm_ids = {k[0]: ids[0] for k, ids in ids_of.items()}
         realms = list(realm_ids)
         client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
+        moves = relative(jobs)
         for _ in range(2):  # the second time with the memory corrected
-            versions = {k: known.versions[k] for k in keys}
-            heads = {realm: known.heads[realm] for realm in realms}
-            check_heads, check_versions = list(heads.values()), list(versions.values())
-            accepted: list[Accepted] = []
-            outcomes: list[Decided] = []
-            in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
-            for job in jobs:
-                try:
-                    outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
-                except PerhapError as exc:  # it stands only if the statement finds the memory true
-                    outcomes.append(exc)
+            check_heads = [known.heads[realm] for realm in realms]
+            check_versions = [known.versions[k] for k in keys]
+            outcomes, accepted, versions, heads = decide_known(jobs, keys, realms, known, ts)
             written = list(dict.fromkeys(k for job_keys in map(Accepted.keys, accepted) for k in job_keys))
             columns, pairs = event_columns(accepted, ids_of, types, ts)
             pairs -= self._entity_types
@@ -354,7 +347,7 @@ class GroupWriter:
                 row = await conn.fetchrow(
                     CALL, lock_keys, list(realm_ids.values()), check_heads,
                     [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
-                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns)
+                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns, moves)
             except LOST as exc:  # the call commits as it ends: whether it did is unknown
                 raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
             except asyncpg.PostgresError:
@@ -365,6 +358,11 @@ class GroupWriter:
             assert row is not None  # the call always returns its one row
             holds, stored_heads, stored_versions, ids_stored = row
             if holds:
+                if stored_heads != check_heads or stored_versions != check_versions:
+                    # Written moved by the stored heads and versions (a relative group): decided
+                    # from them, the group gives exactly the rows the call wrote.
+                    known.correct(keys, realms, stored_versions, stored_heads)
+                    outcomes, accepted, versions, heads = decide_known(jobs, keys, realms, known, ts)
                 new_pairs |= pairs
                 known.stage({k: ids_of[k] for k in written}, versions, heads)
                 return outcomes
@@ -411,6 +409,30 @@ class GroupWriter:
         else:
             await conn.execute(_INSERT_EVENTS, *columns)
         return ids_of
+
+
+def relative(jobs: list[WriteJob]) -> bool:
+    """Whether a group may be written relative to the stored heads and versions: no job expects a
+    version, so whether each job is accepted does not depend on them, and its versions and
+    positions are the remembered ones moved by the stored minus the remembered (:mod:`.known`)."""
+    return all(job.expected is None and not job.expectations for job in jobs)
+
+
+def decide_known(jobs: list[WriteJob], keys: list[Key], realms: list[str], known: Known,
+                 ts: str) -> tuple[list[Decided], list[Accepted], dict[Key, int], dict[str, int]]:
+    """The group decided from the memory: outcomes, accepted jobs, and the versions and heads they
+    leave. A refusal stands only if the call finds the memory true."""
+    versions = {k: known.versions[k] for k in keys}
+    heads = {realm: known.heads[realm] for realm in realms}
+    accepted: list[Accepted] = []
+    outcomes: list[Decided] = []
+    in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
+    for job in jobs:
+        try:
+            outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
+        except PerhapError as exc:
+            outcomes.append(exc)
+    return outcomes, accepted, versions, heads
 
 
 def _written(jobs: list[WriteJob], outcomes: list[Decided]) -> int:
