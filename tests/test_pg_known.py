@@ -254,6 +254,8 @@ async def test_a_stored_version_the_memory_lacks_is_found(
     result = await store.append("r", "d", "e", "t", 2, expected_version=5 if expect else None)
     assert (result.events[0].version, result.events[0].position) == (6, 4)
     assert seen.kinds(seen.take()) == calls
+    assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 5), (3, "f", 0), (4, "e", 6)]
+    await store.append("r", "d", "e", "t", 3, expected_version=6)  # the entity's row says 6 too
 
 
 async def test_an_entity_gone_behind_the_stores_back_is_looked_up(store: PostgresStore, pg_url: str) -> None:
