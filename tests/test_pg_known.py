@@ -164,19 +164,21 @@ async def test_a_group_without_expectations_is_written_relative_to_what_is_store
     results = await asyncio.gather(
         store.append("r", "d", "e", "t", 4), store.append("r", "d", "f", "t", 2, event_id=twin),
         store.append("r", "d", "f", "t", 2, event_id=twin),
-        store.append_batch("r", "d", "e", [{"type": "t", "event": n} for n in (5, 6)]))
+        store.append_batch("r", "d", "e", [{"type": "t", "event": n} for n in (5, 6)]),
+        store.append_many("r", "d", [{"entity": "f", "type": "t", "event": 7},
+                                     {"entity": "e", "type": "t", "event": 8}]))
     assert seen.kinds(seen.take()) == ["call"]
     answered = {(e.event_id, e.version, e.position) for r in results for e in r.events}
     stored = await store.read(Scope("r"), limit=1000)
     assert answered == {(e.event_id, e.version, e.position) for e in stored.events[7:]}
-    assert [r.created for r in results] == [True, True, False, True]
-    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 12))
-    for entity, last in (("e", 6), ("f", 2), ("g", 0)):
+    assert [r.created for r in results] == [True, True, False, True, True]
+    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 14))
+    for entity, last in (("e", 7), ("f", 3), ("g", 0)):
         assert [v for _, e, v in await positions_and_versions(store, "r") if e == entity] == list(range(last + 1))
     # The memory took what was stored: the next group's call holds as it is.
-    await store.append("r", "d", "f", "t", 3, expected_version=2)
+    await store.append("r", "d", "f", "t", 4, expected_version=3)
     assert seen.kinds(seen.take()) == ["call"]
-    assert (await store.read(Scope("r", "d", "f"), order="desc", limit=1)).events[0].version == 3
+    assert (await store.read(Scope("r", "d", "f"), order="desc", limit=1)).events[0].version == 4
 
 
 async def test_a_conflict_is_decided_from_the_stored_version(store: PostgresStore, other: PostgresStore) -> None:

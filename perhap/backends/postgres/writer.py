@@ -334,7 +334,7 @@ class GroupWriter:
         realm_ids = {k[0]: ids[0] for k, ids in ids_of.items()}
         realms = list(realm_ids)
         client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
-        moves = relative(jobs)
+        as_relative = relative(jobs)
         for _ in range(2):  # the second time with the memory corrected
             check_heads = [known.heads[realm] for realm in realms]
             check_versions = [known.versions[k] for k in keys]
@@ -347,7 +347,7 @@ class GroupWriter:
                 row = await conn.fetchrow(
                     CALL, lock_keys, list(realm_ids.values()), check_heads,
                     [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
-                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns, moves)
+                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns, as_relative)
             except LOST as exc:  # the call commits as it ends: whether it did is unknown
                 raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
             except asyncpg.PostgresError:
