@@ -181,6 +181,21 @@ async def test_a_group_without_expectations_is_written_relative_to_what_is_store
     assert (await store.read(Scope("r", "d", "f"), order="desc", limit=1)).events[0].version == 4
 
 
+async def test_a_relative_group_moves_each_realm_by_its_own_head(store: PostgresStore, other: PostgresStore) -> None:
+    for realm in ("r", "s", "t"):
+        await asyncio.gather(*[store.append(realm, "d", f"e{n}", "t", n) for n in range(2)])
+    await other.append("s", "d", "x", "t", 0)  # s's head moves by one, t's by three, r's not at all
+    await other.append_batch("t", "d", "e1", [{"type": "t", "event": n} for n in range(3)])
+    seen = Statements(store)
+    results = await asyncio.gather(*[store.append(realm, "d", f"e{n}", "t", 10 + n)
+                                     for realm in ("t", "r", "s") for n in range(2)])
+    assert seen.kinds(seen.take()) == ["call"]
+    assert [(e.version, e.position) for r in results for e in r.events] == [
+        (1, 6), (4, 7), (1, 3), (1, 4), (1, 4), (1, 5)]
+    for realm, head in (("r", 4), ("s", 5), ("t", 7)):
+        assert [p for p, _, _ in await positions_and_versions(store, realm)] == list(range(1, head + 1))
+
+
 async def test_a_conflict_is_decided_from_the_stored_version(store: PostgresStore, other: PostgresStore) -> None:
     await store.append("r", "d", "e", "t", 0)
     await other.append("r", "d", "e", "t", 1)  # version 1, behind the first store's back
