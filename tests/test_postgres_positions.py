@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,13 @@ async def test_a_store_of_the_previous_release_is_migrated_in_place(pg_url: str)
 # --------------------------------------------------------------------------- contiguous positions
 
 WRITER = """
-import asyncio, sys, orjson
+import asyncio, sys, time, orjson
 from perhap import open_store, PerhapError
 
-async def main(url, realm, tag, rounds):
+async def main(url, realm, tag, rounds, start):
     acknowledged = []
     async with open_store(url) as store:
+        await asyncio.sleep(max(0.0, start - time.time()))  # both processes write at once
         async def worker(w):
             for i in range(rounds):
                 entity = f"{tag}-{w}-{i % 3}"
@@ -130,31 +132,39 @@ async def main(url, realm, tag, rounds):
                 except PerhapError as exc:
                     assert exc.status == 409, exc
                     continue
-                acknowledged.extend([a.event_id, a.position] for a in r.events)
+                acknowledged.extend([a.event_id, a.position, a.version] for a in r.events)
         await asyncio.gather(*[worker(w) for w in range(4)])
     sys.stdout.write(orjson.dumps(acknowledged).decode())
 
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
 """
 
 
 async def test_positions_stay_contiguous_across_processes(pg_url: str) -> None:
-    """Two processes append singles, batches and multi-entity batches to one realm at once, with
-    refused appends in between: the realm's positions are 1..N, each acknowledged position is
-    the stored one, and the realm reads in position order."""
+    """Two processes append singles, batches and multi-entity batches to one realm at once (each
+    one's memory of the realm, and of the entity both write, goes stale at nearly every group),
+    with refused appends in between: the realm's positions are 1..N, each acknowledged position
+    and version is the stored one, each entity's versions are 0..n-1, and the realm reads in
+    position order."""
     async with open_store(pg_url) as store:  # the schema first, so the two processes only append
         await store.append("elsewhere", "d", "e", "t", 0)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, pg_url, "busy", f"p{k}", "40"], cwd=REPO,
+    start = str(time.time() + 2)  # once both have started and opened the store
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, pg_url, "busy", f"p{k}", "40", start], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in range(2)]
-    acknowledged: dict[str, int] = {}
+    acknowledged: dict[str, tuple[int, int]] = {}
     for proc in procs:
         out, err = await asyncio.to_thread(proc.communicate, timeout=240)
         assert proc.returncode == 0, err.decode()[-2000:]
-        acknowledged.update((event_id, position) for event_id, position in orjson.loads(out))
+        acknowledged.update((event_id, (position, version)) for event_id, position, version in orjson.loads(out))
     async with open_store(pg_url) as store:
         events = await read_all(store, Scope("busy"))
         assert [e.position for e in events] == list(range(1, len(events) + 1))
-        assert {e.event_id: e.position for e in events} == acknowledged
+        assert {e.event_id: (e.position, e.version) for e in events} == acknowledged
+        versions: dict[tuple[str, str], list[int]] = {}
+        for e in events:
+            versions.setdefault((e.domain, e.entity), []).append(e.version)
+        assert all(v == list(range(len(v))) for v in versions.values()), versions
+        assert len(versions[("d1", "shared")]) == 2 * 4 * 10  # one event of every multi-entity append
         assert len(events) == 2 * 4 * 10 * (1 + 3 + 3)  # per worker, every round of four: 1 + 3 + 0 + 3
         backwards: list[Any] = []
         following = None
