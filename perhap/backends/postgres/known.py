@@ -36,8 +36,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from ...errors import PerhapError
+from ...model import Event
 from ...store.job import WriteJob
-from .decide import Ids, Key, keys_read
+from .decide import Accepted, Decided, Ids, Key, decide, keys_read
 
 #: Entities remembered at most (about 450 bytes each); past it the memory starts again empty,
 #: which loses nothing: the next group of each entity takes the look-up and is remembered again.
@@ -182,3 +184,27 @@ class Known:
         self.versions.clear()
         self.heads.clear()
         self._staged.clear()
+
+
+def relative(jobs: list[WriteJob]) -> bool:
+    """Whether a group may be written relative to the stored heads and versions: no job expects a
+    version, so whether each job is accepted does not depend on them, and its versions and
+    positions are the remembered ones moved by the stored minus the remembered (:mod:`.known`)."""
+    return all(job.expected is None and not job.expectations for job in jobs)
+
+
+def decide_known(jobs: list[WriteJob], keys: list[Key], realms: list[str], known: Known,
+                 ts: str) -> tuple[list[Decided], list[Accepted], dict[Key, int], dict[str, int]]:
+    """The group decided from the memory: outcomes, accepted jobs, and the versions and heads they
+    leave. A refusal stands only if the call finds the memory true."""
+    versions = {k: known.versions[k] for k in keys}
+    heads = {realm: known.heads[realm] for realm in realms}
+    accepted: list[Accepted] = []
+    outcomes: list[Decided] = []
+    in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
+    for job in jobs:
+        try:
+            outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
+        except PerhapError as exc:
+            outcomes.append(exc)
+    return outcomes, accepted, versions, heads

@@ -38,7 +38,7 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
 from .decide import Accepted, Decided, Ids, Key, decide, event_columns, keys_read, replay_of
-from .known import CALL, Known
+from .known import CALL, Known, decide_known, relative
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
 from .schema import CHANNEL, LOCK_CLASS
@@ -409,30 +409,6 @@ class GroupWriter:
         else:
             await conn.execute(_INSERT_EVENTS, *columns)
         return ids_of
-
-
-def relative(jobs: list[WriteJob]) -> bool:
-    """Whether a group may be written relative to the stored heads and versions: no job expects a
-    version, so whether each job is accepted does not depend on them, and its versions and
-    positions are the remembered ones moved by the stored minus the remembered (:mod:`.known`)."""
-    return all(job.expected is None and not job.expectations for job in jobs)
-
-
-def decide_known(jobs: list[WriteJob], keys: list[Key], realms: list[str], known: Known,
-                 ts: str) -> tuple[list[Decided], list[Accepted], dict[Key, int], dict[str, int]]:
-    """The group decided from the memory: outcomes, accepted jobs, and the versions and heads they
-    leave. A refusal stands only if the call finds the memory true."""
-    versions = {k: known.versions[k] for k in keys}
-    heads = {realm: known.heads[realm] for realm in realms}
-    accepted: list[Accepted] = []
-    outcomes: list[Decided] = []
-    in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
-    for job in jobs:
-        try:
-            outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
-        except PerhapError as exc:
-            outcomes.append(exc)
-    return outcomes, accepted, versions, heads
 
 
 def _written(jobs: list[WriteJob], outcomes: list[Decided]) -> int:
