@@ -98,6 +98,26 @@ def decide(job: WriteJob, stored: dict[str, Event], versions: dict[Key, int], he
     return AppendResult(results, created=True)
 
 
+def decide_group(jobs: list[WriteJob], stored: dict[str, Event], versions: dict[Key, int],
+                 heads: dict[str, int], ts: str) -> tuple[list[Decided], list[Accepted]]:
+    """Every job of a group decided in queue order (:func:`decide`): its outcome, a refusal
+    standing for that job alone, and the accepted jobs; ``versions``, ``heads`` and ``stored`` move on."""
+    outcomes: list[Decided] = []
+    accepted: list[Accepted] = []
+    for job in jobs:
+        try:
+            outcomes.append(decide(job, stored, versions, heads, ts, accepted))
+        except PerhapError as exc:
+            outcomes.append(exc)
+    return outcomes, accepted
+
+
+def pair_columns(pairs: set[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(entity, type) pairs as two columns, in order (so row locks are taken in one order)."""
+    ordered = sorted(pairs)
+    return [p[0] for p in ordered], [p[1] for p in ordered]
+
+
 def event_columns(accepted: list[Accepted], ids_of: dict[Key, Ids], types: dict[str, int],
                   ts: str) -> tuple[tuple[list[Any], ...], set[tuple[int, int]]]:
     """The accepted jobs' events as the columns of their rows (the order of ``perhap_events``'

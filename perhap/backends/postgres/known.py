@@ -36,10 +36,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ...errors import PerhapError
-from ...model import Event
 from ...store.job import WriteJob
-from .decide import Accepted, Decided, Ids, Key, decide, keys_read
+from .decide import Accepted, Decided, Ids, Key, decide_group, keys_read
 
 #: Entities remembered at most (about 450 bytes each); past it the memory starts again empty,
 #: which loses nothing: the next group of each entity takes the look-up and is remembered again.
@@ -199,12 +197,6 @@ def decide_known(jobs: list[WriteJob], keys: list[Key], realms: list[str], known
     leave. A refusal stands only if the call finds the memory true."""
     versions = {k: known.versions[k] for k in keys}
     heads = {realm: known.heads[realm] for realm in realms}
-    accepted: list[Accepted] = []
-    outcomes: list[Decided] = []
-    in_group: dict[str, Event] = {}  # client ids stored by this group's earlier jobs
-    for job in jobs:
-        try:
-            outcomes.append(decide(job, in_group, versions, heads, ts, accepted))
-        except PerhapError as exc:
-            outcomes.append(exc)
+    # No stored client id is known here: the call checks that none of the group's is stored.
+    outcomes, accepted = decide_group(jobs, {}, versions, heads, ts)
     return outcomes, accepted, versions, heads

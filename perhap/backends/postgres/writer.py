@@ -37,7 +37,7 @@ from ...model import AppendResult, Event
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
-from .decide import Accepted, Decided, Ids, Key, decide, event_columns, keys_read, replay_of
+from .decide import Accepted, Decided, Ids, Key, decide_group, event_columns, keys_read, pair_columns, replay_of
 from .known import CALL, Known, decide_known, relative
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
@@ -308,13 +308,7 @@ class GroupWriter:
                 heads[t[0]] = r[5]
         client_ids = [e.event_id for j in jobs for e in j.batch if e.client_id]
         stored = await _stored(conn, client_ids) if client_ids else {}
-        outcomes: list[Decided] = []
-        accepted: list[Accepted] = []
-        for job in jobs:
-            try:
-                outcomes.append(decide(job, stored, versions, heads, ts, accepted))
-            except PerhapError as exc:
-                outcomes.append(exc)
+        outcomes, accepted = decide_group(jobs, stored, versions, heads, ts)
         ids_of = await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs) if accepted else {}
         self._known.stage(ids_of, versions, heads)
         return outcomes
@@ -342,12 +336,11 @@ class GroupWriter:
             written = list(dict.fromkeys(k for job_keys in map(Accepted.keys, accepted) for k in job_keys))
             columns, pairs = event_columns(accepted, ids_of, types, ts)
             pairs -= self._entity_types
-            entity_pairs = list(zip(*sorted(pairs), strict=True)) or [(), ()]
             try:
                 row = await conn.fetchrow(
                     CALL, lock_keys, list(realm_ids.values()), check_heads,
                     [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
-                    [versions[k] for k in written], list(entity_pairs[0]), list(entity_pairs[1]), *columns, as_relative)
+                    [versions[k] for k in written], *pair_columns(pairs), *columns, as_relative)
             except LOST as exc:  # the call commits as it ends: whether it did is unknown
                 raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
             except asyncpg.PostgresError:
@@ -401,7 +394,7 @@ class GroupWriter:
         pairs -= self._entity_types
         if pairs:
             await conn.execute("INSERT INTO perhap_entity_types SELECT * FROM unnest($1::bigint[], "
-                               "$2::int[]) ON CONFLICT DO NOTHING", *map(list, zip(*sorted(pairs), strict=True)))
+                               "$2::int[]) ON CONFLICT DO NOTHING", *pair_columns(pairs))
             new_pairs |= pairs
         if len(columns[0]) >= COPY_THRESHOLD:  # COPY costs a round trip more, but inserts faster
             await conn.copy_records_to_table("perhap_events", records=zip(*columns, strict=True),
