@@ -18,6 +18,7 @@ import pytest
 
 from perhap import Scope, open_store
 from perhap.backends.postgres import PostgresStore, known
+from perhap.backends.postgres import schema as pgschema
 from perhap.backends.postgres import writer as pgwriter
 from perhap.backends.postgres.known import CALL, WRITE_IF_UNCHANGED
 from perhap.backends.postgres.schema import CHANNEL
@@ -129,20 +130,57 @@ async def test_another_writer_in_the_realm_makes_the_memory_stale_and_nothing_is
     await store.append("r", "d", "f", "t", 0)
     await other.append("r", "d", "g", "t", 0)  # position 3, which the first store does not know
     seen = Statements(store)
-    # An expected version makes the group's outcome depend on what is stored: the first call
-    # found head 3, wrote nothing and said so; the second, decided again from it, holds.
+    # Only the realm's head moved: the expected version holds against the stored one, and the
+    # one call numbers the event from the stored head (schema step 6).
     result = await store.append("r", "d", "e", "t", 1, expected_version=0)
     assert (result.events[0].version, result.events[0].position) == (1, 4)
-    assert seen.kinds(seen.take()) == ["call", "call"]
-    await store.append("r", "d", "e", "t", 2, expected_version=1)
     assert seen.kinds(seen.take()) == ["call"]
-    # Two stores taking turns in one realm: each such group corrects the memory once.
+    # Two stores taking turns in one realm: one call a group.
     for n in range(5):
         await other.append("r", "d", "g", "t", 1 + n)
-        await store.append("r", "d", "e", "t", 3 + n, expected_version=2 + n)
-        assert seen.kinds(seen.take()) == ["call", "call"]
-    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 16))
-    assert [v for _, e, v in await positions_and_versions(store, "r") if e == "e"] == list(range(8))
+        await store.append("r", "d", "e", "t", 2 + n, expected_version=1 + n)
+        assert seen.kinds(seen.take()) == ["call"]
+    # The other store writes to e itself: the remembered version is stale, so the first call
+    # writes nothing and says so, and the second, decided from the stored version, holds.
+    await other.append("r", "d", "e", "t", 7)
+    result = await store.append("r", "d", "e", "t", 8, expected_version=7)
+    assert (result.events[0].version, result.events[0].position) == (8, 16)
+    assert seen.kinds(seen.take()) == ["call", "call"]
+    assert [p for p, _, _ in await positions_and_versions(store, "r")] == list(range(1, 17))
+    assert [v for _, e, v in await positions_and_versions(store, "r") if e == "e"] == list(range(9))
+
+
+async def test_expected_versions_are_checked_and_positions_follow_the_stored_heads(
+        store: PostgresStore, other: PostgresStore) -> None:
+    """A group with expected versions is checked against the remembered versions only: the realms'
+    heads, which another writer moved, number its events from what is stored in the one call, and
+    a refusal in the group is the one the look-up would have given."""
+    for realm in ("r", "s"):
+        await asyncio.gather(*[store.append(realm, "d", f"e{n}", "t", n) for n in range(2)])
+    await other.append("r", "d", "x", "t", 0)  # r's head moves by one, s's by two
+    await other.append_batch("s", "d", "x", [{"type": "t", "event": n} for n in range(2)])
+    seen = Statements(store)
+    results = await asyncio.gather(
+        store.append("s", "d", "e0", "t", 10, expected_version=0),
+        store.append("r", "d", "e1", "t", 11, expected_version=5),  # e1 is at 0: refused
+        store.append_batch("r", "d", "e0", [{"type": "t", "event": n} for n in (12, 13)], expected_version=0),
+        store.append_many("s", "d", [{"entity": "e1", "type": "t", "event": 14},
+                                     {"entity": "e0", "type": "t", "event": 15}], expected_versions={"e1": 0}),
+        return_exceptions=True)
+    assert seen.kinds(seen.take()) == ["call"]
+    refused = results.pop(1)
+    assert isinstance(refused, VersionConflict) and refused.current_version == 0
+    assert [[(e.version, e.position) for e in r.events] for r in results] == [  # type: ignore[union-attr]
+        [(1, 5)], [(1, 4), (2, 5)], [(1, 6), (2, 7)]]
+    answered = {e.event_id for r in results for e in r.events}  # type: ignore[union-attr]
+    for realm, head in (("r", 5), ("s", 7)):
+        assert [p for p, _, _ in await positions_and_versions(store, realm)] == list(range(1, head + 1))
+    stored = [e for realm in ("r", "s") for e in (await store.read(Scope(realm), limit=1000)).events]
+    assert answered == {e.event_id for e in stored if e.entity != "x" and e.version > 0}
+    # The memory took the stored heads: the next group's call holds as it is.
+    result = await store.append("r", "d", "e0", "t", 16, expected_version=2)
+    assert (result.events[0].version, result.events[0].position) == (3, 6)
+    assert seen.kinds(seen.take()) == ["call"]
 
 
 async def test_a_group_without_expectations_is_written_relative_to_what_is_stored(
@@ -233,18 +271,46 @@ async def test_a_retry_of_a_stored_client_id_is_answered_as_a_retry(store: Postg
     assert [v for _, _, v in await positions_and_versions(store, "r")] == [0, 1, 2]
 
 
-#: An append's expected version, and the calls a stale memory then costs: with one, the group is
-#: checked against the memory and decided again; without, it is written relative to what is stored.
+async def test_a_database_of_schema_5_gets_the_function_of_step_6(pg_url: str) -> None:
+    """Step 6 replaces the function in place: a database left at step 5, whose function compares
+    the remembered heads too, is migrated at open, and an expected-version group whose realm head
+    another store moved is then one call."""
+    async with open_store(pg_url):
+        pass
+    step_5 = (known.FUNCTION % {"lock_class": pgschema.LOCK_CLASS, "channel": CHANNEL}).replace(
+        "($21::boolean OR versions = $5::bigint[])",
+        "($21::boolean OR (heads = $3::bigint[] AND versions = $5::bigint[]))")
+    assert "heads = $3::bigint[]" in step_5
+    await behind_the_back(pg_url, step_5, "UPDATE perhap_meta SET value = '5' WHERE key = 'schema_version'")
+    async for store in opened(pg_url):
+        async for other in opened(pg_url):
+            conn = await asyncpg.connect(pg_url)
+            try:
+                source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'perhap_write_known'")
+            finally:
+                await conn.close()
+            assert "heads = $3" not in source and "OR versions = $5::bigint[]" in source
+            await store.append("r", "d", "e", "t", 0)
+            await other.append("r", "d", "f", "t", 0)
+            seen = Statements(store)
+            result = await store.append("r", "d", "e", "t", 1, expected_version=0)
+            assert (result.events[0].version, result.events[0].position) == (1, 3)
+            assert seen.kinds(seen.take()) == ["call"]
+
+
+#: An append's expected version, and the calls a stale remembered version then costs: with one,
+#: the group is checked against the memory and decided again; without, it is written relative to
+#: what is stored.
 EXPECTING = pytest.mark.parametrize("expect, calls", [(True, ["call", "call"]), (False, ["call"])],
                                     ids=["expected-version", "relative"])
 
 
-@EXPECTING
+@pytest.mark.parametrize("expect", [True, False], ids=["expected-version", "relative"])
 async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(
-        store: PostgresStore, pg_url: str, expect: bool, calls: list[str]) -> None:
-    """The check compares, it does not only catch collisions: a realm's stored head below the
-    memory's (a restore, a hand edit) is what the group is decided from (or written relative to),
-    and no position is skipped."""
+        store: PostgresStore, pg_url: str, expect: bool) -> None:
+    """A realm's stored head below the memory's (a restore, a hand edit) is what the group's
+    positions are numbered from, in the one call, with an expected version or without, and no
+    position is skipped."""
     for n in range(3):
         await store.append("r", "d", "e", "t", n)
     await store.append("r", "d", "f", "t", 0)
@@ -253,7 +319,7 @@ async def test_a_head_gone_back_behind_the_stores_back_leaves_no_gap(
     seen = Statements(store)
     result = await store.append("r", "d", "e", "t", 9, expected_version=2 if expect else None)
     assert (result.events[0].version, result.events[0].position) == (3, 4)
-    assert seen.kinds(seen.take()) == calls
+    assert seen.kinds(seen.take()) == ["call"]
     assert await positions_and_versions(store, "r") == [(1, "e", 0), (2, "e", 1), (3, "e", 2), (4, "e", 3)]
 
 
@@ -348,7 +414,8 @@ PLANNER_STATES = ((False, "auto"), (True, "auto"), (True, "force_generic_plan"))
 
 async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[tuple[object, ...], list[int]]:
     """4,400 events in realm "big", and the statement's parameters for a group that remembers its
-    head as 4,399 (stale) and writes one event: (parameters, the 16 entities' stored versions)."""
+    head as 4,399 and its first entity's version as one below the stored one (stale: the check
+    fails on the version) and writes one event: (parameters, the 16 entities' stored versions)."""
     for table in ("perhap_events", "perhap_entities"):
         await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
     for j in range(4):
@@ -360,7 +427,8 @@ async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[t
     event = ["0190a3c4-0000-7000-8000-00000000000a", 4401, realm_id, 1, ids[0], 1, versions[0] + 1,
              "2026-12-05T00:00:00.000000Z", b"1", b"{}"]
     await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
-    return ([realm_id], [4399], ids, versions, [event[0]], ids[:1], [versions[0] + 1], [ids[0]], [1],
+    return ([realm_id], [4399], ids, [versions[0] - 1, *versions[1:]], [event[0]], ids[:1], [versions[0] + 1],
+            [ids[0]], [1],
             *([value] for value in event), False), versions
 
 

@@ -7,12 +7,14 @@ head (last position) of each realm it locked. A later group whose every entity i
 decided from that memory by :func:`.decide.decide`, the function that decides from a look-up, and
 sent as one call of :data:`FUNCTION` (schema step 4), which is its own transaction: it takes the
 group's realm locks, then runs :data:`WRITE_IF_UNCHANGED`, which first checks that the memory still
-holds: every remembered version (of every entity a job writes or expects a version of) and every
-realm's head is the stored one, and none of the group's client-chosen ids is stored. Those are all
-the inputs ``decide`` takes from a look-up (a look-up finding no stored id gives it nothing more),
-so when the check holds, the outcomes (acceptances and refusals alike) are the ones the look-up
-would have given, and the statement writes them. When it does not hold (another process wrote
-meanwhile; rows removed behind the store's back) nothing is written, the outcomes are dropped,
+holds: every remembered version (of every entity a job writes or expects a version of) is the
+stored one, and none of the group's client-chosen ids is stored. With the realms' heads, those are
+all the inputs ``decide`` takes from a look-up (a look-up finding no stored id gives it nothing
+more), and the heads only number the accepted events: so when the check holds, the outcomes
+(acceptances and refusals alike) are the ones the look-up would have given, and the statement
+writes them, each position moved by its realm's stored head minus the remembered one (schema step
+6; zero when the memory is true). When the check does not hold (another process wrote to one of
+the entities; rows removed behind the store's back) nothing is written, the outcomes are dropped,
 and the call returns the stored heads and versions instead: the writer corrects its memory with
 them and decides and calls again, once. Only a stored client id (a retry), an entity gone, a
 second stale answer or a failed call sends the group to a transaction and the look-up, which finds
@@ -20,15 +22,16 @@ the stored events. The memory is therefore only a hint: stale, it costs a call, 
 answer.
 
 **A group in which no job expects a version is written relative to what is stored** (schema step
-5). Whether such a job is accepted does not depend on any version or head (only on the group's own
-client ids), and its events' versions and positions are the remembered version or head plus their
-rank in the group: decided from the stored values instead, every one moves by the stored value
-minus the remembered one, and nothing else changes. So the statement skips the comparison of heads
-and versions for such a group (the client-id and entity checks stay) and writes each position and
-version moved by that difference, which is zero when the memory is true; when it was not, the
-writer corrects its memory from the returned values and decides again, which gives exactly the
-rows written. Two processes appending to one realm (each makes the other's memory of the realm's
-head stale at nearly every group) then need one call a group, not two or a transaction.
+5). Whether such a job is accepted does not depend on any version (only on the group's own
+client ids), and its events' versions are the remembered version plus their rank in the group:
+decided from the stored values instead, every one moves by the stored value minus the remembered
+one, and nothing else changes. So the statement skips the comparison of versions for such a group
+(the client-id and entity checks stay) and writes each version moved by that difference, as it
+does each position for every group. Whenever a call wrote rows moved from the memory's, the writer
+corrects its memory from the returned values and decides again, which gives exactly the rows
+written. Two processes appending to one realm (each makes the other's memory of the realm's head
+stale at nearly every group) then need one call a group, not two or a transaction, with expected
+versions or without.
 """
 
 from __future__ import annotations
@@ -46,16 +49,17 @@ LIMIT = 20_000
 #: $1/$2 the group's realms and their remembered heads; $3/$4 every entity the group reads and its
 #: remembered version; $5 the group's client-chosen ids; $6/$7 the entities it writes and their
 #: new versions; $8/$9 new (entity, type) pairs; $10-$19 the events; $20 whether the group may be
-#: written relative to the stored heads and versions (no job expects a version; see
+#: written relative to the stored versions (no job expects a version; see
 #: :func:`relative`). One snapshot for the whole statement, taken after the realm locks were
 #: granted, so ``stored`` sees every earlier group's commit. ``holds`` when no client id is stored,
-#: every entity exists, and either the remembered heads and versions are the stored ones or the
-#: group is relative; every write is conditioned on it, so when it is false nothing is written, and
-#: the stored heads and versions come back instead. When a relative group finds them ``moved``,
+#: every entity exists, and either the remembered versions are the stored ones or the group is
+#: relative; every write is conditioned on it, so when it is false nothing is written, and the
+#: stored heads and versions come back instead. When the stored heads or versions have ``moved``,
 #: each position is written moved by its realm's stored head minus the remembered one, and each
-#: version by its entity's (looked up by position in the arrays: a group names a few realms and at
-#: most a few hundred entities); otherwise as given, at no cost per row. Each probe is of a unique
-#: index (a realm's head, an entity by id, an event by id), whatever the plan for the rest.
+#: version by its entity's (zero unless the group is relative: the check held them equal; looked
+#: up by position in the arrays: a group names a few realms and at most a few hundred entities);
+#: otherwise as given, at no cost per row. Each probe is of a unique index (a realm's head, an
+#: entity by id, an event by id), whatever the plan for the rest.
 WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
     ARRAY(SELECT coalesce((SELECT e.position FROM perhap_events e WHERE e.realm_id = h.realm_id
                            ORDER BY e.position DESC LIMIT 1), 0)
@@ -64,7 +68,7 @@ WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
           FROM unnest($3::bigint[]) WITH ORDINALITY AS c(id, i) ORDER BY c.i) AS versions,
     EXISTS (SELECT 1 FROM unnest($5::uuid[]) AS u(id)
             WHERE EXISTS (SELECT 1 FROM perhap_events e WHERE e.event_id = u.id)) AS ids_stored),
-ok AS (SELECT ($20::boolean OR (heads = $2::bigint[] AND versions = $4::bigint[]))
+ok AS (SELECT ($20::boolean OR versions = $4::bigint[])
               AND array_position(versions, NULL) IS NULL AND NOT ids_stored AS holds,
               heads <> $2::bigint[] OR versions <> $4::bigint[] AS moved FROM stored),
 up AS (UPDATE perhap_entities n SET version = CASE WHEN (SELECT moved FROM ok)
@@ -185,9 +189,10 @@ class Known:
 
 
 def relative(jobs: list[WriteJob]) -> bool:
-    """Whether a group may be written relative to the stored heads and versions: no job expects a
-    version, so whether each job is accepted does not depend on them, and its versions and
-    positions are the remembered ones moved by the stored minus the remembered (:mod:`.known`)."""
+    """Whether a group may be written relative to the stored versions (as every group is to the
+    stored heads): no job expects a version, so whether each job is accepted does not depend on
+    them, and its versions are the remembered ones moved by the stored minus the remembered
+    (:mod:`.known`)."""
     return all(job.expected is None and not job.expectations for job in jobs)
 
 

@@ -14,7 +14,7 @@ from .known import FUNCTION, STEP_4_ARGUMENTS
 
 log = logging.getLogger("perhap.postgres")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
@@ -96,6 +96,11 @@ CREATE TABLE perhap_groups (
     5: "DROP INDEX IF EXISTS perhap_events_entity_type;\n"
        f"DROP FUNCTION IF EXISTS perhap_write_known({STEP_4_ARGUMENTS});\n"
        + FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
+    # The function again, its arguments unchanged: every group's positions are written relative to
+    # the realms' stored heads, a group with expected versions then checking only the versions
+    # (.known). A process of the release before, still running, calls it as it did and takes
+    # what it returns as it would from a relative group (decided again from the stored values).
+    6: FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
 }
 
 

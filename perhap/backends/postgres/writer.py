@@ -316,8 +316,9 @@ class GroupWriter:
     async def _call_known(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
                           lock_keys: list[int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
         """Decide a group of remembered entities from the memory and commit it by one call that
-        checks the memory under the realm locks first, or writes relative to what is stored when
-        no job expects a version (see :mod:`.known`). None, with nothing committed, when the memory
+        checks the remembered versions under the realm locks first (none when no job expects a
+        version) and numbers the events from the stored heads (see :mod:`.known`). None, with
+        nothing committed, when the memory
         does not cover the group, a client id of the group is stored, an entity is gone, the memory
         was stale twice, or the call failed: the group then goes to a transaction and the look-up."""
         known = self._known
@@ -352,8 +353,8 @@ class GroupWriter:
             holds, stored_heads, stored_versions, ids_stored = row
             if holds:
                 if stored_heads != check_heads or stored_versions != check_versions:
-                    # Written moved by the stored heads and versions (a relative group): decided
-                    # from them, the group gives exactly the rows the call wrote.
+                    # Written moved by the stored heads (and, in a relative group, versions):
+                    # decided from them, the group gives exactly the rows the call wrote.
                     known.correct(keys, realms, stored_versions, stored_heads)
                     outcomes, accepted, versions, heads = decide_known(jobs, keys, realms, known, ts)
                 new_pairs |= pairs
