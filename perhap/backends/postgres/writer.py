@@ -318,9 +318,9 @@ class GroupWriter:
         """Decide a group of remembered entities from the memory and commit it by one call that
         checks the remembered versions under the realm locks first (none when no job expects a
         version) and numbers the events from the stored heads (see :mod:`.known`). None, with
-        nothing committed, when the memory
-        does not cover the group, a client id of the group is stored, an entity is gone, the memory
-        was stale twice, or the call failed: the group then goes to a transaction and the look-up."""
+        nothing committed, when the memory does not cover the group, a client id of the group is
+        stored, an entity is gone, the memory was stale twice, or the call failed: the group then
+        goes to a transaction and the look-up."""
         known = self._known
         keys = known.covering(jobs)
         if keys is None:
