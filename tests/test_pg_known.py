@@ -370,14 +370,14 @@ async def test_the_statement_probes_every_key(store: PostgresStore, pg_url: str)
             check_probes("\n".join(r[0] for r in await statement.fetch(*args)), (analysed, mode))
             # The same group written relative to the stored head (it holds, and writes: undone).
             await conn.execute("SAVEPOINT relative")
-            plan = "\n".join(r[0] for r in await statement.fetch(*args[:-1], True))
+            plan = "\n".join(r[0] for r in await statement.fetch(*args[:19], True, *args[20:]))
             check_probes(plan, (analysed, mode, "relative"))
             assert re.search(r"Insert on perhap_events .*rows=0 loops=1", plan), plan  # (no RETURNING)
             # the given position 4401, moved by the stored head 4400 minus the remembered 4399
             assert await conn.fetchval("SELECT max(position) FROM perhap_events") == 4402
             await conn.execute("ROLLBACK TO SAVEPOINT relative")
-        holds, heads, stored, ids_stored = await conn.fetchrow(WRITE_IF_UNCHANGED, *args)
-        assert (holds, heads, stored, ids_stored) == (False, [4400], versions, False)
+        holds, heads, stored, ids_stored, new_exist = await conn.fetchrow(WRITE_IF_UNCHANGED, *args)
+        assert (holds, heads, stored, ids_stored, new_exist) == (False, [4400], versions, False, False)
         assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
     finally:
         await conn.close()
@@ -401,7 +401,7 @@ async def test_the_call_plans_its_statement_as_probes_too(store: PostgresStore, 
             await conn.execute(f"SET plan_cache_mode = {mode}")
             logged.clear()
             row = await conn.fetchrow(CALL, [pgwriter._realm_key("big")], *args)
-            assert tuple(row) == (False, [4400], versions, False)
+            assert tuple(row) == (False, [4400], versions, False, False)
             [plan] = [m for m in logged if "WITH stored AS" in m]
             check_probes(plan, (analysed, mode))
         assert await conn.fetchval("SELECT count(*) FROM perhap_events") == 4400  # nothing written
@@ -415,7 +415,8 @@ PLANNER_STATES = ((False, "auto"), (True, "auto"), (True, "force_generic_plan"))
 async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[tuple[object, ...], list[int]]:
     """4,400 events in realm "big", and the statement's parameters for a group that remembers its
     head as 4,399 and its first entity's version as one below the stored one (stale: the check
-    fails on the version) and writes one event: (parameters, the 16 entities' stored versions)."""
+    fails on the version) and writes one event, and that expects one entity to be new that is not
+    created (its job refused): (parameters, the 16 entities' stored versions)."""
     for table in ("perhap_events", "perhap_entities"):
         await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
     for j in range(4):
@@ -429,7 +430,7 @@ async def stale_group(store: PostgresStore, conn: asyncpg.Connection) -> tuple[t
     await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
     return ([realm_id], [4399], ids, [versions[0] - 1, *versions[1:]], [event[0]], ids[:1], [versions[0] + 1],
             [ids[0]], [1],
-            *([value] for value in event), False), versions
+            *([value] for value in event), False, [1], ["absent"], [None], [-1]), versions
 
 
 def check_probes(plan: str, shown: object) -> None:
@@ -442,6 +443,9 @@ def check_probes(plan: str, shown: object) -> None:
     assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n\b.*loops=16", plan), shown
     assert re.search(r"using perhap_events_pkey on perhap_events e_\d+ .*loops=1\)", plan), shown
     assert re.search(r"Index Scan using perhap_entities_pkey on perhap_entities n_\d+ ", plan), shown
+    # a new entity looked for by its unique (domain, name) key
+    assert re.search(r"Index Only Scan using perhap_entities_domain_id_name_key on perhap_entities n_\d+ "
+                     r".*loops=1\)", plan), shown
 
 
 async def test_the_memory_starts_again_past_its_limit(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,11 +10,11 @@ import logging
 
 from ...errors import StorageUnavailable
 from .connection import AnyConnection
-from .known import FUNCTION, STEP_4_ARGUMENTS
+from .known import FUNCTION, STEP_4_ARGUMENTS, STEP_6_ARGUMENTS
 
 log = logging.getLogger("perhap.postgres")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
@@ -101,6 +101,13 @@ CREATE TABLE perhap_groups (
     # (.known). A process of the release before, still running, calls it as it did and takes
     # what it returns as it would from a relative group (decided again from the stored values).
     6: FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
+    # The function with four arguments more, and one more answer: the entities a group's jobs
+    # expect to be new, checked absent and created by the call (.known), so that an append to a
+    # new entity in a domain the writer knows is one call too. The step-6 function goes: a process
+    # of the release before, still running, then finds no function to call and takes its look-up
+    # path for every group (correct, slower) until it is restarted.
+    7: f"DROP FUNCTION IF EXISTS perhap_write_known({STEP_6_ARGUMENTS});\n"
+       + FUNCTION % {"lock_class": LOCK_CLASS, "channel": CHANNEL},
 }
 
 

@@ -38,7 +38,7 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
 from .decide import Accepted, Decided, Ids, Key, decide_group, event_columns, keys_read, pair_columns, replay_of
-from .known import CALL, Known, decide_known, relative
+from .known import CALL, EntityIds, Known, decide_known, relative
 from .listener import Wake
 from .queries import EVENTS_BY_IDS, row_event
 from .schema import CHANNEL, LOCK_CLASS
@@ -121,6 +121,7 @@ class GroupWriter:
         self._types: dict[str, int] = {}
         self._entity_types: set[tuple[int, int]] = set()  # pairs known to be committed
         self._known = Known()
+        self._entity_ids = EntityIds()  # for the entities calls create
         self.groups_committed = 0
         self.events_committed = 0
 
@@ -315,17 +316,23 @@ class GroupWriter:
 
     async def _call_known(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
                           lock_keys: list[int], new_pairs: set[tuple[int, int]]) -> list[Decided] | None:
-        """Decide a group of remembered entities from the memory and commit it by one call that
-        checks the remembered versions under the realm locks first (none when no job expects a
-        version) and numbers the events from the stored heads (see :mod:`.known`). None, with
-        nothing committed, when the memory does not cover the group, a client id of the group is
-        stored, an entity is gone, the memory was stale twice, or the call failed: the group then
-        goes to a transaction and the look-up."""
+        """Decide a group of remembered entities (and of new ones its jobs expect to be new) from
+        the memory and commit it by one call that checks the remembered versions under the realm
+        locks first (none when no job expects a version), checks that the new entities do not
+        exist and creates them, and numbers the events from the stored heads (see :mod:`.known`).
+        None, with nothing committed, when the memory does not cover the group, a client id of the
+        group is stored, an entity is gone, a new one exists, the memory was stale twice, or the
+        call failed: the group then goes to a transaction and the look-up."""
         known = self._known
-        keys = known.covering(jobs)
-        if keys is None:
+        covered = known.covering(jobs)
+        if covered is None:
             return None
+        keys, new = covered
         ids_of = {k: known.ids[k] for k in keys}
+        new_ids = await self._entity_ids.take(conn, len(new)) if new else []
+        if new_ids is None:
+            return None
+        ids_of.update((k, (*known.domains[(k[0], k[1])], entity_id)) for k, entity_id in zip(new, new_ids))
         realm_ids = {k[0]: ids[0] for k, ids in ids_of.items()}
         realms = list(realm_ids)
         client_ids = [e.event_id for job in jobs for e in job.batch if e.client_id]
@@ -333,15 +340,18 @@ class GroupWriter:
         for _ in range(2):  # the second time with the memory corrected
             check_heads = [known.heads[realm] for realm in realms]
             check_versions = [known.versions[k] for k in keys]
-            outcomes, accepted, versions, heads = decide_known(jobs, keys, realms, known, ts)
+            outcomes, accepted, versions, heads = decide_known(jobs, keys, new, realms, known, ts)
             written = list(dict.fromkeys(k for job_keys in map(Accepted.keys, accepted) for k in job_keys))
             columns, pairs = event_columns(accepted, ids_of, types, ts)
             pairs -= self._entity_types
+            updated = [k for k in written if k in known.versions]
             try:
                 row = await conn.fetchrow(
                     CALL, lock_keys, list(realm_ids.values()), check_heads,
-                    [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in written],
-                    [versions[k] for k in written], *pair_columns(pairs), *columns, as_relative)
+                    [ids_of[k][2] for k in keys], check_versions, client_ids, [ids_of[k][2] for k in updated],
+                    [versions[k] for k in updated], *pair_columns(pairs), *columns, as_relative,
+                    [ids_of[k][1] for k in new], [k[2] for k in new],
+                    [ids_of[k][2] if versions[k] >= 0 else None for k in new], [versions[k] for k in new])
             except LOST as exc:  # the call commits as it ends: whether it did is unknown
                 raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
             except asyncpg.PostgresError:
@@ -350,17 +360,17 @@ class GroupWriter:
                 known.forget()
                 return None
             assert row is not None  # the call always returns its one row
-            holds, stored_heads, stored_versions, ids_stored = row
+            holds, stored_heads, stored_versions, ids_stored, new_exist = row
             if holds:
                 if stored_heads != check_heads or stored_versions != check_versions:
                     # Written moved by the stored heads (and, in a relative group, versions):
                     # decided from them, the group gives exactly the rows the call wrote.
                     known.correct(keys, realms, stored_versions, stored_heads)
-                    outcomes, accepted, versions, heads = decide_known(jobs, keys, realms, known, ts)
+                    outcomes, accepted, versions, heads = decide_known(jobs, keys, new, realms, known, ts)
                 new_pairs |= pairs
                 known.stage({k: ids_of[k] for k in written}, versions, heads)
                 return outcomes
-            if ids_stored or not known.correct(keys, realms, stored_versions, stored_heads):
+            if ids_stored or new_exist or not known.correct(keys, realms, stored_versions, stored_heads):
                 return None
         return None
 
