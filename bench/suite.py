@@ -155,6 +155,8 @@ class Suite:
         if self.want("1") or self.want("2"):
             self.stop_backends(keep=("postgresql",))  # an idle Cassandra node would take CPU from rows 1-2
             self.step("HTTP (rows 1-2)", self._http)
+        if self.want("9") and "postgresql" in self.o.backends and self.backend("postgresql") is not None:
+            self.step("eventsourcing application on PostgreSQL (rows 9e-9g)", self._esapp_postgres)
         self.stop_backends()  # rows 6-10 measure SQLite on a machine without idle servers
         self._rows_inprocess(peer, inproc)
         self._rows_cassandra(inproc.get("cassandra", {}))
@@ -389,6 +391,15 @@ class Suite:
         self.meta["esapp"] = r
         self.rows += esapp.rows(r)
 
+    def _esapp_postgres(self) -> None:
+        from . import esapp_pg  # needs eventsourcing.postgres (psycopg), the bench extra installs it
+
+        backend = self.backend("postgresql")
+        assert backend is not None
+        r = esapp_pg.measure(backend.new_url, self.s.mode, self.o.repeats)
+        self.meta["esapp_postgres"] = r
+        self.rows += esapp_pg.rows(r)
+
     def _groups(self) -> None:
         r = groups.measure(self.work, self.s.mode, self.o.repeats)
         self.meta["groups"] = r
@@ -477,7 +488,8 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int) -> dict[str, floa
 
 #: The table's order of rows.
 ROW_ORDER = ("1", "2", "1-2", "3", "4", "5", "3-5", "3c", "4c", "5c", "cref", "cref2", "6a",
-             "6b", "6c", "6d", "7a", "7b", "8", "8c", "9a", "9b", "9c", "9d", "10", "ref1", "ref2", "ref3")
+             "6b", "6c", "6d", "7a", "7b", "8", "8c", "9a", "9b", "9c", "9d", "9e", "9f",
+             "9g", "10", "ref1", "ref2", "ref3")
 FILL_SECONDS = {"full": 10.0, "quick": 5.0, "tiny": 2.0}
 #: Rows 1-2 on PostgreSQL are measured with one server process and with each of these.
 #: SQLite is one process by design (perhap/backends/sqlite/lock.py; docs/performance.md).

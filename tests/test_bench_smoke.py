@@ -92,6 +92,24 @@ def test_the_http_rows_run_on_postgresql_with_one_and_two_workers(
     assert len({r.baseline for r in rows if r.key == "1"}) == 1
 
 
+@pytest.mark.postgres
+def test_the_eventsourcing_rows_run_on_postgresql_against_its_own_module(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    provider = get_provider("postgres", tmp_path_factory)
+    assert isinstance(provider, PostgresProvider)
+    suite = Suite(Options(sizes=TINY, backends=["postgresql"], only={"9"}, repeats=1,
+                          cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "work")))
+    suite.started["postgresql"] = _SessionPostgres(provider)
+    rows = suite.run()
+    assert suite.errors == []
+    by_key = {r.key: r for r in rows if r.backend == "postgresql"}
+    assert sorted(by_key) == ["9e", "9f", "9g"]
+    for r in by_key.values():  # (each run's stored events were counted against its saves)
+        assert r.value and r.baseline and r.ratio and r.baseline_name == "eventsourcing.postgres", r
+        assert r.passed is None and r.target == "", r  # reference rows: no target
+    assert {r.key for r in rows if r.backend == "sqlite"} == {"9a", "9b", "9c", "9d"}
+
+
 class _SessionCassandra(backends.Backend):
     """The test session's Cassandra node in the place of the one the suite would start."""
 
