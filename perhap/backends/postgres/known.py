@@ -131,8 +131,12 @@ SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored"""
 #: PL/pgSQL function each statement reads a new snapshot, so the check sees every commit made
 #: before the locks were granted. It notifies listeners only if it stored events; the commit at the call's
 #: end delivers that. The settings are the writer's transaction's (``writer.DURABLE`` and
-#: ``KEY_PLANS``), set after the locks; and no JIT, which a price-only `enable_sort = off` can set
-#: off for nothing (11 ms a call, seen on the lock statement's sort).
+#: ``KEY_PLANS``), set after the locks; no JIT, which a price-only `enable_sort = off` can set
+#: off for nothing (11 ms a call, seen on the lock statement's sort); and the generic plan, made
+#: once a session: left to choose, the server planned the statement anew at every call once it
+#: had the new entities' parts (schema step 7), some 350 µs a call under the realm's lock, which
+#: halved two processes' appends in one realm (docs/performance.md, section 19). The generic plan
+#: is the same probes (tests/test_pg_known.py).
 _IN_FUNCTION = re.sub(r"[$](\d+)", lambda m: "$" + str(int(m.group(1)) + 1), WRITE_IF_UNCHANGED).replace(
     "SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored",
     "SELECT holds, heads, versions, ids_stored, new_exist INTO holds_, heads_, versions_, ids_stored_, new_exist_"
@@ -155,7 +159,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(%(lock_class)d, k) FROM unnest($1) AS k ORDER BY k;
     PERFORM set_config('synchronous_commit', 'on', true) WHERE current_setting('synchronous_commit') = 'off';
     PERFORM set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true),
-            set_config('enable_sort', 'off', true);
+            set_config('enable_sort', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true);
     """ + _IN_FUNCTION.replace("%", "%%") + """;
     IF holds_ AND cardinality($11) > 0 THEN  -- $11: the events' ids, accepted jobs' only
         PERFORM pg_notify('%(channel)s', '');
