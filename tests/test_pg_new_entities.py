@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -22,28 +21,18 @@ from perhap import Scope, open_store
 from perhap.backends.postgres import PostgresStore, known
 from perhap.backends.postgres import schema as pgschema
 from perhap.errors import VersionConflict
-from tests.conftest import get_provider
-from tests.test_pg_known import Statements, behind_the_back, opened, positions_and_versions
+from tests.test_pg_known import (  # the fixtures pg_url, store and other are shared with it
+    Statements,
+    behind_the_back,
+    opened,
+    other,
+    pg_url,
+    positions_and_versions,
+    store,
+)
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return get_provider("postgres", tmp_path_factory).new_url()
-
-
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    async for one in opened(pg_url):
-        yield one
-
-
-@pytest.fixture
-async def other(pg_url: str) -> AsyncIterator[PostgresStore]:
-    """A second store on the same database: another process, as far as the first can tell."""
-    async for one in opened(pg_url):
-        yield one
+__all__ = ["other", "pg_url", "store"]  # (fixtures: used by name, not by reference)
 
 TAKE_IDS = "SELECT"  # the block of ids for new entities (``_TAKE_ENTITY_IDS``), by its first word
 
