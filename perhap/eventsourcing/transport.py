@@ -161,7 +161,7 @@ class InProcess(Transport):
 
     def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
                expected: int | None) -> list[Appended]:
-        if self.store.accepts_blocking_appends:  # straight to the writer thread (SQLite)
+        if self.store.accepts_blocking_appends:  # straight to the writer (SQLite, PostgreSQL)
             return self._blocking(realm, domain, entity, events, expected_version=expected)
         return self._run(self.store.append_batch(realm, domain, entity, events, expected_version=expected)).events
 

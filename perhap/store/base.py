@@ -146,8 +146,7 @@ class Store(abc.ABC):
     ) -> AppendResult:
         """:meth:`append_batch` (``entity`` given) or :meth:`append_many` (``entity`` None) for a
         caller on a plain thread, blocking until the outcome. Only where ``accepts_blocking_appends``
-        (SQLite, whose writer is a thread of its own: the call never passes through the event loop);
-        other stores raise NotSupported."""
+        (SQLite: its writer thread; PostgreSQL: one call on the store's loop); else NotSupported."""
         if not self.accepts_blocking_appends:
             raise NotSupported(f"the {self.backend_name} backend takes appends on its event loop only",
                                backend=self.backend_name)

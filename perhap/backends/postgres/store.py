@@ -127,6 +127,8 @@ class PostgresStore(Store):
     shared_across_processes = True
     # One writer task takes appends from a FIFO queue and hands out positions in queue order.
     preserves_submission_order = True
+    # A plain thread's append crosses to the store's loop once (_submit_from_thread).
+    accepts_blocking_appends = True
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -171,9 +173,37 @@ class PostgresStore(Store):
         if task is None or task.done():  # never opened, or the writer stopped
             job.settle(StorageUnavailable("the store is closed"))
             return
+        if job.loop is None:  # a caller on a plain thread (append_blocking)
+            self._submit_from_thread(job)
+            return
         if job.loop is not self._loop:  # its queue and its futures would wake the wrong loop
             raise RuntimeError("this PostgresStore belongs to the event loop that opened it; "
                                "open another store for this loop")
+        self._put(job)
+
+    def _submit_from_thread(self, job: WriteJob) -> None:
+        """Hand a plain thread's job to the writer by one call on the store's loop: no task and no
+        coroutine there for it, and the writer settles its thread-safe future where it runs, so
+        the caller is woken once (docs/performance.md, section 19)."""
+        loop = self._loop
+        assert loop is not None  # (the writer task exists)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("append_blocking on the store's own event loop would wait for that "
+                               "loop forever; await append_batch or append_many there")
+        try:
+            loop.call_soon_threadsafe(self._put_from_thread, job)
+        except RuntimeError:  # the loop is closed
+            job.settle(StorageUnavailable("the store is closed"))
+
+    def _put_from_thread(self, job: WriteJob) -> None:
+        task = self._writer_task
+        if self._closed or task is None or task.done():  # after close() queued STOP, nothing is taken
+            job.settle(StorageUnavailable("the store is closed"))
+            return
         self._put(job)
 
     def group_states(self) -> StateTable:
