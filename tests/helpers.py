@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from perhap.backends import open_store
 from perhap.backends.sqlite import open_sqlite
+from perhap.errors import VersionConflict
+from perhap.model import AppendResult, Scope, new_event
+from perhap.store.base import Store
 from perhap.testing.conformance import StoreFactory, read_all, take, wait_until
 
-__all__ = ["PerhapBackends", "append_from_another_store", "read_all", "take", "wait_until"]
+__all__ = ["PerhapBackends", "append_from_another_store", "appends_from_threads_and_the_loop_at_once", "read_all",
+           "take", "wait_until"]
 
 
 class PerhapBackends:
@@ -35,3 +40,72 @@ async def append_from_another_store(path: str, realm: str, domain: str, entity: 
         await asyncio.get_running_loop().run_in_executor(None, other.run_until_complete, writes())
     finally:
         other.close()
+
+
+async def appends_from_threads_and_the_loop_at_once(store: Store, threads: int = 6, each: int = 40) -> None:
+    """Plain threads (``append_blocking``) and the store's loop append at once, and every rule of
+    an append holds: versions gapless (one shared entity, one of each thread's own, the loop's own),
+    each acknowledged once, positions 1..n in commit order, and a thread's stale expectation
+    refused with nothing stored."""
+    shared: list[AppendResult] = []
+    own: dict[int, list[int]] = {}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            versions = own.setdefault(n, [])
+            for i in range(each):
+                r = store.append_blocking("r", "d", "shared", [new_event("t", {"n": n, "i": i})])
+                with lock:
+                    shared.append(r)
+                # Its own entity, at the version it expects: every one must hold.
+                mine = store.append_blocking("r", "d", f"own-{n}", [new_event("t", {"i": i})],
+                                             expected_version=i - 1)
+                versions.append(mine.first.version)
+        except BaseException as exc:
+            failures.append(exc)
+
+    async def from_the_loop() -> list[int]:
+        versions = []
+        for i in range(each * 2):
+            r = await store.append_batch("r", "d", "loop", [new_event("t", {"i": i})], expected_version=i - 1)
+            versions.append(r.first.version)
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        return versions
+
+    async def everything(scope: Scope) -> list[int]:
+        return [e.version for e in (await store.read(scope, limit=10_000)).events]
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    loop_versions = await from_the_loop()
+    def join_all() -> None:
+        for t in pool:
+            t.join()
+
+    await asyncio.get_running_loop().run_in_executor(None, join_all)
+    assert not failures, failures[0]
+    assert loop_versions == list(range(each * 2))
+    for n in range(threads):
+        assert own[n] == list(range(each))
+    # The shared entity: every append acknowledged once, versions gapless and one each.
+    assert sorted(r.first.version for r in shared) == list(range(threads * each))
+    stored = (await store.read(Scope("r", "d", "shared"), limit=10_000)).events
+    assert [e.version for e in stored] == list(range(threads * each))
+    assert {e.event_id for e in stored} == {r.first.event_id for r in shared}
+    # The realm: positions 1..n without gaps, in commit order.
+    realm = (await store.read(Scope("r"), limit=10_000)).events
+    total = threads * each * 2 + each * 2
+    assert [e.position for e in realm] == list(range(1, total + 1))
+    # A thread whose expected version no longer holds gets the conflict, and nothing is stored.
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: store.append_blocking(
+            "r", "d", "own-0", [new_event("t", {})], expected_version=0))
+    except VersionConflict:
+        pass
+    else:
+        raise AssertionError("a stale expected version from a thread was not refused")
+    assert await everything(Scope("r", "d", "own-0")) == list(range(each))

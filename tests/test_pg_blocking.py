@@ -21,6 +21,7 @@ from perhap.backends.postgres import PostgresStore
 from perhap.errors import PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Scope, new_event
 from tests.conftest import get_provider
+from tests.helpers import appends_from_threads_and_the_loop_at_once
 
 pytestmark = pytest.mark.postgres
 
@@ -34,57 +35,22 @@ async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Postg
 
 
 async def test_appends_from_plain_threads_and_the_loop_at_once_are_exact(store: PostgresStore) -> None:
-    threads, each = 4, 25
-    shared: list[AppendResult] = []
-    own: dict[int, list[int]] = {}
-    refused: list[BaseException] = []
-    failures: list[BaseException] = []
-    lock = threading.Lock()
+    await appends_from_threads_and_the_loop_at_once(store, threads=4, each=25)
 
-    def work(n: int) -> None:
-        try:
-            versions = own.setdefault(n, [])
-            for i in range(each):
-                r = store.append_blocking("r", "d", "shared", [new_event("t", {"n": n, "i": i})])
-                with lock:
-                    shared.append(r)
-                mine = store.append_blocking("r", "d", f"own-{n}", [new_event("t", {"i": i})],
-                                             expected_version=i - 1)  # -1 first: a new entity
-                versions.append(mine.first.version)
-            try:  # a stale expectation from a thread: refused, nothing written
-                store.append_blocking("r", "d", f"own-{n}", [new_event("t", {})], expected_version=0)
-            except VersionConflict as exc:
-                refused.append(exc)
-            # a multi-entity append from a thread
-            store.append_blocking("r", "d", None, [{"entity": f"own-{n}", "type": "t", "event": {}},
-                                                   {"entity": "shared", "type": "t", "event": {}}],
-                                  expected_versions={f"own-{n}": each - 1})
-        except BaseException as exc:
-            failures.append(exc)
 
-    async def from_the_loop() -> None:
-        for i in range(each * 2):
-            await store.append_batch("r", "d", "loop", [new_event("t", {"i": i})], expected_version=i - 1)
+async def test_a_multi_entity_append_from_threads_is_all_or_nothing(store: PostgresStore) -> None:
+    def append(n: int, expected: int) -> AppendResult:
+        return store.append_blocking("r", "d", None, [{"entity": f"e{n}", "type": "t", "event": {}},
+                                                      {"entity": "shared", "type": "t", "event": {}}],
+                                     expected_versions={f"e{n}": expected})
 
-    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-    for t in pool:
-        t.start()
-    await from_the_loop()
-    await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in pool])
-    assert failures == []
-    assert len(refused) == threads and all(isinstance(e, VersionConflict) and e.current_version == each - 1
-                                           for e in refused)
-    assert all(versions == list(range(each)) for versions in own.values())
-    events = list((await store.read(Scope("r"), limit=10_000)).events)
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    assert len(events) == threads * each * 2 + threads * 2 + each * 2
-    by_entity: dict[str, list[int]] = {}
-    for e in events:
-        by_entity.setdefault(e.entity, []).append(e.version)
-    assert all(versions == list(range(len(versions))) for versions in by_entity.values())
-    answered = {(a.event_id, a.version, a.position) for r in shared for a in r.events}
-    stored = {(e.event_id, e.version, e.position) for e in events if e.entity == "shared"}
-    assert answered <= stored and len(stored) == threads * each + threads
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(*(loop.run_in_executor(None, append, n, -1) for n in range(4)))
+    assert sorted(r.events[1].version for r in results) == [0, 1, 2, 3]  # "shared", one version each
+    with pytest.raises(VersionConflict):  # e0 is at 0 now: nothing of this one is stored
+        await loop.run_in_executor(None, append, 0, -1)
+    events = (await store.read(Scope("r"), limit=100)).events
+    assert [e.position for e in events] == list(range(1, 9))
 
 
 async def test_a_waiting_subscriber_is_woken_by_a_threads_append(store: PostgresStore) -> None:

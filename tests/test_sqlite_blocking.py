@@ -19,10 +19,9 @@ import pytest
 
 from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import ring as ring_module
-from perhap.errors import VersionConflict
 from perhap.http.app import PerhapApp
-from perhap.model import AppendResult, Event, Scope, new_event
-from tests.helpers import read_all, wait_until
+from perhap.model import Event, Scope, new_event
+from tests.helpers import appends_from_threads_and_the_loop_at_once, read_all, wait_until
 
 #: Long enough that no delivery below can be the subscribers' poll: each must be a wake-up.
 NO_POLL = 600.0
@@ -40,60 +39,8 @@ async def _all(store: SQLiteStore, scope: Scope) -> list[Event]:
 
 async def test_appends_from_plain_threads_and_the_loop_at_once_are_exact(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    threads, each = 6, 40
-    shared: list[AppendResult] = []
-    own: dict[int, list[int]] = {}
-    failures: list[BaseException] = []
-    lock = threading.Lock()
-
-    def work(n: int) -> None:
-        try:
-            versions = own.setdefault(n, [])
-            for i in range(each):
-                r = store.append_blocking("r", "d", "shared", [new_event("t", {"n": n, "i": i})])
-                with lock:
-                    shared.append(r)
-                # Its own entity, at the version it expects: every one must hold.
-                mine = store.append_blocking("r", "d", f"own-{n}", [new_event("t", {"i": i})],
-                                             expected_version=i - 1)
-                versions.append(mine.first.version)
-        except BaseException as exc:
-            failures.append(exc)
-
-    async def from_the_loop() -> list[int]:
-        versions = []
-        for i in range(each * 2):
-            r = await store.append_batch("r", "d", "loop", [new_event("t", {"i": i})], expected_version=i - 1)
-            versions.append(r.first.version)
-            if i % 7 == 0:
-                await asyncio.sleep(0)
-        return versions
-
     try:
-        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-        for t in pool:
-            t.start()
-        loop_versions = await from_the_loop()
-        await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in pool])
-        assert not failures, failures[0]
-        assert loop_versions == list(range(each * 2))
-        for n in range(threads):
-            assert own[n] == list(range(each))
-        # The shared entity: every append acknowledged once, versions gapless and one each.
-        assert sorted(r.first.version for r in shared) == list(range(threads * each))
-        stored = await _all(store, Scope("r", "d", "shared"))
-        assert [e.version for e in stored] == list(range(threads * each))
-        assert {e.event_id for e in stored} == {r.first.event_id for r in shared}
-        # The realm: positions 1..n without gaps, in commit (seq) order.
-        realm = await _all(store, Scope("r"))
-        total = threads * each * 2 + each * 2
-        assert [e.position for e in realm] == list(range(1, total + 1))
-        assert [e.cursor for e in realm] == sorted(e.cursor for e in realm)
-        # A thread whose expected version no longer holds gets the conflict, and nothing is stored.
-        with pytest.raises(VersionConflict):
-            await asyncio.get_running_loop().run_in_executor(None, lambda: store.append_blocking(
-                "r", "d", "own-0", [new_event("t", {})], expected_version=0))
-        assert len(await _all(store, Scope("r", "d", "own-0"))) == each
+        await appends_from_threads_and_the_loop_at_once(store)
     finally:
         await store.close()
 
