@@ -78,7 +78,7 @@ def _run(env: dict[str, str], threads: int, saves: int) -> float:
     app = Bank(env=env)
     try:
         rate, made = _workload(app, threads, saves)
-        # Every save landed once: notification ids count the events on a fresh SQLite database.
+        # Every save landed once: notification ids count the events on a fresh database.
         count = app.recorder.max_notification_id()
         if count != made * EVENTS_PER_SAVE:
             raise AssertionError(f"{made} saves stored {count} events, not {made * EVENTS_PER_SAVE:g}")

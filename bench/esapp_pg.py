@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .common import Row, ratio, rounds
-from .esapp import EVENTS_PER_SAVE, Bank, _workload
+from .esapp import EVENTS_PER_SAVE, Bank, _run, _workload
 
 #: The runs: (key, processes, threads in each, how the row says it).
 RUNS = (("9e", 1, 16, "16 threads, in process"), ("9f", 1, 1, "1 thread, in process"),
@@ -49,16 +49,9 @@ def stored_events(env: dict[str, str]) -> int:
         app.close()
 
 
-def _in_process(env: dict[str, str], threads: int, saves: int) -> tuple[float, int]:
-    app = Bank(env=env)
-    try:
-        return _workload(app, threads, saves)
-    finally:
-        app.close()
-
-
-def _processes(env: dict[str, str], processes: int, threads: int, saves: int) -> tuple[float, int]:
-    """Saves per second of ``processes`` child processes started together (the sum of their rates)."""
+def _processes(env: dict[str, str], processes: int, threads: int, saves: int) -> float:
+    """Saves per second of ``processes`` child processes started together (the sum of their rates),
+    once the stored events are counted against the saves (as row 9's ``_run`` does in process)."""
     Bank(env=env).close()  # tables created here: two children creating them at once collide
     start = time.time() + 2.0  # every child has imported and connected by then
     child_env = {**env, "CREATE_TABLE": "no"}  # (eventsourcing.postgres's setting; perhap's has nothing to create)
@@ -69,7 +62,10 @@ def _processes(env: dict[str, str], processes: int, threads: int, saves: int) ->
     if any(child.returncode for child in children):
         raise RuntimeError(f"a child of row 9g failed: {[c.returncode for c in children]}")
     results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
-    return sum(r["rate"] for r in results), sum(r["made"] for r in results)
+    made, count = sum(r["made"] for r in results), stored_events(env)
+    if count != made * EVENTS_PER_SAVE:
+        raise AssertionError(f"{made} saves stored {count} events, not {made * EVENTS_PER_SAVE:g}")
+    return float(sum(r["rate"] for r in results))
 
 
 def one_round(new_url: Any, mode: str) -> dict[str, float]:
@@ -79,13 +75,8 @@ def one_round(new_url: Any, mode: str) -> dict[str, float]:
         saves = SAVES[mode][key]
         for name, module in SETUPS:
             env = environment(module, new_url())
-            if processes > 1:
-                rate, made = _processes(env, processes, threads, saves)
-            else:
-                rate, made = _in_process(env, threads, saves)
-            count = stored_events(env)  # every save landed once: the events, counted by position
-            if count != made * EVENTS_PER_SAVE:
-                raise AssertionError(f"{name}: {made} saves stored {count} events, not {made * EVENTS_PER_SAVE:g}")
+            # Either way every save landed once: the stored events are counted against the saves.
+            rate = _processes(env, processes, threads, saves) if processes > 1 else _run(env, threads, saves)
             out[f"{name}_{key}"] = rate
     return out
 

@@ -79,7 +79,7 @@ LIMIT = 20_000
 #: up by position in the arrays: a group names a few realms and at most a few hundred entities);
 #: otherwise as given, at no cost per row. Each probe is of a unique index (a realm's head, an
 #: entity by id, an event by id), whatever the plan for the rest.
-WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
+_STATEMENT = """WITH stored AS (SELECT
     ARRAY(SELECT coalesce((SELECT e.position FROM perhap_events e WHERE e.realm_id = h.realm_id
                            ORDER BY e.position DESC LIMIT 1), 0)
           FROM unnest($1::int[]) WITH ORDINALITY AS h(realm_id, i) ORDER BY h.i) AS heads,
@@ -87,17 +87,11 @@ WRITE_IF_UNCHANGED = """WITH stored AS (SELECT
           FROM unnest($3::bigint[]) WITH ORDINALITY AS c(id, i) ORDER BY c.i) AS versions,
     EXISTS (SELECT 1 FROM unnest($5::uuid[]) AS u(id)
             WHERE EXISTS (SELECT 1 FROM perhap_events e WHERE e.event_id = u.id)) AS ids_stored,
-    EXISTS (SELECT 1 FROM unnest($21::int[], $22::text[]) AS x(domain_id, name)
-            WHERE EXISTS (SELECT 1 FROM perhap_entities n WHERE n.domain_id = x.domain_id
-                          AND n.name = x.name)) AS new_exist),
+    <new_exist> AS new_exist),
 ok AS (SELECT ($20::boolean OR versions = $4::bigint[])
               AND array_position(versions, NULL) IS NULL AND NOT ids_stored AND NOT new_exist AS holds,
               heads <> $2::bigint[] OR versions <> $4::bigint[] AS moved FROM stored),
-created AS (INSERT INTO perhap_entities (id, domain_id, name, version) OVERRIDING SYSTEM VALUE
-    SELECT x.id, x.domain_id, x.name, x.version
-    FROM unnest($23::bigint[], $21::int[], $22::text[], $24::bigint[]) AS x(id, domain_id, name, version)
-    WHERE x.id IS NOT NULL AND (SELECT holds FROM ok)),
-up AS (UPDATE perhap_entities n SET version = CASE WHEN (SELECT moved FROM ok)
+<created>up AS (UPDATE perhap_entities n SET version = CASE WHEN (SELECT moved FROM ok)
         THEN u.version + (SELECT versions[array_position($3::bigint[], u.id)] FROM stored)
              - ($4::bigint[])[array_position($3::bigint[], u.id)] ELSE u.version END
     FROM unnest($6::bigint[], $7::bigint[]) AS u(id, version)
@@ -124,6 +118,28 @@ ins AS (INSERT INTO perhap_events (event_id, position, realm_id, domain_id, enti
     WHERE (SELECT holds FROM ok))
 SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored"""
 
+#: The statement's parts for the entities a group's jobs expect to be new (schema step 7): whether
+#: any exists, and the insert that creates them. A group expecting none runs the statement without
+#: them (:func:`write_if_unchanged`): with nothing to probe or insert they still cost a call some
+#: 50 µs of the server's CPU (the insert's set-up).
+_NEW_EXIST = """EXISTS (SELECT 1 FROM unnest($21::int[], $22::text[]) AS x(domain_id, name)
+            WHERE EXISTS (SELECT 1 FROM perhap_entities n WHERE n.domain_id = x.domain_id
+                          AND n.name = x.name))"""
+_CREATED = """created AS (INSERT INTO perhap_entities (id, domain_id, name, version) OVERRIDING SYSTEM VALUE
+    SELECT x.id, x.domain_id, x.name, x.version
+    FROM unnest($23::bigint[], $21::int[], $22::text[], $24::bigint[]) AS x(id, domain_id, name, version)
+    WHERE x.id IS NOT NULL AND (SELECT holds FROM ok)),
+"""
+
+
+def write_if_unchanged(new_entities: bool) -> str:
+    """The statement, with the new entities' parts or (none expected) without them."""
+    return _STATEMENT.replace("<new_exist>", _NEW_EXIST if new_entities else "false").replace(
+        "<created>", _CREATED if new_entities else "")
+
+
+WRITE_IF_UNCHANGED = write_if_unchanged(True)
+
 #: The writer sends a group of remembered entities as one call of this function, outside any
 #: transaction: the call is its own transaction, so the group costs one round trip, and the realm
 #: locks are held only while the server works. Inside, it takes the realm locks ($1, sorted) and
@@ -137,25 +153,12 @@ SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored"""
 #: had the new entities' parts (schema step 7), some 350 µs a call under the realm's lock, which
 #: halved two processes' appends in one realm (docs/performance.md, section 19). The generic plan
 #: is the same probes (tests/test_pg_known.py).
-_IN_FUNCTION = re.sub(r"[$](\d+)", lambda m: "$" + str(int(m.group(1)) + 1), WRITE_IF_UNCHANGED).replace(
-    "SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored",
-    "SELECT holds, heads, versions, ids_stored, new_exist INTO holds_, heads_, versions_, ids_stored_, new_exist_"
-    " FROM ok, stored")
-
-
-def _without_new_entities(statement: str) -> str:
-    """The statement for a group that expects no entity to be new: without the probe for them and
-    the insert that creates them, which cost a call some 50 µs of the server's CPU even with
-    nothing to probe or insert (the insert's set-up)."""
-    start = statement.index(",\n    EXISTS (SELECT 1 FROM unnest($22::int[]")
-    probe = statement[start:statement.index(" AS new_exist)")]
-    created = statement[statement.index("created AS (INSERT"):statement.index("up AS (UPDATE")]
-    plain = statement.replace(probe, ",\n    false").replace(created, "")
-    assert "$22" not in plain and "$25" not in plain and "perhap_entities (id" not in plain, plain
-    return plain
-
-
-_IN_FUNCTION_PLAIN = _without_new_entities(_IN_FUNCTION)
+def _in_function(statement: str) -> str:
+    """The statement as the function runs it: its parameters one further on, its answer kept."""
+    return re.sub(r"[$](\d+)", lambda m: "$" + str(int(m.group(1)) + 1), statement).replace(
+        "SELECT holds, heads, versions, ids_stored, new_exist FROM ok, stored",
+        "SELECT holds, heads, versions, ids_stored, new_exist INTO holds_, heads_, versions_, ids_stored_,"
+        " new_exist_ FROM ok, stored")
 
 #: The function's arguments before schema step 5 (which added the last, ``relative``).
 STEP_4_ARGUMENTS = """int[], int[], bigint[], bigint[], bigint[], uuid[], bigint[], bigint[], bigint[], int[],
@@ -176,9 +179,9 @@ BEGIN
     PERFORM set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true),
             set_config('enable_sort', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true);
     IF cardinality($22) = 0 THEN  -- no entity expected new: the statement without their parts
-        """ + _IN_FUNCTION_PLAIN.replace("%", "%%") + """;
+        """ + _in_function(write_if_unchanged(False)).replace("%", "%%") + """;
     ELSE
-        """ + _IN_FUNCTION.replace("%", "%%") + """;
+        """ + _in_function(WRITE_IF_UNCHANGED).replace("%", "%%") + """;
     END IF;
     IF holds_ AND cardinality($11) > 0 THEN  -- $11: the events' ids, accepted jobs' only
         PERFORM pg_notify('%(channel)s', '');
