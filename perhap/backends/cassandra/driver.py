@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Coroutine, Hashable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-from cassandra import DriverException, InvalidRequest, OperationTimedOut, RequestExecutionException
+from cassandra import (
+    DriverException,
+    InvalidRequest,
+    OperationTimedOut,
+    ReadTimeout,
+    RequestExecutionException,
+    WriteTimeout,
+)
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionBusy, ConnectionException
@@ -28,6 +36,9 @@ Row = Any
 Statement = Any
 
 BUSY_PAUSE = 0.005  # seconds before sending again a request a busy connection refused
+#: Seconds before sending again a serial read the server timed out: a Paxos read contends with the
+#: rounds of other proposers on its partition, so a random pause lets one of them finish first.
+CONTENDED_PAUSE = (0.01, 0.05)
 ROWS_PER_BATCH = 500  # pending index rows per unlogged single-partition batch
 #: What a request may fail with: a 503 for the caller. ErrorMessage is the server's own error when
 #: the driver has no class for its code, notably 0x1700 (Cassandra 5: a Paxos round's outcome is
@@ -122,22 +133,31 @@ class Driver:
         rf.add_callbacks(done, failed)
         return future
 
-    async def run(self, stmt: Statement, args: Any = None, *, lwt: bool = False) -> list[Row]:
+    async def run(self, stmt: Statement, args: Any = None, *, lwt: bool = False,
+                  read_only: bool = False) -> list[Row]:
         """Rows of one statement; a driver failure becomes StorageUnavailable (HTTP 503).
 
         A connection whose socket buffer is full refuses a request at once (ConnectionBusy) rather
         than queue it: big batches in flight fill it. Such a request was never sent, so it is sent
-        again after a short pause (any statement, Paxos rounds included), until the timeout."""
-        deadline: float | None = None
+        again after a short pause (any statement, Paxos rounds included), until the timeout.
+
+        ``read_only``: the statement changes nothing (a read, serial or not), so one the server
+        timed out (under Paxos contention, or on a loaded node) is sent again after a random
+        pause, until the timeout. A write that timed out is never re-sent here: its outcome is
+        its caller's to settle."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
         while True:
             try:
                 return await self.execute(stmt, args, lwt=lwt)
             except NoHostAvailable as exc:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.options.timeout if deadline is None else deadline
                 if not _never_sent(exc) or loop.time() > deadline:
                     raise unavailable(exc) from None
                 await asyncio.sleep(BUSY_PAUSE)
+            except (ReadTimeout, WriteTimeout) as exc:
+                if not read_only or loop.time() > deadline:
+                    raise unavailable(exc) from None
+                await asyncio.sleep(random.uniform(*CONTENDED_PAUSE))
             except InvalidRequest as exc:
                 if "too large" in str(exc).lower() or "mutation" in str(exc).lower():
                     raise InvalidInput(f"the batch is too large for Cassandra: {exc}") from None

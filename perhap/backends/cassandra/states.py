@@ -18,7 +18,10 @@ Writes are Paxos rounds on the document's partition:
 A document is read at the serial consistency level (``serial_consistency``: SERIAL or
 LOCAL_SERIAL): a Paxos read, which first completes any round left half done, so it sees every write
 answered before it started, and nothing that could still be undone. One process sends one
-round per document at a time (a lock per document): its own requests never contend.
+round per document at a time (a lock per document): its own requests never contend. Rounds of
+other processes do: a serial read the server timed out (it gave up on the contention, or the node
+was slow) is sent again after a random pause, until the store's timeout, since a read changes
+nothing (the round it may complete is completed by any later round just the same).
 
 Unknown outcomes. A CAS that gets no answer (a WriteTimeout of type CAS, a lost connection) may
 have been applied, or may still be by the next round on the partition. The document is then read
@@ -107,7 +110,7 @@ class CassandraStates(StateTable):
     async def get(self, realm: str, name: str) -> StateRecord | None:
         key = (self.ns.stored(realm), name)
         async with self._lock(key):
-            rows = await self.db.run(self.q.get, key)
+            rows = await self.db.run(self.q.get, key, read_only=True)
         if not rows or rows[0][0] is None:  # none, or deleted
             return None
         return StateRecord(rows[0][0], rows[0][1] or b"")
@@ -164,7 +167,7 @@ class CassandraStates(StateTable):
 
     async def _wrote(self, key: Key, token: str | None, gone: str | None) -> bool:
         """Whether the document holds this write's token or ``gone`` id, read serially."""
-        rows = await self.db.run(self.q.check, key)
+        rows = await self.db.run(self.q.check, key, read_only=True)
         stored_token, stored_gone = rows[0] if rows else (None, None)
         if token is not None:
             return bool(stored_token == token)

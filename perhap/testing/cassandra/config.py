@@ -132,3 +132,15 @@ def logback_xml(log_path: Path) -> str:
   <root level="INFO"><appender-ref ref="FILE"/></root>
 </configuration>
 """
+
+
+#: nodetool's own logging: warnings and errors on stderr (its default prints every DEBUG line).
+NODETOOL_LOGBACK = """\
+<configuration>
+  <appender name="ERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target>
+    <encoder><pattern>%-5level %logger{0} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="ERR"/></root>
+</configuration>
+"""

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import HEAP_MB, JVM17_FLAGS, PROFILES, cassandra_yaml, logback_xml
+from .config import HEAP_MB, JVM17_FLAGS, NODETOOL_LOGBACK, PROFILES, cassandra_yaml, logback_xml
 from .jars import DEFAULT_VERSION, CassandraError, resolve_jars
 from .process import alive, free_ports, java, port_open, spawn
 
@@ -85,9 +85,10 @@ class CassandraNode:
                 return
             raise CassandraError(f"a Cassandra node is already running in {self.dir} (pid {self.pid})")
         lib = resolve_jars(self.version)
+        jmx_port, = free_ports(1)
+        self._state["jmx_port"] = jmx_port  # for nodetool(), also from another process (node.json)
         self._write_config()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        jmx_port, = free_ports(1)
         with open(self.out_path, "wb") as out:  # this run's JVM output only
             proc = self._proc = spawn(self._command(lib, jmx_port), detach=detach,
                                       cwd=self.dir, stdout=out, stderr=subprocess.STDOUT)
@@ -97,6 +98,23 @@ class CassandraNode:
         except BaseException:  # includes KeyboardInterrupt: never leave a half-started JVM
             self.kill()
             raise
+
+    def nodetool(self, *args: str, timeout: float = 60) -> str:
+        """Run ``nodetool`` against the running node (local JMX) in a child JVM; its output.
+
+        For tests that change the node at run time, e.g. ``nodetool("settimeout", "cascontention",
+        "0")`` makes every Paxos round time out at once until it is set back."""
+        if not self.running() or "jmx_port" not in self._state:
+            raise CassandraError(f"no Cassandra node is running in {self.dir}")
+        lib = resolve_jars(self.version)
+        command = [java(), *JVM17_FLAGS, f"-Dlogback.configurationFile=file://{self.dir / 'nodetool-logback.xml'}",
+                   "-cp", f"{lib}/*", "org.apache.cassandra.tools.NodeTool",
+                   "-h", self.host, "-p", str(self._state["jmx_port"]), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
+            raise CassandraError(f"nodetool {' '.join(args)} failed (exit {done.returncode})", tail)
+        return done.stdout
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM (Cassandra drains in its shutdown hook), SIGKILL after timeout."""
@@ -216,3 +234,4 @@ class CassandraNode:
         # data directories are what carry state between runs.
         (self.dir / "cassandra.yaml").write_text(cassandra_yaml(data, self._state, self.port, self.profile))
         (self.dir / "logback.xml").write_text(logback_xml(self.log_path))
+        (self.dir / "nodetool-logback.xml").write_text(NODETOOL_LOGBACK)
