@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -24,6 +24,7 @@ from perhap.store.states import new_token
 pytestmark = pytest.mark.cassandra
 
 Contention = Callable[[bool], None]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -46,19 +47,28 @@ def paxos_times_out(cassandra: Any) -> Iterator[Contention]:
         switch(False)
 
 
+async def still_waiting_while_rounds_time_out(paxos_times_out: Contention, call: Awaitable[T],
+                                              what: str) -> asyncio.Future[T]:
+    """Start ``call`` while every Paxos round times out; a second later it must still be waiting
+    (sending its serial read again); then rounds resume. Returns the call, to be awaited."""
+    paxos_times_out(True)
+    try:
+        future = asyncio.ensure_future(call)
+        await asyncio.sleep(1.0)
+        assert not future.done(), f"{what} was answered instead of being sent again"
+    finally:
+        paxos_times_out(False)
+    return future
+
+
 async def test_a_serial_read_the_server_timed_out_is_sent_again(cassandra: Any, paxos_times_out: Contention,
                                                                  realm: str) -> None:
     async with open_store(cassandra.new_url()) as store:
         states = store.group_states()
         token = new_token()
         assert await states.put(realm, "doc", orjson.dumps({"v": 1}), token, None)
-        paxos_times_out(True)
-        try:
-            read = asyncio.ensure_future(states.get(realm, "doc"))
-            await asyncio.sleep(1.0)
-            assert not read.done(), "a serial read that timed out was answered instead of being sent again"
-        finally:
-            paxos_times_out(False)
+        read = await still_waiting_while_rounds_time_out(paxos_times_out, states.get(realm, "doc"),
+                                                         "a serial read that timed out")
         record = await asyncio.wait_for(read, 30)
         assert record is not None and record.token == token and orjson.loads(record.data) == {"v": 1}
 
@@ -82,13 +92,8 @@ async def test_a_conditional_write_that_timed_out_is_not_sent_again(cassandra: A
         states = store.group_states()
         first = new_token()
         assert await states.put(realm, "doc", orjson.dumps({"v": 1}), first, None)
-        paxos_times_out(True)
-        try:
-            put = asyncio.ensure_future(states.put(realm, "doc", orjson.dumps({"v": 2}), new_token(), first))
-            await asyncio.sleep(1.0)
-            assert not put.done(), "the write's read-back was answered instead of being sent again"
-        finally:
-            paxos_times_out(False)
+        replace = states.put(realm, "doc", orjson.dumps({"v": 2}), new_token(), first)
+        put = await still_waiting_while_rounds_time_out(paxos_times_out, replace, "the write's read-back")
         with pytest.raises(StorageUnavailable, match="may or may not have been applied"):
             await asyncio.wait_for(put, 30)
         record = await states.get(realm, "doc")
