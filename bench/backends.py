@@ -62,6 +62,11 @@ class CassandraBackend(Backend):
     def new_url(self) -> str:
         return self.node.url(f"bench_{os.getpid()}_{next(self.counter)}")
 
+    def flush(self) -> None:
+        """Write every memtable to SSTables (nodetool flush): before a read-back is timed, so that
+        perhap's and the raw driver's reads both come from disk-backed tables."""
+        self.node.nodetool("flush")
+
     def stop(self) -> None:
         self.node.stop()
 

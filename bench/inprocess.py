@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from perhap import Scope, open_store
@@ -67,9 +68,12 @@ async def read_entity(store: Any, realm: str, domain: str, entity: str) -> int:
         following = page.next
 
 
-async def read_back(store: Any, count: int, *, repeats: int = 3) -> float:
-    """Events per second reading one ``count``-event entity from start to end (best of repeats)."""
+async def read_back(store: Any, count: int, *, repeats: int = 3, settle: Callable[[], None] | None = None) -> float:
+    """Events per second reading one ``count``-event entity from start to end (best of repeats);
+    ``settle`` runs (in a thread) between the fill and the reads (Cassandra: flush the memtables)."""
     await fill_entity(store, "bench", "readback", "big", count)
+    if settle is not None:
+        await asyncio.to_thread(settle)
     await read_entity(store, "bench", "readback", "big")  # warm
     best = float("inf")
     for _ in range(repeats):
