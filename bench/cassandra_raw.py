@@ -11,7 +11,7 @@ that must be exact (gapless versions, no lost race) can cost with Cassandra's ow
 - ``batch``: single-partition unlogged batches of 1,000 rows, one after another (row 4's shape);
 - ``read``: one partition of ``count`` rows read in pages of 10,000 (row 5's shape), after
   ``settle`` (the bench's: flush the node's memtables, as it does before perhap's read-back, so
-  that both sides read SSTables; a partition still in a memtable reads 25-30 % faster).
+  that both sides read SSTables; a partition still in a memtable reads 25-40 % faster).
 
 Statements go through perhap's own :class:`~perhap.backends.cassandra.driver.Driver` (the same
 cassandra-driver session settings, token-aware routing, consistency levels and the same hop to the
