@@ -10,7 +10,7 @@ that must be exact (gapless versions, no lost race) can cost with Cassandra's ow
   append of a realm writes into its index bucket (the capacity model's hot partition);
 - ``batch``: single-partition unlogged batches of 1,000 rows, one after another (row 4's shape);
 - ``read``: one partition of ``count`` rows read in pages of 10,000 (row 5's shape), after
-  ``settle`` (the bench's: flush the node's memtables, as it does before perhap's read-back, so
+  ``flush`` (the bench's node writes its memtables to SSTables, as before perhap's read-back, so
   that both sides read SSTables; a partition still in a memtable reads 25-40 % faster).
 
 Statements go through perhap's own :class:`~perhap.backends.cassandra.driver.Driver` (the same
@@ -28,9 +28,6 @@ import time
 from collections.abc import Callable
 
 from .common import rate_of
-
-#: Made ready before a read is timed (a blocking call): flush the node's memtables.
-Settle = Callable[[], None]
 
 PAYLOAD = b'{"n":0,"text":"hello from the benchmark"}'  # about the size of row 3's events
 WORKERS = 64
@@ -107,9 +104,9 @@ class Raw:
                 break
         return done / (time.perf_counter() - start)
 
-    async def read(self, count: int, repeats: int = 3, settle: Settle | None = None) -> float:
+    async def read(self, count: int, repeats: int = 3, flush: Callable[[], None] | None = None) -> float:
         """Rows per second reading one ``count``-row partition in pages of PAGE (best of repeats);
-        ``settle`` runs (in a thread) between the writes and the reads."""
+        ``flush`` (blocking) runs in a thread between the writes and the reads."""
         from cassandra.query import BatchStatement, BatchType
 
         partition = f"r{next(self.partitions)}"
@@ -118,8 +115,8 @@ class Raw:
             for c in range(first, min(first + BATCH_ROWS, count)):
                 batch.add(self.insert, (partition, c, PAYLOAD))
             await self.driver.run(batch)
-        if settle is not None:
-            await asyncio.to_thread(settle)
+        if flush is not None:
+            await asyncio.to_thread(flush)
         best = float("inf")
         for attempt in range(repeats + 1):
             start = time.perf_counter()
@@ -139,7 +136,7 @@ async def warm(url: str, seconds: float) -> None:
 
 
 async def measure(url: str, seconds: float, batches: int, read_count: int,
-                  settle: Settle | None = None) -> dict[str, float]:
+                  flush: Callable[[], None] | None = None) -> dict[str, float]:
     """The baselines (the read only with a ``read_count``), on a keyspace of their own, dropped after."""
     async with Raw(url) as raw:
         plain = await raw.inserts(seconds, conditional=False)
@@ -148,5 +145,5 @@ async def measure(url: str, seconds: float, batches: int, read_count: int,
         batch = await raw.batches(batches, max_seconds=2 * seconds)
         out = {"plain": plain, "hot": hot, "conditional": conditional, "batch": batch}
         if read_count:
-            out.update(read=await raw.read(read_count, settle=settle), read_count=read_count)
+            out.update(read=await raw.read(read_count, flush=flush), read_count=read_count)
     return out

@@ -68,12 +68,13 @@ async def read_entity(store: Any, realm: str, domain: str, entity: str) -> int:
         following = page.next
 
 
-async def read_back(store: Any, count: int, *, repeats: int = 3, settle: Callable[[], None] | None = None) -> float:
+async def read_back(store: Any, count: int, *, repeats: int = 3, flush: Callable[[], None] | None = None) -> float:
     """Events per second reading one ``count``-event entity from start to end (best of repeats);
-    ``settle`` runs (in a thread) between the fill and the reads (Cassandra: flush the memtables)."""
+    ``flush`` (blocking; Cassandra: write the memtables to SSTables) runs in a thread between the
+    fill and the reads."""
     await fill_entity(store, "bench", "readback", "big", count)
-    if settle is not None:
-        await asyncio.to_thread(settle)
+    if flush is not None:
+        await asyncio.to_thread(flush)
     await read_entity(store, "bench", "readback", "big")  # warm
     best = float("inf")
     for _ in range(repeats):

@@ -470,7 +470,7 @@ class Suite:
 
 
 async def _perhap_inprocess(url: str, s: Sizes, readback: int,
-                            settle: Callable[[], None] | None = None) -> dict[str, float]:
+                            flush: Callable[[], None] | None = None) -> dict[str, float]:
     from perhap import open_store
 
     out: dict[str, float] = {}
@@ -484,7 +484,7 @@ async def _perhap_inprocess(url: str, s: Sizes, readback: int,
             # A slow backend reads back a smaller entity: filling it must not take the whole run.
             affordable = int(out["batch"] * FILL_SECONDS[s.mode]) // 10_000 * 10_000
             out["read_count"] = count = min(readback, max(affordable, 10_000))
-            out["read"] = await inprocess.read_back(store, count, settle=settle)
+            out["read"] = await inprocess.read_back(store, count, flush=flush)
     return out
 
 
