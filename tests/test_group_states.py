@@ -236,6 +236,63 @@ async def test_a_write_through_one_store_is_seen_through_the_other(two_stores: l
     assert await a.get(realm, "g") is None and await a.names(None) == []
 
 
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.postgres
+async def test_postgres_a_write_is_heard_by_the_other_process_not_by_its_own(
+        tmp_path_factory: pytest.TempPathFactory, realm: str) -> None:
+    """Every applied create, replace and delete is heard by another process's watchers, naming the
+    document; a write that was not applied, and any write heard by its own process, is not."""
+    url = get_provider("postgres", tmp_path_factory).new_url()
+    async with open_store(url) as one, open_store(url) as two:
+        a, b = one.group_states(), two.group_states()
+        heard: dict[str, list[tuple[str, str] | None]] = {"a": [], "b": []}
+        arrived = asyncio.Event()
+
+        def watcher(name: str) -> Any:
+            def changed(key: tuple[str, str] | None) -> None:
+                heard[name].append(key)
+                arrived.set()
+            return changed
+
+        a.watch(watcher("a"))
+        b.watch(watcher("b"))
+        while not (one.listening and two.listening):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+
+        async def next_heard() -> tuple[str, str] | None:
+            """The next document b hears of, past the None each process hears when its listener
+            connects (it may have missed something)."""
+            while True:
+                while not heard["b"]:
+                    arrived.clear()
+                    await asyncio.wait_for(arrived.wait(), 30)
+                key = heard["b"].pop(0)
+                if key is not None:
+                    return key
+
+        first, second = new_token(), new_token()
+        assert await a.put(realm, "g", doc(v=1), first, None)
+        assert await next_heard() == (realm, "g")
+        assert not await a.put(realm, "g", doc(v=9), new_token(), None)  # not applied: not told
+        assert not await a.put(realm, "g", doc(v=9), new_token(), new_token())
+        assert not await a.delete(realm, "g", new_token())
+        assert await a.put(realm, "g", doc(v=2), second, first)
+        # Notifications of one process arrive in commit order: a refused write would be heard here.
+        assert await next_heard() == (realm, "g")
+        assert await a.put(realm, "h", doc(v=1), new_token(), None)
+        assert await next_heard() == (realm, "h")
+        assert await a.delete(realm, "g", second)
+        assert await next_heard() == (realm, "g")
+        assert await b.put(realm, "i", doc(v=1), new_token(), None)
+        while (realm, "i") not in heard["a"]:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 30)
+        assert [k for k in heard["a"] if k is not None] == [(realm, "i")]
+        assert [k for k in heard["b"] if k is not None] == []  # b never hears its own writes
+
+
 # ----------------------------------------------------------------------------- SQLite
 
 

@@ -26,6 +26,7 @@ from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
+from .ahead import SCAN_BATCH, SCAN_SLACK, ReadAhead, read_ahead
 from .settings import GroupSettings
 from .state import GroupState, Lease
 
@@ -33,14 +34,11 @@ _T = TypeVar("_T")
 #: Compare-and-set attempts of one operation before it gives up (503): only other processes
 #: writing the same group at the same moment make an attempt fail.
 MAX_ATTEMPTS = 50
-#: How often a waiting consumer looks at a group another process may have changed.
+#: How often a waiting consumer looks at a group another process may have changed, where no
+#: notification says so (Cassandra; a PostgreSQL notification lost with its connection).
 SHARED_POLL = 0.5
 #: A consumer's last activity is stored again after this long (an idle poll writes nothing before).
 SEEN_EVERY = 5.0
-#: Events read from the scope at once when looking for new work.
-SCAN_BATCH = 1000
-#: Events read beyond those still wanted, in case some wait behind their entity.
-SCAN_SLACK = 16
 #: Event bodies kept for redelivery, so a retried event is not read by id again.
 BODY_CACHE = 20_000
 
@@ -60,11 +58,14 @@ class Groups:
         #: Per group, a future resolved (and replaced) when the group changes in this process.
         self._changed: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._bodies: OrderedDict[str, Event] = OrderedDict()
+        #: Per group, the scope's events read by the last lease before its compare-and-set.
+        self._ahead: dict[tuple[str, str], ReadAhead | None] = {}
 
     @property
     def table(self) -> StateTable:
         if self._table is None:
             self._table = self.store.group_states()
+            self._table.watch(self._heard)
         return self._table
 
     # ----------------------------------------------------------------- the group itself
@@ -104,6 +105,7 @@ class Groups:
                 raise _unknown(realm, name)
             if await self.table.delete(realm, name, record.token):
                 self._cache.pop(key, None)
+                self._ahead.pop(key, None)
                 self._wake(key)
                 return
 
@@ -199,6 +201,9 @@ class Groups:
 
     async def _lease_once(self, realm: str, name: str, consumer: str,
                           limit: int) -> tuple[list[tuple[int, Lease]], float | None]:
+        key = (realm, name)
+        self._ahead[key] = await read_ahead(self.store, realm, name, consumer, limit, self._remember)
+
         async def change(state: GroupState, now: float) -> tuple[tuple[list[tuple[int, Lease]], float | None], bool]:
             scanned = state.scanned
             dirty = state.expire(now)
@@ -208,7 +213,7 @@ class Groups:
             if room > 0:
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
-                await self._scan(realm, state, room, busy, chosen)
+                await self._scan(key, state, room, busy, chosen)
             leases = state.lease(chosen, consumer, now)
             # Every change made in place must be stored (or dropped with the cache): events read
             # and waiting behind their entity are one, even when nothing goes out.
@@ -217,19 +222,25 @@ class Groups:
 
         return await self._update(realm, name, change)
 
-    async def _scan(self, realm: str, state: GroupState, room: int, busy: set[tuple[str, str]],
+    async def _scan(self, key: tuple[str, str], state: GroupState, room: int, busy: set[tuple[str, str]],
                     chosen: list[int]) -> None:
-        """Read the scope after ``scanned`` until ``room`` events are chosen or nothing is left."""
+        """Read the scope after ``scanned`` (from the page read ahead where it covers it) until
+        ``room`` events are chosen or nothing is left."""
         settings = state.settings
         while len(chosen) < room:
             # Read about what is still wanted: events read past the last one taken in are dropped.
             wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
-            page = await self.store.read(settings.scope(realm), after_position=state.scanned,
-                                         limit=wanted, types=settings.types)
-            for event in page.events:
-                self._remember(event)
-            taken = state.admit(page.events, room, busy, chosen)
-            if page.next is None or taken < len(page.events):
+            ahead = self._ahead.get(key)
+            found = ahead.take(state, wanted) if ahead is not None else None
+            if found is None:
+                page = await self.store.read(settings.scope(key[0]), after_position=state.scanned,
+                                             limit=wanted, types=settings.types)
+                for event in page.events:
+                    self._remember(event)
+                found = page.events, page.next is None
+            events, last = found
+            taken = state.admit(events, room, busy, chosen)
+            if last or taken < len(events):
                 return
 
     async def ack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str]) -> int:
@@ -348,7 +359,8 @@ class Groups:
                 _answer(batch, outcomes)
                 return
             self._cache.pop(key, None)
-            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+            # The first retry at once (the state just written, read as early as its writer can)
+            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt, 10)))
         busy = StorageUnavailable(f"group {name!r} is changed by other processes too often; try again")
         _answer(batch, [_Failed(busy)] * len(batch))
 
@@ -356,6 +368,13 @@ class Groups:
         changed = self._changed.pop(key, None)
         if changed is not None and not changed.done():
             changed.set_result(None)
+
+    def _heard(self, key: tuple[str, str] | None) -> None:
+        """Another process changed a group (None: maybe any): its waiting consumers look again
+        now rather than at their next poll, where a freed entity would long be taken by this
+        other process's own consumers, whose acknowledgements wake them at once."""
+        for each in [key] if key is not None else list(self._changed):
+            self._wake(each)
 
     # ----------------------------------------------------------------- event bodies
 

@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import abc
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: A document is kept small by its writers; backends may refuse much larger ones.
 MAX_STATE_BYTES = 8 * 1024 * 1024
+
+#: Told of a document another process changed: its (realm, name), or None for "any of them may
+#: have" (notifications were missed). Called on the store's event loop.
+Watcher = Callable[[tuple[str, str] | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +64,9 @@ class StateTable(abc.ABC):
     @abc.abstractmethod
     async def delete(self, realm: str, name: str, expected: str) -> bool:
         """Remove the document if its token is ``expected``; True when removed."""
+
+    def watch(self, changed: Watcher) -> None:
+        """Call ``changed`` when another process writes a document, where the backend hears of it
+        (PostgreSQL: a NOTIFY sent with the write). Only a hint, to wake waiting readers early:
+        it may come late or never, so readers keep looking on their own too."""
+        return None  # by default nothing is heard: readers poll

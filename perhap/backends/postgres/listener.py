@@ -3,16 +3,18 @@
 Every writer NOTIFYs inside its transaction, so a notification arrives when, and only if, the
 commit is visible. Subscribers also poll every ``poll_interval``, so nothing depends on a
 notification arriving (pgbouncer in transaction mode drops them, a connection can be lost).
+The same connection hears of consumer group state written by other processes (:mod:`.states`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from .connection import Connection, Options
-from .schema import CHANNEL
+from .schema import CHANNEL, STATES_CHANNEL
 
 log = logging.getLogger("perhap.postgres")
 
@@ -26,9 +28,10 @@ class Wake(Protocol):
 class Listener:
     """Keeps one connection LISTENing; reconnects with back-off while the database is away."""
 
-    def __init__(self, options: Options, wake: Wake) -> None:
+    def __init__(self, options: Options, wake: Wake, states_heard: Callable[[str | None], None]) -> None:
         self._options = options
         self._wake = wake
+        self._states_heard = states_heard  # a state notification's payload; None: some missed
         self.listening = False
         self._delay = 0.2  # before reconnecting: doubles while the database stays away
 
@@ -55,8 +58,10 @@ class Listener:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._wake)
+        await conn.add_listener(STATES_CHANNEL, lambda _conn, _pid, _channel, payload: self._states_heard(payload))
         self.listening, self._delay = True, 0.2
         self._wake()  # commits while we were not listening: make readers look
+        self._states_heard(None)
         while not lost.is_set():
             try:
                 await asyncio.wait_for(lost.wait(), 15)

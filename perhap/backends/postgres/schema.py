@@ -16,6 +16,7 @@ log = logging.getLogger("perhap.postgres")
 
 SCHEMA_VERSION = 7
 CHANNEL = "perhap_events"  # NOTIFY/LISTEN channel of commits
+STATES_CHANNEL = "perhap_groups"  # NOTIFY/LISTEN channel of group state writes
 LOCK_CLASS = 0x70657268  # "perh": the first key of every advisory lock we take
 SCHEMA_LOCK = (LOCK_CLASS + 1, 0)
 #: Seconds a migration step, and a process waiting for another's migration, may take: a step may

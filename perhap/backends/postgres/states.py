@@ -12,27 +12,43 @@ nothing was written and the write is tried once more on a fresh connection; lost
 the outcome is unknown. The document is then read back: the token this write carried is unique,
 so finding it means the write was applied (True); anything else is answered StorageUnavailable
 (503), as the write may or may not have been applied.
+
+A write that is applied also sends a notification (``pg_notify`` in its ``RETURNING``, so no extra
+round trip, delivered at COMMIT and only if it commits) naming the document and the process
+that wrote it: the other processes' listeners wake their consumers waiting on that group
+(:meth:`StateTable.watch`) instead of leaving them to their next poll, which would let the
+consumers of the process whose acknowledgements free the work take all of it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from ...errors import InvalidInput, StorageUnavailable
-from ...store.states import MAX_STATE_BYTES, StateRecord, StateTable
+from ...store.states import MAX_STATE_BYTES, StateRecord, StateTable, Watcher, new_token
 from .connection import DB_ERRORS, LOST, AnyConnection, Pool
+from .schema import STATES_CHANNEL
 from .writer import DURABLE
 
 Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]
 
 GET = "SELECT token, data FROM perhap_groups WHERE realm = $1 AND name = $2"
+
+
+def _noticed(origin: str) -> str:
+    """A RETURNING clause: a row only when the statement applied, whose pg_notify tells the other
+    processes which document changed; ``origin`` is the parameter naming this process."""
+    return f"RETURNING pg_notify('{STATES_CHANNEL}', json_build_array($1::text, $2::text, {origin}::text)::text)"
+
+
 CREATE = ("INSERT INTO perhap_groups (realm, name, token, data) VALUES ($1, $2, $3, $4) "
-          "ON CONFLICT DO NOTHING RETURNING 1")
+          "ON CONFLICT DO NOTHING " + _noticed("$5"))
 REPLACE = ("UPDATE perhap_groups SET token = $3, data = $4 WHERE realm = $1 AND name = $2 AND token = $5 "
-           "RETURNING 1")
-DELETE = "DELETE FROM perhap_groups WHERE realm = $1 AND name = $2 AND token = $3 RETURNING 1"
+           + _noticed("$6"))
+DELETE = "DELETE FROM perhap_groups WHERE realm = $1 AND name = $2 AND token = $3 " + _noticed("$4")
 
 
 class PostgresStates(StateTable):
@@ -40,6 +56,27 @@ class PostgresStates(StateTable):
 
     def __init__(self, pool: Callable[[], Pool | None], fetch: Fetch, timeout: float) -> None:
         self._pool, self._fetch, self._timeout = pool, fetch, timeout
+        #: Names this process in its notifications, so that it does not wake itself.
+        self._origin = new_token()
+        self._watchers: list[Watcher] = []
+
+    def watch(self, changed: Watcher) -> None:
+        self._watchers.append(changed)
+
+    def heard(self, payload: str | None) -> None:
+        """A notification of the states channel (None: some may have been missed)."""
+        key: tuple[str, str] | None = None
+        if payload is not None:
+            try:
+                realm, name, origin = json.loads(payload)
+            except ValueError:  # not ours: wake every waiter, which costs only a look
+                pass
+            else:
+                if origin == self._origin:
+                    return
+                key = (realm, name)
+        for changed in self._watchers:
+            changed(key)
 
     async def get(self, realm: str, name: str) -> StateRecord | None:
         rows = await self._fetch(GET, realm, name)
@@ -57,11 +94,11 @@ class PostgresStates(StateTable):
         if len(data) > MAX_STATE_BYTES:
             raise InvalidInput(f"a state document may hold at most {MAX_STATE_BYTES >> 20} MiB")
         if expected is None:
-            return await self._write(realm, name, token, CREATE, realm, name, token, data)
-        return await self._write(realm, name, token, REPLACE, realm, name, token, data, expected)
+            return await self._write(realm, name, token, CREATE, realm, name, token, data, self._origin)
+        return await self._write(realm, name, token, REPLACE, realm, name, token, data, expected, self._origin)
 
     async def delete(self, realm: str, name: str, expected: str) -> bool:
-        return await self._write(realm, name, None, DELETE, realm, name, expected)
+        return await self._write(realm, name, None, DELETE, realm, name, expected, self._origin)
 
     async def _write(self, realm: str, name: str, token: str | None, sql: str, *args: object) -> bool:
         """Run one conditional statement in a durable transaction; whether it changed a row.

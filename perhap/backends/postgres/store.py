@@ -140,7 +140,7 @@ class PostgresStore(Store):
         self._pool: Pool | None = None
         self._writer = GroupWriter(self.options, self._notify_commit)
         self._put = self._writer.queue.put_nowait
-        self._listener = Listener(self.options, self._notify_commit)
+        self._listener = Listener(self.options, self._notify_commit, self._states_heard)
         self._writer_task: asyncio.Task[None] | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -205,6 +205,10 @@ class PostgresStore(Store):
             job.settle(StorageUnavailable("the store is closed"))
             return
         self._put(job)
+
+    def _states_heard(self, payload: str | None) -> None:
+        if self._states is not None:
+            self._states.heard(payload)
 
     def group_states(self) -> StateTable:
         if self._states is None:

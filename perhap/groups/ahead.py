@@ -1,0 +1,82 @@
+"""Scope events read for a lease before the group's state is taken, not while it is held.
+
+A lease is a compare-and-set of the group's state (:mod:`.service`): it fails when another
+process writes the state between its read and its write. A lease that must look for new events
+reads the scope in that interval, and on Cassandra such a read near the head waits out the settle
+window (300 ms by default): so long an attempt loses to every faster write of the other
+processes, again and again, while their consumers take all the work. Where processes share a
+store, the events a lease will look for are therefore read first (:func:`read_ahead`), and the
+compare-and-set takes them from that page (:meth:`ReadAhead.take`), reading the scope itself only
+when the page does not cover the state it finds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..model import Event
+from ..store.base import Store
+from .settings import GroupSettings
+from .state import GroupState
+
+#: Events read beyond those still wanted, in case some wait behind their entity.
+SCAN_SLACK = 16
+#: Events read from the scope at once when looking for new work.
+SCAN_BATCH = 1000
+#: A page read ahead holds this many times what one lease wants (several leases may be
+#: stored together, and events of busy entities are passed over).
+AHEAD = 4
+
+
+@dataclass(slots=True)
+class ReadAhead:
+    """Every event of a group's scope after ``after`` up to the last of ``events``, in order;
+    ``ended``: no other was there when they were read. ``settings``: the group's when read (a
+    group deleted and made again may choose other events)."""
+
+    settings: GroupSettings
+    after: int
+    events: list[Event]
+    ended: bool
+
+    def take(self, state: GroupState, wanted: int) -> tuple[list[Event], bool] | None:
+        """Up to ``wanted`` events after ``state.scanned``, and whether they were the last ones;
+        None when this page cannot say (another group's, it starts later, or it ends at
+        ``scanned`` with more to come)."""
+        scanned = state.scanned
+        if scanned < self.after or state.settings != self.settings:
+            return None
+        start = bisect.bisect_right(self.events, scanned, key=lambda e: e.position)
+        rest = self.events[start:]
+        if not rest and not self.ended:
+            return None
+        return rest[:wanted], self.ended and len(rest) <= wanted
+
+
+async def read_ahead(store: Store, realm: str, name: str, consumer: str, limit: int,
+                     remember: Callable[[Event], None]) -> ReadAhead | None:
+    """The events a lease of up to ``limit`` events to ``consumer`` will look for, read after the
+    group's stored state, each also given to ``remember``; None when its pending events are
+    enough, or when no other process can write the group (nothing races the lease)."""
+    if not store.shared_across_processes:
+        return None
+    record = await store.group_states().get(realm, name)
+    if record is None:
+        return None
+    state = GroupState.from_bytes(record.data)
+    state.expire(time.time())  # as the lease will find it: expired leases free their entities
+    room = min(limit, state.settings.max_in_flight - state.held_by(consumer))
+    # Leases stored together take from the same pending events: skip the read only when they
+    # are plenty.
+    if room <= 0 or len(state.choose_pending(AHEAD * room, state.busy_entities())) >= AHEAD * room:
+        return None
+    # Events waiting behind busy entities are taken in too, so read well past what is wanted.
+    settings, after = state.settings, state.scanned
+    page = await store.read(settings.scope(realm), after_position=after, types=settings.types,
+                            limit=min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)))
+    for event in page.events:
+        remember(event)
+    return ReadAhead(settings, after, list(page.events), page.next is None)
