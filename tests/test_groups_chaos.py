@@ -403,6 +403,13 @@ class Lease:
     acked: float = 0.0  # when the acknowledgement's 200 arrived
 
 
+#: Events a consumer of the two-server test takes at once: its three consumers per server then hold
+#: at most 15 of the 20 entities, so the other server's consumers always find work. With 10, one
+#: server's consumers could hold every entity, and as an acknowledgement wakes the consumers waiting
+#: in its own process first, they would take the freed entities again and again.
+PER_POLL = 5
+
+
 async def _consume(url: str, server: int, consumer: str, realm: str, group: str, leases: list[Lease],
                    done: asyncio.Event) -> None:
     """Long polls and acknowledgements by plain HTTP; a 503 (the group's state written by the other
@@ -410,7 +417,7 @@ async def _consume(url: str, server: int, consumer: str, realm: str, group: str,
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         while not done.is_set():
             r = await http.get(f"/_groups/{realm}/{group}/events",
-                               params={"consumer": consumer, "max": 10, "wait": 1})
+                               params={"consumer": consumer, "max": PER_POLL, "wait": 1})
             if r.status_code == 503:
                 continue
             assert r.status_code == 200, r.text
