@@ -6,8 +6,8 @@ reads the scope in that interval, and on Cassandra such a read near the head wai
 window (300 ms by default): so long an attempt loses to every faster write of the other
 processes, again and again, while their consumers take all the work. Where processes share a
 store, the events a lease will look for are therefore read first (:func:`read_ahead`), and the
-compare-and-set takes them from that page (:meth:`ReadAhead.take`), reading the scope itself only
-when the page does not cover the state it finds.
+lease's look for new events (:func:`scan`, run within the compare-and-set) takes them from that
+page, reading the scope itself only when the page does not cover the state it finds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..model import Event
 from ..store.base import Store
 from .settings import GroupSettings
-from .state import GroupState
+from .state import GroupState, Key
 
 #: Events read beyond those still wanted, in case some wait behind their entity.
 SCAN_SLACK = 16
@@ -56,27 +56,53 @@ class ReadAhead:
         return rest[:wanted], self.ended and len(rest) <= wanted
 
 
-async def read_ahead(store: Store, realm: str, name: str, consumer: str, limit: int,
-                     remember: Callable[[Event], None]) -> ReadAhead | None:
-    """The events a lease of up to ``limit`` events to ``consumer`` will look for, read after the
-    group's stored state, each also given to ``remember``; None when its pending events are
-    enough, or when no other process can write the group (nothing races the lease)."""
+async def read_ahead(store: Store, realm: str, name: str, known: tuple[int, GroupState] | None, consumer: str,
+                     limit: int, remember: Callable[[Event], None]) -> ReadAhead | None:
+    """The events a lease of up to ``limit`` events to ``consumer`` will look for, each also
+    given to ``remember``; None when its pending events are enough, or when no other process can
+    write the group (nothing races the lease). ``known``: the group's stored ``scanned`` and its
+    state, as this process last saw them (None: read them now)."""
     if not store.shared_across_processes:
         return None
-    record = await store.group_states().get(realm, name)
-    if record is None:
-        return None
-    state = GroupState.from_bytes(record.data)
-    state.expire(time.time())  # as the lease will find it: expired leases free their entities
+    if known is None:
+        record = await store.group_states().get(realm, name)
+        if record is None:
+            return None
+        state = GroupState.from_bytes(record.data)
+        state.expire(time.time())  # (a copy of its own) as the lease will find it
+        known = state.scanned, state
+    after, state = known
     room = min(limit, state.settings.max_in_flight - state.held_by(consumer))
     # Leases stored together take from the same pending events: skip the read only when they
     # are plenty.
     if room <= 0 or len(state.choose_pending(AHEAD * room, state.busy_entities())) >= AHEAD * room:
         return None
     # Events waiting behind busy entities are taken in too, so read well past what is wanted.
-    settings, after = state.settings, state.scanned
+    settings = state.settings
     page = await store.read(settings.scope(realm), after_position=after, types=settings.types,
                             limit=min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)))
     for event in page.events:
         remember(event)
     return ReadAhead(settings, after, list(page.events), page.next is None)
+
+
+async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set[Key], chosen: list[int],
+               ahead: ReadAhead | None, remember: Callable[[Event], None]) -> None:
+    """A lease's look for new events: take the scope's events after ``state.scanned`` into the
+    state until ``room`` are chosen or none is left, from ``ahead`` where it covers them, else read
+    (each event read is given to ``remember``)."""
+    settings = state.settings
+    while len(chosen) < room:
+        # Read about what is still wanted: events read past the last one taken in are dropped.
+        wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
+        found = ahead.take(state, wanted) if ahead is not None else None
+        if found is None:
+            page = await store.read(settings.scope(realm), after_position=state.scanned, limit=wanted,
+                                    types=settings.types)
+            for event in page.events:
+                remember(event)
+            found = page.events, page.next is None
+        events, last = found
+        taken = state.admit(events, room, busy, chosen)
+        if last or taken < len(events):
+            return

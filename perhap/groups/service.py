@@ -26,7 +26,7 @@ from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
-from .ahead import SCAN_BATCH, SCAN_SLACK, ReadAhead, read_ahead
+from .ahead import ReadAhead, read_ahead, scan
 from .settings import GroupSettings
 from .state import GroupState, Lease
 
@@ -105,7 +105,6 @@ class Groups:
                 raise _unknown(realm, name)
             if await self.table.delete(realm, name, record.token):
                 self._cache.pop(key, None)
-                self._ahead.pop(key, None)
                 self._wake(key)
                 return
 
@@ -202,7 +201,9 @@ class Groups:
     async def _lease_once(self, realm: str, name: str, consumer: str,
                           limit: int) -> tuple[list[tuple[int, Lease]], float | None]:
         key = (realm, name)
-        self._ahead[key] = await read_ahead(self.store, realm, name, consumer, limit, self._remember)
+        cached = self._cache.get(key)
+        known = None if cached is None else (cached.scanned, cached.state)
+        self._ahead[key] = await read_ahead(self.store, realm, name, known, consumer, limit, self._remember)
 
         async def change(state: GroupState, now: float) -> tuple[tuple[list[tuple[int, Lease]], float | None], bool]:
             scanned = state.scanned
@@ -213,7 +214,7 @@ class Groups:
             if room > 0:
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
-                await self._scan(key, state, room, busy, chosen)
+                await scan(self.store, realm, state, room, busy, chosen, self._ahead.get(key), self._remember)
             leases = state.lease(chosen, consumer, now)
             # Every change made in place must be stored (or dropped with the cache): events read
             # and waiting behind their entity are one, even when nothing goes out.
@@ -221,27 +222,6 @@ class Groups:
             return (list(zip(chosen, leases, strict=True)), state.next_expiry()), dirty
 
         return await self._update(realm, name, change)
-
-    async def _scan(self, key: tuple[str, str], state: GroupState, room: int, busy: set[tuple[str, str]],
-                    chosen: list[int]) -> None:
-        """Read the scope after ``scanned`` (from the page read ahead where it covers it) until
-        ``room`` events are chosen or nothing is left."""
-        settings = state.settings
-        while len(chosen) < room:
-            # Read about what is still wanted: events read past the last one taken in are dropped.
-            wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
-            ahead = self._ahead.get(key)
-            found = ahead.take(state, wanted) if ahead is not None else None
-            if found is None:
-                page = await self.store.read(settings.scope(key[0]), after_position=state.scanned,
-                                             limit=wanted, types=settings.types)
-                for event in page.events:
-                    self._remember(event)
-                found = page.events, page.next is None
-            events, last = found
-            taken = state.admit(events, room, busy, chosen)
-            if last or taken < len(events):
-                return
 
     async def ack(self, realm: str, name: str, consumer: str, event_ids: Sequence[str]) -> int:
         return await self._answer(realm, name, consumer, lambda state, now: state.ack(consumer, event_ids))
@@ -370,9 +350,8 @@ class Groups:
             changed.set_result(None)
 
     def _heard(self, key: tuple[str, str] | None) -> None:
-        """Another process changed a group (None: maybe any): its waiting consumers look again
-        now rather than at their next poll, where a freed entity would long be taken by this
-        other process's own consumers, whose acknowledgements wake them at once."""
+        """Another process changed a group (None: maybe any): its waiting consumers look again now,
+        not at their next poll (the other process's own consumers would take the work meanwhile)."""
         for each in [key] if key is not None else list(self._changed):
             self._wake(each)
 
@@ -434,10 +413,15 @@ def _answer(batch: list[_Queued], outcomes: list[object]) -> None:
 
 @dataclass(slots=True)
 class _Parsed:
-    """A group's state as this process last read or wrote it, under the token stored with it."""
+    """A group's state as this process last read or wrote it, under the token stored with it,
+    and its ``scanned`` as stored (an operation being applied may move the state's on)."""
 
     token: str
     state: GroupState
+    scanned: int = 0
+
+    def __post_init__(self) -> None:
+        self.scanned = self.state.scanned
 
 
 def _unknown(realm: str, name: str) -> NotFound:
