@@ -1,11 +1,11 @@
-"""Paxos rounds the server gives up on, against a real node: group state documents on Cassandra
-(states.py). The node's CAS contention timeout is set to 0 at run time (nodetool), so every Paxos
-round, serial reads included, times out at once, as rounds do under contention on a loaded
-machine; then set back.
+"""Requests the server gives up on, against a real node: Paxos rounds on group state documents
+(states.py), and plain reads of events. The node's CAS contention timeout (or its read timeout)
+is set to 0 at run time (nodetool), so every Paxos round, serial reads included (or every read),
+times out at once, as they do under contention or on a loaded machine; then set back.
 
-A serial read changes nothing, so one the server timed out is sent again until the store's
-timeout; a conditional write that timed out is never sent again (its outcome is settled by reading
-back, and reported as unknown when it cannot be decided).
+A read changes nothing, so one the server timed out is sent again until the store's timeout; a
+conditional write that timed out is never sent again (its outcome is settled by reading back, and
+reported as unknown when it cannot be decided).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from perhap import StorageUnavailable, open_store
+from perhap.model import Scope
 from perhap.store.states import new_token
 
 pytestmark = pytest.mark.cassandra
@@ -98,3 +99,55 @@ async def test_a_conditional_write_that_timed_out_is_not_sent_again(cassandra: A
             await asyncio.wait_for(put, 30)
         record = await states.get(realm, "doc")
         assert record is not None and record.token == first and orjson.loads(record.data) == {"v": 1}
+
+
+@pytest.fixture
+def reads_time_out(cassandra: Any) -> Iterator[Contention]:
+    """A switch like ``paxos_times_out``, for the node's read timeout: every read times out."""
+    node = cassandra.node
+    if node is None:
+        pytest.skip("changes the node at run time: needs the session's own node, not PERHAP_TEST_CASSANDRA_HOSTS")
+    found = re.search(r"(\d+) ms", node.nodetool("gettimeout", "read"))
+    assert found, "nodetool gettimeout printed no timeout"
+    normal = found.group(1)
+
+    def switch(on: bool) -> None:
+        node.nodetool("settimeout", "read", "0" if on else normal)
+
+    try:
+        yield switch
+    finally:
+        switch(False)
+
+
+async def test_event_reads_the_server_timed_out_are_sent_again(cassandra: Any, reads_time_out: Contention,
+                                                               realm: str) -> None:
+    """An entity's events, a domain's and one event by id, each read while every read times out:
+    still waiting a second later, then answered in full once reads resume."""
+    async with open_store(cassandra.new_url()) as store:
+        stored = await store.append_batch(realm, "d", "e", [{"type": "t", "event": {"i": i}} for i in range(5)])
+        ids = [e.event_id for e in stored.events]
+
+        async def read(scope: Scope) -> list[str]:
+            return [e.event_id for e in (await store.read(scope)).events]
+
+        async def by_id(event_id: str) -> list[str]:
+            return [(await store.get_event(realm, "d", event_id)).event_id]
+
+        reads: list[tuple[str, Awaitable[list[str]], list[str]]] = [
+            ("an entity read", read(Scope(realm, "d", "e")), ids),
+            ("a domain read", read(Scope(realm, "d")), ids),
+            ("a read by id", by_id(ids[2]), [ids[2]]),
+        ]
+        for what, call, expected in reads:
+            waiting = await still_waiting_while_rounds_time_out(reads_time_out, call, what)
+            assert await asyncio.wait_for(waiting, 30) == expected, what
+
+
+async def test_an_event_read_gives_up_at_the_stores_timeout(cassandra: Any, reads_time_out: Contention,
+                                                            realm: str) -> None:
+    async with open_store(cassandra.new_url() + "&timeout=1") as store:
+        await store.append(realm, "d", "e", "t", {"i": 1})
+        reads_time_out(True)
+        with pytest.raises(StorageUnavailable, match="ReadTimeout"):
+            await asyncio.wait_for(store.read(Scope(realm, "d", "e")), 30)
