@@ -28,19 +28,19 @@ Contention = Callable[[bool], None]
 T = TypeVar("T")
 
 
-@pytest.fixture
-def paxos_times_out(cassandra: Any) -> Iterator[Contention]:
-    """A switch: True makes every Paxos round of the session's node time out at once, False sets
-    the node back (so does the teardown, whatever the test did)."""
+def timeout_switch(cassandra: Any, timeout: str) -> Iterator[Contention]:
+    """A switch for one of the node's request timeouts (nodetool's name for it): True sets it to
+    0, so every such request times out at once; False sets it back (so does the teardown, whatever
+    the test did)."""
     node = cassandra.node
     if node is None:
         pytest.skip("changes the node at run time: needs the session's own node, not PERHAP_TEST_CASSANDRA_HOSTS")
-    found = re.search(r"(\d+) ms", node.nodetool("gettimeout", "cascontention"))
+    found = re.search(r"(\d+) ms", node.nodetool("gettimeout", timeout))
     assert found, "nodetool gettimeout printed no timeout"
     normal = found.group(1)
 
     def switch(on: bool) -> None:
-        node.nodetool("settimeout", "cascontention", "0" if on else normal)
+        node.nodetool("settimeout", timeout, "0" if on else normal)
 
     try:
         yield switch
@@ -48,17 +48,30 @@ def paxos_times_out(cassandra: Any) -> Iterator[Contention]:
         switch(False)
 
 
-async def still_waiting_while_rounds_time_out(paxos_times_out: Contention, call: Awaitable[T],
-                                              what: str) -> asyncio.Future[T]:
-    """Start ``call`` while every Paxos round times out; a second later it must still be waiting
-    (sending its serial read again); then rounds resume. Returns the call, to be awaited."""
-    paxos_times_out(True)
+@pytest.fixture
+def paxos_times_out(cassandra: Any) -> Iterator[Contention]:
+    """Every Paxos round of the session's node times out at once while switched on."""
+    yield from timeout_switch(cassandra, "cascontention")
+
+
+@pytest.fixture
+def reads_time_out(cassandra: Any) -> Iterator[Contention]:
+    """Every read of the session's node times out at once while switched on."""
+    yield from timeout_switch(cassandra, "read")
+
+
+async def still_waiting_while_requests_time_out(times_out: Contention, call: Awaitable[T],
+                                                what: str) -> asyncio.Future[T]:
+    """Start ``call`` while every request that ``times_out`` switches (Paxos rounds, or reads)
+    times out; a second later it must still be waiting (sending its read again); then the node
+    is set back. Returns the call, to be awaited."""
+    times_out(True)
     try:
         future = asyncio.ensure_future(call)
         await asyncio.sleep(1.0)
         assert not future.done(), f"{what} was answered instead of being sent again"
     finally:
-        paxos_times_out(False)
+        times_out(False)
     return future
 
 
@@ -68,8 +81,8 @@ async def test_a_serial_read_the_server_timed_out_is_sent_again(cassandra: Any, 
         states = store.group_states()
         token = new_token()
         assert await states.put(realm, "doc", orjson.dumps({"v": 1}), token, None)
-        read = await still_waiting_while_rounds_time_out(paxos_times_out, states.get(realm, "doc"),
-                                                         "a serial read that timed out")
+        read = await still_waiting_while_requests_time_out(paxos_times_out, states.get(realm, "doc"),
+                                                           "a serial read that timed out")
         record = await asyncio.wait_for(read, 30)
         assert record is not None and record.token == token and orjson.loads(record.data) == {"v": 1}
 
@@ -94,30 +107,11 @@ async def test_a_conditional_write_that_timed_out_is_not_sent_again(cassandra: A
         first = new_token()
         assert await states.put(realm, "doc", orjson.dumps({"v": 1}), first, None)
         replace = states.put(realm, "doc", orjson.dumps({"v": 2}), new_token(), first)
-        put = await still_waiting_while_rounds_time_out(paxos_times_out, replace, "the write's read-back")
+        put = await still_waiting_while_requests_time_out(paxos_times_out, replace, "the write's read-back")
         with pytest.raises(StorageUnavailable, match="may or may not have been applied"):
             await asyncio.wait_for(put, 30)
         record = await states.get(realm, "doc")
         assert record is not None and record.token == first and orjson.loads(record.data) == {"v": 1}
-
-
-@pytest.fixture
-def reads_time_out(cassandra: Any) -> Iterator[Contention]:
-    """A switch like ``paxos_times_out``, for the node's read timeout: every read times out."""
-    node = cassandra.node
-    if node is None:
-        pytest.skip("changes the node at run time: needs the session's own node, not PERHAP_TEST_CASSANDRA_HOSTS")
-    found = re.search(r"(\d+) ms", node.nodetool("gettimeout", "read"))
-    assert found, "nodetool gettimeout printed no timeout"
-    normal = found.group(1)
-
-    def switch(on: bool) -> None:
-        node.nodetool("settimeout", "read", "0" if on else normal)
-
-    try:
-        yield switch
-    finally:
-        switch(False)
 
 
 async def test_event_reads_the_server_timed_out_are_sent_again(cassandra: Any, reads_time_out: Contention,
@@ -140,7 +134,7 @@ async def test_event_reads_the_server_timed_out_are_sent_again(cassandra: Any, r
             ("a read by id", by_id(ids[2]), [ids[2]]),
         ]
         for what, call, expected in reads:
-            waiting = await still_waiting_while_rounds_time_out(reads_time_out, call, what)
+            waiting = await still_waiting_while_requests_time_out(reads_time_out, call, what)
             assert await asyncio.wait_for(waiting, 30) == expected, what
 
 

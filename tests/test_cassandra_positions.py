@@ -157,9 +157,9 @@ async def test_head_and_last_event_cost_a_few_queries_whatever_the_size(url: str
         run = store.db.run
         calls: list[Any] = []
 
-        async def counted(stmt: Any, args: Any = None, *, lwt: bool = False) -> list[Any]:
+        async def counted(stmt: Any, args: Any = None, **options: Any) -> list[Any]:
             calls.append(stmt)
-            return await run(stmt, args, lwt=lwt)
+            return await run(stmt, args, **options)
 
         store.db.run = counted  # type: ignore[method-assign]
         head = await store.read(Scope(realm), order="desc", limit=1)
