@@ -291,6 +291,11 @@ async def test_postgres_a_write_is_heard_by_the_other_process_not_by_its_own(
             await asyncio.wait_for(arrived.wait(), 30)
         assert [k for k in heard["a"] if k is not None] == [(realm, "i")]
         assert [k for k in heard["b"] if k is not None] == []  # b never hears its own writes
+        # A notification on the channel that is not perhap's wakes every waiter (never fails).
+        for foreign in ("42", "not json", '["only", "two"]'):
+            heard["b"].clear()
+            b.heard(foreign)  # type: ignore[attr-defined]
+            assert heard["b"] == [None], foreign
 
 
 # ----------------------------------------------------------------------------- SQLite

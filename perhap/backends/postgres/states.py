@@ -69,7 +69,7 @@ class PostgresStates(StateTable):
         if payload is not None:
             try:
                 realm, name, origin = json.loads(payload)
-            except ValueError:  # not ours: wake every waiter, which costs only a look
+            except (ValueError, TypeError):  # not ours: wake every waiter, which costs only a look
                 pass
             else:
                 if origin == self._origin:
