@@ -18,7 +18,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import GroupConflict, NotFound, StorageUnavailable
@@ -26,7 +26,7 @@ from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
-from .ahead import ReadAhead, read_ahead, scan
+from .ahead import read_ahead, scan
 from .settings import GroupSettings
 from .state import GroupState, Lease
 
@@ -58,8 +58,6 @@ class Groups:
         #: Per group, a future resolved (and replaced) when the group changes in this process.
         self._changed: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._bodies: OrderedDict[str, Event] = OrderedDict()
-        #: Per group, the scope's events read by the last lease before its compare-and-set.
-        self._ahead: dict[tuple[str, str], ReadAhead | None] = {}
 
     @property
     def table(self) -> StateTable:
@@ -203,7 +201,7 @@ class Groups:
         key = (realm, name)
         cached = self._cache.get(key)
         known = None if cached is None else (cached.scanned, cached.state)
-        self._ahead[key] = await read_ahead(self.store, realm, name, known, consumer, limit, self._remember)
+        ahead = await read_ahead(self.store, realm, name, known, consumer, limit, self._remember)
 
         async def change(state: GroupState, now: float) -> tuple[tuple[list[tuple[int, Lease]], float | None], bool]:
             scanned = state.scanned
@@ -214,7 +212,7 @@ class Groups:
             if room > 0:
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
-                await scan(self.store, realm, state, room, busy, chosen, self._ahead.get(key), self._remember)
+                await scan(self.store, realm, state, room, busy, chosen, ahead, self._remember)
             leases = state.lease(chosen, consumer, now)
             # Every change made in place must be stored (or dropped with the cache): events read
             # and waiting behind their entity are one, even when nothing goes out.
@@ -418,7 +416,7 @@ class _Parsed:
 
     token: str
     state: GroupState
-    scanned: int = 0
+    scanned: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.scanned = self.state.scanned
