@@ -116,8 +116,9 @@ async def test_a_conditional_write_that_timed_out_is_not_sent_again(cassandra: A
 
 async def test_event_reads_the_server_timed_out_are_sent_again(cassandra: Any, reads_time_out: Contention,
                                                                realm: str) -> None:
-    """An entity's events, a domain's and one event by id, each read while every read times out:
-    still waiting a second later, then answered in full once reads resume."""
+    """An entity's events, a domain's, one event by id, and the key listings, each read while
+    every read times out: still waiting a second later, then answered in full once reads resume.
+    (The driver tells reads from writes by their CQL, so no read can miss the rule.)"""
     async with open_store(cassandra.new_url()) as store:
         stored = await store.append_batch(realm, "d", "e", [{"type": "t", "event": {"i": i}} for i in range(5)])
         ids = [e.event_id for e in stored.events]
@@ -128,10 +129,15 @@ async def test_event_reads_the_server_timed_out_are_sent_again(cassandra: Any, r
         async def by_id(event_id: str) -> list[str]:
             return [(await store.get_event(realm, "d", event_id)).event_id]
 
+        async def keys(*names: str) -> list[str]:
+            return list((await store.keys(*names)).keys)
+
         reads: list[tuple[str, Awaitable[list[str]], list[str]]] = [
             ("an entity read", read(Scope(realm, "d", "e")), ids),
             ("a domain read", read(Scope(realm, "d")), ids),
             ("a read by id", by_id(ids[2]), [ids[2]]),
+            ("the entities of a domain", keys(realm, "d"), ["e"]),
+            ("the types of an entity", keys(realm, "d", "e"), ["t"]),
         ]
         for what, call, expected in reads:
             waiting = await still_waiting_while_requests_time_out(reads_time_out, call, what)
@@ -145,3 +151,15 @@ async def test_an_event_read_gives_up_at_the_stores_timeout(cassandra: Any, read
         reads_time_out(True)
         with pytest.raises(StorageUnavailable, match="ReadTimeout"):
             await asyncio.wait_for(store.read(Scope(realm, "d", "e")), 30)
+
+
+def test_reads_are_told_from_writes_by_their_cql() -> None:
+    from cassandra.query import BatchStatement, SimpleStatement
+
+    from perhap.backends.cassandra.driver import reads_only
+
+    assert reads_only("SELECT head FROM ks.entity_log WHERE realm = ?")
+    assert reads_only(SimpleStatement("  select * from ks.meta"))
+    assert not reads_only(SimpleStatement("INSERT INTO ks.meta (key, value) VALUES (?, ?) IF NOT EXISTS"))
+    assert not reads_only("UPDATE ks.meta SET value = ? WHERE key = ? IF value = ?")
+    assert not reads_only(BatchStatement())

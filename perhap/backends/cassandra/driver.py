@@ -133,18 +133,17 @@ class Driver:
         rf.add_callbacks(done, failed)
         return future
 
-    async def run(self, stmt: Statement, args: Any = None, *, lwt: bool = False,
-                  read_only: bool = False) -> list[Row]:
+    async def run(self, stmt: Statement, args: Any = None, *, lwt: bool = False) -> list[Row]:
         """Rows of one statement; a driver failure becomes StorageUnavailable (HTTP 503).
 
         A connection whose socket buffer is full refuses a request at once (ConnectionBusy) rather
         than queue it: big batches in flight fill it. Such a request was never sent, so it is sent
         again after a short pause (any statement, Paxos rounds included), until the timeout.
 
-        ``read_only``: the statement changes nothing (a read, serial or not), so one the server
-        timed out (under Paxos contention, or on a loaded node) is sent again after a random
-        pause, until the timeout. A write that timed out is never re-sent here: its outcome is
-        its caller's to settle."""
+        A read (a ``SELECT``, serial or not) changes nothing, so one the server timed out (under
+        Paxos contention, or on a loaded node) is sent again after a random pause, until the
+        timeout: every read, whoever sends it, without a flag at each call. A write that timed
+        out is never re-sent here: its outcome is its caller's to settle."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.timeout
         while True:
@@ -155,7 +154,7 @@ class Driver:
                     raise unavailable(exc) from None
                 await asyncio.sleep(BUSY_PAUSE)
             except (ReadTimeout, WriteTimeout) as exc:
-                if not read_only or loop.time() > deadline:
+                if not reads_only(stmt) or loop.time() > deadline:
                     raise unavailable(exc) from None
                 await asyncio.sleep(random.uniform(*CONTENDED_PAUSE))
             except InvalidRequest as exc:
@@ -196,6 +195,12 @@ class Driver:
         """Wait for every spawned task, and for those they spawn in turn."""
         while self.tasks:  # writes in flight, then their follow-ups
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+def reads_only(stmt: Statement) -> bool:
+    """Whether a statement only reads: its CQL begins with SELECT (a batch never does)."""
+    text = stmt if isinstance(stmt, str) else getattr(stmt, "query_string", None)
+    return isinstance(text, str) and text.lstrip()[:6].upper() == "SELECT"
 
 
 def _deliver(future: asyncio.Future[list[Row]], value: list[Row] | None, exc: BaseException | None) -> None:

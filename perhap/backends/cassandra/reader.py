@@ -53,7 +53,7 @@ class Reader:
         ks = self.ks
         u = uuid.UUID(event_id)
         shard = ks.ns.shard(u)
-        rows = await ks.db.run(ks.q.by_id, (shard, u), read_only=True)
+        rows = await ks.db.run(ks.q.by_id, (shard, u))
         if not rows:
             return None
         realm, domain, entity, type_, version, ts, stamp, data, meta, txn, ok, claims, position = rows[0]
@@ -72,11 +72,11 @@ class Reader:
         committed batch). Writes the id's row for the next reader."""
         ks = self.ks
         keys: list[EntityKey] = sorted(claims)
-        markers = await gather([ks.db.run(ks.q.client_id, (*k, u), read_only=True) for k in keys])
+        markers = await gather([ks.db.run(ks.q.client_id, (*k, u)) for k in keys])
         for key, marker in zip(keys, markers, strict=True):
             if not marker:
                 continue
-            rows = await ks.db.run(ks.q.versions, (*key, [marker[0][0]]), read_only=True)
+            rows = await ks.db.run(ks.q.versions, (*key, [marker[0][0]]))
             if not rows:
                 continue
             v, _, t, ts, st, d, m, position = rows[0]
@@ -258,7 +258,7 @@ class Reader:
         stored = (ks.ns.stored(realm), domain, entity)
         types = query.types
         if len(types) > 1:  # the entity's own types (a static column) may narrow the filter
-            found = await ks.db.run(ks.q.types, stored, read_only=True)
+            found = await ks.db.run(ks.q.types, stored)
             present = set(found[0][0] or ()) if found else set()
             if not present & set(types):
                 return []
@@ -267,14 +267,13 @@ class Reader:
         low, high = -1 if query.after is None else query.after, MAX_SEQ if query.before is None else query.before
         positions = (query.after_position or 0, query.before_position or MAX_POSITION)
         if not types and positions == (0, MAX_POSITION):
-            rows = await ks.db.run(statements[0], (*stored, low, high, query.limit), read_only=True)
+            rows = await ks.db.run(statements[0], (*stored, low, high, query.limit))
         elif len(types) <= 1:
-            rows = await ks.db.run(statements[len(types) + 1], (*stored, low, high, *positions, *types, query.limit),
-                                   read_only=True)
+            rows = await ks.db.run(statements[len(types) + 1], (*stored, low, high, *positions, *types, query.limit))
         else:  # several types: filtered here, a bounded chunk at a time
             rows = []
             while len(rows) < query.limit:
-                chunk = await ks.db.run(statements[1], (*stored, low, high, *positions, ENTITY_CHUNK), read_only=True)
+                chunk = await ks.db.run(statements[1], (*stored, low, high, *positions, ENTITY_CHUNK))
                 rows += [r for r in chunk if r[2] in types]
                 if len(chunk) < ENTITY_CHUNK:
                     break

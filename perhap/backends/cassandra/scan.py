@@ -68,7 +68,7 @@ class IndexScan:
                     stmt, args = ks.q.scope_from[desc][one_type], (*head, first_ts)
                 else:
                     stmt, args = ks.q.scope_all[desc][one_type], head
-                raw = await ks.db.run(stmt, (*args, *type_args, chunk), read_only=True)
+                raw = await ks.db.run(stmt, (*args, *type_args, chunk))
                 full = len(raw) == chunk
                 if raw:
                     last = raw[-1][0], raw[-1][1]  # (ts, id): where the next query goes on
@@ -103,8 +103,7 @@ class IndexScan:
             if not opening:
                 if not desc and era is not None and (era + 1) * ERA * ks.bucket_us > horizon:
                     return  # no writer can have reached a later era yet
-                rows = await ks.db.run(ks.q.eras[desc], (self.realm, self.key, -1 if era is None else era),
-                                       read_only=True)
+                rows = await ks.db.run(ks.q.eras[desc], (self.realm, self.key, -1 if era is None else era))
                 if not rows:
                     return
                 era = rows[0][0]
@@ -114,7 +113,7 @@ class IndexScan:
             else:
                 bound = (era + 1) * ERA - 1 if desc else era * ERA
             opening = False
-            for (bucket,) in await ks.db.run(ks.q.buckets[desc], (self.realm, self.key, era, bound), read_only=True):
+            for (bucket,) in await ks.db.run(ks.q.buckets[desc], (self.realm, self.key, era, bound)):
                 yield bucket
 
 

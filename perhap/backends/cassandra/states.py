@@ -110,7 +110,7 @@ class CassandraStates(StateTable):
     async def get(self, realm: str, name: str) -> StateRecord | None:
         key = (self.ns.stored(realm), name)
         async with self._lock(key):
-            rows = await self.db.run(self.q.get, key, read_only=True)
+            rows = await self.db.run(self.q.get, key)
         if not rows or rows[0][0] is None:  # none, or deleted
             return None
         return StateRecord(rows[0][0], rows[0][1] or b"")
@@ -167,7 +167,7 @@ class CassandraStates(StateTable):
 
     async def _wrote(self, key: Key, token: str | None, gone: str | None) -> bool:
         """Whether the document holds this write's token or ``gone`` id, read serially."""
-        rows = await self.db.run(self.q.check, key, read_only=True)
+        rows = await self.db.run(self.q.check, key)
         stored_token, stored_gone = rows[0] if rows else (None, None)
         if token is not None:
             return bool(stored_token == token)
