@@ -1,13 +1,17 @@
 """The page a lease reads before taking its group's state (perhap.groups.ahead): it answers only
 for what it covers, so a lease that uses it chooses from exactly the events a read of the scope
-at that moment would have given. Pure: no store. The two-server tests (tests/test_groups_chaos.py)
-check leases through it on PostgreSQL and Cassandra."""
+at that moment would have given. Pure but for the last test (a SQLite file). The two-server tests
+(tests/test_groups_chaos.py) check leases through it on PostgreSQL and Cassandra."""
 
 from __future__ import annotations
 
-from perhap.groups.ahead import ReadAhead
+import time
+from pathlib import Path
+
+from perhap import open_store
+from perhap.groups.ahead import ReadAhead, read_ahead
 from perhap.groups.settings import GroupSettings
-from perhap.groups.state import GroupState
+from perhap.groups.state import GroupState, Lease
 from perhap.model import Event
 
 SETTINGS = GroupSettings()
@@ -56,3 +60,26 @@ def test_a_state_before_the_page_or_of_other_settings_is_not_answered() -> None:
     ahead = page(10, [12, 15], ended=True)
     assert ahead.take(state(9), 5) is None  # events at or below 10 were not read
     assert ahead.take(state(10, GroupSettings(types=("placed",))), 5) is None  # the group was made again
+
+
+async def test_leases_that_ran_out_hold_no_room_and_the_cached_state_is_left_alone(tmp_path: Path) -> None:
+    """A consumer at max_in_flight whose leases ran out: its lease will take them back inside the
+    compare-and-set, so the page is read ahead for it (not left to a read inside the
+    compare-and-set); while they run, it has no room and nothing is read."""
+    async with open_store(f"sqlite:///{tmp_path}/ahead.db") as store:
+        store.shared_across_processes = True  # type: ignore[misc]  # as PostgreSQL's and Cassandra's
+        for i in range(4):
+            await store.append("r", "d", f"e{i}", "t", {"i": i})
+        cached = GroupState(GroupSettings(max_in_flight=2), 0.0, 0, 0)
+
+        def hold(until: float) -> None:
+            cached.leases = {p: Lease(f"id{p}", "d", f"x{p}", "c", until, 1) for p in (1, 2)}
+
+        hold(time.time() + 60)
+        assert await read_ahead(store, "r", "g", (0, cached), "c", 2, lambda e: None) is None
+        hold(time.time() - 1)
+        remembered: list[Event] = []
+        ahead = await read_ahead(store, "r", "g", (0, cached), "c", 2, remembered.append)
+        assert ahead is not None
+        assert [e.entity for e in ahead.events] == ["e0", "e1", "e2", "e3"] == [e.entity for e in remembered]
+        assert len(cached.leases) == 2  # judged, not expired: the cache is this process's record

@@ -72,10 +72,15 @@ async def read_ahead(store: Store, realm: str, name: str, known: tuple[int, Grou
         state.expire(time.time())  # (a copy of its own) as the lease will find it
         known = state.scanned, state
     after, state = known
-    room = min(limit, state.settings.max_in_flight - state.held_by(consumer))
+    # Judged on the leases still running: the compare-and-set will take back those that ran out
+    # (a cached state is not changed here), so they hold no room and no entity.
+    now = time.time()
+    live = [lease for lease in state.leases.values() if lease.until > now]
+    room = min(limit, state.settings.max_in_flight - sum(1 for lease in live if lease.consumer == consumer))
     # Leases stored together take from the same pending events: skip the read only when they
     # are plenty.
-    if room <= 0 or len(state.choose_pending(AHEAD * room, state.busy_entities())) >= AHEAD * room:
+    busy = {(lease.domain, lease.entity) for lease in live}
+    if room <= 0 or len(state.choose_pending(AHEAD * room, busy)) >= AHEAD * room:
         return None
     # Events waiting behind busy entities are taken in too, so read well past what is wanted.
     settings = state.settings
