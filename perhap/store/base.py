@@ -365,7 +365,7 @@ class Store(abc.ABC):
     async def subscription_for(self, query: ReadQuery, following: str | None = None) -> Subscription:
         """A subscription for a checked ascending query (see :func:`perhap.store.query.read_query`)."""
         self._check_open()
-        return Subscription(self, await self._bounded(query, following))
+        return Subscription(self, replace(await self._bounded(query, following), live=True))
 
     def _notify_commit(self, *_: object) -> None:
         """Wake this process's subscribers: call on the store's loop after every commit known

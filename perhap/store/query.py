@@ -37,6 +37,12 @@ class ReadQuery:
     after_position: int | None = None
     before_position: int | None = None
     limit: int = DEFAULT_LIMIT
+    #: A live stream's read (:class:`~perhap.store.base.Subscription`): where events settle before
+    #: they are read (Cassandra), the events settled now are returned at once rather than held
+    #: until newer ones settle too, and with none settled the read waits for the oldest only. The
+    #: stream's next read takes the rest. (A plain read waits for every event it has seen, so that
+    #: a read after an acknowledgement includes it.)
+    live: bool = False
 
     @property
     def plain(self) -> bool:
@@ -112,7 +118,7 @@ def read_query(
         wanted = (scope.type,)
         scope = Scope(scope.realm, scope.domain, scope.entity)
     return _make_query(scope, wanted, descending, after_v, None if until_v is None else until_v + 1,
-                       after_p, before_p, limit)
+                       after_p, before_p, limit, False)
 
 
 #: ReadQuery's constructor for the read path: every field, positionally (see perhap.slotted).

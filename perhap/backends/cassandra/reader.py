@@ -140,26 +140,31 @@ class Reader:
     async def oldest_first(self, query: ReadQuery) -> list[Event]:
         """Settled events after the lower bound. When the page is not full and rows above the
         horizon are visible, waits once until they settle (settle + their lead, at most 10 s more)
-        and reads on: so a read after an acknowledgement includes the acknowledged events."""
+        and reads on: so a read after an acknowledgement includes the acknowledged events.
+
+        A live stream's read (``query.live``) returns what has settled at once, and with nothing
+        settled waits only for the oldest row above the horizon: its next read takes the rest,
+        so each event reaches a stream about W after its position rather than after the newest
+        event's."""
         scan, start, before = self.scan(query)
-        scope, limit = query.scope, query.limit
+        scope, limit, live = query.scope, query.limit, query.live
         out: list[Event] = []
         waited = False
         while True:
             horizon = clock.now_us() - self.ks.options.settle_us
-            rows, newest, ended = await self.collect_oldest(scan, start, before, limit - len(out), horizon)
+            rows, unsettled, ended = await self.collect_oldest(scan, start, before, limit - len(out), horizon, live)
             if rows:
                 start = rows[-1].position
                 out += await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
             if len(out) >= limit:
                 return out[:limit]
-            if newest is None:
+            if unsettled is None:
                 if ended:
                     return out
                 continue  # aborted attempts were dropped: fill the page
-            if waited:
+            if waited or live and out:
                 return out
-            await self.until_settled(newest)
+            await self.until_settled(unsettled)
             waited = True
 
     async def newest_first(self, query: ReadQuery) -> list[Event]:
@@ -190,10 +195,11 @@ class Reader:
 
     @staticmethod
     async def collect_oldest(scan: IndexScan, start: int | None, before: int | None, want: int,
-                             horizon: int) -> tuple[list[IndexRow], int | None, bool]:
+                             horizon: int, first: bool = False) -> tuple[list[IndexRow], int | None, bool]:
         """Up to about ``want`` rows after ``start``: those at or below the horizon, the ts of the
-        newest row seen above it (rows come in ts order: all after the first such), and whether
-        the scope (or the bound) ended."""
+        newest row seen above it (rows come in ts order: all after the first such; with
+        ``first``, the oldest, and the walk stops there), and whether the scope (or the bound)
+        ended."""
         rows: list[IndexRow] = []
         newest = None
         seen = 0
@@ -203,6 +209,8 @@ class Reader:
                     if before is not None and row.position >= before:
                         return rows, newest, True
                     if row.ts > horizon:
+                        if first:
+                            return rows, row.ts, False
                         newest = row.ts
                     else:
                         rows.append(row)
