@@ -329,13 +329,14 @@ async def test_a_stream_takes_what_has_settled_without_waiting_for_newer_events(
     """A stream's read (Subscription.fetch) hands out the events settled now rather than holding
     them until newer ones settle too, and with none settled waits for the oldest only: each event
     reaches a stream about W after its position. A plain read still waits for all it has seen
-    (the acknowledged event is in it). W = 3 s here, so each step has 1.5 s of margin."""
-    async with open_store(cassandra.new_url() + "&settle_ms=3000&clock_skew_ms=100") as store:
+    (the acknowledged event is in it). W = 5 s here, so each step has 2.5 s of margin (a loaded
+    machine's stall would have to outlast it to make an unsettled event settle early)."""
+    async with open_store(cassandra.new_url() + "&settle_ms=5000&clock_skew_ms=100") as store:
         await store.append(realm, "d", "e", "t", "a")
-        await asyncio.sleep(3.3)  # a has settled
+        await asyncio.sleep(5.3)  # a has settled
         await store.append(realm, "d", "e", "t", "b")
-        await asyncio.sleep(1.5)
-        await store.append(realm, "d", "other", "t", "c")  # settles 1.5 s after b
+        await asyncio.sleep(2.5)
+        await store.append(realm, "d", "other", "t", "c")  # settles 2.5 s after b
         sub = await store.subscription(Scope(realm, "d"))
         assert [e.event for e in await sub.fetch(timeout=10)] == ["a"]  # at once: b and c unsettled
         assert [e.event for e in await sub.fetch(timeout=10)] == ["b"]  # once b settles, not c
