@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..model import Event
+from ..model import Event, Page
 from ..store.base import Store
 from .settings import GroupSettings
 from .state import GroupState, Key
@@ -75,20 +75,14 @@ async def read_ahead(store: Store, realm: str, name: str, known: tuple[int, Grou
     # Judged on the leases still running: the compare-and-set will take back those that ran out
     # (a cached state is not changed here), so they hold no room and no entity.
     now = time.time()
-    live = [lease for lease in state.leases.values() if lease.until > now]
-    room = min(limit, state.settings.max_in_flight - sum(1 for lease in live if lease.consumer == consumer))
+    room = min(limit, state.settings.max_in_flight - state.held_by(consumer, now))
     # Leases stored together take from the same pending events: skip the read only when they
     # are plenty.
-    busy = {(lease.domain, lease.entity) for lease in live}
-    if room <= 0 or len(state.choose_pending(AHEAD * room, busy)) >= AHEAD * room:
+    if room <= 0 or len(state.choose_pending(AHEAD * room, state.busy_entities(now))) >= AHEAD * room:
         return None
     # Events waiting behind busy entities are taken in too, so read well past what is wanted.
-    settings = state.settings
-    page = await store.read(settings.scope(realm), after_position=after, types=settings.types,
-                            limit=min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)))
-    for event in page.events:
-        remember(event)
-    return ReadAhead(settings, after, list(page.events), page.next is None)
+    page = await _read(store, realm, state.settings, after, min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)), remember)
+    return ReadAhead(state.settings, after, list(page.events), page.next is None)
 
 
 async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set[Key], chosen: list[int],
@@ -102,12 +96,18 @@ async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set
         wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
         found = ahead.take(state, wanted) if ahead is not None else None
         if found is None:
-            page = await store.read(settings.scope(realm), after_position=state.scanned, limit=wanted,
-                                    types=settings.types)
-            for event in page.events:
-                remember(event)
+            page = await _read(store, realm, settings, state.scanned, wanted, remember)
             found = page.events, page.next is None
         events, last = found
         taken = state.admit(events, room, busy, chosen)
         if last or taken < len(events):
             return
+
+
+async def _read(store: Store, realm: str, settings: GroupSettings, after: int, limit: int,
+                remember: Callable[[Event], None]) -> Page:
+    """The group's scope after position ``after``, each event also given to ``remember``."""
+    page = await store.read(settings.scope(realm), after_position=after, limit=limit, types=settings.types)
+    for event in page.events:
+        remember(event)
+    return page

@@ -86,8 +86,9 @@ class GroupState:
         the floor on, is acknowledged or parked); None when there is none."""
         return min((*self.leases, *self.pending), default=None)
 
-    def held_by(self, consumer: str) -> int:
-        return sum(1 for lease in self.leases.values() if lease.consumer == consumer)
+    def held_by(self, consumer: str, running_at: float = 0.0) -> int:
+        """Leases ``consumer`` holds (with ``running_at``, only those still running then)."""
+        return sum(1 for lease in self.leases.values() if lease.consumer == consumer and lease.until > running_at)
 
     def next_expiry(self) -> float | None:
         return min((lease.until for lease in self.leases.values()), default=None)
@@ -124,8 +125,9 @@ class GroupState:
         self.pending[pos] = Waiting(lease.event_id, lease.domain, lease.entity, lease.delivery)
         return False
 
-    def busy_entities(self) -> set[Key]:
-        return {(lease.domain, lease.entity) for lease in self.leases.values()}
+    def busy_entities(self, running_at: float = 0.0) -> set[Key]:
+        """Entities with a lease out (with ``running_at``, one still running then)."""
+        return {(lease.domain, lease.entity) for lease in self.leases.values() if lease.until > running_at}
 
     def choose_pending(self, limit: int, busy: set[Key]) -> list[int]:
         """Pending events that may go out now, oldest first; their entities join ``busy``."""
