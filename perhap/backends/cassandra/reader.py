@@ -273,7 +273,8 @@ class Reader:
             types = () if present <= set(types) else tuple(sorted(present & set(types)))
         statements = ks.q.entity_read[query.descending]
         low, high = -1 if query.after is None else query.after, MAX_SEQ if query.before is None else query.before
-        positions = (query.after_position or 0, query.before_position or MAX_POSITION)
+        # (``is None``, not ``or``: before_position=0 bounds the read to nothing, it is not "no bound")
+        positions = (query.after_position or 0, MAX_POSITION if query.before_position is None else query.before_position)
         if not types and positions == (0, MAX_POSITION):
             rows = await ks.db.run(statements[0], (*stored, low, high, query.limit))
         elif len(types) <= 1:

@@ -237,6 +237,14 @@ class ConsumerContract(BackendContract):
                 assert page.events == [] and page.next is None
         for before in (0, 1):
             assert (await store.read(Scope(realm), order="desc", before_position=before)).events == []
+        # No position is below the first: at every scope, with a type filter or version bounds, a
+        # read before it (or before 0) is an empty page, never the whole scope.
+        first = events[0].position
+        for scope, extra in [*scopes_of(realm), (Scope(realm, "d0", "e0"), {"after_version": 0}),
+                             (Scope(realm, "d0", "e0"), {"until_version": 1})]:
+            for before in (0, first):
+                page = await store.read(scope, order="desc", before_position=before, **extra)
+                assert page.events == [] and page.next is None, (scope, extra, before)
         assert ids((await store.read(Scope(realm), order="desc", before_position=MAX_POSITION)).events) \
             == ids(events)[::-1]
         assert (await store.read(Scope(realm + "x"), after_position=0)).events == []
