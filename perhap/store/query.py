@@ -52,14 +52,14 @@ class ReadQuery:
 
 
 def check_integer(value: Any, name: str, low: int, high: int) -> int | None:
-    """An integer query value in [low, high] (None stays None); strings of digits are accepted."""
+    """An integer query value in [low, high] (None stays None); a string must be its digits alone
+    (an optional minus, no spaces, as ``limit`` takes it)."""
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip()
-        if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 25:
+        if not (value.isascii() and value.removeprefix("-").isdigit()) or len(value) > 25:
             raise InvalidInput(f"{name} must be an integer, got {value[:40]!r}")
-        value = int(text)
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer")
     if not low <= value <= high:

@@ -33,6 +33,8 @@ CLASHES: list[tuple[str, str, list[str]]] = [
     ("", "after_position=abc", ["after_position"]), ("", "after_position=-1", ["after_position"]),
     ("", "after_position=1.5", ["after_position"]), ("", "after_position=", ["after_position"]),
     ("", f"after_position={2**63}", ["after_position"]), ("", "after_position=1e3", ["after_position"]),
+    ("", "after_position=%205", ["after_position"]), ("/d/e", "until_version=5%20", ["until_version"]),
+    ("", "after_position=+5", ["after_position"]),
     ("", "order=desc&before_position=-1", ["before_position"]),
     ("/d/e", "after_version=x", ["after_version"]), ("/d/e", "until_version=-1", ["until_version"]),
     ("/d/e", f"until_version={2**63}", ["until_version"]),
