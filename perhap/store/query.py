@@ -90,9 +90,11 @@ def read_query(
     after_p = check_integer(after_position, "after_position", 0, MAX_POSITION)
     before_p = check_integer(before_position, "before_position", 0, MAX_POSITION)
     if after_p is not None and descending:
-        raise InvalidInput("after_position goes with order=asc; newest first, page with before_position")
+        raise InvalidInput("after_position clashes with order=desc: it goes with order=asc; newest first, "
+                           "page with before_position")
     if before_p is not None and not descending:
-        raise InvalidInput("before_position goes with order=desc; oldest first, page with after_position")
+        raise InvalidInput("before_position clashes with order=asc: it goes with order=desc; oldest first, "
+                           "page with after_position")
     if following is not None and (after_p is not None or before_p is not None):
         clash = "after_position" if after_p is not None else "before_position"
         raise InvalidInput(f"following and {clash} clash: page with one of them")

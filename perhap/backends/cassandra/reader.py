@@ -274,7 +274,8 @@ class Reader:
         statements = ks.q.entity_read[query.descending]
         low, high = -1 if query.after is None else query.after, MAX_SEQ if query.before is None else query.before
         # (``is None``, not ``or``: before_position=0 bounds the read to nothing, it is not "no bound")
-        positions = (query.after_position or 0, MAX_POSITION if query.before_position is None else query.before_position)
+        before = query.before_position
+        positions = (query.after_position or 0, MAX_POSITION if before is None else before)
         if not types and positions == (0, MAX_POSITION):
             rows = await ks.db.run(statements[0], (*stored, low, high, query.limit))
         elif len(types) <= 1:

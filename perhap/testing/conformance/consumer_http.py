@@ -24,7 +24,7 @@ CLASHES: list[tuple[str, str, list[str]]] = [
     ("", "following=01a2173a-af2e-701e-bbf0-c30a3181d1d9&after_position=1", ["following", "after_position"]),
     ("/d/e", "following=01a2173a-af2e-701e-bbf0-c30a3181d1d9&order=desc&before_position=5",
      ["following", "before_position"]),
-    ("/d", "after_position=1&order=desc", ["after_position", "order"]),
+    ("/d", "after_position=1&order=desc", ["after_position", "order=desc"]),
     ("", "before_position=1", ["before_position", "order"]),
     ("/d", "before_position=3&order=asc", ["before_position", "order"]),
     ("/d", "after_version=1", ["after_version"]),
