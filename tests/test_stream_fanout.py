@@ -21,7 +21,7 @@ from perhap import Store
 from perhap.app import PerhapApp
 from perhap.auth import Authenticator, add_token, revoke_token
 from perhap.backends.sqlite.store import SQLiteStore
-from perhap.http.streaming import MessageCache, sse_message
+from perhap.http.streaming import KEEP_ALIVE, MessageCache, sse_message
 from perhap.model import Event, Scope
 from perhap.store.query import read_query
 from tests.test_stream_limits import Exchange, ids_in, stream_headers
@@ -168,6 +168,31 @@ async def test_the_stream_reading_for_the_others_may_leave(store: Store, realm: 
     finally:
         for s in streams:
             await s.close()
+    assert not app.streams.shared
+
+
+async def test_a_waiting_stream_keeps_its_own_keep_alive_time_when_the_reader_leaves(store: Store, realm: str) -> None:
+    """A stream that waits on another's read still gets its keep-alive comment a heartbeat after
+    it began waiting, when the stream reading for it leaves just before its own heartbeat: the
+    stream that takes the read over reads until its own keep-alive time, not a heartbeat more."""
+    heartbeat = 4.0
+    app = PerhapApp(store, heartbeat=heartbeat)
+    clock = asyncio.get_running_loop().time
+    first = Exchange(app, "GET", f"/{realm}/quiet", stream_headers())
+    await asyncio.wait_for(first.started.wait(), 10)
+    await asyncio.sleep(0.3)
+    second = Exchange(app, "GET", f"/{realm}/quiet", stream_headers())  # waits on first's read
+    try:
+        await asyncio.wait_for(second.started.wait(), 10)
+        opened = clock()
+        await asyncio.sleep(heartbeat - 0.6)  # first leaves 0.3 s before its own keep-alive
+        await first.close()
+        await second.until(lambda: KEEP_ALIVE in second.bodies(), "a keep-alive comment")
+        # Due at about `heartbeat` after second opened; before the fix, about twice that.
+        assert clock() - opened < heartbeat + 1.5, clock() - opened
+    finally:
+        await first.close()
+        await second.close()
     assert not app.streams.shared
 
 

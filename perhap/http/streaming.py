@@ -220,19 +220,32 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
     its query after it. When another stream is already fetching at an equal query, its answer is
     this stream's too (the same events after the same cursor), so a commit costs one read and
     one encoding per query, not per stream; if that stream ends without an answer, this one
-    reads for itself."""
+    reads for itself.
+
+    Each stream keeps its own keep-alive time, ``heartbeat`` after its last body, whichever
+    stream reads: it never waits past it for another's answer, and a stream that takes over the
+    read from one that left reads only until then."""
+    loop = asyncio.get_running_loop()
+    keep_alive_at = loop.time() + streams.heartbeat
     key = (sub.store, sub.query, full)
     shared = streams.shared
     while (waiting := shared.get(key)) is not None:
-        answer: asyncio.Future[_Body | None] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[_Body | None] = loop.create_future()
         waiting.append(answer)
-        given = await answer  # each its own future: one stream cancelled cancels nobody else's
+        # At its keep-alive time the stream answers itself (its cursor stays) and the shared read
+        # goes on for the others. (Not asyncio.wait_for: on 3.11 it can swallow the cancellation
+        # of a stream whose client left, if the answer comes at that moment.)
+        timer = loop.call_at(keep_alive_at, _settle, answer, (sub.query, KEEP_ALIVE))
+        try:
+            given = await answer  # each its own future: one stream cancelled cancels nobody else's
+        finally:
+            timer.cancel()
         if given is not None:
             return given
     waiting = shared[key] = []
     result: _Body | None = None
     try:
-        events = await sub.fetch(timeout=streams.heartbeat)
+        events = await sub.fetch(timeout=max(0.0, keep_alive_at - loop.time()))
         body = _encode(sub, events, streams.buffer, full, streams.messages.message) if events else KEEP_ALIVE
         result = (sub.query, body)  # after _encode: a batch cut to the buffer moves the cursor back
         return result
@@ -241,6 +254,11 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
         for answer in waiting:
             if not answer.done():
                 answer.set_result(result)
+
+
+def _settle(future: asyncio.Future[_Body | None], body: _Body) -> None:
+    if not future.done():
+        future.set_result(body)
 
 
 def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
