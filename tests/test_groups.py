@@ -236,6 +236,28 @@ async def test_expired_lease_goes_to_another_consumer(client: httpx.AsyncClient,
     assert (await stats(client, realm))["redeliveries"] == 1
 
 
+async def test_an_answer_after_the_lease_ran_out_is_409_though_nobody_took_it(client: httpx.AsyncClient,
+                                                                             realm: str) -> None:
+    """A lease past its ack_timeout went back to the group (or was parked) at that moment, whether
+    or not anyone has looked since: a late ack or nack is refused and changes nothing."""
+    assert (await put(client, realm, ack_timeout=0.3)).status_code == 201
+    assert (await put(client, realm, "once", ack_timeout=0.3, max_deliveries=1)).status_code == 201
+    await append(client, realm, "o1", "x")
+    [event] = await lease(client, realm, "a")
+    [parked] = await lease(client, realm, "a", group="once")
+    await asyncio.sleep(0.6)
+    problem(await ack(client, realm, "a", [event]), 409)
+    problem(await nack(client, realm, "a", [event]), 409)
+    [again] = await lease(client, realm, "b")  # back in the group: the next lease has it
+    assert (again["event_id"], again["delivery"]) == (event["event_id"], 2)
+    # With one delivery allowed, the lease's end parked the event: a late ack does not unpark it.
+    problem(await ack(client, realm, "a", [parked], group="once"), 409)
+    listed = (await client.get(f"/_groups/{realm}/once/parked")).json()["events"]
+    assert [e["event_id"] for e in listed] == [parked["event_id"]]
+    s = await stats(client, realm, "once")
+    assert (s["parked"], s["acknowledged"]) == (1, 0)
+
+
 async def test_poison_event_is_parked_listed_and_replayed(client: httpx.AsyncClient, realm: str) -> None:
     assert (await put(client, realm, max_deliveries=3)).status_code == 201
     poison = await append(client, realm, "o1", "poison")

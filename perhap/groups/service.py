@@ -231,11 +231,12 @@ class Groups:
 
     async def _answer(self, realm: str, name: str, consumer: str,
                       apply: Callable[[GroupState, float], _T]) -> _T:
-        """A consumer's ack or nack: applied before leases are expired (an answer that comes late
-        wins over an expiry nobody has seen yet); then waiting consumers look again."""
+        """A consumer's ack or nack: applied after leases that ran out are expired, so an answer
+        for a lease past its ``ack_timeout`` is a 409 as the lease's end promised, whether or not
+        anyone has seen the event go back (or be parked) yet; then waiting consumers look again."""
         async def change(state: GroupState, now: float) -> tuple[_T, bool]:
-            result = apply(state, now)
             state.expire(now)
+            result = apply(state, now)
             state.seen(consumer, now, SEEN_EVERY)
             return result, True
 
