@@ -58,7 +58,9 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     if following is not None:
         following = check_event_id(following, "following")
     if req.wants_stream():
-        # A stream reads in batches of its own: `limit` means nothing to it and is ignored.
+        # A stream reads in batches of its own: a valid `limit` means nothing to it and is ignored,
+        # a bad one is refused as on any read.
+        page_limit(req.query)
         query = _query(req, where, following, STREAM_BATCH, stream=True)
         last = header(req.scope, b"last-event-id")
         if last is not None:

@@ -296,6 +296,7 @@ class StreamingContract(BackendContract):
             for query, names in [("order=desc", ["order"]), ("after_position=1&order=desc", ["order"]),
                                  (f"following={read[0]['event_id']}&after_position=1", ["following", "after_position"]),
                                  ("after_position=x", ["after_position"]),
+                                 ("limit=0", ["limit"]), ("limit=abc", ["limit"]), ("limit=10001", ["limit"]),
                                  ("&".join(f"type=t{i}" for i in range(101)), ["type"])]:
                 r = await http.get(f"/{realm}/d?{query}", headers=SSE)
                 assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", query
