@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from perhap.backends import open_store
+from perhap.groups import ahead as group_ahead
+from perhap.groups import state as group_state
 from perhap.http.app import PerhapApp
 from perhap.testing.conformance.helpers import problem
 
@@ -256,6 +258,36 @@ async def test_an_answer_after_the_lease_ran_out_is_409_though_nobody_took_it(cl
     assert [e["event_id"] for e in listed] == [parked["event_id"]]
     s = await stats(client, realm, "once")
     assert (s["parked"], s["acknowledged"]) == (1, 0)
+
+
+async def test_a_backlog_on_one_entity_does_not_stop_the_others(client: httpx.AsyncClient, realm: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the pending list's cap, the events of an entity that cannot go out anyway are deferred
+    (counted, read back in order when their turn comes): the scan goes on, so another entity's
+    event goes out in parallel while one entity's long backlog waits, and none is lost."""
+    for module in (group_state, group_ahead):
+        monkeypatch.setattr(module, "MAX_PENDING", 4)
+    assert (await put(client, realm)).status_code == 201
+    r = await client.post(f"/{realm}/orders/hot", json={"events": [{"type": "t", "event": i} for i in range(12)]})
+    assert r.status_code == 201, r.text
+    await append(client, realm, "cold", "c")
+    assert [e["event"] for e in await lease(client, realm, "a", max=1)] == [0]
+    [cold] = await lease(client, realm, "b")  # beyond the hot entity's eleven waiting events
+    assert cold["event"] == "c"
+    assert (await stats(client, realm))["lag"] == 13
+    assert (await ack(client, realm, "b", [cold])).status_code == 200
+    hot = [0]
+    held = [{"event_id": (await client.get(f"/{realm}/orders/hot")).json()["events"][0]["event_id"]}]
+    while True:  # the hot entity's events, one at a time, in version order, each once
+        assert (await ack(client, realm, "a", held)).status_code == 200
+        held = await lease(client, realm, "a")
+        if not held:
+            break
+        assert len(held) == 1
+        hot.append(held[0]["event"])
+    assert hot == list(range(12))
+    s = await stats(client, realm)
+    assert (s["lag"], s["in_flight"], s["acknowledged"], s["checkpoint"]) == (0, 0, 13, s["head"])
 
 
 async def test_poison_event_is_parked_listed_and_replayed(client: httpx.AsyncClient, realm: str) -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import orjson
+import pytest
+
 from perhap import open_store
+from perhap.groups import state as group_state
 from perhap.groups.ahead import ReadAhead, read_ahead
 from perhap.groups.settings import GroupSettings
 from perhap.groups.state import GroupState, Lease
@@ -83,3 +87,35 @@ async def test_leases_that_ran_out_hold_no_room_and_the_cached_state_is_left_alo
         assert ahead is not None
         assert [e.entity for e in ahead.events] == ["e0", "e1", "e2", "e3"] == [e.entity for e in remembered]
         assert len(cached.leases) == 2  # judged, not expired: the cache is this process's record
+
+
+def test_past_the_pending_cap_a_busy_entity_s_events_are_deferred_and_taken_back_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred events (perhap.groups.state): counted per entity from its first, never listed;
+    the group's oldest open event and its waiting count include them; they survive the stored
+    form; read back, those up to ``scanned`` wait again in order and the rest are the scan's."""
+    monkeypatch.setattr(group_state, "MAX_PENDING", 2)
+    s = state(0)
+    hot = [Event(f"h{p}", "r", "d", "hot", "t", v, "", b"{}", b"{}", p) for v, p in enumerate((1, 2, 3, 5, 6))]
+    cold = Event("c4", "r", "d", "cold", "t", 0, "", b"{}", b"{}", 4)
+    chosen: list[int] = []
+    busy: set[tuple[str, str]] = set()
+    assert s.admit([*hot[:3], cold, *hot[3:]], 10, busy, chosen) == 6
+    assert chosen == [1, 4]  # the cold event is not stopped by the hot entity's backlog
+    assert sorted(s.pending) == [1, 2, 4] and s.deferred == {("d", "hot"): [3, 3]}
+    assert (s.scanned, s.oldest_open(), s.waiting()) == (6, 1, 6)
+    s.lease(chosen, "a", 0.0)
+    s = GroupState.from_bytes(s.to_bytes())
+    assert s.deferred == {("d", "hot"): [3, 3]} and s.ready_deferred() == []  # hot's 1 and 2 first
+    s.ack("a", ["h1", "c4"])
+    s.lease([2], "a", 0.0)
+    s.ack("a", ["h2"])
+    assert s.ready_deferred() == [("d", "hot")] and s.oldest_open() == 3
+    s.take_back(("d", "hot"), hot[2:4], ended=False)  # two of the three deferred
+    assert sorted(s.pending) == [3, 5] and s.deferred == {("d", "hot"): [6, 1]}
+    s.take_back(("d", "hot"), [hot[4], Event("h9", "r", "d", "hot", "t", 5, "", b"{}", b"{}", 9)], ended=False)
+    assert sorted(s.pending) == [3, 5, 6] and s.deferred == {}  # 9 is past scanned: the scan's
+    # A state stored before deferral existed reads as none deferred.
+    old = orjson.loads(state(0).to_bytes())
+    del old["deferred"]
+    assert GroupState.from_bytes(orjson.dumps(old)).deferred == {}

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..model import Event, Page
+from ..model import Event, Page, Scope
 from ..store.base import Store
 from .settings import GroupSettings
-from .state import GroupState, Key
+from .state import MAX_PENDING, GroupState, Key
 
 #: Events read beyond those still wanted, in case some wait behind their entity.
 SCAN_SLACK = 16
@@ -29,6 +29,8 @@ SCAN_BATCH = 1000
 #: A page read ahead holds this many times what one lease wants (several leases may be
 #: stored together, and events of busy entities are passed over).
 AHEAD = 4
+#: Deferred events of one entity read back at once (one only while ``pending`` is full).
+TAKE_BACK = 64
 
 
 @dataclass(slots=True)
@@ -102,6 +104,23 @@ async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set
         taken = state.admit(events, room, busy, chosen)
         if last or taken < len(events):
             return
+
+
+async def take_back_deferred(store: Store, realm: str, state: GroupState, room: int,
+                             remember: Callable[[Event], None]) -> bool:
+    """Read back the deferred events of up to ``room`` entities that have nothing leased or
+    pending, oldest deferral first, into ``pending``: an entity's next events, in its order.
+    Whether any was (the state changed)."""
+    settings = state.settings
+    ready = state.ready_deferred()[:room]
+    for key in ready:
+        first = state.deferred[key][0]
+        limit = TAKE_BACK if len(state.pending) < MAX_PENDING else 1
+        page = await store.read(Scope(realm, *key), after_position=first - 1, limit=limit, types=settings.types)
+        for event in page.events:
+            remember(event)
+        state.take_back(key, page.events, page.next is None)
+    return bool(ready)
 
 
 async def _read(store: Store, realm: str, settings: GroupSettings, after: int, limit: int,

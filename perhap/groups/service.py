@@ -26,7 +26,7 @@ from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
-from .ahead import read_ahead, scan
+from .ahead import read_ahead, scan, take_back_deferred
 from .settings import GroupSettings
 from .state import GroupState, Lease
 
@@ -131,7 +131,7 @@ class Groups:
         return {
             "realm": realm, "name": name, **state.settings.to_json(), "created": _stamp(state.created),
             "checkpoint": await self._checkpoint(realm, state), "head": head,
-            "lag": len(state.leases) + len(state.pending) + unread,
+            "lag": len(state.leases) + state.waiting() + unread,
             "in_flight": len(state.leases), "parked": len(state.parked), "delivered": state.delivered,
             "redeliveries": state.redeliveries, "acknowledged": state.acknowledged,
             "consumers": [{"consumer": c, "last_seen": _stamp(t), "in_flight": held.get(c, 0)}
@@ -210,6 +210,7 @@ class Groups:
             room = min(limit, state.settings.max_in_flight - state.held_by(consumer))
             chosen: list[int] = []
             if room > 0:
+                dirty = await take_back_deferred(self.store, realm, state, room, self._remember) or dirty
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
                 await scan(self.store, realm, state, room, busy, chosen, ahead, self._remember)

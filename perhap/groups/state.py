@@ -5,7 +5,11 @@ Every event of the group's scope up to ``scanned`` (a position) is in exactly on
 - settled: acknowledged, or parked (``parked`` keeps those until replayed);
 - ``leases``: delivered to a consumer, until it acknowledges, nacks or the lease runs out;
 - ``pending``: known and waiting for delivery: never delivered yet because an earlier event of
-  its entity was in flight, or returned by a nack or an expired lease, or replayed.
+  its entity was in flight, or returned by a nack or an expired lease, or replayed;
+- ``deferred``: an entity's events from a position on (and how many), not held one by one: once
+  ``pending`` is full, the events of entities that could not go out anyway (one of theirs is in
+  flight or waiting) are counted here rather than listed, so the scan goes on to other entities.
+  They are read back from the store, in order, when nothing of their entity is leased or pending.
 
 Events after ``scanned`` are read from the store when a consumer asks for more. So the document
 holds only what is in flight or waiting, never the history: its size follows the work in
@@ -13,7 +17,8 @@ progress, not the scope. Positions key everything, since they give the scope's o
 events are in version order within it.
 
 Per-entity order: an event is leased only when no event of its entity is leased and none before
-it is pending. A parked event holds nothing back (else one poison event would stop its entity).
+it is pending (or deferred). A parked event holds nothing back (else one poison event would stop
+its entity).
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ from ..errors import LeaseConflict
 from ..model import Event
 from .settings import GroupSettings
 
-#: Events a group remembers as pending at most; past that it reads no further until some are
-#: delivered (they wait behind a few busy entities: reading more would only make the list longer).
+#: Events a group lists as pending at most; past that the events of busy entities are deferred
+#: (counted, not listed), so one entity's backlog does not stop the others.
 MAX_PENDING = 2_000
+#: Entities with deferred events at most; past that the group reads no further until some are
+#: delivered.
+MAX_DEFERRED = 2_000
 #: A consumer without leases, unseen this long, is forgotten.
 FORGET_CONSUMER = 86_400.0
 
@@ -78,13 +86,19 @@ class GroupState:
     delivered: int = 0
     redeliveries: int = 0
     acknowledged: int = 0
+    #: (domain, entity) -> [position of its first deferred event, how many are deferred]
+    deferred: dict[Key, list[int]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- figures
 
     def oldest_open(self) -> int | None:
         """The position of the oldest event leased or waiting (every scope event before it, from
         the floor on, is acknowledged or parked); None when there is none."""
-        return min((*self.leases, *self.pending), default=None)
+        return min((*self.leases, *self.pending, *(d[0] for d in self.deferred.values())), default=None)
+
+    def waiting(self) -> int:
+        """Events read and not yet delivered: pending and deferred."""
+        return len(self.pending) + sum(d[1] for d in self.deferred.values())
 
     def held_by(self, consumer: str, running_at: float = 0.0) -> int:
         """Leases ``consumer`` holds (with ``running_at``, only those still running then)."""
@@ -147,18 +161,50 @@ class GroupState:
         up to ``limit``) or waits behind its entity. Returns how many were taken in; the rest are
         left for a later read."""
         taken = 0
+        deferred = self.deferred
         for event in events:
-            if len(chosen) >= limit or len(self.pending) >= MAX_PENDING:
+            if len(chosen) >= limit:
                 break
             key = (event.domain, event.entity)
             pos = event.position
-            self.pending[pos] = Waiting(event.event_id, event.domain, event.entity, 0)
-            if key not in busy:
+            if key in deferred:  # its earlier events are deferred: so is it, to keep its order
+                deferred[key][1] += 1
+            elif key not in busy:
+                self.pending[pos] = Waiting(event.event_id, event.domain, event.entity, 0)
                 chosen.append(pos)
                 busy.add(key)
+            elif len(self.pending) < MAX_PENDING:
+                self.pending[pos] = Waiting(event.event_id, event.domain, event.entity, 0)
+            elif len(deferred) < MAX_DEFERRED:
+                deferred[key] = [pos, 1]
+            else:
+                break
             self.scanned = pos
             taken += 1
         return taken
+
+    def ready_deferred(self) -> list[Key]:
+        """Entities whose deferred events are next: none of theirs is leased or pending."""
+        if not self.deferred:
+            return []
+        held = self.busy_entities() | {(w.domain, w.entity) for w in self.pending.values()}
+        return [key for key in self.deferred if key not in held]
+
+    def take_back(self, key: Key, events: Sequence[Event], ended: bool) -> None:
+        """An entity's events read from the store from its first deferred position on, in order
+        (``ended``: none follows them): those up to ``scanned`` wait in ``pending`` again (the
+        rest are the scan's); the entity leaves ``deferred`` once none of its events is left."""
+        first, count = self.deferred[key]
+        for event in events:
+            if event.position > self.scanned:
+                ended = True
+                break
+            self.pending[event.position] = Waiting(event.event_id, event.domain, event.entity, 0)
+            first, count = event.position + 1, count - 1
+        if ended or count <= 0:
+            del self.deferred[key]
+        else:
+            self.deferred[key] = [first, count]
 
     def lease(self, positions: Iterable[int], consumer: str, now: float) -> list[Lease]:
         leases = []
@@ -238,6 +284,7 @@ class GroupState:
                        for p, x in self.parked.items()],
             "consumers": self.consumers, "delivered": self.delivered, "redeliveries": self.redeliveries,
             "acknowledged": self.acknowledged,
+            "deferred": [[d, e, first, count] for (d, e), (first, count) in self.deferred.items()],
         })
 
     @classmethod
@@ -248,4 +295,5 @@ class GroupState:
             {r[0]: Lease(*r[1:]) for r in d["leases"]},
             {r[0]: Waiting(*r[1:]) for r in d["pending"]},
             {r[0]: Parked(*r[1:]) for r in d["parked"]},
-            d["consumers"], d["delivered"], d["redeliveries"], d["acknowledged"])
+            d["consumers"], d["delivered"], d["redeliveries"], d["acknowledged"],
+            {(r[0], r[1]): [r[2], r[3]] for r in d.get("deferred", ())})
