@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..auth import Authenticator, Grant
+from ..errors import StorageUnavailable
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event, Scope
 from ..store.base import Store, Subscription
@@ -114,9 +115,18 @@ def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
 
 async def stream_head(store: Store, query: ReadQuery, following: str | None, send: Send) -> None:
     """HEAD of a stream: the checks and headers of GET (an unknown start is 404), no stream, no slot."""
-    await store.subscription_for(query, following)
+    await _subscription(store, query, following)
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _subscription(store: Store, query: ReadQuery, following: str | None) -> Subscription:
+    """The stream's subscription; a 503 before the stream opens when the storage does not answer
+    (a stream that opened only to end at once would have its client reconnect, again and again)."""
+    sub = await store.subscription_for(query, following)
+    if not await store.health():
+        raise StorageUnavailable("the storage does not answer")
+    return sub
 
 
 class _Writing:
@@ -139,7 +149,7 @@ async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery,
     streams.limiter.reserve(token_id)
     try:
         # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
-        sub = await store.subscription_for(query, following)
+        sub = await _subscription(store, query, following)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         # A comment first: it flushes the headers through proxies and tells the client it is live.
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
