@@ -259,9 +259,10 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:
-            if not self._too_large:
-                return super().send_400_response(msg)
-            self.transport.write(too_large)
+            # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
+            # like every other error of the API, not uvicorn's plain text.
+            self.transport.write(too_large if self._too_large else _problem_response(b"400 Bad Request", problem_body(
+                400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})))
             self.transport.close()
 
     return LimitedHttpTools

@@ -139,6 +139,21 @@ def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
         assert time.monotonic() - start < 5  # closed by the 1 s header deadline
 
 
+def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
+    """What the HTTP parser itself refuses (an unknown method, a Content-Length that is not a
+    number, bytes that are no request line) is answered like any error of the API: 400
+    problem+json, and the connection is closed."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol()
+    with server:
+        for request in (b"FOO /_health HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+                        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"):
+            head, _, body = _raw(server.port, request).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head, (request, head)
+            assert b'"status":400' in body and b"not valid HTTP" in body, body
+
+
 def test_a_body_too_slow_is_408(sqlite_url: str) -> None:
     """Headers in time, then a body that trickles or stops: 408 problem+json within the body
     timeout (plus a margin), and the connection is closed; timely bodies are untouched."""
