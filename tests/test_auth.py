@@ -19,7 +19,9 @@ from perhap.app import PerhapApp
 from perhap.auth import Authenticator, add_token, load_grants, revoke_token
 from tests.servers import ProcessServer, ThreadServer, free_port
 
-ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t"]
+ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t",
+          # The token is checked before anything else: a bad path or query is a 401 without one.
+          "/%ff", "/{r}/%ff", "/_groups/%ff", "/{r}?x=%ff", "/_groups/{r}/g", "/{r}/d/e/t/x/y"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from ..auth import Authenticator
 from ..backends import open_store, redact
@@ -145,14 +146,17 @@ class PerhapApp:
         """Answer one HTTP request: find its route, check names, token and method, call its handler."""
         try:
             raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-            names = [decode_segment(s) for s in split_path(raw)]
-            query = parse_query(scope.get("query_string", b""))
+            segments = split_path(raw)
             ctx = self.context
             if ctx is None:
                 raise StorageUnavailable("the store is not open yet")
             grant = None
-            if self.auth is not None and names and names[0] not in OPEN_SEGMENTS:
+            # The token first, before the path and query are judged: without a valid one, a bad
+            # path is a 401 like any other (an open route's name is read leniently here).
+            if self.auth is not None and segments and _lenient(segments[0]) not in OPEN_SEGMENTS:
                 grant = authenticate(self.auth, scope)
+            names = [decode_segment(s) for s in segments]
+            query = parse_query(scope.get("query_string", b""))
             route = match(names)
             scope[ROUTE_KEY] = route
             method: str = scope["method"]
@@ -174,6 +178,11 @@ class PerhapApp:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await send_problem(send, 500, "internal-error", "Internal Server Error",
                                "the server failed; the error is in its log", {})
+
+
+def _lenient(segment: bytes) -> str:
+    """A path segment decoded whatever it holds (bad bytes replaced), to tell an open route."""
+    return (unquote_to_bytes(segment) if b"%" in segment else segment).decode("utf-8", "replace")
 
 
 def create_app(store_url: str, **options: Any) -> PerhapApp:
