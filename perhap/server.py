@@ -163,6 +163,11 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+#: What a request line and head hold beside the method, the URL and the headers: " ", " HTTP/1.1",
+#: CRLF, and the CRLF of the blank line. (A header counts its name, value and ": " CRLF.)
+_REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
+
+
 def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                      body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Any:
     """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
@@ -185,6 +190,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
     class LimitedHttpTools(HttpToolsProtocol):
         _header_bytes = 0
+        _method_counted = False
         _too_large = False
         _deadline: Any = None
         _body_deadline: float | None = None  # loop time; None until the headers are complete
@@ -228,7 +234,10 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._header_bytes = 0
+            # The request line's own bytes (two spaces, "HTTP/1.1", its CRLF) and the blank line
+            # that ends the head; the method and the URL are added as they come.
+            self._header_bytes = _REQUEST_LINE_FRAME
+            self._method_counted = False
             self._body_deadline = None
             if self._deadline is None:
                 self._arm(header_timeout)
@@ -240,6 +249,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 raise _HeadersTooLarge
 
         def on_url(self, url: bytes) -> None:
+            if not self._method_counted:  # (the URL may come in several parts)
+                self._method_counted = True
+                self._count(len(self.parser.get_method()))
             self._count(len(url))
             super().on_url(url)
 

@@ -139,6 +139,21 @@ def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
         assert time.monotonic() - start < 5  # closed by the 1 s header deadline
 
 
+def test_the_header_limit_is_the_whole_head_to_the_byte(sqlite_url: str) -> None:
+    """--max-header counts the request line and headers as sent, blank line included: a head of
+    exactly the limit is served, one byte more is a 431 (GET and POST alike)."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol(max_header=2000)
+    with server:
+        for method, tail in ((b"GET /_health", b""), (b"POST /_nowhere", b"")):
+            def head(size: int, method: bytes = method) -> bytes:
+                start = method + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+                return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+            assert len(head(2000)) == 2000
+            assert not _raw(server.port, head(2000) + tail).startswith(b"HTTP/1.1 431"), method
+            assert _raw(server.port, head(2001) + tail).startswith(b"HTTP/1.1 431"), method
+
+
 def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
     """What the HTTP parser itself refuses (an unknown method, a Content-Length that is not a
     number, bytes that are no request line) is answered like any error of the API: 400
