@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from perhap.auth import Authenticator, add_token
+from perhap.auth import Authenticator, add_token, revoke_token
 from perhap.backends import open_store
 from perhap.groups import ahead as group_ahead
 from perhap.groups import state as group_state
@@ -94,6 +94,37 @@ async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> 
         assert (await http.post(f"{base}/ack", json=ack, headers=h(read))).status_code == 200
         problem(await http.delete(base, headers=h(read)), 403)
         assert (await http.delete(base, headers=h(write))).status_code == 204
+
+
+async def test_a_revoked_token_gets_no_more_leases(store: Store, tokens: str) -> None:
+    """A long poll and a lease stream check the token before each look for events: revoked while
+    they wait, the poll is a 401 and the stream ends, and the event that came meanwhile is left
+    for others, never delivered to the revoked token."""
+    from tests.test_stream_limits import Exchange, stream_headers
+
+    doomed, doomed_grant = add_token(tokens, "shop", "read")
+    streamed, streamed_grant = add_token(tokens, "shop", "read")
+    write, _ = add_token(tokens, "shop", "write")
+    app = PerhapApp(store, auth=Authenticator(tokens, recheck=0), heartbeat=0.3)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        def h(token: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {token}"}
+
+        base = "/_groups/shop/g"
+        assert (await http.put(base, json={}, headers=h(write))).status_code == 201
+        poll = asyncio.ensure_future(http.get(f"{base}/events", params={"consumer": "p", "wait": 20},
+                                              headers=h(doomed)))
+        stream = Exchange(app, "GET", f"{base}/events?consumer=s", stream_headers(authorization=f"Bearer {streamed}"))
+        await asyncio.wait_for(stream.started.wait(), 10)
+        await asyncio.sleep(0.3)  # both wait for an event
+        revoke_token(tokens, doomed_grant.id)
+        revoke_token(tokens, streamed_grant.id)
+        assert (await http.post("/shop/d/e/t", json={"event": "late"}, headers=h(write))).status_code == 201
+        problem(await asyncio.wait_for(poll, 10), 401)
+        await asyncio.wait_for(stream.task, 10)  # the stream ended ...
+        assert b"late" not in b"".join(stream.bodies())  # ... without the event
+        [event] = (await http.get(f"{base}/events?consumer=c", headers=h(write))).json()["events"]
+        assert (event["event"], event["delivery"]) == ("late", 1)
 
 
 async def test_metrics_per_group(store: Store) -> None:

@@ -164,12 +164,16 @@ class Groups:
 
     # ----------------------------------------------------------------- consuming
 
-    async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float) -> list[dict[str, Any]]:
-        """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one."""
+    async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float,
+                    check: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one;
+        ``check`` (it raises to refuse, a revoked token, say) runs before each look."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (realm, name)
         while True:
+            if check is not None:
+                check()
             # Both taken before looking: a commit or a change after them ends the wait at once.
             token = self.store._change_token()
             changed = self._changed.get(key)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import InvalidInput
 from ...groups import GroupSettings, check_group_name
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
-from ..requests import Context, Request, authorize, page_limit, read_json_object
+from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
 from ..streaming import KEEP_ALIVE, SSE_HEADERS, sse_message, wait_disconnect
@@ -31,6 +32,18 @@ def _names(req: Request, permission: str) -> tuple[str, str]:
     realm = check_name(req.names[1], "realm", realm=True)
     authorize(req.grant, realm, permission)
     return realm, check_group_name(req.names[2])
+
+
+def _recheck(ctx: Context, req: Request, realm: str) -> Callable[[], None] | None:
+    """For a lease that waits (a long poll, a stream): the token checked again before each look
+    for events, so a token revoked meanwhile gets a 401 (a stream ends) instead of more leases."""
+    auth = ctx.streams.auth
+    if auth is None or req.grant is None:
+        return None
+
+    def check() -> None:
+        authorize(authenticate(auth, req.scope), realm, "read")
+    return check
 
 
 def group_path(realm: str, name: str) -> str:
@@ -76,7 +89,7 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
     else:
         # A client that hangs up while it waits must not have events leased to it afterwards
         # (they would sit unseen until ack_timeout): the poll ends with the connection.
-        poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait))
+        poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait, _recheck(ctx, req, realm)))
         hangup = asyncio.ensure_future(wait_disconnect(req.receive))
         try:
             await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,6 +148,7 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
     more than the group's max_in_flight unacknowledged (the leases decide that, not the stream)."""
     streams, groups = ctx.streams, ctx.groups
     token_id = req.grant.id if req.grant is not None else None
+    recheck = _recheck(ctx, req, realm)
     streams.limiter.reserve(token_id)
     try:
         await groups.check(realm, name)  # an unknown group is a plain 404, before the stream
@@ -143,7 +157,7 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
 
         async def pump() -> None:
             while True:
-                events = await groups.lease(realm, name, consumer, most, streams.heartbeat)
+                events = await groups.lease(realm, name, consumer, most, streams.heartbeat, recheck)
                 body = b"".join(sse_message(e["event_id"], e) for e in events) if events else KEEP_ALIVE
                 await send({"type": "http.response.body", "body": body, "more_body": True})
 
