@@ -150,6 +150,14 @@ def test_openapi_lists_the_group_routes() -> None:
     for path in ("/_groups/{realm}", "/_groups/{realm}/{group}/ack", "/_groups/{realm}/{group}/nack",
                  "/_groups/{realm}/{group}/parked", "/_groups/{realm}/{group}/parked/replay"):
         assert path in paths
+    # Every status a group route can answer is in the document: a body over --max-body (413), a
+    # lease stream over the stream limits (429), the storage away (503).
+    for path, operations in paths.items():
+        if path.startswith("/_groups/"):
+            for method, operation in operations.items():
+                expected = {"503"} | ({"413"} if "requestBody" in operation else set())
+                assert expected <= set(operation["responses"]), (method, path)
+    assert "429" in lease["responses"]
 
 
 async def test_consumer_ids_are_any_printable_text(store: Store) -> None:

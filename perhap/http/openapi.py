@@ -170,7 +170,8 @@ _QUERY_PARAMS = {"type": Q_TYPE, "following": Q_FOLLOWING, "limit": Q_LIMIT, "af
                  "after_position": Q_AFTER_POSITION, "before_position": Q_BEFORE_POSITION,
                  "after_version": Q_AFTER_VERSION, "until_version": Q_UNTIL_VERSION, "consumer": Q_CONSUMER,
                  "max": Q_MAX, "wait": Q_WAIT}
-_READS = (Kind.READ, Kind.READ_OR_EVENT)
+#: Operations that may answer with a stream (Accept: text/event-stream), hence a 429.
+_READS = (Kind.READ, Kind.READ_OR_EVENT, Kind.GROUP_LEASE)
 
 
 def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
@@ -211,7 +212,9 @@ def _group(summary: str, params: list[dict[str, Any]], body: str | None, require
     ok = _json(answer, description) if answer is not None else {"description": description}
     responses = {status: ok, "404": _problem("No such group"), "409": _problem(
         "The group exists with other settings (PUT), or an event is not leased to this consumer now "
-        "(ack, nack): nothing was changed")}
+        "(ack, nack): nothing was changed"), "503": _problem("Storage unavailable")}
+    if body is not None:
+        responses["413"] = _problem("Body over the size limit")
     if status == "201":
         responses["200"] = _json("Group", "It exists with these settings: nothing was changed")
     operation: dict[str, Any] = {"summary": summary, "parameters": params, "responses": responses}
