@@ -214,7 +214,7 @@ def test_tokens_never_in_logs(tmp_path: Path) -> None:
                        "--log-level", "debug") as server:
         for t in (token, wrong):
             for method, url in (("POST", "/shop/d/e/t"), ("GET", "/shop"), ("GET", "/other"), ("GET", "/keys"),
-                                ("GET", "/_metrics"), ("POST", "/shop/d/e/t?x=1")):
+                                ("GET", "/_metrics"), ("POST", "/shop/d/e/t?x=1"), ("GET", "/_groups/shop/g")):
                 r = httpx.request(method, server.url + url, json={"event": {"secret-body": 1}},
                                   headers=bearer(t), timeout=10)
                 assert t not in r.text and r.status_code < 500
@@ -228,3 +228,6 @@ def test_tokens_never_in_logs(tmp_path: Path) -> None:
     first = next(a for a in access if a["method"] == "POST")
     assert {"method", "path", "status", "duration_ms", "realm", "bytes"} <= set(first)
     assert first["realm"] == "shop" and first["status"] == 201
+    # A consumer group's route names its realm too.
+    assert {a["realm"] for a in access if a["path"] == "/_groups/shop/g"} == {"shop"}
+    assert {a["realm"] for a in access if a["path"] in ("/keys", "/_metrics")} == {None}

@@ -237,11 +237,16 @@ async def test_cors(store: Store, realm: str, tmp_path: Path) -> None:
         assert r.headers["access-control-allow-origin"] == "https://app.example"
         assert "POST" in r.headers["access-control-allow-methods"]
         assert "authorization" in r.headers["access-control-allow-headers"]
+        # The whole API: consumer groups' PUT and DELETE, conditional GET's header and tag.
+        methods = {m.strip() for m in r.headers["access-control-allow-methods"].split(",")}
+        assert {"GET", "HEAD", "POST", "PUT", "DELETE"} <= methods
+        assert "if-none-match" in r.headers["access-control-allow-headers"]
         r = await c.options(f"/{realm}/d/e/t", headers={**pre, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
         r = await c.post(f"/{realm}/d/e/t", json={"event": 1},
                          headers={"Origin": "https://app.example", "Authorization": f"Bearer {token}"})
         assert r.status_code == 201 and r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "etag" in r.headers["access-control-expose-headers"]
         r = await c.get(f"/{realm}", headers={"Origin": "https://app.example"})
         assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example"
         r = await c.get(f"/{realm}", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {token}"})

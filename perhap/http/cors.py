@@ -9,8 +9,12 @@ from collections.abc import Iterable
 
 from .types import ASGIApp, Message, Receive, Scope, Send
 
-METHODS = b"GET, HEAD, POST, OPTIONS"
-HEADERS = b"authorization, content-type, accept, last-event-id"
+#: Every method the API takes (PUT and DELETE: consumer groups), and the request headers it reads
+#: (if-none-match: conditional GET).
+METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+HEADERS = b"authorization, content-type, accept, last-event-id, if-none-match"
+#: Response headers a page may read: where an event is, the token challenge, a read's tag.
+EXPOSED = b"location, www-authenticate, etag"
 
 
 class Cors:
@@ -42,7 +46,7 @@ class Cors:
         if origin is None or origin not in self.origins:
             return await self.app(scope, receive, send)
         extra = [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-                 (b"access-control-expose-headers", b"location, www-authenticate")]
+                 (b"access-control-expose-headers", EXPOSED)]
 
         async def with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -59,9 +59,13 @@ class Observer:
     @staticmethod
     def log(scope: Scope, route: Route, status: int, elapsed: float, size: int) -> None:
         realm = None
-        if route.realm:
+        parts = route.template.split("/")
+        if "{realm}" in parts:  # /{realm}/... and /_groups/{realm}/... alike
             raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-            realm = unquote(raw.split(b"?", 1)[0].split(b"/")[1].decode("latin-1"), errors="replace")
+            segments = raw.split(b"?", 1)[0].split(b"/")
+            at = parts.index("{realm}")
+            if at < len(segments):
+                realm = unquote(segments[at].decode("latin-1"), errors="replace")
         # The path only: no query, no headers (tokens), no bodies.
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"access": {
             "method": scope["method"], "path": scope["path"], "status": status,
