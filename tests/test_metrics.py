@@ -55,6 +55,8 @@ async def test_every_store_statistic_is_exported(client: httpx.AsyncClient, stor
         assert key in got, f"{key[0]} is missing from /_metrics"
         low, high = sorted((stat.value, after[name]))
         assert low <= got[key] <= high, (key[0], stat.value, got[key], after[name])
+    if store.backend_name in ("sqlite", "postgres"):  # backends that can tell their size do
+        assert got[("perhap_store_size_bytes", ())] > 0
     if "group_commits" in before:  # SQLite and PostgreSQL: the appends above went through groups
         assert got[("perhap_group_commits_total", ())] >= 1
         assert got[("perhap_group_commit_events_total", ())] >= got[("perhap_group_commits_total", ())]

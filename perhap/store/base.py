@@ -295,10 +295,8 @@ class Store(abc.ABC):
 
     async def health(self) -> bool:
         """True when the storage answers."""
-        if self._closed:
-            return False
         try:
-            return await self._ping()
+            return not self._closed and await self._ping()
         except Exception:
             return False
 
@@ -322,8 +320,11 @@ class Store(abc.ABC):
         raise NotSupported("this store keeps no consumer-group state")
 
     def statistics(self) -> list[Statistic]:
-        """Figures the backend keeps (group commits, size, retries ...), for metrics."""
+        """Figures the backend keeps (group commits, size ...), for metrics; refreshed first."""
         return []
+
+    async def refresh_statistics(self) -> None:
+        return None  # before a scrape, the figures that take a query (PostgreSQL's size)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -55,6 +55,10 @@ VERSION = "SELECT 1, " + _VERSION_OF.format("$1", "$2", "$3")
 VERSIONS = (f"SELECT k.i, {_VERSION_OF.format('k.realm', 'k.domain', 'k.entity')}\n"
             "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(realm, domain, entity, i)")
 
+#: Bytes perhap's own tables (their indexes and TOAST included) take, in the schema it uses.
+_SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
+         " WHERE c.relkind = 'r' AND c.relname LIKE 'perhap\\_%' AND c.relnamespace = current_schema()::regnamespace")
+
 
 class VersionProbe:
     """Answers concurrent asks for entities' versions with one statement at a time.
@@ -146,6 +150,7 @@ class PostgresStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._states: PostgresStates | None = None
         self._probe = VersionProbe(self._fetch)
+        self._size_bytes: int | None = None  # as of the last scrape (refresh_statistics)
 
     async def open(self) -> PostgresStore:
         """Connect, create or upgrade the schema, and start the writer and the listener."""
@@ -231,12 +236,22 @@ class PostgresStore(Store):
         return self._listener.listening
 
     def statistics(self) -> list[Statistic]:
-        return [
+        figures = [
             Statistic("group_commits", self._writer.groups_committed,
                       "Write groups committed (one fsync each)"),
             Statistic("group_commit_events", self._writer.events_committed,
                       "Events in committed groups (divide by perhap_group_commits_total for the mean group size)"),
         ]
+        if self._size_bytes is not None:
+            figures.append(Statistic("store_size_bytes", self._size_bytes,
+                                     "Bytes perhap's tables take in the database, indexes included", counter=False))
+        return figures
+
+    async def refresh_statistics(self) -> None:
+        try:  # perhap's own tables only: the database may hold others'
+            self._size_bytes = (await self._fetch(_SIZE))[0][0]
+        except PerhapError:  # the database is away: the scrape shows no size
+            self._size_bytes = None
 
     # ----------------------------------------------------------------- reading
 

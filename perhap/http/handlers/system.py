@@ -41,6 +41,7 @@ async def metrics(ctx: Context, req: Request, send: Send) -> None:
     grant = req.grant
     # The group series name realms: a token sees those of the realms it administers.
     groups = [g for g in await ctx.groups.figures() if grant is None or grant.allows(g[0], "admin")]
+    await ctx.store.refresh_statistics()
     await send_body(send, 200, ctx.metrics.exposition(ctx.store, groups), [(b"content-type", METRICS_TYPE)])
 
 
