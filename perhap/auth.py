@@ -124,7 +124,9 @@ def revoke_token(path: str, which: str) -> Grant:
         if g.id == which or hmac.compare_digest(g.hash, digest):
             save_grants(path, [x for x in grants if x is not g])
             return g
-    raise AuthFileError(f"no token with id {which!r} in {path}")
+    # A token is never echoed, not even one that matches nothing.
+    named = "that token (not shown)" if which.startswith(TOKEN_PREFIX) else f"id {which!r}"
+    raise AuthFileError(f"no token with {named} in {path}")
 
 
 # --------------------------------------------------------------------------- the server side

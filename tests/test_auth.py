@@ -196,6 +196,12 @@ def test_token_cli(tmp_path: Path) -> None:
     assert load_grants(path) == []
     r = run_cli("token", "revoke", "--auth", path, grant.id)
     assert r.returncode == 1 and "Traceback" not in r.stderr
+    # A token is never echoed: not one that matches nothing, nor one given where none is taken.
+    r = run_cli("token", "revoke", "--auth", path, token)
+    assert r.returncode == 1 and token not in r.stderr and token[7:20] not in r.stderr, r.stderr
+    for args in (["--token", token], [f"--token={token}"], [token]):
+        r = run_cli("copy", "--from", f"sqlite:///{tmp_path}/a.db", "--to", f"sqlite:///{tmp_path}/b.db", *args)
+        assert r.returncode == 2 and token[7:20] not in r.stderr and "not shown" in r.stderr, r.stderr
 
 
 def test_non_loopback_needs_auth_or_insecure(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ groups, transfer) that takes the parsed arguments and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import Any, NoReturn, TypeAlias
 
+from ..auth import TOKEN_PREFIX
 from ..limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -45,9 +47,18 @@ from .transfer import run_copy, run_export, run_import
 DEFAULT_DB = "sqlite:///./perhap.db"
 
 
+#: What argparse may quote back from the command line that must not be shown: a token, and the
+#: value given to --token (say, where a command takes none).
+_SECRETS = re.compile(r"(--token[= ])\S+|\b" + re.escape(TOKEN_PREFIX) + r"[\w-]+")
+
+
+def _hide_secrets(message: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group(1) or "") + "(a token, not shown)", message)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, no usage dump: the help says the rest
-        raise CommandError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
+        raise CommandError(f"{self.prog}: {_hide_secrets(message)} (see {self.prog} --help)", 2)
 
 
 class _Version(argparse.Action):
