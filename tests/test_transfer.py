@@ -516,3 +516,19 @@ async def test_importer_batches_runs_of_one_entity(store: Store, realm: str, bac
             await importer.add(item)
         await importer.finish()
     assert calls == [10, 10, 5, 1, 1]
+
+
+def test_export_into_a_reader_that_quits_is_quiet(tmp_path: Path) -> None:
+    """`perhap export | head -2`: the reader goes after two lines; export stops without a word on
+    stderr (the page it was reading ahead is stopped before the store closes)."""
+    url = f"sqlite:///{tmp_path}/q.db"
+    asyncio.run(_fill_url(url, 2, 3000))
+    export = subprocess.Popen([sys.executable, "-m", "perhap.cli", "export", "--db", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert export.stdout is not None and export.stderr is not None
+    head = [export.stdout.readline() for _ in range(2)]
+    export.stdout.close()  # the reader quits
+    err = export.stderr.read()
+    export.wait(60)
+    assert head[0].startswith(b"{") and head[1].startswith(b"{")
+    assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,9 +64,10 @@ async def realm_digest(store: Store, realm: str) -> RealmDigest:
     """A realm's event count and the SHA-256 of its events in commit order (see _digest_line)."""
     digest = hashlib.sha256()
     count = 0
-    async for event in iter_scope(store, Scope(realm)):
-        digest.update(_digest_line(event))
-        count += 1
+    async with aclosing(iter_scope(store, Scope(realm))) as events:
+        async for event in events:
+            digest.update(_digest_line(event))
+            count += 1
     return RealmDigest(count, digest.hexdigest())
 
 
@@ -93,12 +95,13 @@ async def copy_store(source: Store, destination: Store, *, limit: int | None = N
             if following is not None:
                 await _check_source_holds(source, realm, following)
         before = importer.stats.imported + importer.stats.present
-        async for event in iter_scope(source, Scope(realm), following=following):
-            if limit is not None and copied >= limit:
-                complete = False
-                break
-            await importer.add(event_to_import(event))
-            copied += 1
+        async with aclosing(iter_scope(source, Scope(realm), following=following)) as events:
+            async for event in events:
+                if limit is not None and copied >= limit:
+                    complete = False
+                    break
+                await importer.add(event_to_import(event))
+                copied += 1
         await importer.finish()
         done = importer.stats.imported + importer.stats.present - before
         resumed = f" (resumed after {following})" if following else ""

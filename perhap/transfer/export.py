@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import IO
 
 import orjson
@@ -21,11 +22,13 @@ async def export_dump(store: Store, out: IO[bytes], scope: Scope | None = None, 
     out.write(dump_header(scope))
     count = 0
     async for where in _scopes(store, scope):
-        async for event in iter_scope(store, where, page_size=page_size):
-            out.write(orjson.dumps(event.to_json_dict()) + b"\n")
-            count += 1
-            if progress is not None:
-                progress.add(1)
+        # Closed at once if the writing fails (a reader that quit: `perhap export | head`).
+        async with aclosing(iter_scope(store, where, page_size=page_size)) as events:
+            async for event in events:
+                out.write(orjson.dumps(event.to_json_dict()) + b"\n")
+                count += 1
+                if progress is not None:
+                    progress.add(1)
     out.flush()
     return count
 

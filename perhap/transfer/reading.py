@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..model import Event, Scope
 from ..store.base import Store
@@ -12,8 +12,10 @@ PAGE_SIZE = 1000
 
 
 async def iter_scope(store: Store, scope: Scope, *, following: str | None = None,
-                     page_size: int = PAGE_SIZE) -> AsyncIterator[Event]:
-    """Every event of a scope in its order, one page in memory and the next one being read."""
+                     page_size: int = PAGE_SIZE) -> AsyncGenerator[Event, None]:
+    """Every event of a scope in its order, one page in memory and the next one being read.
+    Iterate it inside ``contextlib.aclosing`` where the loop may stop early (its reader gone),
+    so the read ahead ends before the store is closed."""
     pending = asyncio.ensure_future(store.read(scope, following=following, limit=page_size))
     try:
         while True:
@@ -24,10 +26,9 @@ async def iter_scope(store: Store, scope: Scope, *, following: str | None = None
                 yield event
             if page.next is None:
                 return
-    finally:
-        if not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+    finally:  # the read ahead stopped, and its outcome taken whatever it was (never left unseen)
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
 
 
 async def iter_keys(store: Store, *levels: str) -> AsyncIterator[str]:
