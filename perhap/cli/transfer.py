@@ -50,7 +50,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Write a dump of a store (or a realm, domain or entity) to stdout or ``--output``."""
     from ..backends import open_store
     from ..transfer.dump import TYPE_SCOPE_REFUSED
-    from ..transfer.export import export_dump
+    from ..transfer.export import count_events, export_dump
     from ..transfer.progress import Progress
 
     scope = None
@@ -62,13 +62,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     async def job() -> int:
         async with open_store(db) as store:
+            progress = Progress("exporting")
+            if progress.enabled:  # a bar on a terminal, where the store can count the events
+                progress.total_events = await count_events(store, scope)
             if args.output:
                 # Opened here, once the store is: a store that fails to open leaves no empty file.
                 with open(args.output, "wb") as out:  # noqa: ASYNC230 (the dump's writes block anyway)
-                    progress = Progress("exporting")
                     await export_dump(store, out, scope, progress=progress)
             else:
-                progress = Progress("exporting")
                 await export_dump(store, sys.stdout.buffer, scope, progress=progress)
             progress.close()
         return 0

@@ -11,7 +11,7 @@ subscribers. A backend implements only these primitives:
   order (:class:`perhap.store.query.ReadQuery`);
 - ``_find_event(event_id)``: one event by id, wherever it is, with its cursor;
 - ``_names(realm, domain, entity, after, limit)``: names one level below, after a name;
-- ``_ping()`` and ``_close()``; optionally ``statistics()``.
+- ``_ping()`` and ``_close()`` (and ``statistics()``, ``dense_positions`` where they apply).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class Store(abc.ABC):
     supports_multi_entity: ClassVar[bool] = True
     #: Whether :meth:`append_blocking` takes appends from plain threads (its ``_submit`` is thread-safe).
     accepts_blocking_appends: ClassVar[bool] = False
-    #: How long a subscriber waits before polling again when no wake-up arrives.
-    poll_interval: float = 1.0
+    #: Whether a realm's positions are 1, 2, 3 ... without gaps (so its head's position counts it).
+    dense_positions: ClassVar[bool] = False
+    poll_interval: float = 1.0  # seconds a subscriber waits before polling again without a wake-up
 
     def __init__(self) -> None:
         self._closed = False
@@ -319,8 +320,7 @@ class Store(abc.ABC):
         """Where consumer groups keep their state (:mod:`perhap.store.states`); set up at open."""
         raise NotSupported("this store keeps no consumer-group state")
 
-    def statistics(self) -> list[Statistic]:
-        """Figures the backend keeps (group commits, size ...), for metrics; refreshed first."""
+    def statistics(self) -> list[Statistic]:  # figures the backend keeps (group commits, size ...)
         return []
 
     async def refresh_statistics(self) -> None:

@@ -33,6 +33,22 @@ async def export_dump(store: Store, out: IO[bytes], scope: Scope | None = None, 
     return count
 
 
+async def count_events(store: Store, scope: Scope | None) -> int | None:
+    """How many events an export of ``scope`` (None: the whole store) will write, where the store
+    can tell without reading them (for the progress bar): an entity by its last version, a realm by
+    its head's position where positions have no gaps; else None."""
+    if scope is not None and scope.entity is not None:
+        last = (await store.read(scope, order="desc", limit=1)).events
+        return last[0].version + 1 if last else 0
+    if not store.dense_positions or (scope is not None and scope.domain is not None):
+        return None
+    total = 0
+    async for where in _scopes(store, scope):
+        head = (await store.read(where, order="desc", limit=1)).events
+        total += head[0].position if head else 0
+    return total
+
+
 async def _scopes(store: Store, scope: Scope | None) -> AsyncIterator[Scope]:
     """The scope itself, or every realm (in name order) for the whole store."""
     if scope is not None:

@@ -13,11 +13,12 @@ class Progress:
     """A one-line progress report with a rate on a terminal; silent when the stream is not one."""
 
     def __init__(self, label: str, *, stream: IO[str] | None = None, total_bytes: int | None = None,
-                 enabled: bool | None = None) -> None:
+                 total_events: int | None = None, enabled: bool | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(self.stream) if enabled is None else enabled
         self.total_bytes = total_bytes
+        self.total_events = total_events  # the bar's measure when the bytes are not known
         self.events = 0
         self.bytes = 0
         self.started = time.monotonic()
@@ -30,13 +31,17 @@ class Progress:
             self.draw()
 
     def draw(self, end: str = "") -> None:
-        """Draw the line now: events, rate, and a bar when the total size is known."""
+        """Draw the line now: events, rate, and a bar when the total (bytes or events) is known."""
         now = time.monotonic()
         self._drawn = now
         rate = self.events / max(now - self.started, 1e-6)
         text = f"{self.label}: {self.events:,} events, {rate:,.0f}/s"
+        share = None
         if self.total_bytes:
             share = min(self.bytes / self.total_bytes, 1.0)
+        elif self.total_events:
+            share = min(self.events / self.total_events, 1.0)
+        if share is not None:
             filled = int(share * 30)
             text += f" [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}"
         self.stream.write(f"\r{text}\x1b[K{end}")

@@ -129,6 +129,7 @@ class PostgresStore(Store):
     """
 
     shared_across_processes = True
+    dense_positions = True
     # One writer task takes appends from a FIFO queue and hands out positions in queue order.
     preserves_submission_order = True
     # A plain thread's append crosses to the store's loop once (_submit_from_thread).

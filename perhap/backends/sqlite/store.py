@@ -58,6 +58,7 @@ class SQLiteStore(Store):
     """Events in one SQLite file, owned by one process (another process is refused at open)."""
 
     shared_across_processes = False
+    dense_positions = True
     # One writer thread takes appends from a FIFO queue: appends started in order commit in order.
     preserves_submission_order = True
     # The writer is a thread fed by a thread-safe queue: a caller on another thread may hand it a job
