@@ -75,6 +75,8 @@ USAGE_ERRORS = [
     ["bogus"], ["append"], ["append", "r/d/e", "1"], ["append", "r/d/e/t/x", "1"],
     ["append", "r/d/e/t", "{bad"], ["append", "r/d/e/t", "NaN"], ["append", "r/d/e/t", "1", "--meta", "[1]"],
     ["append", "r/d/e/t", "1", "--meta", "{bad"], ["append", "r/d/e/t", "1", "--expected-version", "x"],
+    ["append", "r/d/e/t", "1", "--expected-version", "-2"], ["append", "r/d/e/t", "1", "--event-id", "notauuid"],
+    ["group", "replay", "shop", "g", "--event-id", "x"],
     ["append", "keys/d/e/t", "1"], ["append", "r/d//t", "1"], ["read"], ["read", "a/b/c/d/e"], ["read", "_sys"],
     ["read", "r", "--page-size", "0"], ["read", "r/d/e/t", "--type", "u"], ["read", "r", "--url", "ftp://x"],
     ["read", "r", "--following"], ["keys", "a/b/c/d"], ["tail"], ["tail", "r", "--url", "localhost"],
@@ -249,8 +251,9 @@ def test_server_errors_are_one_line(server: ProcessServer, realm: str) -> None:
     assert r.returncode == 1 and "409" in line and "at version 0" in line
     r = run_cli("read", realm, "--following", "01a2173a-af2e-701e-bbf0-c30a3181d1d9", *url)
     assert r.returncode == 1 and "404" in one_error_line(r)
+    # A malformed value is a bad argument (exit 2), told before anything is sent.
     r = run_cli("append", f"{realm}/d/e/t", "1", "--event-id", "not-a-uuid", *url)
-    assert r.returncode == 1 and "400" in one_error_line(r) and "event_id" in one_error_line(r)
+    assert r.returncode == 2 and "event_id" in one_error_line(r)
     r = run_cli("read", realm, "--following", "nope", *url)
     assert r.returncode == 2 and "following" in one_error_line(r)
 

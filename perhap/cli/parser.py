@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TypeAlias
 
 from ..auth import TOKEN_PREFIX
+from ..errors import InvalidInput
+from ..ids import check_event_id
 from ..limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -27,7 +29,7 @@ from ..limits import (
     DEFAULT_STREAM_BUFFER,
     DEFAULT_WRITE_TIMEOUT,
 )
-from ..model import DEFAULT_LIMIT, MAX_LIMIT
+from ..model import DEFAULT_LIMIT, MAX_LIMIT, check_expected_version
 from .common import DEFAULT_PORT, DEFAULT_URL, TOKEN_ENV, CommandError
 from .events import run_append, run_append_many, run_keys, run_read
 from .groups import (
@@ -54,6 +56,23 @@ _SECRETS = re.compile(r"(--token[= ])\S+|\b" + re.escape(TOKEN_PREFIX) + r"[\w-]
 
 def _hide_secrets(message: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or "") + "(a token, not shown)", message)
+
+
+def _event_id(text: str) -> str:
+    """An --event-id: a UUID, checked here (a bad one is a usage error, exit 2, not a 400)."""
+    try:
+        return check_event_id(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def _expected_version(text: str) -> int:
+    try:
+        version = check_expected_version(int(text))
+    except (ValueError, InvalidInput):
+        raise argparse.ArgumentTypeError(f"an entity's version, -1 for a new entity; got {text[:40]!r}") from None
+    assert version is not None
+    return version
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,9 +219,10 @@ def _add_client_commands(sub: Subcommands) -> None:
                       """echo '{"total": 42}' | perhap append shop/orders/order-17/placed - --expected-version -1""")
     append.add_argument("target", metavar="REALM/DOMAIN/ENTITY/TYPE", help="where the event goes")
     append.add_argument("event", metavar="JSON", help="the event, any JSON value; - reads it from stdin")
-    append.add_argument("--event-id", help="a UUID you choose: retrying the same append is then safe")
+    append.add_argument("--event-id", type=_event_id,
+                        help="a UUID you choose: retrying the same append is then safe")
     append.add_argument("--meta", metavar="JSON", help="a JSON object stored with the event")
-    append.add_argument("--expected-version", type=int, metavar="N",
+    append.add_argument("--expected-version", type=_expected_version, metavar="N",
                         help="fail unless the entity is at version N (-1: a new entity)")
     _server_options(append)
     append.set_defaults(run=run_append)
@@ -313,7 +333,7 @@ def _add_group(sub: Subcommands) -> None:
     replay = action("replay", "put parked events back in the group, to be delivered again",
                     "perhap group replay shop projector",
                     "perhap group replay shop projector --event-id 01a2173a-af2e-701e-bbf0-c30a3181d1d9")
-    replay.add_argument("--event-id", action="append", metavar="EVENT_ID",
+    replay.add_argument("--event-id", action="append", metavar="EVENT_ID", type=_event_id,
                         help="only this parked event (repeatable; default: every parked event)")
     replay.set_defaults(run=run_group_replay)
 
