@@ -400,6 +400,55 @@ async def test_the_writers_lookup_probes_every_key(pg_url: str) -> None:
 # --------------------------------------------------------------------------- the database goes away
 
 
+async def test_reads_whose_connections_are_cut_are_503s(own_server: PostgresServer) -> None:
+    """Readers busy while perhap's connections are terminated server-side (pg_terminate_backend):
+    each read either answers or raises StorageUnavailable (503), never asyncpg's own errors (a
+    connection cut mid-statement could leave asyncpg's protocol in a state it refused to leave,
+    InternalClientError, which was answered 500)."""
+    url = own_server.create_database("cut")
+    store = await pg_store(url)
+    failures: dict[str, int] = {}
+    answered = 0
+    stop = asyncio.Event()
+
+    async def reader(k: int) -> None:
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                if k % 3 == 0:
+                    await store.read(Scope("r"))
+                elif k % 3 == 1:
+                    await store.keys("r", "d")
+                else:
+                    await store.read(Scope("r", "d", f"e{k % 4}"))
+                answered += 1
+            except StorageUnavailable:
+                pass
+            except Exception as exc:
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+
+    try:
+        for i in range(20):
+            await store.append("r", "d", f"e{i % 4}", "t", i)
+        readers = [asyncio.ensure_future(reader(k)) for k in range(16)]
+        admin = await asyncpg.connect(url)
+        try:
+            for _ in range(5):
+                await asyncio.sleep(0.3)
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                    " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*readers)
+        assert not failures, failures
+        assert answered > 0
+        assert len(await read_all(store, Scope("r"))) == 20  # and the store reads on afterwards
+    finally:
+        await store.close()
+
+
 async def test_database_restart_under_load(own_server: PostgresServer) -> None:
     url = own_server.create_database("faults")
     store = await pg_store(url)

@@ -19,7 +19,10 @@ TIMEOUT = 10.0  # seconds for a connect, a pool acquire or one statement
 
 # Errors that mean "the database is not there", as opposed to an answer from it.
 LOST = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+        asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+        # A connection cut in the middle of a statement (its server process terminated) can leave
+        # asyncpg's protocol in a state it refuses to leave: "cannot switch to state ...".
+        asyncpg.InternalClientError)
 DB_ERRORS = (*LOST, asyncpg.PostgresError)
 
 # asyncpg's classes are generic only in its stubs, hence the quotes.
