@@ -400,6 +400,20 @@ async def test_the_writers_lookup_probes_every_key(pg_url: str) -> None:
 # --------------------------------------------------------------------------- the database goes away
 
 
+def test_the_url_s_own_options_are_checked() -> None:
+    """pool_size, poll_interval and timeout in the URL: read, and refused with the option named
+    when they are not numbers above zero (poll_interval=0 polled the database in a busy loop)."""
+    from perhap.backends.postgres.connection import Options
+
+    o = Options.from_url("postgres://u@h:5/db?pool_size=3&poll_interval=0.25&timeout=7&sslmode=disable")
+    assert (o.pool_size, o.poll_interval, o.timeout) == (3, 0.25, 7.0)
+    assert o.dsn == "postgresql://u@h:5/db?sslmode=disable"
+    for bad in ("pool_size=abc", "pool_size=0", "pool_size=-1", "poll_interval=0", "poll_interval=-1",
+                "poll_interval=nan", "timeout=0", "timeout=inf"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            Options.from_url(f"postgresql://u@h/db?{bad}")
+
+
 async def test_reads_whose_connections_are_cut_are_503s(own_server: PostgresServer) -> None:
     """Readers busy while perhap's connections are terminated server-side (pg_terminate_backend):
     each read either answers or raises StorageUnavailable (503), never asyncpg's own errors (a

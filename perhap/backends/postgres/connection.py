@@ -60,6 +60,9 @@ class Options:
                     ours[key] = _OURS[key](value)
                 except ValueError:
                     raise ValueError(f"bad {key}={value!r} in the PostgreSQL URL") from None
+                # Above zero and finite: a zero poll_interval would read in a busy loop.
+                if not 0 < ours[key] < float("inf"):
+                    raise ValueError(f"bad {key}={value!r} in the PostgreSQL URL: it must be above 0")
             else:
                 theirs.append((key, value))
         scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
