@@ -510,6 +510,9 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
                 assert method == "HEAD" or r.json()["status"] == 503
                 assert time.monotonic() - t0 < 5
             await eventually(lambda: statuses.get(503, 0) > 0, 5, "the flood to meet a 503")
+            # The metrics still answer, when they matter most (and count the 503s).
+            r = await http.get("/_metrics")
+            assert r.status_code == 200 and "perhap_backend_errors_total" in r.text
 
             await asyncio.to_thread(own_server.start)
             # The same store object recovers: pool, writer connection and LISTEN connection.
