@@ -253,3 +253,17 @@ async def test_a_post_to_one_or_two_segments_shows_where_appends_go(client: http
     # Other wrong methods keep the plain answer.
     r = await client.put(url, json={"event": 1})
     assert problem(r, 405)["detail"] == "PUT is not allowed here; use GET, HEAD"
+
+
+async def test_a_stream_refused_in_accept_is_a_json_read(client: httpx.AsyncClient) -> None:
+    """Accept with text/event-stream at q=0 ("not acceptable") gets the JSON page, not a stream;
+    named plainly, or with a weight above 0, it gets the stream (HEAD, so the test need not
+    read one)."""
+    assert (await client.post("/r/d/e/t", json={"event": 1})).status_code == 201
+    for accept in ("text/event-stream;q=0, application/json", "application/json, text/event-stream; q=0.0"):
+        r = await asyncio.wait_for(client.get("/r/d", headers={"accept": accept}), 10)  # (a stream never ends)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), accept
+        assert [e["event"] for e in r.json()["events"]] == [1]
+    for accept in ("text/event-stream", "text/event-stream;q=0.5, application/json"):
+        r = await client.head("/r/d", headers={"accept": accept})
+        assert r.headers["content-type"].startswith("text/event-stream"), accept

@@ -69,10 +69,19 @@ class Request:
 
     def wants_stream(self) -> bool:
         accept = header(self.scope, b"accept")
-        return accept is not None and "text/event-stream" in accept
+        return accept is not None and "text/event-stream" in accept and _accepted(accept, "text/event-stream")
 
 
 Handler = Callable[[Context, Request, Send], Awaitable[None]]
+
+
+def _accepted(accept: str, kind: str) -> bool:
+    """Whether an Accept header takes ``kind``: named, and not with q=0 ("not acceptable")."""
+    for item in accept.split(","):
+        media, *params = (p.strip() for p in item.split(";"))
+        if media.lower() == kind:
+            return not any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
 
 
 def header(scope: Scope, name: bytes) -> str | None:
