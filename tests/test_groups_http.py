@@ -79,6 +79,10 @@ async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> 
         assert (await http.put(base, json={}, headers=h(write))).status_code == 201
         assert (await http.post("/shop/d/e/t", json={"event": 1}, headers=h(write))).status_code == 201
         problem(await http.get(base, headers=h(other)), 403)
+        # Another realm's token is a 403 whatever the method, as on /{realm}/... (not a 405).
+        problem(await http.patch(base, headers=h(other)), 403)
+        problem(await http.post(f"{base}/events", headers=h(other)), 403)
+        problem(await http.patch(base, headers=h(read)), 405)
         problem(await http.get(f"{base}/events?consumer=c", headers=h(other)), 403)
         assert (await http.get(base, headers=h(read))).status_code == 200
         assert (await http.get("/_groups/shop", headers=h(read))).status_code == 200
