@@ -73,7 +73,15 @@ def test_url_defaults_and_options() -> None:
     for bad in ("cassandra://h/ks?accept_periodic_commitlog=maybe", "cassandra://h/", "cassandra:///ks",
                 "cassandra://h/ks?nope=1", "cassandra://h/k-s",
                 "cassandra://h/ks?consistency=MOST", "cassandra://h/ks?settle_ms=100&clock_skew_ms=100",
-                "cassandra://h/ks?namespace=a/b"):
+                "cassandra://h/ks?namespace=a/b",
+                # Numbers out of range are refused before anything is created (bucket_seconds=0
+                # made a keyspace no process could open; a negative one hid every event from
+                # domain and realm reads).
+                *(f"cassandra://h/ks?{bad}" for bad in (
+                    "bucket_seconds=0", "bucket_seconds=-5", "bucket_seconds=1.5", "replication_factor=0",
+                    "replication_factor=-1", "timeout=0", "timeout=-1", "timeout=nan", "poll_ms=0",
+                    "poll_ms=-5", "settle_ms=inf", "settle_ms=1e30", "settle_ms=0.0001&clock_skew_ms=0",
+                    "clock_skew_ms=-1", "consistency=ANY", "consistency=SERIAL", "serial_consistency=QUORUM"))):
         with pytest.raises(ValueError):
             parse_cassandra_url(bad)
 

@@ -11,6 +11,11 @@ OPTIONS = frozenset({"namespace", "replication_factor", "consistency", "serial_c
                      "clock_skew_ms", "timeout", "bucket_seconds", "local_dc", "poll_ms",
                      "accept_periodic_commitlog"})
 TRUE, FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
+#: Reads and writes at ANY would not be read back; SERIAL levels are for Paxos rounds alone.
+CONSISTENCY_LEVELS = frozenset(ConsistencyLevel.name_to_value) - {"ANY", "SERIAL", "LOCAL_SERIAL"}
+SERIAL_LEVELS = frozenset({"SERIAL", "LOCAL_SERIAL"})
+#: The settle window's ceiling: every domain and realm read near the head may wait this long.
+MAX_SETTLE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,29 +70,44 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
                           and len(namespace) <= 64):
         raise ValueError("namespace must be 1-64 letters, digits, '_' or '-'")
 
-    def level(name: str, default: str) -> int:
+    def level(name: str, default: str, allowed: frozenset[str]) -> int:
         text = query.get(name, default).upper()
-        if text not in ConsistencyLevel.name_to_value:
-            raise ValueError(f"{name} must be a consistency level such as LOCAL_QUORUM, not {text!r}")
+        if text not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}, not {text!r}")
         return int(ConsistencyLevel.name_to_value[text])
 
-    settle_ms = float(query.get("settle_ms", 300))
-    skew_ms = float(query.get("clock_skew_ms", 50))
-    if not 0 <= skew_ms < settle_ms:
+    def number(name: str, default: float, low: float, high: float, *, integer: bool = False) -> float:
+        """An option's number within [low, high] (refused before anything is created: a
+        bucket_seconds of 0 would make a keyspace no process can open)."""
+        text = query.get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # (NaN fails every comparison)
+            kind = "a whole number" if integer else "a number"
+            raise ValueError(f"{name} must be {kind} from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    settle_ms = number("settle_ms", 300, 1, MAX_SETTLE_MS)
+    skew_ms = number("clock_skew_ms", 50, 0, MAX_SETTLE_MS)
+    if not skew_ms < settle_ms:
         raise ValueError("clock_skew_ms must be at least 0 and less than settle_ms")
     accept = query.get("accept_periodic_commitlog", "false").lower()
     if accept not in TRUE | FALSE:
         raise ValueError(f"accept_periodic_commitlog must be true or false, not {accept!r}")
     return CassandraOptions(
         hosts=hosts, port=port, keyspace=keyspace, namespace=namespace, user=user, password=password,
-        replication_factor=int(query.get("replication_factor", 1)),
-        consistency=level("consistency", "LOCAL_ONE"),
-        serial_consistency=level("serial_consistency", "LOCAL_SERIAL"),
+        replication_factor=int(number("replication_factor", 1, 1, 100, integer=True)),
+        consistency=level("consistency", "LOCAL_ONE", CONSISTENCY_LEVELS),
+        serial_consistency=level("serial_consistency", "LOCAL_SERIAL", SERIAL_LEVELS),
         settle_us=int(settle_ms * 1000), skew_us=int(skew_ms * 1000),
-        timeout=float(query.get("timeout", 10)),
-        bucket_seconds=int(query.get("bucket_seconds", 60)),
+        timeout=number("timeout", 10, 0.001, 3600),
+        bucket_seconds=int(number("bucket_seconds", 60, 1, 86_400, integer=True)),
         local_dc=query.get("local_dc"),
-        poll=float(query.get("poll_ms", 100)) / 1000,
+        poll=number("poll_ms", 100, 1, 60_000) / 1000,
         accept_periodic_commitlog=accept in TRUE,
         given=frozenset(query),
     )
