@@ -82,6 +82,18 @@ def test_store_url_with_missing_directory_fails_cleanly(tmp_path: Any) -> None:
     assert "does not exist" in one_error_line(r)
 
 
+def test_a_database_that_does_not_answer_is_one_line() -> None:
+    """PostgreSQL and Cassandra that cannot be reached at start (nothing listens on the port):
+    one line naming the reason (the Cassandra driver's own log printed its tracebacks first)."""
+    for url in (f"postgresql://perhap@127.0.0.1:{free_port()}/perhap?timeout=2",
+                f"cassandra://127.0.0.1:{free_port()}/perhap?timeout=2"):
+        r = run_cli("serve", "--db", url, "--port", str(free_port()))
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        line = one_error_line(r)
+        assert "cannot" in line, line
+
+
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     with socket.socket() as sock:

@@ -87,7 +87,15 @@ class Driver:
             # Reconnect within a second or two once a node is back (the default backs off to 10 min).
             reconnection_policy=ExponentialReconnectionPolicy(0.25, 2.0, max_attempts=None),
             connect_timeout=c.timeout, control_connection_timeout=c.timeout)
-        self.session = self.cluster.connect()
+        # A failure to connect is reported by the caller in one line with the driver's reason
+        # (StorageUnavailable); the driver's own log would print its tracebacks first.
+        driver_log = logging.getLogger("cassandra")
+        level = driver_log.level
+        driver_log.setLevel(logging.CRITICAL)
+        try:
+            self.session = self.cluster.connect()
+        finally:
+            driver_log.setLevel(level)
         return self.session
 
     async def shutdown(self) -> None:
