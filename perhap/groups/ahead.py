@@ -83,7 +83,8 @@ async def read_ahead(store: Store, realm: str, name: str, known: tuple[int, Grou
     if room <= 0 or len(state.choose_pending(AHEAD * room, state.busy_entities(now))) >= AHEAD * room:
         return None
     # Events waiting behind busy entities are taken in too, so read well past what is wanted.
-    page = await _read(store, realm, state.settings, after, min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)), remember)
+    page = await _read(store, state.settings.scope(realm), state.settings, after,
+                       min(SCAN_BATCH, AHEAD * (room + SCAN_SLACK)), remember)
     return ReadAhead(state.settings, after, list(page.events), page.next is None)
 
 
@@ -98,7 +99,7 @@ async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set
         wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
         found = ahead.take(state, wanted) if ahead is not None else None
         if found is None:
-            page = await _read(store, realm, settings, state.scanned, wanted, remember)
+            page = await _read(store, settings.scope(realm), settings, state.scanned, wanted, remember)
             found = page.events, page.next is None
         events, last = found
         taken = state.admit(events, room, busy, chosen)
@@ -116,17 +117,16 @@ async def take_back_deferred(store: Store, realm: str, state: GroupState, room: 
     for key in ready:
         first = state.deferred[key][0]
         limit = TAKE_BACK if len(state.pending) < MAX_PENDING else 1
-        page = await store.read(Scope(realm, *key), after_position=first - 1, limit=limit, types=settings.types)
-        for event in page.events:
-            remember(event)
+        page = await _read(store, Scope(realm, *key), settings, first - 1, limit, remember)
         state.take_back(key, page.events, page.next is None)
     return bool(ready)
 
 
-async def _read(store: Store, realm: str, settings: GroupSettings, after: int, limit: int,
+async def _read(store: Store, scope: Scope, settings: GroupSettings, after: int, limit: int,
                 remember: Callable[[Event], None]) -> Page:
-    """The group's scope after position ``after``, each event also given to ``remember``."""
-    page = await store.read(settings.scope(realm), after_position=after, limit=limit, types=settings.types)
+    """``scope`` (the group's, or one entity of it) after position ``after``, of the group's
+    types, each event also given to ``remember``."""
+    page = await store.read(scope, after_position=after, limit=limit, types=settings.types)
     for event in page.events:
         remember(event)
     return page

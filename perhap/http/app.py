@@ -166,10 +166,10 @@ class PerhapApp:
                     authorize(grant, realm, "write" if method == "POST" else "read")
                 for i in range(1, route.levels):
                     check_name(names[i], _LEVELS[i])
-            elif grant is not None and route.template.startswith(_GROUPS_OF_A_REALM):
+            elif grant is not None and route.realm_at is not None:
                 # As for /{realm}/...: another realm's token is a 403 whatever the method (every
                 # group route needs read at least; the handlers ask for write where they need it).
-                authorize(grant, check_name(names[1], "realm", realm=True), "read")
+                authorize(grant, check_name(names[route.realm_at], "realm", realm=True), "read")
             handlers = self.handlers[route.index]
             # Every route has an ANY_METHOD handler (the wrong-method 405, or no route).
             handler = handlers.get(method) or handlers[ANY_METHOD]
@@ -182,9 +182,6 @@ class PerhapApp:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await send_problem(send, 500, "internal-error", "Internal Server Error",
                                "the server failed; the error is in its log", {})
-
-
-_GROUPS_OF_A_REALM = "/_groups/{realm}"
 
 
 def _lenient(segment: bytes) -> str:

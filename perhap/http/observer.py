@@ -59,13 +59,11 @@ class Observer:
     @staticmethod
     def log(scope: Scope, route: Route, status: int, elapsed: float, size: int) -> None:
         realm = None
-        parts = route.template.split("/")
-        if "{realm}" in parts:  # /{realm}/... and /_groups/{realm}/... alike
+        if route.realm_at is not None:  # /{realm}/... and /_groups/{realm}/... alike
             raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-            segments = raw.split(b"?", 1)[0].split(b"/")
-            at = parts.index("{realm}")
-            if at < len(segments):
-                realm = unquote(segments[at].decode("latin-1"), errors="replace")
+            segments = raw.split(b"?", 1)[0].split(b"/")[1:]
+            if route.realm_at < len(segments):
+                realm = unquote(segments[route.realm_at].decode("latin-1"), errors="replace")
         # The path only: no query, no headers (tokens), no bodies.
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"access": {
             "method": scope["method"], "path": scope["path"], "status": status,

@@ -81,6 +81,7 @@ class Route:
     open: bool = False  # answered without a token under --auth
     index: int = 0  # place in ROUTES, for tables indexed by route
     realm: bool = field(init=False)  # under /{realm}: checked against the token's realm
+    realm_at: int | None = field(init=False)  # the path segment naming a realm (/_groups/{realm}: 1)
     levels: int = field(init=False)  # how many leading path segments are names: realm, domain ...
     allow: str = field(init=False)  # the methods answered, for the Allow header of a 405
 
@@ -91,6 +92,7 @@ class Route:
         parts = self.template.split("/")[1:]
         set_ = object.__setattr__  # frozen: derived fields are set once, here
         set_(self, "realm", self.template.startswith("/{realm}"))
+        set_(self, "realm_at", parts.index("{realm}") if "{realm}" in parts else None)
         set_(self, "levels", sum(p.startswith("{") for p in parts))
         set_(self, "allow", ", ".join(sorted(methods)))
 
