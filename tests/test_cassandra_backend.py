@@ -386,6 +386,30 @@ async def test_a_retry_after_a_failed_follow_up_finds_its_event(url: str, realm:
         assert (await store.read(Scope(realm, "d", "elsewhere"))).events == []
 
 
+
+async def test_a_retry_after_a_failed_follow_up_lists_the_entity(url: str, realm: str) -> None:
+    """A new entity's first append commits and its names write fails (503); the retry, answered
+    as a replay, writes the names, so another process lists the realm, domain and entity without
+    any domain or realm read having repaired them first."""
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        names_write = store.writer.names.write
+
+        async def fail_once(key: EntityKey) -> None:
+            store.writer.names.write = names_write  # type: ignore[method-assign]
+            raise StorageUnavailable("injected: the names write after the commit failed")
+
+        store.writer.names.write = fail_once  # type: ignore[method-assign]
+        event_id = str(uuid.uuid4())
+        with pytest.raises(StorageUnavailable, match="injected"):
+            await store.append(realm, "d", "fresh", "t", "x", event_id=event_id, expected_version=-1)
+        retry = await store.append(realm, "d", "fresh", "t", "x", event_id=event_id, expected_version=-1)
+        assert (retry.created, retry.first.version) == (False, 0)
+    async with open_store(url) as other:
+        assert "fresh" in (await other.keys(realm, "d")).keys
+        assert "d" in (await other.keys(realm)).keys
+
+
 # ----------------------------------------------------------------------------- settings and checks
 
 
@@ -404,6 +428,22 @@ async def test_settle_window_and_skew_are_stored_with_the_data(cassandra: Any) -
     for other in ("&settle_ms=300", "&clock_skew_ms=50"):
         with pytest.raises(ValueError, match=other[1:].split("=")[0]):
             await open_store(url + other)
+
+
+async def test_a_url_that_repeats_the_stored_skew_alone_is_accepted(cassandra: Any) -> None:
+    """A skew of 500 ms is valid for a store whose settle window is 2 s: a URL naming only that
+    skew adopts the stored window rather than being checked against the default 300 ms one. A
+    skew the store's window does not cover is refused, and never stored by a first process."""
+    url = cassandra.new_url()
+    async with open_store(url + "&settle_ms=2000&clock_skew_ms=500"):
+        pass
+    async with open_store(url + "&clock_skew_ms=500") as again:
+        assert isinstance(again, CassandraStore) and (again.settle_us, again.skew_us) == (2_000_000, 500_000)
+    fresh = cassandra.new_url()
+    with pytest.raises(ValueError, match="less than settle_ms"):
+        await open_store(fresh + "&clock_skew_ms=500")  # the default window, 300 ms
+    async with open_store(fresh + "&settle_ms=1000&clock_skew_ms=500") as first:  # nothing was stored
+        assert isinstance(first, CassandraStore) and first.settle_us == 1_000_000
 
 
 async def test_what_w_must_cover_is_exported(cassandra: Any, realm: str) -> None:
@@ -442,7 +482,10 @@ def test_levels_are_checked_against_the_replication() -> None:
                (level.LOCAL_QUORUM, level.LOCAL_SERIAL, Replication({ANY_DC: 3}, two_dcs.datacentres), "Simple"),
                (level.LOCAL_ONE, level.LOCAL_SERIAL, two_dcs, "LOCAL_QUORUM"),  # one of dc1's three
                (level.EACH_QUORUM, level.SERIAL, one_dc, "reads and writes"),
-               (level.QUORUM, level.QUORUM, one_dc, "SERIAL or LOCAL_SERIAL")]
+               (level.QUORUM, level.QUORUM, one_dc, "SERIAL or LOCAL_SERIAL"),
+               # More replicas asked for than the keyspace has: said so, not "cannot reach Cassandra".
+               (level.TWO, level.SERIAL, Replication({ANY_DC: 1}, frozenset({"dc1"})), "needs 2 replicas"),
+               (level.THREE, level.SERIAL, Replication({ANY_DC: 2}, frozenset({"dc1"})), "needs 3 replicas")]
     for consistency, serial, replication, message in unsound:
         with pytest.raises(ValueError, match=message):
             check_levels(consistency, serial, replication, "dc1")

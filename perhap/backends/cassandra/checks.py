@@ -100,6 +100,10 @@ def check_levels(consistency: int, serial: int, replication: Replication, local_
         scope = local_dc or ""
     acks = {CL.ONE: 1, CL.LOCAL_ONE: 1, CL.TWO: 2, CL.THREE: 3, CL.ALL: replicas}.get(consistency,
                                                                                      replicas // 2 + 1)
+    if acks > replicas:
+        raise ValueError(
+            f"consistency={level_name(consistency)} needs {acks} replicas to answer and the keyspace has "
+            f"{replicas}: no write could ever be acknowledged; use {'LOCAL_QUORUM' if local else 'QUORUM'}")
     if 2 * acks <= replicas:
         raise ValueError(
             f"consistency={level_name(consistency)} with {replicas} replicas: a read of {acks} replica(s) can miss "

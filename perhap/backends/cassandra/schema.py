@@ -19,7 +19,7 @@ from ...model import MAX_LIMIT
 from . import checks, migrate
 from .driver import Driver, Statement
 from .records import ATTEMPT, CLIENT_ID, EVENT, Namespace
-from .url import CassandraOptions
+from .url import SKEW_BELOW_SETTLE, CassandraOptions
 
 log = logging.getLogger("perhap.cassandra")
 
@@ -156,6 +156,8 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
         raise StorageUnavailable(f"keyspace {ks} was written by a newer perhap "
                                  f"(schema {meta['schema_version']}); upgrade perhap")
     if version < SCHEMA_VERSION:
+        if version:  # an older keyspace: its stored settings bound the migration's lock as well
+            options = stored_settings(session, options, meta)
         create_schema(session, options, version)
         meta = dict(session.execute(select, keys))
     else:
@@ -204,6 +206,8 @@ def stored_settings(session: Any, options: CassandraOptions, meta: dict[str, str
     A process whose URL does not name them adopts them; one whose URL names other values refuses
     to start (a process that believes in another window than the one in force is a mistake)."""
     mine = {"settle_us": options.settle_us, "clock_skew_us": options.skew_us}
+    if named("settings", options) not in meta and not options.skew_us < options.settle_us:
+        raise ValueError(SKEW_BELOW_SETTLE)  # never stored: no process could use them
     stored = json.loads(first_writer(session, options, "settings", json.dumps(mine, sort_keys=True), meta))
     for field, option in SHARED_SETTINGS:
         if stored[field] != mine[field] and option in options.given:
@@ -211,7 +215,10 @@ def stored_settings(session: Any, options: CassandraOptions, meta: dict[str, str
                 f"this store's {option} is {stored[field] / 1000:g}, fixed by the first process that opened it; "
                 f"the URL says {option}={mine[field] / 1000:g}. Every process must use the same value: drop "
                 f"{option} from the URL to use the stored one (changing it: docs/backends/cassandra.md)")
-    return dataclasses.replace(options, settle_us=int(stored["settle_us"]), skew_us=int(stored["clock_skew_us"]))
+    adopted = dataclasses.replace(options, settle_us=int(stored["settle_us"]), skew_us=int(stored["clock_skew_us"]))
+    if not adopted.skew_us < adopted.settle_us:
+        raise ValueError(f"{SKEW_BELOW_SETTLE}, this store's settle_ms is {adopted.settle_us / 1000:g}")
+    return adopted
 
 
 def create_schema(session: Any, options: CassandraOptions, version: int) -> None:

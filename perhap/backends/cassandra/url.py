@@ -41,6 +41,9 @@ class CassandraOptions:
     given: frozenset[str]  # the options the URL names (the others are defaults)
 
 
+SKEW_BELOW_SETTLE = "clock_skew_ms must be at least 0 and less than settle_ms"
+
+
 def parse_cassandra_url(url: str) -> CassandraOptions:
     """``cassandra://[user:pass@]host1,host2[:port]/keyspace?option=value...`` -> options."""
     parts = urlsplit(url)
@@ -93,8 +96,9 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
 
     settle_ms = number("settle_ms", 300, 1, MAX_SETTLE_MS)
     skew_ms = number("clock_skew_ms", 50, 0, MAX_SETTLE_MS)
-    if not skew_ms < settle_ms:
-        raise ValueError("clock_skew_ms must be at least 0 and less than settle_ms")
+    # clock_skew_ms alone is checked once the store's settle_ms is known (stored with its data).
+    if ("settle_ms" in query or "clock_skew_ms" not in query) and not skew_ms < settle_ms:
+        raise ValueError(SKEW_BELOW_SETTLE)
     accept = query.get("accept_periodic_commitlog", "false").lower()
     if accept not in TRUE | FALSE:
         raise ValueError(f"accept_periodic_commitlog must be true or false, not {accept!r}")

@@ -100,7 +100,12 @@ class Writer:
         slot.users += 1
         try:
             async with slot.lock:  # one write per entity at a time in this process: no self-contention
-                return await self.append(key, batch, expected)
+                result = await self.append(key, batch, expected)
+                if not result.created:
+                    # A retry of a write that may have failed between its commit and its names (a
+                    # 503): the retry lists the entity, or fails as well (cheap when remembered).
+                    await self.names.write(key)
+                return result
         finally:
             slot.users -= 1
             if not slot.users:
