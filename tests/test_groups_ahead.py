@@ -15,7 +15,7 @@ from perhap import open_store
 from perhap.groups import state as group_state
 from perhap.groups.ahead import ReadAhead, read_ahead
 from perhap.groups.settings import GroupSettings
-from perhap.groups.state import GroupState, Lease
+from perhap.groups.state import Deferred, GroupState, Lease
 from perhap.model import Event
 
 SETTINGS = GroupSettings()
@@ -102,17 +102,17 @@ def test_past_the_pending_cap_a_busy_entity_s_events_are_deferred_and_taken_back
     busy: set[tuple[str, str]] = set()
     assert s.admit([*hot[:3], cold, *hot[3:]], 10, busy, chosen) == 6
     assert chosen == [1, 4]  # the cold event is not stopped by the hot entity's backlog
-    assert sorted(s.pending) == [1, 2, 4] and s.deferred == {("d", "hot"): [3, 3]}
+    assert sorted(s.pending) == [1, 2, 4] and s.deferred == {("d", "hot"): Deferred(3, 3)}
     assert (s.scanned, s.oldest_open(), s.waiting()) == (6, 1, 6)
     s.lease(chosen, "a", 0.0)
     s = GroupState.from_bytes(s.to_bytes())
-    assert s.deferred == {("d", "hot"): [3, 3]} and s.ready_deferred() == []  # hot's 1 and 2 first
+    assert s.deferred == {("d", "hot"): Deferred(3, 3)} and s.ready_deferred() == []  # hot's 1 and 2 first
     s.ack("a", ["h1", "c4"])
     s.lease([2], "a", 0.0)
     s.ack("a", ["h2"])
     assert s.ready_deferred() == [("d", "hot")] and s.oldest_open() == 3
     s.take_back(("d", "hot"), hot[2:4], ended=False)  # two of the three deferred
-    assert sorted(s.pending) == [3, 5] and s.deferred == {("d", "hot"): [6, 1]}
+    assert sorted(s.pending) == [3, 5] and s.deferred == {("d", "hot"): Deferred(6, 1)}
     s.take_back(("d", "hot"), [hot[4], Event("h9", "r", "d", "hot", "t", 5, "", b"{}", b"{}", 9)], ended=False)
     assert sorted(s.pending) == [3, 5, 6] and s.deferred == {}  # 9 is past scanned: the scan's
     # A state stored before deferral existed reads as none deferred.

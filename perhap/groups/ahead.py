@@ -115,7 +115,7 @@ async def take_back_deferred(store: Store, realm: str, state: GroupState, room: 
     settings = state.settings
     ready = state.ready_deferred()[:room]
     for key in ready:
-        first = state.deferred[key][0]
+        first = state.deferred[key].first
         limit = TAKE_BACK if len(state.pending) < MAX_PENDING else 1
         page = await _read(store, Scope(realm, *key), settings, first - 1, limit, remember)
         state.take_back(key, page.events, page.next is None)

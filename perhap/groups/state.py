@@ -74,6 +74,14 @@ class Parked:
 
 
 @dataclass(slots=True)
+class Deferred:
+    """An entity's events not held one by one: from the first's position on, ``count`` of them."""
+
+    first: int
+    count: int
+
+
+@dataclass(slots=True)
 class GroupState:
     settings: GroupSettings
     created: float
@@ -86,19 +94,18 @@ class GroupState:
     delivered: int = 0
     redeliveries: int = 0
     acknowledged: int = 0
-    #: (domain, entity) -> [position of its first deferred event, how many are deferred]
-    deferred: dict[Key, list[int]] = field(default_factory=dict)
+    deferred: dict[Key, Deferred] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- figures
 
     def oldest_open(self) -> int | None:
         """The position of the oldest event leased or waiting (every scope event before it, from
         the floor on, is acknowledged or parked); None when there is none."""
-        return min((*self.leases, *self.pending, *(d[0] for d in self.deferred.values())), default=None)
+        return min((*self.leases, *self.pending, *(d.first for d in self.deferred.values())), default=None)
 
     def waiting(self) -> int:
         """Events read and not yet delivered: pending and deferred."""
-        return len(self.pending) + sum(d[1] for d in self.deferred.values())
+        return len(self.pending) + sum(d.count for d in self.deferred.values())
 
     def held_by(self, consumer: str, running_at: float = 0.0) -> int:
         """Leases ``consumer`` holds (with ``running_at``, only those still running then)."""
@@ -168,7 +175,7 @@ class GroupState:
             key = (event.domain, event.entity)
             pos = event.position
             if key in deferred:  # its earlier events are deferred: so is it, to keep its order
-                deferred[key][1] += 1
+                deferred[key].count += 1
             elif key not in busy:
                 self.pending[pos] = Waiting(event.event_id, event.domain, event.entity, 0)
                 chosen.append(pos)
@@ -176,7 +183,7 @@ class GroupState:
             elif len(self.pending) < MAX_PENDING:
                 self.pending[pos] = Waiting(event.event_id, event.domain, event.entity, 0)
             elif len(deferred) < MAX_DEFERRED:
-                deferred[key] = [pos, 1]
+                deferred[key] = Deferred(pos, 1)
             else:
                 break
             self.scanned = pos
@@ -194,7 +201,8 @@ class GroupState:
         """An entity's events read from the store from its first deferred position on, in order
         (``ended``: none follows them): those up to ``scanned`` wait in ``pending`` again (the
         rest are the scan's); the entity leaves ``deferred`` once none of its events is left."""
-        first, count = self.deferred[key]
+        deferred = self.deferred[key]
+        first, count = deferred.first, deferred.count
         for event in events:
             if event.position > self.scanned:
                 ended = True
@@ -204,7 +212,7 @@ class GroupState:
         if ended or count <= 0:
             del self.deferred[key]
         else:
-            self.deferred[key] = [first, count]
+            deferred.first, deferred.count = first, count
 
     def lease(self, positions: Iterable[int], consumer: str, now: float) -> list[Lease]:
         leases = []
@@ -284,7 +292,7 @@ class GroupState:
                        for p, x in self.parked.items()],
             "consumers": self.consumers, "delivered": self.delivered, "redeliveries": self.redeliveries,
             "acknowledged": self.acknowledged,
-            "deferred": [[d, e, first, count] for (d, e), (first, count) in self.deferred.items()],
+            "deferred": [[d, e, x.first, x.count] for (d, e), x in self.deferred.items()],
         })
 
     @classmethod
@@ -296,4 +304,4 @@ class GroupState:
             {r[0]: Waiting(*r[1:]) for r in d["pending"]},
             {r[0]: Parked(*r[1:]) for r in d["parked"]},
             d["consumers"], d["delivered"], d["redeliveries"], d["acknowledged"],
-            {(r[0], r[1]): [r[2], r[3]] for r in d.get("deferred", ())})
+            {(r[0], r[1]): Deferred(r[2], r[3]) for r in d.get("deferred", ())})
