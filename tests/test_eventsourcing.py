@@ -9,10 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import random
+import signal
+import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing import persistence as es
@@ -21,6 +25,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, Tracking
 from eventsourcing.utils import Environment
 
 from perhap.auth import add_token
+from perhap.client import stream as stream_module
 from perhap.eventsourcing import Factory, PerhapApplicationRecorder
 from perhap.eventsourcing.mapping import ESCAPED_TOPIC_TYPE
 from tests.conftest import BACKENDS, get_provider
@@ -94,6 +99,9 @@ def cassandra_target(shared_cassandra_target: Target) -> Iterator[Target]:
 # --------------------------------------------------------------------------- 1. state bytes
 
 READABLE = [b'{"a":1,"b":[true,null,"x"],"c":{"d":"\xc3\xa9"}}', b"[1,2,3]", b'"text"']
+#: JSON as the library's JSONTranscoder (Python's json) writes it, where perhap writes it otherwise
+#: (1e-07 for 1e-7): still readable, with meta.state = "python-json".
+PYTHON_SPELLED = [b'{"a":1e-07,"b":[2.5e-05,1e+16,-3.1e-10],"c":"\xc3\xa9"}', b"[1e+22,0.0001,1e-05]"]
 OTHER_STATES = [
     b'{"a": 1}', b'{"a":1.0}', b"1e5", b'{"b":1, "a":2}', b'"\\u00e9"', b'{"a":1}\n', b'{"a":1,"a":2}',
     b'{"a":18446744073709551616}', b'{"a":"\\ud800"}', b"NaN", b"true", b"null", b"123", b" {}",
@@ -103,7 +111,7 @@ OTHER_STATES = [
 
 
 def test_state_bytes_round_trip(target: Target) -> None:
-    env, states, aggregate = target.env(), READABLE + OTHER_STATES, uuid.uuid4()
+    env, states, aggregate = target.env(), READABLE + PYTHON_SPELLED + OTHER_STATES, uuid.uuid4()
     writer = target.factory(**env).application_recorder()
     writer.insert_events([stored(aggregate, i + 1, s) for i, s in enumerate(states)])
     for recorder in (writer, target.factory(**env).application_recorder()):
@@ -116,6 +124,8 @@ def test_state_bytes_round_trip(target: Target) -> None:
         if state in READABLE:  # readable in perhap: the event is that JSON, not base64 text
             assert event.data_json == state and "state" not in event.meta
             assert event.event == json.loads(state)
+        elif state in PYTHON_SPELLED:  # readable too: the same value, spelled as perhap spells it
+            assert event.meta["state"] == "python-json" and event.event == json.loads(state)
         elif event.meta.get("state") == "base64":
             assert base64.b64decode(event.event) == state
 
@@ -514,3 +524,99 @@ def test_cassandra_refuses_what_it_cannot_do(cassandra_target: Target) -> None:
     one = Account("one")  # a failed save spends its aggregates; one aggregate at a time is fine
     app.save(one)
     assert app.repository.get(one.id).name == "one"
+
+
+# --------------------------------------------------------------------------- 10. costs and limits
+
+
+class CountingReads:
+    """Counts the reads a factory's transport makes (the store and the server are real)."""
+
+    def __init__(self, factory: Factory) -> None:
+        self.count, transport = 0, factory.transport
+        read = transport.read
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return read(*args, **kwargs)
+
+        transport.read = counted  # type: ignore[method-assign]
+
+
+def test_a_snapshot_below_the_newest_is_found_by_bisection_not_a_scan(target: Target) -> None:
+    env, aggregate = target.env(), uuid.uuid4()
+    writer = target.factory(**env).aggregate_recorder("snapshots")
+    writer.insert_events([stored(aggregate, v, b'{"v":%d}' % v) for v in range(10, 3010, 10)])  # 300
+    factory = target.factory(**env)
+    snapshots, reads = factory.aggregate_recorder("snapshots"), CountingReads(factory)
+    for lte, want in ((None, 3000), (3000, 3000), (2995, 2990), (1505, 1500), (15, 10), (10, 10), (5, None)):
+        reads.count = 0
+        found = snapshots.select_events(aggregate, lte=lte, desc=True, limit=1)
+        assert [s.originator_version for s in found] == ([] if want is None else [want])
+        assert reads.count <= 2 + 9, (lte, reads.count)  # a page, then log2(300) probes; a scan took 100+
+    assert versions(snapshots.select_events(aggregate, lte=1505, gt=1470, desc=True)) == [1500, 1490, 1480]
+
+
+def test_tracking_records_after_the_last_event_cost_a_few_reads(target: Target) -> None:
+    env = target.env()
+    factory = target.factory(**env)
+    application, tracking = factory.application_recorder(), factory.tracking_recorder()
+    application.insert_events([stored(uuid.uuid4(), 1)])
+    for notification_id in range(1, 601):  # a policy that ignores 600 upstream events
+        tracking.insert_tracking(Tracking("Upstream", notification_id))
+    reader = target.factory(**env)
+    recorder, reads = reader.application_recorder(), CountingReads(reader)
+    assert recorder.max_notification_id() == 1
+    assert reads.count <= 3  # pages of 20, 200, 2,000: it read 30 pages of 20 before
+    reads.count = 0
+    assert recorder.select_notifications(2, 10) == []
+    assert reads.count <= 6  # the pages grow while they hold only tracking records (60 reads before)
+    assert [n.id for n in recorder.select_notifications(1, 10)] == [1]
+
+
+def test_a_snapshot_domain_perhap_refuses_fails_at_construction(target: Target) -> None:
+    env = target.env(PERHAP_DOMAIN="d" * 250, IS_SNAPSHOTTING_ENABLED="y")  # "-snapshots" makes it 260
+    with pytest.raises(es.InfrastructureFactoryError, match="snapshots"):
+        target.app(BankAccounts, **env)
+
+
+def test_a_state_over_the_servers_body_limit_is_a_data_error(target: Target) -> None:
+    """A 413 (body or batch over the server's limits) is a DataError, as a batch perhap refuses in
+    process is: the data is what is wrong, not the program."""
+    recorder = target.factory().application_recorder()
+    if target.transport == "http":
+        with pytest.raises(es.DataError):
+            recorder.insert_events([stored(uuid.uuid4(), 1, b'"' + b"x" * 1_100_000 + b'"')])
+    with pytest.raises(es.DataError):
+        recorder.insert_events([stored(uuid.uuid4(), v) for v in range(1, 10_002)])
+
+
+def test_a_subscription_to_a_server_that_stops_answering_is_an_operational_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that still accepts connections but answers nothing (stopped with SIGSTOP): once the
+    stream has been silent past its idle timeout, one request with PERHAP_TIMEOUT tells the server
+    is gone, instead of reconnecting to it for minutes (five tries of 60 s each by default)."""
+    monkeypatch.setattr(stream_module, "STREAM_IDLE_TIMEOUT", 1.0)  # 60 s by default
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db") as server:
+        factory = Factory(Environment("Shop", {"PERHAP_URL": server.url, "PERHAP_TIMEOUT": "1"}))
+        recorder = factory.application_recorder()
+        recorder.insert_events([stored("a", 1)])
+        subscription = recorder.subscribe(gt=0)
+        assert next(subscription).id == 1
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            errors: list[BaseException] = []
+            waiter = threading.Thread(target=lambda: errors.extend(in_threads(lambda: next(subscription))))
+            started = time.monotonic()
+            waiter.start()
+            waiter.join(30)
+            assert not waiter.is_alive(), "the subscription still waits on a server that answers nothing"
+            assert [type(e) for e in errors] == [OperationalError]
+            # Idle timeout + one request's timeout, with room to spare; reconnecting five times,
+            # each waiting for headers as long as the idle timeout, took over 9 s.
+            assert time.monotonic() - started < 6
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+            subscription.stop()
+            factory.close()

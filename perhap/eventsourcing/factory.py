@@ -31,7 +31,9 @@ DEFAULT_TIMEOUT = 30.0
 
 
 def default_realm(application_name: str) -> str:
-    """The realm named after the application: ``BankAccounts`` -> ``bankaccounts``."""
+    """The realm named after the application: ``BankAccounts`` -> ``bankaccounts``. Lower case,
+    each run of characters other than ``a-z 0-9 _ . -`` as one ``-``, leading ``_ . -`` dropped
+    (``Café`` -> ``caf-``); nothing left: ``eventsourcing``. (docs/eventsourcing.md says the same.)"""
     name = re.sub(r"[^0-9a-z_.-]+", "-", application_name.lower()).lstrip("_-.")
     return name or "eventsourcing"
 
@@ -69,7 +71,12 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
     def aggregate_recorder(self, purpose: str = "events") -> PerhapAggregateRecorder | PerhapSnapshotRecorder:
         if purpose == "events":
             return PerhapAggregateRecorder(self.transport, self.realm, self.domain)
-        return PerhapSnapshotRecorder(self.transport, self.realm, f"{self.domain}-{purpose}")
+        domain = f"{self.domain}-{purpose}"
+        try:
+            Scope(self.realm, domain)  # the events' domain passed; this longer one may not
+        except InvalidInput as exc:
+            raise InfrastructureFactoryError(f"perhap.eventsourcing: the {purpose} domain: {exc}") from None
+        return PerhapSnapshotRecorder(self.transport, self.realm, domain)
 
     def _chosen(self, setting: str, default: type[R]) -> type[R]:
         """The recorder class named by a setting (a topic), else the default; a subclass of it."""

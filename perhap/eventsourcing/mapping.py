@@ -8,9 +8,12 @@ names cannot hold, or holds differently, travels in the event's ``meta``:
   two differ by a constant per aggregate, which every event carries.
 - ``uuid``: true when the originator id was a UUID (perhap names are strings), so it comes back as one.
 - ``topic``: only when the topic is not a valid perhap type name; the type is then ``~topic``.
-- ``state``: ``"base64"`` when the state bytes are not JSON in perhap's own serialisation (compressed,
-  encrypted or otherwise binary state): the event is then the base64 text. Plain JSON state is stored
-  as the event itself, readable in the web UI, and comes back byte for byte.
+- ``state``: absent when the state bytes are JSON as perhap writes it: the event is that JSON.
+  ``"python-json"`` when they are JSON as Python's ``json`` writes it with the library's
+  ``JSONTranscoder`` settings (``1e-07`` where perhap writes ``1e-7``): the event is the same value,
+  and reading writes it back that way. ``"base64"`` for any other bytes (compressed, encrypted,
+  other JSON spellings): the event is then the base64 text. Either way JSON state stays readable in
+  the web UI, and every form comes back byte for byte.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -105,24 +109,40 @@ def types_of(topics: Iterable[str]) -> list[str]:
 # --------------------------------------------------------------------------- state bytes
 
 
-def encode_state(state: bytes) -> tuple[bytes, bool]:
-    """The event's JSON for these state bytes, and whether they had to be base64-encoded.
+#: Python's JSON as eventsourcing's JSONTranscoder writes it (its separators, no ASCII escapes).
+PYTHON_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+BASE64, AS_PYTHON_WRITES = "base64", "python-json"  # the forms of meta.state (absent: perhap's JSON)
 
-    State is stored as JSON only when perhap's serialisation of it gives the same bytes back (so any
-    path, HTTP included, returns it byte for byte); anything else is stored as base64 text.
+
+def encode_state(state: bytes) -> tuple[bytes, str | None]:
+    """The event's JSON for these state bytes, and the form it is in (``meta.state``).
+
+    State is stored as JSON when perhap's serialisation of it gives the same bytes back (so any path,
+    HTTP included, returns it byte for byte), or Python's does (reading re-writes it that way, from
+    the value, whatever spelling a path returns); anything else is stored as base64 text.
     """
     if state[:1] in (b"{", b"[", b'"'):  # JSON values an application's transcoder writes
         try:
-            if dump_json(load_json(state), "state") == state:
-                return state, False
+            value = load_json(state)
+            data_json = dump_json(value, "state")
+            if data_json == state:
+                return state, None
+            if python_json(data_json) == state:
+                return data_json, AS_PYTHON_WRITES
         except (orjson.JSONDecodeError, InvalidInput, ValueError, TypeError, RecursionError):
             pass
-    return b'"' + base64.b64encode(state) + b'"', True
+    return b'"' + base64.b64encode(state) + b'"', BASE64
 
 
-def decode_state(data_json: bytes, binary: bool) -> bytes:
-    if not binary:
+def python_json(data_json: bytes) -> bytes:
+    return PYTHON_JSON.encode(load_json(data_json)).encode("utf-8")
+
+
+def decode_state(data_json: bytes, form: str | None) -> bytes:
+    if form is None:
         return data_json
+    if form == AS_PYTHON_WRITES:
+        return python_json(data_json)
     try:
         return base64.b64decode(data_json[1:-1], validate=True)
     except binascii.Error:
@@ -139,7 +159,7 @@ class Recorded:
     originator_version: int
     is_uuid: bool
     topic: str
-    binary: bool
+    state_form: str | None  # meta.state: None (perhap's JSON), "python-json" or "base64"
 
 
 def recorded(event: Event) -> Recorded:
@@ -150,22 +170,25 @@ def recorded(event: Event) -> Recorded:
         raise ValueError(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
                          "written by perhap.eventsourcing (no originator_version in its meta)")
     topic = meta.get("topic", event.type)
-    return Recorded(version, meta.get("uuid") is True, topic, meta.get("state") == "base64")
+    form = meta.get("state")
+    if form not in (None, BASE64, AS_PYTHON_WRITES):
+        raise ValueError(f"event {event.event_id} holds its state in a form this perhap does not know: {form!r}")
+    return Recorded(version, meta.get("uuid") is True, topic, form)
 
 
 def to_new_event(stored: StoredEvent) -> NewEvent:
     """A perhap event holding this stored event (its entity is :func:`entity_name` of the id)."""
     topic = stored.topic
     state = stored.state
-    data_json, binary = encode_state(state if isinstance(state, bytes) else bytes(state))
+    data_json, form = encode_state(state if isinstance(state, bytes) else bytes(state))
     meta: dict[str, Any] = {"originator_version": stored.originator_version}
     if isinstance(stored.originator_id, UUID):
         meta["uuid"] = True
     event_type = type_of(topic)
     if event_type != topic:
         meta["topic"] = topic
-    if binary:
-        meta["state"] = "base64"
+    if form is not None:
+        meta["state"] = form
     return new_event(event_type, data_json, None, orjson.dumps(meta), raw=True)
 
 
@@ -174,14 +197,14 @@ def to_stored_event(event: Event, originator_id: UUID | str | None = None) -> St
     if originator_id is None:
         originator_id = originator_of(event.entity, info.is_uuid)
     return StoredEvent(originator_id=originator_id, originator_version=info.originator_version,
-                       topic=info.topic, state=decode_state(event.data_json, info.binary))
+                       topic=info.topic, state=decode_state(event.data_json, info.state_form))
 
 
 def to_notification(event: Event) -> Notification:
     info = recorded(event)
     return Notification(id=event.position, originator_id=originator_of(event.entity, info.is_uuid),
                         originator_version=info.originator_version, topic=info.topic,
-                        state=decode_state(event.data_json, info.binary))
+                        state=decode_state(event.data_json, info.state_form))
 
 
 def notifications(events: Iterable[Event], topics: Collection[str]) -> list[Notification]:

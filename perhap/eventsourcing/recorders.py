@@ -266,8 +266,28 @@ class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
                     return found
             if len(page) < want or (desc and page[-1].version == 0):
                 break
+            if desc and not found and lte is not None:  # a whole page above lte: search, not scan
+                start = self._last_at_or_below(scope, lte, page[-1].version - 1)
+                if start < 0:
+                    break
+                bounds = {"until_version": start}
+                continue
             bounds = {"until_version": page[-1].version - 1} if desc else {"after_version": page[-1].version}
         return found
+
+    def _last_at_or_below(self, scope: Scope, lte: int, highest: int) -> int:
+        """The entity version of the newest snapshot at or below originator version ``lte`` among
+        versions 0..``highest`` (-1: none), by bisection: both versions grow together, and an
+        entity's versions have no gaps, so each probe is one read of one event."""
+        low, answer = 0, -1
+        while low <= highest:
+            middle = (low + highest) // 2
+            event = self.transport.read(scope, 1, order="desc", until_version=middle)[0]
+            if mapping.recorded(event).originator_version <= lte:
+                answer, low = middle, middle + 1
+            else:
+                highest = middle - 1
+        return answer
 
 
 class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):
@@ -282,8 +302,10 @@ class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):
         after = 0 if start is None else max(0, start - 1 if inclusive_of_start else start)
         types = mapping.types_of(topics) if topics else None
         found: list[Notification] = []
+        grow = 1  # tracking records share the domain: a page of them asks for more the next time
         while len(found) < limit:
-            want = min(MAX_LIMIT, limit - len(found))
+            want = min(MAX_LIMIT, (limit - len(found)) * grow)
+            grow *= 4
             if stop is not None:
                 if stop <= after:
                     break
@@ -297,14 +319,16 @@ class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):
 
     def max_notification_id(self) -> int | None:
         bounds: dict[str, Any] = {}
-        while True:
-            page = self.transport.read(self.scope, 20, order="desc", **bounds)
+        want = 20
+        while True:  # the head, past any tracking records after it (pages growing: a few reads)
+            page = self.transport.read(self.scope, want, order="desc", **bounds)
             for event in page:
                 if not mapping.is_tracking_entity(event.entity):
                     return event.position
-            if len(page) < 20:
+            if len(page) < want:
                 return None
             bounds = {"before_position": page[-1].position}
+            want = min(MAX_LIMIT, want * 10)
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         return PerhapSubscription(self, self.transport, self.scope, gt=gt, topics=topics)

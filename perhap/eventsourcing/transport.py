@@ -58,6 +58,8 @@ def translate(exc: BaseException) -> PersistenceError:
     if isinstance(exc, errors.NotFound):
         return ProgrammingError(detail)
     status = getattr(exc, "status", 0)
+    if status == 413:  # a batch or body over the server's limits: in process the same is a DataError
+        return DataError(detail)
     if status in (401, 403):
         return OperationalError(f"perhap refused the credentials: {detail}")
     if isinstance(exc, errors.PerhapError) and 400 <= status < 500:
@@ -256,8 +258,18 @@ class OverHttp(Transport):
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:
         self._check()
-        stream = self.client._live_stream(scope, None, STREAM_RETRIES, None, after_position=after_position,
-                                          types=types)
+        client = self.client
+
+        def check_server(error: Exception, delay: float) -> None:
+            # A stream silent past the idle timeout (no keep-alive) may be a server that no longer
+            # answers at all: one request with the usual timeout tells, rather than reconnecting to
+            # it, each try waiting as long again.
+            if isinstance(error, httpx.TimeoutException):
+                with translated():
+                    client.ping()
+
+        stream = client._live_stream(scope, None, STREAM_RETRIES, check_server, after_position=after_position,
+                                     types=types)
         threading.Thread(target=_pump, args=(stream, deliver), name="perhap-eventsourcing-stream",
                          daemon=True).start()
         return stream.stop
