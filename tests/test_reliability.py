@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from perhap.backends import redact
+from perhap.backends import parse_store_url, redact
 from perhap.errors import InvalidInput, NotFound
 from perhap.jsoncodec import load_json
 from perhap.model import Scope, check_name
@@ -105,6 +105,10 @@ async def test_location_of_odd_names_points_back_at_the_event(client: httpx.Asyn
     ("cassandra://user:s3cret@h1,h2:9042/ks", "s3cret"),
     ("cassandra://h/ks?password=s3cret", "s3cret"),
     ("postgresql://u:p%40ss@h/db", "p%40ss"),
+    # Option names are percent-decoded by the backends: so they are when redacting.
+    ("postgresql://postgres@h/db?%70assword=s3cret", "s3cret"),
+    ("postgresql://h/db?x=1;pass%77ord=s3cret", "s3cret"),
+    ("postgresql://h/db?ssl%50assword=s3cret&password=s3cret", "s3cret"),
 ])
 def test_redact_hides_every_credential_form(url: str, secret: str) -> None:
     shown = redact(url)
@@ -112,6 +116,13 @@ def test_redact_hides_every_credential_form(url: str, secret: str) -> None:
     assert "***" in shown
 
 
+def test_an_unknown_scheme_is_named_without_its_credentials() -> None:
+    with pytest.raises(ValueError, match="unknown store URL scheme 'mysql'") as refused:
+        parse_store_url("mysql://u:s3cret@h/db?password=s3cret")
+    assert "s3cret" not in str(refused.value)
+
+
 def test_redact_leaves_plain_urls_alone() -> None:
     assert redact("sqlite:///./perhap.db") == "sqlite:///./perhap.db"
+    assert redact("sqlite:///./p.db?token=s3cret&x=1#f") == "sqlite:///./p.db?token=***&x=1#f"
     assert redact("postgresql://u@h:5432/db?sslmode=require") == "postgresql://u@h:5432/db?sslmode=require"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 from ..store import Store
 
@@ -20,8 +20,9 @@ class UnknownScheme(ValueError):
     pass
 
 
-#: Query options that carry a secret: asyncpg's password and sslpassword, and anything named so.
-_SECRET_OPTION = re.compile(r"(?i)(?:^|[&;])([^=&;]*(?:password|secret|token)[^=&;]*)=([^&;]*)")
+#: Query options that carry a secret: asyncpg's password and sslpassword, and anything named so
+#: (matched on the decoded name: ``%70assword`` is the password option to the backends too).
+_SECRET_OPTION = re.compile(r"(?i)password|secret|token")
 
 
 def redact(url: str) -> str:
@@ -33,10 +34,16 @@ def redact(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hosts}"
     if query:
-        query = _SECRET_OPTION.sub(lambda m: m.group(0).replace(f"={m.group(2)}", "=***", 1), query)
+        query = "".join(_redacted_option(piece) for piece in re.split(r"([&;])", query))
     if (netloc, query) == (parts.netloc, parts.query):
         return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}?{query}{fragment}"  # (urlunsplit drops an empty host's //)
+
+
+def _redacted_option(piece: str) -> str:
+    name, equals, _ = piece.partition("=")
+    return f"{name}=***" if equals and _SECRET_OPTION.search(unquote_plus(name)) else piece
 
 
 def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -47,7 +54,7 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
         scheme = "postgresql"
     if scheme not in SCHEMES:
         raise UnknownScheme(
-            f"unknown store URL scheme {parts.scheme or '(none)'!r} in {url!r}; "
+            f"unknown store URL scheme {parts.scheme or '(none)'!r} in {redact(url)!r}; "
             f"use one of: sqlite:///path.db, postgresql://user:pass@host:port/db, "
             f"cassandra://host[,host]:port/keyspace"
         )
