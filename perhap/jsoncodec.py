@@ -11,8 +11,12 @@ import orjson
 
 from .errors import InvalidInput
 
-# orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path, and
+# so do exponents below -99, where a float may underflow to 0 (orjson reads 1e-400 as 0.0).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}|[eE]-0*[1-9][0-9]{2}")
+#: Python reads at most this many digits as one integer (``sys.get_int_max_str_digits``: more cost
+#: quadratic time); a longer integer is refused in words, not as invalid JSON.
+MAX_INT_DIGITS = 4300
 
 EMPTY_OBJECT = b"{}"
 
@@ -27,14 +31,23 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise InvalidInput(f"the number {text[:40]} is too large to be stored exactly")
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):  # 1e-400 would be stored as 0
+        raise InvalidInput(f"the number {text[:40]} is too small to be stored exactly (it is not 0)")
     return value
 
 
+def _exact_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise InvalidInput(f"an integer of {digits:,} digits cannot be stored: at most {MAX_INT_DIGITS:,}")
+    return int(text)
+
+
 def load_json(raw: bytes) -> Any:
-    """Parse JSON exactly: integers of any size stay integers (orjson would make them floats)."""
+    """Parse JSON exactly: long integers stay integers (orjson would make them floats), up to 4,300 digits."""
     if _LONG_DIGITS.search(raw):
         try:
-            return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+            return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_exact_int)
         except (ValueError, RecursionError) as exc:
             raise orjson.JSONDecodeError(str(exc), "", 0) from None
     return orjson.loads(raw)
@@ -48,13 +61,31 @@ def _stdlib_dumps(value: Any, sort_keys: bool = False) -> bytes:
 def dump_json(value: Any, what: str) -> bytes:
     """Serialise a value to store; InvalidInput when it is not JSON."""
     try:
-        return orjson.dumps(value)
+        out = orjson.dumps(value)
     except TypeError:
         pass
+    else:  # orjson writes NaN and infinities as null: the value would not be what was given
+        if b"null" not in out or not _non_finite(value):
+            return out
+        raise InvalidInput(f"{what} holds a number JSON cannot carry (NaN or an infinity)")
     try:  # integers beyond 64 bits: stored exactly, as written
         return _stdlib_dumps(value)
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not serialisable as JSON: {exc}") from None
+
+
+def _non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def canonical_json(raw: bytes) -> bytes:

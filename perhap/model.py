@@ -338,10 +338,7 @@ def prepare_batch(events: object) -> list[NewEvent]:
                 checked.add(check_name(type_, "type"))
             if meta is not None and not isinstance(meta, dict):
                 raise InvalidInput("meta must be a JSON object")
-            try:
-                data_json = orjson.dumps(event)
-            except TypeError:
-                data_json = dump_json(event, "event")  # beyond orjson, or not JSON: say why
+            data_json = dump_json(event, "event")  # (NaN and infinities refused, not written as null)
             meta_json = EMPTY_OBJECT if meta is None else dump_json(meta, "meta")
             if event_id is not None:
                 prepared.append(make_new_event(type_, data_json, meta_json, check_event_id(event_id), True, None))

@@ -44,6 +44,46 @@ async def test_infinite_numbers_are_a_400_and_store_nothing(client: httpx.AsyncC
     assert (await client.get(f"/{realm}/d/e")).json()["events"][0]["version"] == 0
 
 
+
+@pytest.mark.parametrize("raw", [b"[1e-400]", b'{"a":-2.5E-999}', b'[1e-400, "1234567890123456789"]', b"[1e-0400]"])
+def test_numbers_that_would_underflow_to_zero_are_refused(raw: bytes) -> None:
+    """1e-400 would be stored as 0.0: a number that cannot be stored exactly (orjson reads it as
+    0.0, so an exponent below -99 takes the checked path)."""
+    with pytest.raises(InvalidInput, match="too small"):
+        load_json(raw)
+    assert load_json(b"[0e-400, 0.0E-500, 5e-324, 1e-99]") == [0.0, 0.0, 5e-324, 1e-99]
+
+
+def test_integers_are_kept_up_to_4300_digits_and_refused_in_words_beyond() -> None:
+    assert load_json(b"[" + b"9" * 4300 + b", -" + b"8" * 4300 + b"]") == [int("9" * 4300), -int("8" * 4300)]
+    with pytest.raises(InvalidInput, match="4,301 digits"):
+        load_json(b'{"n":' + b"9" * 4301 + b"}")
+
+
+@pytest.mark.parametrize("event, meta", [
+    (float("inf"), None), ([float("nan"), 1], None), ({"x": [1, -float("inf")]}, None), (1, {"x": float("nan")}),
+])
+async def test_nan_and_infinities_given_as_values_are_refused_not_stored_as_null(
+        store: Store, realm: str, event: object, meta: dict[str, object] | None) -> None:
+    """In process (and through the Python client), values are serialised, not parsed: orjson
+    writes NaN and infinities as null, which would store another value than the one given."""
+    with pytest.raises(InvalidInput, match="NaN or an infinity"):
+        await store.append(realm, "d", "e", "t", event, meta=meta)
+    with pytest.raises(InvalidInput, match="NaN or an infinity"):
+        await store.append_batch(realm, "d", "e", [{"type": "t", "event": event, "meta": meta}])
+    with pytest.raises(InvalidInput, match="NaN or an infinity"):
+        await store.append_many(realm, "d", [{"entity": "e", "type": "t", "event": event, "meta": meta}])
+    assert (await store.read(Scope(realm, "d", "e"))).events == []
+    await store.append(realm, "d", "e", "t", [None, 1.5])  # a null given is a null stored
+    assert [e.event for e in (await store.read(Scope(realm, "d", "e"))).events] == [[None, 1.5]]
+
+
+async def test_the_client_refuses_nan_before_sending(app: object) -> None:
+    from perhap.client import AsyncClient
+    async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as client:
+        with pytest.raises(InvalidInput, match="NaN or an infinity"):
+            await client.append("r", "d", "e", "t", float("inf"))
+
 # ------------------------------------------------------------------ 3: following of another type
 
 

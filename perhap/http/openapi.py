@@ -21,10 +21,11 @@ from .routes import ROUTES, Kind, Operation, Route
 NAME = {"type": "string", "minLength": 1, "maxLength": 255,
         "pattern": "^(?!keys$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
 REALM = {**NAME, "pattern": "^(?!keys$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
-#: Any JSON value. Integers of any size are kept exactly; a number beyond a 64-bit float (1e400) is 400.
+#: Any JSON value. Integers of up to 4,300 digits are kept exactly; a float that would become an
+#: infinity (1e400) or 0 (1e-400), or a longer integer, is 400.
 EVENT_VALUE: dict[str, Any] = {
-    "description": "any JSON value; integers of any size are stored exactly, and a number too large "
-                   "for a 64-bit float (such as 1e400) is refused with 400"}
+    "description": "any JSON value; integers of up to 4,300 digits are stored exactly (a longer one is "
+                   "refused with 400), and a number a 64-bit float cannot hold (1e400, 1e-400) is refused with 400"}
 UUID = {"type": "string", "format": "uuid"}
 
 
