@@ -68,6 +68,9 @@ async def still_waiting_while_requests_time_out(times_out: Contention, call: Awa
     times_out(True)
     try:
         future = asyncio.ensure_future(call)
+        # Time passing, not a wait for a state: that nothing answers within a second is the check
+        # (a negative one needs a window), and no figure counts a read sent again (the store's
+        # "retries" are write attempts) that could be waited on instead.
         await asyncio.sleep(1.0)
         assert not future.done(), f"{what} was answered instead of being sent again"
     finally:

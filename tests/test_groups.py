@@ -17,7 +17,9 @@ from perhap.backends import open_store
 from perhap.groups import ahead as group_ahead
 from perhap.groups import state as group_state
 from perhap.http.app import PerhapApp
+from perhap.store.base import Store
 from perhap.testing.conformance.helpers import problem
+from tests.helpers import wait_until
 
 Json = dict[str, Any]
 
@@ -374,23 +376,26 @@ async def test_max_in_flight_bounds_a_consumer(client: httpx.AsyncClient, realm:
     assert len(await lease(client, realm, "a", max=10)) == 1
 
 
-async def test_long_poll_wakes_on_append(client: httpx.AsyncClient, realm: str) -> None:
+async def test_long_poll_wakes_on_append(client: httpx.AsyncClient, store: Store, realm: str) -> None:
     assert (await put(client, realm)).status_code == 201
     waiting = asyncio.ensure_future(lease(client, realm, "a", wait=30))
-    await asyncio.sleep(0.3)
+    # It looked, found nothing, and waits for a commit (the store's waiter), not answered at once.
+    await wait_until(lambda: waiting.done() or len(store._waiters) == 1, "the poll to wait for an event")
     assert not waiting.done()
     await append(client, realm, "o1", "late")
     got = await asyncio.wait_for(waiting, 20)
     assert [e["event"] for e in got] == ["late"]
 
 
-async def test_long_poll_wakes_when_an_ack_frees_the_entity(client: httpx.AsyncClient, realm: str) -> None:
+async def test_long_poll_wakes_when_an_ack_frees_the_entity(client: httpx.AsyncClient, store: Store,
+                                                            realm: str) -> None:
     assert (await put(client, realm)).status_code == 201
     await append(client, realm, "o1", 1)
     await append(client, realm, "o1", 2)
     held = await lease(client, realm, "a")
     waiting = asyncio.ensure_future(lease(client, realm, "b", wait=30))
-    await asyncio.sleep(0.3)
+    # It looked, found the entity busy, and waits for a change (the store's waiter for a commit).
+    await wait_until(lambda: waiting.done() or len(store._waiters) == 1, "the poll to wait for a change")
     assert not waiting.done()
     assert (await ack(client, realm, "a", held)).status_code == 200
     assert [e["event"] for e in await asyncio.wait_for(waiting, 20)] == [2]

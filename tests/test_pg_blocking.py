@@ -20,8 +20,9 @@ from perhap import open_store
 from perhap.backends.postgres import PostgresStore
 from perhap.errors import PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Scope, new_event
+from perhap.store.job import WriteJob
 from tests.conftest import get_provider
-from tests.helpers import appends_from_threads_and_the_loop_at_once
+from tests.helpers import appends_from_threads_and_the_loop_at_once, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -57,7 +58,8 @@ async def test_a_waiting_subscriber_is_woken_by_a_threads_append(store: Postgres
     store.poll_interval = 600.0  # a delivery below cannot be the poll
     subscription = await store.subscription(Scope("r", "d"))
     waiting = asyncio.ensure_future(subscription.fetch())
-    await asyncio.sleep(0.05)
+    # It read nothing and waits for a commit (the store's waiter): the append below must wake it.
+    await wait_until(lambda: len(store._waiters) == 1, "the subscriber to wait for a commit", 10)
     result = await asyncio.get_running_loop().run_in_executor(
         None, lambda: store.append_blocking("r", "d", "e", [new_event("t", {"n": 1})]))
     delivered = await asyncio.wait_for(waiting, 5)
@@ -89,7 +91,7 @@ async def test_a_store_closing_under_threads_appends_answers_every_one(
     pool = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(4)]
     for t in pool:
         t.start()
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: len(outcomes) >= 20, "the threads to be appending", 10)
     await store.close()
     stop.set()
     deadline = time.monotonic() + 10
@@ -103,13 +105,22 @@ async def test_a_store_closing_under_threads_appends_answers_every_one(
 
 
 async def test_an_append_handed_over_as_the_store_closes_is_answered(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread's job that reaches the loop after close() queued the writer's STOP would never be
-    taken: it is answered StorageUnavailable instead. The loop is held (a plain sleep on its thread)
-    while the thread hands its job over, so the hand-over lands right after close()'s first step."""
+    taken: it is answered StorageUnavailable instead. The loop is held (its thread blocks until the
+    thread has handed its job over) so the hand-over lands right after close()'s first step."""
     store = await open_store(get_provider("postgres", tmp_path_factory).new_url())
+    assert isinstance(store, PostgresStore)
     await store.append("r", "d", "e", "t", 0)
     outcome: list[object] = []
+    handed_over = threading.Event()
+    hand_over = store._submit_from_thread
+
+    def handing_over(job: WriteJob) -> None:  # the job is on the loop's queue once this returns
+        hand_over(job)
+        handed_over.set()
+
+    monkeypatch.setattr(store, "_submit_from_thread", handing_over)
 
     def late() -> None:
         try:
@@ -120,8 +131,10 @@ async def test_an_append_handed_over_as_the_store_closes_is_answered(
     closing = asyncio.ensure_future(store.close())  # its first step runs at the loop's next turn
     thread = threading.Thread(target=late, daemon=True)
     thread.start()
-    time.sleep(0.3)  # the loop's thread: the thread checks the store open and hands its job over
+    # On the loop's thread, so close() cannot start: the thread finds the store open and hands over.
+    handed = handed_over.wait(10)
     await closing
+    assert handed, "the thread never handed its job over"
     thread.join(10)
     assert not thread.is_alive(), "the append was never answered"
     assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailable), outcome

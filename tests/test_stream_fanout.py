@@ -24,6 +24,7 @@ from perhap.backends.sqlite.store import SQLiteStore
 from perhap.http.streaming import KEEP_ALIVE, MessageCache, sse_message
 from perhap.model import Event, Scope
 from perhap.store.query import read_query
+from tests.helpers import wait_until
 from tests.test_stream_limits import Exchange, ids_in, stream_headers
 
 
@@ -99,6 +100,18 @@ async def test_ring_answers_do_not_outlive_a_commit(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------- shared reads
 
 
+def _waiting_for_a_commit(app: PerhapApp, store: Store, streams: int, places: int) -> Callable[[], bool]:
+    """Whether ``streams`` streams at ``places`` places all wait for the next commit: at each place
+    one stream reads for the others (a round of ``app.streams.shared``), its read answered empty
+    and waiting on the store for a commit (one of ``store._waiters``), and the others wait for
+    that round's answer."""
+    def condition() -> bool:
+        shared = app.streams.shared
+        waiting = sum(1 + sum(not answer.done() for answer in answers) for answers in shared.values())
+        return len(shared) == places and waiting == streams and len(store._waiters) == places
+    return condition
+
+
 async def _until_all(streams: list[Exchange], count: Callable[[Exchange], int], n: int) -> None:
     for s in streams:
         await s.until(lambda s=s: count(s) >= n, f"{n} events")  # type: ignore[misc]
@@ -123,12 +136,14 @@ async def test_streams_at_one_place_share_reads_and_each_gets_every_event_once(
     try:
         for s in everyone:
             await asyncio.wait_for(s.started.wait(), 10)
-        await asyncio.sleep(0.2)  # every stream is waiting for a commit
+        # Every stream waits for a commit: the twenty at one place, typed and other at their own.
+        await wait_until(_waiting_for_a_commit(app, store, len(everyone), 3), "every stream to wait for a commit")
         sent = []
         for n in range(30):
             r = await store.append(realm, "d", f"e{n % 3}", "odd" if n % 2 else "even", {"n": n})
             sent.append(r.events[0].event_id)
             if n % 10 == 9:
+                # Pacing, not a wait for a state: the streams read between the bursts of commits.
                 await asyncio.sleep(0.05)
         await _until_all(streams, lambda s: len(_ids(s)), len(sent))
         await typed.until(lambda: len(_ids(typed)) >= 15, "the odd events")
@@ -154,13 +169,14 @@ async def test_the_stream_reading_for_the_others_may_leave(store: Store, realm: 
     try:
         for s in streams:
             await asyncio.wait_for(s.started.wait(), 10)
-        await asyncio.sleep(0.1)
+        await wait_until(_waiting_for_a_commit(app, store, len(streams), 1), "the streams to wait on one read")
         for n in range(12):
             r = await store.append(realm, "d", "e", "t", {"n": n})
             sent.append(r.events[0].event_id)
             if n % 3 == 2:
                 leaving = streams.pop(0)  # the oldest waiter: most likely the one reading
                 await leaving.close()
+                # Pacing, not a wait for a state: those left take the read over before the next commits.
                 await asyncio.sleep(0.02)
         await _until_all(streams, lambda s: len(_ids(s)), len(sent))
         for s in streams:
@@ -180,12 +196,15 @@ async def test_a_waiting_stream_keeps_its_own_keep_alive_time_when_the_reader_le
     clock = asyncio.get_running_loop().time
     first = Exchange(app, "GET", f"/{realm}/quiet", stream_headers())
     await asyncio.wait_for(first.started.wait(), 10)
-    await asyncio.sleep(0.3)
-    second = Exchange(app, "GET", f"/{realm}/quiet", stream_headers())  # waits on first's read
+    began = clock()  # first's keep-alive is due a heartbeat after about now
+    await wait_until(_waiting_for_a_commit(app, store, 1, 1), "the first stream to wait for a commit")
+    second = Exchange(app, "GET", f"/{realm}/quiet", stream_headers())
     try:
         await asyncio.wait_for(second.started.wait(), 10)
         opened = clock()
-        await asyncio.sleep(heartbeat - 0.6)  # first leaves 0.3 s before its own keep-alive
+        await wait_until(_waiting_for_a_commit(app, store, 2, 1), "the second stream to wait on first's read")
+        # Time passing, not a wait for a state: first leaves 0.3 s before its own keep-alive.
+        await asyncio.sleep(began + heartbeat - 0.3 - clock())
         await first.close()
         await second.until(lambda: KEEP_ALIVE in second.bodies(), "a keep-alive comment")
         # Due at about `heartbeat` after second opened; before the fix, about twice that.
@@ -230,7 +249,7 @@ async def test_shared_streams_keep_their_buffer(store: Store, realm: str) -> Non
     try:
         for s in streams:
             await asyncio.wait_for(s.started.wait(), 10)
-        await asyncio.sleep(0.1)
+        await wait_until(_waiting_for_a_commit(app, store, len(streams), 1), "the streams to wait on one read")
         batch = [{"type": "t", "event": {"n": i, "pad": "x" * 3000}} for i in range(40)]
         sent = [e.event_id for e in (await store.append_batch(realm, "d", "e", batch)).events]
         await _until_all(streams, lambda s: len(_ids(s)), len(sent))
