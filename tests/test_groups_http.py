@@ -21,6 +21,7 @@ from perhap.http.openapi import openapi_document
 from perhap.store.base import Store
 from perhap.testing.conformance import SSEReader
 from perhap.testing.conformance.helpers import problem
+from tests.helpers import wait_until
 from tests.servers import ThreadServer
 
 SSE = {"accept": "text/event-stream"}
@@ -56,6 +57,22 @@ async def test_the_stream_never_holds_more_than_max_in_flight(tmp_path: Path) ->
                 assert stats["in_flight"] == 2 and stats["consumers"][0]["consumer"] == "s"
             # An unknown group is a plain 404 before any stream.
             problem(await http.get("/_groups/shop/nobody/events?consumer=s", headers=SSE), 404)
+
+
+async def test_head_never_leases(store: Store) -> None:
+    """A lease is a GET that changes state: HEAD (whose answer has no body to carry the events)
+    is a 405 there, so it cannot lease events nobody receives. Other group routes answer HEAD."""
+    app = PerhapApp(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        await store.append("shop", "d", "e", "t", 1)
+        assert (await http.put("/_groups/shop/g", json={})).status_code in (200, 201)
+        for accept in ("application/json", "text/event-stream"):
+            r = await http.head("/_groups/shop/g/events?consumer=c&wait=0", headers={"accept": accept})
+            assert r.status_code == 405 and r.headers["allow"] == "GET"
+        assert (await http.get("/_groups/shop/g")).json()["in_flight"] == 0
+        assert (await http.head("/_groups/shop/g")).status_code == 200
+        got = (await http.get("/_groups/shop/g/events?consumer=c&wait=0")).json()
+        assert [e["event"] for e in got["events"]] == [1]  # delivered once, to the GET
 
 
 @pytest.fixture
@@ -120,7 +137,8 @@ async def test_a_revoked_token_gets_no_more_leases(store: Store, tokens: str) ->
                                               headers=h(doomed)))
         stream = Exchange(app, "GET", f"{base}/events?consumer=s", stream_headers(authorization=f"Bearer {streamed}"))
         await asyncio.wait_for(stream.started.wait(), 10)
-        await asyncio.sleep(0.3)  # both wait for an event
+        # Both looked (their token still good) and wait for an event: a commit's waiter each.
+        await wait_until(lambda: len(store._waiters) == 2, "the poll and the stream to wait for an event")
         revoke_token(tokens, doomed_grant.id)
         revoke_token(tokens, streamed_grant.id)
         assert (await http.post("/shop/d/e/t", json={"event": "late"}, headers=h(write))).status_code == 201
@@ -186,10 +204,15 @@ async def test_a_long_poll_that_hangs_up_leases_nothing(tmp_path: Path) -> None:
             writer.write(f"GET /_groups/shop/g/events?consumer=gone&wait=60 HTTP/1.1\r\nHost: {host}\r\n\r\n"
                          .encode())
             await writer.drain()
-            await asyncio.sleep(0.5)  # the poll is waiting
+            store = server.app.store
+            assert store is not None
+            await wait_until(lambda: len(store._waiters) == 1, "the poll to wait for an event")
             writer.close()
             await writer.wait_closed()
-            await asyncio.sleep(0.5)  # the server has seen the hang-up
+            # The server has seen the hang-up: the poll's request ended (uvicorn's task of it) and
+            # its wait with it.
+            requests = server.server.server_state.tasks
+            await wait_until(lambda: not requests and not store._waiters, "the server to end the poll that hung up")
             assert (await http.post("/shop/orders/o1/placed", json={"event": 1})).status_code == 201
             got = (await http.get("/_groups/shop/g/events", params={"consumer": "here", "wait": 5})).json()
             assert [e["event"] for e in got["events"]] == [1]

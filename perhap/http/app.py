@@ -88,7 +88,7 @@ class PerhapApp:
         table = []
         for route in ROUTES:
             bound = {method: HANDLERS[op.kind] for method, op in route.operations.items()}
-            if "GET" in bound:
+            if route.head_is_get:
                 bound["HEAD"] = bound["GET"]
             if self.metrics is None and any(op.kind is Kind.METRICS for op in route.operations.values()):
                 bound = {ANY_METHOD: HANDLERS[Kind.NO_ROUTE]}  # metrics off: /_metrics is no route

@@ -72,6 +72,11 @@ ANY_METHOD = "*"
 ROUTE_KEY = "perhap.route"
 
 
+#: GETs that change state: HEAD may not do them (a HEAD would lease events nobody receives), so it
+#: is a 405 there.
+CHANGING_GETS = frozenset({Kind.GROUP_LEASE})
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One path template and what each method does there (GET answers HEAD too)."""
@@ -85,9 +90,15 @@ class Route:
     levels: int = field(init=False)  # how many leading path segments are names: realm, domain ...
     allow: str = field(init=False)  # the methods answered, for the Allow header of a 405
 
+    @property
+    def head_is_get(self) -> bool:
+        """HEAD is answered as GET without its body, unless GET changes state (it leases events)."""
+        get = self.operations.get("GET")
+        return get is not None and get.kind not in CHANGING_GETS
+
     def __post_init__(self) -> None:
         methods = set(self.operations) - {ANY_METHOD}
-        if "GET" in methods:
+        if self.head_is_get:
             methods.add("HEAD")
         parts = self.template.split("/")[1:]
         set_ = object.__setattr__  # frozen: derived fields are set once, here
