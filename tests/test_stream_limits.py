@@ -166,6 +166,33 @@ async def test_a_stream_sends_at_most_its_buffer_at_once(store: Store, realm: st
     assert max(len(ids_in(b)) for b in stream.bodies()) >= 200
 
 
+async def test_a_stream_of_large_events_never_reads_500_of_them_at_once(store: Store, realm: str) -> None:
+    """What a stream holds is bounded in bytes, not only in what it sends: its first read asks
+    for a few events (a store read is bounded by count), grows while events are small, and is cut
+    back to what fits once they are large; events past a cut are not encoded."""
+    app = PerhapApp(store, stream_buffer=256 * 1024, heartbeat=5)
+    big = "x" * 100_000
+    batch = [{"type": "t", "event": {"n": i, "pad": big}} for i in range(60)]
+    sent = [e.event_id for e in (await store.append_batch(realm, "d", "e", batch)).events]
+    limits: list[int] = []
+    read = store._read
+
+    async def recorded(query: Any) -> Any:
+        limits.append(query.limit)
+        return await read(query)
+
+    store._read = recorded  # type: ignore[method-assign]
+    stream = Exchange(app, "GET", f"/{realm}", stream_headers())
+    try:
+        await stream.until(lambda: sum(len(ids_in(b)) for b in stream.bodies()) >= len(sent), "every event arrived")
+    finally:
+        await stream.close()
+        del store._read
+    assert [i for b in stream.bodies() for i in ids_in(b)] == sent
+    assert limits[0] <= 32 and max(limits) <= 32, limits  # 6 MB of events, never 500 at once
+    assert max(len(ids_in(b)) for b in stream.bodies()) <= 3  # 256 KiB: two 100 kB events a body
+
+
 async def test_an_idle_stream_that_reads_is_never_dropped(store_url: str, realm: str) -> None:
     """The write timeout counts only a write left unread: keep-alives on a quiet stream, and a
     client that reads them, live on well past it."""

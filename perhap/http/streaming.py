@@ -44,6 +44,9 @@ ABORT_EXTENSION = "perhap.abort"
 KEEP_ALIVE = b": keep-alive\n\n"
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
+#: A stream's first read: what a store read can hold at once is bounded by count, so a stream
+#: starts small (32 events of up to 1 MiB, not 500) and grows while its events are small.
+FIRST_BATCH = 32
 
 
 class StreamRegistry:
@@ -210,6 +213,8 @@ async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: G
                 writing: _Writing) -> None:
     auth = streams.auth
     full = sub.query.limit
+    if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
+        sub.query = replace(sub.query, limit=FIRST_BATCH)
     clock = asyncio.get_running_loop().time
     while True:
         sub.query, body = await _next_body(streams, sub, full)
@@ -274,23 +279,22 @@ def _settle(future: asyncio.Future[_Body | None], body: _Body) -> None:
 def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
             message: Callable[[Event], bytes]) -> bytes:
     """The events as SSE messages, at most ``buffer`` bytes (one event at least); the batch size
-    of ``sub`` follows: cut to what fitted, grown back (up to ``full``) while events are small."""
-    parts = [message(e) for e in events]
-    body = b"".join(parts)
-    if len(body) <= buffer:
-        batch = sub.query.limit
-        if batch < full and 2 * len(body) <= buffer:
-            sub.query = replace(sub.query, limit=min(full, 2 * batch))
-        return body
-    size = kept = 0
-    for part in parts:
-        if kept and size + len(part) > buffer:
-            break
+    of ``sub`` follows: cut to what fitted, grown back (up to ``full``) while events are small.
+    Events past the cut are not encoded (a batch of large events costs its bytes once, not twice)."""
+    parts: list[bytes] = []
+    size = 0
+    for event in events:
+        part = message(event)
+        if parts and size + len(part) > buffer:
+            # The rest is read again after the last event kept, in batches of what fitted this time.
+            sub.query = replace(sub.query, after=events[len(parts) - 1].cursor, limit=len(parts))
+            return b"".join(parts)
+        parts.append(part)
         size += len(part)
-        kept += 1
-    # The rest is read again after the last event kept, in batches of what fitted this time.
-    sub.query = replace(sub.query, after=events[kept - 1].cursor, limit=kept)
-    return b"".join(parts[:kept])
+    batch = sub.query.limit
+    if batch < full and 2 * size <= buffer:
+        sub.query = replace(sub.query, limit=min(full, 2 * batch))
+    return b"".join(parts)
 
 
 async def wait_disconnect(receive: Receive) -> None:
