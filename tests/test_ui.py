@@ -15,9 +15,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -112,6 +113,14 @@ def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")  # run-time output only, never committed
     page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"))
+
+
+def settle(page: Page, done: Callable[[], bool], timeout: float = 5) -> None:
+    """Wait for Playwright's request events, which may trail what the page already shows (they
+    are delivered while Playwright waits, hence wait_for_timeout rather than sleep)."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
 
 
 def tail_rows(page: Page) -> list[str]:
@@ -440,6 +449,225 @@ def test_token_asked_on_401_kept_for_the_session_and_sent_on_streams(server: Pro
     page.get_by_role("button", name="Browse").click()
     shot(page, "phone")
 
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessServer, str]]:
+    """`perhap serve --auth` with one write token on every realm, and three events in shop/orders."""
+    from perhap.auth import add_token
+
+    tmp = tmp_path_factory.mktemp("ui-auth")
+    tokens = str(tmp / "tokens.json")
+    token = add_token(tokens, "*", "write")[0]
+    with ProcessServer(f"sqlite:///{tmp}/auth.db?synchronous=normal", None, "--auth", tokens, *SERVE_ARGS,
+                       cwd=tmp) as s:
+        for n in range(3):
+            authorized_post(s.url, token, f"/shop/orders/order-{n}/placed", {"event": {"n": n}})
+        yield s, token
+
+
+def authorized_post(url: str, token: str, path: str, body: Any) -> dict[str, Any]:
+    r = http().post(url + path, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_a_token_given_after_a_cancelled_prompt_draws_the_view_again(
+        auth_server: tuple[ProcessServer, str], page: Page) -> None:
+    """A real server with --auth: the prompt cancelled, everything says why; a token then given
+    with the Token button (or at the next prompt) reloads the lists and restarts the live tail."""
+    from playwright.sync_api import expect
+
+    server, token = auth_server
+    streams: list[Request] = []
+    page.on("request", lambda r: streams.append(r) if r.headers.get("accept") == "text/event-stream" else None)
+    page.goto(server.url + "/_ui#/shop/orders")
+    dialog = page.get_by_role("dialog", name="Access token")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Cancel").click()
+    refused = "The server needs a token: set one with the Token button."
+    events_status = page.locator("section[aria-labelledby=events-title] .list-status")
+    expect(events_status).to_have_text(refused)
+    expect(page.locator(".nav-status")).to_have_text(refused)
+    expect(page.locator(".live .pill")).to_have_text(re.compile("^Stopped"))
+    expect(dialog).to_be_hidden()  # one prompt for all the refused requests, not one each
+
+    # The Token button: the view is drawn again with it, without a reload.
+    page.locator("#token-button").click()
+    dialog.get_by_label("Bearer token").fill(token)
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("table.events tbody tr")).to_have_count(3)
+    expect(page.locator("#sidebar .keys a")).to_have_text(["order-0", "order-1", "order-2"])
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    new = authorized_post(server.url, token, "/shop/orders/order-1/paid", {"event": {"amount": 3}})["event_id"]
+    expect(page.locator(f'#tail-list li[data-id="{new}"]')).to_be_visible()
+
+    # The prompt: cancelled on one view; the next view asks again, and the token given there
+    # brings back what the first refusal left behind too (the same sidebar, which no new view
+    # would ask again).
+    page.evaluate("sessionStorage.clear(); history.replaceState(null, '', '#/shop/orders?type=placed')")
+    page.reload()
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".nav-status")).to_have_text(refused)
+    expect(events_status).to_have_text(refused)
+    expect(dialog).to_be_hidden()
+    page.get_by_role("link", name="All types").click()
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Bearer token").fill(token)
+    page.keyboard.press("Enter")
+    expect(page.locator("table.events tbody tr")).to_have_count(4)
+    expect(page.locator("#sidebar .keys a")).to_have_text(["order-0", "order-1", "order-2"])
+    expect(page.locator(".live .pill")).to_have_text("Live")
+
+    # With a token the stream is read with fetch(); a typed one starts at the scope's head too.
+    page.locator("#type-filter").fill("placed")
+    page.locator("#type-filter").press("Enter")
+    expect(page).to_have_url(re.compile(r"#/shop/orders\?type=placed$"))
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    settle(page, lambda: "type=placed" in streams[-1].url)
+    query = parse_qs(urlsplit(streams[-1].url).query)
+    assert query == {"type": ["placed"], "after_position": ["4"]}, streams[-1].url
+    assert streams[-1].all_headers().get("authorization") == f"Bearer {token}"
+    authorized_post(server.url, token, "/shop/orders/order-2/paid", {"event": {"amount": 9}})
+    placed = authorized_post(server.url, token, "/shop/orders/order-3/placed", {"event": {"n": 3}})["event_id"]
+    expect(page.locator("#tail-list li[data-id]")).to_have_count(1)
+    assert tail_rows(page) == [placed]
+
+
+def test_the_append_form_refuses_names_the_server_refuses(server: ProcessServer, page: Page) -> None:
+    """"." and ".." above all: the browser would resolve them in the URL, and the POST would go to
+    another address (/shop/orders/../t is /shop/t)."""
+    from playwright.sync_api import expect
+
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.goto(server.url + "/_ui#/")
+    page.locator("#append summary").click()
+    field = {level: page.get_by_label(level.capitalize(), exact=True) for level in ("realm", "domain", "entity")}
+    field["realm"].fill("forms")
+    field["domain"].fill("notes")
+    page.locator("#append-type").fill("noted")
+    page.get_by_label("Event (JSON)").fill('{"n": 1}')
+    result = page.locator("#append-result")
+    send = page.get_by_role("button", name="Append event")
+
+    for name in ("..", "."):
+        field["entity"].fill(name)
+        send.click()
+        expect(result).to_contain_text(f"Not sent: entity cannot be “{name}”: in a web address it means")
+        expect(field["entity"]).to_have_attribute("aria-invalid", "true")
+        expect(field["entity"]).to_be_focused()
+    page.locator("#append-type").fill("..")
+    send.click()
+    expect(result).to_contain_text("entity cannot be “.”")
+    expect(result).to_contain_text("type cannot be “..”")
+
+    # The server's other rules for names, checked the same way before anything is sent.
+    page.locator("#append-type").fill("noted")
+    field["entity"].fill("x" * 256)
+    send.click()
+    expect(result).to_contain_text("Not sent: entity is too long: at most 255 bytes of UTF-8, this one has 256.")
+    field["entity"].fill("tab\there")
+    field["realm"].fill("_private")
+    send.click()
+    expect(result).to_contain_text("realm cannot start with “_”")
+    expect(result).to_contain_text("entity cannot contain control characters")
+    page.wait_for_timeout(300)
+    assert posts == []
+
+    # Dots inside a name are fine, and "é" counts its two bytes: 127 of them are 254.
+    field["realm"].fill("forms")
+    for name in ("..hidden", "é" * 127):
+        field["entity"].fill(name)
+        send.click()
+        expect(result).to_contain_text(f"Stored: version 0 of {name}")
+    assert http().get(f"{server.url}/forms/notes/..hidden").json()["events"][0]["entity"] == "..hidden"
+
+
+def test_keyboard_navigation_lands_on_the_new_views_heading(server: ProcessServer, page: Page) -> None:
+    """The link that was pressed goes with the old view: focus moves to the new view's heading
+    (not to <body>, the top of the page), so keyboard and screen reader users start there."""
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/_ui#/shop")
+    expect(page.locator("#sidebar .keys a")).to_have_text(["customers", "orders"])
+    page.locator("body").press("/")
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("customers")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/shop/customers$"))
+    heading = page.get_by_role("main").get_by_role("heading", level=1)
+    expect(heading).to_have_text("customers")
+    expect(heading).to_be_focused()
+    expect(heading).to_have_attribute("tabindex", "-1")  # focusable by script, not a Tab stop
+
+    # A breadcrumb link, then the consumer groups link.
+    page.get_by_role("navigation", name="Breadcrumb").get_by_role("link", name="shop").press("Enter")
+    expect(page).to_have_url(re.compile(r"#/shop$"))
+    expect(heading).to_have_text("shop")
+    expect(heading).to_be_focused()
+    page.locator("#groups-link").press("Enter")
+    expect(heading).to_have_text("Consumer groups of shop")
+    expect(heading).to_be_focused()
+
+    # The back button too; then the types filter, drawn again with the view, keeps the focus (to
+    # add another type).
+    page.go_back()
+    expect(heading).to_have_text("shop")
+    expect(heading).to_be_focused()
+    page.get_by_role("navigation", name="Hierarchy").get_by_role("link", name="orders").press("Enter")
+    expect(heading).to_have_text("orders")
+    expect(heading).to_be_focused()
+    page.locator("#type-filter").fill("paid")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/shop/orders\?type=paid$"))
+    expect(page.locator("#type-filter")).to_be_focused()
+
+    # A link inside the event dialog: the dialog closes, and the new view's heading has the focus.
+    page.locator("table.events tbody tr", has_text="order-0042").get_by_role("link").press("Enter")
+    dialog = page.get_by_role("dialog")
+    where = dialog.get_by_role("navigation", name="Where this event is").get_by_role("link", name="order-0042")
+    where.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page).to_have_url(re.compile(r"#/shop/orders/order-0042$"))
+    expect(heading).to_have_text("order-0042")
+    expect(heading).to_be_focused()
+
+    # The first view of a page load leaves the focus alone.
+    page.reload()
+    expect(heading).to_have_text("order-0042")
+    expect(page.locator("body")).to_be_focused()
+
+
+def test_a_typed_live_tail_starts_at_the_scopes_head(server: ProcessServer, page: Page) -> None:
+    """No event of the type yet in 100,000: the stream starts after the whole scope's newest
+    position (read without the type, one probe) rather than replaying the scope from the start."""
+    from playwright.sync_api import expect
+
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None)
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if r.resource_type == "fetch" else None)
+    page.goto(server.url + "/_ui#/load/big?type=nosuch")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    settle(page, lambda: len(streams) == 1)
+    expect(page.locator("p.empty")).to_have_text("No events of type “nosuch” here.")
+    assert [parse_qs(urlsplit(u).query) for u in streams] == [{"after_position": ["100000"], "type": ["nosuch"]}]
+    # The head it starts after: one event, newest first, without the type.
+    assert f"{server.url}/load/big?limit=1&order=desc" in reads, reads
+
+    # The realm, and an event of the type appended after the page opened: it shows, and only it.
+    page.goto(server.url + "/_ui#/load?type=nosuch")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    settle(page, lambda: len(streams) == 2)
+    assert parse_qs(urlsplit(streams[-1]).query) == {"after_position": ["100000"], "type": ["nosuch"]}
+    post(server.url, "/load/other/x/tick", {"event": {"n": -1}})
+    found = post(server.url, "/load/other/x/nosuch", {"event": {"n": -2}})
+    expect(page.locator("#tail-list li[data-id]")).to_have_count(1)
+    assert tail_rows(page) == [found["event_id"]]
+    expect(page.locator("#tail-list li .pos")).to_have_text(f"#{found['position']:,}")
 
 def docs_screenshot(page: Page, server: ProcessServer) -> None:
     """The picture in docs/ui.md: a small plant's sensors domain, newest first, after ~25 s of

@@ -1,5 +1,6 @@
 // The perhap web UI: a single page that follows the URL's hash (see route.js).
 // Each scope view owns an AbortController; leaving the view aborts its requests and streams.
+// After in-app navigation the new view's heading gets the keyboard focus (see landOn).
 
 import { request } from './api.js';
 import { $, announce, h, typing } from './dom.js';
@@ -14,39 +15,65 @@ import { ScopeHead } from './head.js';
 import { GROUPS, renderGroupsView } from './groups.js';
 
 const KINDS = ['realm', 'domain', 'entity', 'event type'];
-const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false };
+const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false, refresh: null };
 
-function render() {
+// navigated: the address changed while the page was open (a link, Enter, the back button), as
+// opposed to the first load or the token dialog drawing the view again.
+function render(navigated = false) {
   const route = parse();
   const { names, params } = route;
   // The event dialog is a parameter: opening or closing it leaves the view underneath alone.
   const key = JSON.stringify([names, orderOf(route), typesOf(route), params.get('after'), params.get('before')]);
   const previous = view.route;
-  if (key !== view.key) {
+  const changed = key !== view.key;
+  const focused = $('#main').contains(document.activeElement) ? document.activeElement.id : '';
+  if (changed) {
     view.key = key;
     renderScope(route);
   }
   view.route = route;
   const id = params.get('event');
-  if (id && names.length >= 2 && names[0] !== GROUPS) {
+  const detail = id && names.length >= 2 && names[0] !== GROUPS;
+  // The new view's heading gets the focus once the event dialog is closed (a link inside it may be
+  // what navigated, and focus cannot leave a modal dialog), and before one opens, so that closing
+  // that one gives the focus back to the heading.
+  if (!detail) closeEvent();
+  if (changed && navigated) landOn(focused);
+  if (detail) {
     view.detailFromList = Boolean(previous && !previous.params.get('event'));
     showEvent(names[0], names[1], id.trim(), () => {
       // Closed with Escape or the button: back to the list (a step back if we came from it).
       if (view.detailFromList) history.back();
       else { history.replaceState(null, '', withParams(parse(), { event: null })); render(); }
     });
-  } else {
-    closeEvent();
   }
 }
 
-function renderScope(route) {
-  const { names } = route;
-  const depth = names.length;
-  view.abort?.abort();
-  view.abort = new AbortController();
-  const { signal } = view.abort;
+// The link or button that navigated is usually gone with the old view, which leaves the focus on
+// <body>: keyboard and screen reader users would start again from the top of the page. They land
+// on the new view's heading instead; a field of the view that is drawn again (the types filter,
+// after adding a type) keeps the focus.
+// focused: the id of the element of #main that had the focus before (or '').
+function landOn(focused) {
+  const main = $('#main');
+  const same = focused ? document.getElementById(focused) : null;
+  if (same && main.contains(same)) { same.focus(); return; }
+  const heading = $('h1', main);
+  if (!heading) { main.focus(); return; }
+  heading.tabIndex = -1; // focusable from script, not a Tab stop
+  heading.focus();
+}
 
+// A token was given: draw again what may have been refused without one (lists, the live tail), in
+// the same place. The consumer groups pages refresh in place instead, so ticked boxes stay ticked.
+function reload() {
+  const route = parse();
+  view.navKey = null;
+  if (view.refresh) { renderSidebar(route); view.refresh(); } else renderScope(route);
+}
+
+function renderSidebar(route) {
+  const { names } = route;
   // The sidebar lists the children of the scope (the siblings, at the event type level); beside a
   // realm's consumer groups, the realm's domains.
   const groupsView = names[0] === GROUPS;
@@ -60,6 +87,17 @@ function renderScope(route) {
     $('#sidebar').querySelectorAll('a[aria-current]').forEach((a) => a.removeAttribute('aria-current'));
     for (const a of $('#sidebar').querySelectorAll('.keys a')) if (a.textContent === names[3]) a.setAttribute('aria-current', 'page');
   }
+}
+
+function renderScope(route) {
+  const { names } = route;
+  const depth = names.length;
+  view.abort?.abort();
+  view.abort = new AbortController();
+  const { signal } = view.abort;
+  const groupsView = names[0] === GROUPS;
+  renderSidebar(route);
+  view.refresh = null;
 
   const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('ol', {},
     h('li', {}, h('a', { href: '#/', 'aria-current': depth ? null : 'page' }, 'All realms')),
@@ -67,7 +105,7 @@ function renderScope(route) {
 
   const main = $('#main');
   if (groupsView) {
-    renderGroupsView(main, names.slice(1), signal);
+    view.refresh = renderGroupsView(main, names.slice(1), signal) ?? null;
     return;
   }
   const appendBox = h('details', { class: 'card append', id: 'append' },
@@ -126,7 +164,7 @@ function jump(text) {
 }
 
 function setup() {
-  setupAuth();
+  setupAuth(reload);
   $('#jump-form').addEventListener('submit', (e) => {
     e.preventDefault();
     $('#jump-status').textContent = jump($('#jump-input').value);
@@ -159,7 +197,7 @@ function setup() {
     if (act) { e.preventDefault(); act(); }
   });
 
-  window.addEventListener('hashchange', render);
+  window.addEventListener('hashchange', () => render(true));
   render();
 }
 

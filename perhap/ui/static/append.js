@@ -6,6 +6,24 @@ import { h, shortId } from './dom.js';
 import { format, LEVELS } from './route.js';
 
 const UUID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+const MAX_NAME_BYTES = 255;
+
+// The server's rules for a name (check_name in perhap/model.py), so that the form never sends what
+// it would refuse. "." and ".." matter most: the browser resolves them in the URL like a folder
+// path (written %2E%2E too), so the event would go to another address and the answer would be
+// about something else.
+function nameProblem(v, level) {
+  if (!v) return 'is required';
+  if (v === '.' || v === '..') return `cannot be “${v}”: in a web address it means ${v === '.' ? 'this level' : 'the level above'}`;
+  if (v.includes('/')) return 'cannot contain “/”';
+  if (v === 'keys') return 'cannot be “keys” (reserved)';
+  if (level === 'realm' && v.startsWith('_')) return 'cannot start with “_” (reserved for the server’s own pages)';
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(v)) return 'cannot contain control characters (tabs, line breaks…)';
+  if (/\p{Cs}/u.test(v)) return 'is not valid text (a lone surrogate)';
+  const bytes = new TextEncoder().encode(v).length;
+  if (bytes > MAX_NAME_BYTES) return `is too long: at most ${MAX_NAME_BYTES} bytes of UTF-8, this one has ${bytes}`;
+  return '';
+}
 
 export function renderAppend(container, names) {
   const field = (id, label, attrs = {}, hint) => {
@@ -62,7 +80,7 @@ export function renderAppend(container, names) {
     const problems = [];
     where.forEach((f, i) => {
       const v = values[i];
-      const bad = !v ? 'is required' : v.includes('/') ? 'cannot contain “/”' : v === 'keys' ? 'cannot be “keys” (reserved)' : '';
+      const bad = nameProblem(v, LEVELS[i]);
       f.input.setAttribute('aria-invalid', String(Boolean(bad)));
       if (bad) problems.push(`${LEVELS[i]} ${bad}`);
     });

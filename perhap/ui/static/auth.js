@@ -1,10 +1,12 @@
 // Tokens: when the server answers 401, ask for one. It is kept in sessionStorage only, so it
 // lasts as long as this browser tab's session and is never written anywhere that outlives it.
+// Whatever was refused before the token (lists, the live tail) is asked again once it is given:
+// onGiven() draws the view again.
 
 import { onTokenNeeded, token } from './api.js';
 import { $, announce } from './dom.js';
 
-export function setupAuth() {
+export function setupAuth(onGiven = () => {}) {
   const dialog = $('#token-dialog');
   const input = $('#token-input');
   const reason = $('#token-reason');
@@ -28,6 +30,9 @@ export function setupAuth() {
       const given = dialog.returnValue === 'save' && value !== '';
       if (given) { token.set(value); announce('Token saved for this session'); }
       refresh();
+      // Before resolve(): requests waiting on this dialog then find their view aborted and stop,
+      // rather than retrying alongside the new view's own.
+      if (given) onGiven();
       resolve(given);
     }, { once: true });
     dialog.showModal();

@@ -13,7 +13,8 @@ const REFRESH = 5000; // ms between refreshes
 const MAX_PARKED_ROWS = 500; // parked events read and shown; "Replay all" still replays every one
 const MAX_CONSUMERS_LISTED = 5; // per group in the list; the group's own page lists them all
 
-// names: [] (no realm chosen), [realm] or [realm, group].
+// names: [] (no realm chosen), [realm] or [realm, group]. Returns a function that refreshes the
+// page now (a token was given), or nothing when there is nothing to ask.
 export function renderGroupsView(main, names, signal) {
   const [realm, name] = names;
   const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('ol', {},
@@ -27,8 +28,7 @@ export function renderGroupsView(main, names, signal) {
       h('p', { class: 'lede' }, 'Consumer groups belong to a realm: open a realm on the left, then its “Consumer groups” link.'));
     return;
   }
-  if (name == null) renderList(main, crumbs, realm, signal);
-  else renderGroup(main, crumbs, realm, name, signal);
+  return name == null ? renderList(main, crumbs, realm, signal) : renderGroup(main, crumbs, realm, name, signal);
 }
 
 // ---------------------------------------------------------------- refreshing
@@ -130,7 +130,7 @@ function renderList(main, crumbs, realm, signal) {
   announce(`Consumer groups of realm ${realm}`);
 
   let shown = false;
-  poll(signal, async () => {
+  return poll(signal, async () => {
     try {
       const { groups: list } = await groups(realm, signal);
       keepFocus(body, () => body.replaceChildren(...list.map((g) => groupRow(realm, g))));
@@ -205,6 +205,7 @@ function renderGroup(main, crumbs, realm, name, signal) {
       if (e.name !== 'AbortError') status.failed(e, shown);
     }
   });
+  return refresh;
 
   function fillGroup(g) {
     lede.replaceChildren(`in realm ${realm} · created `, time(g.created));

@@ -2,8 +2,9 @@
 // limit 1, which the server answers with one index probe however big the scope is.
 //
 // The live tail starts right after it (so it shows what happens from now on, without replaying
-// history), and the event list shows how far the scope goes. The live tail moves it on as events
-// arrive ('change'), so both stay current without asking again.
+// history; with types, after the whole scope's newest event: see tailStart), and the event list
+// shows how far the scope goes. The live tail moves it on as events arrive ('change'), so both
+// stay current without asking again.
 
 import { read } from './api.js';
 
@@ -24,6 +25,18 @@ export class ScopeHead extends EventTarget {
       return this.event;
     }, (e) => { this.loading = null; throw e; });
     return this.loading;
+  }
+
+  // Where the live tail starts, "now": {following: id} or {afterPosition: n} (null: an empty scope).
+  // Without types, right after the head above. With types, after the newest position of the whole
+  // scope, whatever its type, read without them (one more probe): a stream with no start replays
+  // the whole scope to find the types' first event (a type not seen yet meant every one of 100,000
+  // events read for nothing), a stream `following` the types' newest event goes through everything
+  // after it, and `following` an event of another type is a 404 in a typed scope.
+  async tailStart(signal) {
+    if (!this.types.length) return { following: (await this.load(signal))?.event_id ?? null };
+    const page = await read(this.levels, { newest: true, limit: 1, signal });
+    return { afterPosition: page.events[0]?.position ?? null };
   }
 
   // An event the live stream delivered: the stream starts after the head and runs in order.

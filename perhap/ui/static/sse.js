@@ -9,11 +9,12 @@ import { authHeaders, needToken, parseJSON, path, request, token, url } from './
 
 const MAX_DELAY = 30_000;
 
-// follow(levels, {following, types, onEvent, onState}) starts a stream of events after `following`
-// (of any of `types`, when given); returns stop().
+// follow(levels, {following, afterPosition, types, onEvent, onState}) starts a stream of events
+// after `following` or else after position `afterPosition` (neither: from the start), of any of
+// `types` when given; returns stop(). Once an event has arrived, it is the start of any reconnect.
 // onState(state, detail) gets 'connecting', 'live', 'reconnecting' or 'stopped' (no token given).
-export function follow(levels, { following = null, types = [], onEvent, onState = () => {} }) {
-  const stream = { last: following, stopped: false, stop: null };
+export function follow(levels, { following = null, afterPosition = null, types = [], onEvent, onState = () => {} }) {
+  const stream = { last: following, from: afterPosition, stopped: false, stop: null };
   const seen = new Set(); // the last ids delivered: a replay after a reconnect is never shown twice
   const deliver = (id, data) => {
     if (id && seen.has(id)) return;
@@ -27,15 +28,19 @@ export function follow(levels, { following = null, types = [], onEvent, onState 
   return () => { stream.stopped = true; stream.stop?.(); };
 }
 
+// The stream's start as query parameters: the last event delivered, or else the position it began
+// after (the API refuses both at once).
+const startOf = (stream) => (stream.last ? { following: stream.last } : { after_position: stream.from });
+
 function viaEventSource(levels, types, stream, deliver, onState, restart) {
   let delay = 1000;
   let source = null;
   const open = () => {
     if (stream.stopped) return;
     onState('connecting');
-    // The URL carries the position we started from; on its own reconnects the browser adds the
-    // Last-Event-ID header, which the server prefers over `following`.
-    source = new EventSource(url(path(...levels), { following: stream.last, type: types }));
+    // The URL carries the point we started from; on its own reconnects the browser adds the
+    // Last-Event-ID header, which the server prefers over `following` and `after_position`.
+    source = new EventSource(url(path(...levels), { ...startOf(stream), type: types }));
     source.onopen = () => { delay = 1000; onState('live'); };
     source.onmessage = (m) => deliver(m.lastEventId, m.data);
     source.onerror = async () => {
@@ -67,7 +72,9 @@ function viaFetch(levels, types, stream, deliver, onState) {
       try {
         const headers = { Accept: 'text/event-stream', ...authHeaders() };
         if (stream.last) headers['Last-Event-ID'] = stream.last;
-        const res = await fetch(url(path(...levels), { type: types }), { headers, signal: abort.signal, cache: 'no-store' });
+        // The event to resume after goes in Last-Event-ID; only a stream with none yet needs the URL's.
+        const res = await fetch(url(path(...levels), { after_position: startOf(stream).after_position, type: types }),
+          { headers, signal: abort.signal, cache: 'no-store' });
         if (res.status === 401) {
           if (await needToken('The live stream needs a token.')) continue;
           onState('stopped', 'the stream needs a token');

@@ -95,9 +95,9 @@ export function renderTail(section, route, head, signal) {
 
   let stop = () => {};
   signal.addEventListener('abort', () => { stop(); chart.stop(); });
-  head.load(signal).then((newest) => {
+  head.tailStart(signal).then((from) => {
     if (signal.aborted) return;
-    stop = follow(names, { following: newest?.event_id ?? null, types, onEvent, onState: setState });
+    stop = follow(names, { ...from, types, onEvent, onState: setState });
   }, (e) => {
     if (e.name === 'AbortError') return;
     setState('stopped');
