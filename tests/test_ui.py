@@ -669,6 +669,144 @@ def test_a_typed_live_tail_starts_at_the_scopes_head(server: ProcessServer, page
     assert tail_rows(page) == [found["event_id"]]
     expect(page.locator("#tail-list li .pos")).to_have_text(f"#{found['position']:,}")
 
+GIFTS = "gift cards?#%"  # a domain name that must be encoded in the address's query
+
+
+def realm_across_domains(url: str, realm: str) -> list[dict[str, Any]]:
+    """A new realm with events of two domains, one of them with an odd name: placed (orders), issued
+    (the odd one), paid (orders), in that order."""
+    post(url, f"/{realm}/orders/o-1/placed", {"event": {"total": 30}})
+    post(url, f"/{realm}/gift%20cards%3F%23%25/card-9/issued", '{"event": {"amount": 12345678901234567890}}')
+    post(url, f"/{realm}/orders/o-1/paid", {"event": {"amount": 30}})
+    return http().get(f"{url}/{realm}").json()["events"]  # type: ignore[no-any-return]
+
+
+def test_an_event_opens_over_a_realms_view_and_again_after_a_reload(server: ProcessServer, page: Page) -> None:
+    """A realm's view lists the events of all its domains: a row opens its event there too (it only
+    changed the address before), the address says the event's domain, and a reload opens it again."""
+    from playwright.sync_api import expect
+
+    placed, issued, paid = realm_across_domains(server.url, "mall")
+    page.goto(server.url + "/_ui#/mall")
+    rows = page.locator("table.events tbody tr")
+    expect(rows).to_have_count(3)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [e["event_id"] for e in (paid, issued, placed)]
+    dialog = page.get_by_role("dialog")
+    title = dialog.get_by_role("heading", level=2)
+    facts = dialog.locator(".facts")
+    event_json = dialog.get_by_role("group", name="Event JSON")
+
+    # A click anywhere on a row: the event of the domain with the odd name.
+    rows.nth(1).locator(".c-data").click()
+    expect(dialog).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"#/mall\?event={issued['event_id']}&domain=gift\+cards%3F%23%25$"))
+    expect(title).to_have_text("issued · version 0")
+    expect(facts).to_contain_text(f"Event id{issued['event_id']}")
+    expect(facts).to_contain_text("Version0 of entity card-9")
+    expect(dialog.get_by_role("navigation", name="Where this event is").get_by_role("link")).to_have_text(
+        ["mall", GIFTS, "card-9", "issued"])
+    expect(event_json).to_contain_text('"amount": 12345678901234567890')
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"#/mall$"))
+
+    # The keyboard: Enter on a row's link, Escape, and the focus is back on that link.
+    link = rows.nth(2).get_by_role("link")
+    link.focus()
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"#/mall\?event={placed['event_id']}&domain=orders$"))
+    expect(title).to_have_text("placed · version 0")
+    expect(facts).to_contain_text(f"Event id{placed['event_id']}")
+    expect(event_json).to_contain_text('"total": 30')
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"#/mall$"))
+    expect(link).to_be_focused()
+    expect(rows).to_have_count(3)  # the list underneath was not drawn again
+
+    # Open again, then reload: the address alone opens it, over the realm's view.
+    page.keyboard.press("Enter")
+    expect(title).to_have_text("placed · version 0")
+    page.reload()
+    expect(dialog).to_be_visible()
+    expect(title).to_have_text("placed · version 0")
+    expect(facts).to_contain_text(f"Event id{placed['event_id']}")
+    expect(event_json).to_contain_text('"total": 30')
+    expect(page.get_by_role("main").get_by_role("heading", level=1)).to_have_text("mall")
+    expect(rows).to_have_count(3)
+    shot(page, "realm-event")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"#/mall$"))
+    rows.nth(0).get_by_role("link").press("Enter")  # the view still works: the next event opens
+    expect(title).to_have_text("paid · version 1")
+    page.keyboard.press("Escape")
+    expect(rows.nth(0).get_by_role("link")).to_be_focused()
+
+
+def test_every_list_across_domains_opens_its_events(server: ProcessServer, page: Page) -> None:
+    """Beside the realm's list: its live tail, a typed realm view, an address without the domain
+    (looked up in the realm), the id alone in the Go to event box, and a group's parked events."""
+    from playwright.sync_api import expect
+
+    placed, issued, paid = realm_across_domains(server.url, "arcade")
+    dialog = page.get_by_role("dialog")
+    title = dialog.get_by_role("heading", level=2)
+
+    def closes_back_to(address: str) -> None:
+        page.keyboard.press("Escape")
+        expect(dialog).to_have_count(0)
+        expect(page).to_have_url(re.compile(re.escape(address) + "$"))
+
+    # A typed realm view, then its live tail: an event appended after the page opened.
+    page.goto(server.url + "/_ui#/arcade?type=issued&type=refunded")
+    expect(page.locator("table.events tbody tr")).to_have_count(1)
+    page.locator("table.events tbody tr").get_by_role("link").click()
+    expect(page).to_have_url(re.compile(
+        rf"#/arcade\?type=issued&type=refunded&event={issued['event_id']}&domain=gift\+cards%3F%23%25$"))
+    expect(title).to_have_text("issued · version 0")
+    closes_back_to("#/arcade?type=issued&type=refunded")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    refund = post(server.url, "/arcade/orders/o-1/refunded", {"event": {"amount": 30}})
+    page.locator(f'#tail-list li[data-id="{refund["event_id"]}"] a').click()
+    expect(page).to_have_url(re.compile(rf"event={refund['event_id']}&domain=orders$"))
+    expect(title).to_have_text("refunded · version 2")
+    closes_back_to("#/arcade?type=issued&type=refunded")
+
+    # An address that does not say the domain (as the realm's rows wrote before): looked up.
+    page.goto(server.url + "/_ui#/arcade")
+    page.goto(server.url + f"/_ui#/arcade?event={paid['event_id']}")
+    expect(title).to_have_text("paid · version 1")
+    expect(dialog.get_by_role("group", name="Event JSON")).to_contain_text('"amount": 30')
+    closes_back_to("#/arcade")
+    page.goto(server.url + "/_ui#/arcade?event=00000000-0000-7000-8000-000000000000")
+    expect(dialog.get_by_role("alert")).to_contain_text("Not found")
+    closes_back_to("#/arcade")
+    # The id alone in the Go to event box, over the realm's view.
+    page.get_by_role("textbox", name="Go to event").fill(issued["event_id"])
+    page.keyboard.press("Enter")
+    expect(title).to_have_text("issued · version 0")
+    closes_back_to("#/arcade")
+
+    # A group's parked events open over the group's page, which keeps its ticked boxes.
+    http().put(f"{server.url}/_groups/arcade/auditor", json={}).raise_for_status()
+    leased = http().get(f"{server.url}/_groups/arcade/auditor/events", params={"consumer": "w1", "max": 1}).json()
+    first = leased["events"][0]["event_id"]
+    http().post(f"{server.url}/_groups/arcade/auditor/nack",
+                json={"consumer": "w1", "event_ids": [first], "action": "park"}).raise_for_status()
+    page.goto(server.url + "/_ui#/_groups/arcade/auditor")
+    parked_row = page.locator(f'#parked tr[data-id="{first}"]')
+    parked_row.get_by_role("checkbox").check()
+    parked_row.get_by_role("link").press("Enter")
+    expect(page).to_have_url(re.compile(rf"#/_groups/arcade/auditor\?event={first}&domain=orders$"))
+    expect(title).to_have_text("placed · version 0")
+    expect(dialog.locator(".facts")).to_contain_text(f"Event id{placed['event_id']}")
+    closes_back_to("#/_groups/arcade/auditor")
+    expect(parked_row.get_by_role("checkbox")).to_be_checked()
+    expect(parked_row.get_by_role("link")).to_be_focused()
+
+
 def docs_screenshot(page: Page, server: ProcessServer) -> None:
     """The picture in docs/ui.md: a small plant's sensors domain, newest first, after ~25 s of
     events at a varying rate (so the chart has something to show)."""

@@ -151,6 +151,17 @@ export async function getEvent(realm, domain, id, signal) {
   return data;
 }
 
+// An event known by its realm and id only (an address that does not say its domain): the realm's
+// event just before it (newest first, `following` it), then the one just after that, which is it;
+// then GET /{realm}/{domain}/{id}. An id not in the realm is the server's 404.
+export async function findEvent(realm, id, signal) {
+  const before = await read([realm], { following: id, newest: true, limit: 1, signal });
+  const found = (await read([realm], { following: before.events[0]?.event_id, limit: 1, signal })).events[0];
+  const same = (a, b) => a.toLowerCase().replace(/[{}-]/g, '') === b.toLowerCase().replace(/[{}-]/g, ''); // UUID spellings
+  if (!found || !same(found.event_id, id)) throw new Problem(404, { title: 'Not found', detail: `no event ${id} in ${realm}` });
+  return getEvent(realm, found.domain, found.event_id, signal);
+}
+
 // The body is assembled from the JSON texts the user typed (already validated), so numbers like
 // 1.0 or 2^64-1 reach the server exactly as written.
 export function append(realm, domain, entity, type, { eventText, metaText, expectedVersion, eventId }) {

@@ -4,7 +4,7 @@
 
 import { request } from './api.js';
 import { $, announce, h, typing } from './dom.js';
-import { format, LEVELS, orderOf, parse, typesOf, withParams } from './route.js';
+import { eventOf, format, GROUPS, LEVELS, NO_EVENT, orderOf, parse, typesOf, withParams } from './route.js';
 import { renderNav } from './nav.js';
 import { renderEvents } from './events.js';
 import { renderTail } from './tail.js';
@@ -12,7 +12,7 @@ import { renderAppend } from './append.js';
 import { closeEvent, showEvent } from './detail.js';
 import { setupAuth } from './auth.js';
 import { ScopeHead } from './head.js';
-import { GROUPS, renderGroupsView } from './groups.js';
+import { renderGroupsView } from './groups.js';
 
 const KINDS = ['realm', 'domain', 'entity', 'event type'];
 const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false, refresh: null };
@@ -22,7 +22,8 @@ const view = { key: null, abort: null, navKey: null, navStop: null, route: null,
 function render(navigated = false) {
   const route = parse();
   const { names, params } = route;
-  // The event dialog is a parameter: opening or closing it leaves the view underneath alone.
+  // The event dialog is a parameter (with its domain where the view has none, see eventOf): opening
+  // or closing it leaves the view underneath alone.
   const key = JSON.stringify([names, orderOf(route), typesOf(route), params.get('after'), params.get('before')]);
   const previous = view.route;
   const changed = key !== view.key;
@@ -32,8 +33,7 @@ function render(navigated = false) {
     renderScope(route);
   }
   view.route = route;
-  const id = params.get('event');
-  const detail = id && names.length >= 2 && names[0] !== GROUPS;
+  const detail = eventOf(route);
   // The new view's heading gets the focus once the event dialog is closed (a link inside it may be
   // what navigated, and focus cannot leave a modal dialog), and before one opens, so that closing
   // that one gives the focus back to the heading.
@@ -41,10 +41,10 @@ function render(navigated = false) {
   if (changed && navigated) landOn(focused);
   if (detail) {
     view.detailFromList = Boolean(previous && !previous.params.get('event'));
-    showEvent(names[0], names[1], id.trim(), () => {
+    showEvent(detail.realm, detail.domain, detail.id, () => {
       // Closed with Escape or the button: back to the list (a step back if we came from it).
       if (view.detailFromList) history.back();
-      else { history.replaceState(null, '', withParams(parse(), { event: null })); render(); }
+      else { history.replaceState(null, '', withParams(parse(), NO_EVENT)); render(); }
     });
   }
 }
@@ -150,14 +150,19 @@ function health(signal) {
   return line;
 }
 
-// "realm/domain/id", "/realm/domain/id", a full event URL, or just an id within the realm and
-// domain in view.
+// "realm/domain/id", "/realm/domain/id", a full event URL, or just an id within the realm in view
+// (over a domain's view, an event of that domain; over a realm's or a consumer group's, one looked
+// up in the realm).
 function jump(text) {
   let parts = text.trim().replace(/^[a-z]+:\/\/[^/]+/i, '').split(/[/#]/).filter((p) => p && p !== '_ui' && p !== '#');
   parts = parts.map((p) => { try { return decodeURIComponent(p); } catch { return p; } });
-  const names = parse().names;
-  if (parts.length === 1 && names.length >= 2) parts = [names[0], names[1], parts[0]];
-  if (parts.length < 3) return 'Type realm/domain/event-id, or just the id inside a domain.';
+  const { names } = parse();
+  const groupsView = names[0] === GROUPS;
+  if (parts.length === 1 && names.length > (groupsView ? 1 : 0)) {
+    location.hash = format(groupsView ? names : names.slice(0, 2), { event: parts[0] });
+    return '';
+  }
+  if (parts.length < 3) return 'Type realm/domain/event-id, or just the id inside a realm.';
   const [realm, domain, id] = parts.slice(-3);
   location.hash = format([realm, domain], { event: id });
   return '';

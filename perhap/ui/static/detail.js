@@ -2,13 +2,14 @@
 // its ids, version and time, and its `event` and `meta` as collapsible JSON, with copy buttons.
 // The dialog is modal: focus stays inside, Escape closes it, and focus returns where it was.
 
-import { explain, getEvent, stringify } from './api.js';
+import { explain, findEvent, getEvent, stringify } from './api.js';
 import { $, copyButton, h, time } from './dom.js';
 import { format } from './route.js';
 import { jsonTree, setAllOpen } from './jsonview.js';
 
 let abort = null;
 
+// domain: null when the address does not say it (the event is then looked up in the realm).
 export function showEvent(realm, domain, id, onClose) {
   const dialog = $('#event-dialog');
   abort?.abort();
@@ -18,7 +19,7 @@ export function showEvent(realm, domain, id, onClose) {
   body.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   dialog.onclose = () => { abort?.abort(); onClose(); };
   if (!dialog.open) dialog.showModal();
-  getEvent(realm, domain, id, abort.signal).then((ev) => fill(dialog, body, ev), (e) => {
+  (domain == null ? findEvent(realm, id, abort.signal) : getEvent(realm, domain, id, abort.signal)).then((ev) => fill(dialog, body, ev), (e) => {
     if (e.name === 'AbortError') return;
     body.replaceChildren(h('p', { class: 'error', role: 'alert' }, explain(e)));
   });

@@ -4,13 +4,13 @@
 
 import { explain, keys, read } from './api.js';
 import { h, number, preview, shortId, time } from './dom.js';
-import { orderOf, typesOf, withParams } from './route.js';
+import { eventHref, NO_EVENT, orderOf, typesOf, withParams } from './route.js';
 
 const PAGE = 100;
 
 // One table row; `depth` hides the columns the scope already fixes (entity, type).
 function eventRow(ev, route, depth) {
-  const href = withParams(route, { event: ev.event_id });
+  const href = eventHref(route, ev);
   return h('tr', { 'data-id': ev.event_id },
     h('td', { class: 'c-position num', title: 'Position in the realm' }, number(ev.position)),
     h('td', { class: 'c-version num' }, String(ev.version)),
@@ -45,18 +45,18 @@ function typeFilter(route, types, signal) {
   const depth = route.names.length;
   const input = h('input', { id: 'type-filter', name: 'type', placeholder: types.length ? 'or also…' : 'any type', autocomplete: 'off', spellcheck: 'false', list: depth === 3 ? 'type-suggestions' : null });
   const chips = types.map((t) => h('li', { class: 'chip' }, h('span', { class: 'tag' }, t),
-    h('a', { href: withParams(route, { type: types.filter((x) => x !== t), after: null, before: null, event: null }), class: 'chip-remove', 'aria-label': `Remove type ${t}`, title: `Show events of any type but those listed` }, '×')));
+    h('a', { href: withParams(route, { type: types.filter((x) => x !== t), after: null, before: null, ...NO_EVENT }), class: 'chip-remove', 'aria-label': `Remove type ${t}`, title: `Show events of any type but those listed` }, '×')));
   const form = h('form', { class: 'type-filter', role: 'search', 'aria-label': 'Only events of these types' },
     h('label', { for: 'type-filter' }, 'Types'),
     chips.length ? h('ul', { class: 'chips', 'aria-label': 'Showing events of any of these types' }, chips) : null,
     input,
     h('button', { type: 'submit' }, 'Add'),
-    types.length ? h('a', { href: withParams(route, { type: null, after: null, before: null }), class: 'clear-filter' }, 'All types') : null);
+    types.length ? h('a', { href: withParams(route, { type: null, after: null, before: null, ...NO_EVENT }), class: 'clear-filter' }, 'All types') : null);
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const added = input.value.trim();
     if (!added || types.includes(added)) { input.value = ''; return; }
-    location.hash = withParams(route, { type: [...types, added], after: null, before: null, event: null });
+    location.hash = withParams(route, { type: [...types, added], after: null, before: null, ...NO_EVENT });
   });
   if (depth === 3) {
     // An entity's types are one cheap keys request away: offer them as suggestions.
@@ -81,7 +81,7 @@ export function renderEvents(section, route, head, signal) {
 
   const orderSwitch = h('div', { class: 'segmented', role: 'group', 'aria-label': 'Order' },
     ...[['newest', 'Newest first'], ['oldest', 'Oldest first']].map(([value, label]) => h('a', {
-      href: withParams(route, { order: value, after: null, before: null, event: null }),
+      href: withParams(route, { order: value, after: null, before: null, ...NO_EVENT }),
       'aria-current': (value === 'newest') === newest ? 'true' : null, class: 'seg',
     }, label)));
 
@@ -89,7 +89,7 @@ export function renderEvents(section, route, head, signal) {
   const start = newest ? params.get('before') : params.get('after');
   const startNote = start ? h('p', { class: 'note' },
     `Starting ${newest ? 'before' : 'after'} event ${start}. `,
-    h('a', { href: withParams(route, { after: null, before: null }) }, newest ? 'From the newest' : 'From the start')) : null;
+    h('a', { href: withParams(route, { after: null, before: null, ...NO_EVENT }) }, newest ? 'From the newest' : 'From the start')) : null;
   section.replaceChildren(...[
     h('div', { class: 'section-head' },
       h('h2', { id: 'events-title' }, 'Events'),

@@ -6,9 +6,8 @@
 
 import { explain, group, groups, parked, replayParked, stringify } from './api.js';
 import { ago, announce, h, number, preview, shortId, time } from './dom.js';
-import { format } from './route.js';
+import { format, GROUPS } from './route.js';
 
-export const GROUPS = '_groups';
 const REFRESH = 5000; // ms between refreshes
 const MAX_PARKED_ROWS = 500; // parked events read and shown; "Replay all" still replays every one
 const MAX_CONSUMERS_LISTED = 5; // per group in the list; the group's own page lists them all
@@ -301,7 +300,8 @@ function renderParked(section, realm, name, signal, refreshGroup) {
       h('td', { class: 'num' }, number(ev.delivery)),
       h('td', { class: 'c-reason', 'data-reason': ev.reason }, why),
       h('td', { class: 'c-time' }, time(ev.parked_at)),
-      h('td', { class: 'c-id' }, h('a', { href: format([realm, ev.domain], { event: ev.event_id }), class: 'mono', 'data-focus': `open:${ev.event_id}`,
+      // The event opens over this page (which keeps its ticked boxes), with its domain in the address.
+      h('td', { class: 'c-id' }, h('a', { href: format([GROUPS, realm, name], { event: ev.event_id, domain: ev.domain }), class: 'mono', 'data-focus': `open:${ev.event_id}`,
         'aria-label': `Open event ${ev.event_id} (${ev.type} of ${ev.entity})` }, shortId(ev.event_id))),
       h('td', { class: 'c-data mono' }, preview(ev.event)));
   };

@@ -1,7 +1,8 @@
 // Where the user is, kept in the URL's hash so every view can be bookmarked and shared:
 //   #/realm/domain/entity/type?order=newest&type=placed&type=paid&event=<event id>
 // `type` may repeat (events of any of those types); `after` and `before` are event ids to start
-// after (oldest first) or before (newest first).
+// after (oldest first) or before (newest first); `event` is an event open over the view, and
+// `domain` its domain where the view does not fix one (a realm, a consumer group: see eventOf).
 // Each name is percent-encoded on its own, so a name may hold any character (even '/' or '?').
 // The hash is used rather than a path under /_ui because names may contain dots, which the static
 // server would take for file names.
@@ -56,3 +57,29 @@ export function typesOf(route) {
 }
 
 export const LEVELS = ['realm', 'domain', 'entity', 'type'];
+
+// The consumer groups pages: #/_groups/{realm} and #/_groups/{realm}/{group} (no realm name starts
+// with '_').
+export const GROUPS = '_groups';
+
+// The event open over the view, and where it is read (GET /{realm}/{domain}/{event id}): a domain
+// and the scopes below it fix both; a realm's view and the consumer groups pages fix the realm, and
+// `domain` says the event's (null without it, as in addresses written before it: the event is then
+// looked up in the realm). null when no event is open, or no realm is in view.
+export function eventOf(route) {
+  const id = route.params.get('event')?.trim();
+  const names = route.names[0] === GROUPS ? route.names.slice(1, 2) : route.names;
+  if (!id || !names.length) return null;
+  const domain = names.length >= 2 ? names[1] : route.params.get('domain') || null;
+  return { realm: names[0], domain, id };
+}
+
+// The address of an event (of a list in the view of `route`) open over that view: the event's id,
+// and its domain when the view does not fix one.
+export function eventHref(route, ev) {
+  const fixed = route.names[0] !== GROUPS && route.names.length >= 2;
+  return withParams(route, { event: ev.event_id, domain: fixed ? null : ev.domain });
+}
+
+// The changes to a route's parameters that close the event (for withParams).
+export const NO_EVENT = { event: null, domain: null };

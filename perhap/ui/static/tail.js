@@ -4,7 +4,7 @@
 
 import { explain } from './api.js';
 import { h, number, preview, time } from './dom.js';
-import { typesOf, withParams } from './route.js';
+import { eventHref, typesOf } from './route.js';
 import { follow } from './sse.js';
 import { rateChart } from './chart.js';
 
@@ -67,7 +67,7 @@ export function renderTail(section, route, head, signal) {
     h('span', { class: 'tag' }, ev.type),
     depth < 3 ? h('span', { class: 'entity' }, ev.entity) : null,
     h('span', { class: 'ver' }, `v${ev.version} `, h('span', { class: 'pos', title: 'Position in the realm' }, `#${number(ev.position)}`)),
-    h('a', { href: withParams(route, { event: ev.event_id }), class: 'mono data' }, preview(ev.event, 100)));
+    h('a', { href: eventHref(route, ev), class: 'mono data' }, preview(ev.event, 100)));
 
   const onEvent = (ev) => {
     head.advance(ev);
