@@ -39,10 +39,11 @@ def find_event(conn: sqlite3.Connection, event_id: str) -> Event | None:
     return None if row is None else row_event(row)
 
 
-def stored_events(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Event]:
-    """The stored events among ``ids``, by id."""
+def stored_events(conn: sqlite3.Connection, ids: list[str], variables: int = 500) -> dict[str, Event]:
+    """The stored events among ``ids``, by id: 500 a statement at most, or ``variables`` (the
+    connection's limit on bound parameters) if lower."""
     found: dict[str, Event] = {}
-    for chunk in _chunks(ids, 500):
+    for chunk in _chunks(ids, max(1, min(500, variables))):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"{SELECT_EVENT} WHERE e.event_id IN ({marks})", chunk):
             event = row_event(row)

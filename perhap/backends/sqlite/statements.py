@@ -5,7 +5,10 @@ Each call into SQLite lets go of the GIL, and under load the writer thread waits
 loop to give it back after each one (docs/performance.md, sections 11 and 15): so a group's rows go
 in as few statements as SQLite's limit on bound parameters allows. The texts are few and fixed
 (powers of two, and every size up to ONE_STATEMENT_ROWS for the events), so they stay in the
-connection's statement cache.
+connection's statement cache. Every statement fits the connection's limit on bound parameters,
+read once when the writer opens it: a SQLite library built with a lower
+``SQLITE_MAX_VARIABLE_NUMBER`` than the default (32,766; 999 before 3.32) takes fewer rows a
+statement, never "too many SQL variables".
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _ROW_PARAMETERS = 12
 MAX_CHUNK_ROWS = 1024
 #: Rows a group writes in one INSERT of exactly its size (more: in chunks of powers of two). Up to
 #: 64 rows take 64 statement texts, which stay in the connection's statement cache with the rest.
+#: Fewer when the connection's limit on bound parameters allows fewer (Statements.one_statement_rows).
 ONE_STATEMENT_ROWS = 64
 #: Rows of new entities and of their types, and names looked up, per statement at most.
 SMALL_CHUNK_ROWS = 64
@@ -57,8 +61,8 @@ def insert_chunks(variable_limit: int) -> tuple[int, ...]:
 
 
 def _power_of_two(n: int) -> int:
-    """The largest power of two up to ``n`` and SMALL_CHUNK_ROWS."""
-    return min(SMALL_CHUNK_ROWS, 1 << (n.bit_length() - 1))
+    """The largest power of two up to ``n`` (at least 1)."""
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 class Statements:
@@ -66,14 +70,18 @@ class Statements:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.chunks = insert_chunks(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        #: Bound parameters a statement may hold on this connection (a constant of the connection).
+        self.variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self.chunks = insert_chunks(self.variables)
+        #: Event rows a group writes in one statement of its size (ONE_STATEMENT_ROWS, or fewer).
+        self.one_statement_rows = max(1, min(ONE_STATEMENT_ROWS, self.variables // _ROW_PARAMETERS))
         self._events = {n: INSERT_EVENTS + ", ".join([_ROW_MARKS] * n)
-                        for n in (*self.chunks, *range(1, ONE_STATEMENT_ROWS + 1))}
+                        for n in (*self.chunks, *range(1, self.one_statement_rows + 1))}
         self._texts: dict[tuple[str, str, int], str] = {}
 
     def insert_events(self, rows: list[EventRow]) -> None:
-        """A group of up to ONE_STATEMENT_ROWS rows in one statement of its size; more in chunks."""
-        if len(rows) <= ONE_STATEMENT_ROWS:
+        """A group of up to one_statement_rows rows in one statement of its size; more in chunks."""
+        if len(rows) <= self.one_statement_rows:
             if rows:
                 self.conn.execute(self._events[len(rows)], list(itertools.chain.from_iterable(rows)))
             return
@@ -84,20 +92,24 @@ class Statements:
             start += n
 
     def insert_small(self, insert: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
-        """Rows of ``width`` values (``insert`` ends with VALUES) in statements of 64, 32 ... 1 rows."""
+        """Rows of ``width`` values (``insert`` ends with VALUES) in statements of 64, 32 ... 1 rows
+        (fewer when the connection allows fewer parameters)."""
+        most = _power_of_two(min(SMALL_CHUNK_ROWS, self.variables // width))
         start = 0
         while start < len(rows):
-            n = _power_of_two(len(rows) - start)
+            n = _power_of_two(min(most, len(rows) - start))
             sql = self._text(insert, "(" + ", ".join("?" * width) + ")", n)
             self.conn.execute(sql, list(itertools.chain.from_iterable(rows[start:start + n])))
             start += n
 
     def select_entities(self, domain_id: int, names: list[str]) -> list[tuple[int, str, int]]:
         """The id, name and version of each of ``names`` stored in the domain (absent ones left out),
-        64 names a statement at most (a chunk padded to a power of two with its last name)."""
+        64 names a statement at most, fewer when the connection allows fewer parameters (a chunk
+        padded to a power of two with its last name)."""
         found: list[tuple[int, str, int]] = []
-        for start in range(0, len(names), SMALL_CHUNK_ROWS):
-            chunk = names[start:start + SMALL_CHUNK_ROWS]
+        most = _power_of_two(min(SMALL_CHUNK_ROWS, self.variables - 1))  # (and the domain's id)
+        for start in range(0, len(names), most):
+            chunk = names[start:start + most]
             n = _power_of_two(len(chunk))
             if n < len(chunk):
                 n *= 2

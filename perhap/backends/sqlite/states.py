@@ -12,7 +12,9 @@ to one document are decided in the order they were queued. A failed transaction 
 writes, none of which was then stored.
 
 Reads go through the store's readers (a small read on the event loop itself): in WAL mode a read
-that starts after a commit sees it, whichever connection made it.
+that starts after a commit sees it, whichever connection made it. Like the store, the table
+belongs to the event loop that opened the store: reads and writes from another loop are refused
+up front (RuntimeError), as the store's own calls are.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class _Write(NamedTuple):
 class SQLiteStates(StateTable):
     """The state documents of one SQLite store; its thread runs from open to close."""
 
-    def __init__(self, path: str, synchronous: str, reads: Reads) -> None:
-        self.path, self.synchronous, self.reads = path, synchronous, reads
+    def __init__(self, path: str, synchronous: str, reads: Reads, check_loop: Callable[[], None]) -> None:
+        """``reads`` runs a read for the store, ``check_loop`` refuses a loop that did not open it."""
+        self.path, self.synchronous, self.reads, self.check_loop = path, synchronous, reads, check_loop
         self._writes: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
         # Held to queue a write and to close the queue: no write is queued after the last look.
@@ -96,6 +99,8 @@ class SQLiteStates(StateTable):
                                  (realm, name, expected))
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> bool:
+        self._check_open()
+        self.check_loop()  # (the thread would answer on the caller's loop: refused like a read)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         with self._guard:
             self._check_open()

@@ -104,7 +104,7 @@ class SQLiteStore(Store):
         self._ring.start(last_seq(conn))
         self._writer = Writer(conn, self._queue, self._ring, self._commit_notice)
         self._writer.thread.start()
-        self._states = SQLiteStates(self.path, self.synchronous, self._read_states)
+        self._states = SQLiteStates(self.path, self.synchronous, self._read_states, self._check_loop)
         return self
 
     # ----------------------------------------------------------------- writing
@@ -122,6 +122,11 @@ class SQLiteStore(Store):
         # Checked after the put: a writer that stopped before it settles every job queued by then.
         if writer.failure is not None:
             job.settle(StorageUnavailable(writer.failure))
+
+    def _check_loop(self) -> None:
+        """Refuse a caller on an event loop other than the store's (or on none)."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._foreign()
 
     def _foreign(self) -> Exception:
         """The error for a store used before open() or from an event loop that did not open it."""
@@ -223,8 +228,7 @@ class SQLiteStore(Store):
     # ----------------------------------------------------------------- reading
 
     async def _read(self, query: ReadQuery) -> list[Event]:
-        if asyncio.get_running_loop() is not self._loop:
-            raise self._foreign()
+        self._check_loop()
         if self._pending:
             self._take_notices()
         ring = self._ring
@@ -316,6 +320,13 @@ class SQLiteStore(Store):
             raise StorageUnavailable(f"read failed: {exc}") from None
 
     # ----------------------------------------------------------------- life cycle
+
+    async def health(self) -> bool:
+        # An open store answers its own loop only: another loop is refused, not told False (the
+        # template's health() turns every error of _ping into False).
+        if not self._closed and self._loop is not None:
+            self._check_loop()
+        return await super().health()
 
     async def _ping(self) -> bool:
         await self._run(lambda: self._reader().execute("SELECT 1").fetchone(), inline=True)

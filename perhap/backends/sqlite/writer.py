@@ -41,7 +41,6 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .queries import make_event
 from .ring import Ring
-from .statements import ONE_STATEMENT_ROWS
 from .writes import Deferred, Undeferrable, WriterState
 
 log = logging.getLogger("perhap.sqlite")
@@ -93,7 +92,7 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str, *,
 def decided_by_caches(state: WriterState, jobs: list[WriteJob]) -> bool:
     """Whether a group can be written as one INSERT, which SQLite commits as a transaction of its
     own, as durably as a COMMIT: the caches decide every job (:meth:`WriterState.cached`) and its
-    rows fit one statement.
+    rows fit one statement (64, or fewer if the connection allows fewer bound parameters).
 
     That spares ``BEGIN``, ``PRAGMA data_version`` and ``COMMIT``: each SQLite call lets go of the
     GIL, and the writer takes it back only when the event loop lets it, so under HTTP load a group's
@@ -102,7 +101,7 @@ def decided_by_caches(state: WriterState, jobs: list[WriteJob]) -> bool:
     seq that connection took (each writer numbers on from the largest), the unique index refuses
     it, and nothing of the statement stands.
     """
-    return sum(len(job.batch) for job in jobs) <= ONE_STATEMENT_ROWS and all(map(state.cached, jobs))
+    return sum(len(job.batch) for job in jobs) <= state.sql.one_statement_rows and all(map(state.cached, jobs))
 
 
 def apply_each(state: WriterState, jobs: list[WriteJob], ts: str) -> list[JobOutcome]:

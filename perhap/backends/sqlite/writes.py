@@ -281,7 +281,7 @@ class WriterState:
 
     def _replayed(self, job: WriteJob, client_ids: list[str]) -> AppendResult | None:
         """The original result when the job's client-chosen ids are stored already (a retry)."""
-        stored = stored_events(self.conn, client_ids)
+        stored = stored_events(self.conn, client_ids, self.sql.variables)
         if job.entities is not None:
             return replay_or_conflict_multi(job.batch, job.entities, stored, job.realm, job.domain)
         return replay_or_conflict(job.batch, stored, job.realm, job.domain, job.entity)
