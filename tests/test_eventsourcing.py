@@ -566,12 +566,13 @@ def test_tracking_records_after_the_last_event_cost_a_few_reads(target: Target) 
         tracking.insert_tracking(Tracking("Upstream", notification_id))
     reader = target.factory(**env)
     recorder, reads = reader.application_recorder(), CountingReads(reader)
-    assert recorder.max_notification_id() == 1
+    [first] = [n.id for n in recorder.select_notifications(None, 10)]  # (1, but not on Cassandra)
+    reads.count = 0
+    assert recorder.max_notification_id() == first
     assert reads.count <= 3  # pages of 20, 200, 2,000: it read 30 pages of 20 before
     reads.count = 0
-    assert recorder.select_notifications(2, 10) == []
+    assert recorder.select_notifications(first + 1, 10) == []
     assert reads.count <= 6  # the pages grow while they hold only tracking records (60 reads before)
-    assert [n.id for n in recorder.select_notifications(1, 10)] == [1]
 
 
 def test_a_snapshot_domain_perhap_refuses_fails_at_construction(target: Target) -> None:
@@ -587,8 +588,9 @@ def test_a_state_over_the_servers_body_limit_is_a_data_error(target: Target) -> 
     if target.transport == "http":
         with pytest.raises(es.DataError):
             recorder.insert_events([stored(uuid.uuid4(), 1, b'"' + b"x" * 1_100_000 + b'"')])
+    aggregate = uuid.uuid4()
     with pytest.raises(es.DataError):
-        recorder.insert_events([stored(uuid.uuid4(), v) for v in range(1, 10_002)])
+        recorder.insert_events([stored(aggregate, v) for v in range(1, 10_002)])
 
 
 def test_a_subscription_to_a_server_that_stops_answering_is_an_operational_error(
