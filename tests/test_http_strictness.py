@@ -256,14 +256,16 @@ async def test_a_post_to_one_or_two_segments_shows_where_appends_go(client: http
 
 
 async def test_a_stream_refused_in_accept_is_a_json_read(client: httpx.AsyncClient) -> None:
-    """Accept with text/event-stream at q=0 ("not acceptable") gets the JSON page, not a stream;
-    named plainly, or with a weight above 0, it gets the stream (HEAD, so the test need not
-    read one)."""
+    """Accept with text/event-stream at q=0 ("not acceptable"), or weighed below JSON, gets the JSON
+    page, not a stream; named plainly (in any case: media types are case-insensitive), or weighed
+    at least as JSON, it gets the stream (HEAD, so the test need not read one)."""
     assert (await client.post("/r/d/e/t", json={"event": 1})).status_code == 201
-    for accept in ("text/event-stream;q=0, application/json", "application/json, text/event-stream; q=0.0"):
+    for accept in ("text/event-stream;q=0, application/json", "application/json, text/event-stream; q=0.0",
+                   "text/event-stream;q=0.1, application/json", "text/event-stream;q=0.5, */*;q=0.9"):
         r = await asyncio.wait_for(client.get("/r/d", headers={"accept": accept}), 10)  # (a stream never ends)
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), accept
         assert [e["event"] for e in r.json()["events"]] == [1]
-    for accept in ("text/event-stream", "text/event-stream;q=0.5, application/json"):
+    for accept in ("text/event-stream", "Text/Event-Stream", "text/event-stream;q=0.5, application/json;q=0.4",
+                   "text/event-stream, */*", "application/json, text/event-stream"):
         r = await client.head("/r/d", headers={"accept": accept})
         assert r.headers["content-type"].startswith("text/event-stream"), accept

@@ -17,10 +17,12 @@ from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_POSITION, MAX_VERSI
 from ..store.query import MAX_TYPES
 from .routes import ROUTES, Kind, Operation, Route
 
-# 'keys' is excluded by the pattern (not by "not": some generators ignore "not" in parameters).
-NAME = {"type": "string", "minLength": 1, "maxLength": 255,
-        "pattern": "^(?!keys$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
-REALM = {**NAME, "pattern": "^(?!keys$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
+# 'keys', '.' and '..' are excluded by the pattern (not by "not": some generators ignore "not" in
+# parameters). maxLength counts characters; the limit is 255 bytes of UTF-8 (JSON Schema has no
+# byte length: the description says it).
+NAME = {"type": "string", "minLength": 1, "maxLength": 255, "description": "1 to 255 bytes of UTF-8",
+        "pattern": "^(?!keys$)(?!\\.\\.?$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
+REALM = {**NAME, "pattern": "^(?!keys$)(?!\\.\\.?$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
 #: Any JSON value. Integers of up to 4,300 digits are kept exactly; a float that would become an
 #: infinity (1e400) or 0 (1e-400), or a longer integer, is 400.
 EVENT_VALUE: dict[str, Any] = {

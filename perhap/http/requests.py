@@ -69,19 +69,31 @@ class Request:
 
     def wants_stream(self) -> bool:
         accept = header(self.scope, b"accept")
-        return accept is not None and "text/event-stream" in accept and _accepted(accept, "text/event-stream")
+        return accept is not None and "event-stream" in accept.lower() and _prefers_stream(accept)
 
 
 Handler = Callable[[Context, Request, Send], Awaitable[None]]
 
 
-def _accepted(accept: str, kind: str) -> bool:
-    """Whether an Accept header takes ``kind``: named, and not with q=0 ("not acceptable")."""
+def _prefers_stream(accept: str) -> bool:
+    """Whether an Accept header asks for a stream: ``text/event-stream`` named (in any case) with a
+    weight above 0 and not below JSON's (``application/json``, else ``application/*``, else ``*/*``),
+    so ``text/event-stream;q=0.1, application/json`` is answered with JSON (RFC 9110, 12.5.1)."""
+    weights: dict[str, float] = {}
     for item in accept.split(","):
         media, *params = (p.strip() for p in item.split(";"))
-        if media.lower() == kind:
-            return not any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
-    return False
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights.setdefault(media.lower(), weight)
+    stream = weights.get("text/event-stream", 0.0)
+    json = next((weights[m] for m in ("application/json", "application/*", "*/*") if m in weights), 0.0)
+    return stream > 0 and stream >= json
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -256,10 +256,10 @@ class Store(abc.ABC):
         after: str | None = None,
         limit: int = DEFAULT_LIMIT,
     ) -> KeysPage:
-        """Sorted names one level below the given one (realms when nothing is given)."""
+        """Sorted names one level below the given one (realms if none); ``after`` ends at a NUL, which no name holds."""
         limit = check_limit(limit)
         self._check_open()
-        names = await self._names(realm, domain, entity, after or "", limit + 1)
+        names = await self._names(realm, domain, entity, (after or "").partition("\x00")[0], limit + 1)
         if len(names) > limit:
             return KeysPage(names[:limit], names[limit - 1])
         return KeysPage(names, None)
