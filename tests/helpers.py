@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -109,3 +111,26 @@ async def appends_from_threads_and_the_loop_at_once(store: Store, threads: int =
     else:
         raise AssertionError("a stale expected version from a thread was not refused")
     assert await everything(Scope("r", "d", "own-0")) == list(range(each))
+
+
+_T = TypeVar("_T")
+
+
+def in_another_loop(coro_fn: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion in a new event loop in another thread; its result or error."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", asyncio.run(coro_fn())))
+        except BaseException as exc:
+            out.append(("error", exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert out, "the other loop did not finish"
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]

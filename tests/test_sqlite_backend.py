@@ -39,7 +39,7 @@ from perhap.backends.sqlite.writes import WriterState
 from perhap.errors import EventIdConflict, PerhapError, StorageUnavailable, VersionConflict
 from perhap.model import AppendResult, Event, NewEvent, Scope, new_event
 from perhap.store.job import WriteJob
-from tests.helpers import wait_until
+from tests.helpers import in_another_loop, wait_until
 from tests.servers import ProcessServer
 
 _T = TypeVar("_T")
@@ -423,26 +423,6 @@ async def _read_all(store: SQLiteStore, scope: Scope, types: tuple[str, ...] = (
 # ------------------------------------------------------------------ event loops and the writer thread
 
 
-def _in_another_loop(coro_fn: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion in a new event loop in another thread; its result or error."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(("ok", asyncio.run(coro_fn())))
-        except BaseException as exc:
-            out.append(("error", exc))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    assert out, "the other loop did not finish"
-    kind, value = out[0]
-    if kind == "error":
-        raise value
-    return value  # type: ignore[no-any-return]
-
-
 async def test_a_store_refuses_an_event_loop_that_did_not_open_it(tmp_path: Path) -> None:
     # Issue 13.8: an append from a second loop, cancelled, whose loop closed before its group
     # committed, used to take the writer thread down. Such an append is refused up front now,
@@ -461,7 +441,7 @@ async def test_a_store_refuses_an_event_loop_that_did_not_open_it(tmp_path: Path
         }
         for name, call in calls.items():
             with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
-                _in_another_loop(call)
+                in_another_loop(call)
                 pytest.fail(f"{name} from another loop was not refused")
         assert await store.health()
         second = await store.append("r", "d", "e", "t", 2)
@@ -489,7 +469,7 @@ async def test_the_writer_survives_the_loop_that_opened_the_store_closing_mid_gr
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    _in_another_loop(append_then_leave)  # asyncio.run closed that loop on its way out
+    in_another_loop(append_then_leave)  # asyncio.run closed that loop on its way out
     [store] = holder
     blocker.execute("COMMIT")
     await wait_until(lambda: blocker.execute("SELECT count(*) FROM events").fetchone()[0] == 1,

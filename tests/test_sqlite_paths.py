@@ -15,7 +15,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +26,7 @@ from perhap.backends.sqlite import open_sqlite, schema
 from perhap.errors import StorageUnavailable
 from perhap.model import AppendResult, Scope, new_event
 from perhap.store.job import WriteJob
-from tests.helpers import read_all
+from tests.helpers import in_another_loop, read_all
 from tests.servers import ProcessServer
 
 _T = TypeVar("_T")
@@ -244,26 +243,6 @@ def test_a_lower_variable_limit_keeps_groups_on_the_fast_path(tmp_path: Path) ->
 # ------------------------------------------------------------------ one event loop
 
 
-def _in_another_loop(coro_fn: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion in a new event loop in another thread; its result or error."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(("ok", asyncio.run(coro_fn())))
-        except BaseException as exc:
-            out.append(("error", exc))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    assert out, "the other loop did not finish"
-    kind, value = out[0]
-    if kind == "error":
-        raise value
-    return value  # type: ignore[no-any-return]
-
-
 async def test_group_state_and_health_refuse_another_event_loop(tmp_path: Path) -> None:
     # Audit: from a loop that did not open the store, group state reads were refused, but writes
     # (put, delete) were stored, and health() said False instead of refusing.
@@ -284,7 +263,7 @@ async def test_group_state_and_health_refuse_another_event_loop(tmp_path: Path) 
         }
         for name, call in calls.items():
             with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
-                _in_another_loop(call)
+                in_another_loop(call)
                 pytest.fail(f"{name} from another loop was not refused")
         record = await states.get("r", "g")
         assert record is not None and (record.token, record.data) == ("t1", b"{}")  # nothing was written
@@ -293,4 +272,4 @@ async def test_group_state_and_health_refuse_another_event_loop(tmp_path: Path) 
     finally:
         await store.close()
     assert not await store.health()  # closed: False, from any loop
-    assert _in_another_loop(store.health) is False
+    assert in_another_loop(store.health) is False
