@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -41,8 +41,6 @@ from perhap.model import AppendResult, Event, NewEvent, Scope, new_event
 from perhap.store.job import WriteJob
 from tests.helpers import in_another_loop, wait_until
 from tests.servers import ProcessServer
-
-_T = TypeVar("_T")
 
 TS = "2026-01-01T00:00:00.000000Z"
 CLIENT_IDS = [f"00000000-0000-4000-8000-{i:012x}" for i in range(6)]

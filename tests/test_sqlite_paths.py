@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -28,8 +28,6 @@ from perhap.model import AppendResult, Scope, new_event
 from perhap.store.job import WriteJob
 from tests.helpers import in_another_loop, read_all
 from tests.servers import ProcessServer
-
-_T = TypeVar("_T")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/locks")
 
