@@ -178,4 +178,6 @@ def test_an_unknown_scheme_is_named_without_its_credentials() -> None:
 def test_redact_leaves_plain_urls_alone() -> None:
     assert redact("sqlite:///./perhap.db") == "sqlite:///./perhap.db"
     assert redact("sqlite:///./p.db?token=s3cret&x=1#f") == "sqlite:///./p.db?token=***&x=1#f"
+    assert redact("postgresql://u:s3cret@h:1/db") == "postgresql://u:***@h:1/db"  # no stray '?'
+    assert redact("postgresql://u:s3cret@h:1/db#x") == "postgresql://u:***@h:1/db#x"
     assert redact("postgresql://u@h:5432/db?sslmode=require") == "postgresql://u@h:5432/db?sslmode=require"

@@ -37,8 +37,9 @@ def redact(url: str) -> str:
         query = "".join(_redacted_option(piece) for piece in re.split(r"([&;])", query))
     if (netloc, query) == (parts.netloc, parts.query):
         return url
+    query = f"?{query}" if query else ""
     fragment = f"#{parts.fragment}" if parts.fragment else ""
-    return f"{parts.scheme}://{netloc}{parts.path}?{query}{fragment}"  # (urlunsplit drops an empty host's //)
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"  # (urlunsplit drops an empty host's //)
 
 
 def _redacted_option(piece: str) -> str:
