@@ -55,9 +55,9 @@ def check_name(value: Any, what: str, *, realm: bool = False) -> str:
         raise InvalidInput(f"{what} is not valid UTF-8")
     if value in (".", ".."):
         # A URL resolver drops or climbs such segments, so a Location naming them would point elsewhere.
-        raise InvalidInput(f"'{value}' cannot be used as a {what}: URLs treat it as a relative path")
+        raise InvalidInput(f"'{value}' cannot be used as a name ({what}): URLs treat it as a relative path")
     if value == RESERVED_NAME:
-        raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a {what}")
+        raise InvalidInput(f"'{RESERVED_NAME}' is reserved and cannot be used as a name ({what})")
     if realm and value.startswith("_"):
         raise InvalidInput("realm names beginning with '_' are reserved for system endpoints")
     if type(value) is str:  # not a subclass, whose __eq__ or __hash__ could lie to the set

@@ -592,3 +592,42 @@ def test_the_examples_in_docs_client_md_run(server: ProcessServer, tmp_path: Any
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block.replace("http://127.0.0.1:8787", server.url), "docs/client.md", "exec"), {})
+
+
+# --------------------------------------------------------------------------- local mistakes, said as such
+
+
+@pytest.mark.parametrize("value", ["Bearer perhap_secret\n", "Bearer perhap_sécret", "Bearer perhap\r\nX: y"])
+def test_a_header_httpx_cannot_send_is_refused_at_construction_without_its_value(value: str) -> None:
+    """A token read from a file with its newline was a ConnectionFailed at every request, its
+    message showing the token, and a stream retried it for ever."""
+    headers = {"authorization": value}
+    for make in (lambda: Client(headers=headers), lambda: AsyncClient(headers=headers)):
+        with pytest.raises(perhap.InvalidInput, match="authorization header") as refused:
+            make()
+        assert "secret" not in str(refused.value) and "sécret" not in str(refused.value)
+
+
+def test_a_blocking_client_given_an_asyncio_transport_says_so(app: PerhapApp) -> None:
+    with pytest.raises(TypeError, match="AsyncClient"):
+        Client(transport=httpx.ASGITransport(app=app))  # type: ignore[arg-type]
+
+
+def test_keys_named_below_a_missing_level_say_what_was_asked() -> None:
+    with pytest.raises(perhap.InvalidInput, match="a domain's entities"):
+        list(Client().keys(None, "d"))
+    with pytest.raises(perhap.InvalidInput, match="an entity's types"):
+        list(Client().keys("r", None, "e"))
+
+
+def test_a_request_sent_and_never_answered_is_not_called_unreachable() -> None:
+    """The request went out, so it may have been carried out: the message says so, rather than
+    "cannot reach", which after an append reads as "nothing was stored"."""
+    import socket
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog), answers nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        with pytest.raises(ConnectionFailed, match="no answer from .* may have been carried out"):
+            client.append("r", "d", "e", "t", 1)
+        client.close()

@@ -29,7 +29,9 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
     def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
                  headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(base_url)
+        super().__init__(base_url, headers)
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError("AsyncClient needs an asyncio httpx transport (a blocking one: use Client)")
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                        headers=headers)
 

@@ -84,8 +84,14 @@ class ClientCore(Generic[H]):
 
     _http: H
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        for name, value in (headers or {}).items():
+            # Refused here, by name: httpx would refuse it at each request, as a connection error
+            # whose message shows the value (a token read from a file with its line break, say).
+            if not value.isascii() or any(c in value for c in "\r\n\x00"):
+                raise InvalidInput(f"the {name} header holds a line break or a character outside ASCII "
+                                   "(a token read with its newline?); its value is not shown")
 
     def _request(self, method: str, path: str, *, params: Mapping[str, str] | Params | None = None,
                  body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
@@ -262,7 +268,9 @@ class ClientCore(Generic[H]):
                 break
             names.append(check_name(name, what, realm=what == "realm"))
         if len(names) < len([n for n in levels if n is not None]):
-            raise InvalidInput("keys of an entity need its realm and domain")
+            deepest = max(i for i, name in enumerate(levels) if name is not None)
+            asked = ("a realm's domains", "a domain's entities", "an entity's types")[deepest]
+            raise InvalidInput(f"keys: {asked} need the name of every level above it (realm, domain, entity)")
         where = path(*names, "keys")
         params = {"limit": str(page_size)}
 

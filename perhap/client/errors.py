@@ -174,6 +174,9 @@ def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
     """The error for a request that got no response at all."""
     base = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
     reason = str(exc) or exc.__class__.__name__
+    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):  # sent, perhaps carried out: not "unreachable"
+        return ConnectionFailed(f"no answer from {base} in time ({reason}): the request may have been "
+                                "carried out (a retry of an append with its event_id is safe)", url=str(request.url))
     return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
 
 

@@ -31,7 +31,10 @@ class Client(GroupCore[httpx.Client]):
     def __init__(self, base_url: str = DEFAULT_URL, *, transport: httpx.BaseTransport | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
                  headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(base_url)
+        super().__init__(base_url, headers)
+        if transport is not None and not isinstance(transport, httpx.BaseTransport):
+            raise TypeError("Client needs a blocking httpx transport (httpx.ASGITransport is asyncio's: "
+                            "use AsyncClient with it, or httpx.WSGITransport)")
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers)
 
