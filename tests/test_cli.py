@@ -101,9 +101,12 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "the event on stdin is not valid JSON" in one_error_line(r) and r.returncode == 2
 
 
-def test_no_command_prints_help() -> None:
+def test_no_command_is_a_one_line_usage_error() -> None:
+    """No arguments are bad arguments: one error line on stderr pointing at --help, exit 2 (it
+    printed 37 lines of help on stdout)."""
     r = run_cli()
-    assert r.returncode == 2 and b"COMMAND" in r.stdout
+    assert r.returncode == 2 and r.stdout == b""
+    assert "a command is needed" in one_error_line(r) and "perhap --help" in one_error_line(r)
 
 
 # --------------------------------------------------------------------------- the client commands

@@ -17,9 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
-        if run is None:
-            parser.print_help()
-            return 2
+        if run is None:  # a usage error like any other: usage and one error line, on stderr
+            parser.error("a command is needed")
         return run(args)
     except CommandError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
