@@ -282,7 +282,7 @@ class NewEvent:
 
 #: NewEvent's constructor on hot paths: every field, positionally (see perhap.slotted).
 make_new_event = fast_constructor(NewEvent)
-_EVENT_KEYS = frozenset({"type", "event", "event_id", "meta"})
+_EVENT_KEYS = frozenset({"type", "event", "event_id", "meta", "timestamp"})  # timestamp: an import's
 
 
 def new_event(
@@ -340,15 +340,16 @@ def prepare_batch(events: object) -> list[NewEvent]:
                 raise InvalidInput("meta must be a JSON object")
             data_json = dump_json(event, "event")  # (NaN and infinities refused, not written as null)
             meta_json = EMPTY_OBJECT if meta is None else dump_json(meta, "meta")
+            stamp = None if (given := item.get("timestamp")) is None else check_timestamp(given)
             if event_id is not None:
-                prepared.append(make_new_event(type_, data_json, meta_json, check_event_id(event_id), True, None))
+                prepared.append(make_new_event(type_, data_json, meta_json, check_event_id(event_id), True, stamp))
                 chosen = True
                 continue
         except InvalidInput as exc:
             raise InvalidInput(f"events[{i}]: {exc.detail}") from None
         if ids is None:
             ids = iter(uuid7_many(len(events) - i))
-        prepared.append(make_new_event(type_, data_json, meta_json, next(ids), False, None))
+        prepared.append(make_new_event(type_, data_json, meta_json, next(ids), False, stamp))
     if chosen and len({e.event_id for e in prepared}) != len(prepared):
         raise InvalidInput("the same event_id appears twice in the batch")
     return prepared

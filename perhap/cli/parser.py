@@ -44,14 +44,14 @@ from .groups import (
 from .serve import run_serve
 from .tail import run_tail
 from .tokens import run_token_add, run_token_list, run_token_revoke
-from .transfer import run_copy, run_export, run_import
+from .transfer import FROM_TOKEN_ENV, TO_TOKEN_ENV, run_copy, run_export, run_import
 
 DEFAULT_DB = "sqlite:///./perhap.db"
 
 
 #: What argparse may quote back from the command line that must not be shown: a token, and the
-#: value given to --token (say, where a command takes none).
-_SECRETS = re.compile(r"(--token[= ])\S+|\b" + re.escape(TOKEN_PREFIX) + r"[\w-]+")
+#: value given to --token, --from-token or --to-token (say, where a command takes none).
+_SECRETS = re.compile(r"(--(?:from-|to-)?token[= ])\S+|\b" + re.escape(TOKEN_PREFIX) + r"[\w-]+")
 
 
 def _hide_secrets(message: str) -> str:
@@ -344,14 +344,24 @@ def _add_group(sub: Subcommands) -> None:
         _server_options(parser)
 
 
+def _token_option(parser: argparse.ArgumentParser, option: str, env: str, what: str) -> None:
+    # No default shown: the token is a secret, and is read from the environment only when running.
+    parser.add_argument(option, metavar="TOKEN",
+                        help=f"bearer token for {what} when it is a server run with --auth (default: ${env}, "
+                             "which keeps it out of the process list and the shell history)")
+
+
 def _add_transfer(sub: Subcommands) -> None:
     export = _command(sub, "export", "write a full-fidelity dump of a store (or a realm, domain or entity) "
                       "to stdout, one JSON object a line",
                       "perhap export --db sqlite:///./perhap.db > dump.jsonl",
-                      "perhap export --db postgresql://perhap@localhost/perhap shop/orders -o orders.jsonl")
+                      "perhap export --db postgresql://perhap@localhost/perhap shop/orders -o orders.jsonl",
+                      "PERHAP_TOKEN=... perhap export --db https://events.example.com shop > shop.jsonl")
     export.add_argument("scope", nargs="?", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY]] (default: everything)")
-    export.add_argument("--db", required=True, metavar="URL", help="the store to read")
+    export.add_argument("--db", required=True, metavar="URL",
+                        help="the store to read, or a server's http(s):// URL (read through its API)")
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    _token_option(export, "--token", TOKEN_ENV, "--db")
     export.set_defaults(run=run_export)
 
     imp = _command(sub, "import", "import a dump into a store, keeping ids, versions and timestamps "
@@ -359,15 +369,23 @@ def _add_transfer(sub: Subcommands) -> None:
                    "perhap import --db sqlite:///./restored.db dump.jsonl",
                    "perhap export --db sqlite:///./a.db | perhap import --db sqlite:///./b.db -")
     imp.add_argument("dump", metavar="FILE", help="the dump; - reads stdin")
-    imp.add_argument("--db", required=True, metavar="URL", help="the store to write")
+    imp.add_argument("--db", required=True, metavar="URL",
+                     help="the store to write, or a server's http(s):// URL (written through its API)")
+    _token_option(imp, "--token", TOKEN_ENV, "--db")
     imp.set_defaults(run=run_import)
 
     copy = _command(sub, "copy", "copy a whole store to another backend, resumably, then verify every "
                     "realm by count and checksum",
-                    "perhap copy --from sqlite:///./perhap.db --to postgresql://perhap@localhost/perhap")
-    copy.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy")
+                    "perhap copy --from sqlite:///./perhap.db --to postgresql://perhap@localhost/perhap",
+                    "PERHAP_FROM_TOKEN=... PERHAP_TO_TOKEN=... perhap copy --from https://old.example.com "
+                    "--to https://new.example.com")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the store to copy, or a server's http(s):// URL")
     copy.add_argument("--to", dest="destination", required=True, metavar="URL",
-                      help="the store to write (run again after an interruption: it resumes)")
+                      help="the store to write, or a server's http(s):// URL (run again after an "
+                           "interruption: it resumes)")
+    _token_option(copy, "--from-token", FROM_TOKEN_ENV, "--from")
+    _token_option(copy, "--to-token", TO_TOKEN_ENV, "--to")
     copy.add_argument("--limit", type=int, metavar="N",
                       help="stop after N events this run (run again to go on)")
     copy.set_defaults(run=run_copy)

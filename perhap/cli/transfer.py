@@ -1,4 +1,5 @@
-"""``perhap export``, ``import`` and ``copy``: whole stores, opened directly (see :mod:`perhap.transfer`)."""
+"""``perhap export``, ``import`` and ``copy``: whole stores, opened directly, or served by a
+``perhap serve`` at an http(s):// URL, with a bearer token (see :mod:`perhap.transfer`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,58 @@ import argparse
 import os
 import sys
 from collections.abc import Coroutine
-from typing import Any, BinaryIO
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import PerhapError
-from .common import CommandError, parse_scope
+from .common import TOKEN_ENV, CommandError, bearer_token, client_error, parse_scope
+
+if TYPE_CHECKING:
+    from ..transfer.reading import TransferStore
+
+FROM_TOKEN_ENV = "PERHAP_FROM_TOKEN"
+TO_TOKEN_ENV = "PERHAP_TO_TOKEN"
+_TOKEN_HINT = f"give the token with --token or {TOKEN_ENV}"
+_COPY_TOKEN_HINT = f"give the tokens with --from-token and --to-token, or {FROM_TOKEN_ENV} and {TO_TOKEN_ENV}"
+
+
+def _is_server(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def check_target(url: str, option: str, token: str | None, token_option: str, *, must_exist: bool) -> str:
+    """A store URL (checked) or a server's; a token given for a store is a usage error."""
+    if _is_server(url):
+        return url
+    if token is not None:
+        raise CommandError(f"{token_option} is for a server (an http:// or https:// {option}), "
+                           f"not for a store URL", 2)
+    return check_db(url, option, must_exist=must_exist)
+
+
+def side_token(value: str | None, option: str, env: str) -> str | None:
+    """A copy side's token: ``option``, else ``$env`` (empty means unset); never shown when bad."""
+    source = option
+    if value is None:
+        value, source = os.environ.get(env, "").strip(), env
+        if not value:
+            return None
+    try:
+        return bearer_token(value)
+    except CommandError:
+        raise CommandError(f"{source} is empty or not a bearer token (not shown): it may hold only letters, "
+                           "digits and - . _ ~ + /, then = at the end", 2) from None
+
+
+def open_target(url: str, token: str | None) -> AbstractAsyncContextManager[TransferStore]:
+    """A store opened directly, or the server at an http(s):// ``url`` through its API."""
+    if _is_server(url):
+        from ..transfer.remote import open_remote
+
+        return open_remote(url, token)
+    from ..backends import open_store
+
+    return open_store(url)
 
 
 def check_db(url: str, option: str, *, must_exist: bool) -> str:
@@ -26,16 +75,26 @@ def check_db(url: str, option: str, *, must_exist: bool) -> str:
     return url
 
 
-def run_store_job(job: Coroutine[Any, Any, int]) -> int:
-    """Run a coroutine using stores; store and transfer errors become one line."""
+def run_store_job(job: Coroutine[Any, Any, int], token_hint: str = _TOKEN_HINT) -> int:
+    """Run a coroutine using stores or servers; their errors and transfer errors become one line
+    (a server's with where it answered: a copy may talk to two)."""
     import asyncio
 
+    from ..client.errors import ConnectionFailed, PerhapClientError
     from ..transfer.dump import TransferError
 
     try:
         return asyncio.run(job)
     except TransferError as exc:
         raise CommandError(str(exc)) from None
+    except PerhapClientError as exc:
+        if isinstance(exc, ConnectionFailed) or exc.url is None:
+            raise client_error(exc) from None
+        import httpx
+
+        where = httpx.URL(exc.url).copy_with(path="/", query=None, fragment=None)
+        hint = f"; {token_hint}" if exc.status == 401 else ""
+        raise CommandError(f"{exc.one_line()} (from {str(where).rstrip('/')}{hint})") from None
     except PerhapError as exc:
         raise CommandError(f"{exc.title}: {exc.detail}") from None
     except ValueError as exc:  # open_store: a backend's driver missing, a bad option
@@ -48,7 +107,6 @@ def run_store_job(job: Coroutine[Any, Any, int]) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write a dump of a store (or a realm, domain or entity) to stdout or ``--output``."""
-    from ..backends import open_store
     from ..transfer.dump import TYPE_SCOPE_REFUSED
     from ..transfer.export import count_events, export_dump
     from ..transfer.progress import Progress
@@ -58,10 +116,11 @@ def run_export(args: argparse.Namespace) -> int:
         scope = parse_scope(args.scope)
         if scope.type is not None:
             raise CommandError(TYPE_SCOPE_REFUSED, 2)
-    db = check_db(args.db, "--db", must_exist=True)
+    db = check_target(args.db, "--db", args.token, "--token", must_exist=True)
+    token = bearer_token(args.token) if _is_server(db) else None
 
     async def job() -> int:
-        async with open_store(db) as store:
+        async with open_target(db, token) as store:
             progress = Progress("exporting")
             if progress.enabled:  # a bar on a terminal, where the store can count the events
                 progress.total_events = await count_events(store, scope)
@@ -79,16 +138,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Import a dump (a file, or stdin for ``-``) into a store; print what was written."""
-    from ..backends import open_store
     from ..transfer.importer import import_dump
     from ..transfer.progress import Progress, file_size
 
-    db = check_db(args.db, "--db", must_exist=False)
+    db = check_target(args.db, "--db", args.token, "--token", must_exist=False)
+    token = bearer_token(args.token) if _is_server(db) else None
     name = "stdin" if args.dump == "-" else args.dump
 
     async def job(stream: BinaryIO) -> int:
         progress = Progress("importing", total_bytes=file_size(stream))
-        async with open_store(db) as store:
+        async with open_target(db, token) as store:
             stats = await import_dump(store, stream, name, progress=progress)
         progress.close()
         realms = len(stats.realms)
@@ -111,12 +170,14 @@ def _open_dump(path: str) -> BinaryIO:
 
 def run_copy(args: argparse.Namespace) -> int:
     """Copy a whole store into another, resumably, then verify every realm."""
-    from ..backends import open_store
     from ..transfer.copy import copy_store
     from ..transfer.progress import Progress
 
-    source = check_db(args.source, "--from", must_exist=True)
-    destination = check_db(args.destination, "--to", must_exist=False)
+    source = check_target(args.source, "--from", args.from_token, "--from-token", must_exist=True)
+    destination = check_target(args.destination, "--to", args.to_token, "--to-token", must_exist=False)
+    # Each side its own token: one set for a server must not be sent to another ($PERHAP_TOKEN is not read).
+    from_token = side_token(args.from_token, "--from-token", FROM_TOKEN_ENV) if _is_server(source) else None
+    to_token = side_token(args.to_token, "--to-token", TO_TOKEN_ENV) if _is_server(destination) else None
     if source == destination:
         raise CommandError("--from and --to are the same store", 2)
     if args.limit is not None and args.limit < 1:
@@ -126,7 +187,7 @@ def run_copy(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     async def job() -> int:
-        async with open_store(source) as src, open_store(destination) as dst:
+        async with open_target(source, from_token) as src, open_target(destination, to_token) as dst:
             report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)
         stats = report.stats
         if not report.complete:
@@ -151,4 +212,4 @@ def run_copy(args: argparse.Namespace) -> int:
             f"({stats.imported:,} copied now, {stats.present:,} there already)")
         return 0
 
-    return run_store_job(job())
+    return run_store_job(job(), _COPY_TOKEN_HINT)

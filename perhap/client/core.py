@@ -148,6 +148,8 @@ class ClientCore(Generic[H]):
                                         "meta": orjson.Fragment(e.meta_json)}
                 if e.client_id:
                     item["event_id"] = e.event_id
+                if e.timestamp is not None:  # an imported event's own time (perhap import, copy)
+                    item["timestamp"] = e.timestamp
             else:
                 # Serialised here so that any JSON value (big integers too) goes through one path.
                 item = {k: orjson.Fragment(dump_json(v, k)) if k in ("event", "meta") else v

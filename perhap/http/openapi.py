@@ -321,7 +321,10 @@ def openapi_document() -> dict[str, Any]:
         "type": "object", "required": ["type", "event"], "additionalProperties": False,
         # null stands for absent in an item (perhap's client sends it for meta=None).
         "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
-                       "meta": {"oneOf": [{"type": "object"}, {"type": "null"}]}}}
+                       "meta": {"oneOf": [{"type": "object"}, {"type": "null"}]},
+                       "timestamp": {"type": "string", "format": "date-time",
+                                     "description": "An imported event's own time, kept instead of the commit "
+                                                    "time (RFC 3339; under --auth, an admin token's)"}}}
     many_item = {**batch_item, "required": ["entity", "type", "event"],
                  "properties": {"entity": NAME, **batch_item["properties"]}}
     schemas = {

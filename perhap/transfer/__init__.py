@@ -20,8 +20,10 @@ an event lands at its own version or the import stops with a clear error. Import
 stored already is an idempotent replay, and a batch that is partly stored (an earlier import was
 interrupted) is reconciled event by event against what the destination holds.
 
-Modules: :mod:`.dump` (the format), :mod:`.reading` (paging through a store), :mod:`.export`,
-:mod:`.importer`, :mod:`.copy` (copy and verify) and :mod:`.progress` (the terminal's progress line).
+Modules: :mod:`.dump` (the format), :mod:`.reading` (paging through a store, and
+:class:`TransferStore`: what the rest uses of one), :mod:`.export`, :mod:`.importer`, :mod:`.copy`
+(copy and verify), :mod:`.progress` (the terminal's progress line) and :mod:`.remote` (a server as
+a store, over the HTTP API; not imported here, as it needs the client).
 """
 
 from .copy import CopyReport, RealmCheck, RealmDigest, copy_store, realm_digest
@@ -47,11 +49,11 @@ from .importer import (
     import_dump,
 )
 from .progress import Progress, file_size
-from .reading import PAGE_SIZE, iter_keys, iter_scope
+from .reading import PAGE_SIZE, TransferStore, iter_keys, iter_scope
 
 __all__ = [
     "BATCH_BYTES", "BATCH_EVENTS", "DUMP_FORMAT", "DUMP_VERSION", "EVENT_KEYS", "OPTIONAL_KEYS", "PAGE_SIZE",
     "WINDOW_BATCHES", "WINDOW_BYTES", "CopyReport", "DumpEvent", "ImportStats", "Importer", "Progress",
-    "RealmCheck", "RealmDigest", "TransferError", "copy_store", "dump_header", "event_to_import",
+    "RealmCheck", "RealmDigest", "TransferError", "TransferStore", "copy_store", "dump_header", "event_to_import",
     "export_dump", "file_size", "import_dump", "iter_keys", "iter_scope", "parse_dump", "realm_digest",
 ]

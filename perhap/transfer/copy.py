@@ -15,11 +15,10 @@ import orjson
 from ..errors import NotFound
 from ..jsoncodec import canonical_json
 from ..model import Event, Scope
-from ..store.base import Store
 from .dump import TransferError, event_to_import
 from .importer import Importer, ImportStats
 from .progress import Progress
-from .reading import iter_keys, iter_scope
+from .reading import TransferStore, iter_keys, iter_scope
 
 
 class RealmDigest(NamedTuple):
@@ -60,7 +59,7 @@ def _digest_line(e: Event) -> bytes:
                          orjson.Fragment(canonical_json(e.meta_json))]) + b"\n"
 
 
-async def realm_digest(store: Store, realm: str) -> RealmDigest:
+async def realm_digest(store: TransferStore, realm: str) -> RealmDigest:
     """A realm's event count and the SHA-256 of its events in commit order (see _digest_line)."""
     digest = hashlib.sha256()
     count = 0
@@ -71,7 +70,7 @@ async def realm_digest(store: Store, realm: str) -> RealmDigest:
     return RealmDigest(count, digest.hexdigest())
 
 
-async def copy_store(source: Store, destination: Store, *, limit: int | None = None,
+async def copy_store(source: TransferStore, destination: TransferStore, *, limit: int | None = None,
                      progress: Progress | None = None,
                      log: Callable[[str], None] | None = None) -> CopyReport:
     """Copy every realm of ``source`` into ``destination``, resumably, then verify each realm.
@@ -123,7 +122,7 @@ async def copy_store(source: Store, destination: Store, *, limit: int | None = N
     return report
 
 
-async def _check_source_holds(source: Store, realm: str, following: str) -> None:
+async def _check_source_holds(source: TransferStore, realm: str, following: str) -> None:
     try:
         await source.read(Scope(realm), following=following, limit=1)
     except NotFound:
@@ -133,7 +132,7 @@ async def _check_source_holds(source: Store, realm: str, following: str) -> None
             f"this source") from None
 
 
-async def _last_event_id(store: Store, realm: str) -> str | None:
+async def _last_event_id(store: TransferStore, realm: str) -> str | None:
     """The id of the realm's newest event: one read, newest first."""
     page = await store.read(Scope(realm), order="desc", limit=1)
     return page.events[0].event_id if page.events else None

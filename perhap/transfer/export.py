@@ -9,13 +9,12 @@ from typing import IO
 import orjson
 
 from ..model import Scope
-from ..store.base import Store
 from .dump import check_export_scope, dump_header
 from .progress import Progress
-from .reading import PAGE_SIZE, iter_keys, iter_scope
+from .reading import PAGE_SIZE, TransferStore, iter_keys, iter_scope
 
 
-async def export_dump(store: Store, out: IO[bytes], scope: Scope | None = None, *,
+async def export_dump(store: TransferStore, out: IO[bytes], scope: Scope | None = None, *,
                       progress: Progress | None = None, page_size: int = PAGE_SIZE) -> int:
     """Write a dump of the store (or of a realm, domain or entity) to ``out``; return the count."""
     check_export_scope(scope)
@@ -33,7 +32,7 @@ async def export_dump(store: Store, out: IO[bytes], scope: Scope | None = None, 
     return count
 
 
-async def count_events(store: Store, scope: Scope | None) -> int | None:
+async def count_events(store: TransferStore, scope: Scope | None) -> int | None:
     """How many events an export of ``scope`` (None: the whole store) will write, where the store
     can tell without reading them (for the progress bar): an entity by its last version, a realm by
     its head's position where positions have no gaps; else None."""
@@ -49,7 +48,7 @@ async def count_events(store: Store, scope: Scope | None) -> int | None:
     return total
 
 
-async def _scopes(store: Store, scope: Scope | None) -> AsyncIterator[Scope]:
+async def _scopes(store: TransferStore, scope: Scope | None) -> AsyncIterator[Scope]:
     """The scope itself, or every realm (in name order) for the whole store."""
     if scope is not None:
         yield scope

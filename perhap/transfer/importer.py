@@ -18,9 +18,9 @@ from typing import Any
 from ..errors import EventIdConflict, NotFound, VersionConflict
 from ..jsoncodec import canonical_json
 from ..model import AppendResult, Event
-from ..store.base import Store
 from .dump import DumpEvent, TransferError, parse_dump
 from .progress import Progress
+from .reading import TransferStore
 
 BATCH_EVENTS = 1000                  # events in one append_batch
 BATCH_BYTES = 4 * 1024 * 1024        # ... and at most about this much JSON
@@ -52,7 +52,7 @@ class Importer:
     batch at a time, so that commit order is the dump's order on every backend.
     """
 
-    def __init__(self, store: Store, *, progress: Progress | None = None,
+    def __init__(self, store: TransferStore, *, progress: Progress | None = None,
                  batch_events: int = BATCH_EVENTS) -> None:
         self.store = store
         self.progress = progress
@@ -215,7 +215,7 @@ def _same_json(a: bytes, b: bytes) -> bool:
     return a == b or canonical_json(a) == canonical_json(b)
 
 
-async def import_dump(store: Store, lines: Iterable[bytes], name: str = "the dump", *,
+async def import_dump(store: TransferStore, lines: Iterable[bytes], name: str = "the dump", *,
                       progress: Progress | None = None) -> ImportStats:
     """Import a dump's lines into ``store``, in order; idempotent (see the module docstring)."""
     importer = Importer(store, progress=progress)

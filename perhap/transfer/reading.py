@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
-from ..model import Event, Scope
-from ..store.base import Store
+from ..model import DEFAULT_LIMIT, AppendResult, Event, KeysPage, NewEvent, Page, Scope
 
 PAGE_SIZE = 1000
 
 
-async def iter_scope(store: Store, scope: Scope, *, following: str | None = None,
+class TransferStore(Protocol):
+    """What export, import and copy use of a store: a :class:`~perhap.store.base.Store`, or a
+    server through :class:`~perhap.transfer.remote.RemoteStore`."""
+
+    dense_positions: ClassVar[bool]
+    preserves_submission_order: ClassVar[bool]
+
+    async def read(self, scope: Scope, *, following: str | None = None, limit: int = DEFAULT_LIMIT,
+                   order: str = "asc") -> Page: ...
+
+    async def keys(self, realm: str | None = None, domain: str | None = None, entity: str | None = None, *,
+                   after: str | None = None, limit: int = DEFAULT_LIMIT) -> KeysPage: ...
+
+    async def append_batch(self, realm: str, domain: str, entity: str,
+                           events: Sequence[NewEvent | Mapping[str, Any]], *,
+                           expected_version: int | None = None) -> AppendResult: ...
+
+    async def get_event(self, realm: str, domain: str, event_id: str) -> Event: ...
+
+
+async def iter_scope(store: TransferStore, scope: Scope, *, following: str | None = None,
                      page_size: int = PAGE_SIZE) -> AsyncGenerator[Event, None]:
     """Every event of a scope in its order, one page in memory and the next one being read.
     Iterate it inside ``contextlib.aclosing`` where the loop may stop early (its reader gone),
@@ -31,7 +51,7 @@ async def iter_scope(store: Store, scope: Scope, *, following: str | None = None
         await asyncio.gather(pending, return_exceptions=True)
 
 
-async def iter_keys(store: Store, *levels: str) -> AsyncIterator[str]:
+async def iter_keys(store: TransferStore, *levels: str) -> AsyncIterator[str]:
     """Every name one level below ``levels`` (realms when none), through every page."""
     after = None
     while True:

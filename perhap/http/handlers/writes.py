@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from ...errors import InvalidInput
 from ...limits import BatchTooLarge
 from ...model import check_expected_version, new_event
-from ..requests import Context, Request, read_json_object
+from ..requests import Context, Request, authorize, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
 from ..types import Send
@@ -58,6 +58,14 @@ async def append(ctx: Context, req: Request, send: Send) -> None:
                     [(b"location", event_path(realm, domain, first.event_id).encode())])
 
 
+def _check_imported_timestamps(req: Request, realm: str, events: list[object]) -> None:
+    """An event's own ``timestamp`` (instead of its commit time) is an import's: ``perhap import``
+    and ``copy`` through a server send them. Under --auth only an admin token may give one (a
+    writer does not backdate what it writes)."""
+    if req.grant is not None and any(type(e) is dict and "timestamp" in e for e in events):
+        authorize(req.grant, realm, "admin")
+
+
 async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity = req.names
     body = await read_json_object(req, ctx.max_body, ctx.max_depth)
@@ -74,6 +82,7 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     if len(events) > ctx.max_batch:
         raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
                             max_batch=ctx.max_batch)
+    _check_imported_timestamps(req, realm, events)
     expected = check_expected_version(body.get("expected_version"))
     result = await ctx.store.append_batch(realm, domain, entity, events, expected_version=expected)
     await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})
@@ -98,5 +107,6 @@ async def append_many(ctx: Context, req: Request, send: Send) -> None:
     if len(events) > ctx.max_batch:
         raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
                             max_batch=ctx.max_batch)
+    _check_imported_timestamps(req, realm, events)
     result = await ctx.store.append_many(realm, domain, events, expected_versions=body.get("expected_versions"))
     await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})

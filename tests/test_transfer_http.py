@@ -1,0 +1,176 @@
+"""Export, import and copy against a server run with --auth: --token / $PERHAP_TOKEN, a token per
+side for copy (--from-token / --to-token), one-line errors that never show a token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perhap import open_store
+from perhap.auth import Authenticator, add_token
+from tests.servers import ThreadServer
+from tests.test_transfer import fill, strip_positions
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERHAP_") or k.startswith("PERHAP_TEST")}
+    return subprocess.run([sys.executable, "-m", "perhap.cli", *args], capture_output=True, timeout=120,
+                          env={**clean, **(env or {})})
+
+
+def ok(r: subprocess.CompletedProcess[bytes]) -> bytes:
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def one_error_line(r: subprocess.CompletedProcess[bytes], *secrets: str) -> str:
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for secret in secrets:
+        assert secret not in err and secret not in r.stdout.decode()
+    return lines[0]
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> str:
+    return str(tmp_path / "tokens.json")
+
+
+async def filled(tmp_path: Path, name: str) -> str:
+    url = f"sqlite:///{tmp_path / name}"
+    async with open_store(url) as store:
+        await fill(store, realms=2, per_realm=25)
+    return url
+
+
+def served(url: str, tokens: str) -> ThreadServer:
+    return ThreadServer(url, auth=Authenticator(tokens, recheck=0))
+
+
+async def test_export_from_a_server_equals_the_export_of_its_store(tmp_path: Path, tokens: str) -> None:
+    url = await filled(tmp_path, "a.db")
+    direct = ok(run_cli("export", "--db", url))
+    reader, _ = add_token(tokens, "*", "read")
+    with served(url, tokens) as server:
+        assert ok(run_cli("export", "--db", server.url, "--token", reader)) == direct
+        assert ok(run_cli("export", "--db", server.url, env={"PERHAP_TOKEN": reader})) == direct
+        scoped = ok(run_cli("export", "--db", server.url, "realm1/d0", env={"PERHAP_TOKEN": reader}))
+    assert scoped == ok(run_cli("export", "--db", url, "realm1/d0"))
+
+
+async def test_copy_from_a_server_into_a_store_file(tmp_path: Path, tokens: str) -> None:
+    url = await filled(tmp_path, "a.db")
+    reader, _ = add_token(tokens, "*", "read")
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    with served(url, tokens) as server:
+        out = ok(run_cli("copy", "--from", server.url, "--from-token", reader, "--to", copy)).decode()
+        assert "copy verified: 2 realms" in out
+        # $PERHAP_TOKEN is not sent by copy: one token must not travel to a second server unasked.
+        r = run_cli("copy", "--from", server.url, "--to", copy, env={"PERHAP_TOKEN": reader})
+        assert "401" in one_error_line(r, reader)
+        out = ok(run_cli("copy", "--from", server.url, "--to", copy, env={"PERHAP_FROM_TOKEN": reader})).decode()
+        assert "(0 copied now, 0 there already)" in out  # resumed after its newest events
+    assert ok(run_cli("export", "--db", copy)) == ok(run_cli("export", "--db", url))
+
+
+async def test_errors_are_one_line_without_the_token(tmp_path: Path, tokens: str) -> None:
+    url = await filled(tmp_path, "a.db")
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(ok(run_cli("export", "--db", url)))
+    reader, _ = add_token(tokens, "*", "read")
+    other, _ = add_token(tokens, "elsewhere", "admin")
+    wrong = "perhap_" + "x" * 43
+    with served(url, tokens) as server:
+        line = one_error_line(run_cli("export", "--db", server.url))
+        assert "401" in line and "--token or PERHAP_TOKEN" in line
+        assert "401" in one_error_line(run_cli("export", "--db", server.url, "--token", wrong), wrong)
+        assert "401" in one_error_line(run_cli("export", "--db", server.url, env={"PERHAP_TOKEN": wrong}), wrong)
+        assert "403" in one_error_line(run_cli("export", "--db", server.url, "realm0", "--token", other), other)
+        assert "403" in one_error_line(run_cli("import", "--db", server.url, str(dump), "--token", reader), reader)
+        assert "401" in one_error_line(run_cli("import", "--db", server.url, str(dump), "--token", wrong), wrong)
+        copy = f"sqlite:///{tmp_path / 'copy.db'}"
+        line = one_error_line(run_cli("copy", "--from", server.url, "--to", copy, "--from-token", wrong), wrong)
+        assert "401" in line and "--from-token" in line and server.url in line
+    # A token for a store URL, or one that is no bearer token: usage errors, the token not shown.
+    r = run_cli("export", "--db", url, "--token", reader)
+    assert r.returncode == 2 and reader.encode() not in r.stderr and b"--token is for a server" in r.stderr
+    r = run_cli("copy", "--from", url, "--to", "http://127.0.0.1:9", "--to-token", "perhap_a b")
+    assert r.returncode == 2 and b"perhap_a" not in r.stderr and b"--to-token" in r.stderr
+
+
+async def test_a_write_token_may_not_import_and_writes_nothing(tmp_path: Path, tokens: str) -> None:
+    """An import keeps each event's own timestamp, which under --auth only an admin token may give
+    (a writer does not backdate): a write token's import is a 403, and nothing is stored."""
+    source = await filled(tmp_path, "a.db")
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(ok(run_cli("export", "--db", source)))
+    writer, _ = add_token(tokens, "*", "write")
+    reader, _ = add_token(tokens, "*", "read")
+    with served(f"sqlite:///{tmp_path / 'b.db'}", tokens) as server:
+        line = one_error_line(run_cli("import", "--db", server.url, str(dump), "--token", writer), writer)
+        assert "403" in line and "admin" in line, line
+        exported = ok(run_cli("export", "--db", server.url, "--token", reader))
+    assert exported.count(b"\n") == 1  # the header only
+
+
+async def test_import_into_a_server_with_an_admin_token(tmp_path: Path, tokens: str) -> None:
+    source = await filled(tmp_path, "a.db")
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(ok(run_cli("export", "--db", source)))
+    writer, _ = add_token(tokens, "*", "admin")
+    with served(f"sqlite:///{tmp_path / 'b.db'}", tokens) as server:
+        out = ok(run_cli("import", "--db", server.url, str(dump), "--token", writer))
+        assert out.startswith(b"imported 58 events into 2 realms")
+        again = ok(run_cli("import", "--db", server.url, str(dump), env={"PERHAP_TOKEN": writer}))
+        assert b"(58 were there already)" in again
+        exported = ok(run_cli("export", "--db", server.url, "--token", writer))
+    assert strip_positions(exported) == strip_positions(dump.read_bytes())
+
+
+async def test_copy_between_servers_with_a_token_per_side(tmp_path: Path, tokens: str) -> None:
+    source = await filled(tmp_path, "a.db")
+    other = await filled(tmp_path, "c.db")
+    reader, _ = add_token(tokens, "*", "read")
+    writer, _ = add_token(tokens, "*", "admin")
+    with served(source, tokens) as a, served(f"sqlite:///{tmp_path / 'b.db'}", tokens) as b:
+        out = ok(run_cli("copy", "--from", a.url, "--from-token", reader, "--to", b.url, "--to-token", writer))
+        assert b"copy verified: 2 realms, 58 events" in out
+        # A store file into a server: the same realms again, so the copy stops (not a copy of it).
+        r = run_cli("copy", "--from", other, "--to", b.url, env={"PERHAP_TO_TOKEN": writer})
+        assert "not a copy of this source" in one_error_line(r, writer)
+
+
+def test_every_transfer_command_offers_a_token() -> None:
+    for command, options in (("export", ["--token"]), ("import", ["--token"]),
+                             ("copy", ["--from-token", "--to-token"])):
+        text = ok(run_cli(command, "--help")).decode()
+        for option in options:
+            assert option in text, (command, option)
+
+
+async def test_a_batch_item_keeps_its_timestamp_given_by_an_admin_token(tmp_path: Path, tokens: str) -> None:
+    """The HTTP side of an import: a batch (or multi-entity) item may carry its own timestamp, kept
+    instead of the commit time; under --auth only an admin token may give one."""
+    import httpx
+    writer, _ = add_token(tokens, "*", "write")
+    admin, _ = add_token(tokens, "*", "admin")
+    item = {"type": "t", "event": 1, "timestamp": "2020-01-02T03:04:05.678901+01:00"}
+    with served(f"sqlite:///{tmp_path / 'b.db'}", tokens) as server, httpx.Client(base_url=server.url) as http:
+        def post(path: str, body: object, token: str) -> httpx.Response:
+            return http.post(path, json=body, headers={"authorization": f"Bearer {token}"})
+        assert post("/r/d/e", {"events": [item]}, writer).status_code == 403
+        assert post("/r/d", {"events": [{**item, "entity": "e"}]}, writer).status_code == 403
+        assert post("/r/d/e", {"events": [{"type": "t", "event": 0}]}, writer).status_code == 201  # no timestamp
+        r = post("/r/d/e", {"events": [item]}, admin)
+        assert r.status_code == 201 and r.json()["events"][0]["timestamp"] == "2020-01-02T02:04:05.678901Z"
+        r = post("/r/d", {"events": [{**item, "entity": "f"}]}, admin)
+        assert r.status_code == 201 and r.json()["events"][0]["timestamp"] == "2020-01-02T02:04:05.678901Z"
+        assert post("/r/d/e", {"events": [{**item, "timestamp": "yesterday"}]}, admin).status_code == 400
+        events = http.get("/r/d/e", headers={"authorization": f"Bearer {admin}"}).json()["events"]
+    assert [e["timestamp"] for e in events][1:] == ["2020-01-02T02:04:05.678901Z"]
