@@ -555,3 +555,34 @@ def test_export_into_a_reader_that_quits_is_quiet(tmp_path: Path) -> None:
     export.wait(60)
     assert head[0].startswith(b"{") and head[1].startswith(b"{")
     assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()
+
+
+async def test_an_import_holds_a_bounded_number_of_events_in_flight(tmp_path: Path) -> None:
+    """Runs of one entity go as batches pipelined into SQLite; however many fit the byte window,
+    at most WINDOW_EVENTS (plus the batch just sent) are in flight: 100,000 small events in runs of
+    1,000 were all in flight at once (0.5 GB)."""
+    from perhap.transfer import importer as importer_module
+    header = orjson.dumps({"format": "perhap-dump", "version": 2, "scope": None})
+    lines = [header] + [orjson.dumps({
+        "event_id": str(uuid.uuid4()), "realm": "gen", "domain": "d", "entity": f"e{i // 1000}", "type": "t",
+        "event": {"i": i}, "meta": {}, "version": i % 1000, "position": i + 1,
+        "timestamp": "2026-01-01T00:00:00.000000Z"}) for i in range(20_000)]
+    async with open_store(f"sqlite:///{tmp_path / 'a.db'}") as store:
+        in_flight = most = 0
+        append_batch = store.append_batch
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, most
+            in_flight += len(args[3])
+            most = max(most, in_flight)
+            try:
+                return await append_batch(*args, **kwargs)
+            finally:
+                in_flight -= len(args[3])
+
+        store.append_batch = counted  # type: ignore[method-assign]
+        stats = await import_dump(store, lines)
+        del store.append_batch
+        assert stats.imported == 20_000
+        assert 1_000 < most <= 5_000 == importer_module.WINDOW_EVENTS + importer_module.BATCH_EVENTS, most
+        assert len((await store.read(Scope("gen", "d", "e19"), limit=2000)).events) == 1000
