@@ -208,8 +208,9 @@ def run_copy(args: argparse.Namespace) -> int:
         if bad:
             raise CommandError(f"copy verification failed: {bad} of {len(report.checks)} realms differ")
         realms = f"{len(report.checks):,} realm{'' if len(report.checks) == 1 else 's'}"
-        say(f"copy verified: {realms}, {total:,} events "
-            f"({stats.imported:,} copied now, {stats.present:,} there already)")
+        # There already: what an earlier run copied (skipped by resuming after it) or this run found.
+        say(f"copy verified: {realms}, {total:,} event{'' if total == 1 else 's'} "
+            f"({stats.imported:,} copied now, {total - stats.imported:,} there already)")
         return 0
 
     return run_store_job(job(), _COPY_TOKEN_HINT)

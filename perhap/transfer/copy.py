@@ -106,7 +106,7 @@ async def copy_store(source: TransferStore, destination: TransferStore, *, limit
         resumed = f" (resumed after {following})" if following else ""
         if progress is not None:
             progress.clear()
-        say(f"copied {realm}: {done:,} events{resumed}")
+        say(f"copied {realm}: {done:,} event{'' if done == 1 else 's'}{resumed}")
         if not complete:
             break
     if progress is not None:
