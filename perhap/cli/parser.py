@@ -230,7 +230,7 @@ def _add_client_commands(sub: Subcommands) -> None:
     append_many = _command(
         sub, "append-many", "append events to several entities of one domain atomically (all or none); "
         "prints each event's entity, event_id, version, position and timestamp",
-        "perhap append-many shop/orders moves.jsonl --expect order-17=-1 --expect stock-4=12",
+        "perhap append-many shop/orders moves.jsonl --expect order-18=-1",
         """echo '{"entity": "o-1", "type": "placed", "event": {"total": 42}}' | perhap append-many shop/orders""")
     append_many.add_argument("target", metavar="REALM/DOMAIN", help="the domain the events go to")
     append_many.add_argument("events", nargs="?", default="-", metavar="FILE",
