@@ -73,7 +73,9 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
         loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
         timeout_keep_alive=net.get("idle_timeout", DEFAULT_IDLE_TIMEOUT), ssl_certfile=net.get("tls_cert"),
         ssl_keyfile=net.get("tls_key"),
-        limit_concurrency=DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections,
+        # uvicorn refuses a connection once the count, the new one included, reaches its limit: +1
+        # so that N connections are served and the one beyond them is the 503.
+        limit_concurrency=(DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections) + 1,
     )
 
 

@@ -94,6 +94,13 @@ async def test_realm_and_permission(auth_client: httpx.AsyncClient, tokens: str,
     problem(await auth_client.get(f"/{realm}/d/{event_id}", headers=bearer(foreign)), 403)
     # the wrong method is still a 405 for a token that may use the realm
     problem(await auth_client.delete(f"/{realm}/d/e/t", headers=bearer(write)), 405)
+    # ... whatever its permission: a POST a route does not take is a 405 (no route: 404) for a read
+    # token as for a write token, not a 403 "may not write" (nothing could be written there)
+    for token in (read, write):
+        for path in (f"/{realm}", f"/{realm}/keys", f"/{realm}/d/keys", f"/{realm}/d/e/keys"):
+            problem(await auth_client.post(path, json={"event": 1}, headers=bearer(token)), 405)
+        problem(await auth_client.post(f"/{realm}/d/e/t/x", json={"event": 1}, headers=bearer(token)), 404)
+    problem(await auth_client.post(f"/{realm}/keys", json={}, headers=bearer(foreign)), 403)  # the realm first
 
 
 async def test_keys_lists_only_readable_realms(auth_client: httpx.AsyncClient, tokens: str, realm: str) -> None:

@@ -22,7 +22,7 @@ from perhap.app import PerhapApp
 from perhap.auth import Authenticator, add_token
 from perhap.limits import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from perhap.server import _config, limited_protocol
-from tests.servers import ThreadServer, free_port
+from tests.servers import ProcessServer, ThreadServer, free_port
 
 
 def problem(r: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
@@ -213,8 +213,8 @@ def test_listener_defaults() -> None:
     app = PerhapApp(store_url="sqlite:///unused.db")
     for net in ({}, {"max_connections": None, "body_timeout": None}):
         config = _config(app, "127.0.0.1", 1, "warning", net)
-        assert config.limit_concurrency == DEFAULT_MAX_CONNECTIONS
-    assert _config(app, "127.0.0.1", 1, "warning", {"max_connections": 7}).limit_concurrency == 7
+        assert config.limit_concurrency == DEFAULT_MAX_CONNECTIONS + 1
+    assert _config(app, "127.0.0.1", 1, "warning", {"max_connections": 7}).limit_concurrency == 8  # (see _config)
     assert DEFAULT_BODY_TIMEOUT == 30 and DEFAULT_MAX_CONNECTIONS > 1000  # above the stream limit
 
 
@@ -309,3 +309,23 @@ def test_tls_options_must_come_together(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--tls-cert", str(tmp_path / "c.pem")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--tls-key" in r.stderr
+
+
+def test_max_connections_serves_n_connections_and_refuses_the_one_beyond(tmp_path: Path) -> None:
+    """--max-connections N: N open connections are served, the N+1th is the 503 ("beyond"; it
+    was the Nth, as uvicorn counts the new connection in)."""
+    import socket
+    with ProcessServer(f"sqlite:///{tmp_path}/c.db", None, "--max-connections", "3") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        request = f"GET /_health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        held = []
+        try:
+            for n in range(4):
+                conn = socket.create_connection((host, int(port)), timeout=10)
+                held.append(conn)  # kept open: each counts while it lives
+                conn.sendall(request)
+                status = conn.recv(4096).split(b"\r\n", 1)[0]
+                assert status.startswith(b"HTTP/1.1 503" if n == 3 else b"HTTP/1.1 200"), (n, status)
+        finally:
+            for conn in held:
+                conn.close()

@@ -160,20 +160,20 @@ class PerhapApp:
             route = match(names)
             scope[ROUTE_KEY] = route
             method: str = scope["method"]
+            handlers = self.handlers[route.index]
+            handler = handlers.get(method)
             if route.realm:
                 realm = check_name(names[0], "realm", realm=True)
-                if grant is not None:
-                    authorize(grant, realm, "write" if method == "POST" else "read")
+                if grant is not None:  # write for an append; a POST the route has not is a 405 (or 404)
+                    authorize(grant, realm, "write" if method == "POST" and handler is not None else "read")
                 for i in range(1, route.levels):
                     check_name(names[i], _LEVELS[i])
             elif grant is not None and route.realm_at is not None:
                 # As for /{realm}/...: another realm's token is a 403 whatever the method (every
                 # group route needs read at least; the handlers ask for write where they need it).
                 authorize(grant, check_name(names[route.realm_at], "realm", realm=True), "read")
-            handlers = self.handlers[route.index]
             # Every route has an ANY_METHOD handler (the wrong-method 405, or no route).
-            handler = handlers.get(method) or handlers[ANY_METHOD]
-            await handler(ctx, Request(scope, receive, method, names, query, grant), send)
+            await (handler or handlers[ANY_METHOD])(ctx, Request(scope, receive, method, names, query, grant), send)
         except HTTPProblem as p:
             await send_problem(send, p.status, p.slug, p.title, p.detail, p.extra, p.headers)
         except PerhapError as e:
