@@ -702,3 +702,26 @@ async def test_an_append_from_another_event_loop_is_refused(pg_url: str) -> None
             await asyncio.to_thread(asyncio.run, store.append("loops", "d", "e", "t", 1))
         assert (await store.read(Scope("loops", "d"))).events == []
         assert (await store.append("loops", "d", "e", "t", 2)).first.version == 0
+
+
+async def test_a_read_that_times_out_waits_its_timeout_once(pg_url: str) -> None:
+    """A read blocked past ``timeout`` (a table locked: what a network dropping packets looks like)
+    is a 503 after ``timeout``, not retried into twice that (a retry is for a dead pooled
+    connection, which fails fast)."""
+    sep = "&" if "?" in pg_url else "?"
+    async with open_store(f"{pg_url}{sep}timeout=1") as store:
+        await store.append("r", "d", "e", "t", 1)
+        blocker = await asyncpg.connect(pg_url, timeout=10)
+        try:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("LOCK TABLE perhap_events IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable, match="unavailable"):
+                await store.read(Scope("r", "d", "e"))
+            took = time.monotonic() - started
+            await transaction.rollback()
+        finally:
+            await blocker.close()
+        assert 0.9 < took < 1.7, took  # one timeout (it took 2 s: two)
+        assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [1]

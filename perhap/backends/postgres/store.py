@@ -162,7 +162,7 @@ class PostgresStore(Store):
                 await warn_if_not_durable(conn)
         except DB_ERRORS as exc:
             await self._close_pool()
-            raise StorageUnavailable(f"cannot open the PostgreSQL store: {exc}") from None
+            raise StorageUnavailable(f"cannot open the PostgreSQL store: {exc or type(exc).__name__}") from None
         except BaseException:
             await self._close_pool()
             raise
@@ -266,8 +266,9 @@ class PostgresStore(Store):
                     return await conn.fetch(sql, *args)
             except LOST as exc:
                 # A pooled connection may have died with a restarted server: one retry takes a
-                # fresh one, and fails fast if the server is really away.
-                if attempt:
+                # fresh one, and fails fast if the server is really away. Not after a timeout: it
+                # waited its whole time already (a retry made a read wait twice ``timeout``).
+                if attempt or isinstance(exc, TimeoutError):
                     raise StorageUnavailable(f"the database is unavailable: {exc!r}") from None
             except asyncpg.PostgresError as exc:
                 raise StorageUnavailable(f"read failed: {exc}") from None
