@@ -26,6 +26,8 @@ log = logging.getLogger("perhap.auth")
 PERMISSIONS = ("read", "write", "admin")  # each implies the ones before it
 _RANK = {p: i for i, p in enumerate(PERMISSIONS)}
 ANY_REALM = "*"
+#: How old a look at the token file a stream's send may rely on (a stat, shared by every stream).
+STREAM_RECHECK = 0.005
 TOKEN_PREFIX = "perhap_"
 
 
@@ -164,9 +166,9 @@ class Authenticator:
         self._by_hash = {g.hash: g for g in grants}
         log.info("loaded %d token(s) from %s", len(grants), self.path)
 
-    def refresh(self) -> None:
+    def refresh(self, recheck: float | None = None) -> None:
         now = time.monotonic()
-        if now - self._checked >= self.recheck:
+        if now - self._checked >= (self.recheck if recheck is None else recheck):
             self._checked = now
             stamp = self._stat()
             if stamp != self._stamp:
@@ -181,8 +183,10 @@ class Authenticator:
         return grant
 
     def still_valid(self, grant: Grant) -> bool:
-        """For long-lived streams: has the grant been revoked (or changed) since?"""
-        self.refresh()
+        """For long-lived streams, before each send: has the grant been revoked (or changed) since?
+        The file is looked at again if it was not in the last STREAM_RECHECK seconds (not the
+        second requests allow), so a stream of a revoked token ends before it carries another event."""
+        self.refresh(min(self.recheck, STREAM_RECHECK))
         return self._by_hash.get(grant.hash) == grant
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Grant | None:

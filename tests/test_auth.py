@@ -180,6 +180,38 @@ async def test_streams_respect_realms_and_revocation(store_url: str, tokens: str
             assert len(seen) == 1
 
 
+async def test_a_revoked_tokens_stream_carries_no_event_committed_after(store_url: str, tokens: str,
+                                                                        realm: str) -> None:
+    """With the default recheck (a request may rely on a look at the token file up to a second
+    old), a stream looks again before each send: revoked, it ends before carrying the next event
+    (it carried events for up to a second after the revocation)."""
+    writer, _ = add_token(tokens, "*", "write")
+    reader, grant = add_token(tokens, realm, "read")
+    with ThreadServer(store_url, heartbeat=5, auth=Authenticator(tokens)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            seen: list[str] = []
+
+            async def follow() -> None:
+                headers = {**bearer(reader), "Accept": "text/event-stream"}
+                async with c.stream("GET", f"/{realm}", headers=headers) as s:
+                    async for line in s.aiter_lines():
+                        if line.startswith("data:"):
+                            seen.append(line)
+
+            task = asyncio.ensure_future(follow())
+            await c.post(f"/{realm}/d/e/t", json={"event": 1}, headers=bearer(writer))
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(seen) == 1
+            revoke_token(tokens, grant.id)
+            for n in range(2, 6):  # the server's look at the file is younger than a second here
+                await c.post(f"/{realm}/d/e/t", json={"event": n}, headers=bearer(writer))
+            await asyncio.wait_for(task, 10)
+            assert len(seen) == 1, seen
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "perhap.cli", *args], capture_output=True, text=True, timeout=60)
 
