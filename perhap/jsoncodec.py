@@ -13,7 +13,7 @@ from .errors import InvalidInput
 
 # orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path, and
 # so do exponents below -99, where a float may underflow to 0 (orjson reads 1e-400 as 0.0).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}|[eE]-0*[1-9][0-9]{2}")
+_CHECKED_PATH = re.compile(rb"[0-9]{19}|[eE]-0*[1-9][0-9]{2}")
 #: Python reads at most this many digits as one integer (``sys.get_int_max_str_digits``: more cost
 #: quadratic time); a longer integer is refused in words, not as invalid JSON.
 MAX_INT_DIGITS = 4300
@@ -45,7 +45,7 @@ def _exact_int(text: str) -> int:
 
 def load_json(raw: bytes) -> Any:
     """Parse JSON exactly: long integers stay integers (orjson would make them floats), up to 4,300 digits."""
-    if _LONG_DIGITS.search(raw):
+    if _CHECKED_PATH.search(raw):
         try:
             return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_exact_int)
         except (ValueError, RecursionError) as exc:

@@ -88,20 +88,21 @@ def check_url(url: str) -> str:
     return url
 
 
-def bearer_token(option: str | None) -> str | None:
-    """The token to send: ``--token``, else ``$PERHAP_TOKEN`` (empty means unset), else None.
+def bearer_token(option: str | None, name: str = "--token", env: str = TOKEN_ENV) -> str | None:
+    """The token to send: the option ``name`` (``--token``), else ``$env`` (``PERHAP_TOKEN``;
+    empty means unset), else None.
 
     A malformed token is a usage error that never shows the token: it is a secret, and it may
     have been pasted in the wrong place.
     """
     if option is not None:
-        token, source = option.strip(), "--token"
+        token, source = option.strip(), name
     else:
-        token, source = os.environ.get(TOKEN_ENV, "").strip(), TOKEN_ENV
+        token, source = os.environ.get(env, "").strip(), env
         if not token:
             return None
     if not token:
-        raise CommandError("--token is empty", 2)
+        raise CommandError(f"{name} is empty", 2)
     if not _BEARER.fullmatch(token):
         raise CommandError(f"{source} is not a bearer token (not shown): it may hold only letters, digits "
                            "and - . _ ~ + /, then = at the end", 2)

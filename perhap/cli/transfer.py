@@ -36,20 +36,6 @@ def check_target(url: str, option: str, token: str | None, token_option: str, *,
     return check_db(url, option, must_exist=must_exist)
 
 
-def side_token(value: str | None, option: str, env: str) -> str | None:
-    """A copy side's token: ``option``, else ``$env`` (empty means unset); never shown when bad."""
-    source = option
-    if value is None:
-        value, source = os.environ.get(env, "").strip(), env
-        if not value:
-            return None
-    try:
-        return bearer_token(value)
-    except CommandError:
-        raise CommandError(f"{source} is empty or not a bearer token (not shown): it may hold only letters, "
-                           "digits and - . _ ~ + /, then = at the end", 2) from None
-
-
 def open_target(url: str, token: str | None) -> AbstractAsyncContextManager[TransferStore]:
     """A store opened directly, or the server at an http(s):// ``url`` through its API."""
     if _is_server(url):
@@ -176,8 +162,8 @@ def run_copy(args: argparse.Namespace) -> int:
     source = check_target(args.source, "--from", args.from_token, "--from-token", must_exist=True)
     destination = check_target(args.destination, "--to", args.to_token, "--to-token", must_exist=False)
     # Each side its own token: one set for a server must not be sent to another ($PERHAP_TOKEN is not read).
-    from_token = side_token(args.from_token, "--from-token", FROM_TOKEN_ENV) if _is_server(source) else None
-    to_token = side_token(args.to_token, "--to-token", TO_TOKEN_ENV) if _is_server(destination) else None
+    from_token = bearer_token(args.from_token, "--from-token", FROM_TOKEN_ENV) if _is_server(source) else None
+    to_token = bearer_token(args.to_token, "--to-token", TO_TOKEN_ENV) if _is_server(destination) else None
     if source == destination:
         raise CommandError("--from and --to are the same store", 2)
     if args.limit is not None and args.limit < 1:
