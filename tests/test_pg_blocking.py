@@ -79,8 +79,11 @@ async def test_a_store_closing_under_threads_appends_answers_every_one(
     stop = threading.Event()
 
     def work(n: int) -> None:
+        # Each thread appends until its store refuses it: once closed, every thread's next append
+        # is refused, so each ends with exactly one error (ending on `stop` instead raced close:
+        # a thread between two appends when it was set ended with none).
         i = 0
-        while not stop.is_set():
+        while not stop.is_set():  # (set only if the test fails, so no thread outlives it)
             try:
                 outcomes.append(store.append_blocking("r", "d", f"e{n}", [new_event("t", {"i": i})]))
             except PerhapError as exc:  # closed: StorageUnavailable, or refused before it queued
@@ -93,10 +96,10 @@ async def test_a_store_closing_under_threads_appends_answers_every_one(
         t.start()
     await wait_until(lambda: len(outcomes) >= 20, "the threads to be appending", 10)
     await store.close()
-    stop.set()
     deadline = time.monotonic() + 10
     for t in pool:
         t.join(max(0.0, deadline - time.monotonic()))
+    stop.set()
     assert not any(t.is_alive() for t in pool), "a thread's append was never answered"
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(errors) == 4 and all(isinstance(e, StorageUnavailable) for e in errors), errors
