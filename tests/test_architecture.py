@@ -167,6 +167,38 @@ def test_the_readme_layout_names_every_module() -> None:
     assert not missing, f"README.md's layout does not name: {', '.join(missing)}"
 
 
+def readme_layout_order() -> list[str]:
+    """The top-level entries of README.md's layout tree (``errors``, ``store``, ...), in order."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tree = readme[readme.index("```\nperhap/\n") + len("```\nperhap/\n"):]
+    order = []
+    for line in tree.splitlines():
+        if not line.startswith("  "):
+            break  # the tree's end (tests/, bench/ ... are outside the package)
+        if line[2] != " ":
+            order.append(line.split()[0].removesuffix("/").removesuffix(".py"))
+    return order
+
+
+def test_imports_only_go_down_the_readme_layout() -> None:
+    # The README promises that a module imports only what its layout lists above it: a reader
+    # can learn the package from the top down.
+    order = readme_layout_order()
+    rank = {name: i for i, name in enumerate(order)}
+    graph = import_graph(PACKAGE)
+    upward = []
+    for module, targets in graph.items():
+        top = module.split(".")[1] if "." in module else None
+        for target in targets:
+            other = target.split(".")[1] if "." in target else None
+            if top is None or other is None or top == other:
+                continue
+            assert top in rank and other in rank, f"README.md's layout does not list {top} or {other}"
+            if rank[other] > rank[top]:
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports going up README.md's layout:\n" + "\n".join(sorted(upward))
+
+
 def test_no_module_imports_names_from_the_top_package() -> None:
     # `from perhap import X` (or `from .. import X` reaching perhap) inside the package runs
     # perhap/__init__ from the middle of another import: a cycle waiting to happen.

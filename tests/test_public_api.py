@@ -134,3 +134,17 @@ def test_every_type_in_a_public_signature_is_exported() -> None:
     missing = {f"{t.__module__}.{t.__qualname__}": sorted(places) for t, places in where.items()
                if getattr(perhap, t.__name__, None) is not t}
     assert not missing, f"types in public signatures but not exported from perhap: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_exported_class_has_resolvable_hints(name: str) -> None:
+    # A hint that names something its module does not import breaks typing.get_type_hints, and
+    # with it every tool that reads them (IDEs, pydantic, documentation generators).
+    value = getattr(perhap, name)
+    if not isinstance(value, type):
+        typing.get_type_hints(value)
+        return
+    typing.get_type_hints(value)
+    for _, method in inspect.getmembers(value, inspect.isfunction):
+        if method.__module__.split(".")[0] == "perhap" or method.__name__ == "__init__":
+            typing.get_type_hints(method)

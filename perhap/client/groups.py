@@ -16,7 +16,7 @@ import httpx
 
 from ..errors import InvalidInput
 from ..ids import check_event_id
-from ..model import Event, check_consumer, check_name
+from ..model import Cursor, Event, check_consumer, check_name  # noqa: F401 (Cursor: see Delivery)
 from .core import ClientCore, H, Op
 from .errors import unexpected
 from .wire import event_from_dict, json_body, path
@@ -32,6 +32,9 @@ class Delivery(Event):
     A parked event (:meth:`Client.parked`) also has ``parked_at`` (RFC 3339) and ``reason``
     (``"nack"`` or ``"max_deliveries"``); both are None for a leased one.
     """
+
+    # The __init__ dataclass makes here resolves the fields inherited from Event (``cursor:
+    # Cursor | None``) in this module's globals: hence Cursor's import above.
 
     delivery: int = 1
     parked_at: str | None = None
