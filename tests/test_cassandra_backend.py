@@ -84,6 +84,18 @@ def test_url_defaults_and_options() -> None:
                     "clock_skew_ms=-1", "consistency=ANY", "consistency=SERIAL", "serial_consistency=QUORUM"))):
         with pytest.raises(ValueError):
             parse_cassandra_url(bad)
+    # A port the driver would wrap modulo 65536 (105963 is 40427), or no number at all.
+    for port in ("105963", "65536", "0", "-5", "notaport", "１２"):
+        with pytest.raises(ValueError, match="port .* 1 to 65535"):
+            parse_cassandra_url(f"cassandra://h:{port}/ks")
+    assert parse_cassandra_url("cassandra://h:65535/ks").port == 65535
+    # An option without a value is refused by name, not taken as its default.
+    with pytest.raises(ValueError, match="without a value: settle_ms"):
+        parse_cassandra_url("cassandra://h/ks?settle_ms=")
+    # EACH_QUORUM is not offered: the one level also serves reads, which Cassandra refuses it for.
+    with pytest.raises(ValueError, match="consistency must be one of") as refused:
+        parse_cassandra_url("cassandra://h/ks?consistency=EACH_QUORUM")
+    assert "EACH_QUORUM" not in str(refused.value).split(", not")[0]
 
 
 # ----------------------------------------------------------------------------- schema
@@ -504,8 +516,39 @@ async def test_a_store_whose_reads_can_miss_writes_is_refused(cassandra: Any) ->
         rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
                                (keyspace,))
         assert rows.one() is None
+        # An existing keyspace of three replicas, named in capitals (CQL folds unquoted names to
+        # lower case): its replication is found, and LOCAL_ONE refused, whatever the spelling.
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 3}")
+        for name in (keyspace, keyspace.upper()):
+            with pytest.raises(ValueError, match="LOCAL_QUORUM"):
+                await open_store(f"cassandra://{cassandra.hosts}/{name}?timeout=3")
     finally:
         cluster.shutdown()
+
+
+async def test_more_replicas_asked_than_the_keyspace_has_is_refused_in_words(cassandra: Any) -> None:
+    """consistency=TWO on a keyspace of one replica: the check's own refusal, not the driver's
+    "cannot reach Cassandra" from reading the schema at that level."""
+    keyspace = f"perhap_two_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)
+    for level in ("TWO", "THREE"):
+        with pytest.raises(ValueError, match=f"consistency={level} needs"):
+            await open_store(f"cassandra://{cassandra.hosts}/{keyspace}?consistency={level}&timeout=3")
+
+
+async def test_a_factor_the_existing_keyspace_lacks_is_warned_about(cassandra: Any,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    url = cassandra.new_url()
+    async with open_store(url):
+        pass  # the keyspace exists now, with one replica
+    with caplog.at_level(logging.WARNING, logger="perhap.cassandra"):
+        async with open_store(url + "&replication_factor=1"):
+            pass
+        assert not any("replication_factor" in r.getMessage() for r in caplog.records)
+        async with open_store(url + "&replication_factor=2&consistency=ONE"):
+            pass
+    assert any("exists with replication_factor 1" in r.getMessage() for r in caplog.records)
 
 
 async def test_commit_log_mode_is_read_and_periodic_refused(cassandra: Any, url: str) -> None:
@@ -519,6 +562,7 @@ async def test_commit_log_mode_is_read_and_periodic_refused(cassandra: Any, url:
         commitlog_verdict({"10.0.0.1": "group", "10.0.0.2": "periodic"}, accept_periodic=False)
     assert "periodic (accepted" in commitlog_verdict({"10.0.0.2": "periodic"}, accept_periodic=True)[0]
     assert "could not read" in commitlog_verdict({"10.0.0.3": None}, accept_periodic=False)[0]
+    assert "10.0.0.3: down or not readable" in commitlog_verdict({"10.0.0.3": None}, accept_periodic=False)[0]
     assert commitlog_verdict({"a": "group", "b": "batch"}, accept_periodic=False) == []
 
 
@@ -528,6 +572,9 @@ async def test_clock_skew_is_measured_against_the_cluster(url: str, cassandra: A
         assert isinstance(store, CassandraStore) and store.clock_offsets
         assert skew_warnings(store.clock_offsets, store.skew_us) == []
     assert skew_warnings({"h": (-100_000, 1_000)}, 50_000) and not skew_warnings({"h": (20_000, 1_000)}, 50_000)
+    # Which side is at risk depends on the direction: behind, this process's events; ahead, its reads.
+    assert "readers may skip this process's events" in skew_warnings({"h": (100_000, 1_000)}, 50_000)[0]
+    assert "this process's reads may skip" in skew_warnings({"h": (-100_000, 1_000)}, 50_000)[0]
     now = clock.now_us
     monkeypatch.setattr(clock, "now_us", lambda: now() + 2_000_000)  # this process runs 2 s ahead
     with caplog.at_level(logging.WARNING, logger="perhap.cassandra"):

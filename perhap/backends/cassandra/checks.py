@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cassandra import ConsistencyLevel as CL
+from cassandra.query import SimpleStatement
 
 from . import clock
 from .driver import DRIVER_ERRORS
@@ -116,14 +117,33 @@ def up_hosts(session: Any) -> list[Any]:
     return [h for h in session.cluster.metadata.all_hosts() if h.is_up is not False]
 
 
-def replication_of(session: Any, keyspace: str, replication_factor: int) -> Replication | None:
-    """The keyspace's replication, or the one it will be created with (SimpleStrategy)."""
+def replication_of(session: Any, keyspace: str, replication_factor: int) -> tuple[Replication | None, bool]:
+    """The keyspace's replication, or the one it will be created with (SimpleStrategy), and whether
+    the keyspace exists.
+
+    Asked at ONE: system_schema is each node's own (LocalStrategy), so the URL's level (TWO, say,
+    on one node) would fail the look-up before the check could say what is wrong with it. The
+    name is looked up as CQL stores it: perhap's names are unquoted, so folded to lower case."""
     datacentres = frozenset(str(h.datacenter) for h in session.cluster.metadata.all_hosts() if h.datacenter)
-    row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                          (keyspace,)).one()
+    query = SimpleStatement("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                            consistency_level=CL.ONE)
+    row = session.execute(query, (keyspace.lower(),), timeout=CHECK_TIMEOUT).one()
     if row is None:
-        return Replication({ANY_DC: replication_factor}, datacentres)
-    return parse_replication(dict(row[0]), datacentres)
+        return Replication({ANY_DC: replication_factor}, datacentres), False
+    return parse_replication(dict(row[0]), datacentres), True
+
+
+def factor_warning(replication: Replication | None, replication_factor: int) -> str | None:
+    """A warning when the URL names a replication_factor the existing keyspace does not have (the
+    factor is used only to create one: the stored replication is what the checks judge)."""
+    if replication is None or set(replication.factors) != {ANY_DC}:
+        return "the keyspace exists with its own replication: the URL's replication_factor is not used"
+    stored = replication.factors[ANY_DC]
+    if stored == replication_factor:
+        return None
+    return (f"the keyspace exists with replication_factor {stored}: the URL's replication_factor="
+            f"{replication_factor} is not used (it applies only when perhap creates the keyspace; change "
+            "an existing one with ALTER KEYSPACE and a repair)")
 
 
 def local_datacentre(session: Any, configured: str | None) -> str | None:
@@ -141,15 +161,17 @@ def commitlog_modes(session: Any, tries: int = 3) -> dict[str, str | None]:
     """Each reachable node's ``commitlog_sync`` (None where it cannot be read). A node asked
     right after connecting may not have its connection pool yet (seen on a three-node cluster):
     the nodes that gave nothing are asked again, up to ``tries`` times, half a second apart."""
-    modes: dict[str, str | None] = {str(host.address): None for host in up_hosts(session)}
+    # Every known node is listed, a node down at start-up too (None: not read), so that the
+    # verdict warns about it rather than passing over it in silence.
+    modes: dict[str, str | None] = {str(host.address): None for host in session.cluster.metadata.all_hosts()}
     for attempt in range(tries):
         if attempt:
             time.sleep(0.5)
-        for host in up_hosts(session):
-            if modes.get(str(host.address)) is None:
-                modes[str(host.address)] = _commitlog_mode(session, host)
-        if all(mode is not None for mode in modes.values()):
+        unread = [host for host in up_hosts(session) if modes.get(str(host.address)) is None]
+        if not unread:
             break
+        for host in unread:
+            modes[str(host.address)] = _commitlog_mode(session, host)
     return modes
 
 
@@ -181,10 +203,10 @@ def commitlog_verdict(modes: dict[str, str | None], accept_periodic: bool) -> li
         warnings.append(f"Cassandra node(s) {nodes} run commitlog_sync: periodic (accepted by the URL): a 201 "
                         "is in the replicas' memory, not on their disks, until the next periodic sync")
     if unknown:
+        found = ", ".join(f"{h}: {modes[h] or 'down or not readable'}" for h in unknown)
         warnings.append(
-            f"could not read commitlog_sync of Cassandra node(s) {', '.join(unknown)} (found: "
-            f"{', '.join(sorted({str(modes[h]) for h in unknown}))}): make sure it is group or batch, since "
-            "with periodic a 201 is not on disk")
+            f"could not read commitlog_sync of Cassandra node(s) {', '.join(unknown)} ({found}): make sure it "
+            "is group or batch, since with periodic a 201 is not on disk")
     return warnings
 
 
@@ -221,9 +243,13 @@ def skew_warnings(offsets: dict[str, tuple[int, int]], skew_us: int) -> list[str
     warnings = []
     for host, (offset, uncertainty) in sorted(offsets.items()):
         if abs(offset) - uncertainty > skew_us / 2:
+            # Behind, its events get positions below other readers' horizons; ahead, its own reads'
+            # horizons pass other processes' events still settling (docs/backends/cassandra.md).
+            risk = ("readers may skip this process's events" if offset > 0
+                    else "this process's reads may skip other processes' events")
             warnings.append(
                 f"this process's clock is {abs(offset) / 1000:.1f} ms (± {uncertainty / 1000:.1f}) "
                 f"{'behind' if offset > 0 else 'ahead of'} Cassandra node {host}'s, more than half of "
-                f"clock_skew_ms={skew_us / 1000:g}: readers may skip this process's events. Synchronise the "
-                "clocks (NTP), or raise clock_skew_ms and settle_ms")
+                f"clock_skew_ms={skew_us / 1000:g}: {risk}. Synchronise the clocks (NTP), or raise "
+                "clock_skew_ms and settle_ms")
     return warnings

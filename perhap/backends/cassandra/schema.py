@@ -133,7 +133,10 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
     """Check the cluster, create the schema if needed (or bring it up to this version), adopt the
     settings stored with the data, prepare the statements. Blocking: run it in a thread."""
     ks = options.keyspace
-    replication = checks.replication_of(session, ks, options.replication_factor)
+    replication, exists = checks.replication_of(session, ks, options.replication_factor)
+    warning = checks.factor_warning(replication, options.replication_factor) if exists else None
+    if warning is not None and "replication_factor" in options.given:
+        log.warning("keyspace %s: %s", ks, warning)
     if replication is None:
         log.warning("keyspace %s uses a replication strategy perhap does not know: it cannot check that "
                     "consistency=%s and serial_consistency=%s let every read meet every write", ks,

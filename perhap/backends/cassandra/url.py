@@ -12,7 +12,8 @@ OPTIONS = frozenset({"namespace", "replication_factor", "consistency", "serial_c
                      "accept_periodic_commitlog"})
 TRUE, FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
 #: Reads and writes at ANY would not be read back; SERIAL levels are for Paxos rounds alone.
-CONSISTENCY_LEVELS = frozenset(ConsistencyLevel.name_to_value) - {"ANY", "SERIAL", "LOCAL_SERIAL"}
+# EACH_QUORUM (writes only in Cassandra) is left out too: a store's one level serves its reads.
+CONSISTENCY_LEVELS = frozenset(ConsistencyLevel.name_to_value) - {"ANY", "SERIAL", "LOCAL_SERIAL", "EACH_QUORUM"}
 SERIAL_LEVELS = frozenset({"SERIAL", "LOCAL_SERIAL"})
 #: The settle window's ceiling: every domain and realm read near the head may wait this long.
 MAX_SETTLE_MS = 60_000
@@ -56,6 +57,9 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
     hostpart, port = netloc[-1], 9042
     if ":" in hostpart.rsplit(",", 1)[-1]:
         hostpart, port_text = hostpart.rsplit(":", 1)
+        # The driver would take 105963 as 40427 (modulo 65536): refused here, in words.
+        if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            raise ValueError(f"the port of a Cassandra URL must be a whole number from 1 to 65535, not {port_text!r}")
         port = int(port_text)
     hosts = [h for h in hostpart.split(",") if h]
     keyspace = parts.path.strip("/")
@@ -64,10 +68,13 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
     if not keyspace.replace("_", "a").isalnum() or not keyspace.isascii() or len(keyspace) > 48 \
             or keyspace[0].isdigit():
         raise ValueError("a Cassandra URL needs a keyspace: 1-48 letters, digits or '_', e.g. /perhap")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = set(query) - OPTIONS
     if unknown:
         raise ValueError(f"unknown Cassandra URL options: {', '.join(sorted(unknown))}")
+    empty = sorted(k for k, v in query.items() if not v)
+    if empty:  # `settle_ms=` would otherwise mean the default without a word
+        raise ValueError(f"Cassandra URL option(s) without a value: {', '.join(empty)}")
     namespace = query.get("namespace", "")
     if namespace and not (namespace.replace("_", "a").replace("-", "a").isalnum() and namespace.isascii()
                           and len(namespace) <= 64):
