@@ -247,3 +247,79 @@ def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str
             metrics = c.get("/_metrics").text
             assert "perhap_stream_write_timeouts_total 1.0" in metrics
         assert server.app.streams.write_timeouts == 1
+
+
+# --------------------------------------------------------------------------- point 12, consumer groups
+
+
+async def test_a_group_stream_sends_at_most_its_buffer_at_once(store: Store, realm: str) -> None:
+    """A consumer group's stream is bounded like any stream: its rounds lease a batch that grows
+    while events are small and shrinks to what fits the buffer, each body is at most the buffer
+    (or one event), and every event arrives once, in order."""
+    from perhap.groups import GroupSettings
+
+    buffer = 64 * 1024
+    app = PerhapApp(store, stream_buffer=buffer, heartbeat=5)
+    assert app.context is not None
+    await app.context.groups.create(realm, "g", GroupSettings.from_json({"max_in_flight": 10_000}))
+    big = "x" * 8000
+    # Each event an entity of its own: a group leases one event of an entity at a time.
+    sent = [(await store.append(realm, "d", f"e{i}", "t", {"n": i, "pad": big})).first.event_id for i in range(100)]
+    sent += [(await store.append(realm, "d", f"f{i}", "t", {"n": i})).first.event_id for i in range(600)]
+    asked: list[int] = []
+    lease = app.context.groups.lease
+
+    async def recorded(*args: Any) -> Any:
+        asked.append(args[3])
+        return await lease(*args)
+
+    app.context.groups.lease = recorded  # type: ignore[method-assign]
+    stream = Exchange(app, "GET", f"/_groups/{realm}/g/events?consumer=c&max=1000", stream_headers())
+    try:
+        await stream.until(lambda: sum(len(ids_in(b)) for b in stream.bodies()) >= len(sent), "every event arrived")
+    finally:
+        await stream.close()
+    assert [i for b in stream.bodies() for i in ids_in(b)] == sent
+    for body in stream.bodies():
+        assert len(body) <= buffer or len(ids_in(body)) == 1, (len(body), len(ids_in(body)))
+    # Never 1,000 large events leased (and held) at once; the small ones in batches grown back
+    # to what the buffer holds (about 250 bytes an event here).
+    assert asked[0] <= 32, asked
+    assert max(n for n in asked[:10]) * 8000 <= 4 * buffer, asked
+    assert max(asked) >= 100, asked
+
+
+def test_a_group_stream_whose_client_stops_reading_loses_it(store_url: str, realm: str) -> None:
+    """As for a scope's stream: once a write to a consumer group's stream has waited
+    ``write_timeout`` seconds, the stream ends, its slot is free, the connection is closed and
+    the metric counts it."""
+    server = ThreadServer(store_url, heartbeat=0.2, write_timeout=1.0, max_body=4 * 1024 * 1024)
+    server.server.config.http = limited_protocol()
+    with server:
+        pad = "x" * (256 * 1024)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.put(f"/_groups/{realm}/g", json={"max_in_flight": 1000}).status_code == 201
+            for n in range(64):  # 16 MiB, an entity each (leased together): more than the sockets hold
+                assert c.post(f"/{realm}/d/e{n}/t", json={"event": {"pad": pad, "n": n}}).status_code == 201
+            with socket.socket() as conn:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                conn.connect(("127.0.0.1", server.port))
+                conn.sendall(f"GET /_groups/{realm}/g/events?consumer=c&max=1000 HTTP/1.1\r\nHost: x\r\n"
+                             "Accept: text/event-stream\r\n\r\n".encode())
+                conn.settimeout(10)
+                assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+                deadline = time.monotonic() + 60
+                while server.app.streams.write_timeouts == 0:
+                    assert time.monotonic() < deadline, "the stalled group stream was never dropped"
+                    time.sleep(0.05)
+                while server.app.open_streams:
+                    assert time.monotonic() < deadline, "the dropped group stream kept its slot"
+                    time.sleep(0.05)
+                closed_by = time.monotonic() + 10
+                try:
+                    while conn.recv(1 << 20):
+                        assert time.monotonic() < closed_by, "the connection stayed open"
+                except ConnectionResetError:
+                    pass
+            assert "perhap_stream_write_timeouts_total 1.0" in c.get("/_metrics").text
+        assert server.app.streams.write_timeouts == 1

@@ -164,7 +164,8 @@ def _add_serve(sub: Subcommands) -> None:
     lim.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH, metavar="N",
                      help=f"deepest JSON nesting of a body, 400 beyond (default {DEFAULT_MAX_DEPTH})")
     lim.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
-                     help=f"open streams in total, 429 beyond (default {DEFAULT_MAX_STREAMS})")
+                     help=f"open streams of one server process (each of --workers has its own), 429 beyond "
+                          f"(default {DEFAULT_MAX_STREAMS})")
     lim.add_argument("--max-streams-per-token", type=int, default=DEFAULT_MAX_STREAMS_PER_TOKEN, metavar="N",
                      help=f"open streams per token with --auth, 429 beyond (default {DEFAULT_MAX_STREAMS_PER_TOKEN})")
     lim.add_argument("--stream-buffer", type=int, default=DEFAULT_STREAM_BUFFER, metavar="BYTES",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +25,7 @@ import orjson
 from ..auth import Authenticator, Grant
 from ..errors import StorageUnavailable
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
-from ..model import Event, Scope
+from ..model import Event
 from ..store.base import Store, Subscription
 from ..store.query import ReadQuery
 from .types import Receive, Send
@@ -132,13 +132,25 @@ async def _subscription(store: Store, query: ReadQuery, following: str | None) -
     return sub
 
 
-class _Writing:
-    """When the stream's current write began (loop time), or None between writes."""
+class Writing:
+    """When the stream's current write began (loop time), or None between writes: what the write
+    timeout watches. A pump sends through :meth:`send`."""
 
-    __slots__ = ("since",)
+    __slots__ = ("since", "_send", "_clock")
 
-    def __init__(self) -> None:
+    def __init__(self, send: Send) -> None:
         self.since: float | None = None
+        self._send = send
+        self._clock = asyncio.get_running_loop().time
+
+    async def send(self, body: bytes) -> None:
+        self.since = self._clock()
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self.since = None
+
+
+#: What a stream runs once it is open: it sends through its Writing until it returns (or is cancelled).
+Pump = Callable[[Writing], Coroutine[Any, Any, None]]
 
 
 async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery, following: str | None,
@@ -156,9 +168,17 @@ async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery,
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         # A comment first: it flushes the headers through proxies and tells the client it is live.
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
-        dropped = await _run(streams, sub, receive, send, grant, where)
+        dropped = await run_stream(streams, lambda writing: _pump(streams, sub, grant, writing),
+                                   receive, send, where)
     finally:
         streams.limiter.release(token_id)
+    await end_stream(streams, dropped, where, send, abort)
+
+
+async def end_stream(streams: StreamRegistry, dropped: bool, where: object, send: Send,
+                     abort: Callable[[], None] | None) -> None:
+    """Finish a stream's response; one whose client stopped reading (``dropped``) is counted and
+    its connection closed."""
     if dropped:
         streams.write_timeouts += 1
         log.info("stream of %s dropped: its client left a write unread for %s s", where, streams.write_timeout)
@@ -171,12 +191,12 @@ async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery,
         pass
 
 
-async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, send: Send,
-               grant: Grant | None, where: Scope) -> bool:
-    """Stream until the client goes, the server stops or the pump ends; True if the client stopped
-    reading for the write timeout."""
-    writing = _Writing()
-    pump = asyncio.ensure_future(_pump(streams, sub, send, grant, writing))
+async def run_stream(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send, where: object) -> bool:
+    """Run an open stream's ``pump`` until the client goes, the server stops or the pump ends;
+    True if the client left a write unread for the write timeout (the pump is then cancelled).
+    Every stream, a scope's or a consumer group's, runs here."""
+    writing = Writing(send)
+    task = asyncio.ensure_future(pump(writing))
     watch = asyncio.ensure_future(wait_disconnect(receive))
     stop = asyncio.ensure_future(streams.stopping.wait())
     timer: asyncio.TimerHandle | None = None
@@ -190,40 +210,36 @@ async def _run(streams: StreamRegistry, sub: Subscription, receive: Receive, sen
         since, now = writing.since, loop.time()
         if since is not None and now - since >= limit:
             dropped = True
-            pump.cancel()
+            task.cancel()
         else:
             timer = loop.call_later(limit if since is None else since + limit - now, check)
 
     if limit > 0:
         timer = loop.call_later(limit, check)
     try:
-        await asyncio.wait({pump, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if timer is not None:
             timer.cancel()
-        for task in (pump, watch, stop):
-            task.cancel()
-        await asyncio.gather(pump, watch, stop, return_exceptions=True)
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            log.warning("stream of %s ended: %s", where, pump.exception())
+        for t in (task, watch, stop):
+            t.cancel()
+        await asyncio.gather(task, watch, stop, return_exceptions=True)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("stream of %s ended: %s", where, task.exception())
     return dropped
 
 
-async def _pump(streams: StreamRegistry, sub: Subscription, send: Send, grant: Grant | None,
-                writing: _Writing) -> None:
+async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
     auth = streams.auth
     full = sub.query.limit
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
         sub.query = replace(sub.query, limit=FIRST_BATCH)
-    clock = asyncio.get_running_loop().time
     while True:
         sub.query, body = await _next_body(streams, sub, full)
         # A revoked token's stream ends before it carries another event.
         if grant is not None and auth is not None and not auth.still_valid(grant):
             return
-        writing.since = clock()
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        writing.since = None
+        await writing.send(body)
 
 
 #: What a stream sends next, and its query after that.
@@ -295,6 +311,21 @@ def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
     if batch < full and 2 * size <= buffer:
         sub.query = replace(sub.query, limit=min(full, 2 * batch))
     return b"".join(parts)
+
+
+def chunked(messages: Iterable[bytes], buffer: int) -> Iterator[bytes]:
+    """Messages joined into bodies of at most ``buffer`` bytes (a message larger than that alone),
+    each encoded only when the bodies before it have gone out."""
+    parts: list[bytes] = []
+    size = 0
+    for part in messages:
+        if parts and size + len(part) > buffer:
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(part)
+        size += len(part)
+    if parts:
+        yield b"".join(parts)
 
 
 async def wait_disconnect(receive: Receive) -> None:

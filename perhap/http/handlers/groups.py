@@ -19,7 +19,18 @@ from ...model import MAX_LIMIT, check_consumer, check_name
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
-from ..streaming import KEEP_ALIVE, SSE_HEADERS, sse_message, wait_disconnect
+from ..streaming import (
+    FIRST_BATCH,
+    KEEP_ALIVE,
+    SSE_HEADERS,
+    Writing,
+    abort_hook,
+    chunked,
+    end_stream,
+    run_stream,
+    sse_message,
+    wait_disconnect,
+)
 from ..types import Send
 
 DEFAULT_MAX = 100
@@ -145,7 +156,12 @@ async def replay(ctx: Context, req: Request, send: Send) -> None:
 async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str, consumer: str,
                   most: int) -> None:
     """Lease to the consumer for as long as it listens: each leased event one SSE message, never
-    more than the group's max_in_flight unacknowledged (the leases decide that, not the stream)."""
+    more than the group's max_in_flight unacknowledged (the leases decide that, not the stream).
+
+    Like every stream (:func:`..streaming.run_stream`), one whose client leaves a write unread for
+    the write timeout ends, and what it holds is bounded by the stream buffer: a round leases a
+    batch that grows while its events are small and shrinks to what fits the buffer, and sends it
+    in bodies of at most the buffer (the events leased are sent whole: they are the consumer's)."""
     streams, groups = ctx.streams, ctx.groups
     token_id = req.grant.id if req.grant is not None else None
     recheck = _recheck(ctx, req, realm)
@@ -155,26 +171,26 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
 
-        async def pump() -> None:
+        async def pump(writing: Writing) -> None:
+            batch = min(most, FIRST_BATCH)
             while True:
-                events = await groups.lease(realm, name, consumer, most, streams.heartbeat, recheck)
-                body = b"".join(sse_message(e["event_id"], e) for e in events) if events else KEEP_ALIVE
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck)
+                if not events:
+                    await writing.send(KEEP_ALIVE)
+                    continue
+                size = 0
+                for body in chunked((sse_message(e["event_id"], e) for e in events), streams.buffer):
+                    size += len(body)
+                    await writing.send(body)
+                if size > streams.buffer:
+                    batch = max(1, len(events) * streams.buffer // size)
+                elif 2 * size <= streams.buffer:
+                    batch = min(most, 2 * batch)
 
-        tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(wait_disconnect(req.receive)),
-                 asyncio.ensure_future(streams.stopping.wait())}
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        dropped = await run_stream(streams, pump, req.receive, send, f"group {name} of {realm}")
     finally:
         streams.limiter.release(token_id)
-    try:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except Exception:  # the client is gone already
-        pass
+    await end_stream(streams, dropped, f"group {name} of {realm}", send, abort_hook(req.scope))
 
 
 # --------------------------------------------------------------------------- values
