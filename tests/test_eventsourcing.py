@@ -313,6 +313,58 @@ def test_closed_factory_is_an_interface_error(target: Target) -> None:
     assert len(still_open.application_recorder().select_notifications(None, 10)) == 1
 
 
+def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(target: Target) -> None:
+    """A thread waiting in next() when the factory closes gets InterfaceError at once, over HTTP
+    (where it waited for ever) and in process (where it saw the store's closing as unavailable)."""
+    factory = Factory(Environment("TestApp", target.env()))
+    recorder = factory.application_recorder()
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    subscription = recorder.subscribe(gt=None)
+    assert next(subscription).id >= 1  # the one event; now nothing more to come
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            next(subscription)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    time.sleep(0.2)  # the thread waits in next()
+    factory.close()
+    waiter.join(5)
+    assert not waiter.is_alive(), "next() still waits after the factory closed"
+    assert len(outcome) == 1 and isinstance(outcome[0], es.InterfaceError), outcome
+
+
+def test_a_subscription_perhap_refuses_is_an_eventsourcing_error(target: Target) -> None:
+    """More topics than a read may filter by (100): the library's own exception, from subscribe()
+    or from the first next(), whichever transport."""
+    recorder = target.factory(**target.env()).application_recorder()
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    with pytest.raises(es.PersistenceError):
+        subscription = recorder.subscribe(gt=0, topics=[f"topic{i}" for i in range(101)])
+        try:
+            next(subscription)
+        finally:
+            subscription.stop()
+
+
+def test_too_many_streams_is_an_operational_error() -> None:
+    """429 is a passing refusal (the server's streams are full), as a full connection pool is to the
+    library's own modules: OperationalError, not ProgrammingError."""
+    import httpx
+
+    from perhap.client.errors import error_from_response
+    from perhap.eventsourcing.transport import translate
+
+    problem = {"type": "urn:perhap:problem:too-many-streams", "title": "Too Many Requests", "status": 429,
+               "detail": "the server has 2 streams open, its limit; retry later"}
+    response = httpx.Response(429, json=problem, request=httpx.Request("GET", "http://perhap/r"))
+    assert isinstance(translate(error_from_response(response)), OperationalError)
+
+
 def test_nothing_listening_is_an_operational_error() -> None:
     factory = Factory(Environment("Nobody", {"PERHAP_URL": f"http://127.0.0.1:{free_port()}"}))
     recorder = factory.process_recorder()

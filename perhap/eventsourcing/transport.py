@@ -60,6 +60,8 @@ def translate(exc: BaseException) -> PersistenceError:
     status = getattr(exc, "status", 0)
     if status == 413:  # a batch or body over the server's limits: in process the same is a DataError
         return DataError(detail)
+    if status == 429:  # too many streams open: a passing state of the server, as a full pool is
+        return OperationalError(f"perhap is busy: {detail}")
     if status in (401, 403):
         return OperationalError(f"perhap refused the credentials: {detail}")
     if isinstance(exc, errors.PerhapError) and 400 <= status < 500:
@@ -80,6 +82,9 @@ def translated() -> Iterator[None]:
         raise translate(exc) from exc
 
 
+CLOSED = "the perhap.eventsourcing factory of this recorder is closed"
+
+
 class Transport(abc.ABC):
     """Blocking access to one store. Reads return one page; ``read`` takes ``Store.read``'s bounds."""
 
@@ -89,7 +94,25 @@ class Transport(abc.ABC):
 
     def _check(self) -> None:
         if self._closed:
-            raise InterfaceError("the perhap.eventsourcing factory of this recorder is closed")
+            raise InterfaceError(CLOSED)
+
+    def _track(self, stop: Callable[[], None], deliver: Deliver) -> Callable[[], None]:
+        """A live subscription, ended with an InterfaceError if the factory closes under it (its
+        iterating thread would otherwise wait for ever, or see the store's own closing)."""
+        live: dict[object, tuple[Callable[[], None], Deliver]] = self.__dict__.setdefault("_live", {})
+        key = object()
+        live[key] = (stop, deliver)
+
+        def stop_tracked() -> None:
+            live.pop(key, None)
+            stop()
+
+        return stop_tracked
+
+    def _end_subscriptions(self) -> None:
+        for stop, deliver in list(self.__dict__.pop("_live", {}).values()):
+            stop()
+            deliver(InterfaceError(CLOSED))
 
     @abc.abstractmethod
     def append(self, realm: str, domain: str, entity: str, events: list[NewEvent],
@@ -202,12 +225,13 @@ class InProcess(Transport):
         def stop() -> None:
             future.cancel()  # thread-safe: cancels the task on its loop
 
-        return stop
+        return self._track(stop, deliver)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._end_subscriptions()
         with _lock:
             store, users = _stores[self.url]
             if users > 1:
@@ -268,15 +292,17 @@ class OverHttp(Transport):
                 with translated():
                     client.ping()
 
-        stream = client._live_stream(scope, None, STREAM_RETRIES, check_server, after_position=after_position,
-                                     types=types)
+        with translated():  # its arguments are checked here (more than 100 topics, say)
+            stream = client._live_stream(scope, None, STREAM_RETRIES, check_server, after_position=after_position,
+                                         types=types)
         threading.Thread(target=_pump, args=(stream, deliver), name="perhap-eventsourcing-stream",
                          daemon=True).start()
-        return stream.stop
+        return self._track(stream.stop, deliver)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._end_subscriptions()
             self.client.close()
 
 
