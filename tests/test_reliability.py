@@ -162,6 +162,10 @@ async def test_location_of_odd_names_points_back_at_the_event(client: httpx.Asyn
     ("postgresql://postgres@h/db?%70assword=s3cret", "s3cret"),
     ("postgresql://h/db?x=1;pass%77ord=s3cret", "s3cret"),
     ("postgresql://h/db?ssl%50assword=s3cret&password=s3cret", "s3cret"),
+    # libpq's key=value form is no store URL, but an error message quotes what it was given.
+    ("host=127.0.0.1 password=s3cret dbname=x", "s3cret"),
+    ("host=h password='s3 cret' user=u", "s3 cret"),
+    ("sslpassword = s3cret host=h", "s3cret"),
 ])
 def test_redact_hides_every_credential_form(url: str, secret: str) -> None:
     shown = redact(url)
@@ -172,6 +176,9 @@ def test_redact_hides_every_credential_form(url: str, secret: str) -> None:
 def test_an_unknown_scheme_is_named_without_its_credentials() -> None:
     with pytest.raises(ValueError, match="unknown store URL scheme 'mysql'") as refused:
         parse_store_url("mysql://u:s3cret@h/db?password=s3cret")
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(ValueError, match="unknown store URL scheme") as refused:
+        parse_store_url("host=127.0.0.1 password=s3cret")
     assert "s3cret" not in str(refused.value)
 
 

@@ -23,11 +23,17 @@ class UnknownScheme(ValueError):
 #: Query options that carry a secret: asyncpg's password and sslpassword, and anything named so
 #: (matched on the decoded name: ``%70assword`` is the password option to the backends too).
 _SECRET_OPTION = re.compile(r"(?i)password|secret|token")
+#: A secret in a ``key=value`` string (libpq's form): the key, then its value, quoted or not.
+_KEY_VALUE_SECRET = re.compile(r"(?i)(\b\w*(?:password|secret|token)\w*\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def redact(url: str) -> str:
     """The store URL with every credential replaced by ``***``, for logs and error messages."""
     parts = urlsplit(url)
+    if "://" not in url:
+        # Not a URL: maybe a libpq "host=... password=..." string, which no backend takes but
+        # whose secret must not reach a log or an error message either.
+        return _KEY_VALUE_SECRET.sub(lambda m: f"{m.group(1)}***", url)
     netloc, query = parts.netloc, parts.query
     if parts.password:
         userinfo, _, hosts = netloc.rpartition("@")
