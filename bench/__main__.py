@@ -1,8 +1,8 @@
 """``python -m bench``: perhap's benchmark suite. One table on stdout, the same as JSON in a file.
 
     pip install -e '.[bench]'         # eventsourcing (the peer) and psutil; wrk from apt if you can
-    python -m bench                   # everything, under 5 minutes on 2 cores (after the first run
-                                      # has built the cached 10-million-event store)
+    python -m bench                   # every row on SQLite and PostgreSQL, under 5 minutes on 2 cores
+    python -m bench --backend all     # Cassandra's rows too (a node started and warmed): ~7 minutes
     python -m bench --quick           # smaller sizes, under 60 seconds: CI's smoke check
     python -m bench --backend sqlite,postgresql --only 1,2,3,4,5
 
@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default bench/results.json, or bench/results-quick.json with --quick)")
     parser.add_argument("--backend", default="auto",
                         help="backends for rows 1-5: a comma list of "
-                             f"{', '.join(backends.NAMES)}, or auto (every one available; "
-                             "with --quick only sqlite). Rows 1-2 measure SQLite and PostgreSQL "
+                             f"{', '.join(backends.NAMES)}; all (every one available); or auto "
+                             "(sqlite and postgresql where available; with --quick only sqlite). "
+                             "Rows 1-2 measure SQLite and PostgreSQL "
                              "among them (PostgreSQL also with --workers 2); rows 6-10 measure SQLite.")
     parser.add_argument("--only", help=f"comma list of rows to run, from {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, help="alternating runs per comparison, best kept "

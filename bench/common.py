@@ -43,7 +43,7 @@ class Sizes:
         return max(1, self.growth_n // 10 // 100)
 
 
-FULL = Sizes("full", seconds=4.0, http_seconds=5, batch_count=60, readback=100_000,
+FULL = Sizes("full", seconds=4.0, http_seconds=4, batch_count=60, readback=100_000,
              growth_n=10_000_000, growth_small=10_000, growth_reads=400, memory_domain=1_000_000,
              stream_subscribers=100, stream_rate=1000, stream_seconds=10.0, peer_events=100_000)
 QUICK = Sizes("quick", seconds=1.5, http_seconds=2, batch_count=20, readback=100_000,

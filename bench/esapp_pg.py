@@ -25,7 +25,7 @@ from .esapp import EVENTS_PER_SAVE, Bank, _run, _workload
 RUNS = (("9e", 1, 16, "16 threads, in process"), ("9f", 1, 1, "1 thread, in process"),
         ("9g", 2, 8, "2 processes of 8 threads"))
 #: Saves per run by mode and row, over all threads and processes (even: every account is saved twice).
-SAVES = {"full": {"9e": 4_000, "9f": 1_000, "9g": 4_000}, "quick": {"9e": 960, "9f": 200, "9g": 960},
+SAVES = {"full": {"9e": 2_000, "9f": 500, "9g": 2_000}, "quick": {"9e": 960, "9f": 200, "9g": 960},
          "tiny": {"9e": 64, "9f": 8, "9g": 64}}
 SETUPS = (("eventsourcing", "eventsourcing.postgres"), ("perhap", "perhap.eventsourcing"))
 

@@ -264,3 +264,34 @@ def test_a_round_that_lost_cpu_time_to_steal_is_run_again_up_to_a_limit(capsys: 
     assert _rounds_run(2, [5.0, 5.0, 5.0, 5.0]) == [0, 1, 2, 3]  # two extra at most, then it stops
     assert _rounds_run(2, [5.0, 5.0, 5.0], extra=1) == [0, 1, 2]
     assert _rounds_run(0, []) == []
+
+
+def test_the_one_command_leaves_cassandra_to_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m bench` (auto) stays within issue 6's five minutes: SQLite and PostgreSQL; `all`
+    adds Cassandra (a JVM to start and warm); a quick run is SQLite alone."""
+    monkeypatch.setattr(backends, "available", lambda name: (True, ""))
+    assert backends.choose("auto", quick=False) == ["sqlite", "postgresql"]
+    assert backends.choose("all", quick=False) == ["sqlite", "postgresql", "cassandra"]
+    assert backends.choose("auto", quick=True) == ["sqlite"]
+    monkeypatch.setattr(backends, "available", lambda name: (name == "sqlite", "not installed"))
+    assert backends.choose("auto", quick=False) == ["sqlite"]
+
+
+@pytest.mark.parametrize("at_tenth, at_end, passed", [(50.0, 52.0, True), (50.0, 70.0, False), (50.0, 200.0, False)])
+def test_row_7_judges_flatness_as_well_as_the_peak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   at_tenth: float, at_end: float, passed: bool) -> None:
+    """Under 150 MiB is not enough: memory that grows with the events read fails the row."""
+    from bench import memory
+
+    figures = {"peak_mib": max(at_tenth, at_end), "idle_mib": 40.0, "rss_at_10pct_mib": at_tenth,
+               "rss_at_end_mib": at_end, "events_per_s": 1.0}
+    monkeypatch.setattr(memory, "measure", lambda data, workdir, how: figures)
+    suite = Suite(Options(sizes=TINY, repeats=1, cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "w")))
+
+    class Data:
+        def domain_events(self) -> int:
+            return 1_000_000
+
+    suite.work = tmp_path  # (set by run(); the measurement itself is replaced above)
+    suite._memory(Data())  # type: ignore[arg-type]
+    assert [r.passed for r in suite.rows] == [passed and figures["peak_mib"] < 150] * 2
