@@ -69,9 +69,31 @@ def dump_json(value: Any, what: str) -> bytes:
             return out
         raise InvalidInput(f"{what} holds a number JSON cannot carry (NaN or an infinity)")
     try:  # integers beyond 64 bits: stored exactly, as written
-        return _stdlib_dumps(value)
+        out = _stdlib_dumps(value)
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not serialisable as JSON: {exc}") from None
+    # A process that raised Python's own digit limit (sys.set_int_max_str_digits) could write an
+    # integer no read would take back (they stop at MAX_INT_DIGITS): refused here as when parsed.
+    if _has_long_int(value):
+        raise InvalidInput(f"{what} holds an integer of more than {MAX_INT_DIGITS:,} digits: it cannot be stored")
+    return out
+
+
+_INT_BOUND = 10**MAX_INT_DIGITS  # the smallest integer of MAX_INT_DIGITS + 1 digits
+
+
+def _has_long_int(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int):
+            if abs(item) >= _INT_BOUND:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def _non_finite(value: Any) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import pytest
 
 from perhap.backends import parse_store_url, redact
 from perhap.errors import InvalidInput, NotFound
-from perhap.jsoncodec import load_json
+from perhap.jsoncodec import dump_json, load_json
 from perhap.model import Scope, check_name
 from perhap.store import Store
 
@@ -58,6 +60,20 @@ def test_integers_are_kept_up_to_4300_digits_and_refused_in_words_beyond() -> No
     assert load_json(b"[" + b"9" * 4300 + b", -" + b"8" * 4300 + b"]") == [int("9" * 4300), -int("8" * 4300)]
     with pytest.raises(InvalidInput, match="4,301 digits"):
         load_json(b'{"n":' + b"9" * 4301 + b"}")
+
+
+def test_an_integer_no_read_would_take_back_is_never_written() -> None:
+    """With Python's own digit limit raised in the process, a value holding a longer integer
+    would serialise; what reads stored JSON stops at 4,300 digits, so it is refused here too."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(10_000)
+    try:
+        assert dump_json([10**4300 - 1, -(10**4300 - 1)], "the event")  # 4,300 digits: kept
+        for value in (10**4300, {"a": [-(10**5000)]}):
+            with pytest.raises(InvalidInput, match="more than 4,300 digits"):
+                dump_json(value, "the event")
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 @pytest.mark.parametrize("event, meta", [
