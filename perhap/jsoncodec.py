@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -82,26 +83,21 @@ def dump_json(value: Any, what: str) -> bytes:
 _INT_BOUND = 10**MAX_INT_DIGITS  # the smallest integer of MAX_INT_DIGITS + 1 digits
 
 
-def _has_long_int(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, int):
-            if abs(item) >= _INT_BOUND:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return False
-
-
 def _non_finite(value: Any) -> bool:
+    return _any_number(value, lambda n: isinstance(n, float) and not math.isfinite(n))
+
+
+def _has_long_int(value: Any) -> bool:
+    return _any_number(value, lambda n: isinstance(n, int) and abs(n) >= _INT_BOUND)
+
+
+def _any_number(value: Any, test: Callable[[float | int], bool]) -> bool:
+    """Whether any number in a JSON value (dicts, lists, tuples) passes ``test``; no recursion."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
+        if isinstance(item, int | float):
+            if test(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.values())

@@ -223,30 +223,37 @@ def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str
             for n in range(8):  # 16 MiB: more than the kernel's socket buffers can swallow
                 batch = {"events": [{"type": "t", "event": {"pad": pad, "n": n}} for _ in range(8)]}
                 assert c.post(f"/{realm}/d/e", json=batch).status_code == 201
-            with socket.socket() as conn:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                conn.connect(("127.0.0.1", server.port))
-                conn.sendall(f"GET /{realm} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
-                conn.settimeout(10)
-                assert conn.recv(1024).startswith(b"HTTP/1.1 200")
-                # ... and the client reads no more.
-                deadline = time.monotonic() + 60
-                while server.app.streams.write_timeouts == 0:
-                    assert time.monotonic() < deadline, "the stalled stream was never dropped"
-                    time.sleep(0.05)
-                while server.app.open_streams:
-                    assert time.monotonic() < deadline, "the dropped stream kept its slot"
-                    time.sleep(0.05)
-                # The connection was closed at once, unsent data dropped: reading ends soon.
-                closed_by = time.monotonic() + 10
-                try:
-                    while conn.recv(1 << 20):
-                        assert time.monotonic() < closed_by, "the connection stayed open"
-                except ConnectionResetError:
-                    pass
+            stall_until_dropped(server, f"/{realm}")
             metrics = c.get("/_metrics").text
             assert "perhap_stream_write_timeouts_total 1.0" in metrics
         assert server.app.streams.write_timeouts == 1
+
+
+def stall_until_dropped(server: ThreadServer, path: str) -> None:
+    """Open a stream at ``path`` on a raw socket with a tiny receive buffer, read the headers and
+    nothing more; return once the server has dropped the stream, freed its slot and closed the
+    connection (asserting each within a deadline)."""
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", server.port))
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        conn.settimeout(10)
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+        # ... and the client reads no more.
+        deadline = time.monotonic() + 60
+        while server.app.streams.write_timeouts == 0:
+            assert time.monotonic() < deadline, "the stalled stream was never dropped"
+            time.sleep(0.05)
+        while server.app.open_streams:
+            assert time.monotonic() < deadline, "the dropped stream kept its slot"
+            time.sleep(0.05)
+        # The connection was closed at once, unsent data dropped: reading ends soon.
+        closed_by = time.monotonic() + 10
+        try:
+            while conn.recv(1 << 20):
+                assert time.monotonic() < closed_by, "the connection stayed open"
+        except ConnectionResetError:
+            pass
 
 
 # --------------------------------------------------------------------------- point 12, consumer groups
@@ -301,25 +308,6 @@ def test_a_group_stream_whose_client_stops_reading_loses_it(store_url: str, real
             assert c.put(f"/_groups/{realm}/g", json={"max_in_flight": 1000}).status_code == 201
             for n in range(64):  # 16 MiB, an entity each (leased together): more than the sockets hold
                 assert c.post(f"/{realm}/d/e{n}/t", json={"event": {"pad": pad, "n": n}}).status_code == 201
-            with socket.socket() as conn:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                conn.connect(("127.0.0.1", server.port))
-                conn.sendall(f"GET /_groups/{realm}/g/events?consumer=c&max=1000 HTTP/1.1\r\nHost: x\r\n"
-                             "Accept: text/event-stream\r\n\r\n".encode())
-                conn.settimeout(10)
-                assert conn.recv(1024).startswith(b"HTTP/1.1 200")
-                deadline = time.monotonic() + 60
-                while server.app.streams.write_timeouts == 0:
-                    assert time.monotonic() < deadline, "the stalled group stream was never dropped"
-                    time.sleep(0.05)
-                while server.app.open_streams:
-                    assert time.monotonic() < deadline, "the dropped group stream kept its slot"
-                    time.sleep(0.05)
-                closed_by = time.monotonic() + 10
-                try:
-                    while conn.recv(1 << 20):
-                        assert time.monotonic() < closed_by, "the connection stayed open"
-                except ConnectionResetError:
-                    pass
+            stall_until_dropped(server, f"/_groups/{realm}/g/events?consumer=c&max=1000")
             assert "perhap_stream_write_timeouts_total 1.0" in c.get("/_metrics").text
         assert server.app.streams.write_timeouts == 1
