@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from perhap.sse import SSEDecoder
 from perhap.store.query import read_query
 from perhap.testing.postgres import PostgresServer
 from tests.conftest import get_provider
-from tests.helpers import read_all
+from tests.helpers import in_another_loop, read_all
 from tests.servers import ProcessServer, free_port
 
 pytestmark = pytest.mark.postgres
@@ -693,15 +693,34 @@ async def _setting(url: str, name: str, value: str) -> bool:
     return bool((await sql(url, f"SELECT current_setting('{name}') = '{value}'"))[0][0])
 
 
-async def test_an_append_from_another_event_loop_is_refused(pg_url: str) -> None:
-    # The writer's queue and the appends' futures belong to the loop that opened the store; an
-    # append from another loop would be woken late or never, so it is refused up front (as on
-    # SQLite; a read from another loop is refused by asyncio itself).
+async def test_a_store_refuses_an_event_loop_that_did_not_open_it(pg_url: str) -> None:
+    # The writer's queue and the appends' futures belong to the loop that opened the store, and so
+    # do asyncpg's connections: every call from another loop is refused up front in one message,
+    # as on SQLite (reads failed in asyncio's words, or as a 503, and health() answered False).
     async with open_store(pg_url) as store:
-        with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
-            await asyncio.to_thread(asyncio.run, store.append("loops", "d", "e", "t", 1))
-        assert (await store.read(Scope("loops", "d"))).events == []
-        assert (await store.append("loops", "d", "e", "t", 2)).first.version == 0
+        first = await store.append("loops", "d", "e", "t", 0)
+        states = store.group_states()
+        calls: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+            "append": lambda: store.append("loops", "d", "e", "t", 1),
+            "read": lambda: store.read(Scope("loops", "d")),
+            "entity read": lambda: store.read(Scope("loops", "d", "e")),
+            "get_event": lambda: store.get_event("loops", "d", first.first.event_id),
+            "keys": lambda: store.keys("loops"),
+            "count": store.count,
+            "health": store.health,
+            "entity_version": lambda: store.entity_version("loops", "d", "e"),  # type: ignore[attr-defined]
+            "group state read": lambda: states.get("loops", "g"),
+            "group state write": lambda: states.put("loops", "g", b"{}", "t1", None),
+            "subscription": lambda: store.subscription(Scope("loops"), following=first.first.event_id),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="belongs to the event loop that opened it"):
+                in_another_loop(call)
+                pytest.fail(f"{name} from another loop was not refused")
+        assert await store.health()
+        assert [e.event for e in (await store.read(Scope("loops", "d"))).events] == [0]
+        assert (await store.append("loops", "d", "e", "t", 2)).first.version == 1
+        assert await states.get("loops", "g") is None  # the refused write stored nothing
 
 
 async def test_a_read_that_times_out_waits_its_timeout_once(pg_url: str) -> None:

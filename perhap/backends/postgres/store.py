@@ -48,6 +48,7 @@ Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]
 # common case) has a statement of its own with plain parameters: its generic plan costs what a
 # custom one does, so the prepared statement settles on it and is not planned again per call
 # (an array's length is unknown to a generic plan, which then looks dearer than a custom one).
+FOREIGN_LOOP = "this PostgresStore belongs to the event loop that opened it; open another store for this loop"
 _VERSION_OF = """(SELECT n.version FROM perhap_entities n WHERE n.name = {2} AND n.domain_id =
     (SELECT d.id FROM perhap_domains d WHERE d.name = {1} AND d.realm_id =
         (SELECT r.id FROM perhap_realms r WHERE r.name = {0})))"""
@@ -167,7 +168,7 @@ class PostgresStore(Store):
             await self._close_pool()
             raise
         self._loop = asyncio.get_running_loop()
-        self._states = PostgresStates(lambda: self._pool, self._fetch, self.timeout)
+        self._states = PostgresStates(self._pool_here, self._fetch, self.timeout)
         self._writer_task = asyncio.create_task(self._writer.run(), name="perhap-pg-writer")
         self._listener_task = asyncio.create_task(self._listener.run(), name="perhap-pg-listener")
         return self
@@ -183,9 +184,16 @@ class PostgresStore(Store):
             self._submit_from_thread(job)
             return
         if job.loop is not self._loop:  # its queue and its futures would wake the wrong loop
-            raise RuntimeError("this PostgresStore belongs to the event loop that opened it; "
-                               "open another store for this loop")
+            raise RuntimeError(FOREIGN_LOOP)
         self._put(job)
+
+    def _pool_here(self) -> Pool | None:
+        """The pool, for a caller on the store's own loop: asyncpg's connections belong to it, and
+        a call from another loop fails in asyncio's words, or as a lost connection (a 503), or
+        makes health() False; refused here in one message instead, as on SQLite."""
+        if self._pool is not None and asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(FOREIGN_LOOP)
+        return self._pool
 
     def _submit_from_thread(self, job: WriteJob) -> None:
         """Hand a plain thread's job to the writer by one call on the store's loop: no task and no
@@ -257,7 +265,7 @@ class PostgresStore(Store):
     # ----------------------------------------------------------------- reading
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        pool = self._pool
+        pool = self._pool_here()
         if pool is None:  # closed (a subscription outliving its store) or never opened
             raise StorageUnavailable("the store is closed")
         for attempt in range(2):
@@ -289,6 +297,7 @@ class PostgresStore(Store):
         """The entity's current version (-1: no events), read after this call by one statement
         shared with concurrent calls; the page cache's probe (:mod:`perhap.http.pagecache`)."""
         self._check_open()
+        self._pool_here()  # (the probe's statement runs on the store's loop, for any caller)
         return await self._probe.version(realm, domain, entity)
 
     async def _find_event(self, event_id: str) -> Event | None:
@@ -306,6 +315,13 @@ class PostgresStore(Store):
         return count
 
     # ----------------------------------------------------------------- life cycle
+
+    async def health(self) -> bool:
+        # Another loop is refused, not told False (the template's health() turns every error of
+        # _ping into False).
+        if not self._closed:
+            self._pool_here()
+        return await super().health()
 
     async def _ping(self) -> bool:
         try:
