@@ -7,6 +7,7 @@ crash), snapshots, and where the events land. In process and over HTTP, on every
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import random
 import signal
@@ -311,6 +312,23 @@ def test_closed_factory_is_an_interface_error(target: Target) -> None:
         with pytest.raises(es.InterfaceError):
             call()
     assert len(still_open.application_recorder().select_notifications(None, 10)) == 1
+
+
+def test_a_factory_dropped_without_close_gives_its_store_back(tmp_path: Path) -> None:
+    """The library's own test cases drop factories without closing them and delete the database
+    file between tests: the next factory for that URL must open the new file, not go on writing
+    into the deleted one through a store the dropped factory kept open."""
+    path = tmp_path / "reused.db"
+    env = {"PERSISTENCE_MODULE": "perhap.eventsourcing", "PERHAP_URL": f"sqlite:///{path}"}
+    for _ in range(2):
+        recorder = Factory(Environment("TestApp", env)).application_recorder()  # the factory: dropped
+        recorder.insert_events([stored(uuid.uuid4(), 1) for _ in range(3)])
+        assert recorder.max_notification_id() == 3
+        del recorder
+        gc.collect()
+        path.unlink()
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(target: Target) -> None:

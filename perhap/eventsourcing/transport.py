@@ -13,6 +13,7 @@ import abc
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -174,6 +175,10 @@ class InProcess(Transport):
                     store = self._runner.run(_opened(url))
             _stores[url] = (store, users + 1)
         self.store = store
+        # A factory dropped without close() gives its share of the store back when collected, so
+        # that the next factory for this URL does not inherit a store whose file was replaced.
+        self._release = weakref.finalize(self, _forget, url, self._runner)
+        self._release.atexit = False
         self.name = store.backend_name
         self.supports_multi_entity = store.supports_multi_entity
 
@@ -232,14 +237,30 @@ class InProcess(Transport):
             return
         self._closed = True
         self._end_subscriptions()
-        with _lock:
-            store, users = _stores[self.url]
-            if users > 1:
-                _stores[self.url] = (store, users - 1)
-                return
-            del _stores[self.url]
-        with translated():
-            self._runner.run(store.close())
+        self._release.detach()
+        store = _drop_user(self.url)
+        if store is not None:
+            with translated():
+                self._runner.run(store.close())
+
+
+def _drop_user(url: str) -> Store | None:
+    """One factory fewer on the URL's store; the store itself when that was the last."""
+    with _lock:
+        store, users = _stores[url]
+        if users > 1:
+            _stores[url] = (store, users - 1)
+            return None
+        del _stores[url]
+        return store
+
+
+def _forget(url: str, runner: _LoopThread) -> None:
+    """A factory collected without close(): its store closes on its loop when it was the last
+    user, not waited for (a finalizer may run on any thread, the loop's own included)."""
+    store = _drop_user(url)
+    if store is not None:
+        asyncio.run_coroutine_threadsafe(store.close(), runner.loop)
 
 
 async def _opened(url: str) -> Store:
