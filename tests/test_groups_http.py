@@ -169,6 +169,7 @@ def test_openapi_lists_the_group_routes() -> None:
     assert set(paths["/_groups/{realm}/{group}"]) == {"get", "put", "delete"}
     lease = paths["/_groups/{realm}/{group}/events"]["get"]
     assert {p["name"] for p in lease["parameters"]} == {"realm", "group", "consumer", "max", "wait"}
+    assert set(lease["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     for path in ("/_groups/{realm}", "/_groups/{realm}/{group}/ack", "/_groups/{realm}/{group}/nack",
                  "/_groups/{realm}/{group}/parked", "/_groups/{realm}/{group}/parked/replay"):
         assert path in paths
@@ -275,3 +276,21 @@ async def test_competing_consumers_through_deferred_backlogs_lose_nothing_and_ke
                 assert versions == sorted(versions)
             s = (await client.get("/_groups/r/g")).json()
             assert (s["lag"], s["in_flight"], s["acknowledged"]) == (0, 0, 240)
+
+
+async def test_a_waiting_long_poll_ends_when_the_server_stops(store: Store) -> None:
+    """A stopping server ends a long poll at once with nothing leased (as it ends streams),
+    rather than holding the shutdown for the whole wait and then failing it."""
+    app = PerhapApp(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30) as http:
+        assert (await http.put("/_groups/shop/g", json={"start": "end"})).status_code == 201
+        poll = asyncio.ensure_future(http.get("/_groups/shop/g/events", params={"consumer": "c", "wait": 60}))
+        await asyncio.sleep(0.3)
+        assert not poll.done()  # it waits: nothing to lease
+        app.stop_streams()
+        answer = await asyncio.wait_for(poll, 5)
+        assert answer.status_code == 200 and answer.json() == {"events": []}
+    # Nothing was leased to the consumer.
+    stats = await app.context.groups.describe("shop", "g")  # type: ignore[union-attr]
+    assert stats["in_flight"] == 0
+

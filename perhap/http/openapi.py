@@ -213,6 +213,9 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
 def _group(summary: str, params: list[dict[str, Any]], body: str | None, required: bool, status: str,
            answer: str | None, description: str) -> dict[str, Any]:
     ok = _json(answer, description) if answer is not None else {"description": description}
+    if answer is not None and "text/event-stream" in description:  # the lease route: JSON or a stream
+        ok = {**ok, "content": {**_json(answer, description)["content"],
+                                "text/event-stream": {"schema": {"type": "string"}}}}
     responses = {status: ok, "404": _problem("No such group"), "409": _problem(
         "The group exists with other settings (PUT), or an event is not leased to this consumer now "
         "(ack, nack): nothing was changed"), "503": _problem("Storage unavailable")}
