@@ -79,8 +79,23 @@ async function problemFrom(res) {
   return new Problem(res.status, { title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: text.slice(0, 200) });
 }
 
+// GET /{realm}/{domain}/{name} answers the event with that id when there is one (see getEvent), so
+// an entity named like the id of an event of its domain reads as that event, not as its events.
+export class EventNotEntity extends Error {
+  constructor(levels, event) {
+    super(`${levels[2]} is also the id of an event in ${levels[0]}/${levels[1]}`);
+    this.levels = levels;
+    this.event = event;
+  }
+}
+
 // A problem in plain words, for people rather than programs.
 export function explain(p) {
+  if (p instanceof EventNotEntity) {
+    return `“${p.levels[2]}” is also the id of an event in domain ${p.levels[1]}, so the API answers ` +
+      'that one event here rather than this entity’s events.';
+  }
+  if (p.status == null) return `Something went wrong in the page: ${p.message}`; // not the server's answer
   const b = p.body || {};
   const slug = String(b.type || '').replace('urn:perhap:problem:', '');
   if (p.status === 0) return `Could not reach the server (${b.detail}). Is perhap running?`;
@@ -141,8 +156,12 @@ export const keys = (levels, { after, limit = 200, signal } = {}) =>
   get(levels.length ? path(...levels) + '/keys' : '/keys', { after, limit }, signal);
 
 // A page of events: `newest` reads newest first (order=desc); `types` keeps events of any of them.
-export const read = (levels, { following, limit = 100, types = [], newest = false, signal } = {}) =>
-  get(path(...levels), { following, limit, type: types, order: newest ? 'desc' : null }, signal);
+// An entity named like an event id of its domain gets that event instead: EventNotEntity.
+export async function read(levels, { following, limit = 100, types = [], newest = false, signal } = {}) {
+  const page = await get(path(...levels), { following, limit, type: types, order: newest ? 'desc' : null }, signal);
+  if (page && !Array.isArray(page.events) && page.event_id) throw new EventNotEntity(levels, page);
+  return page;
+}
 
 // GET /{realm}/{domain}/{id} answers the event, or (when no such event) reads an entity of that name.
 export async function getEvent(realm, domain, id, signal) {

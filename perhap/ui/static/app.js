@@ -150,22 +150,42 @@ function health(signal) {
   return line;
 }
 
-// "realm/domain/id", "/realm/domain/id", a full event URL, or just an id within the realm in view
-// (over a domain's view, an event of that domain; over a realm's or a consumer group's, one looked
-// up in the realm).
+// "realm/domain/id", "/realm/domain/id", a full event URL, the UI's own link to an event (any view's
+// address with ?event=, as "Copy link" gives it), or just an id within the realm in view (over a
+// domain's view, an event of that domain; over a realm's or a consumer group's, one looked up in
+// the realm).
 function jump(text) {
-  let parts = text.trim().replace(/^[a-z]+:\/\/[^/]+/i, '').split(/[/#]/).filter((p) => p && p !== '_ui' && p !== '#');
-  parts = parts.map((p) => { try { return decodeURIComponent(p); } catch { return p; } });
   const { names } = parse();
   const groupsView = names[0] === GROUPS;
+  const inView = groupsView ? names.slice(1, 2) : names;
+  const linked = linkedEvent(text.trim(), inView);
+  if (linked) {
+    location.hash = format(linked.domain ? [linked.realm, linked.domain] : [linked.realm], { event: linked.id });
+    return '';
+  }
+  let parts = text.trim().replace(/^[a-z]+:\/\/[^/]+/i, '').split(/[/#]/).filter((p) => p && p !== '_ui' && p !== '#');
+  parts = parts.map((p) => { try { return decodeURIComponent(p); } catch { return p; } });
   if (parts.length === 1 && names.length > (groupsView ? 1 : 0)) {
     location.hash = format(groupsView ? names : names.slice(0, 2), { event: parts[0] });
     return '';
   }
-  if (parts.length < 3) return 'Type realm/domain/event-id, or just the id inside a realm.';
+  if (parts.length < 3) return 'Type realm/domain/event-id, paste a link to an event, or just the id inside a realm.';
   const [realm, domain, id] = parts.slice(-3);
   location.hash = format([realm, domain], { event: id });
   return '';
+}
+
+// The event of a UI address with ?event= (http://host/_ui#/shop/orders?event=<id>, or the hash
+// alone), as eventOf reads it: {realm, domain (null: look it up in the realm), id}; null if none.
+// An address without a realm means the realm in view (inView: its names).
+function linkedEvent(text, inView) {
+  const q = text.indexOf('?');
+  if (q < 0) return null;
+  const params = new URLSearchParams(text.slice(q + 1));
+  if (!params.get('event')?.trim()) return null;
+  const where = text.slice(0, q).replace(/^[a-z]+:\/\/[^/]+/i, '').replace(/^.*#/, '');
+  const route = parse('#' + (where.replace(/^\/?_ui(?=\/|$)/, '') || '/') + '?' + params);
+  return eventOf(route.names.length ? route : { names: inView.slice(0, 2), params });
 }
 
 function setup() {

@@ -2,7 +2,7 @@
 // types. Either order costs one request a page, whatever the scope's size: newest first is the
 // API's order=desc, and "Load more" / "Show older" pass the page's `next` as `following`.
 
-import { explain, keys, read } from './api.js';
+import { EventNotEntity, explain, keys, read } from './api.js';
 import { h, number, preview, shortId, time } from './dom.js';
 import { eventHref, NO_EVENT, orderOf, typesOf, withParams } from './route.js';
 
@@ -117,20 +117,28 @@ export function renderEvents(section, route, head, signal) {
       empty.textContent = types.length ? `No events of type ${types.map((t) => `“${t}”`).join(' or ')} here.` : 'No events here yet.';
     }
   };
+  // While a page loads, the button stays enabled (Chromium drops the focus of a button that gets
+  // disabled, so a second Enter would do nothing) but busy: activations are ignored until it ends.
   let following = start || null;
   const load = async () => {
-    more.disabled = true;
+    if (more.getAttribute('aria-busy') === 'true') return;
+    more.setAttribute('aria-busy', 'true');
+    const first = body.rows.length;
     try {
       const page = await read(names, { following, limit: PAGE, types, newest, signal });
       for (const ev of page.events) body.append(eventRow(ev, route, depth));
       following = page.next;
+      // The last page: the focus goes from the button, now hidden, to the first row it loaded (the last row, if none).
+      if (!page.next && document.activeElement === more) (body.rows[first] ?? body.rows[first - 1])?.querySelector('a')?.focus();
       more.hidden = !page.next;
-      more.disabled = false;
       done();
     } catch (e) {
       if (e.name === 'AbortError') return;
-      status.textContent = explain(e);
-      more.disabled = false;
+      status.replaceChildren(explain(e));
+      // The API answered the event this entity is named after: offer it rather than a dead end.
+      if (e instanceof EventNotEntity) status.append(' ', h('a', { href: eventHref(route, e.event) }, 'Open that event'));
+    } finally {
+      more.removeAttribute('aria-busy');
     }
   };
   more.addEventListener('click', load);

@@ -36,9 +36,12 @@ export function renderNav(root, levels, current, { order } = {}) {
   let shown = 0;
   let generation = 0; // a newer filter makes older answers stale
 
+  // While a page loads, the button stays enabled (Chromium drops the focus of a button that gets
+  // disabled, so a second Enter would do nothing) but busy: its clicks are ignored until it ends.
   async function load() {
     const mine = generation;
-    more.disabled = true;
+    const first = list.children.length;
+    more.setAttribute('aria-busy', 'true');
     status.textContent = 'Loading…';
     try {
       const page = await keys(levels, { after: after ?? (prefix ? before(prefix) : undefined), limit: PAGE, signal: abort.signal });
@@ -55,8 +58,9 @@ export function renderNav(root, levels, current, { order } = {}) {
         shown++;
       }
       after = page.next;
+      // The last page: the focus goes from the button, now hidden, to the first name it loaded (the last, if none).
+      if (ended && document.activeElement === more) (list.children[first] ?? list.lastElementChild)?.querySelector('a')?.focus();
       more.hidden = ended;
-      more.disabled = false;
       const what = shown === 1 ? SINGULAR[depth] : TITLES[depth].toLowerCase();
       status.textContent = shown
         ? `${number(shown)} ${what}${ended ? '' : ' shown, more to load'}${prefix ? ` starting with “${prefix}”` : ''}`
@@ -64,8 +68,9 @@ export function renderNav(root, levels, current, { order } = {}) {
       list.querySelector('[aria-current]')?.scrollIntoView({ block: 'nearest' });
     } catch (e) {
       if (e.name === 'AbortError') return;
-      more.disabled = false;
       status.textContent = explain(e);
+    } finally {
+      if (mine === generation) more.removeAttribute('aria-busy'); // else the newer load's
     }
   }
 
@@ -81,7 +86,7 @@ export function renderNav(root, levels, current, { order } = {}) {
       load();
     }, 200);
   });
-  more.addEventListener('click', load);
+  more.addEventListener('click', () => { if (more.getAttribute('aria-busy') !== 'true') load(); });
   load();
   return () => { abort.abort(); clearTimeout(timer); };
 }
