@@ -26,8 +26,6 @@ log = logging.getLogger("perhap.auth")
 PERMISSIONS = ("read", "write", "admin")  # each implies the ones before it
 _RANK = {p: i for i, p in enumerate(PERMISSIONS)}
 ANY_REALM = "*"
-#: How old a look at the token file a stream's send may rely on (a stat, shared by every stream).
-STREAM_RECHECK = 0.005
 TOKEN_PREFIX = "perhap_"
 
 
@@ -166,9 +164,11 @@ class Authenticator:
         self._by_hash = {g.hash: g for g in grants}
         log.info("loaded %d token(s) from %s", len(grants), self.path)
 
-    def refresh(self, recheck: float | None = None) -> None:
+    def refresh(self, since: float | None = None) -> None:
+        """Look at the file if the last look is ``recheck`` seconds old, or (``since``, a
+        time.monotonic() value) came before that moment."""
         now = time.monotonic()
-        if now - self._checked >= (self.recheck if recheck is None else recheck):
+        if now - self._checked >= self.recheck or (since is not None and self._checked <= since):
             self._checked = now
             stamp = self._stat()
             if stamp != self._stamp:
@@ -182,11 +182,14 @@ class Authenticator:
             return None
         return grant
 
-    def still_valid(self, grant: Grant) -> bool:
-        """For long-lived streams, before each send: has the grant been revoked (or changed) since?
-        The file is looked at again if it was not in the last STREAM_RECHECK seconds (not the
-        second requests allow), so a stream of a revoked token ends before it carries another event."""
-        self.refresh(min(self.recheck, STREAM_RECHECK))
+    def still_valid(self, grant: Grant, since: float) -> bool:
+        """For long-lived streams, before each send: has the grant been revoked (or changed)?
+        ``since`` is when the read that found the events to send was done (time.monotonic()):
+        unless the file was looked at after it, it is looked at now, so a revocation made
+        before those events were committed is always seen, and a stream of a revoked token ends
+        before it carries another event. Streams that send what one read found share one look.
+        (A time-based cache, as requests have, let an event committed within it slip through.)"""
+        self.refresh(since)
         return self._by_hash.get(grant.hash) == grant
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Grant | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -235,15 +236,17 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
         sub.query = replace(sub.query, limit=FIRST_BATCH)
     while True:
-        sub.query, body = await _next_body(streams, sub, full)
-        # A revoked token's stream ends before it carries another event.
-        if grant is not None and auth is not None and not auth.still_valid(grant):
+        sub.query, body, read_at = await _next_body(streams, sub, full)
+        # A revoked token's stream ends before it carries another event: the token file is looked
+        # at after the read that found the body's events (so after their commits), once for all
+        # the streams that share that read.
+        if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
 
 
 #: What a stream sends next, and its query after that.
-_Body = tuple[ReadQuery, bytes]
+_Body = tuple[ReadQuery, bytes, float]  # the query after it, the body, when its read was done (monotonic)
 
 
 async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _Body:
@@ -266,7 +269,7 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
         # At its keep-alive time the stream answers itself (its cursor stays) and the shared read
         # goes on for the others. (Not asyncio.wait_for: on 3.11 it can swallow the cancellation
         # of a stream whose client left, if the answer comes at that moment.)
-        timer = loop.call_at(keep_alive_at, _settle, answer, (sub.query, KEEP_ALIVE))
+        timer = loop.call_at(keep_alive_at, _keep_alive, answer, sub.query)
         try:
             given = await answer  # each its own future: one stream cancelled cancels nobody else's
         finally:
@@ -278,7 +281,8 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
     try:
         events = await sub.fetch(timeout=max(0.0, keep_alive_at - loop.time()))
         body = _encode(sub, events, streams.buffer, full, streams.messages.message) if events else KEEP_ALIVE
-        result = (sub.query, body)  # after _encode: a batch cut to the buffer moves the cursor back
+        # After _encode (a batch cut to the buffer moves the cursor back); the time after the read.
+        result = (sub.query, body, time.monotonic())
         return result
     finally:
         del shared[key]  # the next fetch at this place starts a new round
@@ -287,9 +291,9 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
                 answer.set_result(result)
 
 
-def _settle(future: asyncio.Future[_Body | None], body: _Body) -> None:
+def _keep_alive(future: asyncio.Future[_Body | None], query: ReadQuery) -> None:
     if not future.done():
-        future.set_result(body)
+        future.set_result((query, KEEP_ALIVE, time.monotonic()))
 
 
 def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
