@@ -93,6 +93,10 @@ class Transport(abc.ABC):
     supports_multi_entity: bool = True
     _closed = False
 
+    def __init__(self) -> None:
+        #: The live subscriptions, to end when the factory closes: each one's stop and deliver.
+        self._live: dict[object, tuple[Callable[[], None], Deliver]] = {}
+
     def _check(self) -> None:
         if self._closed:
             raise InterfaceError(CLOSED)
@@ -100,8 +104,7 @@ class Transport(abc.ABC):
     def _track(self, stop: Callable[[], None], deliver: Deliver) -> Callable[[], None]:
         """A live subscription, ended with an InterfaceError if the factory closes under it (its
         iterating thread would otherwise wait for ever, or see the store's own closing)."""
-        live: dict[object, tuple[Callable[[], None], Deliver]] = self.__dict__.setdefault("_live", {})
-        key = object()
+        live, key = self._live, object()
         live[key] = (stop, deliver)
 
         def stop_tracked() -> None:
@@ -111,7 +114,8 @@ class Transport(abc.ABC):
         return stop_tracked
 
     def _end_subscriptions(self) -> None:
-        for stop, deliver in list(self.__dict__.pop("_live", {}).values()):
+        live, self._live = self._live, {}
+        for stop, deliver in live.values():
             stop()
             deliver(InterfaceError(CLOSED))
 
@@ -166,6 +170,7 @@ class InProcess(Transport):
     """A perhap store opened in this process (``sqlite:///``, ``postgresql://``, ``cassandra://``)."""
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         with _lock:
             self._runner = _loop()
@@ -278,6 +283,7 @@ class OverHttp(Transport):
     def __init__(self, url: str, token: str | None, timeout: float) -> None:
         from ..client import Client  # httpx loads only for this transport
 
+        super().__init__()
         headers = {"authorization": f"Bearer {token}"} if token else None
         self.client = Client(url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), headers=headers)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -159,27 +159,32 @@ async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery,
                         abort: Callable[[], None] | None = None) -> None:
     """Answer a read with a live stream: catch-up from ``following`` (or the query's own start),
     then new events, each within the query's bounds and types."""
-    where = query.scope
+
+    async def ready() -> Pump:
+        # The start resolved first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
+        sub = await _subscription(store, query, following)
+        return lambda writing: _pump(streams, sub, grant, writing)
+
+    await serve_stream(streams, grant, ready, receive, send, query.scope, abort)
+
+
+async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Callable[[], Awaitable[Pump]],
+                       receive: Receive, send: Send, where: object, abort: Callable[[], None] | None) -> None:
+    """A stream's whole life, the same for a scope's and a consumer group's: its slot taken before
+    the first await (429 before anything is sent), ``ready`` making the checks that answer before
+    it opens (a 404, say) and giving its pump, the headers, the pump run until the client goes,
+    the server stops or the client leaves a write unread for the write timeout, the slot given
+    back, and the response ended (a dropped stream counted and its connection closed)."""
     token_id = grant.id if grant is not None else None
-    # The slot is taken here, before the first await: 429 before anything is sent.
     streams.limiter.reserve(token_id)
     try:
-        # Resolve the start first, so an unknown Last-Event-ID is a plain 404 before the stream opens.
-        sub = await _subscription(store, query, following)
+        pump = await ready()
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         # A comment first: it flushes the headers through proxies and tells the client it is live.
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
-        dropped = await run_stream(streams, lambda writing: _pump(streams, sub, grant, writing),
-                                   receive, send, where)
+        dropped = await _run(streams, pump, receive, send, where)
     finally:
         streams.limiter.release(token_id)
-    await end_stream(streams, dropped, where, send, abort)
-
-
-async def end_stream(streams: StreamRegistry, dropped: bool, where: object, send: Send,
-                     abort: Callable[[], None] | None) -> None:
-    """Finish a stream's response; one whose client stopped reading (``dropped``) is counted and
-    its connection closed."""
     if dropped:
         streams.write_timeouts += 1
         log.info("stream of %s dropped: its client left a write unread for %s s", where, streams.write_timeout)
@@ -192,10 +197,9 @@ async def end_stream(streams: StreamRegistry, dropped: bool, where: object, send
         pass
 
 
-async def run_stream(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send, where: object) -> bool:
+async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send, where: object) -> bool:
     """Run an open stream's ``pump`` until the client goes, the server stops or the pump ends;
-    True if the client left a write unread for the write timeout (the pump is then cancelled).
-    Every stream, a scope's or a consumer group's, runs here."""
+    True if the client left a write unread for the write timeout (the pump is then cancelled)."""
     writing = Writing(send)
     task = asyncio.ensure_future(pump(writing))
     watch = asyncio.ensure_future(wait_disconnect(receive))
@@ -245,8 +249,8 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
         await writing.send(body)
 
 
-#: What a stream sends next, and its query after that.
-_Body = tuple[ReadQuery, bytes, float]  # the query after it, the body, when its read was done (monotonic)
+#: What a stream sends next: its query after that, the body, and when the read was done (monotonic).
+_Body = tuple[ReadQuery, bytes, float]
 
 
 async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _Body:

@@ -187,12 +187,16 @@ class PostgresStore(Store):
             raise RuntimeError(FOREIGN_LOOP)
         self._put(job)
 
-    def _pool_here(self) -> Pool | None:
-        """The pool, for a caller on the store's own loop: asyncpg's connections belong to it, and
-        a call from another loop fails in asyncio's words, or as a lost connection (a 503), or
-        makes health() False; refused here in one message instead, as on SQLite."""
+    def _check_loop(self) -> None:
+        """Refuse a caller on another loop than the open store's: asyncpg's connections belong to
+        it, and such a call failed in asyncio's words, or as a lost connection (a 503), or made
+        health() False; refused in one message instead, as on SQLite."""
         if self._pool is not None and asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(FOREIGN_LOOP)
+
+    def _pool_here(self) -> Pool | None:
+        """The pool, for a caller on the store's own loop (None: closed or never opened)."""
+        self._check_loop()
         return self._pool
 
     def _submit_from_thread(self, job: WriteJob) -> None:
@@ -297,7 +301,7 @@ class PostgresStore(Store):
         """The entity's current version (-1: no events), read after this call by one statement
         shared with concurrent calls; the page cache's probe (:mod:`perhap.http.pagecache`)."""
         self._check_open()
-        self._pool_here()  # (the probe's statement runs on the store's loop, for any caller)
+        self._check_loop()  # (the probe's statement would run on the store's loop for any caller)
         return await self._probe.version(realm, domain, entity)
 
     async def _find_event(self, event_id: str) -> Event | None:
@@ -320,7 +324,7 @@ class PostgresStore(Store):
         # Another loop is refused, not told False (the template's health() turns every error of
         # _ping into False).
         if not self._closed:
-            self._pool_here()
+            self._check_loop()
         return await super().health()
 
     async def _ping(self) -> bool:

@@ -22,12 +22,11 @@ from ..routes import encode_segment
 from ..streaming import (
     FIRST_BATCH,
     KEEP_ALIVE,
-    SSE_HEADERS,
+    Pump,
     Writing,
     abort_hook,
     chunked,
-    end_stream,
-    run_stream,
+    serve_stream,
     sse_message,
     wait_disconnect,
 )
@@ -165,39 +164,35 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
     """Lease to the consumer for as long as it listens: each leased event one SSE message, never
     more than the group's max_in_flight unacknowledged (the leases decide that, not the stream).
 
-    Like every stream (:func:`..streaming.run_stream`), one whose client leaves a write unread for
+    Like every stream (:func:`..streaming.serve_stream`), one whose client leaves a write unread for
     the write timeout ends, and what it holds is bounded by the stream buffer: a round leases a
     batch that grows while its events are small and shrinks to what fits the buffer, and sends it
     in bodies of at most the buffer (the events leased are sent whole: they are the consumer's)."""
     streams, groups = ctx.streams, ctx.groups
-    token_id = req.grant.id if req.grant is not None else None
     recheck = _recheck(ctx, req, realm)
-    streams.limiter.reserve(token_id)
-    try:
+
+    async def pump(writing: Writing) -> None:
+        batch = min(most, FIRST_BATCH)
+        while True:
+            events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck)
+            if not events:
+                await writing.send(KEEP_ALIVE)
+                continue
+            size = 0
+            for body in chunked((sse_message(e["event_id"], e) for e in events), streams.buffer):
+                size += len(body)
+                await writing.send(body)
+            if size > streams.buffer:
+                batch = max(1, len(events) * streams.buffer // size)
+            elif 2 * size <= streams.buffer:
+                batch = min(most, 2 * batch)
+
+    async def ready() -> Pump:
         await groups.check(realm, name)  # an unknown group is a plain 404, before the stream
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
+        return pump
 
-        async def pump(writing: Writing) -> None:
-            batch = min(most, FIRST_BATCH)
-            while True:
-                events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck)
-                if not events:
-                    await writing.send(KEEP_ALIVE)
-                    continue
-                size = 0
-                for body in chunked((sse_message(e["event_id"], e) for e in events), streams.buffer):
-                    size += len(body)
-                    await writing.send(body)
-                if size > streams.buffer:
-                    batch = max(1, len(events) * streams.buffer // size)
-                elif 2 * size <= streams.buffer:
-                    batch = min(most, 2 * batch)
-
-        dropped = await run_stream(streams, pump, req.receive, send, f"group {name} of {realm}")
-    finally:
-        streams.limiter.release(token_id)
-    await end_stream(streams, dropped, f"group {name} of {realm}", send, abort_hook(req.scope))
+    await serve_stream(streams, req.grant, ready, req.receive, send, f"group {name} of {realm}",
+                       abort_hook(req.scope))
 
 
 # --------------------------------------------------------------------------- values
