@@ -14,6 +14,7 @@ temporary SQLite store, as in tests/test_ui.py (whose browser and page fixtures 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,16 @@ class Held:
     def urls(self) -> list[str]:
         return [r.request.url for r in self.routes]
 
+    def settled(self) -> list[str]:
+        """The held requests once the first has been routed (a condition with a deadline: the
+        route callback runs when Playwright dispatches it, later on a loaded machine), and a
+        moment more for a second one that should not come."""
+        deadline = time.monotonic() + 30
+        while not self.routes and time.monotonic() < deadline:
+            self.page.wait_for_timeout(20)
+        self.page.wait_for_timeout(200)
+        return self.urls()
+
     def release(self) -> None:
         for r in self.routes:
             r.continue_()
@@ -121,8 +132,7 @@ def test_events_paging_keeps_the_focus_and_enter_loads_the_next_page(
     expect(more).to_have_attribute("aria-busy", "true")
     expect(more).to_be_focused()
     page.keyboard.press("Enter")
-    page.wait_for_timeout(200)
-    assert len(held.urls()) == 1, held.urls()
+    assert len(held.settled()) == 1, held.urls()
     held.release()
     expect(rows).to_have_count(BIG)
     expect(more).to_be_hidden()
@@ -160,8 +170,7 @@ def test_sidebar_load_more_keeps_the_focus_and_enter_loads_the_next_page(shop: S
     expect(more).to_be_focused()
     expect(more).to_have_attribute("aria-busy", "true")
     page.keyboard.press("Enter")  # ignored: a page is on its way
-    page.wait_for_timeout(200)
-    assert len(held.urls()) == 1, held.urls()
+    assert len(held.settled()) == 1, held.urls()
     held.release()
     expect(keys).to_have_count(DOMAINS)
     expect(more).to_be_hidden()
