@@ -19,6 +19,8 @@ from perhap.http.app import PerhapApp
 from perhap.store.base import Store
 from tests.providers import ALL, Provider, load
 
+pytest_plugins = ["tests.browser"]  # the UI tests' browser and page fixtures
+
 BACKENDS = [b.strip() for b in os.environ.get("PERHAP_TEST_BACKENDS", ",".join(ALL)).split(",") if b.strip()]
 unknown = set(BACKENDS) - set(ALL)
 if unknown:

@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from tests.servers import ProcessServer
-from tests.test_ui import SERVE_ARGS, browser, shot  # noqa: F401 (browser: test_ui's fixture, shared)
+from tests.test_ui import SERVE_ARGS, shot
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 STATIC = Path(__file__).parent.parent / "perhap" / "ui" / "static"
 # Event data and a consumer id that would be markup if the page ever parsed them as HTML.
@@ -103,18 +103,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         held = api.lease("projector", HTML_CONSUMER)
         assert [e["type"] for e in held] == ["paid"]
         yield Seeded(s, tokens, held[0]["event_id"])
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:  # noqa: F811 (the fixture imported above)
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 def with_token(page: Page, token: str) -> None:

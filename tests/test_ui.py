@@ -1,9 +1,8 @@
 """The web UI at /_ui, end to end in a real browser: Playwright driving Debian's Chromium against
 `perhap serve` on a temporary SQLite store.
 
-The browser is the system's (/usr/bin/chromium, or PERHAP_CHROMIUM): Playwright's own download is
-not available here, so `playwright install` is never run. A missing browser fails the tests with
-the command that installs it; nothing is skipped.
+The browser and page fixtures are tests/browser.py's (the system's Chromium; a missing browser
+fails the tests with the command that installs it; nothing is skipped).
 
 Screenshots go to tests/artifacts/ (ignored by git). PERHAP_UI_DOCS=1 also rewrites docs/ui.png.
 """
@@ -28,9 +27,6 @@ from tests.servers import ProcessServer
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Request
 
-CHROMIUM = os.environ.get("PERHAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 DOCS_SHOT = Path(__file__).parent.parent / "docs" / "ui.png"
 SERVE_ARGS = ("--log-level", "warning")  # the child's output is a pipe read only at the end
@@ -78,35 +74,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessServer]:
     with ProcessServer(f"sqlite:///{tmp}/ui.db?synchronous=normal", None, *SERVE_ARGS, cwd=tmp) as s:
         seed(s.url)
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the UI tests need Playwright: pip install 'playwright>=1.45' "
-                    "(do not run `playwright install`: the tests use Debian's Chromium)")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"the UI tests need Chromium at {CHROMIUM}: install it with "
-                    "`apt-get install -y chromium` (as root), or set PERHAP_CHROMIUM to a Chromium binary")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
-    context.grant_permissions(["clipboard-read", "clipboard-write"])
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 def shot(page: Page, name: str) -> None:

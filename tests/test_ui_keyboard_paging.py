@@ -1,6 +1,6 @@
 """The web UI's paging buttons by keyboard, the Go to event box given the UI's own event links, and
 an entity named like an event id: Playwright driving Debian's Chromium against `perhap serve` on a
-temporary SQLite store, as in tests/test_ui.py (whose browser and page fixtures these share).
+temporary SQLite store, as in tests/test_ui.py (the browser and page fixtures are tests/browser.py's).
 
 - "Load more" / "Show older" (events) and the sidebar's "Load more" (keys) keep the keyboard focus
   while a page loads, so Enter again loads the next one; after the last page the focus goes to the
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.servers import ProcessServer
-from tests.test_ui import SERVE_ARGS, browser, post  # noqa: F401 (browser: test_ui's fixture, shared)
+from tests.test_ui import SERVE_ARGS, post
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,20 +54,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         seeded.made = post(s.url, "/shop/uu/first/made", {"event": 1})["event_id"]
         post(s.url, f"/shop/uu/{seeded.made}/made", {"event": 2})
         yield seeded
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:  # noqa: F811 (the fixture imported above)
-    """As test_ui's: clipboard allowed (for "Copy link"), and no JavaScript error."""
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
-    context.grant_permissions(["clipboard-read", "clipboard-write"])
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 class Held:
