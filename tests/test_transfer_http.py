@@ -104,6 +104,30 @@ async def test_errors_are_one_line_without_the_token(tmp_path: Path, tokens: str
     assert r.returncode == 2 and b"perhap_a" not in r.stderr and b"--to-token" in r.stderr
 
 
+async def test_a_refused_export_writes_no_dump(tmp_path: Path, tokens: str) -> None:
+    """A dump with only its header imports as an empty store without a word: an export refused
+    (a 401 at its first read) writes nothing, to stdout or to --output, and keeps an older file."""
+    url = await filled(tmp_path, "a.db")
+    direct = ok(run_cli("export", "--db", url))
+    reader, _ = add_token(tokens, "*", "read")
+    out = tmp_path / "out.jsonl"
+    with served(url, tokens) as server:
+        r = run_cli("export", "--db", server.url)
+        assert "401" in one_error_line(r) and r.stdout == b""
+        assert "401" in one_error_line(run_cli("export", "--db", server.url, "-o", str(out)))
+        assert list(tmp_path.glob("out.jsonl*")) == []
+        ok(run_cli("export", "--db", server.url, "-o", str(out), "--token", reader))
+        whole = out.read_bytes()
+        assert whole == direct and list(tmp_path.glob("out.jsonl*")) == [out]
+        assert "401" in one_error_line(run_cli("export", "--db", server.url, "-o", str(out)))
+        assert out.read_bytes() == whole and list(tmp_path.glob("out.jsonl*")) == [out]
+    # An empty store's dump is still its header alone.
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    async with open_store(empty):
+        pass
+    assert ok(run_cli("export", "--db", empty)).startswith(b'{"format":"perhap-dump"')
+
+
 async def test_a_write_token_may_not_import_and_writes_nothing(tmp_path: Path, tokens: str) -> None:
     """An import keeps each event's own timestamp, which under --auth only an admin token may give
     (a writer does not backdate): a write token's import is a 403, and nothing is stored."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Coroutine
@@ -14,6 +15,8 @@ from ..errors import PerhapError
 from .common import TOKEN_ENV, CommandError, bearer_token, client_error, parse_scope
 
 if TYPE_CHECKING:
+    from ..model import Scope
+    from ..transfer.progress import Progress
     from ..transfer.reading import TransferStore
 
 FROM_TOKEN_ENV = "PERHAP_FROM_TOKEN"
@@ -111,15 +114,30 @@ def run_export(args: argparse.Namespace) -> int:
             if progress.enabled:  # a bar on a terminal, where the store can count the events
                 progress.total_events = await count_events(store, scope)
             if args.output:
-                # Opened here, once the store is: a store that fails to open leaves no empty file.
-                with open(args.output, "wb") as out:  # noqa: ASYNC230 (the dump's writes block anyway)
-                    await export_dump(store, out, scope, progress=progress)
+                await _export_to_file(store, args.output, scope, progress)
             else:
                 await export_dump(store, sys.stdout.buffer, scope, progress=progress)
             progress.close()
         return 0
 
     return run_store_job(job())
+
+
+async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, progress: Progress) -> None:
+    """Write the dump beside ``path`` and move it there once whole: an export that fails (a store
+    that cannot open or refuses a read, a dropped connection) leaves no file, or the old one,
+    rather than a dump that would import as fewer events than the store holds."""
+    from ..transfer.export import export_dump
+
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "wb") as out:  # noqa: ASYNC230 (the dump's writes block anyway)
+            await export_dump(store, out, scope, progress=progress)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -18,16 +18,23 @@ async def export_dump(store: TransferStore, out: IO[bytes], scope: Scope | None 
                       progress: Progress | None = None, page_size: int = PAGE_SIZE) -> int:
     """Write a dump of the store (or of a realm, domain or entity) to ``out``; return the count."""
     check_export_scope(scope)
-    out.write(dump_header(scope))
+    # The header goes out with the first event, or at the end of an empty export: a store that
+    # refuses the first read (a 401, say) leaves no header that would read as an empty dump.
+    header: bytes | None = dump_header(scope)
     count = 0
     async for where in _scopes(store, scope):
         # Closed at once if the writing fails (a reader that quit: `perhap export | head`).
         async with aclosing(iter_scope(store, where, page_size=page_size)) as events:
             async for event in events:
+                if header is not None:
+                    out.write(header)
+                    header = None
                 out.write(orjson.dumps(event.to_json_dict()) + b"\n")
                 count += 1
                 if progress is not None:
                     progress.add(1)
+    if header is not None:
+        out.write(header)
     out.flush()
     return count
 
