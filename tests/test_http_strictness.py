@@ -269,3 +269,23 @@ async def test_a_stream_refused_in_accept_is_a_json_read(client: httpx.AsyncClie
                    "text/event-stream, */*", "application/json, text/event-stream"):
         r = await client.head("/r/d", headers={"accept": accept})
         assert r.headers["content-type"].startswith("text/event-stream"), accept
+
+
+async def test_the_event_by_id_route_checks_the_read_parameters_it_shares(client: httpx.AsyncClient) -> None:
+    """GET /REALM/DOMAIN/ID answers the event when ID is one of the domain's; the read parameters
+    the route shares with the entity read are checked all the same (a bad one is a 400 there as
+    on the entity's read), and good ones still give the event."""
+    r = await client.post("/shop/orders/o1/placed", json={"event": {"n": 1}})
+    event_id = r.json()["event_id"]
+    url = f"/shop/orders/{event_id}"
+    for query, name in [("limit=0", "limit"), ("limit=10001", "limit"), ("limit=abc", "limit"),
+                        ("following=nope", "following"), ("type=", "type"), ("type=keys", "type"),
+                        ("type=a%2Fb", "type"), ("after_version=x", "after_version"),
+                        ("order=sideways", "order")]:
+        p = problem(await client.get(f"{url}?{query}"), 400)
+        assert name in p["detail"], (query, p)
+        p = problem(await client.get(f"/shop/orders/o1?{query}"), 400)  # as the entity's read says
+        assert name in p["detail"], (query, p)
+    for query in ["limit=5", "type=placed", f"following={uuid.uuid4()}", "order=desc"]:
+        r = await client.get(f"{url}?{query}")
+        assert r.status_code == 200 and r.json()["event_id"] == event_id, (query, r.text)

@@ -33,6 +33,13 @@ async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
     """GET /REALM/DOMAIN/ENTITY: one event when ENTITY is the id of an event there, else a read."""
     realm, domain, entity = req.names
     if _UUID_SHAPE.fullmatch(entity) and not req.wants_stream():
+        if req.query:
+            # The read's parameters mean nothing to one event, but a bad one is a 400 all the
+            # same: checked as the entity's read would check them, before the event is looked up.
+            following = req.query.get("following")
+            _query(req, _checked_scope(realm, domain, entity, None),
+                   None if following is None else check_event_id(following, "following"),
+                   page_limit(req.query), stream=False)
         try:
             event = await ctx.store.get_event(realm, domain, check_event_id(entity))
         except (NotFound, InvalidInput):
