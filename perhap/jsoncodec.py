@@ -54,6 +54,38 @@ def load_json(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
+def refuse_duplicate_keys(raw: bytes, value: Any) -> None:
+    """InvalidInput when an object in ``raw`` names a key twice: a parser keeps one of the two
+    values, so what is stored would not be what was sent (``value`` is ``raw`` as parsed).
+
+    Without a ``\\u`` escape in ``raw``, each string's colons are the same in ``raw`` and in the
+    parsed value, and each key of ``raw`` has one colon of its own: so ``raw`` holds more colons
+    than ``value`` serialised again exactly when a key was repeated (its colon and its dropped
+    value's are lost). Two C-speed counts decide the common case; the rare rest (escapes, integers
+    beyond 64 bits, a mismatch to name) is parsed again with every object's keys checked."""
+    if b"\\u" not in raw:
+        try:
+            if orjson.dumps(value).count(b":") == raw.count(b":"):
+                return
+        except TypeError:  # integers beyond 64 bits: the exact parse below
+            pass
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant,
+                   parse_float=_finite_float, parse_int=_exact_int)
+    except (ValueError, RecursionError):  # raw was parsed once already: not reached in practice
+        raise InvalidInput("the body is not valid JSON") from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise InvalidInput(f"the key {key[:60]!r} appears twice in one object: JSON parsers keep one of "
+                           "the two values, so it cannot be stored as sent; send each key once")
+    return value
+
+
 def _stdlib_dumps(value: Any, sort_keys: bool = False) -> bytes:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=sort_keys)
     return text.encode("utf-8")

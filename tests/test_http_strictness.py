@@ -289,3 +289,43 @@ async def test_the_event_by_id_route_checks_the_read_parameters_it_shares(client
     for query in ["limit=5", "type=placed", f"following={uuid.uuid4()}", "order=desc"]:
         r = await client.get(f"{url}?{query}")
         assert r.status_code == 200 and r.json()["event_id"] == event_id, (query, r.text)
+
+
+@pytest.mark.parametrize(("path", "body", "key"), [
+    ("/shop/orders/o1/placed", {"event": 1, "event_id": None}, "event_id"),
+    ("/shop/orders/o1/placed", {"event": 1, "meta": None}, "meta"),
+    ("/shop/orders/o1/placed", {"event": 1, "expected_version": None}, "expected_version"),
+    ("/shop/orders/o1", {"events": [{"type": "t", "event": 1, "event_id": None}]}, "event_id"),
+    ("/shop/orders/o1", {"events": [{"type": "t", "event": 1, "meta": None}]}, "meta"),
+    ("/shop/orders/o1", {"events": [{"type": "t", "event": 1, "timestamp": None}]}, "timestamp"),
+    ("/shop/orders/o1", {"events": [{"type": "t", "event": 1}], "expected_version": None}, "expected_version"),
+    ("/shop/orders", {"events": [{"entity": "a", "type": "t", "event": 1, "event_id": None}]}, "event_id"),
+    ("/shop/orders", {"events": [{"entity": "a", "type": "t", "event": 1, "meta": None}]}, "meta"),
+    ("/shop/orders", {"events": [{"entity": "a", "type": "t", "event": 1}], "expected_versions": None},
+     "expected_versions"),
+    ("/shop/orders", {"events": [{"entity": "a", "type": "t", "event": 1}], "expected_versions": {"a": None}},
+     "expected_versions"),
+])
+async def test_an_optional_key_given_as_null_is_refused_and_nothing_is_stored(
+        client: httpx.AsyncClient, path: str, body: dict[str, Any], key: str) -> None:
+    """null is not a UUID, an integer or an object: a 400 naming the key, on every append route
+    (a key without a value is left out), and nothing stored."""
+    p = problem(await client.post(path, json=body), 400)
+    assert p["detail"].replace("events[0]: ", "").startswith(key) and "null" in p["detail"], p
+    assert (await client.get("/shop")).json()["events"] == []
+    # The event itself may be null: it is any JSON value.
+    r = await client.post("/shop/orders/o1/placed", json={"event": None})
+    assert r.status_code == 201, r.text
+
+
+async def test_the_openapi_document_says_what_a_single_append_answers(client: httpx.AsyncClient) -> None:
+    """The 201 (and the retry's 200) of POST /{realm}/{domain}/{entity}/{type} carry a Location
+    header, as the document says; optional body keys are not nullable there (null is a 400)."""
+    doc = openapi_document()
+    op = doc["paths"]["/{realm}/{domain}/{entity}/{type}"]["post"]
+    assert "Location" in op["responses"]["201"]["headers"] and "Location" in op["responses"]["200"]["headers"]
+    r = await client.post("/shop/orders/o1/placed", json={"event": 1})
+    assert r.status_code == 201 and r.headers["location"] == f"/shop/orders/{r.json()['event_id']}"
+    schemas = doc["components"]["schemas"]
+    for name in ("AppendRequest", "BatchRequest"):
+        assert "null" not in str(schemas[name]), schemas[name]

@@ -151,9 +151,11 @@ class ClientCore(Generic[H]):
                 if e.timestamp is not None:  # an imported event's own time (perhap import, copy)
                     item["timestamp"] = e.timestamp
             else:
-                # Serialised here so that any JSON value (big integers too) goes through one path.
+                # Serialised here so that any JSON value (big integers too) goes through one path;
+                # an optional key given as None is left out (None means absent here, as in a Store,
+                # while the server refuses a JSON null for it).
                 item = {k: orjson.Fragment(dump_json(v, k)) if k in ("event", "meta") else v
-                        for k, v in e.items()}
+                        for k, v in e.items() if v is not None or k == "event"}
             items.append(item)
         body: dict[str, Any] = {"events": items}
         if expected_version is not None:

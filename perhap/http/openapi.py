@@ -143,12 +143,19 @@ def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                           "503": _problem("Storage unavailable")}}
 
 
+#: The single-event append names the event it stored (or found stored) where it can be read.
+LOCATION = {"Location": {"description": "Where the event is read on its own: /{realm}/{domain}/{event_id}",
+                         "schema": {"type": "string"}}}
+
+
 def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -> dict[str, Any]:
+    located = {"headers": LOCATION} if request == "AppendRequest" else {}
     return {"summary": summary, "parameters": params,
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{request}"}}}},
-            "responses": {"201": _json(ok, "Stored durably"),
-                          "200": _json(ok, "Idempotent retry: already stored, the original result"),
+            "responses": {"201": {**_json(ok, "Stored durably"), **located},
+                          "200": {**_json(ok, "Idempotent retry: already stored, the original result"),
+                                  **located},
                           "400": _problem("Malformed body, bad name or value, or a query parameter "
                                           "(this operation takes none)"),
                           "409": _problem("Version conflict (with current_version) or event_id reused"),
@@ -318,13 +325,12 @@ def openapi_document() -> dict[str, Any]:
                        "position": position, "timestamp": {"type": "string", "format": "date-time"}}}
     appended_one_of_many = {"type": "object", "required": ["entity", "event_id", "version", "position", "timestamp"],
                             "properties": {"entity": {"type": "string"}, **appended["properties"]}}
-    expected = {"type": ["integer", "null"], "minimum": -1, "maximum": MAX_VERSION,
+    expected = {"type": "integer", "minimum": -1, "maximum": MAX_VERSION,
                 "description": "The entity's current version must equal this (-1: no events yet)."}
     batch_item: dict[str, Any] = {
         "type": "object", "required": ["type", "event"], "additionalProperties": False,
-        # null stands for absent in an item (perhap's client sends it for meta=None).
-        "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
-                       "meta": {"oneOf": [{"type": "object"}, {"type": "null"}]},
+        # An optional key without a value is left out: null is a 400 for each.
+        "properties": {"type": NAME, "event": EVENT_VALUE, "event_id": UUID, "meta": {"type": "object"},
                        "timestamp": {"type": "string", "format": "date-time",
                                      "description": "An imported event's own time, kept instead of the commit "
                                                     "time (RFC 3339; under --auth, an admin token's)"}}}
@@ -357,7 +363,7 @@ def openapi_document() -> dict[str, Any]:
                                                       "expected_version": {"type": "integer"},
                                                       "current_version": {"type": "integer"}}}}}},
         "AppendRequest": {"type": "object", "required": ["event"], "additionalProperties": False,
-                          "properties": {"event": EVENT_VALUE, "event_id": {"oneOf": [UUID, {"type": "null"}]},
+                          "properties": {"event": EVENT_VALUE, "event_id": UUID,
                                          "meta": {"type": "object"}, "expected_version": expected}},
         "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {
@@ -369,7 +375,7 @@ def openapi_document() -> dict[str, Any]:
                             "expected_versions": {
                                 "type": "object", "maxProperties": MAX_BATCH,
                                 "propertyNames": NAME,
-                                "additionalProperties": {**expected, "type": "integer"},
+                                "additionalProperties": expected,
                                 "description": "Entity to expected version, for any entities of the "
                                                "domain (with or without events here)."}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string"}}},

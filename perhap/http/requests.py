@@ -13,7 +13,7 @@ import orjson
 from ..auth import Authenticator, Grant
 from ..errors import InvalidInput
 from ..groups import Groups
-from ..jsoncodec import load_json
+from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..limits import check_depth
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
@@ -238,4 +238,5 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     check_depth(raw, body, max_depth)
+    refuse_duplicate_keys(raw, body)
     return body

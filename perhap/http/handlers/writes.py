@@ -35,6 +35,31 @@ def _keys(keys: Iterable[str]) -> str:
     return text + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
+#: What each optional key must be when present: over HTTP a JSON null is not "absent" (it is not a
+#: UUID, an integer or an object), so it is refused in the words of the key's own check.
+_NOT_NULL = {"event_id": "event_id must be a UUID (leave the key out to have one made), got null",
+             "meta": "meta must be a JSON object (leave the key out for none), got null",
+             "expected_version": "expected_version must be an integer, -1 for a new entity "
+                                 "(leave the key out to append at any version), got null",
+             "expected_versions": "expected_versions must be an object of entity: version "
+                                  "(leave the key out to append at any versions), got null",
+             "timestamp": "timestamp must be an RFC 3339 time (leave the key out for the commit's), got null"}
+_ITEM_KEYS = ("event_id", "meta", "timestamp")
+
+
+def _refuse_nulls(body: dict[str, object], keys: Iterable[str], items: object = None) -> None:
+    """A 400 for an optional key given as null, in the body or in any of its ``items``."""
+    for key in keys:
+        if key in body and body[key] is None:
+            raise InvalidInput(_NOT_NULL[key])
+    if type(items) is list:
+        for i, item in enumerate(items):
+            if type(item) is dict:
+                for key in _ITEM_KEYS:
+                    if key in item and item[key] is None:
+                        raise InvalidInput(f"events[{i}]: {_NOT_NULL[key]}")
+
+
 async def append(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity, type_ = req.names
     body = await read_json_object(req, ctx.max_body, ctx.max_depth)
@@ -47,6 +72,8 @@ async def append(ctx: Context, req: Request, send: Send) -> None:
     unknown = body.keys() - _APPEND_KEYS
     if unknown:
         raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_ONE}")
+    if len(body) > 1:
+        _refuse_nulls(body, ("event_id", "meta", "expected_version"))
     meta = body.get("meta")
     if "meta" in body and not isinstance(meta, dict):
         raise InvalidInput("meta must be a JSON object")
@@ -82,6 +109,7 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     if len(events) > ctx.max_batch:
         raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
                             max_batch=ctx.max_batch)
+    _refuse_nulls(body, ("expected_version",), events)
     _check_imported_timestamps(req, realm, events)
     expected = check_expected_version(body.get("expected_version"))
     result = await ctx.store.append_batch(realm, domain, entity, events, expected_version=expected)
@@ -107,6 +135,12 @@ async def append_many(ctx: Context, req: Request, send: Send) -> None:
     if len(events) > ctx.max_batch:
         raise BatchTooLarge(f"a batch holds at most {ctx.max_batch} events, got {len(events)}",
                             max_batch=ctx.max_batch)
+    _refuse_nulls(body, ("expected_versions",), events)
+    expected_versions = body.get("expected_versions")
+    if type(expected_versions) is dict and None in expected_versions.values():
+        entity = next(e for e, v in expected_versions.items() if v is None)
+        raise InvalidInput(f"expected_versions[{entity[:60]!r}] must be an integer, -1 for a new entity "
+                           "(leave the entity out to append at any version), got null")
     _check_imported_timestamps(req, realm, events)
-    result = await ctx.store.append_many(realm, domain, events, expected_versions=body.get("expected_versions"))
+    result = await ctx.store.append_many(realm, domain, events, expected_versions=expected_versions)
     await send_json(send, 201 if result.created else 200, {"events": [a.to_dict() for a in result.events]})
