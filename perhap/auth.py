@@ -8,6 +8,7 @@ most once a second), so ``perhap token add`` and ``revoke`` take effect without 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -15,7 +16,8 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -55,8 +57,14 @@ def hash_token(token: str) -> str:
 # --------------------------------------------------------------------------- the file
 
 
+_REQUIRED = ("id", "hash", "realm", "permission")
+_FIELDS = frozenset((*_REQUIRED, "created"))
+_HEX = frozenset("0123456789abcdef")
+
+
 def load_grants(path: str) -> list[Grant]:
-    """The grants in FILE; a missing file has none."""
+    """The grants in FILE; a missing file has none. Anything but a whole, valid token file is an
+    AuthFileError (never another exception: the server fails closed on it, the CLI prints it)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -68,13 +76,55 @@ def load_grants(path: str) -> list[Grant]:
         return []
     try:
         data = orjson.loads(raw)
-        grants = [Grant(**{k: str(v) for k, v in item.items()}) for item in data["tokens"]]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except orjson.JSONDecodeError as exc:
         raise AuthFileError(f"the token file {path} is not a perhap token file: {exc}") from None
-    for g in grants:
-        if g.permission not in _RANK or len(g.hash) != 64:
-            raise AuthFileError(f"the token file {path} has a bad entry {g.id!r}")
-    return grants
+    items = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise AuthFileError(f'the token file {path} is not a perhap token file: no "tokens" list')
+    return [_grant(path, n, item) for n, item in enumerate(items)]
+
+
+def _grant(path: str, n: int, item: object) -> Grant:
+    """Entry ``n`` of the file, checked: an object with string fields id, hash (64 lowercase hex
+    digits), realm, permission (a known one) and optionally created, and nothing else."""
+    problem = _entry_problem(item)
+    if problem is None and isinstance(item, dict):
+        return Grant(**item)
+    named = f" ({item['id'][:20]!r})" if isinstance(item, dict) and isinstance(item.get("id"), str) else ""
+    raise AuthFileError(f"the token file {path} has a bad entry: entry {n}{named} {problem}")
+
+
+def _entry_problem(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return "is not an object"
+    if missing := [k for k in _REQUIRED if k not in item]:
+        return f"has no {', '.join(missing)}"
+    if extra := sorted(str(k) for k in item if k not in _FIELDS):
+        return f"has unknown field(s) {', '.join(extra)}"
+    if bad := [k for k, v in item.items() if not isinstance(v, str) or (k in _REQUIRED and not v)]:
+        return f"has a field that is not a non-empty string: {', '.join(bad)}"
+    if item["permission"] not in _RANK:
+        return f"has an unknown permission {item['permission'][:20]!r}"
+    if len(item["hash"]) != 64 or not _HEX.issuperset(item["hash"]):
+        return "has a hash that is not 64 lowercase hex digits"
+    return None
+
+
+@contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the exclusive lock of the token file: ``token add`` and ``revoke`` read, change and
+    replace the file under it, so concurrent ones (other processes too) never lose an update. The
+    lock is a flock on a sidecar file (FILE.lock, mode 0600, never removed: removing it would let
+    two holders lock different files); readers (the server) need none, the replace is atomic."""
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise AuthFileError(f"cannot lock the token file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_grants(path: str, grants: list[Grant]) -> None:
@@ -104,26 +154,28 @@ def add_token(path: str, realm: str, permission: str) -> tuple[str, Grant]:
     """Create a token; returns it (shown once, never stored) and its grant."""
     if permission not in _RANK:
         raise AuthFileError(f"permission must be one of {', '.join(PERMISSIONS)}")
-    grants = load_grants(path)
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    ids = {g.id for g in grants}
-    gid = secrets.token_hex(4)
-    while gid in ids:
+    with _locked(path):
+        grants = load_grants(path)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        ids = {g.id for g in grants}
         gid = secrets.token_hex(4)
-    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    grant = Grant(gid, hash_token(token), realm, permission, created)
-    save_grants(path, [*grants, grant])
+        while gid in ids:
+            gid = secrets.token_hex(4)
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        grant = Grant(gid, hash_token(token), realm, permission, created)
+        save_grants(path, [*grants, grant])
     return token, grant
 
 
 def revoke_token(path: str, which: str) -> Grant:
     """Remove a grant given its id, or the token itself."""
-    grants = load_grants(path)
     digest = hash_token(which)
-    for g in grants:
-        if g.id == which or hmac.compare_digest(g.hash, digest):
-            save_grants(path, [x for x in grants if x is not g])
-            return g
+    with _locked(path):
+        grants = load_grants(path)
+        for g in grants:
+            if g.id == which or hmac.compare_digest(g.hash, digest):
+                save_grants(path, [x for x in grants if x is not g])
+                return g
     # A token is never echoed, not even one that matches nothing.
     named = "that token (not shown)" if which.startswith(TOKEN_PREFIX) else f"id {which!r}"
     raise AuthFileError(f"no token with {named} in {path}")
@@ -133,6 +185,7 @@ def revoke_token(path: str, which: str) -> Grant:
 
 
 _Stamp = tuple[int, int, int]  # inode, size, mtime: the file changed when this does
+_UNREAD: _Stamp = (-1, -1, -1)  # no file has it: the file is looked at again
 
 
 class Authenticator:
@@ -144,6 +197,7 @@ class Authenticator:
         self._by_hash: dict[str, Grant] = {}
         self._stamp: _Stamp | None = None
         self._checked = float("-inf")
+        self._failed: str | None = None  # the last load's error, logged once
         self._reload(self._stat())
 
     def _stat(self) -> _Stamp | None:
@@ -151,17 +205,30 @@ class Authenticator:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
+        except OSError:  # cannot even stat it: loading it fails too (closed), or is tried again
+            return _UNREAD
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _reload(self, stamp: _Stamp | None) -> None:
-        self._stamp = stamp
         try:
             grants = load_grants(self.path)
-        except AuthFileError as exc:
-            # Fail closed: a broken file must not keep a revoked token alive.
-            log.error("%s; every request with a token is refused until it is fixed", exc)
-            grants = []
+        except Exception as exc:  # whatever went wrong: fail closed
+            # A broken file must not keep a revoked token alive: no token is valid until a good
+            # file is read. The stamp is not kept, so the file is read again at the next look
+            # (a passing failure, such as too many open files, does not last until the file
+            # changes); the error is logged once, not at every look.
+            reason = str(exc)
+            if not isinstance(exc, AuthFileError):
+                reason = f"cannot load the token file {self.path}: {exc!r}"
+            self._by_hash = {}
+            self._stamp = _UNREAD
+            if reason != self._failed:
+                self._failed = reason
+                log.error("%s; every request with a token is refused until it is fixed", reason)
+            return
         self._by_hash = {g.hash: g for g in grants}
+        self._stamp = stamp
+        self._failed = None
         log.info("loaded %d token(s) from %s", len(grants), self.path)
 
     def refresh(self, since: float | None = None) -> None:

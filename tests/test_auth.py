@@ -4,6 +4,9 @@ realm's, read against write; the CLI; no token in logs or bodies; revocation wit
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ import pytest
 
 from perhap import Store
 from perhap.app import PerhapApp
-from perhap.auth import Authenticator, add_token, load_grants, revoke_token
+from perhap.auth import Authenticator, AuthFileError, add_token, load_grants, revoke_token
 from tests.servers import ProcessServer, ThreadServer, free_port
 
 ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t"]
@@ -266,12 +269,13 @@ def test_tokens_never_in_logs(tmp_path: Path) -> None:
         code, out = server.terminate()
     assert token not in out and wrong not in out and token[7:20] not in out
     assert "secret-body" not in out
-    import json
-
     access = [json.loads(line) for line in out.splitlines() if '"status"' in line]
     assert len(access) >= 12
     first = next(a for a in access if a["method"] == "POST")
-    assert {"method", "path", "status", "duration_ms", "realm", "bytes"} <= set(first)
+    assert {"method", "path", "status", "duration", "duration_ms", "realm", "bytes"} <= set(first)
+    for a in access:  # the duration in seconds, as the metric has it, and in milliseconds
+        assert isinstance(a["duration"], float) and 0 <= a["duration"] < 60, a
+        assert abs(a["duration"] * 1000 - a["duration_ms"]) < 0.01, a
     assert first["realm"] == "shop" and first["status"] == 201
     # A consumer group's route names its realm too.
     assert {a["realm"] for a in access if a["path"] == "/_groups/shop/g"} == {"shop"}
@@ -303,3 +307,87 @@ def test_a_stream_sees_a_revocation_made_before_what_it_sends_however_soon(tmp_p
     clock[0] = 100.002
     assert not authenticator.still_valid(grant, since=100.0005) and looks == []
     assert not authenticator.still_valid(grant, since=100.0015) and looks == [100.002]  # a later read
+
+
+def bad_token_files(good: dict[str, str]) -> dict[str, bytes]:
+    """Files that are not token files, each but the first few built from a good entry."""
+    def one(entry: object) -> bytes:
+        return json.dumps({"tokens": [entry]}).encode()
+
+    without_realm = {k: v for k, v in good.items() if k != "realm"}
+    return {
+        "null entry": b'{"tokens":[null]}', "tokens an object": b'{"tokens":{"a":1}}',
+        "string entry": b'{"tokens":["x"]}', "list entry": b'{"tokens":[[]]}', "a list": b"[]",
+        "no tokens": b'{"other":[]}', "not JSON": b"{{{", "not UTF-8": b'\xff\xfe{"tokens":[]}',
+        "no realm": one(without_realm), "extra key": one({**good, "extra": 1}),
+        "realm a number": one({**good, "realm": 5}), "id null": one({**good, "id": None}),
+        "created a list": one({**good, "created": []}), "permission READ": one({**good, "permission": "READ"}),
+        "short hash": one({**good, "hash": good["hash"][:40]}), "hash not hex": one({**good, "hash": "z" * 64}),
+        "good and bad": json.dumps({"tokens": [good, None]}).encode(),
+    }
+
+
+def replace_file(path: str, content: bytes) -> None:
+    """As an editor or a deployment would: write beside it, then rename over it."""
+    with open(path + ".new", "wb") as f:
+        f.write(content)
+    os.replace(path + ".new", path)
+
+
+def test_a_malformed_token_file_is_an_auth_file_error(tmp_path: Path, tokens: str) -> None:
+    add_token(tokens, "shop", "read")
+    good = json.loads(Path(tokens).read_bytes())["tokens"][0]
+    for name, content in bad_token_files(good).items():
+        replace_file(tokens, content)
+        try:
+            load_grants(tokens)
+        except AuthFileError as exc:
+            assert tokens in str(exc) and "\n" not in str(exc), (name, exc)
+            continue
+        pytest.fail(f"{name}: loaded as a token file")
+    # serve refuses to start on one, with one line and no traceback
+    r = run_cli("serve", "--db", f"sqlite:///{tmp_path}/x.db", "--port", str(free_port()), "--auth", tokens)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "token file" in r.stderr, r.stderr
+
+
+async def test_a_token_file_gone_bad_refuses_every_token_until_fixed(tmp_path: Path, tokens: str) -> None:
+    """Whatever replaces the file, if it is not a token file no token works (401, never a 500 nor
+    the tokens of the file before), and a good file brings them back."""
+    reader, _ = add_token(tokens, "shop", "read")
+    writer, _ = add_token(tokens, "shop", "write")
+    good_file = Path(tokens).read_bytes()
+    bad = bad_token_files(json.loads(good_file)["tokens"][0])
+    with ThreadServer(f"sqlite:///{tmp_path}/x.db", auth=Authenticator(tokens, recheck=0)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            for name, content in bad.items():
+                replace_file(tokens, content)
+                for _ in range(2):
+                    r = await c.get("/shop", headers=bearer(reader))
+                    assert r.status_code == 401, (name, r.status_code, r.text)
+                    r = await c.post("/shop/d/e/t", json={"event": 1}, headers=bearer(writer))
+                    assert r.status_code == 401, (name, r.status_code, r.text)
+                replace_file(tokens, good_file)
+                assert (await c.get("/shop", headers=bearer(reader))).status_code == 200, name
+                assert (await c.post("/shop/d/e/t", json={"event": 1}, headers=bearer(writer))).status_code == 201
+
+
+def test_concurrent_token_adds_and_revokes_lose_nothing(tmp_path: Path) -> None:
+    """Each ``token add`` and ``revoke`` reads, changes and replaces the file: run at once, none
+    may work from a read that another's write made stale (a lost token, a revoked one back)."""
+    path = str(tmp_path / "tokens.json")
+    revoked = [add_token(path, "shop", "write")[0] for _ in range(2)]
+    kept, _ = add_token(path, "shop", "admin")
+    cli = [sys.executable, "-m", "perhap.cli", "token"]
+    adds = [subprocess.Popen([*cli, "add", "--auth", path, "--realm", "shop", "--permission", "read"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(14)]
+    revokes = [subprocess.Popen([*cli, "revoke", "--auth", path, token], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for token in revoked]
+    added = []
+    for proc in adds + revokes:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        if proc in adds:
+            added.append(out.splitlines()[0])
+    hashes = {g.hash for g in load_grants(path)}
+    assert hashes == {hashlib.sha256(t.encode()).hexdigest() for t in [kept, *added]}
+    assert (os.stat(path).st_mode & 0o077) == 0 and (os.stat(path + ".lock").st_mode & 0o077) == 0

@@ -67,4 +67,4 @@ class Observer:
         # The path only: no query, no headers (tokens), no bodies.
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"access": {
             "method": scope["method"], "path": scope["path"], "status": status,
-            "duration_ms": round(elapsed * 1000, 3), "realm": realm, "bytes": size}})
+            "duration": round(elapsed, 6), "duration_ms": round(elapsed * 1000, 3), "realm": realm, "bytes": size}})
