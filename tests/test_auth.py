@@ -282,6 +282,28 @@ def test_tokens_never_in_logs(tmp_path: Path) -> None:
     assert {a["realm"] for a in access if a["path"] in ("/keys", "/_metrics")} == {None}
 
 
+def test_a_token_sent_where_no_token_goes_is_not_echoed(tmp_path: Path) -> None:
+    """A token pasted in the wrong place (a query parameter, `following`, an event_id, a body key,
+    a realm's name) gets the error it earns, with the token hidden in the answer and the log."""
+    path = str(tmp_path / "tokens.json")
+    token, _ = add_token(path, "shop", "write")
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--auth", path, "--log-format", "json") as server:
+        auth = bearer(token)
+        answers = [
+            httpx.get(f"{server.url}/shop?{token}", headers=auth, timeout=10),
+            httpx.get(f"{server.url}/shop?following={token}", headers=auth, timeout=10),
+            httpx.get(f"{server.url}/shop/d/e?after_version={token}", headers=auth, timeout=10),
+            httpx.post(f"{server.url}/shop/d/e/t", json={"event": {}, "event_id": token}, headers=auth, timeout=10),
+            httpx.post(f"{server.url}/shop/d/e/t", json={"event": {}, token: 1}, headers=auth, timeout=10),
+            httpx.get(f"{server.url}/{token}", headers=auth, timeout=10),
+        ]
+        code, out = server.terminate()
+    for r in answers:
+        assert 400 <= r.status_code < 500 and "not shown" in r.text, r.text
+        assert token not in r.text and token[7:30] not in r.text, r.text
+    assert token not in out and token[7:30] not in out
+
+
 def test_a_stream_sees_a_revocation_made_before_what_it_sends_however_soon(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The look at the token file that a stream's send relies on must come after the read that

@@ -6,6 +6,7 @@ import logging
 import time
 from urllib.parse import unquote
 
+from ..auth import hide_tokens
 from .metrics import Metrics
 from .routes import ROUTE_KEY, Route, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
@@ -64,7 +65,11 @@ class Observer:
             segments = raw.split(b"?", 1)[0].split(b"/")[1:]
             if route.realm_at < len(segments):
                 realm = unquote(segments[route.realm_at].decode("latin-1"), errors="replace")
-        # The path only: no query, no headers (tokens), no bodies.
-        access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"access": {
-            "method": scope["method"], "path": scope["path"], "status": status,
+        # The path only: no query, no headers (tokens), no bodies; nor a token sent as a name.
+        path: str = scope["path"]
+        if "perhap_" in path:
+            path = hide_tokens(path.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+            realm = realm and hide_tokens(realm.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+        access_log.info("%s %s %d", scope["method"], path, status, extra={"access": {
+            "method": scope["method"], "path": path, "status": status,
             "duration": round(elapsed, 6), "duration_ms": round(elapsed * 1000, 3), "realm": realm, "bytes": size}})

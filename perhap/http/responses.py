@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from ..auth import hide_tokens
 from .types import Headers, Send
 
 JSON = [(b"content-type", b"application/json")]
@@ -39,7 +40,9 @@ def problem_body(status: int, slug: str, title: str, detail: str, extra: dict[st
     """The problem+json document: type, title, status, detail, then any extra members."""
     body = {"type": f"urn:perhap:problem:{slug}", "title": title, "status": status, "detail": detail}
     body.update(extra)
-    return orjson.dumps(body, option=_NEWLINE)
+    # A client that put its token where no token goes (`?perhap_...`, an event_id, a realm) is told
+    # what was wrong without the token in the answer (which proxies and clients may log).
+    return hide_tokens(orjson.dumps(body, option=_NEWLINE))
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> None:
