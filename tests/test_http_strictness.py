@@ -124,6 +124,13 @@ async def test_expected_version_in_the_query_of_an_append_says_it_belongs_in_the
                      "expected_version")
     assert '"expected_version": N}' in detail
     assert "body" in refused(await client.post("/shop/orders/o1/placed?event_id=x", json={"event": 1}), "event_id")
+    # A key of another route's body is not said to belong in this one's (whose body refuses it).
+    detail = refused(await client.post("/shop/orders?expected_version=0", json={"events": []}), "expected_version")
+    assert "belongs" not in detail and "no expected_version" in detail and '"expected_versions"' in detail
+    detail = refused(await client.post("/shop/orders/o1/placed?events=x", json={"event": 1}), "events")
+    assert "belongs" not in detail and '{"event": ...}' in detail
+    assert "belongs" in refused(await client.post("/shop/orders?expected_versions=x", json={"events": []}),
+                                "expected_versions")
     assert len((await client.get("/shop/orders/o1")).json()["events"]) == 1
 
 
@@ -329,3 +336,12 @@ async def test_the_openapi_document_says_what_a_single_append_answers(client: ht
     schemas = doc["components"]["schemas"]
     for name in ("AppendRequest", "BatchRequest"):
         assert "null" not in str(schemas[name]), schemas[name]
+
+
+async def test_a_head_that_the_route_does_not_answer_is_405_whatever_the_query(client: httpx.AsyncClient) -> None:
+    """The lease route's GET changes state, so HEAD is not answered there: a 405 with or without
+    a query it would not take (docs/api.md: a wrong method is still 405), as on any other route."""
+    for query in ("", "?consumer=a", "?consumer=a&x=1", "?x=1&x=2"):
+        r = await client.head("/_groups/shop/g/events" + query)
+        assert r.status_code == 405 and "HEAD" not in r.headers["allow"], (query, r.status_code)
+    assert (await client.head("/shop?x=1")).status_code == 400  # HEAD as GET: GET's query rules

@@ -118,6 +118,10 @@ def parse_query(raw: bytes) -> Sequence[tuple[str, str]]:
 
 
 _BODY_KEYS = frozenset({"event", "events", "event_id", "meta", "expected_version", "expected_versions"})
+#: The body keys each append route takes (a key of another route's body gets that route's shape).
+_BODY_KEYS_OF = {Kind.APPEND: frozenset({"event", "event_id", "meta", "expected_version"}),
+                 Kind.APPEND_BATCH: frozenset({"events", "expected_version"}),
+                 Kind.APPEND_MANY: frozenset({"events", "expected_versions"})}
 _APPENDS = (Kind.APPEND, Kind.APPEND_BATCH, Kind.APPEND_MANY)
 
 
@@ -125,7 +129,7 @@ def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> 
     """The query as a dict, once every name is one the route's operation takes, each at most once
     unless the operation lets it repeat."""
     query = dict(pairs)
-    op = route.operations.get("GET" if method == "HEAD" else method)
+    op = route.operations.get("GET" if method == "HEAD" and route.head_is_get else method)
     if op is None or op.query is None:
         return query  # a 405, a 404 or a static file: that answer wins, whatever the query says
     for name in query:
@@ -147,7 +151,11 @@ def _unknown(route: Route, method: str, kind: Kind, allowed: tuple[str, ...], na
     takes = f"it takes {', '.join(allowed)}" if allowed else "it takes no query parameters"
     detail = f"unknown query parameter {_shown(name)} for {where}: {takes}"
     if kind in _APPENDS and name in _BODY_KEYS:
-        detail = f"{name} belongs in the JSON body, not the query string: {_body_shape(kind, name, value)}"
+        if name in _BODY_KEYS_OF[kind]:
+            detail = f"{name} belongs in the JSON body, not the query string: {_body_shape(kind, name, value)}"
+        else:  # e.g. expected_version on the multi-entity route, whose body has expected_versions
+            detail = (f"unknown query parameter {_shown(name)} for {where}: {takes}, and its JSON body "
+                      f"has no {name} either: send {_body_shape(kind, '', value)}")
     elif name == "type" and route.levels == 4:
         detail += " (the type is the last segment of this path)"
     elif name in ("after_version", "until_version") and kind is Kind.READ and route.levels < 3:
@@ -160,7 +168,8 @@ def _body_shape(kind: Kind, name: str, value: str) -> str:
     if kind is Kind.APPEND:
         return {"expected_version": f'{{"event": ..., "expected_version": {version}}}',
                 "event_id": '{"event": ..., "event_id": "..."}',
-                "meta": '{"event": ..., "meta": {...}}'}.get(name, '{"event": ...}')
+                "meta": '{"event": ..., "meta": {...}}'}.get(
+                    name, '{"event": ...}, optionally with "event_id", "meta" and "expected_version"')
     if kind is Kind.APPEND_MANY:
         return '{"events": [{"entity": ..., "type": ..., "event": ...}], "expected_versions": {"<entity>": N}}'
     if name == "expected_version":
