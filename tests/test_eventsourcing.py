@@ -692,3 +692,13 @@ def test_a_subscription_to_a_server_that_stops_answering_is_an_operational_error
             server.proc.send_signal(signal.SIGCONT)
             subscription.stop()
             factory.close()
+
+
+def test_without_the_library_the_import_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['eventsourcing'] = None; import perhap.eventsourcing"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "pip install 'eventsourcing>=9.5,<9.6'" in r.stderr and "'.[eventsourcing]'" in r.stderr, r.stderr

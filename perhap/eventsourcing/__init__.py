@@ -4,6 +4,13 @@ Set ``PERSISTENCE_MODULE=perhap.eventsourcing`` and ``PERHAP_URL`` (a server, or
 process); see docs/eventsourcing.md for the mapping and the settings.
 """
 
+try:
+    import eventsourcing  # noqa: F401 (only to say what is missing, in words)
+except ImportError as exc:
+    raise ImportError(
+        "perhap.eventsourcing needs the eventsourcing library 9.5.x: pip install 'eventsourcing>=9.5,<9.6', "
+        "or pip install '.[eventsourcing]' in a perhap checkout") from exc
+
 from .factory import Factory
 from .recorders import (
     PerhapAggregateRecorder,
