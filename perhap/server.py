@@ -188,6 +188,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         408, "body-timeout", "Request Timeout",
         f"the body did not arrive within {body_timeout:g} s of the headers", {"body_timeout": body_timeout}))
 
+    overflow = _problem_response(b"413 Content Too Large", problem_body(
+        413, "content-too-large", STATUS_TITLES[413],
+        "the Content-Length is larger than any body this server takes (see --max-body)", {}))
     short_body = body_timeout < header_timeout
 
     class LimitedHttpTools(HttpToolsProtocol):
@@ -275,8 +278,15 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         def send_400_response(self, msg: str) -> None:
             # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
             # like every other error of the API, not uvicorn's plain text.
-            self.transport.write(too_large if self._too_large else _problem_response(b"400 Bad Request", problem_body(
-                400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})))
+            if self._too_large:
+                self.transport.write(too_large)
+            elif str(sys.exception()) == "Content-Length overflow":
+                # (uvicorn calls this inside its except clause, with its own words in msg: the
+                # parser's are the exception's.) A length past 2**64 is larger than any body taken.
+                self.transport.write(overflow)
+            else:
+                self.transport.write(_problem_response(b"400 Bad Request", problem_body(
+                    400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})))
             self.transport.close()
 
     return LimitedHttpTools

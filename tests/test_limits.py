@@ -139,6 +139,20 @@ def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
         assert time.monotonic() - start < 5  # closed by the 1 s header deadline
 
 
+def test_a_content_length_past_64_bits_is_413(sqlite_url: str) -> None:
+    """The parser refuses a Content-Length it cannot hold: that is a body over the limit (413
+    problem+json), not a malformed request; a malformed length is still a 400."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol()
+    with server:
+        huge = b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n{}"
+        head, _, body = _raw(server.port, huge).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and b"application/problem+json" in head, head
+        assert b'"status":413' in body and b"--max-body" in body
+        bad = b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n{}"
+        assert _raw(server.port, bad).startswith(b"HTTP/1.1 400")
+
+
 def test_the_header_limit_is_the_whole_head_to_the_byte(sqlite_url: str) -> None:
     """--max-header counts the request line and headers as sent, blank line included: a head of
     exactly the limit is served, one byte more is a 431 (GET and POST alike)."""
