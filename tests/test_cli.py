@@ -271,6 +271,79 @@ def test_server_down_is_one_line() -> None:
         assert r.returncode == 1 and "cannot reach http://127.0.0.1:" in line, (args, line)
 
 
+#: A malformed server or store URL, and what the one line must say (exit 2, before anything runs).
+MALFORMED_URLS = [
+    (["append", "a/b/c/d", "{}", "--url", "http://[::1"], "--url 'http://[::1' is not a valid URL"),
+    (["read", "r", "--url", "http://127.0.0.1:99999"], "--url 'http://127.0.0.1:99999': the port must be from 1"),
+    (["keys", "--url", "http://"], "--url 'http://' names no host"),
+    (["tail", "r", "--url", "http://u:s3cret@[::1"], "--url 'http://u:***@[::1' is not a valid URL"),
+    (["group", "list", "shop", "--url", "http://h:0"], "the port must be from 1 to 65535, not 0"),
+    (["export", "--db", "http://[::1"], "--db 'http://[::1' is not a valid URL"),
+    (["import", "--db", "https://[::1", "dump.jsonl"], "--db 'https://[::1' is not a valid URL"),
+    (["copy", "--from", "sqlite:///a.db", "--to", "http://h:x"], "--to 'http://h:x' is not a valid URL"),
+    (["export", "--db", "postgresql://u@h:notaport/db"],
+     "--db: the port of a PostgreSQL URL must be a whole number from 1 to 65535, not 'notaport'"),
+    (["import", "--db", "postgresql://u@h1:5432,h2:99999/db", "dump.jsonl"], "not '99999'"),
+    (["export", "--db", "postgresql://u@[::1]:zz/db"], "not 'zz'"),
+    (["copy", "--from", "postgres://u@h/db?pool_size=x", "--to", "sqlite:///b.db"],
+     "--from: pool_size in a PostgreSQL URL must be a whole number above 0, not 'x'"),
+    (["copy", "--from", "postgresql://u@h:0/db", "--to", "sqlite:///b.db"], "not '0'"),
+    (["import", "--db", "cassandra://h:notaport/ks", "dump.jsonl"],
+     "--db: the port of a Cassandra URL must be a whole number from 1 to 65535, not 'notaport'"),
+    (["export", "--db", "postgresql://u@[::1/db"], "--db: not a valid store URL"),
+]
+
+
+def test_malformed_urls_are_usage_errors_naming_the_option(tmp_path: Path) -> None:
+    """A --url httpx cannot parse was `error: unexpected InvalidURL: ...`, exit 1; a store URL with
+    a bad port or option failed (exit 1) only when the store opened."""
+    (tmp_path / "a.db").touch()
+    (tmp_path / "dump.jsonl").write_bytes(b"")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda case: subprocess.run(
+            [sys.executable, "-m", "perhap.cli", *case[0]], capture_output=True, timeout=60, cwd=tmp_path),
+            MALFORMED_URLS))
+    for (args, expected), r in zip(MALFORMED_URLS, results):
+        line = one_error_line(r)
+        assert r.returncode == 2 and expected in line and "unexpected" not in line, (args, line)
+        assert "s3cret" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.db", "dump.jsonl"]  # nothing was created
+
+
+def test_options_from_url_refuses_a_bad_port_in_words() -> None:
+    """open_store from Python: asyncpg's own complaint was int()'s, when connecting."""
+    import asyncio
+
+    from perhap import open_store
+
+    for url, port in (("postgresql://u@h:notaport/db", "'notaport'"), ("postgresql://u@h1,h2:70000/db", "'70000'"),
+                      ("postgresql://u@h/db?port=5432,x", "'x'")):
+        with pytest.raises(ValueError, match=f"port of a PostgreSQL URL must be a whole number from 1 to 65535, "
+                                             f"not {port}"):
+            asyncio.run(open_store(url).__aenter__())
+
+
+def test_only_perhap_s_own_warnings_are_printed_by_a_command() -> None:
+    """The logging every command but serve sets up (main calls quiet_logging; the export test in
+    test_transfer.py shows it in place): a library's record never reaches stderr (Python's
+    last-resort handler printed asyncpg's pool warning with its traceback before the error line),
+    nor an error perhap logs (the command's one error line reports the failure); perhap's own
+    warnings are one `warning:` line each."""
+    code = """if True:
+        import logging
+        from perhap.cli.common import quiet_logging
+
+        quiet_logging()
+        logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor", exc_info=True)
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+        logging.getLogger("perhap.postgres").warning("the server runs with\\nfsync = off")
+        logging.getLogger("perhap.sqlite").error("failed", exc_info=ValueError("x"))
+        logging.getLogger("perhaps").warning("not ours")
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.decode() == "warning: the server runs with fsync = off\n", r.stderr
+
+
 def test_a_bare_word_as_the_event_suggests_quoting_it() -> None:
     r = run_cli("append", "r/d/e/t", "hello")
     line = one_error_line(r)

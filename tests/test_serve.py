@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,84 @@ def test_bad_serve_arguments_exit_2() -> None:
         r = run_cli("serve", "--port", str(free_port()), *args)
         assert r.returncode == 2, (args, r.stderr)
         one_error_line(r)
+
+
+def _serve_errors(cases: list[list[str]], cwd: Path) -> list[str]:
+    """Each serve's one error line, after checking it is exit 2 (run four at a time)."""
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda args: run_cli("serve", "--port", str(free_port()), *args, cwd=cwd), cases))
+    for args, r in zip(cases, results):
+        assert r.returncode == 2, (args, r.stderr)
+    return [one_error_line(r) for r in results]
+
+
+def test_seconds_options_must_be_finite_and_above_0(tmp_path: Path) -> None:
+    """--idle-timeout -1 and nan were taken (nan then made every request log uvloop's ValueError)."""
+    cases = [["--idle-timeout", "-1"], ["--idle-timeout", "nan"], ["--idle-timeout", "0"], ["--heartbeat", "inf"],
+             ["--header-timeout", "nan"], ["--body-timeout", "inf"], ["--write-timeout", "nan"],
+             ["--write-timeout", "inf"], ["--write-timeout", "-1"]]
+    for args, line in zip(cases, _serve_errors(cases, tmp_path)):
+        assert args[0] in line and "seconds (and finite)" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_malformed_store_url_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    """They were `error: cannot open the store ...: invalid literal for int() ...`, exit 1."""
+    cases = {"postgresql://u@h:notaport/db": "the port of a PostgreSQL URL must be a whole number from 1 to 65535, "
+                                             "not 'notaport'",
+             "postgresql://u@h:0/db": "not '0'", "postgresql://u@h:99999/db": "not '99999'",
+             "postgresql://u@h1:5432,[::1]:x/db": "not 'x'", "postgresql://u@h/db?pool_size=x": "pool_size",
+             "postgres://u@h/db?timeout=nan": "timeout", "cassandra://h:notaport/ks": "port of a Cassandra URL",
+             "cassandra://h/ks?nope=1": "unknown Cassandra URL options: nope"}
+    lines = _serve_errors([["--db", url] for url in cases], tmp_path)
+    for expected, line in zip(cases.values(), lines):
+        assert line.startswith("error: --db: ") and expected in line, line
+
+
+def _key_and_cert(tmp_path: Path, name: str, password: bytes | None = None) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    encryption = (serialization.NoEncryption() if password is None
+                  else serialization.BestAvailableEncryption(password))
+    cert_path, key_path = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           encryption))
+    return cert_path, key_path
+
+
+def test_tls_files_that_do_not_load_are_one_line_exit_2(tmp_path: Path) -> None:
+    """Garbage PEM files were `error: unexpected SSLError: [SSL] PEM lib ...`, exit 1, once the
+    store was open; a key with a passphrase would ask for it on the terminal."""
+    files = tmp_path / "pem"
+    files.mkdir()
+    garbage = files / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    cert, key = _key_and_cert(files, "a")
+    other_cert, _ = _key_and_cert(files, "b")
+    locked_cert, locked_key = _key_and_cert(files, "c", password=b"secret")
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = {(garbage, garbage): f"{garbage} holds no PEM certificate",
+             (cert, garbage): f"{garbage} holds no PEM private key",
+             (other_cert, key): f"{key} is not the private key of the certificate in {other_cert}",
+             (locked_cert, locked_key): f"{locked_key} is protected by a passphrase"}
+    lines = _serve_errors([["--auth", "tokens.json", "--tls-cert", str(c), "--tls-key", str(k)] for c, k in cases],
+                          run)
+    for ((c, k), expected), line in zip(cases.items(), lines):
+        assert line.startswith(f"error: --tls-cert {c}, --tls-key {k}: ") and expected in line, line
+    assert not list(run.iterdir())  # refused before the token file or the store was touched
 
 
 def test_limit_defaults_come_from_perhap_limits() -> None:

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -416,6 +417,43 @@ def test_cli_import_errors_are_one_line(tmp_path: Path) -> None:
     assert "--db" in one_error_line(run_cli("import", str(bad)))
 
 
+def _dump_with_a_bad_line(events: int, realm: str = "bad") -> list[bytes]:
+    """A dump of ``events`` events of three entities in turn (each its own batch: hundreds of
+    batches), then a line that is not JSON."""
+    header = orjson.dumps({"format": "perhap-dump", "version": 2, "scope": None})
+    return [header] + [orjson.dumps({
+        "event_id": str(uuid.uuid4()), "realm": realm, "domain": "d", "entity": f"e{i % 3}", "type": "t",
+        "event": {"i": i}, "meta": {}, "version": i // 3, "position": i + 1,
+        "timestamp": "2026-01-01T00:00:00.000000Z"}) for i in range(events)] + [b"{oops"]
+
+
+async def test_a_bad_line_ends_the_import_with_every_sent_batch_settled(backend: Provider) -> None:
+    """The batches pipelined before a bad line were left pending when the store closed ("Task
+    exception was never retrieved ... the store is closed"): they are waited for, so every event
+    before the bad line is stored but the run not sent yet (here the last event: each is its own run)."""
+    lines = _dump_with_a_bad_line(300)
+    async with open_store(fresh_url(backend)) as store:
+        with pytest.raises(TransferError, match="line 302: not valid JSON"):
+            await import_dump(store, lines, "dump.jsonl")
+        pending = [t for t in asyncio.all_tasks() if not t.done() and "append_batch" in repr(t.get_coro())]
+        assert pending == []
+        stored = len((await store.read(Scope("bad"), limit=1000)).events)
+        assert stored == 299
+        again = await import_dump(store, lines[:-1])  # the bad line mended: the rest, and nothing twice
+        assert (again.imported, again.present) == (1, 299)
+
+
+def test_cli_import_of_a_dump_with_a_bad_line_near_the_end_is_one_line(backend: Provider, tmp_path: Path) -> None:
+    dump = tmp_path / "bad.jsonl"
+    dump.write_bytes(b"\n".join(_dump_with_a_bad_line(400)) + b"\n")
+    url = fresh_url(backend)
+    r = run_cli("import", "--db", url, str(dump))
+    assert r.returncode == 1 and r.stdout == b""
+    assert one_error_line(r) == (f"error: {dump} line 402: not valid JSON (unexpected character, "
+                                 f"expected a string key: line 1 column 2 (char 1))")
+    assert len(export_cli(url).splitlines()) == 1 + 399  # the batches sent were written, not dropped
+
+
 # --------------------------------------------------------------------------- copy
 
 
@@ -521,6 +559,23 @@ def test_copy_usage_errors(tmp_path: Path) -> None:
     assert "--limit" in one_error_line(run_cli("copy", "--from", url, "--to", url + "2", "--limit", "0"))
 
 
+def test_copy_refuses_one_sqlite_file_spelled_two_ways(tmp_path: Path) -> None:
+    """`--from sqlite:///big.db --to sqlite:////abs/path/big.db` copied a store onto itself:
+    "0 copied, verified"."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    asyncio.run(_fill_url(url, 1, 3))
+    (tmp_path / "link.db").symlink_to(tmp_path / "x.db")
+    relative = os.path.relpath(tmp_path / "x.db")  # from the directory the command runs in
+    for other in (f"sqlite:///{relative}", f"sqlite:///{tmp_path}/./x.db?synchronous=OFF",
+                  f"sqlite:///{tmp_path}/link.db", f"sqlite:///{tmp_path}/sub/../x.db"):
+        r = run_cli("copy", "--from", url, "--to", other)
+        assert r.returncode == 2 and "--from and --to are the same store" in one_error_line(r), (other, r.stderr)
+        if "sub/.." not in other:  # (a path through a missing directory is no store to copy from)
+            r = run_cli("copy", "--from", other, "--to", url)
+            assert r.returncode == 2 and "same store" in one_error_line(r), other
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("x.db")) == ["link.db"]
+
+
 async def test_importer_batches_runs_of_one_entity(store: Store, realm: str, backend: Provider) -> None:
     calls: list[int] = []
 
@@ -555,6 +610,30 @@ def test_export_into_a_reader_that_quits_is_quiet(tmp_path: Path) -> None:
     export.wait(60)
     assert head[0].startswith(b"{") and head[1].startswith(b"{")
     assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()
+
+
+def test_a_library_s_log_warning_does_not_reach_stderr(tmp_path: Path) -> None:
+    """Library log records (asyncpg's "Failed to restore the pool connection floor" with its
+    traceback, when PostgreSQL stopped mid-copy) reached stderr through Python's last-resort
+    handler. Here asyncio's: in debug mode it warns of a step that blocks the loop, as an export
+    does while its reader stops reading."""
+    url = f"sqlite:///{tmp_path}/w.db"
+
+    async def fill_big() -> None:  # ~1 MB of dump: far more than a pipe holds
+        async with open_store(url) as store:
+            for entity in ("a", "b", "c"):
+                await store.append_batch("r", "d", entity, [{"type": "t", "event": "x" * 300}] * 1000)
+
+    asyncio.run(fill_big())
+    export = subprocess.Popen([sys.executable, "-m", "perhap.cli", "export", "--db", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONASYNCIODEBUG": "1"})
+    assert export.stdout is not None
+    export.stdout.readline()
+    time.sleep(0.5)  # the export blocks in a write: asyncio logs "Executing <Task ...> took 0.5 seconds"
+    out, err = export.communicate(timeout=60)
+    assert export.returncode == 0 and err == b"", err.decode()
+    assert b'"position":3000,' in out.splitlines()[-1]  # (what readline buffered is not in out)
 
 
 async def test_an_import_holds_a_bounded_number_of_events_in_flight(tmp_path: Path) -> None:

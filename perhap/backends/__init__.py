@@ -55,7 +55,10 @@ def _redacted_option(piece: str) -> str:
 
 def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
     """Split a store URL into its scheme and backend options; ValueError with a clear text if bad."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed [
+        raise ValueError(f"not a valid store URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme == "postgres":
         scheme = "postgresql"
@@ -75,6 +78,28 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
             raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///./perhap.db")
         return scheme, {"path": path, **query}
     return scheme, {"url": url, **query}
+
+
+def check_store_url(url: str) -> tuple[str, dict[str, Any]]:
+    """parse_store_url, and the backend's own checks of its URL (ports, options) where its driver
+    is installed (without it the store cannot open anyway, and says so): ValueError in words, so
+    that a malformed URL is refused before anything starts rather than when the store opens."""
+    scheme, options = parse_store_url(url)
+    if scheme == "postgresql":
+        try:
+            from .postgres.connection import Options
+        except ImportError:  # asyncpg missing
+            pass
+        else:
+            Options.from_url(url)
+    elif scheme == "cassandra":
+        try:
+            from .cassandra.url import parse_cassandra_url
+        except ImportError:  # cassandra-driver missing
+            pass
+        else:
+            parse_cassandra_url(url)
+    return scheme, options
 
 
 async def _open(url: str) -> Store:

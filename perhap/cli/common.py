@@ -6,6 +6,7 @@ Light at import time (no httpx, no backends): ``perhap --help`` must start fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -37,6 +38,28 @@ class CommandError(Exception):
 def one_line(text: str) -> str:
     """``text`` with every run of white space (newlines too) made one space."""
     return " ".join(text.split())
+
+
+class _OwnWarnings(logging.Handler):
+    """Every command but ``serve`` (which logs): perhap's own warnings as one ``warning:`` line each;
+    nothing else. A library's records (asyncpg's pool, asyncio's, a driver's, with their tracebacks)
+    would otherwise reach stderr through Python's last-resort handler, around the one ``error:``
+    line a failure is reported by; so would an error logged by perhap, which that line reports."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno != logging.WARNING or not (record.name == "perhap" or record.name.startswith("perhap.")):
+            return
+        try:
+            print(f"warning: {one_line(record.getMessage())}", file=sys.stderr, flush=True)
+        except Exception:  # a message that cannot be formatted, a closed stderr: never a traceback
+            pass
+
+
+def quiet_logging() -> None:
+    """Send every log record to :class:`_OwnWarnings` (for the commands that set up no logging)."""
+    root = logging.getLogger()
+    root.handlers = [_OwnWarnings()]
+    root.setLevel(logging.WARNING)
 
 
 def client_error(exc: PerhapError) -> CommandError:
@@ -81,10 +104,27 @@ def scope_with_types(text: str, types: list[str] | None) -> tuple[Scope, list[st
     return scope, types
 
 
-def check_url(url: str) -> str:
-    """A server's base URL, refused (usage error) unless it is http:// or https://."""
+def check_url(url: str, option: str = "--url") -> str:
+    """A server's base URL, refused (usage error naming ``option``) unless it is a well-formed
+    http:// or https:// URL with a host (and a port from 1 to 65535, if it has one)."""
+    import httpx
+
+    from ..backends import redact
+
+    try:
+        shown = repr(redact(url))  # a password in the URL is not shown
+    except ValueError:  # not even urlsplit can read it
+        shown = repr(re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url))
     if not url.startswith(("http://", "https://")):
-        raise CommandError(f"--url must be an http:// or https:// URL, got {url!r}", 2)
+        raise CommandError(f"{option} must be an http:// or https:// URL, got {shown}", 2)
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise CommandError(f"{option} {shown} is not a valid URL: {one_line(str(exc)) or 'malformed'}", 2) from None
+    if not parsed.host:
+        raise CommandError(f"{option} {shown} names no host, e.g. http://127.0.0.1:{DEFAULT_PORT}", 2)
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise CommandError(f"{option} {shown}: the port must be from 1 to 65535, not {parsed.port}", 2)
     return url
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .common import CommandError, one_line
+from .common import CommandError, one_line, quiet_logging
 from .parser import build_parser
 
 
@@ -19,6 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
         if run is None:  # a usage error like any other: usage and one error line, on stderr
             parser.error("a command is needed")
+        if args.command != "serve":  # serve sets up logging of its own
+            quiet_logging()
         return run(args)
     except CommandError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)

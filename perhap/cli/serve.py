@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -15,20 +16,20 @@ log = logging.getLogger("perhap")
 #: Options that count something: each must be 1 or more.
 POSITIVE_OPTIONS = ("max_body", "max_batch", "max_depth", "max_streams", "max_streams_per_token", "max_header",
                     "max_connections", "stream_buffer")
-#: Options in seconds that must be more than 0 (0 would drop every connection, or spin).
-POSITIVE_SECONDS = ("heartbeat", "header_timeout", "body_timeout")
+#: Options in seconds that must be more than 0 (0 would drop every connection, or spin) and finite.
+POSITIVE_SECONDS = ("heartbeat", "header_timeout", "body_timeout", "idle_timeout")
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; every bad option is one line before anything starts, and so is a
     failed start (port in use, store that cannot open): exit 2 for bad arguments, 1 otherwise."""
-    from ..backends import parse_store_url
+    from ..backends import check_store_url
     from ..server import _setup_logging, serve
 
     try:
-        scheme, _ = parse_store_url(args.db)
+        scheme, _ = check_store_url(args.db)
     except ValueError as exc:
-        raise CommandError(str(exc), 2) from None
+        raise CommandError(f"--db: {exc}", 2) from None
     if args.workers < 1:
         raise CommandError("--workers must be 1 or more", 2)
     if args.workers > 1 and scheme == "sqlite":
@@ -40,15 +41,14 @@ def run_serve(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be 1 or more", 2)
     for name in POSITIVE_SECONDS:
-        if not getattr(args, name) > 0:
-            raise CommandError(f"--{name.replace('_', '-')} must be more than 0 seconds", 2)
-    if not args.write_timeout >= 0:
-        raise CommandError("--write-timeout must be 0 (never) or more seconds", 2)
+        if not 0 < getattr(args, name) < math.inf:  # (NaN fails it too)
+            raise CommandError(f"--{name.replace('_', '-')} must be more than 0 seconds (and finite)", 2)
+    if not 0 <= args.write_timeout < math.inf:
+        raise CommandError("--write-timeout must be 0 (never) or more seconds (and finite)", 2)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("give --tls-cert and --tls-key together", 2)
-    for path in (args.tls_cert, args.tls_key):
-        if path is not None and not os.path.isfile(path):
-            raise CommandError(f"cannot read {path}: no such file", 2)
+    if args.tls_cert is not None:
+        check_tls(args.tls_cert, args.tls_key)
     _setup_logging(args.log_level, args.log_format)  # so the warnings below are log lines too
     if args.auth is not None:
         _check_token_file(args.auth)
@@ -71,6 +71,40 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
         max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin,
         stream_buffer=args.stream_buffer, write_timeout=args.write_timeout or None)
+
+
+def check_tls(cert: str, key: str) -> None:
+    """Load the certificate and its key as the server will, before anything starts; one line naming
+    both files if they do not load (a key protected by a passphrase is refused, never asked for)."""
+    import ssl
+
+    for path in (cert, key):
+        if not os.path.isfile(path):
+            raise CommandError(f"cannot read {path}: no such file", 2)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+        return
+    except ssl.SSLError as exc:
+        failure = exc
+    except OSError as exc:
+        raise CommandError(f"--tls-cert {cert}, --tls-key {key}: cannot read them: "
+                           f"{exc.strerror or one_line(str(exc))}", 2) from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except (ssl.SSLError, OSError):
+        what = f"{cert} holds no PEM certificate"
+    else:
+        if failure.reason == "KEY_VALUES_MISMATCH":
+            what = f"{key} is not the private key of the certificate in {cert}"
+        else:
+            try:
+                with open(key, "rb") as file:
+                    encrypted = b"ENCRYPTED" in file.read(1 << 20)
+            except OSError:
+                encrypted = False
+            what = (f"{key} is protected by a passphrase, which perhap cannot ask for: give the key "
+                    f"without one" if encrypted else f"{key} holds no PEM private key")
+    raise CommandError(f"--tls-cert {cert}, --tls-key {key}: the certificate and key do not load: {what}", 2)
 
 
 def check_listen(host: str, port: int) -> None:

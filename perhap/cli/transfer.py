@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import PerhapError
-from .common import TOKEN_ENV, CommandError, bearer_token, client_error, parse_scope
+from .common import TOKEN_ENV, CommandError, bearer_token, check_url, client_error, parse_scope
 
 if TYPE_CHECKING:
     from ..model import Scope
@@ -32,7 +32,7 @@ def _is_server(url: str) -> bool:
 def check_target(url: str, option: str, token: str | None, token_option: str, *, must_exist: bool) -> str:
     """A store URL (checked) or a server's; a token given for a store is a usage error."""
     if _is_server(url):
-        return url
+        return check_url(url, option)
     if token is not None:
         raise CommandError(f"{token_option} is for a server (an http:// or https:// {option}), "
                            f"not for a store URL", 2)
@@ -52,16 +52,35 @@ def open_target(url: str, token: str | None) -> AbstractAsyncContextManager[Tran
 
 def check_db(url: str, option: str, *, must_exist: bool) -> str:
     """A store URL, checked before anything opens it; usage error when it is bad."""
-    from ..backends import parse_store_url
+    from ..backends import check_store_url
 
     try:
-        scheme, options = parse_store_url(url)
+        scheme, options = check_store_url(url)
     except ValueError as exc:
         raise CommandError(f"{option}: {exc}", 2) from None
     # Opening a SQLite path creates the file: reading from a typo would export an empty store.
     if must_exist and scheme == "sqlite" and not os.path.exists(options["path"]):
         raise CommandError(f"{option}: there is no SQLite store at {options['path']}")
     return url
+
+
+def _same_store(a: str, b: str) -> bool:
+    """Whether two (checked) URLs name one store: the same text, or one SQLite file spelled two
+    ways (relative and absolute, through a link, with other options)."""
+    if a == b:
+        return True
+    if _is_server(a) or _is_server(b):
+        return False
+    from ..backends import parse_store_url
+
+    (scheme_a, options_a), (scheme_b, options_b) = parse_store_url(a), parse_store_url(b)
+    if scheme_a != "sqlite" or scheme_b != "sqlite":
+        return False
+    path_a: str = options_a["path"]
+    path_b: str = options_b["path"]
+    if os.path.exists(path_a) and os.path.exists(path_b):
+        return os.path.samefile(path_a, path_b)
+    return os.path.realpath(path_a) == os.path.realpath(path_b)
 
 
 def run_store_job(job: Coroutine[Any, Any, int], token_hint: str = _TOKEN_HINT) -> int:
@@ -182,7 +201,7 @@ def run_copy(args: argparse.Namespace) -> int:
     # Each side its own token: one set for a server must not be sent to another ($PERHAP_TOKEN is not read).
     from_token = bearer_token(args.from_token, "--from-token", FROM_TOKEN_ENV) if _is_server(source) else None
     to_token = bearer_token(args.to_token, "--to-token", TO_TOKEN_ENV) if _is_server(destination) else None
-    if source == destination:
+    if _same_store(source, destination):
         raise CommandError("--from and --to are the same store", 2)
     if args.limit is not None and args.limit < 1:
         raise CommandError("--limit must be 1 or more", 2)
@@ -201,7 +220,7 @@ def run_copy(args: argparse.Namespace) -> int:
         for check in report.checks:
             (n1, h1), (n2, h2) = check.source, check.destination
             if check.ok:
-                say(f"verified {check.realm}: {n1:,} events, sha256 {h1}")
+                say(f"verified {check.realm}: {n1:,} event{'' if n1 == 1 else 's'}, sha256 {h1}")
             else:
                 say(f"MISMATCH {check.realm}: source {n1:,} events sha256 {h1}, "
                     f"destination {n2:,} events sha256 {h2}")

@@ -85,30 +85,34 @@ async def copy_store(source: TransferStore, destination: TransferStore, *, limit
     importer = Importer(destination, progress=progress)
     copied = 0
     complete = True
-    async for realm in iter_keys(source):
-        following = None
-        if realm not in existing:
-            importer.fresh(realm)
-        else:
-            following = await _last_event_id(destination, realm)
-            if following is not None:
-                await _check_source_holds(source, realm, following)
-        before = importer.stats.imported + importer.stats.present
-        async with aclosing(iter_scope(source, Scope(realm), following=following)) as events:
-            async for event in events:
-                if limit is not None and copied >= limit:
-                    complete = False
-                    break
-                await importer.add(event_to_import(event))
-                copied += 1
-        await importer.finish()
-        done = importer.stats.imported + importer.stats.present - before
-        resumed = f" (resumed after {following})" if following else ""
-        if progress is not None:
-            progress.clear()
-        say(f"copied {realm}: {done:,} event{'' if done == 1 else 's'}{resumed}")
-        if not complete:
-            break
+    try:
+        async for realm in iter_keys(source):
+            following = None
+            if realm not in existing:
+                importer.fresh(realm)
+            else:
+                following = await _last_event_id(destination, realm)
+                if following is not None:
+                    await _check_source_holds(source, realm, following)
+            before = importer.stats.imported + importer.stats.present
+            async with aclosing(iter_scope(source, Scope(realm), following=following)) as events:
+                async for event in events:
+                    if limit is not None and copied >= limit:
+                        complete = False
+                        break
+                    await importer.add(event_to_import(event))
+                    copied += 1
+            await importer.finish()
+            done = importer.stats.imported + importer.stats.present - before
+            resumed = f" (resumed after {following})" if following else ""
+            if progress is not None:
+                progress.clear()
+            say(f"copied {realm}: {done:,} event{'' if done == 1 else 's'}{resumed}")
+            if not complete:
+                break
+    except BaseException:
+        await importer.abandon()  # a source that failed mid-realm: no write left pending at close
+        raise
     if progress is not None:
         progress.close()
     report = CopyReport(importer.stats, complete)

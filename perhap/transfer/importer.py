@@ -51,7 +51,7 @@ class InFlight:
 class Importer:
     """Writes events in dump order, batching runs of one entity; each event keeps its version.
 
-    Where the store commits appends in the order they were started (SQLite), up to
+    Where the store commits appends in the order they were started (SQLite, PostgreSQL), up to
     WINDOW_BATCHES batches are kept in flight once a realm is being written fresh; elsewhere one
     batch at a time, so that commit order is the dump's order on every backend.
     """
@@ -142,10 +142,19 @@ class Importer:
         while self._inflight:
             await self._settle_oldest()
 
+    async def abandon(self) -> None:
+        """Stop without writing more: the queued run is dropped, and the writes in flight are let
+        end (they cannot be recalled; what they store is a prefix of the dump, which a run again
+        resumes after). Call it when an import fails anywhere else (a bad dump line, a source
+        that fails mid-copy), so that no write is left pending when the store closes."""
+        self._run, self._run_bytes = [], 0
+        await self._abandon()
+
     async def _abandon(self) -> None:
         # A write failed for good: let the writes in flight end (they cannot be recalled), then stop.
         tasks = [flight.task for flight in self._inflight]
         self._inflight.clear()
+        self._inflight_bytes = self._inflight_events = 0
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _check(self, batch: list[DumpEvent], result: AppendResult) -> None:
@@ -231,6 +240,12 @@ async def import_dump(store: TransferStore, lines: Iterable[bytes], name: str = 
     if progress is not None:
         def on_bytes(n: int) -> None:
             progress.bytes += n
-    for item in parse_dump(lines, name, on_bytes=on_bytes):
-        await importer.add(item)
-    return await importer.finish()
+    try:
+        for item in parse_dump(lines, name, on_bytes=on_bytes):
+            await importer.add(item)
+        return await importer.finish()
+    except BaseException:
+        # A bad line (or any failure) ends the import there: nothing more is sent, and the batches
+        # sent already are waited for (stored, as a run again would store them) before the store closes.
+        await importer.abandon()
+        raise

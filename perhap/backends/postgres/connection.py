@@ -4,9 +4,10 @@ driver errors mean the database is away rather than an answer from it."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -52,18 +53,23 @@ class Options:
     def from_url(cls, url: str) -> Options:
         """Split ``url`` into our options and asyncpg's DSN; ValueError naming a bad option."""
         parts = urlsplit(url)
+        _check_ports(parts.netloc.rpartition("@")[2])
         ours: dict[str, float] = {}
         theirs: list[tuple[str, str]] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in _OURS:
+                # Above zero and finite: a zero poll_interval would read in a busy loop.
+                kind = "a whole number" if _OURS[key] is int else "a number of seconds"
                 try:
                     ours[key] = _OURS[key](value)
                 except ValueError:
-                    raise ValueError(f"bad {key}={value!r} in the PostgreSQL URL") from None
-                # Above zero and finite: a zero poll_interval would read in a busy loop.
-                if not 0 < ours[key] < float("inf"):
-                    raise ValueError(f"bad {key}={value!r} in the PostgreSQL URL: it must be above 0")
+                    ours[key] = 0
+                if not 0 < ours[key] < float("inf"):  # (NaN fails it too)
+                    raise ValueError(f"{key} in a PostgreSQL URL must be {kind} above 0, not {value!r}")
             else:
+                if key == "port" and value:
+                    for port in value.split(","):
+                        _check_port(port)
                 theirs.append((key, value))
         scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
         dsn = urlunsplit(parts._replace(scheme=scheme, query=urlencode(theirs)))
@@ -81,6 +87,32 @@ class Options:
             self.dsn, timeout=self.timeout, command_timeout=self.timeout,
             server_settings={"application_name": "perhap"}, min_size=1, max_size=self.pool_size,
             init=init_reader, reset=_no_reset)
+
+
+def _check_ports(hosts: str) -> None:
+    """Each host of a URL's ``host[:port][,host[:port]...]`` (IPv6 as ``[::1]:port``) with a port
+    asyncpg can use; ValueError in words otherwise (asyncpg's own is int()'s, at connect time)."""
+    if not hosts:
+        return
+    for spec in hosts.split(","):
+        if not spec:
+            raise ValueError(f"a PostgreSQL URL has an empty host in its host list {hosts!r}")
+        if spec.startswith("/"):  # a Unix socket's directory
+            continue
+        if spec.startswith("["):
+            match = re.fullmatch(r"\[[^\]]+\](?::(.*))?", spec)
+            if match is None:
+                raise ValueError(f"a PostgreSQL URL has a bad IPv6 host {spec!r}: write it as [::1] or [::1]:5432")
+            port = match.group(1)
+        else:
+            port = spec.partition(":")[2] if ":" in spec else None
+        if port is not None:
+            _check_port(unquote(port))
+
+
+def _check_port(port: str) -> None:
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port of a PostgreSQL URL must be a whole number from 1 to 65535, not {port!r}")
 
 
 async def init_connection(conn: Connection) -> None:
