@@ -104,6 +104,12 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def header_list(scope: Scope, name: bytes) -> str | None:
+    """A list header (RFC 9110 5.3: ``If-None-Match``): its lines joined with commas, one list."""
+    values = [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == name]
+    return ", ".join(values) if values else None
+
+
 # --------------------------------------------------------------------------- the query string
 
 

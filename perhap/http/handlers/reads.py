@@ -12,7 +12,7 @@ from ...model import Scope
 from ...slotted import fast_constructor
 from ...store.query import ReadQuery, read_query
 from ..pagecache import CachedPage, entity_version, known_version, page_key
-from ..requests import Context, Request, header, page_limit
+from ..requests import Context, Request, header, header_list, page_limit
 from ..responses import entity_tag, json_bytes, send_tagged
 from ..streaming import STREAM_BATCH, abort_hook, stream_events, stream_head
 from ..types import Send
@@ -94,13 +94,13 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     if cached is not None:
         if marker is not None and marker == cached.marker:  # nothing stored since: no probe
             pages.hits += 1
-            return await send_tagged(send, cached.body, cached.tag, header(req.scope, b"if-none-match"))
+            return await send_tagged(send, cached.body, cached.tag, header_list(req.scope, b"if-none-match"))
         version = await entity_version(ctx.store, query)
         if version == cached.version:
             pages.hits += 1
             if marker is not None:
                 pages.put(key, replace(cached, marker=marker))
-            return await send_tagged(send, cached.body, cached.tag, header(req.scope, b"if-none-match"))
+            return await send_tagged(send, cached.body, cached.tag, header_list(req.scope, b"if-none-match"))
     pages.misses += 1
     page = await ctx.store.read_page(query, following)
     body = json_bytes({"events": [e.to_json_dict() for e in page.events], "next": page.next})
@@ -111,7 +111,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
         version = known_version(query, page)
     if version is not None:
         pages.put(key, CachedPage(version, body, tag, marker))
-    await send_tagged(send, body, tag, header(req.scope, b"if-none-match"))
+    await send_tagged(send, body, tag, header_list(req.scope, b"if-none-match"))
 
 
 async def keys(ctx: Context, req: Request, send: Send) -> None:
@@ -132,4 +132,4 @@ async def keys(ctx: Context, req: Request, send: Send) -> None:
 async def _send_tagged_json(req: Request, send: Send, value: object) -> None:
     """A JSON 200 with an ETag of its bytes (or a 304: see send_tagged)."""
     body = json_bytes(value)
-    await send_tagged(send, body, entity_tag(body), header(req.scope, b"if-none-match"))
+    await send_tagged(send, body, entity_tag(body), header_list(req.scope, b"if-none-match"))
