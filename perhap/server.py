@@ -27,6 +27,7 @@ from .limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER,
+    DEFAULT_WRITE_TIMEOUT,
 )
 
 log = logging.getLogger("perhap")
@@ -66,7 +67,8 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
     max_connections = net.get("max_connections")
     protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER),
                                 net.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
-                                DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout)
+                                DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout,
+                                net.get("write_timeout", DEFAULT_WRITE_TIMEOUT))
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
@@ -122,6 +124,8 @@ def serve(*, db: str, host: str, port: int, workers: int = 1, log_level: str = "
     """
     _setup_logging(log_level, log_format)
     app_options.setdefault("access_log", log_format == "json")
+    # A stream's write timeout (the app's) is also the listener's for every other response.
+    net = {**(net or {}), "write_timeout": app_options.get("write_timeout", DEFAULT_WRITE_TIMEOUT)}
     options = dict(db=db, host=host, port=port, log_level=log_level, log_format=log_format,
                    net=net or {}, app=app_options)
     if workers == 1:
@@ -171,12 +175,17 @@ _REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
 
 
 def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                     body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Any:
+                     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+                     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT) -> Any:
     """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
     (431 problem+json; httptools alone takes any size), a deadline to finish sending them (a
     slowloris client is disconnected instead of holding a connection slot for ever), a deadline
     for the body after them (408 problem+json, then the connection is closed), and a way for the
-    app to close a connection at once (the ``perhap.abort`` scope extension, for stalled streams)."""
+    app to close a connection at once (the ``perhap.abort`` scope extension, for stalled streams),
+    and a deadline for a client that stops reading: once the transport's buffer is over its high
+    mark, a response left unread for ``write_timeout`` seconds (None: never) ends the connection,
+    so a client that asks for a large page and never reads it cannot hold a connection slot for
+    ever (streams end on the same timeout in the app, which counts them, a moment earlier)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
@@ -200,6 +209,26 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _deadline: Any = None
         _body_deadline: float | None = None  # loop time; None until the headers are complete
         _extensions: Any = None
+        _write_deadline: Any = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if write_timeout is not None and self._write_deadline is None:
+                self._write_deadline = self.loop.call_later(write_timeout, self._write_expired)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel_write_deadline()
+
+        def _cancel_write_deadline(self) -> None:
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+
+        def _write_expired(self) -> None:
+            self._write_deadline = None
+            if not self.transport.is_closing():
+                self.transport.abort()  # what is buffered for it goes: the client stopped reading
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -208,6 +237,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._cancel_write_deadline()
             super().connection_lost(exc)
 
         def _arm(self, delay: float) -> None:

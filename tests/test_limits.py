@@ -343,3 +343,34 @@ def test_max_connections_serves_n_connections_and_refuses_the_one_beyond(tmp_pat
         finally:
             for conn in held:
                 conn.close()
+
+
+def test_a_client_that_never_reads_a_large_answer_loses_its_connection(tmp_path: Path) -> None:
+    """A plain (not streamed) answer left unread for --write-timeout ends its connection, as a
+    stream's does: three clients asking for a 12 MB page and reading nothing held every one of
+    --max-connections 3 for ever, and every new client got the 503."""
+    import socket
+    url = f"sqlite:///{tmp_path}/w.db?synchronous=normal"
+    with ProcessServer(url, None, "--max-connections", "3", "--write-timeout", "1") as server:
+        big = "x" * 1200
+        for b in range(20):  # batches under the 1 MiB body limit
+            events = [{"type": "t", "event": {"n": b * 500 + i, "pad": big}} for i in range(500)]
+            assert httpx.post(f"{server.url}/r/d/e", json={"events": events}, timeout=60).status_code == 201
+        host, port = server.url.removeprefix("http://").split(":")
+        held = []
+        try:
+            for _ in range(3):
+                conn = socket.create_connection((host, int(port)), timeout=10)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room to hide bytes in
+                conn.sendall(f"GET /r/d/e?limit=10000 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                held.append(conn)
+            deadline = time.monotonic() + 20
+            while True:  # a new client is served once the stalled ones are dropped (about 1 s)
+                r = httpx.get(f"{server.url}/_health", timeout=10)
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 503 and time.monotonic() < deadline, "the unread answers held every slot"
+                time.sleep(0.2)
+        finally:
+            for conn in held:
+                conn.close()

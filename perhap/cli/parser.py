@@ -171,8 +171,8 @@ def _add_serve(sub: Subcommands) -> None:
     lim.add_argument("--stream-buffer", type=int, default=DEFAULT_STREAM_BUFFER, metavar="BYTES",
                      help=f"bytes of events one stream sends at once (default {DEFAULT_STREAM_BUFFER})")
     lim.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="SECONDS",
-                     help="end a stream whose client leaves a write unread this long; 0: never "
-                          f"(default {DEFAULT_WRITE_TIMEOUT:g})")
+                     help="end a stream, or close any connection, whose client leaves a write unread "
+                          f"this long; 0: never (default {DEFAULT_WRITE_TIMEOUT:g})")
     lim.add_argument("--max-header", type=int, default=DEFAULT_MAX_HEADER, metavar="BYTES",
                      help=f"request line plus headers, 431 beyond (default {DEFAULT_MAX_HEADER})")
     lim.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
