@@ -744,3 +744,26 @@ async def test_a_read_that_times_out_waits_its_timeout_once(pg_url: str) -> None
             await blocker.close()
         assert 0.9 < took < 1.7, took  # one timeout (it took 2 s: two)
         assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [1]
+
+
+async def test_two_stores_stay_exact_on_a_database_whose_default_isolation_is_stricter(pg_url: str) -> None:
+    """A database set to REPEATABLE READ (or SERIALIZABLE) by default: perhap's connections read
+    committed all the same, so two stores appending to one realm at once never collide on a
+    position (they answered 503 on a healthy database) and positions stay 1..n."""
+    for level in ("repeatable read", "serializable"):
+        await sql(pg_url, f"ALTER DATABASE {pg_url.rsplit('/', 1)[1]} SET default_transaction_isolation = '{level}'")
+        realm = f"iso{uuid.uuid4().hex[:8]}"
+        a, b = await open_store(pg_url), await open_store(pg_url)
+        try:
+            async def write(store: Store, realm: str, w: int) -> None:
+                for i in range(15):
+                    await store.append(realm, "d", f"e{w % 6}", "t", [w, i])
+
+            await asyncio.gather(*[write(a if w % 2 else b, realm, w) for w in range(16)])
+            events = await read_all(a, Scope(realm))
+            assert [e.position for e in events] == list(range(1, 16 * 15 + 1)), level
+            level_seen = await sql(pg_url, "SHOW default_transaction_isolation")
+            assert level_seen[0][0] == level  # the database's default is as set; perhap's own is not
+        finally:
+            await a.close()
+            await b.close()

@@ -118,6 +118,13 @@ def _check_port(port: str) -> None:
 async def init_connection(conn: Connection) -> None:
     # JSON goes through as the bytes orjson made and the server stored: no decode, no re-encode.
     await conn.set_type_codec("json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+    # READ COMMITTED whatever the database's default: the writer's proof (docs/backends/
+    # postgresql.md) has each statement after a realm's lock read a snapshot that includes the
+    # previous holder's commit. Under a default of REPEATABLE READ or SERIALIZABLE the snapshot
+    # came before the lock, and two processes collided on positions: 503s on a healthy database.
+    # (A SET, not a startup parameter, which pgbouncer would refuse; the writer's transactions
+    # also name their level, which holds through pgbouncer's transaction pooling.)
+    await conn.execute("SET default_transaction_isolation = 'read committed'")
 
 
 async def init_reader(conn: Connection) -> None:

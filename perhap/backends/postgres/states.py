@@ -111,7 +111,7 @@ class PostgresStates(StateTable):
             try:
                 async with pool.acquire(timeout=self._timeout) as conn:
                     try:
-                        await conn.execute("BEGIN;" + DURABLE)
+                        await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED;" + DURABLE)
                         applied = bool(await conn.fetch(sql, *args))
                         committing = True
                         await conn.execute("COMMIT")

@@ -235,9 +235,10 @@ class GroupWriter:
     async def _transaction_body(self, conn: Connection, jobs: list[WriteJob], ts: str, types: dict[str, int],
                                 keys: list[int], new_pairs: set[tuple[int, int]], isolate: bool) -> list[Decided]:
         """BEGIN, the realm locks, and the group decided from a look-up: all but the COMMIT."""
-        # The locks are their own statements: under READ COMMITTED each later statement then
-        # reads with a snapshot that includes the previous lock holder's commit.
-        await conn.execute("BEGIN;" + DURABLE + KEY_PLANS + "".join(
+        # The locks are their own statements: under READ COMMITTED (named here, whatever the
+        # database's default) each later statement then reads with a snapshot that includes the
+        # previous lock holder's commit.
+        await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED;" + DURABLE + KEY_PLANS + "".join(
             f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in keys))
         if isolate:
             return [await self._apply_alone(conn, job, ts, types, new_pairs) for job in jobs]
