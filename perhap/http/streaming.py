@@ -150,6 +150,9 @@ class Writing:
         self.since = None
 
 
+#: Seconds a stream's last write may wait on its client once the server is stopping.
+STOP_WRITE_GRACE = 1.0
+
 #: What a stream runs once it is open: it sends through its Writing until it returns (or is cancelled).
 Pump = Callable[[Writing], Coroutine[Any, Any, None]]
 
@@ -191,8 +194,21 @@ async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Call
         if abort is None:
             return  # the server closes the connection of a response left unfinished
         abort()  # now the last send below returns at once: the connection is gone
+    end = send({"type": "http.response.body", "body": b"", "more_body": False})
     try:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not streams.stopping.is_set():
+            await end
+        else:
+            # The server is stopping: a client that stopped reading would hold the shutdown on
+            # this last write until uvicorn's graceful limit, then end in a traceback. It gets
+            # a moment, then its connection goes (it resumes with Last-Event-ID elsewhere).
+            await asyncio.wait_for(end, STOP_WRITE_GRACE)
+    except TimeoutError:
+        if abort is not None:
+            abort()
+            # The listener learns that the connection is gone on the loop's next turn; a
+            # response returned before then would be logged as left unfinished.
+            await asyncio.sleep(0)
     except Exception:  # the client is gone already
         pass
 
