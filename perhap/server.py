@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -108,11 +110,18 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
             logging.getLogger(name).handlers = []
 
 
+#: A worker's exit status when it never started serving (the store would not open, say): the
+#: supervisor does not start it again, since it would fail the same way.
+NEVER_STARTED = 3
+
+
 def _run_worker(index: int, sock: socket.socket, options: dict[str, Any]) -> None:
     _setup_logging(options["log_level"], options["log_format"])
     app = PerhapApp(store_url=options["db"], **options["app"])
     config = _config(app, options["host"], options["port"], options["log_level"], options["net"])
-    _Server(config, app, worker=index).run(sockets=[sock])
+    server = _Server(config, app, worker=index)
+    server.run(sockets=[sock])
+    sys.exit(0 if server.started else NEVER_STARTED)
 
 
 def serve(*, db: str, host: str, port: int, workers: int = 1, log_level: str = "info",
@@ -137,22 +146,44 @@ def serve(*, db: str, host: str, port: int, workers: int = 1, log_level: str = "
     # each runs our _Server so streams still end cleanly on shutdown.
     sock = _config(PerhapApp(store_url=db, metrics=False), host, port, log_level, net).bind_socket()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_worker, args=(i, sock, options), name=f"perhap-worker-{i}")
-             for i in range(workers)]
-    for p in procs:
+
+    def start(i: int) -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=_run_worker, args=(i, sock, options), name=f"perhap-worker-{i}")
         p.start()
+        return p
+
+    procs = {i: start(i) for i in range(workers)}
+    stopping = False
+    status = 0
 
     def forward(sig: int, frame: Any) -> None:
-        for p in procs:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
             if p.pid is not None and p.is_alive():
                 p.terminate() if sig == signal.SIGTERM else _signal(p.pid, sig)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for p in procs:
-        p.join()
+    # Supervise: a worker that dies while the server runs (killed, out of memory, a crash) is
+    # started again, so --workers N stays N processes; one that never started is not (its start
+    # would fail again), and the server stops once none is left.
+    while procs:
+        multiprocessing.connection.wait([p.sentinel for p in procs.values()])
+        for i, p in list(procs.items()):
+            if p.is_alive():
+                continue
+            p.join()
+            del procs[i]
+            if stopping or p.exitcode == NEVER_STARTED:
+                status = status or (0 if p.exitcode == 0 else 3)
+                continue
+            log.error("worker %d (pid %s) exited with status %s; starting it again", i, p.pid, p.exitcode)
+            time.sleep(0.5)  # a worker that dies at once must not spin
+            if not stopping:
+                procs[i] = start(i)
     sock.close()
-    return 0 if all(p.exitcode == 0 for p in procs) else 3
+    return status
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -4,8 +4,10 @@ versions, a database that goes away under load, and several server processes on 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -767,3 +769,64 @@ async def test_two_stores_stay_exact_on_a_database_whose_default_isolation_is_st
         finally:
             await a.close()
             await b.close()
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc), zombies left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _workers(pid: int) -> list[int]:
+    """The server's worker processes (multiprocessing's spawned children, not its resource tracker)."""
+    return [p for p in _children(pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+async def test_a_worker_that_dies_is_started_again(pg_url: str, tmp_path: Path) -> None:
+    """`perhap serve --workers 2` stays two serving processes: a worker SIGKILLed is logged and
+    started again (it ran on with one, silently); a SIGTERM still stops everything with 0."""
+    with ProcessServer(pg_url, None, "--workers", "2", cwd=tmp_path) as server:
+        assert server.proc is not None
+
+        async def serving_workers() -> list[int]:
+            rows = await sql(pg_url, "SELECT DISTINCT pid FROM pg_stat_activity WHERE datname = "
+                                     "current_database() AND application_name = 'perhap' AND query LIKE 'LISTEN%'")
+            return [r["pid"] for r in rows]
+
+        async def two_listening() -> bool:
+            return len(await serving_workers()) == 2
+
+        await eventually(two_listening, 20, "a LISTEN connection per worker")
+        victim = _workers(server.proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: victim not in _children(server.proc.pid), 10, "the worker's end")
+        await eventually(two_listening, 30, "the worker started again (its LISTEN connection)")
+        spawned = _workers(server.proc.pid)
+        assert len(spawned) == 2 and victim not in spawned
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            results = await asyncio.gather(*[http.post(f"/w/d/e{i % 5}/t", json={"event": i}) for i in range(40)])
+            assert all(r.status_code == 201 for r in results)
+        code, out = server.terminate()
+    assert code == 0, out
+    assert f"exited with status -{int(signal.SIGKILL)}; starting it again" in out, out
+
+
+def test_workers_that_cannot_open_the_store_are_one_error_line(pg_url: str) -> None:
+    """With --workers 2 the store is opened once before the workers start: a database that is not
+    there is the same one line (exit 1) as with one process, not each worker's log lines."""
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    r = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--workers", "2", "--port", str(free_port()),
+                        "--db", missing], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open the store"), r.stderr
+    assert "no_such_database_here" in lines[0] and "does not exist" in lines[0]

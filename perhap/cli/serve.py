@@ -61,6 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # Before the store opens (a SQLite file would be created for nothing). Another process may
     # still take the port in between: uvicorn's own failure is then reported the same way.
     check_listen(args.host, args.port)
+    if args.workers > 1:
+        check_store_opens(args.db)
     net: dict[str, Any] = dict(tls_cert=args.tls_cert, tls_key=args.tls_key, idle_timeout=args.idle_timeout,
                                header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                                max_header=args.max_header, max_connections=args.max_connections)
@@ -71,6 +73,24 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
         max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin,
         stream_buffer=args.stream_buffer, write_timeout=args.write_timeout or None)
+
+
+def check_store_opens(url: str) -> None:
+    """With several workers, open the store once here first: a store that cannot open is one line
+    (each worker would log its own failure, as uvicorn does), and a first start's schema is made
+    here once rather than by workers waiting on each other's migration lock."""
+    import asyncio
+
+    from ..backends import open_store, redact
+
+    async def probe() -> None:
+        store = await open_store(url)
+        await store.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        raise CommandError(f"cannot open the store {redact(url)}: {one_line(str(exc))}") from None
 
 
 def check_tls(cert: str, key: str) -> None:

@@ -128,6 +128,8 @@ async def migrate(conn: AnyConnection) -> None:
             # Nor may a server or role default cut a long step short.
             await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
             version = await schema_version(conn)  # another process may have just done it
+            if version == SCHEMA_VERSION:
+                return  # (the lock is let go below; nothing to write, nothing to log)
             if version > SCHEMA_VERSION:
                 raise StorageUnavailable(
                     f"the database has perhap schema {version}, newer than this perhap's "
