@@ -70,7 +70,8 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
         page_limit(req.query)
         query = _query(req, where, following, STREAM_BATCH, stream=True)
         last = header(req.scope, b"last-event-id")
-        if last is not None:
+        # An empty one is "no last event id" (the SSE spec's EventSource sends none then): the URL's start.
+        if last is not None and last.strip():
             # A reconnecting EventSource repeats its URL: its Last-Event-ID wins over the starting
             # point the URL gives (`following` or `after_position`), which were checked all the same.
             following = check_event_id(last.strip(), "Last-Event-ID")

@@ -213,6 +213,10 @@ class StreamingContract(BackendContract):
                 assert [e["event"] for e in await SSEReader(r).events(2)] == [2, 3]
             async with http.stream("GET", f"/{realm}/d/e/t", params={"following": ids[0]}, headers=SSE) as r:
                 assert [e["event"] for e in await SSEReader(r).events(2)] == [1, 2]
+            # An empty Last-Event-ID is none at all (EventSource sends none then): the URL's start holds.
+            headers = {**SSE, "last-event-id": ""}
+            async with http.stream("GET", f"/{realm}/d", params={"following": ids[1]}, headers=headers) as r:
+                assert r.status_code == 200 and [e["event"] for e in await SSEReader(r).events(2)] == [2, 3]
 
     async def test_sse_unknown_last_event_id_is_404(self, live: LiveServer, realm: str) -> None:
         async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
