@@ -354,6 +354,16 @@ def test_a_bare_word_as_the_event_suggests_quoting_it() -> None:
     assert r.returncode == 2 and "quote" not in one_error_line(r)
 
 
+def test_json_naming_a_key_twice_is_refused_before_anything_is_sent() -> None:
+    """As the server refuses it: the client would otherwise send one of the two values."""
+    for args, data in [(("append", "r/d/e/t", '{"a": 1, "a": 2}'), None),
+                       (("append", "r/d/e/t", '{"a": 1}', "--meta", '{"m": {"k": 1, "k": 1}}'), None),
+                       (("append-many", "r/d", "-"), b'[{"entity": "e", "entity": "f", "type": "t", "event": 1}]')]:
+        r = run_cli(*args, "--url", "http://127.0.0.1:9", input=data)  # nothing listens there
+        line = one_error_line(r)
+        assert r.returncode == 2 and "appears twice" in line, line
+
+
 def test_version_and_python_m_perhap() -> None:
     import perhap
 

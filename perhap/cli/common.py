@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, PerhapError
-from ..jsoncodec import load_json
+from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..model import Scope, check_name
 
 if TYPE_CHECKING:
@@ -164,8 +164,11 @@ def parse_json(text: str | bytes, what: str, *, string_hint: bool = False) -> An
     With ``string_hint``, a bare word (``hello``: no JSON value starts like that) gets the quoted
     form in the message, since a string was almost certainly meant.
     """
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     try:
-        return load_json(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+        value = load_json(raw)
+        refuse_duplicate_keys(raw, value)  # as the server does: it would be stored with one of them
+        return value
     except Exception as exc:  # orjson.JSONDecodeError, or InvalidInput for NaN and the like
         reason = one_line(str(exc)) or exc.__class__.__name__
         hint = _quote_hint(text) if string_hint else ""

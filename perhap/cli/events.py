@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import InvalidInput, PerhapError
-from ..jsoncodec import load_json
+from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..model import MAX_LIMIT
 from .common import (
     CommandError,
@@ -130,6 +130,10 @@ def read_many(data: bytes, name: str) -> tuple[list[Any], dict[str, int]]:
     except Exception:  # not one JSON value: JSON lines, read below (orjson or InvalidInput)
         whole = None
     else:
+        try:
+            refuse_duplicate_keys(data, whole)
+        except InvalidInput as exc:
+            raise CommandError(f"{name}: {exc.detail}", 2) from None
         if isinstance(whole, list):
             return whole, {}
         if isinstance(whole, dict) and "events" in whole:
