@@ -103,7 +103,11 @@ READABLE = [b'{"a":1,"b":[true,null,"x"],"c":{"d":"\xc3\xa9"}}', b"[1,2,3]", b'"
 #: JSON as the library's JSONTranscoder (Python's json) writes it, where perhap writes it otherwise
 #: (1e-07 for 1e-7): still readable, with meta.state = "python-json".
 PYTHON_SPELLED = [b'{"a":1e-07,"b":[2.5e-05,1e+16,-3.1e-10],"c":"\xc3\xa9"}', b"[1e+22,0.0001,1e-05]"]
+#: JSON nested as deep as a server's --max-depth (64) allows a whole body, and deeper: stored as
+#: base64 when the request's envelope would take it past the limit, so it round-trips over HTTP too.
+DEEP_STATES = [b"[" * n + b"1" + b"]" * n for n in (60, 61, 62, 64, 200)]
 OTHER_STATES = [
+    *DEEP_STATES,
     b'{"a": 1}', b'{"a":1.0}', b"1e5", b'{"b":1, "a":2}', b'"\\u00e9"', b'{"a":1}\n', b'{"a":1,"a":2}',
     b'{"a":18446744073709551616}', b'{"a":"\\ud800"}', b"NaN", b"true", b"null", b"123", b" {}",
     b"", b"\x00", b"\xff\xfe\xfd", b'"unterminated', b'{"a":"\xff"}', b"\xef\xbb\xbf{}",
@@ -259,6 +263,13 @@ def test_topics_round_trip_and_filter_exactly(target: Target) -> None:
             assert recorder.select_notifications(want[0].id, 100, topics=chosen, inclusive_of_start=False) == want[1:]
     want = [n for n in everything if n.topic in (TOPICS[3], TOPICS[1])]
     assert take(recorder.subscribe(gt=0, topics=[TOPICS[3], TOPICS[1]]), len(want)) == want
+    # Any number of topics, as the library takes (a read names at most 100 types: more are read
+    # whole and filtered here).
+    many = [TOPICS[1], TOPICS[3], "t", *(f"absent.T{i}" for i in range(300))]
+    want = [n for n in everything if n.topic in many]
+    assert recorder.select_notifications(None, 100, topics=many) == want
+    assert recorder.select_notifications(None, 2, topics=many) == want[:2]
+    assert take(recorder.subscribe(gt=0, topics=many), len(want)) == want
 
 
 # --------------------------------------------------------------------------- 5. exceptions
@@ -569,6 +580,9 @@ def test_realm_and_domain_from_the_environment(target: Target) -> None:
         Factory(Environment("X", {**target.env(realm=None), "PERHAP_REALM": "a/b"}))
     with pytest.raises(es.InfrastructureFactoryError, match="PERHAP_URL"):
         Factory(Environment("X", {**target.env(realm=None), "PERHAP_URL": "ftp://example.com/store"}))
+    for timeout in ("-1", "0", "nan", "inf", "abc"):  # at construction, not a ValueError at the first call
+        with pytest.raises(es.InfrastructureFactoryError, match="PERHAP_TIMEOUT|could not convert"):
+            Factory(Environment("X", {**target.env(realm=None), "PERHAP_TIMEOUT": timeout}))
 
 
 # --------------------------------------------------------------------------- 9. Cassandra

@@ -61,6 +61,9 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
         try:
             Scope(self.realm, self.domain)
             timeout = float(self.env.get(self.PERHAP_TIMEOUT) or DEFAULT_TIMEOUT)
+            if not 0 < timeout < float("inf"):  # (NaN fails it too)
+                raise ValueError(f"PERHAP_TIMEOUT must be a number of seconds above 0, not "
+                                 f"{self.env.get(self.PERHAP_TIMEOUT)!r}")
         except (InvalidInput, ValueError) as exc:
             raise InfrastructureFactoryError(f"perhap.eventsourcing: {exc}") from None
         try:

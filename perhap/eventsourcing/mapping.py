@@ -32,7 +32,13 @@ from eventsourcing.persistence import DataError, Notification, StoredEvent
 
 from ..errors import InvalidInput
 from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json
+from ..limits import DEFAULT_MAX_DEPTH, check_depth
 from ..model import Event, NewEvent, check_name, new_event
+from ..store.query import MAX_TYPES
+
+#: The deepest JSON state stored as JSON: a request carries an event three levels down
+#: (``{"events": [{"event": ...}]}``), and a server refuses bodies deeper than its --max-depth.
+STATE_MAX_DEPTH = DEFAULT_MAX_DEPTH - 3
 
 #: The type of events whose topic is not a valid perhap type name (the topic is in the meta).
 ESCAPED_TOPIC_TYPE = "~topic"
@@ -106,6 +112,14 @@ def types_of(topics: Iterable[str]) -> list[str]:
     return sorted({type_of(t) for t in topics})
 
 
+def type_filter(topics: Iterable[str]) -> list[str] | None:
+    """The types a read of these topics asks perhap for, or None to read every type: none given,
+    or more than a read may name (MAX_TYPES). The library takes any number of topics, and the
+    notifications are filtered by topic here in any case (:func:`notifications`)."""
+    types = types_of(topics)
+    return types if 0 < len(types) <= MAX_TYPES else None
+
+
 # --------------------------------------------------------------------------- state bytes
 
 
@@ -124,6 +138,8 @@ def encode_state(state: bytes) -> tuple[bytes, str | None]:
     if state[:1] in (b"{", b"[", b'"'):  # JSON values an application's transcoder writes
         try:
             value = load_json(state)
+            # Nested deeper than a server takes inside a request's envelope: base64, below.
+            check_depth(state, value, STATE_MAX_DEPTH)
             data_json = dump_json(value, "state")
             if data_json == state:
                 return state, None

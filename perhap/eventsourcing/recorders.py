@@ -300,7 +300,7 @@ class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):
                              topics: Sequence[str] = (), *, inclusive_of_start: bool = True,
                              ) -> Sequence[Notification]:
         after = 0 if start is None else max(0, start - 1 if inclusive_of_start else start)
-        types = mapping.types_of(topics) if topics else None
+        types = mapping.type_filter(topics)
         found: list[Notification] = []
         grow = 1  # tracking records share the domain: a page of them asks for more the next time
         while len(found) < limit:

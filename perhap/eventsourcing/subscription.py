@@ -27,7 +27,7 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         self._queue: SimpleQueue[list[Event] | PersistenceError | None] = SimpleQueue()
         self._ready: deque[Notification] = deque()
-        types = mapping.types_of(topics) if topics else None
+        types = mapping.type_filter(topics)
         self._end_stream = transport.subscribe(scope, gt, types, self._queue.put)
 
     def stop(self) -> None:
