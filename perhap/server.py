@@ -20,7 +20,7 @@ from .backends import redact
 from .http.app import PerhapApp
 from .http.observer import LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
-from .http.streaming import ABORT_EXTENSION
+from .http.streaming import ABORT_EXTENSION, TIMED_HERE
 from .http.types import ASGIApp
 from .limits import (
     DEFAULT_BODY_TIMEOUT,
@@ -244,7 +244,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def pause_writing(self) -> None:
             super().pause_writing()
-            if write_timeout is not None and self._write_deadline is None:
+            # A stream times its own writes (and counts what it drops): left to it.
+            if write_timeout is not None and self._write_deadline is None \
+                    and not self._extensions[ABORT_EXTENSION].get(TIMED_HERE):
                 self._write_deadline = self.loop.call_later(write_timeout, self._write_expired)
 
         def resume_writing(self) -> None:
@@ -263,7 +265,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._extensions = {ABORT_EXTENSION: {"abort": transport.abort}}
+            self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
             self._arm(header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -330,6 +332,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
             super().on_headers_complete()
+            # One per request: a stream's mark (TIMED_HERE) is for its own response only.
+            self._extensions = {ABORT_EXTENSION: {"abort": self.transport.abort}}
             self.scope["extensions"] = self._extensions
 
         def on_message_complete(self) -> None:

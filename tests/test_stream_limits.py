@@ -216,7 +216,9 @@ def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str
     """A client that reads the headers and then nothing: once a write has waited ``write_timeout``
     seconds, the stream ends, its slot is free, the connection is closed and the metric counts it."""
     server = ThreadServer(store_url, heartbeat=0.2, write_timeout=1.0, max_body=4 * 1024 * 1024)
-    server.server.config.http = limited_protocol()  # perhap's own listener: it can abort a connection
+    # perhap's own listener (it can abort a connection), with the app's write timeout, as `perhap
+    # serve` sets it: the listener's deadline for other answers must leave a stream's to the app.
+    server.server.config.http = limited_protocol(write_timeout=1.0)
     with server:
         pad = "x" * (256 * 1024)
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -301,7 +303,7 @@ def test_a_group_stream_whose_client_stops_reading_loses_it(store_url: str, real
     ``write_timeout`` seconds, the stream ends, its slot is free, the connection is closed and
     the metric counts it."""
     server = ThreadServer(store_url, heartbeat=0.2, write_timeout=1.0, max_body=4 * 1024 * 1024)
-    server.server.config.http = limited_protocol()
+    server.server.config.http = limited_protocol(write_timeout=1.0)  # as `perhap serve` sets it
     with server:
         pad = "x" * (256 * 1024)
         with httpx.Client(base_url=server.url, timeout=60) as c:

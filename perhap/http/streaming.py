@@ -42,6 +42,8 @@ SSE_HEADERS = [
 #: The ASGI scope extension perhap's own listener (:mod:`perhap.server`) provides: ``abort()``
 #: closes the connection at once, unsent data dropped (a plain close waits for the client to read it).
 ABORT_EXTENSION = "perhap.abort"
+#: Set in that extension by a stream: its writes are timed by the app, not by the listener.
+TIMED_HERE = "timed_here"
 KEEP_ALIVE = b": keep-alive\n\n"
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
@@ -112,8 +114,14 @@ class MessageCache:
 
 
 def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
-    """The listener's way to close the connection at once, when it offers one."""
-    hook: Callable[[], None] | None = (scope.get("extensions") or {}).get(ABORT_EXTENSION, {}).get("abort")
+    """The listener's way to close the connection at once, when it offers one. Asked for by a
+    stream, which times its own writes (and counts the clients it drops): the listener's own
+    write deadline, for other answers, is then left off for this response."""
+    extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
+    if extension is None:
+        return None
+    extension[TIMED_HERE] = True
+    hook: Callable[[], None] | None = extension.get("abort")
     return hook
 
 
