@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from perhap.backends import open_store
 from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import ring as ring_module
 from perhap.backends.sqlite.schema import open_database
@@ -599,3 +600,15 @@ async def test_cached_pages_are_served_without_a_probe_until_a_store_of_the_file
     finally:
         await store.close()
         await other.close()
+
+
+async def test_synchronous_off_is_warned_about_at_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As PostgreSQL's fsync = off is: a 201 may not survive a crash of the machine."""
+    async with open_store(f"sqlite:///{tmp_path}/off.db?synchronous=off"):
+        pass
+    assert any("synchronous=off" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    caplog.clear()
+    for mode in ("normal", "extra", "full"):
+        async with open_store(f"sqlite:///{tmp_path}/{mode}.db?synchronous={mode}"):
+            pass
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.records

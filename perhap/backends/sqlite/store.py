@@ -26,6 +26,7 @@ Design, and why:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import sqlite3
@@ -75,6 +76,11 @@ class SQLiteStore(Store):
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self.synchronous = synchronous.upper()
+        if self.synchronous == "OFF":  # as PostgreSQL's fsync = off is warned about at open
+            logging.getLogger("perhap.sqlite").warning(
+                "the SQLite store runs with synchronous=off: an acknowledged append (201) is lost if the "
+                "process crashes before the OS writes it out, or the machine loses power; drop "
+                "?synchronous=off for data that matters")
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer: Writer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
