@@ -62,21 +62,23 @@ export function stringify(value, indent = 0, depth = 0) {
 
 // ---------------------------------------------------------------- errors
 
+// method: the request's ('GET' when unknown), so that a refused read is not told as a refused write.
 export class Problem extends Error {
-  constructor(status, body) {
+  constructor(status, body, method = 'GET') {
     super(body.detail || body.title || `HTTP ${status}`);
     this.status = status;
     this.body = body;
+    this.method = method;
   }
 }
 
-async function problemFrom(res) {
+async function problemFrom(res, method) {
   const text = await res.text();
   try {
     const body = JSON.parse(text);
-    if (body && typeof body === 'object') return new Problem(res.status, body);
+    if (body && typeof body === 'object') return new Problem(res.status, body, method);
   } catch { /* not JSON: a proxy's page, say */ }
-  return new Problem(res.status, { title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: text.slice(0, 200) });
+  return new Problem(res.status, { title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: text.slice(0, 200) }, method);
 }
 
 // GET /{realm}/{domain}/{name} answers the event with that id when there is one (see getEvent), so
@@ -114,7 +116,10 @@ export function explain(p) {
   if (p.status === 404) return `Not found: ${b.detail}.`;
   if (p.status === 413) return `The request is too large: the server accepts at most ${b.max_body ?? '?'} bytes.`;
   if (p.status === 429) return `Too many requests or streams: ${b.detail || 'try again shortly'}.`;
-  if (p.status === 503) return `The storage is unavailable right now, so nothing was stored: ${b.detail || 'try again shortly'}.`;
+  if (p.status === 503) {
+    const so = p.method === 'GET' ? 'so this could not be read' : 'so nothing was stored';
+    return `The storage is unavailable right now, ${so}: ${b.detail || 'try again shortly'}.`;
+  }
   return `${b.title || 'Error'} (HTTP ${p.status}): ${b.detail || ''}`;
 }
 
@@ -140,10 +145,10 @@ export async function request(p, { method = 'GET', params, body, signal } = {}) 
       res = await fetch(url(p, params), { method, headers, body, signal, cache: 'no-store' });
     } catch (e) {
       if (e.name === 'AbortError') throw e;
-      throw new Problem(0, { title: 'Network error', detail: e.message });
+      throw new Problem(0, { title: 'Network error', detail: e.message }, method);
     }
     if (res.status === 401 && await needToken('The server asks for a token.')) continue;
-    if (!res.ok) throw await problemFrom(res);
+    if (!res.ok) throw await problemFrom(res, method);
     const text = await res.text();
     return { status: res.status, data: text ? parseJSON(text) : null };
   }

@@ -8,7 +8,7 @@ import { eventOf, format, GROUPS, LEVELS, NO_EVENT, orderOf, parse, typesOf, wit
 import { renderNav } from './nav.js';
 import { renderEvents } from './events.js';
 import { renderTail } from './tail.js';
-import { renderAppend } from './append.js';
+import { nameProblem, renderAppend } from './append.js';
 import { closeEvent, showEvent } from './detail.js';
 import { setupAuth } from './auth.js';
 import { ScopeHead } from './head.js';
@@ -33,7 +33,7 @@ function render(navigated = false) {
     renderScope(route);
   }
   view.route = route;
-  const detail = eventOf(route);
+  const detail = badName(route.names) ? null : eventOf(route);
   // The new view's heading gets the focus once the event dialog is closed (a link inside it may be
   // what navigated, and focus cannot leave a modal dialog), and before one opens, so that closing
   // that one gives the focus back to the heading.
@@ -66,10 +66,27 @@ function landOn(focused) {
 
 // A token was given: draw again what may have been refused without one (lists, the live tail), in
 // the same place. The consumer groups pages refresh in place instead, so ticked boxes stay ticked.
+// The append form stays as it is: an append that waited for the token answers into it.
 function reload() {
   const route = parse();
   view.navKey = null;
-  if (view.refresh) { renderSidebar(route); view.refresh(); } else renderScope(route);
+  if (view.refresh) { renderSidebar(route); view.refresh(); } else renderScope(route, { keepAppend: true });
+}
+
+// The first name of an address that the server would refuse (nameProblem), as {index, kind,
+// problem}; null when all are valid. "." and ".." matter most: the browser resolves them in a
+// request's URL like a folder path (written %2E%2E too), so the page would read another scope and
+// show it under that name.
+function badName(names) {
+  const groupsView = names[0] === GROUPS;
+  const levels = groupsView ? ['realm', 'group'] : LEVELS;
+  const kinds = groupsView ? ['realm', 'consumer group'] : KINDS;
+  const first = groupsView ? 1 : 0;
+  for (let i = first; i < names.length; i++) {
+    const problem = nameProblem(names[i], levels[i - first]);
+    if (problem) return { index: i, kind: kinds[i - first], problem };
+  }
+  return null;
 }
 
 function renderSidebar(route) {
@@ -89,15 +106,17 @@ function renderSidebar(route) {
   }
 }
 
-function renderScope(route) {
+function renderScope(route, { keepAppend = false } = {}) {
   const { names } = route;
   const depth = names.length;
   view.abort?.abort();
   view.abort = new AbortController();
   const { signal } = view.abort;
   const groupsView = names[0] === GROUPS;
-  renderSidebar(route);
   view.refresh = null;
+  const bad = badName(names);
+  if (bad) { renderInvalid(route, bad); return; }
+  renderSidebar(route);
 
   const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('ol', {},
     h('li', {}, h('a', { href: '#/', 'aria-current': depth ? null : 'page' }, 'All realms')),
@@ -108,9 +127,7 @@ function renderScope(route) {
     view.refresh = renderGroupsView(main, names.slice(1), signal) ?? null;
     return;
   }
-  const appendBox = h('details', { class: 'card append', id: 'append' },
-    h('summary', {}, h('h2', {}, 'Append an event'), h('span', { class: 'muted small' }, depth >= 3 ? `to ${names[2]}` : 'to any entity')));
-  renderAppend(appendBox.appendChild(h('div', { class: 'card-body' })), names);
+  const appendBox = (keepAppend && $('#append')) || newAppendBox(names);
 
   if (!depth) {
     document.title = 'perhap';
@@ -139,6 +156,31 @@ function renderScope(route) {
   renderTail(live, route, head, signal);
   renderEvents(events, route, head, signal);
   announce(`Showing ${KINDS[depth - 1]} ${names[depth - 1]}`);
+}
+
+function newAppendBox(names) {
+  const box = h('details', { class: 'card append', id: 'append' },
+    h('summary', {}, h('h2', {}, 'Append an event'), h('span', { class: 'muted small' }, names.length >= 3 ? `to ${names[2]}` : 'to any entity')));
+  renderAppend(box.appendChild(h('div', { class: 'card-body' })), names);
+  return box;
+}
+
+// An address with a name the server refuses: said in plain words, and nothing of it is read (the
+// sidebar lists the valid scope above it, with a link to it).
+function renderInvalid(route, { index, kind, problem }) {
+  const above = route.names.slice(0, index);
+  renderSidebar({ ...route, names: above });
+  const groupsView = above[0] === GROUPS;
+  const up = groupsView ? (above.length > 1 ? `the consumer groups of realm ${above[1]}` : 'all realms')
+    : (above.length ? `${KINDS[index - 1]} ${above[index - 1]}` : 'all realms');
+  const upHref = groupsView && above.length < 2 ? '#/' : format(above);
+  document.title = 'Not a valid address · perhap';
+  $('#main').replaceChildren(
+    h('header', { class: 'page-head' },
+      h('h1', {}, 'Not a valid address'),
+      h('p', { class: 'lede' }, `The ${kind} name ${problem}, so this address names no ${kind}. `,
+        'Nothing was read for it. ', h('a', { href: upHref }, `Go to ${up}`), '.')));
+  announce('Not a valid address');
 }
 
 // The root page's one fact about the server: does the store answer?

@@ -11,8 +11,8 @@ const MAX_NAME_BYTES = 255;
 // The server's rules for a name (check_name in perhap/model.py), so that the form never sends what
 // it would refuse. "." and ".." matter most: the browser resolves them in the URL like a folder
 // path (written %2E%2E too), so the event would go to another address and the answer would be
-// about something else.
-function nameProblem(v, level) {
+// about something else. The app checks an address's names with it too (see badName in app.js).
+export function nameProblem(v, level) {
   if (!v) return 'is required';
   if (v === '.' || v === '..') return `cannot be “${v}”: in a web address it means ${v === '.' ? 'this level' : 'the level above'}`;
   if (v.includes('/')) return 'cannot contain “/”';

@@ -9,6 +9,7 @@ import { follow } from './sse.js';
 import { rateChart } from './chart.js';
 
 const MAX_ROWS = 200; // rows kept on screen; the counter still counts every event
+const MAX_DELAY = 30_000; // the longest wait between tries to start, as for a dropped stream (sse.js)
 
 const STATES = {
   finding: 'Finding the newest event…', connecting: 'Connecting…', live: 'Live',
@@ -94,13 +95,26 @@ export function renderTail(section, route, head, signal) {
   });
 
   let stop = () => {};
-  signal.addEventListener('abort', () => { stop(); chart.stop(); });
-  head.tailStart(signal).then((from) => {
+  let retry = null;
+  signal.addEventListener('abort', () => { clearTimeout(retry); stop(); chart.stop(); });
+  // A start that failed for a reason that passes (the store or the network is down) is tried
+  // again, backing off as a dropped stream does; one that does not (no token given, forbidden,
+  // not found, refused) stops the tail.
+  let delay = 1000;
+  const start = () => head.tailStart(signal).then((from) => {
     if (signal.aborted) return;
+    note.textContent = '';
     stop = follow(names, { ...from, types, onEvent, onState: setState });
   }, (e) => {
-    if (e.name === 'AbortError') return;
-    setState('stopped');
+    if (e.name === 'AbortError' || signal.aborted) return;
     note.textContent = explain(e);
+    if (!passes(e)) { setState('stopped'); return; }
+    setState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
+    retry = setTimeout(start, delay);
+    delay = Math.min(delay * 2, MAX_DELAY);
   });
+  start();
 }
+
+// No answer (0), too many requests, or the server or the store unavailable: worth asking again.
+const passes = (e) => e.status === 0 || e.status === 429 || e.status >= 500;

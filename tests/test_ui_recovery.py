@@ -1,0 +1,135 @@
+"""The web UI recovers rather than losing an answer or showing the wrong scope (Playwright driving
+Debian's Chromium against `perhap serve`, as in tests/test_ui.py):
+
+- an append that waited for the token dialog shows its answer in the form on the page;
+- a live tail whose start failed because the store was unavailable starts once it is back;
+- an address naming `.` or `..` is refused in plain words, never read as another scope.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.servers import ProcessServer
+from tests.test_ui import SERVE_ARGS, post, shot, tail_rows
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Route
+
+pytestmark = pytest.mark.timeout(120)
+
+UNAVAILABLE = json.dumps({"type": "urn:perhap:problem:unavailable", "title": "Service Unavailable", "status": 503,
+                          "detail": "the database does not answer"})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessServer]:
+    tmp = tmp_path_factory.mktemp("ui-recovery")
+    with ProcessServer(f"sqlite:///{tmp}/ui.db?synchronous=normal", None, *SERVE_ARGS, cwd=tmp) as s:
+        post(s.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 61}})
+        yield s
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessServer, str]]:
+    from perhap.auth import add_token
+
+    tmp = tmp_path_factory.mktemp("ui-recovery-auth")
+    tokens = str(tmp / "tokens.json")
+    token = add_token(tokens, "plant", "write")[0]
+    with ProcessServer(f"sqlite:///{tmp}/auth.db?synchronous=normal", None, "--auth", tokens, *SERVE_ARGS,
+                       cwd=tmp) as s:
+        yield s, token
+
+
+def test_an_append_that_waited_for_the_token_shows_its_answer(
+        auth_server: tuple[ProcessServer, str], page: Page) -> None:
+    from playwright.sync_api import expect
+
+    server, token = auth_server
+    page.goto(server.url + "/_ui#/plant/sensors")
+    dialog = page.get_by_role("dialog", name="Access token")
+    expect(dialog).to_be_visible()  # the lists' 401: not the request under test
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
+    page.locator("#append summary").click()
+    page.fill("#append-entity", "boiler-2")
+    page.fill("#append-type", "reading")
+    page.fill("#append-event", '{"celsius": 58}')
+    page.locator("#append button[type=submit]").click()
+    expect(dialog).to_be_visible()  # the POST's 401
+    dialog.get_by_label("Bearer token").fill(token)
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_hidden()
+
+    result = page.locator("#append-result")
+    expect(result).to_have_text(re.compile(r"^Stored: version 0 of boiler-2, at .+open event"))
+    expect(page.locator("#append")).to_have_attribute("open", "")
+    expect(page.locator("#append-entity")).to_have_value("boiler-2")  # the form as typed
+    expect(page.locator("#append-event")).to_have_value('{"celsius": 58}')
+    # The view was drawn again with the token (before the append was sent again): no list is refused.
+    expect(page.locator(".nav-status")).not_to_contain_text("needs a token")
+    expect(page.locator(".list-status")).not_to_contain_text("needs a token")
+    r = httpx.get(server.url + "/plant/sensors/boiler-2", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert [e["event"] for e in r.json()["events"]] == [{"celsius": 58}]
+    shot(page, "append-after-token")
+
+
+def test_a_live_tail_started_while_the_store_is_unavailable_starts_when_it_is_back(
+        server: ProcessServer, page: Page) -> None:
+    """The store's 503 is played by a route in the browser: every API request is refused until
+    the store is "back", then they all reach the real server."""
+    from playwright.sync_api import expect
+
+    def unavailable(route: Route) -> None:
+        if "/_ui" in route.request.url:
+            return route.continue_()
+        return route.fulfill(status=503, content_type="application/problem+json", body=UNAVAILABLE)
+
+    page.route("**/*", unavailable)
+    page.goto(server.url + "/_ui#/plant/sensors")
+    pill = page.locator(".live .pill")
+    expect(pill).to_have_text(re.compile(r"^Reconnecting… \(retrying in \d+ s\)$"))
+    note = page.locator(".live .tail-note")
+    expect(note).to_have_text(re.compile("storage is unavailable"))
+    expect(note).not_to_contain_text("nothing was stored")  # a read stores nothing anyway
+
+    page.unroute("**/*", unavailable)  # the store is back
+    expect(pill).to_have_text("Live", timeout=15_000)
+    expect(note).to_have_text("")
+    new = post(server.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 62}})["event_id"]
+    expect(page.locator(f'#tail-list li[data-id="{new}"]')).to_be_visible()
+    assert tail_rows(page) == [new]
+
+
+@pytest.mark.parametrize(("address", "sidebar", "problem"), [
+    ("#/plant/sensors/..", "/plant/sensors/keys", "entity name cannot be “..”"),
+    ("#/plant/sensors/.", "/plant/sensors/keys", "entity name cannot be “.”"),
+    ("#/plant/%2E%2E", "/plant/keys", "domain name cannot be “..”"),
+])
+def test_an_address_naming_a_dot_segment_is_refused(
+        server: ProcessServer, page: Page, address: str, sidebar: str, problem: str) -> None:
+    """The browser resolves `.` and `..` in a request's URL like a folder path (`%2E%2E` too), so
+    such a name would read another scope: the page says the address is not valid instead, and
+    asks only for the names of the valid scope above it."""
+    from playwright.sync_api import expect
+
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(urlsplit(r.url).path) if "/_ui" not in r.url else None)
+    page.goto(server.url + "/_ui" + address)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not a valid address")
+    expect(page.locator("#main")).to_contain_text(problem)
+    expect(page.locator("#sidebar .keys a").first).to_be_visible()
+    page.wait_for_timeout(500)  # anything else the page would ask, it has asked by now
+    expect(page.locator("table.events")).to_have_count(0)
+    expect(page.locator(".live")).to_have_count(0)
+    assert asked == [sidebar]
