@@ -216,7 +216,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
     and a deadline for a client that stops reading: once the transport's buffer is over its high
     mark, a response left unread for ``write_timeout`` seconds (None: never) ends the connection,
     so a client that asks for a large page and never reads it cannot hold a connection slot for
-    ever (streams end on the same timeout in the app, which counts them, a moment earlier)."""
+    ever (a stream's response is left to the app, which times its own writes and counts the
+    clients it drops: see ``abort_hook``)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
