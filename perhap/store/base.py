@@ -231,7 +231,7 @@ class Store(abc.ABC):
         """The query with the cursor of ``following`` as its bound in the direction of reading."""
         if following is None:
             return query
-        cursor = await self._cursor_of(query.scope, query.path_type, check_event_id(following, "following"))
+        cursor = await self._cursor_of(query.scope, query.types, check_event_id(following, "following"))
         if query.descending:
             if query.before is None or _less(cursor, query.before):
                 return replace(query, before=cursor)
@@ -264,16 +264,17 @@ class Store(abc.ABC):
             return KeysPage(names[:limit], names[limit - 1])
         return KeysPage(names, None)
 
-    async def _cursor_of(self, scope: Scope, path_type: str | None, event_id: str) -> Cursor:
-        """The cursor of an event in a scope's order; NotFound when it is not in the scope. A read's
-        ``types`` filter is no part of its scope: an event of another type is a place to start after."""
+    async def _cursor_of(self, scope: Scope, types: Sequence[str], event_id: str) -> Cursor:
+        """The cursor of an event in a scope's order; NotFound when it is not in the scope."""
         event = await self._find_event(event_id)
         if (event is None or event.realm != scope.realm
                 or (scope.domain is not None and event.domain != scope.domain)
                 or (scope.entity is not None and event.entity != scope.entity)
-                or (path_type is not None and event.type != path_type)
+                or (scope.type is not None and event.type != scope.type)
+                or (types and event.type not in types)
                 or event.cursor is None):
-            raise NotFound(f"no event {event_id} in {scope}" + (f"/{path_type}" if path_type else ""))
+            shown = str(scope) + (f" of type {', '.join(types)}" if types else "")
+            raise NotFound(f"no event {event_id} in {shown}")
         return event.version if scope.entity is not None else event.cursor
 
     @abc.abstractmethod

@@ -43,9 +43,6 @@ class ReadQuery:
     #: stream's next read takes the rest. (A plain read waits for every event it has seen, so that
     #: a read after an acknowledgement includes it.)
     live: bool = False
-    #: The type a path named (``/{realm}/{domain}/{entity}/{type}``), folded into ``types``: it is
-    #: part of the scope, so a ``following`` must be of it, where a ``types`` filter's need not.
-    path_type: str | None = None
 
     @property
     def plain(self) -> bool:
@@ -119,12 +116,11 @@ def read_query(
         if names and scope.type is not None:
             raise InvalidInput("a type is given in the path and in the query: give it in one place")
         wanted = tuple(sorted({check_name(t, "type") for t in names}))
-    path_type = scope.type
-    if path_type is not None:
-        wanted = (path_type,)
+    if scope.type is not None:
+        wanted = (scope.type,)
         scope = Scope(scope.realm, scope.domain, scope.entity)
     return _make_query(scope, wanted, descending, after_v, None if until_v is None else until_v + 1,
-                       after_p, before_p, limit, False, path_type)
+                       after_p, before_p, limit, False)
 
 
 #: ReadQuery's constructor for the read path: every field, positionally (see perhap.slotted).

@@ -187,34 +187,6 @@ class ConsumerContract(BackendContract):
         with pytest.raises(NotFound):
             await store.read(Scope(realm, "d", "other"), following=written[3], order="desc")
 
-    async def test_following_an_event_the_type_filter_leaves_out_starts_after_it(self, store: Store,
-                                                                               realm: str) -> None:
-        """`type` filters a scope, it is no part of it: an event of the scope of another type is a
-        place to start after (as `after_position` is), in either order and for a stream. An event
-        of another type than a typed path's is not in that scope (404)."""
-        kinds = ["a", "b", "a", "b", "a", "b", "a"]
-        written = [(await store.append(realm, "d", f"e{i % 2}", k, i)).first.event_id for i, k in enumerate(kinds)]
-        of_a = [w for w, k in zip(written, kinds, strict=True) if k == "a"]
-        for scope in (Scope(realm), Scope(realm, "d")):
-            page = await store.read(scope, types=["a"], following=written[3])
-            assert ids(page.events) == of_a[2:]
-            page = await store.read(scope, types=["a"], following=written[3], order="desc")
-            assert ids(page.events) == of_a[1::-1]
-            by_position = await store.read(scope, types=["a"], after_position=(await store.get_event(
-                realm, "d", written[3])).position)
-            assert ids(by_position.events) == ids((await store.read(scope, types=["a"], following=written[3])).events)
-        # e1 holds the events 1, 3, 5 (all "b"): from its event 3, the "a" events after it are none.
-        assert (await store.read(Scope(realm, "d", "e1"), types=["a"], following=written[3])).events == []
-        assert ids((await store.read(Scope(realm, "d", "e0"), types=["a"], following=written[2])).events) == of_a[2:]
-        stream = store.subscribe(Scope(realm, "d"), following=written[3], types=["a"])
-        try:
-            got = [await asyncio.wait_for(anext(stream), 30) for _ in range(2)]
-            assert ids(got) == of_a[2:]
-        finally:
-            await stream.aclose()
-        with pytest.raises(NotFound):  # the typed path's scope holds only its type
-            await store.read(Scope(realm, "d", "e1", "a"), following=written[3])
-
     async def test_head_and_last_event_are_one_desc_read(self, store: Store, realm: str) -> None:
         assert (await store.read(Scope(realm), order="desc", limit=1)).events == []
         last: dict[str, str] = {}
@@ -287,10 +259,10 @@ class ConsumerContract(BackendContract):
                 assert ids(await read_every(store, scope, limit=2, types=types)) == expected
                 assert ids(await read_every(store, scope, limit=3, types=types, order="desc")) == expected[::-1]
         assert ids((await store.read(Scope(realm), types=[])).events) == ids(events)
-        # `following` names a place in the scope: an event the filter leaves out is one too.
+        # `following` must name an event the filtered read contains.
         t0 = next(e for e in events if e.type == "t0")
-        after = (await store.read(Scope(realm), types=["t1", "t2"], following=t0.event_id)).events
-        assert ids(after) == [e.event_id for e in events if e.position > t0.position and e.type in ("t1", "t2")]
+        with pytest.raises(NotFound):
+            await store.read(Scope(realm), types=["t1", "t2"], following=t0.event_id)
         assert len((await store.read(Scope(realm), types=[f"t{i}" for i in range(100)])).events) == len(events)
 
     async def test_version_bounds_on_entity_scopes(self, store: Store, realm: str) -> None:
