@@ -501,7 +501,7 @@ async def test_copy_with_limit_resumes_where_it_stopped(backend: Provider) -> No
 
 def test_copy_killed_mid_way_resumes(tmp_path: Path) -> None:
     # Many small realms: the kill lands long before the end, however busy the machine is.
-    source, destination = f"sqlite:///{tmp_path}/src.db?synchronous=OFF", f"sqlite:///{tmp_path}/dst.db"
+    source, destination = f"sqlite:///{tmp_path}/src.db?synchronous=normal", f"sqlite:///{tmp_path}/dst.db"
     count = asyncio.run(_fill_url(source, 100, 10))
     proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "copy", "--from", source, "--to", destination],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
