@@ -259,6 +259,32 @@ def test_keyboard_interrupt_gives_back_the_rest_and_is_raised(client: Client, re
     assert client.group(realm, "g")["acknowledged"] == 1
 
 
+def test_a_slow_handler_does_not_hold_back_the_acknowledgement_of_an_earlier_event(
+        client: Client, server: ProcessServer, realm: str) -> None:
+    # docs/client.md: a lease's acknowledgements go "after a second at most". One lease holds a
+    # (handled at once) and b (whose handler waits): a's acknowledgement must reach the server
+    # while b's handler still runs, not after it (which, with a handler longer than ack_timeout,
+    # would be too late and a handled again).
+    client.create_group(realm, "g", ack_timeout=3600)
+    a, b = _append(client, realm, 2, 1)
+    stop = threading.Event()
+    seen_inside: list[int] = []
+
+    def handler(event: Delivery) -> None:
+        if event.event_id == b:
+            with Client(server.url) as other:
+                deadline = time.monotonic() + 30  # a generous bound: the promise is one second
+                while (acked := other.group(realm, "g")["acknowledged"]) < 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                seen_inside.append(acked)
+            stop.set()
+
+    assert client.consume(realm, "g", handler, consumer="w", max=2, wait=1, stop=stop) == 2
+    assert seen_inside == [1]  # a was acknowledged while b's handler ran
+    stats = client.group(realm, "g")
+    assert (stats["acknowledged"], stats["in_flight"], stats["redeliveries"]) == (2, 0, 0)
+
+
 def test_leases_that_ran_out_are_logged_not_fatal(client: Client, server: ProcessServer, realm: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     client.create_group(realm, "g", ack_timeout=0.5)
@@ -418,3 +444,26 @@ async def test_cancelling_async_consume_gives_back_the_leases(server: ProcessSer
             await task
         taken = await c.lease(realm, "g", "b", max=10)
         assert sorted(d.event_id for d in taken) == sorted(ids)
+
+
+async def test_async_consume_acknowledges_an_earlier_event_while_a_slow_handler_runs(
+        server: ProcessServer, realm: str) -> None:
+    async with AsyncClient(server.url) as c:
+        await c.create_group(realm, "g", ack_timeout=3600)
+        a = (await c.append(realm, "d", "e0", "t", 0)).first.event_id
+        b = (await c.append(realm, "d", "e1", "t", 1)).first.event_id
+        stop = asyncio.Event()
+        seen_inside: list[int] = []
+
+        async def handler(event: Delivery) -> None:
+            if event.event_id == b:
+                deadline = time.monotonic() + 30  # a generous bound: the promise is one second
+                while (acked := (await c.group(realm, "g"))["acknowledged"]) < 1 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                seen_inside.append(acked)
+                stop.set()
+
+        assert await c.consume(realm, "g", handler, consumer="w", max=2, wait=1, stop=stop) == 2
+        assert seen_inside == [1] and a != b  # a was acknowledged while b's handler ran
+        stats = await c.group(realm, "g")
+        assert (stats["acknowledged"], stats["in_flight"], stats["redeliveries"]) == (2, 0, 0)

@@ -4,7 +4,9 @@ consumer group, hand each to the handler in order, acknowledge what it handled, 
 The rules, the same in both loops:
 
 - an event is acknowledged only after its handler returned; the acknowledgements of a lease go in
-  one request when its events are done (or sooner, once the oldest has waited :data:`ACK_EVERY`);
+  one request when its events are done, or sooner, once the oldest has waited :data:`ACK_EVERY`:
+  a thread (a task in the asyncio loop) sends them then even while a later handler still runs, so
+  one slow handler cannot hold back what the others finished until their leases run out;
 - a handler that raises gets its event nacked ("retry") at once: the group delivers it again, and
   parks it after ``max_deliveries``; the exception is logged and the loop goes on;
 - ``stop`` ends the loop after the current handler: the events leased but not handled yet are
@@ -101,6 +103,8 @@ class Batch:
         self.next = 0  # events[:next] were handled, given back, or left to run out
         self.done: list[str] = []
         self.oldest = 0.0
+        self.lock = threading.Lock()  # done and oldest: the loop and its acknowledger share them
+        self.acks_failed: PerhapClientError | None = None  # what stopped the acknowledger, to raise
 
     def pending(self) -> Delivery | None:
         """The next event to handle, or None when none is left (or their leases ran out)."""
@@ -115,18 +119,30 @@ class Batch:
 
     def handled(self, event_id: str) -> None:
         """Its handler returned: the event is to be acknowledged."""
-        if not self.done:
-            self.oldest = time.monotonic()
-        self.done.append(event_id)
+        with self.lock:
+            if not self.done:
+                self.oldest = time.monotonic()
+            self.done.append(event_id)
 
     def ack_due(self) -> bool:
         """True once the oldest unacknowledged handled event has waited :data:`ACK_EVERY`."""
         return bool(self.done) and time.monotonic() - self.oldest >= ACK_EVERY
 
+    def until_due(self) -> float:
+        """Seconds until acknowledgements are due (:data:`ACK_EVERY` while none waits)."""
+        with self.lock:
+            return max(0.0, self.oldest + ACK_EVERY - time.monotonic()) if self.done else ACK_EVERY
+
     def take_done(self) -> list[str]:
         """The handled events to acknowledge now (then none)."""
-        done, self.done = self.done, []
+        with self.lock:
+            done, self.done = self.done, []
         return done
+
+    def check_acks(self) -> None:
+        """Raise what made the acknowledger stop, in the loop, as the loop's own acks would."""
+        if self.acks_failed is not None:
+            raise self.acks_failed
 
     def take_rest(self) -> list[str]:
         """The events not handled, which go back to the group (none once their leases ran out)."""
@@ -223,8 +239,14 @@ class Worker(_Loop):
         return None
 
     def _work(self, batch: Batch) -> None:
+        finished = threading.Event()
+        acknowledger: threading.Thread | None = None  # started once a handler runs with acks waiting
         try:
             while not self.stop.is_set() and (event := batch.pending()) is not None:
+                if acknowledger is None and batch.done:
+                    acknowledger = threading.Thread(target=self._acknowledge, args=(batch, finished),
+                                                    name=f"perhap-acks {self.name}", daemon=True)
+                    acknowledger.start()
                 try:
                     self.handler(event)
                 except Exception:
@@ -235,12 +257,24 @@ class Worker(_Loop):
                 batch.next += 1
                 batch.handled(event.event_id)
                 self.handled += 1
-                if batch.ack_due():
-                    self._settle("ack", batch.take_done(), batch)
+                batch.check_acks()
+            _join(finished, acknowledger)
+            batch.check_acks()
         except BaseException:  # KeyboardInterrupt, or an error the loop cannot go on after
+            _join(finished, acknowledger)  # (an acknowledgement in flight is answered first)
             self._finish(batch, quietly=True)
             raise
         self._finish(batch)
+
+    def _acknowledge(self, batch: Batch, finished: threading.Event) -> None:
+        """Send the batch's due acknowledgements until it is finished (on a thread of its own)."""
+        while not finished.wait(batch.until_due()):
+            if batch.ack_due():
+                try:
+                    self._settle("ack", batch.take_done(), batch)
+                except PerhapClientError as exc:
+                    batch.acks_failed = exc
+                    return
 
     def _finish(self, batch: Batch, *, quietly: bool = False) -> None:
         """Acknowledge what was handled, give back what was not."""
@@ -319,8 +353,12 @@ class AsyncWorker(_Loop):
         return None
 
     async def _work(self, batch: Batch) -> None:
+        finished = asyncio.Event()
+        acknowledger: asyncio.Task[None] | None = None  # started once a handler runs with acks waiting
         try:
             while not self.stop.is_set() and (event := batch.pending()) is not None:
+                if acknowledger is None and batch.done:
+                    acknowledger = asyncio.create_task(self._acknowledge(batch, finished))
                 try:
                     result = self.handler(event)
                     if inspect.isawaitable(result):
@@ -333,12 +371,31 @@ class AsyncWorker(_Loop):
                 batch.next += 1
                 batch.handled(event.event_id)
                 self.handled += 1
-                if batch.ack_due():
+                batch.check_acks()
+                if batch.ack_due():  # (a plain handler holds the loop, and the task cannot run)
                     await self._settle("ack", batch.take_done(), batch)
+            await _await(finished, acknowledger)
+            batch.check_acks()
         except BaseException:  # cancelled, or an error the loop cannot go on after
+            await _await(finished, acknowledger)  # (an acknowledgement in flight is answered first)
             await self._finish(batch, quietly=True)
             raise
         await self._finish(batch)
+
+    async def _acknowledge(self, batch: Batch, finished: asyncio.Event) -> None:
+        """Send the batch's due acknowledgements until it is finished (a task beside the loop)."""
+        while not finished.is_set():
+            try:
+                await asyncio.wait_for(finished.wait(), batch.until_due())
+                return
+            except TimeoutError:
+                pass
+            if batch.ack_due():
+                try:
+                    await self._settle("ack", batch.take_done(), batch)
+                except PerhapClientError as exc:
+                    batch.acks_failed = exc
+                    return
 
     async def _finish(self, batch: Batch, *, quietly: bool = False) -> None:
         try:
@@ -371,3 +428,18 @@ class AsyncWorker(_Loop):
                 if delay is None:
                     return
                 await asyncio.sleep(delay)
+
+
+def _join(finished: threading.Event, acknowledger: threading.Thread | None) -> None:
+    """End a batch's acknowledger thread, once it has sent what it was sending."""
+    finished.set()
+    if acknowledger is not None:
+        acknowledger.join()
+
+
+async def _await(finished: asyncio.Event, acknowledger: asyncio.Task[None] | None) -> None:
+    """End a batch's acknowledger task, once it has sent what it was sending (even if the loop
+    itself is being cancelled: the shield lets that acknowledgement finish)."""
+    finished.set()
+    if acknowledger is not None:
+        await asyncio.shield(acknowledger)
