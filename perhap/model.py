@@ -99,8 +99,9 @@ def check_expected_version(value: Any) -> int | None:
         raise InvalidInput("expected_version must be an integer (-1 for a new entity)")
     if value < -1:
         raise InvalidInput("expected_version must be -1 or greater")
-    if value > MAX_VERSION:
-        raise InvalidInput("expected_version is out of range")
+    # Any larger integer is an expectation like another: no entity is at that version, so it is
+    # a 409 naming the current one (backends compare it in Python and never send one above
+    # MAX_VERSION to a database, whose integers may not hold it).
     return value
 
 

@@ -325,7 +325,7 @@ def openapi_document() -> dict[str, Any]:
                        "position": position, "timestamp": {"type": "string", "format": "date-time"}}}
     appended_one_of_many = {"type": "object", "required": ["entity", "event_id", "version", "position", "timestamp"],
                             "properties": {"entity": {"type": "string"}, **appended["properties"]}}
-    expected = {"type": "integer", "minimum": -1, "maximum": MAX_VERSION,
+    expected = {"type": "integer", "minimum": -1,
                 "description": "The entity's current version must equal this (-1: no events yet)."}
     batch_item: dict[str, Any] = {
         "type": "object", "required": ["type", "event"], "additionalProperties": False,

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ..auth import hide_tokens
+from ..jsoncodec import dump_json
 from .types import Headers, Send
 
 JSON = [(b"content-type", b"application/json")]
@@ -42,7 +43,11 @@ def problem_body(status: int, slug: str, title: str, detail: str, extra: dict[st
     body.update(extra)
     # A client that put its token where no token goes (`?perhap_...`, an event_id, a realm) is told
     # what was wrong without the token in the answer (which proxies and clients may log).
-    return hide_tokens(orjson.dumps(body, option=_NEWLINE))
+    try:
+        raw = orjson.dumps(body, option=_NEWLINE)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, given by the request (expected_version)
+        raw = dump_json(body, "problem") + b"\n"
+    return hide_tokens(raw)
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from cassandra.query import BatchStatement
 
 from ...errors import InvalidInput, StorageUnavailable, VersionConflict
-from ...model import Appended, AppendResult, Event, NewEvent, replay_or_conflict
+from ...model import MAX_VERSION, Appended, AppendResult, Event, NewEvent, replay_or_conflict
 from . import clock
 from .claims import Claims, Stale, Taken
 from .coalesce import Coalescer
@@ -123,10 +123,13 @@ class Writer:
         head = self.heads.get(key)
         if head is not None and expected is not None and head.version > expected:
             raise VersionConflict(head.version, expected)  # versions only grow: no need to ask Paxos
-        if head is None:
-            if expected is None:
+        beyond = expected if expected is not None and expected > MAX_VERSION else None  # never a guess
+        if head is None or beyond is not None:
+            if expected is None or beyond is not None:
                 rows = await ks.db.run(ks.q.head, key)
                 head = Head(-1, 0) if not rows or rows[0][0] is None else Head(rows[0][0], rows[0][1])
+                if beyond is not None:  # no entity reaches a version above MAX_VERSION
+                    raise VersionConflict(head.version, beyond)
             else:
                 head = Head(expected, 0)  # the condition checks it; a wrong guess costs one retry
         lead = self.lead(len(batch))

@@ -97,6 +97,10 @@ class HTTPContract(BackendContract):
         assert p["current_version"] == 0 and p["expected_version"] == 3
         r = await client.post(f"/{realm}/d/e/t", json={"event": 2, "expected_version": 0})
         assert r.status_code == 201 and r.json()["version"] == 1
+        # However large, an integer is an expectation: a version no entity is at, so a 409.
+        huge = b'{"event": 3, "expected_version": 99999999999999999999}'
+        p = problem(await client.post(f"/{realm}/d/e/t", content=huge), 409)
+        assert p["current_version"] == 1 and p["expected_version"] == 10**20 - 1
 
     async def test_concurrent_expected_version_over_http(self, client: httpx.AsyncClient, realm: str) -> None:
         rs = await asyncio.gather(*[client.post(f"/{realm}/d/e/t", json={"event": i, "expected_version": -1})

@@ -132,6 +132,11 @@ class MultiEntityContract(BackendContract):
             await store.append_many(realm, "d", many("a", "b"), expected_versions={"a": 1, "b": -1})
         assert err.value.conflicts == [("b", -1, 0)]
         assert await read_all(store, Scope(realm)) == before
+        # A version no entity reaches is a conflict too, however large.
+        with pytest.raises(VersionConflict) as err:
+            await store.append_many(realm, "d", many("a"), expected_versions={"a": 1, "b": 10**20})
+        assert err.value.conflicts == [("b", 10**20, 0)]
+        assert await read_all(store, Scope(realm)) == before
         # The refused appends burned no position.
         after = await store.append(realm, "d", "a", "t", 2, expected_version=1)
         assert after.first.position > before[-1].position

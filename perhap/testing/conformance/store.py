@@ -76,6 +76,14 @@ class StoreContract(BackendContract):
         assert err.value.current_version == -1
         assert (await store.read(Scope(realm, "d", "fresh"))).events == []
         assert (await store.keys(realm, "d")).keys == ["e"]
+        # A version no entity reaches is a conflict like another, not invalid input, however large
+        # (above what the databases' integers hold too): the current version, and nothing stored.
+        for beyond in (2**62 + 1, 2**63, 10**20):
+            for entity, current in (("e", 1), ("fresh", -1)):
+                with pytest.raises(VersionConflict) as err:
+                    await store.append_batch(realm, "d", entity, [{"type": "t", "event": 9}], expected_version=beyond)
+                assert (err.value.current_version, err.value.expected_version) == (current, beyond)
+        assert [e.event for e in (await store.read(Scope(realm, "d"))).events] == [0, 1]
 
     async def test_concurrent_same_expected_version_exactly_one_wins(self, store: Store, realm: str) -> None:
         for round_ in range(5):
