@@ -17,6 +17,7 @@ import asyncio
 import shutil
 import sqlite3
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,6 +314,35 @@ async def test_the_head_and_an_entitys_last_event_cost_the_same_on_any_size(tmp_
             assert head.position == size
     small, large = steps[250], steps[10_000]
     assert large[0] <= small[0] + 20 and large[1] <= small[1] + 20, steps
+
+
+
+async def test_a_filtered_walk_of_an_entity_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """An entity's type or position filter walks the whole entity (no index holds them): however
+    small its page, such a read runs in the reader pool, so that a large entity cannot hold the
+    event loop, and every other request with it. An unfiltered page of the entity stays inline."""
+    path = str(tmp_path / "walks.db")
+    async with await open_sqlite(path) as store:
+        await store.append_batch("r", "d", "e", [{"type": "common", "event": i} for i in range(50)])
+        await store.append("r", "d", "e", "rare", 50)
+    async with await open_sqlite(path) as store:  # reopened: nothing comes from the ring of recent events
+        assert isinstance(store, SQLiteStore)
+        threads: list[int] = []
+        read_sync = store._read_sync
+
+        def recorded(query: ReadQuery) -> Any:
+            threads.append(threading.get_ident())
+            return read_sync(query)
+
+        store._read_sync = recorded  # type: ignore[method-assign]
+        here = threading.get_ident()
+        assert len((await store.read(Scope("r", "d", "e"), limit=10)).events) == 10
+        assert threads == [here]  # a page of the entity's own walk: inline
+        assert [e.event for e in (await store.read(Scope("r", "d", "e", "rare"), limit=10)).events] == [50]
+        assert [e.event for e in (await store.read(Scope("r", "d", "e"), types=["rare"], limit=10)).events] == [50]
+        assert len((await store.read(Scope("r", "d", "e"), after_position=40, limit=10)).events) == 10
+        assert len((await store.read(Scope("r", "d", "e"), order="desc", before_position=5, limit=10)).events) == 4
+        assert len(threads) == 5 and here not in threads[1:], threads
 
 
 async def _vm_steps(store: Store, scope: Scope) -> int:

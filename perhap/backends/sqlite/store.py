@@ -55,6 +55,14 @@ INLINE_ROWS = 1001
 _T = TypeVar("_T")
 
 
+def _walks_the_entity(query: ReadQuery) -> bool:
+    """Whether a read filters an entity's walk (types, positions: no index holds them, so its cost
+    is the entity's size, not the page's): it goes to the pool, however small its page, so that a
+    large entity cannot hold the event loop (and every other request) while it is walked."""
+    return query.scope.entity is not None and bool(
+        query.types or query.after_position is not None or query.before_position is not None)
+
+
 class SQLiteStore(Store):
     """Events in one SQLite file, owned by one process (another process is refused at open)."""
 
@@ -243,7 +251,8 @@ class SQLiteStore(Store):
             return from_ring
         # Every commit notified so far is visible to the read that starts now.
         known = ring.known()
-        events, last = await self._run(self._read_sync, query, inline=query.limit <= INLINE_ROWS)
+        events, last = await self._run(self._read_sync, query, inline=query.limit <= INLINE_ROWS
+                                       and not _walks_the_entity(query))
         if events:
             ring.saw(last)
         elif known is not None and ring.may_serve(query):
