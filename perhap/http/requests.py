@@ -192,7 +192,7 @@ def page_limit(query: dict[str, str]) -> int:
     if text is None:
         return DEFAULT_LIMIT
     if not _INT.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text[:20]!r}")
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text[:40]!r}")
     return int(text)
 
 

@@ -227,7 +227,7 @@ def _max(text: str | None) -> int:
     if text is None:
         return DEFAULT_MAX
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {text[:20]!r}")
+        raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {text[:40]!r}")
     return int(text)
 
 
@@ -239,5 +239,5 @@ def _wait(text: str | None) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds <= MAX_WAIT:  # NaN fails this too
-        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {text[:20]!r}")
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {text[:40]!r}")
     return seconds
