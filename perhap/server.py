@@ -237,6 +237,10 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
     class LimitedHttpTools(HttpToolsProtocol):
         _header_bytes = 0
         _method_counted = False
+        _in_head = True  # until a request's headers are complete, and again after its last byte
+        _in_message = False
+        _raw_head = 0  # bytes of reads that ended inside a head (or between requests)
+        _steps = 0  # heads and messages completed on this connection
         _too_large = False
         _deadline: Any = None
         _body_deadline: float | None = None  # loop time; None until the headers are complete
@@ -268,6 +272,28 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             super().connection_made(transport)
             self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
             self._arm(header_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            steps = self._steps
+            super().data_received(data)
+            if self._steps != steps or not self._in_head or self.transport.is_closing():
+                return
+            # httptools drops what it may (blank lines before a request, the spaces around a
+            # header's value) before the callbacks count it: a read that completed no head and no
+            # message was head (or blank lines before one) all through, so it counts whole.
+            self._raw_head += len(data)
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self._raw_head > max_header:
+                self._too_large = True
+                if answering:  # (a pipelined head: its 431 cannot go in the middle of an answer)
+                    self.transport.close()
+                else:
+                    self.send_400_response("")  # the 431
+            elif not self._in_message and not answering and self._deadline is None:
+                # Bytes that begin no request (blank lines) cancel uvicorn's keep-alive timer: the
+                # header deadline runs from them, or they would hold an idle connection for ever.
+                self._body_deadline = None
+                self._arm(header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -307,6 +333,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             # that ends the head; the method and the URL are added as they come.
             self._header_bytes = _REQUEST_LINE_FRAME
             self._method_counted = False
+            self._in_message = True
             self._body_deadline = None
             if self._deadline is None:
                 self._arm(header_timeout)
@@ -329,6 +356,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._in_head, self._raw_head = False, 0
+            self._steps += 1
             self._body_deadline = self.loop.time() + body_timeout
             if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
@@ -339,6 +368,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def on_message_complete(self) -> None:
             self._disarm()
+            self._in_head, self._in_message = True, False
+            self._steps += 1
             super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:

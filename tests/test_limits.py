@@ -168,6 +168,59 @@ def test_the_header_limit_is_the_whole_head_to_the_byte(sqlite_url: str) -> None
             assert _raw(server.port, head(2001) + tail).startswith(b"HTTP/1.1 431"), method
 
 
+
+def test_what_the_parser_drops_counts_towards_the_header_limit(sqlite_url: str) -> None:
+    """Blank lines before a request and the spaces around a header's value are head too: the
+    parser drops them before its callbacks count, so a client could send megabytes of them under
+    --max-header. A read that ends inside a head counts whole."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol(max_header=8192)
+    with server:
+        for first, rest in ((b"GET /_health HTTP/1.1\r\nHost: x\r\nX-Pad:" + b" " * 20_000, b"a\r\n\r\n"),
+                            (b"GET /_health HTTP/1.1\r\nHost: x\r\nX-Pad:" + b"\t" * 20_000, b"a\r\n\r\n"),
+                            (b"\r\n" * 10_000, b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")):
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                conn.sendall(first)  # a read then ends inside the head: the answer comes before the rest
+                conn.settimeout(5)
+                try:
+                    reply = conn.recv(65536)
+                except TimeoutError:  # (the head not refused yet: its end, then whatever comes)
+                    conn.sendall(rest)
+                    reply = conn.recv(65536)
+                assert reply.startswith(b"HTTP/1.1 431"), (first[:40], reply[:40])
+        # A head under the limit is served, whatever its reads.
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(b"\r\n" * 100 + b"GET /_health HTTP/1.1\r\nHost: x\r\nX-Pad:" + b" " * 4000)
+            time.sleep(0.2)
+            conn.sendall(b"a\r\nConnection: close\r\n\r\n")
+            conn.settimeout(5)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(sqlite_url: str) -> None:
+    """Any byte cancels uvicorn's keep-alive timer, and blank lines begin no request: the header
+    deadline runs from them, so a client trickling them closes as an idle one does."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol(header_timeout=1.0)
+    with server:
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.settimeout(5)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            conn.settimeout(0.3)
+            closed = False
+            deadline = time.monotonic() + 20  # a generous bound: the header deadline is 1 s
+            while not closed and time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"\r\n")
+                    closed = conn.recv(100) == b""
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed = True
+            assert closed
+
+
 def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
     """What the HTTP parser itself refuses (an unknown method, a Content-Length that is not a
     number, bytes that are no request line) is answered like any error of the API: 400
