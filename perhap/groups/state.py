@@ -134,11 +134,11 @@ class GroupState:
         late = [pos for pos, lease in self.leases.items() if lease.until <= now]
         for pos in late:
             lease = self.leases.pop(pos)
-            self._return(pos, lease, now)
+            self._return(pos, lease, lease.until)  # parked (if it is) when the lease ran out
         return bool(late)
 
     def _return(self, pos: int, lease: Lease, now: float) -> bool:
-        """A lease given back unacknowledged; True when that parked its event."""
+        """A lease given back unacknowledged at ``now``; True when that parked its event."""
         if lease.delivery >= self.settings.max_deliveries:
             self.parked[pos] = Parked(lease.event_id, lease.domain, lease.entity, lease.delivery, now,
                                       "max_deliveries")
