@@ -83,5 +83,12 @@ class NotSupported(PerhapError):
     status, slug, title = 501, "not-supported", "Not supported by this backend"
 
 
+class StateTooLarge(PerhapError):
+    """A consumer group's state document would pass its size limit: too many events parked or
+    leased at once. The request was valid; what it would store does not fit (507)."""
+
+    status, slug, title = 507, "group-state-full", "Insufficient Storage"
+
+
 class StorageUnavailable(PerhapError):
     status, slug, title = 503, "storage-unavailable", "Storage unavailable"

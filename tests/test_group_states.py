@@ -20,7 +20,7 @@ import pytest
 from perhap.backends import open_store
 from perhap.backends.cassandra import CassandraStore
 from perhap.backends.cassandra import schema as cschema
-from perhap.errors import InvalidInput, StorageUnavailable
+from perhap.errors import StateTooLarge, StorageUnavailable
 from perhap.store.base import Store
 from perhap.store.states import MAX_STATE_BYTES, StateRecord, StateTable, new_token
 from tests.conftest import get_provider
@@ -113,7 +113,7 @@ async def test_bytes_round_trip_exactly(states: StateTable, realm: str) -> None:
 
 
 async def test_a_document_past_the_limit_is_refused(states: StateTable, realm: str) -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(StateTooLarge):
         await states.put(realm, "g", b"x" * (MAX_STATE_BYTES + 1), new_token(), None)
     assert await states.get(realm, "g") is None and await states.names(realm) == []
 

@@ -17,6 +17,7 @@ from perhap.backends import open_store
 from perhap.groups import ahead as group_ahead
 from perhap.groups import state as group_state
 from perhap.http.app import PerhapApp
+from perhap.store import states as store_states
 from perhap.store.base import Store
 from perhap.testing.conformance.helpers import problem
 from tests.helpers import wait_until
@@ -264,6 +265,28 @@ async def test_an_answer_after_the_lease_ran_out_is_409_though_nobody_took_it(cl
     assert [e["parked_at"] for e in again_listed] == [e["parked_at"] for e in listed]
     s = await stats(client, realm, "once")
     assert (s["parked"], s["acknowledged"]) == (1, 0)
+
+
+
+async def test_a_lease_whose_state_would_not_fit_is_507_not_400(client: httpx.AsyncClient, store: Store,
+                                                                 realm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group's state has a size limit. A valid lease that would take it past the limit is not bad
+    input: 507 (Insufficient Storage) saying what to do, nothing leased, and what shrinks the state
+    (an ack) still goes through."""
+    assert (await put(client, realm)).status_code == 201
+    for i in range(40):
+        await append(client, realm, f"o{i}", i)
+    [one] = await lease(client, realm, "a", max=1)
+    record = await store.group_states().get(realm, "g")
+    assert record is not None
+    limit = len(record.data) + 600  # room for a few leases, not for forty
+    monkeypatch.setattr(store_states, "MAX_STATE_BYTES", limit)
+    r = await client.get(f"/_groups/{realm}/g/events", params={"consumer": "a", "max": 40})
+    body = problem(r, 507)
+    assert body["max_bytes"] == limit and "acknowledge" in body["detail"], body
+    assert (await stats(client, realm))["in_flight"] == 1
+    assert (await ack(client, realm, "a", [one])).status_code == 200
+    assert len(await lease(client, realm, "a", max=2)) == 2
 
 
 async def test_a_backlog_on_one_entity_does_not_stop_the_others(client: httpx.AsyncClient, realm: str,

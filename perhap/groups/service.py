@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import GroupConflict, NotFound, StorageUnavailable
+from ..errors import GroupConflict, NotFound, StateTooLarge, StorageUnavailable
 from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, Event
 from ..store.base import Store
@@ -330,6 +330,10 @@ class Groups:
                 written = not dirty or await self.table.put(realm, name, state.to_bytes(), token, cached.token)
             except BaseException as exc:
                 self._cache.pop(key, None)  # changed in place, maybe not stored
+                if isinstance(exc, StateTooLarge) and len(batch) > 1:
+                    for item in batch:  # one at a time: what shrinks the state (acks) goes through
+                        await self._store(key, [item])
+                    return
                 _answer(batch, [_Failed(exc if isinstance(exc, Exception) else StorageUnavailable("stopped"))]
                         * len(batch))
                 if not isinstance(exc, Exception):

@@ -225,7 +225,8 @@ def _group(summary: str, params: list[dict[str, Any]], body: str | None, require
                                 "text/event-stream": {"schema": {"type": "string"}}}}
     responses = {status: ok, "404": _problem("No such group"), "409": _problem(
         "The group exists with other settings (PUT), or an event is not leased to this consumer now "
-        "(ack, nack): nothing was changed"), "503": _problem("Storage unavailable")}
+        "(ack, nack): nothing was changed"), "503": _problem("Storage unavailable"),
+        "507": _problem("The group's state would pass its size limit (`max_bytes`): nothing was changed")}
     if body is not None:
         responses["413"] = _problem("Body over the size limit")
     if status == "201":

@@ -24,8 +24,18 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: A document is kept small by its writers; backends may refuse much larger ones.
+from ..errors import StateTooLarge
+
+#: A document is kept small by its writers; a larger one is refused (:func:`check_size`).
 MAX_STATE_BYTES = 8 * 1024 * 1024
+
+
+def check_size(data: bytes) -> None:
+    """Every backend's ``put`` first: a document past :data:`MAX_STATE_BYTES` is StateTooLarge."""
+    if len(data) > MAX_STATE_BYTES:
+        raise StateTooLarge(f"a consumer group's state may hold at most {MAX_STATE_BYTES >> 20} MiB "
+                            f"({len(data):,} bytes asked): acknowledge, replay or lease fewer events "
+                            "at a time, or delete the group", max_bytes=MAX_STATE_BYTES)
 
 #: Told of a document another process changed: its (realm, name), or None for "any of them may
 #: have" (notifications were missed). Called on the store's event loop.

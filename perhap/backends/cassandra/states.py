@@ -54,8 +54,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import InvalidInput, StorageUnavailable
-from ...store.states import MAX_STATE_BYTES, StateRecord, StateTable, new_token
+from ...errors import StorageUnavailable
+from ...store.states import StateRecord, StateTable, check_size, new_token
 from .driver import Driver, Statement, gather
 from .records import Namespace
 
@@ -131,8 +131,7 @@ class CassandraStates(StateTable):
         return [(r, n) for r, n in listed if (r, n) in live]
 
     async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        if len(data) > MAX_STATE_BYTES:
-            raise InvalidInput(f"a state document may hold at most {MAX_STATE_BYTES >> 20} MiB")
+        check_size(data)
         key = (self.ns.stored(realm), name)
         if expected is None:
             # Listed before the document may exist: names() never misses a document.

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ...errors import InvalidInput, StorageUnavailable
-from ...store.states import MAX_STATE_BYTES, StateRecord, StateTable, Watcher, new_token
+from ...errors import StorageUnavailable
+from ...store.states import StateRecord, StateTable, Watcher, check_size, new_token
 from .connection import DB_ERRORS, LOST, AnyConnection, Pool
 from .schema import STATES_CHANNEL
 from .writer import DURABLE
@@ -91,8 +91,7 @@ class PostgresStates(StateTable):
         return [(r[0], r[1]) for r in rows]
 
     async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        if len(data) > MAX_STATE_BYTES:
-            raise InvalidInput(f"a state document may hold at most {MAX_STATE_BYTES >> 20} MiB")
+        check_size(data)
         if expected is None:
             return await self._write(realm, name, token, CREATE, realm, name, token, data, self._origin)
         return await self._write(realm, name, token, REPLACE, realm, name, token, data, expected, self._origin)

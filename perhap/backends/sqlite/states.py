@@ -26,8 +26,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from ...errors import InvalidInput, StorageUnavailable
-from ...store.states import MAX_STATE_BYTES, StateRecord, StateTable
+from ...errors import StorageUnavailable
+from ...store.states import StateRecord, StateTable, check_size
 from .schema import connect
 
 _T = TypeVar("_T")
@@ -85,8 +85,7 @@ class SQLiteStates(StateTable):
         return await self.reads(run)
 
     async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        if len(data) > MAX_STATE_BYTES:
-            raise InvalidInput(f"a state document may hold at most {MAX_STATE_BYTES >> 20} MiB")
+        check_size(data)
         if expected is None:
             return await self._write("INSERT OR IGNORE INTO perhap_groups (realm, name, token, data) "
                                      "VALUES (?, ?, ?, ?)", (realm, name, token, data))
