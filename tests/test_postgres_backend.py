@@ -748,6 +748,65 @@ async def test_a_read_that_times_out_waits_its_timeout_once(pg_url: str) -> None
         assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [1]
 
 
+
+class _FreezingProxy:
+    """A TCP relay to the real server that can stop passing bytes on, without closing anything:
+    to the client, a server (or network) that hangs. New connections are accepted, and hang too."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_read_from_a_hung_server_answers_after_its_timeout_once(pg_url: str) -> None:
+    """A server that stops answering (a network dropping packets): a read is a 503 after
+    ``timeout``. asyncpg cancels the statement by another connection, which to a hung server waits
+    as long again before the first is given back: the answer does not wait for that (it took two)."""
+    match = re.match(r"postgresql://([^@]+)@([^:/]+):(\d+)/(.+)", pg_url)
+    assert match is not None, pg_url
+    user, host, port, rest = match.groups()
+    proxy = _FreezingProxy(host, int(port))
+    relay_port = await proxy.start()
+    sep = "&" if "?" in rest else "?"
+    try:
+        async with open_store(f"postgresql://{user}@127.0.0.1:{relay_port}/{rest}{sep}timeout=1") as store:
+            await store.append("r", "d", "e", "t", 1)
+            proxy.flowing.clear()
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable, match="unavailable"):
+                await store.read(Scope("r", "d", "e"))
+            took = time.monotonic() - started
+            proxy.flowing.set()
+            assert 0.9 < took < 1.7, took  # one timeout (it took 2 s: the cancellation's too)
+            assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [1]
+    finally:
+        proxy.flowing.set()
+        proxy.close()
+
+
 async def test_two_stores_stay_exact_on_a_database_whose_default_isolation_is_stricter(pg_url: str) -> None:
     """A database set to REPEATABLE READ (or SERIALIZABLE) by default: perhap's connections read
     committed all the same, so two stores appending to one realm at once never collide on a

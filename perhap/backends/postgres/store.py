@@ -274,8 +274,21 @@ class PostgresStore(Store):
             raise StorageUnavailable("the store is closed")
         for attempt in range(2):
             try:
-                async with pool.acquire(timeout=self.timeout) as conn:
+                conn = await pool.acquire(timeout=self.timeout)
+                held = True
+                try:
                     return await conn.fetch(sql, *args)
+                except TimeoutError:
+                    # asyncpg cancels the statement by a connection of its own, and gives this one
+                    # back once that is done: from a hung server, another ``timeout`` later. The
+                    # answer does not wait for that clean-up (the first timeout told it enough).
+                    _RELEASING.add(task := asyncio.ensure_future(pool.release(conn)))
+                    task.add_done_callback(_released)
+                    held = False
+                    raise
+                finally:
+                    if held:
+                        await pool.release(conn)
             except LOST as exc:
                 # A pooled connection may have died with a restarted server: one retry takes a
                 # fresh one, and fails fast if the server is really away. Not after a timeout: it
@@ -355,3 +368,13 @@ class PostgresStore(Store):
 async def open_postgres(url: str) -> PostgresStore:
     """Open (and on first use create) a perhap store in the database the URL names."""
     return await PostgresStore(url).open()
+
+
+#: Connections given back after a statement's timeout, still waiting for its cancellation.
+_RELEASING: set[asyncio.Future[None]] = set()
+
+
+def _released(task: asyncio.Future[None]) -> None:
+    _RELEASING.discard(task)
+    if not task.cancelled():
+        task.exception()  # (retrieved: a connection that could not be given back is the pool's to drop)
