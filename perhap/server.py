@@ -18,7 +18,7 @@ import uvicorn
 
 from .backends import redact
 from .http.app import PerhapApp
-from .http.observer import LISTENER_STATUS
+from .http.observer import LISTENER_BYTES, LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
 from .http.streaming import ABORT_EXTENSION, TIMED_HERE
 from .http.types import ASGIApp
@@ -225,9 +225,10 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
     too_large = _problem_response(b"431 Request Header Fields Too Large", problem_body(
         431, "headers-too-large", STATUS_TITLES[431],
         f"the request line and headers exceed the limit of {max_header} bytes", {"max_header": max_header}))
-    too_slow = _problem_response(b"408 Request Timeout", problem_body(
-        408, "body-timeout", "Request Timeout",
-        f"the body did not arrive within {body_timeout:g} s of the headers", {"body_timeout": body_timeout}))
+    slow_body = problem_body(408, "body-timeout", "Request Timeout",
+                             f"the body did not arrive within {body_timeout:g} s of the headers",
+                             {"body_timeout": body_timeout})
+    too_slow = _problem_response(b"408 Request Timeout", slow_body)
 
     overflow = _problem_response(b"413 Content Too Large", problem_body(
         413, "content-too-large", STATUS_TITLES[413],
@@ -322,6 +323,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 cycle = self.cycle
                 if cycle is not None and not cycle.response_started and not cycle.response_complete:
                     cycle.scope[LISTENER_STATUS] = 408  # type: ignore[literal-required]
+                    cycle.scope[LISTENER_BYTES] = len(slow_body)  # type: ignore[literal-required]
                     cycle.disconnected = True  # the app's receive() now says http.disconnect
                     cycle.message_event.set()  # and whatever it answers goes nowhere
                     self.transport.write(too_slow)

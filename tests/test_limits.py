@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import logging
 import socket
 import ssl
 import subprocess
@@ -202,23 +203,22 @@ def test_blank_lines_between_requests_do_not_hold_a_connection(sqlite_url: str) 
     deadline runs from them, so a client trickling them closes as an idle one does."""
     server = ThreadServer(sqlite_url)
     server.server.config.http = limited_protocol(header_timeout=1.0)
-    with server:
-        with socket.create_connection(("127.0.0.1", server.port)) as conn:
-            conn.sendall(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
-            conn.settimeout(5)
-            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
-            conn.settimeout(0.3)
-            closed = False
-            deadline = time.monotonic() + 20  # a generous bound: the header deadline is 1 s
-            while not closed and time.monotonic() < deadline:
-                try:
-                    conn.sendall(b"\r\n")
-                    closed = conn.recv(100) == b""
-                except TimeoutError:
-                    pass
-                except OSError:
-                    closed = True
-            assert closed
+    with server, socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.settimeout(5)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        conn.settimeout(0.3)
+        closed = False
+        deadline = time.monotonic() + 20  # a generous bound: the header deadline is 1 s
+        while not closed and time.monotonic() < deadline:
+            try:
+                conn.sendall(b"\r\n")
+                closed = conn.recv(100) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+        assert closed
 
 
 def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
@@ -236,10 +236,12 @@ def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
             assert b'"status":400' in body and b"not valid HTTP" in body, body
 
 
-def test_a_body_too_slow_is_408(sqlite_url: str) -> None:
+def test_a_body_too_slow_is_408(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Headers in time, then a body that trickles or stops: 408 problem+json within the body
-    timeout (plus a margin), and the connection is closed; timely bodies are untouched."""
-    server = ThreadServer(sqlite_url)
+    timeout (plus a margin), and the connection is closed; timely bodies are untouched. The
+    access log gives the 408 and the size of its body, not the app's answer that never went out."""
+    caplog.set_level(logging.INFO, "perhap.access")
+    server = ThreadServer(sqlite_url, access_log=True)
     server.server.config.http = _config(server.app, "127.0.0.1", server.port, "warning",
                                         {"body_timeout": 1.0}).http
     with server:
@@ -273,6 +275,8 @@ def test_a_body_too_slow_is_408(sqlite_url: str) -> None:
                 server.port, b"GET /_metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
             assert time.monotonic() < deadline, "the 408s were not counted"
             time.sleep(0.05)
+    logged = [r.access for r in caplog.records if hasattr(r, "access")]  # type: ignore[attr-defined]
+    assert [a["bytes"] for a in logged if a["status"] == 408] == [len(body)] * 3
 
 
 def test_listener_defaults() -> None:

@@ -3,7 +3,10 @@ statistic the store keeps (group commits, size, Cassandra's write attempts ...).
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -85,6 +88,20 @@ async def test_metrics_can_be_off(store: Store) -> None:
 async def test_access_log_alone_wraps_with_the_observer(store: Store) -> None:
     app = PerhapApp(store, metrics=False, access_log=True)
     assert app.stack != app.dispatch
+
+
+async def test_the_access_log_counts_the_body_bytes_sent(store: Store, realm: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """``bytes`` is the size of the body that went out: a GET's, and none for a HEAD (whose body
+    the app makes and the server drops)."""
+    app = PerhapApp(store, metrics=False, access_log=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.post(f"/{realm}/d/e/t", json={"event": "x" * 500})).status_code == 201
+        with caplog.at_level(logging.INFO, "perhap.access"):
+            got = await c.get(f"/{realm}/d/e")
+            assert (await c.head(f"/{realm}/d/e")).status_code == 200
+    lines = [r.access for r in caplog.records if hasattr(r, "access")]  # type: ignore[attr-defined]
+    assert [(a["method"], a["bytes"]) for a in lines] == [("GET", len(got.content)), ("HEAD", 0)]
 
 
 def test_route_templates_are_bounded() -> None:

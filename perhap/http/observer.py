@@ -12,8 +12,10 @@ from .routes import ROUTE_KEY, Route, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("perhap.access")
-#: A scope key perhap's listener sets when it answered the request itself (perhap.server).
+#: Scope keys perhap's listener sets when it answered the request itself (perhap.server): the
+#: status it sent, and the size of the body it sent instead of the app's.
 LISTENER_STATUS = "perhap.status"
+LISTENER_BYTES = "perhap.bytes"
 
 
 class Observer:
@@ -50,8 +52,13 @@ class Observer:
             route: Route | None = scope.get(ROUTE_KEY)
             if route is None:
                 route = route_of(scope.get("raw_path") or scope["path"].encode("utf-8"))
-            # The listener's own answer (a 408 for a body too slow) replaces what the app saw.
-            status = scope.get(LISTENER_STATUS) or status or 500
+            # The listener's own answer (a 408 for a body too slow) replaces what the app saw; a
+            # HEAD's body, made by the app, never went out.
+            if scope.get(LISTENER_STATUS):
+                status, size = scope[LISTENER_STATUS], scope.get(LISTENER_BYTES, 0)
+            elif scope["method"] == "HEAD":
+                size = 0
+            status = status or 500
             if self.metrics is not None:
                 self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed, stream)
             if self.access:
