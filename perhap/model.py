@@ -431,9 +431,10 @@ def _replay(batch: Sequence[NewEvent], entities: Sequence[str], stored: Mapping[
     runs: dict[str, list[int]] = {}
     for e, entity in zip(batch, entities, strict=True):
         old = stored.get(e.event_id)
-        if old is None:
+        if old is None:  # named by an id the client sent and that is stored (not a new one's)
             raise EventIdConflict(
-                e.event_id, "part of this batch was stored before with different content or ids"
+                next(x.event_id for x in batch if x.event_id in stored),
+                "part of this batch was stored before with different content or ids"
             )
         if not e.same_content(old, realm, domain, entity):
             raise EventIdConflict(e.event_id)

@@ -118,8 +118,8 @@ class HTTPContract(BackendContract):
         assert [e["event_id"] for e in events] == ids and [e["version"] for e in events] == [0, 1]
         again = await client.post(f"/{realm}/d/e", json=body)
         assert again.status_code == 200 and again.json() == r.json()
-        partly = {"events": [body["events"][0], {"type": "c", "event": 3}]}
-        problem(await client.post(f"/{realm}/d/e", json=partly), 409)
+        partly = {"events": [{"type": "c", "event": 3}, body["events"][0]]}
+        assert problem(await client.post(f"/{realm}/d/e", json=partly), 409)["event_id"] == ids[0]  # (the id sent)
         conflict = await client.post(f"/{realm}/d/e", json={"events": [{"type": "a", "event": 0}],
                                                              "expected_version": 0})
         assert problem(conflict, 409)["current_version"] == 1
