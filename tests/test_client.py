@@ -524,6 +524,33 @@ def test_subscribe_resumes_after_the_server_restarts(server: ProcessServer, real
     assert len({e.event_id for e in got}) == 6 and retries
 
 
+
+def test_getting_a_dropped_stream_back_waits_out_a_429_and_a_proxys_502_or_504() -> None:
+    """Once a stream was served, the answers that reconnecting may meet while the server still
+    counts the old stream against its limit (429) or restarts behind a proxy (502, 504) are waited
+    out like a 503; before the stream was ever served, they are the caller's to see at once."""
+    from perhap.client.errors import Unavailable
+    from perhap.client.stream import StreamState
+
+    request = httpx.Request("GET", "http://perhap.test/r")
+    state = StreamState(lambda headers: request, "/r", None, None, None)
+
+    def answer(status: int) -> httpx.Response:
+        body = {"type": "urn:perhap:problem:x", "title": "x", "status": status, "detail": "x"}
+        return httpx.Response(status, json=body, request=request)
+
+    for status in (429, 502, 504, 400, 404):
+        with pytest.raises(PerhapClientError):
+            state.opened(answer(status))
+    assert isinstance(state.opened(answer(503)), Unavailable)
+    assert state.opened(httpx.Response(200, request=request)) is None  # served once
+    for status in (429, 502, 503, 504):
+        assert isinstance(state.opened(answer(status)), PerhapClientError), status
+    for status in (400, 401, 404):
+        with pytest.raises(PerhapClientError):
+            state.opened(answer(status))
+
+
 async def test_async_subscribe_against_a_server(server: ProcessServer, realm: str) -> None:
     async with AsyncClient(server.url) as c:
         await c.append(realm, "d", "e", "t", 0)

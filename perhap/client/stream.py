@@ -30,6 +30,10 @@ def stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
                          write=timeout.write, pool=timeout.pool)
 
 
+#: Answers a reconnect waits out (besides 503, which is retried whenever it comes).
+_PASSING_ON_RECONNECT = frozenset({429, 502, 504})
+
+
 class StreamState:
     """One subscription's reconnect state: the request to (re)send, SSE decoding, backoff."""
 
@@ -42,6 +46,7 @@ class StreamState:
         self.on_retry = on_retry
         self.failures = 0
         self.decoder = SSEDecoder()
+        self.was_open = False  # a stream was served once: answers while getting it back are passing
 
     def request(self) -> httpx.Request:
         """The request to send now: it resumes after the last event yielded."""
@@ -56,9 +61,14 @@ class StreamState:
         if response.status_code == 200:
             self.failures = 0
             self.decoder = SSEDecoder()
+            self.was_open = True
             return None
         error = error_from_response(response)
         if isinstance(error, Unavailable):
+            return error
+        # Getting a dropped stream back: the server may still count the old one against its limit
+        # (429) until it notices it gone, and a proxy answers 502 or 504 while the server restarts.
+        if self.was_open and response.status_code in _PASSING_ON_RECONNECT:
             return error
         raise error
 
