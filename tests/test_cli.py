@@ -158,6 +158,29 @@ def test_append_read_keys(server: ProcessServer, realm: str) -> None:
     assert names(f"{realm}/orders/o-1") == ["paid", "placed"]
 
 
+
+def test_negative_numbers_with_an_exponent_are_events_and_a_closed_stdout_is_said_first(
+        server: ProcessServer, realm: str) -> None:
+    """argparse took -1e3 for an option ("the following arguments are required: JSON"); and a
+    command started with stdout closed stored the event, then failed as "unexpected"."""
+    url = ["--url", server.url]
+    for text in ("-1e3", "-1E+3", "-2.5e-1", "-5"):
+        r = run_cli("append", f"{realm}/d/neg/t", text, *url)
+        assert r.returncode == 0, r.stderr
+    got = [e["event"] for e in orjson.loads(httpx.get(f"{server.url}/{realm}/d/neg").content)["events"]]
+    assert got == [-1000.0, -1000.0, -0.25, -5]
+    closed = subprocess.run([sys.executable, "-m", "perhap.cli", "append", f"{realm}/d/closed/t", "1", *url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and b"standard output is closed" in closed.stderr, closed.stderr
+    assert httpx.get(f"{server.url}/{realm}/d/closed").json()["events"] == []  # nothing was sent
+    with open("/dev/full", "wb") as device:
+        full = subprocess.run([sys.executable, "-m", "perhap.cli", "read", f"{realm}/d/neg", *url],
+                              stdout=device, stderr=subprocess.PIPE, timeout=60)
+    assert full.returncode == 1 and full.stderr.decode().strip() == "error: could not write the output: "\
+        "No space left on device", full.stderr
+
+
 def test_read_follows_every_page_and_survives_a_closed_pipe(server: ProcessServer, realm: str) -> None:
     batch = [{"type": "t", "event": {"n": n, "pad": "x" * 500}} for n in range(300)]
     assert httpx.post(f"{server.url}/{realm}/d/e", json={"events": batch}).status_code == 201

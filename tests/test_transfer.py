@@ -520,6 +520,22 @@ def test_copy_killed_mid_way_resumes(tmp_path: Path) -> None:
     assert export_cli(destination) == export_cli(source)  # SQLite to SQLite: the same positions too
 
 
+
+def test_a_copy_whose_reader_goes_away_still_copies_and_verifies_everything(tmp_path: Path) -> None:
+    """`perhap copy ... | head -1`: the reader leaving stops what the copy prints, not the copy; its
+    exit status still says whether every realm was copied and verified (it exited 0 part-way)."""
+    source, destination = f"sqlite:///{tmp_path}/src.db?synchronous=normal", f"sqlite:///{tmp_path}/dst.db"
+    asyncio.run(_fill_url(source, 100, 10))  # (many realms: the reader leaves long before the end)
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "copy", "--from", source, "--to", destination],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    assert proc.wait(120) == 0 and first.startswith(b"copied realm")
+    assert proc.stderr.read() == b""
+    assert export_cli(destination) == export_cli(source)
+
+
 async def _realms(url: str) -> list[str]:
     async with open_store(url) as store:
         return (await store.keys()).keys

@@ -102,6 +102,10 @@ class _Version(argparse.Action):
 Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
+#: A negative JSON number, exponent and all: an argument, not an option.
+_NEGATIVE_NUMBER = re.compile(r"^-(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$|^-\d*\.\d+$")
+
+
 def _command(sub: Subcommands, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
     text = "example:" if len(examples) == 1 else "examples:"
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -217,7 +221,9 @@ def _add_token(sub: Subcommands) -> None:
 def _add_client_commands(sub: Subcommands) -> None:
     append = _command(sub, "append", "append one event; prints its event_id, version, position and timestamp",
                       """perhap append shop/orders/order-17/placed '{"total": 42}'""",
-                      """echo '{"total": 42}' | perhap append shop/orders/order-17/placed - --expected-version -1""")
+                      """echo '{"total": 42}' | perhap append shop/orders/order-18/placed - --expected-version -1""")
+    # argparse takes -1e3 (a JSON number) for an option: its test of a negative number knows no exponent.
+    append._negative_number_matcher = _NEGATIVE_NUMBER
     append.add_argument("target", metavar="REALM/DOMAIN/ENTITY/TYPE", help="where the event goes")
     append.add_argument("event", metavar="JSON", help="the event, any JSON value; - reads it from stdin")
     append.add_argument("--event-id", type=_event_id,

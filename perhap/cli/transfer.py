@@ -206,8 +206,19 @@ def run_copy(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CommandError("--limit must be 1 or more", 2)
 
+    quiet = False
+
     def say(line: str) -> None:
-        print(line, flush=True)
+        # What a copy prints tells how it goes; the copy is the work. A reader that goes away
+        # (`| head -1`) stops the telling, not the copy, whose exit status still says how it ended.
+        nonlocal quiet
+        if quiet:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            quiet = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nothing left to flush at exit)
 
     async def job() -> int:
         async with open_target(source, from_token) as src, open_target(destination, to_token) as dst:
