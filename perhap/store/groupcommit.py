@@ -1,8 +1,11 @@
 """Group commit, written once: a writer takes every job queued while it was busy as one group,
 decides each job's outcome, commits the group with one durable write, then settles every job.
 
-SQLite runs its writer in a thread, PostgreSQL in a task; both take groups with
-:func:`take_group` and hand outcomes back with :func:`settle_group`.
+SQLite runs its event writer and its group-state writer in threads, PostgreSQL its event writer in
+a task; each takes groups with :func:`take_group` and hands outcomes back with :func:`settle_group`.
+A job is anything with the caller's ``loop`` (None: a caller on a plain thread, whose future is
+thread-safe) and a ``settle(outcome)`` that skips a caller who stopped waiting: a
+:class:`~perhap.store.job.WriteJob` of events, or a state document's write.
 """
 
 from __future__ import annotations
@@ -10,44 +13,59 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import Callable, Sequence
-
-from ..model import AppendResult
-from .job import WriteJob
+from typing import Any, Protocol, TypeVar
 
 #: Queued after the last job by close(): the writer finishes what came before it, then stops.
 STOP = object()
 #: Events in one group, so one transaction stays short.
 MAX_GROUP_EVENTS = 20_000
 
-Outcome = tuple[WriteJob, AppendResult | BaseException]
+
+class Job(Protocol):
+    """What a writer groups: where its caller waits, and how to answer it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    def settle(self, outcome: Any) -> None: ...
 
 
-def take_group(first: WriteJob, get_nowait: Callable[[], object],
-               max_events: int = MAX_GROUP_EVENTS) -> tuple[list[WriteJob], bool]:
-    """``first`` and whatever queued up after it (up to ``max_events`` events), and whether the
-    queue's STOP was met."""
+J = TypeVar("J", bound=Job)
+
+
+def _events(job: Any) -> int:
+    batch: list[Any] = job.batch
+    return len(batch)
+
+
+def take_group(first: J, get_nowait: Callable[[], object], max_size: int = MAX_GROUP_EVENTS,
+               size: Callable[[J], int] | None = None) -> tuple[list[J], bool]:
+    """``first`` and whatever queued up after it (up to ``max_size``, counted by ``size``: a
+    WriteJob's events when None), and whether the queue's STOP was met."""
+    size = size or _events
     jobs = [first]
-    count = len(first.batch)
-    while count < max_events:
+    count = size(first)
+    kind = type(first)
+    while count < max_size:
         try:
             item = get_nowait()
         except (queue.Empty, asyncio.QueueEmpty):
             break
         if item is STOP:
             return jobs, True
-        assert isinstance(item, WriteJob)
+        assert isinstance(item, kind)
         jobs.append(item)
-        count += len(item.batch)
+        count += size(item)
     return jobs, False
 
 
-def settle_group(outcomes: Sequence[Outcome], *, from_thread: bool) -> None:
+def settle_group(outcomes: Sequence[tuple[J, Any]], *, from_thread: bool) -> None:
     """Settle every job of a group. From a writer thread: one wake-up per event loop."""
     if not from_thread:
         for job, outcome in outcomes:
             job.settle(outcome)
         return
-    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[J, Any]]] = {}
     for item in outcomes:
         loop = item[0].loop
         if loop is None:  # a caller on a plain thread: its future is thread-safe, settle it here
@@ -61,6 +79,6 @@ def settle_group(outcomes: Sequence[Outcome], *, from_thread: bool) -> None:
             pass
 
 
-def _settle_all(outcomes: Sequence[Outcome]) -> None:
+def _settle_all(outcomes: Sequence[tuple[Job, Any]]) -> None:
     for job, outcome in outcomes:
         job.settle(outcome)

@@ -6,7 +6,8 @@ an INSERT OR IGNORE for a create; the number of rows it changed says whether it 
 Writes go to a thread of their own with a connection of its own, never to the event loop: a
 commit waits for its fsync (``synchronous`` as for appends, FULL by default), and for the file's
 write lock while the event writer holds it (the connection's busy timeout). Like the event writer,
-the thread commits every write queued while it was busy in one transaction (group commit), each
+and with its machinery (:mod:`perhap.store.groupcommit`), the thread commits every write queued
+while it was busy in one transaction (group commit), each
 statement deciding its own write: writes to different documents share one fsync, and two writes
 to one document are decided in the order they were queued. A failed transaction fails each of its
 writes, none of which was then stored.
@@ -24,15 +25,15 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ...errors import StorageUnavailable
+from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.states import StateRecord, StateTable, check_size
 from .schema import connect
 
 _T = TypeVar("_T")
 
-STOP = object()  # queued by close(): the thread finishes the writes queued before it, then ends
 MAX_GROUP = 1000  # writes in one transaction
 
 
@@ -42,10 +43,26 @@ class Reads(Protocol):
     def __call__(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]: ...
 
 
-class _Write(NamedTuple):
-    sql: str
-    args: tuple[Any, ...]
-    future: asyncio.Future[bool]
+class _Write:
+    """One statement on its way to the thread, and its outcome (applied or not) on the way back."""
+
+    __slots__ = ("sql", "args", "future")
+
+    def __init__(self, sql: str, args: tuple[Any, ...], future: asyncio.Future[bool]) -> None:
+        self.sql, self.args, self.future = sql, args, future
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.future.get_loop()
+
+    def settle(self, outcome: bool | BaseException) -> None:
+        """On the caller's loop: a caller that stopped waiting is skipped."""
+        if self.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
 
 
 class SQLiteStates(StateTable):
@@ -127,22 +144,12 @@ class SQLiteStates(StateTable):
             conn = connect(self.path, synchronous=self.synchronous)
             stop = False
             while not stop:
-                group: list[_Write] = []
-                item = self._writes.get()
-                while True:
-                    if item is STOP:
-                        stop = True
-                        break
-                    assert isinstance(item, _Write)
-                    group.append(item)
-                    if len(group) == MAX_GROUP:
-                        break
-                    try:  # what queued up meanwhile
-                        item = self._writes.get_nowait()
-                    except queue.Empty:
-                        break
-                if group:
-                    self._commit(conn, group)
+                first = self._writes.get()
+                if first is STOP:
+                    break
+                assert isinstance(first, _Write)
+                group, stop = take_group(first, self._writes.get_nowait, MAX_GROUP, size=_one)
+                self._commit(conn, group)
         except BaseException as exc:  # a bug, or the file cannot be opened: fail what waits
             error = StorageUnavailable(f"the group state thread stopped: {exc!r}")
             raise
@@ -157,7 +164,7 @@ class SQLiteStates(StateTable):
                     except queue.Empty:
                         break
                     if isinstance(item, _Write):
-                        _settle(item, error)
+                        settle_group([(item, error)], from_thread=True)
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Write]) -> None:
         """Decide every write of the group in one transaction, commit it with one fsync, answer."""
@@ -174,22 +181,8 @@ class SQLiteStates(StateTable):
                 except sqlite3.Error:
                     pass
             outcomes = [StorageUnavailable(f"write failed: {exc}")] * len(group)
-        for write, outcome in zip(group, outcomes, strict=True):
-            _settle(write, outcome)
+        settle_group(list(zip(group, outcomes, strict=True)), from_thread=True)
 
 
-def _settle(write: _Write, outcome: bool | BaseException) -> None:
-    """Hand an outcome to the loop of the write's caller (from the thread)."""
-    try:
-        write.future.get_loop().call_soon_threadsafe(_set, write.future, outcome)
-    except RuntimeError:  # that loop is closed: nobody waits for the outcome
-        pass
-
-
-def _set(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
-    if future.done():  # its caller stopped waiting
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _one(write: _Write) -> int:
+    return 1
