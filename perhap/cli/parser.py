@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from ..auth import TOKEN_PREFIX
 from ..errors import InvalidInput
+from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..ids import check_event_id
 from ..limits import (
     DEFAULT_BODY_TIMEOUT,
@@ -315,12 +316,13 @@ def _add_group(sub: Subcommands) -> None:
     create.add_argument("--start", type=parse_start, default="beginning", metavar="WHERE",
                         help="beginning (default), end (only events appended from now on), or a position "
                              "(the first event delivered is the first at or after it)")
-    create.add_argument("--ack-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="a lease not acknowledged this long goes back to the group (default 30)")
-    create.add_argument("--max-deliveries", type=int, default=5, metavar="N",
-                        help="deliveries before an unacknowledged event is parked (default 5)")
-    create.add_argument("--max-in-flight", type=int, default=1000, metavar="N",
-                        help="unacknowledged leases one consumer may hold (default 1000)")
+    create.add_argument("--ack-timeout", type=float, default=DEFAULT_ACK_TIMEOUT, metavar="SECONDS",
+                        help="a lease not acknowledged this long goes back to the group "
+                             f"(default {DEFAULT_ACK_TIMEOUT:g})")
+    create.add_argument("--max-deliveries", type=int, default=DEFAULT_MAX_DELIVERIES, metavar="N",
+                        help=f"deliveries before an unacknowledged event is parked (default {DEFAULT_MAX_DELIVERIES})")
+    create.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, metavar="N",
+                        help=f"unacknowledged leases one consumer may hold (default {DEFAULT_MAX_IN_FLIGHT})")
     create.add_argument("--json", action="store_true", help="print the group object as JSON")
     create.set_defaults(run=run_group_create)
 

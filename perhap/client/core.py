@@ -18,7 +18,7 @@ import orjson
 from ..errors import InvalidInput
 from ..ids import check_event_id
 from ..jsoncodec import dump_json
-from ..model import AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
+from ..model import DEFAULT_LIMIT, AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
 from ..store.query import read_query
 from .errors import NotFound, unexpected
 from .stream import RetryHook, StreamState, stream_timeout
@@ -26,7 +26,7 @@ from .wire import Params, appended_from_dict, event_from_dict, json_body, path, 
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = DEFAULT_LIMIT
 
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
@@ -177,8 +178,8 @@ class Client(GroupCore[httpx.Client]):
 
     def create_group(self, realm: str, group: str, *, domain: str | None = None,
                      types: Sequence[str] | None = None, start: str | int = "beginning",
-                     ack_timeout: float = 30, max_deliveries: int = 5,
-                     max_in_flight: int = 1000) -> dict[str, Any]:
+                     ack_timeout: float = DEFAULT_ACK_TIMEOUT, max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> dict[str, Any]:
         """Create a consumer group of the realm (of ``domain``, of ``types`` when given); the group
         object. Creating it again with the same settings is fine; other settings raise
         :class:`~perhap.client.errors.GroupConflict`, whose detail names them.

@@ -33,7 +33,7 @@ from eventsourcing.persistence import DataError, Notification, StoredEvent
 from ..errors import InvalidInput
 from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json
 from ..limits import DEFAULT_MAX_DEPTH, check_depth
-from ..model import Event, NewEvent, check_name, new_event
+from ..model import MAX_NAME_BYTES, Event, NewEvent, check_name, new_event
 from ..store.query import MAX_TYPES
 
 #: The deepest JSON state stored as JSON: a request carries an event three levels down
@@ -69,8 +69,8 @@ def entity_name(originator_id: UUID | str) -> str:
     if _is_plain_name(originator_id):
         return originator_id
     escaped = "~" + _b64(originator_id)
-    if len(escaped) > 255:
-        raise DataError(f"originator id too long for perhap (at most 255 bytes, or 190 when it needs "
+    if len(escaped) > MAX_NAME_BYTES:
+        raise DataError(f"originator id too long for perhap (at most {MAX_NAME_BYTES} bytes, or 190 when it needs "
                         f"escaping): {originator_id[:40]!r}...")
     return escaped
 

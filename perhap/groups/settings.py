@@ -12,6 +12,13 @@ from ..model import MAX_POSITION, Scope, check_name
 from ..store.query import MAX_TYPES
 
 MAX_ACK_TIMEOUT = 86_400.0  # a day: a longer lease is a lost consumer, not a slow one
+#: The settings a PUT (the client, the CLI) leaves out.
+DEFAULT_ACK_TIMEOUT = 30.0
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_MAX_IN_FLIGHT = 1000
+#: Events one lease (GET .../events) takes when its ``max`` is left out, and its longest ``wait``.
+DEFAULT_LEASE_MAX = 100
+MAX_LEASE_WAIT = 300.0
 MAX_DELIVERIES = 1000
 MAX_IN_FLIGHT = 10_000
 STARTS = ("beginning", "end")
@@ -26,9 +33,9 @@ class GroupSettings:
     domain: str | None = None
     types: tuple[str, ...] | None = None
     start: str | int = "beginning"
-    ack_timeout: float = 30.0
-    max_deliveries: int = 5
-    max_in_flight: int = 1000
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> GroupSettings:
@@ -40,9 +47,10 @@ class GroupSettings:
         if domain is not None:
             domain = check_name(domain, "domain")
         return cls(domain, _types(body.get("types")), _start(body.get("start", "beginning")),
-                   _number(body.get("ack_timeout", 30), "ack_timeout", 0.0, MAX_ACK_TIMEOUT, exclusive=True),
-                   _count(body.get("max_deliveries", 5), "max_deliveries", MAX_DELIVERIES),
-                   _count(body.get("max_in_flight", 1000), "max_in_flight", MAX_IN_FLIGHT))
+                   _number(body.get("ack_timeout", DEFAULT_ACK_TIMEOUT), "ack_timeout", 0.0, MAX_ACK_TIMEOUT,
+                           exclusive=True),
+                   _count(body.get("max_deliveries", DEFAULT_MAX_DELIVERIES), "max_deliveries", MAX_DELIVERIES),
+                   _count(body.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT), "max_in_flight", MAX_IN_FLIGHT))
 
     def to_json(self) -> dict[str, Any]:
         timeout = self.ack_timeout

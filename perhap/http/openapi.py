@@ -12,15 +12,16 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from ..groups.settings import MAX_ACK_TIMEOUT, MAX_DELIVERIES, MAX_IN_FLIGHT
-from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_POSITION, MAX_VERSION
+from ..groups.settings import DEFAULT_LEASE_MAX, MAX_ACK_TIMEOUT, MAX_DELIVERIES, MAX_IN_FLIGHT, MAX_LEASE_WAIT
+from ..model import DEFAULT_LIMIT, MAX_BATCH, MAX_LIMIT, MAX_NAME_BYTES, MAX_POSITION, MAX_VERSION
 from ..store.query import MAX_TYPES
 from .routes import ROUTES, Kind, Operation, Route
 
 # 'keys', '.' and '..' are excluded by the pattern (not by "not": some generators ignore "not" in
 # parameters). maxLength counts characters; the limit is 255 bytes of UTF-8 (JSON Schema has no
 # byte length: the description says it).
-NAME = {"type": "string", "minLength": 1, "maxLength": 255, "description": "1 to 255 bytes of UTF-8",
+NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES,
+        "description": f"1 to {MAX_NAME_BYTES} bytes of UTF-8",
         "pattern": "^(?!keys$)(?!\\.\\.?$)[^/\\x00-\\x1f\\x7f-\\x9f]+$"}
 REALM = {**NAME, "pattern": "^(?!keys$)(?!\\.\\.?$)[^_/\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*$"}
 #: Any JSON value. Integers of up to 4,300 digits are kept exactly; a float that would become an
@@ -61,14 +62,14 @@ Q_AFTER_VERSION = _param("after_version", "query", {"type": "integer", "minimum"
 Q_UNTIL_VERSION = _param("until_version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
                          "Only the entity's events with a version up to this one (not below after_version).")
 Q_AFTER = _param("after", "query", {"type": "string"}, "Only names sorting after this one.")
-CONSUMER = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
-            "description": "Any id the worker chooses: 1 to 255 bytes of UTF-8, no control characters."}
+CONSUMER = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+            "description": f"Any id the worker chooses: 1 to {MAX_NAME_BYTES} bytes of UTF-8, no control characters."}
 P_GROUP = _param("group", "path", NAME, "Consumer group name.")
 Q_CONSUMER = _param("consumer", "query", CONSUMER, "The consumer taking the events: it holds their leases.",
                     required=True)
-Q_MAX = _param("max", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+Q_MAX = _param("max", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LEASE_MAX},
                "Lease at most this many events (a consumer never holds more than the group's max_in_flight).")
-Q_WAIT = _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 300, "default": 0},
+Q_WAIT = _param("wait", "query", {"type": "number", "minimum": 0, "maximum": MAX_LEASE_WAIT, "default": 0},
                 "Seconds to wait for at least one event (long poll); ignored by a stream.")
 #: Consumer-group operations: (request body schema, whether the body is required, success status,
 #: answer schema, what it answers).

@@ -14,6 +14,7 @@ from typing import Any
 
 from ...errors import InvalidInput
 from ...groups import GroupSettings, check_group_name
+from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
@@ -32,9 +33,7 @@ from ..streaming import (
 )
 from ..types import Send
 
-DEFAULT_MAX = 100
 NACK_ACTIONS = ("retry", "park", "release")
-MAX_WAIT = 300.0
 
 
 def _names(req: Request, permission: str) -> tuple[str, str]:
@@ -225,7 +224,7 @@ def _event_ids(body: dict[str, Any], *, required: bool) -> list[str] | None:
 
 def _max(text: str | None) -> int:
     if text is None:
-        return DEFAULT_MAX
+        return DEFAULT_LEASE_MAX
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {text[:40]!r}")
     return int(text)
@@ -238,6 +237,6 @@ def _wait(text: str | None) -> float:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not 0 <= seconds <= MAX_WAIT:  # NaN fails this too
-        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {text[:40]!r}")
+    if not 0 <= seconds <= MAX_LEASE_WAIT:  # NaN fails this too
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_LEASE_WAIT:g}, got {text[:40]!r}")
     return seconds
