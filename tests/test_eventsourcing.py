@@ -11,6 +11,7 @@ import gc
 import json
 import random
 import signal
+import sys
 import threading
 import time
 import unicodedata
@@ -360,7 +361,10 @@ def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    time.sleep(0.2)  # the thread waits in next()
+    deadline = time.monotonic() + 30
+    while not _inside(waiter, "__next__"):  # the thread waits in next()
+        assert time.monotonic() < deadline and waiter.is_alive(), outcome
+        time.sleep(0.01)
     factory.close()
     waiter.join(5)
     assert not waiter.is_alive(), "next() still waits after the factory closed"
@@ -717,3 +721,13 @@ def test_without_the_library_the_import_says_what_to_install() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "pip install 'eventsourcing>=9.5,<9.6'" in r.stderr and "'.[eventsourcing]'" in r.stderr, r.stderr
+
+
+def _inside(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is running ``function`` now (somewhere in its stack)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False

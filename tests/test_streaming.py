@@ -81,10 +81,26 @@ def test_a_stream_whose_client_stopped_reading_does_not_hold_the_shutdown(backen
             for b in range(12):
                 events = [{"type": "t", "event": {"n": b * 200 + i, "pad": pad}} for i in range(200)]
                 assert httpx.post(f"{server.url}/{realm}/d/e", json={"events": events}, timeout=60).status_code == 201
-            time.sleep(0.5)  # the stream has filled the socket's buffers and waits on its client
+            # The stream has filled the socket's buffers and waits on its client: what it sent
+            # lies unread in this end's small buffer.
+            deadline = time.monotonic() + 30
+            while _unread(conn) < 2048:
+                assert time.monotonic() < deadline, "the stream sent nothing"
+                time.sleep(0.02)
             started = time.monotonic()
             code, log = server.terminate()
             assert time.monotonic() - started < 10, log
             assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
         finally:
             conn.close()
+
+
+def _unread(conn: Any) -> int:
+    """Bytes received on a socket and not read yet."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    fcntl.ioctl(conn.fileno(), termios.FIONREAD, count)
+    return count[0]
