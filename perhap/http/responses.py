@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ..auth import hide_tokens
+from ..errors import NotFound
 from ..jsoncodec import dump_json
 from .types import Headers, Send
 
@@ -17,7 +18,8 @@ PROBLEM = [(b"content-type", b"application/problem+json")]
 # Every JSON body ends with a newline: a terminal's prompt then starts on its own line after curl,
 # and line-oriented tools (jq -c, wc -l, grep) see one complete line. Parsers ignore it; it costs a byte.
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
-STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+# (404's type is not-found whoever answers: a route, or the store's NotFound, so one title for both.)
+STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: NotFound.title,
                  405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
                  429: "Too Many Requests", 431: "Request Header Fields Too Large",
                  500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}

@@ -269,8 +269,11 @@ class HTTPContract(BackendContract):
         assert r.status_code == 201
 
     async def test_unknown_routes_are_404(self, client: httpx.AsyncClient, realm: str) -> None:
-        problem(await client.get(f"/{realm}/d/e/t/extra"), 404)
+        no_route = problem(await client.get(f"/{realm}/d/e/t/extra"), 404)
         problem(await client.get("/_nothing"), 404)
+        # One problem type, one title, whoever answers it: the router, or the store (no such event).
+        no_event = problem(await client.get(f"/{realm}/d", params={"following": str(uuid.uuid4())}), 404)
+        assert (no_route["type"], no_route["title"]) == (no_event["type"], no_event["title"])
         problem(await client.get("/keys/more"), 400)  # 'keys' is not a realm name
         problem(await client.get("/_health/more"), 400)  # nor is '_health'
 
