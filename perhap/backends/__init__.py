@@ -7,6 +7,8 @@ only when a URL names it, so a driver that is not installed costs nothing until 
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections.abc import Generator
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
@@ -126,8 +128,10 @@ async def _open(url: str) -> Store:
 
 
 def _install(package: str, extra: str) -> str:
-    """The command that installs a backend's driver (perhap itself is installed from a checkout)."""
-    return f"pip install {package}, or pip install '.[{extra}]' in a perhap checkout"
+    """The command that installs a backend's driver into the Python running perhap (a bare
+    ``pip`` may be another one: Debian's refuses, outside the virtual environment perhap is in)."""
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    return f"{pip} {package}, or {pip} '.[{extra}]' in a perhap checkout"
 
 
 class open_store:

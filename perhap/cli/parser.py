@@ -222,7 +222,9 @@ def _add_token(sub: Subcommands) -> None:
 def _add_client_commands(sub: Subcommands) -> None:
     append = _command(sub, "append", "append one event; prints its event_id, version, position and timestamp",
                       """perhap append shop/orders/order-17/placed '{"total": 42}'""",
-                      """echo '{"total": 42}' | perhap append shop/orders/order-18/placed - --expected-version -1""")
+                      # (a chosen event id: the example may run twice, the second time a replay)
+                      """echo '{"amount": 42}' | perhap append shop/orders/order-17/paid - """
+                      "--event-id 7c9e6679-7425-40de-944b-e07fc1f90ae7")
     # argparse takes -1e3 (a JSON number) for an option: its test of a negative number knows no exponent.
     append._negative_number_matcher = _NEGATIVE_NUMBER
     append.add_argument("target", metavar="REALM/DOMAIN/ENTITY/TYPE", help="where the event goes")
