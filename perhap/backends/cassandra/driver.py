@@ -166,7 +166,10 @@ class Driver:
                     raise unavailable(exc) from None
                 await asyncio.sleep(random.uniform(*CONTENDED_PAUSE))
             except InvalidRequest as exc:
-                if "too large" in str(exc).lower() or "mutation" in str(exc).lower():
+                text = str(exc).lower()
+                # (a mutation over max_mutation_size, or a message over the node's own cap,
+                # native_transport_max_message_size, which a small heap makes lower)
+                if "too large" in text or "mutation" in text or "exceeds allowed maximum" in text:
                     raise InvalidInput(f"the batch is too large for Cassandra: {exc}") from None
                 raise
             except DRIVER_ERRORS as exc:

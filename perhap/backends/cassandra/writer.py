@@ -36,6 +36,9 @@ from .schema import ERA, Keyspace
 from .settle import Settler
 
 MAX_BATCH_BYTES = 12 << 20  # one Paxos mutation must stay under Cassandra's max_mutation_size
+#: What a row adds to its event's JSON in the batch's message (ids, stamps, positions, names):
+#: counted, so that a batch under MAX_BATCH_BYTES also fits a node's 13.4 MB message cap.
+ROW_OVERHEAD = 160
 MAX_HEADS = 100_000  # entity heads remembered
 STEP1_SAMPLES = 2048  # pending-row timings kept for the statistics
 SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending rows, others the per-row one
@@ -94,8 +97,9 @@ class Writer:
 
     async def write(self, key: EntityKey, batch: list[NewEvent], expected: int | None) -> AppendResult:
         """Append a batch to an entity (its realm as stored)."""
-        if sum(len(e.data_json) + len(e.meta_json) for e in batch) > MAX_BATCH_BYTES:
-            raise InvalidInput(f"a batch may hold at most {MAX_BATCH_BYTES >> 20} MiB of events here")
+        if sum(len(e.data_json) + len(e.meta_json) + ROW_OVERHEAD for e in batch) > MAX_BATCH_BYTES:
+            raise InvalidInput(f"a batch may hold at most {MAX_BATCH_BYTES >> 20} MiB of events here "
+                               f"(each event's JSON and meta, and {ROW_OVERHEAD} bytes of its row)")
         slot = self.locks.setdefault(key, EntityLock())
         slot.users += 1
         try:
