@@ -30,8 +30,10 @@ from perhap.auth import add_token
 from perhap.client import stream as stream_module
 from perhap.eventsourcing import Factory, PerhapApplicationRecorder
 from perhap.eventsourcing.mapping import ESCAPED_TOPIC_TYPE
+from perhap.model import new_event
 from tests.conftest import BACKENDS, get_provider
 from tests.es_helpers import (
+    MODULE,
     Account,
     Account0,
     BankAccounts,
@@ -369,6 +371,44 @@ def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(
     waiter.join(5)
     assert not waiter.is_alive(), "next() still waits after the factory closed"
     assert len(outcome) == 1 and isinstance(outcome[0], es.InterfaceError), outcome
+
+
+
+def test_an_event_not_written_by_the_module_is_a_data_error(target: Target) -> None:
+    """An event appended to the application's domain some other way (the UI's form, curl) is not
+    the library's: reading it is eventsourcing's DataError, not a bare ValueError."""
+    recorder = target.factory(**target.env()).application_recorder()
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    foreign = new_event("comment", {"note": "typed in the UI"})
+    recorder.transport.append(recorder.realm, recorder.domain, "note-1", [foreign], None)
+    with pytest.raises(es.DataError, match="not written by perhap.eventsourcing"):
+        recorder.select_notifications(1, 10)
+
+
+def test_a_forked_child_opens_its_own_store(tmp_path: Path) -> None:
+    """A process forked after its parent used a store in process (preload, then fork workers):
+    the child's factory opens its own store, on a loop of its own (it waited for ever on the
+    parent's loop thread, which a fork does not copy)."""
+    import multiprocessing
+
+    parent = Factory(Environment("TestApp", {**MODULE, "PERHAP_URL": f"sqlite:///{tmp_path}/parent.db"}))
+    parent.application_recorder().insert_events([stored(uuid.uuid4(), 1)])
+    child = multiprocessing.get_context("fork").Process(target=_use_a_store_in_a_child,
+                                                        args=(f"sqlite:///{tmp_path}/child.db",))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    parent.close()
+    assert child.exitcode == 0, child.exitcode
+
+
+def _use_a_store_in_a_child(url: str) -> None:
+    factory = Factory(Environment("TestApp", {**MODULE, "PERHAP_URL": url}))
+    recorder = factory.application_recorder()
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    assert len(recorder.select_notifications(1, 10)) == 1
+    factory.close()
 
 
 def test_a_subscription_perhap_refuses_is_an_eventsourcing_error(target: Target) -> None:

@@ -162,7 +162,7 @@ def decode_state(data_json: bytes, form: str | None) -> bytes:
     try:
         return base64.b64decode(data_json[1:-1], validate=True)
     except binascii.Error:
-        raise ValueError("an event marked as base64 state holds something else") from None
+        raise DataError("an event marked as base64 state holds something else") from None
 
 
 # --------------------------------------------------------------------------- events
@@ -179,16 +179,17 @@ class Recorded:
 
 
 def recorded(event: Event) -> Recorded:
-    """The eventsourcing fields of a stored perhap event; ValueError if it holds none."""
+    """The eventsourcing fields of a stored perhap event; DataError if it holds none (an event
+    appended some other way, through the UI or the API, to the application's domain)."""
     meta: dict[str, Any] = load_json(event.meta_json)
     version = meta.get("originator_version")
     if not isinstance(version, int):
-        raise ValueError(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
-                         "written by perhap.eventsourcing (no originator_version in its meta)")
+        raise DataError(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
+                        "written by perhap.eventsourcing (no originator_version in its meta)")
     topic = meta.get("topic", event.type)
     form = meta.get("state")
     if form not in (None, BASE64, AS_PYTHON_WRITES):
-        raise ValueError(f"event {event.event_id} holds its state in a form this perhap does not know: {form!r}")
+        raise DataError(f"event {event.event_id} holds its state in a form this perhap does not know: {form!r}")
     return Recorded(version, meta.get("uuid") is True, topic, form)
 
 
@@ -245,5 +246,5 @@ def tracking_event(application_name: str, notification_id: int) -> NewEvent:
 def tracking_id(event: Event) -> int:
     value = load_json(event.data_json).get("notification_id")
     if not isinstance(value, int):
-        raise ValueError(f"tracking event {event.event_id} has no notification_id")
+        raise DataError(f"tracking event {event.event_id} has no notification_id")
     return value

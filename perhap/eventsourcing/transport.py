@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -166,6 +167,16 @@ def _loop() -> _LoopThread:
     return _loop_thread
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's loop thread did not come along (a call on it would wait for
+    ever), nor may its stores be used from here; the child opens its own when it needs them."""
+    global _lock, _loop_thread, _stores
+    _lock, _loop_thread, _stores = threading.Lock(), None, {}
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 class InProcess(Transport):
     """A perhap store opened in this process (``sqlite:///``, ``postgresql://``, ``cassandra://``)."""
 
@@ -243,6 +254,8 @@ class InProcess(Transport):
         self._closed = True
         self._end_subscriptions()
         self._release.detach()
+        if self._runner is not _loop_thread:  # opened before this process was forked: the parent's
+            return
         store = _drop_user(self.url)
         if store is not None:
             with translated():
@@ -263,6 +276,8 @@ def _drop_user(url: str) -> Store | None:
 def _forget(url: str, runner: _LoopThread) -> None:
     """A factory collected without close(): its store closes on its loop when it was the last
     user, not waited for (a finalizer may run on any thread, the loop's own included)."""
+    if runner is not _loop_thread:  # opened before this process was forked: the parent's
+        return
     store = _drop_user(url)
     if store is not None:
         asyncio.run_coroutine_threadsafe(store.close(), runner.loop)
