@@ -200,6 +200,8 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+#: Seconds a connection the listener closed (a deadline passed) may take to go; then it is cut.
+CLOSE_GRACE = 1.0
 #: What a request line and head hold beside the method, the URL and the headers: " ", " HTTP/1.1",
 #: CRLF, and the CRLF of the blank line. (A header counts its name, value and ": " CRLF.)
 _REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
@@ -242,6 +244,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _in_message = False
         _raw_head = 0  # bytes of reads that ended inside a head (or between requests)
         _steps = 0  # heads and messages completed on this connection
+        _lost = False
         _too_large = False
         _deadline: Any = None
         _body_deadline: float | None = None  # loop time; None until the headers are complete
@@ -297,6 +300,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 self._arm(header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._lost = True
             self._disarm()
             self._cancel_write_deadline()
             super().connection_lost(exc)
@@ -328,6 +332,13 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                     cycle.message_event.set()  # and whatever it answers goes nowhere
                     self.transport.write(too_slow)
             self.transport.close()
+            # Over TLS, close() waits for the client's close_notify (asyncio gives it 30 s), and the
+            # connection keeps its slot meanwhile: a client that sends none is cut off a second on.
+            self.loop.call_later(CLOSE_GRACE, self._abort_unless_lost)
+
+        def _abort_unless_lost(self) -> None:
+            if not self._lost:
+                self.transport.abort()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -376,6 +376,50 @@ def test_tls(tmp_path: Path) -> None:
     assert f"https://127.0.0.1:{port}".encode() in out
 
 
+
+def test_a_tls_connection_cut_by_the_body_deadline_gives_its_slot_back(tmp_path: Path) -> None:
+    """Over TLS, closing waits for the client's close_notify (asyncio allows 30 s): a client that
+    trickles a body and never answers kept its --max-connections slot that long after its 408.
+    The listener cuts such a connection a second after closing it."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
+                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key),
+                             "--body-timeout", "1", "--max-connections", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(cert))
+    held = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2).status_code == 200
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        held.sendall(b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        assert held.recv(65536).startswith(b"HTTP/1.1 408")  # and from here on this client does nothing
+        served_at = None
+        started = time.monotonic()
+        while served_at is None and time.monotonic() - started < 25:
+            try:
+                if httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=5).status_code == 200:
+                    served_at = time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert served_at is not None and served_at < 10, served_at  # (it was about 30 s)
+    finally:
+        if held is not None:
+            held.close()
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 def test_tls_options_must_come_together(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--tls-cert", str(tmp_path / "c.pem")],
                        capture_output=True, text=True, timeout=60)
