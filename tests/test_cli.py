@@ -101,6 +101,20 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "the event on stdin is not valid JSON" in one_error_line(r) and r.returncode == 2
 
 
+
+def test_a_mistyped_option_points_to_its_command_s_help_and_a_port_in_host_is_named() -> None:
+    """An option a command does not take was reported from the top ("see perhap --help", whose
+    help does not list it); a port or a URL given to --host was judged as a host name (refused as
+    needing --auth, then as a name that does not resolve)."""
+    r = run_cli("read", "shop", "--ulr", "http://127.0.0.1:1")
+    assert one_error_line(r).endswith("(see perhap read --help)") and r.returncode == 2, r.stderr
+    assert "--ulr" in one_error_line(r)
+    for host, told in (("127.0.0.1:8000", "--port 8000"), ("[::1]:8000", "--port 8000"),
+                       ("http://127.0.0.1", "not a URL")):
+        r = run_cli("serve", "--host", host, "--port", str(free_port()))
+        assert told in one_error_line(r) and r.returncode == 2, (host, r.stderr)
+
+
 def test_no_command_is_a_one_line_usage_error() -> None:
     """No arguments are bad arguments: one error line on stderr pointing at --help, exit 2 (it
     printed 37 lines of help on stdout)."""

@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``perhap`` with ``argv`` (default: the process's); return the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_command(argv)
         run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
         if run is None:  # a usage error like any other: usage and one error line, on stderr
             parser.error("a command is needed")

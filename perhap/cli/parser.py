@@ -76,9 +76,22 @@ def _expected_version(text: str) -> int:
     return version
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
+    """argparse, with perhap's one-line usage errors."""
+
     def error(self, message: str) -> NoReturn:  # one line, no usage dump: the help says the rest
         raise CommandError(f"{self.prog}: {_hide_secrets(message)} (see {self.prog} --help)", 2)
+
+    def parse_command(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """``parse_args``, but arguments the command does not take point to that command's help
+        (argparse reports them from the top, whose help does not list the command's options)."""
+        args, extras = self.parse_known_args(argv)
+        if extras:
+            command = getattr(args, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            message = _hide_secrets(f"unrecognized arguments: {' '.join(extras)}")
+            raise CommandError(f"{prog}: {message} (see {prog} --help)", 2)
+        return args
 
 
 class _Version(argparse.Action):
@@ -100,7 +113,7 @@ class _Version(argparse.Action):
 
 
 #: argparse names no public type for it (and the class is not subscriptable at run time).
-Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+Subcommands: TypeAlias = "argparse._SubParsersAction[CommandParser]"
 
 
 #: A negative JSON number, exponent and all: an argument, not an option.
@@ -123,14 +136,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                              "keeps it out of the process list and the shell history)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     """The whole command line: ``perhap COMMAND ...``, each command with its ``run`` function."""
-    parser = _Parser(prog="perhap", description="perhap: an immutable, DDD-inspired event store.",
+    parser = CommandParser(prog="perhap", description="perhap: an immutable, DDD-inspired event store.",
                      epilog="example:\n  perhap serve --db sqlite:///./perhap.db --port 8787\n\n"
                             "every command has --help with an example",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="print perhap's version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     _add_serve(sub)
     _add_token(sub)
     _add_client_commands(sub)
@@ -198,7 +211,7 @@ def _add_token(sub: Subcommands) -> None:
                      "perhap token add --auth tokens.json --realm shop --permission write",
                      "perhap token list --auth tokens.json",
                      "perhap token revoke --auth tokens.json 3f9a01c2")
-    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser, required=True)
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=CommandParser, required=True)
     tadd = _command(tsub, "add", "create a token; prints it once on the first line of stdout (only its hash is kept)",
                     "perhap token add --auth tokens.json --realm shop --permission read",
                     "perhap token add --auth tokens.json --realm '*' --permission admin")
@@ -300,7 +313,7 @@ def _add_group(sub: Subcommands) -> None:
                      "perhap group create shop projector --domain orders --type placed --type paid",
                      "perhap group list shop",
                      "perhap group stats shop projector --json")
-    gsub = group.add_subparsers(dest="group_command", metavar="ACTION", parser_class=_Parser, required=True)
+    gsub = group.add_subparsers(dest="group_command", metavar="ACTION", parser_class=CommandParser, required=True)
 
     def action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
         parser = _command(gsub, name, help, *examples)

@@ -45,6 +45,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise CommandError(f"--{name.replace('_', '-')} must be more than 0 seconds (and finite)", 2)
     if not 0 <= args.write_timeout < math.inf:
         raise CommandError("--write-timeout must be 0 (never) or more seconds (and finite)", 2)
+    _check_host(args.host)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("give --tls-cert and --tls-key together", 2)
     if args.tls_cert is not None:
@@ -212,6 +213,16 @@ def _check_token_file(path: str) -> None:
                         "until `perhap token add --auth %s ...`", path, path)
     except AuthFileError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _check_host(host: str) -> None:
+    """A URL or host:port given to --host is a usage error that says so (it was judged as a host
+    name: refused as needing --auth, then as a name that does not resolve)."""
+    if "://" in host or "/" in host:
+        raise CommandError(f"--host takes a host name or address, not a URL ({host!r}); the port is --port", 2)
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (name.startswith("[") and name.endswith("]") or name and ":" not in name):
+        raise CommandError(f"--host takes a host name or address alone; give the port with --port {port}", 2)
 
 
 def is_loopback(host: str) -> bool:
