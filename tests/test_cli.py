@@ -308,6 +308,15 @@ def test_server_down_is_one_line() -> None:
         assert r.returncode == 1 and "cannot reach http://127.0.0.1:" in line, (args, line)
 
 
+
+def test_https_to_a_plain_server_is_told_to_use_http(server: ProcessServer) -> None:
+    """A server that is running, asked over TLS: "is perhap serve running there?" pointed away
+    from the mistake, the scheme."""
+    r = run_cli("read", "shop", "--url", server.url.replace("http://", "https://"))
+    line = one_error_line(r)
+    assert r.returncode == 1 and "use http://" in line and "running there" not in line, line
+
+
 #: A malformed server or store URL, and what the one line must say (exit 2, before anything runs).
 MALFORMED_URLS = [
     (["append", "a/b/c/d", "{}", "--url", "http://[::1"], "--url 'http://[::1' is not a valid URL"),

@@ -67,7 +67,13 @@ def client_error(exc: PerhapError) -> CommandError:
     from ..client.errors import ConnectionFailed, PerhapClientError
 
     if isinstance(exc, ConnectionFailed):
-        return CommandError(f"{exc.one_line()} (is `perhap serve` running there?)")
+        text = exc.one_line()
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text.lower():
+            return CommandError(f"{text} (the server there does not speak TLS: use http://)")
+        if "disconnected without sending a response" in text:  # TLS spoken to, plain HTTP sent
+            return CommandError(f"{text} (is `perhap serve` running there? if it was started with "
+                                "--tls-cert, use https://)")
+        return CommandError(f"{text} (is `perhap serve` running there?)")
     if isinstance(exc, PerhapClientError):
         if exc.status == 401:
             return CommandError(f"{exc.one_line()} (give the token with --token or {TOKEN_ENV})")
