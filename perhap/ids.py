@@ -38,9 +38,10 @@ def _random_bytes(n: int) -> bytes:
 
 
 def _forget_pool() -> None:
-    # A child process must not make the ids its parent will make.
-    global _pool, _pool_at
-    _pool, _pool_at = b"", 0
+    # A child process must not make the ids its parent will make; and the lock, which another
+    # thread of the parent may have held at the fork, is the child's own (else held for ever).
+    global _pool, _pool_at, _lock
+    _pool, _pool_at, _lock = b"", 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)

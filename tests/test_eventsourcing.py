@@ -11,6 +11,7 @@ import gc
 import json
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -33,7 +34,6 @@ from perhap.eventsourcing.mapping import ESCAPED_TOPIC_TYPE
 from perhap.model import new_event
 from tests.conftest import BACKENDS, get_provider
 from tests.es_helpers import (
-    MODULE,
     Account,
     Account0,
     BankAccounts,
@@ -388,27 +388,42 @@ def test_an_event_not_written_by_the_module_is_a_data_error(target: Target) -> N
 def test_a_forked_child_opens_its_own_store(tmp_path: Path) -> None:
     """A process forked after its parent used a store in process (preload, then fork workers):
     the child's factory opens its own store, on a loop of its own (it waited for ever on the
-    parent's loop thread, which a fork does not copy)."""
-    import multiprocessing
+    parent's loop thread, which a fork does not copy); the parent's file stays the parent's. Run
+    in a fresh interpreter: a fork of the test process, with every thread of the suite, would
+    test those threads' locks, not perhap."""
+    code = f"""
+import multiprocessing, sys, uuid
+from eventsourcing.utils import Environment
+from perhap.eventsourcing import Factory
+from tests.es_helpers import MODULE, stored
 
-    parent = Factory(Environment("TestApp", {**MODULE, "PERHAP_URL": f"sqlite:///{tmp_path}/parent.db"}))
-    parent.application_recorder().insert_events([stored(uuid.uuid4(), 1)])
-    child = multiprocessing.get_context("fork").Process(target=_use_a_store_in_a_child,
-                                                        args=(f"sqlite:///{tmp_path}/child.db",))
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-    parent.close()
-    assert child.exitcode == 0, child.exitcode
-
-
-def _use_a_store_in_a_child(url: str) -> None:
-    factory = Factory(Environment("TestApp", {**MODULE, "PERHAP_URL": url}))
+def child(url, refused_url):
+    factory = Factory(Environment("TestApp", {{**MODULE, "PERHAP_URL": url}}))
     recorder = factory.application_recorder()
     recorder.insert_events([stored(uuid.uuid4(), 1)])
     assert len(recorder.select_notifications(1, 10)) == 1
     factory.close()
+    try:  # the parent's file: the parent holds it
+        Factory(Environment("TestApp", {{**MODULE, "PERHAP_URL": refused_url}})).application_recorder()
+    except Exception as exc:
+        assert "in use" in str(exc), exc
+    else:
+        raise AssertionError("the parent's file was opened by the child")
+
+parent_url = "sqlite:///{tmp_path}/parent.db"
+parent = Factory(Environment("TestApp", {{**MODULE, "PERHAP_URL": parent_url}}))
+parent.application_recorder().insert_events([stored(uuid.uuid4(), 1)])
+proc = multiprocessing.get_context("fork").Process(target=child, args=("sqlite:///{tmp_path}/child.db", parent_url))
+proc.start()
+proc.join(60)
+if proc.is_alive():
+    proc.kill()
+parent.close()
+print("child", proc.exitcode)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0 and r.stdout.strip() == "child 0", r.stdout + r.stderr[-2000:]
 
 
 def test_a_subscription_perhap_refuses_is_an_eventsourcing_error(target: Target) -> None:

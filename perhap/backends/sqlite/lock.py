@@ -50,6 +50,19 @@ _files: dict[tuple[int, int], FileLock] = {}  # by the database file's (device, 
 _parked: list[tuple[tuple[int, int], int]] = []
 
 
+def _forget_after_fork() -> None:
+    """A forked child holds none of its parent's stores: it must take a file's lock itself (and
+    be refused while the parent holds it), and the guard may have been held by a parent's thread."""
+    global _guard
+    _guard = threading.Lock()
+    _held.clear()
+    _files.clear()
+    _parked.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 class FileLock:
     """This process's hold on one store file's locks, shared by the stores open on that file."""
 
