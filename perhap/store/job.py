@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from typing import Any
 
 from ..model import AppendResult, NewEvent
+
+
+def settle_future(future: asyncio.Future[Any] | concurrent.futures.Future[Any], outcome: Any) -> None:
+    """Hand a writer's outcome (a result, or the exception it failed with) to a waiting caller, on
+    the caller's loop; a caller that stopped waiting (cancelled: a client disconnect) is skipped,
+    and what was written stands."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class WriteJob:
@@ -47,10 +60,4 @@ class WriteJob:
 
     def settle(self, outcome: AppendResult | BaseException) -> None:
         """Hand the outcome to the caller (on the job's loop); a caller that left is skipped."""
-        future = self.future
-        if future.done():  # the caller was cancelled (a client disconnect): the write stands
-            return
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        settle_future(self.future, outcome)

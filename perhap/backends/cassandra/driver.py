@@ -26,6 +26,7 @@ from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
 
 from ...errors import InvalidInput, StorageUnavailable
+from ...store.job import settle_future
 from .url import CassandraOptions
 
 T = TypeVar("T")
@@ -132,11 +133,11 @@ class Driver:
                 rf.start_fetching_next_page()
             else:
                 rf.clear_callbacks()
-                loop.call_soon_threadsafe(_deliver, future, rows, None)
+                loop.call_soon_threadsafe(settle_future, future, rows)
 
         def failed(exc: BaseException) -> None:
             rf.clear_callbacks()
-            loop.call_soon_threadsafe(_deliver, future, None, exc)
+            loop.call_soon_threadsafe(settle_future, future, exc)
 
         rf.add_callbacks(done, failed)
         return future
@@ -212,16 +213,6 @@ def reads_only(stmt: Statement) -> bool:
     """Whether a statement only reads: its CQL begins with SELECT (a batch never does)."""
     text = stmt if isinstance(stmt, str) else getattr(stmt, "query_string", None)
     return isinstance(text, str) and text.lstrip()[:6].upper() == "SELECT"
-
-
-def _deliver(future: asyncio.Future[list[Row]], value: list[Row] | None, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        assert value is not None
-        future.set_result(value)
 
 
 def _never_sent(exc: NoHostAvailable) -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from ...errors import StorageUnavailable
 from ...store.groupcommit import STOP, settle_group, take_group
+from ...store.job import settle_future
 from ...store.states import StateRecord, StateTable, check_size
 from .schema import connect
 
@@ -57,12 +58,7 @@ class _Write:
 
     def settle(self, outcome: bool | BaseException) -> None:
         """On the caller's loop: a caller that stopped waiting is skipped."""
-        if self.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            self.future.set_exception(outcome)
-        else:
-            self.future.set_result(outcome)
+        settle_future(self.future, outcome)
 
 
 class SQLiteStates(StateTable):
