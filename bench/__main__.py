@@ -39,14 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "Rows 1-2 measure SQLite and PostgreSQL "
                              "among them (PostgreSQL also with --workers 2); rows 6-10 measure SQLite.")
     parser.add_argument("--only", help=f"comma list of rows to run, from {', '.join(ROWS)}")
-    parser.add_argument("--repeats", type=int, help="alternating runs per comparison, best kept "
+    parser.add_argument("--repeats", type=_positive, help="alternating runs per comparison, best kept "
                         "(default 2, 1 with --quick)")
     parser.add_argument("--cache-dir", help="where prepared large stores are kept "
                         "(default $PERHAP_BENCH_CACHE or ~/.cache/perhap-bench; 2.5 GB for the "
-                        "full run's 10-million-event store, 255 MB for --quick)")
-    parser.add_argument("--workdir", help="scratch directory for stores (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+                        "full run's 10-million-event store, 280 MB for --quick)")
+    parser.add_argument("--workdir", help="scratch directory for stores (default: a new temp dir, "
+                        "removed at the end; a directory given here is yours and is left in place)")
+    parser.add_argument("--keep", action="store_true", help="keep the new temp dir (its path is printed)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unknown rows: {', '.join(sorted(bad))}")
     options = Options(sizes=sizes, backends=backends.choose(args.backend, quick), only=only,
                       cache_dir=args.cache_dir, workdir=args.workdir, keep=args.keep,
-                      repeats=args.repeats or (1 if quick else 2))
+                      repeats=args.repeats if args.repeats is not None else 1 if quick else 2)
     started = time.perf_counter()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = machine().get("load_average")
@@ -79,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             "details": {k: v for k, v in suite.meta.items() if k not in ("workdir",)}}
     if quick:
         # Sizes this small say whether every row runs, not how fast perhap is: no verdicts.
-        print("smoke run (--quick): rows are measured but not judged; `python -m bench` judges them\n")
+        print(f"smoke run ({'--quick' if sizes is QUICK else sizes.mode + ' sizes'}): rows are measured but "
+              "not judged; `python -m bench` judges them\n")
     print(table(rows, judged=not quick))
     print(f"\n{sizes.mode} run in {elapsed:.0f}s on {info['nproc']} x {info['cpu']}, {info['disk']}; "
           f"load generator {meta['load_generator']}")
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     # A smoke run's JSON carries no verdicts either (its targets stay, to show what a full run judges).
     write_json(path, [replace(r, passed=None) for r in rows] if quick else rows, {**meta, "judged": not quick})
     print(f"results written to {path}")
+    if args.keep and args.workdir is None:
+        print(f"scratch directory kept: {scratch}")
     return 1 if suite.errors else 0
 
 

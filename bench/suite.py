@@ -218,6 +218,12 @@ class Suite:
                     except Exception as exc:
                         self._backend_failed(name, f"raw driver baseline: {type(exc).__name__}: {exc}")
         peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
+        # A backend that read back a smaller entity (row 5's fill budget) is compared with the peer
+        # reading an aggregate of the same size: a smaller read runs faster per event on either side.
+        for r in runs.values():
+            count = int(r[0].get("read_count", s.peer_events)) if r else s.peer_events
+            if count != s.peer_events and f"select_{count}" not in peer_runs[0]:
+                peer_runs[0][f"select_{count}"] = peers.select_events(self.work, count)[0]
         peer.update(_best(peer_runs))
         for name, r in runs.items():
             if r:
@@ -272,13 +278,13 @@ class Suite:
                                      ratio(r["batch"], peer.get("batch"))).judge(">=", 0.5))
             if self.want("5") and "read" in r:
                 count = int(r.get("read_count", self.s.readback))
+                select = peer.get("select" if count == self.s.peer_events else f"select_{count}")
                 note = "" if count >= self.s.readback else (
-                    f"a {count:,}-event entity: filling {self.s.readback:,} at this backend's batch rate "
-                    f"would take too long")
-                self.rows.append(Row("5", f"read back one {self.s.readback:,}-event entity", name, r["read"],
-                                     "events/s", peer.get("select"), "events/s",
-                                     "eventsourcing select_events",
-                                     ratio(r["read"], peer.get("select")), note=note).judge(">=", 1))
+                    f"a {count:,}-event entity, against the peer's read of as many: filling "
+                    f"{self.s.readback:,} at this backend's batch rate would take too long")
+                self.rows.append(Row("5", f"read back one {count:,}-event entity", name, r["read"],
+                                     "events/s", select, "events/s", "eventsourcing select_events",
+                                     ratio(r["read"], select), note=note).judge(">=", 1))
 
     def _rows_cassandra(self, r: dict[str, float]) -> None:
         """Rows 3-5 on Cassandra against the raw driver on the same node (issue 19's bars)."""

@@ -155,8 +155,35 @@ def test_the_builtin_load_generator_counts_requests(tmp_path: Path) -> None:
     with raw_server(tmp_path / "raw.log") as server:
         got = loadgen.run(server.url + "/bench/http", "POST", connections=4, seconds=0.5)
         assert got["requests"] > 0 and got["non2xx"] == 0 and got["errors"] == 0
+        # Row 1 is judged on its p99 too: without wrk, the built-in generator must give one.
+        assert 0 < got["p50_ms"] <= got["p99_ms"]
         got = loadgen.run(server.url + "/", "GET", connections=2, seconds=0.3, processes=2)
-        assert got["requests"] > 0 and got["non2xx"] == 0
+        assert got["requests"] > 0 and got["non2xx"] == 0 and got["p99_ms"] > 0
+
+
+def test_the_builtin_load_generator_posts_to_2000_entities_as_the_wrk_script_does() -> None:
+    share = loadgen.ENTITIES // 32
+    paths = {loadgen.post_request("h", "/bench/http", worker, n, share).split(b" ")[1]
+             for worker in range(32) for n in range(1000)}
+    assert 1900 <= len(paths) <= loadgen.ENTITIES
+
+
+def test_a_smaller_read_back_is_named_and_divided_by_the_peer_reading_as_many(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    import bench.suite
+
+    # No time to fill: the backend reads back the least entity (10,000) of the 20,000 asked for.
+    monkeypatch.setitem(bench.suite.FILL_SECONDS, "tiny", 0)
+    suite = Suite(Options(sizes=replace(TINY, readback=20_000, peer_events=20_000), only={"5"}, repeats=1,
+                          cache_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "work")))
+    rows = suite.run()
+    assert suite.errors == []
+    row = next(r for r in rows if r.key == "5")
+    assert row.name == "read back one 10,000-event entity" and "10,000-event entity" in row.note
+    peer = suite.meta["inprocess_runs"]["eventsourcing"][0]
+    assert row.baseline == peer["select_10000"] and "select" in peer
 
 
 def test_a_prepared_store_is_a_valid_perhap_store_and_restored_after_appends(tmp_path: Path) -> None:
@@ -295,3 +322,10 @@ def test_row_7_judges_flatness_as_well_as_the_peak(tmp_path: Path, monkeypatch: 
     suite.work = tmp_path  # (set by run(); the measurement itself is replaced above)
     suite._memory(Data())  # type: ignore[arg-type]
     assert [r.passed for r in suite.rows] == [passed and figures["peak_mib"] < 150] * 2
+
+
+@pytest.mark.parametrize("repeats", ["0", "-1", "two"])
+def test_repeats_below_one_is_a_usage_error_not_the_default_or_a_crash(repeats: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--repeats", repeats, "--only", "3"],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2 and "--repeats: must be a whole number of at least 1" in proc.stderr, proc.stderr
