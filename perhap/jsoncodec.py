@@ -79,11 +79,15 @@ def refuse_duplicate_keys(raw: bytes, value: Any) -> None:
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
-        seen: set[str] = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        key = _first_repeated(pairs)
         raise InvalidInput(f"the key {key[:60]!r} appears twice in one object: JSON parsers keep one of "
                            "the two values, so it cannot be stored as sent; send each key once")
     return value
+
+
+def _first_repeated(pairs: list[tuple[str, Any]]) -> str:
+    seen: set[str] = set()
+    return next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
 
 
 def _stdlib_dumps(value: Any, sort_keys: bool = False) -> bytes:
@@ -109,7 +113,28 @@ def dump_json(value: Any, what: str) -> bytes:
     # integer no read would take back (they stop at MAX_INT_DIGITS): refused here as when parsed.
     if _has_long_int(value):
         raise InvalidInput(f"{what} holds an integer of more than {MAX_INT_DIGITS:,} digits: it cannot be stored")
+    # Keys that are not strings (1, True, None, 1.5) are written as their JSON text, so two keys of
+    # one dict can become one ({1: "a", "1": "b"}): the stored object would name it twice, which
+    # no reader gets back as given (and an HTTP append of that JSON is refused). Checked only here,
+    # on the path such dicts take (orjson refuses keys that are not strings).
+    try:
+        json.loads(out, object_pairs_hook=_pairs_once, parse_int=int)
+    except _Repeated as exc:
+        raise InvalidInput(f"{what} has two keys that are one key in JSON, {exc.key[:60]!r} (a key that is "
+                           "not a string is written as its JSON text): give each key once") from None
     return out
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _Repeated(_first_repeated(pairs))
+    return value
 
 
 _INT_BOUND = 10**MAX_INT_DIGITS  # the smallest integer of MAX_INT_DIGITS + 1 digits

@@ -94,6 +94,26 @@ async def test_nan_and_infinities_given_as_values_are_refused_not_stored_as_null
     assert [e.event for e in (await store.read(Scope(realm, "d", "e"))).events] == [[None, 1.5]]
 
 
+@pytest.mark.parametrize("event, meta", [
+    ({1: "a", "1": "b"}, None), ({True: "a", "true": "b"}, None), ({"x": [{None: 1, "null": 2}]}, None),
+    (1, {1.5: "a", "1.5": "b"}),
+])
+async def test_keys_that_become_one_json_key_are_refused_not_stored_twice(
+        store: Store, realm: str, event: object, meta: dict[object, object] | None) -> None:
+    """In process, a dict's keys that are not strings are written as their JSON text: two keys of
+    one dict that become one would store an object naming a key twice, which an HTTP append
+    refuses and no reader gets back as given (it keeps one of the two values)."""
+    with pytest.raises(InvalidInput, match="two keys that are one key in JSON"):
+        await store.append(realm, "d", "e", "t", event, meta=meta)
+    with pytest.raises(InvalidInput, match="two keys that are one key in JSON"):
+        await store.append_batch(realm, "d", "e", [{"type": "t", "event": event, "meta": meta}])
+    with pytest.raises(InvalidInput, match="two keys that are one key in JSON"):
+        await store.append_many(realm, "d", [{"entity": "e", "type": "t", "event": event, "meta": meta}])
+    assert (await store.read(Scope(realm, "d", "e"))).events == []
+    await store.append(realm, "d", "e", "t", {1: "a", "2": "b"})  # keys that stay distinct are kept
+    assert [e.event for e in (await store.read(Scope(realm, "d", "e"))).events] == [{"1": "a", "2": "b"}]
+
+
 async def test_the_client_refuses_nan_before_sending(app: object) -> None:
     from perhap.client import AsyncClient
     async with AsyncClient("http://perhap.test", transport=httpx.ASGITransport(app=app)) as client:
