@@ -501,4 +501,19 @@ def test_every_kind_of_operation_is_in_the_route_table() -> None:
 
 async def test_the_document_is_served_as_built(client: httpx.AsyncClient) -> None:
     r = await client.get("/_openapi.json")
-    assert orjson.loads(r.content) == orjson.loads(orjson.dumps(openapi_document()))
+    # (built for this module's server, whose --max-batch is 50)
+    assert orjson.loads(r.content) == orjson.loads(orjson.dumps(openapi_document(50)))
+
+
+async def test_the_served_document_caps_batches_at_the_servers_own_max_batch(store: Store) -> None:
+    """A schema-driven client must not take a batch the server refuses (--max-batch 3) for valid."""
+    app = PerhapApp(store, max_batch=3)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as client:
+        schemas = (await client.get("/_openapi.json")).json()["components"]["schemas"]
+        assert schemas["BatchRequest"]["properties"]["events"]["maxItems"] == 3
+        assert schemas["ManyRequest"]["properties"]["events"]["maxItems"] == 3
+        four = [{"type": "t", "event": i} for i in range(4)]
+        r = await client.post("/r/d/e", json={"events": four})
+        assert r.status_code == 413 and r.json()["max_batch"] == 3
+        r = await client.post("/r/d", json={"events": [{"entity": "e", **e} for e in four]})
+        assert r.status_code == 413 and r.json()["max_batch"] == 3

@@ -310,7 +310,10 @@ def _paths() -> dict[str, Any]:
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(max_batch: int = MAX_BATCH) -> dict[str, Any]:
+    """The document; ``max_batch`` is the server's own cap on a batch's events (``--max-batch``),
+    which a schema-driven client must see (beyond MAX_BATCH a batch is refused whatever it is)."""
+    batch_items = min(max_batch, MAX_BATCH)
     position = {"type": "integer", "minimum": 1, "maximum": MAX_POSITION,
                 "description": "The event's place in its realm: unique, increasing in the realm's order."}
     event_object = {
@@ -369,11 +372,11 @@ def openapi_document() -> dict[str, Any]:
                                          "meta": {"type": "object"}, "expected_version": expected}},
         "BatchRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                          "properties": {
-                             "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": batch_item},
+                             "events": {"type": "array", "minItems": 1, "maxItems": batch_items, "items": batch_item},
                              "expected_version": expected}},
         "ManyRequest": {"type": "object", "required": ["events"], "additionalProperties": False,
                         "properties": {
-                            "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": many_item},
+                            "events": {"type": "array", "minItems": 1, "maxItems": batch_items, "items": many_item},
                             "expected_versions": {
                                 "type": "object", "maxProperties": MAX_BATCH,
                                 "propertyNames": NAME,

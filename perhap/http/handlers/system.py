@@ -31,7 +31,7 @@ async def health(ctx: Context, req: Request, send: Send) -> None:
 
 
 async def document(ctx: Context, req: Request, send: Send) -> None:
-    await send_json(send, 200, openapi_document())
+    await send_json(send, 200, openapi_document(ctx.max_batch))
 
 
 async def metrics(ctx: Context, req: Request, send: Send) -> None:
