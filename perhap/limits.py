@@ -42,6 +42,22 @@ class TooManyStreams(PerhapError):
     status, slug, title = 429, "too-many-streams", "Too many open streams"
 
 
+#: How deep the JSON parsers nest (orjson's own limit; the stdlib's recursion stops near it): a
+#: body deeper than this is refused by the parser before check_depth could count it.
+PARSER_MAX_DEPTH = 1024
+
+
+def too_deep(limit: int) -> TooDeep:
+    return TooDeep(f"the JSON is nested deeper than the limit of {limit} levels", max_depth=limit)
+
+
+def parser_gave_up_on_depth(exc: ValueError, limit: int) -> bool:
+    """Whether a parse failed on nesting alone, deeper than ``limit``: then the body is too deep
+    (``too-deep``), whatever else it may hold, rather than merely not JSON."""
+    text = str(exc)
+    return limit < PARSER_MAX_DEPTH and ("depth limit exceeded" in text or "maximum recursion depth" in text)
+
+
 def check_depth(raw: bytes, value: Any, limit: int) -> None:
     """Refuse JSON nested deeper than ``limit`` (the body object itself is depth 1)."""
     # Counting brackets is C-fast and settles almost every body without walking it.
@@ -51,7 +67,7 @@ def check_depth(raw: bytes, value: Any, limit: int) -> None:
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            raise TooDeep(f"the JSON is nested deeper than the limit of {limit} levels", max_depth=limit)
+            raise too_deep(limit)
         children = item.values() if isinstance(item, dict) else item
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 

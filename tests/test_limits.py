@@ -65,6 +65,17 @@ async def test_default_depth_limit(store: Store, realm: str) -> None:
         assert (await c.post(f"/{realm}/d/e/t", json={"event": nested})).status_code == 201
         body = b'{"event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         problem(await c.post(f"/{realm}/d/e/t", content=body), 400)
+        # Valid JSON nested past the parser's own limit (1,024) is too deep, not "not valid JSON",
+        # on either parser (the exact one takes bodies with integers beyond 64 bits).
+        for leaf in (b"1", b"1" * 30):
+            body = b'{"event": ' + b"[" * 2000 + leaf + b"]" * 2000 + b"}"
+            assert problem(await c.post(f"/{realm}/d/e/t", content=body), 400, "too-deep")["max_depth"] == 64
+    # A server that allows more than the parser takes says so plainly: the parser's limit is not its own.
+    async with await in_process(PerhapApp(store, max_depth=5000)) as c:
+        body = b'{"event": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+        assert "not valid JSON" in problem(await c.post(f"/{realm}/d/e/t", content=body), 400)["detail"]
+    async with await in_process(PerhapApp(store)) as c:
+        assert (await c.get(f"/{realm}/d/e")).json()["events"][0]["event"] == nested
 
 
 async def test_open_stream_limits(store_url: str, tmp_path: Path, realm: str) -> None:

@@ -14,7 +14,7 @@ from ..auth import Authenticator, Grant
 from ..errors import InvalidInput
 from ..groups import Groups
 from ..jsoncodec import load_json, refuse_duplicate_keys
-from ..limits import check_depth
+from ..limits import check_depth, parser_gave_up_on_depth, too_deep
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
 from .metrics import Metrics
@@ -249,6 +249,8 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
     try:
         body = load_json(raw)
     except orjson.JSONDecodeError as exc:
+        if parser_gave_up_on_depth(exc, max_depth):
+            raise too_deep(max_depth) from None
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
