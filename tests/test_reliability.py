@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -216,6 +218,23 @@ def test_an_unknown_scheme_is_named_without_its_credentials() -> None:
     with pytest.raises(ValueError, match="unknown store URL scheme") as refused:
         parse_store_url("host=127.0.0.1 password=s3cret")
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("query, refused", [
+    ("sync=off", "unknown SQLite URL option 'sync'"),
+    ("synchronous=normal&journal=delete", "unknown SQLite URL option 'journal'"),
+    ("synchronous=full&synchronous=off", "synchronous is given more than once"),
+])
+def test_a_sqlite_url_option_that_would_be_ignored_is_refused(tmp_path: Path, query: str, refused: str) -> None:
+    """A misspelt option must not open the store with another durability than the one asked for."""
+    url = f"sqlite:///{tmp_path}/o.db?{query}"
+    with pytest.raises(ValueError, match=refused):
+        parse_store_url(url)
+    proc = subprocess.run([sys.executable, "-m", "perhap", "serve", "--db", url, "--port", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and refused in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.db").exists()
+    assert parse_store_url(f"sqlite:///{tmp_path}/o.db?synchronous=normal")[1]["synchronous"] == "normal"
 
 
 def test_redact_leaves_plain_urls_alone() -> None:

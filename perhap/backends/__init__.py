@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Generator
 from typing import Any
-from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, unquote_plus, urlsplit
 
 from ..store import Store
 
@@ -78,6 +78,15 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
         path = path[1:] if path.startswith("/") else path
         if not path:
             raise ValueError("a SQLite URL needs a file path, e.g. sqlite:///./perhap.db")
+        # One option, given at most once: a misspelt one would be ignored in silence, and the
+        # store would open with another durability than the operator asked for.
+        names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        for name in names:
+            if name != "synchronous":
+                raise ValueError(f"unknown SQLite URL option {name[:40]!r}: a SQLite URL takes only "
+                                 "?synchronous=full|normal|extra|off")
+        if len(names) > 1:
+            raise ValueError("synchronous is given more than once in the SQLite URL: give it once")
         return scheme, {"path": path, **query}
     return scheme, {"url": url, **query}
 
