@@ -3,7 +3,8 @@ Debian's Chromium against `perhap serve`, as in tests/test_ui.py):
 
 - an append that waited for the token dialog shows its answer in the form on the page;
 - a live tail whose start failed because the store was unavailable starts once it is back;
-- an address naming `.` or `..` is refused in plain words, never read as another scope.
+- an address naming `.` or `..` is refused in plain words, never read as another scope;
+- a type filter keeps a type's name exactly, spaces at its ends included.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def test_a_live_tail_started_while_the_store_is_unavailable_starts_when_it_is_ba
     ("#/plant/sensors/..", "/plant/sensors/keys", "entity name cannot be “..”"),
     ("#/plant/sensors/.", "/plant/sensors/keys", "entity name cannot be “.”"),
     ("#/plant/%2E%2E", "/plant/keys", "domain name cannot be “..”"),
+    # The event open over a valid view: its id and, in a realm's view, its domain parameter.
+    ("#/plant?event=keys2&domain=..", "/plant/keys", "domain name cannot be “..”"),
+    ("#/plant/sensors?event=..", "/plant/sensors/keys", "event name cannot be “..”"),
+    ("#/plant?event=x&domain=keys", "/plant/keys", "domain name cannot be “keys”"),
 ])
 def test_an_address_naming_a_dot_segment_is_refused(
         server: ProcessServer, page: Page, address: str, sidebar: str, problem: str) -> None:
@@ -133,3 +138,21 @@ def test_an_address_naming_a_dot_segment_is_refused(
     expect(page.locator("table.events")).to_have_count(0)
     expect(page.locator(".live")).to_have_count(0)
     assert asked == [sidebar]
+
+
+def test_a_type_named_with_spaces_at_its_ends_is_filtered_exactly(server: ProcessServer, page: Page) -> None:
+    """The server keeps any name, " t " too: the filter must ask for it as given, not trimmed."""
+    from playwright.sync_api import expect
+
+    post(server.url, "/plant/spaced/e1/%20t%20", {"event": 1})
+    post(server.url, "/plant/spaced/e1/t", {"event": 2})
+    page.goto(server.url + "/_ui#/plant/spaced/e1?type=%20t%20")
+    rows = page.locator("table.events tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(" t ")
+    page.goto(server.url + "/_ui#/plant/spaced/e1")
+    expect(rows).to_have_count(2)
+    page.locator("#type-filter").fill(" t ")
+    page.locator("#type-filter").press("Enter")
+    expect(page).to_have_url(re.compile(r"type=\+t\+$|type=%20t%20$"))
+    expect(rows).to_have_count(1)

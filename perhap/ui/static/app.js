@@ -28,6 +28,16 @@ function render(navigated = false) {
   const previous = view.route;
   const changed = key !== view.key;
   const focused = $('#main').contains(document.activeElement) ? document.activeElement.id : '';
+  const badEvent = badName(route.names) ? null : badEventName(route);
+  if (badEvent) { // the view is valid, the event over it is not: nothing is read for either
+    closeEvent();
+    view.abort?.abort();
+    view.refresh = null;
+    view.key = null; // the next address draws its view again
+    view.route = route;
+    renderInvalid(route, badEvent);
+    return;
+  }
   if (changed) {
     view.key = key;
     renderScope(route);
@@ -87,6 +97,19 @@ function badName(names) {
     if (problem) return { index: i, kind: kinds[i - first], problem };
   }
   return null;
+}
+
+// The same for the event open over a view (?event=, and ?domain= where the view fixes none): an id
+// or a domain of "..", "keys" or with a "/" would send its request to another scope.
+function badEventName(route) {
+  const detail = eventOf(route);
+  if (!detail) return null;
+  const index = route.names.length; // the view itself is valid: renderInvalid links back to it
+  const inView = route.names[0] === GROUPS ? route.names.slice(1, 2) : route.names;
+  const domainProblem = inView.length < 2 && detail.domain !== null ? nameProblem(detail.domain, 'domain') : '';
+  if (domainProblem) return { index, kind: 'domain', problem: domainProblem };
+  const idProblem = nameProblem(detail.id, 'event');
+  return idProblem ? { index, kind: 'event', problem: idProblem } : null;
 }
 
 function renderSidebar(route) {

@@ -54,7 +54,7 @@ function typeFilter(route, types, signal) {
     types.length ? h('a', { href: withParams(route, { type: null, after: null, before: null, ...NO_EVENT }), class: 'clear-filter' }, 'All types') : null);
   form.addEventListener('submit', (e) => {
     e.preventDefault();
-    const added = input.value.trim();
+    const added = input.value; // not trimmed: " paid" is a name of its own, as the server keeps it
     if (!added || types.includes(added)) { input.value = ''; return; }
     location.hash = withParams(route, { type: [...types, added], after: null, before: null, ...NO_EVENT });
   });

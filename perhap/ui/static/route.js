@@ -53,7 +53,8 @@ export function orderOf(route) {
 // The event types the view is filtered to (none: every type); a type in the path needs none.
 export function typesOf(route) {
   if (route.names.length >= 4) return [];
-  return [...new Set(route.params.getAll('type').map((t) => t.trim()).filter(Boolean))];
+  // Exactly as given: a type's name may begin or end with spaces (the server keeps any name).
+  return [...new Set(route.params.getAll('type').filter((t) => t !== ''))];
 }
 
 export const LEVELS = ['realm', 'domain', 'entity', 'type'];
