@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -156,3 +157,24 @@ def test_a_type_named_with_spaces_at_its_ends_is_filtered_exactly(server: Proces
     page.locator("#type-filter").press("Enter")
     expect(page).to_have_url(re.compile(r"type=\+t\+$|type=%20t%20$"))
     expect(rows).to_have_count(1)
+
+
+def test_a_live_tail_refused_for_too_many_streams_says_why_and_starts_when_a_slot_frees(
+        tmp_path: Path, page: Page) -> None:
+    """EventSource does not tell an error status from a dropped connection: the tail asks the
+    stream's address once more to say why (docs/ui.md: it "says why and tries again")."""
+    from playwright.sync_api import expect
+
+    with ProcessServer(f"sqlite:///{tmp_path}/one.db?synchronous=normal", None, "--max-streams", "1",
+                       *SERVE_ARGS, cwd=tmp_path) as s:
+        post(s.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 61}})
+        first = page.context.new_page()
+        first.goto(s.url + "/_ui#/plant/sensors")
+        expect(first.locator(".live .pill")).to_have_text("Live")
+        page.goto(s.url + "/_ui#/plant/sensors")
+        pill = page.locator(".live .pill")
+        expect(pill).to_have_text(re.compile(r"^Reconnecting… \(Too many open streams \(429\); retrying in \d+ s\)$"))
+        first.close()  # its stream's slot is free
+        expect(pill).to_have_text("Live", timeout=15_000)
+        new = post(s.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 62}})["event_id"]
+        expect(page.locator(f'#tail-list li[data-id="{new}"]')).to_be_visible()

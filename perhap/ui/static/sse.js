@@ -46,20 +46,44 @@ function viaEventSource(levels, types, stream, deliver, onState, restart) {
     source.onerror = async () => {
       // Still CONNECTING: the browser retries by itself, sending Last-Event-ID.
       if (source.readyState !== EventSource.CLOSED) { onState('reconnecting'); return; }
-      // The browser gave up (the server answered with an error status). Find out why with a plain
-      // request (a 401 opens the token dialog), then start again from the last event we have.
-      onState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
+      // The browser gave up (the server answered with an error status), and EventSource does not
+      // say which: ask the stream's URL once more to show why (a 429: too many open streams), and
+      // a plain request (a 401 opens the token dialog); then start again from the last event we have.
+      const retrying = `retrying in ${Math.round(delay / 1000)} s`;
+      onState('reconnecting', retrying);
+      const why = await refusal(url(path(...levels), { ...startOf(stream), type: types }));
       try {
         await request(path(...levels), { params: { limit: 1, type: types } });
       } catch (e) {
         if (e.status === 401) { onState('stopped', 'the stream needs a token'); return; } // dialog cancelled
       }
+      if (stream.stopped) return;
+      if (why) onState('reconnecting', `${why}; ${retrying}`);
       setTimeout(() => (token.get() ? restart() : open()), delay);
       delay = Math.min(delay * 2, MAX_DELAY);
     };
   };
   stream.stop = () => source?.close();
   open();
+}
+
+// Why the server refuses a stream now ('' when it does not: the stream it opened is closed at once).
+async function refusal(streamUrl) {
+  const probe = new AbortController();
+  try {
+    const res = await fetch(streamUrl, { headers: { Accept: 'text/event-stream' }, signal: probe.signal, cache: 'no-store' });
+    return res.ok ? '' : await problemText(res);
+  } catch {
+    return '';
+  } finally {
+    probe.abort();
+  }
+}
+
+// An error answer in words: its problem's title (a 429's "Too many open streams") and status.
+async function problemText(res) {
+  const problem = await res.json().catch(() => null);
+  return problem?.title ? `${problem.title} (${res.status})` : `HTTP ${res.status}`;
 }
 
 function viaFetch(levels, types, stream, deliver, onState) {
@@ -80,7 +104,7 @@ function viaFetch(levels, types, stream, deliver, onState) {
           onState('stopped', 'the stream needs a token');
           return;
         }
-        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        if (!res.ok) throw new Error(await problemText(res));
         onState('live');
         delay = 1000;
         await readEvents(res.body, (m) => { if (m.data != null) deliver(m.id, m.data); });
