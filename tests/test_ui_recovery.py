@@ -178,3 +178,30 @@ def test_a_live_tail_refused_for_too_many_streams_says_why_and_starts_when_a_slo
         expect(pill).to_have_text("Live", timeout=15_000)
         new = post(s.url, "/plant/sensors/boiler-1/reading", {"event": {"celsius": 62}})["event_id"]
         expect(page.locator(f'#tail-list li[data-id="{new}"]')).to_be_visible()
+
+
+def test_forgetting_the_token_stops_what_was_read_with_it(auth_server: tuple[ProcessServer, str], page: Page) -> None:
+    """After "Forget token", the view is read again without it: the live tail that streamed with
+    the token stops showing new events, and the server asks for a token again."""
+    from playwright.sync_api import expect
+
+    server, token = auth_server
+    headers = {"Authorization": f"Bearer {token}"}
+    page.goto(server.url + "/_ui#/plant/sensors")
+    dialog = page.get_by_role("dialog", name="Access token")
+    dialog.get_by_label("Bearer token").fill(token)
+    page.keyboard.press("Enter")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    seen = httpx.post(server.url + "/plant/sensors/boiler-3/reading", json={"event": 1}, headers=headers,
+                      timeout=30).json()["event_id"]
+    expect(page.locator(f'#tail-list li[data-id="{seen}"]')).to_be_visible()
+
+    page.locator("#token-button").click()
+    dialog.get_by_role("button", name="Forget token").click()
+    expect(dialog).to_be_visible()  # the view, read again without a token, needs one
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".live .pill")).to_have_text(re.compile("^Stopped"))
+    after = httpx.post(server.url + "/plant/sensors/boiler-3/reading", json={"event": 2}, headers=headers,
+                       timeout=30).json()["event_id"]
+    page.wait_for_timeout(1000)  # a stream still open with the token would have shown it by now
+    expect(page.locator(f'#tail-list li[data-id="{after}"]')).to_have_count(0)

@@ -1,7 +1,8 @@
 // Tokens: when the server answers 401, ask for one. It is kept in sessionStorage only, so it
 // lasts as long as this browser tab's session and is never written anywhere that outlives it.
-// Whatever was refused before the token (lists, the live tail) is asked again once it is given:
-// onGiven() draws the view again.
+// Whatever was refused before the token (lists, the live tail) is asked again once it is given,
+// and whatever was read with a token is asked again once it is forgotten: onGiven() draws the
+// view again.
 
 import { onTokenNeeded, token } from './api.js';
 import { $, announce } from './dom.js';
@@ -26,13 +27,15 @@ export function setupAuth(onGiven = () => {}) {
     dialog.addEventListener('close', () => {
       const value = input.value.trim();
       input.value = '';
-      if (dialog.returnValue === 'forget') { token.clear(); announce('Token forgotten'); }
+      const forgotten = dialog.returnValue === 'forget';
+      if (forgotten) { token.clear(); announce('Token forgotten'); }
       const given = dialog.returnValue === 'save' && value !== '';
       if (given) { token.set(value); announce('Token saved for this session'); }
       refresh();
       // Before resolve(): requests waiting on this dialog then find their view aborted and stop,
-      // rather than retrying alongside the new view's own.
-      if (given) onGiven();
+      // rather than retrying alongside the new view's own. A forgotten token draws the view again
+      // too: what was read with it (the lists, a live tail still streaming) is read without it.
+      if (given || forgotten) onGiven();
       resolve(given);
     }, { once: true });
     dialog.showModal();
