@@ -75,7 +75,7 @@ export class Problem extends Error {
 async function problemFrom(res, method) {
   const text = await res.text();
   try {
-    const body = JSON.parse(text);
+    const body = parseJSON(text); // exact: a version past 2^53 stays as the server wrote it
     if (body && typeof body === 'object') return new Problem(res.status, body, method);
   } catch { /* not JSON: a proxy's page, say */ }
   return new Problem(res.status, { title: res.statusText || `HTTP ${res.status}`, status: res.status, detail: text.slice(0, 200) }, method);
@@ -102,10 +102,12 @@ export function explain(p) {
   const slug = String(b.type || '').replace('urn:perhap:problem:', '');
   if (p.status === 0) return `Could not reach the server (${b.detail}). Is perhap running?`;
   if (slug === 'version-conflict') {
-    const cur = Number(b.current_version), exp = Number(b.expected_version);
-    const now = cur < 0 ? 'has no events yet' : `is at version ${cur}`;
-    const wanted = exp === -1 ? 'a new entity (expected version -1)' : `version ${exp}`;
-    const retry = `use expected version ${cur < 0 ? -1 : cur}`;
+    // Shown as the server wrote them: a version past 2^53 (a RawNumber) would be rounded by Number.
+    const cur = String(b.current_version), exp = String(b.expected_version);
+    const fresh = Number(cur) < 0;
+    const now = fresh ? 'has no events yet' : `is at version ${cur}`;
+    const wanted = exp === '-1' ? 'a new entity (expected version -1)' : `version ${exp}`;
+    const retry = `use expected version ${fresh ? -1 : cur}`;
     return `Not stored: version conflict. You expected ${wanted}, but the entity ${now}: ` +
       `someone else wrote to it first. Look at its latest events, then ${retry} to append after them.`;
   }
