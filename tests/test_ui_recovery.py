@@ -205,3 +205,25 @@ def test_forgetting_the_token_stops_what_was_read_with_it(auth_server: tuple[Pro
                        timeout=30).json()["event_id"]
     page.wait_for_timeout(1000)  # a stream still open with the token would have shown it by now
     expect(page.locator(f'#tail-list li[data-id="{after}"]')).to_have_count(0)
+
+
+def test_names_of_255_bytes_do_not_widen_the_page_past_a_phone(server: ProcessServer, page: Page) -> None:
+    """Readable on a phone: a long name breaks in the breadcrumb, the heading and the sidebar
+    rather than make the whole page scroll sideways (tables scroll inside their own box)."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    domain, entity = "x" * 255, "é" * 127
+    post(server.url, f"/plant/{domain}/{quote(entity)}/reading", {"event": 1})
+    phone = page.context.browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        small = phone.new_page()
+        at_entity = f"#/plant/{domain}/{quote(entity)}"
+        for address in (f"#/plant/{domain}", at_entity, f"{at_entity}/reading"):
+            small.goto(server.url + "/_ui" + address)
+            expect(small.locator("table.events tbody tr")).to_have_count(1)
+            widths = small.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert widths[0] <= widths[1], (address[:20], widths)
+    finally:
+        phone.close()
