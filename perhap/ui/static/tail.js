@@ -92,6 +92,9 @@ export function renderTail(section, route, head, signal) {
     log.replaceChildren(empty);
     total = 0;
     counter.textContent = '0 new';
+    // Events waiting behind Pause arrived before the Clear: they go too (the counter says 0).
+    pending = [];
+    if (paused) pause.textContent = 'Resume';
   });
 
   let stop = () => {};
