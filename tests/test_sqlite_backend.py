@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 import subprocess
@@ -612,3 +613,46 @@ async def test_synchronous_off_is_warned_about_at_open(tmp_path: Path, caplog: p
         async with open_store(f"sqlite:///{tmp_path}/{mode}.db?synchronous={mode}"):
             pass
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.records
+
+
+_ONE_EVENT_TOO_BIG_FOR_THE_DISK = """
+import asyncio, json, resource, signal, sys
+from perhap import open_store
+from perhap.errors import StorageUnavailable
+
+# No file of this process may grow past 8 MiB (a disk that is nearly full): a 9 MB event cannot be
+# written, small ones can. Ignored, SIGXFSZ makes the write fail (EFBIG) rather than kill.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
+async def main(url):
+    async with open_store(url) as store:
+        async def append(i):
+            event = {"blob": "x" * 9_000_000} if i == 1 else {"n": i}
+            try:
+                await store.append("r", "d", f"e{i}", "t", event)
+                return "stored"
+            except StorageUnavailable:
+                return "unavailable"
+        # Queued together: the writer takes the first alone, then the other eleven as one group.
+        print(json.dumps(await asyncio.gather(*(append(i) for i in range(12)))))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_an_append_too_big_for_the_disk_fails_alone_not_the_group_it_was_committed_with(tmp_path: Path) -> None:
+    """A commit that fails as a whole (disk full, an I/O error) may be one append's doing: the
+    others of its group are committed on their own rather than answered 503 with it."""
+    url = f"sqlite:///{tmp_path}/full.db"
+    proc = subprocess.run([sys.executable, "-c", _ONE_EVENT_TOO_BIG_FOR_THE_DISK, url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcomes = json.loads(proc.stdout)
+    assert outcomes == ["stored", "unavailable", *["stored"] * 10], outcomes
+
+    async def stored() -> list[str]:
+        async with open_store(url) as store:
+            return [e.entity for e in (await store.read(Scope("r", "d"), limit=100)).events]
+
+    assert sorted(asyncio.run(stored())) == sorted(f"e{i}" for i in range(12) if i != 1)

@@ -244,8 +244,17 @@ class Writer:
                 outcomes = apply_each(state, jobs, ts)
                 conn.execute("COMMIT")
         except Exception as exc:
-            # The transaction itself failed (disk full, I/O error): nothing in it is durable.
+            # The transaction itself failed (disk full, an I/O error; SQLite may have rolled it
+            # back on its own): nothing in it is durable.
             self.abandon()
+            if len(jobs) > 1:
+                # It may be one job's doing (its events did not fit on the disk): each job alone,
+                # in a transaction of its own, so that the others are not failed with it. (A job
+                # whose failed commit did reach the disk cannot be stored twice: its event ids are
+                # fixed, and unique in the table.)
+                for job in jobs:
+                    self.commit_group([job])
+                return
             error = StorageUnavailable(f"commit failed: {exc}")
             outcomes = [JobOutcome(job, error) for job in jobs]
         else:
