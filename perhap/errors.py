@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: What a realm token looks like in any text: its prefix and (at least most of) its 43 base64url
+#: characters (the token file's own format is perhap.auth's).
+_TOKEN_IN_TEXT = re.compile(rb"perhap_[A-Za-z0-9_-]{32,}")
 
 
 class PerhapError(Exception):
@@ -92,3 +97,24 @@ class StateTooLarge(PerhapError):
 
 class StorageUnavailable(PerhapError):
     status, slug, title = 503, "storage-unavailable", "Storage unavailable"
+
+
+# --------------------------------------------------------------------------- quoting what was sent
+
+
+def sent_text(value: object, limit: int) -> str:
+    """What a client sent, as an error message may quote it: any token in it hidden, then cut to
+    ``limit`` characters. (In that order: a cut through a token would leave a part of it that the
+    mask no longer recognises, up to 31 of its secret characters.)"""
+    text = str(value)
+    if "perhap_" in text:
+        text = hide_tokens(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+    return text[:limit]
+
+
+def hide_tokens(text: bytes) -> bytes:
+    """``text`` with anything shaped like a token replaced: an error that quotes what a client
+    sent (a query parameter's name, a body's value, a realm) must not echo a token it held."""
+    if b"perhap_" not in text:
+        return text
+    return _TOKEN_IN_TEXT.sub(b"perhap_***(a token, not shown)", text)

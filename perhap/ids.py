@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, sent_text
 
 _last_ms = 0
 _last_seq = 0
@@ -142,7 +142,7 @@ def check_event_id(value: Any, what: str = "event_id") -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise InvalidInput(f"{what} must be a UUID, got {value[:64]!r}") from None
+        raise InvalidInput(f"{what} must be a UUID, got {sent_text(value, 64)!r}") from None
 
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:Z|[+-]\d\d:\d\d)")
@@ -156,7 +156,7 @@ def check_timestamp(value: Any) -> str:
     """
     match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise InvalidInput(f"timestamp must be an RFC 3339 date-time, got {str(value)[:40]!r}")
+        raise InvalidInput(f"timestamp must be an RFC 3339 date-time, got {sent_text(value, 40)!r}")
     fraction = match.group(1) or ""
     if fraction[6:].strip("0"):
         raise InvalidInput(f"timestamp {value!r} is finer than a microsecond, which cannot be kept")

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidInput
+from .errors import InvalidInput, sent_text
 
 # orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path, and
 # so do exponents below -99, where a float may underflow to 0 (orjson reads 1e-400 as 0.0).
@@ -80,7 +80,7 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
         key = _first_repeated(pairs)
-        raise InvalidInput(f"the key {key[:60]!r} appears twice in one object: JSON parsers keep one of "
+        raise InvalidInput(f"the key {sent_text(key, 60)!r} appears twice in one object: JSON parsers keep one of "
                            "the two values, so it cannot be stored as sent; send each key once")
     return value
 
@@ -120,7 +120,7 @@ def dump_json(value: Any, what: str) -> bytes:
     try:
         json.loads(out, object_pairs_hook=_pairs_once, parse_int=int)
     except _Repeated as exc:
-        raise InvalidInput(f"{what} has two keys that are one key in JSON, {exc.key[:60]!r} (a key that is "
+        raise InvalidInput(f"{what} has two keys that are one key in JSON, {sent_text(exc.key, 60)!r} (a key that is "
                            "not a string is written as its JSON text): give each key once") from None
     return out
 

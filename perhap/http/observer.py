@@ -6,7 +6,7 @@ import logging
 import time
 from urllib.parse import unquote
 
-from ..auth import hide_tokens
+from ..errors import hide_tokens
 from .metrics import Metrics
 from .routes import ROUTE_KEY, Route, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send

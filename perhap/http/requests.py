@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ..auth import Authenticator, Grant
-from ..errors import InvalidInput
+from ..errors import InvalidInput, sent_text
 from ..groups import Groups
 from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..limits import check_depth, parser_gave_up_on_depth, too_deep
@@ -146,7 +146,7 @@ def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> 
         for name, _ in pairs:
             if name in seen and name not in op.repeatable:
                 raise InvalidInput(f"the query parameter {_shown(name)} is given more than once; give it once",
-                                   parameter=name[:100])
+                                   parameter=sent_text(name, 100))
             seen.add(name)
     return query
 
@@ -166,7 +166,7 @@ def _unknown(route: Route, method: str, kind: Kind, allowed: tuple[str, ...], na
         detail += " (the type is the last segment of this path)"
     elif name in ("after_version", "until_version") and kind is Kind.READ and route.levels < 3:
         detail += f" ({name} bounds an entity's versions: /REALM/DOMAIN/ENTITY?{name}=N)"
-    return InvalidInput(detail, parameter=name[:100])
+    return InvalidInput(detail, parameter=sent_text(name, 100))
 
 
 def _body_shape(kind: Kind, name: str, value: str) -> str:
@@ -184,7 +184,7 @@ def _body_shape(kind: Kind, name: str, value: str) -> str:
 
 
 def _shown(name: str) -> str:
-    return repr(name if len(name) <= 60 else name[:60] + "...")
+    return repr(sent_text(name, 60) + ("..." if len(name) > 60 else ""))
 
 
 def page_limit(query: dict[str, str]) -> int:
@@ -192,7 +192,7 @@ def page_limit(query: dict[str, str]) -> int:
     if text is None:
         return DEFAULT_LIMIT
     if not _INT.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text[:40]!r}")
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {sent_text(text, 40)!r}")
     return int(text)
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..auth import hide_tokens
-from ..errors import NotFound
+from ..errors import NotFound, hide_tokens
 from ..jsoncodec import dump_json
 from .types import Headers, Send
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, sent_text
 from ..model import DEFAULT_LIMIT, MAX_POSITION, MAX_VERSION, Cursor, Scope, check_name
 from ..slotted import fast_constructor
 
@@ -58,7 +58,7 @@ def check_integer(value: Any, name: str, low: int, high: int) -> int | None:
         return None
     if isinstance(value, str):
         if not (value.isascii() and value.removeprefix("-").isdigit()) or len(value) > 25:
-            raise InvalidInput(f"{name} must be an integer, got {value[:40]!r}")
+            raise InvalidInput(f"{name} must be an integer, got {sent_text(value, 40)!r}")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer")
@@ -83,7 +83,7 @@ def read_query(
     """Check a read's parameters together and build its query (bounds from ``following`` are
     added by the store, which must look the event up). Clashes are 400s that name both sides."""
     if order not in ORDERS:
-        raise InvalidInput(f"order must be asc or desc, got {str(order)[:40]!r}")
+        raise InvalidInput(f"order must be asc or desc, got {sent_text(order, 40)!r}")
     descending = order == "desc"
     if stream and descending:
         raise InvalidInput("order=desc cannot be streamed: a live stream runs oldest first")

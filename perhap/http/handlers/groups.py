@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import InvalidInput
+from ...errors import InvalidInput, sent_text
 from ...groups import GroupSettings, check_group_name
 from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
@@ -226,7 +226,7 @@ def _max(text: str | None) -> int:
     if text is None:
         return DEFAULT_LEASE_MAX
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {text[:40]!r}")
+        raise InvalidInput(f"max must be an integer from 1 to {MAX_LIMIT}, got {sent_text(text, 40)!r}")
     return int(text)
 
 
@@ -238,5 +238,6 @@ def _wait(text: str | None) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds <= MAX_LEASE_WAIT:  # NaN fails this too
-        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_LEASE_WAIT:g}, got {text[:40]!r}")
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_LEASE_WAIT:g}, "
+                           f"got {sent_text(text, 40)!r}")
     return seconds

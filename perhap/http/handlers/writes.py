@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ...errors import InvalidInput
+from ...errors import InvalidInput, sent_text
 from ...limits import BatchTooLarge
 from ...model import check_expected_version, new_event
 from ..requests import Context, Request, authorize, read_json_object
@@ -31,7 +31,7 @@ def event_path(realm: str, domain: str, event_id: str) -> str:
 def _keys(keys: Iterable[str]) -> str:
     """Body keys for a message: sorted, and short whatever the client sent."""
     shown = sorted(keys)
-    text = ", ".join(k if len(k) <= 40 else k[:40] + "..." for k in shown[:10])
+    text = ", ".join(sent_text(k, 40) + ("..." if len(k) > 40 else "") for k in shown[:10])
     return text + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
@@ -139,7 +139,7 @@ async def append_many(ctx: Context, req: Request, send: Send) -> None:
     expected_versions = body.get("expected_versions")
     if type(expected_versions) is dict and None in expected_versions.values():
         entity = next(e for e, v in expected_versions.items() if v is None)
-        raise InvalidInput(f"expected_versions[{entity[:60]!r}] must be an integer, -1 for a new entity "
+        raise InvalidInput(f"expected_versions[{sent_text(entity, 60)!r}] must be an integer, -1 for a new entity "
                            "(leave the entity out to append at any version), got null")
     _check_imported_timestamps(req, realm, events)
     result = await ctx.store.append_many(realm, domain, events, expected_versions=expected_versions)
