@@ -243,6 +243,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _in_head = True  # until a request's headers are complete, and again after its last byte
         _in_message = False
         _raw_head = 0  # bytes of reads that ended inside a head (or between requests)
+        _head_seen = False  # a byte of the current head (not a blank line before it) has come
+        _head_tail = b""  # the last bytes of a head not ended yet, where its end may begin
         _steps = 0  # heads and messages completed on this connection
         _lost = False
         _too_large = False
@@ -278,6 +280,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._arm(header_timeout)
 
         def data_received(self, data: bytes) -> None:
+            if self._in_head and not self.transport.is_closing() and self._head_ends_over(data):
+                return self._refuse_head()
             steps = self._steps
             super().data_received(data)
             if self._steps != steps or not self._in_head or self.transport.is_closing():
@@ -288,16 +292,43 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._raw_head += len(data)
             answering = self.cycle is not None and not self.cycle.response_complete
             if self._raw_head > max_header:
-                self._too_large = True
-                if answering:  # (a pipelined head: its 431 cannot go in the middle of an answer)
-                    self.transport.close()
-                else:
-                    self.send_400_response("")  # the 431
+                self._refuse_head()
             elif not self._in_message and not answering and self._deadline is None:
                 # Bytes that begin no request (blank lines) cancel uvicorn's keep-alive timer: the
                 # header deadline runs from them, or they would hold an idle connection for ever.
                 self._body_deadline = None
                 self._arm(header_timeout)
+
+        def _head_ends_over(self, data: bytes) -> bool:
+            """Whether the head that this read ends is over ``max_header``, every byte of it counted
+            as sent (the callbacks miss what the parser drops: a value's leading spaces); a read
+            that ends no head is counted whole after the parser had it."""
+            start = 0
+            if not self._head_seen:  # blank lines before a request are not its head yet
+                start = len(data) - len(data.lstrip(b"\r\n")) if data[:1] in (b"\r", b"\n") else 0
+                if start == len(data):
+                    return False
+                self._head_seen = True
+            tail = self._head_tail
+            ended = -1  # bytes of this read up to the end of the head's blank line
+            if tail:  # the blank line may have begun in the read before
+                at = (tail + data[start:start + 3]).find(b"\r\n\r\n")
+                if at >= 0:
+                    ended = start + at + 4 - len(tail)
+            if ended < 0:
+                at = data.find(b"\r\n\r\n", start)
+                if at < 0:
+                    self._head_tail = (tail + data[start:])[-3:] if len(data) - start < 3 else data[-3:]
+                    return False
+                ended = at + 4
+            return self._raw_head + ended > max_header
+
+        def _refuse_head(self) -> None:
+            self._too_large = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # (a pipelined head: its 431 cannot go in the middle of an answer)
+            else:
+                self.send_400_response("")  # the 431
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._lost = True
@@ -370,6 +401,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def on_headers_complete(self) -> None:
             self._in_head, self._raw_head = False, 0
+            self._head_seen, self._head_tail = False, b""
             self._steps += 1
             self._body_deadline = self.loop.time() + body_timeout
             if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:

@@ -209,6 +209,34 @@ def test_what_the_parser_drops_counts_towards_the_header_limit(sqlite_url: str) 
             assert conn.recv(65536).startswith(b"HTTP/1.1 200")
 
 
+def test_spaces_the_parser_drops_count_when_the_head_ends_in_the_same_read(sqlite_url: str) -> None:
+    """The leading spaces of a header's value, sent with the end of the head in one read (one
+    write, or the last of several), count to the byte: exactly the limit is served, one more is
+    a 431, however few of the bytes the parser's callbacks see."""
+    server = ThreadServer(sqlite_url)
+    server.server.config.http = limited_protocol(max_header=4096)
+
+    def head(size: int, blank_lines: bytes = b"") -> bytes:
+        start = blank_lines + b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+        return start + b" " * (size - len(start) - 5) + b"a\r\n\r\n"
+
+    with server:
+        assert len(head(4096)) == 4096
+        assert _raw(server.port, head(4096)).startswith(b"HTTP/1.1 200")
+        assert _raw(server.port, head(4097)).startswith(b"HTTP/1.1 431")
+        assert _raw(server.port, head(60_000)).startswith(b"HTTP/1.1 431")
+        assert _raw(server.port, head(60_000, b"\r\n" * 3)).startswith(b"HTTP/1.1 431")
+        for cut in (100, 4094, 4095):  # in two reads, the blank line that ends it split or not
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                whole = head(4097)
+                conn.sendall(whole[:cut])
+                time.sleep(0.2)
+                conn.sendall(whole[cut:])
+                conn.settimeout(5)
+                assert conn.recv(65536).startswith(b"HTTP/1.1 431"), cut
+            assert _raw(server.port, head(4096)).startswith(b"HTTP/1.1 200")
+
+
 def test_blank_lines_between_requests_do_not_hold_a_connection(sqlite_url: str) -> None:
     """Any byte cancels uvicorn's keep-alive timer, and blank lines begin no request: the header
     deadline runs from them, so a client trickling them closes as an idle one does."""
