@@ -45,6 +45,27 @@ async def test_metrics_count_appends_reads_and_latency(client: httpx.AsyncClient
     assert realm not in r.text
 
 
+async def test_a_preflight_or_a_method_a_route_refuses_is_neither_a_read_nor_an_append(
+        store: Store, realm: str) -> None:
+    app = PerhapApp(store, cors_origins=["https://app.example.com"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        before = samples((await client.get("/_metrics")).text)
+        preflight = {"origin": "https://app.example.com", "access-control-request-method": "POST"}
+        assert (await client.options(f"/{realm}/d", headers=preflight)).status_code == 204
+        assert (await client.delete(f"/{realm}/d")).status_code == 405
+        assert (await client.post(f"/{realm}", json={"event": 1})).status_code == 405
+        assert (await client.get(f"/{realm}/d")).status_code == 200  # a read, counted
+        after = samples((await client.get("/_metrics")).text)
+
+    def moved(name: str, status: str) -> float:
+        key = (name, (("status", status),))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("perhap_reads_total", "204") == moved("perhap_reads_total", "405") == 0
+    assert moved("perhap_appends_total", "405") == 0
+    assert moved("perhap_reads_total", "200") == 1
+
+
 async def test_every_store_statistic_is_exported(client: httpx.AsyncClient, store: Store, realm: str) -> None:
     for i in range(3):
         assert (await client.post(f"/{realm}/d/e/t", json={"event": i})).status_code == 201

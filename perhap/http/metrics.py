@@ -88,8 +88,11 @@ class Metrics:
     def _child(self, key: tuple[str, str, int], realm_route: bool) -> tuple[_Count, _Latency, _Count | None]:
         method, route, status = key
         kind = None
-        if realm_route and not route.endswith("/keys"):
-            kind = self._kinds.setdefault(("appends" if method == "POST" else "reads", str(status)), _Count())
+        # An append is a POST, a read a GET or a HEAD; a CORS preflight (OPTIONS) or a method the
+        # route does not take (405) is neither.
+        what = "appends" if method == "POST" else "reads" if method in ("GET", "HEAD") else None
+        if realm_route and not route.endswith("/keys") and what is not None and status != 405:
+            kind = self._kinds.setdefault((what, str(status)), _Count())
         children = (self._requests.setdefault((method, route, str(status)), _Count()),
                     self._latency.setdefault((method, route), _Latency()), kind)
         if len(self._children) < 10_000:  # routes and statuses are few; this only guards against surprises
