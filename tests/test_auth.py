@@ -25,7 +25,9 @@ from tests.servers import ProcessServer, ThreadServer, free_port
 
 ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t"]
 #: The token is checked before anything else: without one, a bad path or query is a 401 too.
-MALFORMED = ["/%ff", "/{r}/%ff", "/_groups/%ff", "/{r}?x=%ff", "/_groups/{r}/g", "/{r}/d/e/t/x/y"]
+MALFORMED = ["/%ff", "/{r}/%ff", "/_groups/%ff", "/{r}?x=%ff", "/_groups/{r}/g", "/{r}/d/e/t/x/y",
+             # below an open route's name, no open route: no route at all, a 401 like any path
+             "/_health/x", "/_openapi.json/x", "/%5Fhealth/x"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -105,6 +107,9 @@ async def test_realm_and_permission(auth_client: httpx.AsyncClient, tokens: str,
             problem(await auth_client.post(path, json={"event": 1}, headers=bearer(token)), 405)
         problem(await auth_client.post(f"/{realm}/d/e/t/x", json={"event": 1}, headers=bearer(token)), 404)
     problem(await auth_client.post(f"/{realm}/keys", json={}, headers=bearer(foreign)), 403)  # the realm first
+    # A path below a realm's consumer groups that no route answers: the realm's 403 before the 404.
+    problem(await auth_client.get(f"/_groups/{realm}/g/nowhere", headers=bearer(foreign)), 403)
+    problem(await auth_client.get(f"/_groups/{realm}/g/nowhere", headers=bearer(read)), 404)
 
 
 async def test_keys_lists_only_readable_realms(auth_client: httpx.AsyncClient, tokens: str, realm: str) -> None:

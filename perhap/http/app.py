@@ -153,7 +153,7 @@ class PerhapApp:
             grant = None
             # The token first, before the path and query are judged: without a valid one, a bad
             # path is a 401 like any other (an open route's name is read leniently here).
-            if self.auth is not None and segments and _lenient(segments[0]) not in OPEN_SEGMENTS:
+            if self.auth is not None and segments and not _open(segments):
                 grant = authenticate(self.auth, scope)
             names = [decode_segment(s) for s in segments]
             query = parse_query(scope.get("query_string", b""))
@@ -182,6 +182,13 @@ class PerhapApp:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await send_problem(send, 500, "internal-error", "Internal Server Error",
                                "the server failed; the error is in its log", {})
+
+
+def _open(segments: list[bytes]) -> bool:
+    """Whether a path is an open route's: /_health and /_openapi.json exactly, or /_ui and any
+    path below it (its static files). /_health/x is no route, and needs a token like any path."""
+    first = _lenient(segments[0])
+    return first in OPEN_SEGMENTS and (len(segments) == 1 or first == "_ui")
 
 
 def _lenient(segment: bytes) -> str:

@@ -63,6 +63,8 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     if len(names) == 1 and names[0].startswith("_"):
         raise HTTPProblem(404, "no such system endpoint")
     if names[0] == GROUPS:
+        if len(names) > 1:  # another realm's token is a 403 here too, as on every route of a realm
+            authorize(req.grant, check_name(names[1], "realm", realm=True), "read")
         raise HTTPProblem(404, "no such route: consumer groups are at /_groups/REALM[/GROUP[/events|ack|nack|"
                                "parked[/replay]]]")
     realm = check_name(names[0], "realm", realm=True)
