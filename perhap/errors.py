@@ -99,6 +99,10 @@ class StorageUnavailable(PerhapError):
     status, slug, title = 503, "storage-unavailable", "Storage unavailable"
 
 
+class StoreClosed(StorageUnavailable):
+    """The store was closed: unlike a storage that does not answer for now, it never will again."""
+
+
 # --------------------------------------------------------------------------- quoting what was sent
 
 

@@ -531,6 +531,47 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
         await store.close()
 
 
+async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresServer, tmp_path: Path) -> None:
+    """A live stream stays open while the database is away (comments keep it), and carries what is
+    appended once it is back: ended, its client would reconnect into 503s, on which a browser's
+    EventSource gives up for good."""
+    url = own_server.create_database("outage")
+    with ProcessServer(url, None, "--heartbeat", "0.5", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            first = (await http.post("/o/d/e/t", json={"event": 1})).json()["event_id"]
+            async with http.stream("GET", "/o/d", headers={"accept": "text/event-stream"}) as r:
+                assert r.status_code == 200
+                decoder, chunks = SSEDecoder(), r.aiter_raw()
+
+                async def next_event() -> dict[str, Any]:
+                    while True:
+                        chunk = await asyncio.wait_for(chunks.__anext__(), 30)
+                        events = [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
+                        if events:
+                            assert len(events) == 1, events
+                            return events[0]
+
+                assert (await next_event())["event_id"] == first
+                await asyncio.to_thread(own_server.stop, "fast")
+                # Down for a few of the stream's reads (each waits at most its poll interval, 1 s).
+                await eventually(lambda: _down(http), 10, "the server to see the database gone")
+                outage_ends = time.monotonic() + 3
+                while time.monotonic() < outage_ends:  # the stream stays open, kept by comments
+                    chunk = await asyncio.wait_for(chunks.__anext__(), 5)
+                    assert not [m for m in decoder.feed(chunk) if m.data is not None]
+                await asyncio.to_thread(own_server.start)
+                second = None
+                while second is None:
+                    answer = await http.post("/o/d/e/t", json={"event": 2})
+                    assert answer.status_code in (201, 503), answer.text
+                    second = answer.json()["event_id"] if answer.status_code == 201 else None
+                assert (await next_event())["event_id"] == second  # the same connection, no gap
+
+
+async def _down(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/_health")).status_code == 503
+
+
 async def test_open_fails_cleanly_without_a_database(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(StorageUnavailable):

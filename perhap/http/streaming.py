@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ..auth import Authenticator, Grant
-from ..errors import StorageUnavailable
+from ..errors import StorageUnavailable, StoreClosed
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event
 from ..store.base import Store, Subscription
@@ -45,6 +45,9 @@ ABORT_EXTENSION = "perhap.abort"
 #: Set in that extension by a stream: its writes are timed by the app, not by the listener.
 TIMED_HERE = "timed_here"
 KEEP_ALIVE = b": keep-alive\n\n"
+#: Seconds an open stream waits before reading again while the storage does not answer: the
+#: first pause, doubled at each failed read up to the second.
+OUTAGE_PAUSES = (0.25, 5.0)
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
 #: A stream's first read: what a store read can hold at once is bounded by count, so a stream
@@ -263,8 +266,24 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
     full = sub.query.limit
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
         sub.query = replace(sub.query, limit=FIRST_BATCH)
+    pause = OUTAGE_PAUSES[0]
     while True:
-        sub.query, body, read_at = await _next_body(streams, sub, full)
+        try:
+            sub.query, body, read_at = await _next_body(streams, sub, full)
+        except StoreClosed:
+            raise
+        except StorageUnavailable as exc:
+            # The storage does not answer for now (a database restarting): the stream stays open,
+            # its cursor where it was, keeping its client with comments and reading again after a
+            # pause. Ended, every client would reconnect into 503s, and a browser's EventSource
+            # gives up for good on the first one.
+            if pause == OUTAGE_PAUSES[0]:
+                log.info("stream of %s waits for the storage: %s", sub.scope, exc.detail)
+            await writing.send(KEEP_ALIVE)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, OUTAGE_PAUSES[1])
+            continue
+        pause = OUTAGE_PAUSES[0]
         # A revoked token's stream ends before it carries another event: the token file is looked
         # at after the read that found the body's events (so after their commits), once for all
         # the streams that share that read.

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ..errors import NotFound, NotSupported, StorageUnavailable
+from ..errors import NotFound, NotSupported, StoreClosed
 from ..ids import check_event_id
 from ..model import (
     DEFAULT_LIMIT,
@@ -328,7 +328,7 @@ class Store(abc.ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StorageUnavailable("the store is closed")
+            raise StoreClosed("the store is closed")
 
     async def __aenter__(self) -> Store:
         return self

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ...errors import PerhapError, StorageUnavailable
+from ...errors import PerhapError, StorageUnavailable, StoreClosed
 from ...model import Event
 from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
@@ -271,7 +271,7 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         pool = self._pool_here()
         if pool is None:  # closed (a subscription outliving its store) or never opened
-            raise StorageUnavailable("the store is closed")
+            raise StoreClosed("the store is closed")
         for attempt in range(2):
             try:
                 conn = await pool.acquire(timeout=self.timeout)
