@@ -920,6 +920,33 @@ async def test_a_worker_that_dies_is_started_again(pg_url: str, tmp_path: Path) 
     assert f"exited with status -{int(signal.SIGKILL)}; starting it again" in out, out
 
 
+async def test_workers_stop_when_their_supervisor_is_killed(pg_url: str, tmp_path: Path) -> None:
+    """A SIGKILLed `perhap serve --workers 2` takes its workers with it: left running, unsupervised,
+    they kept the port, and the server could not be started again there."""
+    server = ProcessServer(pg_url, None, "--workers", "2", cwd=tmp_path).start()
+    try:
+        assert server.proc is not None
+        await eventually(lambda: len(_workers(server.proc.pid)) == 2, 20, "two workers")
+        workers = _workers(server.proc.pid)
+        server.proc.kill()
+        server.proc.wait(30)
+        await eventually(lambda: not any(Path(f"/proc/{w}").exists() and _alive(w) for w in workers), 30,
+                         "the workers to stop with their supervisor")
+    finally:
+        server.kill()
+    with ProcessServer(pg_url, server.port, cwd=tmp_path) as again:  # the port is free again
+        async with httpx.AsyncClient(base_url=again.url, timeout=30) as http:
+            assert (await http.post("/w/d/e/t", json={"event": 1})).status_code == 201
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_workers_that_cannot_open_the_store_are_one_error_line(pg_url: str) -> None:
     """With --workers 2 the store is opened once before the workers start: a database that is not
     there is the same one line (exit 1) as with one process, not each worker's log lines."""

@@ -1,0 +1,257 @@
+"""The HTTP listener: uvicorn's httptools protocol with the limits it lacks (the size of a head and
+the time to send it, the time for a body, a client that stops reading) and a way for the app to
+close a connection at once; every refusal a problem+json answer, as the app's own are."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .http.observer import LISTENER_BYTES, LISTENER_STATUS
+from .http.responses import STATUS_TITLES, problem_body
+from .http.streaming import ABORT_EXTENSION, TIMED_HERE
+from .limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER, DEFAULT_WRITE_TIMEOUT
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+#: Seconds a connection the listener closed (a deadline passed) may take to go; then it is cut.
+CLOSE_GRACE = 1.0
+#: What a request line and head hold beside the method, the URL and the headers: " ", " HTTP/1.1",
+#: CRLF, and the CRLF of the blank line. (A header counts its name, value and ": " CRLF.)
+_REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
+
+
+def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+                     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT) -> Any:
+    """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
+    (431 problem+json; httptools alone takes any size), a deadline to finish sending them (a
+    slowloris client is disconnected instead of holding a connection slot for ever), a deadline
+    for the body after them (408 problem+json, then the connection is closed), and a way for the
+    app to close a connection at once (the ``perhap.abort`` scope extension, for stalled streams),
+    and a deadline for a client that stops reading: once the transport's buffer is over its high
+    mark, a response left unread for ``write_timeout`` seconds (None: never) ends the connection,
+    so a client that asks for a large page and never reads it cannot hold a connection slot for
+    ever (a stream's response is left to the app, which times its own writes and counts the
+    clients it drops: see ``abort_hook``)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
+        return "auto"
+    too_large = _problem_response(b"431 Request Header Fields Too Large", problem_body(
+        431, "headers-too-large", STATUS_TITLES[431],
+        f"the request line and headers exceed the limit of {max_header} bytes", {"max_header": max_header}))
+    slow_body = problem_body(408, "body-timeout", "Request Timeout",
+                             f"the body did not arrive within {body_timeout:g} s of the headers",
+                             {"body_timeout": body_timeout})
+    too_slow = _problem_response(b"408 Request Timeout", slow_body)
+
+    overflow = _problem_response(b"413 Content Too Large", problem_body(
+        413, "content-too-large", STATUS_TITLES[413],
+        "the Content-Length is larger than any body this server takes (see --max-body)", {}))
+    short_body = body_timeout < header_timeout
+
+    class LimitedHttpTools(HttpToolsProtocol):
+        _header_bytes = 0
+        _method_counted = False
+        _in_head = True  # until a request's headers are complete, and again after its last byte
+        _in_message = False
+        _raw_head = 0  # bytes of reads that ended inside a head (or between requests)
+        _head_seen = False  # a byte of the current head (not a blank line before it) has come
+        _head_tail = b""  # the last bytes of a head not ended yet, where its end may begin
+        _steps = 0  # heads and messages completed on this connection
+        _lost = False
+        _too_large = False
+        _deadline: Any = None
+        _body_deadline: float | None = None  # loop time; None until the headers are complete
+        _extensions: Any = None
+        _write_deadline: Any = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            # A stream times its own writes (and counts what it drops): left to it.
+            if write_timeout is not None and self._write_deadline is None \
+                    and not self._extensions[ABORT_EXTENSION].get(TIMED_HERE):
+                self._write_deadline = self.loop.call_later(write_timeout, self._write_expired)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel_write_deadline()
+
+        def _cancel_write_deadline(self) -> None:
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+
+        def _write_expired(self) -> None:
+            self._write_deadline = None
+            if not self.transport.is_closing():
+                self.transport.abort()  # what is buffered for it goes: the client stopped reading
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
+            self._arm(header_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head and not self.transport.is_closing() and self._head_ends_over(data):
+                return self._refuse_head()
+            steps = self._steps
+            super().data_received(data)
+            if self._steps != steps or not self._in_head or self.transport.is_closing():
+                return
+            # httptools drops what it may (blank lines before a request, the spaces around a
+            # header's value) before the callbacks count it: a read that completed no head and no
+            # message was head (or blank lines before one) all through, so it counts whole.
+            self._raw_head += len(data)
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self._raw_head > max_header:
+                self._refuse_head()
+            elif not self._in_message and not answering and self._deadline is None:
+                # Bytes that begin no request (blank lines) cancel uvicorn's keep-alive timer: the
+                # header deadline runs from them, or they would hold an idle connection for ever.
+                self._body_deadline = None
+                self._arm(header_timeout)
+
+        def _head_ends_over(self, data: bytes) -> bool:
+            """Whether the head that this read ends is over ``max_header``, every byte of it counted
+            as sent (the callbacks miss what the parser drops: a value's leading spaces); a read
+            that ends no head is counted whole after the parser had it."""
+            start = 0
+            if not self._head_seen:  # blank lines before a request are not its head yet
+                start = len(data) - len(data.lstrip(b"\r\n")) if data[:1] in (b"\r", b"\n") else 0
+                if start == len(data):
+                    return False
+                self._head_seen = True
+            tail = self._head_tail
+            ended = -1  # bytes of this read up to the end of the head's blank line
+            if tail:  # the blank line may have begun in the read before
+                at = (tail + data[start:start + 3]).find(b"\r\n\r\n")
+                if at >= 0:
+                    ended = start + at + 4 - len(tail)
+            if ended < 0:
+                at = data.find(b"\r\n\r\n", start)
+                if at < 0:
+                    self._head_tail = (tail + data[start:])[-3:] if len(data) - start < 3 else data[-3:]
+                    return False
+                ended = at + 4
+            return self._raw_head + ended > max_header
+
+        def _refuse_head(self) -> None:
+            self._too_large = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # (a pipelined head: its 431 cannot go in the middle of an answer)
+            else:
+                self.send_400_response("")  # the 431
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._lost = True
+            self._disarm()
+            self._cancel_write_deadline()
+            super().connection_lost(exc)
+
+        def _arm(self, delay: float) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(delay, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            # One timer a request, armed when its first byte arrives and cancelled when its last
+            # does: the header deadline first, then (re-armed only if still running) the body's.
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self._body_deadline is not None:
+                left = self._body_deadline - self.loop.time()
+                if left > 0:
+                    return self._arm(left)
+                cycle = self.cycle
+                if cycle is not None and not cycle.response_started and not cycle.response_complete:
+                    cycle.scope[LISTENER_STATUS] = 408  # type: ignore[literal-required]
+                    cycle.scope[LISTENER_BYTES] = len(slow_body)  # type: ignore[literal-required]
+                    cycle.disconnected = True  # the app's receive() now says http.disconnect
+                    cycle.message_event.set()  # and whatever it answers goes nowhere
+                    self.transport.write(too_slow)
+            self.transport.close()
+            # Over TLS, close() waits for the client's close_notify (asyncio gives it 30 s), and the
+            # connection keeps its slot meanwhile: a client that sends none is cut off a second on.
+            self.loop.call_later(CLOSE_GRACE, self._abort_unless_lost)
+
+        def _abort_unless_lost(self) -> None:
+            if not self._lost:
+                self.transport.abort()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            # The request line's own bytes (two spaces, "HTTP/1.1", its CRLF) and the blank line
+            # that ends the head; the method and the URL are added as they come.
+            self._header_bytes = _REQUEST_LINE_FRAME
+            self._method_counted = False
+            self._in_message = True
+            self._body_deadline = None
+            if self._deadline is None:
+                self._arm(header_timeout)
+
+        def _count(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > max_header:
+                self._too_large = True
+                raise _HeadersTooLarge
+
+        def on_url(self, url: bytes) -> None:
+            if not self._method_counted:  # (the URL may come in several parts)
+                self._method_counted = True
+                self._count(len(self.parser.get_method()))
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._raw_head = False, 0
+            self._head_seen, self._head_tail = False, b""
+            self._steps += 1
+            self._body_deadline = self.loop.time() + body_timeout
+            if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
+                self._arm(body_timeout)  # the body's deadline comes before the header one would
+            super().on_headers_complete()
+            # One per request: a stream's mark (TIMED_HERE) is for its own response only.
+            self._extensions = {ABORT_EXTENSION: {"abort": self.transport.abort}}
+            self.scope["extensions"] = self._extensions
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            self._in_head, self._in_message = True, False
+            self._steps += 1
+            super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
+            # like every other error of the API, not uvicorn's plain text.
+            if self._too_large:
+                self.transport.write(too_large)
+            elif str(sys.exception()) == "Content-Length overflow":
+                # (uvicorn calls this inside its except clause, with its own words in msg: the
+                # parser's are the exception's.) A length past 2**64 is larger than any body taken.
+                self.transport.write(overflow)
+            else:
+                self.transport.write(_problem_response(b"400 Bad Request", problem_body(
+                    400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})))
+            self.transport.close()
+
+    return LimitedHttpTools
+
+
+def _problem_response(status: bytes, body: bytes) -> bytes:
+    """A whole HTTP/1.1 problem+json response that closes the connection."""
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/problem+json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
