@@ -294,3 +294,43 @@ async def test_a_waiting_long_poll_ends_when_the_server_stops(store: Store) -> N
     stats = await app.context.groups.describe("shop", "g")  # type: ignore[union-attr]
     assert stats["in_flight"] == 0
 
+
+
+async def test_a_long_poll_the_stopping_server_ends_answers_every_lease_it_made(tmp_path: Path) -> None:
+    """A poll whose look was storing a lease when the server began to stop answers that lease:
+    ended with [], it left the events leased to a consumer that never saw them (until
+    ack_timeout), with a delivery counted."""
+    async with open_store(f"sqlite:///{tmp_path}/stop.db") as store:
+        app = PerhapApp(store)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as http:
+            assert (await http.put("/_groups/shop/g", json={"start": "end", "max_in_flight": 3})).status_code == 201
+            received: dict[str, int] = {}
+
+            async def consumer(name: str) -> None:
+                while True:
+                    r = await http.get("/_groups/shop/g/events", params={"consumer": name, "max": 3, "wait": 5})
+                    assert r.status_code == 200, r.text
+                    events = r.json()["events"]
+                    if app.streams.stopping.is_set() and not events:
+                        return
+                    received[name] = received.get(name, 0) + len(events)
+                    if events:  # acknowledged at once, as a consumer that keeps up does
+                        ids = [e["event_id"] for e in events]
+                        r = await http.post("/_groups/shop/g/ack", json={"consumer": name, "event_ids": ids})
+                        assert r.status_code == 200, r.text
+                        received[name] -= len(ids)
+
+            async def writer() -> None:
+                for i in range(400):
+                    await store.append("shop", "d", f"e{i % 40}", "t", i)
+                    if i == 300:
+                        app.stop_streams()  # the server begins to stop, polls under way
+
+            consumers = [asyncio.ensure_future(consumer(f"c{i}")) for i in range(30)]
+            await writer()
+            await asyncio.wait_for(asyncio.gather(*consumers), 30)
+        # Every lease a consumer holds now is one it was answered with (it has not acked those).
+        stats = await app.context.groups.describe("shop", "g")  # type: ignore[union-attr]
+        held = {c["consumer"]: c["in_flight"] for c in stats["consumers"]}
+        assert {c: n for c, n in held.items() if n} == {c: n for c, n in received.items() if n}

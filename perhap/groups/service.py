@@ -165,13 +165,18 @@ class Groups:
     # ----------------------------------------------------------------- consuming
 
     async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float,
-                    check: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                    check: Callable[[], None] | None = None,
+                    stop: asyncio.Event | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one;
-        ``check`` (it raises to refuse, a revoked token, say) runs before each look."""
+        ``check`` (it raises to refuse, a revoked token, say) runs before each look. Once ``stop``
+        is set (the server stops) the wait ends with nothing leased; a look already under way
+        finishes, and what it leased is returned, never dropped on the way to the consumer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (realm, name)
         while True:
+            if stop is not None and stop.is_set():
+                return []
             if check is not None:
                 check()
             # Both taken before looking: a commit or a change after them ends the wait at once.
@@ -190,15 +195,19 @@ class Groups:
                 pause = min(pause, SHARED_POLL)
             if expiry is not None:
                 pause = min(pause, max(expiry - time.time(), 0.0) + 0.01)
-            await self._wait(changed, token, pause)
+            await self._wait(changed, token, pause, stop)
 
-    async def _wait(self, changed: asyncio.Future[None], token: int, timeout: float) -> None:
-        """Until an event is stored, the group changes in this process, or ``timeout`` passes."""
+    async def _wait(self, changed: asyncio.Future[None], token: int, timeout: float,
+                    stop: asyncio.Event | None = None) -> None:
+        """Until an event is stored, the group changes in this process, ``stop`` is set, or
+        ``timeout`` passes."""
         commit = asyncio.ensure_future(self.store._wait_for_change(token, timeout))
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait() if stop else asyncio.sleep(timeout))
         try:
-            await asyncio.wait({commit, changed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({commit, changed, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             commit.cancel()
+            stopped.cancel()
 
     async def _lease_once(self, realm: str, name: str, consumer: str,
                           limit: int) -> tuple[list[tuple[int, Lease]], float | None]:

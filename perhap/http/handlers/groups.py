@@ -98,23 +98,20 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
     else:
         # A client that hangs up while it waits must not have events leased to it afterwards
         # (they would sit unseen until ack_timeout): the poll ends with the connection. A server
-        # that stops ends it too, with nothing leased (as it ends streams), instead of holding
-        # the shutdown for the whole wait and then failing it.
-        poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait, _recheck(ctx, req, realm)))
+        # that stops ends the wait too (as it ends streams), instead of holding the shutdown for
+        # the whole wait and then failing it: with nothing leased, or, when a look was under way,
+        # with what it leased (answered here, since the lease is stored whatever the poll does).
+        poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait, _recheck(ctx, req, realm),
+                                                      ctx.streams.stopping))
         hangup = asyncio.ensure_future(wait_disconnect(req.receive))
-        stop = asyncio.ensure_future(ctx.streams.stopping.wait())
         try:
-            await asyncio.wait({poll, hangup, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hangup.cancel()
-            stop.cancel()
             poll.cancel()  # nothing if it finished
-            await asyncio.gather(poll, hangup, stop, return_exceptions=True)
+            await asyncio.gather(poll, hangup, return_exceptions=True)
         if poll.cancelled():
-            if hangup.done() and not hangup.cancelled():
-                return  # the client is gone: nobody to answer
-            await send_json(send, 200, {"events": []})  # the server stops
-            return
+            return  # the client is gone: nobody to answer
         events = poll.result()
     await send_json(send, 200, {"events": events})
 
