@@ -289,6 +289,35 @@ async def test_a_lease_whose_state_would_not_fit_is_507_not_400(client: httpx.As
     assert len(await lease(client, realm, "a", max=2)) == 2
 
 
+async def test_leases_that_run_out_into_parking_never_wedge_a_group_at_its_size_limit(
+        client: httpx.AsyncClient, store: Store, realm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease that runs out on its last delivery becomes a parked entry, larger than the lease: a
+    group near its size limit grows by expiries alone. What the operation itself adds is what the
+    limit judges: an ack of a valid lease, or a replay, still goes through; a new lease is the 507."""
+    import types
+
+    from perhap.groups import service as group_service
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(group_service, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    assert (await put(client, realm, ack_timeout=10, max_deliveries=1)).status_code == 201
+    for i in range(41):
+        await append(client, realm, f"o{i}", i)
+    assert len(await lease(client, realm, "c", max=39)) == 39  # until 1,000,010
+    clock[0] += 6
+    [kept] = await lease(client, realm, "k", max=1)  # until 1,000,016
+    record = await store.group_states().get(realm, "g")
+    assert record is not None
+    monkeypatch.setattr(store_states, "MAX_STATE_BYTES", len(record.data) + 40)  # no room for 39 parkings
+    clock[0] += 5  # c's leases ran out for the last time: parked at the next operation
+    assert (await ack(client, realm, "k", [kept])).status_code == 200
+    s = await stats(client, realm)
+    assert (s["parked"], s["in_flight"], s["acknowledged"]) == (39, 0, 1)
+    problem(await client.get(f"/_groups/{realm}/g/events", params={"consumer": "m", "max": 1}), 507)
+    r = await client.post(f"/_groups/{realm}/g/parked/replay", json={"event_ids": []})
+    assert r.status_code == 200, r.text
+
+
 async def test_a_backlog_on_one_entity_does_not_stop_the_others(client: httpx.AsyncClient, realm: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the pending list's cap, the events of an entity that cannot go out anyway are deferred

@@ -27,20 +27,10 @@ from ..model import MAX_LIMIT, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
 from .ahead import read_ahead, scan, take_back_deferred
-from .settings import GroupSettings
+from .settings import BODY_CACHE, MAX_ATTEMPTS, SEEN_EVERY, SHARED_POLL, GroupSettings
 from .state import GroupState, Lease
 
 _T = TypeVar("_T")
-#: Compare-and-set attempts of one operation before it gives up (503): only other processes
-#: writing the same group at the same moment make an attempt fail.
-MAX_ATTEMPTS = 50
-#: How often a waiting consumer looks at a group another process may have changed, where no
-#: notification says so (Cassandra; a PostgreSQL notification lost with its connection).
-SHARED_POLL = 0.5
-#: A consumer's last activity is stored again after this long (an idle poll writes nothing before).
-SEEN_EVERY = 5.0
-#: Event bodies kept for redelivery, so a retried event is not read by id again.
-BODY_CACHE = 20_000
 
 Change = Callable[[GroupState, float], Awaitable[tuple[_T, bool]]]
 
@@ -326,17 +316,26 @@ class Groups:
                 state = cached.state
                 outcomes: list[object] = []
                 dirty = failed = False
+                now = time.time()
                 for item in batch:
                     try:
-                        result, changed = await item.change(state, time.time())
+                        result, changed = await item.change(state, now)
                     except Exception as exc:  # this operation's own failure: a 409, a read that failed
                         outcomes.append(_Failed(exc))
                         failed = True
                         continue
                     outcomes.append(result)
                     dirty = dirty or changed
-                token = new_token()
-                written = not dirty or await self.table.put(realm, name, state.to_bytes(), token, cached.token)
+                token, data = new_token(), state.to_bytes() if dirty else b""
+                try:
+                    written = not dirty or await self.table.put(realm, name, data, token, cached.token)
+                except StateTooLarge:
+                    if len(batch) > 1:
+                        raise
+                    # Leases that ran out grow the document (a parked entry is larger than a lease):
+                    # not the operation's doing, so one that adds nothing to that goes through.
+                    allowed = GroupState.size_expired(stored.data, now)
+                    written = await self.table.put(realm, name, data, token, cached.token, allowed)
             except BaseException as exc:
                 self._cache.pop(key, None)  # changed in place, maybe not stored
                 if isinstance(exc, StateTooLarge) and len(batch) > 1:

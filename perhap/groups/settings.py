@@ -19,6 +19,18 @@ DEFAULT_MAX_IN_FLIGHT = 1000
 #: Events one lease (GET .../events) takes when its ``max`` is left out, and its longest ``wait``.
 DEFAULT_LEASE_MAX = 100
 MAX_LEASE_WAIT = 300.0
+
+# How the service (service.py) works, not settings of a group:
+#: Compare-and-set attempts of one operation before it gives up (503): only other processes
+#: writing the same group at the same moment make an attempt fail.
+MAX_ATTEMPTS = 50
+#: How often a waiting consumer looks at a group another process may have changed, where no
+#: notification says so (Cassandra; a PostgreSQL notification lost with its connection).
+SHARED_POLL = 0.5
+#: A consumer's last activity is stored again after this long (an idle poll writes nothing before).
+SEEN_EVERY = 5.0
+#: Event bodies kept for redelivery, so a retried event is not read by id again.
+BODY_CACHE = 20_000
 MAX_DELIVERIES = 1000
 MAX_IN_FLIGHT = 10_000
 STARTS = ("beginning", "end")

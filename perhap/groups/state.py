@@ -281,6 +281,13 @@ class GroupState:
 
     # ----------------------------------------------------------------- the stored form
 
+    @classmethod
+    def size_expired(cls, data: bytes, now: float) -> int:
+        """The size of the document ``data`` once its leases that ran out by ``now`` are expired."""
+        state = cls.from_bytes(data)
+        state.expire(now)
+        return len(state.to_bytes())
+
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "settings": self.settings.to_json(), "created": self.created, "scanned": self.scanned,

@@ -30,9 +30,10 @@ from ..errors import StateTooLarge
 MAX_STATE_BYTES = 8 * 1024 * 1024
 
 
-def check_size(data: bytes) -> None:
-    """Every backend's ``put`` first: a document past :data:`MAX_STATE_BYTES` is StateTooLarge."""
-    if len(data) > MAX_STATE_BYTES:
+def check_size(data: bytes, limit: int | None = None) -> None:
+    """Every backend's ``put`` first: a document past :data:`MAX_STATE_BYTES` (or past ``limit``,
+    what its writer allows beyond it: see ``put``) is StateTooLarge."""
+    if len(data) > (MAX_STATE_BYTES if limit is None else max(limit, MAX_STATE_BYTES)):
         raise StateTooLarge(f"a consumer group's state may hold at most {MAX_STATE_BYTES >> 20} MiB "
                             f"({len(data):,} bytes asked): acknowledge, replay or lease fewer events "
                             "at a time, or delete the group", max_bytes=MAX_STATE_BYTES)
@@ -67,9 +68,11 @@ class StateTable(abc.ABC):
         """(realm, name) of every document of ``realm`` (None: of every realm), sorted."""
 
     @abc.abstractmethod
-    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
+    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None,
+                  limit: int | None = None) -> bool:
         """Store ``data`` under the new ``token`` if the stored token is ``expected`` (None: if
-        there is no document); True when written."""
+        there is no document); True when written. ``limit``: the largest document taken, more
+        than MAX_STATE_BYTES only where what passes it is not the writer's own doing."""
 
     @abc.abstractmethod
     async def delete(self, realm: str, name: str, expected: str) -> bool:

@@ -130,8 +130,9 @@ class CassandraStates(StateTable):
         live = {(r, n) for (r, _), rows in zip(reads, found, strict=True) for n, token in rows if token is not None}
         return [(r, n) for r, n in listed if (r, n) in live]
 
-    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        check_size(data)
+    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None,
+                  limit: int | None = None) -> bool:
+        check_size(data, limit)
         key = (self.ns.stored(realm), name)
         if expected is None:
             # Listed before the document may exist: names() never misses a document.

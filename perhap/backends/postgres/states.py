@@ -90,8 +90,9 @@ class PostgresStates(StateTable):
             rows = await self._fetch("SELECT realm, name FROM perhap_groups WHERE realm = $1 ORDER BY name", realm)
         return [(r[0], r[1]) for r in rows]
 
-    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        check_size(data)
+    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None,
+                  limit: int | None = None) -> bool:
+        check_size(data, limit)
         if expected is None:
             return await self._write(realm, name, token, CREATE, realm, name, token, data, self._origin)
         return await self._write(realm, name, token, REPLACE, realm, name, token, data, expected, self._origin)

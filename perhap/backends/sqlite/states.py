@@ -97,8 +97,9 @@ class SQLiteStates(StateTable):
         self._check_open()
         return await self.reads(run)
 
-    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None) -> bool:
-        check_size(data)
+    async def put(self, realm: str, name: str, data: bytes, token: str, expected: str | None,
+                  limit: int | None = None) -> bool:
+        check_size(data, limit)
         if expected is None:
             return await self._write("INSERT OR IGNORE INTO perhap_groups (realm, name, token, data) "
                                      "VALUES (?, ?, ?, ?)", (realm, name, token, data))
