@@ -198,3 +198,36 @@ async def test_a_batch_item_keeps_its_timestamp_given_by_an_admin_token(tmp_path
         assert post("/r/d/e", {"events": [{**item, "timestamp": "yesterday"}]}, admin).status_code == 400
         events = http.get("/r/d/e", headers={"authorization": f"Bearer {admin}"}).json()["events"]
     assert [e["timestamp"] for e in events][1:] == ["2020-01-02T02:04:05.678901Z"]
+
+
+async def test_an_entity_larger_than_the_servers_body_limit_is_imported_in_smaller_batches(
+        tmp_path: Path, tokens: str) -> None:
+    """A batch the server refuses as too large (413: --max-body, --max-batch) goes again in halves,
+    each at its own versions: what a server took one event at a time can be moved to one like it.
+    An event larger than the server takes stops the import, in words."""
+    source = f"sqlite:///{tmp_path / 'big.db'}"
+    async with open_store(source) as store:
+        for v in range(60):
+            await store.append("bg", "d", "e", "t", {"v": v, "pad": "x" * 5000})
+        await store.append("bg", "d", "other", "t", {"small": True})
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(ok(run_cli("export", "--db", source)))
+    admin, _ = add_token(tokens, "*", "admin")
+    dest = f"sqlite:///{tmp_path / 'dest.db'}"
+    # 60 events of 5 kB in one run of the entity: about 300 kB, past the 100 kB the server takes.
+    with ThreadServer(dest, auth=Authenticator(tokens, recheck=0), max_body=100_000, max_batch=25) as server:
+        out = ok(run_cli("import", "--db", server.url, str(dump), "--token", admin))
+        assert out.startswith(b"imported 61 events into 1 realm")
+        exported = ok(run_cli("export", "--db", server.url, "--token", admin))
+        assert strip_positions(exported) == strip_positions(dump.read_bytes())
+    with ThreadServer(f"sqlite:///{tmp_path / 'dest2.db'}", auth=Authenticator(tokens, recheck=0),
+                      max_body=100_000, max_batch=25) as server:
+        copied = ok(run_cli("copy", "--from", source, "--to", server.url, "--to-token", admin))
+        assert b"copy verified: 1 realm, 61 events" in copied, copied
+    huge = tmp_path / "huge.jsonl"
+    async with open_store(f"sqlite:///{tmp_path / 'huge.db'}") as store:
+        await store.append("hg", "d", "e", "t", {"pad": "x" * 200_000})
+    huge.write_bytes(ok(run_cli("export", "--db", f"sqlite:///{tmp_path / 'huge.db'}")))
+    with ThreadServer(f"sqlite:///{tmp_path / 'small.db'}", max_body=100_000) as server:
+        r = run_cli("import", "--db", server.url, str(huge))
+        assert "is larger than the destination takes" in one_error_line(r)

@@ -28,6 +28,11 @@ class TransferError(Exception):
     """An export, import or copy cannot go on; the message says why and what to do."""
 
 
+class TooLargeForDestination(TransferError):
+    """A batch the destination refuses as too large (a server's ``--max-body`` or ``--max-batch``):
+    the importer sends it again in halves; an event alone that it refuses stops the import."""
+
+
 def check_export_scope(scope: Scope | None) -> None:
     """Refuse a TYPE scope: an import keeps versions, and a type's events leave gaps in them."""
     if scope is not None and scope.type is not None:

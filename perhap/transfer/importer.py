@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import EventIdConflict, NotFound, VersionConflict
 from ..jsoncodec import canonical_json
 from ..model import AppendResult, Event
-from .dump import DumpEvent, TransferError, parse_dump
+from .dump import DumpEvent, TooLargeForDestination, TransferError, parse_dump
 from .progress import Progress
 from .reading import TransferStore
 
@@ -111,10 +111,21 @@ class Importer:
                 await self._settle_oldest()
             return
         await self._drain()
+        await self._write(batch)
+
+    async def _write(self, batch: list[DumpEvent]) -> None:
+        """One batch, then the next only once it is stored (the dump's order is the commit order)."""
         try:
             result = await self._append(batch)
         except (VersionConflict, EventIdConflict):
             await self._reconcile(batch)
+        except TooLargeForDestination as exc:
+            if len(batch) == 1:  # nothing smaller to send
+                raise TransferError(f"{batch[0].label}: event {batch[0].new.event_id} is larger than the "
+                                    f"destination takes: {exc}") from None
+            half = len(batch) // 2  # in two, each at its own versions, in order
+            await self._write(batch[:half])
+            await self._write(batch[half:])
         else:
             self._check(batch, result)
 

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 from ..client.aio import AsyncClient
-from ..client.errors import BadRequest
+from ..client.errors import BadRequest, PayloadTooLarge
 from ..model import DEFAULT_LIMIT, AppendResult, Event, KeysPage, NewEvent, Page, Scope
-from .dump import TransferError
+from .dump import TooLargeForDestination, TransferError
 
 
 class RemoteStore:
@@ -46,6 +46,9 @@ class RemoteStore:
         """Append a batch, each imported event with its own timestamp (which the server must keep)."""
         try:
             return await self.client.append_batch(realm, domain, entity, events, expected_version=expected_version)
+        except PayloadTooLarge as exc:  # (nothing of it was written)
+            raise TooLargeForDestination(f"the server at {self.client.base_url} refused {len(events)} events in "
+                                         f"one request as too large (413: {exc.detail})") from None
         except BadRequest as exc:
             if "unknown keys: timestamp" not in exc.detail:
                 raise
