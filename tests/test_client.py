@@ -658,3 +658,69 @@ def test_a_request_sent_and_never_answered_is_not_called_unreachable() -> None:
         with pytest.raises(ConnectionFailed, match="no answer from .* may have been carried out"):
             client.append("r", "d", "e", "t", 1)
         client.close()
+
+
+def test_a_request_read_whole_then_dropped_is_not_called_unreachable_and_both_clients_say_so_alike() -> None:
+    """A server that read the whole request, then closed without an answer, may have carried it
+    out: "no answer", from the sync and the async client in the same words; a refused connection
+    is "cannot reach" from both, in the operating system's words."""
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+
+        def read_then_close() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:  # the whole request (head, then its body), then a close with no answer
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        got += conn.recv(65536)
+                    head, _, body = got.partition(b"\r\n\r\n")
+                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                      if line.lower().startswith(b"content-length:")))
+                    while len(body) < length:
+                        body += conn.recv(65536)
+
+        threading.Thread(target=read_then_close, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        refused = f"http://127.0.0.1:{free_port()}"
+        messages = []
+        for target in (url, refused):
+            with Client(target, timeout=5) as sync_client, pytest.raises(ConnectionFailed) as sync_error:
+                sync_client.append("r", "d", "e", "t", 1)
+
+            async def async_append(target: str = target) -> None:
+                async with AsyncClient(target, timeout=5) as async_client:
+                    await async_client.append("r", "d", "e", "t", 1)
+
+            with pytest.raises(ConnectionFailed) as async_error:
+                asyncio.run(async_append())
+            # (the same words but for the transport's reason, which a broken connection may word
+            # either way: reset by the peer, or closed before an answer)
+            assert str(sync_error.value).split(" (")[0] == str(async_error.value).split(" (")[0]
+            messages.append(str(sync_error.value))
+    assert messages[0].startswith(f"no answer from {url} (the connection broke)"), messages
+    assert "may have been carried out" in messages[0], messages
+    assert messages[1] == f"cannot reach {refused}: Connection refused", messages
+
+
+@pytest.mark.parametrize("name", ["bad name", "x:y", "é", ""])
+def test_a_header_name_httpx_cannot_send_is_refused_at_construction(name: str) -> None:
+    for make in (lambda: Client(headers={name: "v"}), lambda: AsyncClient(headers={name: "v"})):
+        with pytest.raises(perhap.InvalidInput, match="not a valid header name"):
+            make()
+
+
+async def test_reading_an_events_address_as_an_entity_says_what_it_is(aclient: AsyncClient, realm: str) -> None:
+    """A 201's Location (/realm/domain/<event id>) read as an entity: the API answers that one
+    event, and the client says so, not "unexpected response"."""
+    event_id = (await aclient.append(realm, "d", "e", "t", 1)).first.event_id
+    with pytest.raises(perhap.PerhapClientError, match="is the address of the event") as info:
+        await aclient.read_page(realm, "d", event_id)
+    assert info.value.one_line().startswith(f"/{realm}/d/{event_id} is the address")

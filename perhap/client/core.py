@@ -8,6 +8,7 @@ and a parser that also gives the next page's request); :class:`~perhap.client.sy
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,12 +16,12 @@ from typing import Any, Generic, TypeVar
 import httpx
 import orjson
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, sent_text
 from ..ids import check_event_id
 from ..jsoncodec import dump_json
 from ..model import DEFAULT_LIMIT, AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
 from ..store.query import read_query
-from .errors import NotFound, unexpected
+from .errors import NotFound, PerhapClientError, unexpected
 from .stream import RetryHook, StreamState, stream_timeout
 from .wire import Params, appended_from_dict, event_from_dict, json_body, path, read_request, without
 
@@ -71,8 +72,18 @@ class ReadBounds:
 #: One page and the server's ETag for it (None if the server sent none).
 TaggedPage = tuple[Page, str | None]
 
+#: What HTTP takes as a header name (RFC 9110 "token").
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
 
 def _page(response: httpx.Response, body: Any) -> Page:
+    if isinstance(body, dict) and "event_id" in body and "events" not in body:
+        # GET /{realm}/{domain}/{x} answers the event whose id is x, when there is one (a 201's
+        # Location is such a path): an event, not a page of an entity's events.
+        raise PerhapClientError(
+            f"{response.request.url.path} is the address of the event {body['event_id']}, not of an "
+            "entity's events: read one event with get_event(realm, domain, event_id) (curl it as it is)",
+            url=str(response.request.url))
     try:
         return Page([event_from_dict(e) for e in body["events"]], body["next"])
     except (KeyError, TypeError):
@@ -88,7 +99,11 @@ class ClientCore(Generic[H]):
         self.base_url = base_url.rstrip("/")
         for name, value in (headers or {}).items():
             # Refused here, by name: httpx would refuse it at each request, as a connection error
-            # whose message shows the value (a token read from a file with its line break, say).
+            # (a transient one, which loops like consume retry) whose message shows the value (a
+            # token read from a file with its line break, say).
+            if not _HEADER_NAME.fullmatch(name):
+                raise InvalidInput(f"{sent_text(name, 60)!r} is not a valid header name (letters, digits and "
+                                   "!#$%&'*+-.^_`|~ only)")
             if not value.isascii() or any(c in value for c in "\r\n\x00"):
                 raise InvalidInput(f"the {name} header holds a line break or a character outside ASCII "
                                    "(a token read with its newline?); its value is not shown")

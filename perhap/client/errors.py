@@ -7,6 +7,8 @@ whether it was raised by an in-process store or answered by a server.
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +48,9 @@ class PerhapClientError(PerhapError):
 
     def one_line(self) -> str:
         """``409 Version conflict: expected version 0, ...``: a message for a terminal."""
-        text = f"{self.status} {self.title}: {self.detail}" if self.status else self.detail
+        # (An answer that is no error but not what the API answers, a 200 from another server,
+        # says so in its detail: "200 Error" would name no error.)
+        text = f"{self.status} {self.title}: {self.detail}" if self.status >= 400 else self.detail
         return " ".join(text.split())
 
 
@@ -170,14 +174,40 @@ def error_from_response(response: httpx.Response) -> PerhapClientError:
     return cls(detail, status=status, problem=problem, url=str(response.request.url))
 
 
+#: Failures that leave a request unsent: no connection was made (or none was free), or the request
+#: never left. Any other (a timeout or a broken connection while sending or waiting, an answer cut
+#: off) may come after the server had the whole request, and carried it out.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
+             httpx.LocalProtocolError, httpx.ProxyError)
+
+
 def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
-    """The error for a request that got no response at all."""
+    """The error for a request that got no response at all, in the same words from the sync and
+    the async client (their transports word the same failure differently)."""
     base = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
-    reason = str(exc) or exc.__class__.__name__
-    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):  # sent, perhaps carried out: not "unreachable"
-        return ConnectionFailed(f"no answer from {base} in time ({reason}): the request may have been "
+    reason = _reason(exc)
+    if not isinstance(exc, _NOT_SENT):  # sent, perhaps carried out: not "unreachable"
+        what = "in time" if isinstance(exc, httpx.TimeoutException) else "(the connection broke)"
+        return ConnectionFailed(f"no answer from {base} {what} ({reason}): the request may have been "
                                 "carried out (a retry of an append with its event_id is safe)", url=str(request.url))
     return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
+
+
+def _reason(exc: BaseException) -> str:
+    """The operating system's own words where the failure came from a socket (the sync transport
+    says "[Errno 111] Connection refused", the async one "All connection attempts failed"), else
+    the transport's; "timed out" for every timeout."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ssl.SSLError):  # its errno is the TLS library's, not the system's
+            return str(cause)
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            return os.strerror(cause.errno) if cause.errno else str(cause.strerror)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return str(exc) or exc.__class__.__name__
 
 
 def unexpected(response: httpx.Response, what: str) -> PerhapClientError:
