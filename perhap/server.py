@@ -58,7 +58,8 @@ class _Server(uvicorn.Server):
             cfg = self.config
             who = f" (worker {self.worker})" if self.worker is not None else ""
             scheme = "https" if cfg.ssl_certfile else "http"
-            log.info("perhap listening on %s://%s:%d%s, store %s", scheme, cfg.host, cfg.port, who,
+            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address, as a URL has it
+            log.info("perhap listening on %s://%s:%d%s, store %s", scheme, host, cfg.port, who,
                      redact(self.perhap_app.store_url or ""))
 
 

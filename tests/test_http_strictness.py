@@ -345,3 +345,14 @@ async def test_a_head_that_the_route_does_not_answer_is_405_whatever_the_query(c
         r = await client.head("/_groups/shop/g/events" + query)
         assert r.status_code == 405 and "HEAD" not in r.headers["allow"], (query, r.status_code)
     assert (await client.head("/shop?x=1")).status_code == 400  # HEAD as GET: GET's query rules
+
+
+async def test_a_post_where_no_append_goes_is_told_where_appends_go(client: httpx.AsyncClient) -> None:
+    """docs/api.md: a POST where no append goes is told where appends go: at the root and the
+    system endpoints too (a POST to / is the first wrong URL a new user tries), not on the
+    consumer-group routes, whose POSTs are not appends."""
+    for path in ("/", "/_health", "/_ui", "/_openapi.json", "/shop", "/keys"):
+        body = problem(await client.post(path, json={"event": 1}), 405)
+        assert "POST one event to /REALM/DOMAIN/ENTITY/TYPE" in body["detail"], (path, body)
+    r = await client.post("/_groups/shop/g", json={})
+    assert r.status_code == 405 and "ENTITY/TYPE" not in problem(r, 405)["detail"]

@@ -3,6 +3,7 @@ CLI's error contract on start-up (one `error:` line; exit 2 for bad arguments, 1
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -161,6 +162,28 @@ def test_seconds_options_must_be_finite_and_above_0(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_an_ipv6_address_is_bracketed_in_the_start_line_and_the_busy_port_error(tmp_path: Path) -> None:
+    """http://::1:8787 is no URL: the start line names one a client can use, http://[::1]:8787."""
+    port = free_port()
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", port))
+        except OSError:
+            pytest.skip("this machine has no IPv6 loopback")  # (a machine without ::1, not a backend)
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--host", "::1", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_healthy(f"http://[::1]:{port}")
+        busy = run_cli("serve", "--host", "::1", "--port", str(port), "--db", f"sqlite:///{tmp_path}/b.db")
+        assert f"cannot listen on [::1]:{port}" in one_error_line(busy)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"perhap listening on http://[::1]:{port}," in err, err
+
+
 def test_a_malformed_store_url_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
     """They were `error: cannot open the store ...: invalid literal for int() ...`, exit 1."""
     cases = {"postgresql://u@h:notaport/db": "the port of a PostgreSQL URL must be a whole number from 1 to 65535, "
@@ -172,6 +195,27 @@ def test_a_malformed_store_url_is_exit_2_before_anything_starts(tmp_path: Path) 
     lines = _serve_errors([["--db", url] for url in cases], tmp_path)
     for expected, line in zip(cases.values(), lines):
         assert line.startswith("error: --db: ") and expected in line, line
+
+
+def test_a_malformed_store_url_is_exit_2_without_the_backends_driver_too(tmp_path: Path) -> None:
+    """The default install has neither asyncpg nor cassandra-driver: a port that is not a number
+    was "needs asyncpg", exit 1, there; and a bad ?synchronous= was exit 1 on any install."""
+    missing = tmp_path / "no-drivers"
+    (missing / "cassandra").mkdir(parents=True)
+    (missing / "asyncpg.py").write_text("raise ImportError('asyncpg is not installed here')\n")
+    (missing / "cassandra" / "__init__.py").write_text("raise ImportError('cassandra-driver is not installed here')\n")
+    cases = {"postgresql://u@h:notaport/db": "the port of a PostgreSQL URL must be a whole number from 1 to 65535, "
+                                             "not 'notaport'",
+             "cassandra://h:x/ks": "the port of a Cassandra URL must be a whole number",
+             "sqlite:///./s.db?synchronous=bogus": "synchronous must be FULL, NORMAL, EXTRA or OFF"}
+    env = {**os.environ, "PYTHONPATH": str(missing)}
+    for url, expected in cases.items():
+        for command in (["serve", "--port", str(free_port()), "--db", url], ["export", "--db", url]):
+            r = subprocess.run([sys.executable, "-m", "perhap.cli", *command], capture_output=True, text=True,
+                               timeout=60, cwd=tmp_path, env=env)
+            line = one_error_line(r)
+            assert r.returncode == 2 and line.startswith("error: --db: ") and expected in line, (command, line)
+    assert not (tmp_path / "s.db").exists()
 
 
 def _key_and_cert(tmp_path: Path, name: str, password: bytes | None = None) -> tuple[Path, Path]:

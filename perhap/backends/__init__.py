@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, parse_qsl, unquote, unquote_plus, urlsplit
 from ..store import Store
 
 SCHEMES = ("sqlite", "postgresql", "cassandra")
+SCHEME_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "cassandra": "Cassandra"}
 
 
 class UnknownScheme(ValueError):
@@ -87,7 +88,17 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
                                  "?synchronous=full|normal|extra|off")
         if len(names) > 1:
             raise ValueError("synchronous is given more than once in the SQLite URL: give it once")
+        if names and query["synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise ValueError("synchronous must be FULL, NORMAL, EXTRA or OFF")
         return scheme, {"path": path, **query}
+    # One host's port that is not a number: refused here, with the backend's driver or without it
+    # (hosts listed: the backend's own parser judges them).
+    try:
+        _ = "," in parts.netloc or parts.port
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"the port of a {SCHEME_NAMES[scheme]} URL must be a whole number from 1 to 65535, "
+                         f"not {port[:20]!r}") from None
     return scheme, {"url": url, **query}
 
 

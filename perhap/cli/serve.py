@@ -150,7 +150,8 @@ def check_listen(host: str, port: int) -> None:
             reason = one_line(str(exc))
         hint = " (another server is listening there: stop it, or choose another --port)" \
             if exc.errno == errno.EADDRINUSE else ""
-        raise CommandError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise CommandError(f"cannot listen on {where}: {reason}{hint}") from None
 
 
 class _StartFailure(logging.Filter):

@@ -9,7 +9,7 @@ from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..openapi import openapi_document
 from ..requests import Context, Request, authorize
 from ..responses import HTTPProblem, send_body, send_json
-from ..routes import GROUPS, KEYS, ROUTE_KEY, Route
+from ..routes import GROUPS, ROUTE_KEY, Route
 from ..types import Send
 
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
@@ -78,7 +78,7 @@ async def wrong_method(ctx: Context, req: Request, send: Send) -> None:
     """A method the route does not answer: 405 with its Allow header; a POST is told where appends go."""
     route: Route = req.scope[ROUTE_KEY]
     detail = f"{req.method} is not allowed here; use {route.allow}"
-    if req.method == "POST" and (route.realm or route is KEYS):
+    if req.method == "POST" and not route.template.startswith(f"/{GROUPS}"):
         if route.template.endswith("/keys"):
             detail += "; 'keys' lists the names below and cannot be a name itself"
         detail += f"; {_APPEND_HINT}"
