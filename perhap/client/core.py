@@ -96,6 +96,14 @@ class ClientCore(Generic[H]):
     _http: H
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
+        # Refused here too: without a scheme (or with an unclosed "[") every request would fail as
+        # a connection error, which reads as a server that is down, and is retried as one.
+        if not base_url.lower().startswith(("http://", "https://")):
+            raise InvalidInput(f"the server's URL must begin with http:// or https://, got {sent_text(base_url, 60)!r}")
+        try:
+            httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"the server's URL is not valid: {exc}") from None
         self.base_url = base_url.rstrip("/")
         for name, value in (headers or {}).items():
             # Refused here, by name: httpx would refuse it at each request, as a connection error
