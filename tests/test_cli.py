@@ -484,6 +484,19 @@ def test_commands_send_a_token_from_the_option_or_the_environment(
     assert r.returncode == 1 and "401" in one_error_line(r)
 
 
+def test_a_token_pasted_in_an_argument_is_not_printed_in_the_error() -> None:
+    """docs/cli.md: a token is never printed, not in errors: a token pasted where a scope, a URL,
+    a store or a file goes was quoted back whole."""
+    token = "perhap_" + "Zq9-" * 10 + "abc"
+    server = f"http://127.0.0.1:{free_port()}"
+    for args in (["keys", f"{token}/x/y/z", "--url", server], ["read", "shop", "--url", token],
+                 ["export", "--db", token], ["read", f"_{token}", "--url", server],
+                 ["import", "--db", server, token]):
+        r = run_cli(*args)
+        line = one_error_line(r)
+        assert token not in line and token[7:20] not in line and "a token, not shown" in line, (args, line)
+
+
 def test_a_malformed_token_is_a_usage_error_that_does_not_show_it() -> None:
     secret = "perhap_s3cret value"
     url = ["--url", f"http://127.0.0.1:{free_port()}"]

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInput, PerhapError
+from ..errors import InvalidInput, PerhapError, sent_text
 from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..model import Scope, check_name
 
@@ -36,8 +36,9 @@ class CommandError(Exception):
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of white space (newlines too) made one space."""
-    return " ".join(text.split())
+    """``text`` with every run of white space (newlines too) made one space, and any token in it
+    hidden: an error may quote an argument where a token was pasted (a scope, a URL, a file)."""
+    return " ".join(sent_text(text, len(text) + 1).split())
 
 
 class _OwnWarnings(logging.Handler):
