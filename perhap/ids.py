@@ -145,7 +145,8 @@ def check_event_id(value: Any, what: str = "event_id") -> str:
         raise InvalidInput(f"{what} must be a UUID, got {sent_text(value, 64)!r}") from None
 
 
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:Z|[+-]\d\d:\d\d)")
+#: RFC 3339 takes "t" and "z" as well as "T" and "Z" (section 5.6).
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:[Zz]|[+-]\d\d:\d\d)")
 
 
 def check_timestamp(value: Any) -> str:
@@ -160,9 +161,12 @@ def check_timestamp(value: Any) -> str:
     fraction = match.group(1) or ""
     if fraction[6:].strip("0"):
         raise InvalidInput(f"timestamp {value!r} is finer than a microsecond, which cannot be kept")
-    text = value.replace(f".{fraction}", f".{fraction[:6]}") if fraction else value
+    text = value[:10] + "T" + value[11:]
+    text = text.replace(f".{fraction}", f".{fraction[:6]}") if fraction else text
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+        parsed = datetime.fromisoformat(text).astimezone(UTC)
     except (ValueError, OverflowError):
         raise InvalidInput(f"timestamp is not a valid date and time: {value!r}") from None
     return parsed.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -11,6 +11,7 @@ import pytest
 
 from perhap.backends import parse_store_url, redact
 from perhap.errors import InvalidInput, NotFound
+from perhap.ids import check_timestamp
 from perhap.jsoncodec import dump_json, load_json
 from perhap.model import Scope, check_name
 from perhap.store import Store
@@ -243,3 +244,20 @@ def test_redact_leaves_plain_urls_alone() -> None:
     assert redact("postgresql://u:s3cret@h:1/db") == "postgresql://u:***@h:1/db"  # no stray '?'
     assert redact("postgresql://u:s3cret@h:1/db#x") == "postgresql://u:***@h:1/db#x"
     assert redact("postgresql://u@h:5432/db?sslmode=require") == "postgresql://u@h:5432/db?sslmode=require"
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("2026-11-26t09:40:51.630610z", "2026-11-26T09:40:51.630610Z"),  # RFC 3339 5.6: "t" and "z" too
+    ("2026-11-26T09:40:51.630610Z", "2026-11-26T09:40:51.630610Z"),
+    ("2026-11-26t10:40:51+01:00", "2026-11-26T09:40:51.000000Z"),
+    ("2026-11-26T09:40:51.6306100Z", "2026-11-26T09:40:51.630610Z"),
+])
+def test_an_imported_timestamp_is_any_rfc_3339_date_time_kept_in_perhaps_form(given: str, kept: str) -> None:
+    assert check_timestamp(given) == kept
+
+
+@pytest.mark.parametrize("given", ["2026-11-26 09:40:51Z", "2026-11-26T09:40:51", "2026-11-26T09:40:51.1234567Z",
+                                   "2026-13-26T09:40:51Z"])
+def test_a_timestamp_that_is_not_rfc_3339_or_finer_than_a_microsecond_is_refused(given: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_timestamp(given)
