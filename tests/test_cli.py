@@ -319,6 +319,7 @@ def test_https_to_a_plain_server_is_told_to_use_http(server: ProcessServer) -> N
 
 #: A malformed server or store URL, and what the one line must say (exit 2, before anything runs).
 MALFORMED_URLS = [
+    (["read", "shop", "--url", "http://127.0.0.1:1/?x=1"], "has a query or a fragment"),
     (["append", "a/b/c/d", "{}", "--url", "http://[::1"], "--url 'http://[::1' is not a valid URL"),
     (["read", "r", "--url", "http://127.0.0.1:99999"], "--url 'http://127.0.0.1:99999': the port must be from 1"),
     (["keys", "--url", "http://"], "--url 'http://' names no host"),

@@ -132,6 +132,9 @@ def check_url(url: str, option: str = "--url") -> str:
         raise CommandError(f"{option} {shown} names no host, e.g. http://127.0.0.1:{DEFAULT_PORT}", 2)
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
         raise CommandError(f"{option} {shown}: the port must be from 1 to 65535, not {parsed.port}", 2)
+    if parsed.query or parsed.fragment:
+        raise CommandError(f"{option} {shown} has a query or a fragment: give the server's scheme, host, "
+                           "port and any path prefix only", 2)
     return url
 
 

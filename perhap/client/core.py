@@ -101,9 +101,12 @@ class ClientCore(Generic[H]):
         if not base_url.lower().startswith(("http://", "https://")):
             raise InvalidInput(f"the server's URL must begin with http:// or https://, got {sent_text(base_url, 60)!r}")
         try:
-            httpx.URL(base_url)
+            parsed = httpx.URL(base_url)
         except httpx.InvalidURL as exc:
             raise InvalidInput(f"the server's URL is not valid: {exc}") from None
+        if parsed.query or parsed.fragment:  # every request's own path and query go after it
+            raise InvalidInput("the server's URL may not have a query (?...) or a fragment (#...): give its "
+                               "scheme, host, port and any path prefix only")
         self.base_url = base_url.rstrip("/")
         for name, value in (headers or {}).items():
             # Refused here, by name: httpx would refuse it at each request, as a connection error
