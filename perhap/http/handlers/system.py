@@ -12,7 +12,9 @@ from ..responses import HTTPProblem, send_body, send_json
 from ..routes import GROUPS, ROUTE_KEY, Route
 from ..types import Send
 
-_INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys"}
+_INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys", "ui": "/_ui",
+          "groups": "/_groups/{realm}"}
+_SYSTEM = "/_health, /_openapi.json, /_metrics, /_ui and /_groups/REALM"
 _LEVELS = ("realm", "domain", "entity", "type")
 _APPEND_HINT = ('to append, POST one event to /REALM/DOMAIN/ENTITY/TYPE as {"event": ...}, '
                 'a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}, '
@@ -61,7 +63,8 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     """Nothing answers here: 404, after the checks a real route makes (bad names are 400, as ever)."""
     names = req.names
     if len(names) == 1 and names[0].startswith("_"):
-        raise HTTPProblem(404, "no such system endpoint")
+        raise HTTPProblem(404, f"no such system endpoint: there are {_SYSTEM} (a realm's name cannot begin "
+                               "with '_')")
     if names[0] == GROUPS:
         if len(names) > 1:  # another realm's token is a 403 here too, as on every route of a realm
             authorize(req.grant, check_name(names[1], "realm", realm=True), "read")
