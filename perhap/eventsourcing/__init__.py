@@ -1,4 +1,4 @@
-"""perhap as a persistence module for the `eventsourcing` library (``pip install 'perhap[eventsourcing]'``).
+"""perhap as a persistence module for the `eventsourcing` library (``pip install '.[eventsourcing]'`` in a checkout).
 
 Set ``PERSISTENCE_MODULE=perhap.eventsourcing`` and ``PERHAP_URL`` (a server, or a store opened in
 process); see docs/eventsourcing.md for the mapping and the settings.
