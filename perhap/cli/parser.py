@@ -310,9 +310,9 @@ def _add_client_commands(sub: Subcommands) -> None:
 
 def _add_group(sub: Subcommands) -> None:
     group = _command(sub, "group", "manage consumer groups: server-side checkpoints shared by competing consumers",
-                     "perhap group create shop projector --domain orders --type placed --type paid",
+                     "perhap group create shop billing --domain orders --type placed --type paid",
                      "perhap group list shop",
-                     "perhap group stats shop projector --json")
+                     "perhap group stats shop billing --json")
     gsub = group.add_subparsers(dest="group_command", metavar="ACTION", parser_class=CommandParser, required=True)
 
     def action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
@@ -324,7 +324,7 @@ def _add_group(sub: Subcommands) -> None:
 
     create = action("create", "create a consumer group (again with the same settings: nothing changes)",
                     "perhap group create shop projector --domain orders",
-                    "perhap group create shop mailer --domain orders --type placed --start end --ack-timeout 60")
+                    "perhap group create shop mailer --domain orders --type placed --start end --max-deliveries 3")
     create.add_argument("--domain", help="only events of this domain (default: the whole realm)")
     create.add_argument("--type", action="append", metavar="TYPE",
                         help="only events of this type (repeatable: events of any of them)")
