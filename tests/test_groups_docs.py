@@ -39,7 +39,7 @@ def test_the_three_worker_example_runs_as_written(tmp_path: Path) -> None:
                           for n in range(1, 301)]
                 client.append_many("shop", "orders", events)
                 deadline = time.monotonic() + 120
-                while (stats := client.group("shop", "projector"))["lag"] and time.monotonic() < deadline:
+                while (stats := client.group("shop", "totals"))["lag"] and time.monotonic() < deadline:
                     time.sleep(0.5)
                 assert stats["lag"] == 0 and stats["acknowledged"] == 300, json.dumps(stats)
         finally:
