@@ -681,3 +681,18 @@ async def test_an_import_holds_a_bounded_number_of_events_in_flight(tmp_path: Pa
         assert stats.imported == 20_000
         assert 1_000 < most <= 5_000 == importer_module.WINDOW_EVENTS + importer_module.BATCH_EVENTS, most
         assert len((await store.read(Scope("gen", "d", "e19"), limit=2000)).events) == 1000
+
+
+def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) -> None:
+    """It was `error: FileNotFoundError: ... 'x.jsonl.partial'`: the user's file, in words."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    asyncio.run(_one_event(url))
+    r = run_cli("export", "--db", url, "-o", str(tmp_path / "missing" / "x.jsonl"))
+    err = r.stderr.decode()
+    expected = f"error: cannot write {tmp_path}/missing/x.jsonl: No such file or directory\n"
+    assert r.returncode == 1 and err == expected, err
+
+
+async def _one_event(url: str) -> None:
+    async with open_store(url) as store:
+        await store.append("r", "d", "e", "t", 1)

@@ -150,7 +150,11 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
 
     partial = f"{path}.partial"
     try:
-        with open(partial, "wb") as out:  # noqa: ASYNC230 (the dump's writes block anyway)
+        out = open(partial, "wb")  # noqa: ASYNC230, SIM115 (the dump's writes block anyway; closed below)
+    except OSError as exc:  # a directory that is not there, no permission: said as the file's, not .partial's
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with out:
             await export_dump(store, out, scope, progress=progress)
         os.replace(partial, path)
     except BaseException:

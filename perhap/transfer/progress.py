@@ -35,7 +35,7 @@ class Progress:
         now = time.monotonic()
         self._drawn = now
         rate = self.events / max(now - self.started, 1e-6)
-        text = f"{self.label}: {self.events:,} events, {rate:,.0f}/s"
+        text = f"{self.label}: {self.events:,} event{'' if self.events == 1 else 's'}, {rate:,.0f}/s"
         share = None
         if self.total_bytes:
             share = min(self.bytes / self.total_bytes, 1.0)
