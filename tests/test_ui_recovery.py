@@ -227,3 +227,17 @@ def test_names_of_255_bytes_do_not_widen_the_page_past_a_phone(server: ProcessSe
             assert widths[0] <= widths[1], (address[:20], widths)
     finally:
         phone.close()
+
+
+def test_a_list_read_empty_is_read_again_once_the_scope_has_an_event(server: ProcessServer, page: Page) -> None:
+    """An entity opened before its first event said "No events here yet" beside "1 in all" once an
+    append (through the form on that page, or elsewhere) went in: the list is read again."""
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/_ui#/plant/fresh/boiler-9")
+    expect(page.locator("p.empty")).to_have_text("No events here yet.")
+    expect(page.locator(".live .pill")).to_have_text("Live")
+    post(server.url, "/plant/fresh/boiler-9/reading", {"event": {"celsius": 40}})
+    expect(page.locator("#events-count")).to_have_text("1 in all")
+    expect(page.locator("table.events tbody tr")).to_have_count(1)
+    expect(page.locator("p.empty")).to_be_hidden()

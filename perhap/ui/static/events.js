@@ -107,13 +107,22 @@ export function renderEvents(section, route, head, signal) {
     section.querySelector('#events-count').textContent = text;
   };
   head.addEventListener('change', count, { signal });
+  // A list read while the scope had no events says "No events here yet": once one is in (an
+  // append through the form on this page, say), the list is read again rather than contradict the
+  // count beside it. (Of any type only: a type filter may still match none.)
+  head.addEventListener('change', () => {
+    if (head.event && !types.length && !body.rows.length && !empty.hidden && !following) {
+      empty.hidden = true;
+      load();
+    }
+  }, { signal });
   head.load(signal).catch(() => {}); // the list's own read reports errors
 
   const done = () => {
     const shown = body.rows.length;
     status.textContent = shown ? `${number(shown)} event${shown === 1 ? '' : 's'} shown${more.hidden ? '' : ', more to load'}` : '';
+    empty.hidden = Boolean(shown);
     if (!shown) {
-      empty.hidden = false;
       empty.textContent = types.length ? `No events of type ${types.map((t) => `“${t}”`).join(' or ')} here.` : 'No events here yet.';
     }
   };
