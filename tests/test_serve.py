@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -291,14 +292,59 @@ def test_body_timeout_reaches_the_server(tmp_path: Path) -> None:
         assert time.monotonic() - started < 1 + 5
 
 
-def _wait_healthy(url: str) -> None:
+def _wait_healthy(url: str, verify: ssl.SSLContext | bool = True) -> None:
     import time
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/_health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)
     raise AssertionError("server did not start")
+
+
+def test_a_certificate_of_your_own_is_trusted_through_ssl_cert_file(tmp_path: Path) -> None:
+    """docs/security.md: the CLI (and the client) trust a self-signed certificate named by
+    SSL_CERT_FILE; without it the error says so, not "is perhap serve running there?"."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perhap test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--port", str(port), "--db",
+                             f"sqlite:///{tmp_path}/t.db", "--tls-cert", str(cert_path), "--tls-key", str(key_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        _wait_healthy(url, verify=ssl.create_default_context(cafile=str(cert_path)))
+        env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        untrusted = subprocess.run([sys.executable, "-m", "perhap.cli", "keys", "--url", url], capture_output=True,
+                                   text=True, timeout=60, env=env)
+        line = one_error_line(untrusted)
+        assert "SSL_CERT_FILE" in line and "running there" not in line, line
+        trusted = subprocess.run([sys.executable, "-m", "perhap.cli", "keys", "--url", url], capture_output=True,
+                                 text=True, timeout=60, env={**env, "SSL_CERT_FILE": str(cert_path)})
+        assert trusted.returncode == 0, trusted.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -71,9 +71,14 @@ def client_error(exc: PerhapError) -> CommandError:
         text = exc.one_line()
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text.lower():
             return CommandError(f"{text} (the server there does not speak TLS: use http://)")
+        if "CERTIFICATE_VERIFY_FAILED" in text:  # it answers, with a certificate not trusted here
+            return CommandError(f"{text} (for a certificate of your own, name it or its CA: "
+                                "SSL_CERT_FILE=/path/to/cert.pem perhap ...)")
         if "disconnected without sending a response" in text:  # TLS spoken to, plain HTTP sent
             return CommandError(f"{text} (is `perhap serve` running there? if it was started with "
                                 "--tls-cert, use https://)")
+        if text.startswith("no answer"):  # something answered the connection: it is running
+            return CommandError(text)
         return CommandError(f"{text} (is `perhap serve` running there?)")
     if isinstance(exc, PerhapClientError):
         if exc.status == 401:
