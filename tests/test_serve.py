@@ -308,28 +308,9 @@ def _wait_healthy(url: str, verify: ssl.SSLContext | bool = True) -> None:
 def test_a_certificate_of_your_own_is_trusted_through_ssl_cert_file(tmp_path: Path) -> None:
     """docs/security.md: the CLI (and the client) trust a self-signed certificate named by
     SSL_CERT_FILE; without it the error says so, not "is perhap serve running there?"."""
-    import datetime
-    import ipaddress
+    from tests.test_limits import _self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perhap test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_path, key_path = _self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--port", str(port), "--db",
                              f"sqlite:///{tmp_path}/t.db", "--tls-cert", str(cert_path), "--tls-key", str(key_path)],
