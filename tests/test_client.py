@@ -667,16 +667,21 @@ def test_a_request_read_whole_then_dropped_is_not_called_unreachable_and_both_cl
     import socket
     import threading
 
+    done = threading.Event()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
+        listener.settimeout(0.2)  # so that the thread sees the test end, rather than wait for ever
 
         def read_then_close() -> None:
-            while True:
+            while not done.is_set():
                 try:
                     conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
                 except OSError:
                     return
+                conn.settimeout(None)
                 with conn:  # the whole request (head, then its body), then a close with no answer
                     got = b""
                     while b"\r\n\r\n" not in got:
@@ -705,6 +710,7 @@ def test_a_request_read_whole_then_dropped_is_not_called_unreachable_and_both_cl
             # either way: reset by the peer, or closed before an answer)
             assert str(sync_error.value).split(" (")[0] == str(async_error.value).split(" (")[0]
             messages.append(str(sync_error.value))
+        done.set()
     assert messages[0].startswith(f"no answer from {url} (the connection broke)"), messages
     assert "may have been carried out" in messages[0], messages
     assert messages[1] == f"cannot reach {refused}: Connection refused", messages

@@ -779,8 +779,17 @@ def test_without_the_library_the_import_says_what_to_install() -> None:
 
 
 def _inside(thread: threading.Thread, function: str) -> bool:
-    """Whether ``thread`` is running ``function`` now (somewhere in its stack)."""
-    frame = sys._current_frames().get(thread.ident or 0)
+    """Whether ``thread`` is running ``function`` now (somewhere in its stack).
+
+    The garbage collector is off meanwhile: sys._current_frames() builds frame objects while it
+    holds the interpreter's lock on its threads, and a collection run from there may call a
+    finalizer that waits on another thread, which waits on that lock (the suite hung so, twice)."""
+    gc.disable()
+    try:
+        frames = sys._current_frames()
+    finally:
+        gc.enable()
+    frame = frames.get(thread.ident or 0)
     while frame is not None:
         if frame.f_code.co_name == function:
             return True
