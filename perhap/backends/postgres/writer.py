@@ -177,6 +177,15 @@ class GroupWriter:
 
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.is_closed():
+            # A new connection may follow a crash of the database, which takes back whatever was
+            # committed without its WAL flushed (under synchronous_commit = off as the default, a
+            # type row created for a group that then did not commit), and lets the entities'
+            # sequence hand out again ids this writer holds: what it remembers is read again.
+            # (Whatever it learnt and then used is durable: a group's commit flushes the WAL up
+            # to itself, which includes every row it read or created before.)
+            self._types.clear()
+            self._entity_ids.pool.clear()
+            self._known.forget()
             try:
                 self._conn = await self._options.connect()
                 await init_connection(self._conn)
