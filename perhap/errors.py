@@ -110,10 +110,14 @@ def sent_text(value: object, limit: int) -> str:
     """What a client sent, as an error message may quote it: any token in it hidden, then cut to
     ``limit`` characters. (In that order: a cut through a token would leave a part of it that the
     mask no longer recognises, up to 31 of its secret characters.)"""
-    text = str(value)
-    if "perhap_" in text:
-        text = hide_tokens(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
-    return text[:limit]
+    return hide_tokens_in(str(value))[:limit]
+
+
+def hide_tokens_in(text: str) -> str:
+    """:func:`hide_tokens` for text; whatever else it holds (lone surrogates too) is kept as it was."""
+    if "perhap_" not in text:
+        return text
+    return hide_tokens(text.encode("utf-8", "surrogatepass")).decode("utf-8", "surrogatepass")
 
 
 def hide_tokens(text: bytes) -> bytes:

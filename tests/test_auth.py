@@ -21,6 +21,7 @@ import pytest
 from perhap import Store
 from perhap.app import PerhapApp
 from perhap.auth import Authenticator, AuthFileError, add_token, load_grants, revoke_token
+from perhap.errors import InvalidInput
 from tests.servers import ProcessServer, ThreadServer, free_port
 
 ROUTES = ["/keys", "/{r}", "/{r}/keys", "/{r}/d", "/{r}/d/keys", "/{r}/d/e", "/{r}/d/e/keys", "/{r}/d/e/t"]
@@ -330,6 +331,15 @@ def test_a_token_sent_where_no_token_goes_is_not_echoed(tmp_path: Path) -> None:
         assert token not in r.text and token[7:17] not in r.text, r.text
         assert token[-40:-30] not in r.text, r.text  # nor a piece of it
     assert token not in out and token[7:17] not in out
+
+
+async def test_a_token_beside_a_lone_surrogate_is_hidden_not_a_crash(store: Store) -> None:
+    """In process a str may hold what no JSON body can (a lone surrogate): quoting it with a
+    token hidden was a UnicodeEncodeError instead of the refusal."""
+    token = "perhap_" + "a" * 40
+    with pytest.raises(InvalidInput) as caught:
+        await store.append("shop", "d", "e", "t", {}, event_id="\ud800" + token)
+    assert "not shown" in caught.value.detail and token[7:17] not in caught.value.detail
 
 
 def test_a_stream_sees_a_revocation_made_before_what_it_sends_however_soon(tmp_path: Path,

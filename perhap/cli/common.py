@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInput, PerhapError, sent_text
+from ..errors import InvalidInput, PerhapError, hide_tokens_in
 from ..jsoncodec import load_json, refuse_duplicate_keys
 from ..model import Scope, check_name
 
@@ -38,7 +38,7 @@ class CommandError(Exception):
 def one_line(text: str) -> str:
     """``text`` with every run of white space (newlines too) made one space, and any token in it
     hidden: an error may quote an argument where a token was pasted (a scope, a URL, a file)."""
-    return " ".join(sent_text(text, len(text) + 1).split())
+    return " ".join(hide_tokens_in(text).split())
 
 
 class _OwnWarnings(logging.Handler):

@@ -6,7 +6,7 @@ import logging
 import time
 from urllib.parse import unquote
 
-from ..errors import hide_tokens
+from ..errors import hide_tokens_in
 from .metrics import Metrics
 from .routes import ROUTE_KEY, Route, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
@@ -75,8 +75,7 @@ class Observer:
         # The path only: no query, no headers (tokens), no bodies; nor a token sent as a name.
         path: str = scope["path"]
         if "perhap_" in path:
-            path = hide_tokens(path.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
-            realm = realm and hide_tokens(realm.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+            path, realm = hide_tokens_in(path), realm and hide_tokens_in(realm)
         access_log.info("%s %s %d", scope["method"], path, status, extra={"access": {
             "method": scope["method"], "path": path, "status": status,
             "duration": round(elapsed, 6), "duration_ms": round(elapsed * 1000, 3), "realm": realm, "bytes": size}})
