@@ -58,9 +58,13 @@ class _Server(uvicorn.Server):
             cfg = self.config
             who = f" (worker {self.worker})" if self.worker is not None else ""
             scheme = "https" if cfg.ssl_certfile else "http"
-            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address, as a URL has it
-            log.info("perhap listening on %s://%s:%d%s, store %s", scheme, host, cfg.port, who,
+            log.info("perhap listening on %s://%s:%d%s, store %s", scheme, url_host(cfg.host), cfg.port, who,
                      redact(self.perhap_app.store_url or ""))
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it before ``:port``: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:

@@ -732,8 +732,8 @@ async def test_reading_an_events_address_as_an_entity_says_what_it_is(aclient: A
     assert info.value.one_line().startswith(f"/{realm}/d/{event_id} is the address")
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8787", "localhost", "http://[::1", "ftp://h/", "http://h/?x=1",
-                                 "http://h:8787#f"])
+@pytest.mark.parametrize("url", ["127.0.0.1:8787", "localhost", "http://[::1", "ftp://h/", "http://h/?x=1", "http://",
+                                 "http://h:99999", "https://h:0", "http://h:8787#f"])
 def test_a_server_url_that_no_request_could_use_is_refused_at_construction(url: str) -> None:
     """Taken, it made every request a ConnectionFailed: a server that is down, to be retried (or,
     with a query, every request went to the wrong path: the server's own answer, a 400 or 405)."""

@@ -88,7 +88,9 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
                                  "?synchronous=full|normal|extra|off")
         if len(names) > 1:
             raise ValueError("synchronous is given more than once in the SQLite URL: give it once")
-        if names and query["synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+        from .sqlite.schema import SYNCHRONOUS  # (stdlib only: no driver needed)
+
+        if names and query["synchronous"].upper() not in SYNCHRONOUS:
             raise ValueError("synchronous must be FULL, NORMAL, EXTRA or OFF")
         return scheme, {"path": path, **query}
     # One host's port that is not a number: refused here, with the backend's driver or without it

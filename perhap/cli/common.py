@@ -119,27 +119,16 @@ def scope_with_types(text: str, types: list[str] | None) -> tuple[Scope, list[st
 def check_url(url: str, option: str = "--url") -> str:
     """A server's base URL, refused (usage error naming ``option``) unless it is a well-formed
     http:// or https:// URL with a host (and a port from 1 to 65535, if it has one)."""
-    import httpx
-
     from ..backends import redact
+    from ..client.core import url_problem
 
     try:
         shown = repr(redact(url))  # a password in the URL is not shown
     except ValueError:  # not even urlsplit can read it
         shown = repr(re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url))
-    if not url.startswith(("http://", "https://")):
-        raise CommandError(f"{option} must be an http:// or https:// URL, got {shown}", 2)
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise CommandError(f"{option} {shown} is not a valid URL: {one_line(str(exc)) or 'malformed'}", 2) from None
-    if not parsed.host:
-        raise CommandError(f"{option} {shown} names no host, e.g. http://127.0.0.1:{DEFAULT_PORT}", 2)
-    if parsed.port is not None and not 1 <= parsed.port <= 65535:
-        raise CommandError(f"{option} {shown}: the port must be from 1 to 65535, not {parsed.port}", 2)
-    if parsed.query or parsed.fragment:
-        raise CommandError(f"{option} {shown} has a query or a fragment: give the server's scheme, host, "
-                           "port and any path prefix only", 2)
+    problem = url_problem(url)
+    if problem is not None:
+        raise CommandError(f"{option} {shown}{problem}", 2)
     return url
 
 

@@ -134,6 +134,8 @@ def check_listen(host: str, port: int) -> None:
     import errno
     import socket
 
+    from ..server import url_host
+
     async def probe() -> None:
         server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
         server.close()
@@ -150,8 +152,7 @@ def check_listen(host: str, port: int) -> None:
             reason = one_line(str(exc))
         hint = " (another server is listening there: stop it, or choose another --port)" \
             if exc.errno == errno.EADDRINUSE else ""
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise CommandError(f"cannot listen on {where}: {reason}{hint}") from None
+        raise CommandError(f"cannot listen on {url_host(host)}:{port}: {reason}{hint}") from None
 
 
 class _StartFailure(logging.Filter):

@@ -90,6 +90,25 @@ def _page(response: httpx.Response, body: Any) -> Page:
         raise unexpected(response, "not a page of events") from None
 
 
+def url_problem(url: str) -> str | None:
+    """Why no request could use ``url`` as a server's base URL (the words that follow the URL in a
+    message), or None: it must be http:// or https://, with a host, a port from 1 to 65535 if
+    any, and no query or fragment (every request's own path and query go after it)."""
+    if not url.lower().startswith(("http://", "https://")):
+        return " is not an http:// or https:// URL"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        return f" is not a valid URL: {' '.join(str(exc).split()) or 'malformed'}"
+    if not parsed.host:
+        return f" names no host, e.g. {DEFAULT_URL}"
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        return f": the port must be from 1 to 65535, not {parsed.port}"
+    if parsed.query or parsed.fragment:
+        return " has a query or a fragment: give the server's scheme, host, port and any path prefix only"
+    return None
+
+
 class ClientCore(Generic[H]):
     """Everything but I/O: requests are built and responses parsed here, for both clients."""
 
@@ -98,15 +117,9 @@ class ClientCore(Generic[H]):
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
         # Refused here too: without a scheme (or with an unclosed "[") every request would fail as
         # a connection error, which reads as a server that is down, and is retried as one.
-        if not base_url.lower().startswith(("http://", "https://")):
-            raise InvalidInput(f"the server's URL must begin with http:// or https://, got {sent_text(base_url, 60)!r}")
-        try:
-            parsed = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise InvalidInput(f"the server's URL is not valid: {exc}") from None
-        if parsed.query or parsed.fragment:  # every request's own path and query go after it
-            raise InvalidInput("the server's URL may not have a query (?...) or a fragment (#...): give its "
-                               "scheme, host, port and any path prefix only")
+        problem = url_problem(base_url)
+        if problem is not None:
+            raise InvalidInput(f"the server's URL{problem}")  # (not quoted: it may hold a password)
         self.base_url = base_url.rstrip("/")
         for name, value in (headers or {}).items():
             # Refused here, by name: httpx would refuse it at each request, as a connection error
