@@ -371,6 +371,37 @@ def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(
     waiter.join(5)
     assert not waiter.is_alive(), "next() still waits after the factory closed"
     assert len(outcome) == 1 and isinstance(outcome[0], es.InterfaceError), outcome
+    # Asked again, the same error (as the library's own subscriptions answer), not an end that a
+    # caller who caught it would take for the stream's normal end.
+    for _ in range(2):
+        with pytest.raises(es.InterfaceError):
+            next(subscription)
+
+
+def test_stopping_a_subscription_ends_every_thread_waiting_in_it(target: Target) -> None:
+    """stop() woke one of the threads waiting in next(); the others waited for ever."""
+    recorder = target.factory(**target.env()).application_recorder()
+    subscription = recorder.subscribe(gt=None, topics=["nothing-has-this-topic"])
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            next(subscription)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiters = [threading.Thread(target=wait, daemon=True) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 30
+    while not all(_inside(waiter, "__next__") for waiter in waiters):
+        assert time.monotonic() < deadline, outcome
+        time.sleep(0.01)
+    subscription.stop()
+    for waiter in waiters:
+        waiter.join(5)
+    assert not any(waiter.is_alive() for waiter in waiters), "a thread still waits after stop()"
+    assert [type(e) for e in outcome] == [StopIteration] * 3, outcome
 
 
 

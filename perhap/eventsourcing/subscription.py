@@ -27,25 +27,32 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         self._queue: SimpleQueue[list[Event] | PersistenceError | None] = SimpleQueue()
         self._ready: deque[Notification] = deque()
+        #: What ended the stream, raised again at every next() after (as the library's own
+        #: subscriptions do): a caller who catches it and asks again must not take it for an end.
+        self._error: PersistenceError | None = None
         types = mapping.type_filter(topics)
         self._end_stream = transport.subscribe(scope, gt, types, self._queue.put)
 
     def stop(self) -> None:
         super().stop()
         self._end_stream()
-        self._queue.put(None)  # wakes a thread waiting in __next__
+        self._queue.put(None)  # wakes a thread waiting in __next__, which wakes the next one
 
     def __next__(self) -> Notification:
         while True:
             if self._has_been_stopped:
+                if self._error is not None:
+                    raise self._error
                 raise StopIteration
             if self._ready:
                 notification = self._ready.popleft()
                 self._last_notification_id = notification.id
                 return notification
             item = self._queue.get()
-            if isinstance(item, PersistenceError):
+            if item is None:  # stopped: every thread waiting here must see it, not only the first
+                self._queue.put(None)
+            elif isinstance(item, PersistenceError):
+                self._error = item
                 self.stop()
-                raise item
-            if item:
+            elif item:
                 self._ready.extend(mapping.notifications(item, self._topics))
