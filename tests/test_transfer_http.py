@@ -128,6 +128,26 @@ async def test_a_refused_export_writes_no_dump(tmp_path: Path, tokens: str) -> N
     assert ok(run_cli("export", "--db", empty)).startswith(b'{"format":"perhap-dump"')
 
 
+async def test_a_whole_store_transfer_with_a_token_of_one_realm_is_refused(tmp_path: Path, tokens: str) -> None:
+    """GET /keys lists only a one-realm token's realm: a whole-store export (exit 0) or copy (its
+    verification passed) with such a token held that realm alone, every other left out in silence."""
+    url = await filled(tmp_path, "a.db")  # realm0 and realm1
+    realm1 = ok(run_cli("export", "--db", url, "realm1"))
+    one, _ = add_token(tokens, "realm1", "admin")
+    out = tmp_path / "out.jsonl"
+    with served(url, tokens) as server:
+        line = one_error_line(run_cli("export", "--db", server.url, "-o", str(out), "--token", one), one)
+        assert "reads one realm ('realm1')" in line and "export that realm by name" in line, line
+        assert not out.exists()
+        copy = tmp_path / "copy.db"
+        line = one_error_line(run_cli("copy", "--from", server.url, "--from-token", one, "--to", f"sqlite:///{copy}"))
+        assert "reads one realm ('realm1')" in line and "token for every realm" in line, line
+        # The realm by name is exported whole, as from the store itself.
+        assert ok(run_cli("export", "--db", server.url, "realm1", "--token", one)) == realm1
+    async with open_store(f"sqlite:///{copy}") as store:
+        assert (await store.keys()).keys == []  # nothing copied
+
+
 async def test_a_write_token_may_not_import_and_writes_nothing(tmp_path: Path, tokens: str) -> None:
     """An import keeps each event's own timestamp, which under --auth only an admin token may give
     (a writer does not backdate): a write token's import is a 403, and nothing is stored."""

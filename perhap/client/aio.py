@@ -103,6 +103,11 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         """Sorted names one level down through every page: ``async for name in client.keys(...)``."""
         return self._pages(self._keys_pager((realm, domain, entity), page_size))
 
+    async def realms_limited(self) -> bool:
+        """Whether :meth:`keys` of the realms lists only the realm of this client's token (see
+        :meth:`Client.realms_limited`)."""
+        return await self._call(self._realms_limited_op())
+
     async def ping(self) -> bool:
         """Like :meth:`health`, but raises :class:`ConnectionFailed` when nothing answers at all."""
         return await self._call(self._health_op())

@@ -229,6 +229,13 @@ class ClientCore(Generic[H]):
 
         return Op(request, parse)
 
+    def _realms_limited_op(self) -> Op[bool]:
+        def parse(response: httpx.Response) -> bool:
+            json_body(response)  # (an error's exception)
+            return response.headers.get("perhap-keys-limited") is not None
+
+        return Op(self._request("GET", "/keys", params={"limit": "1"}), parse)
+
     def _health_op(self) -> Op[bool]:
         return Op(self._request("GET", "/_health"), lambda r: r.status_code == 200)
 

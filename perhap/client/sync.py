@@ -137,6 +137,12 @@ class Client(GroupCore[httpx.Client]):
         entities, or an entity's event types."""
         return self._pages(self._keys_pager((realm, domain, entity), page_size))
 
+    def realms_limited(self) -> bool:
+        """Whether :meth:`keys` of the realms lists only the realm of this client's token: a
+        server run with ``--auth``, and a token of one realm. A tool that means to cover the whole
+        store would leave every other realm out."""
+        return self._call(self._realms_limited_op())
+
     def ping(self) -> bool:
         """Like :meth:`health`, but raises :class:`ConnectionFailed` when nothing answers at all."""
         return self._call(self._health_op())

@@ -14,7 +14,7 @@ from .types import ASGIApp, Message, Receive, Scope, Send
 METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
 HEADERS = b"authorization, content-type, accept, last-event-id, if-none-match"
 #: Response headers a page may read: where an event is, the token challenge, a read's tag.
-EXPOSED = b"location, www-authenticate, etag"
+EXPOSED = b"location, www-authenticate, etag, perhap-keys-limited"
 
 
 class Cors:

@@ -136,9 +136,16 @@ def _read_or_event(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]
     return op
 
 
-def _keys(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+#: On the realms' list only.
+KEYS_LIMITED = {"Perhap-Keys-Limited": {
+    "description": "`by-token`: the list holds only the realm of the token sent (a token of one realm)",
+    "schema": {"type": "string", "enum": ["by-token"]}}}
+
+
+def _keys(summary: str, params: list[dict[str, Any]], realms: bool) -> dict[str, Any]:
+    headers = {**ETAG, **KEYS_LIMITED} if realms else ETAG
     return {"summary": summary, "parameters": [*params, H_IF_NONE_MATCH],
-            "responses": {"200": {**_json("Keys", "Sorted names, paged with after"), "headers": ETAG},
+            "responses": {"200": {**_json("Keys", "Sorted names, paged with after"), "headers": headers},
                           "304": NOT_MODIFIED,
                           "400": _problem(_BAD_PARAMETER),
                           "503": _problem("Storage unavailable")}}
@@ -194,7 +201,7 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
     if op.kind is Kind.READ_OR_EVENT:
         return _read_or_event(summary, params)
     if op.kind is Kind.KEYS:
-        return _keys(summary, params)
+        return _keys(summary, params, realms=route.template == "/keys")
     if op.kind is Kind.APPEND:
         return _append(summary, params, "AppendRequest", "Appended")
     if op.kind is Kind.APPEND_BATCH:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -83,15 +84,17 @@ def none_match(if_none_match: str, tag: bytes) -> bool:
     return any(found == opaque for found in _TAG.findall(if_none_match))
 
 
-async def send_tagged(send: Send, body: bytes, tag: bytes, if_none_match: str | None) -> None:
-    """A JSON 200 with its ETag, or a bodiless 304 when the client holds that representation."""
+async def send_tagged(send: Send, body: bytes, tag: bytes, if_none_match: str | None,
+                      extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON 200 with its ETag, or a bodiless 304 when the client holds that representation;
+    ``extra`` headers go with either."""
     if if_none_match is not None and none_match(if_none_match, tag):
         # 304 carries the validator it confirms, and no content headers (RFC 9110 15.4.5).
-        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag)]})
+        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag), *extra]})
         await send({"type": "http.response.body", "body": b""})
         return
     await send({"type": "http.response.start", "status": 200,
-                "headers": [*JSON, (b"content-length", str(len(body)).encode()), (b"etag", tag)]})
+                "headers": [*JSON, (b"content-length", str(len(body)).encode()), (b"etag", tag), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -18,7 +18,7 @@ from ..model import Event, Scope
 from .dump import TransferError, event_to_import
 from .importer import Importer, ImportStats
 from .progress import Progress
-from .reading import TransferStore, iter_keys, iter_scope
+from .reading import TransferStore, every_realm, iter_keys, iter_scope
 
 
 class RealmDigest(NamedTuple):
@@ -86,7 +86,7 @@ async def copy_store(source: TransferStore, destination: TransferStore, *, limit
     copied = 0
     complete = True
     try:
-        async for realm in iter_keys(source):
+        async for realm in every_realm(source, "a copy"):
             following = None
             if realm not in existing:
                 importer.fresh(realm)

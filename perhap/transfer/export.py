@@ -11,7 +11,7 @@ import orjson
 from ..model import Scope
 from .dump import check_export_scope, dump_header
 from .progress import Progress
-from .reading import PAGE_SIZE, TransferStore, iter_keys, iter_scope
+from .reading import PAGE_SIZE, TransferStore, every_realm, iter_scope
 
 
 async def export_dump(store: TransferStore, out: IO[bytes], scope: Scope | None = None, *,
@@ -60,5 +60,5 @@ async def _scopes(store: TransferStore, scope: Scope | None) -> AsyncIterator[Sc
     if scope is not None:
         yield scope
         return
-    async for realm in iter_keys(store):
+    async for realm in every_realm(store, "an export"):
         yield Scope(realm)

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from ..model import DEFAULT_LIMIT, AppendResult, Event, KeysPage, NewEvent, Page, Scope
+from .dump import TransferError
 
 PAGE_SIZE = 1000
 
@@ -49,6 +50,21 @@ async def iter_scope(store: TransferStore, scope: Scope, *, following: str | Non
     finally:  # the read ahead stopped, and its outcome taken whatever it was (never left unseen)
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
+
+
+async def every_realm(store: TransferStore, what: str) -> AsyncIterator[str]:
+    """Every realm of ``store``, for ``what`` (an export, a copy) of the whole store. Refused when
+    the store shows only some of them, rather than the others left out in silence: a server run
+    with ``--auth`` lists only the realm of a one-realm token."""
+    limited = getattr(store, "realms_limited", None)  # (a server's; a Store lists every realm)
+    if limited is not None and await limited():
+        shown = [name async for name in iter_keys(store)]
+        mine = f" ({shown[0]!r})" if shown else ""
+        alone = "export that realm by name, or " if what == "an export" else ""
+        raise TransferError(f"the token sent reads one realm{mine}, and {what} of the whole store would leave "
+                            f"every other realm out: {alone}use a token for every realm (perhap token add --realm '*')")
+    async for realm in iter_keys(store):
+        yield realm
 
 
 async def iter_keys(store: TransferStore, *levels: str) -> AsyncIterator[str]:

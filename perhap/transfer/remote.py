@@ -56,6 +56,10 @@ class RemoteStore:
                 f"the server at {self.client.base_url} does not take an imported event's timestamp "
                 f"(400: {exc.detail}), so it cannot import with full fidelity; nothing was written") from None
 
+    async def realms_limited(self) -> bool:
+        """Whether the server lists only the realm of the token sent (see ``reading.every_realm``)."""
+        return await self.client.realms_limited()
+
     async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
         return await self.client.get_event(realm, domain, event_id)
 
