@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidInput
-from ..jsoncodec import dump_json, load_json
+from ..jsoncodec import dump_json, load_json, refuse_duplicate_keys
 from ..model import MAX_POSITION, Event, NewEvent, Scope, check_name, new_event
 
 DUMP_FORMAT = "perhap-dump"
@@ -89,6 +89,10 @@ def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
             obj = load_json(line)
         except (orjson.JSONDecodeError, InvalidInput) as exc:
             raise TransferError(f"{where}: not valid JSON ({exc})") from None
+        try:  # as the HTTP API refuses such a body: one of the two values would be lost
+            refuse_duplicate_keys(line, obj)
+        except InvalidInput as exc:
+            raise TransferError(f"{where}: {exc.detail}") from None
         if not isinstance(obj, dict):
             raise TransferError(f"{where}: expected a JSON object")
         if first and "format" in obj:
@@ -105,7 +109,7 @@ def _check_header(obj: dict[str, Any], where: str) -> None:
     if obj.get("format") != DUMP_FORMAT:
         raise TransferError(f"{where}: not a perhap dump (format {obj.get('format')!r})")
     version = obj.get("version")
-    if not isinstance(version, int) or version > DUMP_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= DUMP_VERSION:
         raise TransferError(f"{where}: dump format version {version!r}; this perhap reads "
                             f"version {DUMP_VERSION} (upgrade perhap)")
 
@@ -118,13 +122,17 @@ def _dump_event(obj: dict[str, Any], where: str) -> DumpEvent:
                ("; " if missing and unknown else "") + (f"unknown keys {', '.join(unknown)}" if unknown else "")
         raise TransferError(f"{where}: not an event object ({what})")
     version = obj["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise TransferError(f"{where}: version must be an integer of 0 or more")
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_POSITION:
+        raise TransferError(f"{where}: version must be an integer of 0 or more (up to {MAX_POSITION})")
     if not isinstance(obj["meta"], dict):
         raise TransferError(f"{where}: meta must be a JSON object")
-    position = obj.get("position")
-    if position is not None and (isinstance(position, bool) or not isinstance(position, int)
-                                 or not 1 <= position <= MAX_POSITION):
+    # null is no id and no time: taken, the event would be stored under a new id (and imported
+    # again at every run) or at the time of the import.
+    for key, what in (("event_id", "the event's id"), ("timestamp", "its time (RFC 3339, UTC)")):
+        if not isinstance(obj[key], str):
+            raise TransferError(f"{where}: {key} must be a string, {what}")
+    position = obj.get("position", 1)
+    if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= MAX_POSITION:
         raise TransferError(f"{where}: position must be an integer from 1 to {MAX_POSITION}")
     try:
         check_name(obj["realm"], "realm", realm=True)

@@ -30,6 +30,9 @@ WINDOW_BYTES = 16 * 1024 * 1024      # ... and at most about this much JSON in f
 #: JSON's size (100,000 events in 1,000-event runs: 0.5 GB at peak, 133 MB with this), and a few
 #: batches keep the writer busy (the import took as long).
 WINDOW_EVENTS = 4000
+#: Entities of a realm whose next version the importer remembers (then it forgets them all and
+#: leaves their versions to the destination): see Importer._flush.
+KNOWN_ENTITIES = 200_000
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Importer:
     """
 
     def __init__(self, store: TransferStore, *, progress: Progress | None = None,
-                 batch_events: int = BATCH_EVENTS) -> None:
+                 batch_events: int = BATCH_EVENTS, whole: bool = False) -> None:
         self.store = store
         self.progress = progress
         self.batch_events = batch_events
@@ -69,6 +72,18 @@ class Importer:
         self._inflight_bytes = 0
         self._inflight_events = 0
         self._fresh_realm: str | None = None
+        #: Whether every event the destination holds of a realm has been added (found stored, or
+        #: written) before the realm's first new one: so of a dump read from its first line into
+        #: a destination holding a part of it, but not of a copy that resumes after the
+        #: destination's last event (only realms declared ``fresh`` are known whole then).
+        self._whole = whole
+        #: The realm being imported, and the version the next event of each of its entities must
+        #: have (of every entity it holds, while ``_complete``: the realm is known whole, was not
+        #: left and come back to, and was not forgotten for size).
+        self._realm: str | None = None
+        self._next_version: dict[tuple[str, str], int] = {}
+        self._complete = False
+        self._run_ids: set[str] = set()
 
     def fresh(self, realm: str) -> None:
         """Declare that the destination holds nothing of ``realm``: its writes may be pipelined at once."""
@@ -84,8 +99,17 @@ class Importer:
                     or self._run_bytes >= BATCH_BYTES):
                 await self._flush()
                 run = self._run
+            elif item.new.event_id in self._run_ids:
+                twice = next(e for e in run if e.new.event_id == item.new.event_id)
+                raise TransferError(f"{item.label}: event id {item.new.event_id} is the id of an earlier event "
+                                    f"of the dump too ({twice.label}): each event has its own")
+        if item.realm != self._realm:
+            known_whole = self._whole or item.realm == self._fresh_realm
+            self._realm, self._complete = item.realm, known_whole and item.realm not in self.stats.realms
+            self._next_version.clear()
         self.stats.realms.add(item.realm)
         run.append(item)
+        self._run_ids.add(item.new.event_id)
         self._run_bytes += item.size
 
     async def finish(self) -> ImportStats:
@@ -97,12 +121,25 @@ class Importer:
     async def _flush(self) -> None:
         batch, size = self._run, self._run_bytes
         self._run, self._run_bytes = [], 0
+        self._run_ids.clear()
         if not batch:
             return
+        first, key = batch[0], (batch[0].domain, batch[0].entity)
+        expected = self._next_version.get(key, 0 if self._complete else None)
+        if len(self._next_version) >= KNOWN_ENTITIES:
+            self._next_version.clear()
+            self._complete = False
+        self._next_version[key] = batch[-1].version + 1  # (a write that fails ends the import)
         # Pipelining is safe only once this realm is being written fresh: everything the dump holds
         # after a freshly written batch cannot be in the destination if it holds a prefix of the
         # dump (an interrupted import), and if it holds more the dump's order is moot anyway.
         if self.pipelined and batch[0].realm == self._fresh_realm:
+            # A version the destination would refuse is refused here, before anything after it is
+            # sent: sent, the batches after it would be stored while it is refused, and the
+            # destination's order would not be the dump's. (The realm is fresh: the destination
+            # holds none of it but what this import wrote or found, so an entity unseen is new.)
+            if expected is not None and first.version != expected:
+                raise TransferError(_version_refused(first, expected - 1))
             self._inflight.append(InFlight(batch, asyncio.ensure_future(self._append(batch)), size))
             self._inflight_bytes += size
             self._inflight_events += len(batch)
@@ -211,16 +248,19 @@ class Importer:
         try:
             result = await self._append(rest)
         except VersionConflict as exc:
-            raise TransferError(
-                f"{first.label}: the destination entity is at version {exc.current_version}, but the "
-                f"next event to import ({first.new.event_id}) has version {first.version}; an imported "
-                f"event keeps its version, so the entity must be at version {first.version - 1}. Import "
-                f"into an empty store, or into one holding an earlier part of the same dump") from None
+            raise TransferError(_version_refused(first, exc.current_version)) from None
         except EventIdConflict as exc:
             raise TransferError(
                 f"{first.label}: event id {exc.event_id} is used by a different event in the "
                 f"destination") from None
         self._check(rest, result)
+
+
+def _version_refused(first: DumpEvent, current: int | None) -> str:
+    return (f"{first.label}: the destination entity is at version {current}, but the next event to "
+            f"import ({first.new.event_id}) has version {first.version}; an imported event keeps its "
+            f"version, so the entity must be at version {first.version - 1}. Import into an empty store, "
+            "or into one holding an earlier part of the same dump")
 
 
 def _same_or_fail(item: DumpEvent, stored: Event) -> None:
@@ -246,7 +286,7 @@ def _same_json(a: bytes, b: bytes) -> bool:
 async def import_dump(store: TransferStore, lines: Iterable[bytes], name: str = "the dump", *,
                       progress: Progress | None = None) -> ImportStats:
     """Import a dump's lines into ``store``, in order; idempotent (see the module docstring)."""
-    importer = Importer(store, progress=progress)
+    importer = Importer(store, progress=progress, whole=True)
     on_bytes = None
     if progress is not None:
         def on_bytes(n: int) -> None:
