@@ -744,6 +744,13 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     err = r.stderr.decode()
     expected = f"error: cannot write {tmp_path}/missing/x.jsonl: No such file or directory\n"
     assert r.returncode == 1 and err == expected, err
+    # A directory: said before the dump is written (it was written whole beside it, then the move
+    # failed naming x.partial).
+    (tmp_path / "dir").mkdir()
+    r = run_cli("export", "--db", url, "-o", str(tmp_path / "dir"))
+    assert r.returncode == 1 and r.stderr.decode() == f"error: cannot write {tmp_path}/dir: it is a directory; " \
+                                                      "give a file's path\n", r.stderr
+    assert not (tmp_path / "dir.partial").exists()
 
 
 async def _one_event(url: str) -> None:
