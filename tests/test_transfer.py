@@ -426,6 +426,31 @@ async def test_export_streams_in_constant_memory(store: Store, realm: str) -> No
     assert peak3 < peak1 * 1.3 + 200_000 and peak3 < size3 / 3, (peak1, peak3)
 
 
+async def test_pages_read_for_a_transfer_hold_about_page_bytes_whatever_the_events_size(
+        store: Store, realm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages were asked for by count alone: 1,000 events of 1 MB, a gigabyte in the exporter (and
+    in the server answering it). Here 20 kB events against a 200 kB budget: about ten a page."""
+    from perhap.transfer import reading
+
+    monkeypatch.setattr(reading, "PAGE_BYTES", 200_000)
+    big = [{"type": "t", "event": "x" * 20_000}] * 60
+    small = [{"type": "t", "event": i} for i in range(300)]
+    await store.append_batch(realm, "d", "big", big)
+    await store.append_batch(realm, "d", "small", small)
+    limits: list[int] = []
+    read = store.read
+
+    async def counted(scope: Scope, **options: Any) -> Any:
+        limits.append(options["limit"])
+        return await read(scope, **options)
+
+    monkeypatch.setattr(store, "read", counted)
+    events = [e async for e in iter_scope(store, Scope(realm), page_size=1000)]
+    assert len(events) == 360 and [e.entity for e in events] == ["big"] * 60 + ["small"] * 300
+    assert limits[0] == reading.FIRST_PAGE and max(limits[1:5]) <= 10, limits  # the big events' pages
+    assert max(limits) > 500, limits  # and the small ones' grow back (to about 1,000 in this budget)
+
+
 def test_progress_on_a_terminal_and_none_when_piped(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/p.db"
     asyncio.run(_fill_url(url, 1, 30))

@@ -148,7 +148,7 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
     rather than a dump that would import as fewer events than the store holds."""
     from ..transfer.export import export_dump
 
-    if os.path.isdir(path):  # (found now, not after the whole dump is written beside it)
+    if os.path.isdir(path):  # noqa: ASYNC240 (as the open below) found now, not after the whole dump is written
         raise CommandError(f"cannot write {path}: it is a directory; give a file's path")
     partial = f"{path}.partial"
     try:

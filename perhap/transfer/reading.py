@@ -10,6 +10,12 @@ from ..model import DEFAULT_LIMIT, AppendResult, Event, KeysPage, NewEvent, Page
 from .dump import TransferError
 
 PAGE_SIZE = 1000
+#: About this much event JSON in a page read (and as much in the page read ahead). A page is asked
+#: for by its count of events, so by count alone 1,000 events of 1 MB each would be a gigabyte in
+#: memory (the server's too): the next page's count follows the size of the events just read,
+#: and the first page of a scope is small, before any is known.
+PAGE_BYTES = 8 * 1024 * 1024
+FIRST_PAGE = 16
 
 
 class TransferStore(Protocol):
@@ -34,15 +40,18 @@ class TransferStore(Protocol):
 
 async def iter_scope(store: TransferStore, scope: Scope, *, following: str | None = None,
                      page_size: int = PAGE_SIZE) -> AsyncGenerator[Event, None]:
-    """Every event of a scope in its order, one page in memory and the next one being read.
-    Iterate it inside ``contextlib.aclosing`` where the loop may stop early (its reader gone),
-    so the read ahead ends before the store is closed."""
-    pending = asyncio.ensure_future(store.read(scope, following=following, limit=page_size))
+    """Every event of a scope in its order, one page in memory and the next one being read (each
+    of at most ``page_size`` events and about PAGE_BYTES). Iterate it inside
+    ``contextlib.aclosing`` where the loop may stop early (its reader gone), so the read ahead
+    ends before the store is closed."""
+    limit = min(page_size, FIRST_PAGE)
+    pending = asyncio.ensure_future(store.read(scope, following=following, limit=limit))
     try:
         while True:
             page = await pending
             if page.next is not None:
-                pending = asyncio.ensure_future(store.read(scope, following=page.next, limit=page_size))
+                limit = _next_limit(page.events, limit, page_size)
+                pending = asyncio.ensure_future(store.read(scope, following=page.next, limit=limit))
             for event in page.events:
                 yield event
             if page.next is None:
@@ -50,6 +59,14 @@ async def iter_scope(store: TransferStore, scope: Scope, *, following: str | Non
     finally:  # the read ahead stopped, and its outcome taken whatever it was (never left unseen)
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
+
+
+def _next_limit(events: Sequence[Event], limit: int, most: int) -> int:
+    """How many events the next page may hold: about PAGE_BYTES of events the size of these."""
+    if not events:
+        return limit
+    size = sum(len(e.data_json) + len(e.meta_json) for e in events) + 200 * len(events)
+    return max(1, min(most, PAGE_BYTES * len(events) // size))
 
 
 async def every_realm(store: TransferStore, what: str) -> AsyncIterator[str]:
