@@ -52,7 +52,18 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._perhap_loop = asyncio.get_running_loop()
+        loop = self._perhap_loop = asyncio.get_running_loop()
+        handshake = getattr(self.config, "perhap_handshake_timeout", None)
+        if self.config.is_ssl and handshake is not None:
+            # A TLS handshake comes before the listener's header deadline can start (asyncio
+            # calls connection_made after it), and asyncio gives it 60 s: a client that connects
+            # and sends nothing held its socket that long. The header deadline bounds it too.
+            create_server = loop.create_server
+
+            async def with_handshake_deadline(*args: Any, **kwargs: Any) -> Any:
+                return await create_server(*args, **kwargs, ssl_handshake_timeout=handshake)
+
+            loop.create_server = with_handshake_deadline  # type: ignore[method-assign]
         await super().startup(sockets=sockets)
         if self.started:
             cfg = self.config
@@ -69,13 +80,13 @@ def url_host(host: str) -> str:
 
 def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:
     net = net or {}
+    header_timeout = net.get("header_timeout", DEFAULT_HEADER_TIMEOUT)
     body_timeout = net.get("body_timeout")
     max_connections = net.get("max_connections")
-    protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER),
-                                net.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
+    protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER), header_timeout,
                                 DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout,
                                 net.get("write_timeout", DEFAULT_WRITE_TIMEOUT))
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
         loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
@@ -85,6 +96,8 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
         # so that N connections are served and the one beyond them is the 503.
         limit_concurrency=(DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections) + 1,
     )
+    config.perhap_handshake_timeout = header_timeout  # type: ignore[attr-defined]  # (see _Server.startup)
+    return config
 
 
 class _JSONFormatter(logging.Formatter):

@@ -459,6 +459,38 @@ def test_a_tls_connection_cut_by_the_body_deadline_gives_its_slot_back(tmp_path:
         proc.communicate(timeout=30)
 
 
+def test_a_tls_client_that_never_starts_its_handshake_is_cut_at_the_header_deadline(tmp_path: Path) -> None:
+    """asyncio gives a TLS handshake 60 s, before the listener's header deadline can start: a
+    client that connected and sent nothing kept its socket that long. --header-timeout bounds it."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
+                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key),
+                             "--header-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2).status_code == 200
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        silent = socket.create_connection(("127.0.0.1", port), timeout=30)
+        started = time.monotonic()
+        try:
+            assert silent.recv(1) == b""  # closed by the server
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 10  # (60 s before)
+        silent.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 def test_tls_options_must_come_together(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--tls-cert", str(tmp_path / "c.pem")],
                        capture_output=True, text=True, timeout=60)
