@@ -776,6 +776,12 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     assert r.returncode == 1 and r.stderr.decode() == f"error: cannot write {tmp_path}/dir: it is a directory; " \
                                                       "give a file's path\n", r.stderr
     assert not (tmp_path / "dir.partial").exists()
+    # A symbolic link is written through (as the shell's > does), not replaced by a file.
+    (tmp_path / "old.jsonl").write_bytes(b"old")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "old.jsonl")
+    r = run_cli("export", "--db", url, "-o", str(tmp_path / "link.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 2
 
 
 async def _one_event(url: str) -> None:

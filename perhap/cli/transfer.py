@@ -150,7 +150,10 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
 
     if os.path.isdir(path):  # noqa: ASYNC240 (as the open below) found now, not after the whole dump is written
         raise CommandError(f"cannot write {path}: it is a directory; give a file's path")
-    partial = f"{path}.partial"
+    # A symbolic link is written through, as the shell's > does: replaced, the link would become
+    # a file of its own, and what it points to would keep the old dump.
+    target = os.path.realpath(path)  # noqa: ASYNC240
+    partial = f"{target}.partial"
     try:
         out = open(partial, "wb")  # noqa: ASYNC230, SIM115 (the dump's writes block anyway; closed below)
     except OSError as exc:  # a directory that is not there, no permission: said as the file's, not .partial's
@@ -158,7 +161,7 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
     try:
         with out:
             await export_dump(store, out, scope, progress=progress)
-        os.replace(partial, path)
+        os.replace(partial, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(partial)
