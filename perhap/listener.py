@@ -41,17 +41,18 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
         return "auto"
-    too_large = _problem_response(b"431 Request Header Fields Too Large", problem_body(
-        431, "headers-too-large", STATUS_TITLES[431],
-        f"the request line and headers exceed the limit of {max_header} bytes", {"max_header": max_header}))
+    too_large_body = problem_body(431, "headers-too-large", STATUS_TITLES[431],
+                                  f"the request line and headers exceed the limit of {max_header} bytes",
+                                  {"max_header": max_header})
+    too_large = _problem_response(b"431 Request Header Fields Too Large", too_large_body)
     slow_body = problem_body(408, "body-timeout", "Request Timeout",
                              f"the body did not arrive within {body_timeout:g} s of the headers",
                              {"body_timeout": body_timeout})
     too_slow = _problem_response(b"408 Request Timeout", slow_body)
 
-    overflow = _problem_response(b"413 Content Too Large", problem_body(
-        413, "content-too-large", STATUS_TITLES[413],
-        "the Content-Length is larger than any body this server takes (see --max-body)", {}))
+    overflow_body = problem_body(413, "content-too-large", STATUS_TITLES[413],
+                                 "the Content-Length is larger than any body this server takes (see --max-body)", {})
+    overflow = _problem_response(b"413 Content Too Large", overflow_body)
     short_body = body_timeout < header_timeout
 
     class LimitedHttpTools(HttpToolsProtocol):
@@ -63,6 +64,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _head_seen = False  # a byte of the current head (not a blank line before it) has come
         _head_tail = b""  # the last bytes of a head not ended yet, where its end may begin
         _steps = 0  # heads and messages completed on this connection
+        _has_cycle = False  # the message being parsed has its cycle (its headers are complete)
+        _cycles: tuple[Any, ...] = ()  # the requests whose answers may still be owed, in order
         _lost = False
         _too_large = False
         _deadline: Any = None
@@ -142,10 +145,22 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def _refuse_head(self) -> None:
             self._too_large = True
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.transport.close()  # (a pipelined head: its 431 cannot go in the middle of an answer)
-            else:
-                self.send_400_response("")  # the 431
+            self.send_400_response("")  # the 431
+
+        def _owed_first(self, broken: Any) -> bool:
+            """Whether answers are owed to earlier requests of this connection (pipelined) than the
+            one that could not be read: those go out first, then the connection closes, and the
+            unreadable one, never started, gets none. (Written now, its refusal would have come
+            before them, and closing would have lost them: a 201 whose client read a 400.)"""
+            earlier = [c for c in self._cycles if not c.response_complete and c is not broken]
+            if not earlier:
+                return False
+            if broken is not None:  # queued behind them: it never runs
+                broken.disconnected = True
+                for queued in [p for p in self.pipeline if p[0] is broken]:
+                    self.pipeline.remove(queued)
+            earlier[-1].keep_alive = False
+            return True
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._lost = True
@@ -195,6 +210,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._header_bytes = _REQUEST_LINE_FRAME
             self._method_counted = False
             self._in_message = True
+            self._has_cycle = False
             self._body_deadline = None
             if self._deadline is None:
                 self._arm(header_timeout)
@@ -227,6 +243,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
             self._extensions = {ABORT_EXTENSION: {"abort": self.transport.abort}}
             self.scope["extensions"] = self._extensions
+            self._has_cycle = True
+            self._cycles = (*[c for c in self._cycles if not c.response_complete], self.cycle)
 
         def on_message_complete(self) -> None:
             self._disarm()
@@ -237,15 +255,26 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         def send_400_response(self, msg: str) -> None:
             # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
             # like every other error of the API, not uvicorn's plain text.
+            broken = self.cycle if self._in_message and self._has_cycle else None  # (its body is bad)
+            if self.transport.is_closing() or self._owed_first(broken):
+                return
             if self._too_large:
-                self.transport.write(too_large)
+                status, body, response = 431, too_large_body, too_large
             elif str(sys.exception()) == "Content-Length overflow":
                 # (uvicorn calls this inside its except clause, with its own words in msg: the
                 # parser's are the exception's.) A length past 2**64 is larger than any body taken.
-                self.transport.write(overflow)
+                status, body, response = 413, overflow_body, overflow
             else:
-                self.transport.write(_problem_response(b"400 Bad Request", problem_body(
-                    400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})))
+                body = problem_body(400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})
+                status, response = 400, _problem_response(b"400 Bad Request", body)
+            if broken is not None and not broken.response_complete:
+                # Its app is running, waiting for the body: it now reads a disconnect, its answer
+                # goes nowhere, and this one is what the metrics and the access log count.
+                broken.scope[LISTENER_STATUS] = status  # type: ignore[literal-required]
+                broken.scope[LISTENER_BYTES] = len(body)  # type: ignore[literal-required]
+                broken.disconnected = True
+                broken.message_event.set()
+            self.transport.write(response)
             self.transport.close()
 
     return LimitedHttpTools

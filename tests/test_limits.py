@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import subprocess
@@ -273,6 +274,38 @@ def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
             head, _, body = _raw(server.port, request).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head, (request, head)
             assert b'"status":400' in body and b"not valid HTTP" in body, body
+
+
+def test_a_pipelined_request_that_is_not_http_leaves_the_answers_owed_before_it(
+        sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A valid append, then bytes that are no request, in one packet: the parser's refusal was
+    written at once and the connection closed, so the append was stored and its client read a 400
+    (a client retrying without an id stores it twice), and the access log said 201. Now the 201
+    (and any answer owed before the bad request) goes out, then the connection closes."""
+    caplog.set_level(logging.INFO, "perhap.access")
+    server = ThreadServer(sqlite_url, access_log=True)
+    server.server.config.http = limited_protocol()
+    post = b'POST /pipe/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"event": 1}'
+    health = b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with server:
+        for request, answers in ((post + b"GARBAGE\r\n\r\n", [b"HTTP/1.1 201"]),
+                                 (health + health + b"GET /x HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
+                                  [b"HTTP/1.1 200", b"HTTP/1.1 200"]),
+                                 (post + b"X" * 70_000, [b"HTTP/1.1 201"])):  # (a head over --max-header)
+            reply = _raw(server.port, request)
+            statuses = re.findall(rb"HTTP/1\.1 \d{3}", reply)
+            assert statuses == answers, reply
+        # A body that is not HTTP (a bad chunk size): its 400 is what went out, and what is logged.
+        chunked = b"POST /pipe/d/e/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
+        assert _raw(server.port, chunked).startswith(b"HTTP/1.1 400")
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if getattr(r, "access", {}).get("status") == 400]:
+            assert time.monotonic() < deadline, "the refused body was not logged"
+            time.sleep(0.05)
+        stored = httpx.get(f"http://127.0.0.1:{server.port}/pipe/d/e").json()["events"]
+    assert len(stored) == 2  # the two appends answered 201, and nothing else
+    logged = [r.access["status"] for r in caplog.records if hasattr(r, "access")]  # type: ignore[attr-defined]
+    assert sorted(s for s in logged if s != 200) == [201, 201, 400], logged
 
 
 def test_a_body_too_slow_is_408(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
