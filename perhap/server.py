@@ -134,12 +134,25 @@ NEVER_STARTED = 3
 
 def _run_worker(index: int, sock: socket.socket, options: dict[str, Any]) -> None:
     _stop_with_supervisor()
+    _allow_deep_json()
     _setup_logging(options["log_level"], options["log_format"])
     app = PerhapApp(store_url=options["db"], **options["app"])
     config = _config(app, options["host"], options["port"], options["log_level"], options["net"])
     server = _Server(config, app, worker=index)
     server.run(sockets=[sock])
     sys.exit(0 if server.started else NEVER_STARTED)
+
+
+#: Python frames a server process allows: the stdlib's JSON parser and writer (the exact path: long
+#: integers, repeated keys, values orjson does not nest so deep) recurse once a level against the
+#: interpreter's limit, 1,000 by default less the frames below them, so a body nested 977 levels
+#: deep was "not valid JSON" where the docs promise bodies up to the parser's 1,024 levels (with
+#: --max-depth that high). The server process is perhap's own: the limit is raised there only.
+RECURSION_LIMIT = 3000
+
+
+def _allow_deep_json() -> None:
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
 
 
 def _stop_with_supervisor() -> None:
@@ -164,6 +177,7 @@ def serve(*, db: str, host: str, port: int, workers: int = 1, log_level: str = "
     ``app_options`` go to :class:`PerhapApp` (max_body, heartbeat, auth, limits, cors_origins...);
     ``net`` holds the listener's options (tls_cert, tls_key, idle_timeout, max_header, ...).
     """
+    _allow_deep_json()
     _setup_logging(log_level, log_format)
     app_options.setdefault("access_log", log_format == "json")
     # A stream's write timeout (the app's) is also the listener's for every other response.

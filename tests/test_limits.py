@@ -79,6 +79,24 @@ async def test_default_depth_limit(store: Store, realm: str) -> None:
         assert (await c.get(f"/{realm}/d/e")).json()["events"][0]["event"] == nested
 
 
+def test_a_server_takes_bodies_as_deep_as_the_parser_does(tmp_path: Path) -> None:
+    """With --max-depth 1024, bodies nested up to the JSON parser's 1,024 levels are taken, on the
+    fast parser and the exact one (integers beyond 64 bits): the stdlib's recursed against the
+    interpreter's frame limit and refused them from 977 levels as "not valid JSON"."""
+    def body(depth: int, leaf: bytes) -> bytes:  # the body object is level 1
+        return b'{"event": ' + b"[" * (depth - 1) + leaf + b"]" * (depth - 1) + b"}"
+
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--max-depth", "1024") as server:
+        for leaf in (b"1", b"1" * 30):
+            for depth in (977, 1000, 1024):
+                r = httpx.post(f"{server.url}/deep/d/e{depth}/t", content=body(depth, leaf), timeout=30)
+                assert r.status_code == 201, (depth, leaf, r.text)
+                stored = httpx.get(f"{server.url}/deep/d/e{depth}", timeout=30)
+                assert stored.status_code == 200 and stored.content.count(b"[") >= depth - 1, stored.text[:200]
+            r = httpx.post(f"{server.url}/deep/d/over/t", content=body(1025, leaf), timeout=30)
+            assert r.status_code == 400, r.text  # past the parser's own limit
+
+
 async def test_open_stream_limits(store_url: str, tmp_path: Path, realm: str) -> None:
     tokens = str(tmp_path / "tokens.json")
     a, _ = add_token(tokens, "*", "read")
