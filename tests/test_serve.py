@@ -163,6 +163,16 @@ def test_seconds_options_must_be_finite_and_above_0(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_a_cors_origin_no_browser_sends_is_exit_2(tmp_path: Path) -> None:
+    """'*' and a bare host were taken, and matched no page ever (the operator's pages were refused
+    in silence): an origin is scheme://host[:port]."""
+    cases = [["--cors-origin", o] for o in ("*", "app.example.com", "https://a.example/app", "ftp://a.example",
+                                            "https://a.example:x", "https://user:pw@a.example")]
+    for args, line in zip(cases, _serve_errors(cases, tmp_path)):
+        assert "is not an origin: give scheme://host[:port]" in line, line
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_ipv6_address_is_bracketed_in_the_start_line_and_the_busy_port_error(tmp_path: Path) -> None:
     """http://::1:8787 is no URL: the start line names one a client can use, http://[::1]:8787."""
     port = free_port()

@@ -46,6 +46,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.write_timeout < math.inf:
         raise CommandError("--write-timeout must be 0 (never) or more seconds (and finite)", 2)
     _check_host(args.host)
+    for origin in args.cors_origin:
+        _check_origin(origin)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("give --tls-cert and --tls-key together", 2)
     if args.tls_cert is not None:
@@ -126,6 +128,23 @@ def check_tls(cert: str, key: str) -> None:
             what = (f"{key} is protected by a passphrase, which perhap cannot ask for: give the key "
                     f"without one" if encrypted else f"{key} holds no PEM private key")
     raise CommandError(f"--tls-cert {cert}, --tls-key {key}: the certificate and key do not load: {what}", 2)
+
+
+def _check_origin(origin: str) -> None:
+    """An origin as a browser sends it, or exit 2: one that no browser sends would never match, and
+    its pages would be refused in silence (a '*' is not a wildcard here: origins are listed)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.rstrip("/"))
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
+            or parts.fragment or parts.username or parts.password or port == 0):
+        raise CommandError(f"--cors-origin {one_line(origin)!r} is not an origin: give scheme://host[:port] "
+                           "exactly as the browser sends it, e.g. https://app.example.com (each origin its "
+                           "own --cors-origin; there is no wildcard)", 2)
 
 
 def check_listen(host: str, port: int) -> None:

@@ -1,6 +1,7 @@
 """CORS for the origins the operator lists (none by default): preflights, and response headers.
 
-A preflight carries no credentials by design, so it is answered here, before any token check.
+A preflight from a listed origin carries no credentials by design, so it is answered here, before
+any token check; one from any other origin is a request like any other (a 401 without a token).
 """
 
 from __future__ import annotations
@@ -33,18 +34,14 @@ class Cors:
                 origin = value
             elif key == b"access-control-request-method":
                 preflight = value
-        if scope["method"] == "OPTIONS" and preflight is not None and origin is not None:
-            # Answer every preflight; only a listed origin gets the headers that let it through.
-            headers = [(b"vary", b"Origin"), (b"content-length", b"0")]
-            if origin in self.origins:
-                headers += [(b"access-control-allow-origin", origin),
-                            (b"access-control-allow-methods", METHODS),
-                            (b"access-control-allow-headers", HEADERS),
-                            (b"access-control-max-age", b"600")]
-            await send({"type": "http.response.start", "status": 204, "headers": headers})
-            return await send({"type": "http.response.body", "body": b""})
         if origin is None or origin not in self.origins:
             return await self.app(scope, receive, send)
+        if scope["method"] == "OPTIONS" and preflight is not None:
+            headers = [(b"vary", b"Origin"), (b"content-length", b"0"), (b"access-control-allow-origin", origin),
+                       (b"access-control-allow-methods", METHODS), (b"access-control-allow-headers", HEADERS),
+                       (b"access-control-max-age", b"600")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            return await send({"type": "http.response.body", "body": b""})
         extra = [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
                  (b"access-control-expose-headers", EXPOSED)]
 
