@@ -66,6 +66,18 @@ async def test_a_preflight_or_a_method_a_route_refuses_is_neither_a_read_nor_an_
     assert moved("perhap_reads_total", "200") == 1
 
 
+async def test_a_head_asking_for_a_stream_is_timed(store: Store, realm: str) -> None:
+    """A HEAD never streams (it ends at once), but its text/event-stream answer kept it out of the
+    duration histogram, which leaves out streams only."""
+    app = PerhapApp(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        key = ("perhap_http_request_duration_seconds_count", (("method", "HEAD"), ("route", "/{realm}")))
+        before = samples((await client.get("/_metrics")).text).get(key, 0)
+        r = await client.head(f"/{realm}", headers={"accept": "text/event-stream"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert samples((await client.get("/_metrics")).text).get(key, 0) == before + 1
+
+
 async def test_every_store_statistic_is_exported(client: httpx.AsyncClient, store: Store, realm: str) -> None:
     for i in range(3):
         assert (await client.post(f"/{realm}/d/e/t", json={"event": i})).status_code == 201

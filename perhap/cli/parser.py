@@ -160,10 +160,12 @@ def _add_serve(sub: Subcommands) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (PostgreSQL and Cassandra only; default 1)")
-    serve.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body in bytes")
+    serve.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
+                       help=f"largest request body in bytes, 413 beyond (default {DEFAULT_MAX_BODY})")
     serve.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT,
                        help=f"seconds between keep-alive comments on idle streams (default {DEFAULT_HEARTBEAT:g})")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="the least severe log lines written (default info)")
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="json: every log line a JSON object, plus one access line per request")
     sec = serve.add_argument_group("security (docs/security.md)")
@@ -174,8 +176,8 @@ def _add_serve(sub: Subcommands) -> None:
     sec.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
     sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     sec.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                     help="allow browser pages from this origin, e.g. https://app.example.com "
-                          "(repeatable; none by default)")
+                     help="allow browser pages from this exact origin, scheme://host[:port], e.g. "
+                          "https://app.example.com (repeatable; none by default)")
     lim = serve.add_argument_group("limits (docs/operations.md)")
     lim.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                      help=f"most events in one batch append, 413 beyond (default {DEFAULT_MAX_BATCH})")

@@ -59,8 +59,9 @@ class Observer:
             elif scope["method"] == "HEAD":
                 size = 0
             status = status or 500
-            if self.metrics is not None:
-                self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed, stream)
+            if self.metrics is not None:  # (a HEAD never streams: it ends at once, and is timed)
+                self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed,
+                                     stream and scope["method"] != "HEAD")
             if self.access:
                 self.log(scope, route, status, elapsed, size)
 
