@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -543,7 +544,8 @@ def test_getting_a_dropped_stream_back_waits_out_a_429_and_a_proxys_502_or_504()
         with pytest.raises(PerhapClientError):
             state.opened(answer(status))
     assert isinstance(state.opened(answer(503)), Unavailable)
-    assert state.opened(httpx.Response(200, request=request)) is None  # served once
+    stream = httpx.Response(200, headers={"content-type": "text/event-stream"}, request=request)
+    assert state.opened(stream) is None  # served once
     for status in (429, 502, 503, 504):
         assert isinstance(state.opened(answer(status)), PerhapClientError), status
     for status in (400, 401, 404):
@@ -714,6 +716,82 @@ def test_a_request_read_whole_then_dropped_is_not_called_unreachable_and_both_cl
     assert messages[0].startswith(f"no answer from {url} (the connection broke)"), messages
     assert "may have been carried out" in messages[0], messages
     assert messages[1] == f"cannot reach {refused}: Connection refused", messages
+
+
+class _Answering:
+    """A real HTTP server that is not perhap: every request gets ``answer``, then the connection closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer, self.requests = answer, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(5)
+                got = b""
+                while b"\r\n\r\n" not in got and (chunk := conn.recv(65536)):
+                    got += chunk
+                self.requests += 1
+                conn.sendall(self.answer)
+
+    def __enter__(self) -> _Answering:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_once_backs_off() -> None:
+    """A 200 of HTML was taken for a stream and retried for ever, ten times a second; and a stream
+    answered then ended at once reset the failure count at each 200: max_retries was never reached
+    and the wait never grew (perhap tail against a proxy's page looped so)."""
+    html = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>"
+    empty = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    with _Answering(html) as page:
+        with Client(page.url, timeout=5) as c, pytest.raises(PerhapClientError, match="not an event stream"):
+            next(c.subscribe("r", max_retries=None))
+
+        async def async_first() -> None:
+            async with AsyncClient(page.url, timeout=5) as ac:
+                await take(ac.subscribe("r", max_retries=None), 1)
+
+        with pytest.raises(PerhapClientError, match="not an event stream"):
+            asyncio.run(async_first())
+        assert page.requests == 2
+    with _Answering(empty) as ending:
+        delays: list[float] = []
+        with Client(ending.url, timeout=5) as c, pytest.raises(ConnectionFailed, match="ended the stream"):
+            next(c.subscribe("r", max_retries=3, on_retry=lambda error, delay: delays.append(delay)))
+        assert delays == [0.1, 0.2, 0.4] and ending.requests == 4
+
+        async def async_retries() -> None:
+            async with AsyncClient(ending.url, timeout=5) as ac:
+                await take(ac.subscribe("r", max_retries=2, on_retry=lambda e, d: delays.append(d)), 1)
+
+        delays.clear()
+        with pytest.raises(ConnectionFailed, match="ended the stream"):
+            asyncio.run(async_retries())
+        assert delays == [0.1, 0.2]
+
+
+def test_a_host_name_that_does_not_resolve_is_said_in_words() -> None:
+    """A resolver's error number is no errno: it read "Unknown error -2"."""
+    with Client("http://name-that-does-not-resolve.invalid:8787", timeout=5) as c, \
+            pytest.raises(ConnectionFailed) as info:
+        c.ping()
+    assert "Unknown error" not in str(info.value) and "cannot reach" in str(info.value), info.value
 
 
 @pytest.mark.parametrize("name", ["bad name", "x:y", "é", ""])

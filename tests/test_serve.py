@@ -169,7 +169,7 @@ def test_a_cors_origin_no_browser_sends_is_exit_2(tmp_path: Path) -> None:
     cases = [["--cors-origin", o] for o in ("*", "app.example.com", "https://a.example/app", "ftp://a.example",
                                             "https://a.example:x", "https://user:pw@a.example")]
     for args, line in zip(cases, _serve_errors(cases, tmp_path)):
-        assert "is not an origin: give scheme://host[:port]" in line, line
+        assert f"--cors-origin {args[1]!r} is not an origin: give scheme://host[:port]" in line, line
     assert not list(tmp_path.iterdir())
 
 

@@ -8,6 +8,7 @@ whether it was raised by an in-process store or answered by a server.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -204,6 +205,8 @@ def _reason(exc: BaseException) -> str:
     while cause is not None and seen < 10:
         if isinstance(cause, ssl.SSLError):  # its errno is the TLS library's, not the system's
             return str(cause)
+        if isinstance(cause, socket.gaierror):  # its errno is the resolver's (EAI_*): "Unknown error -2"
+            return str(cause.strerror or cause)
         if isinstance(cause, OSError) and (cause.errno or cause.strerror):
             return os.strerror(cause.errno) if cause.errno else str(cause.strerror)
         cause, seen = cause.__cause__ or cause.__context__, seen + 1

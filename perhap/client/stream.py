@@ -3,6 +3,7 @@ SSE decoding, the resume point and the backoff. The clients only send, iterate a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -12,7 +13,7 @@ from ..errors import InvalidInput
 from ..jsoncodec import load_json
 from ..model import Event
 from ..sse import SSEDecoder
-from .errors import ConnectionFailed, PerhapClientError, Unavailable, error_from_response
+from .errors import ConnectionFailed, PerhapClientError, Unavailable, error_from_response, unexpected
 from .wire import event_from_dict
 
 #: Streams carry a keep-alive comment every 15 s by default; silence this long means a dead link.
@@ -29,6 +30,10 @@ def stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
     return httpx.Timeout(timeout.connect, read=max(timeout.read or 0, STREAM_IDLE_TIMEOUT),
                          write=timeout.write, pool=timeout.pool)
 
+
+#: A stream that stayed open this long (the longest wait between reconnects) before it ended begins
+#: a new run of failures: ``max_retries`` bounds failures in a row, and it was no failure.
+STEADY_STREAM = 5.0
 
 #: Answers a reconnect waits out (besides 503, which is retried whenever it comes).
 _PASSING_ON_RECONNECT = frozenset({429, 502, 504})
@@ -47,6 +52,7 @@ class StreamState:
         self.failures = 0
         self.decoder = SSEDecoder()
         self.was_open = False  # a stream was served once: answers while getting it back are passing
+        self.opened_at: float | None = None  # when the stream now open was (monotonic)
 
     def request(self) -> httpx.Request:
         """The request to send now: it resumes after the last event yielded."""
@@ -59,9 +65,15 @@ class StreamState:
     def opened(self, response: httpx.Response) -> Exception | None:
         """After an error response's body was read: raise, or return a retryable error (503)."""
         if response.status_code == 200:
-            self.failures = 0
+            # Not an event stream (a page of HTML, a proxy's answer): no reconnect would make it one.
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise unexpected(response, "not an event stream (is this a perhap server?)")
+            # A 200 alone is no success: a server that answers and closes at once would reset the
+            # count at every try (max_retries never reached, no backoff). Events reset it, and so
+            # does a stream that stayed open (retry_delay).
             self.decoder = SSEDecoder()
             self.was_open = True
+            self.opened_at = time.monotonic()
             return None
         error = error_from_response(response)
         if isinstance(error, Unavailable):
@@ -86,10 +98,15 @@ class StreamState:
                 continue  # defensive: never yield the resume point itself again
             self.last_id = event.event_id
             events.append(event)
+        if events:
+            self.failures = 0
         return events
 
     def retry_delay(self, error: Exception) -> float:
         """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row."""
+        if self.opened_at is not None and time.monotonic() - self.opened_at >= STEADY_STREAM:
+            self.failures = 0
+        self.opened_at = None
         self.failures += 1
         if self.max_retries is not None and self.failures > self.max_retries:
             if isinstance(error, PerhapClientError):
