@@ -62,7 +62,7 @@ async def ui(ctx: Context, req: Request, send: Send) -> None:
 async def no_route(ctx: Context, req: Request, send: Send) -> None:
     """Nothing answers here: 404, after the checks a real route makes (bad names are 400, as ever)."""
     names = req.names
-    if names[0].startswith("_") and (names[0] != GROUPS or len(names) == 1):  # /_nope, /_nope/x, /_health/x
+    if len(names) == 1 and names[0].startswith("_"):
         raise HTTPProblem(404, f"no such system endpoint: there are {_SYSTEM} (a realm's name cannot begin "
                                "with '_')")
     if names[0] == GROUPS:
