@@ -239,6 +239,11 @@ def test_read_newest_first_from_a_position_of_several_types(server: ProcessServe
         scope = [] if args[0].startswith(realm) else [realm]
         r = run_cli("read", *scope, *args, *url)
         assert r.returncode == 2 and words in one_error_line(r), (args, r.stderr)
+    # And by tail (it named the API's parameters: after_position, following).
+    for args in (["--after-position", "-5"], ["--following", events[0]["event_id"], "--after-position", "1"]):
+        r = run_cli("tail", realm, *args, *url)
+        line = one_error_line(r)
+        assert r.returncode == 2 and args[0] in line and "after_position" not in line, (args, line)
 
 
 def test_append_many(server: ProcessServer, realm: str, tmp_path: Path) -> None:

@@ -63,6 +63,19 @@ def quiet_logging() -> None:
     root.setLevel(logging.WARNING)
 
 
+def option_names(exc: PerhapError) -> PerhapError:
+    """A clash found before sending names the API's parameters; say the command's options instead."""
+    if type(exc) is InvalidInput:  # raised here, not a server's BadRequest
+        detail = exc.detail
+        for name in ("after_position", "before_position", "after_version", "until_version", "order=desc",
+                     "order=asc", "following"):
+            option = {"order=desc": "--desc", "order=asc": "oldest first (no --desc)"}.get(
+                name, "--" + name.replace("_", "-"))
+            detail = detail.replace(name, option)
+        return InvalidInput(detail)
+    return exc
+
+
 def client_error(exc: PerhapError) -> CommandError:
     """One line for a client error: the server's problem, no connection, or a bad name (usage)."""
     from ..client.errors import ConnectionFailed, PerhapClientError

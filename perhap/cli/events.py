@@ -13,6 +13,7 @@ from .common import (
     CommandError,
     client_error,
     open_client,
+    option_names,
     parse_json,
     parse_scope,
     scope_with_types,
@@ -70,22 +71,11 @@ def run_read(args: argparse.Namespace) -> int:
                     if not left:
                         break
         except PerhapError as exc:  # the client's errors, and bad arguments caught before sending
-            raise client_error(_option_names(exc)) from None
+            raise client_error(option_names(exc)) from None
     out.flush()
     return 0
 
 
-def _option_names(exc: PerhapError) -> PerhapError:
-    """A clash found before sending names the API's parameters; say the command's options instead."""
-    if type(exc) is InvalidInput:  # raised here, not a server's BadRequest
-        detail = exc.detail
-        for name in ("after_position", "before_position", "after_version", "until_version", "order=desc",
-                     "order=asc", "following"):
-            option = {"order=desc": "--desc", "order=asc": "oldest first (no --desc)"}.get(
-                name, "--" + name.replace("_", "-"))
-            detail = detail.replace(name, option)
-        return InvalidInput(detail)
-    return exc
 
 
 def run_append_many(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import PerhapError
-from .common import client_error, one_line, open_client, scope_with_types
+from .common import client_error, one_line, open_client, option_names, scope_with_types
 
 
 def run_tail(args: argparse.Namespace) -> int:
@@ -45,6 +45,6 @@ def tail(base_url: str, scope: str, *, following: str | None = None, after_posit
                                           types=wanted, max_retries=max_retries, on_retry=note):
                 out.write(orjson.dumps(event.to_json_dict()) + b"\n")
                 out.flush()
-        except PerhapError as exc:
-            raise client_error(exc) from None
+        except PerhapError as exc:  # a clash found before sending is said in the options' names
+            raise client_error(option_names(exc)) from None
     return 0
