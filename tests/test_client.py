@@ -753,6 +753,43 @@ class _Answering:
         self.listener.close()
 
 
+def test_a_connection_idle_for_4_s_is_not_used_again() -> None:
+    """perhap serve closes a connection idle for 5 s (--idle-timeout); httpx reused one up to 5 s,
+    so a request sent as the server closed it failed as "no answer ... may have been carried out".
+    The pool lets a connection go after 4 s: here the second request, 4.3 s on, opens another."""
+    ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # answers each request on its connection, keeps every connection open
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(conn)
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def answer(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                conn.sendall(ok)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5) as c:
+            assert c.ping() and c.ping() and len(accepted) == 1  # kept alive, and used again at once
+            time.sleep(4.3)
+            assert c.ping() and len(accepted) == 2
+    finally:
+        stop.set()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
 def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_once_backs_off() -> None:
     """A 200 of HTML was taken for a stream and retried for ever, ten times a second; and a stream
     answered then ended at once reset the failure count at each 200: max_retries was never reached

@@ -10,7 +10,7 @@ import httpx
 
 from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, Op, Pager, ReadBounds, TaggedPage
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
 from .groups import Delivery, GroupCore
 from .stream import RetryHook
@@ -34,7 +34,7 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             raise TypeError("AsyncClient needs an asyncio httpx transport (a blocking one: use Client)")
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
-                                       headers=headers)
+                                       headers=headers, limits=POOL)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:

@@ -26,6 +26,10 @@ from .stream import RetryHook, StreamState, stream_timeout
 from .wire import Params, appended_from_dict, event_from_dict, json_body, path, read_request, without
 
 DEFAULT_URL = "http://127.0.0.1:8787"
+#: A connection left idle this long is not used again (httpx keeps one 5 s): `perhap serve` closes
+#: an idle one at 5 s (--idle-timeout), and a request sent on a connection the server is closing
+#: at that moment fails as "no answer", which reads as an append that may have been carried out.
+POOL = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=4.0)
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_PAGE_SIZE = DEFAULT_LIMIT
 

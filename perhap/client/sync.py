@@ -12,7 +12,7 @@ import httpx
 
 from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, Op, Pager, ReadBounds, TaggedPage
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
 from .groups import Delivery, GroupCore
 from .stream import RetryHook, StreamState
@@ -37,7 +37,7 @@ class Client(GroupCore[httpx.Client]):
             raise TypeError("Client needs a blocking httpx transport (httpx.ASGITransport is asyncio's: "
                             "use AsyncClient with it, or httpx.WSGITransport)")
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
-                                  headers=headers)
+                                  headers=headers, limits=POOL)
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         try:
