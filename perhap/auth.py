@@ -116,8 +116,8 @@ def _locked(path: str) -> Iterator[None]:
     replace the file under it, so concurrent ones (other processes too) never lose an update. The
     lock is a flock on a sidecar file (FILE.lock, mode 0600, never removed: removing it would let
     two holders lock different files); readers (the server) need none, the replace is atomic."""
-    try:
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # (the file a link names: one lock whichever name a process uses)
+        fd = os.open(os.path.realpath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise AuthFileError(f"cannot lock the token file {path}: {exc.strerror}") from None
     try:
@@ -130,7 +130,10 @@ def _locked(path: str) -> Iterator[None]:
 def save_grants(path: str, grants: list[Grant]) -> None:
     """Write atomically (a reader never sees half a file), readable by the owner only."""
     body = orjson.dumps({"tokens": [g.__dict__ for g in grants]}, option=orjson.OPT_INDENT_2) + b"\n"
-    directory = os.path.dirname(os.path.abspath(path))
+    # A symbolic link is written through: replaced, it would become a file of its own, and the file
+    # it named (the one a server may read) would keep the old tokens.
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".perhap-tokens-", dir=directory)
     except OSError as exc:
@@ -141,7 +144,7 @@ def save_grants(path: str, grants: list[Grant]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -437,6 +437,18 @@ async def test_a_token_file_gone_bad_refuses_every_token_until_fixed(tmp_path: P
                 assert (await c.post("/shop/d/e/t", json={"event": 1}, headers=bearer(writer))).status_code == 201
 
 
+def test_a_token_file_behind_a_symbolic_link_is_written_through_it(tmp_path: Path) -> None:
+    """token add through a link replaced the link with a file of its own: the file it named, which
+    a server read, kept the old tokens."""
+    real = tmp_path / "tokens.json"
+    first, _ = add_token(str(real), "shop", "read")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    second, _ = add_token(str(link), "shop", "write")
+    assert link.is_symlink()
+    assert {g.hash for g in load_grants(str(real))} == {hashlib.sha256(t.encode()).hexdigest() for t in (first, second)}
+
+
 def test_concurrent_token_adds_and_revokes_lose_nothing(tmp_path: Path) -> None:
     """Each ``token add`` and ``revoke`` reads, changes and replaces the file: run at once, none
     may work from a read that another's write made stale (a lost token, a revoked one back)."""
