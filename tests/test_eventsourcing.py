@@ -353,20 +353,7 @@ def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(
     recorder.insert_events([stored(uuid.uuid4(), 1)])
     subscription = recorder.subscribe(gt=None)
     assert next(subscription).id >= 1  # the one event; now nothing more to come
-    outcome: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            next(subscription)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    waiter = threading.Thread(target=wait, daemon=True)
-    waiter.start()
-    deadline = time.monotonic() + 30
-    while not _inside(waiter, "__next__"):  # the thread waits in next()
-        assert time.monotonic() < deadline and waiter.is_alive(), outcome
-        time.sleep(0.01)
+    [waiter], outcome = _waiting_in_next(subscription, 1)
     factory.close()
     waiter.join(5)
     assert not waiter.is_alive(), "next() still waits after the factory closed"
@@ -382,21 +369,7 @@ def test_stopping_a_subscription_ends_every_thread_waiting_in_it(target: Target)
     """stop() woke one of the threads waiting in next(); the others waited for ever."""
     recorder = target.factory(**target.env()).application_recorder()
     subscription = recorder.subscribe(gt=None, topics=["nothing-has-this-topic"])
-    outcome: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            next(subscription)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    waiters = [threading.Thread(target=wait, daemon=True) for _ in range(3)]
-    for waiter in waiters:
-        waiter.start()
-    deadline = time.monotonic() + 30
-    while not all(_inside(waiter, "__next__") for waiter in waiters):
-        assert time.monotonic() < deadline, outcome
-        time.sleep(0.01)
+    waiters, outcome = _waiting_in_next(subscription, 3)
     subscription.stop()
     for waiter in waiters:
         waiter.join(5)
@@ -807,6 +780,27 @@ def test_without_the_library_the_import_says_what_to_install() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "pip install 'eventsourcing>=9.5,<9.6'" in r.stderr and "'.[eventsourcing]'" in r.stderr, r.stderr
+
+
+def _waiting_in_next(subscription: Any, count: int) -> tuple[list[threading.Thread], list[BaseException]]:
+    """``count`` threads each waiting in ``next(subscription)`` (returned once all are in it), and
+    the list where each puts what ended its wait."""
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            next(subscription)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiters = [threading.Thread(target=wait, daemon=True) for _ in range(count)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 30
+    while not all(_inside(waiter, "__next__") for waiter in waiters):
+        assert time.monotonic() < deadline and all(w.is_alive() for w in waiters), outcome
+        time.sleep(0.01)
+    return waiters, outcome
 
 
 def _inside(thread: threading.Thread, function: str) -> bool:

@@ -440,24 +440,30 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls(tmp_path: Path) -> None:
+def _tls_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, ssl.SSLContext]:
+    """`perhap serve --tls-cert ...` (with ``extra`` options) once it answers over HTTPS: the
+    process, its port, and a context that trusts its certificate. The caller terminates it."""
     cert, key = _self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
-                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2).status_code == 200:
+                return proc, port, context
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+        time.sleep(0.1)
+
+
+def test_tls(tmp_path: Path) -> None:
+    proc, port, context = _tls_server(tmp_path)
     try:
-        context = ssl.create_default_context(cafile=str(cert))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                r = httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        assert r.status_code == 200
         assert httpx.post(f"https://127.0.0.1:{port}/r/d/e/t", json={"event": 1}, verify=context).status_code == 201
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/_health", timeout=2).raise_for_status()
@@ -472,24 +478,9 @@ def test_a_tls_connection_cut_by_the_body_deadline_gives_its_slot_back(tmp_path:
     """Over TLS, closing waits for the client's close_notify (asyncio allows 30 s): a client that
     trickles a body and never answers kept its --max-connections slot that long after its 408.
     The listener cuts such a connection a second after closing it."""
-    cert, key = _self_signed(tmp_path)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
-                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key),
-                             "--body-timeout", "1", "--max-connections", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    context = ssl.create_default_context(cafile=str(cert))
+    proc, port, context = _tls_server(tmp_path, "--body-timeout", "1", "--max-connections", "1")
     held = None
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2).status_code == 200
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         held = context.wrap_socket(raw, server_hostname="127.0.0.1")
         held.sendall(b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
@@ -514,22 +505,8 @@ def test_a_tls_connection_cut_by_the_body_deadline_gives_its_slot_back(tmp_path:
 def test_a_tls_client_that_never_starts_its_handshake_is_cut_at_the_header_deadline(tmp_path: Path) -> None:
     """asyncio gives a TLS handshake 60 s, before the listener's header deadline can start: a
     client that connected and sent nothing kept its socket that long. --header-timeout bounds it."""
-    cert, key = _self_signed(tmp_path)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
-                             "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key),
-                             "--header-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    context = ssl.create_default_context(cafile=str(cert))
+    proc, port, _ = _tls_server(tmp_path, "--header-timeout", "1")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert httpx.get(f"https://127.0.0.1:{port}/_health", verify=context, timeout=2).status_code == 200
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
         silent = socket.create_connection(("127.0.0.1", port), timeout=30)
         started = time.monotonic()
         try:
