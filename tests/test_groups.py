@@ -78,6 +78,10 @@ async def test_create_is_idempotent_and_a_different_group_is_a_conflict(client: 
     assert {k: created[k] for k in settings} == {**settings, "types": ["cancelled", "placed"]}
     again = await put(client, realm, **{**settings, "types": ["cancelled", "placed"]})
     assert again.status_code == 200 and again.json()["name"] == "g"
+    # Positions 0 and 1 are the beginning (docs/groups.md): the same group, said another way.
+    for start in (0, 1):
+        assert (await put(client, realm, **{**settings, "start": start})).status_code == 200, start
+    problem(await put(client, realm, **{**settings, "start": 2}), 409)
     body = problem(await put(client, realm, **{**settings, "max_deliveries": 6}), 409)
     assert "max_deliveries" in body["detail"]
     assert (await stats(client, realm))["max_deliveries"] == 5  # unchanged

@@ -73,6 +73,9 @@ class GroupSettings:
     def differences(self, other: GroupSettings) -> list[str]:
         """The names of the settings that differ, for a 409."""
         mine, theirs = self.to_json(), other.to_json()
+        for said in (mine, theirs):  # positions 0 and 1 are the beginning: the same start, said so
+            if said["start"] in (0, 1) and not isinstance(said["start"], bool):
+                said["start"] = "beginning"
         return [key for key in _KEYS if mine[key] != theirs[key]]
 
     def scope(self, realm: str) -> Scope:
