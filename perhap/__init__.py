@@ -16,9 +16,10 @@ from .errors import (
     VersionConflict,
 )
 from .model import Appended, AppendResult, Event, KeysPage, NewEvent, Page, Scope
-from .store.base import Statistic, Store, Subscription
+from .store.base import Statistic, Store
 from .store.query import ReadQuery, read_query
 from .store.states import StateRecord, StateTable
+from .store.subscription import Subscription
 
 if typing.TYPE_CHECKING:
     from .client import (

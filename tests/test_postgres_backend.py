@@ -568,6 +568,32 @@ async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresSe
                 assert (await next_event())["event_id"] == second  # the same connection, no gap
 
 
+async def test_an_in_process_subscription_outlives_a_database_restart(own_server: PostgresServer) -> None:
+    """store.subscribe promises a live stream's guarantees without HTTP: it ended with
+    StorageUnavailable a few seconds into an outage, where the stream stays open and goes on."""
+    url = own_server.create_database("outage_inproc")
+    store = await pg_store(url)
+    try:
+        first = (await store.append("o", "d", "e", "t", 1)).first.event_id
+        events = store.subscribe(Scope("o", "d"))
+        assert (await asyncio.wait_for(events.__anext__(), 30)).event_id == first
+        following = asyncio.ensure_future(events.__anext__())
+        await asyncio.to_thread(own_server.stop, "fast")
+        await asyncio.sleep(3)  # several of the subscription's reads (each at most its poll interval)
+        assert not following.done(), following
+        await asyncio.to_thread(own_server.start)
+        second = None
+        while second is None:
+            try:
+                second = (await store.append("o", "d", "e", "t", 2)).first.event_id
+            except StorageUnavailable:
+                await asyncio.sleep(0.1)
+        assert (await asyncio.wait_for(following, 30)).event_id == second  # no gap, nothing twice
+        await events.aclose()
+    finally:
+        await store.close()
+
+
 async def _down(http: httpx.AsyncClient) -> bool:
     return (await http.get("/_health")).status_code == 503
 

@@ -27,8 +27,9 @@ from ..auth import Authenticator, Grant
 from ..errors import StorageUnavailable, StoreClosed
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event
-from ..store.base import Store, Subscription
+from ..store.base import Store
 from ..store.query import ReadQuery
+from ..store.subscription import OUTAGE_PAUSES, Followed, Subscription
 from .types import Receive, Send
 from .types import Scope as ASGIScope
 
@@ -45,9 +46,6 @@ ABORT_EXTENSION = "perhap.abort"
 #: Set in that extension by a stream: its writes are timed by the app, not by the listener.
 TIMED_HERE = "timed_here"
 KEEP_ALIVE = b": keep-alive\n\n"
-#: Seconds an open stream waits before reading again while the storage does not answer: the
-#: first pause, doubled at each failed read up to the second.
-OUTAGE_PAUSES = (0.25, 5.0)
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
 #: A stream's first read: what a store read can hold at once is bounded by count, so a stream
@@ -70,7 +68,7 @@ class StreamRegistry:
         self.messages = MessageCache()
         #: (store, query, full batch) -> the futures of streams waiting for the fetch of another
         #: stream at that same query (see _next_body)
-        self.shared: dict[tuple[Store, ReadQuery, int], list[asyncio.Future[_Body | None]]] = {}
+        self.shared: dict[tuple[Followed, ReadQuery, int], list[asyncio.Future[_Body | None]]] = {}
 
     @property
     def open(self) -> int:

@@ -28,8 +28,9 @@ from ..model import (
     prepare_batch,
     replay_or_conflict,
 )
-from .base import Statistic, Store, Subscription
+from .base import Statistic, Store
 from .job import WriteJob
+from .subscription import Subscription
 
 __all__ = [
     "DEFAULT_LIMIT", "EMPTY_OBJECT", "MAX_BATCH", "MAX_LIMIT", "MAX_NAME_BYTES", "MAX_VERSION",

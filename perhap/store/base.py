@@ -43,6 +43,7 @@ from ..model import (
 from .job import WriteJob
 from .query import ReadQuery, read_query
 from .states import StateTable
+from .subscription import Subscription, follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,12 +348,14 @@ class Store(abc.ABC):
 
         Exactly once and in order: a subscription is a cursor over the same gap-safe read path as
         paging, so it holds no queue of its own and a slow consumer simply reads further behind.
+        Like a live stream over HTTP, it outlasts a storage that does not answer for a while (a
+        database restarting): its cursor stays, and it reads again after a pause; only a closed
+        store ends it (StoreClosed).
         """
         sub = await self.subscription(scope, following=following, batch=batch,
                                       after_position=after_position, types=types)
-        while True:
-            for event in await sub.fetch():
-                yield event
+        async for event in follow(sub):
+            yield event
 
     async def subscription(
         self, scope: Scope, *, following: str | None = None, batch: int = 500,
@@ -412,37 +415,6 @@ class Store(abc.ABC):
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-class Subscription:
-    """A cursor in a scope that moves forward as events are fetched."""
-
-    def __init__(self, store: Store, query: ReadQuery) -> None:
-        self.store, self.query = store, query
-
-    @property
-    def scope(self) -> Scope:
-        return self.query.scope
-
-    async def fetch(self, timeout: float | None = None) -> list[Event]:
-        """The next events after the cursor, waiting up to ``timeout`` (None: forever) for some."""
-        store = self.store
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            store._check_open()  # a closed store ends its streams with StorageUnavailable
-            # Take the token before reading: a commit after it wakes the wait below at once.
-            token = store._change_token()
-            events = await store._read(self.query)
-            if events:
-                self.query = replace(self.query, after=events[-1].cursor)
-                return events
-            wait = store.poll_interval
-            if deadline is not None:
-                wait = min(wait, deadline - loop.time())
-                if wait <= 0:
-                    return []
-            await store._wait_for_change(token, wait)
 
 
 def _less(a: Cursor, b: Cursor) -> bool:
