@@ -239,12 +239,16 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._body_deadline = self.loop.time() + body_timeout
             if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
+            previous = self.cycle
             super().on_headers_complete()
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
             self._extensions = {ABORT_EXTENSION: {"abort": self.transport.abort}}
             self.scope["extensions"] = self._extensions
             self._has_cycle = True
-            self._cycles = (*[c for c in self._cycles if not c.response_complete], self.cycle)
+            if previous is None or previous.response_complete:  # answers end in order: none owed
+                self._cycles = (self.cycle,)
+            else:  # pipelined behind answers still owed (rare): keep those
+                self._cycles = (*[c for c in self._cycles if not c.response_complete], self.cycle)
 
         def on_message_complete(self) -> None:
             self._disarm()

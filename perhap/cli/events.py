@@ -76,8 +76,6 @@ def run_read(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def run_append_many(args: argparse.Namespace) -> int:
     """Append events to several entities of one domain at once; print one result a line."""
     scope = parse_scope(args.target, levels=2, what="the target")
