@@ -34,10 +34,18 @@ from .listener import limited_protocol
 log = logging.getLogger("perhap")
 
 
+class _Config(uvicorn.Config):
+    """uvicorn's configuration, plus how long a TLS handshake may take (see ``_Server.startup``)."""
+
+    handshake_timeout: float | None = None
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, plus: end open streams when asked to stop, and log one start line."""
 
-    def __init__(self, config: uvicorn.Config, app: PerhapApp, worker: int | None = None) -> None:
+    config: _Config
+
+    def __init__(self, config: _Config, app: PerhapApp, worker: int | None = None) -> None:
         super().__init__(config)
         self.perhap_app = app
         self.worker = worker
@@ -53,7 +61,7 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = self._perhap_loop = asyncio.get_running_loop()
-        handshake = getattr(self.config, "perhap_handshake_timeout", None)
+        handshake = self.config.handshake_timeout
         if self.config.is_ssl and handshake is not None:
             # A TLS handshake comes before the listener's header deadline can start (asyncio
             # calls connection_made after it), and asyncio gives it 60 s: a client that connects
@@ -78,7 +86,7 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> uvicorn.Config:
+def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> _Config:
     net = net or {}
     header_timeout = net.get("header_timeout", DEFAULT_HEADER_TIMEOUT)
     body_timeout = net.get("body_timeout")
@@ -86,7 +94,7 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
     protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER), header_timeout,
                                 DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout,
                                 net.get("write_timeout", DEFAULT_WRITE_TIMEOUT))
-    config = uvicorn.Config(
+    config = _Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
         loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
@@ -96,7 +104,7 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
         # so that N connections are served and the one beyond them is the 503.
         limit_concurrency=(DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections) + 1,
     )
-    config.perhap_handshake_timeout = header_timeout  # type: ignore[attr-defined]  # (see _Server.startup)
+    config.handshake_timeout = header_timeout
     return config
 
 
