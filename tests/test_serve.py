@@ -173,6 +173,22 @@ def test_a_cors_origin_no_browser_sends_is_exit_2(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_a_cors_origin_written_otherwise_than_a_browser_sends_it_is_exit_2_with_the_form_to_give(
+        tmp_path: Path) -> None:
+    """A browser sends the scheme and host in lower case, no default port, an international name
+    as punycode: 'HTTPS://Up.example.com' or 'https://p.example.com:443' started and then never
+    matched (preflights from the real page were 401s); 'https://日本.jp' failed with an unexpected
+    UnicodeEncodeError (exit 1)."""
+    given = {"HTTPS://Up.example.com": "https://up.example.com", "https://p.example.com:443": "https://p.example.com",
+             "http://127.0.0.1:80": "http://127.0.0.1", "https://日本.jp": "https://xn--wgv71a.jp",
+             "https://a b": None}
+    cases = [["--cors-origin", o] for o in given]
+    for (origin, canonical), line in zip(given.items(), _serve_errors(cases, tmp_path)):
+        assert f"--cors-origin {origin!r} is not an origin as a browser sends it" in line, line
+        assert (f"give {canonical}" in line) if canonical else ("give" not in line), line
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_ipv6_address_is_bracketed_in_the_start_line_and_the_busy_port_error(tmp_path: Path) -> None:
     """http://::1:8787 is no URL: the start line names one a client can use, http://[::1]:8787."""
     port = free_port()

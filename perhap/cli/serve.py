@@ -132,7 +132,10 @@ def check_tls(cert: str, key: str) -> None:
 
 def _check_origin(origin: str) -> None:
     """An origin as a browser sends it, or exit 2: one that no browser sends would never match, and
-    its pages would be refused in silence (a '*' is not a wildcard here: origins are listed)."""
+    its pages would be refused in silence (a '*' is not a wildcard here: origins are listed). A
+    browser writes the scheme and host in lower case, leaves out the scheme's default port and
+    sends an international name in its ASCII (punycode) form; an origin written otherwise is
+    refused with the form to give."""
     from urllib.parse import urlsplit
 
     try:
@@ -140,11 +143,35 @@ def _check_origin(origin: str) -> None:
         port = parts.port
     except ValueError:
         parts, port = None, None
-    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
-            or parts.fragment or parts.username or parts.password or port == 0):
+    if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.path
+            or parts.query or parts.fragment or parts.username or parts.password or port == 0):
         raise CommandError(f"--cors-origin {one_line(origin)!r} is not an origin: give scheme://host[:port] "
                            "exactly as the browser sends it, e.g. https://app.example.com (each origin its "
                            "own --cors-origin; there is no wildcard)", 2)
+    canonical = _browser_origin(parts.scheme.lower(), parts.hostname, port)
+    if canonical != origin.rstrip("/"):
+        said = f"; give {canonical}" if canonical else ""
+        raise CommandError(f"--cors-origin {one_line(origin)!r} is not an origin as a browser sends it (lower "
+                           f"case, no default port, a host name in ASCII){said}", 2)
+
+
+def _browser_origin(scheme: str, host: str, port: int | None) -> str | None:
+    """The origin a browser would send for these parts, or None when the host is no host name."""
+    import ipaddress
+    import re
+
+    try:
+        host = ipaddress.ip_address(host).compressed
+        shown = f"[{host}]" if ":" in host else host
+    except ValueError:
+        try:
+            shown = host.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            return None
+        if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?", shown):
+            return None
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{shown}" + (f":{port}" if port is not None and port != default else "")
 
 
 def check_listen(host: str, port: int) -> None:
