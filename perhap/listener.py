@@ -26,7 +26,7 @@ _REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
 
 def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                      body_timeout: float = DEFAULT_BODY_TIMEOUT,
-                     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT) -> Any:
+                     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT, max_body: int | None = None) -> Any:
     """uvicorn's httptools protocol, plus what it lacks: a cap on the request line and headers
     (431 problem+json; httptools alone takes any size), a deadline to finish sending them (a
     slowloris client is disconnected instead of holding a connection slot for ever), a deadline
@@ -51,7 +51,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
     too_slow = _problem_response(b"408 Request Timeout", slow_body)
 
     overflow_body = problem_body(413, "content-too-large", STATUS_TITLES[413],
-                                 "the Content-Length is larger than any body this server takes (see --max-body)", {})
+                                 "the Content-Length is larger than any body this server takes (see --max-body)",
+                                 {} if max_body is None else {"max_body": max_body})
     overflow = _problem_response(b"413 Content Too Large", overflow_body)
     short_body = body_timeout < header_timeout
 
@@ -67,6 +68,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _has_cycle = False  # the message being parsed has its cycle (its headers are complete)
         _cycles: tuple[Any, ...] = ()  # the requests whose answers may still be owed, in order
         _lost = False
+        _refusal: bytes | None = None  # owed after the answers before it (see _owed_first)
+        _refused: Any = None
         _too_large = False
         _deadline: Any = None
         _body_deadline: float | None = None  # loop time; None until the headers are complete
@@ -147,20 +150,32 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._too_large = True
             self.send_400_response("")  # the 431
 
-        def _owed_first(self, broken: Any) -> bool:
+        def _owed_first(self, broken: Any, refusal: bytes) -> bool:
             """Whether answers are owed to earlier requests of this connection (pipelined) than the
-            one that could not be read: those go out first, then the connection closes, and the
-            unreadable one, never started, gets none. (Written now, its refusal would have come
-            before them, and closing would have lost them: a 201 whose client read a 400.)"""
-            earlier = [c for c in self._cycles if not c.response_complete and c is not broken]
-            if not earlier:
+            one that could not be read: those go out first, then its ``refusal``, then the
+            connection closes; the unreadable one, never started, gets no other answer. (Written
+            now, its refusal would have come before them, and closing would have lost them: a 201
+            whose client read a 400.)"""
+            if not any(not c.response_complete and c is not broken for c in self._cycles):
                 return False
             if broken is not None:  # queued behind them: it never runs
                 broken.disconnected = True
                 for queued in [p for p in self.pipeline if p[0] is broken]:
                     self.pipeline.remove(queued)
-            earlier[-1].keep_alive = False
+            self._refusal, self._refused = refusal, broken
+            self.transport.pause_reading()  # nothing after the unreadable request is read
             return True
+
+        def on_response_complete(self) -> None:
+            if self._refusal is not None and not any(
+                    not c.response_complete and c is not self._refused for c in self._cycles):
+                # The last answer owed before an unreadable request is out: its refusal follows.
+                self.server_state.total_requests += 1
+                if not self.transport.is_closing():
+                    self.transport.write(self._refusal)
+                    self.transport.close()
+                return
+            super().on_response_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._lost = True
@@ -260,7 +275,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
             # like every other error of the API, not uvicorn's plain text.
             broken = self.cycle if self._in_message and self._has_cycle else None  # (its body is bad)
-            if self.transport.is_closing() or self._owed_first(broken):
+            if self.transport.is_closing() or self._refusal is not None:
                 return
             if self._too_large:
                 status, body, response = 431, too_large_body, too_large
@@ -271,6 +286,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             else:
                 body = problem_body(400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})
                 status, response = 400, _problem_response(b"400 Bad Request", body)
+            if self._owed_first(broken, response):
+                return
             if broken is not None and not broken.response_complete:
                 # Its app is running, waiting for the body: it now reads a disconnect, its answer
                 # goes nowhere, and this one is what the metrics and the access log count.

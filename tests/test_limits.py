@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import json
 import re
 import socket
 import ssl
@@ -172,14 +173,16 @@ def test_huge_headers_are_431_and_slow_headers_are_cut(sqlite_url: str) -> None:
 
 def test_a_content_length_past_64_bits_is_413(sqlite_url: str) -> None:
     """The parser refuses a Content-Length it cannot hold: that is a body over the limit (413
-    problem+json), not a malformed request; a malformed length is still a 400."""
+    problem+json, with ``max_body`` like every 413 of the body's size), not a malformed request;
+    a malformed length is still a 400."""
     server = ThreadServer(sqlite_url)
-    server.server.config.http = limited_protocol()
+    server.server.config.http = _config(server.app, "127.0.0.1", server.port, "warning").http  # as serve sets it
     with server:
         huge = b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n{}"
         head, _, body = _raw(server.port, huge).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413") and b"application/problem+json" in head, head
         assert b'"status":413' in body and b"--max-body" in body
+        assert json.loads(body)["max_body"] == server.app.max_body
         bad = b"POST /r/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n{}"
         assert _raw(server.port, bad).startswith(b"HTTP/1.1 400")
 
@@ -299,20 +302,26 @@ def test_a_pipelined_request_that_is_not_http_leaves_the_answers_owed_before_it(
     """A valid append, then bytes that are no request, in one packet: the parser's refusal was
     written at once and the connection closed, so the append was stored and its client read a 400
     (a client retrying without an id stores it twice), and the access log said 201. Now the 201
-    (and any answer owed before the bad request) goes out, then the connection closes."""
+    (and any answer owed before the bad request) goes out, then the bad request's own refusal
+    (it went unsent for a while: the client never learnt why the connection closed), then the
+    connection closes."""
     caplog.set_level(logging.INFO, "perhap.access")
     server = ThreadServer(sqlite_url, access_log=True)
     server.server.config.http = limited_protocol()
     post = b'POST /pipe/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"event": 1}'
     health = b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n"
     with server:
-        for request, answers in ((post + b"GARBAGE\r\n\r\n", [b"HTTP/1.1 201"]),
-                                 (health + health + b"GET /x HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
-                                  [b"HTTP/1.1 200", b"HTTP/1.1 200"]),
-                                 (post + b"X" * 70_000, [b"HTTP/1.1 201"])):  # (a head over --max-header)
+        for request, answers in ((post + b"GARBAGE\r\n\r\n", [b"HTTP/1.1 201", b"HTTP/1.1 400"]),
+                                 (health + health + b"GET /x HTTP/1.1\r\nContent-Length: zz\r\n\r\n" + health,
+                                  [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 400"]),
+                                 (post + b"X" * 70_000,  # (no method: not HTTP)
+                                  [b"HTTP/1.1 201", b"HTTP/1.1 400"]),
+                                 (post + b"GET /" + b"a" * 70_000,  # (a head over --max-header)
+                                  [b"HTTP/1.1 201", b"HTTP/1.1 431"])):
             reply = _raw(server.port, request)
             statuses = re.findall(rb"HTTP/1\.1 \d{3}", reply)
             assert statuses == answers, reply
+            assert reply.endswith(b"}\n") and b"application/problem+json" in reply.rpartition(b"HTTP/1.1 ")[2], reply
         # A body that is not HTTP (a bad chunk size): its 400 is what went out, and what is logged.
         chunked = b"POST /pipe/d/e/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
         assert _raw(server.port, chunked).startswith(b"HTTP/1.1 400")
@@ -321,9 +330,9 @@ def test_a_pipelined_request_that_is_not_http_leaves_the_answers_owed_before_it(
             assert time.monotonic() < deadline, "the refused body was not logged"
             time.sleep(0.05)
         stored = httpx.get(f"http://127.0.0.1:{server.port}/pipe/d/e").json()["events"]
-    assert len(stored) == 2  # the two appends answered 201, and nothing else
+    assert len(stored) == 3  # the three appends answered 201, and nothing else
     logged = [r.access["status"] for r in caplog.records if hasattr(r, "access")]  # type: ignore[attr-defined]
-    assert sorted(s for s in logged if s != 200) == [201, 201, 400], logged
+    assert sorted(s for s in logged if s != 200) == [201, 201, 201, 400], logged
 
 
 def test_a_body_too_slow_is_408(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
