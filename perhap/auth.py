@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 
 import orjson
 
+from .errors import InvalidInput
+from .jsoncodec import refuse_duplicate_keys
+
 log = logging.getLogger("perhap.auth")
 
 PERMISSIONS = ("read", "write", "admin")  # each implies the ones before it
@@ -78,10 +81,25 @@ def load_grants(path: str) -> list[Grant]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise AuthFileError(f"the token file {path} is not a perhap token file: {exc}") from None
+    try:
+        refuse_duplicate_keys(raw, data)  # ("permission" twice: which one would a reader believe?)
+    except InvalidInput as exc:
+        raise AuthFileError(f"the token file {path} is not a perhap token file: {exc.detail}") from None
     items = data.get("tokens") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise AuthFileError(f'the token file {path} is not a perhap token file: no "tokens" list')
-    return [_grant(path, n, item) for n, item in enumerate(items)]
+    grants = [_grant(path, n, item) for n, item in enumerate(items)]
+    # Two entries of one id or one token: the server would take the last, and revoking by id or
+    # token would remove the first and say so while the token still worked.
+    for field in ("id", "hash"):
+        seen: set[str] = set()
+        for n, grant in enumerate(grants):
+            value = getattr(grant, field)
+            if value in seen:
+                what = f"the id {value[:20]!r}" if field == "id" else "the token (hash) of an earlier entry"
+                raise AuthFileError(f"the token file {path} has a bad entry: entry {n} repeats {what}")
+            seen.add(value)
+    return grants
 
 
 def _grant(path: str, n: int, item: object) -> Grant:
@@ -264,10 +282,10 @@ class Authenticator:
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Grant | None:
         """The grant of the request's bearer token; None when absent or unknown."""
-        for key, value in headers:
-            if key == b"authorization":
-                scheme, _, token = value.decode("latin-1").strip().partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    return None
-                return self.lookup(token.strip())
-        return None
+        sent = [value for key, value in headers if key == b"authorization"]
+        if len(sent) != 1:  # none, or two (which would a proxy in front have checked?): no token
+            return None
+        scheme, _, token = sent[0].decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return self.lookup(token.strip())

@@ -69,6 +69,12 @@ async def test_every_route_and_method_needs_a_token(auth_client: httpx.AsyncClie
                     assert wrong not in r.text and problem(r, 401)["status"] == 401
     r = await auth_client.post(f"/{realm}/d/e/t", json=body, headers=bearer(good))
     assert r.status_code == 201
+    # Two Authorization headers, a good one among them: the first was taken, whichever it was (a
+    # proxy in front may have checked the other). RFC 9110 allows one: the request has no token.
+    for twice in ([("Authorization", f"Bearer {good}"), ("Authorization", f"Bearer {wrong}")],
+                  [("Authorization", f"Bearer {good}")] * 2):
+        r = await auth_client.get(f"/{realm}/d/e", headers=twice)
+        assert problem(r, 401)["status"] == 401 and r.headers["www-authenticate"].startswith("Bearer")
     for path in ("/_health", "/_openapi.json", "/_ui/", "/"):
         assert (await auth_client.get(path)).status_code == 200, path
 
@@ -390,6 +396,10 @@ def bad_token_files(good: dict[str, str]) -> dict[str, bytes]:
         "created a list": one({**good, "created": []}), "permission READ": one({**good, "permission": "READ"}),
         "short hash": one({**good, "hash": good["hash"][:40]}), "hash not hex": one({**good, "hash": "z" * 64}),
         "good and bad": json.dumps({"tokens": [good, None]}).encode(),
+        # The server took the last of two, and `token revoke` removed the first and said it had.
+        "an id twice": json.dumps({"tokens": [good, {**good, "hash": "0" * 64}]}).encode(),
+        "a token twice": json.dumps({"tokens": [good, {**good, "id": "other"}]}).encode(),
+        "a key twice": one(good)[:-2] + b', "permission": "admin"}]}',
     }
 
 
