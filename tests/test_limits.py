@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import logging
 import json
+import logging
 import re
 import socket
 import ssl
