@@ -16,6 +16,7 @@ import pytest
 from perhap.backends import open_store
 from perhap.groups import ahead as group_ahead
 from perhap.groups import state as group_state
+from perhap.groups.settings import GroupSettings
 from perhap.http.app import PerhapApp
 from perhap.store import states as store_states
 from perhap.store.base import Store
@@ -411,7 +412,46 @@ async def test_release_gives_back_without_counting_a_delivery(client: httpx.Asyn
     [event] = await lease(client, realm, "b")
     assert (await nack(client, realm, "b", [event])).json() == {"retried": 0, "parked": 1}
     s = await stats(client, realm)
-    assert (s["parked"], s["redeliveries"]) == (1, 0)
+    assert (s["parked"], s["delivered"], s["redeliveries"]) == (1, 1, 0)
+
+
+async def test_a_released_repeat_is_one_redelivery_and_delivered_minus_redeliveries_counts_events(
+        client: httpx.AsyncClient, realm: str) -> None:
+    """A released delivery does not count, a repeat's no more than a first one's: an event retried
+    once, then released three times, was counted as four redeliveries (its release stored one
+    delivery fewer, so each lease after it looked like a repeat), while a first delivery's
+    releases counted in `delivered` only; `consume` releases at every graceful stop."""
+    assert (await put(client, realm)).status_code == 201
+    await append(client, realm, "o1", 1)
+    await append(client, realm, "o2", 1)
+    one, two = await lease(client, realm, "a")
+    assert (await nack(client, realm, "a", [one])).json() == {"retried": 1, "parked": 0}
+    assert (await nack(client, realm, "a", [two], "release")).json() == {"released": 1}
+    for _ in range(3):
+        leased = await lease(client, realm, "a")
+        assert len(leased) == 2
+        assert [e["delivery"] for e in leased if e["event_id"] == one["event_id"]] == [2]
+        assert (await nack(client, realm, "a", leased, "release")).json() == {"released": len(leased)}
+    s = await stats(client, realm)
+    assert (s["delivered"], s["redeliveries"]) == (3, 1)  # o1 twice, o2 once
+    leased = await lease(client, realm, "b")
+    assert sorted(e["delivery"] for e in leased) == [1, 2]
+    assert (await ack(client, realm, "b", leased)).status_code == 200
+    s = await stats(client, realm)
+    assert (s["delivered"] - s["redeliveries"], s["acknowledged"], s["lag"]) == (2, 2, 0)
+
+
+def test_a_release_is_kept_in_the_stored_form_and_old_states_read_as_none() -> None:
+    """Another process (PostgreSQL, Cassandra) reads the state from its bytes: the release's mark
+    goes with it, and only when set, so a state written before it existed reads as it was."""
+    s = group_state.GroupState(GroupSettings(), 0.0, 2, 0)
+    s.pending = {1: group_state.Waiting("a", "d", "e", 1, True), 2: group_state.Waiting("b", "d", "f", 0)}
+    stored = s.to_bytes()
+    assert b'[1,"a","d","e",1,true]' in stored and b'[2,"b","d","f",0]' in stored
+    back = group_state.GroupState.from_bytes(stored)
+    assert back.pending == s.pending
+    back.lease([1, 2], "w", 0.0)
+    assert (back.delivered, back.redeliveries) == (1, 0)  # the released one was neither
 
 
 async def test_nack_retry_delivers_again_first(client: httpx.AsyncClient, realm: str) -> None:

@@ -61,6 +61,7 @@ class Waiting:
     domain: str
     entity: str
     deliveries: int  # made so far
+    released: bool = False  # given back unhandled (nack "release"): its next lease is no new delivery
 
 
 @dataclass(slots=True)
@@ -219,9 +220,10 @@ class GroupState:
         until = now + self.settings.ack_timeout
         for pos in positions:
             w = self.pending.pop(pos)
-            if w.deliveries:
-                self.redeliveries += 1
-            self.delivered += 1
+            if not w.released:  # (a released delivery did not count: given again, it still does not)
+                if w.deliveries:
+                    self.redeliveries += 1
+                self.delivered += 1
             lease = self.leases[pos] = Lease(w.event_id, w.domain, w.entity, consumer, until, w.deliveries + 1)
             leases.append(lease)
         return leases
@@ -262,7 +264,7 @@ class GroupState:
                 self.parked[pos] = Parked(lease.event_id, lease.domain, lease.entity, lease.delivery, now, "nack")
                 parked += 1
             elif action == "release":
-                self.pending[pos] = Waiting(lease.event_id, lease.domain, lease.entity, lease.delivery - 1)
+                self.pending[pos] = Waiting(lease.event_id, lease.domain, lease.entity, lease.delivery - 1, True)
             else:
                 parked += self._return(pos, lease, now)
         return len(positions) - parked, parked
@@ -294,7 +296,9 @@ class GroupState:
             "floor": self.floor,
             "leases": [[p, x.event_id, x.domain, x.entity, x.consumer, x.until, x.delivery]
                        for p, x in self.leases.items()],
-            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries] for p, x in self.pending.items()],
+            # (the flag of a release only when set: state written before it had none)
+            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries, *((True,) if x.released else ())]
+                        for p, x in self.pending.items()],
             "parked": [[p, x.event_id, x.domain, x.entity, x.deliveries, x.at, x.reason]
                        for p, x in self.parked.items()],
             "consumers": self.consumers, "delivered": self.delivered, "redeliveries": self.redeliveries,
