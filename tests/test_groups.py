@@ -577,6 +577,24 @@ async def test_checkpoint_is_the_last_settled_event_of_the_scope(client: httpx.A
     assert (await stats(client, realm))["checkpoint"] == first["position"]
 
 
+async def test_a_group_started_at_a_position_checkpoints_at_a_scope_position_never_past_the_head(
+        client: httpx.AsyncClient, realm: str) -> None:
+    """A start given as a position: the checkpoint, before anything is done, is the scope's newest
+    event before it (0 when none), not the position before the start, which may be another
+    domain's event or past the head (start 99 over a head of 7 said 98)."""
+    first = await append(client, realm, "o1", 1)
+    stock = await append(client, realm, "s1", "elsewhere", domain="stock")
+    later = await append(client, realm, "o2", 2)
+    assert (await put(client, realm, domain="orders", start=stock["position"] + 1)).status_code == 201
+    s = await stats(client, realm)
+    assert (s["checkpoint"], s["head"], s["lag"]) == (first["position"], later["position"], 1)
+    assert (await put(client, realm, group="far", domain="orders", start=later["position"] + 99)).status_code == 201
+    s = await stats(client, realm, group="far")
+    assert (s["checkpoint"], s["head"], s["lag"]) == (later["position"], later["position"], 0)
+    assert (await put(client, realm, group="ahead", domain="orders", start=first["position"])).status_code == 201
+    assert (await stats(client, realm, group="ahead"))["checkpoint"] == 0
+
+
 async def test_operations_that_arrive_together_are_answered_each_on_its_own(client: httpx.AsyncClient,
                                                                             realm: str) -> None:
     """Operations queued on one group are stored together: one that fails (a 409) fails alone."""

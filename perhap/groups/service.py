@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from ..errors import GroupConflict, NotFound, StateTooLarge, StorageUnavailable
 from ..ids import utc_timestamp
-from ..model import MAX_LIMIT, Event
+from ..model import MAX_LIMIT, MAX_POSITION, Event
 from ..store.base import Store
 from ..store.states import StateTable, new_token
 from .ahead import read_ahead, scan, take_back_deferred
@@ -130,13 +130,14 @@ class Groups:
 
     async def _checkpoint(self, realm: str, state: GroupState) -> int:
         """The position of the newest scope event with every event up to it acknowledged or
-        parked (the group's start when there is none)."""
+        parked, or before the group's start (0 when there is none): always one of the scope's own
+        positions, never past its head. (The scan's position or the start's alone were not: a
+        start of 99 over a head of 7 said 98, and a start in another domain's event named it.)"""
         oldest = state.oldest_open()
-        if oldest is None:
-            return state.scanned
-        page = await self.store.read(state.settings.scope(realm), order="desc", before_position=oldest,
+        below = oldest if oldest is not None else min(state.scanned + 1, MAX_POSITION)
+        page = await self.store.read(state.settings.scope(realm), order="desc", before_position=below,
                                      limit=1, types=state.settings.types)
-        return max(state.floor, page.events[0].position if page.events else 0)
+        return page.events[0].position if page.events else 0
 
     async def _head(self, realm: str, settings: GroupSettings) -> int:
         page = await self.store.read(settings.scope(realm), order="desc", limit=1, types=settings.types)
