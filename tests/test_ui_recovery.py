@@ -4,7 +4,10 @@ Debian's Chromium against `perhap serve`, as in tests/test_ui.py):
 - an append that waited for the token dialog shows its answer in the form on the page;
 - a live tail whose start failed because the store was unavailable starts once it is back;
 - an address naming `.` or `..` is refused in plain words, never read as another scope;
-- a type filter keeps a type's name exactly, spaces at its ends included.
+- a type filter keeps a type's name exactly, spaces at its ends included;
+- a tail that waited for a token goes on after the last event it showed;
+- closing an event reached by Back stays in the app, on the list under it;
+- an event card on a phone keeps its type and link beside a long entity name.
 """
 
 from __future__ import annotations
@@ -241,3 +244,91 @@ def test_a_list_read_empty_is_read_again_once_the_scope_has_an_event(server: Pro
     expect(page.locator("#events-count")).to_have_text("1 in all")
     expect(page.locator("table.events tbody tr")).to_have_count(1)
     expect(page.locator("p.empty")).to_be_hidden()
+
+
+def test_closing_an_event_reached_by_back_stays_on_the_list_under_it(server: ProcessServer, page: Page) -> None:
+    """Esc steps back in the history when the entry before is where the dialog was opened. After
+    a shared link to an event, a link out of its dialog, then Back into the dialog, the entry
+    before it was the page before the app: Esc left the app. It now stays on the list under the
+    dialog; opened from a list, Esc still steps back to it."""
+    from playwright.sync_api import expect
+
+    event_id = post(server.url, "/plant/sensors/boiler-9/reading", {"event": {"celsius": 70}})["event_id"]
+    page.goto("data:text/html,<h1>elsewhere</h1>")
+    page.goto(server.url + f"/_ui#/plant/sensors?event={event_id}")
+    dialog = page.locator("#event-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("navigation", name="Where this event is").get_by_role("link", name="boiler-9").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("boiler-9")
+    page.go_back()
+    expect(dialog).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_role("heading", level=1)).to_have_text("sensors")
+    assert page.url.startswith(server.url) and urlsplit(page.url).fragment == "/plant/sensors"
+    page.locator(f'table.events a[aria-label^="Open event {event_id}"]').click()
+    expect(dialog).to_be_visible()
+    page.keyboard.press("Escape")  # opened from the list: a step back to it
+    expect(page).to_have_url(re.compile(r"#/plant/sensors$"))
+    page.go_forward()
+    expect(dialog).to_be_visible()
+
+
+def test_a_live_tail_stopped_for_a_token_goes_on_after_its_last_event_once_given(tmp_path: Path,
+                                                                                 page: Page) -> None:
+    """A tail whose token was revoked asks for another; given one, the view is drawn again and the
+    tail started after the scope's newest event then, so what was committed while it waited never
+    showed. It now starts after the last event it showed."""
+    from playwright.sync_api import expect
+
+    from perhap.auth import add_token, revoke_token
+
+    tokens = str(tmp_path / "tokens.json")
+    first, writer = add_token(tokens, "plant", "read")[0], add_token(tokens, "plant", "write")[0]
+    with ProcessServer(f"sqlite:///{tmp_path}/t.db?synchronous=normal", None, "--auth", tokens, *SERVE_ARGS,
+                       cwd=tmp_path) as s:
+        def append(value: int) -> str:
+            r = httpx.post(s.url + "/plant/sensors/boiler-1/reading", json={"event": value},
+                           headers={"Authorization": f"Bearer {writer}"}, timeout=30)
+            return str(r.json()["event_id"])
+
+        append(0)
+        page.goto(s.url + "/_ui#/plant/sensors")
+        dialog = page.get_by_role("dialog", name="Access token")
+        dialog.get_by_label("Bearer token").fill(first)
+        page.keyboard.press("Enter")
+        expect(page.locator(".live .pill")).to_have_text("Live")
+        seen = append(1)
+        expect(page.locator(f'#tail-list li[data-id="{seen}"]')).to_be_visible()
+        revoke_token(tokens, first)
+        missed = [append(2)]  # the revoked token's stream ends before it carries this one
+        expect(dialog).to_be_visible()  # and its reconnect was a 401
+        missed.append(append(3))
+        dialog.get_by_label("Bearer token").fill(writer)
+        page.keyboard.press("Enter")
+        for event_id in missed:
+            expect(page.locator(f'#tail-list li[data-id="{event_id}"]')).to_be_visible()
+        after = append(4)
+        expect(page.locator(f'#tail-list li[data-id="{after}"]')).to_be_visible()
+        assert tail_rows(page) == [after, *reversed(missed)]  # nothing shown twice
+
+
+def test_an_event_card_on_a_phone_keeps_its_type_and_id_beside_a_long_entity_name(server: ProcessServer,
+                                                                                 page: Page) -> None:
+    """An entity named by 40 hex digits (a hash, a UUID without dashes) widened the card's first
+    columns until the type and the event id link (the keyboard's way in) had no width at all."""
+    from playwright.sync_api import expect
+
+    entity = "3f" * 20
+    post(server.url, f"/plant/hashed/{entity}/OrderPlaced", {"event": 1})
+    phone = page.context.browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        small = phone.new_page()
+        small.goto(server.url + "/_ui#/plant/hashed")
+        row = small.locator("table.events tbody tr")
+        expect(row).to_have_count(1)
+        for cell in ("td.c-type", "td.c-id a"):
+            box = row.locator(cell).bounding_box()
+            assert box is not None and box["width"] >= 40 and box["x"] + box["width"] <= 375, (cell, box)
+    finally:
+        phone.close()

@@ -15,12 +15,26 @@ import { ScopeHead } from './head.js';
 import { renderGroupsView } from './groups.js';
 
 const KINDS = ['realm', 'domain', 'entity', 'event type'];
-const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false, refresh: null };
+const view = { key: null, abort: null, navKey: null, navStop: null, route: null, detailFromList: false, refresh: null, head: null, entry: 0 };
+
+// Each history entry of the page is numbered in its state, so that the dialog can tell whether the
+// view drawn before it is the entry just before it (a link or Enter from there) or not (Back from a
+// later entry): only then is closing it a step back. Returns the entry's number.
+function numberEntry(navigated) {
+  const known = history.state?.entry;
+  if (Number.isInteger(known)) return known;
+  const entry = navigated ? view.entry + 1 : 0;
+  history.replaceState({ ...history.state, entry }, '');
+  return entry;
+}
 
 // navigated: the address changed while the page was open (a link, Enter, the back button), as
 // opposed to the first load or the token dialog drawing the view again.
 function render(navigated = false) {
   const route = parse();
+  const entry = numberEntry(navigated);
+  const follows = entry === view.entry + 1;
+  view.entry = entry;
   const { names, params } = route;
   // The event dialog is a parameter (with its domain where the view has none, see eventOf): opening
   // or closing it leaves the view underneath alone.
@@ -50,11 +64,14 @@ function render(navigated = false) {
   if (!detail) closeEvent();
   if (changed && navigated) landOn(focused);
   if (detail) {
-    view.detailFromList = Boolean(previous && !previous.params.get('event'));
+    // A step back only to the entry just before, where the dialog was opened (a list, or where a
+    // "Go to event" started): after Back into the dialog from a later view, that step would leave
+    // the list (or, after a shared link, the app).
+    view.detailFromList = Boolean(previous && !previous.params.get('event') && navigated && follows);
     showEvent(detail.realm, detail.domain, detail.id, () => {
       // Closed with Escape or the button: back to the list (a step back if we came from it).
       if (view.detailFromList) history.back();
-      else { history.replaceState(null, '', withParams(parse(), NO_EVENT)); render(); }
+      else { history.replaceState({ entry: view.entry }, '', withParams(parse(), NO_EVENT)); render(); }
     });
   }
 }
@@ -80,7 +97,10 @@ function landOn(focused) {
 function reload() {
   const route = parse();
   view.navKey = null;
-  if (view.refresh) { renderSidebar(route); view.refresh(); } else renderScope(route, { keepAppend: true });
+  if (view.refresh) { renderSidebar(route); view.refresh(); return; }
+  // The live tail goes on after the last event it had (a stream refused while the server asked
+  // for a token missed what was committed meanwhile), not from the scope's newest event now.
+  renderScope(route, { keepAppend: true, resumeAfter: view.head?.event ?? null });
 }
 
 // The first name of an address that the server would refuse (nameProblem), as {index, kind,
@@ -129,7 +149,7 @@ function renderSidebar(route) {
   }
 }
 
-function renderScope(route, { keepAppend = false } = {}) {
+function renderScope(route, { keepAppend = false, resumeAfter = null } = {}) {
   const { names } = route;
   const depth = names.length;
   view.abort?.abort();
@@ -137,6 +157,7 @@ function renderScope(route, { keepAppend = false } = {}) {
   const { signal } = view.abort;
   const groupsView = names[0] === GROUPS;
   view.refresh = null;
+  view.head = null;
   const bad = badName(names);
   if (bad) { renderInvalid(route, bad); return; }
   renderSidebar(route);
@@ -175,7 +196,7 @@ function renderScope(route, { keepAppend = false } = {}) {
         h('span', { class: 'muted' }, depth > 1 ? ` of realm ${names[0]}` : ' of this realm: lag, consumers, parked events'))),
     live, events, appendBox);
   // The scope's newest event: read once, shared by the live tail (which starts after it) and the list.
-  const head = new ScopeHead(names, typesOf(route));
+  const head = view.head = new ScopeHead(names, typesOf(route), resumeAfter);
   renderTail(live, route, head, signal);
   renderEvents(events, route, head, signal);
   announce(`Showing ${KINDS[depth - 1]} ${names[depth - 1]}`);

@@ -9,12 +9,15 @@
 import { read } from './api.js';
 
 export class ScopeHead extends EventTarget {
-  constructor(levels, types) {
+  // resumeAfter: an event a tail of this scope already showed (the view drawn again after a token
+  // was given): the new tail starts right after it instead of after the newest event.
+  constructor(levels, types, resumeAfter = null) {
     super();
     this.levels = levels;
     this.types = types;
     this.event = null; // the newest event known; null for an empty scope (or before the read)
     this.loading = null;
+    this.resumeAfter = resumeAfter;
   }
 
   // Resolves with the newest event (or null) once read; every caller shares the one request.
@@ -34,13 +37,17 @@ export class ScopeHead extends EventTarget {
   // events read for nothing), a stream `following` the types' newest event goes through everything
   // after it, and `following` an event of another type is a 404 in a typed scope.
   async tailStart(signal) {
+    const resume = this.resumeAfter;
+    if (resume) return this.types.length ? { afterPosition: resume.position } : { following: resume.event_id };
     if (!this.types.length) return { following: (await this.load(signal))?.event_id ?? null };
     const page = await read(this.levels, { newest: true, limit: 1, signal });
     return { afterPosition: page.events[0]?.position ?? null };
   }
 
   // An event the live stream delivered: the stream starts after the head and runs in order.
+  // (A resumed tail delivers what it missed, older than the newest the list read: never backwards.)
   advance(event) {
+    if (this.event && event.position <= this.event.position) return;
     this.event = event;
     this.dispatchEvent(new Event('change'));
   }
