@@ -568,6 +568,49 @@ async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresSe
                 assert (await next_event())["event_id"] == second  # the same connection, no gap
 
 
+async def test_a_stream_keeps_its_heartbeat_while_the_database_hangs(own_server: PostgresServer,
+                                                                    tmp_path: Path) -> None:
+    """A database that stops answering without going away (every process of it stopped) held the
+    stream's read until the storage's 10 s timeout, with nothing sent meanwhile: a proxy that
+    closes connections idle for a little more than the heartbeat dropped the stream. A comment
+    now goes out at most a second after each heartbeat whatever the read waits on."""
+    url = own_server.create_database("hung")
+    with ProcessServer(url, None, "--heartbeat", "1", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            first = (await http.post("/h/d/e/t", json={"event": 1})).json()["event_id"]
+            async with http.stream("GET", "/h/d", headers={"accept": "text/event-stream"}) as r:
+                decoder, chunks = SSEDecoder(), r.aiter_raw()
+                seen: list[str] = []
+                while not seen:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), 30)
+                    seen += [orjson.loads(m.data)["event_id"] for m in decoder.feed(chunk) if m.data is not None]
+                assert seen == [first]
+                postmaster = int((own_server.data_dir / "postmaster.pid").read_text().split()[0])
+                children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True,
+                                          text=True, check=True).stdout.split()
+                stopped = [postmaster, *map(int, children)]
+                gaps = []
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    last = time.monotonic()
+                    hang_ends = last + 7
+                    while time.monotonic() < hang_ends:
+                        await asyncio.wait_for(chunks.__anext__(), 10)
+                        now = time.monotonic()
+                        gaps.append(now - last)
+                        last = now
+                finally:
+                    for pid in stopped:
+                        os.kill(pid, signal.SIGCONT)
+                assert gaps and max(gaps) < 1 + 1 + 0.75, gaps  # the heartbeat, the grace, the machine's slack
+                second = (await http.post("/h/d/e/t", json={"event": 2})).json()["event_id"]
+                while second not in seen:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), 30)
+                    seen += [orjson.loads(m.data)["event_id"] for m in decoder.feed(chunk) if m.data is not None]
+                assert seen == [first, second]
+
+
 async def test_an_in_process_subscription_outlives_a_database_restart(own_server: PostgresServer) -> None:
     """store.subscribe promises a live stream's guarantees without HTTP: it ended with
     StorageUnavailable a few seconds into an outage, where the stream stays open and goes on."""

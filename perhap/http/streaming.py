@@ -146,17 +146,50 @@ class Writing:
     """When the stream's current write began (loop time), or None between writes: what the write
     timeout watches. A pump sends through :meth:`send`."""
 
-    __slots__ = ("since", "_send", "_clock")
+    __slots__ = ("since", "last", "_send", "_clock")
 
     def __init__(self, send: Send) -> None:
         self.since: float | None = None
         self._send = send
         self._clock = asyncio.get_running_loop().time
+        self.last = self._clock()  # when the last write was done
 
     async def send(self, body: bytes) -> None:
         self.since = self._clock()
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
-        self.since = None
+        self.since, self.last = None, self._clock()
+
+
+class _Silence:
+    """Keeps a stream's promise of a comment at least every ``heartbeat`` seconds while its pump is
+    held up in a read: a database that stops answering (hung, not down) holds a read until the
+    storage's own timeout, 10 s past the keep-alive the read was meant to end at. One timer a
+    stream, looking at most once a heartbeat; nothing is paid per event. It speaks only when the
+    pump's own keep-alive is over a grace late, so the two never both send."""
+
+    def __init__(self, writing: Writing, heartbeat: float) -> None:
+        self.writing, self.late = writing, heartbeat + min(1.0, heartbeat)
+        self.loop = asyncio.get_running_loop()
+        self.sending: asyncio.Future[None] | None = None
+        self.timer = self.loop.call_at(writing.last + self.late, self._look)
+
+    def _look(self) -> None:
+        writing, now = self.writing, self.loop.time()
+        if now >= writing.last + self.late and writing.since is None:
+            self.sending = asyncio.ensure_future(writing.send(KEEP_ALIVE))
+            self.sending.add_done_callback(_seen)
+        self.timer = self.loop.call_at(max(writing.last + self.late, now + 0.05), self._look)
+
+    def close(self) -> None:
+        self.timer.cancel()
+        if self.sending is not None:
+            self.sending.cancel()
+
+
+def _seen(task: asyncio.Future[None]) -> None:
+    """A keep-alive's outcome, taken (a client gone meanwhile is the pump's to find)."""
+    if not task.cancelled():
+        task.exception()
 
 
 #: Seconds a stream's last write may wait on its client once the server is stopping.
@@ -260,6 +293,14 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
 
 
 async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
+    silence = _Silence(writing, streams.heartbeat)
+    try:
+        await _pump_events(streams, sub, grant, writing)
+    finally:
+        silence.close()
+
+
+async def _pump_events(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
     auth = streams.auth
     full = sub.query.limit
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
