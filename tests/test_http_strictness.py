@@ -230,6 +230,13 @@ async def test_an_unwrapped_event_is_told_to_wrap_it(client: httpx.AsyncClient) 
     assert "unknown keys" not in detail
     detail = problem(await client.post("/shop/orders/o1/clicked", json={}), 400)["detail"]
     assert '{"event": ' in detail
+    # An event that is no object, sent bare, is told the same (it only heard "a JSON object").
+    for bare in (b'"hello"', b"42", b"null", b'[{"event": 1}]'):
+        detail = problem(await client.post("/shop/orders/o1/clicked", content=bare), 400)["detail"]
+        assert detail.startswith("the body must be a JSON object: send {\"event\": ") and "<your event>" in detail
+    for path, shape in (("/shop/orders/o1", '{"events": [{"type": '), ("/shop/orders", '{"events": [{"entity": ')):
+        detail = problem(await client.post(path, content=b'[{"type": "t", "event": 1}]'), 400)["detail"]
+        assert detail.startswith(f"the body must be a JSON object: send {shape}"), detail
     # A batch sent to the single-event route is told where batches go.
     detail = problem(await client.post("/shop/orders/o1/clicked", json={"events": []}), 400)["detail"]
     assert "POST /REALM/DOMAIN/ENTITY" in detail and '{"event": ' in detail

@@ -221,9 +221,10 @@ def authorize(grant: Grant | None, realm: str | None, permission: str) -> None:
 
 
 async def read_json_object(request: Request, max_body: int, max_depth: int,
-                           optional: bool = False) -> dict[str, Any]:
+                           optional: bool = False, shape: str = "") -> dict[str, Any]:
     """The body as a JSON object: at most ``max_body`` bytes (413), nested at most ``max_depth``;
-    with ``optional``, no body at all reads as ``{}``."""
+    with ``optional``, no body at all reads as ``{}``. ``shape``, the object the route takes, is
+    shown to a body that is JSON but no object (an event sent bare, a list of events)."""
     declared = header(request.scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise HTTPProblem(413, f"the body is larger than the limit of {max_body} bytes", max_body=max_body)
@@ -253,7 +254,7 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
             raise too_deep(max_depth) from None
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
+        raise InvalidInput("the body must be a JSON object" + (f": send {shape}" if shape else ""))
     check_depth(raw, body, max_depth)
     refuse_duplicate_keys(raw, body)
     return body

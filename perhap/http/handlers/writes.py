@@ -62,7 +62,7 @@ def _refuse_nulls(body: dict[str, object], keys: Iterable[str], items: object = 
 
 async def append(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity, type_ = req.names
-    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_ONE)
     if "event" not in body:
         if "events" in body:
             raise InvalidInput(f"this route appends one event: {_ONE}; a batch {{\"events\": [...]}} "
@@ -95,7 +95,7 @@ def _check_imported_timestamps(req: Request, realm: str, events: list[object]) -
 
 async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity = req.names
-    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_BATCH)
     if "events" not in body:
         raise InvalidInput(f"this is the batch route, POST /REALM/DOMAIN/ENTITY: send {_BATCH}; "
                            "one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}"
@@ -119,7 +119,7 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
 async def append_many(ctx: Context, req: Request, send: Send) -> None:
     """POST /REALM/DOMAIN: events for several entities of the domain, stored all or nothing."""
     realm, domain = req.names
-    body = await read_json_object(req, ctx.max_body, ctx.max_depth)
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_MANY)
     if "events" not in body:
         hint = ("; one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}" if "event" in body
                 else f"; this body has the keys {_keys(body.keys())}" if body else "")
