@@ -790,6 +790,23 @@ def test_a_connection_idle_for_4_s_is_not_used_again() -> None:
             conn.close()
 
 
+def test_an_error_page_of_another_server_is_named_as_such_not_pasted() -> None:
+    """The client pointed at another server (or a proxy's error page): its HTML was pasted into
+    the message, after the status said twice ("404 File not found: HTTP 404 File not found:
+    <!DOCTYPE HTML> ..."). A page is named, a line of plain text kept, and the server asked about."""
+    html = (b"HTTP/1.1 404 File not found\r\ncontent-type: text/html;charset=utf-8\r\ncontent-length: 31\r\n"
+            b"connection: close\r\n\r\n<!DOCTYPE HTML><html lang='en'>")
+    plain = (b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n"
+             b"connection: close\r\n\r\nupstream refused it\n")
+    with _Answering(html) as page, Client(page.url, timeout=5) as c, pytest.raises(PerhapClientError) as caught:
+        list(c.read("r"))
+    assert caught.value.one_line() == (f"404 File not found: not an answer of perhap's (an HTML page); is "
+                                       f"{page.url} a perhap server (or a proxy in front of one)?")
+    with _Answering(plain) as page, Client(page.url, timeout=5) as c, pytest.raises(PerhapClientError) as caught:
+        list(c.read("r"))
+    assert caught.value.status == 502 and "not an answer of perhap's: upstream refused it; is" in str(caught.value)
+
+
 def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_once_backs_off() -> None:
     """A 200 of HTML was taken for a stream and retried for ever, ten times a second; and a stream
     answered then ended at once reset the failure count at each 200: max_retries was never reached

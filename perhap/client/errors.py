@@ -168,9 +168,13 @@ def error_from_response(response: httpx.Response) -> PerhapClientError:
         cls = ServerError if status >= 500 else PerhapClientError
     detail = problem.get("detail")
     if not isinstance(detail, str) or not detail:
-        # Not a problem+json body (a proxy's error page, say): show a little of what came.
-        text = " ".join(response.text.split())[:200]
-        detail = f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else "")
+        # Not a problem+json body: another server, or a proxy in front of perhap. A line of its
+        # text says what it said; an HTML page would only paste markup into a terminal.
+        kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        text = "" if kind == "text/html" else " ".join(response.text.split())[:200]
+        said = f": {text}" if text else " (an HTML page)" if kind == "text/html" else ""
+        detail = (f"not an answer of perhap's{said}; is {_origin(response)} a perhap server "
+                  "(or a proxy in front of one)?")
     problem.setdefault("title", response.reason_phrase or f"HTTP {status}")
     return cls(detail, status=status, problem=problem, url=str(response.request.url))
 
@@ -211,6 +215,11 @@ def _reason(exc: BaseException) -> str:
             return os.strerror(cause.errno) if cause.errno else str(cause.strerror)
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return str(exc) or exc.__class__.__name__
+
+
+def _origin(response: httpx.Response) -> str:
+    url = response.request.url
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 def unexpected(response: httpx.Response, what: str) -> PerhapClientError:
