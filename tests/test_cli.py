@@ -343,6 +343,9 @@ MALFORMED_URLS = [
     (["import", "--db", "cassandra://h:notaport/ks", "dump.jsonl"],
      "--db: the port of a Cassandra URL must be a whole number from 1 to 65535, not 'notaport'"),
     (["export", "--db", "postgresql://u@[::1/db"], "--db: not a valid store URL"),
+    # The whole URL as curl takes it, given as the scope (it was "domain must be 1 to 255 bytes").
+    (["read", "http://u:s3cret@127.0.0.1:8787/shop"], "a scope is at most REALM/DOMAIN/ENTITY/TYPE, not a URL: "
+                                                      "give the server with --url"),
 ]
 
 

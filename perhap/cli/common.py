@@ -106,6 +106,9 @@ def parse_scope(text: str, *, levels: int = 4, what: str = "a scope") -> Scope:
     """A Scope from REALM[/DOMAIN[/ENTITY[/TYPE]]] (at most ``levels`` names); usage error if bad."""
     parts = text.strip("/").split("/")
     shape = "/".join(LEVELS[:levels])
+    if text.startswith(("http://", "https://")):  # the whole URL, as curl takes it
+        raise CommandError(f"{what} is at most {shape}, not a URL: give the server with --url and the "
+                           "scope alone (perhap read shop/orders --url http://HOST:PORT)", 2)
     if len(parts) > levels:
         raise CommandError(f"{what} is at most {shape}, got {text!r}", 2)
     try:
