@@ -178,6 +178,8 @@ def test_the_document_lists_exactly_the_route_tables_parameters() -> None:
             query = [p["name"] for p in params if p["in"] == "query"]
             assert query == list(op.query or ()), (method, route.template)
     assert described == sum(len(item) for item in paths.values())
+    # Every route of docs/api.md's table of parameters, / among them (it takes none).
+    assert paths["/"]["get"].get("parameters", []) == []
 
 
 def _params(param: dict[str, Any], event_id: str) -> dict[str, str]:

@@ -211,6 +211,10 @@ def _operation(route: Route, op: Operation, summary: str) -> dict[str, Any]:
     if op.kind is Kind.HEALTH:
         return {"summary": summary, "responses": {
             "200": _json("Health", "The store answers"), "503": _problem("The store does not answer")}}
+    if op.kind is Kind.ROOT:
+        return {"summary": summary, "responses": {"200": {
+            "description": 'perhap\'s name and the paths of its other routes: {"name": "perhap", "api": ...}',
+            "content": {"application/json": {"schema": {"type": "object"}}}}}}
     if op.kind is Kind.DOCUMENT:
         return {"summary": summary, "responses": {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}
@@ -299,7 +303,7 @@ def _paths() -> dict[str, Any]:
     for route in ROUTES:
         for method, op in route.operations.items():
             if op.summary is None:
-                continue  # not described: /, /_ui and the fallback
+                continue  # not described: /_ui (static files) and the fallback
             operation = _operation(route, op, op.summary)
             responses = operation["responses"]
             # Every operation may also answer these, whatever its parameters.

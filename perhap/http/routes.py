@@ -147,7 +147,7 @@ _TABLE = (
     Route("/_groups/{realm}/{group}/parked/replay", {
         "POST": Operation(Kind.GROUP_REPLAY, "Deliver parked events again")}),
     Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),
-    Route("/", _get(Kind.ROOT), open=True),
+    Route("/", _get(Kind.ROOT, "What this server is, and where its API, health, keys, UI and groups are"), open=True),
     Route("/_ui", _get(Kind.UI, query=None), open=True),  # and every path below it: static files
     # Anything else: 404 (or 400 for a bad name), after the same checks as a real route.
     Route("other", {ANY_METHOD: Operation(Kind.NO_ROUTE, query=None)}),
