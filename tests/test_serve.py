@@ -85,6 +85,15 @@ def test_store_url_with_missing_directory_fails_cleanly(tmp_path: Any) -> None:
     assert "does not exist" in one_error_line(r)
 
 
+def test_a_store_url_naming_a_directory_fails_cleanly_and_makes_nothing(tmp_path: Path) -> None:
+    """A directory given as the database: one line, and no lock file left beside it."""
+    (tmp_path / "adir").mkdir()
+    r = run_cli("serve", "--db", f"sqlite:///{tmp_path}/adir", "--port", str(free_port()))
+    assert r.returncode == 1
+    assert one_error_line(r).endswith(f": {tmp_path}/adir is a directory, not a database file"), r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]
+
+
 def test_a_database_that_does_not_answer_is_one_line() -> None:
     """PostgreSQL and Cassandra that cannot be reached at start (nothing listens on the port):
     one line naming the reason (the Cassandra driver's own log printed its tracebacks first)."""

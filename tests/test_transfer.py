@@ -488,7 +488,13 @@ def test_cli_import_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_bytes(b'{"format": "perhap-dump", "version": 1, "scope": null}\n{oops\n')
     assert "bad.jsonl line 2: not valid JSON" in one_error_line(run_cli("import", "--db", url, str(bad)))
     assert "cannot read" in one_error_line(run_cli("import", "--db", url, str(tmp_path / "missing.jsonl")))
-    assert "is empty" in one_error_line(run_cli("import", "--db", url, "-", input=b""))
+    # An empty dump (export | import with the export failing) is refused before the store is made.
+    fresh = f"sqlite:///{tmp_path}/fresh.db"
+    assert "stdin is empty" in one_error_line(run_cli("import", "--db", fresh, "-", input=b"\n  \n"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("fresh.db")]
+    (tmp_path / "lines.jsonl").write_bytes(b"\n" + bad.read_bytes())  # lines still counted from the first
+    assert "lines.jsonl line 3: not valid JSON" in one_error_line(
+        run_cli("import", "--db", url, str(tmp_path / "lines.jsonl")))
     assert "no SQLite store at" in one_error_line(run_cli("export", "--db", f"sqlite:///{tmp_path}/typo.db"))
     assert not (tmp_path / "typo.db").exists()
     assert "mysql" in one_error_line(run_cli("import", "--db", "mysql://x/y", str(bad)))

@@ -170,6 +170,7 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
 
 def run_import(args: argparse.Namespace) -> int:
     """Import a dump (a file, or stdin for ``-``) into a store; print what was written."""
+    from ..transfer.dump import not_empty
     from ..transfer.importer import import_dump
     from ..transfer.progress import Progress, file_size
 
@@ -179,8 +180,9 @@ def run_import(args: argparse.Namespace) -> int:
 
     async def job(stream: BinaryIO) -> int:
         progress = Progress("importing", total_bytes=file_size(stream))
+        lines = not_empty(stream, name)  # (an empty dump makes no store)
         async with open_target(db, token) as store:
-            stats = await import_dump(store, stream, name, progress=progress)
+            stats = await import_dump(store, lines, name, progress=progress)
         progress.close()
         realms = len(stats.realms)
         print(f"imported {stats.imported:,} events into {realms:,} realm{'s' if realms != 1 else ''}"

@@ -3,6 +3,7 @@ import, each checked and named by its line (see :mod:`perhap.transfer` for the f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,22 @@ def event_to_import(event: Event) -> DumpEvent:
     return DumpEvent(event.realm, event.domain, event.entity, event.version, new)
 
 
+def not_empty(lines: Iterable[bytes], name: str) -> Iterator[bytes]:
+    """``lines`` unchanged, once a line that is not blank has come: a dump without one (an empty
+    file, nothing on stdin) is refused before anything else is done (an import's store made)."""
+    rest = iter(lines)
+    head: list[bytes] = []
+    for line in rest:
+        head.append(line)
+        if line.strip():
+            return itertools.chain(head, rest)
+    raise TransferError(_empty(name))
+
+
+def _empty(name: str) -> str:
+    return f"{name} is empty: a dump has at least its header line"
+
+
 def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
                on_bytes: Callable[[int], None] | None = None) -> Iterator[DumpEvent]:
     """Validate a dump line by line and yield its events; TransferError names the bad line."""
@@ -102,7 +119,7 @@ def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
         first = False
         yield _dump_event(obj, where)
     if first:
-        raise TransferError(f"{name} is empty: a dump has at least its header line")
+        raise TransferError(_empty(name))
 
 
 def _check_header(obj: dict[str, Any], where: str) -> None:

@@ -104,10 +104,13 @@ def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
 
 
 def check_directory(path: str) -> None:
-    """StorageUnavailable naming the directory when the one that should hold ``path`` is missing."""
+    """StorageUnavailable naming the directory when the one that should hold ``path`` is missing,
+    or ``path`` itself when it is a directory (before a lock file is made beside it for nothing)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StorageUnavailable(f"the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise StorageUnavailable(f"{path} is a directory, not a database file")
 
 
 def open_database(path: str, *, synchronous: str) -> sqlite3.Connection:
