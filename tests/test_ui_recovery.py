@@ -7,7 +7,8 @@ Debian's Chromium against `perhap serve`, as in tests/test_ui.py):
 - a type filter keeps a type's name exactly, spaces at its ends included;
 - a tail that waited for a token goes on after the last event it showed;
 - closing an event reached by Back stays in the app, on the list under it;
-- an event card on a phone keeps its type and link beside a long entity name.
+- an event card on a phone keeps its type and link beside a long entity name;
+- a tail whose last event is not in the store the server came back with stops and says why.
 """
 
 from __future__ import annotations
@@ -332,3 +333,23 @@ def test_an_event_card_on_a_phone_keeps_its_type_and_id_beside_a_long_entity_nam
             assert box is not None and box["width"] >= 40 and box["x"] + box["width"] <= 375, (cell, box)
     finally:
         phone.close()
+
+
+def test_a_tail_whose_last_event_is_gone_from_the_store_stops_and_says_why(tmp_path: Path, page: Page) -> None:
+    """The server came back on another store (the one the page streamed from replaced): the tail's
+    Last-Event-ID is in no scope there, a 404 that asking again never changes, and it retried it
+    for ever ("Reconnecting…"). It now stops, saying why."""
+    from playwright.sync_api import expect
+
+    first = ProcessServer(f"sqlite:///{tmp_path}/a.db?synchronous=normal", None, *SERVE_ARGS, cwd=tmp_path)
+    with first:
+        post(first.url, "/plant/sensors/boiler-1/reading", {"event": 1})
+        page.goto(first.url + "/_ui#/plant/sensors")
+        expect(page.locator(".live .pill")).to_have_text("Live")
+        seen = post(first.url, "/plant/sensors/boiler-1/reading", {"event": 2})["event_id"]
+        expect(page.locator(f'#tail-list li[data-id="{seen}"]')).to_be_visible()
+    with ProcessServer(f"sqlite:///{tmp_path}/b.db?synchronous=normal", first.port, *SERVE_ARGS,
+                       cwd=tmp_path) as second:
+        post(second.url, "/plant/sensors/boiler-1/reading", {"event": 3})
+        expect(page.locator(".live .pill")).to_have_text(re.compile(r"^Stopped \(Not found \(404\)"),
+                                                         timeout=20_000)

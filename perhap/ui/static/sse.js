@@ -51,7 +51,8 @@ function viaEventSource(levels, types, stream, deliver, onState, restart) {
       // a plain request (a 401 opens the token dialog); then start again from the last event we have.
       const retrying = `retrying in ${Math.round(delay / 1000)} s`;
       onState('reconnecting', retrying);
-      const why = await refusal(url(path(...levels), { ...startOf(stream), type: types }));
+      const { why, status } = await refusal(url(path(...levels), { ...startOf(stream), type: types }));
+      if (stopsTheStream(status)) { onState('stopped', why); return; }
       try {
         await request(path(...levels), { params: { limit: 1, type: types } });
       } catch (e) {
@@ -67,18 +68,24 @@ function viaEventSource(levels, types, stream, deliver, onState, restart) {
   open();
 }
 
-// Why the server refuses a stream now ('' when it does not: the stream it opened is closed at once).
+// Why the server refuses a stream now, and its status ('' and 0 when it does not: the stream it
+// opened is closed at once; or when it does not answer).
 async function refusal(streamUrl) {
   const probe = new AbortController();
   try {
     const res = await fetch(streamUrl, { headers: { Accept: 'text/event-stream' }, signal: probe.signal, cache: 'no-store' });
-    return res.ok ? '' : await problemText(res);
+    return res.ok ? { why: '', status: 0 } : { why: await problemText(res), status: res.status };
   } catch {
-    return '';
+    return { why: '', status: 0 };
   } finally {
     probe.abort();
   }
 }
+
+// A refusal that asking again will not change: the event to resume after is not in the store (a
+// store replaced under the page: 404), the scope or the token refused (400, 403). The stream
+// stops and says why, rather than retrying for ever. (401 asks for a token; 429 and 5xx pass.)
+const stopsTheStream = (status) => status === 400 || status === 403 || status === 404;
 
 // An error answer in words: its problem's title (a 429's "Too many open streams") and status.
 async function problemText(res) {
@@ -104,6 +111,7 @@ function viaFetch(levels, types, stream, deliver, onState) {
           onState('stopped', 'the stream needs a token');
           return;
         }
+        if (stopsTheStream(res.status)) { onState('stopped', await problemText(res)); return; }
         if (!res.ok) throw new Error(await problemText(res));
         onState('live');
         delay = 1000;
