@@ -409,6 +409,16 @@ def test_a_bare_word_as_the_event_suggests_quoting_it() -> None:
     assert r.returncode == 2 and "quote" not in one_error_line(r)
 
 
+def test_a_file_named_as_the_event_is_told_to_redirect_it(tmp_path: Path) -> None:
+    """`perhap append r/d/e/t event.json` (or curl's @event.json) with the file there: advice to
+    quote the name as a JSON string was no help."""
+    path = tmp_path / "event.json"
+    path.write_text('{"a": 1}')
+    for given in (str(path), f"@{path}"):
+        line = one_error_line(run_cli("append", "r/d/e/t", given))
+        assert line.endswith(f"; to send the JSON in the file {path}, give - and redirect it: - < {path}"), line
+
+
 def test_json_naming_a_key_twice_is_refused_before_anything_is_sent() -> None:
     """As the server refuses it: the client would otherwise send one of the two values."""
     for args, data in [(("append", "r/d/e/t", '{"a": 1, "a": 2}'), None),

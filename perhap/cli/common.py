@@ -211,6 +211,11 @@ def _quote_hint(text: str | bytes) -> str:
         return ""
     if isinstance(text, bytes):  # from stdin: no shell in between
         return f"; to send a string, quote it as JSON: {quoted}"
+    import os
+
+    name = word[1:] if word.startswith("@") else word  # a file's name where its JSON was meant (curl's -d @file)
+    if os.path.isfile(name):
+        return f"; to send the JSON in the file {name}, give - and redirect it: - < {shlex.quote(name)}"
     return f"; to send a string, quote it as JSON: {shlex.quote(quoted)}"
 
 
