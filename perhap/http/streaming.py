@@ -259,6 +259,7 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
     """Run an open stream's ``pump`` until the client goes, the server stops or the pump ends;
     True if the client left a write unread for the write timeout (the pump is then cancelled)."""
     writing = Writing(send)
+    silence = _Silence(writing, streams.heartbeat)  # (a pump held up in a read still keeps the beat)
     task = asyncio.ensure_future(pump(writing))
     watch = asyncio.ensure_future(wait_disconnect(receive))
     stop = asyncio.ensure_future(streams.stopping.wait())
@@ -282,6 +283,7 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
     try:
         await asyncio.wait({task, watch, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        silence.close()
         if timer is not None:
             timer.cancel()
         for t in (task, watch, stop):
@@ -293,14 +295,6 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
 
 
 async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
-    silence = _Silence(writing, streams.heartbeat)
-    try:
-        await _pump_events(streams, sub, grant, writing)
-    finally:
-        silence.close()
-
-
-async def _pump_events(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
     auth = streams.auth
     full = sub.query.limit
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
