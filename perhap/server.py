@@ -19,6 +19,7 @@ import uvicorn
 
 from .backends import redact
 from .http.app import PerhapApp
+from .http.types import ASGIApp
 from .limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_GRACEFUL_SHUTDOWN,
@@ -85,14 +86,15 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _config(app: PerhapApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> _Config:
+def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, Any] | None = None) -> _Config:
     net = net or {}
     header_timeout = net.get("header_timeout", DEFAULT_HEADER_TIMEOUT)
     body_timeout = net.get("body_timeout")
     max_connections = net.get("max_connections")
     protocol = limited_protocol(net.get("max_header", DEFAULT_MAX_HEADER), header_timeout,
                                 DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout,
-                                net.get("write_timeout", DEFAULT_WRITE_TIMEOUT), app.max_body)
+                                net.get("write_timeout", DEFAULT_WRITE_TIMEOUT),
+                                app.max_body if isinstance(app, PerhapApp) else None)
     config = _Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
