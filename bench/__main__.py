@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import backends, dataset, httpbench
-from .common import FULL, MODES, QUICK, StealMeter, disk_of, log, machine, table, write_json
+from .common import FULL, MODES, QUICK, StealMeter, cpu_times, disk_of, log, machine, table, write_json
 from .suite import ROWS, Options, Suite
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default $PERHAP_BENCH_CACHE or ~/.cache/perhap-bench; 2.5 GB for the "
                         "full run's 10-million-event store, 280 MB for --quick)")
     parser.add_argument("--workdir", help="scratch directory for stores (default: a new temp dir, "
-                        "removed at the end; a directory given here is yours and is left in place)")
+                        "removed at the end; a directory given here is yours and is left in place, each run "
+                        "in a new run-DATE-TIME-* directory inside it)")
     parser.add_argument("--keep", action="store_true", help="keep the new temp dir (its path is printed)")
     return parser
 
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = only - set(ROWS)
     if bad:
         build_parser().error(f"unknown rows: {', '.join(sorted(bad))}")
+    if "ref" in only:
+        only |= {"3", "4"}  # the references divide rows 3 and 4: without them they would say nothing
+    missing = backends.left_out(args.backend, quick)
+    for name, why in missing.items():
+        log(f"backend {name} is not measured: {why}")
     options = Options(sizes=sizes, backends=backends.choose(args.backend, quick), only=only,
                       cache_dir=args.cache_dir, workdir=args.workdir, keep=args.keep,
                       repeats=args.repeats if args.repeats is not None else 1 if quick else 2)
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     info["load_average_at_start"] = load_before
     info["steal_percent"] = steal.percent
     meta = {"mode": sizes.mode, "seconds": round(elapsed, 1), "started": started_at,
-            "machine": info, "backends": options.backends, "load_generator": httpbench.generator(),
+            "machine": info, "backends": options.backends, "backends_not_measured": missing,
+            "load_generator": httpbench.generator(),
             "cache_dir": str(dataset.cache_dir(args.cache_dir)), "errors": suite.errors,
             "details": {k: v for k, v in suite.meta.items() if k not in ("workdir",)}}
     if quick:
@@ -96,14 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{sizes.mode} run in {elapsed:.0f}s on {info['nproc']} x {info['cpu']}, {info['disk']}; "
           f"load generator {meta['load_generator']}")
     print(steal_line(info["steal_percent"], suite.meta.get("steal_percent", {})))
+    for name, why in missing.items():
+        print(f"NOT MEASURED: backend {name} ({why})")
     for error in suite.errors:
         print(f"ERROR {error}")
     path = args.json or HERE / ("results.json" if sizes is FULL else f"results-{sizes.mode}.json")
     # A smoke run's JSON carries no verdicts either (its targets stay, to show what a full run judges).
     write_json(path, [replace(r, passed=None) for r in rows] if quick else rows, {**meta, "judged": not quick})
     print(f"results written to {path}")
-    if args.keep and args.workdir is None:
-        print(f"scratch directory kept: {scratch}")
+    if args.workdir is None and (args.keep or suite.errors):
+        print(f"scratch directory kept{' (for the logs the errors name)' if suite.errors else ''}: {scratch}")
     return 1 if suite.errors else 0
 
 
@@ -111,7 +120,9 @@ def steal_line(run: float | None, by_step: dict[str, float | None]) -> str:
     """One line on the CPU time the hypervisor gave to other guests: the whole run's share, and
     the steps above 1 % (their rows are the ones to doubt)."""
     if run is None:
-        return "CPU steal: not known on this platform"
+        known = cpu_times() is not None
+        return "CPU steal: not measured (the run took no CPU time to speak of)" if known else \
+            "CPU steal: not known on this platform"
     noisy = [f"{name} {share:.1f}%" for name, share in by_step.items() if share is not None and share > 1]
     return (f"CPU steal: {run:.1f}% of the run's CPU time went to other guests"
             + (f"; steps above 1%: {', '.join(noisy)}" if noisy else ""))

@@ -104,6 +104,13 @@ def available(name: str) -> tuple[bool, str]:
 AUTO_FULL = ("sqlite", "postgresql")
 
 
+def left_out(spec: str, quick: bool) -> dict[str, str]:
+    """The backends ``all`` or ``auto`` would measure but cannot here, each with why: named in the
+    run's output and JSON, so that a table without them does not read as the whole picture."""
+    wanted = NAMES if spec == "all" else AUTO_FULL if spec == "auto" and not quick else ()
+    return {n: why for n in wanted for ok, why in [available(n)] if not ok}
+
+
 def choose(spec: str, quick: bool) -> list[str]:
     """Backends named by ``--backend``: a comma list; ``all`` (every available one); or ``auto``
     (quick: SQLite; else SQLite and PostgreSQL where available)."""

@@ -118,9 +118,11 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float]:
     return max(runs, key=lambda r: r["rps"])
 
 
-def _bad(r: dict[str, float]) -> str:
-    if r.get("non2xx") or r.get("errors"):
-        return f"{r.get('non2xx', 0):.0f} non-2xx responses, {r.get('errors', 0):.0f} errors"
+def _bad(runs: list[dict[str, float]]) -> str:
+    """What went wrong in any of ``runs`` (every round counts, not only the best one kept)."""
+    non2xx, errors = sum(r.get("non2xx", 0) for r in runs), sum(r.get("errors", 0) for r in runs)
+    if non2xx or errors:
+        return f"{non2xx:.0f} non-2xx responses, {errors:.0f} errors in {len(runs)} rounds"
     return ""
 
 
@@ -181,15 +183,15 @@ def measure(targets: list[Target], workdir: Path, seconds: int, repeats: int,
             except httpx.HTTPError as exc:
                 failed[label] = f"after the load: {type(exc).__name__}: {exc}"
     raw_best = {k: _best(v) for k, v in raw_runs.items() if v}
-    for name, r in raw_best.items():
-        if _bad(r):
-            raise RuntimeError(f"raw ASGI {name}: {_bad(r)}")
+    for name, kept in raw_runs.items():
+        if _bad(kept):
+            raise RuntimeError(f"raw ASGI {name}: {_bad(kept)}")
     perhap: dict[str, dict[str, Any]] = {}
     for t in targets:
         if t.label in failed:
             continue
         best = {k: _best(v) for k, v in runs[t.label].items() if v}
-        bad = "; ".join(f"{k}: {_bad(r)}" for k, r in best.items() if _bad(r))
+        bad = "; ".join(f"{k}: {_bad(v)}" for k, v in runs[t.label].items() if _bad(v))
         if bad:
             failed[t.label] = bad
             continue

@@ -71,8 +71,8 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
     ts = "2026-01-01T00:00:00.000000Z"
     n = 0
     batch_no = 0
-    start = time.perf_counter()
-    deadline = start + seconds
+    busy = 0.0  # in SQLite: building the rows (a thousand uuid7s) is Python's, not the floor's
+    deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or batch_no == 0:
         if perhap_schema:
             # Each batch a new entity, as row 4 appends: its key is entity * 2**32 + version.
@@ -80,15 +80,16 @@ def executemany_rows(workdir: Path, seconds: float, *, perhap_schema: bool) -> f
                      n + v + 1) for v in range(1000)]
         else:
             rows = [(uuid7(), batch_no, _payload(v)) for v in range(1000)]
+        began = time.perf_counter()
         conn.execute("BEGIN")
         conn.executemany(sql, rows)
         conn.execute("COMMIT")
+        busy += time.perf_counter() - began
         n += len(rows)
         batch_no += 1
-    elapsed = time.perf_counter() - start
     conn.close()
     remove_sqlite(path)
-    return n / elapsed
+    return n / busy
 
 
 def measure(workdir: Path, sizes: Sizes) -> dict[str, float]:

@@ -124,15 +124,22 @@ class Suite:
 
     def run(self) -> list[Row]:
         made_workdir = self.o.workdir is None
-        self.work = Path(self.o.workdir or tempfile.mkdtemp(prefix="perhap-bench-"))
-        self.work.mkdir(parents=True, exist_ok=True)
+        if made_workdir:
+            self.work = Path(tempfile.mkdtemp(prefix="perhap-bench-"))
+        else:
+            # Each run its own directory inside the one given: the stores have fixed names, and a
+            # second run in the same place found the first one's (an "empty" store that was not).
+            given = Path(str(self.o.workdir))
+            given.mkdir(parents=True, exist_ok=True)
+            self.work = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=given))
         self.cache = dataset.cache_dir(self.o.cache_dir)
         self.meta.update(workdir=str(self.work), cache_dir=str(self.cache))
         try:
             self._run()
         finally:
             self.stop_backends()
-            if made_workdir and not self.o.keep:
+            # Kept when something failed: the ERROR lines name the servers' logs in it.
+            if made_workdir and not self.o.keep and not self.errors:
                 shutil.rmtree(self.work, ignore_errors=True)
         order = {k: i for i, k in enumerate(ROW_ORDER)}
         self.rows.sort(key=lambda r: (order.get(r.key, 99), _backend_order(r)))
@@ -477,6 +484,8 @@ class Suite:
             # The figure only counts when every event arrived once and the offered load was met.
             row.passed = False
             row.note += " (below the bar: missed deliveries or under 95% of the offered append rate)"
+        if r["missing"] or r["duplicates"]:  # not a speed: an error, whatever the mode (as row 8c's)
+            self.errors.append(f"row 8: {r['missing']} deliveries missing, {r['duplicates']} duplicated")
         self.rows.append(row)
 
 

@@ -249,6 +249,16 @@ def test_a_ratio_whose_runs_lost_cpu_time_to_steal_says_so_in_its_note() -> None
     assert _best([{"single": 5.0, "steal_percent": 9.0}, {"single": 7.0, "steal_percent": 1.0}]) == {"single": 7.0}
 
 
+def test_a_bad_answer_in_any_round_fails_the_http_row_not_only_in_the_best() -> None:
+    """Only the best round was checked for non-2xx answers: a round that had 500 of them (at half
+    the rate, so never the best) left the row measured and judged as usual."""
+    from bench.httpbench import _bad
+
+    clean, hurt = {"rps": 9768.0, "non2xx": 0.0, "errors": 0.0}, {"rps": 4895.5, "non2xx": 500.0, "errors": 0.0}
+    assert _bad([clean, clean]) == ""
+    assert _bad([hurt, clean]) == "500 non-2xx responses, 0 errors in 2 rounds"
+
+
 def test_stolen_cpu_time_is_the_steal_share_of_all_cpu_time_between_two_readings() -> None:
     now = cpu_times()
     assert now is not None and set(now) >= {"user", "system", "idle", "steal"}  # Linux: /proc/stat
@@ -258,7 +268,9 @@ def test_stolen_cpu_time_is_the_steal_share_of_all_cpu_time_between_two_readings
     assert stolen_percent(before, after) == pytest.approx(20.0)
     assert stolen_percent(before, before) is None  # no time passed
     assert stolen_percent(None, after) is None and stolen_percent(before, None) is None
-    assert steal_line(None, {}) == "CPU steal: not known on this platform"
+    # None: no /proc/stat, or a run too short for a CPU tick (on Linux: not "not known").
+    assert steal_line(None, {}) == ("CPU steal: not measured (the run took no CPU time to speak of)"
+                                    if cpu_times() is not None else "CPU steal: not known on this platform")
     line = steal_line(3.3, {"row 1": 0.5, "rows 3-5": 7.0, "row 6": None})
     assert line == "CPU steal: 3.3% of the run's CPU time went to other guests; steps above 1%: rows 3-5 7.0%"
 
@@ -300,8 +312,13 @@ def test_the_one_command_leaves_cassandra_to_all(monkeypatch: pytest.MonkeyPatch
     assert backends.choose("auto", quick=False) == ["sqlite", "postgresql"]
     assert backends.choose("all", quick=False) == ["sqlite", "postgresql", "cassandra"]
     assert backends.choose("auto", quick=True) == ["sqlite"]
+    assert backends.left_out("all", quick=False) == {}
     monkeypatch.setattr(backends, "available", lambda name: (name == "sqlite", "not installed"))
     assert backends.choose("auto", quick=False) == ["sqlite"]
+    # What `all` or `auto` leaves out is named (the table alone read as the whole picture).
+    assert backends.left_out("all", quick=False) == {"postgresql": "not installed", "cassandra": "not installed"}
+    assert backends.left_out("auto", quick=False) == {"postgresql": "not installed"}
+    assert backends.left_out("auto", quick=True) == {} and backends.left_out("sqlite", quick=False) == {}
 
 
 @pytest.mark.parametrize("at_tenth, at_end, passed", [(50.0, 52.0, True), (50.0, 70.0, False), (50.0, 200.0, False)])
