@@ -20,7 +20,10 @@ from ..types import Send
 
 #: On GET /keys for a token of one realm: the list holds that realm only, whatever else is stored.
 LIMITED = ((b"perhap-keys-limited", b"by-token"),)
-_UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
+#: An event id as perhap writes it (lower case, hyphenated): only that spelling names the event.
+#: Another spelling of the same id is an entity's name like any other (an MD5-named entity, say,
+#: whose 32 hex digits an event's id also has was answered that event, and could not be listed).
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: A Scope of names dispatch has checked (each level's name; a route has no entity without a
 #: domain): built without checking them again, all four fields given.
 _checked_scope = fast_constructor(Scope, checked=True)
@@ -35,7 +38,7 @@ async def read(ctx: Context, req: Request, send: Send) -> None:
 async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
     """GET /REALM/DOMAIN/ENTITY: one event when ENTITY is the id of an event there, else a read."""
     realm, domain, entity = req.names
-    if _UUID_SHAPE.fullmatch(entity) and not req.wants_stream():
+    if _EVENT_ID.fullmatch(entity) and not req.wants_stream():
         if req.query:
             # The read's parameters mean nothing to one event, but a bad one is a 400 all the
             # same: checked as the entity's read would check them, before the event is looked up.

@@ -76,6 +76,18 @@ class HTTPContract(BackendContract):
         event = (await client.get(f"/{realm}/d/{eid}")).json()
         assert event["event"] is None and event["meta"] == {"corr": "x"} and event["event_id"] == eid
 
+    async def test_only_an_event_ids_own_spelling_names_the_event(self, client: httpx.AsyncClient,
+                                                                  realm: str) -> None:
+        """GET /{realm}/{domain}/{x} is the event whose event_id is x; another spelling of that
+        id (no hyphens, as an MD5-named entity has; upper case) is an entity's name like any
+        other, its events listed, not shadowed by the event."""
+        first = (await client.post(f"/{realm}/d/e/t", json={"event": 1})).json()["event_id"]
+        for name in (first.replace("-", ""), first.upper()):
+            assert (await client.post(f"/{realm}/d/{name}/t", json={"event": name})).status_code == 201
+            page = (await client.get(f"/{realm}/d/{name}")).json()
+            assert [(e["entity"], e["event"]) for e in page["events"]] == [(name, name)], page
+        assert (await client.get(f"/{realm}/d/{first}")).json()["event_id"] == first
+
     async def test_idempotent_append_over_http(self, client: httpx.AsyncClient, realm: str) -> None:
         eid = str(uuid.uuid4())
         body = {"event": {"a": 1}, "event_id": eid, "meta": {"m": 1}}

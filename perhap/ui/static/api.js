@@ -171,8 +171,10 @@ export async function read(levels, { following, limit = 100, types = [], newest 
 }
 
 // GET /{realm}/{domain}/{id} answers the event, or (when no such event) reads an entity of that name.
+// Only the id as the server writes it names the event (lower case, hyphenated): a typed or pasted
+// id is written so first.
 export async function getEvent(realm, domain, id, signal) {
-  const data = await get(path(realm, domain, id), {}, signal);
+  const data = await get(path(realm, domain, canonicalId(id)), {}, signal);
   if (!data || data.events) throw new Problem(404, { title: 'Not found', detail: `no event ${id} in ${realm}/${domain}` });
   return data;
 }
@@ -214,3 +216,11 @@ export const parked = (realm, name, { limit, signal } = {}) => get(path('_groups
 // when eventIds is null, go back to the group for delivery. Answers {"replayed": n}.
 export const replayParked = async (realm, name, eventIds = null) => (await request(path('_groups', realm, name, 'parked', 'replay'),
   { method: 'POST', body: eventIds ? JSON.stringify({ event_ids: eventIds }) : null })).data;
+
+// An event id in the server's spelling (upper case, braces, urn:uuid: or no hyphens undone);
+// anything that is no UUID stays as it is.
+export function canonicalId(id) {
+  const hex = id.trim().toLowerCase().replace(/^urn:uuid:/, '').replace(/[{}-]/g, '');
+  if (!/^[0-9a-f]{32}$/.test(hex)) return id;
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
