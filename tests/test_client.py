@@ -807,6 +807,39 @@ def test_an_error_page_of_another_server_is_named_as_such_not_pasted() -> None:
     assert caught.value.status == 502 and "not an answer of perhap's: upstream refused it; is" in str(caught.value)
 
 
+def test_an_append_answered_with_no_result_object_is_a_client_error() -> None:
+    """A 201 whose body is JSON but no append's result (a proxy's, another server's) raised a bare
+    AttributeError from append, append_batch and append_many, past `except PerhapClientError`."""
+    for body in (b"[]", b'"s"', b'{"events": [1]}', b'{"events": [[]]}'):
+        answer = (b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: "
+                  + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        with _Answering(answer) as other, Client(other.url, timeout=5) as c:
+            for call in (lambda: c.append("r", "d", "e", "t", 1),
+                         lambda: c.append_batch("r", "d", "e", [{"type": "t", "event": 1}]),
+                         lambda: c.append_many("r", "d", [{"entity": "e", "type": "t", "event": 1}])):
+                with pytest.raises(PerhapClientError, match="unexpected response"):
+                    call()
+
+
+def test_a_subscription_that_cannot_connect_fails_in_the_same_words_from_both_clients() -> None:
+    """The stream's final error (and on_retry's) carried the transport's own text: "[Errno 111]
+    Connection refused" from one client, "All connection attempts failed" from the other."""
+    url = f"http://127.0.0.1:{free_port()}"
+    errors: list[Exception] = []
+    with Client(url, timeout=5) as c, pytest.raises(ConnectionFailed) as sync_failure:
+        next(c.subscribe("a", max_retries=1, on_retry=lambda error, delay: errors.append(error)))
+
+    async def follow() -> None:
+        async with AsyncClient(url, timeout=5) as ac:
+            await take(ac.subscribe("a", max_retries=1, on_retry=lambda error, delay: errors.append(error)), 1)
+
+    with pytest.raises(ConnectionFailed) as async_failure:
+        asyncio.run(follow())
+    expected = f"the stream of /a failed 2 times: cannot reach {url}: Connection refused"
+    assert str(sync_failure.value) == str(async_failure.value) == expected
+    assert [str(e) for e in errors] == [f"cannot reach {url}: Connection refused"] * 2
+
+
 def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_once_backs_off() -> None:
     """A 200 of HTML was taken for a stream and retried for ever, ten times a second; and a stream
     answered then ended at once reset the failure count at each 200: max_retries was never reached

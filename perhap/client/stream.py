@@ -13,7 +13,7 @@ from ..errors import InvalidInput
 from ..jsoncodec import load_json
 from ..model import Event
 from ..sse import SSEDecoder
-from .errors import ConnectionFailed, PerhapClientError, Unavailable, error_from_response, unexpected
+from .errors import ConnectionFailed, PerhapClientError, Unavailable, error_from_response, unexpected, unreachable
 from .wire import event_from_dict
 
 #: Streams carry a keep-alive comment every 15 s by default; silence this long means a dead link.
@@ -103,16 +103,28 @@ class StreamState:
         return events
 
     def retry_delay(self, error: Exception) -> float:
-        """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row."""
+        """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row. A
+        transport's failure is first put in the client's own words ("cannot reach ...", "no
+        answer from ..."), the same from both clients, for ``on_retry`` and the final error."""
+        if isinstance(error, httpx.TransportError):
+            error = unreachable(_request_of(error) or self.request(), error)
         if self.opened_at is not None and time.monotonic() - self.opened_at >= STEADY_STREAM:
             self.failures = 0
         self.opened_at = None
         self.failures += 1
         if self.max_retries is not None and self.failures > self.max_retries:
-            if isinstance(error, PerhapClientError):
+            if isinstance(error, PerhapClientError) and not isinstance(error, ConnectionFailed):
                 raise error
-            raise ConnectionFailed(f"the stream of {self.path} failed {self.failures} times: {error}")
+            raise ConnectionFailed(f"the stream of {self.path} failed {self.failures} times: {error}",
+                                   url=error.url if isinstance(error, PerhapClientError) else None)
         delay = min(0.1 * 2.0 ** (self.failures - 1), 5.0)
         if self.on_retry is not None:
             self.on_retry(error, delay)
         return delay
+
+
+def _request_of(error: httpx.TransportError) -> httpx.Request | None:
+    try:
+        return error.request
+    except RuntimeError:  # (httpx raises when the error was made without one)
+        return None

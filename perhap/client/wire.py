@@ -38,7 +38,10 @@ def event_from_dict(item: Mapping[str, Any]) -> Event:
 
 
 def appended_from_dict(item: Mapping[str, Any]) -> Appended:
-    """An :class:`~perhap.model.Appended` from an append's answer (``entity`` in multi-entity results)."""
+    """An :class:`~perhap.model.Appended` from an append's answer (``entity`` in multi-entity results);
+    TypeError or KeyError when ``item`` is not such an answer (what the parsers turn into "unexpected")."""
+    if not isinstance(item, Mapping):
+        raise TypeError("an append's result is not an object")
     entity = item.get("entity")
     if entity is not None and not isinstance(entity, str):
         raise TypeError("entity is not a string")
