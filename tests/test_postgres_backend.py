@@ -280,6 +280,46 @@ async def test_older_schema_is_migrated_in_place(pg_url: str, monkeypatch: pytes
             await store.close()
 
 
+async def test_a_process_starting_during_a_migration_waits_whatever_the_databases_statement_timeout(
+        pg_url: str) -> None:
+    """docs/backends/postgresql.md: processes that start while another migrates wait on its lock.
+    The wait for the lock ran under the database's own statement_timeout (set by a DBA): one
+    second in, the process failed to open ("canceling statement due to statement timeout")."""
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    await sql(pg_url, f'ALTER DATABASE "{database}" SET statement_timeout = \'1s\'')
+    holder = await asyncpg.connect(pg_url, timeout=10)  # as a process in the middle of a migration
+    try:
+        await holder.execute("SET statement_timeout = 0")
+        await holder.execute("SELECT pg_advisory_lock($1, $2)", *pgschema.SCHEMA_LOCK)
+        opening = asyncio.ensure_future(open_store(pg_url))
+        await asyncio.sleep(2.5)
+        assert not opening.done(), opening  # still waiting, not failed
+        await holder.execute("SELECT pg_advisory_unlock($1, $2)", *pgschema.SCHEMA_LOCK)
+        store = await asyncio.wait_for(opening, 30)
+    finally:
+        await holder.close()
+    try:
+        await store.append("r", "d", "e", "t", 1)
+    finally:
+        await store.close()
+
+
+async def test_the_urls_application_name_names_every_connection(pg_url: str) -> None:
+    """docs/backends/postgresql.md lists application_name among the URL's parameters: asyncpg let
+    perhap's own "perhap" win over it, so a DBA could not tell two deployments apart."""
+    mine = pg_url + ("&" if "?" in pg_url else "?") + "application_name=billing-perhap&pool_size=2"
+    async with open_store(mine) as store:
+        await store.append("r", "d", "e", "t", 1)
+        await read_all(store, Scope("r"))  # a pooled connection too
+        rows = await sql(pg_url, "SELECT DISTINCT application_name AS name FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert [r["name"] for r in rows] == ["billing-perhap"]
+    async with open_store(pg_url):
+        rows = await sql(pg_url, "SELECT DISTINCT application_name AS name FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert [r["name"] for r in rows] == ["perhap"]  # none given: perhap's own
+
+
 async def test_key_order_is_code_point_order(pg_url: str) -> None:
     names = ["b", "B", "a", "é", "z", "Z", "_x", "10", "9", "ä", "😀", "ａ"]
     async with open_store(pg_url) as store:

@@ -48,6 +48,9 @@ class Options:
     pool_size: int = POOL_SIZE
     poll_interval: float = POLL_INTERVAL
     timeout: float = TIMEOUT
+    #: Sent at connect: perhap's name in pg_stat_activity, unless the URL gives its own (asyncpg
+    #: lets server_settings win over the DSN's application_name, which was then lost).
+    named: bool = True
 
     @classmethod
     def from_url(cls, url: str) -> Options:
@@ -74,18 +77,22 @@ class Options:
         scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
         dsn = urlunsplit(parts._replace(scheme=scheme, query=urlencode(theirs)))
         return cls(dsn, int(ours.get("pool_size", POOL_SIZE)), ours.get("poll_interval", POLL_INTERVAL),
-                   ours.get("timeout", TIMEOUT))
+                   ours.get("timeout", TIMEOUT), named=all(key != "application_name" for key, _ in theirs))
+
+    @property
+    def server_settings(self) -> dict[str, str] | None:
+        return {"application_name": "perhap"} if self.named else None
 
     async def connect(self) -> Connection:
         """One connection of our own (the writer's, the listener's)."""
         return await asyncpg.connect(self.dsn, timeout=self.timeout, command_timeout=self.timeout,
-                                     server_settings={"application_name": "perhap"})
+                                     server_settings=self.server_settings)
 
     async def create_pool(self) -> Pool:
         """The read pool: connections set up by :func:`init_reader`, kept without a reset."""
         return await asyncpg.create_pool(
             self.dsn, timeout=self.timeout, command_timeout=self.timeout,
-            server_settings={"application_name": "perhap"}, min_size=1, max_size=self.pool_size,
+            server_settings=self.server_settings, min_size=1, max_size=self.pool_size,
             init=init_reader, reset=_no_reset)
 
 

@@ -120,9 +120,13 @@ async def migrate(conn: AnyConnection) -> None:
     version = await schema_version(conn)
     if version == SCHEMA_VERSION:
         return
-    # A session lock taken before the transaction (not inside it): the transaction's start
-    # then sees the catalog as another process's migration left it.
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", *SCHEMA_LOCK, timeout=MIGRATION_TIMEOUT)
+    # A session lock taken before the migration's transaction (not inside it): that transaction's
+    # start then sees the catalog as another process's migration left it. Its wait is a
+    # transaction of its own, without a server or role default's statement_timeout or
+    # lock_timeout: a process that starts while another migrates waits for it, not fails.
+    async with conn.transaction():
+        await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", *SCHEMA_LOCK, timeout=MIGRATION_TIMEOUT)
     try:
         async with conn.transaction():
             # Nor may a server or role default cut a long step short.
