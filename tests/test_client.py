@@ -822,8 +822,9 @@ def test_an_append_answered_with_no_result_object_is_a_client_error() -> None:
 
 
 def test_a_subscription_that_cannot_connect_fails_in_the_same_words_from_both_clients() -> None:
-    """The stream's final error (and on_retry's) carried the transport's own text: "[Errno 111]
-    Connection refused" from one client, "All connection attempts failed" from the other."""
+    """The stream's final error carried the transport's own text: "[Errno 111] Connection
+    refused" from one client, "All connection attempts failed" from the other. (on_retry still
+    gets the transport's exception: callers tell a timeout by its class.)"""
     url = f"http://127.0.0.1:{free_port()}"
     errors: list[Exception] = []
     with Client(url, timeout=5) as c, pytest.raises(ConnectionFailed) as sync_failure:
@@ -837,7 +838,7 @@ def test_a_subscription_that_cannot_connect_fails_in_the_same_words_from_both_cl
         asyncio.run(follow())
     expected = f"the stream of /a failed 2 times: cannot reach {url}: Connection refused"
     assert str(sync_failure.value) == str(async_failure.value) == expected
-    assert [str(e) for e in errors] == [f"cannot reach {url}: Connection refused"] * 2
+    assert len(errors) == 2 and all(isinstance(e, httpx.ConnectError) for e in errors)
 
 
 def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_once_backs_off() -> None:

@@ -103,16 +103,17 @@ class StreamState:
         return events
 
     def retry_delay(self, error: Exception) -> float:
-        """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row. A
-        transport's failure is first put in the client's own words ("cannot reach ...", "no
-        answer from ..."), the same from both clients, for ``on_retry`` and the final error."""
-        if isinstance(error, httpx.TransportError):
-            error = unreachable(_request_of(error) or self.request(), error)
+        """Seconds to wait before reconnecting; raises once ``max_retries`` failures in a row, a
+        transport's failure put in the client's own words ("cannot reach ...", "no answer from
+        ..."), the same from both clients. (``on_retry`` gets the failure as it came: its callers
+        tell a timeout from a refusal by the transport's own classes.)"""
         if self.opened_at is not None and time.monotonic() - self.opened_at >= STEADY_STREAM:
             self.failures = 0
         self.opened_at = None
         self.failures += 1
         if self.max_retries is not None and self.failures > self.max_retries:
+            if isinstance(error, httpx.TransportError):
+                error = unreachable(_request_of(error) or self.request(), error)
             if isinstance(error, PerhapClientError) and not isinstance(error, ConnectionFailed):
                 raise error
             raise ConnectionFailed(f"the stream of {self.path} failed {self.failures} times: {error}",
