@@ -175,10 +175,15 @@ class _Silence:
 
     def _look(self) -> None:
         writing, now = self.writing, self.loop.time()
-        if now >= writing.last + self.late and writing.since is None:
+        if writing.since is not None:  # a write waits on its client (the write timeout's to watch)
+            self.timer = self.loop.call_at(now + self.late, self._look)
+            return
+        if now >= writing.last + self.late:
             self.sending = asyncio.ensure_future(writing.send(KEEP_ALIVE))
             self.sending.add_done_callback(_seen)
-        self.timer = self.loop.call_at(max(writing.last + self.late, now + 0.05), self._look)
+            self.timer = self.loop.call_at(now + self.late, self._look)
+            return
+        self.timer = self.loop.call_at(writing.last + self.late, self._look)
 
     def close(self) -> None:
         self.timer.cancel()
