@@ -171,7 +171,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             connection closes; the unreadable one, never started, gets no other answer. (Written
             now, its refusal would have come before them, and closing would have lost them: a 201
             whose client read a 400.)"""
-            if not any(not c.response_complete and c is not broken for c in self._cycles):
+            if not self._owes(besides=broken):
                 return False
             if broken is not None:  # queued behind them: it never runs
                 broken.disconnected = True
@@ -181,9 +181,12 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self.transport.pause_reading()  # nothing after the unreadable request is read
             return True
 
+        def _owes(self, besides: Any) -> bool:
+            """Whether an answer is still owed on this connection, to a request other than ``besides``."""
+            return any(not c.response_complete and c is not besides for c in self._cycles)
+
         def on_response_complete(self) -> None:
-            if self._refusal is not None and not any(
-                    not c.response_complete and c is not self._refused for c in self._cycles):
+            if self._refusal is not None and not self._owes(besides=self._refused):
                 # The last answer owed before an unreadable request is out: its refusal follows.
                 self.server_state.total_requests += 1
                 if not self.transport.is_closing():

@@ -87,7 +87,8 @@ class GroupState:
     settings: GroupSettings
     created: float
     scanned: int  # every event of the scope up to this position is accounted for
-    floor: int  # where the group started: scanned when it was made
+    floor: int  # where the group started (scanned when it was made): kept in the stored state for the
+    #             release before, which reads it; the checkpoint no longer does (it reads the scope)
     leases: dict[int, Lease] = field(default_factory=dict)
     pending: dict[int, Waiting] = field(default_factory=dict)
     parked: dict[int, Parked] = field(default_factory=dict)

@@ -29,7 +29,7 @@ from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event
 from ..store.base import Store
 from ..store.query import ReadQuery
-from ..store.subscription import OUTAGE_PAUSES, Followed, Subscription
+from ..store.subscription import Followed, OutagePause, Subscription
 from .types import Receive, Send
 from .types import Scope as ASGIScope
 
@@ -304,7 +304,7 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
     full = sub.query.limit
     if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
         sub.query = replace(sub.query, limit=FIRST_BATCH)
-    pause = OUTAGE_PAUSES[0]
+    pause = OutagePause()
     while True:
         try:
             sub.query, body, read_at = await _next_body(streams, sub, full)
@@ -315,13 +315,12 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
             # its cursor where it was, keeping its client with comments and reading again after a
             # pause. Ended, every client would reconnect into 503s, and a browser's EventSource
             # gives up for good on the first one.
-            if pause == OUTAGE_PAUSES[0]:
+            if pause.first:
                 log.info("stream of %s waits for the storage: %s", sub.scope, exc.detail)
             await writing.send(KEEP_ALIVE)
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, OUTAGE_PAUSES[1])
+            await pause.wait()
             continue
-        pause = OUTAGE_PAUSES[0]
+        pause.reset()
         # A revoked token's stream ends before it carries another event: the token file is looked
         # at after the read that found the body's events (so after their commits), once for all
         # the streams that share that read.

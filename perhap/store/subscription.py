@@ -27,9 +27,33 @@ class Followed(Protocol):
 
     async def _wait_for_change(self, token: int, timeout: float) -> None: ...
 
+
 #: Seconds an open subscription (in process, or a live stream over HTTP) waits before reading again
 #: while the storage does not answer: the first pause, doubled at each failed read up to the second.
 OUTAGE_PAUSES = (0.25, 5.0)
+
+
+class OutagePause:
+    """The pauses of a subscription that reads on through a storage outage: the first of
+    OUTAGE_PAUSES after a read that failed, doubling up to the second; a read that answers starts
+    them again (see :func:`follow`, and a live stream's pump in :mod:`perhap.http.streaming`)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next = OUTAGE_PAUSES[0]
+
+    @property
+    def first(self) -> bool:
+        """Whether the next pause is the outage's first."""
+        return self.next == OUTAGE_PAUSES[0]
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next)
+        self.next = min(2 * self.next, OUTAGE_PAUSES[1])
+
+    def reset(self) -> None:
+        self.next = OUTAGE_PAUSES[0]
 
 
 class Subscription:
@@ -67,16 +91,15 @@ async def follow(sub: Subscription) -> AsyncGenerator[Event, None]:
     """Every event ``sub`` fetches, for ever. A storage that does not answer for a while (a
     database restarting) does not end it: its cursor stays, and it reads again after a pause; only
     a closed store ends it (StoreClosed)."""
-    pause = OUTAGE_PAUSES[0]
+    pause = OutagePause()
     while True:
         try:
             events = await sub.fetch()
         except StoreClosed:
             raise
         except StorageUnavailable:
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, OUTAGE_PAUSES[1])
+            await pause.wait()
             continue
-        pause = OUTAGE_PAUSES[0]
+        pause.reset()
         for event in events:
             yield event

@@ -185,8 +185,7 @@ export async function getEvent(realm, domain, id, signal) {
 export async function findEvent(realm, id, signal) {
   const before = await read([realm], { following: id, newest: true, limit: 1, signal });
   const found = (await read([realm], { following: before.events[0]?.event_id, limit: 1, signal })).events[0];
-  const same = (a, b) => a.toLowerCase().replace(/[{}-]/g, '') === b.toLowerCase().replace(/[{}-]/g, ''); // UUID spellings
-  if (!found || !same(found.event_id, id)) throw new Problem(404, { title: 'Not found', detail: `no event ${id} in ${realm}` });
+  if (!found || found.event_id !== canonicalId(id)) throw new Problem(404, { title: 'Not found', detail: `no event ${id} in ${realm}` });
   return getEvent(realm, found.domain, found.event_id, signal);
 }
 
@@ -224,3 +223,7 @@ export function canonicalId(id) {
   if (!/^[0-9a-f]{32}$/.test(hex)) return id;
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
+
+// A refusal that asking again will not change (not: no answer at all, too many requests, the server
+// or the store unavailable): a tail that meets one stops and says why instead of retrying.
+export const refusedForGood = (status) => !(status === 0 || status === 429 || status >= 500);

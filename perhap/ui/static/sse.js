@@ -5,7 +5,7 @@
 // server resumes right after it. EventSource cannot send an Authorization header, so with a token
 // the stream is read with fetch() and parsed here, and the reconnect with Last-Event-ID is ours.
 
-import { authHeaders, needToken, parseJSON, path, request, token, url } from './api.js';
+import { authHeaders, needToken, parseJSON, path, refusedForGood, request, token, url } from './api.js';
 
 const MAX_DELAY = 30_000;
 
@@ -82,10 +82,10 @@ async function refusal(streamUrl) {
   }
 }
 
-// A refusal that asking again will not change: the event to resume after is not in the store (a
-// store replaced under the page: 404), the scope or the token refused (400, 403). The stream
-// stops and says why, rather than retrying for ever. (401 asks for a token; 429 and 5xx pass.)
-const stopsTheStream = (status) => status === 400 || status === 403 || status === 404;
+// A refusal that asking again will not change (the event to resume after is not in the store the
+// server came back with: 404; the scope or the token refused: 400, 403) stops the stream, which says
+// why; a 401 asks for a token instead.
+const stopsTheStream = (status) => status >= 400 && status !== 401 && refusedForGood(status);
 
 // An error answer in words: its problem's title (a 429's "Too many open streams") and status.
 async function problemText(res) {

@@ -2,7 +2,7 @@
 // and the rate chart. It starts after the scope's newest event (one read, see head.js), so it
 // shows what happens from now on rather than replaying history.
 
-import { explain } from './api.js';
+import { explain, refusedForGood } from './api.js';
 import { h, number, preview, time } from './dom.js';
 import { eventHref, typesOf } from './route.js';
 import { follow } from './sse.js';
@@ -111,13 +111,10 @@ export function renderTail(section, route, head, signal) {
   }, (e) => {
     if (e.name === 'AbortError' || signal.aborted) return;
     note.textContent = explain(e);
-    if (!passes(e)) { setState('stopped'); return; }
+    if (refusedForGood(e.status)) { setState('stopped'); return; }
     setState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
     retry = setTimeout(start, delay);
     delay = Math.min(delay * 2, MAX_DELAY);
   });
   start();
 }
-
-// No answer (0), too many requests, or the server or the store unavailable: worth asking again.
-const passes = (e) => e.status === 0 || e.status === 429 || e.status >= 500;
