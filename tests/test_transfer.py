@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -793,3 +794,14 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
 async def _one_event(url: str) -> None:
     async with open_store(url) as store:
         await store.append("r", "d", "e", "t", 1)
+
+
+def test_a_copy_whose_source_does_not_answer_makes_no_destination(tmp_path: Path) -> None:
+    """A copy from a server that was down created the new SQLite destination, empty, before it
+    failed: the source answers first now, as an import's dump is read before its store is made."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    r = run_cli("copy", "--from", f"http://127.0.0.1:{port}", "--to", f"sqlite:///{tmp_path}/new.db")
+    assert r.returncode != 0 and one_error_line(r)
+    assert list(tmp_path.iterdir()) == []

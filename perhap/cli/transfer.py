@@ -232,8 +232,12 @@ def run_copy(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nothing left to flush at exit)
 
     async def job() -> int:
-        async with open_target(source, from_token) as src, open_target(destination, to_token) as dst:
-            report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)
+        async with open_target(source, from_token) as src:
+            # The source answers before the destination is opened: a server that is down, or a
+            # token it refuses, leaves no empty store behind at a new destination (as import).
+            await src.keys(limit=1)
+            async with open_target(destination, to_token) as dst:
+                report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)
         stats = report.stats
         if not report.complete:
             say(f"stopped after {stats.imported + stats.present:,} events (--limit); "
