@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ..errors import NotFound, NotSupported, StoreClosed
+from ..errors import InvalidInput, NotFound, NotSupported, StoreClosed
 from ..ids import check_event_id
 from ..model import (
     DEFAULT_LIMIT,
@@ -259,6 +259,12 @@ class Store(abc.ABC):
     ) -> KeysPage:
         """Sorted names one level below the given one (realms if none); ``after`` ends at a NUL, which no name holds."""
         limit = check_limit(limit)
+        if realm is not None:
+            Scope(realm, domain, entity)  # each name checked as a read's are: InvalidInput, not a storage error
+        elif domain is not None or entity is not None:
+            raise InvalidInput("the names below a realm need the realm")
+        if after is not None and (not isinstance(after, str) or not _encodes(after)):
+            raise InvalidInput("after must be a string of UTF-8 text")
         self._check_open()
         names = await self._names(realm, domain, entity, (after or "").partition("\x00")[0], limit + 1)
         if len(names) > limit:
@@ -420,3 +426,12 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 def _less(a: Cursor, b: Cursor) -> bool:
     """Cursor order (cursors of one scope are all integers, or all tuples)."""
     return a < b  # type: ignore[operator]
+
+
+def _encodes(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text (no lone surrogate), as every stored name is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

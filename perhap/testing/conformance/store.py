@@ -281,6 +281,16 @@ class StoreContract(BackendContract):
         assert (await store.keys(realm, "a", "y", after="t1\x00")).keys == ["t2"]
         assert realm in (await store.keys(after=realm[:-1] + "\x00")).keys
 
+    async def test_keys_names_are_validated(self, store: Store, realm: str) -> None:
+        # As a read's: one backend answered an empty page, another a storage error (a 503's).
+        for levels in [("nul\x00",), (realm, "a/b"), (realm, "d", "\ud800"), (realm, "d", ""), (5,),
+                       (None, "d"), (realm, None, "e")]:
+            with pytest.raises(InvalidInput):
+                await store.keys(*levels)  # type: ignore[arg-type]
+        for after in (5, "\ud800"):
+            with pytest.raises(InvalidInput):
+                await store.keys(realm, after=after)  # type: ignore[arg-type]
+
     async def test_keys_sort_by_code_point(self, store: Store, realm: str) -> None:
         names = ["b", "B", "a", "é", "Z", "_x", "10", "9", "ü", "日本", "a b"]
         for n in names:
