@@ -135,14 +135,29 @@ def _format(ms: int, first: int, size: int, random_hex: bytes) -> list[str]:
     return [text[i:i + 36] for i in range(0, 36 * size, 36)]
 
 
+#: The id as perhap writes it; and the spellings of a UUID taken besides (any case, no hyphens,
+#: in braces, or as a ``urn:uuid:`` URN). ``uuid.UUID`` alone takes far more: hyphens anywhere,
+#: ``0x``, ``+``, ``_``, spaces and non-ASCII digits, so that a string that is no UUID was stored
+#: under an id its client never sent.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_SPELLING = re.compile(
+    r"(?:urn:uuid:)?([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})"
+    r"|\{([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})\}", re.IGNORECASE | re.ASCII)
+
+
 def check_event_id(value: Any, what: str = "event_id") -> str:
     """Return the canonical (lower-case, hyphenated) form of a UUID string."""
     if not isinstance(value, str) or len(value) > 64:
         raise InvalidInput(f"{what} must be a UUID string")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidInput(f"{what} must be a UUID, got {sent_text(value, 64)!r}") from None
+    if _CANONICAL_ID.fullmatch(value):
+        return value
+    match = _UUID_SPELLING.fullmatch(value)
+    if match is None:
+        raise InvalidInput(f"{what} must be a UUID, got {sent_text(value, 64)!r}")
+    digits = match[1] or match[2]
+    if digits.count("-") not in (0, 4):  # hyphens in every place, or in none
+        raise InvalidInput(f"{what} must be a UUID, got {sent_text(value, 64)!r}")
+    return str(uuid.UUID(digits))
 
 
 #: RFC 3339 takes "t" and "z" as well as "T" and "Z" (section 5.6).

@@ -19,6 +19,13 @@ from .base import BackendContract
 from .helpers import problem
 
 ENTITY = "59535c06-79c4-4499-bfcc-c695aaebf491"
+#: Not UUIDs, though Python's uuid.UUID reads each as one (it drops hyphens, braces and "urn:"
+#: anywhere, and takes 0x, a sign, spaces, "_" and any Unicode digit).
+NOT_UUIDS = [b"0xaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", b"+1111111111111111111111111111111",
+             b" 2222222222222222222222222222222", b"3_3_3_3_3_3_3_3_3_3_3_3_3_3_3_33",
+             b"0190b1a2-0000-7000-8000-urn:0000000000aa", b"{{0190b1a2000070008000000000000abd}}",
+             b"-0190b1a2-0000-7000-8000-000000000abe-", b"0190b1a2-00007000-8000-0000000000aa",
+             "0190b1a20000700080000000000\u0661\u0662\u0663\u0664\u0665".encode()]
 
 
 class HTTPContract(BackendContract):
@@ -75,6 +82,18 @@ class HTTPContract(BackendContract):
         assert r.json()["event_id"] == eid  # canonical lower-case form
         event = (await client.get(f"/{realm}/d/{eid}")).json()
         assert event["event"] is None and event["meta"] == {"corr": "x"} and event["event_id"] == eid
+
+    async def test_a_uuids_other_spellings_are_its_canonical_id(self, client: httpx.AsyncClient,
+                                                               realm: str) -> None:
+        """No hyphens, braces, a urn:uuid: URN, any case: one UUID, stored as perhap writes it."""
+        eid = str(uuid.uuid4())
+        plain = eid.replace("-", "")
+        for spelling in (plain, "{" + eid + "}", f"urn:uuid:{eid}", f"URN:UUID:{plain.upper()}"):
+            r = await client.post(f"/{realm}/d/e/t", json={"event": 1, "event_id": spelling})
+            assert r.status_code in (200, 201) and r.json()["event_id"] == eid, (spelling, r.text)
+            following = await client.get(f"/{realm}/d", params={"following": spelling})
+            assert following.status_code == 200 and following.json()["events"] == []
+        assert len((await client.get(f"/{realm}")).json()["events"]) == 1
 
     async def test_only_an_event_ids_own_spelling_names_the_event(self, client: httpx.AsyncClient,
                                                                   realm: str) -> None:
@@ -228,6 +247,8 @@ class HTTPContract(BackendContract):
         b'{"event": 1, "expected_version": true}', b'{"event": 1, "expected_version": -2}',
         b'{"event": 1, "unknown": 2}', b'{"event": NaN}', b'{"event": Infinity}',
     b'\xff\xfe{"event": 1}', b'{"event": "\xff"}',
+    # Strings Python's uuid.UUID reads as one, but no UUID: they were stored under another id.
+    *[b'{"event": 1, "event_id": "%s"}' % bad for bad in NOT_UUIDS],
     ])
     async def test_bad_bodies_are_400(self, client: httpx.AsyncClient, realm: str, body: bytes) -> None:
         r = await client.post(f"/{realm}/d/e/t", content=body)
@@ -246,6 +267,7 @@ class HTTPContract(BackendContract):
     @pytest.mark.parametrize("query", [
         "limit=0", "limit=10001", "limit=-1", "limit=abc", "limit=1.5", "limit=", "following=nope",
         "following=", "type=keys", "type=", "type=%00",
+        *[f"following={quote(bad.decode())}" for bad in NOT_UUIDS],
     ])
     async def test_bad_query_parameters_are_400(self, client: httpx.AsyncClient, realm: str, query: str) -> None:
         problem(await client.get(f"/{realm}/d?{query}"), 400)
