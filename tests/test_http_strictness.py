@@ -154,6 +154,13 @@ async def test_routes_that_do_not_read_the_query_still_answer_as_before(client: 
     problem(await client.get("/shop/a/b/c/d?x=1&x=2"), 404)  # no route: the 404 wins
     r = await client.delete("/shop?x=1")  # a wrong method: the 405 wins
     assert problem(r, 405) and r.headers["allow"] == "GET, HEAD"
+    # So does a query that is not valid percent-encoded UTF-8 (a link's Latin-1 parameters): it
+    # was a 400 before the route was looked at.
+    assert (await client.get("/_ui/?v=%FF")).status_code == 200
+    problem(await client.get("/shop/a/b/c/d?x=%FF"), 404)
+    r = await client.delete("/shop?x=%E9")
+    assert problem(r, 405) and r.headers["allow"] == "GET, HEAD"
+    assert "percent-encoded" in problem(await client.get("/shop?x=%FF"), 400)["detail"]
 
 
 async def test_streams_take_following_and_type_and_refuse_the_rest(client: httpx.AsyncClient) -> None:

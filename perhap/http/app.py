@@ -35,7 +35,7 @@ from .handlers import HANDLERS
 from .metrics import Metrics
 from .observer import Observer
 from .pagecache import DEFAULT_PAGE_CACHE, PageCache
-from .requests import Context, Handler, Request, authenticate, authorize, parse_query
+from .requests import Context, Handler, Request, authenticate, authorize, route_query
 from .responses import HTTPProblem, send_problem
 from .routes import ANY_METHOD, OPEN_SEGMENTS, ROUTE_KEY, ROUTES, Kind, decode_segment, match, split_path
 from .streaming import StreamRegistry
@@ -156,10 +156,10 @@ class PerhapApp:
             if self.auth is not None and segments and not _open(segments):
                 grant = authenticate(self.auth, scope)
             names = [decode_segment(s) for s in segments]
-            query = parse_query(scope.get("query_string", b""))
             route = match(names)
             scope[ROUTE_KEY] = route
             method: str = scope["method"]
+            query = route_query(route, method, scope.get("query_string", b""))
             handlers = self.handlers[route.index]
             handler = handlers.get(method)
             if route.realm:

@@ -20,7 +20,7 @@ from ..store.base import Store
 from .metrics import Metrics
 from .pagecache import PageCache
 from .responses import HTTPProblem
-from .routes import ROUTE_KEY, Kind, Route
+from .routes import ROUTE_KEY, Kind, Operation, Route
 from .streaming import StreamRegistry
 from .types import Receive, Scope, Send
 
@@ -131,11 +131,29 @@ _BODY_KEYS_OF = {Kind.APPEND: frozenset({"event", "event_id", "meta", "expected_
 _APPENDS = (Kind.APPEND, Kind.APPEND_BATCH, Kind.APPEND_MANY)
 
 
+def route_query(route: Route, method: str, raw: bytes) -> Sequence[tuple[str, str]]:
+    """The query's pairs (parse_query); a query that is not valid percent-encoded UTF-8 is refused
+    only where the route's operation reads a query (a 405, a 404 or a static file answers as it
+    would without one)."""
+    try:
+        return parse_query(raw)
+    except InvalidInput:
+        if _operation(route, method) is None:
+            return ()
+        raise
+
+
+def _operation(route: Route, method: str) -> Operation | None:
+    """The route's operation for ``method`` when it reads a query (None: a 405, a 404, a static file)."""
+    op = route.operations.get("GET" if method == "HEAD" and route.head_is_get else method)
+    return None if op is None or op.query is None else op
+
+
 def check_query(route: Route, method: str, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """The query as a dict, once every name is one the route's operation takes, each at most once
     unless the operation lets it repeat."""
     query = dict(pairs)
-    op = route.operations.get("GET" if method == "HEAD" and route.head_is_get else method)
+    op = _operation(route, method)
     if op is None or op.query is None:
         return query  # a 405, a 404 or a static file: that answer wins, whatever the query says
     for name in query:
