@@ -48,7 +48,10 @@ def load_json(raw: bytes) -> Any:
     """Parse JSON exactly: long integers stay integers (orjson would make them floats), up to 4,300 digits."""
     if _CHECKED_PATH.search(raw):
         try:
-            return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_exact_int)
+            # Decoded here as orjson decodes: json.loads(bytes) would take a UTF-8 BOM (and UTF-16
+            # or UTF-32), so whether a body was refused would hang on a number inside it.
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+                              parse_int=_exact_int)
         except (ValueError, RecursionError) as exc:
             raise orjson.JSONDecodeError(str(exc), "", 0) from None
     return orjson.loads(raw)

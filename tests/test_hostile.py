@@ -85,7 +85,11 @@ async def test_hostile_json(client: httpx.AsyncClient, realm: str, sentinel: Any
                b'{"event": "\xff\xfe"}', b'{"event": "\xed\xa0\x80"}', b'\xef\xbb\xbf{"event": 1}',
                b'{"event": ' + b"[" * 100 + b"]" * 100 + b"}", b'{"event": ' + b"[" * 5000 + b"]" * 5000 + b"}",
                b'{"event": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}", b'{"event": 1', b"[]", b"null",
-               b'{"event": "\\ud800"}', b'{"event": 1}garbage', b"", b'{"event": 1, "meta": []}']
+               b'{"event": "\\ud800"}', b'{"event": 1}garbage', b"", b'{"event": 1, "meta": []}',
+               # A BOM, whatever the numbers after it (those of the exact parser's path were taken).
+               b'\xef\xbb\xbf{"event": 1234567890123456789}', b'\xef\xbb\xbf{"event": 1e-100}',
+               b'\xef\xbb\xbf{"event": 1, "meta": {"n": 12345678901234567890123}}',
+               b'{"event": "\xed\xa0\x80", "n": 12345678901234567890123}']
     for body in refused:
         r = no_5xx(await client.post(url, content=body, headers={"content-type": "application/json"}))
         assert 400 <= r.status_code < 500, (body[:40], r.status_code)
