@@ -161,7 +161,9 @@ def check_event_id(value: Any, what: str = "event_id") -> str:
 
 
 #: RFC 3339 takes "t" and "z" as well as "T" and "Z" (section 5.6).
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:[Zz]|[+-]\d\d:\d\d)")
+#: An offset's hour is 00-23 and its minute 00-59 (Python's datetime alone took "+00:60").
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
+                      re.ASCII)
 
 
 def check_timestamp(value: Any) -> str:
