@@ -103,6 +103,12 @@ class StoreClosed(StorageUnavailable):
     """The store was closed: unlike a storage that does not answer for now, it never will again."""
 
 
+def store_closed() -> StoreClosed:
+    """What every call on a closed store raises, whichever backend and part of it (a new instance
+    each time: a raised exception carries its own traceback)."""
+    return StoreClosed("the store is closed")
+
+
 # --------------------------------------------------------------------------- quoting what was sent
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ..errors import InvalidInput, NotFound, NotSupported, StoreClosed
+from ..errors import InvalidInput, NotFound, NotSupported, store_closed
 from ..ids import check_event_id
 from ..model import (
     DEFAULT_LIMIT,
@@ -335,7 +335,7 @@ class Store(abc.ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosed("the store is closed")
+            raise store_closed()
 
     async def __aenter__(self) -> Store:
         return self

@@ -25,7 +25,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionP
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, dict_factory, tuple_factory
 
-from ...errors import InvalidInput, StorageUnavailable, StoreClosed
+from ...errors import InvalidInput, StorageUnavailable, store_closed
 from ...store.job import settle_future
 from .url import CassandraOptions
 
@@ -110,7 +110,7 @@ class Driver:
         """Run one statement on the driver's I/O thread; every page is collected (queries carry LIMITs)."""
         if self.closed:
             # Subscriptions read without the template's check: a shut-down session must answer 503.
-            raise StoreClosed("the store is closed")
+            raise store_closed()
         loop = self.loop
         assert loop is not None, "open the store first"
         future: asyncio.Future[list[Row]] = loop.create_future()

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ...errors import StoreClosed
+from ...errors import store_closed
 from ...model import MAX_POSITION, Event
 from ...slotted import fast_constructor
 from ...store.query import ReadQuery
@@ -126,7 +126,7 @@ class Reader:
         """Fail the reads still waiting for their turn."""
         for slot in self.reads.values():
             if slot.waiting is not None and not slot.waiting.done():
-                slot.waiting.set_exception(StoreClosed("the store is closed"))
+                slot.waiting.set_exception(store_closed())
 
     def scan(self, query: ReadQuery) -> tuple[IndexScan, int | None, int | None]:
         """The index walk of a realm or domain query, and its exclusive position bounds."""

@@ -54,7 +54,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import StorageUnavailable
+from ...errors import StorageUnavailable, store_closed
 from ...store.states import StateRecord, StateTable, check_size, new_token
 from .driver import Driver, Statement, gather
 from .records import Namespace
@@ -149,7 +149,7 @@ class CassandraStates(StateTable):
                    token: str | None = None, gone: str | None = None) -> bool:
         """One Paxos round; whether it was applied (decided as the module's docstring says)."""
         if self.db.closed:
-            raise StorageUnavailable("the store is closed")
+            raise store_closed()
         async with self._lock(key):
             try:
                 rows = await self.db.run(stmt, args, lwt=True)

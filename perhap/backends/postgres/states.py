@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ...errors import StorageUnavailable
+from ...errors import StorageUnavailable, store_closed
 from ...store.states import StateRecord, StateTable, Watcher, check_size, new_token
 from .connection import DB_ERRORS, LOST, AnyConnection, Pool
 from .schema import STATES_CHANNEL
@@ -106,7 +106,7 @@ class PostgresStates(StateTable):
         for attempt in range(2):
             pool = self._pool()
             if pool is None:
-                raise StorageUnavailable("the store is closed")
+                raise store_closed()
             committing = False
             try:
                 async with pool.acquire(timeout=self._timeout) as conn:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ...errors import PerhapError, StorageUnavailable, StoreClosed
+from ...errors import PerhapError, StorageUnavailable, store_closed
 from ...model import Event
 from ...store.base import Statistic, Store
 from ...store.groupcommit import STOP
@@ -178,7 +178,7 @@ class PostgresStore(Store):
     def _submit(self, job: WriteJob) -> None:
         task = self._writer_task
         if task is None or task.done():  # never opened, or the writer stopped
-            job.settle(StorageUnavailable("the store is closed"))
+            job.settle(store_closed())
             return
         if job.loop is None:  # a caller on a plain thread (append_blocking)
             self._submit_from_thread(job)
@@ -215,12 +215,12 @@ class PostgresStore(Store):
         try:
             loop.call_soon_threadsafe(self._put_from_thread, job)
         except RuntimeError:  # the loop is closed
-            job.settle(StorageUnavailable("the store is closed"))
+            job.settle(store_closed())
 
     def _put_from_thread(self, job: WriteJob) -> None:
         task = self._writer_task
         if self._closed or task is None or task.done():  # after close() queued STOP, nothing is taken
-            job.settle(StorageUnavailable("the store is closed"))
+            job.settle(store_closed())
             return
         self._put(job)
 
@@ -271,7 +271,7 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         pool = self._pool_here()
         if pool is None:  # closed (a subscription outliving its store) or never opened
-            raise StoreClosed("the store is closed")
+            raise store_closed()
         for attempt in range(2):
             try:
                 conn = await pool.acquire(timeout=self.timeout)

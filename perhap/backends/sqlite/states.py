@@ -27,7 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from ...errors import StorageUnavailable
+from ...errors import StorageUnavailable, store_closed
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import settle_future
 from ...store.states import StateRecord, StateTable, check_size
@@ -123,7 +123,7 @@ class SQLiteStates(StateTable):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StorageUnavailable("the store is closed")
+            raise store_closed()
 
     async def close(self) -> None:
         """Finish the writes already queued, then stop the thread (from any event loop)."""
@@ -136,7 +136,7 @@ class SQLiteStates(StateTable):
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
-        error: BaseException = StorageUnavailable("the store is closed")
+        error: BaseException = store_closed()
         try:
             conn = connect(self.path, synchronous=self.synchronous)
             stop = False
