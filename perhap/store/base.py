@@ -288,7 +288,8 @@ class Store(abc.ABC):
     async def _read(self, query: ReadQuery) -> list[Event]:
         """Up to ``query.limit`` events of ``query.scope`` within every bound of the query, of its
         types, in its order. Realm and domain reads show only events no earlier event can still
-        join (gap-safe), in either order."""
+        join (gap-safe), in either order. Each event's ``cursor`` is its place in that order: its
+        version in an entity scope, else the backend's commit-order key (see ``Cursor``)."""
 
     @abc.abstractmethod
     async def _find_event(self, event_id: str) -> Event | None:
