@@ -5,6 +5,7 @@ close a connection at once; every refusal a problem+json answer, as the app's ow
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import sys
@@ -14,6 +15,8 @@ from .http.observer import LISTENER_BYTES, LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
 from .http.streaming import ABORT_EXTENSION, TIMED_HERE
 from .limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER, DEFAULT_WRITE_TIMEOUT
+
+log = logging.getLogger("perhap.listener")
 
 
 class _HeadersTooLarge(Exception):
@@ -60,6 +63,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                                  {} if max_body is None else {"max_body": max_body})
     overflow = _problem_response(b"413 Content Too Large", overflow_body)
     short_body = body_timeout < header_timeout
+
 
     class LimitedHttpTools(HttpToolsProtocol):
         _header_bytes = 0
@@ -273,7 +277,17 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             if short_body and self._deadline is not None and self._deadline.when() > self._body_deadline:
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
             previous = self.cycle
-            super().on_headers_complete()
+            limit = self.limit_concurrency
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                # As uvicorn would refuse it, with over_the_limit for its app (picked in there).
+                log.warning("refused a request: %d connections and requests at once", limit - 1)
+                app, self.app, self.limit_concurrency = self.app, _over_the_limit(limit - 1), None
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.app, self.limit_concurrency = app, limit
+            else:
+                super().on_headers_complete()
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
             self._extensions = {ABORT_EXTENSION: {"abort": self._drop}}
             self.scope["extensions"] = self._extensions
@@ -317,6 +331,23 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self.transport.close()
 
     return LimitedHttpTools
+
+
+def _over_the_limit(served: int) -> Any:
+    """The ASGI app that answers in place of uvicorn's plain-text 503 of --max-connections (its
+    limit is one above ``served``: see server._config): a problem like every other refusal."""
+    body = problem_body(503, "too-many-connections", STATUS_TITLES[503],
+                        f"the server is serving its limit of {served} connections and requests at once; "
+                        "try again shortly", {"max_connections": served})
+    start = {"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]}
+
+    async def over_the_limit(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+    return over_the_limit
 
 
 def _problem_response(status: bytes, body: bytes) -> bytes:

@@ -548,8 +548,17 @@ def test_max_connections_serves_n_connections_and_refuses_the_one_beyond(tmp_pat
                 conn = socket.create_connection((host, int(port)), timeout=10)
                 held.append(conn)  # kept open: each counts while it lives
                 conn.sendall(request)
-                status = conn.recv(4096).split(b"\r\n", 1)[0]
+                answer = conn.recv(4096)
+                status = answer.split(b"\r\n", 1)[0]
                 assert status.startswith(b"HTTP/1.1 503" if n == 3 else b"HTTP/1.1 200"), (n, status)
+            # A problem like every limit's (it was uvicorn's plain "Service Unavailable"), and the
+            # connection closed after it.
+            while chunk := held[-1].recv(4096):
+                answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b"content-type: application/problem+json" in head.lower() and b"retry-after: 1" in head.lower()
+            problem = json.loads(body)
+            assert problem["type"].endswith("too-many-connections") and problem["max_connections"] == 3
         finally:
             for conn in held:
                 conn.close()
