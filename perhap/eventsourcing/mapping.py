@@ -101,6 +101,13 @@ def is_tracking_entity(entity: str) -> bool:
     return entity.startswith(_TRACKING_PREFIX)
 
 
+def is_notification(event: Event) -> bool:
+    """Whether an event of the application's domain is one of its notifications (see notifications)."""
+    if is_tracking_entity(event.entity):
+        return False
+    return isinstance(load_json(event.meta_json).get("originator_version"), int)
+
+
 def type_of(topic: str) -> str:
     if _is_plain_name(topic):
         return topic
@@ -178,14 +185,18 @@ class Recorded:
     state_form: str | None  # meta.state: None (perhap's JSON), "python-json" or "base64"
 
 
+class NotRecorded(DataError):
+    """An event of the application's domain that perhap.eventsourcing did not write (appended
+    some other way, through the UI or the API): no aggregate's event, and no notification."""
+
+
 def recorded(event: Event) -> Recorded:
-    """The eventsourcing fields of a stored perhap event; DataError if it holds none (an event
-    appended some other way, through the UI or the API, to the application's domain)."""
+    """The eventsourcing fields of a stored perhap event; NotRecorded if it holds none."""
     meta: dict[str, Any] = load_json(event.meta_json)
     version = meta.get("originator_version")
     if not isinstance(version, int):
-        raise DataError(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
-                        "written by perhap.eventsourcing (no originator_version in its meta)")
+        raise NotRecorded(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
+                          "written by perhap.eventsourcing (no originator_version in its meta)")
     topic = meta.get("topic", event.type)
     form = meta.get("state")
     if form not in (None, BASE64, AS_PYTHON_WRITES):
@@ -226,12 +237,17 @@ def to_notification(event: Event) -> Notification:
 
 def notifications(events: Iterable[Event], topics: Collection[str]) -> list[Notification]:
     """The notifications among events of an application's domain: tracking records are left out,
-    and when ``topics`` are given, events of other topics (types may be shared by escaped topics)."""
+    and so are events appended there some other way (one posted through the UI made every later
+    read of the log fail, so a follower stopped there for good); when ``topics`` are given, events
+    of other topics too (types may be shared by escaped topics)."""
     found = []
     for event in events:
         if is_tracking_entity(event.entity):
             continue
-        notification = to_notification(event)
+        try:
+            notification = to_notification(event)
+        except NotRecorded:
+            continue
         if topics and notification.topic not in topics:
             continue
         found.append(notification)

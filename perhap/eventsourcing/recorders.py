@@ -323,7 +323,7 @@ class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):
         while True:  # the head, past any tracking records after it (pages growing: a few reads)
             page = self.transport.read(self.scope, want, order="desc", **bounds)
             for event in page:
-                if not mapping.is_tracking_entity(event.entity):
+                if mapping.is_notification(event):
                     return event.position
             if len(page) < want:
                 return None
