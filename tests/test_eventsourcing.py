@@ -410,11 +410,18 @@ def test_a_forked_child_opens_its_own_store(tmp_path: Path) -> None:
     test those threads' locks, not perhap."""
     code = f"""
 import multiprocessing, sys, uuid
+from eventsourcing.persistence import InterfaceError
 from eventsourcing.utils import Environment
 from perhap.eventsourcing import Factory
 from tests.es_helpers import MODULE, stored
 
-def child(url, refused_url):
+def child(url, refused_url, inherited):
+    try:  # a recorder made before the fork: refused at once (it waited for ever on the parent's loop)
+        inherited.max_notification_id()
+    except InterfaceError as exc:
+        assert "fork" in str(exc), exc
+    else:
+        raise AssertionError("the parent's recorder answered in the child")
     factory = Factory(Environment("TestApp", {{**MODULE, "PERHAP_URL": url}}))
     recorder = factory.application_recorder()
     recorder.insert_events([stored(uuid.uuid4(), 1)])
@@ -429,8 +436,10 @@ def child(url, refused_url):
 
 parent_url = "sqlite:///{tmp_path}/parent.db"
 parent = Factory(Environment("TestApp", {{**MODULE, "PERHAP_URL": parent_url}}))
-parent.application_recorder().insert_events([stored(uuid.uuid4(), 1)])
-proc = multiprocessing.get_context("fork").Process(target=child, args=("sqlite:///{tmp_path}/child.db", parent_url))
+recorder = parent.application_recorder()
+recorder.insert_events([stored(uuid.uuid4(), 1)])
+proc = multiprocessing.get_context("fork").Process(target=child, args=("sqlite:///{tmp_path}/child.db", parent_url,
+                                                                       recorder))
 proc.start()
 proc.join(60)
 if proc.is_alive():

@@ -183,6 +183,7 @@ class InProcess(Transport):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
+        self._pid = os.getpid()  # a forked child has neither its loop thread nor its store: see _check
         with _lock:
             self._runner = _loop()
             store, users = _stores.get(url, (None, 0))
@@ -198,8 +199,14 @@ class InProcess(Transport):
         self.name = store.backend_name
         self.supports_multi_entity = store.supports_multi_entity
 
+    def _check(self) -> None:
+        super()._check()
+        if os.getpid() != self._pid:
+            raise InterfaceError("this factory was made before the process forked: its store and event loop are "
+                                 "the parent's; make the application again in the child")
+
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
+        if self._closed or os.getpid() != self._pid:
             call.close()  # never awaited: close it, so Python does not warn
         self._check()
         with translated():
