@@ -115,7 +115,11 @@ async def test_metrics_can_be_off(store: Store) -> None:
     app = PerhapApp(store, metrics=False)
     assert app.stack == app.dispatch  # nothing wraps the request path then
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        assert (await c.get("/_metrics")).status_code == 404
+        r = await c.get("/_metrics")
+        # Nothing names it then: neither the 404's list of system endpoints nor the document.
+        assert r.status_code == 404 and "/_metrics" not in r.json()["detail"]
+        assert "/_metrics" not in (await c.get("/_openapi.json")).json()["paths"]
+        assert "/_health" in (await c.get("/_openapi.json")).json()["paths"]
 
 
 async def test_access_log_alone_wraps_with_the_observer(store: Store) -> None:

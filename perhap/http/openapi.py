@@ -321,9 +321,10 @@ def _paths() -> dict[str, Any]:
 
 
 @cache
-def openapi_document(max_batch: int = MAX_BATCH) -> dict[str, Any]:
+def openapi_document(max_batch: int = MAX_BATCH, metrics: bool = True) -> dict[str, Any]:
     """The document; ``max_batch`` is the server's own cap on a batch's events (``--max-batch``),
-    which a schema-driven client must see (beyond MAX_BATCH a batch is refused whatever it is)."""
+    which a schema-driven client must see (beyond MAX_BATCH a batch is refused whatever it is);
+    without ``metrics`` (``PerhapApp(metrics=False)``) there is no ``/_metrics`` to list."""
     batch_items = min(max_batch, MAX_BATCH)
     position = {"type": "integer", "minimum": 1, "maximum": MAX_POSITION,
                 "description": "The event's place in its realm: unique, increasing in the realm's order."}
@@ -398,6 +399,8 @@ def openapi_document(max_batch: int = MAX_BATCH) -> dict[str, Any]:
         **_group_schemas(position, event_object),
     }
     paths = _paths()
+    if not metrics:
+        paths = {path: item for path, item in paths.items() if path != "/_metrics"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "perhap", "version": "0.1.0",

@@ -15,6 +15,7 @@ from ..types import Send
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys", "ui": "/_ui",
           "groups": "/_groups/{realm}"}
 _SYSTEM = "/_health, /_openapi.json, /_metrics, /_ui and /_groups/REALM"
+_SYSTEM_WITHOUT_METRICS = "/_health, /_openapi.json, /_ui and /_groups/REALM"
 _LEVELS = ("realm", "domain", "entity", "type")
 _APPEND_HINT = ('to append, POST one event to /REALM/DOMAIN/ENTITY/TYPE as {"event": ...}, '
                 'a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}, '
@@ -33,7 +34,7 @@ async def health(ctx: Context, req: Request, send: Send) -> None:
 
 
 async def document(ctx: Context, req: Request, send: Send) -> None:
-    await send_json(send, 200, openapi_document(ctx.max_batch))
+    await send_json(send, 200, openapi_document(ctx.max_batch, ctx.metrics is not None))
 
 
 async def metrics(ctx: Context, req: Request, send: Send) -> None:
@@ -63,7 +64,8 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     """Nothing answers here: 404, after the checks a real route makes (bad names are 400, as ever)."""
     names = req.names
     if len(names) == 1 and names[0].startswith("_"):
-        raise HTTPProblem(404, f"no such system endpoint: there are {_SYSTEM} (a realm's name cannot begin "
+        there_are = _SYSTEM if ctx.metrics is not None else _SYSTEM_WITHOUT_METRICS
+        raise HTTPProblem(404, f"no such system endpoint: there are {there_are} (a realm's name cannot begin "
                                "with '_')")
     if names[0] == GROUPS:
         if len(names) > 1:  # another realm's token is a 403 here too, as on every route of a realm
