@@ -592,9 +592,19 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def render_reference() -> str:
-    """The reference section of docs/cli.md: every command's --help."""
-    return render_help(lambda parser: [("perhap --help", parser.format_help())] + [
-        (f"perhap {name} --help", subcommands(parser)[name].format_help()) for name in COMMANDS])
+    """The reference section of docs/cli.md: every command's --help, and each token action's
+    (the group commands have a section of their own: see tests.test_groups_cli)."""
+    def sections(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+        found = [("perhap --help", parser.format_help())]
+        for name in COMMANDS:
+            command = subcommands(parser)[name]
+            found.append((f"perhap {name} --help", command.format_help()))
+            if name == "token":
+                found += [(f"perhap token {action} --help", sub.format_help())
+                          for action, sub in subcommands(command).items()]
+        return found
+
+    return render_help(sections)
 
 
 def test_docs_match_the_help_output() -> None:

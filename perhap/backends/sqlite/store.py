@@ -87,8 +87,8 @@ class SQLiteStore(Store):
         if self.synchronous == "OFF":  # as PostgreSQL's fsync = off is warned about at open
             logging.getLogger("perhap.sqlite").warning(
                 "the SQLite store runs with synchronous=off: an acknowledged append (201) is lost if the "
-                "process crashes before the OS writes it out, or the machine loses power; drop "
-                "?synchronous=off for data that matters")
+                "machine crashes or loses power before the OS writes it out (a crash of this process alone "
+                "loses nothing); drop ?synchronous=off for data that matters")
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer: Writer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
