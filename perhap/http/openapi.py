@@ -320,6 +320,12 @@ def _paths() -> dict[str, Any]:
     return paths
 
 
+#: The limits a problem names, as the field that carries the limit (with the status that names it).
+_LIMIT_FIELDS = (("max_body", "413"), ("max_batch", "413"), ("max_depth", "400 too-deep"),
+                 ("max_streams", "429"), ("max_streams_per_token", "429"), ("max_header", "431"),
+                 ("max_connections", "503"), ("max_bytes", "a group's state, 507"))
+
+
 @cache
 def openapi_document(max_batch: int = MAX_BATCH, metrics: bool = True) -> dict[str, Any]:
     """The document; ``max_batch`` is the server's own cap on a batch's events (``--max-batch``),
@@ -373,6 +379,12 @@ def openapi_document(max_batch: int = MAX_BATCH, metrics: bool = True) -> dict[s
                                    "expected_version": {"type": "integer"},
                                    "parameter": {"type": "string"},
                                    "backend": {"type": "string"},
+                                   "event_id": {**UUID, "description": "the id a 409 event-id-conflict names"},
+                                   **{limit: {"type": "integer", "description": f"the limit refused ({why})"}
+                                      for limit, why in _LIMIT_FIELDS},
+                                   "body_timeout": {"type": "number", "description": "the limit refused (408)"},
+                                   "settings": {"type": "object",
+                                                "description": "a group's settings (409 group-conflict)"},
                                    "conflicts": {"type": "array", "items": {
                                        "type": "object",
                                        "required": ["entity", "expected_version", "current_version"],
