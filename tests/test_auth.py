@@ -75,6 +75,10 @@ async def test_every_route_and_method_needs_a_token(auth_client: httpx.AsyncClie
                   [("Authorization", f"Bearer {good}")] * 2):
         r = await auth_client.get(f"/{realm}/d/e", headers=twice)
         assert problem(r, 401)["status"] == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert "must be one 'Bearer TOKEN'" in r.json()["detail"]  # not "unknown or revoked"
+    r = await auth_client.get(f"/{realm}/d/e", headers={"Authorization": "Basic dXNlcjpwdw=="})
+    assert "must be one 'Bearer TOKEN'" in problem(r, 401)["detail"]
+    assert "unknown or revoked" in problem(await auth_client.get(f"/{realm}/d/e", headers=bearer(wrong)), 401)["detail"]
     for path in ("/_health", "/_openapi.json", "/_ui/", "/"):
         assert (await auth_client.get(path)).status_code == 200, path
 

@@ -222,8 +222,13 @@ def authenticate(auth: Authenticator, scope: Scope) -> Grant:
     grant = auth.authenticate(scope.get("headers", ()))
     if grant is None:
         # Never echo the token: a client may have pasted a secret in the wrong place.
-        detail = ("the bearer token is not valid (unknown or revoked)" if header(scope, b"authorization")
-                  else "this route needs a bearer token: Authorization: Bearer TOKEN")
+        given = [v for n, v in scope.get("headers", ()) if n == b"authorization"]
+        if not given:
+            detail = "this route needs a bearer token: Authorization: Bearer TOKEN"
+        elif len(given) > 1 or given[0].split(b" ", 1)[0].lower() != b"bearer":
+            detail = "the Authorization header must be one 'Bearer TOKEN' (another scheme, or several, is no token)"
+        else:
+            detail = "the bearer token is not valid (unknown or revoked)"
         raise HTTPProblem(401, detail, "unauthorized", headers=_CHALLENGE)
     return grant
 
