@@ -41,6 +41,8 @@ The design, proved in docs/backends/cassandra.md:
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from ...errors import StorageUnavailable
 from ...model import AppendResult, Event
@@ -58,6 +60,11 @@ from .settle import Settler
 from .states import CassandraStates, StateStatements, prepare_states
 from .url import parse_cassandra_url
 from .writer import Writer
+
+log = logging.getLogger("perhap.cassandra")
+#: Opening a keyspace another process is creating: tries, and the errors that say so.
+_OPEN_ATTEMPTS = 6
+_SCHEMA_SETTLING = ("Unknown CF", "unconfigured table")
 
 HEALTH_TIMEOUT = 5.0  # seconds
 
@@ -82,20 +89,35 @@ class CassandraStore(Store):
 
     async def open(self) -> CassandraStore:
         self.db.loop = asyncio.get_running_loop()
+        connected: list[bool] = []
         try:
-            opened = await asyncio.to_thread(self._connect)
+            opened = await asyncio.to_thread(self._connect, connected)
         except BaseException as exc:  # unreachable, or a cluster or URL it refuses: let the driver go
             await self.db.shutdown()
             if isinstance(exc, DRIVER_ERRORS):
-                raise StorageUnavailable(f"cannot reach Cassandra at {self.options.hosts}: {exc}") from None
+                doing = f"open keyspace {self.options.keyspace} on" if connected else "reach"
+                raise StorageUnavailable(f"cannot {doing} Cassandra at {self.options.hosts}: {exc}") from None
             raise
         self._wire(*opened)
         return self
 
-    def _connect(self) -> tuple[Opened, StateStatements]:
+    def _connect(self, connected: list[bool]) -> tuple[Opened, StateStatements]:
         session = self.db.connect()
-        opened = open_keyspace(session, self.options)
-        return opened, prepare_states(session, self.options.keyspace, self.options.serial_consistency)
+        connected.append(True)
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+            try:
+                opened = open_keyspace(session, self.options)
+                return opened, prepare_states(session, self.options.keyspace, self.options.serial_consistency)
+            except DRIVER_ERRORS as exc:
+                # Another process creating this keyspace at the same moment: a node may answer for
+                # a table whose creation it is still applying ("Unknown CF <id>"); one started
+                # with it in a loop died so (1 in 32). Opening again finds the schema made.
+                if attempt == _OPEN_ATTEMPTS or not any(sign in str(exc) for sign in _SCHEMA_SETTLING):
+                    raise
+                log.info("keyspace %s is being created by another process (%s); opening again", self.options.keyspace,
+                         exc)
+                time.sleep(0.25 * attempt)
+        raise AssertionError("unreachable")
 
     def _wire(self, opened: Opened, states: StateStatements) -> None:
         self.bucket_us = opened.bucket_us
