@@ -81,7 +81,10 @@ def test_url_defaults_and_options() -> None:
                     "bucket_seconds=0", "bucket_seconds=-5", "bucket_seconds=1.5", "replication_factor=0",
                     "replication_factor=-1", "timeout=0", "timeout=-1", "timeout=nan", "poll_ms=0",
                     "poll_ms=-5", "settle_ms=inf", "settle_ms=1e30", "settle_ms=0.0001&clock_skew_ms=0",
-                    "clock_skew_ms=-1", "consistency=ANY", "consistency=SERIAL", "serial_consistency=QUORUM"))):
+                    "clock_skew_ms=-1", "consistency=ANY", "consistency=SERIAL", "serial_consistency=QUORUM",
+                    # Numbers as written, once: int() and float() took these, and the last of two won.
+                    "bucket_seconds=6_0", "replication_factor=%D9%A3", "timeout=%201", "timeout=+5", "poll_ms=1_0_0",
+                    "settle_ms=4e2", "settle_ms=300&settle_ms=400"))):
         with pytest.raises(ValueError):
             parse_cassandra_url(bad)
     # A port the driver would wrap modulo 65536 (105963 is 40427), or no number at all.
@@ -89,6 +92,7 @@ def test_url_defaults_and_options() -> None:
         with pytest.raises(ValueError, match="port .* 1 to 65535"):
             parse_cassandra_url(f"cassandra://h:{port}/ks")
     assert parse_cassandra_url("cassandra://h:65535/ks").port == 65535
+    assert parse_cassandra_url("cassandra://h/ks?timeout=.5&poll_ms=2.5").poll == 0.0025
     # An option without a value is refused by name, not taken as its default.
     with pytest.raises(ValueError, match="without a value: settle_ms"):
         parse_cassandra_url("cassandra://h/ks?settle_ms=")

@@ -451,7 +451,8 @@ def test_the_url_s_own_options_are_checked() -> None:
     assert (o.pool_size, o.poll_interval, o.timeout) == (3, 0.25, 7.0)
     assert o.dsn == "postgresql://u@h:5/db?sslmode=disable"
     for bad in ("pool_size=abc", "pool_size=0", "pool_size=-1", "poll_interval=0", "poll_interval=-1",
-                "poll_interval=nan", "timeout=0", "timeout=inf"):
+                "poll_interval=nan", "timeout=0", "timeout=inf", "pool_size=1_0", "pool_size=%D9%A3",
+                "timeout=%201", "poll_interval=1e0", "timeout=1&timeout=2"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):
             Options.from_url(f"postgresql://u@h/db?{bad}")
 

@@ -7,6 +7,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cassandra import ConsistencyLevel
 
+from ..options import plain_number
+
 OPTIONS = frozenset({"namespace", "replication_factor", "consistency", "serial_consistency", "settle_ms",
                      "clock_skew_ms", "timeout", "bucket_seconds", "local_dc", "poll_ms",
                      "accept_periodic_commitlog"})
@@ -68,7 +70,11 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
     if not keyspace.replace("_", "a").isalnum() or not keyspace.isascii() or len(keyspace) > 48 \
             or keyspace[0].isdigit():
         raise ValueError("a Cassandra URL needs a keyspace: 1-48 letters, digits or '_', e.g. /perhap")
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    given = parse_qs(parts.query, keep_blank_values=True)
+    repeated = sorted(k for k, v in given.items() if len(v) > 1)
+    if repeated:  # which one was meant? (the last one won, without a word)
+        raise ValueError(f"Cassandra URL option(s) given more than once: {', '.join(repeated)}; give each once")
+    query = {k: v[-1] for k, v in given.items()}
     unknown = set(query) - OPTIONS
     if unknown:
         raise ValueError(f"unknown Cassandra URL options: {', '.join(sorted(unknown))}")
@@ -92,10 +98,7 @@ def parse_cassandra_url(url: str) -> CassandraOptions:
         text = query.get(name)
         if text is None:
             return default
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            value = None
+        value = plain_number(text, integer=integer)
         if value is None or not low <= value <= high:  # (NaN fails every comparison)
             kind = "a whole number" if integer else "a number"
             raise ValueError(f"{name} must be {kind} from {low:g} to {high:g}, not {text!r}")

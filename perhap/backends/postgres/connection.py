@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ..options import plain_number
+
 log = logging.getLogger("perhap.postgres")
 
 POOL_SIZE = 10  # read connections
@@ -61,13 +63,12 @@ class Options:
         theirs: list[tuple[str, str]] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in _OURS:
+                if key in ours:
+                    raise ValueError(f"{key} is given more than once in the PostgreSQL URL: give it once")
                 # Above zero and finite: a zero poll_interval would read in a busy loop.
                 kind = "a whole number" if _OURS[key] is int else "a number of seconds"
-                try:
-                    ours[key] = _OURS[key](value)
-                except ValueError:
-                    ours[key] = 0
-                if not 0 < ours[key] < float("inf"):  # (NaN fails it too)
+                ours[key] = plain_number(value, integer=_OURS[key] is int) or 0
+                if not 0 < ours[key] < float("inf"):
                     raise ValueError(f"{key} in a PostgreSQL URL must be {kind} above 0, not {value!r}")
             else:
                 if key == "port" and value:
