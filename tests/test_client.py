@@ -253,8 +253,14 @@ async def test_batches_and_typed_errors(aclient: AsyncClient, realm: str) -> Non
 async def test_get_event_of_another_domain_is_not_found(aclient: AsyncClient, realm: str) -> None:
     eid = (await aclient.append(realm, "d1", "e", "t", 1)).first.event_id
     assert (await aclient.get_event(realm, "d1", eid)).event == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as other_domain:
         await aclient.get_event(realm, "d2", eid)  # the server reads an (empty) entity here
+    # A problem like the server's own 404 (it was empty: e.problem had no status, type or title).
+    with pytest.raises(NotFound) as unknown:
+        await aclient.get_event(realm, "d1", str(uuid.uuid4()))
+    assert other_domain.value.problem["status"] == unknown.value.problem["status"] == 404
+    assert other_domain.value.problem["type"] == unknown.value.problem["type"] == "urn:perhap:problem:not-found"
+    assert set(other_domain.value.problem) == {"type", "title", "status", "detail"}
 
 
 async def test_payload_too_large(store: Store, realm: str) -> None:

@@ -206,6 +206,7 @@ def run_copy(args: argparse.Namespace) -> int:
     """Copy a whole store into another, resumably, then verify every realm."""
     from ..transfer.copy import copy_store
     from ..transfer.progress import Progress
+    from ..transfer.reading import check_every_realm_shown
 
     source = check_target(args.source, "--from", args.from_token, "--from-token", must_exist=True)
     destination = check_target(args.destination, "--to", args.to_token, "--to-token", must_exist=False)
@@ -233,9 +234,11 @@ def run_copy(args: argparse.Namespace) -> int:
 
     async def job() -> int:
         async with open_target(source, from_token) as src:
-            # The source answers before the destination is opened: a server that is down, or a
-            # token it refuses, leaves no empty store behind at a new destination (as import).
+            # The source answers before the destination is opened: a server that is down, a token
+            # it refuses or one that reads one realm leaves no empty store behind at a new
+            # destination (as import).
             await src.keys(limit=1)
+            await check_every_realm_shown(src, "a copy")
             async with open_target(destination, to_token) as dst:
                 report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)
         stats = report.stats

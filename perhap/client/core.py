@@ -225,7 +225,11 @@ class ClientCore(Generic[H]):
             # The same URL reads an entity named like the id when no such event exists: an
             # (empty) page instead of an event means "not found".
             if isinstance(body, dict) and "events" in body:
-                raise NotFound(f"no event {event_id} in {realm}/{domain}", status=404, url=str(request.url))
+                # The problem the server answers for an id it knows in another place, so that code
+                # reading e.problem finds its fields either way.
+                detail = f"no event {event_id} in {realm}/{domain}"
+                raise NotFound(detail, status=404, url=str(request.url), problem={
+                    "type": "urn:perhap:problem:not-found", "title": "Not found", "status": 404, "detail": detail})
             try:
                 return event_from_dict(body)
             except (KeyError, TypeError):

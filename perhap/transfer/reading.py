@@ -70,9 +70,17 @@ def _next_limit(events: Sequence[Event], limit: int, most: int) -> int:
 
 
 async def every_realm(store: TransferStore, what: str) -> AsyncIterator[str]:
-    """Every realm of ``store``, for ``what`` (an export, a copy) of the whole store. Refused when
-    the store shows only some of them, rather than the others left out in silence: a server run
-    with ``--auth`` lists only the realm of a one-realm token."""
+    """Every realm of ``store``, for ``what`` (an export, a copy) of the whole store; refused as
+    ``check_every_realm_shown`` says."""
+    await check_every_realm_shown(store, what)
+    async for realm in iter_keys(store):
+        yield realm
+
+
+async def check_every_realm_shown(store: TransferStore, what: str) -> None:
+    """TransferError when ``store`` shows only some of its realms, rather than the others left out
+    of ``what`` (an export, a copy) in silence: a server run with ``--auth`` lists only the realm
+    of a one-realm token. A server that does not answer raises as any request does."""
     limited = getattr(store, "realms_limited", None)  # (a server's; a Store lists every realm)
     if limited is not None and await limited():
         shown = [name async for name in iter_keys(store)]
@@ -80,8 +88,6 @@ async def every_realm(store: TransferStore, what: str) -> AsyncIterator[str]:
         alone = "export that realm by name, or " if what == "an export" else ""
         raise TransferError(f"the token sent reads one realm{mine}, and {what} of the whole store would leave "
                             f"every other realm out: {alone}use a token for every realm (perhap token add --realm '*')")
-    async for realm in iter_keys(store):
-        yield realm
 
 
 async def iter_keys(store: TransferStore, *levels: str) -> AsyncIterator[str]:
