@@ -316,6 +316,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 # parser's are the exception's.) A length past 2**64 is larger than any body taken.
                 status, body, response = 413, overflow_body, overflow
             else:
+                if type(sys.exception()).__name__ == "HttpParserInvalidURLError":  # (curl sends what is typed)
+                    msg = ("its path holds a character that must be percent-encoded: a space, a non-ASCII "
+                           "letter (send é as its UTF-8, %C3%A9)")
                 body = problem_body(400, "invalid-input", "Invalid input", f"the request is not valid HTTP: {msg}", {})
                 status, response = 400, _problem_response(b"400 Bad Request", body)
             if self._owed_first(broken, response):

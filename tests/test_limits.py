@@ -295,6 +295,10 @@ def test_a_request_that_is_not_http_is_a_400_problem(sqlite_url: str) -> None:
             head, _, body = _raw(server.port, request).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head, (request, head)
             assert b'"status":400' in body and b"not valid HTTP" in body, body
+        # A path typed with a non-ASCII letter (curl sends it as typed) is told what to send.
+        head, _, body = _raw(server.port, "POST /café/d/e/t HTTP/1.1\r\nHost: x\r\n\r\n".encode()).partition(
+            b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"must be percent-encoded" in body, body
 
 
 def test_a_pipelined_request_that_is_not_http_leaves_the_answers_owed_before_it(
