@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from perhap.backends import open_store
 from perhap.backends.sqlite import SQLiteStore, open_sqlite
 from perhap.backends.sqlite import ring as ring_module
+from perhap.backends.sqlite import schema as schema_module
 from perhap.backends.sqlite.schema import open_database
 from perhap.backends.sqlite.statements import insert_chunks
 from perhap.backends.sqlite.writer import JobOutcome, apply_each, apply_together
@@ -501,6 +502,34 @@ async def test_an_append_never_waits_on_a_stopped_writer(tmp_path: Path) -> None
             await asyncio.wait_for(store.append("r", "d", "e", "t", 3), 10)
         assert not await store.health()
         assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [0]
+    finally:
+        await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_write_lock_held_by_another_connection_fails_a_group_once(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write transaction left open on the file by another program (the sqlite3 shell): each
+    append failed only after the busy timeout, and a group's jobs were then retried one by one,
+    each waiting the whole timeout again (a client of a group of N waited N+1 timeouts). The group
+    now fails once, every job with a 503 that names the lock; nothing is written, and appends go
+    on once the lock is let go."""
+    monkeypatch.setattr(schema_module, "BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "held.db"
+    store = await open_sqlite(str(path))
+    try:
+        await store.append("r", "d", "e0", "t", 0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            appends = [store.append("r", "d", f"e{i}", "t", i) for i in range(1, 6)]
+            outcomes = await asyncio.wait_for(asyncio.gather(*appends, return_exceptions=True), 60)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert all(isinstance(o, StorageUnavailable) and "write lock is held by another connection" in o.detail
+                   for o in outcomes), outcomes
+        await store.append("r", "d", "e9", "t", 9)
+        assert [e.entity for e in (await store.read(Scope("r"))).events] == ["e0", "e9"]
     finally:
         await asyncio.wait_for(store.close(), 10)
 

@@ -92,15 +92,26 @@ SCHEMA = SCHEMA_TABLES + SCHEMA_INDEXES
 SYNCHRONOUS = frozenset({"FULL", "NORMAL", "EXTRA", "OFF"})
 
 
+#: How long a connection waits for a lock another connection holds (only another process's can
+#: be held long: a write transaction left open in the sqlite3 shell, say) before SQLITE_BUSY.
+BUSY_TIMEOUT_MS = 30_000
+
+
 def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
     """A connection in WAL mode (readers never wait for the writer), in autocommit mode."""
     # 256 statements cached: the writer's INSERT of each group size up to 64 rows, and the rest.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
                            cached_statements=256)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a SQLite error is another connection's lock outlasting the busy timeout."""
+    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def check_directory(path: str) -> None:

@@ -41,6 +41,7 @@ from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
 from .queries import make_event
 from .ring import Ring
+from .schema import is_busy
 from .writes import Deferred, Undeferrable, WriterState
 
 log = logging.getLogger("perhap.sqlite")
@@ -82,7 +83,9 @@ def apply_together(state: WriterState, jobs: list[WriteJob], ts: str, *,
                     return None
                 outcomes.append(JobOutcome(job, exc))
         state.flush(deferred)
-    except (sqlite3.Error, Undeferrable):
+    except (sqlite3.Error, Undeferrable) as exc:
+        if is_busy(exc):  # another process's lock: job by job would wait as long again for each
+            raise
         return None
     finally:
         state.deferred = None
@@ -247,7 +250,12 @@ class Writer:
             # The transaction itself failed (disk full, an I/O error; SQLite may have rolled it
             # back on its own): nothing in it is durable.
             self.abandon()
-            if len(jobs) > 1:
+            if is_busy(exc):
+                # Another connection holds the file's write lock past the busy timeout: the whole
+                # group fails once (each job retried alone waited as long again, and again).
+                error = StorageUnavailable("the SQLite file's write lock is held by another connection (a "
+                                           "write transaction left open in another process?); nothing was written")
+            elif len(jobs) > 1:
                 # It may be one job's doing (its events did not fit on the disk): each job alone,
                 # in a transaction of its own, so that the others are not failed with it. (A job
                 # whose failed commit did reach the disk cannot be stored twice: its event ids are
@@ -255,7 +263,8 @@ class Writer:
                 for job in jobs:
                     self.commit_group([job])
                 return
-            error = StorageUnavailable(f"commit failed: {exc}")
+            else:
+                error = StorageUnavailable(f"commit failed: {exc}")
             outcomes = [JobOutcome(job, error) for job in jobs]
         else:
             written = sum(len(job.batch) for job, result in outcomes
