@@ -34,6 +34,7 @@ from perhap.eventsourcing.mapping import ESCAPED_TOPIC_TYPE
 from perhap.model import new_event
 from tests.conftest import BACKENDS, get_provider
 from tests.es_helpers import (
+    MODULE,
     Account,
     Account0,
     BankAccounts,
@@ -343,6 +344,29 @@ def test_a_factory_dropped_without_close_gives_its_store_back(tmp_path: Path) ->
         path.unlink()
         for suffix in ("-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def test_an_application_collected_in_a_cycle_gives_its_share_back_once(tmp_path: Path) -> None:
+    """An application dropped without close() inside a reference cycle was given back twice (its
+    factory's finalizer, then the application's __del__ closing it): another application's share
+    went with it, so closing that one shut the store under a third, still open."""
+    env = {**MODULE, "PERHAP_URL": f"sqlite:///{tmp_path}/cycle.db"}
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        kept, closed = BankAccounts(env=env), BankAccounts(env=env)
+        dropped = BankAccounts(env=env)
+        dropped.save(Account("x"))
+        dropped.cycle = dropped  # type: ignore[attr-defined]
+        del dropped
+        gc.collect()
+        closed.close()
+        kept.save(Account("z"))  # it raised OperationalError: the store is closed
+        assert len(kept.recorder.select_notifications(None, 10)) == 2
+        kept.close()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []  # a KeyError in Application.__del__ before
 
 
 def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(target: Target) -> None:

@@ -260,7 +260,11 @@ class InProcess(Transport):
             return
         self._closed = True
         self._end_subscriptions()
-        self._release.detach()
+        if self._release.detach() is None:
+            # Its finalizer ran already: collected in a reference cycle, the factory was given
+            # back then, and the application's __del__ closes it after. Giving it back twice took
+            # another factory's share, and that one's close shut the store under a third.
+            return
         if self._runner is not _loop_thread:  # opened before this process was forked: the parent's
             return
         store = _drop_user(self.url)
