@@ -510,6 +510,18 @@ async def test_a_url_that_repeats_the_stored_skew_alone_is_accepted(cassandra: A
         await open_store(fresh + "&clock_skew_ms=500")  # the default window, 300 ms
     async with open_store(fresh + "&settle_ms=1000&clock_skew_ms=500") as first:  # nothing was stored
         assert isinstance(first, CassandraStore) and first.settle_us == 1_000_000
+    # A keyspace that is not there yet is not made for such a URL (it was, then the URL refused).
+    keyspace = f"perhap_skew_{uuid.uuid4().hex[:8]}"
+    cassandra.keyspaces.append(keyspace)
+    with pytest.raises(ValueError, match="less than settle_ms"):
+        await open_store(f"cassandra://{cassandra.hosts}/{keyspace}?clock_skew_ms=300")
+    host, _, port = cassandra.hosts.rpartition(":")
+    cluster = Cluster(host.split(","), port=int(port))
+    try:
+        rows = cluster.connect().execute("SELECT keyspace_name FROM system_schema.keyspaces")
+        assert keyspace not in {row.keyspace_name for row in rows}
+    finally:
+        cluster.shutdown()
 
 
 async def test_what_w_must_cover_is_exported(cassandra: Any, realm: str) -> None:

@@ -161,6 +161,11 @@ def open_keyspace(session: Any, options: CassandraOptions) -> Opened:
     if version < SCHEMA_VERSION:
         if version:  # an older keyspace: its stored settings bound the migration's lock as well
             options = stored_settings(session, options, meta)
+        elif not options.skew_us < options.settle_us:
+            # A new store: no stored window to adopt, so the URL's skew against the default window
+            # is refused here, before a keyspace is made for nothing (the URL alone could not
+            # tell: the skew may be meant for a window stored already).
+            raise ValueError(f"{SKEW_BELOW_SETTLE}, which is {options.settle_us / 1000:g} for a new store")
         create_schema(session, options, version)
         meta = dict(session.execute(select, keys))
     else:
