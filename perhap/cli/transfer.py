@@ -236,8 +236,7 @@ def run_copy(args: argparse.Namespace) -> int:
         async with open_target(source, from_token) as src:
             # The source answers before the destination is opened: a server that is down, a token
             # it refuses or one that reads one realm leaves no empty store behind at a new
-            # destination (as import).
-            await src.keys(limit=1)
+            # destination (as import). A server is asked once (GET /keys); a store is open already.
             await check_every_realm_shown(src, "a copy")
             async with open_target(destination, to_token) as dst:
                 report = await copy_store(src, dst, limit=args.limit, progress=Progress("copying"), log=say)

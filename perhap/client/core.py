@@ -229,7 +229,8 @@ class ClientCore(Generic[H]):
                 # reading e.problem finds its fields either way.
                 detail = f"no event {event_id} in {realm}/{domain}"
                 raise NotFound(detail, status=404, url=str(request.url), problem={
-                    "type": "urn:perhap:problem:not-found", "title": "Not found", "status": 404, "detail": detail})
+                    "type": f"urn:perhap:problem:{NotFound.slug}", "title": NotFound.title, "status": 404,
+                    "detail": detail})
             try:
                 return event_from_dict(body)
             except (KeyError, TypeError):

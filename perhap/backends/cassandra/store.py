@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from ...errors import StorageUnavailable
 from ...model import AppendResult, Event
@@ -89,21 +90,20 @@ class CassandraStore(Store):
 
     async def open(self) -> CassandraStore:
         self.db.loop = asyncio.get_running_loop()
-        connected: list[bool] = []
+        doing = "reach"
         try:
-            opened = await asyncio.to_thread(self._connect, connected)
+            session = await asyncio.to_thread(self.db.connect)
+            doing = f"open keyspace {self.options.keyspace} on"
+            opened = await asyncio.to_thread(self._open, session)
         except BaseException as exc:  # unreachable, or a cluster or URL it refuses: let the driver go
             await self.db.shutdown()
             if isinstance(exc, DRIVER_ERRORS):
-                doing = f"open keyspace {self.options.keyspace} on" if connected else "reach"
                 raise StorageUnavailable(f"cannot {doing} Cassandra at {self.options.hosts}: {exc}") from None
             raise
         self._wire(*opened)
         return self
 
-    def _connect(self, connected: list[bool]) -> tuple[Opened, StateStatements]:
-        session = self.db.connect()
-        connected.append(True)
+    def _open(self, session: Any) -> tuple[Opened, StateStatements]:
         for attempt in range(1, _OPEN_ATTEMPTS + 1):
             try:
                 opened = open_keyspace(session, self.options)

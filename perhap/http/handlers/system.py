@@ -14,8 +14,7 @@ from ..types import Send
 
 _INDEX = {"name": "perhap", "api": "/_openapi.json", "health": "/_health", "keys": "/keys", "ui": "/_ui",
           "groups": "/_groups/{realm}"}
-_SYSTEM = "/_health, /_openapi.json, /_metrics, /_ui and /_groups/REALM"
-_SYSTEM_WITHOUT_METRICS = "/_health, /_openapi.json, /_ui and /_groups/REALM"
+_SYSTEM = ("/_health", "/_openapi.json", "/_metrics", "/_ui", "/_groups/REALM")
 _LEVELS = ("realm", "domain", "entity", "type")
 _APPEND_HINT = ('to append, POST one event to /REALM/DOMAIN/ENTITY/TYPE as {"event": ...}, '
                 'a batch to /REALM/DOMAIN/ENTITY as {"events": [{"type": ..., "event": ...}]}, '
@@ -64,7 +63,8 @@ async def no_route(ctx: Context, req: Request, send: Send) -> None:
     """Nothing answers here: 404, after the checks a real route makes (bad names are 400, as ever)."""
     names = req.names
     if len(names) == 1 and names[0].startswith("_"):
-        there_are = _SYSTEM if ctx.metrics is not None else _SYSTEM_WITHOUT_METRICS
+        shown = [p for p in _SYSTEM if ctx.metrics is not None or p != "/_metrics"]
+        there_are = ", ".join(shown[:-1]) + " and " + shown[-1]
         raise HTTPProblem(404, f"no such system endpoint: there are {there_are} (a realm's name cannot begin "
                                "with '_')")
     if names[0] == GROUPS:
