@@ -31,7 +31,7 @@ import orjson
 from eventsourcing.persistence import DataError, Notification, StoredEvent
 
 from ..errors import InvalidInput
-from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json
+from ..jsoncodec import EMPTY_OBJECT, dump_json, load_json, right_sized
 from ..limits import DEFAULT_MAX_DEPTH, check_depth
 from ..model import MAX_NAME_BYTES, Event, NewEvent, check_name, new_event
 from ..store.query import MAX_TYPES
@@ -217,7 +217,7 @@ def to_new_event(stored: StoredEvent) -> NewEvent:
         meta["topic"] = topic
     if form is not None:
         meta["state"] = form
-    return new_event(event_type, data_json, None, orjson.dumps(meta), raw=True)
+    return new_event(event_type, data_json, None, right_sized(orjson.dumps(meta)), raw=True)
 
 
 def to_stored_event(event: Event, originator_id: UUID | str | None = None) -> StoredEvent:
@@ -255,7 +255,7 @@ def notifications(events: Iterable[Event], topics: Collection[str]) -> list[Noti
 
 
 def tracking_event(application_name: str, notification_id: int) -> NewEvent:
-    data = orjson.dumps({"application_name": application_name, "notification_id": notification_id})
+    data = right_sized(orjson.dumps({"application_name": application_name, "notification_id": notification_id}))
     return new_event(TRACKING_TYPE, data, None, EMPTY_OBJECT, raw=True)
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from ...auth import ANY_REALM
 from ...errors import InvalidInput, NotFound
 from ...ids import check_event_id
+from ...jsoncodec import right_sized
 from ...model import Scope
 from ...slotted import fast_constructor
 from ...store.query import ReadQuery, read_query
@@ -116,7 +117,8 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
     # read that finds the entity there gets this page or a newer one, never an older.
     if version is None:
         version = known_version(query, page)
-    if version is not None:
+    if version is not None:  # (kept: in a buffer of its own size, which the cache's bound counts)
+        body = right_sized(body)
         pages.put(key, CachedPage(version, body, tag, marker))
     await send_tagged(send, body, tag, header_list(req.scope, b"if-none-match"))
 
