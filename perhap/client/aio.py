@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
+from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_LEASE_MAX, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
@@ -172,7 +172,7 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         """Delete a group and its state."""
         await self._call(self._delete_group_op(realm, group))
 
-    async def lease(self, realm: str, group: str, consumer: str, *, max: int = 100,
+    async def lease(self, realm: str, group: str, consumer: str, *, max: int = DEFAULT_LEASE_MAX,
                     wait: float = 0.0) -> list[Delivery]:
         """Lease up to ``max`` events, waiting up to ``wait`` seconds for one (see :meth:`Client.lease`)."""
         return await self._call(self._lease_op(realm, group, consumer, max, wait))
@@ -195,7 +195,7 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         return await self._call(self._replay_op(realm, group, event_ids))
 
     async def consume(self, realm: str, group: str, handler: Callable[[Delivery], Awaitable[object] | object], *,
-                      consumer: str | None = None, max: int = 100, wait: float = 5.0,
+                      consumer: str | None = None, max: int = DEFAULT_LEASE_MAX, wait: float = 5.0,
                       stop: asyncio.Event | None = None) -> int:
         """Work for a group until ``stop`` is set (see :meth:`Client.consume`); ``handler`` may be
         async or not (a plain one runs on the event loop). Cancelling the task gives the leased,

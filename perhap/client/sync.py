@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
+from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_LEASE_MAX, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage
 from .errors import ConnectionFailed, unreachable
@@ -211,7 +211,7 @@ class Client(GroupCore[httpx.Client]):
         """Delete a group and its state (:class:`NotFound` if there is none)."""
         self._call(self._delete_group_op(realm, group))
 
-    def lease(self, realm: str, group: str, consumer: str, *, max: int = 100,
+    def lease(self, realm: str, group: str, consumer: str, *, max: int = DEFAULT_LEASE_MAX,
               wait: float = 0.0) -> list[Delivery]:
         """Lease up to ``max`` events of the group to ``consumer``, waiting up to ``wait`` seconds
         for one (a long poll); ``[]`` if none came. Each must be acknowledged (:meth:`ack`) or
@@ -238,7 +238,7 @@ class Client(GroupCore[httpx.Client]):
         return self._call(self._replay_op(realm, group, event_ids))
 
     def consume(self, realm: str, group: str, handler: Callable[[Delivery], object], *,
-                consumer: str | None = None, max: int = 100, wait: float = 5.0,
+                consumer: str | None = None, max: int = DEFAULT_LEASE_MAX, wait: float = 5.0,
                 stop: threading.Event | None = None) -> int:
         """Work for a group until ``stop`` is set: lease events (long polls of ``wait`` seconds), call
         ``handler(event)`` for each in order, acknowledge each after its handler returned, and nack

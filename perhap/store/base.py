@@ -11,7 +11,13 @@ subscribers. A backend implements only these primitives:
   order (:class:`perhap.store.query.ReadQuery`);
 - ``_find_event(event_id)``: one event by id, wherever it is, with its cursor;
 - ``_names(realm, domain, entity, after, limit)``: names one level below, after a name;
-- ``_ping()`` and ``_close()`` (and ``statistics()``, ``dense_positions`` where they apply).
+- ``_ping()`` and ``_close()``.
+
+And, where they apply, hooks with defaults here: ``statistics()`` and ``refresh_statistics()``
+(figures for /_metrics), ``dense_positions``, ``group_states()`` (where consumer groups keep
+their state), ``commit_marker()`` (lets caches skip a probe), ``health()`` (to refuse a caller on
+an event loop the backend's connections do not belong to), and ``_add_waiter()`` and
+``_change_token()`` for a backend whose commit notices come from another thread (SQLite's writer).
 """
 
 from __future__ import annotations
