@@ -13,6 +13,7 @@ absolute speeds on shared machines drift; the ratio is what the targets judge.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -61,8 +62,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so a stopped run ends its servers and load generators as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)  # (a CI runner's or timeout's stop: servers were left running)
     sizes = MODES[args.mode] if args.mode else QUICK if args.quick else FULL
     quick = sizes is not FULL
     only = set(ROWS) if not args.only else {x.strip() for x in args.only.split(",") if x.strip()}

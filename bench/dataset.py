@@ -17,6 +17,7 @@ any perhap makes today (so new appends land at the end of the id index, as real 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -68,15 +69,19 @@ def prepared(events: int, directory: Path) -> Dataset:
     sidecar = path.with_suffix(".json")
     entities = events // EVENTS_PER_ENTITY
     data = Dataset(path, events, entities)
-    if path.exists() and sidecar.exists():
-        restore(data)
-        return data
-    started = time.perf_counter()
-    log(f"building the cached store of {events:,} events in {path} (once; later runs reuse it)")
-    build(path.with_suffix(".tmp"), events)
-    os.replace(path.with_suffix(".tmp"), path)
-    sidecar.write_text(json.dumps({"events": events, "entities": entities,
-                                   "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+    # Two runs sharing a cache directory: one builds, the other waits and reuses the store (both
+    # building into one temporary file made one of them fail at the rename).
+    with open(path.with_suffix(".build-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and sidecar.exists():
+            restore(data)
+            return data
+        started = time.perf_counter()
+        log(f"building the cached store of {events:,} events in {path} (once; later runs reuse it)")
+        build(path.with_suffix(".tmp"), events)
+        os.replace(path.with_suffix(".tmp"), path)
+        sidecar.write_text(json.dumps({"events": events, "entities": entities,
+                                       "seconds": round(time.perf_counter() - started, 1)}) + "\n")
     log(f"built in {time.perf_counter() - started:.0f}s, {path.stat().st_size / 1e9:.2f} GB")
     return data
 

@@ -58,7 +58,13 @@ def _processes(env: dict[str, str], processes: int, threads: int, saves: int) ->
     argv = [sys.executable, "-m", "bench.esapp_pg", json.dumps(child_env), str(threads), str(saves // processes),
             str(start)]
     children = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    outs = [child.communicate()[0] for child in children]
+    try:
+        outs = [child.communicate()[0] for child in children]
+    finally:  # (a run stopped meanwhile leaves no child saving)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     if any(child.returncode for child in children):
         raise RuntimeError(f"a child of row 9g failed: {[c.returncode for c in children]}")
     results = [json.loads(out.strip().splitlines()[-1]) for out in outs]

@@ -39,19 +39,26 @@ class Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # not ready, or the run stopped meanwhile (Ctrl-C, SIGTERM): no server left
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                self.stop()
                 raise RuntimeError(f"server {self.argv} exited with {self.proc.returncode}; "
                                    f"see {self.log_path}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=1).status_code < 500:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"server {self.argv} did not answer in {timeout}s; see {self.log_path}")
             time.sleep(0.05)
 

@@ -7,14 +7,18 @@ Nothing here times anything: performance targets are judged by running the suite
 from __future__ import annotations
 
 import json
+import multiprocessing
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 # The bench extra (eventsourcing, psutil) is installed by scripts/test: a missing one fails here
 # rather than skipping the smoke check.
 import eventsourcing  # noqa: F401
-import psutil  # noqa: F401
+import psutil
 import pytest
 
 from bench import backends, dataset, loadgen
@@ -346,3 +350,58 @@ def test_repeats_below_one_is_a_usage_error_not_the_default_or_a_crash(repeats: 
     proc = subprocess.run([sys.executable, "-m", "bench", "--repeats", repeats, "--only", "3"],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 2 and "--repeats: must be a whole number of at least 1" in proc.stderr, proc.stderr
+
+
+def _build_in_a_child(directory: str, start: Any) -> None:
+    start.wait()
+    assert dataset.prepared(2_000, Path(directory)).events == 2_000
+
+
+def test_two_runs_sharing_a_cache_build_its_store_once_and_both_use_it(tmp_path: Path) -> None:
+    # Both built into one temporary file, and the second rename failed: one run of two crashed.
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    children = [context.Process(target=_build_in_a_child, args=(str(tmp_path), start)) for _ in range(2)]
+    for child in children:
+        child.start()
+    start.set()
+    for child in children:
+        child.join(120)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("build-lock")) == [
+        f"store-2000-v{dataset.DATASET_VERSION}-s{dataset.SCHEMA_VERSION}.{ext}" for ext in ("db", "json")]
+
+
+def _listening(process: psutil.Process) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in process.net_connections("tcp"))
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_a_run_stopped_by_sigterm_stops_its_servers(tmp_path: Path, when: str) -> None:
+    # A CI runner or `timeout` stops a job with SIGTERM: the run's servers were left running
+    # (Ctrl-C reaches the whole process group; SIGTERM only the run).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--mode", "tiny", "--only", "1", "--json", str(tmp_path / "r.json"),
+         "--cache-dir", str(tmp_path / "cache"), "--workdir", str(tmp_path / "work")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        servers: list[psutil.Process] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            servers = [c for c in me.children(recursive=True)
+                       if "serve" in c.cmdline() or "bench.rawapp" in c.cmdline()]
+            if servers and (when == "starting" or any(_listening(s) for s in servers)):
+                break
+            time.sleep(0.02)
+        assert servers, "the run started no server"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(servers, timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
