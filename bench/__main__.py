@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unknown rows: {', '.join(sorted(bad))}")
     if "ref" in only:
         only |= {"3", "4"}  # the references divide rows 3 and 4: without them they would say nothing
+    try:
+        dataset.cache_dir(args.cache_dir)  # (made here, so that an unusable one is one line, not a traceback)
+    except OSError as exc:
+        build_parser().error(f"the cache directory cannot be used: {exc}")
     missing = backends.left_out(args.backend, quick)
     for name, why in missing.items():
         log(f"backend {name} is not measured: {why}")

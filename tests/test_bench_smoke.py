@@ -352,6 +352,15 @@ def test_repeats_below_one_is_a_usage_error_not_the_default_or_a_crash(repeats: 
     assert proc.returncode == 2 and "--repeats: must be a whole number of at least 1" in proc.stderr, proc.stderr
 
 
+def test_an_unusable_cache_directory_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "3", "--cache-dir",
+                           str(tmp_path / "a-file" / "cache"), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2 and "the cache directory cannot be used" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()
+
+
 def _build_in_a_child(directory: str, start: Any) -> None:
     start.wait()
     assert dataset.prepared(2_000, Path(directory)).events == 2_000
