@@ -278,6 +278,11 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
             previous = self.cycle
             limit = self.limit_concurrency
+            if limit is not None and len(self.tasks) >= limit:
+                # uvicorn counts a request's task until its done callback has run, which can be
+                # after the connection's next request arrives: at --max-connections 200, 200
+                # connections of three requests each had over half of their requests refused.
+                self.tasks.difference_update([task for task in self.tasks if task.done()])
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
                 # As uvicorn would refuse it, with over_the_limit for its app (picked in there).
                 log.warning("refused a request: %d connections and requests at once", limit - 1)

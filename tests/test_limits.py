@@ -568,6 +568,40 @@ def test_max_connections_serves_n_connections_and_refuses_the_one_beyond(tmp_pat
                 conn.close()
 
 
+def test_n_connections_at_once_are_served_for_every_request_they_make(tmp_path: Path) -> None:
+    """--max-connections N with N keep-alive connections each making requests one after another:
+    every request is served. uvicorn counts a request until its task's done callback runs, which
+    can come after the connection's next request: 200 connections at a limit of 200 had over half
+    of their second and third requests refused."""
+    connections, requests = 100, 4
+
+    async def client(port: int) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        statuses = []
+        try:
+            for _ in range(requests):
+                writer.write(b"GET /keys HTTP/1.1\r\nHost: t\r\n\r\n")
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: *([0-9]+)", head, re.I).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                statuses.append(head.split(b"\r\n", 1)[0])
+        finally:
+            writer.close()
+        return statuses
+
+    async def all_at_once(port: int) -> list[bytes]:
+        answers = await asyncio.gather(*(client(port) for _ in range(connections)))
+        return [status for statuses in answers for status in statuses]
+
+    with ProcessServer(f"sqlite:///{tmp_path}/n.db", None, "--max-connections", str(connections)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        for _ in range(3):
+            statuses = asyncio.run(all_at_once(port))
+            assert statuses == [b"HTTP/1.1 200 OK"] * (connections * requests), \
+                {s: statuses.count(s) for s in set(statuses)}
+
+
 def test_a_client_that_never_reads_a_large_answer_loses_its_connection(tmp_path: Path) -> None:
     """A plain (not streamed) answer left unread for --write-timeout ends its connection, as a
     stream's does: three clients asking for a 12 MB page and reading nothing held every one of
