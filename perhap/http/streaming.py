@@ -302,8 +302,10 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
 async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None, writing: Writing) -> None:
     auth = streams.auth
     full = sub.query.limit
-    if full > FIRST_BATCH:  # grown from here while events are small; large ones never fill 500
-        sub.query = replace(sub.query, limit=FIRST_BATCH)
+    # Grown from FIRST_BATCH while events are small (large ones never fill 500); each read ends
+    # at the buffer's bytes where the store can (SQLite), so a jump to large events after many
+    # small ones reads about a buffer's worth, not a batch of them.
+    sub.query = replace(sub.query, limit=min(full, FIRST_BATCH), max_bytes=streams.buffer)
     pause = OutagePause()
     while True:
         try:

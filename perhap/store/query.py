@@ -43,6 +43,10 @@ class ReadQuery:
     #: stream's next read takes the rest. (A plain read waits for every event it has seen, so that
     #: a read after an acknowledgement includes it.)
     live: bool = False
+    #: A live stream's read on SQLite: stop once the events read hold this many bytes of data and
+    #: meta (the event that reaches it included: one at least), so a jump to large events costs
+    #: the stream's buffer, not a batch of them. Other backends read by ``limit`` alone.
+    max_bytes: int | None = None
 
     @property
     def plain(self) -> bool:
@@ -120,7 +124,7 @@ def read_query(
         wanted = (scope.type,)
         scope = Scope(scope.realm, scope.domain, scope.entity)
     return _make_query(scope, wanted, descending, after_v, None if until_v is None else until_v + 1,
-                       after_p, before_p, limit, False)
+                       after_p, before_p, limit, False, None)
 
 
 #: ReadQuery's constructor for the read path: every field, positionally (see perhap.slotted).

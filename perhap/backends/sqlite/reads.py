@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from ...model import Event, Scope
@@ -130,22 +131,36 @@ def _walk(conn: sqlite3.Connection, query: ReadQuery, *, alone: bool) -> tuple[l
     if positions:
         tail += (query.after_position or 0, NO_LIMIT if query.before_position is None else query.before_position)
     tail += (query.limit,)
-    if not query.types:
-        rows = conn.execute(sql, (*owner, *tail)).fetchall()
-    elif len(query.types) == 1:
-        rows = conn.execute(sql, (*owner, query.types[0], *tail)).fetchall()
+    if len(query.types) < 2 and query.max_bytes is None:
+        rows = conn.execute(sql, (*owner, *query.types, *tail)).fetchall()
     else:
-        cursors = [conn.execute(sql, (*owner, name, *tail)) for name in query.types]
+        cursors = [conn.execute(sql, (*owner, name, *tail)) for name in query.types] or \
+            [conn.execute(sql, (*owner, *tail))]
         try:
             # Lazily: each walk steps one row past what the page takes from it.
-            merged = heapq.merge(*cursors, key=_seq, reverse=query.descending)
-            rows = list(itertools.islice(merged, query.limit))
+            merged: Iterator[tuple[Any, ...]] = heapq.merge(*cursors, key=_seq, reverse=query.descending) \
+                if len(cursors) > 1 else cursors[0]
+            rows = list(itertools.islice(merged, query.limit)) if query.max_bytes is None else \
+                _within(merged, query.limit, query.max_bytes)
         finally:
             for cursor in cursors:
-                cursor.close()
+                cursor.close()  # (a walk left midway would keep its read transaction open)
     if not rows:
         return [], 0
     return scope_events(scope, rows), rows[0 if query.descending else -1][0]
+
+
+def _within(rows: Iterator[tuple[Any, ...]], limit: int, max_bytes: int) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` rows, stepped one at a time, until their data and meta reach ``max_bytes``
+    (the row that reaches it kept: one at least)."""
+    kept = []
+    size = 0
+    for row in itertools.islice(rows, limit):
+        kept.append(row)
+        size += len(row[-3]) + len(row[-2])  # (data, meta: the columns before the position)
+        if size >= max_bytes:
+            break
+    return kept
 
 
 def _seq(row: tuple[Any, ...]) -> int:
