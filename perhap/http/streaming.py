@@ -90,7 +90,9 @@ class MessageCache:
     The streams of one scope are handed the very same :class:`Event` objects (the SQLite ring's,
     or one shared read), so the cache is keyed by identity and holds the event, so that its id
     cannot be reused while the entry lives; an event is immutable, so its message never goes
-    stale. Bounded in entries and bytes: emptied when either is exceeded.
+    stale. Bounded in entries and bytes (an entry's message and its event's data and meta, which
+    it keeps alive: counting the message alone let it hold twice its bound): emptied when either
+    is exceeded.
     """
 
     __slots__ = ("items", "size", "max_items", "max_bytes")
@@ -110,7 +112,7 @@ class MessageCache:
             self.items.clear()
             self.size = 0
         self.items[id(event)] = (event, message)
-        self.size += len(message)
+        self.size += len(message) + len(event.data_json) + len(event.meta_json)
         return message
 
 
