@@ -83,8 +83,7 @@ def test_a_clients_events_are_right_sized(tracing: None) -> None:
 
 
 def test_the_eventsourcing_records_are_right_sized(tracing: None) -> None:
-    pytest.importorskip("eventsourcing")
-    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.persistence import StoredEvent  # (the test extra installs it: missing, this fails)
 
     from perhap.eventsourcing.mapping import to_new_event, tracking_event
 

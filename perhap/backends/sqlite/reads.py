@@ -131,11 +131,12 @@ def _walk(conn: sqlite3.Connection, query: ReadQuery, *, alone: bool) -> tuple[l
     if positions:
         tail += (query.after_position or 0, NO_LIMIT if query.before_position is None else query.before_position)
     tail += (query.limit,)
-    if len(query.types) < 2 and query.max_bytes is None:
-        rows = conn.execute(sql, (*owner, *query.types, *tail)).fetchall()
+    # One walk per type (one in all when the read takes every type).
+    walks = [(*owner, name, *tail) for name in query.types] or [(*owner, *tail)]
+    if len(walks) == 1 and query.max_bytes is None:
+        rows = conn.execute(sql, walks[0]).fetchall()
     else:
-        cursors = [conn.execute(sql, (*owner, name, *tail)) for name in query.types] or \
-            [conn.execute(sql, (*owner, *tail))]
+        cursors = [conn.execute(sql, params) for params in walks]
         try:
             # Lazily: each walk steps one row past what the page takes from it.
             merged: Iterator[tuple[Any, ...]] = heapq.merge(*cursors, key=_seq, reverse=query.descending) \
