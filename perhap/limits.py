@@ -15,6 +15,8 @@ from .model import MAX_BATCH
 DEFAULT_MAX_BODY = 1024 * 1024  # bytes; larger is 413
 DEFAULT_MAX_BATCH = MAX_BATCH  # events in one batch append; more is 413
 DEFAULT_MAX_DEPTH = 64  # JSON nesting, the body object being level 1; deeper is 400
+# Reads
+DEFAULT_MAX_PAGE_BYTES = 16 * 1024 * 1024  # data and meta in one JSON page (one event at least); then `next`
 # Streams
 DEFAULT_MAX_STREAMS = 1000  # open at once in one process; more is 429
 DEFAULT_MAX_STREAMS_PER_TOKEN = 100

@@ -25,6 +25,7 @@ from ..limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_HEADER,
+    DEFAULT_MAX_PAGE_BYTES,
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
     DEFAULT_STREAM_BUFFER,
@@ -190,6 +191,9 @@ def _add_serve(sub: Subcommands) -> None:
                      help=f"open streams per token with --auth, 429 beyond (default {DEFAULT_MAX_STREAMS_PER_TOKEN})")
     lim.add_argument("--stream-buffer", type=int, default=DEFAULT_STREAM_BUFFER, metavar="BYTES",
                      help=f"bytes of events one stream sends at once (default {DEFAULT_STREAM_BUFFER})")
+    lim.add_argument("--max-page-bytes", type=int, default=DEFAULT_MAX_PAGE_BYTES, metavar="BYTES",
+                     help="end a JSON page of events once their data and meta hold this many bytes (one "
+                          f"event at least; its next continues) (default {DEFAULT_MAX_PAGE_BYTES})")
     lim.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="SECONDS",
                      help="end a stream, or close any connection, whose client leaves a write unread "
                           f"this long; 0: never (default {DEFAULT_WRITE_TIMEOUT:g})")

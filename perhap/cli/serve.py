@@ -15,7 +15,7 @@ log = logging.getLogger("perhap")
 
 #: Options that count something: each must be 1 or more.
 POSITIVE_OPTIONS = ("max_body", "max_batch", "max_depth", "max_streams", "max_streams_per_token", "max_header",
-                    "max_connections", "stream_buffer")
+                    "max_connections", "stream_buffer", "max_page_bytes")
 #: Options in seconds that must be more than 0 (0 would drop every connection, or spin) and finite.
 POSITIVE_SECONDS = ("heartbeat", "header_timeout", "body_timeout", "idle_timeout")
 
@@ -75,7 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body=args.max_body, heartbeat=args.heartbeat, auth=args.auth,
         max_batch=args.max_batch, max_depth=args.max_depth, max_streams=args.max_streams,
         max_streams_per_token=args.max_streams_per_token, cors_origins=args.cors_origin,
-        stream_buffer=args.stream_buffer, write_timeout=args.write_timeout or None)
+        stream_buffer=args.stream_buffer, write_timeout=args.write_timeout or None,
+        max_page_bytes=args.max_page_bytes)
 
 
 def check_store_opens(url: str) -> None:

@@ -326,11 +326,23 @@ class OverHttp(Transport):
             return self.client.append_many(realm, domain, pairs, expected_versions=expected).events
 
     def read(self, scope: Scope, limit: int, **bounds: Any) -> list[Event]:
+        """Up to ``limit`` events, as in process: a page the server ended early, at its
+        ``--max-page-bytes``, is followed by the next (the recorders take a short answer as the end)."""
         self._check()
-        with translated():
-            tagged = self.client.read_page(scope, limit=limit, **bounds)
-        assert tagged is not None  # only a conditional read answers None
-        return tagged[0].events
+        events: list[Event] = []
+        following = None
+        while True:
+            with translated():
+                tagged = self.client.read_page(scope, limit=limit - len(events), following=following, **bounds)
+            assert tagged is not None  # only a conditional read answers None
+            page = tagged[0]
+            events += page.events
+            if page.next is None or len(events) >= limit:
+                return events
+            # `following` continues in the same order and takes a position bound's place.
+            following = page.next
+            bounds.pop("after_position", None)
+            bounds.pop("before_position", None)
 
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:

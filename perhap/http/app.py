@@ -22,6 +22,7 @@ from ..limits import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_PAGE_BYTES,
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
     DEFAULT_STREAM_BUFFER,
@@ -56,11 +57,12 @@ class PerhapApp:
                  max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
                  stream_buffer: int = DEFAULT_STREAM_BUFFER, write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
                  cors_origins: Sequence[str] = (), metrics: bool = True, access_log: bool = False,
-                 page_cache: int = DEFAULT_PAGE_CACHE) -> None:
+                 page_cache: int = DEFAULT_PAGE_CACHE, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> None:
         if store is None and store_url is None:
             raise ValueError("give a store or a store_url")
         self.store_url = store_url
         self.max_body, self.max_batch, self.max_depth = max_body, max_batch, max_depth
+        self.max_page_bytes = max_page_bytes
         # None means off: the request path then pays one None check for each.
         self.auth = Authenticator(auth) if isinstance(auth, str) else auth
         self.stream_limits = StreamLimiter(max_streams, max_streams_per_token)
@@ -97,7 +99,7 @@ class PerhapApp:
 
     def _context(self, store: Store) -> Context:
         return Context(store, self.max_body, self.max_batch, self.max_depth, self.metrics, self.streams,
-                       self.pages, Groups(store))
+                       self.pages, Groups(store), self.max_page_bytes)
 
     @property
     def store(self) -> Store | None:

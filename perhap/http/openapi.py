@@ -46,7 +46,8 @@ Q_FOLLOWING = _param("following", "query", UUID,
                      "Only events after this event id in the read's order (pass a page's `next`); "
                      "not with after_position or before_position.")
 Q_LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-                 "Page size.")
+                 "Page size: at most this many events; a page also ends once its events' data and meta "
+                 "reach the server's `--max-page-bytes` (16 MiB by default, one event at least), with `next` set.")
 Q_TYPE = {**_param("type", "query", {"type": "array", "items": NAME, "minItems": 1, "maxItems": MAX_TYPES},
                    f"Only events of these types: repeat it, `type=a&type=b` (at most {MAX_TYPES})."),
           "style": "form", "explode": True}

@@ -40,6 +40,7 @@ class Context:
     streams: StreamRegistry
     pages: PageCache | None  # None: entity pages are not cached
     groups: Groups
+    max_page_bytes: int  # a JSON page ends once its events hold this many bytes (one event at least)
 
 
 class Request:

@@ -47,7 +47,7 @@ from ..model import (
     prepare_multi,
 )
 from .job import WriteJob
-from .query import ReadQuery, read_query
+from .query import ReadQuery, bytes_cut, read_query
 from .states import StateTable
 from .subscription import Subscription, follow
 
@@ -230,6 +230,9 @@ class Store(abc.ABC):
         query = await self._bounded(query, following)
         limit = query.limit
         events = await self._read(replace(query, limit=limit + 1))
+        cut = bytes_cut(events[:limit], query.max_bytes)
+        if cut is not None:  # (more may follow, as far as the page knows: `next` is given)
+            return Page(events[:cut], events[cut - 1].event_id)
         if len(events) > limit:
             return Page(events[:limit], events[limit - 1].event_id)
         return Page(events, None)

@@ -6,12 +6,12 @@ The HTTP layer, the client and ``Store.read`` all build a :class:`ReadQuery` thr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput, sent_text
-from ..model import DEFAULT_LIMIT, MAX_POSITION, MAX_VERSION, Cursor, Scope, check_name
+from ..model import DEFAULT_LIMIT, MAX_POSITION, MAX_VERSION, Cursor, Event, Scope, check_name
 from ..slotted import fast_constructor
 
 MAX_TYPES = 100
@@ -43,9 +43,13 @@ class ReadQuery:
     #: stream's next read takes the rest. (A plain read waits for every event it has seen, so that
     #: a read after an acknowledgement includes it.)
     live: bool = False
-    #: A live stream's read on SQLite: stop once the events read hold this many bytes of data and
-    #: meta (the event that reaches it included: one at least), so a jump to large events costs
-    #: the stream's buffer, not a batch of them. Other backends read by ``limit`` alone.
+    #: Stop once the events read hold this many bytes of data and meta (the event that reaches it
+    #: included: one at least): a JSON page (``--max-page-bytes``) or a live stream's read (its
+    #: buffer), so that large events cost a bounded page, not ``limit`` of them. SQLite and
+    #: PostgreSQL stop their reads there; other backends may read by ``limit`` and leave the cut
+    #: to ``Store.read_page``, which makes it for every backend. A backend that stops must count
+    #: exactly ``len(data_json) + len(meta_json)``: the template recognises a cut page by the
+    #: same count (a page it did not see cut would end the read with ``next`` None).
     max_bytes: int | None = None
 
     @property
@@ -129,3 +133,16 @@ def read_query(
 
 #: ReadQuery's constructor for the read path: every field, positionally (see perhap.slotted).
 _make_query = fast_constructor(ReadQuery)
+
+
+def bytes_cut(events: Sequence[Event], max_bytes: int | None) -> int | None:
+    """How many of ``events`` a page bounded by ``max_bytes`` keeps: up to the event whose data
+    and meta bring the total to the bound (one at least); None when they stay below it."""
+    if max_bytes is None:
+        return None
+    size = 0
+    for n, event in enumerate(events, 1):
+        size += len(event.data_json) + len(event.meta_json)
+        if size >= max_bytes:
+            return n
+    return None

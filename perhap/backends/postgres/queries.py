@@ -18,15 +18,20 @@ REALM_ID = "(SELECT id FROM perhap_realms WHERE name = $1)"
 DOMAIN_ID = f"(SELECT id FROM perhap_domains WHERE realm_id = {REALM_ID} AND name = $2)"
 ENTITY_ID = f"(SELECT id FROM perhap_entities WHERE domain_id = {DOMAIN_ID} AND name = $3)"
 
-# The id as text: the driver then makes the str directly, with no UUID object in between.
-COLUMNS = "e.position, e.event_id::text, r.name, d.name, n.name, t.name, e.version, e.ts, e.data, e.meta"
+# The id as text: the driver then makes the str directly, with no UUID object in between. (Each
+# column named, so that a page cut by bytes can select them again from its sub-select.)
+COLUMNS = ("e.position AS position, e.event_id::text AS event_id, r.name AS realm, d.name AS domain, "
+           "n.name AS entity, t.name AS type_name, e.version AS version, e.ts AS ts, e.data AS data, e.meta AS meta")
+NAMES_OUT = "position, event_id, realm, domain, entity, type_name, version, ts, data, meta"
 NAMES = """JOIN perhap_entities n ON n.id = e.entity_id
 JOIN perhap_domains d ON d.id = e.domain_id JOIN perhap_realms r ON r.id = e.realm_id
 JOIN perhap_types t ON t.id = e.type_id"""
 SELECT_EVENTS = f"SELECT {COLUMNS}\nFROM perhap_events e {NAMES}"
 # An entity's events: the scope names the realm, domain and entity, so only the type is joined
 # (fewer columns to send and decode, three joins fewer; the rows go through :func:`entity_events`).
-ENTITY_COLUMNS = "e.position, e.event_id::text, t.name, e.version, e.ts, e.data, e.meta"
+ENTITY_COLUMNS = ("e.position AS position, e.event_id::text AS event_id, t.name AS type_name, "
+                  "e.version AS version, e.ts AS ts, e.data AS data, e.meta AS meta")
+ENTITY_NAMES_OUT = "position, event_id, type_name, version, ts, data, meta"
 ENTITY_NAMES = "JOIN perhap_types t ON t.id = e.type_id"
 
 EVENT_BY_ID = f"{SELECT_EVENTS} WHERE e.event_id = $1"
@@ -96,16 +101,38 @@ def read_sql(query: ReadQuery) -> tuple[str, list[object], bool]:
     params.append(query.limit)
     limit = f"${len(params)}"
     columns, names = (ENTITY_COLUMNS, ENTITY_NAMES) if by_version else (COLUMNS, NAMES)
+    if query.max_bytes is not None:
+        columns += f", {_SIZE}"
     if by_version and query.types:
         params.append(list(query.types))
         where += f" AND e.type_id = ANY(ARRAY(SELECT id FROM perhap_types WHERE name = ANY(${len(params)}::text[])))"
-    elif len(query.types) > 1:
-        return _union(where, params, query.types, column, direction, limit, columns, names), params, by_version
-    elif query.types:
+    elif len(query.types) == 1:
         params.append(query.types[0])
         where += f" AND e.type_id = (SELECT id FROM perhap_types WHERE name = ${len(params)})"
-    sql = f"SELECT {columns}\nFROM perhap_events e {names} WHERE {where} ORDER BY {column}{direction} LIMIT {limit}"
+    if len(query.types) > 1 and not by_version:
+        sql = _union(where, params, query.types, column, direction, limit, columns, names)
+    else:
+        sql = f"SELECT {columns}\nFROM perhap_events e {names} WHERE {where} ORDER BY {column}{direction} LIMIT {limit}"
+    if query.max_bytes is not None:
+        sql = _within_bytes(sql, params, query.max_bytes, by_version, direction)
     return sql, params, by_version
+
+
+#: An event's data and meta in bytes, as the client gets them (json is stored as its text:
+#: ``octet_length`` reads the size from a stored value's header, without fetching or decompressing it).
+_SIZE = "octet_length(e.data::text) + octet_length(e.meta::text) AS size"
+
+
+def _within_bytes(sql: str, params: list[object], max_bytes: int, by_version: bool, direction: str) -> str:
+    """The page of ``sql`` (its columns followed by ``size``) cut at the row whose data and meta
+    bring the total to ``max_bytes`` (that row kept: one at least). The rows cut off are never
+    sent, nor their values read from storage."""
+    params.append(max_bytes)
+    names = ENTITY_NAMES_OUT if by_version else NAMES_OUT
+    key = "version" if by_version else "position"
+    return (f"SELECT {names} FROM (SELECT page.*, sum(page.size) OVER (ORDER BY page.{key}{direction} "
+            f"ROWS UNBOUNDED PRECEDING) AS total FROM ({sql}) page) page "
+            f"WHERE page.total - page.size < ${len(params)} ORDER BY page.{key}{direction}")
 
 
 def _union(where: str, params: list[object], types: tuple[str, ...], column: str, direction: str,

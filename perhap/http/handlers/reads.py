@@ -87,7 +87,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
             return await stream_head(ctx.store, query, following, send)
         return await stream_events(ctx.streams, ctx.store, query, following, req.receive, send, req.grant,
                                    abort_hook(req.scope))
-    query = _query(req, where, following, page_limit(req.query), stream=False)
+    query = replace(_query(req, where, following, page_limit(req.query), stream=False), max_bytes=ctx.max_page_bytes)
     pages = ctx.pages
     if pages is None or where.entity is None:
         page = await ctx.store.read_page(query, following)

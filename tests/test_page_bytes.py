@@ -1,0 +1,154 @@
+"""A JSON page ends at a byte bound as well as at its ``limit`` (``--max-page-bytes``).
+
+Without it, one GET of ``limit=10000`` over events of 1 MiB asked the server for 10 GB (a page of
+200 events of 900 KB raised its peak by 530 MB). A page now ends at the event whose data and meta
+bring it to the bound, one event at least, with ``next`` set; following ``next`` reads the rest,
+exactly. The rule is ``Store.read_page``'s, so it holds on every backend; SQLite and PostgreSQL also
+stop their own reads there, so that what is cut off is never read.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import httpx
+from eventsourcing.utils import Environment
+
+from perhap.eventsourcing import Factory
+from perhap.http.app import PerhapApp
+from perhap.limits import DEFAULT_MAX_PAGE_BYTES
+from perhap.model import Event, Scope
+from perhap.store.base import Store
+from perhap.store.query import ReadQuery, read_query
+from tests.es_helpers import MODULE, stored
+from tests.servers import ThreadServer
+
+SMALL, LARGE, LARGE_BYTES = 60, 16, 24 * 1024
+BUDGET = 64 * 1024
+
+
+async def _fill(store: Store, realm: str) -> None:
+    for n in range(SMALL):
+        await store.append(realm, "d", f"e{n % 2}", "a" if n % 3 else "b", {"n": n})
+    pad = "x" * LARGE_BYTES
+    for n in range(LARGE):
+        await store.append(realm, "d", "e1", "a" if n % 2 else "b", {"n": n, "pad": pad})
+
+
+def _size(event: Event) -> int:
+    return len(event.data_json) + len(event.meta_json)
+
+
+def _queries(realm: str) -> list[ReadQuery]:
+    out = []
+    for scope in (Scope(realm), Scope(realm, "d"), Scope(realm, "d", "e1")):
+        for types in ((), ("a",), ("a", "b")):
+            for order in ("asc", "desc"):
+                out.append(read_query(scope, limit=1000, order=order, types=list(types) or None))
+    return out
+
+
+async def test_a_page_ends_at_the_event_that_reaches_the_bound_and_next_reads_on_exactly(
+        store: Store, realm: str) -> None:
+    await _fill(store, realm)
+    for plain in _queries(realm):
+        everything = (await store.read_page(plain)).events
+        assert len(everything) < plain.limit  # (so the count alone would give one page)
+        pages, following = [], None
+        while True:
+            page = await store.read_page(replace(plain, max_bytes=BUDGET), following)
+            pages.append(page)
+            if page.next is None:
+                break
+            assert page.next == page.events[-1].event_id
+            following = page.next
+        for page in pages:
+            sizes = [_size(e) for e in page.events]
+            assert sum(sizes[:-1]) < BUDGET, plain  # nothing after the event that reached it
+            if page.next is not None:
+                assert sum(sizes) >= BUDGET, plain  # a page cut short only by the bound
+        assert [e.event_id for p in pages for e in p.events] == [e.event_id for e in everything], plain
+        assert len(pages) > 2, plain
+
+
+async def test_an_event_larger_than_the_bound_is_a_page_of_its_own(store: Store, realm: str) -> None:
+    await _fill(store, realm)
+    scope = Scope(realm, "d", "e1")
+    page = await store.read_page(ReadQuery(scope, max_bytes=1))
+    assert len(page.events) == 1 and page.next == page.events[0].event_id
+    rest = await store.read_page(ReadQuery(scope, max_bytes=LARGE_BYTES), page.next)
+    assert rest.events[0].version == 1 and rest.next is not None
+    small = await store.read_page(ReadQuery(Scope(realm, "d", "e0"), max_bytes=BUDGET))
+    assert len(small.events) == SMALL // 2 and small.next is None  # under the bound: as before
+
+
+async def test_sqlite_and_postgresql_stop_their_own_read_at_the_bound(
+        store: Store, realm: str, backend: Any) -> None:
+    """What is cut off is not read (where the backend can: Cassandra reads by count, as documented)."""
+    await _fill(store, realm)
+    for plain in _queries(realm):
+        every = await store._read(replace(plain, limit=1000))
+        read = await store._read(replace(plain, limit=1000, max_bytes=BUDGET))
+        if backend.name == "cassandra":
+            assert [e.event_id for e in read] == [e.event_id for e in every]
+            continue
+        sizes = [_size(e) for e in read]
+        assert sum(sizes[:-1]) < BUDGET <= sum(sizes), plain
+        assert [e.event_id for e in read] == [e.event_id for e in every[:len(read)]], plain
+
+
+async def test_http_pages_end_at_max_page_bytes_and_following_next_reads_the_rest(
+        store: Store, realm: str) -> None:
+    await _fill(store, realm)
+    app = PerhapApp(store, max_page_bytes=BUDGET)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as http:
+        for path, params in ((f"/{realm}", {}), (f"/{realm}/d", {"type": ["a", "b"]}), (f"/{realm}/d/e1", {}),
+                             (f"/{realm}/d/e1", {"order": "desc"}), (f"/{realm}/d", {"after_position": "3"})):
+            whole = (await http.get(path, params={**params, "limit": "5000"})).json()
+            ids, pages, more = [], 0, dict(params)
+            while True:
+                answer = await http.get(path, params={**more, "limit": "5000"})
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                ids += [e["event_id"] for e in body["events"]]
+                pages += 1
+                if body["next"] is None:
+                    break
+                more = {k: v for k, v in params.items() if k != "after_position"} | {"following": body["next"]}
+            assert pages > 2, path
+            assert whole["next"] is not None  # a page of at most BUDGET bytes, here too
+            assert len(ids) == len(set(ids)) > len(whole["events"])
+        # A page under the bound is answered as before: whole, and no `next`.
+        small = (await http.get(f"/{realm}/d/e0")).json()
+        assert len(small["events"]) == SMALL // 2 and small["next"] is None
+    assert PerhapApp(store).max_page_bytes == DEFAULT_MAX_PAGE_BYTES == 16 * 1024 * 1024
+
+
+def test_eventsourcing_over_http_reads_past_pages_the_server_ended_early(sqlite_url: str) -> None:
+    """The recorders ask for ``limit`` events and take fewer as the end: over HTTP the transport
+    follows ``next`` through pages the server cut at its byte bound."""
+    state = b'{"pad":"' + b"y" * 20_000 + b'"}'
+    with ThreadServer(sqlite_url, max_page_bytes=50_000) as server:
+        recorder = Factory(Environment("Shop", {**MODULE, "PERHAP_URL": server.url})).application_recorder()
+        originator = uuid.uuid4()
+        recorder.insert_events([stored(originator, v, state) for v in range(1, 31)])
+        events = recorder.select_events(originator)
+        assert [e.originator_version for e in events] == list(range(1, 31))
+        assert [e.originator_version for e in recorder.select_events(originator, desc=True, limit=25)] == \
+            list(range(30, 5, -1))
+        assert [e.originator_version for e in recorder.select_events(originator, gt=3, lte=27)] == list(range(4, 28))
+        notifications = recorder.select_notifications(start=None, limit=100)
+        assert [n.originator_version for n in notifications] == list(range(1, 31))
+        assert len(recorder.select_notifications(start=5, limit=20)) == 20
+
+
+def test_perhap_serve_refuses_a_page_bound_below_one_byte(tmp_path: Any) -> None:
+    answer = subprocess.run([sys.executable, "-m", "perhap.cli", "serve", "--db", f"sqlite:///{tmp_path}/x.db",
+                             "--max-page-bytes", "0"], capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 2 and "--max-page-bytes must be 1 or more" in answer.stderr
+    assert not (tmp_path / "x.db").exists()
+
