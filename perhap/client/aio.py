@@ -10,7 +10,7 @@ import httpx
 
 from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_LEASE_MAX, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
-from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage
+from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage, unbound
 from .errors import ConnectionFailed, unreachable
 from .groups import Delivery, GroupCore
 from .stream import RetryHook
@@ -38,7 +38,7 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self._http.send(request)
+            return unbound(await self._http.send(request))
         except httpx.TransportError as exc:
             raise unreachable(request, exc) from None
 
