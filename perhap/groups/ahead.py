@@ -8,18 +8,24 @@ processes, again and again, while their consumers take all the work. Where proce
 store, the events a lease will look for are therefore read first (:func:`read_ahead`), and the
 lease's look for new events (:func:`scan`, run within the compare-and-set) takes them from that
 page, reading the scope itself only when the page does not cover the state it finds.
+
+Every read here stops once its events hold READ_BYTES (one event at least; the next read goes on
+from there), and the events read are kept for the deliveries in :class:`Bodies`, bounded in bytes
+as well as in count.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model import Event, Page, Scope
 from ..store.base import Store
-from .settings import GroupSettings
+from ..store.query import read_query
+from .settings import BODY_CACHE, BODY_CACHE_BYTES, READ_BYTES, GroupSettings
 from .state import MAX_PENDING, GroupState, Key
 
 #: Events read beyond those still wanted, in case some wait behind their entity.
@@ -31,6 +37,33 @@ SCAN_BATCH = 1000
 AHEAD = 4
 #: Deferred events of one entity read back at once (one only while ``pending`` is full).
 TAKE_BACK = 64
+
+
+class Bodies:
+    """Events the group's reads came across, kept for their deliveries (a leased event is then
+    not read again by id): the newest BODY_CACHE events, holding at most BODY_CACHE_BYTES of data
+    and meta (by count alone, 20,000 events of 900 KB that a group had read were 18 GB kept)."""
+
+    def __init__(self) -> None:
+        self.events: OrderedDict[str, Event] = OrderedDict()
+        self.size = 0
+
+    def remember(self, event: Event) -> None:
+        events = self.events
+        old = events.pop(event.event_id, None)
+        if old is not None:
+            self.size -= _size(old)
+        events[event.event_id] = event
+        self.size += _size(event)
+        while len(events) > BODY_CACHE or (self.size > BODY_CACHE_BYTES and len(events) > 1):
+            self.size -= _size(events.popitem(last=False)[1])
+
+    def get(self, event_id: str) -> Event | None:
+        return self.events.get(event_id)
+
+
+def _size(event: Event) -> int:
+    return len(event.data_json) + len(event.meta_json)
 
 
 @dataclass(slots=True)
@@ -126,7 +159,8 @@ async def _read(store: Store, scope: Scope, settings: GroupSettings, after: int,
                 remember: Callable[[Event], None]) -> Page:
     """``scope`` (the group's, or one entity of it) after position ``after``, of the group's
     types, each event also given to ``remember``."""
-    page = await store.read(scope, after_position=after, limit=limit, types=settings.types)
+    query = read_query(scope, after_position=after, limit=limit, types=settings.types)
+    page = await store.read_page(replace(query, max_bytes=READ_BYTES))
     for event in page.events:
         remember(event)
     return page

@@ -16,18 +16,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ..errors import GroupConflict, NotFound, StateTooLarge, StorageUnavailable
 from ..ids import utc_timestamp
 from ..model import MAX_LIMIT, MAX_POSITION, Event
 from ..store.base import Store
+from ..store.query import read_query
 from ..store.states import StateTable, new_token
-from .ahead import read_ahead, scan, take_back_deferred
-from .settings import BODY_CACHE, MAX_ATTEMPTS, SEEN_EVERY, SHARED_POLL, GroupSettings
+from .ahead import Bodies, read_ahead, scan, take_back_deferred
+from .settings import MAX_ATTEMPTS, READ_BYTES, SEEN_EVERY, SHARED_POLL, GroupSettings
 from .state import GroupState, Lease
 
 _T = TypeVar("_T")
@@ -47,7 +47,8 @@ class Groups:
         self._runners: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: Per group, a future resolved (and replaced) when the group changes in this process.
         self._changed: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._bodies: OrderedDict[str, Event] = OrderedDict()
+        self._bodies = Bodies()
+        self._remember = self._bodies.remember
 
     @property
     def table(self) -> StateTable:
@@ -117,7 +118,7 @@ class Groups:
         for lease in state.leases.values():
             held[lease.consumer] = held.get(lease.consumer, 0) + 1
         head = await self._head(realm, state.settings)
-        unread = await self._count_after(realm, state.settings, state.scanned) if head > state.scanned else 0
+        unread = await self._count_after(realm, state.settings, state.scanned, head) if head > state.scanned else 0
         return {
             "realm": realm, "name": name, **state.settings.to_json(), "created": _stamp(state.created),
             "checkpoint": await self._checkpoint(realm, state), "head": head,
@@ -143,11 +144,13 @@ class Groups:
         page = await self.store.read(settings.scope(realm), order="desc", limit=1, types=settings.types)
         return page.events[0].position if page.events else 0
 
-    async def _count_after(self, realm: str, settings: GroupSettings, position: int) -> int:
+    async def _count_after(self, realm: str, settings: GroupSettings, position: int, head: int) -> int:
+        if self.store.dense_positions and settings.domain is None and not settings.types:
+            return head - position  # a realm's positions are 1, 2, 3 ... with no gaps
         total = 0
-        while True:
-            page = await self.store.read(settings.scope(realm), after_position=position, limit=MAX_LIMIT,
-                                         types=settings.types)
+        while True:  # (pages bounded in bytes too: only the count is wanted)
+            query = read_query(settings.scope(realm), after_position=position, limit=MAX_LIMIT, types=settings.types)
+            page = await self.store.read_page(replace(query, max_bytes=READ_BYTES))
             total += len(page.events)
             if page.next is None or not page.events:
                 return total
@@ -373,12 +376,6 @@ class Groups:
             self._wake(each)
 
     # ----------------------------------------------------------------- event bodies
-
-    def _remember(self, event: Event) -> None:
-        bodies = self._bodies
-        bodies[event.event_id] = event
-        if len(bodies) > BODY_CACHE:
-            bodies.popitem(last=False)
 
     async def _body(self, realm: str, domain: str, event_id: str) -> Event:
         event = self._bodies.get(event_id)
