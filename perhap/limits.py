@@ -27,7 +27,7 @@ DEFAULT_WRITE_TIMEOUT = 60.0  # seconds a stream's client may leave a write unre
 DEFAULT_MAX_HEADER = 64 * 1024  # bytes of request line and headers; more is 431
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds to send them; a slower client is disconnected
 DEFAULT_BODY_TIMEOUT = 30.0  # seconds after the headers to send the whole body; a slower one is 408
-DEFAULT_MAX_CONNECTIONS = 2048  # open connections (and tasks) per process; more are answered 503
+DEFAULT_MAX_CONNECTIONS = 2048  # open connections served per process; a request on one beyond is answered 503
 DEFAULT_IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may stay idle
 DEFAULT_GRACEFUL_SHUTDOWN = 30  # seconds in-flight requests get to finish on shutdown
 

@@ -118,6 +118,10 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            # Within --max-connections (uvicorn's limit is one above it): served for as long as it
+            # stays open. One beyond is refused at its request, unless room was made by then.
+            limit = self.limit_concurrency
+            self._admitted = limit is None or len(self.connections) < limit
             self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
             self._arm(header_timeout)
 
@@ -278,21 +282,22 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 self._arm(body_timeout)  # the body's deadline comes before the header one would
             previous = self.cycle
             limit = self.limit_concurrency
-            if limit is not None and len(self.tasks) >= limit:
-                # uvicorn counts a request's task until its done callback has run, which can be
-                # after the connection's next request arrives: at --max-connections 200, 200
-                # connections of three requests each had over half of their requests refused.
-                self.tasks.difference_update([task for task in self.tasks if task.done()])
-            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
-                # As uvicorn would refuse it, with over_the_limit for its app (picked in there).
-                log.warning("refused a request: %d connections and requests at once", limit - 1)
-                app, self.app, self.limit_concurrency = self.app, _over_the_limit(limit - 1), None
-                try:
-                    super().on_headers_complete()
-                finally:
-                    self.app, self.limit_concurrency = app, limit
-            else:
+            if limit is not None and not self._admitted:
+                # uvicorn refused every request while connections (or requests) were over the
+                # limit, those of connections served for long too: 3N connections at once left no
+                # one served. The first N open are served; one beyond is refused (and closed)
+                # unless some of them have gone by the time it asks.
+                self._admitted = sum(getattr(c, "_admitted", False) for c in self.connections) < limit - 1
+            app = self.app
+            if not self._admitted:  # answered as uvicorn would, with over_the_limit for its app
+                log.warning("refused a request: %d connections at once", limit - 1 if limit else 0)
+                self.app = _over_the_limit(limit - 1 if limit else 0)
+            # (uvicorn's own count is not asked: it is what refused the connections it served)
+            self.limit_concurrency = None
+            try:
                 super().on_headers_complete()
+            finally:
+                self.app, self.limit_concurrency = app, limit
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
             self._extensions = {ABORT_EXTENSION: {"abort": self._drop}}
             self.scope["extensions"] = self._extensions
@@ -345,7 +350,7 @@ def _over_the_limit(served: int) -> Any:
     """The ASGI app that answers in place of uvicorn's plain-text 503 of --max-connections (its
     limit is one above ``served``: see server._config): a problem like every other refusal."""
     body = problem_body(503, "too-many-connections", STATUS_TITLES[503],
-                        f"the server is serving its limit of {served} connections and requests at once; "
+                        f"the server is serving its limit of {served} connections at once; "
                         "try again shortly", {"max_connections": served})
     start = {"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),

@@ -602,6 +602,49 @@ def test_n_connections_at_once_are_served_for_every_request_they_make(tmp_path: 
                 {s: statuses.count(s) for s in set(statuses)}
 
 
+def test_beyond_max_connections_the_connections_served_go_on_being_served(tmp_path: Path) -> None:
+    """3N connections at once at --max-connections N: N of them are served for every request they
+    make, and each other one is refused at its first request (503, then closed). uvicorn refused
+    every request while the count was over the limit, so such a flood left no one served."""
+    limit, connections, requests = 20, 60, 3
+
+    async def client(port: int, start: asyncio.Event) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        statuses: list[bytes] = []
+        await start.wait()  # all connected before any asks
+        try:
+            for _ in range(requests):
+                writer.write(b"GET /keys HTTP/1.1\r\nHost: t\r\n\r\n")
+                await writer.drain()
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    statuses.append(b"closed")
+                    break
+                length = int(re.search(rb"content-length: *([0-9]+)", head, re.I).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                statuses.append(head.split(b"\r\n", 1)[0])
+                await asyncio.sleep(0.05)  # each connection stays open a while, with others waiting
+        finally:
+            writer.close()
+        return statuses
+
+    async def flood(port: int) -> list[list[bytes]]:
+        start = asyncio.Event()
+        clients = [asyncio.ensure_future(client(port, start)) for _ in range(connections)]
+        await asyncio.sleep(0.5)
+        start.set()
+        return await asyncio.gather(*clients)
+
+    with ProcessServer(f"sqlite:///{tmp_path}/f.db", None, "--max-connections", str(limit)) as server:
+        answers = asyncio.run(flood(int(server.url.rsplit(":", 1)[1])))
+    ok, refused = b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"
+    served = [a for a in answers if a == [ok] * requests]
+    turned_away = [a for a in answers if a[:1] == [refused] and set(a[1:]) <= {b"closed"}]
+    assert len(served) + len(turned_away) == connections, answers  # none refused after being served
+    assert len(served) >= limit, (len(served), len(turned_away))
+
+
 def test_a_client_that_never_reads_a_large_answer_loses_its_connection(tmp_path: Path) -> None:
     """A plain (not streamed) answer left unread for --write-timeout ends its connection, as a
     stream's does: three clients asking for a 12 MB page and reading nothing held every one of

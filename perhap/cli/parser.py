@@ -208,7 +208,8 @@ def _add_serve(sub: Subcommands) -> None:
     lim.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
                      help=f"close a keep-alive connection idle this long (default {DEFAULT_IDLE_TIMEOUT:g})")
     lim.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                     help=f"open connections and requests at once, 503 beyond (default {DEFAULT_MAX_CONNECTIONS})")
+                     help=f"open connections served at once; a request on one beyond is 503 "
+                          f"(default {DEFAULT_MAX_CONNECTIONS})")
     serve.set_defaults(run=run_serve)
 
 
