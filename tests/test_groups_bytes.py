@@ -13,11 +13,14 @@ import gc
 import tracemalloc
 from typing import Any
 
+import httpx
 import pytest
 
 from perhap.groups import Groups
 from perhap.groups import ahead as group_ahead
+from perhap.groups import service as group_service
 from perhap.groups.settings import GroupSettings
+from perhap.http.app import PerhapApp
 from perhap.store.base import Store
 
 PAD = 100_000
@@ -72,6 +75,7 @@ async def test_the_bodies_a_group_keeps_stop_at_their_bytes(store: Store, realm:
 async def test_a_groups_reads_stop_at_their_bytes_and_every_event_is_delivered_once_in_order(
         store: Store, realm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(group_ahead, "READ_BYTES", 250_000, raising=False)
+    monkeypatch.setattr(group_service, "READ_BYTES", 250_000, raising=False)  # (counting what is unread)
     ids = await _fill(store, realm, 40)
     pages: list[list[int]] = []
     read_page = store.read_page
@@ -89,3 +93,26 @@ async def test_a_groups_reads_stop_at_their_bytes_and_every_event_is_delivered_o
     _in_entity_order(delivered)
     assert any(len(p) > 1 for p in pages) and max(len(p) for p in pages) <= 3
     assert all(sum(p[:-1]) < 250_000 for p in pages)
+
+
+async def test_a_json_lease_ends_at_max_page_bytes_and_the_rest_wait_for_the_next(
+        store: Store, realm: str) -> None:
+    """A lease of max=10,000 events of 1 MiB was one 10 GB answer: a JSON lease now ends at the
+    server's --max-page-bytes (one event at least); the events left out wait for the next lease."""
+    ids = []
+    for i in range(20):  # twenty entities: every event may go out at once
+        ids.append((await store.append(realm, "d", f"x{i}", "t", {"pad": "p" * PAD})).first.event_id)
+    app = PerhapApp(store, max_page_bytes=250_000)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as http:
+        assert (await http.put(f"/_groups/{realm}/g", json={})).status_code == 201
+        sizes, delivered = [], []
+        while True:
+            answer = await http.get(f"/_groups/{realm}/g/events", params={"consumer": "w1", "max": "100"})
+            events = answer.json()["events"]
+            if not events:
+                break
+            sizes.append(len(events))
+            delivered += [e["event_id"] for e in events]
+            await http.post(f"/_groups/{realm}/g/ack", json={"consumer": "w1", "event_ids": delivered[-len(events):]})
+    assert sorted(delivered) == sorted(ids)
+    assert max(sizes) == 3 and len(sizes) >= 7, sizes  # 3 x 100 KB reach 250 KB

@@ -61,6 +61,18 @@ class Bodies:
     def get(self, event_id: str) -> Event | None:
         return self.events.get(event_id)
 
+    def within(self, max_bytes: int, event_ids: list[str]) -> int:
+        """How many of these events, in order, a lease of ``max_bytes`` takes: up to the one whose
+        data and meta reach it (one at least). One not kept here is not counted: its size is not
+        known (another process read it, or it was let go), and the lease's count bounds it."""
+        size = 0
+        for n, event_id in enumerate(event_ids, 1):
+            event = self.events.get(event_id)
+            size += 0 if event is None else _size(event)
+            if size >= max_bytes:
+                return n
+        return len(event_ids)
+
 
 def _size(event: Event) -> int:
     return len(event.data_json) + len(event.meta_json)

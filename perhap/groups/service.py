@@ -160,11 +160,12 @@ class Groups:
 
     async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float,
                     check: Callable[[], None] | None = None,
-                    stop: asyncio.Event | None = None) -> list[dict[str, Any]]:
+                    stop: asyncio.Event | None = None, max_bytes: int | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one;
         ``check`` (it raises to refuse, a revoked token, say) runs before each look. Once ``stop``
         is set (the server stops) the wait ends with nothing leased; a look already under way
-        finishes, and what it leased is returned, never dropped on the way to the consumer."""
+        finishes, and what it leased is returned, never dropped on the way to the consumer. With
+        ``max_bytes``, the lease ends at the event whose data and meta reach it (one at least)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (realm, name)
@@ -178,7 +179,7 @@ class Groups:
             changed = self._changed.get(key)
             if changed is None:
                 changed = self._changed[key] = loop.create_future()
-            leased, expiry = await self._lease_once(realm, name, consumer, limit)
+            leased, expiry = await self._lease_once(realm, name, consumer, limit, max_bytes)
             if leased:
                 return await self._deliveries(realm, leased)
             left = deadline - loop.time()
@@ -204,7 +205,7 @@ class Groups:
             stopped.cancel()
 
     async def _lease_once(self, realm: str, name: str, consumer: str,
-                          limit: int) -> tuple[list[tuple[int, Lease]], float | None]:
+                          limit: int, max_bytes: int | None) -> tuple[list[tuple[int, Lease]], float | None]:
         key = (realm, name)
         cached = self._cache.get(key)
         known = None if cached is None else (cached.scanned, cached.state)
@@ -221,6 +222,8 @@ class Groups:
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
                 await scan(self.store, realm, state, room, busy, chosen, ahead, self._remember)
+                if max_bytes is not None:  # (those left out wait in pending, as they were)
+                    del chosen[self._bodies.within(max_bytes, [state.pending[pos].event_id for pos in chosen]):]
             leases = state.lease(chosen, consumer, now)
             # Every change made in place must be stored (or dropped with the cache): events read
             # and waiting behind their entity are one, even when nothing goes out.

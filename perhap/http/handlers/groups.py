@@ -94,7 +94,7 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
     if req.wants_stream():
         return await _stream(ctx, req, send, realm, name, consumer, most)
     if wait <= 0:
-        events = await ctx.groups.lease(realm, name, consumer, most, 0.0)
+        events = await ctx.groups.lease(realm, name, consumer, most, 0.0, max_bytes=ctx.max_page_bytes)
     else:
         # A client that hangs up while it waits must not have events leased to it afterwards
         # (they would sit unseen until ack_timeout): the poll ends with the connection. A server
@@ -102,7 +102,7 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
         # the whole wait and then failing it: with nothing leased, or, when a look was under way,
         # with what it leased (answered here, since the lease is stored whatever the poll does).
         poll = asyncio.ensure_future(ctx.groups.lease(realm, name, consumer, most, wait, _recheck(ctx, req, realm),
-                                                      ctx.streams.stopping))
+                                                      ctx.streams.stopping, ctx.max_page_bytes))
         hangup = asyncio.ensure_future(wait_disconnect(req.receive))
         try:
             await asyncio.wait({poll, hangup}, return_when=asyncio.FIRST_COMPLETED)
