@@ -302,6 +302,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._extensions = {ABORT_EXTENSION: {"abort": self._drop}}
             self.scope["extensions"] = self._extensions
             self._has_cycle = True
+            if self.scope["http_version"] == "1.0":
+                _close_delimited(self.cycle)
             if previous is None or previous.response_complete:  # answers end in order: none owed
                 self._cycles = (self.cycle,)
             else:  # pipelined behind answers still owed (rare): keep those
@@ -361,6 +363,25 @@ def _over_the_limit(served: int) -> Any:
         await send({"type": "http.response.body", "body": body})
 
     return over_the_limit
+
+
+def _close_delimited(cycle: Any) -> None:
+    """An HTTP/1.0 request's answer of no known length (a stream) without chunked encoding, which
+    HTTP/1.0 does not have (uvicorn chunks whatever the version): its body runs to the close."""
+    send = cycle.send
+    open_ended = False
+
+    async def send_close_delimited(message: Any) -> None:
+        nonlocal open_ended
+        if message["type"] == "http.response.start":
+            open_ended = not any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
+            if open_ended:  # (uvicorn counts a body down from its length: this one has none)
+                cycle.keep_alive, cycle.chunked_encoding, cycle.expected_content_length = False, False, 1 << 62
+        elif open_ended and not message.get("more_body", False):
+            cycle.expected_content_length = len(message.get("body", b""))  # the last: then the close
+        await send(message)
+
+    cycle.send = send_close_delimited
 
 
 def _problem_response(status: bytes, body: bytes) -> bytes:

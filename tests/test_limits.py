@@ -187,6 +187,45 @@ def test_a_content_length_past_64_bits_is_413(sqlite_url: str) -> None:
         assert _raw(server.port, bad).startswith(b"HTTP/1.1 400")
 
 
+def test_an_http_1_0_stream_runs_to_the_close_without_chunked_encoding(sqlite_url: str) -> None:
+    """HTTP/1.0 has no chunked encoding, and a server must not send Transfer-Encoding to a 1.0
+    request; uvicorn chunked every answer of no known length whatever the version, so an HTTP/1.0
+    client (curl --http1.0, a proxy speaking 1.0 upstream) read chunk sizes inside a stream's
+    events. Its stream now runs to the close; answers with a length and 1.1 streams are as before."""
+    server = ThreadServer(sqlite_url, heartbeat=0.5)
+    server.server.config.http = _config(server.app, "127.0.0.1", server.port, "warning").http  # as serve sets it
+    with server:
+        first = httpx.post(f"{server.url}/v/d/e/t", json={"event": {"n": 1}}).json()["event_id"]
+        old = _until(server.port, b"GET /v/d/e HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n", b"\n\n", 2)
+        head, _, body = old.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower(), head
+        assert b"connection: close" in head.lower()
+        assert body.startswith(b": stream open\n\nid: " + first.encode() + b"\n"), body[:200]
+        assert b"\r\n" not in body  # no chunk sizes
+        plain = _raw(server.port, b"GET /v/d/e HTTP/1.0\r\n\r\n", timeout=1.5)
+        assert b"content-length: " in plain.lower() and json.loads(plain.partition(b"\r\n\r\n")[2])["events"]
+        new = _until(server.port, b"GET /v/d/e HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+                     b": stream open")
+        assert b"transfer-encoding: chunked" in new.partition(b"\r\n\r\n")[0].lower()
+
+
+def _until(port: int, request: bytes, mark: bytes, count: int = 1) -> bytes:
+    """A connection's answer up to ``count`` times ``mark`` in its body (a stream never ends by
+    itself), or what came in 10 s."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(request)
+        conn.settimeout(10)
+        got = b""
+        while True:
+            _, head_ended, body = got.partition(b"\r\n\r\n")
+            if head_ended and body.count(mark) >= count:
+                return got
+            chunk = conn.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+
+
 def test_the_header_limit_is_the_whole_head_to_the_byte(sqlite_url: str) -> None:
     """--max-header counts the request line and headers as sent, blank line included: a head of
     exactly the limit is served, one byte more is a 431 (GET and POST alike)."""
