@@ -20,7 +20,7 @@ import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..model import Event, Page, Scope
 from ..store.base import Store
@@ -171,8 +171,8 @@ async def _read(store: Store, scope: Scope, settings: GroupSettings, after: int,
                 remember: Callable[[Event], None]) -> Page:
     """``scope`` (the group's, or one entity of it) after position ``after``, of the group's
     types, each event also given to ``remember``."""
-    query = read_query(scope, after_position=after, limit=limit, types=settings.types)
-    page = await store.read_page(replace(query, max_bytes=READ_BYTES))
+    page = await store.read_page(read_query(scope, after_position=after, limit=limit, types=settings.types,
+                                            max_bytes=READ_BYTES))
     for event in page.events:
         remember(event)
     return page

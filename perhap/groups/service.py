@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import GroupConflict, NotFound, StateTooLarge, StorageUnavailable
@@ -149,8 +149,8 @@ class Groups:
             return head - position  # a realm's positions are 1, 2, 3 ... with no gaps
         total = 0
         while True:  # (pages bounded in bytes too: only the count is wanted)
-            query = read_query(settings.scope(realm), after_position=position, limit=MAX_LIMIT, types=settings.types)
-            page = await self.store.read_page(replace(query, max_bytes=READ_BYTES))
+            page = await self.store.read_page(read_query(settings.scope(realm), after_position=position,
+                                                         limit=MAX_LIMIT, types=settings.types, max_bytes=READ_BYTES))
             total += len(page.events)
             if page.next is None or not page.events:
                 return total

@@ -87,6 +87,7 @@ def read_query(
     until_version: Any = None,
     limit: int = DEFAULT_LIMIT,
     stream: bool = False,
+    max_bytes: int | None = None,
 ) -> ReadQuery:
     """Check a read's parameters together and build its query (bounds from ``following`` are
     added by the store, which must look the event up). Clashes are 400s that name both sides."""
@@ -128,7 +129,7 @@ def read_query(
         wanted = (scope.type,)
         scope = Scope(scope.realm, scope.domain, scope.entity)
     return _make_query(scope, wanted, descending, after_v, None if until_v is None else until_v + 1,
-                       after_p, before_p, limit, False, None)
+                       after_p, before_p, limit, False, max_bytes)
 
 
 #: ReadQuery's constructor for the read path: every field, positionally (see perhap.slotted).

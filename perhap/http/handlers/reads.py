@@ -56,15 +56,16 @@ async def read_or_event(ctx: Context, req: Request, send: Send) -> None:
     await send_events(ctx, req, send, _checked_scope(realm, domain, entity, None))
 
 
-def _query(req: Request, where: Scope, following: str | None, limit: int, stream: bool) -> ReadQuery:
+def _query(req: Request, where: Scope, following: str | None, limit: int, stream: bool,
+           max_bytes: int | None = None) -> ReadQuery:
     """The request's read, checked in one place (clashing parameters are 400s naming both)."""
     q = req.query
     if not q:  # the common read: no parameters, nothing to check
-        return read_query(where, limit=limit, stream=stream)
+        return read_query(where, limit=limit, stream=stream, max_bytes=max_bytes)
     return read_query(where, following=following, order=q.get("order", "asc"),
                       after_position=q.get("after_position"), before_position=q.get("before_position"),
                       types=req.values("type"), after_version=q.get("after_version"),
-                      until_version=q.get("until_version"), limit=limit, stream=stream)
+                      until_version=q.get("until_version"), limit=limit, stream=stream, max_bytes=max_bytes)
 
 
 async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> None:
@@ -87,7 +88,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
             return await stream_head(ctx.store, query, following, send)
         return await stream_events(ctx.streams, ctx.store, query, following, req.receive, send, req.grant,
                                    abort_hook(req.scope))
-    query = replace(_query(req, where, following, page_limit(req.query), stream=False), max_bytes=ctx.max_page_bytes)
+    query = _query(req, where, following, page_limit(req.query), stream=False, max_bytes=ctx.max_page_bytes)
     pages = ctx.pages
     if pages is None or where.entity is None:
         page = await ctx.store.read_page(query, following)
