@@ -9,6 +9,7 @@ stop their own reads there, so that what is cut off is never read.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -152,3 +153,31 @@ def test_perhap_serve_refuses_a_page_bound_below_one_byte(tmp_path: Any) -> None
     assert answer.returncode == 2 and "--max-page-bytes must be 1 or more" in answer.stderr
     assert not (tmp_path / "x.db").exists()
 
+
+
+async def test_pages_cut_by_bytes_while_writers_append_skip_nothing_and_repeat_nothing(
+        store: Store, realm: str) -> None:
+    """Every page one event (a bound of one byte) while three writers append to the realm: paging
+    on with `next` until the writers are done and a page ends with none, the pages hold every event
+    of the realm once, in its order, as a plain read does."""
+    async def writer(w: int) -> None:
+        for n in range(40):
+            await store.append(realm, "d", f"w{w}-{n % 5}", "t", {"w": w, "n": n})
+
+    writers = asyncio.gather(*(writer(w) for w in range(3)))
+    seen: list[str] = []
+    following = None
+    query = ReadQuery(Scope(realm), max_bytes=1)
+    while True:
+        done = writers.done()  # (before the read: a page read after it shows all they wrote)
+        page = await store.read_page(query, following)
+        assert len(page.events) <= 1
+        seen += [e.event_id for e in page.events]
+        following = page.next or following
+        if page.next is None and done:
+            break
+        if page.next is None:
+            await asyncio.sleep(0.01)
+    await writers
+    everything = [e.event_id for e in (await store.read_page(ReadQuery(Scope(realm), limit=10_000))).events]
+    assert len(everything) == 120 and seen == everything
