@@ -181,3 +181,14 @@ async def test_pages_cut_by_bytes_while_writers_append_skip_nothing_and_repeat_n
     await writers
     everything = [e.event_id for e in (await store.read_page(ReadQuery(Scope(realm), limit=10_000))).events]
     assert len(everything) == 120 and seen == everything
+
+
+async def test_a_bound_past_any_integer_column_still_reads(store: Store, realm: str) -> None:
+    """--max-page-bytes has no upper limit of its own: a bound past PostgreSQL's bigint was sent
+    as a parameter it could not hold (503 on every read)."""
+    await store.append(realm, "d", "e", "t", {"a": 1})
+    app = PerhapApp(store, max_page_bytes=2 ** 70)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perhap.test") as http:
+        for path in (f"/{realm}/d/e", f"/{realm}/d", f"/{realm}?type=t&type=u"):
+            answer = await http.get(path)
+            assert answer.status_code == 200 and len(answer.json()["events"]) == 1, (path, answer.text)

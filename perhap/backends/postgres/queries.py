@@ -127,7 +127,7 @@ def _within_bytes(sql: str, params: list[object], max_bytes: int, by_version: bo
     """The page of ``sql`` (its columns followed by ``size``) cut at the row whose data and meta
     bring the total to ``max_bytes`` (that row kept: one at least). The rows cut off are never
     sent, nor their values read from storage."""
-    params.append(max_bytes)
+    params.append(min(max_bytes, 1 << 62))  # (a bigint: --max-page-bytes has no upper limit of its own)
     names = ENTITY_NAMES_OUT if by_version else NAMES_OUT
     key = "version" if by_version else "position"
     return (f"SELECT {names} FROM (SELECT page.*, sum(page.size) OVER (ORDER BY page.{key}{direction} "
