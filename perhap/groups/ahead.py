@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..model import Event, Page, Scope
@@ -61,17 +61,25 @@ class Bodies:
     def get(self, event_id: str) -> Event | None:
         return self.events.get(event_id)
 
-    def within(self, max_bytes: int, event_ids: list[str]) -> int:
-        """How many of these events, in order, a lease of ``max_bytes`` takes: up to the one whose
-        data and meta reach it (one at least). One not kept here is not counted: its size is not
-        known (another process read it, or it was let go), and the lease's count bounds it."""
-        size = 0
-        for n, event_id in enumerate(event_ids, 1):
-            event = self.events.get(event_id)
-            size += 0 if event is None else _size(event)
-            if size >= max_bytes:
-                return n
-        return len(event_ids)
+    def size_of(self, state: GroupState, chosen: list[int]) -> int:
+        """The data and meta of the chosen pending events kept here (a lease's scan stops once
+        they reach its bound; :func:`lease_cut` then counts every one)."""
+        found = (self.events.get(state.pending[pos].event_id) for pos in chosen)
+        return sum(_size(event) for event in found if event is not None)
+
+
+async def lease_cut(chosen: list[int], state: GroupState, max_bytes: int,
+                    body: Callable[[str, str], Awaitable[Event]]) -> int:
+    """How many of the chosen pending events, in order, a lease of ``max_bytes`` takes: up to the
+    one whose data and meta reach it (one at least). A body not kept (read by another process, or
+    let go since) is read by id with ``body(domain, event_id)``: the delivery needs it anyway."""
+    size = 0
+    for n, pos in enumerate(chosen, 1):
+        waiting = state.pending[pos]
+        size += _size(await body(waiting.domain, waiting.event_id))
+        if size >= max_bytes:
+            return n
+    return len(chosen)
 
 
 def _size(event: Event) -> int:
@@ -134,12 +142,13 @@ async def read_ahead(store: Store, realm: str, name: str, known: tuple[int, Grou
 
 
 async def scan(store: Store, realm: str, state: GroupState, room: int, busy: set[Key], chosen: list[int],
-               ahead: ReadAhead | None, remember: Callable[[Event], None]) -> None:
+               ahead: ReadAhead | None, remember: Callable[[Event], None],
+               full: Callable[[], bool] | None = None) -> None:
     """A lease's look for new events: take the scope's events after ``state.scanned`` into the
-    state until ``room`` are chosen or none is left, from ``ahead`` where it covers them, else read
-    (each event read is given to ``remember``)."""
+    state until ``room`` are chosen, ``full()`` says the chosen are enough, or none is left, from
+    ``ahead`` where it covers them, else read (each event read is given to ``remember``)."""
     settings = state.settings
-    while len(chosen) < room:
+    while len(chosen) < room and not (full is not None and full()):
         # Read about what is still wanted: events read past the last one taken in are dropped.
         wanted = min(SCAN_BATCH, room - len(chosen) + SCAN_SLACK)
         found = ahead.take(state, wanted) if ahead is not None else None

@@ -14,6 +14,7 @@ step (NTP), as a lease may end early or late by their difference.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ from ..model import MAX_LIMIT, MAX_POSITION, Event
 from ..store.base import Store
 from ..store.query import read_query
 from ..store.states import StateTable, new_token
-from .ahead import Bodies, read_ahead, scan, take_back_deferred
+from .ahead import Bodies, lease_cut, read_ahead, scan, take_back_deferred
 from .settings import MAX_ATTEMPTS, READ_BYTES, SEEN_EVERY, SHARED_POLL, GroupSettings
 from .state import GroupState, Lease
 
@@ -161,11 +162,10 @@ class Groups:
     async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float,
                     check: Callable[[], None] | None = None,
                     stop: asyncio.Event | None = None, max_bytes: int | None = None) -> list[dict[str, Any]]:
-        """Up to ``limit`` events leased to ``consumer``, waiting up to ``wait`` seconds for one;
-        ``check`` (it raises to refuse, a revoked token, say) runs before each look. Once ``stop``
-        is set (the server stops) the wait ends with nothing leased; a look already under way
-        finishes, and what it leased is returned, never dropped on the way to the consumer. With
-        ``max_bytes``, the lease ends at the event whose data and meta reach it (one at least)."""
+        """Up to ``limit`` events (up to the one reaching ``max_bytes``) leased to ``consumer``,
+        waiting up to ``wait`` seconds for one; ``check`` (it raises to refuse, a revoked token)
+        runs before each look. Once ``stop`` is set (the server stops) the wait ends with nothing
+        leased; a look under way finishes, and what it leased is returned, never dropped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (realm, name)
@@ -221,9 +221,10 @@ class Groups:
                 dirty = await take_back_deferred(self.store, realm, state, room, self._remember) or dirty
                 busy = state.busy_entities()
                 chosen = state.choose_pending(room, busy)
-                await scan(self.store, realm, state, room, busy, chosen, ahead, self._remember)
+                full = None if max_bytes is None else lambda: self._bodies.size_of(state, chosen) >= max_bytes
+                await scan(self.store, realm, state, room, busy, chosen, ahead, self._remember, full)
                 if max_bytes is not None:  # (those left out wait in pending, as they were)
-                    del chosen[self._bodies.within(max_bytes, [state.pending[pos].event_id for pos in chosen]):]
+                    del chosen[await lease_cut(chosen, state, max_bytes, functools.partial(self._body, realm)):]
             leases = state.lease(chosen, consumer, now)
             # Every change made in place must be stored (or dropped with the cache): events read
             # and waiting behind their entity are one, even when nothing goes out.
