@@ -289,9 +289,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 # unless some of them have gone by the time it asks.
                 self._admitted = sum(getattr(c, "_admitted", False) for c in self.connections) < limit - 1
             app = self.app
-            if not self._admitted:  # answered as uvicorn would, with over_the_limit for its app
-                log.warning("refused a request: %d connections at once", limit - 1 if limit else 0)
-                self.app = _over_the_limit(limit - 1 if limit else 0)
+            if limit is not None and not self._admitted:  # answered with over_the_limit for its app
+                log.warning("refused a request: %d connections at once", limit - 1)
+                self.app = _over_the_limit(limit - 1)
             # (uvicorn's own count is not asked: it is what refused the connections it served)
             self.limit_concurrency = None
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import itertools
 import os
 import threading
 import weakref
@@ -329,20 +330,8 @@ class OverHttp(Transport):
         """Up to ``limit`` events, as in process: a page the server ended early, at its
         ``--max-page-bytes``, is followed by the next (the recorders take a short answer as the end)."""
         self._check()
-        events: list[Event] = []
-        following = None
-        while True:
-            with translated():
-                tagged = self.client.read_page(scope, limit=limit - len(events), following=following, **bounds)
-            assert tagged is not None  # only a conditional read answers None
-            page = tagged[0]
-            events += page.events
-            if page.next is None or len(events) >= limit:
-                return events
-            # `following` continues in the same order and takes a position bound's place.
-            following = page.next
-            bounds.pop("after_position", None)
-            bounds.pop("before_position", None)
+        with translated():  # (the client's read follows `next`, and asks for a page as it needs one)
+            return list(itertools.islice(self.client.read(scope, page_size=limit, **bounds), limit))
 
     def subscribe(self, scope: Scope, after_position: int | None, types: Sequence[str] | None,
                   deliver: Deliver) -> Callable[[], None]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..model import Event, Page, Scope
 from ..store.base import Store
-from ..store.query import read_query
+from ..store.query import event_bytes, read_query
 from .settings import BODY_CACHE, BODY_CACHE_BYTES, READ_BYTES, GroupSettings
 from .state import MAX_PENDING, GroupState, Key
 
@@ -52,11 +52,11 @@ class Bodies:
         events = self.events
         old = events.pop(event.event_id, None)
         if old is not None:
-            self.size -= _size(old)
+            self.size -= event_bytes(old)
         events[event.event_id] = event
-        self.size += _size(event)
+        self.size += event_bytes(event)
         while len(events) > BODY_CACHE or (self.size > BODY_CACHE_BYTES and len(events) > 1):
-            self.size -= _size(events.popitem(last=False)[1])
+            self.size -= event_bytes(events.popitem(last=False)[1])
 
     def get(self, event_id: str) -> Event | None:
         return self.events.get(event_id)
@@ -65,7 +65,7 @@ class Bodies:
         """The data and meta of the chosen pending events kept here (a lease's scan stops once
         they reach its bound; :func:`lease_cut` then counts every one)."""
         found = (self.events.get(state.pending[pos].event_id) for pos in chosen)
-        return sum(_size(event) for event in found if event is not None)
+        return sum(event_bytes(event) for event in found if event is not None)
 
 
 async def lease_cut(chosen: list[int], state: GroupState, max_bytes: int,
@@ -76,14 +76,10 @@ async def lease_cut(chosen: list[int], state: GroupState, max_bytes: int,
     size = 0
     for n, pos in enumerate(chosen, 1):
         waiting = state.pending[pos]
-        size += _size(await body(waiting.domain, waiting.event_id))
+        size += event_bytes(await body(waiting.domain, waiting.event_id))
         if size >= max_bytes:
             return n
     return len(chosen)
-
-
-def _size(event: Event) -> int:
-    return len(event.data_json) + len(event.meta_json)
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from ..errors import StorageUnavailable, StoreClosed
 from ..limits import DEFAULT_STREAM_BUFFER, DEFAULT_WRITE_TIMEOUT, StreamLimiter
 from ..model import Event
 from ..store.base import Store
-from ..store.query import ReadQuery
+from ..store.query import ReadQuery, event_bytes
 from ..store.subscription import Followed, OutagePause, Subscription
 from .types import Receive, Send
 from .types import Scope as ASGIScope
@@ -112,7 +112,7 @@ class MessageCache:
             self.items.clear()
             self.size = 0
         self.items[id(event)] = (event, message)
-        self.size += len(message) + len(event.data_json) + len(event.meta_json)
+        self.size += len(message) + event_bytes(event)
         return message
 
 

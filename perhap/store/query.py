@@ -136,6 +136,12 @@ def read_query(
 _make_query = fast_constructor(ReadQuery)
 
 
+def event_bytes(event: Event) -> int:
+    """What an event weighs against every byte bound (pages, streams, caches): its stored data
+    and meta, the JSON that a page or a message carries."""
+    return len(event.data_json) + len(event.meta_json)
+
+
 def bytes_cut(events: Sequence[Event], max_bytes: int | None) -> int | None:
     """How many of ``events`` a page bounded by ``max_bytes`` keeps: up to the event whose data
     and meta bring the total to the bound (one at least); None when they stay below it."""
@@ -143,7 +149,7 @@ def bytes_cut(events: Sequence[Event], max_bytes: int | None) -> int | None:
         return None
     size = 0
     for n, event in enumerate(events, 1):
-        size += len(event.data_json) + len(event.meta_json)
+        size += event_bytes(event)
         if size >= max_bytes:
             return n
     return None

@@ -22,7 +22,6 @@ ENTITY_ID = f"(SELECT id FROM perhap_entities WHERE domain_id = {DOMAIN_ID} AND 
 # column named, so that a page cut by bytes can select them again from its sub-select.)
 COLUMNS = ("e.position AS position, e.event_id::text AS event_id, r.name AS realm, d.name AS domain, "
            "n.name AS entity, t.name AS type_name, e.version AS version, e.ts AS ts, e.data AS data, e.meta AS meta")
-NAMES_OUT = "position, event_id, realm, domain, entity, type_name, version, ts, data, meta"
 NAMES = """JOIN perhap_entities n ON n.id = e.entity_id
 JOIN perhap_domains d ON d.id = e.domain_id JOIN perhap_realms r ON r.id = e.realm_id
 JOIN perhap_types t ON t.id = e.type_id"""
@@ -31,7 +30,6 @@ SELECT_EVENTS = f"SELECT {COLUMNS}\nFROM perhap_events e {NAMES}"
 # (fewer columns to send and decode, three joins fewer; the rows go through :func:`entity_events`).
 ENTITY_COLUMNS = ("e.position AS position, e.event_id::text AS event_id, t.name AS type_name, "
                   "e.version AS version, e.ts AS ts, e.data AS data, e.meta AS meta")
-ENTITY_NAMES_OUT = "position, event_id, type_name, version, ts, data, meta"
 ENTITY_NAMES = "JOIN perhap_types t ON t.id = e.type_id"
 
 EVENT_BY_ID = f"{SELECT_EVENTS} WHERE e.event_id = $1"
@@ -128,11 +126,16 @@ def _within_bytes(sql: str, params: list[object], max_bytes: int, by_version: bo
     bring the total to ``max_bytes`` (that row kept: one at least). The rows cut off are never
     sent, nor their values read from storage."""
     params.append(min(max_bytes, 1 << 62))  # (a bigint: --max-page-bytes has no upper limit of its own)
-    names = ENTITY_NAMES_OUT if by_version else NAMES_OUT
+    names = _labels(ENTITY_COLUMNS if by_version else COLUMNS)
     key = "version" if by_version else "position"
     return (f"SELECT {names} FROM (SELECT page.*, sum(page.size) OVER (ORDER BY page.{key}{direction} "
             f"ROWS UNBOUNDED PRECEDING) AS total FROM ({sql}) page) page "
             f"WHERE page.total - page.size < ${len(params)} ORDER BY page.{key}{direction}")
+
+
+def _labels(columns: str) -> str:
+    """The names a column list gives its columns (``a AS b, c AS d`` -> ``b, d``)."""
+    return ", ".join(column.rsplit(" AS ", 1)[1] for column in columns.split(", "))
 
 
 def _union(where: str, params: list[object], types: tuple[str, ...], column: str, direction: str,

@@ -14,7 +14,7 @@ import time
 from typing import cast
 
 from ...model import Event, Scope
-from ...store.query import ReadQuery
+from ...store.query import ReadQuery, event_bytes
 
 #: The ring keeps at most this many events and bytes of event data (module globals, read at
 #: each trim, so tests can make them small).
@@ -25,10 +25,6 @@ RING_IDLE = 30.0  # seconds without a ring read after which the writer stops fil
 
 def _seq(event: Event) -> int:
     return cast(int, event.cursor)
-
-
-def _size(event: Event) -> int:
-    return len(event.data_json) + len(event.meta_json)
 
 
 class Ring:
@@ -74,13 +70,13 @@ class Ring:
         if (events and self.lo is not None and last is not None
                 and _seq(events[0]) == (_seq(ring[-1]) if ring else self.lo) + 1):
             ring += events
-            self.size += sum(_size(e) for e in events)
+            self.size += sum(event_bytes(e) for e in events)
             if len(ring) > RING_EVENTS or self.size > RING_BYTES:
                 # Drop the oldest down to three quarters (deleting from a list's front is O(n)).
                 cut = 0
                 while cut < len(ring) and (len(ring) - cut > RING_EVENTS * 3 // 4
                                            or self.size > RING_BYTES * 3 // 4):
-                    self.size -= _size(ring[cut])
+                    self.size -= event_bytes(ring[cut])
                     cut += 1
                 self.lo = _seq(ring[cut - 1])
                 del ring[:cut]
