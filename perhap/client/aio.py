@@ -187,8 +187,14 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         return await self._call(self._nack_op(realm, group, consumer, event_ids, action))
 
     async def parked(self, realm: str, group: str) -> list[Delivery]:
-        """The group's parked events."""
-        return await self._call(self._parked_op(realm, group))
+        """The group's parked events, in position order (see :meth:`Client.parked`)."""
+        found: list[Delivery] = []
+        following = None
+        while True:
+            page, following = await self._call(self._parked_op(realm, group, following))
+            found += page
+            if following is None or not page:
+                return found
 
     async def replay_parked(self, realm: str, group: str, event_ids: Sequence[str] | None = None) -> int:
         """Put parked events (all by default) back in the group; how many."""

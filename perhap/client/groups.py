@@ -90,8 +90,19 @@ def _counts(response: httpx.Response, *keys: str) -> dict[str, int]:
     return counts
 
 
-def _deliveries(response: httpx.Response) -> list[Delivery]:
+def _parked_page(response: httpx.Response) -> tuple[list[Delivery], str | None]:
     body = json_body(response)
+    following = body.get("next") if isinstance(body, dict) else None
+    if following is not None and not isinstance(following, str):
+        raise unexpected(response, "next is not an event id")
+    return _delivered(response, body), following
+
+
+def _deliveries(response: httpx.Response) -> list[Delivery]:
+    return _delivered(response, json_body(response))
+
+
+def _delivered(response: httpx.Response, body: Any) -> list[Delivery]:
     try:
         return [delivery_from_dict(e) for e in body["events"]]
     except (KeyError, TypeError):
@@ -170,8 +181,10 @@ class GroupCore(ClientCore[H]):
         keys = ("released",) if action == "release" else ("retried", "parked")
         return Op(request, lambda r: _counts(r, *keys))
 
-    def _parked_op(self, realm: str, group: str) -> Op[list[Delivery]]:
-        return Op(self._request("GET", self._group_path(realm, group, "parked")), _deliveries)
+    def _parked_op(self, realm: str, group: str, following: str | None) -> Op[tuple[list[Delivery], str | None]]:
+        """A page of parked events, and the ``following`` of the next page (None at the end)."""
+        params = None if following is None else {"following": following}
+        return Op(self._request("GET", self._group_path(realm, group, "parked"), params=params), _parked_page)
 
     def _replay_op(self, realm: str, group: str, event_ids: Sequence[str] | None) -> Op[int]:
         body = None if event_ids is None else {"event_ids": _event_ids(event_ids)}

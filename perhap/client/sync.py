@@ -230,8 +230,15 @@ class Client(GroupCore[httpx.Client]):
         return self._call(self._nack_op(realm, group, consumer, event_ids, action))
 
     def parked(self, realm: str, group: str) -> list[Delivery]:
-        """The group's parked events, with ``delivery``, ``parked_at`` and ``reason``."""
-        return self._call(self._parked_op(realm, group))
+        """The group's parked events, in position order, with ``delivery``, ``parked_at`` and
+        ``reason``: every page the server answers with (each ends at its page bounds)."""
+        found: list[Delivery] = []
+        following = None
+        while True:
+            page, following = self._call(self._parked_op(realm, group, following))
+            found += page
+            if following is None or not page:
+                return found
 
     def replay_parked(self, realm: str, group: str, event_ids: Sequence[str] | None = None) -> int:
         """Put parked events (all of them by default) back in the group; how many."""

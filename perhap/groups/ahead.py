@@ -21,7 +21,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from ..ids import utc_timestamp
 from ..model import Event, Page, Scope
 from ..store.base import Store
 from ..store.query import event_bytes, read_query
@@ -80,6 +82,26 @@ async def lease_cut(chosen: list[int], state: GroupState, max_bytes: int,
         if size >= max_bytes:
             return n
     return len(chosen)
+
+
+async def parked_page(state: GroupState, after: int, limit: int, max_bytes: int | None,
+                      body: Callable[[str, str], Awaitable[Event]]) -> tuple[list[dict[str, Any]], str | None]:
+    """The parked events after position ``after``, in position order, up to ``limit`` of them or
+    up to the one whose data and meta reach ``max_bytes``; and the last one's id when more follow
+    (the ``following`` of the next page). Each is the event with its delivery count, ``parked_at``
+    and ``reason``."""
+    later = sorted(pos for pos in state.parked if pos > after)
+    page: list[dict[str, Any]] = []
+    size = 0
+    for pos in later[:limit]:
+        parked = state.parked[pos]
+        event = await body(parked.domain, parked.event_id)
+        page.append({**event.to_json_dict(), "delivery": parked.deliveries,
+                     "parked_at": utc_timestamp(parked.at), "reason": parked.reason})
+        size += event_bytes(event)
+        if max_bytes is not None and size >= max_bytes:
+            break
+    return page, (page[-1]["event_id"] if len(page) < len(later) else None)
 
 
 @dataclass(slots=True)

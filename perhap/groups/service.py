@@ -27,7 +27,7 @@ from ..model import MAX_LIMIT, MAX_POSITION, Event
 from ..store.base import Store
 from ..store.query import read_query
 from ..store.states import StateTable, new_token
-from .ahead import Bodies, lease_cut, read_ahead, scan, take_back_deferred
+from .ahead import Bodies, lease_cut, parked_page, read_ahead, scan, take_back_deferred
 from .settings import MAX_ATTEMPTS, READ_BYTES, SEEN_EVERY, SHARED_POLL, GroupSettings
 from .state import GroupState, Lease
 
@@ -107,10 +107,14 @@ class Groups:
             raise _unknown(realm, name)
 
     async def describe(self, realm: str, name: str) -> dict[str, Any]:
+        return await self._describe(realm, name, await self._load(realm, name))
+
+    async def _load(self, realm: str, name: str) -> GroupState:
+        """The group's state as stored (404 unless the group exists)."""
         record = await self.table.get(realm, name)
         if record is None:
             raise _unknown(realm, name)
-        return await self._describe(realm, name, GroupState.from_bytes(record.data))
+        return GroupState.from_bytes(record.data)
 
     async def _describe(self, realm: str, name: str, state: GroupState) -> dict[str, Any]:
         now = time.time()
@@ -121,12 +125,12 @@ class Groups:
         head = await self._head(realm, state.settings)
         unread = await self._count_after(realm, state.settings, state.scanned, head) if head > state.scanned else 0
         return {
-            "realm": realm, "name": name, **state.settings.to_json(), "created": _stamp(state.created),
+            "realm": realm, "name": name, **state.settings.to_json(), "created": utc_timestamp(state.created),
             "checkpoint": await self._checkpoint(realm, state), "head": head,
             "lag": len(state.leases) + state.waiting() + unread,
             "in_flight": len(state.leases), "parked": len(state.parked), "delivered": state.delivered,
             "redeliveries": state.redeliveries, "acknowledged": state.acknowledged,
-            "consumers": [{"consumer": c, "last_seen": _stamp(t), "in_flight": held.get(c, 0)}
+            "consumers": [{"consumer": c, "last_seen": utc_timestamp(t), "in_flight": held.get(c, 0)}
                           for c, t in sorted(state.consumers.items())],
         }
 
@@ -256,19 +260,18 @@ class Groups:
         self._wake((realm, name))
         return result
 
-    async def parked(self, realm: str, name: str, limit: int) -> list[dict[str, Any]]:
-        record = await self.table.get(realm, name)
-        if record is None:
-            raise _unknown(realm, name)
-        state = GroupState.from_bytes(record.data)
+    async def parked(self, realm: str, name: str, limit: int, following: str | None = None,
+                     max_bytes: int | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the group's parked events after the event ``following`` (see
+        :func:`.ahead.parked_page`), which need not be parked still: a page's last event may be
+        replayed before the next page is asked for, so its place is then read from the store."""
+        state = await self._load(realm, name)
         state.expire(time.time())  # leases that ran out for the last time are parked already
-        found = []
-        for pos in sorted(state.parked)[:limit]:
-            p = state.parked[pos]
-            event = await self._body(realm, p.domain, p.event_id)
-            found.append({**event.to_json_dict(), "delivery": p.deliveries, "parked_at": _stamp(p.at),
-                          "reason": p.reason})
-        return found
+        after = -1
+        if following is not None:
+            found = [pos for pos, p in state.parked.items() if p.event_id == following]
+            after = found[0] if found else (await self.store.get_event(realm, None, following)).position
+        return await parked_page(state, after, limit, max_bytes, functools.partial(self._body, realm))
 
     async def replay(self, realm: str, name: str, event_ids: Sequence[str] | None) -> int:
         async def change(state: GroupState, now: float) -> tuple[int, bool]:
@@ -445,6 +448,3 @@ class _Parsed:
 def _unknown(realm: str, name: str) -> NotFound:
     return NotFound(f"no consumer group {name!r} in realm {realm!r}; create it with PUT /_groups/{realm}/{name}")
 
-
-def _stamp(seconds: float) -> str:
-    return utc_timestamp(seconds)

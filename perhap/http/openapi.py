@@ -84,7 +84,8 @@ _GROUP_OPS: dict[Kind, tuple[str | None, bool, str, str | None, str]] = {
                                                          "count; with Accept: text/event-stream, a stream of them"),
     Kind.GROUP_ACK: ("Ack", True, "200", "Acknowledged", "Acknowledged"),
     Kind.GROUP_NACK: ("Nack", True, "200", "Nacked", "Given back"),
-    Kind.GROUP_PARKED: (None, False, "200", "Deliveries", "Parked events, each with parked_at and reason"),
+    Kind.GROUP_PARKED: (None, False, "200", "Parked", "Parked events in position order, each with parked_at and "
+                                                      "reason; `next` (pass it as `following`) only when more follow"),
     Kind.GROUP_REPLAY: ("Replay", False, "200", "Replayed", "Back in the group, to be delivered again"),
 }
 H_LAST_ID = _param("Last-Event-ID", "header", UUID,
@@ -236,7 +237,8 @@ def _group(summary: str, params: list[dict[str, Any]], body: str | None, require
     if answer is not None and "text/event-stream" in description:  # the lease route: JSON or a stream
         ok = {**ok, "content": {**_json(answer, description)["content"],
                                 "text/event-stream": {"schema": {"type": "string"}}}}
-    responses = {status: ok, "404": _problem("No such group"), "409": _problem(
+    missing = "No such group" + (", or `following` is not an event of the realm" if answer == "Parked" else "")
+    responses = {status: ok, "404": _problem(missing), "409": _problem(
         "The group exists with other settings (PUT), or an event is not leased to this consumer now "
         "(ack, nack): nothing was changed"), "503": _problem("Storage unavailable"),
         "507": _problem("The group's state would pass its size limit (`max_bytes`): nothing was changed")}
@@ -287,6 +289,8 @@ def _group_schemas(position: dict[str, Any], event: dict[str, Any]) -> dict[str,
                                                                                      "items": group}}},
         "Deliveries": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array",
                                                                                           "items": delivered}}},
+        "Parked": {"type": "object", "required": ["events"], "properties": {
+            "events": {"type": "array", "items": delivered}, "next": UUID}},
         "Ack": {"type": "object", "required": ["consumer", "event_ids"], "additionalProperties": False,
                 "properties": {"consumer": CONSUMER, "event_ids": ids}},
         "Nack": {"type": "object", "required": ["consumer", "event_ids"], "additionalProperties": False,

@@ -143,7 +143,8 @@ _TABLE = (
     Route("/_groups/{realm}/{group}/ack", {"POST": Operation(Kind.GROUP_ACK, "Acknowledge leased events")}),
     Route("/_groups/{realm}/{group}/nack", {
         "POST": Operation(Kind.GROUP_NACK, "Give leased events back: to retry, or to park")}),
-    Route("/_groups/{realm}/{group}/parked", _get(Kind.GROUP_PARKED, "A group's parked events", ("limit",))),
+    Route("/_groups/{realm}/{group}/parked", _get(Kind.GROUP_PARKED, "A group's parked events, in position order",
+                                                             ("limit", "following"))),
     Route("/_groups/{realm}/{group}/parked/replay", {
         "POST": Operation(Kind.GROUP_REPLAY, "Deliver parked events again")}),
     Route("/_metrics", _get(Kind.METRICS, "Prometheus metrics (an admin token with --auth)")),

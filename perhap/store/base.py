@@ -248,13 +248,14 @@ class Store(abc.ABC):
         elif query.after is None or _less(query.after, cursor):
             return replace(query, after=cursor)
         return query
-    async def get_event(self, realm: str, domain: str, event_id: str) -> Event:
-        """One event by id; NotFound unless it belongs to that realm and domain."""
+    async def get_event(self, realm: str, domain: str | None, event_id: str) -> Event:
+        """One event by id; NotFound unless it belongs to that realm and domain (any of the realm's
+        domains when ``domain`` is None)."""
         event_id = check_event_id(event_id)
         self._check_open()
         event = await self._find_event(event_id)
-        if event is None or event.realm != realm or event.domain != domain:
-            raise NotFound(f"no event {event_id} in {realm}/{domain}")
+        if event is None or event.realm != realm or (domain is not None and event.domain != domain):
+            raise NotFound(f"no event {event_id} in {realm}" + ("" if domain is None else f"/{domain}"))
         return event
 
     async def keys(

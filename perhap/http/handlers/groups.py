@@ -139,9 +139,14 @@ async def nack(ctx: Context, req: Request, send: Send) -> None:
 
 
 async def parked(ctx: Context, req: Request, send: Send) -> None:
+    """A page of parked events; ``next`` only when more follow, so a whole list is ``{"events": [...]}``."""
     realm, name = _names(req, "read")
     limit = page_limit(req.query) if "limit" in req.query else MAX_LIMIT
-    await send_json(send, 200, {"events": await ctx.groups.parked(realm, name, limit)})
+    following = req.query.get("following")
+    if following is not None:
+        following = check_event_id(following, "following")
+    events, more = await ctx.groups.parked(realm, name, limit, following, ctx.max_page_bytes)
+    await send_json(send, 200, {"events": events} if more is None else {"events": events, "next": more})
 
 
 async def replay(ctx: Context, req: Request, send: Send) -> None:
