@@ -258,6 +258,10 @@ class StoreContract(BackendContract):
             await store.get_event(realm, "other", r.first.event_id)
         with pytest.raises(NotFound):
             await store.get_event(realm, "d", str(uuid.uuid4()))
+        # Without a domain: any of the realm's, and still none of another realm's.
+        assert (await store.get_event(realm, None, r.first.event_id)).event_id == r.first.event_id
+        with pytest.raises(NotFound):
+            await store.get_event(realm + "x", None, r.first.event_id)
 
     async def test_keys_at_every_level(self, store: Store, realm: str) -> None:
         for d in ("b", "a", "c"):
