@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from perhap import AsyncClient, Client
+from perhap.groups import ahead as group_ahead
 from perhap.http.app import PerhapApp
 from perhap.store.base import Store
 from perhap.testing.conformance.helpers import problem
@@ -62,8 +63,10 @@ async def _pages(http: httpx.AsyncClient, realm: str, **params: Any) -> list[dic
         params = {**params, "following": answers[-1]["next"]}
 
 
+@pytest.mark.parametrize("reads", [group_ahead.PARKED_READS, 2])
 async def test_pages_of_limit_events_follow_next_to_the_last_in_position_order(
-        http: httpx.AsyncClient, realm: str) -> None:
+        http: httpx.AsyncClient, realm: str, reads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_ahead, "PARKED_READS", reads)  # (2: pages cross the reads of bodies)
     ids = await _park(http, realm, 7)
     answers = await _pages(http, realm, limit=3)
     assert [[e["event_id"] for e in a["events"]] for a in answers] == [ids[:3], ids[3:6], ids[6:]]
@@ -77,7 +80,10 @@ async def test_pages_of_limit_events_follow_next_to_the_last_in_position_order(
     assert [e["event_id"] for e in last["events"]] == ids[5:] and "next" not in last
 
 
-async def test_a_page_ends_at_the_event_reaching_max_page_bytes(http: httpx.AsyncClient, realm: str) -> None:
+@pytest.mark.parametrize("reads", [group_ahead.PARKED_READS, 2])
+async def test_a_page_ends_at_the_event_reaching_max_page_bytes(http: httpx.AsyncClient, realm: str, reads: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_ahead, "PARKED_READS", reads)
     ids = await _park(http, realm, 8, pad=PAD)
     answers = await _pages(http, realm)  # no limit: 10,000 by count, so the bytes end each page
     assert [len(a["events"]) for a in answers] == [3, 3, 2]

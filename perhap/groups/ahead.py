@@ -16,6 +16,7 @@ as well as in count.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections import OrderedDict
@@ -39,6 +40,8 @@ SCAN_BATCH = 1000
 AHEAD = 4
 #: Deferred events of one entity read back at once (one only while ``pending`` is full).
 TAKE_BACK = 64
+#: Parked events whose bodies a page of them reads at once.
+PARKED_READS = 32
 
 
 class Bodies:
@@ -89,18 +92,21 @@ async def parked_page(state: GroupState, after: int, limit: int, max_bytes: int 
     """The parked events after position ``after``, in position order, up to ``limit`` of them or
     up to the one whose data and meta reach ``max_bytes``; and the last one's id when more follow
     (the ``following`` of the next page). Each is the event with its delivery count, ``parked_at``
-    and ``reason``."""
+    and ``reason``. Bodies not kept are read PARKED_READS at a time (one by one, 2,000 took 2.1-2.9 s
+    on the test Cassandra node, 0.8-0.9 s so), so a page may read up to that many more than it
+    holds: they are kept for the next page."""
     later = sorted(pos for pos in state.parked if pos > after)
     page: list[dict[str, Any]] = []
     size = 0
-    for pos in later[:limit]:
-        parked = state.parked[pos]
-        event = await body(parked.domain, parked.event_id)
-        page.append({**event.to_json_dict(), "delivery": parked.deliveries,
-                     "parked_at": utc_timestamp(parked.at), "reason": parked.reason})
-        size += event_bytes(event)
-        if max_bytes is not None and size >= max_bytes:
-            break
+    for start in range(0, min(limit, len(later)), PARKED_READS):
+        chosen = [state.parked[pos] for pos in later[start:min(start + PARKED_READS, limit)]]
+        for parked, event in zip(chosen, await asyncio.gather(*(body(p.domain, p.event_id) for p in chosen)),
+                                 strict=True):
+            page.append({**event.to_json_dict(), "delivery": parked.deliveries,
+                         "parked_at": utc_timestamp(parked.at), "reason": parked.reason})
+            size += event_bytes(event)
+            if max_bytes is not None and size >= max_bytes:
+                return page, (page[-1]["event_id"] if len(page) < len(later) else None)
     return page, (page[-1]["event_id"] if len(page) < len(later) else None)
 
 
