@@ -98,15 +98,17 @@ async def parked_page(state: GroupState, after: int, limit: int, max_bytes: int 
     later = sorted(pos for pos in state.parked if pos > after)
     page: list[dict[str, Any]] = []
     size = 0
-    for start in range(0, min(limit, len(later)), PARKED_READS):
+    start = 0
+    while start < min(limit, len(later)) and (max_bytes is None or size < max_bytes):
         chosen = [state.parked[pos] for pos in later[start:min(start + PARKED_READS, limit)]]
+        start += len(chosen)
         for parked, event in zip(chosen, await asyncio.gather(*(body(p.domain, p.event_id) for p in chosen)),
                                  strict=True):
+            if max_bytes is not None and size >= max_bytes:
+                break
             page.append({**event.to_json_dict(), "delivery": parked.deliveries,
                          "parked_at": utc_timestamp(parked.at), "reason": parked.reason})
             size += event_bytes(event)
-            if max_bytes is not None and size >= max_bytes:
-                return page, (page[-1]["event_id"] if len(page) < len(later) else None)
     return page, (page[-1]["event_id"] if len(page) < len(later) else None)
 
 

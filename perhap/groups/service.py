@@ -447,4 +447,3 @@ class _Parsed:
 
 def _unknown(realm: str, name: str) -> NotFound:
     return NotFound(f"no consumer group {name!r} in realm {realm!r}; create it with PUT /_groups/{realm}/{name}")
-

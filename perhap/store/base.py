@@ -248,6 +248,7 @@ class Store(abc.ABC):
         elif query.after is None or _less(query.after, cursor):
             return replace(query, after=cursor)
         return query
+
     async def get_event(self, realm: str, domain: str | None, event_id: str) -> Event:
         """One event by id; NotFound unless it belongs to that realm and domain (any of the realm's
         domains when ``domain`` is None)."""
