@@ -49,8 +49,12 @@ class TooManyStreams(PerhapError):
 PARSER_MAX_DEPTH = 1024
 
 
-def too_deep(limit: int) -> TooDeep:
-    return TooDeep(f"the JSON is nested deeper than the limit of {limit} levels", max_depth=limit)
+def too_deep(limit: int, wrapped: int = 0) -> TooDeep:
+    """The refusal of a body deeper than ``limit`` (``--max-depth``), plus the ``wrapped`` levels a
+    batch's list and items add around each event, which are not counted against it."""
+    beside = f" (an event counts as in a single append: the batch's {wrapped} levels around it are not counted)"
+    return TooDeep(f"the JSON is nested deeper than the limit of {limit} levels" + (beside if wrapped else ""),
+                   max_depth=limit)
 
 
 def parser_gave_up_on_depth(exc: ValueError, limit: int) -> bool:

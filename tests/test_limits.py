@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 import ipaddress
 import json
 import logging
@@ -57,6 +58,49 @@ async def test_body_batch_and_depth_limits(store: Store, realm: str) -> None:
         # brackets inside strings do not count
         assert (await c.post(f"/{realm}/d/e/t", json={"event": "[[[[[[[[{{{{{{"})).status_code == 201
         assert len((await c.get(f"/{realm}/d/e")).json()["events"]) == 5
+
+
+async def test_an_event_one_append_route_takes_the_others_take_too(store: Store, realm: str) -> None:
+    """--max-depth counts an event as a single append's body holds it: the list and item a batch
+    puts around each event are not counted. Else an event nested to the limit could not be sent
+    in a batch, and ``perhap copy`` (which sends batches) failed between servers of one setting."""
+    async with await in_process(PerhapApp(store, max_depth=5)) as c:
+        deepest: Any = {"a": [{"b": [1]}]}  # level 5 of a single append's body
+        deeper: Any = {"a": [{"b": [[1]]}]}
+        for event, taken in ((deepest, True), (deeper, False)):
+            answers = [await c.post(f"/{realm}/d/one/t", json={"event": event, "meta": event}),
+                       await c.post(f"/{realm}/d/batch", json={"events": [{"type": "t", "event": event,
+                                                                            "meta": event}]})]
+            if store.supports_multi_entity:
+                answers.append(await c.post(f"/{realm}/d", json={"events": [
+                    {"entity": "many", "type": "t", "event": event, "meta": event}]}))
+            for r in answers:
+                if taken:
+                    assert r.status_code == 201, r.text
+                else:
+                    body = problem(r, 400, "too-deep")
+                    assert body["max_depth"] == 5 and "limit of 5 levels" in body["detail"]
+        assert [e["event"] for e in (await c.get(f"/{realm}/d/batch")).json()["events"]] == [deepest]
+
+
+async def test_a_body_that_is_not_json_says_why(store: Store, realm: str) -> None:
+    """Bytes that are not UTF-8 are named so (the parser calls every bad byte a surrogate), and
+    a compressed body is a 415 that says perhap takes none: neither is stored."""
+    async with await in_process(PerhapApp(store)) as c:
+        for raw in (b'{"event": "caf\xe9"}', b'{"event": "\xc0\xaf"}', '{"event": 1}'.encode("utf-16")):
+            detail = problem(await c.post(f"/{realm}/d/e/t", content=raw), 400, "invalid-input")["detail"]
+            assert "not valid UTF-8" in detail and "surrogate" not in detail, detail
+        lone = b'{"event": "\xed\xa0\x80"}'  # an encoded surrogate: not UTF-8 either
+        assert "not valid UTF-8" in problem(await c.post(f"/{realm}/d/e/t", content=lone), 400)["detail"]
+        packed = gzip.compress(b'{"event": 1}')
+        for route, headers in ((f"/{realm}/d/e/t", {"content-encoding": "gzip"}),
+                               (f"/{realm}/d/e", {"content-encoding": "br"})):
+            r = await c.post(route, content=packed, headers=headers)
+            assert "Content-Encoding" in problem(r, 415, "unsupported-media-type")["detail"]
+            assert r.headers["accept-encoding"] == "identity"
+        assert problem(await c.post(f"/{realm}/d/e/t", content=b"{nope"), 400)["detail"].startswith(
+            "the body is not valid JSON")
+        assert (await c.get(f"/{realm}/d/e")).json()["events"] == []
 
 
 async def test_default_depth_limit(store: Store, realm: str) -> None:

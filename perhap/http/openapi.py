@@ -158,6 +158,9 @@ LOCATION = {"Location": {"description": "Where the event is read on its own: /{r
                          "schema": {"type": "string"}}}
 
 
+_UNDECODED = _problem("A body with a Content-Encoding (gzip, br ...): perhap takes plain JSON")
+
+
 def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -> dict[str, Any]:
     located = {"headers": LOCATION} if request == "AppendRequest" else {}
     return {"summary": summary, "parameters": params,
@@ -170,6 +173,7 @@ def _append(summary: str, params: list[dict[str, Any]], request: str, ok: str) -
                                           "(this operation takes none)"),
                           "409": _problem("Version conflict (with current_version) or event_id reused"),
                           "413": _problem("Body over the size limit, or a batch over the batch limit"),
+                          "415": _UNDECODED,
                           "503": _problem("Storage unavailable")}}
 
 
@@ -244,6 +248,7 @@ def _group(summary: str, params: list[dict[str, Any]], body: str | None, require
         "507": _problem("The group's state would pass its size limit (`max_bytes`): nothing was changed")}
     if body is not None:
         responses["413"] = _problem("Body over the size limit")
+        responses["415"] = _UNDECODED
     if status == "201":
         responses["200"] = _json("Group", "It exists with these settings: nothing was changed")
     operation: dict[str, Any] = {"summary": summary, "parameters": params, "responses": responses}

@@ -14,7 +14,7 @@ from ..auth import Authenticator, Grant
 from ..errors import InvalidInput, sent_text
 from ..groups import Groups
 from ..jsoncodec import load_json, refuse_duplicate_keys
-from ..limits import check_depth, parser_gave_up_on_depth, too_deep
+from ..limits import TooDeep, check_depth, parser_gave_up_on_depth, too_deep
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
 from .metrics import Metrics
@@ -245,9 +245,11 @@ def authorize(grant: Grant | None, realm: str | None, permission: str) -> None:
 
 
 async def read_json_object(request: Request, max_body: int, max_depth: int,
-                           optional: bool = False, shape: str = "") -> dict[str, Any]:
-    """The body as a JSON object: at most ``max_body`` bytes (413), nested at most ``max_depth``;
-    with ``optional``, no body at all reads as ``{}``. ``shape``, the object the route takes, is
+                           optional: bool = False, shape: str = "", wrapped: int = 0) -> dict[str, Any]:
+    """The body as a JSON object: at most ``max_body`` bytes (413), nested at most ``max_depth``
+    levels, and ``wrapped`` more: those a batch puts around each event (its list, the item), so
+    that an event one append route takes, the others take too (``perhap copy`` sends batches).
+    With ``optional``, no body at all reads as ``{}``. ``shape``, the object the route takes, is
     shown to a body that is JSON but no object (an event sent bare, a list of events)."""
     declared = header(request.scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -274,11 +276,29 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
     try:
         body = load_json(raw)
     except orjson.JSONDecodeError as exc:
-        if parser_gave_up_on_depth(exc, max_depth):
-            raise too_deep(max_depth) from None
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        if parser_gave_up_on_depth(exc, max_depth + wrapped):
+            raise too_deep(max_depth, wrapped) from None
+        raise _not_json(request, raw, exc) from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object" + (f": send {shape}" if shape else ""))
-    check_depth(raw, body, max_depth)
+    try:
+        check_depth(raw, body, max_depth + wrapped)
+    except TooDeep:
+        raise too_deep(max_depth, wrapped) from None
     refuse_duplicate_keys(raw, body)
     return body
+
+
+def _not_json(request: Request, raw: bytes, exc: ValueError) -> Exception:
+    """Why a body is not JSON, in the client's terms (worked out only once the parse failed): a
+    content-coding perhap does not decode (415), bytes that are not UTF-8 (which the parser calls
+    surrogates, whatever they are), or else the parser's own words."""
+    coding = header(request.scope, b"content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        return HTTPProblem(415, f"the body has Content-Encoding {coding!r}: perhap takes bodies as they are "
+                                "(no compression); send plain JSON", headers=[(b"accept-encoding", b"identity")])
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return InvalidInput(f"the body is not valid UTF-8 (at byte {bad.start}: {bad.reason}); JSON text is UTF-8")
+    return InvalidInput(f"the body is not valid JSON: {exc}")

@@ -20,7 +20,7 @@ PROBLEM = [(b"content-type", b"application/problem+json")]
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 # (404's type is not-found whoever answers: a route, or the store's NotFound, so one title for both.)
 STATUS_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: NotFound.title,
-                 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+                 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
                  429: "Too Many Requests", 431: "Request Header Fields Too Large",
                  500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 # An entity tag's opaque part inside If-None-Match, with or without the weak prefix W/.

@@ -17,6 +17,9 @@ _APPEND_KEYS = frozenset({"event", "event_id", "meta", "expected_version"})
 _BATCH_KEYS = frozenset({"events", "expected_version"})
 _MANY_KEYS = frozenset({"events", "expected_versions"})
 # The two shapes, as the error messages show them.
+#: The levels a batch's body puts around each event (its list, the item): not counted against
+#: --max-depth, so an event one append route takes, the others take too.
+BATCH_LEVELS = 2
 _ONE = '{"event": <your event>}, optionally with "meta", "event_id" and "expected_version"'
 _BATCH = '{"events": [{"type": "<type>", "event": <your event>}, ...]}, optionally with "expected_version"'
 _MANY = ('{"events": [{"entity": "<entity>", "type": "<type>", "event": <your event>}, ...]}, '
@@ -95,7 +98,7 @@ def _check_imported_timestamps(req: Request, realm: str, events: list[object]) -
 
 async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     realm, domain, entity = req.names
-    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_BATCH)
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_BATCH, wrapped=BATCH_LEVELS)
     if "events" not in body:
         raise InvalidInput(f"this is the batch route, POST /REALM/DOMAIN/ENTITY: send {_BATCH}; "
                            "one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}"
@@ -119,7 +122,7 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
 async def append_many(ctx: Context, req: Request, send: Send) -> None:
     """POST /REALM/DOMAIN: events for several entities of the domain, stored all or nothing."""
     realm, domain = req.names
-    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_MANY)
+    body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_MANY, wrapped=BATCH_LEVELS)
     if "events" not in body:
         hint = ("; one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}" if "event" in body
                 else f"; this body has the keys {_keys(body.keys())}" if body else "")
