@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from perhap.auth import Authenticator, add_token, revoke_token
 from perhap.backends import open_store
+from perhap.groups import Groups
 from perhap.groups import ahead as group_ahead
 from perhap.groups import state as group_state
 from perhap.http.app import PerhapApp
@@ -57,6 +59,36 @@ async def test_the_stream_never_holds_more_than_max_in_flight(tmp_path: Path) ->
                 assert stats["in_flight"] == 2 and stats["consumers"][0]["consumer"] == "s"
             # An unknown group is a plain 404 before any stream.
             problem(await http.get("/_groups/shop/nobody/events?consumer=s", headers=SSE), 404)
+
+
+async def test_a_stream_leases_no_more_than_its_buffer_at_once(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lease of a stream ends at the event that reaches --stream-buffer (one at least): it
+    took its whole batch, up to ``max`` events whatever their size (90 MB in one lease of 100 events
+    of 900 KB, with a buffer of 1 MiB)."""
+    leased: list[list[int]] = []  # the sizes of each lease's events, as the stream got them
+    real = Groups.lease
+
+    async def lease(self: Groups, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        events = await real(self, *args, **kwargs)
+        if events:
+            leased.append([len(orjson.dumps(e["event"])) for e in events])
+        return events
+
+    monkeypatch.setattr(Groups, "lease", lease)
+    buffer, pad = 250_000, 100_000
+    with ThreadServer(f"sqlite:///{tmp_path}/stream.db", heartbeat=0.2, stream_buffer=buffer) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await http.put("/_groups/shop/g", json={"max_in_flight": 100})).status_code == 201
+            for i in range(20):
+                r = await http.post(f"/shop/orders/o{i}/placed", json={"event": {"i": i, "pad": "p" * pad}})
+                assert r.status_code == 201
+            async with http.stream("GET", "/_groups/shop/g/events?consumer=s&max=100", headers=SSE) as r:
+                got = await SSEReader(r).events(20)
+    assert sorted(e["event"]["i"] for e in got) == list(range(20))
+    assert len(leased) >= 20 * pad // buffer
+    for sizes in leased:
+        assert sum(sizes[:-1]) < buffer, sizes
 
 
 async def test_head_never_leases(store: Store) -> None:

@@ -609,6 +609,47 @@ async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresSe
                 assert (await next_event())["event_id"] == second  # the same connection, no gap
 
 
+async def test_a_lease_stream_outlives_a_database_restart(own_server: PostgresServer, tmp_path: Path) -> None:
+    """A consumer group's lease stream stays open through the outage as a scope's stream does, and
+    leases what is appended once the database is back. It ended at the first failed lease, with a
+    clean end of body a consumer could not tell from the server's own stop."""
+    url = own_server.create_database("lease_outage")
+    with ProcessServer(url, None, "--heartbeat", "0.5", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await http.put("/_groups/o/g", json={})).status_code == 201
+            first = (await http.post("/o/d/e/t", json={"event": 1})).json()["event_id"]
+            sse = {"accept": "text/event-stream"}
+            async with http.stream("GET", "/_groups/o/g/events?consumer=c", headers=sse) as r:
+                assert r.status_code == 200
+                decoder, chunks = SSEDecoder(), r.aiter_raw()
+
+                async def next_event() -> dict[str, Any]:
+                    while True:
+                        chunk = await asyncio.wait_for(chunks.__anext__(), 30)
+                        events = [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
+                        if events:
+                            assert len(events) == 1, events
+                            return events[0]
+
+                assert (await next_event())["event_id"] == first
+                ack = {"consumer": "c", "event_ids": [first]}
+                assert (await http.post("/_groups/o/g/ack", json=ack)).status_code == 200
+                await asyncio.to_thread(own_server.stop, "fast")
+                await eventually(lambda: _down(http), 10, "the server to see the database gone")
+                outage_ends = time.monotonic() + 3
+                while time.monotonic() < outage_ends:  # open, kept by comments
+                    chunk = await asyncio.wait_for(chunks.__anext__(), 5)
+                    assert not [m for m in decoder.feed(chunk) if m.data is not None]
+                await asyncio.to_thread(own_server.start)
+                second = None
+                while second is None:
+                    answer = await http.post("/o/d/e/t", json={"event": 2})
+                    assert answer.status_code in (201, 503), answer.text
+                    second = answer.json()["event_id"] if answer.status_code == 201 else None
+                delivered = await next_event()  # the same connection
+                assert (delivered["event_id"], delivered["delivery"]) == (second, 1)
+
+
 async def test_a_stream_keeps_its_heartbeat_while_the_database_hangs(own_server: PostgresServer,
                                                                     tmp_path: Path) -> None:
     """A database that stops answering without going away (every process of it stopped) held the

@@ -8,15 +8,17 @@ requests and writes answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import InvalidInput, sent_text
+from ...errors import InvalidInput, StorageUnavailable, StoreClosed, sent_text
 from ...groups import GroupSettings, check_group_name
 from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
+from ...store.subscription import OutagePause
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
@@ -34,6 +36,8 @@ from ..streaming import (
 from ..types import Send
 
 NACK_ACTIONS = ("retry", "park", "release")
+
+log = logging.getLogger("perhap.stream")
 
 
 def _names(req: Request, permission: str) -> tuple[str, str]:
@@ -166,16 +170,32 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
     more than the group's max_in_flight unacknowledged (the leases decide that, not the stream).
 
     Like every stream (:func:`..streaming.serve_stream`), one whose client leaves a write unread for
-    the write timeout ends, and what it holds is bounded by the stream buffer: a round leases a
-    batch that grows while its events are small and shrinks to what fits the buffer, and sends it
-    in bodies of at most the buffer (the events leased are sent whole: they are the consumer's)."""
+    the write timeout ends, what it holds is bounded by the stream buffer (a round leases up to a
+    batch that grows while its events are small, ending at the event that reaches the buffer, and
+    sends it in bodies of at most the buffer), and a storage outage keeps it open with comments.
+    It ends when its group is deleted."""
     streams, groups = ctx.streams, ctx.groups
     recheck = _recheck(ctx, req, realm)
 
     async def pump(writing: Writing) -> None:
         batch = min(most, FIRST_BATCH)
+        pause = OutagePause()
         while True:
-            events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck)
+            try:  # (a lease holds one event at least, and ends at the one reaching the buffer)
+                events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck,
+                                            max_bytes=streams.buffer)
+            except StoreClosed:
+                raise
+            except StorageUnavailable as exc:
+                # As a scope's stream does: open through a storage outage, its client kept with
+                # comments, leasing again after a pause (a lease whose write was lost meanwhile
+                # runs out and is delivered again, as any unacknowledged one).
+                if pause.first:
+                    log.info("stream of group %s of %s waits for the storage: %s", name, realm, exc.detail)
+                await writing.send(KEEP_ALIVE)
+                await pause.wait()
+                continue
+            pause.reset()
             if not events:
                 await writing.send(KEEP_ALIVE)
                 continue
