@@ -163,6 +163,11 @@ def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _INT_BOUND = 10**MAX_INT_DIGITS  # the smallest integer of MAX_INT_DIGITS + 1 digits
 
 
+def made_null(out: bytes, value: Any) -> bool:
+    """Whether orjson's ``out`` for ``value`` wrote a NaN or an infinity of it as ``null``."""
+    return b"null" in out and _non_finite(value)
+
+
 def _non_finite(value: Any) -> bool:
     return _any_number(value, lambda n: isinstance(n, float) and not math.isfinite(n))
 

@@ -114,6 +114,10 @@ async def test_bad_names_and_bodies_are_400(client: httpx.AsyncClient, realm: st
     problem(await client.get(f"{base}/events", params={"consumer": "c", "max": 0}), 400)
     problem(await client.get(f"{base}/events", params={"consumer": "c", "wait": "soon"}), 400)
     problem(await client.get(f"{base}/events", params={"consumer": "c", "wait": 301}), 400)
+    for wait in ("1_0", " 1", "1 ", "nan", "inf", "-0.5"):  # (float() takes the first three)
+        problem(await client.get(f"{base}/events", params={"consumer": "c", "wait": wait}), 400)
+    for wait in ("0", "0.25", "1e-1", ".5"):
+        assert (await client.get(f"{base}/events", params={"consumer": "c", "wait": wait})).status_code == 200
     problem(await client.get(f"{base}/events", params={"consumer": "c", "colour": "red"}), 400)
     problem(await client.post(f"{base}/ack", json={"consumer": "c"}), 400)
     problem(await client.post(f"{base}/ack", json={"consumer": "c", "event_ids": "x"}), 400)

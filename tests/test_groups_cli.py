@@ -14,7 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from perhap import Client
+from perhap import Client, InvalidInput
+from perhap.client import NotFound
 from tests.servers import ProcessServer
 from tests.test_cli import one_error_line, render_help, run_cli, subcommands
 
@@ -110,10 +111,35 @@ def test_server_down_is_one_line() -> None:
     assert r.returncode == 1 and "cannot reach" in one_error_line(r)
 
 
-def test_bad_settings_are_the_servers_400(server: ProcessServer, realm: str) -> None:
-    r = run_cli("group", "create", realm, "g", "--max-deliveries", "0", "--url", server.url)
+def test_settings_out_of_range_are_usage_errors_naming_the_option(server: ProcessServer, realm: str) -> None:
+    """As the server bounds them, so a bad one exits 2 before anything is sent; nan and inf were
+    sent as null (JSON has neither), so the server's answer spoke of a value nobody typed."""
+    for option, value in (("--max-deliveries", "0"), ("--max-deliveries", "1001"), ("--max-deliveries", "1.5"),
+                          ("--max-in-flight", "0"), ("--max-in-flight", "10001"), ("--ack-timeout", "0"),
+                          ("--ack-timeout", "-1"), ("--ack-timeout", "86401"), ("--ack-timeout", "nan"),
+                          ("--ack-timeout", "inf")):
+        r = run_cli("group", "create", realm, "g", option, value, "--url", server.url)
+        line = one_error_line(r)
+        assert r.returncode == 2 and option in line, (option, value, line)
+    assert run_cli("group", "stats", realm, "g", "--url", server.url).returncode == 1  # none was made
+    made = orjson.loads(ok("group", "create", realm, "g", "--ack-timeout", "86400", "--max-deliveries", "1000",
+                           "--max-in-flight", "10000", "--json", "--url", server.url))
+    assert (made["ack_timeout"], made["max_deliveries"], made["max_in_flight"]) == (86400, 1000, 10000)
+
+
+def test_bad_settings_the_cli_cannot_check_are_the_servers_400(server: ProcessServer, realm: str) -> None:
+    r = run_cli("group", "create", realm, "g", "--start", str(2**63), "--url", server.url)
     line = one_error_line(r)
-    assert r.returncode == 1 and "400" in line and "max_deliveries" in line, line
+    assert r.returncode == 1 and "400" in line and "start" in line, line
+
+
+def test_the_client_refuses_numbers_json_cannot_carry(server: ProcessServer, realm: str) -> None:
+    with Client(server.url) as client:
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(InvalidInput, match="NaN or an infinity"):
+                client.create_group(realm, "g", ack_timeout=value)
+        with pytest.raises(NotFound):
+            client.group(realm, "g")
 
 
 def test_every_group_command_has_help_with_an_example() -> None:

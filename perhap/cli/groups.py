@@ -7,6 +7,7 @@ Output is for people by default (a table, aligned fields) and for scripts with `
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,22 @@ def parse_start(text: str) -> str | int:
     if position < 0:
         raise argparse.ArgumentTypeError(f"must be beginning, end or a position (an integer, 0 or more), got {text!r}")
     return position
+
+
+def bounded(kind: Callable[[str], float], low: float, high: float, *,
+            above: bool = False) -> Callable[[str], float]:
+    """An option's type: a number from ``low`` (excluded with ``above``) to ``high``, as the server
+    checks it, so a bad one is a usage error (exit 2), not the server's 400 (exit 1)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if above else low <= value) or not value <= high:  # (NaN fails both)
+            shown = f"more than {low:g}" if above else f"from {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {shown} to {high:g}, got {text!r}")
+        return value
+    return parse
 
 
 def _call(args: argparse.Namespace, work: Callable[[Client], T]) -> T:

@@ -13,7 +13,14 @@ from typing import Any, NoReturn, TypeAlias
 
 from ..auth import TOKEN_PREFIX
 from ..errors import InvalidInput
-from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
+from ..groups.settings import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_IN_FLIGHT,
+    MAX_ACK_TIMEOUT,
+    MAX_DELIVERIES,
+    MAX_IN_FLIGHT,
+)
 from ..ids import check_event_id
 from ..limits import (
     DEFAULT_BODY_TIMEOUT,
@@ -35,6 +42,7 @@ from ..model import DEFAULT_LIMIT, MAX_LIMIT, check_expected_version
 from .common import DEFAULT_PORT, DEFAULT_URL, TOKEN_ENV, CommandError
 from .events import run_append, run_append_many, run_keys, run_read
 from .groups import (
+    bounded,
     parse_start,
     run_group_create,
     run_group_delete,
@@ -338,12 +346,15 @@ def _add_group(sub: Subcommands) -> None:
     create.add_argument("--start", type=parse_start, default="beginning", metavar="WHERE",
                         help="beginning (default), end (only events appended from now on), or a position "
                              "(the first event delivered is the first at or after it)")
-    create.add_argument("--ack-timeout", type=float, default=DEFAULT_ACK_TIMEOUT, metavar="SECONDS",
+    create.add_argument("--ack-timeout", type=bounded(float, 0, MAX_ACK_TIMEOUT, above=True),
+                        default=DEFAULT_ACK_TIMEOUT, metavar="SECONDS",
                         help="a lease not acknowledged this long goes back to the group "
                              f"(default {DEFAULT_ACK_TIMEOUT:g})")
-    create.add_argument("--max-deliveries", type=int, default=DEFAULT_MAX_DELIVERIES, metavar="N",
+    create.add_argument("--max-deliveries", type=bounded(int, 1, MAX_DELIVERIES), default=DEFAULT_MAX_DELIVERIES,
+                        metavar="N",
                         help=f"deliveries before an unacknowledged event is parked (default {DEFAULT_MAX_DELIVERIES})")
-    create.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, metavar="N",
+    create.add_argument("--max-in-flight", type=bounded(int, 1, MAX_IN_FLIGHT), default=DEFAULT_MAX_IN_FLIGHT,
+                        metavar="N",
                         help=f"unacknowledged leases one consumer may hold (default {DEFAULT_MAX_IN_FLIGHT})")
     create.add_argument("--json", action="store_true", help="print the group object as JSON")
     create.set_defaults(run=run_group_create)

@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import InvalidInput, sent_text
 from ..ids import check_event_id
-from ..jsoncodec import dump_json
+from ..jsoncodec import dump_json, made_null
 from ..model import DEFAULT_LIMIT, AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
 from ..store.query import read_query
 from .errors import NotFound, PerhapClientError, unexpected
@@ -161,6 +161,8 @@ class ClientCore(Generic[H]):
                 content = orjson.dumps(body)
             except TypeError as exc:  # e.g. an event_id or expected_version that is no JSON
                 raise InvalidInput(f"the request is not serialisable as JSON: {exc}") from None
+            if made_null(content, body):  # (ack_timeout=nan went out as null)
+                raise InvalidInput("the request holds a number JSON cannot carry (NaN or an infinity)")
             all_headers["content-type"] = "application/json"
         query = tuple(params) if isinstance(params, list) else params  # (a tuple is covariant for mypy)
         return self._http.build_request(method, path, params=query, content=content,

@@ -255,8 +255,8 @@ def _max(text: str | None) -> int:
 def _wait(text: str | None) -> float:
     if text is None:
         return 0.0
-    try:
-        seconds = float(text)
+    try:  # (float() also takes "1_0" and padding spaces, which are no number of the query's)
+        seconds = math.nan if "_" in text or text != text.strip() else float(text)
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds <= MAX_LEASE_WAIT:  # NaN fails this too
