@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from perhap import open_store
+from perhap import Scope, open_store
 from perhap.auth import Authenticator, add_token
 from tests.servers import ThreadServer
 from tests.test_transfer import fill, strip_positions
@@ -218,6 +218,32 @@ async def test_a_batch_item_keeps_its_timestamp_given_by_an_admin_token(tmp_path
         assert post("/r/d/e", {"events": [{**item, "timestamp": "yesterday"}]}, admin).status_code == 400
         events = http.get("/r/d/e", headers={"authorization": f"Bearer {admin}"}).json()["events"]
     assert [e["timestamp"] for e in events][1:] == ["2020-01-02T02:04:05.678901Z"]
+
+
+async def test_events_nested_to_the_limit_copy_and_an_event_the_destination_refuses_is_named(
+        tmp_path: Path) -> None:
+    """An event as deep as --max-depth lets a single append store it copies to a server of the
+    same setting (batches were refused: the batch's list and item counted). One that a server of a
+    lower setting refuses stops the copy naming it, with every event before it copied."""
+    deep: object = 1
+    for _ in range(62):
+        deep = [deep]  # level 64 of a single append's body {"event": ...}: the default limit
+    source = f"sqlite:///{tmp_path / 'deep.db'}"
+    async with open_store(source) as store:
+        for v in range(5):
+            await store.append("dp", "d", "e", "t", {"v": v})
+        await store.append("dp", "d", "e", "t", deep)
+        await store.append("dp", "d", "e", "t", {"v": 6})
+    with ThreadServer(f"sqlite:///{tmp_path / 'same.db'}") as server:
+        copied = ok(run_cli("copy", "--from", source, "--to", server.url))
+        assert b"copy verified: 1 realm, 7 events" in copied, copied
+    with ThreadServer(f"sqlite:///{tmp_path / 'lower.db'}", max_depth=32) as server:
+        r = run_cli("copy", "--from", source, "--to", server.url)
+        line = one_error_line(r)
+        assert r.returncode == 1 and "dp/d/e" in line and "refused by the destination" in line, line
+        async with open_store(f"sqlite:///{tmp_path / 'lower.db'}") as store:
+            held = (await store.read(Scope("dp", "d", "e"))).events
+        assert [e.event for e in held] == [{"v": v} for v in range(5)]
 
 
 async def test_an_entity_larger_than_the_servers_body_limit_is_imported_in_smaller_batches(

@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EventIdConflict, NotFound, VersionConflict
+from ..errors import EventIdConflict, InvalidInput, NotFound, VersionConflict
 from ..jsoncodec import canonical_json
 from ..model import AppendResult, Event
 from .dump import DumpEvent, TooLargeForDestination, TransferError, parse_dump
@@ -156,11 +156,15 @@ class Importer:
             result = await self._append(batch)
         except (VersionConflict, EventIdConflict):
             await self._reconcile(batch)
-        except TooLargeForDestination as exc:
-            if len(batch) == 1:  # nothing smaller to send
-                raise TransferError(f"{batch[0].label}: event {batch[0].new.event_id} is larger than the "
-                                    f"destination takes: {exc}") from None
-            half = len(batch) // 2  # in two, each at its own versions, in order
+        except (TooLargeForDestination, InvalidInput) as exc:
+            # Too large, or refused for an event's own sake (a server of a lower --max-depth): sent
+            # again in halves, each at its own versions, in order, down to the one event refused,
+            # which is named (the destination then holds exactly the dump's lines before it).
+            if len(batch) == 1:
+                why = "is larger than the destination takes" if isinstance(exc, TooLargeForDestination) else \
+                    "is refused by the destination"
+                raise TransferError(f"{batch[0].label}: event {batch[0].new.event_id} {why}: {exc}") from None
+            half = len(batch) // 2
             await self._write(batch[:half])
             await self._write(batch[half:])
         else:
