@@ -13,7 +13,7 @@ from typing import Any
 
 from .http.observer import LISTENER_BYTES, LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
-from .http.streaming import ABORT_EXTENSION, TIMED_HERE
+from .http.streaming import ABORT_EXTENSION, TIMED_HERE, still_reading
 from .limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER, DEFAULT_WRITE_TIMEOUT
 
 log = logging.getLogger("perhap.listener")
@@ -30,6 +30,13 @@ CLOSE_GRACE = 1.0
 _REQUEST_LINE_FRAME = 1 + 9 + 2 + 2
 #: SO_LINGER on, for 0 seconds: close() resets the connection and drops the unsent bytes.
 _LINGER_NONE = struct.pack("ii", 1, 0)
+try:  # The ioctl that gives a socket's send queue in bytes (Linux's SIOCOUTQ, which is TIOCOUTQ).
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+except ImportError:  # not Unix: a write's time alone judges a client
+    _OUTQ = None
 
 
 def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
@@ -84,12 +91,14 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _body_deadline: float | None = None  # loop time; None until the headers are complete
         _extensions: Any = None
         _write_deadline: Any = None
+        _unsent_seen: list[int | None]  # see still_reading
 
         def pause_writing(self) -> None:
             super().pause_writing()
             # A stream times its own writes (and counts what it drops): left to it.
             if write_timeout is not None and self._write_deadline is None \
                     and not self._extensions[ABORT_EXTENSION].get(TIMED_HERE):
+                self._unsent_seen[0] = None
                 self._write_deadline = self.loop.call_later(write_timeout, self._write_expired)
 
         def resume_writing(self) -> None:
@@ -103,8 +112,25 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
 
         def _write_expired(self) -> None:
             self._write_deadline = None
-            if not self.transport.is_closing():
-                self._drop()  # what is buffered for it goes: the client stopped reading
+            if self.transport.is_closing():
+                return
+            if still_reading(self._unsent(), self._unsent_seen):  # slowly: a large page, a slow link
+                assert write_timeout is not None
+                self._write_deadline = self.loop.call_later(write_timeout / 4, self._write_expired)
+                return
+            self._drop()  # what is buffered for it goes: the client stopped reading
+
+        def _unsent(self) -> int | None:
+            """Bytes written to the connection that the client has not taken: the transport's
+            buffer and the kernel's send queue (None where the kernel does not say)."""
+            sock = self.transport.get_extra_info("socket")
+            if sock is None or _OUTQ is None:
+                return None
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+            except (OSError, ValueError):
+                return None
+            return int(self.transport.get_write_buffer_size()) + int(queued)
 
         def _drop(self) -> None:
             """Close the connection with what is unsent dropped: the transport's buffer, and the
@@ -123,6 +149,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             limit = self.limit_concurrency
             self._admitted = limit is None or len(self.connections) < limit
             self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
+            self._unsent_seen = [None]
             self._arm(header_timeout)
 
         def data_received(self, data: bytes) -> None:
@@ -299,7 +326,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             finally:
                 self.app, self.limit_concurrency = app, limit
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
-            self._extensions = {ABORT_EXTENSION: {"abort": self._drop}}
+            self._extensions = {ABORT_EXTENSION: {"abort": self._drop, "unsent": self._unsent}}
             self.scope["extensions"] = self._extensions
             self._has_cycle = True
             if self.scope["http_version"] == "1.0":

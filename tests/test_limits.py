@@ -728,6 +728,39 @@ def test_beyond_max_connections_the_connections_served_go_on_being_served(tmp_pa
     assert len(served) >= limit, (len(served), len(turned_away))
 
 
+def test_a_client_that_reads_a_large_answer_slowly_keeps_its_connection(tmp_path: Path) -> None:
+    """--write-timeout is for a client that stopped reading. One that reads a 13 MB page steadily
+    (more than the kernel's send buffer, up to 4 MiB, takes), slower than that in the timeout,
+    gets all of it: the connection was closed once the transport had waited that long to write,
+    with the client reading all the while."""
+    server = ThreadServer(f"sqlite:///{tmp_path}/slow.db?synchronous=normal", write_timeout=2.0)
+    server.server.config.http = limited_protocol(write_timeout=2.0)  # as `perhap serve` sets it
+    with server:
+        big = "x" * 1200
+        for b in range(20):
+            events = [{"type": "t", "event": {"n": b * 500 + i, "pad": big}} for i in range(500)]
+            assert httpx.post(f"{server.url}/r/d/e", json={"events": events}, timeout=60).status_code == 201
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            # (kept alive: with Connection: close the server closes once all is handed over, and
+            # a transport closing was never dropped)
+            conn.sendall(b"GET /r/d/e?limit=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            received, rate, began = b"", 2_000_000, time.monotonic()  # bytes a second
+            head, length = b"", None
+            while length is None or len(received) < length:
+                chunk = conn.recv(16384)
+                assert chunk, "the connection was closed"
+                received += chunk
+                if length is None and b"\r\n\r\n" in received:
+                    head, _, received = received.partition(b"\r\n\r\n")
+                    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+                ahead = len(received) / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+        assert head.startswith(b"HTTP/1.1 200"), head[:80]
+        assert len(json.loads(received)["events"]) == 10_000
+
+
 def test_a_client_that_never_reads_a_large_answer_loses_its_connection(tmp_path: Path) -> None:
     """A plain (not streamed) answer left unread for --write-timeout ends its connection, as a
     stream's does: three clients asking for a 12 MB page and reading nothing held every one of

@@ -232,6 +232,33 @@ def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str
         assert server.app.streams.write_timeouts == 1
 
 
+def test_a_client_that_reads_slowly_but_steadily_keeps_its_stream(store_url: str, realm: str) -> None:
+    """The write timeout is for a client that stopped reading: one that reads steadily, slower
+    than a buffer (1 MiB) a write timeout (2 s here), keeps its stream and gets every event. Each
+    write of a whole buffer was timed as one, so such a client was dropped again and again."""
+    server = ThreadServer(store_url, heartbeat=0.2, write_timeout=2.0, max_body=4 * 1024 * 1024)
+    server.server.config.http = limited_protocol(write_timeout=2.0)
+    with server:
+        pad = "x" * 4000
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for n in range(6):  # 3,000 events of 4 kB: 12 MB, more than the socket buffers hold
+                batch = {"events": [{"type": "t", "event": {"pad": pad, "n": n * 500 + i}} for i in range(500)]}
+                assert c.post(f"/{realm}/d/e", json=batch).status_code == 201
+        with socket.socket() as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            conn.connect(("127.0.0.1", server.port))
+            conn.sendall(f"GET /{realm} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+            conn.settimeout(10)
+            received, rate, began = b"", 300_000, time.monotonic()  # bytes a second: 1 MiB in 3.5 s
+            while received.count(b"\nid: ") + received.startswith(b"id: ") < 3000 and len(received) < 4_000_000:
+                received += conn.recv(16384)
+                ahead = len(received) / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+        assert server.app.streams.write_timeouts == 0
+        assert len(received) >= 4_000_000
+
+
 def stall_until_dropped(server: ThreadServer, path: str) -> None:
     """Open a stream at ``path`` on a raw socket with a tiny receive buffer, read the headers and
     nothing more; return once the server has dropped the stream, freed its slot and closed the
@@ -281,9 +308,9 @@ async def test_a_group_stream_sends_at_most_its_buffer_at_once(store: Store, rea
     asked: list[int] = []
     lease = app.context.groups.lease
 
-    async def recorded(*args: Any) -> Any:
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
         asked.append(args[3])
-        return await lease(*args)
+        return await lease(*args, **kwargs)
 
     app.context.groups.lease = recorded  # type: ignore[method-assign]
     stream = Exchange(app, "GET", f"/_groups/{realm}/g/events?consumer=c&max=1000", stream_headers())

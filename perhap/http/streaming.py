@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -116,16 +116,29 @@ class MessageCache:
         return message
 
 
-def abort_hook(scope: ASGIScope) -> Callable[[], None] | None:
-    """The listener's way to close the connection at once, when it offers one. Asked for by a
-    stream, which times its own writes (and counts the clients it drops): the listener's own
-    write deadline, for other answers, is then left off for this response."""
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What perhap's listener offers a stream over its connection (the ``perhap.abort`` extension):
+    closing it at once, and how many bytes written to it the client has not taken yet (the
+    transport's buffer and the kernel's; None when the platform does not say)."""
+
+    abort: Callable[[], None]
+    unsent: Callable[[], int | None]
+
+
+def connection_of(scope: ASGIScope) -> Connection | None:
+    """The listener's hooks on the connection, when it offers them. Asked for by a stream, which
+    times its own writes (and counts the clients it drops): the listener's own write deadline, for
+    other answers, is then left off for this response."""
     extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
-    if extension is None:
+    if extension is None or "abort" not in extension:
         return None
     extension[TIMED_HERE] = True
-    hook: Callable[[], None] | None = extension.get("abort")
-    return hook
+    return Connection(extension["abort"], extension.get("unsent", _unknown))
+
+
+def _unknown() -> None:
+    return None
 
 
 async def stream_head(store: Store, query: ReadQuery, following: str | None, send: Send) -> None:
@@ -208,7 +221,7 @@ Pump = Callable[[Writing], Coroutine[Any, Any, None]]
 
 async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery, following: str | None,
                         receive: Receive, send: Send, grant: Grant | None = None,
-                        abort: Callable[[], None] | None = None) -> None:
+                        connection: Connection | None = None) -> None:
     """Answer a read with a live stream: catch-up from ``following`` (or the query's own start),
     then new events, each within the query's bounds and types."""
 
@@ -217,11 +230,11 @@ async def stream_events(streams: StreamRegistry, store: Store, query: ReadQuery,
         sub = await _subscription(store, query, following)
         return lambda writing: _pump(streams, sub, grant, writing)
 
-    await serve_stream(streams, grant, ready, receive, send, query.scope, abort)
+    await serve_stream(streams, grant, ready, receive, send, query.scope, connection)
 
 
 async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Callable[[], Awaitable[Pump]],
-                       receive: Receive, send: Send, where: object, abort: Callable[[], None] | None) -> None:
+                       receive: Receive, send: Send, where: object, connection: Connection | None) -> None:
     """A stream's whole life, the same for a scope's and a consumer group's: its slot taken before
     the first await (429 before anything is sent), ``ready`` making the checks that answer before
     it opens (a 404, say) and giving its pump, the headers, the pump run until the client goes,
@@ -234,15 +247,15 @@ async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Call
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         # A comment first: it flushes the headers through proxies and tells the client it is live.
         await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
-        dropped = await _run(streams, pump, receive, send, where)
+        dropped = await _run(streams, pump, receive, send, where, connection)
     finally:
         streams.limiter.release(token_id)
     if dropped:
         streams.write_timeouts += 1
         log.info("stream of %s dropped: its client left a write unread for %s s", where, streams.write_timeout)
-        if abort is None:
+        if connection is None:
             return  # the server closes the connection of a response left unfinished
-        abort()  # now the last send below returns at once: the connection is gone
+        connection.abort()  # now the last send below returns at once: the connection is gone
     end = send({"type": "http.response.body", "body": b"", "more_body": False})
     try:
         if not streams.stopping.is_set():
@@ -253,8 +266,8 @@ async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Call
             # a moment, then its connection goes (it resumes with Last-Event-ID elsewhere).
             await asyncio.wait_for(end, STOP_WRITE_GRACE)
     except TimeoutError:
-        if abort is not None:
-            abort()
+        if connection is not None:
+            connection.abort()
             # The listener learns that the connection is gone on the loop's next turn; a
             # response returned before then would be logged as left unfinished.
             await asyncio.sleep(0)
@@ -262,9 +275,12 @@ async def serve_stream(streams: StreamRegistry, grant: Grant | None, ready: Call
         pass
 
 
-async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send, where: object) -> bool:
+async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send, where: object,
+               connection: Connection | None) -> bool:
     """Run an open stream's ``pump`` until the client goes, the server stops or the pump ends;
-    True if the client left a write unread for the write timeout (the pump is then cancelled)."""
+    True if the client stopped reading: a write waited the write timeout, and then nothing of
+    what was sent was taken for a quarter of it (see :func:`still_reading`; the pump is then
+    cancelled)."""
     writing = Writing(send)
     silence = _Silence(writing, streams.heartbeat)  # (a pump held up in a read still keeps the beat)
     task = asyncio.ensure_future(pump(writing))
@@ -275,15 +291,24 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
     limit = streams.write_timeout or 0.0
     loop = asyncio.get_running_loop()
 
+    unsent = connection.unsent if connection is not None else _unknown
+    seen: list[int | None] = [None]  # what the client had not taken at the last look, this write
+
     def check() -> None:
-        # One timer a stream, at most once per write timeout: nothing is paid per event.
+        # One timer a stream, at most once per write timeout while writes wait: nothing is paid
+        # per event. A write of a buffer (1 MiB) waits on the client taking megabytes (the
+        # kernel's send buffer grows to 4 MiB), so its time alone cannot tell a slow reader from
+        # a stopped one; whether the bytes waiting go down can.
         nonlocal timer, dropped
         since, now = writing.since, loop.time()
-        if since is not None and now - since >= limit:
+        if since is None or now - since < limit:
+            seen[0] = None
+            timer = loop.call_later(limit if since is None else since + limit - now, check)
+        elif still_reading(unsent(), seen):
+            timer = loop.call_later(limit / 4, check)
+        else:
             dropped = True
             task.cancel()
-        else:
-            timer = loop.call_later(limit if since is None else since + limit - now, check)
 
     if limit > 0:
         timer = loop.call_later(limit, check)
@@ -331,6 +356,14 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
         if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
+
+
+def still_reading(unsent: int | None, seen: list[int | None]) -> bool:
+    """Whether a client whose write has waited the write timeout took some of it since the last
+    look (``seen[0]``: the bytes it had not taken then, None at the first look, which only takes
+    the count). Unknown counts (no such figure on this platform) say no: the timeout alone judges."""
+    before, seen[0] = seen[0], unsent
+    return unsent is not None and (before is None or unsent < before)
 
 
 #: What a stream sends next: its query after that, the body, and when the read was done (monotonic).

@@ -27,8 +27,8 @@ from ..streaming import (
     KEEP_ALIVE,
     Pump,
     Writing,
-    abort_hook,
     chunked,
+    connection_of,
     serve_stream,
     sse_message,
     wait_disconnect,
@@ -213,7 +213,7 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
         return pump
 
     await serve_stream(streams, req.grant, ready, req.receive, send, f"group {name} of {realm}",
-                       abort_hook(req.scope))
+                       connection_of(req.scope))
 
 
 # --------------------------------------------------------------------------- values

@@ -16,7 +16,7 @@ from ...store.query import ReadQuery, read_query
 from ..pagecache import CachedPage, entity_version, known_version, page_key
 from ..requests import Context, Request, header, header_list, page_limit
 from ..responses import entity_tag, json_bytes, send_tagged
-from ..streaming import STREAM_BATCH, abort_hook, stream_events, stream_head
+from ..streaming import STREAM_BATCH, connection_of, stream_events, stream_head
 from ..types import Send
 
 #: On GET /keys for a token of one realm: the list holds that realm only, whatever else is stored.
@@ -87,7 +87,7 @@ async def send_events(ctx: Context, req: Request, send: Send, where: Scope) -> N
         if req.method == "HEAD":  # HEAD never streams: GET's checks and headers, no body, no slot
             return await stream_head(ctx.store, query, following, send)
         return await stream_events(ctx.streams, ctx.store, query, following, req.receive, send, req.grant,
-                                   abort_hook(req.scope))
+                                   connection_of(req.scope))
     query = _query(req, where, following, page_limit(req.query), stream=False, max_bytes=ctx.max_page_bytes)
     pages = ctx.pages
     if pages is None or where.entity is None:
