@@ -11,9 +11,9 @@ import struct
 import sys
 from typing import Any
 
+from .http.connection import ABORT_EXTENSION, TIMED_HERE, still_reading
 from .http.observer import LISTENER_BYTES, LISTENER_STATUS
 from .http.responses import STATUS_TITLES, problem_body
-from .http.streaming import ABORT_EXTENSION, TIMED_HERE, still_reading
 from .limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER, DEFAULT_WRITE_TIMEOUT
 
 log = logging.getLogger("perhap.listener")

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -30,8 +30,8 @@ from ..model import Event
 from ..store.base import Store
 from ..store.query import ReadQuery, event_bytes
 from ..store.subscription import Followed, OutagePause, Subscription
+from .connection import Connection, still_reading, unknown
 from .types import Receive, Send
-from .types import Scope as ASGIScope
 
 log = logging.getLogger("perhap.stream")
 
@@ -40,11 +40,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # tell nginx-like proxies not to buffer the stream
 ]
-#: The ASGI scope extension perhap's own listener (:mod:`perhap.server`) provides: ``abort()``
-#: closes the connection at once, unsent data dropped (a plain close waits for the client to read it).
-ABORT_EXTENSION = "perhap.abort"
-#: Set in that extension by a stream: its writes are timed by the app, not by the listener.
-TIMED_HERE = "timed_here"
 KEEP_ALIVE = b": keep-alive\n\n"
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
@@ -114,31 +109,6 @@ class MessageCache:
         self.items[id(event)] = (event, message)
         self.size += len(message) + event_bytes(event)
         return message
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """What perhap's listener offers a stream over its connection (the ``perhap.abort`` extension):
-    closing it at once, and how many bytes written to it the client has not taken yet (the
-    transport's buffer and the kernel's; None when the platform does not say)."""
-
-    abort: Callable[[], None]
-    unsent: Callable[[], int | None]
-
-
-def connection_of(scope: ASGIScope) -> Connection | None:
-    """The listener's hooks on the connection, when it offers them. Asked for by a stream, which
-    times its own writes (and counts the clients it drops): the listener's own write deadline, for
-    other answers, is then left off for this response."""
-    extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
-    if extension is None or "abort" not in extension:
-        return None
-    extension[TIMED_HERE] = True
-    return Connection(extension["abort"], extension.get("unsent", _unknown))
-
-
-def _unknown() -> None:
-    return None
 
 
 async def stream_head(store: Store, query: ReadQuery, following: str | None, send: Send) -> None:
@@ -291,7 +261,7 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
     limit = streams.write_timeout or 0.0
     loop = asyncio.get_running_loop()
 
-    unsent = connection.unsent if connection is not None else _unknown
+    unsent = connection.unsent if connection is not None else unknown
     seen: list[int | None] = [None]  # what the client had not taken at the last look, this write
 
     def check() -> None:
@@ -356,14 +326,6 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
         if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
-
-
-def still_reading(unsent: int | None, seen: list[int | None]) -> bool:
-    """Whether a client whose write has waited the write timeout took some of it since the last
-    look (``seen[0]``: the bytes it had not taken then, None at the first look, which only takes
-    the count). Unknown counts (no such figure on this platform) say no: the timeout alone judges."""
-    before, seen[0] = seen[0], unsent
-    return unsent is not None and (before is None or unsent < before)
 
 
 #: What a stream sends next: its query after that, the body, and when the read was done (monotonic).

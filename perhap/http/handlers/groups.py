@@ -19,6 +19,7 @@ from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
 from ...store.subscription import OutagePause
+from ..connection import connection_of
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
@@ -28,7 +29,6 @@ from ..streaming import (
     Pump,
     Writing,
     chunked,
-    connection_of,
     serve_stream,
     sse_message,
     wait_disconnect,

@@ -13,10 +13,11 @@ from ...jsoncodec import right_sized
 from ...model import Scope
 from ...slotted import fast_constructor
 from ...store.query import ReadQuery, read_query
+from ..connection import connection_of
 from ..pagecache import CachedPage, entity_version, known_version, page_key
 from ..requests import Context, Request, header, header_list, page_limit
 from ..responses import entity_tag, json_bytes, send_tagged
-from ..streaming import STREAM_BATCH, connection_of, stream_events, stream_head
+from ..streaming import STREAM_BATCH, stream_events, stream_head
 from ..types import Send
 
 #: On GET /keys for a token of one realm: the list holds that realm only, whatever else is stored.
