@@ -880,6 +880,16 @@ def test_a_subscription_to_what_is_no_event_stream_fails_and_one_that_ends_at_on
         assert delays == [0.1, 0.2]
 
 
+def test_ping_of_a_url_past_the_servers_root_is_no_perhap_answer(server: ProcessServer) -> None:
+    """``http://host/shop/_health`` is an empty page of realm shop's domain ``_health``: a 200,
+    which ping took for health. Only perhap's own health answer is."""
+    with Client(server.url) as c:
+        assert c.ping() and c.health()
+    for base in (f"{server.url}/shop", f"{server.url}/shop/d"):
+        with Client(base) as c, pytest.raises(PerhapClientError, match="past the server's root"):
+            c.ping()
+
+
 def test_a_host_name_that_does_not_resolve_is_said_in_words() -> None:
     """A resolver's error number is no errno: it read "Unknown error -2"."""
     with Client("http://name-that-does-not-resolve.invalid:8787", timeout=5) as c, \

@@ -64,6 +64,27 @@ async def test_export_from_a_server_equals_the_export_of_its_store(tmp_path: Pat
     assert scoped == ok(run_cli("export", "--db", url, "realm1/d0"))
 
 
+async def test_a_server_url_past_the_servers_root_is_refused_before_anything_moves(tmp_path: Path,
+                                                                                 tokens: str) -> None:
+    """``http://host/realm1`` was taken as a prefix: the export read realm1's domains as realms (a
+    dump out of commit order, exit 0), and a copy wrote them into its destination so."""
+    url, other = await filled(tmp_path, "a.db"), await filled(tmp_path, "b.db")
+    direct = ok(run_cli("export", "--db", url))
+    admin, _ = add_token(tokens, "*", "admin")
+    dest = tmp_path / "dest.db"
+    with served(url, tokens) as server:
+        for source in (f"{server.url}/realm1", f"{server.url}/realm1/", f"{server.url}/a/b"):
+            r = run_cli("export", "--db", source, "--token", admin)
+            assert r.returncode == 1 and r.stdout == b"", r.stdout[:200]
+            assert "past the server's root" in one_error_line(r, admin)
+            r = run_cli("copy", "--from", source, "--from-token", admin, "--to", f"sqlite:///{dest}")
+            assert r.returncode == 1 and "past the server's root" in one_error_line(r, admin)
+        assert not dest.exists()
+        r = run_cli("copy", "--from", other, "--to", f"{server.url}/realm1", "--to-token", admin)
+        assert r.returncode == 1 and "past the server's root" in one_error_line(r, admin)
+        assert ok(run_cli("export", "--db", server.url, "--token", admin)) == direct  # nothing written
+
+
 async def test_copy_from_a_server_into_a_store_file(tmp_path: Path, tokens: str) -> None:
     url = await filled(tmp_path, "a.db")
     reader, _ = add_token(tokens, "*", "read")

@@ -260,7 +260,7 @@ class ClientCore(Generic[H]):
         return Op(self._request("GET", "/keys", params={"limit": "1"}), parse)
 
     def _health_op(self) -> Op[bool]:
-        return Op(self._request("GET", "/_health"), lambda r: r.status_code == 200)
+        return Op(self._request("GET", "/_health"), _healthy)
 
     def _append_many_op(self, realm: str, domain: str,
                         events: Sequence[Mapping[str, Any] | tuple[str, NewEvent]],
@@ -379,3 +379,16 @@ class ClientCore(Generic[H]):
             return self._request("GET", where, params=query_params, headers=headers, timeout=timeout)
 
         return StreamState(build, where, following, max_retries, on_retry)
+
+
+def _healthy(response: httpx.Response) -> bool:
+    """A 200 that is perhap's own health answer; else not healthy. A 200 of anything else is no
+    perhap server's: a URL with a path past the server's root (``http://host/shop``) reads the
+    realm ``shop``'s domain ``_health``, an empty page, and would have said healthy."""
+    if response.status_code != 200:
+        return False
+    body = json_body(response)
+    if not isinstance(body, dict) or body.get("status") != "ok":
+        raise unexpected(response, "not a perhap server's health answer: does the URL go past the server's root "
+                                   "(a path such as /realm)?")
+    return True

@@ -74,4 +74,8 @@ async def open_remote(url: str, token: str | None = None) -> AsyncIterator[Remot
     """The server at ``url`` as a :class:`RemoteStore`, sending ``token`` (if any) as a bearer token."""
     headers = None if token is None else {"authorization": f"Bearer {token}"}
     async with AsyncClient(url, headers=headers) as client:
+        # A URL past the server's root (http://host/shop) is a prefix to the client: its realms
+        # would be shop's domains, read and written as realms. Only perhap's own answers at
+        # /_health. (Whether the store answers is left to the transfer's first request.)
+        await client.ping()
         yield RemoteStore(client)
