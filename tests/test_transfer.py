@@ -791,6 +791,21 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 2
 
 
+def test_an_export_over_its_own_store_file_is_refused(tmp_path: Path) -> None:
+    """``export --db sqlite:///s.db -o s.db`` replaced the store with its dump, exit 0. The store's
+    file however spelt, or a file beside it (its WAL, shared memory, lock), is a usage error."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    asyncio.run(_one_event(url))
+    before = (tmp_path / "s.db").read_bytes()
+    (tmp_path / "here").symlink_to(tmp_path)
+    for output in ("s.db", "./s.db", str(tmp_path / "here" / "s.db"), "s.db-wal", "s.db-shm", "s.db-lock"):
+        r = subprocess.run([sys.executable, "-m", "perhap.cli", "export", "--db", url, "-o", output],
+                           capture_output=True, cwd=tmp_path)
+        assert r.returncode == 2 and b"the store's own file" in r.stderr, (output, r.stderr)
+    assert (tmp_path / "s.db").read_bytes() == before
+    assert run_cli("export", "--db", url, "-o", str(tmp_path / "s.jsonl")).returncode == 0
+
+
 async def _one_event(url: str) -> None:
     async with open_store(url) as store:
         await store.append("r", "d", "e", "t", 1)

@@ -402,7 +402,8 @@ def _add_transfer(sub: Subcommands) -> None:
     export.add_argument("scope", nargs="?", metavar="SCOPE", help="REALM[/DOMAIN[/ENTITY]] (default: everything)")
     export.add_argument("--db", required=True, metavar="URL",
                         help="the store to read, or a server's http(s):// URL (read through its API)")
-    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write here instead of stdout (never the store's own file: refused)")
     _token_option(export, "--token", TOKEN_ENV, "--db")
     export.set_defaults(run=run_export)
 

@@ -83,6 +83,16 @@ def _same_store(a: str, b: str) -> bool:
     return os.path.realpath(path_a) == os.path.realpath(path_b)
 
 
+def _overwrites_store(url: str, output: str) -> bool:
+    """Whether a dump written at ``output`` (moved over it once whole) would replace the SQLite
+    store of ``url``, or a file beside it (its WAL, shared memory or lock)."""
+    if _is_server(url):
+        return False
+    path = os.path.abspath(output)
+    return any(path.endswith(suffix) and _same_store(url, f"sqlite:///{path.removesuffix(suffix) if suffix else path}")
+               for suffix in ("", "-wal", "-shm", "-lock"))
+
+
 def run_store_job(job: Coroutine[Any, Any, int], token_hint: str = _TOKEN_HINT) -> int:
     """Run a coroutine using stores or servers; their errors and transfer errors become one line
     (a server's with where it answered: a copy may talk to two)."""
@@ -126,6 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
             raise CommandError(TYPE_SCOPE_REFUSED, 2)
     db = check_target(args.db, "--db", args.token, "--token", must_exist=True)
     token = bearer_token(args.token) if _is_server(db) else None
+    if args.output and _overwrites_store(db, args.output):
+        raise CommandError(f"--output {args.output} is the store's own file (or one of its companions): "
+                           "write the dump elsewhere", 2)
 
     async def job() -> int:
         async with open_target(db, token) as store:
