@@ -163,6 +163,16 @@ def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _INT_BOUND = 10**MAX_INT_DIGITS  # the smallest integer of MAX_INT_DIGITS + 1 digits
 
 
+def not_json_reason(raw: bytes, exc: Exception) -> str:
+    """Why ``raw`` did not parse, in a reader's terms: bytes that are not UTF-8 (which orjson
+    calls surrogates, whatever they are), or else the parser's own words."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (at byte {bad.start}: {bad.reason}); JSON text is UTF-8"
+    return f"not valid JSON ({exc})"
+
+
 def made_null(out: bytes, value: Any) -> bool:
     """Whether orjson's ``out`` for ``value`` wrote a NaN or an infinity of it as ``null``."""
     return b"null" in out and _non_finite(value)

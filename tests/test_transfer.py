@@ -272,6 +272,8 @@ async def test_import_refuses_version_gaps_and_foreign_events(store: Store, real
 
 @pytest.mark.parametrize("lines, message", [
     ([b"{not json"], "line 1: not valid JSON"),
+    ([b'{"format": "perhap-dump", "version": 1, "scope": null}', b'{"event": "caf\xe9"}'],
+     "line 2: not valid UTF-8 (at byte 14"),  # (orjson calls every bad byte a surrogate)
     ([b"[1, 2]"], "line 1: expected a JSON object"),
     ([b'{"format": "other", "version": 1}'], "not a perhap dump"),
     ([b'{"format": "perhap-dump", "version": 3, "scope": null}'], "format version 3"),

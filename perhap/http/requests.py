@@ -13,7 +13,7 @@ import orjson
 from ..auth import Authenticator, Grant
 from ..errors import InvalidInput, sent_text
 from ..groups import Groups
-from ..jsoncodec import load_json, refuse_duplicate_keys
+from ..jsoncodec import load_json, not_json_reason, refuse_duplicate_keys
 from ..limits import TooDeep, check_depth, parser_gave_up_on_depth, too_deep
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
@@ -297,8 +297,4 @@ def _not_json(request: Request, raw: bytes, exc: ValueError) -> Exception:
     if coding is not None and coding.strip().lower() not in ("", "identity"):
         return HTTPProblem(415, f"the body has Content-Encoding {coding!r}: perhap takes bodies as they are "
                                 "(no compression); send plain JSON", headers=[(b"accept-encoding", b"identity")])
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        return InvalidInput(f"the body is not valid UTF-8 (at byte {bad.start}: {bad.reason}); JSON text is UTF-8")
-    return InvalidInput(f"the body is not valid JSON: {exc}")
+    return InvalidInput(f"the body is {not_json_reason(raw, exc)}")

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidInput
-from ..jsoncodec import dump_json, load_json, refuse_duplicate_keys
+from ..jsoncodec import dump_json, load_json, not_json_reason, refuse_duplicate_keys
 from ..model import MAX_POSITION, Event, NewEvent, Scope, check_name, new_event
 
 DUMP_FORMAT = "perhap-dump"
@@ -105,7 +105,7 @@ def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
         try:
             obj = load_json(line)
         except (orjson.JSONDecodeError, InvalidInput) as exc:
-            raise TransferError(f"{where}: not valid JSON ({exc})") from None
+            raise TransferError(f"{where}: {not_json_reason(line, exc)}") from None
         try:  # as the HTTP API refuses such a body: one of the two values would be lost
             refuse_duplicate_keys(line, obj)
         except InvalidInput as exc:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 from ..client.aio import AsyncClient
-from ..client.errors import BadRequest, PayloadTooLarge
+from ..client.errors import BadRequest, PayloadTooLarge, PerhapClientError
 from ..model import DEFAULT_LIMIT, AppendResult, Event, KeysPage, NewEvent, Page, Scope
 from .dump import TooLargeForDestination, TransferError
 
@@ -49,8 +49,13 @@ class RemoteStore:
         except PayloadTooLarge as exc:  # (nothing of it was written)
             raise TooLargeForDestination(f"the server at {self.client.base_url} refused {len(events)} events in "
                                          f"one request as too large (413: {exc.detail})") from None
-        except BadRequest as exc:
-            if "unknown keys: timestamp" not in exc.detail:
+        except PerhapClientError as exc:
+            if exc.status == 403:  # (a write token's batch with timestamps: the usual mistake)
+                raise TransferError(
+                    f"the server at {self.client.base_url} refused the import (403: {exc.detail}): an import "
+                    "needs an admin token for the realm, since it gives each event its original timestamp, "
+                    "which a write token may not (a writer does not backdate)") from None
+            if not isinstance(exc, BadRequest) or "unknown keys: timestamp" not in exc.detail:
                 raise
             raise TransferError(
                 f"the server at {self.client.base_url} does not take an imported event's timestamp "
