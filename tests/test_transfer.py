@@ -495,6 +495,10 @@ def test_cli_import_errors_are_one_line(tmp_path: Path) -> None:
     fresh = f"sqlite:///{tmp_path}/fresh.db"
     assert "stdin is empty" in one_error_line(run_cli("import", "--db", fresh, "-", input=b"\n  \n"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("fresh.db")]
+    # So is one whose first line is no dump's (a binary file, a BOM): it made an empty store.
+    for junk in (b"\x89PNG\r\n\x1a\n", b"\xef\xbb\xbf" + bad.read_bytes(), b"[1]\n"):
+        assert "stdin line 1" in one_error_line(run_cli("import", "--db", fresh, "-", input=junk))
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("fresh.db")]
     (tmp_path / "lines.jsonl").write_bytes(b"\n" + bad.read_bytes())  # lines still counted from the first
     assert "lines.jsonl line 3: not valid JSON" in one_error_line(
         run_cli("import", "--db", url, str(tmp_path / "lines.jsonl")))

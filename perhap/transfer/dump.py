@@ -76,13 +76,16 @@ def event_to_import(event: Event) -> DumpEvent:
 
 
 def not_empty(lines: Iterable[bytes], name: str) -> Iterator[bytes]:
-    """``lines`` unchanged, once a line that is not blank has come: a dump without one (an empty
-    file, nothing on stdin) is refused before anything else is done (an import's store made)."""
+    """``lines`` unchanged, once a line that is not blank has come and proved a dump's (its header,
+    or an event): a dump without one (an empty file, nothing on stdin) or whose first line is no
+    dump's (binary data, a BOM) is refused before anything else is done (an import's store made)."""
     rest = iter(lines)
     head: list[bytes] = []
     for line in rest:
         head.append(line)
         if line.strip():
+            for _ in parse_dump(head, name):  # (TransferError names the line)
+                break
             return itertools.chain(head, rest)
     raise TransferError(_empty(name))
 
