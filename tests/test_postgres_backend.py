@@ -572,6 +572,44 @@ async def test_database_restart_under_load(own_server: PostgresServer) -> None:
         await store.close()
 
 
+async def _stream_through_a_restart(
+        own_server: PostgresServer, http: httpx.AsyncClient, path: str, first: str,
+        taken: Callable[[str], Awaitable[None]] | None = None) -> tuple[dict[str, Any], str]:
+    """Open the SSE stream at ``path``, take its first event (``first``; then ``taken(first)``),
+    stop the database for a few of the stream's reads (the stream stays open, kept by comments
+    alone), start it again and append one event to /o/d/e/t: what the same connection delivers
+    next, and the id of the event appended."""
+    async with http.stream("GET", path, headers={"accept": "text/event-stream"}) as r:
+        assert r.status_code == 200
+        decoder, chunks = SSEDecoder(), r.aiter_raw()
+
+        async def next_event() -> dict[str, Any]:
+            while True:
+                chunk = await asyncio.wait_for(chunks.__anext__(), 30)
+                events = [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
+                if events:
+                    assert len(events) == 1, events
+                    return events[0]
+
+        assert (await next_event())["event_id"] == first
+        if taken is not None:
+            await taken(first)
+        await asyncio.to_thread(own_server.stop, "fast")
+        # Down for a few of the stream's reads (each waits at most its poll interval, 1 s).
+        await eventually(lambda: _down(http), 10, "the server to see the database gone")
+        outage_ends = time.monotonic() + 3
+        while time.monotonic() < outage_ends:  # the stream stays open, kept by comments
+            chunk = await asyncio.wait_for(chunks.__anext__(), 5)
+            assert not [m for m in decoder.feed(chunk) if m.data is not None]
+        await asyncio.to_thread(own_server.start)
+        second = None
+        while second is None:
+            answer = await http.post("/o/d/e/t", json={"event": 2})
+            assert answer.status_code in (201, 503), answer.text
+            second = answer.json()["event_id"] if answer.status_code == 201 else None
+        return await next_event(), second
+
+
 async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresServer, tmp_path: Path) -> None:
     """A live stream stays open while the database is away (comments keep it), and carries what is
     appended once it is back: ended, its client would reconnect into 503s, on which a browser's
@@ -580,33 +618,8 @@ async def test_an_open_stream_outlives_a_database_restart(own_server: PostgresSe
     with ProcessServer(url, None, "--heartbeat", "0.5", cwd=tmp_path) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             first = (await http.post("/o/d/e/t", json={"event": 1})).json()["event_id"]
-            async with http.stream("GET", "/o/d", headers={"accept": "text/event-stream"}) as r:
-                assert r.status_code == 200
-                decoder, chunks = SSEDecoder(), r.aiter_raw()
-
-                async def next_event() -> dict[str, Any]:
-                    while True:
-                        chunk = await asyncio.wait_for(chunks.__anext__(), 30)
-                        events = [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
-                        if events:
-                            assert len(events) == 1, events
-                            return events[0]
-
-                assert (await next_event())["event_id"] == first
-                await asyncio.to_thread(own_server.stop, "fast")
-                # Down for a few of the stream's reads (each waits at most its poll interval, 1 s).
-                await eventually(lambda: _down(http), 10, "the server to see the database gone")
-                outage_ends = time.monotonic() + 3
-                while time.monotonic() < outage_ends:  # the stream stays open, kept by comments
-                    chunk = await asyncio.wait_for(chunks.__anext__(), 5)
-                    assert not [m for m in decoder.feed(chunk) if m.data is not None]
-                await asyncio.to_thread(own_server.start)
-                second = None
-                while second is None:
-                    answer = await http.post("/o/d/e/t", json={"event": 2})
-                    assert answer.status_code in (201, 503), answer.text
-                    second = answer.json()["event_id"] if answer.status_code == 201 else None
-                assert (await next_event())["event_id"] == second  # the same connection, no gap
+            delivered, second = await _stream_through_a_restart(own_server, http, "/o/d", first)
+            assert delivered["event_id"] == second  # the same connection, no gap
 
 
 async def test_a_lease_stream_outlives_a_database_restart(own_server: PostgresServer, tmp_path: Path) -> None:
@@ -618,36 +631,14 @@ async def test_a_lease_stream_outlives_a_database_restart(own_server: PostgresSe
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             assert (await http.put("/_groups/o/g", json={})).status_code == 201
             first = (await http.post("/o/d/e/t", json={"event": 1})).json()["event_id"]
-            sse = {"accept": "text/event-stream"}
-            async with http.stream("GET", "/_groups/o/g/events?consumer=c", headers=sse) as r:
+
+            async def ack(event_id: str) -> None:
+                r = await http.post("/_groups/o/g/ack", json={"consumer": "c", "event_ids": [event_id]})
                 assert r.status_code == 200
-                decoder, chunks = SSEDecoder(), r.aiter_raw()
 
-                async def next_event() -> dict[str, Any]:
-                    while True:
-                        chunk = await asyncio.wait_for(chunks.__anext__(), 30)
-                        events = [orjson.loads(m.data) for m in decoder.feed(chunk) if m.data is not None]
-                        if events:
-                            assert len(events) == 1, events
-                            return events[0]
-
-                assert (await next_event())["event_id"] == first
-                ack = {"consumer": "c", "event_ids": [first]}
-                assert (await http.post("/_groups/o/g/ack", json=ack)).status_code == 200
-                await asyncio.to_thread(own_server.stop, "fast")
-                await eventually(lambda: _down(http), 10, "the server to see the database gone")
-                outage_ends = time.monotonic() + 3
-                while time.monotonic() < outage_ends:  # open, kept by comments
-                    chunk = await asyncio.wait_for(chunks.__anext__(), 5)
-                    assert not [m for m in decoder.feed(chunk) if m.data is not None]
-                await asyncio.to_thread(own_server.start)
-                second = None
-                while second is None:
-                    answer = await http.post("/o/d/e/t", json={"event": 2})
-                    assert answer.status_code in (201, 503), answer.text
-                    second = answer.json()["event_id"] if answer.status_code == 201 else None
-                delivered = await next_event()  # the same connection
-                assert (delivered["event_id"], delivered["delivery"]) == (second, 1)
+            delivered, second = await _stream_through_a_restart(own_server, http, "/_groups/o/g/events?consumer=c",
+                                                                first, ack)
+            assert (delivered["event_id"], delivered["delivery"]) == (second, 1)
 
 
 async def test_a_stream_keeps_its_heartbeat_while_the_database_hangs(own_server: PostgresServer,
