@@ -812,6 +812,25 @@ def test_an_export_over_its_own_store_file_is_refused(tmp_path: Path) -> None:
     assert run_cli("export", "--db", url, "-o", str(tmp_path / "s.jsonl")).returncode == 0
 
 
+def test_a_transfer_cut_off_without_an_answer_advises_running_it_again() -> None:
+    """The client's words for a request sent with no answer speak of retrying an append; an
+    export, import or copy is run again instead (it goes on where it stopped)."""
+    import httpx
+
+    from perhap.cli.common import CommandError
+    from perhap.cli.transfer import run_store_job
+    from perhap.client.errors import unreachable
+
+    async def cut_off() -> int:
+        raise unreachable(httpx.Request("POST", "http://127.0.0.1:9/r/d/e"), httpx.ReadError("broke"))
+
+    with pytest.raises(CommandError) as info:
+        run_store_job(cut_off())
+    text = str(info.value)
+    assert "no answer from http://127.0.0.1:9" in text and "running the same command again is safe" in text
+    assert "append" not in text, text
+
+
 async def _one_event(url: str) -> None:
     async with open_store(url) as store:
         await store.append("r", "d", "e", "t", 1)

@@ -93,12 +93,15 @@ def _overwrites_store(url: str, output: str) -> bool:
                for suffix in ("", "-wal", "-shm", "-lock"))
 
 
+_RUN_AGAIN = "(running the same command again is safe: an import or a copy goes on where it stopped)"
+
+
 def run_store_job(job: Coroutine[Any, Any, int], token_hint: str = _TOKEN_HINT) -> int:
     """Run a coroutine using stores or servers; their errors and transfer errors become one line
     (a server's with where it answered: a copy may talk to two)."""
     import asyncio
 
-    from ..client.errors import ConnectionFailed, PerhapClientError
+    from ..client.errors import APPEND_RETRY_HINT, ConnectionFailed, PerhapClientError
     from ..transfer.dump import TransferError
 
     try:
@@ -106,7 +109,10 @@ def run_store_job(job: Coroutine[Any, Any, int], token_hint: str = _TOKEN_HINT) 
     except TransferError as exc:
         raise CommandError(str(exc)) from None
     except PerhapClientError as exc:
-        if isinstance(exc, ConnectionFailed) or exc.url is None:
+        if isinstance(exc, ConnectionFailed):  # (the client's advice is for an append)
+            error = client_error(exc)
+            raise CommandError(str(error).replace(APPEND_RETRY_HINT, _RUN_AGAIN), error.status) from None
+        if exc.url is None:
             raise client_error(exc) from None
         import httpx
 

@@ -186,6 +186,10 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
              httpx.LocalProtocolError, httpx.ProxyError)
 
 
+#: What a request sent without an answer may be: an append retried with its event_id is safe.
+APPEND_RETRY_HINT = "(a retry of an append with its event_id is safe)"
+
+
 def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
     """The error for a request that got no response at all, in the same words from the sync and
     the async client (their transports word the same failure differently)."""
@@ -194,7 +198,7 @@ def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
     if not isinstance(exc, _NOT_SENT):  # sent, perhaps carried out: not "unreachable"
         what = "in time" if isinstance(exc, httpx.TimeoutException) else "(the connection broke)"
         return ConnectionFailed(f"no answer from {base} {what} ({reason}): the request may have been "
-                                "carried out (a retry of an append with its event_id is safe)", url=str(request.url))
+                                f"carried out {APPEND_RETRY_HINT}", url=str(request.url))
     return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
 
 
