@@ -92,6 +92,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _extensions: Any = None
         _write_deadline: Any = None
         _unsent_seen: list[int | None]  # see still_reading
+        _hooks: dict[str, Any]
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -149,6 +150,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             limit = self.limit_concurrency
             self._admitted = limit is None or len(self.connections) < limit
             self._extensions = {ABORT_EXTENSION: {}}  # until a request's headers are in
+            self._hooks = {"abort": self._drop, "unsent": self._unsent}  # (each request's, copied)
             self._unsent_seen = [None]
             self._arm(header_timeout)
 
@@ -326,7 +328,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             finally:
                 self.app, self.limit_concurrency = app, limit
             # One per request: a stream's mark (TIMED_HERE) is for its own response only.
-            self._extensions = {ABORT_EXTENSION: {"abort": self._drop, "unsent": self._unsent}}
+            self._extensions = {ABORT_EXTENSION: self._hooks.copy()}
             self.scope["extensions"] = self._extensions
             self._has_cycle = True
             if self.scope["http_version"] == "1.0":
