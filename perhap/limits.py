@@ -64,16 +64,18 @@ def parser_gave_up_on_depth(exc: ValueError, limit: int) -> bool:
     return limit < PARSER_MAX_DEPTH and ("depth limit exceeded" in text or "maximum recursion depth" in text)
 
 
-def check_depth(raw: bytes, value: Any, limit: int) -> None:
-    """Refuse JSON nested deeper than ``limit`` (the body object itself is depth 1)."""
+def check_depth(raw: bytes, value: Any, limit: int, wrapped: int = 0) -> None:
+    """Refuse JSON nested deeper than ``limit`` (the body object itself is depth 1), plus the
+    ``wrapped`` levels a batch puts around each event (see :func:`too_deep`)."""
+    most = limit + wrapped
     # Counting brackets is C-fast and settles almost every body without walking it.
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    if raw.count(b"[") + raw.count(b"{") <= most:
         return
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if depth > limit:
-            raise too_deep(limit)
+        if depth > most:
+            raise too_deep(limit, wrapped)
         children = item.values() if isinstance(item, dict) else item
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 

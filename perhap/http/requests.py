@@ -14,7 +14,7 @@ from ..auth import Authenticator, Grant
 from ..errors import InvalidInput, sent_text
 from ..groups import Groups
 from ..jsoncodec import load_json, not_json_reason, refuse_duplicate_keys
-from ..limits import TooDeep, check_depth, parser_gave_up_on_depth, too_deep
+from ..limits import check_depth, parser_gave_up_on_depth, too_deep
 from ..model import DEFAULT_LIMIT, MAX_LIMIT
 from ..store.base import Store
 from .metrics import Metrics
@@ -281,10 +281,7 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
         raise _not_json(request, raw, exc) from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object" + (f": send {shape}" if shape else ""))
-    try:
-        check_depth(raw, body, max_depth + wrapped)
-    except TooDeep:
-        raise too_deep(max_depth, wrapped) from None
+    check_depth(raw, body, max_depth, wrapped)
     refuse_duplicate_keys(raw, body)
     return body
 

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -34,6 +34,7 @@ from .connection import Connection, still_reading, unknown
 from .types import Receive, Send
 
 log = logging.getLogger("perhap.stream")
+_T = TypeVar("_T")
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -303,29 +304,32 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
     # at the buffer's bytes where the store can (SQLite), so a jump to large events after many
     # small ones reads about a buffer's worth, not a batch of them.
     sub.query = replace(sub.query, limit=min(full, FIRST_BATCH), max_bytes=streams.buffer)
-    pause = OutagePause()
     while True:
-        try:
-            sub.query, body, read_at = await _next_body(streams, sub, full)
-        except StoreClosed:
-            raise
-        except StorageUnavailable as exc:
-            # The storage does not answer for now (a database restarting): the stream stays open,
-            # its cursor where it was, keeping its client with comments and reading again after a
-            # pause. Ended, every client would reconnect into 503s, and a browser's EventSource
-            # gives up for good on the first one.
-            if pause.first:
-                log.info("stream of %s waits for the storage: %s", sub.scope, exc.detail)
-            await writing.send(KEEP_ALIVE)
-            await pause.wait()
-            continue
-        pause.reset()
+        sub.query, body, read_at = await through_outages(lambda: _next_body(streams, sub, full), writing, sub.scope)
         # A revoked token's stream ends before it carries another event: the token file is looked
         # at after the read that found the body's events (so after their commits), once for all
         # the streams that share that read.
         if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
+
+
+async def through_outages(read: Callable[[], Awaitable[_T]], writing: Writing, where: object) -> _T:
+    """``read()`` once the storage answers. While it does not (a database restarting), the stream
+    stays open, its cursor where it was, keeping its client with comments and trying again after
+    a pause: ended, every client would reconnect into 503s, and a browser's EventSource gives up
+    for good on the first one. A store closed (the server stopping) ends the stream."""
+    pause = OutagePause()
+    while True:
+        try:
+            return await read()
+        except StoreClosed:
+            raise
+        except StorageUnavailable as exc:
+            if pause.first:
+                log.info("stream of %s waits for the storage: %s", where, exc.detail)
+            await writing.send(KEEP_ALIVE)
+            await pause.wait()
 
 
 #: What a stream sends next: its query after that, the body, and when the read was done (monotonic).

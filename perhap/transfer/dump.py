@@ -84,8 +84,7 @@ def not_empty(lines: Iterable[bytes], name: str) -> Iterator[bytes]:
     for line in rest:
         head.append(line)
         if line.strip():
-            for _ in parse_dump(head, name):  # (TransferError names the line)
-                break
+            next(parse_dump(head, name), None)  # (TransferError names the line)
             return itertools.chain(head, rest)
     raise TransferError(_empty(name))
 

@@ -8,17 +8,16 @@ requests and writes answers.
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import InvalidInput, StorageUnavailable, StoreClosed, sent_text
+from ...errors import InvalidInput, sent_text
 from ...groups import GroupSettings, check_group_name
 from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
-from ...store.subscription import OutagePause
 from ..connection import connection_of
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
@@ -31,13 +30,12 @@ from ..streaming import (
     chunked,
     serve_stream,
     sse_message,
+    through_outages,
     wait_disconnect,
 )
 from ..types import Send
 
 NACK_ACTIONS = ("retry", "park", "release")
-
-log = logging.getLogger("perhap.stream")
 
 
 def _names(req: Request, permission: str) -> tuple[str, str]:
@@ -179,23 +177,12 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
 
     async def pump(writing: Writing) -> None:
         batch = min(most, FIRST_BATCH)
-        pause = OutagePause()
         while True:
-            try:  # (a lease holds one event at least, and ends at the one reaching the buffer)
-                events = await groups.lease(realm, name, consumer, batch, streams.heartbeat, recheck,
-                                            max_bytes=streams.buffer)
-            except StoreClosed:
-                raise
-            except StorageUnavailable as exc:
-                # As a scope's stream does: open through a storage outage, its client kept with
-                # comments, leasing again after a pause (a lease whose write was lost meanwhile
-                # runs out and is delivered again, as any unacknowledged one).
-                if pause.first:
-                    log.info("stream of group %s of %s waits for the storage: %s", name, realm, exc.detail)
-                await writing.send(KEEP_ALIVE)
-                await pause.wait()
-                continue
-            pause.reset()
+            # (A lease holds one event at least, and ends at the one reaching the buffer. Through an
+            # outage, a lease whose write was lost meanwhile runs out and is delivered again.)
+            lease = functools.partial(groups.lease, realm, name, consumer, batch, streams.heartbeat, recheck,
+                                      max_bytes=streams.buffer)
+            events = await through_outages(lease, writing, f"group {name} of {realm}")
             if not events:
                 await writing.send(KEEP_ALIVE)
                 continue
