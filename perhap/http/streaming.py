@@ -44,8 +44,8 @@ SSE_HEADERS = [
 KEEP_ALIVE = b": keep-alive\n\n"
 #: Events a stream reads at once, at most (fewer while its client is slow: see _encode).
 STREAM_BATCH = 500
-#: A stream's first read: what a store read can hold at once is bounded by count, so a stream
-#: starts small (32 events of up to 1 MiB, not 500) and grows while its events are small.
+#: A stream's first batch: small (32 events, not 500), grown while its events are small, so that
+#: the first message a client waits for is a short one (each read also ends at the buffer's bytes).
 FIRST_BATCH = 32
 
 
@@ -301,8 +301,8 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
     auth = streams.auth
     full = sub.query.limit
     # Grown from FIRST_BATCH while events are small (large ones never fill 500); each read ends
-    # at the buffer's bytes where the store can (SQLite), so a jump to large events after many
-    # small ones reads about a buffer's worth, not a batch of them.
+    # at the buffer's bytes, so a jump to large events after many small ones reads about a
+    # buffer's worth, not a batch of them.
     sub.query = replace(sub.query, limit=min(full, FIRST_BATCH), max_bytes=streams.buffer)
     while True:
         sub.query, body, read_at = await through_outages(lambda: _next_body(streams, sub, full), writing, sub.scope)

@@ -45,9 +45,9 @@ class ReadQuery:
     live: bool = False
     #: Stop once the events read hold this many bytes of data and meta (the event that reaches it
     #: included: one at least): a JSON page (``--max-page-bytes``) or a live stream's read (its
-    #: buffer), so that large events cost a bounded page, not ``limit`` of them. SQLite and
-    #: PostgreSQL stop their reads there; other backends may read by ``limit`` and leave the cut
-    #: to ``Store.read_page``, which makes it for every backend. A backend that stops must count
+    #: buffer), so that large events cost a bounded page, not ``limit`` of them. Every backend
+    #: stops its reads there (a new one could read by ``limit`` and leave the cut to
+    #: ``Store.read_page``, which makes it for every backend). A backend that stops must count
     #: exactly ``len(data_json) + len(meta_json)``: the template recognises a cut page by the
     #: same count (a page it did not see cut would end the read with ``next`` None).
     max_bytes: int | None = None

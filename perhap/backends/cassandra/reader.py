@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ...errors import store_closed
-from ...model import MAX_POSITION, Event
+from ...model import MAX_LIMIT, MAX_POSITION, Cursor, Event
 from ...slotted import fast_constructor
-from ...store.query import ReadQuery
+from ...store.query import ReadQuery, event_bytes
 from . import clock
-from .driver import gather, quiet
+from .driver import Row, gather, quiet
 from .records import SLOT_BITS, EntityKey, IndexRow
-from .scan import IndexScan
+from .scan import ChunkSizing, IndexScan
 from .schema import Keyspace
 from .settle import Settler
 
@@ -149,15 +149,22 @@ class Reader:
         scan, start, before = self.scan(query)
         scope, limit, live = query.scope, query.limit, query.live
         out: list[Event] = []
+        left = query.max_bytes  # bytes the read may still take (None: no bound but the count)
         waited = False
         while True:
             horizon = clock.now_us() - self.ks.options.settle_us
-            rows, unsettled, ended = await self.collect_oldest(scan, start, before, limit - len(out), horizon, live)
+            rows, unsettled, ended = await self.collect_oldest(scan, start, before, limit - len(out), horizon, live,
+                                                               left)
             if rows:
                 start = rows[-1].position
-                out += await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
+                settled = await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
+                out += settled
+                if left is not None:
+                    left -= sum(map(event_bytes, settled))
             if len(out) >= limit:
                 return out[:limit]
+            if left is not None and left <= 0:
+                return out
             if unsettled is None:
                 if ended:
                     return out
@@ -175,11 +182,12 @@ class Reader:
         scan, after, start = self.scan(query)
         scope, limit = query.scope, query.limit
         out: list[Event] = []
+        left = query.max_bytes  # as oldest first
         waited = False
         while True:
             horizon = clock.now_us() - self.ks.options.settle_us
             begin = _bound(min, start, (horizon + 1) << SLOT_BITS) if waited else start
-            rows, newest, ended = await self.collect_newest(scan, begin, after, limit - len(out), horizon,
+            rows, newest, ended = await self.collect_newest(scan, begin, after, limit - len(out), horizon, left,
                                                             may_wait=not waited and not out)
             if newest is not None:
                 await self.until_settled(newest)
@@ -187,23 +195,29 @@ class Reader:
                 continue
             if rows:
                 start = rows[-1].position
-                out += await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
+                settled = await self.settler.settle_rows(scope.realm, scope.domain or "", rows)
+                out += settled
+                if left is not None:
+                    left -= sum(map(event_bytes, settled))
             if len(out) >= limit:
                 return out[:limit]
+            if left is not None and left <= 0:
+                return out
             if ended:
                 return out
 
     @staticmethod
     async def collect_oldest(scan: IndexScan, start: int | None, before: int | None, want: int,
-                             horizon: int, first: bool = False) -> tuple[list[IndexRow], int | None, bool]:
+                             horizon: int, first: bool = False,
+                             left: int | None = None) -> tuple[list[IndexRow], int | None, bool]:
         """Up to about ``want`` rows after ``start``: those at or below the horizon, the ts of the
         newest row seen above it (rows come in ts order: all after the first such; with
         ``first``, the oldest, and the walk stops there), and whether the scope (or the bound)
-        ended."""
+        ended. With ``left``, the walk also stops at the row whose bytes reach it."""
         rows: list[IndexRow] = []
         newest = None
         seen = 0
-        async with contextlib.aclosing(scan.chunks(start, want + 1)) as chunks:
+        async with contextlib.aclosing(scan.chunks(start, want + 1, left)) as chunks:
             async for chunk in chunks:
                 for row in chunk:
                     if before is not None and row.position >= before:
@@ -214,6 +228,10 @@ class Reader:
                         newest = row.ts
                     else:
                         rows.append(row)
+                        if left is not None:
+                            left -= len(row.data) + len(row.meta)
+                            if left <= 0:  # (no row above the horizon yet: they come last)
+                                return rows, newest, False
                     seen += 1
                 if seen >= want:
                     return rows, newest, False
@@ -221,12 +239,13 @@ class Reader:
 
     @staticmethod
     async def collect_newest(scan: IndexScan, start: int | None, after: int | None, want: int, horizon: int,
-                             *, may_wait: bool) -> tuple[list[IndexRow], int | None, bool]:
+                             left: int | None = None, *, may_wait: bool) -> tuple[list[IndexRow], int | None, bool]:
         """Up to about ``want`` rows at or below the horizon before ``start``, newest first; or,
         when ``may_wait``, the ts of the first row above the horizon (the newest); and whether
-        the scope (or the bound) ended."""
+        the scope (or the bound) ended. With ``left``, the walk also stops at the row whose bytes
+        reach it."""
         rows: list[IndexRow] = []
-        async with contextlib.aclosing(scan.chunks(start, want + 1)) as chunks:
+        async with contextlib.aclosing(scan.chunks(start, want + 1, left)) as chunks:
             async for chunk in chunks:
                 for row in chunk:
                     if after is not None and row.position <= after:
@@ -236,6 +255,10 @@ class Reader:
                             return rows, row.ts, False
                         continue  # arrived after the read began: an oldest-first read could not see it
                     rows.append(row)
+                    if left is not None:
+                        left -= len(row.data) + len(row.meta)
+                        if left <= 0:
+                            return rows, None, False
                 if len(rows) >= want:
                     return rows, None, False
         return rows, None, True
@@ -276,22 +299,51 @@ class Reader:
         # (``is None``, not ``or``: before_position=0 bounds the read to nothing, it is not "no bound")
         before = query.before_position
         positions = (query.after_position or 0, MAX_POSITION if before is None else before)
-        if not types and positions == (0, MAX_POSITION):
+        if query.max_bytes is None and not types and positions == (0, MAX_POSITION):
             rows = await ks.db.run(statements[0], (*stored, low, high, query.limit))
-        elif len(types) <= 1:
+        elif query.max_bytes is None and len(types) <= 1:
             rows = await ks.db.run(statements[len(types) + 1], (*stored, low, high, *positions, *types, query.limit))
-        else:  # several types: filtered here, a bounded chunk at a time
-            rows = []
-            while len(rows) < query.limit:
-                chunk = await ks.db.run(statements[1], (*stored, low, high, *positions, ENTITY_CHUNK))
-                rows += [r for r in chunk if r[2] in types]
-                if len(chunk) < ENTITY_CHUNK:
-                    break
-                low, high = (low, chunk[-1][0]) if query.descending else (chunk[-1][0], high)
-            rows = rows[:query.limit]
+        else:
+            rows = await self.entity_chunks(query, stored, (low, high), positions, types)
         stamp = clock.stamp
         return [make_event(event_id, realm, domain, entity, t, v, st or stamp(ts), d, m, position, v)
                 for v, event_id, t, ts, st, d, m, position in rows]
+
+    async def entity_chunks(self, query: ReadQuery, stored: tuple[str, str, str], versions: tuple[Cursor, Cursor],
+                            positions: tuple[int, int], types: tuple[str, ...]) -> list[Row]:
+        """An entity's rows a chunk at a time: several types are filtered here (ENTITY_CHUNK rows a
+        query), and a read bounded by bytes asks for about as many rows as the bytes left hold
+        (see scan.ChunkSizing) and stops at the row that reaches them."""
+        ks = self.ks
+        several = len(types) > 1
+        statement = ks.q.entity_read[query.descending][1 if len(types) != 1 else 2]
+        type_args = () if several else types
+        low, high = versions
+        left = query.max_bytes
+        sizing = None if left is None else ChunkSizing(left, 1, MAX_LIMIT)
+        rows: list[Row] = []
+        while len(rows) < query.limit:
+            ask = ENTITY_CHUNK if several else query.limit - len(rows)
+            if sizing is not None:
+                ask = min(ask, sizing.next())
+            chunk = await ks.db.run(statement, (*stored, low, high, *positions, *type_args, ask))
+            if sizing is not None:
+                sizing.fetched(len(chunk), sum(len(r[5]) + len(r[6]) for r in chunk))
+            for row in chunk:
+                if several and row[2] not in types:
+                    continue
+                rows.append(row)
+                if left is not None:
+                    size = len(row[5]) + len(row[6])
+                    left -= size
+                    assert sizing is not None
+                    sizing.handed(size)
+                    if left <= 0:
+                        return rows
+            if len(chunk) < ask:
+                break
+            low, high = (low, chunk[-1][0]) if query.descending else (chunk[-1][0], high)
+        return rows[:query.limit]
 
 
 def _copy_result(future: asyncio.Future[list[Event]], task: asyncio.Task[list[Event]]) -> None:

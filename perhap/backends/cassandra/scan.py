@@ -25,6 +25,12 @@ MAX_CHUNK = 1000  # rows per query
 UNNUMBERED = ("an event without a position in this store: a process of a perhap older than schema 3 is "
               "still writing to it; stop it (docs/backends/cassandra.md, \"Upgrading to positions\")")
 MIN_FILTERED_CHUNK = 200  # rows per query when several types are filtered here (few may be kept)
+#: Rows of a read's first query when the read is bounded by bytes (a JSON page, a live stream, a
+#: group's read): later queries ask for about as many rows as the bytes left hold at the average
+#: size of the rows fetched so far. So a read of large events fetches about its bound (16 events
+#: of 1 MiB, the default --max-body, are the default page's 16 MiB), not its count of them (up to
+#: 10,000); a read of small events asks twice.
+FIRST_BOUNDED_CHUNK = 16
 
 log = logging.getLogger("perhap.cassandra")
 _hollow_seen = False  # a row without content was met (warned once)
@@ -42,11 +48,17 @@ class IndexScan:
     types: tuple[str, ...]
     descending: bool
 
-    async def chunks(self, start: int | None, chunk: int) -> AsyncGenerator[list[IndexRow], None]:
-        """Rows after ``start`` in reading order, in lists of whole runs; ``chunk`` rows per query."""
+    async def chunks(self, start: int | None, chunk: int,
+                     max_bytes: int | None = None) -> AsyncGenerator[list[IndexRow], None]:
+        """Rows after ``start`` in reading order, in lists of whole runs; ``chunk`` rows per query,
+        or with ``max_bytes``, as many as the bytes not yet handed out hold (see FIRST_BOUNDED_CHUNK)."""
         ks, desc = self.ks, self.descending
         one_type = len(self.types) == 1  # filtered by the node; several: filtered here
-        chunk = max(2 if len(self.types) < 2 else MIN_FILTERED_CHUNK, min(chunk, MAX_CHUNK))
+        least = 2 if len(self.types) < 2 else MIN_FILTERED_CHUNK
+        most = chunk = max(least, min(chunk, MAX_CHUNK))
+        sizing = None if max_bytes is None else ChunkSizing(max_bytes, least, most)
+        if sizing is not None:
+            chunk = sizing.next()
         wanted = frozenset(self.types)
         type_args = self.types if one_type else ()
         if start is None:
@@ -73,6 +85,8 @@ class IndexScan:
                 if raw:
                     last = raw[-1][0], raw[-1][1]  # (ts, id): where the next query goes on
                 rows = [row for row in map(_numbered, raw) if row is not None]
+                if sizing is not None:
+                    sizing.fetched(len(raw), sum(len(r.data) + len(r.meta) for r in rows))
                 batch = carry + rows
                 carry = []
                 if full:  # the last run may go on in the next query: hold it back
@@ -81,6 +95,9 @@ class IndexScan:
                         cut -= 1
                     batch, carry = batch[:cut], batch[cut:]
                 kept = [r for r in batch if self.after(r, start) and (one_type or not wanted or r.type in wanted)]
+                if sizing is not None:
+                    sizing.handed(sum(len(r.data) + len(r.meta) for r in kept))
+                    chunk = sizing.next()
                 if kept:
                     kept.sort(key=_position, reverse=desc)
                     yield kept
@@ -115,6 +132,32 @@ class IndexScan:
             opening = False
             for (bucket,) in await ks.db.run(ks.q.buckets[desc], (self.realm, self.key, era, bound)):
                 yield bucket
+
+
+class ChunkSizing:
+    """How many rows a read bounded by ``max_bytes`` asks for next: FIRST_BOUNDED_CHUNK at first,
+    then as many as the bytes not yet handed out hold at the average size fetched so far, within
+    [``least``, ``most``]."""
+
+    __slots__ = ("left", "least", "most", "rows", "size")
+
+    def __init__(self, max_bytes: int, least: int, most: int) -> None:
+        self.left, self.least, self.most = max_bytes, least, most
+        self.rows = self.size = 0
+
+    def fetched(self, rows: int, size: int) -> None:
+        self.rows += rows
+        self.size += size
+
+    def handed(self, size: int) -> None:
+        self.left -= size
+
+    def next(self) -> int:
+        if not self.rows:
+            want = FIRST_BOUNDED_CHUNK
+        else:
+            want = max(self.left, 0) * self.rows // max(self.size, 1) + 1
+        return max(self.least, min(self.most, want))
 
 
 def _position(row: IndexRow) -> int:
