@@ -222,15 +222,30 @@ class PerhapAggregateRecorder(_Recorder, AggregateRecorder):
         return [mapping.to_stored_event(e, originator_id) for e in events]
 
 
+class _Superseded(Exception):
+    """A snapshot below the aggregate's newest one: not stored (see PerhapSnapshotRecorder)."""
+
+
 class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
     """Snapshots: an aggregate's snapshots as one entity's events, in increasing originator version.
 
-    A snapshot at or below the version of the aggregate's newest snapshot raises IntegrityError
-    (at: a duplicate, as in eventsourcing's own modules; below: it could never be the one loaded).
+    A snapshot at the version of one stored already raises IntegrityError (a duplicate, as in
+    eventsourcing's own modules). One below the version of the aggregate's newest snapshot, and of
+    no stored one, is not stored and raises nothing: the entity keeps versions in order, and such a
+    snapshot is what a save whose event is stored takes while another writer of the aggregate saved
+    a later event and its snapshot first, so that save must not fail. Each aggregate's snapshots
+    are appended on their own.
     """
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        self._record(stored_events, None)
+        runs: dict[str, list[StoredEvent]] = {}
+        for stored in stored_events:
+            runs.setdefault(mapping.entity_name(stored.originator_id), []).append(stored)
+        for run in runs.values():
+            try:
+                self._record(run, None)
+            except _Superseded:
+                pass
         return None
 
     def _check_follows(self, previous: StoredEvent, stored: StoredEvent) -> None:
@@ -242,9 +257,20 @@ class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
         if head is None:
             return -1
         last = mapping.recorded(head).originator_version
-        if run[0].originator_version <= last:
-            raise IntegrityError(f"a snapshot of {run[0].originator_id} at version {last} is recorded already")
-        return head.version
+        first = run[0].originator_version
+        if first > last:
+            return head.version
+        if first == last:
+            raise IntegrityError(f"a snapshot of {run[0].originator_id} at version {first} is recorded already")
+        below = self._last_at_or_below(Scope(self.realm, self.domain, entity), first, head.version)
+        found = None if below < 0 else self.transport.read(
+            Scope(self.realm, self.domain, entity), 1, order="desc", until_version=below)[0]
+        if found is not None and mapping.recorded(found).originator_version == first:
+            raise IntegrityError(f"a snapshot of {run[0].originator_id} at version {first} is recorded already")
+        if run[-1].originator_version >= last:
+            raise IntegrityError(f"snapshots of {run[0].originator_id} from version {first} to "
+                                 f"{run[-1].originator_version} straddle the newest stored one ({last})")
+        raise _Superseded
 
     def select_events(self, originator_id: UUID | str, *, gt: int | None = None, lte: int | None = None,
                       desc: bool = False, limit: int | None = None) -> Sequence[StoredEvent]:
