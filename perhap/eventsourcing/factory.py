@@ -70,6 +70,8 @@ class Factory(InfrastructureFactory[PerhapTrackingRecorder]):
             self.transport: Transport = connect(self.url, self.env.get(self.PERHAP_TOKEN), timeout)
         except ValueError as exc:  # a URL no backend takes (the message lists those that exist)
             raise InfrastructureFactoryError(f"perhap.eventsourcing: PERHAP_URL: {exc}") from None
+        except InvalidInput as exc:  # a server URL or a token the client refuses (its message says which)
+            raise InfrastructureFactoryError(f"perhap.eventsourcing: {exc}") from None
 
     def aggregate_recorder(self, purpose: str = "events") -> PerhapAggregateRecorder | PerhapSnapshotRecorder:
         if purpose == "events":

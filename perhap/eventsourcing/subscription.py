@@ -30,6 +30,9 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
         #: What ended the stream, raised again at every next() after (as the library's own
         #: subscriptions do): a caller who catches it and asks again must not take it for an end.
         self._error: PersistenceError | None = None
+        #: An event of a batch that could not be read as a notification: the error once those
+        #: before it are taken.
+        self._failed: PersistenceError | None = None
         types = mapping.type_filter(topics)
         self._end_stream = transport.subscribe(scope, gt, types, self._queue.put)
 
@@ -48,6 +51,10 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
                 notification = self._ready.popleft()
                 self._last_notification_id = notification.id
                 return notification
+            if self._failed is not None:  # after the notifications before the event that failed
+                self._error = self._failed
+                self.stop()
+                continue
             item = self._queue.get()
             if item is None:  # stopped: every thread waiting here must see it, not only the first
                 self._queue.put(None)
@@ -55,4 +62,19 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
                 self._error = item
                 self.stop()
             elif item:
-                self._ready.extend(mapping.notifications(item, self._topics))
+                self._take(item)
+
+    def _take(self, events: list[Event]) -> None:
+        """The notifications among a batch of events. One that cannot be read as one (a state in a
+        form this perhap does not know) ends the subscription with its error once those before it
+        are taken: the rest of the batch is never skipped, as select_notifications never does."""
+        try:
+            self._ready.extend(mapping.notifications(events, self._topics))
+        except PersistenceError:
+            for n in range(len(events)):
+                try:
+                    self._ready.extend(mapping.notifications(events[n:n + 1], self._topics))
+                except PersistenceError as exc:
+                    self._failed = exc
+                    self._end_stream()
+                    return
