@@ -232,6 +232,16 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 return
             super().on_response_complete()
 
+        def eof_received(self) -> None:
+            # The client half-closed (shutdown(SHUT_WR)) with answers owed: the transport closes
+            # now (as uvicorn has it), before connection_lost tells the requests running. Told
+            # here, their answers go nowhere; untold, uvloop's write raised on the closed transport,
+            # logged as a bug and counted a 500 for an append that was stored.
+            for cycle in self._cycles:
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._lost = True
             self._disarm()

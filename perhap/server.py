@@ -98,7 +98,9 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str, net: dict[str, A
     config = _Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         log_level="warning" if log_level in ("info", "debug") else log_level,
-        loop="auto", http=protocol, timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
+        # No WebSockets: an upgrade request is a plain HTTP request (perhap's answer, its token
+        # checked first), not uvicorn's handshake with an app that has no WebSocket route (a 500).
+        loop="auto", http=protocol, ws="none", timeout_graceful_shutdown=DEFAULT_GRACEFUL_SHUTDOWN, server_header=False,
         timeout_keep_alive=net.get("idle_timeout", DEFAULT_IDLE_TIMEOUT), ssl_certfile=net.get("tls_cert"),
         ssl_keyfile=net.get("tls_key"),
         # uvicorn refuses a connection once the count, the new one included, reaches its limit: +1

@@ -251,6 +251,12 @@ async def test_a_long_poll_that_hangs_up_leases_nothing(tmp_path: Path) -> None:
             assert [e["event"] for e in got["events"]] == [1]
             stats = (await http.get("/_groups/shop/g")).json()
             assert [c["consumer"] for c in stats["consumers"] if c["in_flight"]] == ["here"]
+            # Counted as a request its client closed (499), not as a server error (it was a 500).
+            metrics = (await http.get("/_metrics")).text
+            polls = [line for line in metrics.splitlines() if line.startswith("perhap_http_requests_total")
+                     and 'route="/_groups/{realm}/{group}/events"' in line]
+            assert any('status="499"' in line for line in polls), polls
+            assert not any('status="500"' in line for line in polls), polls
             del reader
 
 

@@ -422,6 +422,47 @@ def test_a_pipelined_request_that_is_not_http_leaves_the_answers_owed_before_it(
     assert sorted(s for s in logged if s != 200) == [201, 201, 201, 400], logged
 
 
+def test_a_client_that_half_closes_after_pipelined_appends_gets_no_500(tmp_path: Path) -> None:
+    """Five appends in one packet, then shutdown(SHUT_WR), as `perhap serve` runs (uvloop): uvicorn
+    closes the connection at the EOF, before the requests running learn of it, and the append
+    running wrote to the closed transport. uvloop raised, which was logged as a bug with its
+    traceback and counted a 500 for an event that was stored. Now its answer goes nowhere, as for
+    any client that left: no error in the log, and the append is logged with its own status."""
+    body = b'{"event": 1}'
+    post = b"POST /hc/d/e/t HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--log-format", "json") as server:
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                conn.sendall(post * 5)
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(5)
+                while conn.recv(65536):
+                    pass
+        stored = httpx.get(f"{server.url}/hc/d/e").json()["events"]
+        code, out = server.terminate()
+    assert stored and code == 0
+    assert "Traceback" not in out and '"status":500' not in out and '"level":"ERROR"' not in out, out
+    assert '"status":201' in out, out
+
+
+def test_a_websocket_upgrade_is_a_plain_request(tmp_path: Path) -> None:
+    """perhap has no WebSocket route. uvicorn took an upgrade request for a handshake the app never
+    answered: a plain-text 500 and an error in the log, before any token was checked (and a bad
+    handshake a plain-text 400), none of it in the access log. Now it is an HTTP request as any:
+    its token is checked first, and the route answers."""
+    upgrade = (b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    auth = tmp_path / "tokens.json"
+    add_token(str(auth), "shop", "read")
+    with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--auth", str(auth), "--log-format", "json") as server:
+        for path, status in ((b"/_health", b"200"), (b"/shop/d", b"401"), (b"/_health/x", b"401")):
+            reply = _raw(server.port, b"GET " + path + b" HTTP/1.1\r\n" + upgrade + b"", timeout=2)
+            assert reply.startswith(b"HTTP/1.1 " + status), reply
+            assert b"application/" in reply.split(b"\r\n\r\n", 1)[0], reply  # JSON or problem+json
+        code, out = server.terminate()
+    assert code == 0 and '"level":"ERROR"' not in out and "Traceback" not in out, out
+
+
 def test_a_body_too_slow_is_408(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Headers in time, then a body that trickles or stops: 408 problem+json within the body
     timeout (plus a margin), and the connection is closed; timely bodies are untouched. The

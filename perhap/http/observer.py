@@ -16,6 +16,10 @@ access_log = logging.getLogger("perhap.access")
 #: status it sent, and the size of the body it sent instead of the app's.
 LISTENER_STATUS = "perhap.status"
 LISTENER_BYTES = "perhap.bytes"
+#: Set by a handler that ends without an answer because its client left (a long poll's): logged
+#: and counted as 499, nginx's "client closed request", not as the 500 of an app that sent nothing.
+CLIENT_GONE = "perhap.client_gone"
+CLIENT_CLOSED_REQUEST = 499
 
 
 class Observer:
@@ -58,7 +62,7 @@ class Observer:
                 status, size = scope[LISTENER_STATUS], scope.get(LISTENER_BYTES, 0)
             elif scope["method"] == "HEAD":
                 size = 0
-            status = status or 500
+            status = status or (CLIENT_CLOSED_REQUEST if scope.get(CLIENT_GONE) else 500)
             if self.metrics is not None:  # (a HEAD never streams: it ends at once, and is timed)
                 self.metrics.observe(scope["method"], route.template, route.realm, status, elapsed,
                                      stream and scope["method"] != "HEAD")

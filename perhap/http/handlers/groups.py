@@ -19,6 +19,7 @@ from ...groups.settings import DEFAULT_LEASE_MAX, MAX_LEASE_WAIT
 from ...ids import check_event_id
 from ...model import MAX_LIMIT, check_consumer, check_name
 from ..connection import connection_of
+from ..observer import CLIENT_GONE
 from ..requests import Context, Request, authenticate, authorize, page_limit, read_json_object
 from ..responses import send_json
 from ..routes import encode_segment
@@ -113,7 +114,8 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
             poll.cancel()  # nothing if it finished
             await asyncio.gather(poll, hangup, return_exceptions=True)
         if poll.cancelled():
-            return  # the client is gone: nobody to answer
+            req.scope[CLIENT_GONE] = True  # nobody to answer (a 499 in the log, not a 500)
+            return
         events = poll.result()
     await send_json(send, 200, {"events": events})
 
