@@ -35,6 +35,7 @@ from perhap.transfer import (
 from tests.conftest import BACKENDS, get_provider
 from tests.helpers import read_all
 from tests.providers import Provider
+from tests.servers import ThreadServer
 
 
 def run_cli(*args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
@@ -795,6 +796,37 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     r = run_cli("export", "--db", url, "-o", str(tmp_path / "link.jsonl"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 2
+
+
+def test_two_exports_to_one_file_at_once_each_leave_a_whole_dump(tmp_path: Path) -> None:
+    """Overlapping exports of a server's store to one -o file (two cron runs): both wrote one fixed
+    FILE.partial, the second truncated the first's midway, and the first moved a dump with a hole
+    of NUL bytes into place and exited 0 (the second then failed on a raw FileNotFoundError). Each
+    now writes a file of its own: both exit 0, and the file is a whole dump."""
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    async def many() -> None:
+        async with open_store(url) as store:
+            for n in range(20):
+                await store.append_batch("r", "d", f"e{n}", [{"type": "t", "event": "x" * 200}] * 1000)
+
+    asyncio.run(many())
+    target = tmp_path / "dump.jsonl"
+    with ThreadServer(url) as server:
+        exports = [subprocess.Popen([sys.executable, "-m", "perhap.cli", "export", "--db", server.url, "-o",
+                                     str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                   for _ in range(2)]
+        outcomes = [(p.wait(120), p.stderr.read().decode() if p.stderr else "") for p in exports]
+    for p in exports:
+        for pipe in (p.stdout, p.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    dump = target.read_bytes()
+    assert b"\0" not in dump and dump.count(b"\n") == 20_001
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+    r = run_cli("import", "--db", f"sqlite:///{tmp_path}/again.db", str(target))
+    assert r.returncode == 0, r.stderr
 
 
 def test_an_export_over_its_own_store_file_is_refused(tmp_path: Path) -> None:

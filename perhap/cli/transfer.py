@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -172,11 +173,18 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
     # A symbolic link is written through, as the shell's > does: replaced, the link would become
     # a file of its own, and what it points to would keep the old dump.
     target = os.path.realpath(path)  # noqa: ASYNC240
-    partial = f"{target}.partial"
+    # A name of this export's own: two exports to one file at once (overlapping cron runs) each
+    # write a whole dump and the last to finish replaces the file. (One fixed name had the second
+    # truncate the first's dump midway, which then moved a dump with a hole in place, exit 0.)
     try:
-        out = open(partial, "wb")  # noqa: ASYNC230, SIM115 (the dump's writes block anyway; closed below)
+        fd, partial = tempfile.mkstemp(prefix=f"{os.path.basename(target)}.", suffix=".partial",
+                                       dir=os.path.dirname(target))
     except OSError as exc:  # a directory that is not there, no permission: said as the file's, not .partial's
         raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as open() makes a file (mkstemp's is the owner's alone)
+    out = os.fdopen(fd, "wb")
     try:
         with out:
             await export_dump(store, out, scope, progress=progress)
