@@ -136,13 +136,17 @@ class Claims:
             # fenced (it can never commit) and its claims taken over; but two appends racing for
             # ids of several partitions would fence each other over and over: the younger (its
             # attempt id is larger, see records.attempt_id) waits for the older to commit or go,
-            # for up to half the time it has left, then fences it too.
+            # for up to half the time it has left, then fences it too. An older attempt decided
+            # already (its writer gave up and fenced it, or a reader did) is not waited for.
             stronger = [(t, e) for t, e in foreign.items() if t < txn]
+            waiting = False
             if stronger and loop.time() < yield_until:
-                seen = await gather([self.settler.is_committed(e, t) for t, e in stronger])
+                seen = await gather([self.settler.outcome(e, t) for t, e in stronger])
                 for (_, entity), done in zip(stronger, seen, strict=True):
                     if done:
                         return Taken(entity)
+                waiting = None in seen
+            if waiting:
                 await asyncio.sleep(min(0.1, 0.005 * 2 ** min(rounds, 5)))
             else:
                 owners = list(foreign.items())

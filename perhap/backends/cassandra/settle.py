@@ -10,6 +10,8 @@ on the entity partition: exactly one applies.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -38,6 +40,9 @@ class Settler:
         self.ks, self.names = ks, names
         self.txns: OrderedDict[uuid.UUID, bool] = OrderedDict()  # resolved attempts: committed?
         self.own: set[uuid.UUID] = set()  # committed here, rows being marked ok by this process
+        #: Attempts being decided here: one decision for every caller who asks meanwhile (the
+        #: claims of one attempt's thousand ids ask about it a thousand times at once).
+        self.deciding: dict[uuid.UUID, asyncio.Future[bool]] = {}
 
     def remember(self, txn: uuid.UUID, committed: bool) -> None:
         self.txns[txn] = committed
@@ -49,6 +54,18 @@ class Settler:
         known = self.txns.get(txn)
         if known is not None:
             return known
+        deciding = self.deciding.get(txn)
+        if deciding is None:
+            deciding = self.deciding[txn] = asyncio.ensure_future(self._decide(key, txn))
+            deciding.add_done_callback(functools.partial(self._decided, txn))
+        return await asyncio.shield(deciding)  # (a caller cancelled leaves the decision to the others)
+
+    def _decided(self, txn: uuid.UUID, future: asyncio.Future[bool]) -> None:
+        del self.deciding[txn]
+        if not future.cancelled():
+            future.exception()  # (retrieved: every caller may have left)
+
+    async def _decide(self, key: EntityKey, txn: uuid.UUID) -> bool:
         ks = self.ks
         rows = await ks.db.run(ks.q.attempt, (*key, txn))
         if rows:
@@ -61,14 +78,20 @@ class Settler:
         return committed
 
     async def is_committed(self, key: EntityKey, txn: uuid.UUID) -> bool:
-        """Like resolve but without fencing: an attempt not found yet counts as not committed."""
+        """Like resolve but without fencing: an attempt not decided yet counts as not committed."""
+        return await self.outcome(key, txn) is True
+
+    async def outcome(self, key: EntityKey, txn: uuid.UUID) -> bool | None:
+        """Whether an attempt committed (True), is known never to (False: fenced, or aborted by
+        its writer), or neither yet (None), as its marker says; without fencing."""
         known = self.txns.get(txn)
         if known is not None:
             return known
         rows = await self.ks.db.run(self.ks.q.attempt, (*key, txn))
-        committed = bool(rows) and not rows[0][1]
-        if committed:
-            self.remember(txn, True)
+        if not rows:
+            return None
+        committed = not rows[0][1]
+        self.remember(txn, committed)
         return committed
 
     async def settle_rows(self, realm: str, scope: str, rows: list[IndexRow]) -> list[Event]:

@@ -39,6 +39,14 @@ MAX_BATCH_BYTES = 12 << 20  # one Paxos mutation must stay under Cassandra's max
 #: What a row adds to its event's JSON in the batch's message (ids, stamps, positions, names):
 #: counted, so that a batch under MAX_BATCH_BYTES also fits a node's 13.4 MB message cap.
 ROW_OVERHEAD = 160
+#: Partitions of events_by_id an append's client-chosen ids may lie in (random ids: one each; ids
+#: made together as UUIDv7: one per 16 ms). Each is claimed by a Paxos round before the commit,
+#: and the claims count against the attempt's lead (at most clock.MAX_LEAD_US): a batch whose
+#: claims outlast it would be placed again for ever (found with 3,000 random ids: a 503 after 16 s,
+#: and again at every retry). 1,000 took 3 s on the loaded test node.
+MAX_CLAIMED_PARTITIONS = 1000
+#: Seconds an append's deadline grows by for each of those partitions (a Paxos round at 100 a second).
+CLAIM_SECONDS = 0.01
 MAX_HEADS = 100_000  # entity heads remembered
 STEP1_SAMPLES = 2048  # pending-row timings kept for the statistics
 SMALL_BATCH = 20  # attempts smaller than this teach the fixed cost of pending rows, others the per-row one
@@ -119,6 +127,13 @@ class Writer:
         ks, spawn = self.ks, self.ks.db.spawn
         realm, domain, entity = key
         client_ids = [e.event_id for e in batch if e.client_id]
+        partitions = len({ks.ns.shard(uuid.UUID(i)) for i in client_ids}) if client_ids else 0
+        if partitions > MAX_CLAIMED_PARTITIONS:
+            raise InvalidInput(
+                f"the batch's client-chosen event ids lie in {partitions} partitions of events_by_id; Cassandra "
+                f"takes at most {MAX_CLAIMED_PARTITIONS} in one append (each is a Paxos round before the "
+                "commit): send fewer events with ids of your own at a time, or ids made together as UUIDv7, "
+                "which share a partition for every 16 ms")
         if client_ids:  # a retry of an acknowledged write is answered from events_by_id
             stored = await self.reader.stored(client_ids)
             replay = replay_or_conflict(batch, stored, realm, domain, entity)
@@ -138,7 +153,7 @@ class Writer:
                 head = Head(expected, 0)  # the condition checks it; a wrong guess costs one retry
         lead = self.lead(len(batch))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ks.options.timeout + len(batch) / 1000
+        deadline = loop.time() + ks.options.timeout + len(batch) / 1000 + partitions * CLAIM_SECONDS
         written: Attempt | None = None
         mine: set[uuid.UUID] = set()  # this append's attempts: the claims of client ids may pass between them
         above = 0  # every ts of the next attempt lies above this (claims.py: an id's owners' ts only grow)
@@ -182,6 +197,12 @@ class Writer:
         except BaseException:
             if written is not None and not written.unknown:
                 spawn(self.forget(written, keep_ids=False))
+            if client_ids:
+                # This append's attempts may hold claims of its ids: decided now (fenced, unless
+                # one committed), so that a retry, or another writer of an id, takes them over at
+                # once instead of waiting for the older attempt to commit or go (claims.py).
+                for txn in mine:
+                    spawn(quiet(self.settler.resolve(key, txn)))
             raise
         last = written.events[-1]
         self.remember_head(key, Head(last.version, last.ts))
