@@ -134,6 +134,8 @@ def _locked(path: str) -> Iterator[None]:
     replace the file under it, so concurrent ones (other processes too) never lose an update. The
     lock is a flock on a sidecar file (FILE.lock, mode 0600, never removed: removing it would let
     two holders lock different files); readers (the server) need none, the replace is atomic."""
+    if os.path.isdir(path):  # (said before a FILE.lock is made beside the directory)
+        raise AuthFileError(f"the token file {path} is a directory; give a file's path")
     try:  # (the file a link names: one lock whichever name a process uses)
         fd = os.open(os.path.realpath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

@@ -25,6 +25,7 @@ DEFAULT_STREAM_BUFFER = 1024 * 1024  # bytes of events one stream sends at once 
 DEFAULT_WRITE_TIMEOUT = 60.0  # seconds a stream's client may leave a write unread; then the stream ends
 # The listener (uvicorn)
 DEFAULT_MAX_HEADER = 64 * 1024  # bytes of request line and headers; more is 431
+MIN_MAX_HEADER = 1024  # below it, a browser's or a client's usual headers alone are a 431
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds to send them; a slower client is disconnected
 DEFAULT_BODY_TIMEOUT = 30.0  # seconds after the headers to send the whole body; a slower one is 408
 DEFAULT_MAX_CONNECTIONS = 2048  # open connections served per process; a request on one beyond is answered 503

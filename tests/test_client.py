@@ -665,6 +665,9 @@ def test_a_request_sent_and_never_answered_is_not_called_unreachable() -> None:
         client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
         with pytest.raises(ConnectionFailed, match="no answer from .* may have been carried out"):
             client.append("r", "d", "e", "t", 1)
+        # A read's says retrying is safe, not an append's advice (perhap read, keys, tail gave it).
+        with pytest.raises(ConnectionFailed, match=r"no answer from .* in time \(timed out\) \(retrying it is safe\)$"):
+            client.get_event("r", "d", "01a2173a-af2e-701e-bbf0-c30a3181d1d9")
         client.close()
 
 

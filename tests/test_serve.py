@@ -172,6 +172,26 @@ def test_seconds_options_must_be_finite_and_above_0(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_options_that_would_refuse_every_request_are_exit_2(tmp_path: Path) -> None:
+    """--max-header 10 started and answered every request 431; --auth '' started with no tokens,
+    every request a 401; --tls-cert given a directory was "no such file"."""
+    (tmp_path / "pems").mkdir()
+    cases = [["--max-header", "10"], ["--max-header", "1023"], ["--auth", ""],
+             ["--auth", "t.json", "--tls-cert", "pems", "--tls-key", "pems"]]
+    lines = _serve_errors(cases, tmp_path)
+    assert "--max-header must be 1024 or more" in lines[0] and "--max-header must be 1024" in lines[1], lines
+    assert "--auth takes the path of a token file" in lines[2], lines
+    assert lines[3] == "error: cannot read pems: a directory", lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pems"]
+
+
+def test_a_token_file_that_is_a_directory_is_refused_before_its_lock_is_made(tmp_path: Path) -> None:
+    (tmp_path / "tokens").mkdir()
+    r = run_cli("token", "add", "--auth", str(tmp_path / "tokens"), "--realm", "shop", "--permission", "read")
+    assert r.returncode == 1 and "is a directory" in one_error_line(r), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens"]  # no tokens.lock beside it
+
+
 def test_a_cors_origin_no_browser_sends_is_exit_2(tmp_path: Path) -> None:
     """'*' and a bare host were taken, and matched no page ever (the operator's pages were refused
     in silence): an origin is scheme://host[:port]."""

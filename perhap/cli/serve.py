@@ -24,6 +24,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; every bad option is one line before anything starts, and so is a
     failed start (port in use, store that cannot open): exit 2 for bad arguments, 1 otherwise."""
     from ..backends import check_store_url
+    from ..limits import MIN_MAX_HEADER
     from ..server import _setup_logging, serve
 
     try:
@@ -40,6 +41,11 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be 1 or more", 2)
+    if args.max_header < MIN_MAX_HEADER:  # (it started, and answered every request 431)
+        raise CommandError(f"--max-header must be {MIN_MAX_HEADER} or more: a request's usual headers "
+                           "alone take hundreds of bytes", 2)
+    if args.auth is not None and not args.auth.strip():  # (it started with no tokens: every request a 401)
+        raise CommandError("--auth takes the path of a token file", 2)
     for name in POSITIVE_SECONDS:
         if not 0 < getattr(args, name) < math.inf:  # (NaN fails it too)
             raise CommandError(f"--{name.replace('_', '-')} must be more than 0 seconds (and finite)", 2)
@@ -104,7 +110,7 @@ def check_tls(cert: str, key: str) -> None:
 
     for path in (cert, key):
         if not os.path.isfile(path):
-            raise CommandError(f"cannot read {path}: no such file", 2)
+            raise CommandError(f"cannot read {path}: {'a directory' if os.path.isdir(path) else 'no such file'}", 2)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
         return

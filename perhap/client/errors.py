@@ -188,6 +188,8 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 #: What a request sent without an answer may be: an append retried with its event_id is safe.
 APPEND_RETRY_HINT = "(a retry of an append with its event_id is safe)"
+#: The same for a GET or HEAD: a read changes nothing, and a lease's events are delivered again.
+READ_RETRY_HINT = "(retrying it is safe)"
 
 
 def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
@@ -197,6 +199,8 @@ def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
     reason = _reason(exc)
     if not isinstance(exc, _NOT_SENT):  # sent, perhaps carried out: not "unreachable"
         what = "in time" if isinstance(exc, httpx.TimeoutException) else "(the connection broke)"
+        if request.method in ("GET", "HEAD"):
+            return ConnectionFailed(f"no answer from {base} {what} ({reason}) {READ_RETRY_HINT}", url=str(request.url))
         return ConnectionFailed(f"no answer from {base} {what} ({reason}): the request may have been "
                                 f"carried out {APPEND_RETRY_HINT}", url=str(request.url))
     return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
