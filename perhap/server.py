@@ -126,8 +126,22 @@ class _JSONFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+class _BriefLibraryWarnings(logging.Filter):
+    """A library's warning with an exception (asyncpg's pool retrying its connections while the
+    database is down: one each second) is logged as one line ending in the exception's summary,
+    not its traceback; perhap's own records, and every error, keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.ERROR and not record.name.startswith("perhap"):
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}: {exc}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _setup_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_BriefLibraryWarnings())
     if log_format == "json":
         handler.setFormatter(_JSONFormatter())
     else:

@@ -413,6 +413,8 @@ def test_an_event_not_written_by_the_module_is_no_notification(target: Target) -
     recorder.insert_events([first])
     foreign = new_event("comment", {"note": "typed in the UI"})
     recorder.transport.append(recorder.realm, recorder.domain, "note-1", [foreign], None)
+    not_a_version = new_event("comment", {}, meta={"originator_version": True})  # (Python's bool is an int)
+    recorder.transport.append(recorder.realm, recorder.domain, "note-2", [not_a_version], None)
     assert [n.originator_id for n in recorder.select_notifications(1, 10)] == [first.originator_id]
     last = recorder.max_notification_id()
     assert last == recorder.select_notifications(1, 10)[-1].id

@@ -384,3 +384,28 @@ def test_a_certificate_of_your_own_is_trusted_through_ssl_cert_file(tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+LOGGING = """
+import logging, sys
+from perhap.server import _setup_logging
+_setup_logging("info", sys.argv[1])
+try:
+    raise ConnectionRefusedError(111, "Connect call failed")
+except OSError:
+    logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    logging.getLogger("perhap.http").error("unhandled error on GET /x", exc_info=True)
+"""
+
+
+def test_a_library_warning_during_an_outage_is_one_line_and_perhap_errors_keep_their_traceback() -> None:
+    """`perhap serve` on PostgreSQL logged a traceback a second while the database was down (asyncpg's
+    pool retrying its connections, a warning): now one line each, the exception's summary at its end."""
+    for log_format in ("text", "json"):
+        r = subprocess.run([sys.executable, "-c", LOGGING, log_format], capture_output=True, text=True, timeout=60)
+        lines = r.stderr.splitlines()
+        warning = next(line for line in lines if "Failed to restore" in line)
+        assert warning.endswith("retrying: ConnectionRefusedError: [Errno 111] Connect call failed") or \
+            "retrying: ConnectionRefusedError: [Errno 111] Connect call failed\"" in warning, warning
+        assert r.stderr.count("Traceback") == 1 and "unhandled error" in r.stderr, r.stderr  # perhap's own: kept
+        assert r.stderr.index("Failed to restore") < r.stderr.index("unhandled error"), r.stderr

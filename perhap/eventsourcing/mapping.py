@@ -105,7 +105,8 @@ def is_notification(event: Event) -> bool:
     """Whether an event of the application's domain is one of its notifications (see notifications)."""
     if is_tracking_entity(event.entity):
         return False
-    return isinstance(load_json(event.meta_json).get("originator_version"), int)
+    version = load_json(event.meta_json).get("originator_version")
+    return isinstance(version, int) and not isinstance(version, bool)
 
 
 def type_of(topic: str) -> str:
@@ -194,7 +195,7 @@ def recorded(event: Event) -> Recorded:
     """The eventsourcing fields of a stored perhap event; NotRecorded if it holds none."""
     meta: dict[str, Any] = load_json(event.meta_json)
     version = meta.get("originator_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):  # (true is no version: JSON's, not an int)
         raise NotRecorded(f"event {event.event_id} in {event.realm}/{event.domain}/{event.entity} was not "
                           "written by perhap.eventsourcing (no originator_version in its meta)")
     topic = meta.get("topic", event.type)
