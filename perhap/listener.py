@@ -83,6 +83,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         _steps = 0  # heads and messages completed on this connection
         _has_cycle = False  # the message being parsed has its cycle (its headers are complete)
         _cycles: tuple[Any, ...] = ()  # the requests whose answers may still be owed, in order
+        _unreadable: Any = None  # a request whose body the parser will never pass on (an upgrade's)
         _lost = False
         _refusal: bytes | None = None  # owed after the answers before it (see _owed_first)
         _refused: Any = None
@@ -232,6 +233,22 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 return
             super().on_response_complete()
 
+        def _unsupported_upgrade_warning(self) -> None:
+            # perhap switches to no other protocol (WebSocket, h2c), and the parser reads nothing
+            # after the head of a request that asks to: one without a body is answered as HTTP/1.1
+            # and its connection then closed (what follows it would never be read); one with a
+            # body is refused in words. (uvicorn logged two warnings a request, one saying no
+            # WebSocket library was installed, and the app waited for a body that never came.)
+            cycle = self.cycle
+            if any(name == b"transfer-encoding" or name == b"content-length" and value.strip() not in (b"", b"0")
+                   for name, value in self.headers):
+                # (the parser ended its message at the head: the app must not take it as bodiless)
+                self._unreadable = cycle
+                self.send_400_response("it asks to switch protocols (Upgrade) and has a body; perhap speaks "
+                                       "HTTP/1.1 only: send it without the Upgrade header")
+            elif cycle is not None:
+                cycle.keep_alive = False
+
         def eof_received(self) -> None:
             # The client half-closed (shutdown(SHUT_WR)) with answers owed: the transport closes
             # now (as uvicorn has it), before connection_lost tells the requests running. Told
@@ -357,7 +374,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
         def send_400_response(self, msg: str) -> None:
             # The parser's own refusals (a bad request line, a bad Content-Length ...) are problems
             # like every other error of the API, not uvicorn's plain text.
-            broken = self.cycle if self._in_message and self._has_cycle else None  # (its body is bad)
+            # (The request whose body is bad, or that the parser will never pass on.)
+            broken = self._unreadable or (self.cycle if self._in_message and self._has_cycle else None)
             if self.transport.is_closing() or self._refusal is not None:
                 return
             if self._too_large:

@@ -456,11 +456,22 @@ def test_a_websocket_upgrade_is_a_plain_request(tmp_path: Path) -> None:
     add_token(str(auth), "shop", "read")
     with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--auth", str(auth), "--log-format", "json") as server:
         for path, status in ((b"/_health", b"200"), (b"/shop/d", b"401"), (b"/_health/x", b"401")):
-            reply = _raw(server.port, b"GET " + path + b" HTTP/1.1\r\n" + upgrade + b"", timeout=2)
+            started = time.monotonic()
+            reply = _raw(server.port, b"GET " + path + b" HTTP/1.1\r\n" + upgrade + b"", timeout=10)
             assert reply.startswith(b"HTTP/1.1 " + status), reply
             assert b"application/" in reply.split(b"\r\n\r\n", 1)[0], reply  # JSON or problem+json
+            # ... and the connection closed after it (the parser reads nothing after such a head)
+            assert b"connection: close" in reply.lower() and time.monotonic() - started < 5, reply
+        # With a body (curl --http2 on http:// sends Upgrade: h2c): refused in words, at once. The app
+        # waited for a body the parser never passed on, then said the body was empty.
+        body = b'{"event": 1}'
+        h2c = (b"POST /_health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+               b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reply = _raw(server.port, h2c, timeout=10)
+        assert reply.startswith(b"HTTP/1.1 400") and b"switch protocols (Upgrade)" in reply, reply
         code, out = server.terminate()
     assert code == 0 and '"level":"ERROR"' not in out and "Traceback" not in out, out
+    assert "Unsupported upgrade" not in out and "WebSocket library" not in out, out  # (uvicorn's warnings)
 
 
 def test_a_body_too_slow_is_408(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
