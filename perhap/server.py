@@ -132,8 +132,8 @@ class _BriefLibraryWarnings(logging.Filter):
     not its traceback; perhap's own records, and every error, keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.levelno < logging.ERROR and not record.name.startswith("perhap"):
-            exc = record.exc_info[1]
+        exc = record.exc_info[1] if record.exc_info else None  # (exc_info=True outside an except: None)
+        if exc is not None and record.levelno < logging.ERROR and not record.name.startswith("perhap"):
             record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}: {exc}", None
             record.exc_info = record.exc_text = None
         return True

@@ -253,3 +253,36 @@ async def test_client_ids_in_more_partitions_than_an_append_can_claim_are_refuse
         ordered = [{"type": "t", "event": i, "event_id": uuid7()} for i in range(2 * MAX_CLAIMED_PARTITIONS)]
         result = await store.append_batch(realm, "d", "ordered", ordered)
         assert len(result.events) == len(ordered) and result.created
+
+
+async def test_an_append_cancelled_while_its_commit_is_in_flight_keeps_its_rows(url: str, realm: str) -> None:
+    """An append cancelled while its Paxos round was in flight (its caller gone, a loop shutting
+    down) deleted its attempt's index rows, while the round still applied: the event was in its
+    entity and found by id, but missing from its domain's and realm's reads for good, and a retry
+    acknowledged it. The rows now stay for readers to settle, as for any unknown outcome."""
+    from cassandra.query import BatchStatement
+
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        db = store.writer.ks.db
+        real = db.run
+
+        async def applied_then_cancelled(statement: Any, args: Any = None, *, lwt: bool = False) -> Any:
+            if lwt and isinstance(statement, BatchStatement):  # the commit: it applies, its caller is cancelled
+                await real(statement, args, lwt=lwt)
+                raise asyncio.CancelledError
+            return await real(statement, args, lwt=lwt)
+
+        for n, event_id in enumerate((str(uuid.uuid4()), None)):  # a client-chosen id, and the server's
+            entity = f"e{n}"
+            db.run = applied_then_cancelled  # type: ignore[method-assign]
+            try:
+                with pytest.raises(asyncio.CancelledError):
+                    await store.append(realm, "d", entity, "t", {"n": n}, event_id=event_id)
+            finally:
+                del db.run
+            stored = (await store.read(Scope(realm, "d", entity))).events
+            assert [e.event for e in stored] == [{"n": n}]
+            await asyncio.sleep(1.0)  # past the settle window: the readers settle the pending rows
+            for scope in (Scope(realm, "d"), Scope(realm)):
+                assert stored[0].event_id in [e.event_id for e in (await store.read(scope)).events], scope

@@ -23,7 +23,7 @@ from ...store.query import ReadQuery, event_bytes
 from . import clock
 from .driver import Row, gather, quiet
 from .records import SLOT_BITS, EntityKey, IndexRow
-from .scan import ChunkSizing, IndexScan
+from .scan import MIN_FILTERED_CHUNK, ChunkSizing, IndexScan
 from .schema import Keyspace
 from .settle import Settler
 
@@ -320,7 +320,9 @@ class Reader:
         type_args = () if several else types
         low, high = versions
         left = query.max_bytes
-        sizing = None if left is None else ChunkSizing(left, 1, MAX_LIMIT)
+        # (Several types filtered here: never fewer rows a query than a scope's scan asks for, or
+        # each event of another type could cost a round trip once the bytes left are few.)
+        sizing = None if left is None else ChunkSizing(left, MIN_FILTERED_CHUNK if several else 1, MAX_LIMIT)
         rows: list[Row] = []
         while len(rows) < query.limit:
             ask = ENTITY_CHUNK if several else query.limit - len(rows)

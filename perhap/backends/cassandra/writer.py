@@ -339,12 +339,18 @@ class Writer:
             # The outcome is unknown: settle it ourselves, as a reader would.
             try:
                 committed = await self.settler.resolve(key, p.txn)
-            except StorageUnavailable:
-                p.unknown = True  # readers will settle it once the cluster answers
+            except BaseException:  # (the cluster, or cancelled) readers will settle it once it answers
+                p.unknown = True
                 raise
             # Fenced by us now, or before by a reader: it can never commit, so try again, as after
             # any fence (the append's deadline bounds the tries).
             return Outcome.COMMITTED if committed else Outcome.FENCED
+        except BaseException:
+            # Cancelled while the round was in flight, which may still apply: the attempt's rows
+            # stay for readers to settle. (Forgotten, a committed event was missing from its
+            # domain's and realm's reads, and a retry acknowledged it.)
+            p.unknown = True
+            raise
         if rows[0]["[applied]"]:
             return Outcome.COMMITTED
         for r in rows:
