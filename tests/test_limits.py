@@ -456,12 +456,17 @@ def test_a_websocket_upgrade_is_a_plain_request(tmp_path: Path) -> None:
     add_token(str(auth), "shop", "read")
     with ProcessServer(f"sqlite:///{tmp_path}/x.db", None, "--auth", str(auth), "--log-format", "json") as server:
         for path, status in ((b"/_health", b"200"), (b"/shop/d", b"401"), (b"/_health/x", b"401")):
-            started = time.monotonic()
-            reply = _raw(server.port, b"GET " + path + b" HTTP/1.1\r\n" + upgrade + b"", timeout=10)
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                conn.sendall(b"GET " + path + b" HTTP/1.1\r\n" + upgrade)
+                conn.settimeout(30)  # (a connection kept open would raise TimeoutError here)
+                reply = b""
+                while chunk := conn.recv(65536):
+                    reply += chunk
             assert reply.startswith(b"HTTP/1.1 " + status), reply
             assert b"application/" in reply.split(b"\r\n\r\n", 1)[0], reply  # JSON or problem+json
-            # ... and the connection closed after it (the parser reads nothing after such a head)
-            assert b"connection: close" in reply.lower() and time.monotonic() - started < 5, reply
+            # ... and the connection closed after it (the parser reads nothing after such a head):
+            # the server ended the reads above, and said so
+            assert b"connection: close" in reply.lower(), reply
         # With a body (curl --http2 on http:// sends Upgrade: h2c): refused in words, at once. The app
         # waited for a body the parser never passed on, then said the body was empty.
         body = b'{"event": 1}'

@@ -262,9 +262,7 @@ class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
             return head.version
         if first == last:
             raise IntegrityError(f"a snapshot of {run[0].originator_id} at version {first} is recorded already")
-        below = self._last_at_or_below(Scope(self.realm, self.domain, entity), first, head.version)
-        found = None if below < 0 else self.transport.read(
-            Scope(self.realm, self.domain, entity), 1, order="desc", until_version=below)[0]
+        _, found = self._last_at_or_below(Scope(self.realm, self.domain, entity), first, head.version)
         if found is not None and mapping.recorded(found).originator_version == first:
             raise IntegrityError(f"a snapshot of {run[0].originator_id} at version {first} is recorded already")
         if run[-1].originator_version >= last:
@@ -293,7 +291,7 @@ class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
             if len(page) < want or (desc and page[-1].version == 0):
                 break
             if desc and not found and lte is not None:  # a whole page above lte: search, not scan
-                start = self._last_at_or_below(scope, lte, page[-1].version - 1)
+                start, _ = self._last_at_or_below(scope, lte, page[-1].version - 1)
                 if start < 0:
                     break
                 bounds = {"until_version": start}
@@ -301,19 +299,19 @@ class PerhapSnapshotRecorder(_Recorder, AggregateRecorder):
             bounds = {"until_version": page[-1].version - 1} if desc else {"after_version": page[-1].version}
         return found
 
-    def _last_at_or_below(self, scope: Scope, lte: int, highest: int) -> int:
+    def _last_at_or_below(self, scope: Scope, lte: int, highest: int) -> tuple[int, Event | None]:
         """The entity version of the newest snapshot at or below originator version ``lte`` among
-        versions 0..``highest`` (-1: none), by bisection: both versions grow together, and an
-        entity's versions have no gaps, so each probe is one read of one event."""
-        low, answer = 0, -1
+        versions 0..``highest`` (-1: none), and that snapshot's event, by bisection: both versions
+        grow together, and an entity's versions have no gaps, so each probe is one read of one event."""
+        low, answer, found = 0, -1, None
         while low <= highest:
             middle = (low + highest) // 2
             event = self.transport.read(scope, 1, order="desc", until_version=middle)[0]
             if mapping.recorded(event).originator_version <= lte:
-                answer, low = middle, middle + 1
+                answer, found, low = middle, event, middle + 1
             else:
                 highest = middle - 1
-        return answer
+        return answer, found
 
 
 class PerhapApplicationRecorder(PerhapAggregateRecorder, ApplicationRecorder):

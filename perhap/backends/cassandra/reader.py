@@ -229,7 +229,7 @@ class Reader:
                     else:
                         rows.append(row)
                         if left is not None:
-                            left -= len(row.data) + len(row.meta)
+                            left -= row.size
                             if left <= 0:  # (no row above the horizon yet: they come last)
                                 return rows, newest, False
                     seen += 1
@@ -256,7 +256,7 @@ class Reader:
                         continue  # arrived after the read began: an oldest-first read could not see it
                     rows.append(row)
                     if left is not None:
-                        left -= len(row.data) + len(row.meta)
+                        left -= row.size
                         if left <= 0:
                             return rows, None, False
                 if len(rows) >= want:
@@ -319,10 +319,10 @@ class Reader:
         statement = ks.q.entity_read[query.descending][1 if len(types) != 1 else 2]
         type_args = () if several else types
         low, high = versions
-        left = query.max_bytes
         # (Several types filtered here: never fewer rows a query than a scope's scan asks for, or
         # each event of another type could cost a round trip once the bytes left are few.)
-        sizing = None if left is None else ChunkSizing(left, MIN_FILTERED_CHUNK if several else 1, MAX_LIMIT)
+        sizing = None if query.max_bytes is None else \
+            ChunkSizing(query.max_bytes, MIN_FILTERED_CHUNK if several else 1, MAX_LIMIT)
         rows: list[Row] = []
         while len(rows) < query.limit:
             ask = ENTITY_CHUNK if several else query.limit - len(rows)
@@ -335,12 +335,9 @@ class Reader:
                 if several and row[2] not in types:
                     continue
                 rows.append(row)
-                if left is not None:
-                    size = len(row[5]) + len(row[6])
-                    left -= size
-                    assert sizing is not None
-                    sizing.handed(size)
-                    if left <= 0:
+                if sizing is not None:
+                    sizing.handed(len(row[5]) + len(row[6]))
+                    if sizing.left <= 0:
                         return rows
             if len(chunk) < ask:
                 break

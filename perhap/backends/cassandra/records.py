@@ -98,3 +98,8 @@ class IndexRow(NamedTuple):
     txn: uuid.UUID  # the write attempt that wrote it
     ok: bool | None  # true once its attempt is known committed; None while pending
     position: int
+
+    @property
+    def size(self) -> int:
+        """Its data and meta: what it weighs against a read's byte bound (as store.query.event_bytes)."""
+        return len(self.data) + len(self.meta)

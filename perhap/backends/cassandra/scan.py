@@ -86,7 +86,7 @@ class IndexScan:
                     last = raw[-1][0], raw[-1][1]  # (ts, id): where the next query goes on
                 rows = [row for row in map(_numbered, raw) if row is not None]
                 if sizing is not None:
-                    sizing.fetched(len(raw), sum(len(r.data) + len(r.meta) for r in rows))
+                    sizing.fetched(len(raw), sum(r.size for r in rows))
                 batch = carry + rows
                 carry = []
                 if full:  # the last run may go on in the next query: hold it back
@@ -96,7 +96,7 @@ class IndexScan:
                     batch, carry = batch[:cut], batch[cut:]
                 kept = [r for r in batch if self.after(r, start) and (one_type or not wanted or r.type in wanted)]
                 if sizing is not None:
-                    sizing.handed(sum(len(r.data) + len(r.meta) for r in kept))
+                    sizing.handed(sum(r.size for r in kept))
                     chunk = sizing.next()
                 if kept:
                     kept.sort(key=_position, reverse=desc)
