@@ -156,3 +156,12 @@ async def warn_if_not_durable(conn: AnyConnection) -> None:
 
 async def _no_reset(conn: Connection) -> None:
     """Pool connections keep no session state of ours, so skip asyncpg's reset round trip."""
+
+
+async def rollback(conn: AnyConnection) -> None:
+    """Roll back an open transaction; a connection that cannot is ended (never reused half-way)."""
+    if conn.is_in_transaction():
+        try:
+            await conn.execute("ROLLBACK")
+        except DB_ERRORS:
+            conn.terminate()

@@ -152,3 +152,19 @@ def event_columns(accepted: list[Accepted], ids_of: dict[Key, Ids], types: dict[
     columns = (event_ids, position_col, realm_col, domain_col, entity_col, type_col, version_col, ts_col,
                data_col, meta_col)
     return columns, pairs
+
+
+def answered_from(stored: dict[str, Event], jobs: list[WriteJob], outcomes: list[Decided],
+                  accepted: list[Accepted]) -> list[Decided]:
+    """A committed group's outcomes with each accepted job's answer read from its stored events
+    (a call whose own answer was lost); the other jobs' outcomes as decided."""
+    answers = {id(a.job): AppendResult([
+        Appended(e.event_id, s.version, s.position, s.timestamp, s.entity if a.job.entities is not None else None)
+        for e, s in ((e, stored[e.event_id]) for e in a.job.batch)], created=True) for a in accepted}
+    return [answers.get(id(job), outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+
+
+def written_by(jobs: list[WriteJob], outcomes: list[Decided]) -> int:
+    """Events the group stores (replays and refusals store none)."""
+    return sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
+               if isinstance(o, AppendResult) and o.created)

@@ -176,3 +176,9 @@ def names_query(realm: str | None, domain: str | None, entity: str | None) -> tu
                f"WHERE x.entity_id = {ENTITY_ID} AND t.name > $4")
         params = [realm, domain, entity]
     return f"{sql} ORDER BY name LIMIT ${len(params) + 2}", params
+
+
+async def events_by_ids(conn: asyncpg.Connection[asyncpg.Record], event_ids: list[str]) -> dict[str, Event]:
+    """The stored events among these ids, by id."""
+    rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
+    return {r[1]: row_event(r) for r in rows}

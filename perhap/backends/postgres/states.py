@@ -29,7 +29,7 @@ import asyncpg
 
 from ...errors import StorageUnavailable, store_closed
 from ...store.states import StateRecord, StateTable, Watcher, check_size, new_token
-from .connection import DB_ERRORS, LOST, AnyConnection, Pool
+from .connection import LOST, Pool, rollback
 from .schema import STATES_CHANNEL
 from .writer import DURABLE
 
@@ -118,7 +118,7 @@ class PostgresStates(StateTable):
                         return applied
                     except asyncpg.PostgresError as exc:
                         if not isinstance(exc, LOST):
-                            await _rollback(conn)
+                            await rollback(conn)
                         raise
             except LOST as exc:
                 if committing:
@@ -141,10 +141,3 @@ class PostgresStates(StateTable):
             if found is not None and found.token == token:
                 return True
         raise StorageUnavailable(f"the outcome of the write is unknown: {exc!r}") from None
-
-
-async def _rollback(conn: AnyConnection) -> None:
-    try:
-        await conn.execute("ROLLBACK")
-    except DB_ERRORS:
-        conn.terminate()

@@ -17,7 +17,8 @@
   path where each append runs in its own savepoint, so it undoes only itself.
 - Nothing is acknowledged that was not committed: a connection lost before COMMIT was sent means
   nothing committed (the group is retried once on a fresh connection); lost during COMMIT, the
-  outcome is unknown and the appends are answered 503.
+  outcome is unknown and the appends are answered 503. One call commits as it ends: lost around
+  it, its outcome is read behind the realms' locks (:meth:`GroupWriter._after_lost_call`).
 - Nothing is acknowledged before the commit is flushed to disk: a database or role whose default
   is ``synchronous_commit = off`` is overridden for each group's transaction (:data:`DURABLE`).
 """
@@ -33,14 +34,14 @@ import asyncpg
 
 from ...errors import PerhapError, StorageUnavailable
 from ...ids import utc_timestamp
-from ...model import AppendResult, Event
 from ...store.groupcommit import STOP, settle_group, take_group
 from ...store.job import WriteJob
-from .connection import DB_ERRORS, LOST, Connection, Options, init_connection
+from . import decide
+from .connection import DB_ERRORS, LOST, Connection, Options, init_connection, rollback
 from .decide import Accepted, Decided, Ids, Key, decide_group, event_columns, keys_read, pair_columns, replay_of
 from .known import CALL, EntityIds, Known, decide_known, relative
 from .listener import Wake
-from .queries import EVENTS_BY_IDS, row_event
+from .queries import events_by_ids
 from .schema import CHANNEL, LOCK_CLASS
 
 log = logging.getLogger("perhap.postgres")
@@ -101,7 +102,7 @@ class _Isolate(Exception):
 
 
 class _Lost(Exception):
-    """The connection failed before COMMIT was sent: nothing committed, the group may be retried."""
+    """The connection failed before COMMIT was sent (or a lost call stored nothing): the group may be retried."""
 
 
 def _realm_key(realm: str) -> int:
@@ -209,10 +210,10 @@ class GroupWriter:
             called = None if isolate else await self._call_known(conn, jobs, ts, types, keys, new_pairs)
             if called is not None:  # committed by the call itself
                 outcomes = called
-                written = _written(jobs, outcomes)
+                written = decide.written_by(jobs, outcomes)
             else:
                 outcomes = await self._transaction_body(conn, jobs, ts, types, keys, new_pairs, isolate)
-                written = _written(jobs, outcomes)
+                written = decide.written_by(jobs, outcomes)
                 committing = True
                 # NOTIFY inside the transaction: it is delivered when, and only if, the commit is.
                 await conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if written else "COMMIT")
@@ -220,7 +221,7 @@ class GroupWriter:
             raise
         except asyncpg.PostgresError as exc:
             if not isinstance(exc, LOST):
-                await _rollback(conn)
+                await rollback(conn)
             if committing or not isinstance(exc, LOST):
                 raise StorageUnavailable(f"commit failed: {exc}") from None
             raise _Lost(str(exc)) from None
@@ -284,7 +285,7 @@ class GroupWriter:
         except asyncpg.UniqueViolationError as exc:
             await conn.execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
             # The id is taken by an event committed meanwhile (or raced in from this group).
-            stored = await _stored(conn, [e.event_id for e in job.batch])
+            stored = await events_by_ids(conn, [e.event_id for e in job.batch])
             try:
                 replay = replay_of(job, stored)
             except PerhapError as conflict:
@@ -318,7 +319,7 @@ class GroupWriter:
             if r[5] is not None:
                 heads[t[0]] = r[5]
         client_ids = [e.event_id for j in jobs for e in j.batch if e.client_id]
-        stored = await _stored(conn, client_ids) if client_ids else {}
+        stored = await events_by_ids(conn, client_ids) if client_ids else {}
         outcomes, accepted = decide_group(jobs, stored, versions, heads, ts)
         ids_of = await self._store_accepted(conn, accepted, found, versions, ts, types, new_pairs) if accepted else {}
         self._known.stage(ids_of, versions, heads)
@@ -362,8 +363,8 @@ class GroupWriter:
                     [versions[k] for k in updated], *pair_columns(pairs), *columns, as_relative,
                     [ids_of[k][1] for k in new], [k[2] for k in new],
                     [ids_of[k][2] if versions[k] >= 0 else None for k in new], [versions[k] for k in new])
-            except LOST as exc:  # the call commits as it ends: whether it did is unknown
-                raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
+            except LOST as exc:  # the call commits as it ends: whether it did is read afresh
+                return await self._after_lost_call(jobs, outcomes, accepted, lock_keys, exc)
             except asyncpg.PostgresError:
                 # Nothing committed (an event id another process was storing, say): the look-up
                 # in a transaction decides, and finds whatever that was.
@@ -383,6 +384,28 @@ class GroupWriter:
             if ids_stored or new_exist or not known.correct(keys, realms, stored_versions, stored_heads):
                 return None
         return None
+
+    async def _after_lost_call(self, jobs: list[WriteJob], outcomes: list[Decided], accepted: list[Accepted],
+                               lock_keys: list[int], lost: BaseException) -> list[Decided]:
+        """A call that lost its connection (killed while idle, say): once its realms' locks, held to
+        its end, show it is over, its events are looked for on a fresh connection; found, they
+        answer; none stored means nothing committed, and ``_Lost`` tries the group again."""
+        await self._drop_connection()
+        event_ids = [e.event_id for a in accepted for e in a.job.batch]  # (none: the call wrote nothing)
+        try:
+            conn = await self._connection()
+            locks = "".join(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in lock_keys)
+            await conn.execute(f"BEGIN;{locks}")
+            stored = await events_by_ids(conn, event_ids)
+            await conn.execute("ROLLBACK")
+        except (*DB_ERRORS, StorageUnavailable) as exc:
+            await self._drop_connection()
+            raise StorageUnavailable(f"the outcome of the commit is unknown: {lost!r}, then {exc!r}") from None
+        if not stored:  # (a call is one transaction)
+            raise _Lost(repr(lost))
+        if len(stored) != len(event_ids):  # not this call's doing: never guess
+            raise StorageUnavailable(f"the outcome of the commit is unknown: {lost!r}")
+        return decide.answered_from(stored, jobs, outcomes, accepted)
 
     async def _store_accepted(self, conn: Connection, accepted: list[Accepted], found: dict[Key, _Found],
                               versions: dict[Key, int], ts: str, types: dict[str, int],
@@ -424,21 +447,3 @@ class GroupWriter:
             await conn.execute(_INSERT_EVENTS, *columns)
         return ids_of
 
-
-def _written(jobs: list[WriteJob], outcomes: list[Decided]) -> int:
-    """Events the group stores (replays and refusals store none)."""
-    return sum(len(job.batch) for job, o in zip(jobs, outcomes, strict=True)
-               if isinstance(o, AppendResult) and o.created)
-
-
-async def _stored(conn: Connection, event_ids: list[str]) -> dict[str, Event]:
-    rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
-    return {r[1]: row_event(r) for r in rows}
-
-
-async def _rollback(conn: Connection) -> None:
-    if conn.is_in_transaction():
-        try:
-            await conn.execute("ROLLBACK")
-        except DB_ERRORS:
-            conn.terminate()

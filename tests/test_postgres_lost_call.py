@@ -1,0 +1,128 @@
+"""PostgreSQL: a group of remembered entities is committed by one call, which commits as it ends,
+so a connection lost around it leaves its outcome to be read. The writer reads it on a fresh
+connection once the realms' locks show the call is over: an append is answered from what the call
+stored, or tried again when it stored nothing, never a 503 while the database is up."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from perhap import AppendResult, Scope, VersionConflict, open_store
+from tests.conftest import get_provider
+
+pytestmark = pytest.mark.postgres
+
+#: The server's ReadyForQuery when idle, the last message of its answer to a statement.
+READY = b"Z\x00\x00\x00\x05I"
+
+
+@pytest.fixture
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return get_provider("postgres", tmp_path_factory).new_url()
+
+
+class _CuttingProxy:
+    """A TCP relay to the real server that cuts the writer's connection (the one that prepared
+    ``perhap_write_known``) once, at the next statement it sends: ``before`` the server gets it,
+    or ``after`` the server has answered it in full (the answer is never passed on)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.cut: str | None = None
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        state = {"writer": False, "cutting": False}
+
+        def close() -> None:
+            writer.transport.abort()  # a reset, as a network or a killed server gives
+            up_writer.close()
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                state["writer"] = state["writer"] or b"perhap_write_known" in data
+                if state["writer"] and self.cut is not None and not state["cutting"]:
+                    when, self.cut = self.cut, None
+                    self.cuts += 1
+                    if when == "before":
+                        close()
+                        return
+                    state["cutting"] = True
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def to_client() -> None:
+            answer = b""
+            while data := await up_reader.read(65536):
+                if state["cutting"]:
+                    answer += data
+                    if answer.endswith(READY):  # the call answered in full: committed or not
+                        close()
+                        return
+                    continue
+                writer.write(data)
+                await writer.drain()
+
+        await asyncio.gather(to_server(), to_client(), return_exceptions=True)
+        close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def _through_proxy(pg_url: str) -> tuple[_CuttingProxy, str]:
+    match = re.match(r"postgresql://([^@]+)@([^:/]+):(\d+)/(.+)", pg_url)
+    assert match is not None, pg_url
+    user, host, port, rest = match.groups()
+    proxy = _CuttingProxy(host, int(port))
+    return proxy, f"postgresql://{user}@127.0.0.1:{await proxy.start()}/{rest}"
+
+
+def _item(entity: str, event: int) -> dict[str, object]:
+    return {"entity": entity, "type": "t", "event": event}
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_database(pg_url: str,
+                                                                                      when: str) -> None:
+    """The call cut before it reached the server (an idle connection the server or a firewall had
+    closed) stores nothing and is tried again; cut after the server answered, it is answered from
+    the rows it stored. Either way each append is stored once and its answer is what is stored."""
+    proxy, url = await _through_proxy(pg_url)
+    try:
+        async with open_store(url) as store:
+            for entity in ("e", "f", "g"):
+                await store.append("r", "d", entity, "t", 0)  # remembered: the next goes by the call
+            await store.append_many("r", "d", [_item("e", 1), _item("f", 1)])
+            proxy.cut = when
+            results = await asyncio.gather(  # one group: accepted, refused and multi-entity jobs
+                store.append("r", "d", "e", "t", 2, expected_version=1),
+                store.append("r", "d", "f", "t", 2, expected_version=0),
+                store.append_many("r", "d", [_item("f", 2), _item("g", 1)]),
+                return_exceptions=True)
+            assert proxy.cuts == 1
+            first, refused, many = results
+            assert isinstance(first, AppendResult) and first.created, first
+            assert isinstance(refused, VersionConflict), refused
+            assert isinstance(many, AppendResult) and many.created, many
+            stored = {e.event_id: e for e in (await store.read(Scope("r"))).events}
+            assert len(stored) == 8  # 3 + 2 before, 1 + 2 now: nothing twice, nothing lost
+            for appended in [*first.events, *many.events]:
+                event = stored[appended.event_id]
+                assert (appended.version, appended.position, appended.timestamp) == (
+                    event.version, event.position, event.timestamp)
+            assert [(a.entity, a.version) for a in many.events] == [("f", 2), ("g", 1)]
+            assert first.events[0].entity is None and first.events[0].version == 2
+            assert [e.event for e in (await store.read(Scope("r", "d", "f"))).events] == [0, 1, 2]
+    finally:
+        proxy.close()
