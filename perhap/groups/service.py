@@ -398,10 +398,10 @@ class Groups:
             out.append({**event.to_json_dict(), "delivery": lease.delivery})
         return out
 
-    async def figures(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(realm, name, description) of every group of the store, for metrics."""
+    async def figures(self, of_realm: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """(realm, name, description) of every group of a realm or (None) of the store, by name."""
         found = []
-        for realm, name in await self.table.names(None):
+        for realm, name in await self.table.names(of_realm):
             try:
                 found.append((realm, name, await self.describe(realm, name)))
             except NotFound:  # deleted meanwhile
