@@ -357,6 +357,42 @@ async def test_a_backlog_on_one_entity_does_not_stop_the_others(client: httpx.As
     assert (s["lag"], s["in_flight"], s["acknowledged"], s["checkpoint"]) == (0, 0, 13, s["head"])
 
 
+@pytest.mark.parametrize("one_event_a_read", [False, True])
+async def test_the_checkpoint_is_exact_while_a_deferred_backlog_is_read_back(
+        client: httpx.AsyncClient, realm: str, monkeypatch: pytest.MonkeyPatch, one_event_a_read: bool) -> None:
+    """An entity's deferred events read back a few at a time stay deferred from the position of
+    the entity's next event, not from the position after the last one read back (another
+    entity's, acknowledged already): the checkpoint, which the oldest open event bounds, is the
+    newest position with every event up to it acknowledged, at every step (it lagged by one).
+    Also when each read ends at its first event (its bytes), so the next is read on its own."""
+    for module in (group_state, group_ahead):
+        monkeypatch.setattr(module, "MAX_PENDING", 2)
+    monkeypatch.setattr(group_ahead, "TAKE_BACK", 2)
+    if one_event_a_read:
+        monkeypatch.setattr(group_ahead, "READ_BYTES", 1)
+    assert (await put(client, realm)).status_code == 201
+    events = [await append(client, realm, "hot", 0)]
+    [first] = await lease(client, realm, "a", max=1)  # the hot entity is busy from here on
+    for value in range(1, 7):
+        events.append(await append(client, realm, "hot", value))
+    events += [await append(client, realm, "b", "b"), await append(client, realm, "hot", 7),
+               await append(client, realm, "c", "c")]
+    others = await lease(client, realm, "b")
+    assert [e["event"] for e in others] == ["b", "c"]  # past the hot entity's deferred backlog
+    acked = {e["event_id"] for e in others}
+    assert (await ack(client, realm, "b", others)).status_code == 200
+    held = [first]
+    while held:
+        assert (await ack(client, realm, "a", held)).status_code == 200
+        acked |= {e["event_id"] for e in held}
+        open_ = [e["position"] for e in events if e["event_id"] not in acked]
+        exact = max((e["position"] for e in events if not open_ or e["position"] < min(open_)), default=0)
+        s = await stats(client, realm)
+        assert (s["checkpoint"], s["lag"]) == (exact, len(open_)), (held, s)
+        held = await lease(client, realm, "a", max=1)
+    assert len(acked) == len(events)
+
+
 async def test_poison_event_is_parked_listed_and_replayed(client: httpx.AsyncClient, realm: str) -> None:
     assert (await put(client, realm, max_deliveries=3)).status_code == 201
     poison = await append(client, realm, "o1", "poison")
@@ -387,7 +423,9 @@ async def test_poison_event_is_parked_listed_and_replayed(client: httpx.AsyncCli
     assert (back["event_id"], back["delivery"]) == (poison["event_id"], 1)
     assert (await ack(client, realm, "w", [back])).status_code == 200
     assert (await client.get(f"/_groups/{realm}/g/parked")).json() == {"events": []}
-    assert (await stats(client, realm))["lag"] == 0
+    s = await stats(client, realm)
+    # Five deliveries of two events: the poison's second, third and replayed ones are repeats.
+    assert (s["lag"], s["delivered"], s["redeliveries"], s["acknowledged"]) == (0, 5, 3, 2)
 
 
 async def test_nack_park_and_replay_of_some(client: httpx.AsyncClient, realm: str) -> None:
@@ -445,17 +483,22 @@ async def test_a_released_repeat_is_one_redelivery_and_delivered_minus_redeliver
     assert (s["delivered"] - s["redeliveries"], s["acknowledged"], s["lag"]) == (2, 2, 0)
 
 
-def test_a_release_is_kept_in_the_stored_form_and_old_states_read_as_none() -> None:
-    """Another process (PostgreSQL, Cassandra) reads the state from its bytes: the release's mark
-    goes with it, and only when set, so a state written before it existed reads as it was."""
-    s = group_state.GroupState(GroupSettings(), 0.0, 2, 0)
-    s.pending = {1: group_state.Waiting("a", "d", "e", 1, True), 2: group_state.Waiting("b", "d", "f", 0)}
+def test_a_release_and_a_replay_are_kept_in_the_stored_form_and_old_states_read_as_none() -> None:
+    """Another process (PostgreSQL, Cassandra) reads the state from its bytes: the marks of a
+    release and of a replay go with it, and only when set, so a state written before they existed
+    reads as it was."""
+    s = group_state.GroupState(GroupSettings(), 0.0, 3, 0)
+    s.pending = {1: group_state.Waiting("a", "d", "e", 1, True), 2: group_state.Waiting("b", "d", "f", 0),
+                 3: group_state.Waiting("c", "d", "g", 0, replayed=True)}
     stored = s.to_bytes()
     assert b'[1,"a","d","e",1,true]' in stored and b'[2,"b","d","f",0]' in stored
+    assert b'[3,"c","d","g",0,false,true]' in stored
     back = group_state.GroupState.from_bytes(stored)
     assert back.pending == s.pending
-    back.lease([1, 2], "w", 0.0)
-    assert (back.delivered, back.redeliveries) == (1, 0)  # the released one was neither
+    leases = back.lease([1, 2, 3], "w", 0.0)
+    assert [lease.delivery for lease in leases] == [2, 1, 1]
+    # The released one was neither a delivery nor a repeat; the replayed one is a repeat.
+    assert (back.delivered, back.redeliveries) == (2, 1)
 
 
 async def test_nack_retry_delivers_again_first(client: httpx.AsyncClient, realm: str) -> None:

@@ -111,9 +111,9 @@ def test_past_the_pending_cap_a_busy_entity_s_events_are_deferred_and_taken_back
     s.lease([2], "a", 0.0)
     s.ack("a", ["h2"])
     assert s.ready_deferred() == [("d", "hot")] and s.oldest_open() == 3
-    s.take_back(("d", "hot"), hot[2:4], ended=False)  # two of the three deferred
+    s.take_back(("d", "hot"), hot[2:4], 6)  # two of the three deferred; the next one is at 6
     assert sorted(s.pending) == [3, 5] and s.deferred == {("d", "hot"): Deferred(6, 1)}
-    s.take_back(("d", "hot"), [hot[4], Event("h9", "r", "d", "hot", "t", 5, "", b"{}", b"{}", 9)], ended=False)
+    s.take_back(("d", "hot"), [hot[4], Event("h9", "r", "d", "hot", "t", 5, "", b"{}", b"{}", 9)], 10)
     assert sorted(s.pending) == [3, 5, 6] and s.deferred == {}  # 9 is past scanned: the scan's
     # A state stored before deferral existed reads as none deferred.
     old = orjson.loads(state(0).to_bytes())

@@ -195,10 +195,21 @@ async def take_back_deferred(store: Store, realm: str, state: GroupState, room: 
     settings = state.settings
     ready = state.ready_deferred()[:room]
     for key in ready:
-        first = state.deferred[key].first
+        scope, first = Scope(realm, *key), state.deferred[key].first
         limit = TAKE_BACK if len(state.pending) < MAX_PENDING else 1
-        page = await _read(store, Scope(realm, *key), settings, first - 1, limit, remember)
-        state.take_back(key, page.events, page.next is None)
+        # One event more than taken, so the entity stays deferred from its next event's position.
+        page = await _read(store, scope, settings, first - 1, limit + 1, remember)
+        events = page.events
+        if page.next is None:
+            state.take_back(key, events, None)
+            continue
+        if len(events) == 1:  # one event filled the read's bytes: the next one is read alone
+            after = await _read(store, scope, settings, events[0].position, 1, remember)
+            if not after.events:
+                state.take_back(key, events, None)
+                continue
+            events = [*events, after.events[0]]
+        state.take_back(key, events[:-1], events[-1].position)
     return bool(ready)
 
 

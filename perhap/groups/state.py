@@ -62,6 +62,7 @@ class Waiting:
     entity: str
     deliveries: int  # made so far
     released: bool = False  # given back unhandled (nack "release"): its next lease is no new delivery
+    replayed: bool = False  # parked, then replayed: its next lease is delivery 1 again, and a repeat
 
 
 @dataclass(slots=True)
@@ -199,22 +200,24 @@ class GroupState:
         held = self.busy_entities() | {(w.domain, w.entity) for w in self.pending.values()}
         return [key for key in self.deferred if key not in held]
 
-    def take_back(self, key: Key, events: Sequence[Event], ended: bool) -> None:
-        """An entity's events read from the store from its first deferred position on, in order
-        (``ended``: none follows them): those up to ``scanned`` wait in ``pending`` again (the
-        rest are the scan's); the entity leaves ``deferred`` once none of its events is left."""
+    def take_back(self, key: Key, events: Sequence[Event], following: int | None) -> None:
+        """An entity's events read from the store from its first deferred position on, in order,
+        and the position of its event that follows them (None: none does): those up to
+        ``scanned`` wait in ``pending`` again (the rest are the scan's); the entity stays deferred
+        from that next position on (exactly: the oldest open event, for the checkpoint), or leaves
+        ``deferred`` once none of its events is left."""
         deferred = self.deferred[key]
-        first, count = deferred.first, deferred.count
+        count = deferred.count
         for event in events:
             if event.position > self.scanned:
-                ended = True
+                following = None
                 break
             self.pending[event.position] = Waiting(event.event_id, event.domain, event.entity, 0)
-            first, count = event.position + 1, count - 1
-        if ended or count <= 0:
+            count -= 1
+        if following is None or following > self.scanned or count <= 0:
             del self.deferred[key]
         else:
-            deferred.first, deferred.count = first, count
+            deferred.first, deferred.count = following, count
 
     def lease(self, positions: Iterable[int], consumer: str, now: float) -> list[Lease]:
         leases = []
@@ -222,7 +225,7 @@ class GroupState:
         for pos in positions:
             w = self.pending.pop(pos)
             if not w.released:  # (a released delivery did not count: given again, it still does not)
-                if w.deliveries:
+                if w.deliveries or w.replayed:
                     self.redeliveries += 1
                 self.delivered += 1
             lease = self.leases[pos] = Lease(w.event_id, w.domain, w.entity, consumer, until, w.deliveries + 1)
@@ -279,7 +282,7 @@ class GroupState:
             chosen = [pos for pos, p in self.parked.items() if p.event_id in wanted]
         for pos in chosen:
             p = self.parked.pop(pos)
-            self.pending[pos] = Waiting(p.event_id, p.domain, p.entity, 0)
+            self.pending[pos] = Waiting(p.event_id, p.domain, p.entity, 0, replayed=True)
         return len(chosen)
 
     # ----------------------------------------------------------------- the stored form
@@ -297,8 +300,9 @@ class GroupState:
             "floor": self.floor,
             "leases": [[p, x.event_id, x.domain, x.entity, x.consumer, x.until, x.delivery]
                        for p, x in self.leases.items()],
-            # (the flag of a release only when set: state written before it had none)
-            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries, *((True,) if x.released else ())]
+            # (the flags of a release and a replay only when set: state written before had none)
+            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries,
+                         *((x.released, True) if x.replayed else (True,) if x.released else ())]
                         for p, x in self.pending.items()],
             "parked": [[p, x.event_id, x.domain, x.entity, x.deliveries, x.at, x.reason]
                        for p, x in self.parked.items()],
