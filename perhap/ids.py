@@ -162,7 +162,7 @@ def check_event_id(value: Any, what: str = "event_id") -> str:
 
 #: RFC 3339 takes "t" and "z" as well as "T" and "Z" (section 5.6).
 #: An offset's hour is 00-23 and its minute 00-59 (Python's datetime alone took "+00:60").
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.(\d+))?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
                       re.ASCII)
 
 
@@ -177,7 +177,7 @@ def check_timestamp(value: Any) -> str:
         raise InvalidInput(f"timestamp must be an RFC 3339 date-time, got {sent_text(value, 40)!r}")
     fraction = match.group(1) or ""
     if fraction[6:].strip("0"):
-        raise InvalidInput(f"timestamp {value!r} is finer than a microsecond, which cannot be kept")
+        raise InvalidInput(f"timestamp {sent_text(value, 40)!r} is finer than a microsecond, which cannot be kept")
     text = value[:10] + "T" + value[11:]
     text = text.replace(f".{fraction}", f".{fraction[:6]}") if fraction else text
     if text[-1] in "Zz":

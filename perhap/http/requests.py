@@ -273,25 +273,21 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
         if optional:
             return {}
         raise InvalidInput("the body is empty; send a JSON object")
+    coding = header(request.scope, b"content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        # Refused even when the bytes happen to parse: the body says it is encoded, and perhap
+        # decodes no content-coding.
+        raise HTTPProblem(415, f"the body has Content-Encoding {coding!r}: perhap takes bodies as they are "
+                               "(no compression); send plain JSON", headers=[(b"accept-encoding", b"identity")])
     try:
         body = load_json(raw)
     except orjson.JSONDecodeError as exc:
         if parser_gave_up_on_depth(exc, max_depth + wrapped):
             raise too_deep(max_depth, wrapped) from None
-        raise _not_json(request, raw, exc) from None
+        raise InvalidInput(f"the body is {not_json_reason(raw, exc)}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object" + (f": send {shape}" if shape else ""))
     check_depth(raw, body, max_depth, wrapped)
     refuse_duplicate_keys(raw, body)
     return body
 
-
-def _not_json(request: Request, raw: bytes, exc: ValueError) -> Exception:
-    """Why a body is not JSON, in the client's terms (worked out only once the parse failed): a
-    content-coding perhap does not decode (415), bytes that are not UTF-8 (which the parser calls
-    surrogates, whatever they are), or else the parser's own words."""
-    coding = header(request.scope, b"content-encoding")
-    if coding is not None and coding.strip().lower() not in ("", "identity"):
-        return HTTPProblem(415, f"the body has Content-Encoding {coding!r}: perhap takes bodies as they are "
-                                "(no compression); send plain JSON", headers=[(b"accept-encoding", b"identity")])
-    return InvalidInput(f"the body is {not_json_reason(raw, exc)}")
