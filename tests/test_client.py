@@ -378,6 +378,12 @@ async def test_append_many_and_its_conflicts(aclient: AsyncClient, store: Store,
     for bad in ([], [{"type": "t", "event": 1}], [{"entity": "a/b", "type": "t", "event": 1}]):
         with pytest.raises(perhap.InvalidInput):
             await aclient.append_many(realm, "d", bad)
+    # An event's own time (an import's) goes with it, as in a batch and in a Store (it was dropped).
+    when = "2020-01-02T03:04:05.678901Z"
+    timed = await aclient.append_many(realm, "d", [{"entity": "old", "type": "t", "event": 1, "timestamp": when},
+                                                   {"entity": "new", "type": "t", "event": 2}])
+    assert timed.events[0].timestamp == when and timed.events[1].timestamp != when
+    assert [e.timestamp async for e in aclient.read(realm, "d", "old")] == [when]
 
 
 async def test_subscribe_after_a_position_to_several_types(store: Store, realm: str) -> None:

@@ -106,6 +106,17 @@ def _page(response: httpx.Response, body: Any) -> Page:
         raise unexpected(response, "not a page of events") from None
 
 
+def _batch_item(e: NewEvent) -> dict[str, Any]:
+    """A checked event as an item of a batch's body: its id only if the caller chose it (else the
+    server picks one), its time only if it has one of its own (an import's)."""
+    item: dict[str, Any] = {"type": e.type, "event": orjson.Fragment(e.data_json), "meta": orjson.Fragment(e.meta_json)}
+    if e.client_id:
+        item["event_id"] = e.event_id
+    if e.timestamp is not None:
+        item["timestamp"] = e.timestamp
+    return item
+
+
 def url_problem(url: str) -> str | None:
     """Why no request could use ``url`` as a server's base URL (the words that follow the URL in a
     message), or None: it must be http:// or https://, with a host, a port from 1 to 65535 if
@@ -201,12 +212,7 @@ class ClientCore(Generic[H]):
         items = []
         for e in events:
             if isinstance(e, NewEvent):
-                item: dict[str, Any] = {"type": e.type, "event": orjson.Fragment(e.data_json),
-                                        "meta": orjson.Fragment(e.meta_json)}
-                if e.client_id:
-                    item["event_id"] = e.event_id
-                if e.timestamp is not None:  # an imported event's own time (perhap import, copy)
-                    item["timestamp"] = e.timestamp
+                item = _batch_item(e)
             else:
                 # Serialised here so that any JSON value (big integers too) goes through one path;
                 # an optional key given as None is left out (None means absent here, as in a Store,
@@ -271,11 +277,7 @@ class ClientCore(Generic[H]):
         entities, batch, expectations = prepare_multi(events, expected_versions)
         items = []
         for entity, e in zip(entities, batch, strict=True):
-            item: dict[str, Any] = {"entity": entity, "type": e.type, "event": orjson.Fragment(e.data_json),
-                                    "meta": orjson.Fragment(e.meta_json)}
-            if e.client_id:  # an id the caller chose (else the server picks one)
-                item["event_id"] = e.event_id
-            items.append(item)
+            items.append({"entity": entity, **_batch_item(e)})
         body: dict[str, Any] = {"events": items}
         if expected_versions is not None:
             body["expected_versions"] = expectations
