@@ -565,6 +565,18 @@ def test_getting_a_dropped_stream_back_waits_out_a_429_and_a_proxys_502_or_504()
             state.opened(answer(status))
 
 
+def test_a_stream_of_something_else_is_a_client_error_both_clients_raise() -> None:
+    """Bytes a perhap stream never holds (not UTF-8, not JSON, JSON but no event) end the stream
+    with the client's own error, not a UnicodeDecodeError (which `perhap tail` called a bug)."""
+    from perhap.client.stream import StreamState
+
+    request = httpx.Request("GET", "http://perhap.test/r")
+    for garbage in (b"id: x\ndata: \xff\xfe\n\n", b"data: {nope\n\n", b"data: [1]\n\n"):
+        state = StreamState(lambda headers: request, "/r", None, None, None)
+        with pytest.raises(PerhapClientError, match="unexpected data in the stream from /r"):
+            state.feed(garbage)
+
+
 async def test_async_subscribe_against_a_server(server: ProcessServer, realm: str) -> None:
     async with AsyncClient(server.url) as c:
         await c.append(realm, "d", "e", "t", 0)

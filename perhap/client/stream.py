@@ -87,7 +87,11 @@ class StreamState:
     def feed(self, chunk: bytes) -> list[Event]:
         """The events completed by this chunk of the stream, never one yielded before."""
         events = []
-        for message in self.decoder.feed(chunk):
+        try:
+            messages = self.decoder.feed(chunk)
+        except UnicodeDecodeError:  # a stream is UTF-8: this is no perhap server's (or a proxy mangled it)
+            raise PerhapClientError(f"unexpected data in the stream from {self.path}: not UTF-8") from None
+        for message in messages:
             if message.data is None:
                 continue
             try:
