@@ -565,6 +565,31 @@ def test_getting_a_dropped_stream_back_waits_out_a_429_and_a_proxys_502_or_504()
             state.opened(answer(status))
 
 
+async def test_a_password_in_the_url_never_shows_in_an_error(store: Store) -> None:
+    """``http://user:password@host`` (httpx sends it as basic auth): every error's message and
+    ``url`` show the password as ``***``, as ``--url`` is shown elsewhere: an answer that is no
+    perhap server's, a problem+json answer, a server that cannot be reached."""
+    async def not_perhap(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    secret = "s3cret"
+    errors: list[PerhapClientError] = []
+    for app in (not_perhap, PerhapApp(store)):
+        async with AsyncClient(f"http://alice:{secret}@perhap.test",
+                               transport=httpx.ASGITransport(app=app)) as c:  # type: ignore[arg-type]
+            with pytest.raises(PerhapClientError) as info:  # not JSON, or a 409's problem+json
+                await c.append("r", "d", "e", "t", 1, expected_version=5)
+            errors.append(info.value)
+    with Client(f"http://alice:{secret}@127.0.0.1:{free_port()}", timeout=2) as c:
+        with pytest.raises(PerhapClientError) as info:
+            c.append("r", "d", "e", "t", 1)
+        errors.append(info.value)
+    for error in errors:
+        assert secret not in str(error) and secret not in (error.url or ""), (error, error.url)
+        assert "alice:***@" in (error.url or ""), error.url
+
+
 def test_a_stream_of_something_else_is_a_client_error_both_clients_raise() -> None:
     """Bytes a perhap stream never holds (not UTF-8, not JSON, JSON but no event) end the stream
     with the client's own error, not a UnicodeDecodeError (which `perhap tail` called a bug)."""

@@ -21,7 +21,7 @@ from ..ids import check_event_id
 from ..jsoncodec import dump_json, made_null
 from ..model import DEFAULT_LIMIT, AppendResult, Event, NewEvent, Page, Scope, check_name, prepare_multi
 from ..store.query import read_query
-from .errors import NotFound, PerhapClientError, unexpected
+from .errors import NotFound, PerhapClientError, shown_url, unexpected
 from .stream import RetryHook, StreamState, stream_timeout
 from .wire import Params, appended_from_dict, event_from_dict, json_body, path, read_request, without
 
@@ -99,7 +99,7 @@ def _page(response: httpx.Response, body: Any) -> Page:
         raise PerhapClientError(
             f"{response.request.url.path} is the address of the event {body['event_id']}, not of an "
             "entity's events: read one event with get_event(realm, domain, event_id) (curl it as it is)",
-            url=str(response.request.url))
+            url=shown_url(response.request.url))
     try:
         return Page([event_from_dict(e) for e in body["events"]], body["next"])
     except (KeyError, TypeError):
@@ -248,7 +248,7 @@ class ClientCore(Generic[H]):
                 # The problem the server answers for an id it knows in another place, so that code
                 # reading e.problem finds its fields either way.
                 detail = f"no event {event_id} in {realm}/{domain}"
-                raise NotFound(detail, status=404, url=str(request.url), problem={
+                raise NotFound(detail, status=404, url=shown_url(request.url), problem={
                     "type": f"urn:perhap:problem:{NotFound.slug}", "title": NotFound.title, "status": 404,
                     "detail": detail})
             try:

@@ -176,7 +176,7 @@ def error_from_response(response: httpx.Response) -> PerhapClientError:
         detail = (f"not an answer of perhap's{said}; is {_origin(response)} a perhap server "
                   "(or a proxy in front of one)?")
     problem.setdefault("title", response.reason_phrase or f"HTTP {status}")
-    return cls(detail, status=status, problem=problem, url=str(response.request.url))
+    return cls(detail, status=status, problem=problem, url=shown_url(response.request.url))
 
 
 #: Failures that leave a request unsent: no connection was made (or none was free), or the request
@@ -196,14 +196,14 @@ def unreachable(request: httpx.Request, exc: Exception) -> ConnectionFailed:
     """The error for a request that got no response at all, in the same words from the sync and
     the async client (their transports word the same failure differently)."""
     base = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
-    reason = _reason(exc)
+    reason, url = _reason(exc), shown_url(request.url)
     if not isinstance(exc, _NOT_SENT):  # sent, perhaps carried out: not "unreachable"
         what = "in time" if isinstance(exc, httpx.TimeoutException) else "(the connection broke)"
         if request.method in ("GET", "HEAD"):
-            return ConnectionFailed(f"no answer from {base} {what} ({reason}) {READ_RETRY_HINT}", url=str(request.url))
+            return ConnectionFailed(f"no answer from {base} {what} ({reason}) {READ_RETRY_HINT}", url=url)
         return ConnectionFailed(f"no answer from {base} {what} ({reason}): the request may have been "
-                                f"carried out {APPEND_RETRY_HINT}", url=str(request.url))
-    return ConnectionFailed(f"cannot reach {base}: {reason}", url=str(request.url))
+                                f"carried out {APPEND_RETRY_HINT}", url=url)
+    return ConnectionFailed(f"cannot reach {base}: {reason}", url=url)
 
 
 def _reason(exc: BaseException) -> str:
@@ -225,6 +225,15 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
+def shown_url(url: httpx.URL) -> str:
+    """A request's URL for a message or an exception: a password in it (``http://user:pw@host``,
+    which httpx sends as basic auth) replaced by ``***``, as ``--url`` is shown elsewhere."""
+    if not url.userinfo:
+        return str(url)
+    user, colon, _ = url.userinfo.partition(b":")
+    return str(url.copy_with(userinfo=user + (b":***" if colon else b"")))
+
+
 def _origin(response: httpx.Response) -> str:
     url = response.request.url
     return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
@@ -232,5 +241,5 @@ def _origin(response: httpx.Response) -> str:
 
 def unexpected(response: httpx.Response, what: str) -> PerhapClientError:
     """The error for a response that is not what the API answers (not a perhap server?)."""
-    return PerhapClientError(f"unexpected response from {response.request.url}: {what}",
-                             status=response.status_code, url=str(response.request.url))
+    return PerhapClientError(f"unexpected response from {shown_url(response.request.url)}: {what}",
+                             status=response.status_code, url=shown_url(response.request.url))
