@@ -96,7 +96,7 @@ def strip_positions(dump: bytes) -> bytes:
 def positions_of(dump: bytes) -> dict[str, list[int]]:
     """Each realm's positions, in the dump's order."""
     found: dict[str, list[int]] = {}
-    for line in dump.splitlines()[1:]:
+    for line in dump.splitlines()[1:-1]:  # (not the header, nor the end line)
         event = orjson.loads(line)
         found.setdefault(event["realm"], []).append(event["position"])
     return found
@@ -132,8 +132,9 @@ async def test_export_import_round_trip_is_byte_identical(backend: Provider, tmp
         count = await fill(store)
     dump = export_cli(store_url)
     lines = dump.splitlines()
-    assert orjson.loads(lines[0]) == {"format": "perhap-dump", "version": 2, "scope": None}
-    assert len(lines) == count + 1
+    assert orjson.loads(lines[0]) == {"format": "perhap-dump", "version": 3, "scope": None}
+    assert len(lines) == count + 2
+    assert orjson.loads(lines[-1]) == {"format": "perhap-dump", "end": True, "events": count}
     first = orjson.loads(lines[1])
     assert list(first) == ["event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "position",
                            "timestamp"]
@@ -194,10 +195,10 @@ async def test_interrupted_import_resumes_with_other_batch_boundaries(tmp_path: 
         # A first run stopped part-way through a run of one entity's events (a batch boundary the
         # full run does not share), then the whole dump again.
         cut = next(i for i in range(60, len(lines)) if b'"batch' in lines[i] and b'"version":1' in lines[i])
-        first = await import_dump(target, lines[:cut])
-        assert first.imported == cut - 1
+        with pytest.raises(TransferError, match=f"no end line: it was cut short.*its {cut - 1} events were imported"):
+            await import_dump(target, lines[:cut])  # every line read is stored, then the cut is named
         again = await import_dump(target, lines)
-        assert (again.imported, again.present) == (len(lines) - cut, cut - 1)
+        assert (again.imported, again.present) == (len(lines) - 1 - cut, cut - 1)  # (lines: and the end line)
         out2 = tmp_path / "again.jsonl"
         with out2.open("wb") as out:
             await export_dump(target, out)
@@ -229,7 +230,7 @@ async def test_sequential_import_keeps_order(store: Store, realm: str, backend: 
     async with open_store(fresh_url(backend)) as target:
         with first.open("rb") as f:
             stats = await import_dump(Sequential(target), f)  # type: ignore[arg-type]
-        assert stats.imported == len(first.read_bytes().splitlines()) - 1
+        assert stats.imported == len(first.read_bytes().splitlines()) - 2  # (the header and the end line)
         second = tmp_path / "b.jsonl"
         with second.open("wb") as out:
             await export_dump(target, out, Scope(f"{realm}0"))
@@ -271,13 +272,26 @@ async def test_import_refuses_version_gaps_and_foreign_events(store: Store, real
     assert len((await store.read(Scope(realm))).events) == 1  # nothing was written
 
 
+_EVENT = (b'{"event_id": "00000000-0000-0000-0000-000000000001", "realm": "r", "domain": "d", "entity": "e", '
+          b'"type": "t", "event": 1, "meta": {}, "version": 0, "timestamp": "2001-01-01T00:00:00Z"}')
+
+
 @pytest.mark.parametrize("lines, message", [
     ([b"{not json"], "line 1: not valid JSON"),
     ([b'{"format": "perhap-dump", "version": 1, "scope": null}', b'{"event": "caf\xe9"}'],
      "line 2: not valid UTF-8 (at byte 14"),  # (orjson calls every bad byte a surrogate)
     ([b"[1, 2]"], "line 1: expected a JSON object"),
     ([b'{"format": "other", "version": 1}'], "not a perhap dump"),
-    ([b'{"format": "perhap-dump", "version": 3, "scope": null}'], "format version 3"),
+    ([b'{"format": "perhap-dump", "version": 4, "scope": null}'], "format version 4"),
+    # Version 3 ends with its end line, which counts the events: a dump cut short says so.
+    ([b'{"format": "perhap-dump", "version": 3, "scope": null}', _EVENT], "has no end line: it was cut short"),
+    ([b'{"format": "perhap-dump", "version": 3, "scope": null}', _EVENT,
+      b'{"format": "perhap-dump", "end": true, "events": 2}'],
+     "line 3: the end line counts 2 events, the dump holds 1"),
+    ([b'{"format": "perhap-dump", "version": 3, "scope": null}', b'{"format": "perhap-dump", "end": true, "events": 0}',
+      _EVENT], "line 3: a line after the dump's end line"),
+    ([b'{"format": "perhap-dump", "version": 3, "scope": null}', b'{"format": "perhap-dump", "end": 1, "events": 0}'],
+     "line 2: not a dump's end line"),
     ([b'{"event_id": "00000000-0000-0000-0000-000000000001", "realm": "r", "domain": "d", "entity": "e", '
       b'"type": "t", "event": 1, "meta": {}, "version": 0, "position": 0, "timestamp": "2001-01-01T00:00:00Z"}'],
      "line 1: position must be an integer from 1 to"),
@@ -375,16 +389,16 @@ async def test_import_ignores_positions_and_reads_version_1_dumps(store: Store, 
 async def test_export_scopes(backend: Provider) -> None:
     store_url = fresh_url(backend)
     await _fill_url(store_url, 2, 20)
-    whole = export_cli(store_url).splitlines()[1:]
+    whole = export_cli(store_url).splitlines()[1:-1]  # (without the header and the end line)
     realm1 = export_cli(store_url, "realm1").splitlines()
     assert orjson.loads(realm1[0])["scope"] == "realm1"
-    assert realm1[1:] == [line for line in whole if b'"realm":"realm1"' in line]
-    domain = export_cli(store_url, "realm0/d1").splitlines()[1:]
+    assert realm1[1:-1] == [line for line in whole if b'"realm":"realm1"' in line]
+    domain = export_cli(store_url, "realm0/d1").splitlines()[1:-1]
     assert domain == [line for line in whole if b'"realm":"realm0","domain":"d1"' in line]
-    entity = export_cli(store_url, "realm0/d1/e1").splitlines()[1:]
+    entity = export_cli(store_url, "realm0/d1/e1").splitlines()[1:-1]
     assert [orjson.loads(line)["version"] for line in entity] == list(range(len(entity)))
     assert "TYPE scope would leave gaps" in one_error_line(run_cli("export", "--db", store_url, "realm0/d1/e1/t1"))
-    assert run_cli("export", "--db", store_url, "nosuchrealm").stdout.count(b"\n") == 1  # the header only
+    assert run_cli("export", "--db", store_url, "nosuchrealm").stdout.count(b"\n") == 2  # the header and end only
 
 
 async def test_export_counts_what_the_store_can_count_for_its_bar(backend: Provider) -> None:
@@ -478,7 +492,7 @@ def test_progress_on_a_terminal_and_none_when_piped(tmp_path: Path) -> None:
     assert b"exporting: 36 events" in shown and b"/s" in shown and shown.endswith(b"\n")
     assert b"] 100%" in shown  # a bar: SQLite's realm heads count the events
     piped = run_cli("export", "--db", url)
-    assert piped.stderr == b"" and piped.stdout.count(b"\n") == 37
+    assert piped.stderr == b"" and piped.stdout.count(b"\n") == 38
 
 
 async def _fill_url(url: str, realms: int, per_realm: int) -> int:
@@ -543,7 +557,26 @@ def test_cli_import_of_a_dump_with_a_bad_line_near_the_end_is_one_line(backend: 
     assert r.returncode == 1 and r.stdout == b""
     assert one_error_line(r) == (f"error: {dump} line 402: not valid JSON (unexpected character, "
                                  f"expected a string key: line 1 column 2 (char 1))")
-    assert len(export_cli(url).splitlines()) == 1 + 399  # the batches sent were written, not dropped
+    assert len(export_cli(url).splitlines()) == 1 + 399 + 1  # the batches sent were written, not dropped
+
+
+def test_a_dump_cut_short_at_a_line_s_end_fails_its_import(backend: Provider, tmp_path: Path) -> None:
+    """`perhap export | perhap import -` whose export died between two lines: the lines read are
+    stored (as a whole dump's would be), and the import fails naming the missing end line (it
+    exited 0, as if the dump were whole). The whole dump then imports the rest."""
+    source = fresh_url(backend)
+    count = asyncio.run(_fill_url(source, 1, 30))
+    lines = export_cli(source).splitlines(keepends=True)
+    target = fresh_url(backend)
+    r = run_cli("import", "--db", target, "-", input=b"".join(lines[:11]))  # the header and ten events
+    assert r.returncode == 1 and r.stdout == b""
+    assert one_error_line(r) == ("error: stdin has no end line: it was cut short (an export that failed or was "
+                                 "stopped, a copy of the file not finished); its 10 events were imported (0 were "
+                                 "there already): import the whole dump (importing one again is safe)")
+    assert len(export_cli(target).splitlines()) == 1 + 10 + 1
+    r = run_cli("import", "--db", target, "-", input=b"".join(lines))
+    assert r.returncode == 0, r.stderr
+    assert f"imported {count - 10:,} events into 1 realm (10 were there already)" in r.stdout.decode()
 
 
 # --------------------------------------------------------------------------- copy
@@ -741,7 +774,7 @@ def test_a_library_s_log_warning_does_not_reach_stderr(tmp_path: Path) -> None:
     time.sleep(0.5)  # the export blocks in a write: asyncio logs "Executing <Task ...> took 0.5 seconds"
     out, err = export.communicate(timeout=60)
     assert export.returncode == 0 and err == b"", err.decode()
-    assert b'"position":3000,' in out.splitlines()[-1]  # (what readline buffered is not in out)
+    assert b'"position":3000,' in out.splitlines()[-2]  # (what readline buffered is not in out; the end line last)
 
 
 async def test_an_import_holds_a_bounded_number_of_events_in_flight(tmp_path: Path) -> None:
@@ -795,7 +828,7 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "old.jsonl")
     r = run_cli("export", "--db", url, "-o", str(tmp_path / "link.jsonl"))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 2
+    assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 3
 
 
 def test_two_exports_to_one_file_at_once_each_leave_a_whole_dump(tmp_path: Path) -> None:
@@ -823,7 +856,7 @@ def test_two_exports_to_one_file_at_once_each_leave_a_whole_dump(tmp_path: Path)
                 pipe.close()
     assert [code for code, _ in outcomes] == [0, 0], outcomes
     dump = target.read_bytes()
-    assert b"\0" not in dump and dump.count(b"\n") == 20_001
+    assert b"\0" not in dump and dump.count(b"\n") == 20_002
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     r = run_cli("import", "--db", f"sqlite:///{tmp_path}/again.db", str(target))
     assert r.returncode == 0, r.stderr

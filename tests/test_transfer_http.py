@@ -181,7 +181,7 @@ async def test_a_write_token_may_not_import_and_writes_nothing(tmp_path: Path, t
         line = one_error_line(run_cli("import", "--db", server.url, str(dump), "--token", writer), writer)
         assert "403" in line and "needs an admin token" in line and "timestamp" in line, line
         exported = ok(run_cli("export", "--db", server.url, "--token", reader))
-    assert exported.count(b"\n") == 1  # the header only
+    assert exported.count(b"\n") == 2  # the header and the end line only
 
 
 async def test_import_into_a_server_with_an_admin_token(tmp_path: Path, tokens: str) -> None:

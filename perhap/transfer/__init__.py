@@ -1,13 +1,17 @@
 """Export, import and copy whole stores through the in-process store API, in constant memory.
 
-The dump format (``perhap-dump``, version 2) is JSON Lines in UTF-8:
+The dump format (``perhap-dump``, version 3) is JSON Lines in UTF-8:
 
-- line 1, a header: ``{"format":"perhap-dump","version":2,"scope":null}`` (``scope`` is the
+- line 1, a header: ``{"format":"perhap-dump","version":3,"scope":null}`` (``scope`` is the
   exported ``realm[/domain[/entity]]``, or null for the whole store);
 - then one event a line, exactly the event object of the HTTP API:
-  ``{"event_id","realm","domain","entity","type","event","meta","version","position","timestamp"}``.
+  ``{"event_id","realm","domain","entity","type","event","meta","version","position","timestamp"}``;
+- last, the end line ``{"format":"perhap-dump","end":true,"events":N}``, written once every event
+  is out: a dump cut short between two lines has none, and its import fails once it has stored
+  the events it holds.
 
-Version 1 (before positions) is the same without ``position``, and still imports.
+Version 1 (before positions) is the same without ``position``, version 2 without the end line;
+both still import.
 
 Realms come in name order, each realm's events in commit order (a domain's or an entity's in its
 own order when the export is scoped), so importing the lines in order recreates the commit order.

@@ -1,5 +1,5 @@
-"""The dump format (``perhap-dump``, version 1): its header, and its lines read back as events to
-import, each checked and named by its line (see :mod:`perhap.transfer` for the format)."""
+"""The dump format (``perhap-dump``, version 3): its header and end line, and its lines read back
+as events to import, each checked and named by its line (see :mod:`perhap.transfer` for the format)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from ..jsoncodec import dump_json, load_json, not_json_reason, refuse_duplicate_
 from ..model import MAX_POSITION, Event, NewEvent, Scope, check_name, new_event
 
 DUMP_FORMAT = "perhap-dump"
-#: Version 2 added each event's ``position``; version 1 dumps (without it) import as before.
-DUMP_VERSION = 2
+#: Version 2 added each event's ``position``; version 3 the end line, which says the dump is whole
+#: (a dump cut short at a line's end read as a whole one). Dumps of versions 1 and 2 import as before.
+DUMP_VERSION = 3
+#: The first version whose dumps end with their end line.
+ENDED_VERSION = 3
 EVENT_KEYS = ("event_id", "realm", "domain", "entity", "type", "event", "meta", "version", "timestamp")
 #: Keys an event line may have besides EVENT_KEYS: read, checked, and not imported (the destination
 #: gives every event its own position).
@@ -27,6 +30,10 @@ TYPE_SCOPE_REFUSED = ("export whole entities: a TYPE scope would leave gaps in t
 
 class TransferError(Exception):
     """An export, import or copy cannot go on; the message says why and what to do."""
+
+
+class CutShort(TransferError):
+    """A dump of version 3 on that ends without its end line: every line read was good."""
 
 
 class TooLargeForDestination(TransferError):
@@ -44,6 +51,11 @@ def dump_header(scope: Scope | None) -> bytes:
     """The first line of a dump of ``scope`` (None: the whole store)."""
     label = None if scope is None else "/".join(p for p in (scope.realm, scope.domain, scope.entity) if p)
     return orjson.dumps({"format": DUMP_FORMAT, "version": DUMP_VERSION, "scope": label}) + b"\n"
+
+
+def dump_end(count: int) -> bytes:
+    """The last line of a dump of ``count`` events: without it, a dump was cut short."""
+    return orjson.dumps({"format": DUMP_FORMAT, "end": True, "events": count}) + b"\n"
 
 
 @dataclass(slots=True)
@@ -84,7 +96,7 @@ def not_empty(lines: Iterable[bytes], name: str) -> Iterator[bytes]:
     for line in rest:
         head.append(line)
         if line.strip():
-            next(parse_dump(head, name), None)  # (TransferError names the line)
+            next(parse_dump(head, name, whole=False), None)  # (TransferError names the line)
             return itertools.chain(head, rest)
     raise TransferError(_empty(name))
 
@@ -93,10 +105,12 @@ def _empty(name: str) -> str:
     return f"{name} is empty: a dump has at least its header line"
 
 
-def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
+def parse_dump(lines: Iterable[bytes], name: str = "the dump", *, whole: bool = True,
                on_bytes: Callable[[int], None] | None = None) -> Iterator[DumpEvent]:
-    """Validate a dump line by line and yield its events; TransferError names the bad line."""
-    first = True
+    """Validate a dump line by line and yield its events; TransferError names the bad line. A dump
+    of version 3 on must end with its end line, counting its events (``whole``: the lines are the
+    whole dump); a cut short one fails at its end, after the events before were yielded."""
+    first, version, count, ended = True, 0, 0, False
     for number, raw in enumerate(lines, 1):
         if on_bytes is not None:
             on_bytes(len(raw))
@@ -104,6 +118,8 @@ def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
         if not line:
             continue
         where = f"{name} line {number}"
+        if ended:
+            raise TransferError(f"{where}: a line after the dump's end line")
         try:
             obj = load_json(line)
         except (orjson.JSONDecodeError, InvalidInput) as exc:
@@ -116,21 +132,41 @@ def parse_dump(lines: Iterable[bytes], name: str = "the dump", *,
             raise TransferError(f"{where}: expected a JSON object")
         if first and "format" in obj:
             first = False
-            _check_header(obj, where)
+            version = _check_header(obj, where)
             continue
         first = False
+        if version >= ENDED_VERSION and "format" in obj:
+            _check_end(obj, where, count)
+            ended = True
+            continue
+        count += 1
         yield _dump_event(obj, where)
     if first:
         raise TransferError(_empty(name))
+    if whole and version >= ENDED_VERSION and not ended:
+        raise CutShort(f"{name} has no end line: it was cut short (an export that failed or was stopped, a copy "
+                       "of the file not finished)")
 
 
-def _check_header(obj: dict[str, Any], where: str) -> None:
+def _check_end(obj: dict[str, Any], where: str, count: int) -> None:
+    events = obj.get("events")
+    if obj.get("format") != DUMP_FORMAT or obj.get("end") is not True or set(obj) != {"format", "end", "events"} \
+            or isinstance(events, bool) or not isinstance(events, int):
+        raise TransferError(f"{where}: not a dump's end line (expected {dump_end(count).decode().strip()})")
+    if events != count:
+        raise TransferError(f"{where}: the end line counts {events} events, the dump holds {count}: "
+                            "lines are missing or were added")
+
+
+def _check_header(obj: dict[str, Any], where: str) -> int:
+    """The dump's version, from its header."""
     if obj.get("format") != DUMP_FORMAT:
         raise TransferError(f"{where}: not a perhap dump (format {obj.get('format')!r})")
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= DUMP_VERSION:
         raise TransferError(f"{where}: dump format version {version!r}; this perhap reads "
                             f"version {DUMP_VERSION} (upgrade perhap)")
+    return version
 
 
 def _dump_event(obj: dict[str, Any], where: str) -> DumpEvent:

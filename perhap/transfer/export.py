@@ -9,7 +9,7 @@ from typing import IO
 import orjson
 
 from ..model import Scope
-from .dump import check_export_scope, dump_header
+from .dump import check_export_scope, dump_end, dump_header
 from .progress import Progress
 from .reading import PAGE_SIZE, TransferStore, every_realm, iter_scope
 
@@ -35,6 +35,7 @@ async def export_dump(store: TransferStore, out: IO[bytes], scope: Scope | None 
                     progress.add(1)
     if header is not None:
         out.write(header)
+    out.write(dump_end(count))  # only once every event is out: a dump cut short has none
     out.flush()
     return count
 

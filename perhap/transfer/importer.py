@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import EventIdConflict, InvalidInput, NotFound, VersionConflict
 from ..jsoncodec import canonical_json
 from ..model import AppendResult, Event
-from .dump import DumpEvent, TooLargeForDestination, TransferError, parse_dump
+from .dump import CutShort, DumpEvent, TooLargeForDestination, TransferError, parse_dump
 from .progress import Progress
 from .reading import TransferStore
 
@@ -296,8 +296,14 @@ async def import_dump(store: TransferStore, lines: Iterable[bytes], name: str = 
         def on_bytes(n: int) -> None:
             progress.bytes += n
     try:
-        for item in parse_dump(lines, name, on_bytes=on_bytes):
-            await importer.add(item)
+        try:
+            for item in parse_dump(lines, name, on_bytes=on_bytes):
+                await importer.add(item)
+        except CutShort as exc:  # every line read was good: stored, as a whole dump's would be
+            stats = await importer.finish()
+            raise TransferError(f"{exc}; its {stats.imported + stats.present:,} events were imported "
+                                f"({stats.present:,} were there already): import the whole dump (importing "
+                                "one again is safe)") from None
         return await importer.finish()
     except BaseException:
         # A bad line (or any failure) ends the import there: nothing more is sent, and the batches
