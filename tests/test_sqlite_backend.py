@@ -590,7 +590,7 @@ async def test_stores_of_one_process_share_a_file(tmp_path: Path) -> None:
     await second.close()
     r = _perhap("export", "--db", f"sqlite:///{path}")
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 3  # the header and two events
+    assert len(r.stdout.splitlines()) == 4  # the header, two events and the end line
 
 
 async def test_cached_pages_are_served_without_a_probe_until_a_store_of_the_file_commits(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ async def test_names_of_one_file_in_one_process(tmp_path: Path) -> None:
         await second.close()
     r = _perhap("export", "--db", f"sqlite:///{hard}")
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 2  # the header and the event
+    assert len(r.stdout.splitlines()) == 3  # the header, the event and the end line
     third = await open_sqlite(str(hard))
     await third.close()
 
