@@ -685,3 +685,35 @@ def test_an_append_too_big_for_the_disk_fails_alone_not_the_group_it_was_committ
             return [e.entity for e in (await store.read(Scope("r", "d"), limit=100)).events]
 
     assert sorted(asyncio.run(stored())) == sorted(f"e{i}" for i in range(12) if i != 1)
+
+
+async def test_a_read_after_another_stores_append_on_the_file_shows_it(tmp_path: Path) -> None:
+    """Two stores of one process on one file (allowed): each one's realm and domain reads, which
+    its ring of recent events could answer, include every event the other acknowledged before
+    the read began; so does a conditional GET of a page (it was a 304 of the stale page for up to
+    5 s: the ring holds its own store's commits alone)."""
+    from perhap.http.app import PerhapApp
+
+    path = str(tmp_path / "two.db")
+    a, b = await open_sqlite(path), await open_sqlite(path)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=PerhapApp(a)), base_url="http://t") as http:
+            acknowledged: list[str] = []
+            assert (await a.read(Scope("shop"))).events == []  # A's ring is read: its commits fill it
+            for i in range(6):
+                mine = (await a.append("shop", "orders", f"a{i}", "t", i)).events[0].event_id
+                acknowledged.append(mine)
+                first = await http.get("/shop")
+                assert [e["event_id"] for e in first.json()["events"]] == acknowledged
+                acknowledged.append((await b.append("shop", "orders", f"b{i}", "t", i)).events[0].event_id)
+                for scope in (Scope("shop"), Scope("shop", "orders")):  # after A's own event: the ring's reads
+                    after = await a.read(scope, following=mine)
+                    assert [e.event_id for e in after.events] == acknowledged[-1:], (i, scope)
+                again = await http.get("/shop", headers={"if-none-match": first.headers["etag"]})
+                assert again.status_code == 200, i
+                assert [e["event_id"] for e in again.json()["events"]] == acknowledged
+                for scope in (Scope("shop"), Scope("shop", "orders")):
+                    assert [e.event_id for e in (await a.read(scope)).events] == acknowledged, (i, scope)
+    finally:
+        await a.close()
+        await b.close()

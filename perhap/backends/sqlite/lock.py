@@ -71,11 +71,15 @@ class FileLock:
         #: Changes with every commit that stored events, by any store of this process on the file;
         #: as only this process writes the file, an unchanged marker means unchanged data.
         self.commit_marker = 0
-        self._markers = itertools.count(1)  # next() is atomic: writers of two stores never share one
+        self._markers = itertools.count(1)
+        self._marking = threading.Lock()  # taken and set together, the marker only grows
 
-    def committed(self) -> None:
-        """A commit that stored events (called on the committing thread, see SQLiteStore)."""
-        self.commit_marker = next(self._markers)
+    def committed(self) -> int:
+        """A commit that stored events (called on the committing thread, see SQLiteStore): the
+        marker it set, which no other commit shares."""
+        with self._marking:
+            marker = self.commit_marker = next(self._markers)
+        return marker
 
     def release(self) -> None:
         """One store is done with the file; the last one lets go of both locks."""

@@ -101,13 +101,18 @@ class SQLiteStore(Store):
         # Commit notices on their way from the committing thread to the loop, in commit order;
         # a run of notices without events is kept as its last (each one only resets the ring).
         self._notice_lock = threading.Lock()
-        self._pending: list[tuple[list[Event] | None, int | None]] = []
+        self._pending: list[tuple[list[Event] | None, int | None, int]] = []
         self._wake_scheduled = False  # a _take_notices is queued on the loop
+        #: The file's commit marker as of this store's last commit the ring took in: another store
+        #: of the process on the file moved it since when they differ, and the ring, which holds
+        #: this store's commits alone, cannot answer (its reads go to the file).
+        self._ring_marker = 0
 
     async def open(self) -> SQLiteStore:
         """Take the file's lock, create or check the schema and start the writer thread."""
         check_directory(self.path)
         self._lock = acquire(self.path)
+        self._ring_marker = self._lock.commit_marker  # (before the last seq: see _ring_marker)
         try:
             conn = open_database(self.path, synchronous=self.synchronous)
         except BaseException:
@@ -154,14 +159,14 @@ class SQLiteStore(Store):
         the commit marker, and pass the notice to the loop, waking it unless nobody there waits
         for this commit."""
         lock = self._lock
-        if lock is not None:  # every store of this process on the file sees it at once
-            lock.committed()
+        # Every store of this process on the file sees it at once.
+        marker = 0 if lock is None else lock.committed()
         with self._notice_lock:
             pending = self._pending
             if events is None and pending and pending[-1][0] is None:
-                pending[-1] = (None, last)  # the later reset says all the earlier one did
+                pending[-1] = (None, last, marker)  # the later reset says all the earlier one did
             else:
-                pending.append((events, last))
+                pending.append((events, last, marker))
             # Defer only when nothing on the loop waits: no caller of this group (a loop's
             # callers are answered after their notice), no subscriber (waiters are added under
             # this lock, see _add_waiter), no ring reader (events is None).
@@ -187,8 +192,9 @@ class SQLiteStore(Store):
             self._wake_scheduled = False
         if not pending:
             return
-        for events, last in pending:
+        for events, last, _ in pending:
             self._ring.committed(events, last)
+        self._ring_marker = pending[-1][2]
         self._notify_commit()
 
     def _add_waiter(self, waiter: asyncio.Future[None]) -> None:
@@ -245,8 +251,9 @@ class SQLiteStore(Store):
         self._check_loop()
         if self._pending:
             self._take_notices()
-        ring = self._ring
-        from_ring = ring.read(query, self.poll_interval)
+        ring, lock = self._ring, self._lock
+        from_ring = ring.read(query, self.poll_interval) if lock is None or lock.commit_marker == self._ring_marker \
+            else None
         if from_ring is not None:
             return from_ring
         # Every commit notified so far is visible to the read that starts now.
