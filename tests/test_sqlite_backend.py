@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -717,3 +718,32 @@ async def test_a_read_after_another_stores_append_on_the_file_shows_it(tmp_path:
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed", "replaced"])
+async def test_a_file_deleted_or_replaced_under_an_open_store_acknowledges_nothing_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The file a store writes, deleted, renamed or replaced by another while open: what is
+    committed to it is lost at the next open (or its write-ahead log, named after the name, lands
+    on the other file), so appends are 503s from then on and the store is not healthy (it answered
+    201, and lost every one). A change of directory does not count: the name is resolved at open."""
+    monkeypatch.chdir(tmp_path)
+    store = await open_sqlite("s.db")
+    try:
+        await store.append("r", "d", "e", "t", 0)
+        monkeypatch.chdir("/")
+        await store.append("r", "d", "e", "t", 1)
+        if how == "deleted":
+            (tmp_path / "s.db").unlink()
+        elif how == "renamed":
+            (tmp_path / "s.db").rename(tmp_path / "moved.db")
+        else:
+            other = await open_sqlite(str(tmp_path / "other.db"))
+            await other.close()
+            os.replace(tmp_path / "other.db", tmp_path / "s.db")
+        for attempt in range(2):  # the commit that met it, and every one after
+            with pytest.raises(StorageUnavailable, match="is no longer the file this store opened"):
+                await store.append("r", "d", "e", "t", 2 + attempt)
+        assert not await store.health()
+    finally:
+        await store.close()

@@ -93,6 +93,7 @@ class SQLiteStore(Store):
         self._writer: Writer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: FileLock | None = None
+        self._real_path = os.path.realpath(path)  # (what SQLite names its WAL after; a later chdir aside)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perhap-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -121,7 +122,7 @@ class SQLiteStore(Store):
             raise
         self._loop = asyncio.get_running_loop()
         self._ring.start(last_seq(conn))
-        self._writer = Writer(conn, self._queue, self._ring, self._commit_notice)
+        self._writer = Writer(conn, self._queue, self._ring, self._commit_notice, self._file_problem)
         self._writer.thread.start()
         self._states = SQLiteStates(self.path, self.synchronous, self._read_states, self._check_loop)
         return self
@@ -210,6 +211,20 @@ class SQLiteStore(Store):
         if self._pending:
             self._take_notices()
         return super()._change_token()
+
+    def _file_problem(self) -> str | None:
+        """Why the file this store writes is no longer the one its name opens, or None: deleted,
+        renamed or replaced while open, what is committed to it would be lost (or its write-ahead
+        log, named after the name, applied to another file) at the next open."""
+        lock = self._lock
+        try:
+            now = os.stat(self._real_path)
+        except OSError:
+            now = None
+        if lock is None or now is not None and (now.st_dev, now.st_ino) == lock.file_key:
+            return None
+        return (f"{self.path} is no longer the file this store opened (deleted, renamed or replaced while open): "
+                "nothing more is written; restart perhap")
 
     def commit_marker(self) -> int | None:
         # This process alone writes the file (the lock), and every store of this process on it

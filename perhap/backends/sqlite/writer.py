@@ -137,9 +137,12 @@ class Writer:
     """The thread that takes jobs from ``jobs`` in groups and commits each group at once."""
 
     def __init__(self, conn: sqlite3.Connection, jobs: queue.SimpleQueue[object], ring: Ring,
-                 on_commit: CommitHook) -> None:
+                 on_commit: CommitHook, file_problem: Callable[[], str | None] = lambda: None) -> None:
         self.state = WriterState(conn)
         self.jobs, self.ring, self.on_commit = jobs, ring, on_commit
+        #: Why the file the connection writes is no longer the store's (deleted, renamed or
+        #: replaced while open), or None: asked after each commit, before anyone is answered.
+        self.file_problem = file_problem
         #: Held by whoever takes and commits a group: the writer thread, or a caller committing
         #: its own job (commit_inline). The connection and ``state`` are used under it only.
         self.commit_lock = threading.Lock()
@@ -230,6 +233,9 @@ class Writer:
         state = self.state
         conn = state.conn
         outcomes: list[JobOutcome] | None
+        if self.failure is not None:  # the file went (below): nothing more is written to it
+            settle_group([JobOutcome(job, StorageUnavailable(self.failure)) for job in jobs], from_thread=True)
+            return
         try:
             ts = utc_timestamp()
             if decided_by_caches(state, jobs):
@@ -267,6 +273,12 @@ class Writer:
                 error = StorageUnavailable(f"commit failed: {exc}")
             outcomes = [JobOutcome(job, error) for job in jobs]
         else:
+            problem = self.file_problem()
+            if problem is not None:  # committed to a file its name no longer opens: lost at the next open
+                self.failure = problem
+                log.error("%s", problem)
+                settle_group([JobOutcome(job, StorageUnavailable(problem)) for job in jobs], from_thread=True)
+                return
             written = sum(len(job.batch) for job, result in outcomes
                           if isinstance(result, AppendResult) and result.created)
             self.groups_committed += 1
