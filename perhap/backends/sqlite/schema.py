@@ -18,8 +18,8 @@ own walk: bounded by the entity, and an index for it cost more on every write th
 (docs/performance.md). All three keys grow with ``seq`` inside their scope, since one writer
 assigns them all in commit order.
 
-The key's split bounds a store to 2**31 entities and an entity to 2**32 events; the writer
-refuses beyond (the CHECK is the last line of defence).
+The key's split bounds a store to 2**31 - 1 entities (ids count from 1) and an entity to 2**32
+events; the writer refuses beyond (the CHECK is the last line of defence).
 
 ``perhap_groups`` holds the consumer groups' state documents (:mod:`.states`). It came after
 schema 2 without a new version: every open runs ``CREATE TABLE IF NOT EXISTS``, so a file gains
