@@ -381,6 +381,12 @@ def test_a_certificate_of_your_own_is_trusted_through_ssl_cert_file(tmp_path: Pa
         trusted = subprocess.run([sys.executable, "-m", "perhap.cli", "keys", "--url", url], capture_output=True,
                                  text=True, timeout=60, env={**env, "SSL_CERT_FILE": str(cert_path)})
         assert trusted.returncode == 0, trusted.stderr
+        # Plain HTTP to it: the server closes the connection, and the line says what may be why.
+        plain = subprocess.run([sys.executable, "-m", "perhap.cli", "keys", "--url", url.replace("https", "http")],
+                               capture_output=True, text=True, timeout=60, env=env)
+        line = one_error_line(plain)
+        assert line.endswith("(if the server there was started with --tls-cert, use https://)"), line
+        assert "running there" not in line, line
     finally:
         proc.terminate()
         proc.wait(30)

@@ -87,9 +87,9 @@ def client_error(exc: PerhapError) -> CommandError:
         if "CERTIFICATE_VERIFY_FAILED" in text:  # it answers, with a certificate not trusted here
             return CommandError(f"{text} (for a certificate of your own, name it or its CA: "
                                 "SSL_CERT_FILE=/path/to/cert.pem perhap ...)")
-        if "disconnected without sending a response" in text:  # TLS spoken to, plain HTTP sent
-            return CommandError(f"{text} (is `perhap serve` running there? if it was started with "
-                                "--tls-cert, use https://)")
+        if "disconnected without sending a response" in text and (exc.url or "").startswith("http://"):
+            # What a server speaking TLS does to plain HTTP (or one that stopped mid-request).
+            return CommandError(f"{text} (if the server there was started with --tls-cert, use https://)")
         if text.startswith("no answer"):  # something answered the connection: it is running
             return CommandError(text)
         return CommandError(f"{text} (is `perhap serve` running there?)")
