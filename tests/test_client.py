@@ -602,6 +602,26 @@ def test_a_stream_of_something_else_is_a_client_error_both_clients_raise() -> No
             state.feed(garbage)
 
 
+async def test_a_closed_client_says_so_even_to_an_open_stream(server: ProcessServer, realm: str) -> None:
+    """A request after close(), a stream's reconnection included, is the client's own error (httpx's
+    RuntimeError came through, past `except PerhapError`)."""
+    c = AsyncClient(server.url)
+    await c.append(realm, "d", "e", "t", 0)
+    sub = c.subscribe(f"{realm}/d/e")
+    assert [e.event for e in await take(sub, 1)] == [0]
+    await c.aclose()
+    with pytest.raises(PerhapClientError, match="this client is closed"):
+        await take(sub, 1)
+    with pytest.raises(PerhapClientError, match="this client is closed"):
+        await c.append(realm, "d", "e", "t", 1)
+    with Client(server.url) as blocking:
+        blocking.append(realm, "d", "e", "t", 1)
+    with pytest.raises(PerhapClientError, match="this client is closed"):
+        blocking.append(realm, "d", "e", "t", 2)
+    with pytest.raises(PerhapClientError, match="this client is closed"):
+        next(iter(blocking.subscribe(f"{realm}/d/e")))
+
+
 async def test_async_subscribe_against_a_server(server: ProcessServer, realm: str) -> None:
     async with AsyncClient(server.url) as c:
         await c.append(realm, "d", "e", "t", 0)

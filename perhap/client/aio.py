@@ -11,7 +11,7 @@ import httpx
 from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_LEASE_MAX, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage, unbound
-from .errors import ConnectionFailed, unreachable
+from .errors import ConnectionFailed, closed_client, unreachable
 from .groups import Delivery, GroupCore
 from .stream import RetryHook
 from .wire import resolve_scope
@@ -37,6 +37,8 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
                                        headers=headers, limits=POOL)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._http.is_closed:
+            raise closed_client()
         try:
             return unbound(await self._http.send(request))
         except httpx.TransportError as exc:
@@ -129,6 +131,8 @@ class AsyncClient(GroupCore[httpx.AsyncClient]):
         state = self._stream(resolve_scope(realm, domain, entity, type), following, max_retries, on_retry,
                              after_position=after_position, types=types)
         while True:
+            if self._http.is_closed:  # closed while the stream was open: this reconnection is refused
+                raise closed_client()
             try:
                 response = await self._http.send(state.request(), stream=True)
             except httpx.TransportError as exc:

@@ -239,6 +239,12 @@ def _origin(response: httpx.Response) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
+def closed_client() -> PerhapClientError:
+    """The error for a request (a stream's reconnection among them) after the client was closed:
+    httpx's own is a RuntimeError, past ``except PerhapError``."""
+    return PerhapClientError("this client is closed (close() or the end of its `with`); use a client that is open")
+
+
 def unexpected(response: httpx.Response, what: str) -> PerhapClientError:
     """The error for a response that is not what the API answers (not a perhap server?)."""
     return PerhapClientError(f"unexpected response from {shown_url(response.request.url)}: {what}",

@@ -13,7 +13,7 @@ import httpx
 from ..groups.settings import DEFAULT_ACK_TIMEOUT, DEFAULT_LEASE_MAX, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_IN_FLIGHT
 from ..model import AppendResult, Event, NewEvent, Scope
 from .core import DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, POOL, Op, Pager, ReadBounds, TaggedPage, unbound
-from .errors import ConnectionFailed, unreachable
+from .errors import ConnectionFailed, closed_client, unreachable
 from .groups import Delivery, GroupCore
 from .stream import RetryHook, StreamState
 from .wire import resolve_scope
@@ -40,6 +40,8 @@ class Client(GroupCore[httpx.Client]):
                                   headers=headers, limits=POOL)
 
     def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._http.is_closed:
+            raise closed_client()
         try:
             return unbound(self._http.send(request))
         except httpx.TransportError as exc:
@@ -282,6 +284,8 @@ class LiveStream:
         """The events of each chunk of the stream that completes some, until stopped."""
         state = self.state
         while not self.stopped.is_set():
+            if self.http.is_closed:  # closed while the stream was open: this reconnection is refused
+                raise closed_client()
             try:
                 response = self.http.send(state.request(), stream=True)
             except httpx.TransportError as exc:
