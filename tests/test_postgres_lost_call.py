@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 
 import pytest
 
@@ -88,16 +89,22 @@ async def _through_proxy(pg_url: str) -> tuple[_CuttingProxy, str]:
     return proxy, f"postgresql://{user}@127.0.0.1:{await proxy.start()}/{rest}"
 
 
-def _item(entity: str, event: int) -> dict[str, object]:
-    return {"entity": entity, "type": "t", "event": event}
+def _item(entity: str, event: int, event_id: str | None = None) -> dict[str, object]:
+    return {"entity": entity, "type": "t", "event": event, **({"event_id": event_id} if event_id else {})}
 
 
+@pytest.mark.parametrize("client_ids", [False, True])
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_database(pg_url: str,
-                                                                                      when: str) -> None:
+async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_database(pg_url: str, when: str,
+                                                                                      client_ids: bool) -> None:
     """The call cut before it reached the server (an idle connection the server or a firewall had
     closed) stores nothing and is tried again; cut after the server answered, it is answered from
-    the rows it stored. Either way each append is stored once and its answer is what is stored."""
+    the rows it stored (ids the server chose are no one else's), or, when the client chose every
+    id, by the retry's look-up (a replay). Either way each append is stored once and its answer is
+    what is stored."""
+    def new_id() -> str | None:
+        return str(uuid.uuid4()) if client_ids else None
+
     proxy, url = await _through_proxy(pg_url)
     try:
         async with open_store(url) as store:
@@ -106,15 +113,16 @@ async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_dat
             await store.append_many("r", "d", [_item("e", 1), _item("f", 1)])
             proxy.cut = when
             results = await asyncio.gather(  # one group: accepted, refused and multi-entity jobs
-                store.append("r", "d", "e", "t", 2, expected_version=1),
-                store.append("r", "d", "f", "t", 2, expected_version=0),
-                store.append_many("r", "d", [_item("f", 2), _item("g", 1)]),
+                store.append("r", "d", "e", "t", 2, expected_version=1, event_id=new_id()),
+                store.append("r", "d", "f", "t", 2, expected_version=0, event_id=new_id()),
+                store.append_many("r", "d", [_item("f", 2, new_id()), _item("g", 1, new_id())]),
                 return_exceptions=True)
             assert proxy.cuts == 1
             first, refused, many = results
-            assert isinstance(first, AppendResult) and first.created, first
+            created = not (client_ids and when == "after")  # else the retry finds them stored: a replay
+            assert isinstance(first, AppendResult) and first.created == created, first
             assert isinstance(refused, VersionConflict), refused
-            assert isinstance(many, AppendResult) and many.created, many
+            assert isinstance(many, AppendResult) and many.created == created, many
             stored = {e.event_id: e for e in (await store.read(Scope("r"))).events}
             assert len(stored) == 8  # 3 + 2 before, 1 + 2 now: nothing twice, nothing lost
             for appended in [*first.events, *many.events]:

@@ -47,6 +47,7 @@ from .schema import CHANNEL, LOCK_CLASS
 log = logging.getLogger("perhap.postgres")
 
 COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnest
+_LOCK_ALL = f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM unnest($1::int[]) k ORDER BY k"  # realms' keys
 
 #: Sent with BEGIN, in the same round trip: a transaction that would commit without waiting for
 #: its WAL flush (synchronous_commit = off, set for the database, the role or the server) waits for
@@ -387,21 +388,21 @@ class GroupWriter:
 
     async def _after_lost_call(self, jobs: list[WriteJob], outcomes: list[Decided], accepted: list[Accepted],
                                lock_keys: list[int], lost: BaseException) -> list[Decided]:
-        """A call that lost its connection (killed while idle, say): once its realms' locks, held to
-        its end, show it is over, its events are looked for on a fresh connection; found, they
-        answer; none stored means nothing committed, and ``_Lost`` tries the group again."""
+        """A call that lost its connection (killed while idle, say): once its realms' locks, held to its end, show it
+        over, its events answer if stored; else nothing committed: ``_Lost`` (and for client ids alone) tries again."""
         await self._drop_connection()
-        event_ids = [e.event_id for a in accepted for e in a.job.batch]  # (none: the call wrote nothing)
+        event_ids = [e.event_id for a in accepted for e in a.job.batch]
+        if not (ours := {e.event_id for a in accepted for e in a.job.batch if not e.client_id}):  # no one else's
+            raise _Lost(repr(lost))
         try:
             conn = await self._connection()
-            locks = "".join(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {k});" for k in lock_keys)
-            await conn.execute(f"BEGIN;{locks}")
-            stored = await events_by_ids(conn, event_ids)
-            await conn.execute("ROLLBACK")
+            async with conn.transaction():
+                await conn.fetch(_LOCK_ALL, lock_keys)
+                stored = await events_by_ids(conn, event_ids)
         except (*DB_ERRORS, StorageUnavailable) as exc:
             await self._drop_connection()
             raise StorageUnavailable(f"the outcome of the commit is unknown: {lost!r}, then {exc!r}") from None
-        if not stored:  # (a call is one transaction)
+        if not ours & stored.keys():  # (a call is one transaction)
             raise _Lost(repr(lost))
         if len(stored) != len(event_ids):  # not this call's doing: never guess
             raise StorageUnavailable(f"the outcome of the commit is unknown: {lost!r}")
