@@ -94,6 +94,7 @@ class SQLiteStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: FileLock | None = None
         self._real_path = os.path.realpath(path)  # (what SQLite names its WAL after; a later chdir aside)
+        self._file_key = (0, 0)  # the file's (device, inode), once open
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perhap-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -120,6 +121,10 @@ class SQLiteStore(Store):
             self._lock.release()
             self._lock = None
             raise
+        # The file SQLite opened (not the lock's: a store of this process still closing on a
+        # file deleted since shares the lock, and a new file is made under the name).
+        opened = os.stat(self._real_path)
+        self._file_key = (opened.st_dev, opened.st_ino)
         self._loop = asyncio.get_running_loop()
         self._ring.start(last_seq(conn))
         self._writer = Writer(conn, self._queue, self._ring, self._commit_notice, self._file_problem)
@@ -216,12 +221,11 @@ class SQLiteStore(Store):
         """Why the file this store writes is no longer the one its name opens, or None: deleted,
         renamed or replaced while open, what is committed to it would be lost (or its write-ahead
         log, named after the name, applied to another file) at the next open."""
-        lock = self._lock
         try:
             now = os.stat(self._real_path)
         except OSError:
             now = None
-        if lock is None or now is not None and (now.st_dev, now.st_ino) == lock.file_key:
+        if now is not None and (now.st_dev, now.st_ino) == self._file_key:
             return None
         return (f"{self.path} is no longer the file this store opened (deleted, renamed or replaced while open): "
                 "nothing more is written; restart perhap")
