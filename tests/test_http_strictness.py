@@ -292,6 +292,11 @@ async def test_a_stream_refused_in_accept_is_a_json_read(client: httpx.AsyncClie
                    "text/event-stream, */*", "application/json, text/event-stream"):
         r = await client.head("/r/d", headers={"accept": accept})
         assert r.headers["content-type"].startswith("text/event-stream"), accept
+    # Two Accept lines are one list (RFC 9110 5.3): the second was not read.
+    r = await client.head("/r/d", headers=[("accept", "application/json"), ("accept", "text/event-stream")])
+    assert r.headers["content-type"].startswith("text/event-stream")
+    r = await client.get("/r/d", headers=[("accept", "text/event-stream;q=0.1"), ("accept", "application/json")])
+    assert r.headers["content-type"].startswith("application/json")
 
 
 async def test_the_event_by_id_route_checks_the_read_parameters_it_shares(client: httpx.AsyncClient) -> None:

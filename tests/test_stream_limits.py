@@ -85,6 +85,48 @@ def ids_in(body: bytes) -> list[str]:
     return [line[4:].decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
 
 
+class _Eager(Exchange):
+    """An exchange whose send never lets other tasks run, as uvicorn's while the socket takes
+    every byte; it notes how many turns the loop's other tasks had by each message."""
+
+    turns = 0
+
+    async def _send(self, message: Message) -> None:
+        self.sent.append((message, _Eager.turns))  # type: ignore[arg-type]
+        self.changed.set()
+
+    def bodies(self) -> list[bytes]:
+        return [m.get("body", b"") for m, _ in self.sent[1:]]  # type: ignore[misc]
+
+
+async def test_a_stream_catching_up_a_large_scope_lets_the_loop_run_between_bodies(store: Store, realm: str) -> None:
+    """A stream from the start of a large scope sends body after body; with a send that returns at
+    once and SQLite's inline reads it held the loop until it reached the head: no other task ran
+    (no request served, a client that left not noticed) for as long as the catch-up took."""
+    app = PerhapApp(store, heartbeat=5)
+    sent = []
+    for first in range(0, 6000, 1000):
+        batch = [{"type": "t", "event": i} for i in range(1000)]
+        sent += [e.event_id for e in (await store.append_batch(realm, "d", f"e{first}", batch)).events]
+
+    async def ticker() -> None:
+        while True:
+            _Eager.turns += 1
+            await asyncio.sleep(0)
+
+    tick = asyncio.ensure_future(ticker())
+    stream = _Eager(app, "GET", f"/{realm}", stream_headers())
+    try:
+        await stream.until(lambda: sum(len(ids_in(b)) for b in stream.bodies()) >= len(sent), "every event arrived")
+    finally:
+        tick.cancel()
+        await stream.close()
+    assert [i for b in stream.bodies() for i in ids_in(b)] == sent
+    turns = [t for _, t in stream.sent[1:]]  # type: ignore[misc]
+    assert len(turns) >= 12
+    assert all(a < b for a, b in zip(turns, turns[1:], strict=False)), turns  # another task ran between bodies
+
+
 # --------------------------------------------------------------------------- point 10
 
 

@@ -69,7 +69,7 @@ class Request:
         return [value for key, value in self.pairs if key == name]
 
     def wants_stream(self) -> bool:
-        accept = header(self.scope, b"accept")
+        accept = header_list(self.scope, b"accept")  # (two Accept lines are one list, RFC 9110 5.3)
         return accept is not None and "event-stream" in accept.lower() and _prefers_stream(accept)
 
 

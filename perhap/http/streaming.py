@@ -312,6 +312,11 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
         if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
+        # uvicorn's send returns at once while the socket takes the bytes (and once the client is
+        # gone), and SQLite's reads of a batch run inline: a stream catching up a large scope
+        # held the loop until it reached the head, no other request served and a client that had
+        # left unnoticed. A turn of the loop a body lets both happen (a few µs a body, not an event).
+        await asyncio.sleep(0)
 
 
 async def through_outages(read: Callable[[], Awaitable[_T]], writing: Writing, where: object) -> _T:
