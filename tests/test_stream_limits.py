@@ -274,6 +274,33 @@ def test_a_client_that_stops_reading_loses_its_stream(store_url: str, realm: str
         assert server.app.streams.write_timeouts == 1
 
 
+def test_a_slow_reader_whose_kernel_acknowledges_in_steps_keeps_its_stream(store_url: str, realm: str) -> None:
+    """A client with the kernel's own receive buffer, reading a steady 60 kB/s: its kernel reopens
+    the window in steps of about 64 KiB (over loopback), so what the server has not sent falls
+    only every second or so. Looked at every quarter of the write timeout (0.5 s here), that
+    read as a client that stopped, and it was dropped; the looks are a timeout apart now."""
+    server = ThreadServer(store_url, heartbeat=0.2, write_timeout=2.0, max_body=4 * 1024 * 1024)
+    server.server.config.http = limited_protocol(write_timeout=2.0)
+    with server:
+        pad = "x" * 40_000
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for n in range(6):  # 600 events of 40 kB: 24 MB, more than the socket buffers hold
+                batch = {"events": [{"type": "t", "event": {"pad": pad, "n": n * 100 + i}} for i in range(100)]}
+                assert c.post(f"/{realm}/d/e", json=batch).status_code == 201
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(f"GET /{realm} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+            conn.settimeout(10)
+            received, rate, began = 0, 60_000, time.monotonic()  # bytes a second
+            while received < 600_000:  # ten seconds: five write timeouts
+                chunk = conn.recv(4096)
+                assert chunk, "the stream was closed"
+                received += len(chunk)
+                ahead = received / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+            assert server.app.streams.write_timeouts == 0
+
+
 def test_a_client_that_reads_slowly_but_steadily_keeps_its_stream(store_url: str, realm: str) -> None:
     """The write timeout is for a client that stopped reading: one that reads steadily, slower
     than a buffer (1 MiB) a write timeout (2 s here), keeps its stream and gets every event. Each

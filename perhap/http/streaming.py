@@ -250,7 +250,7 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
                connection: Connection | None) -> bool:
     """Run an open stream's ``pump`` until the client goes, the server stops or the pump ends;
     True if the client stopped reading: a write waited the write timeout, and then nothing of
-    what was sent was taken for a quarter of it (see :func:`still_reading`; the pump is then
+    what was sent was taken for another one (see :func:`still_reading`; the pump is then
     cancelled)."""
     writing = Writing(send)
     silence = _Silence(writing, streams.heartbeat)  # (a pump held up in a read still keeps the beat)
@@ -276,7 +276,9 @@ async def _run(streams: StreamRegistry, pump: Pump, receive: Receive, send: Send
             seen[0] = None
             timer = loop.call_later(limit if since is None else since + limit - now, check)
         elif still_reading(unsent(), seen):
-            timer = loop.call_later(limit / 4, check)
+            # A whole timeout between looks: a receiving kernel reopens its window in steps (about
+            # 64 KiB over loopback), so a steady slow reader's count may not fall for seconds.
+            timer = loop.call_later(limit, check)
         else:
             dropped = True
             task.cancel()
