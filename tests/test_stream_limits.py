@@ -127,6 +127,41 @@ async def test_a_stream_catching_up_a_large_scope_lets_the_loop_run_between_bodi
     assert all(a < b for a, b in zip(turns, turns[1:], strict=False)), turns  # another task ran between bodies
 
 
+async def test_streams_sharing_a_read_each_keep_their_own_beat(store_url: str, realm: str) -> None:
+    """Quiet streams of one scope share its read; each sends a keep-alive a heartbeat after its
+    last body. One often got another's too (a stream that had just beaten rejoined the round,
+    whose read then ended in the other's keep-alive a moment later): two beats at once."""
+    heartbeat = 0.5
+    with ThreadServer(store_url, heartbeat=heartbeat) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            assert (await c.post(f"/{realm}/quiet/e/t", json={"event": 0})).status_code == 201
+
+            async def beats(path: str) -> list[float]:
+                times: list[float] = []
+                async with c.stream("GET", path, headers=stream_headers()) as r:
+                    began = time.monotonic()
+                    async for text in r.aiter_text():
+                        times += [time.monotonic() - began] * text.count(": keep-alive")
+                        if time.monotonic() - began > 8 * heartbeat:
+                            return times
+                return times
+
+            async def busy() -> None:  # commits elsewhere in the realm wake the shared read
+                while True:
+                    await c.post(f"/{realm}/busy/e/t", json={"event": 0})
+                    await asyncio.sleep(0.01)
+
+            writer = asyncio.ensure_future(busy())
+            try:
+                streams = await asyncio.gather(*(beats(path) for path in (
+                    f"/{realm}/quiet", f"/{realm}/quiet", f"/{realm}/quiet/e", f"/{realm}?type=zzz", f"/{realm}x")))
+            finally:
+                writer.cancel()
+    for times in streams:
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert len(times) >= 5 and min(gaps) > heartbeat / 2, times
+
+
 # --------------------------------------------------------------------------- point 10
 
 

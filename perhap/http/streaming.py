@@ -368,8 +368,9 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
             given = await answer  # each its own future: one stream cancelled cancels nobody else's
         finally:
             timer.cancel()
-        if given is not None:
+        if given is not None and (given[1] != KEEP_ALIVE or loop.time() >= keep_alive_at):
             return given
+        # (Another stream's keep-alive, before this one's time: it waits on, not beating twice.)
     waiting = shared[key] = []
     result: _Body | None = None
     try:
