@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -134,3 +135,39 @@ def in_another_loop(coro_fn: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     if kind == "error":
         raise value
     return value  # type: ignore[no-any-return]
+
+
+class TcpRelay:
+    """A TCP relay, on a port of its own, to a real server; each connection is passed to
+    :meth:`relay` with the server's end, for a test to hang, cut or pass on what goes through."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.relay(reader, writer, *await asyncio.open_connection(*self.upstream))
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+_R = TypeVar("_R", bound=TcpRelay)
+
+
+def relayed_postgres(url: str, relay: type[_R]) -> tuple[_R, str, str]:
+    """A relay of ``relay``'s kind to the PostgreSQL server of ``url`` (not started), and the url's
+    user and database part (``db`` or ``db?options``), to build the relayed URL once it has a port."""
+    match = re.match(r"postgresql://([^@]+)@([^:/]+):(\d+)/(.+)", url)
+    assert match is not None, url
+    user, host, port, rest = match.groups()
+    return relay(host, int(port)), user, rest

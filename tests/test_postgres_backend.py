@@ -31,7 +31,7 @@ from perhap.sse import SSEDecoder
 from perhap.store.query import read_query
 from perhap.testing.postgres import PostgresServer
 from tests.conftest import get_provider
-from tests.helpers import in_another_loop, read_all
+from tests.helpers import TcpRelay, in_another_loop, read_all, relayed_postgres
 from tests.servers import ProcessServer, free_port
 
 pytestmark = pytest.mark.postgres
@@ -997,22 +997,17 @@ async def test_a_read_that_times_out_waits_its_timeout_once(pg_url: str) -> None
 
 
 
-class _FreezingProxy:
+class _FreezingProxy(TcpRelay):
     """A TCP relay to the real server that can stop passing bytes on, without closing anything:
     to the client, a server (or network) that hangs. New connections are accepted, and hang too."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
+        super().__init__(host, port)
         self.flowing = asyncio.Event()
         self.flowing.set()
-        self.server: asyncio.Server | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -1024,19 +1019,12 @@ class _FreezingProxy:
         finally:
             writer.close()
 
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
 
 async def test_a_read_from_a_hung_server_answers_after_its_timeout_once(pg_url: str) -> None:
     """A server that stops answering (a network dropping packets): a read is a 503 after
     ``timeout``. asyncpg cancels the statement by another connection, which to a hung server waits
     as long again before the first is given back: the answer does not wait for that (it took two)."""
-    match = re.match(r"postgresql://([^@]+)@([^:/]+):(\d+)/(.+)", pg_url)
-    assert match is not None, pg_url
-    user, host, port, rest = match.groups()
-    proxy = _FreezingProxy(host, int(port))
+    proxy, user, rest = relayed_postgres(pg_url, _FreezingProxy)
     relay_port = await proxy.start()
     sep = "&" if "?" in rest else "?"
     try:

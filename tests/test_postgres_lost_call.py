@@ -6,13 +6,13 @@ stored, or tried again when it stored nothing, never a 503 while the database is
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 
 import pytest
 
 from perhap import AppendResult, Scope, VersionConflict, open_store
 from tests.conftest import get_provider
+from tests.helpers import TcpRelay, relayed_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -25,23 +25,18 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return get_provider("postgres", tmp_path_factory).new_url()
 
 
-class _CuttingProxy:
+class _CuttingProxy(TcpRelay):
     """A TCP relay to the real server that cuts the writer's connection (the one that prepared
     ``perhap_write_known``) once, at the next statement it sends: ``before`` the server gets it,
     or ``after`` the server has answered it in full (the answer is never passed on)."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
+        super().__init__(host, port)
         self.cut: str | None = None
         self.cuts = 0
-        self.server: asyncio.Server | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
         state = {"writer": False, "cutting": False}
 
         def close() -> None:
@@ -76,16 +71,9 @@ class _CuttingProxy:
         await asyncio.gather(to_server(), to_client(), return_exceptions=True)
         close()
 
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
 
 async def _through_proxy(pg_url: str) -> tuple[_CuttingProxy, str]:
-    match = re.match(r"postgresql://([^@]+)@([^:/]+):(\d+)/(.+)", pg_url)
-    assert match is not None, pg_url
-    user, host, port, rest = match.groups()
-    proxy = _CuttingProxy(host, int(port))
+    proxy, user, rest = relayed_postgres(pg_url, _CuttingProxy)
     return proxy, f"postgresql://{user}@127.0.0.1:{await proxy.start()}/{rest}"
 
 
