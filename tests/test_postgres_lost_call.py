@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
-from perhap import AppendResult, Scope, VersionConflict, open_store
+from perhap import AppendResult, Scope, StorageUnavailable, VersionConflict, open_store
+from perhap.testing.postgres import PostgresServer
 from tests.conftest import get_provider
 from tests.helpers import TcpRelay, relayed_postgres
 
@@ -28,12 +30,14 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 class _CuttingProxy(TcpRelay):
     """A TCP relay to the real server that cuts the writer's connection (the one that prepared
     ``perhap_write_known``) once, at the next statement it sends: ``before`` the server gets it,
-    or ``after`` the server has answered it in full (the answer is never passed on)."""
+    or ``after`` the server has answered it in full (the answer is never passed on); or ``hold``s
+    that statement until ``released`` (a call that reaches the server late)."""
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.cut: str | None = None
         self.cuts = 0
+        self.released = asyncio.Event()
 
     async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
@@ -52,7 +56,10 @@ class _CuttingProxy(TcpRelay):
                     if when == "before":
                         close()
                         return
-                    state["cutting"] = True
+                    if when == "hold":
+                        await self.released.wait()
+                    else:
+                        state["cutting"] = True
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -121,4 +128,60 @@ async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_dat
             assert first.events[0].entity is None and first.events[0].version == 2
             assert [e.event for e in (await store.read(Scope("r", "d", "f"))).events] == [0, 1, 2]
     finally:
+        proxy.close()
+
+
+async def test_a_lost_call_committed_on_the_primary_alone_is_not_acknowledged(tmp_path_factory: pytest.TempPathFactory
+                                                                              ) -> None:
+    """With a synchronous standby that never answers, a call waits for it; an operator ends its
+    session (committed on the primary, "might not have been replicated"). The look-up finds its
+    rows, and its own commit waits for the standby as well: the append is a 503, never a 201."""
+    server = PostgresServer(tmp_path_factory.mktemp("syncrep"))
+    server.start()
+    try:
+        url = server.create_database("syncrep")
+        admin = await asyncpg.connect(server.url(), timeout=10)
+        try:
+            async with open_store(f"{url}?timeout=2") as store:
+                await store.append("r", "d", "e", "t", 0)  # remembered: the next goes by the call
+                await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nowhere'")
+                await admin.execute("SELECT pg_reload_conf()")
+                await asyncio.sleep(0.3)
+                append = asyncio.ensure_future(store.append("r", "d", "e", "t", 1))
+                waiting: list[asyncpg.Record] = []
+                for _ in range(100):
+                    waiting = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting, "the call never waited for the standby"
+                await admin.execute("SELECT pg_terminate_backend($1)", waiting[0]["pid"])
+                with pytest.raises(StorageUnavailable, match="outcome of the commit is unknown"):
+                    await append
+        finally:
+            await admin.close()
+    finally:
+        server.cleanup()
+
+
+async def test_a_call_that_times_out_is_an_unknown_outcome(pg_url: str) -> None:
+    """A call that timed out may not have reached the server yet (held in a queue, retransmitted):
+    a look-up behind the realms' locks could run before it and miss it, and a retry would then
+    answer a 409 for an event the late call stores. So a timeout is a 503, as before."""
+    proxy, url = await _through_proxy(pg_url)
+    try:
+        async with open_store(f"{url}?timeout=1") as store:
+            for n in range(2):  # the second by the call, which is prepared then: the next sends it alone
+                await store.append("r", "d", "e", "t", n)
+            proxy.cut = "hold"
+            with pytest.raises(StorageUnavailable, match="outcome of the commit is unknown"):
+                await store.append("r", "d", "e", "t", 2, expected_version=1)
+            proxy.released.set()  # the call reaches the server, late, and commits
+            for _ in range(100):
+                if len((await store.read(Scope("r", "d", "e"))).events) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert [e.event for e in (await store.read(Scope("r", "d", "e"))).events] == [0, 1, 2]
+    finally:
+        proxy.released.set()
         proxy.close()

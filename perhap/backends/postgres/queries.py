@@ -13,6 +13,7 @@ import asyncpg
 from ...model import Cursor, Event
 from ...slotted import fast_constructor
 from ...store.query import ReadQuery
+from .schema import LOCK_CLASS
 
 REALM_ID = "(SELECT id FROM perhap_realms WHERE name = $1)"
 DOMAIN_ID = f"(SELECT id FROM perhap_domains WHERE realm_id = {REALM_ID} AND name = $2)"
@@ -182,3 +183,20 @@ async def events_by_ids(conn: asyncpg.Connection[asyncpg.Record], event_ids: lis
     """The stored events among these ids, by id."""
     rows = await conn.fetch(EVENTS_BY_IDS, event_ids)
     return {r[1]: row_event(r) for r in rows}
+
+
+async def after_lost_call(conn: asyncpg.Connection[asyncpg.Record], lock_keys: list[int], event_ids: list[str],
+                          durable: str) -> dict[str, Event]:
+    """The stored events among a lost call's ids, read once the call is over: the realms' locks,
+    which it holds to its end, are taken first (a call that reached the server is over once they
+    are free; one that times out is not looked up, as it may not have). The transaction writes (a
+    row of perhap's own, unchanged) and commits durably (``durable``: :data:`.writer.DURABLE`), so
+    that with a synchronous standby its commit, after the call's, waits for the standby: the
+    call's, committed on the primary alone when its session was ended while it waited, is then on
+    the standby too. (A transaction that writes no WAL does not wait, an id of its own or not.)"""
+    async with conn.transaction():
+        await conn.fetch(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM unnest($1::int[]) k ORDER BY k",
+                         lock_keys)
+        stored = await events_by_ids(conn, event_ids)
+        await conn.execute(durable + "UPDATE perhap_meta SET value = value WHERE key = 'schema_version';")
+    return stored

@@ -41,13 +41,12 @@ from .connection import DB_ERRORS, LOST, Connection, Options, init_connection, r
 from .decide import Accepted, Decided, Ids, Key, decide_group, event_columns, keys_read, pair_columns, replay_of
 from .known import CALL, EntityIds, Known, decide_known, relative
 from .listener import Wake
-from .queries import events_by_ids
+from .queries import after_lost_call, events_by_ids
 from .schema import CHANNEL, LOCK_CLASS
 
 log = logging.getLogger("perhap.postgres")
 
 COPY_THRESHOLD = 100  # events in a group from which COPY beats INSERT ... unnest
-_LOCK_ALL = f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM unnest($1::int[]) k ORDER BY k"  # realms' keys
 
 #: Sent with BEGIN, in the same round trip: a transaction that would commit without waiting for
 #: its WAL flush (synchronous_commit = off, set for the database, the role or the server) waits for
@@ -365,6 +364,8 @@ class GroupWriter:
                     [ids_of[k][1] for k in new], [k[2] for k in new],
                     [ids_of[k][2] if versions[k] >= 0 else None for k in new], [versions[k] for k in new])
             except LOST as exc:  # the call commits as it ends: whether it did is read afresh
+                if isinstance(exc, TimeoutError):  # it may still run, or not have reached the server yet
+                    raise StorageUnavailable(f"the outcome of the commit is unknown: {exc!r}") from None
                 return await self._after_lost_call(jobs, outcomes, accepted, lock_keys, exc)
             except asyncpg.PostgresError:
                 # Nothing committed (an event id another process was storing, say): the look-up
@@ -388,17 +389,14 @@ class GroupWriter:
 
     async def _after_lost_call(self, jobs: list[WriteJob], outcomes: list[Decided], accepted: list[Accepted],
                                lock_keys: list[int], lost: BaseException) -> list[Decided]:
-        """A call that lost its connection (killed while idle, say): once its realms' locks, held to its end, show it
-        over, its events answer if stored; else nothing committed: ``_Lost`` (and for client ids alone) tries again."""
+        """A call that lost its connection (killed while idle, say): its events answer if stored (see
+        :func:`.queries.after_lost_call`); else nothing committed: ``_Lost`` (and client ids alone) tries again."""
         await self._drop_connection()
         event_ids = [e.event_id for a in accepted for e in a.job.batch]
         if not (ours := {e.event_id for a in accepted for e in a.job.batch if not e.client_id}):  # no one else's
             raise _Lost(repr(lost))
         try:
-            conn = await self._connection()
-            async with conn.transaction():
-                await conn.fetch(_LOCK_ALL, lock_keys)
-                stored = await events_by_ids(conn, event_ids)
+            stored = await after_lost_call(await self._connection(), lock_keys, event_ids, DURABLE)
         except (*DB_ERRORS, StorageUnavailable) as exc:
             await self._drop_connection()
             raise StorageUnavailable(f"the outcome of the commit is unknown: {lost!r}, then {exc!r}") from None
