@@ -747,3 +747,54 @@ async def test_a_file_deleted_or_replaced_under_an_open_store_acknowledges_nothi
         assert not await store.health()
     finally:
         await store.close()
+
+
+async def test_another_stores_commit_between_a_commit_and_its_notice_is_not_hidden(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store A commits, and before it takes the file's commit marker store B commits and answers:
+    A's marker, taken after B's, looked like the file's, and A's ring answered a read without B's
+    acknowledged event. A ring vouches only when no other marker came between its group's start
+    and its own."""
+    path = str(tmp_path / "two.db")
+    a, b = await open_sqlite(path), await open_sqlite(path)
+    try:
+        await a.read(Scope("shop"))  # A's ring is read: its commits fill it
+        a0 = (await a.append("shop", "o", "a0", "t", 0)).events[0].event_id
+        assert [e.event_id for e in (await a.read(Scope("shop"), following=a0)).events] == []
+        committed = threading.Event()
+        go_on = threading.Event()
+        check = a._writer.file_problem  # type: ignore[union-attr]
+
+        def held() -> str | None:  # A's writer, after its COMMIT and before its notice
+            committed.set()
+            go_on.wait(10)
+            return check()
+
+        monkeypatch.setattr(a._writer, "file_problem", held)
+        appending = asyncio.ensure_future(a.append("shop", "o", "a1", "t", 1))
+        await asyncio.to_thread(committed.wait, 10)
+        b1 = (await b.append("shop", "o", "b1", "t", 1)).events[0]
+        go_on.set()
+        a1 = (await appending).events[0]
+        assert a1.position < b1.position
+        after = await a.read(Scope("shop"), following=a1.event_id)
+        assert [e.event_id for e in after.events] == [b1.event_id]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_relative_path_is_the_one_open_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made in one directory and opened in another opens the name there, as SQLite does,
+    and watches that file (its real path was taken when the store was made: the open failed with
+    the lock held)."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore("s.db")
+    monkeypatch.chdir(tmp_path / "here")
+    await store.open()
+    try:
+        await store.append("r", "d", "e", "t", 0)
+        assert (tmp_path / "here" / "s.db").exists() and not (tmp_path / "s.db").exists()
+    finally:
+        await store.close()

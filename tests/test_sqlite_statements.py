@@ -168,7 +168,7 @@ def _commit(writer: Writer, jobs: list[WriteJob]) -> list[JobOutcome]:
 
 def _writer_on(directory: str) -> Writer:
     conn = open_database(f"{directory}/writer.db", synchronous="OFF")
-    return Writer(conn, queue.SimpleQueue(), Ring(), lambda events, last, loop_jobs: None)
+    return Writer(conn, queue.SimpleQueue(), Ring(), lambda events, last, loop_jobs, before: None)
 
 
 @pytest.fixture

@@ -93,8 +93,9 @@ class SQLiteStore(Store):
         self._writer: Writer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: FileLock | None = None
-        self._real_path = os.path.realpath(path)  # (what SQLite names its WAL after; a later chdir aside)
-        self._file_key = (0, 0)  # the file's (device, inode), once open
+        #: The file's real path (what SQLite names its WAL after; a later chdir aside) and its
+        #: (device, inode), both taken at open.
+        self._real_path, self._file_key = path, (0, 0)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perhap-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -115,19 +116,24 @@ class SQLiteStore(Store):
         check_directory(self.path)
         self._lock = acquire(self.path)
         self._ring_marker = self._lock.commit_marker  # (before the last seq: see _ring_marker)
+        conn = None
         try:
             conn = open_database(self.path, synchronous=self.synchronous)
-        except BaseException:
+            # The file SQLite opened (not the lock's: a store of this process still closing on a
+            # file deleted since shares the lock, and a new file is made under the name).
+            self._real_path, self._file_key = _identity(self.path)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
             self._lock.release()
             self._lock = None
+            if isinstance(exc, OSError):
+                raise StorageUnavailable(f"cannot open {self.path}: {exc.strerror}") from None
             raise
-        # The file SQLite opened (not the lock's: a store of this process still closing on a
-        # file deleted since shares the lock, and a new file is made under the name).
-        opened = os.stat(self._real_path)
-        self._file_key = (opened.st_dev, opened.st_ino)
         self._loop = asyncio.get_running_loop()
         self._ring.start(last_seq(conn))
-        self._writer = Writer(conn, self._queue, self._ring, self._commit_notice, self._file_problem)
+        self._writer = Writer(conn, self._queue, self._ring, self._commit_notice, self._file_problem,
+                              lambda: 0 if self._lock is None else self._lock.commit_marker)
         self._writer.thread.start()
         self._states = SQLiteStates(self.path, self.synchronous, self._read_states, self._check_loop)
         return self
@@ -160,13 +166,17 @@ class SQLiteStore(Store):
         return RuntimeError("this SQLiteStore belongs to the event loop that opened it; "
                             "open another store for this loop (several may share a file in one process)")
 
-    def _commit_notice(self, events: list[Event] | None, last: int | None, loop_jobs: bool) -> None:
+    def _commit_notice(self, events: list[Event] | None, last: int | None, loop_jobs: bool, before: int) -> None:
         """On the committing thread, after each commit that stored events, in commit order: move
         the commit marker, and pass the notice to the loop, waking it unless nobody there waits
-        for this commit."""
+        for this commit. The ring may vouch for the file only if no other store of the process
+        took a marker since ``before`` (read before the group's first statement): one that
+        committed around this commit would otherwise hide behind this store's marker."""
         lock = self._lock
         # Every store of this process on the file sees it at once.
         marker = 0 if lock is None else lock.committed()
+        if marker != before + 1 and lock is not None:
+            marker = -1  # never the file's: the ring answers nothing until a commit of its own alone
         with self._notice_lock:
             pending = self._pending
             if events is None and pending and pending[-1][0] is None:
@@ -386,6 +396,13 @@ class SQLiteStore(Store):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _identity(path: str) -> tuple[str, tuple[int, int]]:
+    """A file's real path and its (device, inode)."""
+    real = os.path.realpath(path)
+    info = os.stat(real)
+    return real, (info.st_dev, info.st_ino)
 
 
 async def open_sqlite(path: str, *, synchronous: str = "FULL", url: str | None = None) -> SQLiteStore:

@@ -49,7 +49,7 @@ log = logging.getLogger("perhap.sqlite")
 #: Called on the committing thread after each commit that stored events, in commit order, with the
 #: events it stored (None: unknown), the last seq it wrote, and whether the group holds jobs of an
 #: event loop (their callers are answered after the notice reaches the loop).
-CommitHook = Callable[[list[Event] | None, int | None, bool], None]
+CommitHook = Callable[[list[Event] | None, int | None, bool, int], None]
 
 
 class JobOutcome(NamedTuple):
@@ -137,9 +137,13 @@ class Writer:
     """The thread that takes jobs from ``jobs`` in groups and commits each group at once."""
 
     def __init__(self, conn: sqlite3.Connection, jobs: queue.SimpleQueue[object], ring: Ring,
-                 on_commit: CommitHook, file_problem: Callable[[], str | None] = lambda: None) -> None:
+                 on_commit: CommitHook, file_problem: Callable[[], str | None] = lambda: None,
+                 marker: Callable[[], int] = lambda: 0) -> None:
         self.state = WriterState(conn)
         self.jobs, self.ring, self.on_commit = jobs, ring, on_commit
+        #: The file's commit marker (shared by the stores of this process on it), read before a
+        #: group's first statement and handed to ``on_commit`` with the notice.
+        self.marker = marker
         #: Why the file the connection writes is no longer the store's (deleted, renamed or
         #: replaced while open), or None: asked after each commit, before anyone is answered.
         self.file_problem = file_problem
@@ -236,6 +240,7 @@ class Writer:
         if self.failure is not None:  # the file went (below): nothing more is written to it
             settle_group([JobOutcome(job, StorageUnavailable(self.failure)) for job in jobs], from_thread=True)
             return
+        marker_before = self.marker()
         try:
             ts = utc_timestamp()
             if decided_by_caches(state, jobs):
@@ -289,7 +294,7 @@ class Writer:
                 except BaseException:  # a bug: the group is committed, so answer it before stopping
                     settle_group(outcomes, from_thread=True)
                     raise
-                self.on_commit(*notice, any(job.loop is not None for job in jobs))
+                self.on_commit(*notice, any(job.loop is not None for job in jobs), marker_before)
         # One wake-up per event loop for the whole group, queued after the commit notification.
         settle_group(outcomes, from_thread=True)
 
