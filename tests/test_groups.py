@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from perhap.backends import open_store
@@ -492,7 +493,10 @@ def test_a_release_and_a_replay_are_kept_in_the_stored_form_and_old_states_read_
                  3: group_state.Waiting("c", "d", "g", 0, replayed=True)}
     stored = s.to_bytes()
     assert b'[1,"a","d","e",1,true]' in stored and b'[2,"b","d","f",0]' in stored
-    assert b'[3,"c","d","g",0,false,true]' in stored
+    # A replay's mark apart, so that a perhap of the release before reads the document (a row of
+    # seven fields was a TypeError there, every operation on the group failing).
+    assert b'[3,"c","d","g",0]' in stored and orjson.loads(stored)["replayed"] == [3]
+    assert b"replayed" not in group_state.GroupState(GroupSettings(), 0.0, 3, 0).to_bytes()
     back = group_state.GroupState.from_bytes(stored)
     assert back.pending == s.pending
     leases = back.lease([1, 2, 3], "w", 0.0)

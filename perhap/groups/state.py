@@ -300,10 +300,11 @@ class GroupState:
             "floor": self.floor,
             "leases": [[p, x.event_id, x.domain, x.entity, x.consumer, x.until, x.delivery]
                        for p, x in self.leases.items()],
-            # (the flags of a release and a replay only when set: state written before had none)
-            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries,
-                         *((x.released, True) if x.replayed else (True,) if x.released else ())]
+            # (the flag of a release only when set: state written before it had none)
+            "pending": [[p, x.event_id, x.domain, x.entity, x.deliveries, *((True,) if x.released else ())]
                         for p, x in self.pending.items()],
+            # Replayed events apart, only when there are some: a perhap before them reads the rest.
+            **({"replayed": replayed} if (replayed := [p for p, x in self.pending.items() if x.replayed]) else {}),
             "parked": [[p, x.event_id, x.domain, x.entity, x.deliveries, x.at, x.reason]
                        for p, x in self.parked.items()],
             "consumers": self.consumers, "delivered": self.delivered, "redeliveries": self.redeliveries,
@@ -314,10 +315,13 @@ class GroupState:
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupState:
         d: dict[str, Any] = orjson.loads(data)
-        return cls(
+        state = cls(
             GroupSettings.from_json(d["settings"]), d["created"], d["scanned"], d["floor"],
             {r[0]: Lease(*r[1:]) for r in d["leases"]},
             {r[0]: Waiting(*r[1:]) for r in d["pending"]},
             {r[0]: Parked(*r[1:]) for r in d["parked"]},
             d["consumers"], d["delivered"], d["redeliveries"], d["acknowledged"],
             {(r[0], r[1]): Deferred(r[2], r[3]) for r in d.get("deferred", ())})
+        for pos in d.get("replayed", ()):
+            state.pending[pos].replayed = True
+        return state
