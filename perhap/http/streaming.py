@@ -361,20 +361,23 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
     keep_alive_at = loop.time() + streams.heartbeat
     key = (sub.store, sub.query, full)
     shared = streams.shared
+    own: _Body = (sub.query, KEEP_ALIVE, 0.0)
     while (waiting := shared.get(key)) is not None:
         answer: asyncio.Future[_Body | None] = loop.create_future()
         waiting.append(answer)
         # At its keep-alive time the stream answers itself (its cursor stays) and the shared read
         # goes on for the others. (Not asyncio.wait_for: on 3.11 it can swallow the cancellation
         # of a stream whose client left, if the answer comes at that moment.)
-        timer = loop.call_at(keep_alive_at, _keep_alive, answer, sub.query)
+        timer = loop.call_at(keep_alive_at, _answer, answer, own)
         try:
             given = await answer  # each its own future: one stream cancelled cancels nobody else's
         finally:
             timer.cancel()
-        if given is not None and (given[1] != KEEP_ALIVE or loop.time() >= keep_alive_at):
+        if given is own:
+            return sub.query, KEEP_ALIVE, time.monotonic()
+        if given is not None and given[1] != KEEP_ALIVE:
             return given
-        # (Another stream's keep-alive, before this one's time: it waits on, not beating twice.)
+        # (Another stream's keep-alive: this one's comes at its own time, not twice.)
     waiting = shared[key] = []
     result: _Body | None = None
     try:
@@ -390,9 +393,9 @@ async def _next_body(streams: StreamRegistry, sub: Subscription, full: int) -> _
                 answer.set_result(result)
 
 
-def _keep_alive(future: asyncio.Future[_Body | None], query: ReadQuery) -> None:
+def _answer(future: asyncio.Future[_Body | None], body: _Body) -> None:
     if not future.done():
-        future.set_result((query, KEEP_ALIVE, time.monotonic()))
+        future.set_result(body)
 
 
 def _encode(sub: Subscription, events: list[Event], buffer: int, full: int,
