@@ -287,7 +287,10 @@ class Authenticator:
         sent = [value for key, value in headers if key == b"authorization"]
         if len(sent) != 1:  # none, or two (which would a proxy in front have checked?): no token
             return None
-        scheme, _, token = sent[0].decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        # HTTP's own whitespace only (str.strip() also took U+0085 and U+00A0 off a latin-1 value:
+        # a token with one of them added still passed).
+        scheme, _, token = sent[0].decode("latin-1").strip(" \t").partition(" ")
+        token = token.strip(" \t")
+        if scheme.lower() != "bearer" or not token:
             return None
-        return self.lookup(token.strip())
+        return self.lookup(token)

@@ -79,6 +79,14 @@ async def test_every_route_and_method_needs_a_token(auth_client: httpx.AsyncClie
     r = await auth_client.get(f"/{realm}/d/e", headers={"Authorization": "Basic dXNlcjpwdw=="})
     assert "must be one 'Bearer TOKEN'" in problem(r, 401)["detail"]
     assert "unknown or revoked" in problem(await auth_client.get(f"/{realm}/d/e", headers=bearer(wrong)), 401)["detail"]
+    # A good token with a character added is another token, whitespace or not in Unicode (NEL and
+    # NO-BREAK SPACE were stripped from the latin-1 header, and the token passed); HTTP's own
+    # spaces and tabs around it are no part of it.
+    for value in (f"Bearer {good}\xa0", f"Bearer {good}\x85", f"Bearer \xa0{good}", f"\xa0Bearer {good}"):
+        r = await auth_client.get(f"/{realm}/d/e", headers=[("Authorization", value.encode("latin-1"))])
+        assert r.status_code == 401, value
+    r = await auth_client.get(f"/{realm}/d/e", headers=[("Authorization", f"Bearer \t{good} ".encode())])
+    assert r.status_code == 200
     for path in ("/_health", "/_openapi.json", "/_ui/", "/"):
         assert (await auth_client.get(path)).status_code == 200, path
 

@@ -588,6 +588,11 @@ async def test_a_password_in_the_url_never_shows_in_an_error(store: Store) -> No
     for error in errors:
         assert secret not in str(error) and secret not in (error.url or ""), (error, error.url)
         assert "alice:***@" in (error.url or ""), error.url
+    # A user name alone may be a token itself.
+    with Client(f"http://{secret}@127.0.0.1:{free_port()}", timeout=2) as c, \
+            pytest.raises(PerhapClientError) as info:
+        c.append("r", "d", "e", "t", 1)
+    assert secret not in str(info.value) and info.value.url is not None and "//***@" in info.value.url
 
 
 def test_a_stream_of_something_else_is_a_client_error_both_clients_raise() -> None:

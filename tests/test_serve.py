@@ -196,7 +196,7 @@ def test_a_cors_origin_no_browser_sends_is_exit_2(tmp_path: Path) -> None:
     """'*' and a bare host were taken, and matched no page ever (the operator's pages were refused
     in silence): an origin is scheme://host[:port]."""
     cases = [["--cors-origin", o] for o in ("*", "app.example.com", "https://a.example/app", "ftp://a.example",
-                                            "https://a.example:x", "https://user:pw@a.example")]
+                                            "https://a.example:x", "https://user:pw@a.example", "https://a.example//")]
     for args, line in zip(cases, _serve_errors(cases, tmp_path)):
         assert f"--cors-origin {args[1]!r} is not an origin: give scheme://host[:port]" in line, line
     assert not list(tmp_path.iterdir())

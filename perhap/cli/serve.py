@@ -145,8 +145,9 @@ def _check_origin(origin: str) -> None:
     refused with the form to give."""
     from urllib.parse import urlsplit
 
+    bare = origin.removesuffix("/")  # one, as an address bar shows it: no more
     try:
-        parts = urlsplit(origin.rstrip("/"))
+        parts = urlsplit(bare)
         port = parts.port
     except ValueError:
         parts, port = None, None
@@ -156,7 +157,7 @@ def _check_origin(origin: str) -> None:
                            "exactly as the browser sends it, e.g. https://app.example.com (each origin its "
                            "own --cors-origin; there is no wildcard)", 2)
     canonical = _browser_origin(parts.scheme.lower(), parts.hostname, port)
-    if canonical != origin.rstrip("/"):
+    if canonical != bare:
         said = f"; give {canonical}" if canonical else ""
         raise CommandError(f"--cors-origin {one_line(origin)!r} is not an origin as a browser sends it (lower "
                            f"case, no default port, a host name in ASCII){said}", 2)

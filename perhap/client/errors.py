@@ -227,11 +227,12 @@ def _reason(exc: BaseException) -> str:
 
 def shown_url(url: httpx.URL) -> str:
     """A request's URL for a message or an exception: a password in it (``http://user:pw@host``,
-    which httpx sends as basic auth) replaced by ``***``, as ``--url`` is shown elsewhere."""
+    which httpx sends as basic auth) replaced by ``***``, as ``--url`` is shown elsewhere, and a
+    user name alone (``http://TOKEN@host``, maybe a secret itself) too."""
     if not url.userinfo:
         return str(url)
     user, colon, _ = url.userinfo.partition(b":")
-    return str(url.copy_with(userinfo=user + (b":***" if colon else b"")))
+    return str(url.copy_with(userinfo=user + b":***" if colon else b"***"))
 
 
 def _origin(response: httpx.Response) -> str:

@@ -23,7 +23,7 @@ class Cors:
 
     def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
         self.app = app
-        self.origins = frozenset(o.rstrip("/").encode("latin-1") for o in origins)
+        self.origins = frozenset(o.removesuffix("/").encode("latin-1") for o in origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
