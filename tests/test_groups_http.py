@@ -172,16 +172,19 @@ async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> 
         assert (await http.delete(base, headers=h(write))).status_code == 204
 
 
-async def test_a_revoked_token_gets_no_more_leases(store: Store, tokens: str) -> None:
+@pytest.mark.parametrize("recheck", [0.0, 1.0])
+async def test_a_revoked_token_gets_no_more_leases(store: Store, tokens: str, recheck: float) -> None:
     """A long poll and a lease stream check the token before each look for events: revoked while
     they wait, the poll is a 401 and the stream ends, and the event that came meanwhile is left
-    for others, never delivered to the revoked token."""
+    for others, never delivered to the revoked token. Also with the file trusted for a second
+    between requests' looks (the default): the look before a lease is a request's, so the token
+    is looked at again, in the file, once a lease found events (they were delivered)."""
     from tests.test_stream_limits import Exchange, stream_headers
 
     doomed, doomed_grant = add_token(tokens, "shop", "read")
     streamed, streamed_grant = add_token(tokens, "shop", "read")
     write, _ = add_token(tokens, "shop", "write")
-    app = PerhapApp(store, auth=Authenticator(tokens, recheck=0), heartbeat=0.3)
+    app = PerhapApp(store, auth=Authenticator(tokens, recheck=recheck), heartbeat=0.3)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         def h(token: str) -> dict[str, str]:
             return {"authorization": f"Bearer {token}"}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ...errors import InvalidInput, sent_text
 from ...groups import GroupSettings, check_group_name
@@ -56,6 +57,20 @@ def _recheck(ctx: Context, req: Request, realm: str) -> Callable[[], None] | Non
     def check() -> None:
         authorize(authenticate(auth, req.scope), realm, "read")
     return check
+
+
+async def _token_still_holds(ctx: Context, req: Request, realm: str, name: str, consumer: str,
+                             events: list[dict[str, Any]]) -> bool:
+    """After a lease that waited (a long poll, a stream's round): whether the token is valid now,
+    the file looked at after the read that found the events, as before a stream's send. If not,
+    they go back to the group unhandled (a release: the delivery does not count), so a token
+    revoked before an event's commit never carries it (the check before each look is a request's,
+    which trusts the file for a second)."""
+    auth = ctx.streams.auth
+    if auth is None or req.grant is None or not events or auth.still_valid(req.grant, time.monotonic()):
+        return True
+    await ctx.groups.nack(realm, name, consumer, [e["event_id"] for e in events], "release")
+    return False
 
 
 def group_path(realm: str, name: str) -> str:
@@ -117,6 +132,8 @@ async def lease(ctx: Context, req: Request, send: Send) -> None:
             req.scope[CLIENT_GONE] = True  # nobody to answer (a 499 in the log, not a 500)
             return
         events = poll.result()
+        if not await _token_still_holds(ctx, req, realm, name, consumer, events):
+            cast(Callable[[], None], _recheck(ctx, req, realm))()  # its 401 (the file was looked at just now)
     await send_json(send, 200, {"events": events})
 
 
@@ -185,6 +202,8 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
             lease = functools.partial(groups.lease, realm, name, consumer, batch, streams.heartbeat, recheck,
                                       max_bytes=streams.buffer)
             events = await through_outages(lease, writing, f"group {name} of {realm}")
+            if not await _token_still_holds(ctx, req, realm, name, consumer, events):
+                return  # (revoked: the stream ends, as a read stream's does)
             if not events:
                 await writing.send(KEEP_ALIVE)
                 continue
