@@ -4,6 +4,7 @@ metrics and the OpenAPI document. What a group delivers on each backend is tests
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -170,6 +171,35 @@ async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> 
         assert (await http.post(f"{base}/ack", json=ack, headers=h(read))).status_code == 200
         problem(await http.delete(base, headers=h(read)), 403)
         assert (await http.delete(base, headers=h(write))).status_code == 204
+
+
+async def test_a_long_poll_whose_token_changed_gives_back_what_it_found(store: Store, tokens: str) -> None:
+    """A token whose entry changes while its poll waits (a read token made write, by hand) is one
+    the file no longer vouches for as it was: the poll is a 401 and the event goes back, for
+    another consumer to get as a first delivery. (The poll answered 200 with events it had just
+    given back, and the other consumer got them too.)"""
+    polled, polled_grant = add_token(tokens, "shop", "read")
+    write, _ = add_token(tokens, "shop", "write")
+    app = PerhapApp(store, auth=Authenticator(tokens))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        def h(token: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {token}"}
+
+        base = "/_groups/shop/g"
+        assert (await http.put(base, json={}, headers=h(write))).status_code == 201
+        poll = asyncio.ensure_future(http.get(f"{base}/events", params={"consumer": "p", "wait": 20},
+                                              headers=h(polled)))
+        await wait_until(lambda: len(store._waiters) == 1, "the poll to wait for an event")
+        document = orjson.loads(Path(tokens).read_bytes())
+        for entry in document["tokens"]:
+            if entry["id"] == polled_grant.id:
+                entry["permission"] = "write"
+        Path(tokens + ".new").write_bytes(orjson.dumps(document))
+        os.replace(tokens + ".new", tokens)  # as docs/security.md says to edit it
+        assert (await http.post("/shop/d/e/t", json={"event": "late"}, headers=h(write))).status_code == 201
+        problem(await asyncio.wait_for(poll, 10), 401)
+        [event] = (await http.get(f"{base}/events?consumer=c", headers=h(write))).json()["events"]
+        assert (event["event"], event["delivery"]) == ("late", 1)
 
 
 @pytest.mark.parametrize("recheck", [0.0, 1.0])

@@ -6,6 +6,7 @@ stored, or tried again when it stored nothing, never a 503 while the database is
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import asyncpg
@@ -88,18 +89,33 @@ def _item(entity: str, event: int, event_id: str | None = None) -> dict[str, obj
     return {"entity": entity, "type": "t", "event": event, **({"event_id": event_id} if event_id else {})}
 
 
-@pytest.mark.parametrize("client_ids", [False, True])
+@pytest.mark.parametrize("client_ids, runtime_role", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_database(pg_url: str, when: str,
-                                                                                      client_ids: bool) -> None:
+async def test_an_append_whose_call_lost_its_connection_is_answered_from_the_database(
+        pg_url: str, when: str, client_ids: bool, runtime_role: bool) -> None:
     """The call cut before it reached the server (an idle connection the server or a firewall had
     closed) stores nothing and is tried again; cut after the server answered, it is answered from
     the rows it stored (ids the server chose are no one else's), or, when the client chose every
     id, by the retry's look-up (a replay). Either way each append is stored once and its answer is
-    what is stored."""
+    what is stored. Also for a runtime role that may only read ``perhap_meta`` (the look-up's
+    durable write was an update of it: every lost call a 503)."""
     def new_id() -> str | None:
         return str(uuid.uuid4()) if client_ids else None
 
+    role = f"perhap_run_{uuid.uuid4().hex[:8]}"
+    if runtime_role:
+        async with open_store(pg_url):  # the schema, made by its owner
+            pass
+        admin = await asyncpg.connect(pg_url, timeout=10)
+        try:
+            for statement in (f"CREATE ROLE {role} LOGIN",
+                              f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                              f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+                              f"REVOKE INSERT, UPDATE, DELETE ON perhap_meta FROM {role}"):
+                await admin.execute(statement)
+        finally:
+            await admin.close()
+        pg_url = re.sub(r"postgresql://[^@]+@", f"postgresql://{role}@", pg_url)
     proxy, url = await _through_proxy(pg_url)
     try:
         async with open_store(url) as store:

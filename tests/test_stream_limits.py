@@ -100,11 +100,15 @@ class _Eager(Exchange):
         return [m.get("body", b"") for m, _ in self.sent[1:]]  # type: ignore[misc]
 
 
-async def test_a_stream_catching_up_a_large_scope_lets_the_loop_run_between_bodies(store: Store, realm: str) -> None:
+@pytest.mark.parametrize("buffer", [1024 * 1024, 8192])
+async def test_a_stream_catching_up_a_large_scope_lets_the_loop_run_between_bodies(store: Store, realm: str,
+                                                                                   buffer: int) -> None:
     """A stream from the start of a large scope sends body after body; with a send that returns at
     once and SQLite's inline reads it held the loop until it reached the head: no other task ran
-    (no request served, a client that left not noticed) for as long as the catch-up took."""
-    app = PerhapApp(store, heartbeat=5)
+    (no request served, a client that left not noticed) for as long as the catch-up took. Also
+    with a --stream-buffer whose bodies are all smaller than the size that yields by default."""
+    app = PerhapApp(store, heartbeat=5, stream_buffer=buffer)
+    threshold = min(YIELD_AFTER, buffer // 2)
     sent = []
     for first in range(0, 6000, 1000):
         batch = [{"type": "t", "event": i} for i in range(1000)]
@@ -125,7 +129,7 @@ async def test_a_stream_catching_up_a_large_scope_lets_the_loop_run_between_bodi
     assert [i for b in stream.bodies() for i in ids_in(b)] == sent
     turns = [t for _, t in stream.sent[1:]]  # type: ignore[misc]
     bodies = stream.bodies()
-    large = [i for i, body in enumerate(bodies[:-1]) if len(body) >= YIELD_AFTER]
+    large = [i for i, body in enumerate(bodies[:-1]) if len(body) >= threshold]
     assert len(large) >= 10, [len(b) for b in bodies]
     assert all(turns[i] < turns[i + 1] for i in large), turns  # another task ran after each large body
 

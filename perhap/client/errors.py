@@ -228,7 +228,7 @@ def _reason(exc: BaseException) -> str:
 def shown_url(url: httpx.URL) -> str:
     """A request's URL for a message or an exception: a password in it (``http://user:pw@host``,
     which httpx sends as basic auth) replaced by ``***``, as ``--url`` is shown elsewhere, and a
-    user name alone (``http://TOKEN@host``, maybe a secret itself) too."""
+    user name alone too (``http://TOKEN@host``: a server's URL has no database role to show)."""
     if not url.userinfo:
         return str(url)
     user, colon, _ = url.userinfo.partition(b":")

@@ -25,7 +25,7 @@ from .streaming import StreamRegistry
 from .types import Receive, Scope, Send
 
 _INT = re.compile(r"-?[0-9]{1,12}")
-_CHALLENGE = [(b"www-authenticate", b"Bearer")]
+CHALLENGE = [(b"www-authenticate", b"Bearer")]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -230,7 +230,7 @@ def authenticate(auth: Authenticator, scope: Scope) -> Grant:
             detail = "the Authorization header must be one 'Bearer TOKEN' (another scheme, or several, is no token)"
         else:
             detail = "the bearer token is not valid (unknown or revoked)"
-        raise HTTPProblem(401, detail, "unauthorized", headers=_CHALLENGE)
+        raise HTTPProblem(401, detail, "unauthorized", headers=CHALLENGE)
     return grant
 
 

@@ -316,7 +316,7 @@ async def _pump(streams: StreamRegistry, sub: Subscription, grant: Grant | None,
         if grant is not None and auth is not None and not auth.still_valid(grant, read_at):
             return
         await writing.send(body)
-        if len(body) >= YIELD_AFTER:
+        if len(body) >= min(YIELD_AFTER, streams.buffer // 2):  # (a small --stream-buffer: smaller bodies)
             # uvicorn's send returns at once while the socket takes the bytes (and once the client
             # is gone), and SQLite reads a batch inline: a stream catching up a large scope held
             # the loop until it reached the head, serving nothing else and not noticing a client

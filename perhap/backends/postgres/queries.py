@@ -189,14 +189,18 @@ async def after_lost_call(conn: asyncpg.Connection[asyncpg.Record], lock_keys: l
                           durable: str) -> dict[str, Event]:
     """The stored events among a lost call's ids, read once the call is over: the realms' locks,
     which it holds to its end, are taken first (a call that reached the server is over once they
-    are free; one that times out is not looked up, as it may not have). The transaction writes (a
-    row of perhap's own, unchanged) and commits durably (``durable``: :data:`.writer.DURABLE`), so
-    that with a synchronous standby its commit, after the call's, waits for the standby: the
-    call's, committed on the primary alone when its session was ended while it waited, is then on
-    the standby too. (A transaction that writes no WAL does not wait, an id of its own or not.)"""
+    are free; one that times out is not looked up, as it may not have). Found, the transaction
+    writes (one of their entities' rows, unchanged: a table the writer updates anyway) and
+    commits durably (``durable``: :data:`.writer.DURABLE`), so that with a synchronous standby its
+    commit, after the call's, waits for the standby: the call's, committed on the primary alone
+    when its session was ended while it waited, is then on the standby too. (A transaction that
+    writes no WAL does not wait, an id of its own or not.)"""
     async with conn.transaction():
         await conn.fetch(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM unnest($1::int[]) k ORDER BY k",
                          lock_keys)
         stored = await events_by_ids(conn, event_ids)
-        await conn.execute(durable + "UPDATE perhap_meta SET value = value WHERE key = 'schema_version';")
+        if stored:
+            await conn.execute(durable)
+            await conn.execute("UPDATE perhap_entities SET version = version WHERE id = "
+                               "(SELECT entity_id FROM perhap_events WHERE event_id = $1::uuid)", next(iter(stored)))
     return stored
