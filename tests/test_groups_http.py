@@ -131,6 +131,16 @@ async def test_a_realms_list_leaves_out_a_group_deleted_while_it_is_made(store: 
         assert [g["name"] for g in (await http.get("/_groups/shop")).json()["groups"]] == ["a", "z"]
 
 
+def h(token: str) -> dict[str, str]:
+    """The header of a bearer token."""
+    return {"authorization": f"Bearer {token}"}
+
+
+def _long_poll(http: httpx.AsyncClient, base: str, token: str) -> asyncio.Future[httpx.Response]:
+    """Consumer p's lease of group ``base``, waiting up to 20 s for an event."""
+    return asyncio.ensure_future(http.get(f"{base}/events", params={"consumer": "p", "wait": 20}, headers=h(token)))
+
+
 @pytest.fixture
 def tokens(tmp_path: Path) -> str:
     return str(tmp_path / "tokens.json")
@@ -142,9 +152,6 @@ async def test_tokens_read_consumes_write_manages(store: Store, tokens: str) -> 
     other, _ = add_token(tokens, "elsewhere", "admin")
     app = PerhapApp(store, auth=Authenticator(tokens, recheck=0))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        def h(token: str) -> dict[str, str]:
-            return {"authorization": f"Bearer {token}"}
-
         base = "/_groups/shop/g"
         problem(await http.get(base), 401)
         problem(await http.put(base, json={}, headers=h(read)), 403)
@@ -182,13 +189,9 @@ async def test_a_long_poll_whose_token_changed_gives_back_what_it_found(store: S
     write, _ = add_token(tokens, "shop", "write")
     app = PerhapApp(store, auth=Authenticator(tokens))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        def h(token: str) -> dict[str, str]:
-            return {"authorization": f"Bearer {token}"}
-
         base = "/_groups/shop/g"
         assert (await http.put(base, json={}, headers=h(write))).status_code == 201
-        poll = asyncio.ensure_future(http.get(f"{base}/events", params={"consumer": "p", "wait": 20},
-                                              headers=h(polled)))
+        poll = _long_poll(http, base, polled)
         await wait_until(lambda: len(store._waiters) == 1, "the poll to wait for an event")
         document = orjson.loads(Path(tokens).read_bytes())
         for entry in document["tokens"]:
@@ -216,13 +219,9 @@ async def test_a_revoked_token_gets_no_more_leases(store: Store, tokens: str, re
     write, _ = add_token(tokens, "shop", "write")
     app = PerhapApp(store, auth=Authenticator(tokens, recheck=recheck), heartbeat=0.3)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        def h(token: str) -> dict[str, str]:
-            return {"authorization": f"Bearer {token}"}
-
         base = "/_groups/shop/g"
         assert (await http.put(base, json={}, headers=h(write))).status_code == 201
-        poll = asyncio.ensure_future(http.get(f"{base}/events", params={"consumer": "p", "wait": 20},
-                                              headers=h(doomed)))
+        poll = _long_poll(http, base, doomed)
         stream = Exchange(app, "GET", f"{base}/events?consumer=s", stream_headers(authorization=f"Bearer {streamed}"))
         await asyncio.wait_for(stream.started.wait(), 10)
         # Both looked (their token still good) and wait for an event: a commit's waiter each.
