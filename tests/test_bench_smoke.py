@@ -23,7 +23,7 @@ import pytest
 
 from bench import backends, dataset, loadgen
 from bench.__main__ import steal_line
-from bench.common import TINY, Row, StealMeter, cpu_times, markdown_table, rounds, stolen_percent, table
+from bench.common import EXTRA_ROUNDS, TINY, Row, StealMeter, cpu_times, markdown_table, rounds, stolen_percent, table
 from bench.servers import raw_server
 from bench.suite import Options, Suite
 from tests.conftest import get_provider
@@ -61,7 +61,9 @@ def test_every_row_is_measured_on_tiny_sizes(tmp_path: Path) -> None:
               suite.meta["http"]["raw"]["post"], *suite.meta["http"]["perhap"]["sqlite"].values()]
     assert all(0 <= r["steal_percent"] <= 100 for r in rounds if isinstance(r, dict)), rounds
     growth_runs = suite.meta["growth"]["runs"]
-    assert len(growth_runs["steal_percent_empty"]) == len(growth_runs["append_empty"]) == 1
+    # One round, or up to EXTRA_ROUNDS more where other guests stole from it (bench.common.rounds).
+    assert len(growth_runs["steal_percent_empty"]) == len(growth_runs["append_empty"])
+    assert 1 <= len(growth_runs["append_empty"]) <= 1 + EXTRA_ROUNDS, growth_runs
     assert all(0 <= x <= 100 for x in growth_runs["steal_percent_empty"] + growth_runs["steal_percent_big"])
 
 
@@ -145,7 +147,11 @@ def test_the_cassandra_rows_are_judged_against_the_raw_driver_on_the_same_node(
     live = suite.meta["cassandra_live"]
     assert live["delivered"] == live["events"] and live["missing"] == 0 and live["in_order"], live
     assert by_key["8c"].value == live["p99_ms"] and by_key["8c"].baseline == live["settle_ms"]
-    raw = suite.meta["cassandra_raw_runs"][0]
+    # The rows divide by the best of the raw rounds (more than one when steal had a round run again).
+    raw_runs = suite.meta["cassandra_raw_runs"]
+    assert 1 <= len(raw_runs) <= 1 + EXTRA_ROUNDS, raw_runs
+    raw = suite.raw_cassandra
+    assert all(raw[k] == max(r[k] for r in raw_runs if k in r) for k in raw), (raw, raw_runs)
     assert all(raw[k] > 0 for k in ("plain", "hot", "conditional", "batch", "read")), raw
     for key, baseline in (("3c", raw["conditional"]), ("4c", raw["batch"]), ("5c", raw["read"])):
         r = by_key[key]
