@@ -149,6 +149,14 @@ async def test_declared_parameters_are_taken_on_every_read(client: httpx.AsyncCl
         assert len((await client.get(url)).json()["events"]) == 2, url
 
 
+async def test_no_other_site_may_frame_the_ui(client: httpx.AsyncClient) -> None:
+    for path in ("/_ui", "/_ui/app.js", "/_ui/shop/orders"):
+        r = await client.get(path)
+        assert r.status_code == 200, path
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'", path
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", path
+
+
 async def test_routes_that_do_not_read_the_query_still_answer_as_before(client: httpx.AsyncClient) -> None:
     assert (await client.get("/_ui/?v=2")).status_code == 200  # static files: any query
     problem(await client.get("/shop/a/b/c/d?x=1&x=2"), 404)  # no route: the 404 wins

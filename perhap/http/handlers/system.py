@@ -55,8 +55,13 @@ async def ui(ctx: Context, req: Request, send: Send) -> None:
     if found is None:
         raise NotFound("no such file")
     body, kind = found
-    await send_body(send, 200, body, [(b"content-type", kind.encode()), (b"cache-control", b"no-cache"),
-                                      (b"x-content-type-options", b"nosniff")])
+    await send_body(send, 200, body, [(b"content-type", kind.encode()), *_UI_HEADERS])
+
+
+#: The UI acts with the token it holds, so no other site may frame it (clickjacking): CSP's
+#: frame-ancestors cannot be set by the page's own <meta>, and X-Frame-Options is for old browsers.
+_UI_HEADERS = ((b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff"),
+               (b"content-security-policy", b"frame-ancestors 'none'"), (b"x-frame-options", b"DENY"))
 
 
 async def no_route(ctx: Context, req: Request, send: Send) -> None:
