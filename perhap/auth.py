@@ -209,6 +209,10 @@ def revoke_token(path: str, which: str) -> Grant:
 
 _Stamp = tuple[int, int, int]  # inode, size, mtime: the file changed when this does
 _UNREAD: _Stamp = (-1, -1, -1)  # no file has it: the file is looked at again
+#: A file modified this recently (seconds) may be edited again within the same tick of the file
+#: system's clock (coarse: a few ms on Linux, 2 s on FAT) and keep its size: the stamp cannot tell,
+#: so such a file is read again at every look until its mtime is older than this.
+_RACY = 2.0
 
 
 class Authenticator:
@@ -250,7 +254,7 @@ class Authenticator:
                 log.error("%s; every request with a token is refused until it is fixed", reason)
             return
         self._by_hash = {g.hash: g for g in grants}
-        self._stamp = stamp
+        self._stamp = stamp if stamp is None or time.time() - stamp[2] / 1e9 >= _RACY else _UNREAD
         self._failed = None
         log.info("loaded %d token(s) from %s", len(grants), self.path)
 

@@ -393,6 +393,24 @@ def test_a_stream_sees_a_revocation_made_before_what_it_sends_however_soon(tmp_p
     assert not authenticator.still_valid(grant, since=100.0015) and looks == [100.002]  # a later read
 
 
+def test_an_edit_that_keeps_the_size_and_the_mtime_tick_is_seen(tmp_path: Path) -> None:
+    """A token file edited in place twice within one tick of the file system's clock keeps its
+    inode, size and mtime: the stamp alone cannot see the second edit (it kept a revoked token)."""
+    path = str(tmp_path / "tokens.json")
+    _, grant = add_token(path, "shop", "read")
+    authenticator = Authenticator(path, recheck=0)
+    assert authenticator.still_valid(grant, since=time.monotonic())
+    before = os.stat(path)
+    text = Path(path).read_text()
+    edited = text.replace(grant.hash, "0" * len(grant.hash))  # the token is another one now
+    assert edited != text and len(edited) == len(text)
+    with open(path, "r+") as f:  # in place: same inode and size
+        f.write(edited)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same clock tick
+    assert os.stat(path).st_ino == before.st_ino and os.stat(path).st_size == before.st_size
+    assert not authenticator.still_valid(grant, since=time.monotonic())
+
+
 def bad_token_files(good: dict[str, str]) -> dict[str, bytes]:
     """Files that are not token files, each but the first few built from a good entry."""
     def one(entry: object) -> bytes:
