@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -627,6 +628,39 @@ async def test_a_closed_client_says_so_even_to_an_open_stream(server: ProcessSer
         next(iter(blocking.subscribe(f"{realm}/d/e")))
 
 
+def test_closing_a_client_ends_the_subscription_another_thread_reads(tmp_path: Path, realm: str) -> None:
+    """A program shutting down closes its client from another thread: the thread reading a
+    subscription must stop at once with the closed client's error (it went on waiting on its
+    connection until the server's next heartbeat, a minute here, 15 s by default)."""
+    with ProcessServer(f"sqlite:///{tmp_path}/s.db", None, "--heartbeat", "60", cwd=tmp_path) as server:
+        _close_while_reading(server, realm)
+
+
+def _close_while_reading(server: ProcessServer, realm: str) -> None:
+    c = Client(server.url)
+    c.append(realm, "d", "e", "t", 0)
+    got: list[Any] = []
+    raised: list[BaseException] = []
+    first = threading.Event()
+
+    def read() -> None:
+        try:
+            for e in c.subscribe(f"{realm}/d/e"):
+                got.append(e.event)
+                first.set()
+        except BaseException as exc:  # what the reader got is the subject of the test
+            raised.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert first.wait(10)
+    c.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert got == [0] and len(raised) == 1 and isinstance(raised[0], PerhapClientError), raised
+    assert "this client is closed" in str(raised[0])
+
+
 async def test_async_subscribe_against_a_server(server: ProcessServer, realm: str) -> None:
     async with AsyncClient(server.url) as c:
         await c.append(realm, "d", "e", "t", 0)
@@ -687,7 +721,6 @@ async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
 def test_the_examples_in_docs_client_md_run(server: ProcessServer, tmp_path: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import re
-    from pathlib import Path
 
     text = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)

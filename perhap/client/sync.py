@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ class Client(GroupCore[httpx.Client]):
                             "use AsyncClient with it, or httpx.WSGITransport)")
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers, limits=POOL)
+        self._streams: weakref.WeakSet[LiveStream] = weakref.WeakSet()  # open subscriptions, for close()
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         if self._http.is_closed:
@@ -179,8 +181,10 @@ class Client(GroupCore[httpx.Client]):
                      on_retry: RetryHook | None, *, after_position: int | None = None,
                      types: Sequence[str] | None = None) -> LiveStream:
         """:meth:`subscribe`'s stream as an object another thread can stop (perhap.eventsourcing)."""
-        return LiveStream(self._http, self._stream(scope, following, max_retries, on_retry,
-                                                   after_position=after_position, types=types))
+        stream = LiveStream(self._http, self._stream(scope, following, max_retries, on_retry,
+                                                     after_position=after_position, types=types))
+        self._streams.add(stream)
+        return stream
 
     # ----------------------------------------------------------------- consumer groups
 
@@ -261,7 +265,10 @@ class Client(GroupCore[httpx.Client]):
         return Worker(self, realm, group, handler, consumer=consumer, max=max, wait=wait, stop=stop).run()
 
     def close(self) -> None:
-        """Close the connections."""
+        """Close the connections. A subscription another thread reads ends at once, raising
+        :class:`~perhap.client.errors.PerhapClientError` there (the client is closed)."""
+        for stream in list(self._streams):  # (a blocked read would otherwise wait for the next heartbeat)
+            stream.stop(closing=True)
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -278,12 +285,13 @@ class LiveStream:
     def __init__(self, http: httpx.Client, state: StreamState) -> None:
         self.http, self.state = http, state
         self.stopped = threading.Event()
+        self.closing = False  # stopped by the client's close(): the reader gets the closed client's error
         self.response: httpx.Response | None = None
 
     def batches(self) -> Generator[list[Event], None, None]:
         """The events of each chunk of the stream that completes some, until stopped."""
         state = self.state
-        while not self.stopped.is_set():
+        while not self._ended():
             if self.http.is_closed:  # closed while the stream was open: this reconnection is refused
                 raise closed_client()
             try:
@@ -294,7 +302,7 @@ class LiveStream:
             self.response = response
             error: Exception | None
             try:
-                if self.stopped.is_set():
+                if self._ended():
                     return
                 if response.status_code != 200:
                     response.read()
@@ -309,12 +317,19 @@ class LiveStream:
                 error = exc
             finally:
                 response.close()
-            if self.stopped.is_set():
+            if self._ended():
                 return
             self.stopped.wait(state.retry_delay(error))
 
-    def stop(self) -> None:
-        """End the stream: a thread blocked reading it wakes as its socket is shut down."""
+    def _ended(self) -> bool:
+        if self.closing:
+            raise closed_client()
+        return self.stopped.is_set()
+
+    def stop(self, *, closing: bool = False) -> None:
+        """End the stream: a thread blocked reading it wakes as its socket is shut down.
+        ``closing``: the client is being closed, and the reader is told so."""
+        self.closing = self.closing or closing
         self.stopped.set()
         response = self.response
         stream = response.extensions.get("network_stream") if response is not None else None
