@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 #: What a realm token looks like in any text: its prefix and (at least most of) its 43 base64url
@@ -117,6 +118,14 @@ def sent_text(value: object, limit: int) -> str:
     ``limit`` characters. (In that order: a cut through a token would leave a part of it that the
     mask no longer recognises, up to 31 of its secret characters.)"""
     return hide_tokens_in(str(value))[:limit]
+
+
+def shown_keys(keys: Iterable[str]) -> str:
+    """A body's keys for a message: sorted, and short whatever the client sent (ten at most, each
+    cut to 40 characters)."""
+    shown = sorted(keys)
+    text = ", ".join(sent_text(k, 40) + ("..." if len(k) > 40 else "") for k in shown[:10])
+    return text + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
 def hide_tokens_in(text: str) -> str:

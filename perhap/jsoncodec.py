@@ -56,8 +56,14 @@ def load_json(raw: bytes) -> Any:
         try:
             # Decoded here as orjson decodes: json.loads(bytes) would take a UTF-8 BOM (and UTF-16
             # or UTF-32), so whether a body was refused would hang on a number inside it.
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
-                              parse_int=_exact_int)
+            value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+                               parse_int=_exact_int)
+            if b"\\u" in raw:  # as orjson: a \u escape of half a UTF-16 pair alone is no text
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            raise orjson.JSONDecodeError("a \\u escape gives half of a UTF-16 surrogate pair alone, which is not "
+                                         "text", "", 0) from None
         except (ValueError, RecursionError) as exc:
             raise orjson.JSONDecodeError(str(exc), "", 0) from None
     return orjson.loads(raw)

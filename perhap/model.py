@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .errors import EventIdConflict, InvalidInput
+from .errors import EventIdConflict, InvalidInput, shown_keys
 from .ids import check_event_id, check_timestamp, uuid7, uuid7_many
 from .jsoncodec import EMPTY_OBJECT, canonical_json, dump_json, load_json
 from .slotted import fast_constructor
@@ -328,7 +328,7 @@ def prepare_batch(events: object) -> list[NewEvent]:
             raise InvalidInput(f"events[{i}] must be an object")
         if not (item.keys() if type(item) is dict else set(item)) <= _EVENT_KEYS:
             unknown = set(item) - _EVENT_KEYS
-            raise InvalidInput(f"events[{i}] has unknown keys: {', '.join(sorted(unknown))}")
+            raise InvalidInput(f"events[{i}] has unknown keys: {shown_keys(unknown)}")
         if "event" not in item:
             raise InvalidInput(f"events[{i}] needs an 'event'")
         if "type" not in item:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import orjson
 
 from ..errors import NotFound, hide_tokens
-from ..jsoncodec import dump_json
 from .types import Headers, Send
 
 JSON = [(b"content-type", b"application/json")]
@@ -47,8 +47,10 @@ def problem_body(status: int, slug: str, title: str, detail: str, extra: dict[st
     # what was wrong without the token in the answer (which proxies and clients may log).
     try:
         raw = orjson.dumps(body, option=_NEWLINE)
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits, given by the request (expected_version)
-        raw = dump_json(body, "problem") + b"\n"
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits (an expected_version) or half a surrogate pair (a key) that the
+        # request gave: escaped, the answer is still JSON (dump_json refuses what it cannot store).
+        raw = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
     return hide_tokens(raw)
 
 

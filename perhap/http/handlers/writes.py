@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ...errors import InvalidInput, sent_text
+from ...errors import InvalidInput, sent_text, shown_keys
 from ...limits import BatchTooLarge
 from ...model import check_expected_version, new_event
 from ..requests import Context, Request, authorize, read_json_object
@@ -29,13 +29,6 @@ _MANY = ('{"events": [{"entity": "<entity>", "type": "<type>", "event": <your ev
 def event_path(realm: str, domain: str, event_id: str) -> str:
     """Where an event can be read on its own (the Location of a 201)."""
     return f"/{encode_segment(realm)}/{encode_segment(domain)}/{event_id}"
-
-
-def _keys(keys: Iterable[str]) -> str:
-    """Body keys for a message: sorted, and short whatever the client sent."""
-    shown = sorted(keys)
-    text = ", ".join(sent_text(k, 40) + ("..." if len(k) > 40 else "") for k in shown[:10])
-    return text + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
 #: What each optional key must be when present: over HTTP a JSON null is not "absent" (it is not a
@@ -71,10 +64,10 @@ async def append(ctx: Context, req: Request, send: Send) -> None:
             raise InvalidInput(f"this route appends one event: {_ONE}; a batch {{\"events\": [...]}} "
                                "goes to the entity, POST /REALM/DOMAIN/ENTITY")
         raise InvalidInput(f"the event must be wrapped in {{\"event\": ...}}: send {_ONE}"
-                           + (f"; this body has the keys {_keys(body.keys())}" if body else ""))
+                           + (f"; this body has the keys {shown_keys(body.keys())}" if body else ""))
     unknown = body.keys() - _APPEND_KEYS
     if unknown:
-        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_ONE}")
+        raise InvalidInput(f"unknown keys in the body: {shown_keys(unknown)}; send {_ONE}")
     if len(body) > 1:
         _refuse_nulls(body, ("event_id", "meta", "expected_version"))
     meta = body.get("meta")
@@ -102,10 +95,10 @@ async def append_batch(ctx: Context, req: Request, send: Send) -> None:
     if "events" not in body:
         raise InvalidInput(f"this is the batch route, POST /REALM/DOMAIN/ENTITY: send {_BATCH}; "
                            "one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}"
-                           + (f"; this body has the keys {_keys(body.keys())}" if body else ""))
+                           + (f"; this body has the keys {shown_keys(body.keys())}" if body else ""))
     unknown = body.keys() - _BATCH_KEYS
     if unknown:
-        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_BATCH}")
+        raise InvalidInput(f"unknown keys in the body: {shown_keys(unknown)}; send {_BATCH}")
     events = body.get("events")
     if not isinstance(events, list):
         raise InvalidInput("the body needs an 'events' list: {\"events\": [{\"type\": ..., \"event\": ...}]}")
@@ -125,13 +118,13 @@ async def append_many(ctx: Context, req: Request, send: Send) -> None:
     body = await read_json_object(req, ctx.max_body, ctx.max_depth, shape=_MANY, wrapped=BATCH_LEVELS)
     if "events" not in body:
         hint = ("; one event goes to /REALM/DOMAIN/ENTITY/TYPE as {\"event\": <your event>}" if "event" in body
-                else f"; this body has the keys {_keys(body.keys())}" if body else "")
+                else f"; this body has the keys {shown_keys(body.keys())}" if body else "")
         raise InvalidInput(f"this is the multi-entity route, POST /REALM/DOMAIN: send {_MANY}{hint}")
     unknown = body.keys() - _MANY_KEYS
     if unknown:
         hint = ("; expected_versions (plural) maps each entity to its version here"
                 if "expected_version" in unknown else "")
-        raise InvalidInput(f"unknown keys in the body: {_keys(unknown)}; send {_MANY}{hint}")
+        raise InvalidInput(f"unknown keys in the body: {shown_keys(unknown)}; send {_MANY}{hint}")
     events = body["events"]
     if not isinstance(events, list):
         raise InvalidInput(f"'events' must be a list: send {_MANY}")
