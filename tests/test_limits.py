@@ -102,6 +102,11 @@ async def test_a_body_that_is_not_json_says_why(store: Store, realm: str) -> Non
             r = await c.post(route, content=body, headers=headers)
             assert "Content-Encoding" in problem(r, 415, "unsupported-media-type")["detail"]
             assert r.headers["accept-encoding"] == "identity"
+        # Two header lines are one list (RFC 9110 5.3): the second one's coding was not looked at.
+        for lines in ([("content-encoding", "identity"), ("content-encoding", "gzip")],
+                      [("content-encoding", "identity, gzip")]):
+            r = await c.post(f"/{realm}/d/e/t", content=b'{"event": 1}', headers=lines)
+            assert "gzip" in problem(r, 415, "unsupported-media-type")["detail"], lines
         r = await c.post(f"/{realm}/d/e/t", content=b'{"event": 1}', headers={"content-encoding": "identity"})
         assert r.status_code == 201, r.text
         assert problem(await c.post(f"/{realm}/d/e/t", content=b"{nope"), 400)["detail"].startswith(

@@ -273,8 +273,8 @@ async def read_json_object(request: Request, max_body: int, max_depth: int,
         if optional:
             return {}
         raise InvalidInput("the body is empty; send a JSON object")
-    coding = header(request.scope, b"content-encoding")
-    if coding is not None and coding.strip().lower() not in ("", "identity"):
+    coding = header_list(request.scope, b"content-encoding")  # (two lines are one list, RFC 9110 5.3)
+    if coding is not None and any(c.strip().lower() not in ("", "identity") for c in coding.split(",")):
         # Refused even when the bytes happen to parse: the body says it is encoded, and perhap
         # decodes no content-coding.
         raise HTTPProblem(415, f"the body has Content-Encoding {coding!r}: perhap takes bodies as they are "
