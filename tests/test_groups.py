@@ -505,6 +505,29 @@ def test_a_release_and_a_replay_are_kept_in_the_stored_form_and_old_states_read_
     assert (back.delivered, back.redeliveries) == (2, 1)
 
 
+#: A group's state as the first release of consumer groups stored it (commit 042ea79): no floor,
+#: pending rows of four fields, no deferred entries.
+FIRST_RELEASE_STATE = (
+    b'{"settings":{"domain":"orders","types":null,"start":"beginning","ack_timeout":600,"max_deliveries":5,'
+    b'"max_in_flight":1000},"created":1796690242.110697,"scanned":11,'
+    b'"leases":[[11,"01a2530d-13a2-73de-be1d-3a76e20192c3","orders","o3","c1",1796690842.1220272,1]],'
+    b'"pending":[[7,"01a2530d-139b-7324-838d-45fa2f2a2cf3","orders","o5",1],'
+    b'[9,"01a2530d-139e-7157-b3b3-7dd054b27bee","orders","o4",0]],'
+    b'"parked":[[5,"01a2530d-1398-729f-9042-7c5d5c6aa3cc","orders","o6",1,1796690242.132128,"nack"]],'
+    b'"consumers":{"c1":1796690242.1220272},"delivered":6,"redeliveries":0,"acknowledged":2}')
+
+
+def test_a_state_stored_by_the_first_release_of_groups_reads_and_works_on() -> None:
+    """A store upgraded in place keeps its groups: the first release's documents lack keys added
+    since (every operation on such a group, and the realm's list, was a 500 after an upgrade)."""
+    s = group_state.GroupState.from_bytes(FIRST_RELEASE_STATE)
+    assert (s.scanned, sorted(s.pending), sorted(s.leases), sorted(s.parked)) == (11, [7, 9], [11], [5])
+    assert (s.delivered, s.acknowledged, s.deferred) == (6, 2, {})
+    leased = s.lease([7, 9], "c2", 1796690300.0)
+    assert [(lease.entity, lease.delivery) for lease in leased] == [("o5", 2), ("o4", 1)]
+    assert group_state.GroupState.from_bytes(s.to_bytes()).leases == s.leases
+
+
 async def test_nack_retry_delivers_again_first(client: httpx.AsyncClient, realm: str) -> None:
     assert (await put(client, realm)).status_code == 201
     await append(client, realm, "o1", 1)

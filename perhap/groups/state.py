@@ -316,7 +316,9 @@ class GroupState:
     def from_bytes(cls, data: bytes) -> GroupState:
         d: dict[str, Any] = orjson.loads(data)
         state = cls(
-            GroupSettings.from_json(d["settings"]), d["created"], d["scanned"], d["floor"],
+            # (the first release of groups stored no floor: what the release before reads of it
+            # only lowers a checkpoint it shows, so the scope's beginning is safe)
+            GroupSettings.from_json(d["settings"]), d["created"], d["scanned"], d.get("floor", 0),
             {r[0]: Lease(*r[1:]) for r in d["leases"]},
             {r[0]: Waiting(*r[1:]) for r in d["pending"]},
             {r[0]: Parked(*r[1:]) for r in d["parked"]},
