@@ -261,6 +261,36 @@ async def test_newer_schema_is_refused(pg_url: str) -> None:
         await open_store(pg_url)
 
 
+async def test_a_role_that_may_not_change_the_schema_is_told_what_to_do(pg_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime role granted rows only (as docs/backends/postgresql.md suggests) meets a store that
+    needs an upgrade, or none yet: the error says so and what to do ("must be owner of function
+    perhap_write_known" or "permission denied for schema public" said neither), and changes nothing."""
+    role = f"perhap_rows_{uuid.uuid4().hex[:8]}"
+    await sql(pg_url, f"CREATE ROLE {role} LOGIN")
+    as_role = re.sub(r"postgresql://[^@]+@", f"postgresql://{role}@", pg_url)
+    await sql(pg_url, f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+    with pytest.raises(StorageUnavailable, match="this role may not create perhap's tables in this database"):
+        await open_store(as_role)
+    async with open_store(pg_url) as store:
+        await store.append("r", "d", "e", "t", 1)
+    for grant in (f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                  f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"):
+        await sql(pg_url, grant)
+    async with open_store(as_role) as store:  # at the schema this perhap has: the role is enough
+        await store.append("r", "d", "e", "t", 2, expected_version=0)
+    now = pgschema.SCHEMA_VERSION
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setitem(pgschema.MIGRATIONS, now + 1, "CREATE INDEX perhap_events_ts ON perhap_events (ts);")
+    with pytest.raises(StorageUnavailable, match=f"the database has perhap schema {now} and this perhap needs "
+                                                 f"{now + 1}.*run this perhap once as the role that owns"):
+        await open_store(as_role)
+    assert [r["value"] for r in await sql(pg_url, "SELECT value FROM perhap_meta")] == [str(now)]
+    await sql(pg_url, "UPDATE perhap_meta SET value = '3.1' WHERE key = 'schema_version'")
+    with pytest.raises(StorageUnavailable, match="not a whole number"):
+        await open_store(pg_url)
+
+
 async def test_older_schema_is_migrated_in_place(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with open_store(pg_url) as store:
         first = await store.append("r", "d", "e", "t", 1)

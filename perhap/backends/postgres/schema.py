@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
+
 from ...errors import StorageUnavailable
 from .connection import AnyConnection
 from .known import FUNCTION, STEP_4_ARGUMENTS, STEP_6_ARGUMENTS
@@ -138,10 +140,13 @@ async def migrate(conn: AnyConnection) -> None:
                 raise StorageUnavailable(
                     f"the database has perhap schema {version}, newer than this perhap's "
                     f"{SCHEMA_VERSION}; upgrade perhap")
-            if version == 0:
-                await conn.execute("CREATE TABLE perhap_meta (key text PRIMARY KEY, value text NOT NULL)")
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                await conn.execute(MIGRATIONS[step], timeout=MIGRATION_TIMEOUT)
+            try:
+                if version == 0:
+                    await conn.execute("CREATE TABLE perhap_meta (key text PRIMARY KEY, value text NOT NULL)")
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    await conn.execute(MIGRATIONS[step], timeout=MIGRATION_TIMEOUT)
+            except asyncpg.InsufficientPrivilegeError as exc:  # (the transaction undoes every step)
+                raise StorageUnavailable(_no_privilege(version, exc)) from None
             await conn.execute(
                 "INSERT INTO perhap_meta VALUES ('schema_version', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", str(SCHEMA_VERSION))
@@ -151,9 +156,23 @@ async def migrate(conn: AnyConnection) -> None:
         log.info("upgraded the perhap schema from version %d to %d", version, SCHEMA_VERSION)
 
 
+def _no_privilege(version: int, exc: Exception) -> str:
+    """Why a role that may not change the schema cannot open a store that needs it changed."""
+    if version == 0:
+        return (f"this role may not create perhap's tables in this database ({exc}); run perhap once as a role "
+                "that may (docs/backends/postgresql.md), then this one can use them")
+    return (f"the database has perhap schema {version} and this perhap needs {SCHEMA_VERSION}: the upgrade "
+            f"changes tables and functions, which this role may not do ({exc}); run this perhap once as "
+            "the role that owns perhap's tables, and the upgrade is done for every role (nothing changed)")
+
+
 async def schema_version(conn: AnyConnection) -> int:
     """The schema version the database records; 0 for a database perhap has not used yet."""
     if await conn.fetchval("SELECT to_regclass('perhap_meta')") is None:
         return 0
     value = await conn.fetchval("SELECT value FROM perhap_meta WHERE key = 'schema_version'")
-    return int(value or 0)
+    try:
+        return int(value or 0)
+    except ValueError:
+        raise StorageUnavailable(f"perhap_meta's schema_version is {value!r}, not a whole number: the table "
+                                 "was changed by something other than perhap") from None
