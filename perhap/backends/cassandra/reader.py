@@ -22,7 +22,7 @@ from ...slotted import fast_constructor
 from ...store.query import ReadQuery, event_bytes
 from . import clock
 from .driver import Row, gather, quiet
-from .records import SLOT_BITS, EntityKey, IndexRow
+from .records import SLOT_BITS, EntityKey, IndexRow, cell
 from .scan import MIN_FILTERED_CHUNK, ChunkSizing, IndexScan
 from .schema import Keyspace
 from .settle import Settler
@@ -81,7 +81,8 @@ class Reader:
                 continue
             v, _, t, ts, st, d, m, position = rows[0]
             shard = ks.ns.shard(u)
-            ks.db.spawn(quiet(ks.db.run(ks.q.by_id_add, (shard, u, *key, t, v, ts, st, d, m, None, True, position))))
+            ks.db.spawn(quiet(ks.db.run(ks.q.by_id_add, (shard, u, *key, t, v, ts, cell(st), d, m, None, True,
+                                                         position))))
             return Event(str(u), key[0], key[1], key[2], t, v, clock.stamp(ts, st), d, m, position, position)
         return None
 

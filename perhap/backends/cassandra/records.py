@@ -6,7 +6,9 @@ import dataclasses
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from cassandra.query import UNSET_VALUE
 
 from ...model import Event, NewEvent
 
@@ -15,6 +17,14 @@ SLOT_BITS = 10  # a position is ts * 2**SLOT_BITS + the writer slot (positions.p
 
 #: An entity as stored: (realm with its namespace, domain, entity), one entity_log partition.
 EntityKey = tuple[str, str, str]
+
+
+def cell(value: Any) -> Any:
+    """A value to bind to an optional column (an event's imported ``stamp``): unset when absent.
+    A bound null is written as a tombstone cell, and a read that filters rows (by type, by
+    position) counts every tombstone it passes: at 100,000 (Cassandra's default
+    tombstone_failure_threshold) it fails, so such reads of a large entity or a busy bucket failed."""
+    return UNSET_VALUE if value is None else value
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from .driver import gather, quiet
 from .names import Names
 from .positions import Positions, position
 from .reader import Reader
-from .records import ATTEMPT, CLIENT_ID, Attempt, EntityKey, Head, Placed, attempt_id
+from .records import ATTEMPT, CLIENT_ID, Attempt, EntityKey, Head, Placed, attempt_id, cell
 from .schema import ERA, Keyspace
 from .settle import Settler
 
@@ -141,7 +141,14 @@ class Writer:
                 return replay
         head = self.heads.get(key)
         if head is not None and expected is not None and head.version > expected:
-            raise VersionConflict(head.version, expected)  # versions only grow: no need to ask Paxos
+            # Versions only grow: refused without a Paxos round. The 409 tells the version now
+            # (another process may have moved it past what this one remembers), so a client that
+            # retries at it is not refused again for a version it was told.
+            rows = await ks.db.run(ks.q.head, key)
+            if rows and rows[0][0] is not None and rows[0][0] > head.version:
+                head = Head(rows[0][0], rows[0][1])
+                self.remember_head(key, head)
+            raise VersionConflict(head.version, expected)
         beyond = expected if expected is not None and expected > MAX_VERSION else None  # never a guess
         if head is None or beyond is not None:
             if expected is None or beyond is not None:
@@ -270,7 +277,7 @@ class Writer:
             bucket = ts // ks.bucket_us
             for scope in ("", domain):
                 index.append(((realm, scope, bucket), (realm, scope, bucket, ts, u, domain, entity, e.type, v,
-                                                e.timestamp, e.data_json, e.meta_json, attempt.txn, pos)))
+                                                cell(e.timestamp), e.data_json, e.meta_json, attempt.txn, pos)))
                 if (realm, scope, bucket) not in self.names.known:
                     directory.append((realm, scope, bucket))
             shard = ks.ns.shard(u)
@@ -278,7 +285,7 @@ class Writer:
                 claims[u] = ts
             else:
                 by_id.append((shard, (shard, u, realm, domain, entity, e.type, v, ts,
-                                      e.timestamp, e.data_json, e.meta_json, attempt.txn, None, pos)))
+                                      cell(e.timestamp), e.data_json, e.meta_json, attempt.txn, None, pos)))
         directory = list(dict.fromkeys(directory))
         # Client ids are claimed before any row is written. An index row is keyed by (ts, id) alone,
         # and two processes may place the same ts: two attempts of one id there would share a row,
@@ -332,7 +339,7 @@ class Writer:
         for e, u, v, ts, pos in p.events:
             if e.client_id:
                 b.add(q.marker, (*key, CLIENT_ID, u, v, None))
-            b.add(q.event, (*key, v, u, e.type, ts, e.timestamp, e.data_json, e.meta_json, pos))
+            b.add(q.event, (*key, v, u, e.type, ts, cell(e.timestamp), e.data_json, e.meta_json, pos))
         try:
             rows = await self.ks.db.run(b, lwt=True)
         except StorageUnavailable:
@@ -383,7 +390,7 @@ class Writer:
             rows += [((realm, s, bucket), (realm, s, bucket, ts, u)) for s in ("", domain)]
             shard = ks.ns.shard(u)
             if e.client_id:
-                clients.append((shard, (shard, u, *key, e.type, v, ts, e.timestamp, e.data_json, e.meta_json,
+                clients.append((shard, (shard, u, *key, e.type, v, ts, cell(e.timestamp), e.data_json, e.meta_json,
                                         p.txn, True, pos)))
             else:
                 ids.append((shard, (shard, u)))
@@ -425,7 +432,7 @@ class Writer:
         assert result is not None
         # The twin that stored them writes their events_by_id rows; in case it died, so do we.
         ks.db.spawn(quiet(ks.db.batch(ks.q.by_id_add, [
-            (ks.ns.shard(u), (ks.ns.shard(u), u, *key, t, v, ts, st, d, m, None, True, pos))
+            (ks.ns.shard(u), (ks.ns.shard(u), u, *key, t, v, ts, cell(st), d, m, None, True, pos))
             for v, u, t, ts, st, d, m, pos in rows])))
         return result
 
