@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import time as wall_clock  # (the file system's clock, not a monotonic one)
 
 import orjson
 
@@ -254,7 +255,7 @@ class Authenticator:
                 log.error("%s; every request with a token is refused until it is fixed", reason)
             return
         self._by_hash = {g.hash: g for g in grants}
-        self._stamp = stamp if stamp is None or time.time() - stamp[2] / 1e9 >= _RACY else _UNREAD
+        self._stamp = stamp if stamp is None or wall_clock() - stamp[2] / 1e9 >= _RACY else _UNREAD
         self._failed = None
         log.info("loaded %d token(s) from %s", len(grants), self.path)
 
