@@ -503,6 +503,33 @@ print("child", proc.exitcode)
     assert r.returncode == 0 and r.stdout.strip() == "child 0", r.stdout + r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("sqlite", "postgres")])
+def test_a_script_that_leaves_its_application_open_exits(backend: str, tmp_path: Path,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A module-level application never closed, as the library's examples have them: its __del__
+    closes it while the interpreter tears modules down, when the loop thread of the in-process
+    stores is frozen; that close waited for it for ever (the script never ended). Its events stay."""
+    url = f"sqlite:///{tmp_path}/left.db" if backend == "sqlite" else get_provider(backend, tmp_path_factory).new_url()
+    script = tmp_path / "left_open.py"
+    script.write_text(f"""
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+
+app = Application(env={{"PERSISTENCE_MODULE": "perhap.eventsourcing", "PERHAP_URL": {url!r}}})
+saved = Aggregate()
+app.save(saved)
+print(saved.id)
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    factory = Factory(Environment("Application", {**MODULE, "PERHAP_URL": url}))  # (its realm is the name)
+    try:
+        [event] = factory.application_recorder().select_events(uuid.UUID(r.stdout.strip()))
+        assert event.originator_version == 1
+    finally:
+        factory.close()
+
+
 def test_a_subscription_perhap_refuses_is_an_eventsourcing_error(target: Target) -> None:
     """A start perhap refuses (a negative position): the library's own exception, from subscribe()
     or from the first next(), whichever transport. (More than 100 topics, refused before, are

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import atexit
 import contextlib
 import itertools
 import os
@@ -159,6 +160,28 @@ class _LoopThread:
 _lock = threading.Lock()
 _loop_thread: _LoopThread | None = None
 _stores: dict[str, tuple[Store, int]] = {}  # url -> (store, factories using it)
+_exited = False  # the interpreter is exiting: the stores are closed, the loop thread is going
+#: Seconds the exit waits for each store to close (SQLite's and PostgreSQL's take milliseconds).
+EXIT_CLOSE_TIMEOUT = 10.0
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close this process's stores while their loop thread still runs. An application left open
+    (a module-level one, as the library's examples have them) is closed by its __del__ while the
+    interpreter tears modules down, when daemon threads are frozen: its close waited for ever on
+    the loop thread (atexit functions run before that)."""
+    global _exited
+    with _lock:
+        _exited = True
+        stores = [store for store, _ in _stores.values()]
+        _stores.clear()
+    runner = _loop_thread
+    if runner is None or not runner.thread.is_alive():
+        return
+    for store in stores:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(store.close(), runner.loop).result(EXIT_CLOSE_TIMEOUT)
 
 
 def _loop() -> _LoopThread:
@@ -266,7 +289,7 @@ class InProcess(Transport):
             # back then, and the application's __del__ closes it after. Giving it back twice took
             # another factory's share, and that one's close shut the store under a third.
             return
-        if self._runner is not _loop_thread:  # opened before this process was forked: the parent's
+        if self._runner is not _loop_thread or _exited:  # the parent's (opened before a fork), or closed
             return
         store = _drop_user(self.url)
         if store is not None:
@@ -288,7 +311,7 @@ def _drop_user(url: str) -> Store | None:
 def _forget(url: str, runner: _LoopThread) -> None:
     """A factory collected without close(): its store closes on its loop when it was the last
     user, not waited for (a finalizer may run on any thread, the loop's own included)."""
-    if runner is not _loop_thread:  # opened before this process was forked: the parent's
+    if runner is not _loop_thread or _exited:  # the parent's (opened before a fork), or closed at exit
         return
     store = _drop_user(url)
     if store is not None:
