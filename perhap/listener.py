@@ -64,13 +64,11 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                              f"the body did not arrive within {body_timeout:g} s of the headers",
                              {"body_timeout": body_timeout})
     too_slow = _problem_response(b"408 Request Timeout", slow_body)
-
     overflow_body = problem_body(413, "content-too-large", STATUS_TITLES[413],
                                  "the Content-Length is larger than any body this server takes (see --max-body)",
                                  {} if max_body is None else {"max_body": max_body})
     overflow = _problem_response(b"413 Content Too Large", overflow_body)
     short_body = body_timeout < header_timeout
-
 
     class LimitedHttpTools(HttpToolsProtocol):
         _header_bytes = 0
@@ -250,10 +248,9 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 cycle.keep_alive = False
 
         def eof_received(self) -> None:
-            # The client half-closed (shutdown(SHUT_WR)) with answers owed: the transport closes
-            # now (as uvicorn has it), before connection_lost tells the requests running. Told
-            # here, their answers go nowhere; untold, uvloop's write raised on the closed transport,
-            # logged as a bug and counted a 500 for an append that was stored.
+            # A half-close (shutdown(SHUT_WR)) closes the transport now, as uvicorn has it, and a lost
+            # connection tells only the last request: the others, told here, answer nowhere (uvloop's
+            # write raised on the closed transport, a bug logged and a 500 counted for a stored append).
             for cycle in self._cycles:
                 if not cycle.response_complete:
                     cycle.disconnected = True
@@ -263,6 +260,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._lost = True
             self._disarm()
             self._cancel_write_deadline()
+            self.eof_received()  # (every request still owed an answer)
             super().connection_lost(exc)
 
         def _arm(self, delay: float) -> None:
@@ -290,7 +288,11 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                     cycle.scope[LISTENER_BYTES] = len(slow_body)  # type: ignore[literal-required]
                     cycle.disconnected = True  # the app's receive() now says http.disconnect
                     cycle.message_event.set()  # and whatever it answers goes nowhere
+                    if self._owed_first(cycle, too_slow):  # after the answers owed before it
+                        return
                     self.transport.write(too_slow)
+            elif self._owed_first(None, b""):  # a head unfinished: the answers owed go out first
+                return
             self.transport.close()
             # Over TLS, close() waits for the client's close_notify (asyncio gives it 30 s), and the
             # connection keeps its slot meanwhile: a client that sends none is cut off a second on.

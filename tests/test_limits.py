@@ -11,9 +11,12 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import ssl
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -454,6 +457,49 @@ def test_a_client_that_half_closes_after_pipelined_appends_gets_no_500(tmp_path:
     assert stored and code == 0
     assert "Traceback" not in out and '"status":500' not in out and '"level":"ERROR"' not in out, out
     assert '"status":201' in out, out
+
+
+def _write_locked(path: Path, seconds: float) -> threading.Timer:
+    """Hold the SQLite file's write lock from outside for ``seconds`` (a slow disk, a busy store):
+    the server's appends wait for it meanwhile."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(seconds, lambda: (db.execute("COMMIT"), db.close()))
+    timer.start()
+    return timer
+
+
+def test_pipelined_answers_owed_when_the_client_resets_or_stalls_go_nowhere_or_first(tmp_path: Path) -> None:
+    """Two appends pipelined, the first slow to store: (1) the client resets the connection meanwhile.
+    uvicorn told only the last request parsed, so the first one's 201 was written to the closed
+    transport: a traceback in the log and a 500 counted for a stored event. (2) The second's body
+    never ends: its 408 was written at once, ahead of the first's 201, and the connection closed
+    (a client matching answers in order took the 408 for its append's, and a retry without an id
+    stores it twice). Now the first's answer goes nowhere in (1), and comes first in (2). (3) The
+    same with a head that never ends (the header timeout): the 201 goes out, then the close."""
+    db = tmp_path / "x.db"
+    with ProcessServer(f"sqlite:///{db}", None, "--log-format", "json", "--body-timeout", "1",
+                       "--header-timeout", "1") as server:
+        def append(entity: str) -> bytes:
+            return b'POST /p/d/%s/t HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"event": 1}' % entity.encode()
+
+        httpx.post(f"{server.url}/p/d/warm/t", json={"event": 0})
+        _write_locked(db, 1.0)
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(append("reset") * 2)
+            time.sleep(0.3)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(1.5)
+        for entity, tail in (("stall", append("stall")[:-4]), ("head", b"POST /p/d/head/t HTTP/1.1\r\nHo")):
+            _write_locked(db, 2.0)  # (past both timeouts)
+            reply = _raw(server.port, append(entity) + tail, timeout=10)
+            statuses = re.findall(rb"HTTP/1\.1 \d{3}", reply)
+            assert statuses == ([b"HTTP/1.1 201", b"HTTP/1.1 408"] if entity == "stall" else [b"HTTP/1.1 201"]), reply
+        time.sleep(0.5)
+        stored = {e: len(httpx.get(f"{server.url}/p/d/{e}").json()["events"]) for e in ("reset", "stall", "head")}
+        code, out = server.terminate()
+    assert stored == {"reset": 1, "stall": 1, "head": 1}, stored  # (the reset's second: never started)
+    assert code == 0 and "Traceback" not in out and '"status":500' not in out and '"level":"ERROR"' not in out, out
 
 
 def test_a_websocket_upgrade_is_a_plain_request(tmp_path: Path) -> None:
