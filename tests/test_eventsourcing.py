@@ -30,6 +30,7 @@ from eventsourcing.utils import Environment
 from perhap.auth import add_token
 from perhap.client import stream as stream_module
 from perhap.eventsourcing import Factory, PerhapApplicationRecorder
+from perhap.eventsourcing import backlog as backlog_module
 from perhap.eventsourcing.mapping import ESCAPED_TOPIC_TYPE
 from perhap.model import new_event
 from tests.conftest import BACKENDS, get_provider
@@ -387,6 +388,28 @@ def test_a_subscription_iterating_when_its_factory_closes_is_an_interface_error(
     for _ in range(2):
         with pytest.raises(es.InterfaceError):
             next(subscription)
+
+
+def test_a_subscription_catching_up_holds_a_bounded_backlog(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subscription from the start of a long log read all of it into memory, whatever its
+    subscriber took (60,000 events of 2 KB: 150 MB more); now its stream waits while the backlog
+    holds the limit, and the subscriber still gets every notification, in order."""
+    monkeypatch.setattr(backlog_module, "LIMIT", 200)
+    recorder = target.factory(**target.env()).application_recorder()
+    originator = uuid.uuid4()
+    for first in range(1, 3001, 500):
+        recorder.insert_events([stored(originator, v, b'{"pad": "' + b"x" * 500 + b'"}')
+                                for v in range(first, first + 500)])
+    subscription = recorder.subscribe(gt=None)
+    try:
+        ids = [next(subscription).id]
+        time.sleep(1.0)  # the stream reads on meanwhile, as far as it may
+        held = subscription._queue.waiting  # type: ignore[attr-defined]
+        assert held <= 200 + 1000, held  # the limit and one batch of the stream (it was all 2,999)
+        ids += [next(subscription).id for _ in range(2999)]
+    finally:
+        subscription.stop()
+    assert ids == list(range(ids[0], ids[0] + 3000)), (ids[:3], ids[-3:])
 
 
 def test_stopping_a_subscription_ends_every_thread_waiting_in_it(target: Target) -> None:

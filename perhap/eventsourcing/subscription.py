@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from queue import SimpleQueue
 
 from eventsourcing.persistence import ApplicationRecorder, Notification, PersistenceError, Subscription
 
 from ..model import Event, Scope
 from . import mapping
+from .backlog import Backlog
 from .transport import Transport
 
 
@@ -25,7 +25,7 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
     def __init__(self, recorder: ApplicationRecorder, transport: Transport, scope: Scope,
                  gt: int | None = None, topics: Sequence[str] = ()) -> None:
         super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._queue: SimpleQueue[list[Event] | PersistenceError | None] = SimpleQueue()
+        self._queue = Backlog()  # (bounded: the stream waits while it is full)
         self._ready: deque[Notification] = deque()
         #: What ended the stream, raised again at every next() after (as the library's own
         #: subscriptions do): a caller who catches it and asks again must not take it for an end.
@@ -34,12 +34,12 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
         #: before it are taken.
         self._failed: PersistenceError | None = None
         types = mapping.type_filter(topics)
-        self._end_stream = transport.subscribe(scope, gt, types, self._queue.put)
+        self._end_stream = transport.subscribe(scope, gt, types, self._queue)
 
     def stop(self) -> None:
         super().stop()
         self._end_stream()
-        self._queue.put(None)  # wakes a thread waiting in __next__, which wakes the next one
+        self._queue(None)  # wakes a thread waiting in __next__, which wakes the next one
 
     def __next__(self) -> Notification:
         while True:
@@ -55,9 +55,9 @@ class PerhapSubscription(Subscription[ApplicationRecorder]):
                 self._error = self._failed
                 self.stop()
                 continue
-            item = self._queue.get()
+            item = self._queue.take()
             if item is None:  # stopped: every thread waiting here must see it, not only the first
-                self._queue.put(None)
+                self._queue(None)
             elif isinstance(item, PersistenceError):
                 self._error = item
                 self.stop()

@@ -36,14 +36,16 @@ from .. import errors
 from ..backends import open_store
 from ..model import Appended, Event, NewEvent, Scope
 from ..store.base import Store
+from .backlog import Backlog
 
 if TYPE_CHECKING:
     from ..client.sync import LiveStream
 
 T = TypeVar("T")
 
-#: Called with each batch of events a live stream brings, or with the error that ended it.
-Deliver = Callable[[list[Event] | PersistenceError], None]
+#: Takes each batch of events a live stream brings, or the error that ended it; the stream waits
+#: for its room before the next batch.
+Deliver = Backlog
 
 
 def translate(exc: BaseException) -> PersistenceError:
@@ -267,6 +269,7 @@ class InProcess(Transport):
                 sub = await store.subscription(scope, after_position=after_position, types=types)
                 while True:
                     deliver(await sub.fetch())
+                    await deliver.room()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream ends: the subscriber gets the error
@@ -392,6 +395,7 @@ def _pump(stream: LiveStream, deliver: Deliver) -> None:
     try:
         for batch in stream.batches():
             deliver(batch)
+            deliver.wait_for_room()
     except Exception as exc:
         if not stream.stopped.is_set():
             deliver(translate(exc))
