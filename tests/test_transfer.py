@@ -11,8 +11,10 @@ import pty
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -829,6 +831,32 @@ def test_an_export_to_a_file_it_cannot_write_says_so_in_words(tmp_path: Path) ->
     r = run_cli("export", "--db", url, "-o", str(tmp_path / "link.jsonl"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "old.jsonl").read_bytes().count(b"\n") == 3
+
+
+def test_an_export_into_a_pipe_or_a_device_writes_into_it_and_a_file_keeps_its_mode(tmp_path: Path) -> None:
+    """-o was written beside its target and renamed over it whatever it was: a FIFO (or, as root,
+    /dev/null) became a plain file, `-o /dev/stdout` through a pipe failed, and a private (0600)
+    dump became readable by all. Now a device or a pipe is written into, as by the shell's >, and a
+    file replaced keeps its mode."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    asyncio.run(_one_event(url))
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = run_cli("export", "--db", url, "-o", str(fifo))
+    reader.join(30)
+    assert r.returncode == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode), r.stderr
+    assert got and got[0].count(b"\n") == 3 and got[0].startswith(b'{"format":"perhap-dump"'), got
+    piped = subprocess.run([sys.executable, "-m", "perhap.cli", "export", "--db", url, "-o", "/dev/stdout"],
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout.count(b"\n") == 3, piped.stderr
+    private = tmp_path / "private.jsonl"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    assert run_cli("export", "--db", url, "-o", str(private)).returncode == 0
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600 and private.read_bytes().count(b"\n") == 3
 
 
 def test_two_exports_to_one_file_at_once_each_leave_a_whole_dump(tmp_path: Path) -> None:

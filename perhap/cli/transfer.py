@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Coroutine
@@ -173,6 +174,21 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
     # A symbolic link is written through, as the shell's > does: replaced, the link would become
     # a file of its own, and what it points to would keep the old dump.
     target = os.path.realpath(path)  # noqa: ASYNC240
+    try:
+        mode = os.stat(path).st_mode  # (through links: /dev/stdout's real path is no name to open)
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        # A device, a pipe, a socket (/dev/stdout, >(gzip), /dev/null): written into, as by the
+        # shell's >. Renamed over, it became a plain file (as root, -o /dev/null replaced /dev/null).
+        try:
+            with open(path, "wb") as out:  # noqa: ASYNC230 (a pipe opens when read, as for the shell's >)
+                await export_dump(store, out, scope, progress=progress)
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+        return
     # A name of this export's own: two exports to one file at once (overlapping cron runs) each
     # write a whole dump and the last to finish replaces the file. (One fixed name had the second
     # truncate the first's dump midway, which then moved a dump with a hole in place, exit 0.)
@@ -181,9 +197,12 @@ async def _export_to_file(store: TransferStore, path: str, scope: Scope | None, 
                                        dir=os.path.dirname(target))
     except OSError as exc:  # a directory that is not there, no permission: said as the file's, not .partial's
         raise CommandError(f"cannot write {path}: {exc.strerror}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as open() makes a file (mkstemp's is the owner's alone)
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() makes a file (mkstemp's is the owner's alone)
+    else:  # the file's own mode, as the shell's > keeps it (a private dump stays private)
+        os.fchmod(fd, stat.S_IMODE(mode))
     out = os.fdopen(fd, "wb")
     try:
         with out:
