@@ -8,6 +8,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,6 +260,19 @@ async def test_newer_schema_is_refused(pg_url: str) -> None:
     await sql(pg_url, "UPDATE perhap_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StorageUnavailable, match="newer"):
         await open_store(pg_url)
+
+
+async def test_a_server_that_never_answers_is_named_as_a_timeout() -> None:
+    """A listener that takes the connection and says nothing: the error said "cannot open the
+    PostgreSQL store: " and no more (a timeout's text is empty)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(StorageUnavailable) as refused:
+            await open_store(f"postgresql://perhap@127.0.0.1:{port}/perhap?timeout=0.5")
+    assert re.search(r"cannot open the PostgreSQL store: \w", str(refused.value)), str(refused.value)
+    assert "Timeout" in str(refused.value) or "timed out" in str(refused.value), str(refused.value)
 
 
 async def test_a_role_that_may_not_change_the_schema_is_told_what_to_do(pg_url: str,

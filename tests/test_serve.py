@@ -232,6 +232,9 @@ def test_an_ipv6_address_is_bracketed_in_the_start_line_and_the_busy_port_error(
         _wait_healthy(f"http://[::1]:{port}")
         busy = run_cli("serve", "--host", "::1", "--port", str(port), "--db", f"sqlite:///{tmp_path}/b.db")
         assert f"cannot listen on [::1]:{port}" in one_error_line(busy)
+        # Written as URLs write it, the address is taken (it was looked up as the name "[::1]").
+        busy = run_cli("serve", "--host", "[::1]", "--port", str(port), "--db", f"sqlite:///{tmp_path}/b.db")
+        assert f"cannot listen on [::1]:{port}: address already in use" in one_error_line(busy)
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     finally:

@@ -52,6 +52,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.write_timeout < math.inf:
         raise CommandError("--write-timeout must be 0 (never) or more seconds (and finite)", 2)
     _check_host(args.host)
+    if args.host.startswith("[") and args.host.endswith("]"):  # an IPv6 address as URLs write it
+        args.host = args.host[1:-1]
     for origin in args.cors_origin:
         _check_origin(origin)
     if (args.tls_cert is None) != (args.tls_key is None):

@@ -163,7 +163,7 @@ class PostgresStore(Store):
                 await warn_if_not_durable(conn)
         except DB_ERRORS as exc:
             await self._close_pool()
-            raise StorageUnavailable(f"cannot open the PostgreSQL store: {exc or type(exc).__name__}") from None
+            raise StorageUnavailable(f"cannot open the PostgreSQL store: {str(exc) or type(exc).__name__}") from None
         except BaseException:
             await self._close_pool()
             raise
