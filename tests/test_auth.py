@@ -276,6 +276,19 @@ def test_token_cli(tmp_path: Path) -> None:
         assert r.returncode == 2 and token[7:20] not in r.stderr and "not shown" in r.stderr, r.stderr
 
 
+def test_a_token_that_could_not_be_printed_is_not_added(tmp_path: Path) -> None:
+    """stdout on a full disk: the add said "could not write the output" and kept the grant, an
+    admin token valid that nobody had seen."""
+    path = str(tmp_path / "t.json")
+    assert run_cli("token", "add", "--auth", path, "--realm", "shop", "--permission", "read").returncode == 0
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "perhap.cli", "token", "add", "--auth", path, "--realm", "shop",
+                            "--permission", "admin"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: could not write the new token") \
+        and "it was not added" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert [g.permission for g in load_grants(path)] == ["read"]
+
+
 def test_non_loopback_needs_auth_or_insecure(tmp_path: Path) -> None:
     r = run_cli("serve", "--db", f"sqlite:///{tmp_path}/x.db", "--host", "0.0.0.0", "--port", str(free_port()))
     assert r.returncode == 2 and "--auth" in r.stderr and len(r.stderr.strip().splitlines()) == 1

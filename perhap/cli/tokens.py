@@ -12,7 +12,7 @@ from .common import CommandError
 
 def run_token_add(args: argparse.Namespace) -> int:
     """Create a token and print it once, alone on the first line of stdout."""
-    from ..auth import ANY_REALM, AuthFileError, add_token
+    from ..auth import ANY_REALM, AuthFileError, add_token, revoke_token
 
     if args.realm != ANY_REALM:
         try:
@@ -23,7 +23,11 @@ def run_token_add(args: argparse.Namespace) -> int:
         token, grant = add_token(args.auth, args.realm, args.permission)
     except AuthFileError as exc:
         raise CommandError(str(exc)) from None
-    print(token)  # the first line, alone: scripts read it with `head -1`
+    try:
+        print(token, flush=True)  # the first line, alone: scripts read it with `head -1`
+    except OSError as exc:  # (a full disk, a closed pipe) a token nobody saw must not stay valid
+        revoke_token(args.auth, grant.id)
+        raise CommandError(f"could not write the new token ({exc.strerror or exc}): it was not added") from None
     print(f"id {grant.id}: {grant.permission} on realm {grant.realm!r}; store it now, it is not shown again",
           file=sys.stderr)
     return 0
