@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from perhap.errors import NotFound
 from perhap.groups import Groups
 from perhap.groups import ahead as group_ahead
 from perhap.groups import service as group_service
@@ -120,3 +121,22 @@ async def test_a_json_lease_ends_at_max_page_bytes_and_the_rest_wait_for_the_nex
             await http.post(f"/_groups/{realm}/g/ack", json={"consumer": "w1", "event_ids": delivered[-len(events):]})
     assert sorted(delivered) == sorted(ids)
     assert max(sizes) == 3 and len(sizes) >= 7, sizes  # 3 x 100 KB reach 250 KB
+
+
+async def test_a_group_made_again_is_another_group_to_a_lease_that_saw_the_first(store: Store, realm: str) -> None:
+    """A stream's leases (and a long poll's looks) keep the group's creation time from the first:
+    deleted and made again between two looks (by another server, whose delete wakes no one here),
+    the group is a 404 to them, not a new group whose events they go on leasing under settings
+    they never asked for (a stream on another server did, in three runs of three)."""
+    groups = Groups(store)
+    await groups.create(realm, "g", GroupSettings())
+    await store.append(realm, "d", "e", "t", 0)
+    born: list[float] = []
+    assert len(await groups.lease(realm, "g", "c", 10, 0.0, born=born)) == 1
+    await groups.delete(realm, "g")
+    await groups.create(realm, "g", GroupSettings(start="end"))
+    later = await store.append(realm, "d", "e", "t", 1)
+    with pytest.raises(NotFound, match="no consumer group 'g'"):
+        await groups.lease(realm, "g", "c", 10, 0.0, born=born)
+    [event] = await groups.lease(realm, "g", "c", 10, 0.0)  # a lease of its own: the new group's
+    assert event["event_id"] == later.first.event_id

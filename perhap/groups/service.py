@@ -14,6 +14,7 @@ step (NTP), as a lease may end early or late by their difference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -74,9 +75,7 @@ class Groups:
                 return False, await self._describe(realm, name, state)
             scanned = await self._start(realm, settings)
             state = GroupState(settings, time.time(), scanned, scanned)
-            token = new_token()
-            data = state.to_bytes()
-            if await self.table.put(realm, name, data, token, None):
+            if await self.table.put(realm, name, state.to_bytes(), new_token(), None):
                 return True, await self._describe(realm, name, state)
 
     async def _start(self, realm: str, settings: GroupSettings) -> int:
@@ -164,12 +163,15 @@ class Groups:
     # ----------------------------------------------------------------- consuming
 
     async def lease(self, realm: str, name: str, consumer: str, limit: int, wait: float,
-                    check: Callable[[], None] | None = None,
-                    stop: asyncio.Event | None = None, max_bytes: int | None = None) -> list[dict[str, Any]]:
+                    check: Callable[[], None] | None = None, stop: asyncio.Event | None = None,
+                    max_bytes: int | None = None, born: list[float] | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` events (up to the one reaching ``max_bytes``) leased to ``consumer``,
         waiting up to ``wait`` seconds for one; ``check`` (it raises to refuse, a revoked token)
         runs before each look. Once ``stop`` is set (the server stops) the wait ends with nothing
-        leased; a look under way finishes, and what it leased is returned, never dropped."""
+        leased; a look under way finishes, and what it leased is returned, never dropped. ``born``:
+        the group's creation time at the first look (a stream's leases share it); made again since
+        (deleted and made by another process between two looks), the group is another one: 404."""
+        born = [] if born is None else born
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (realm, name)
@@ -183,7 +185,7 @@ class Groups:
             changed = self._changed.get(key)
             if changed is None:
                 changed = self._changed[key] = loop.create_future()
-            leased, expiry = await self._lease_once(realm, name, consumer, limit, max_bytes)
+            leased, expiry = await self._lease_once(realm, name, consumer, limit, max_bytes, born)
             if leased:
                 return await self._deliveries(realm, leased)
             left = deadline - loop.time()
@@ -208,14 +210,17 @@ class Groups:
             commit.cancel()
             stopped.cancel()
 
-    async def _lease_once(self, realm: str, name: str, consumer: str,
-                          limit: int, max_bytes: int | None) -> tuple[list[tuple[int, Lease]], float | None]:
+    async def _lease_once(self, realm: str, name: str, consumer: str, limit: int, max_bytes: int | None,
+                          born: list[float]) -> tuple[list[tuple[int, Lease]], float | None]:
         key = (realm, name)
         cached = self._cache.get(key)
         known = None if cached is None else (cached.scanned, cached.state)
         ahead = await read_ahead(self.store, realm, name, known, consumer, limit, self._remember)
 
         async def change(state: GroupState, now: float) -> tuple[tuple[list[tuple[int, Lease]], float | None], bool]:
+            if born[:1] not in ([], [state.created]):
+                raise _unknown(realm, name)  # deleted and made again since the first look
+            born[:] = [state.created]
             scanned = state.scanned
             dirty = state.expire(now)
             dirty = state.seen(consumer, now, SEEN_EVERY) or dirty
@@ -392,20 +397,15 @@ class Groups:
         return event
 
     async def _deliveries(self, realm: str, leased: list[tuple[int, Lease]]) -> list[dict[str, Any]]:
-        out = []
-        for _, lease in leased:
-            event = await self._body(realm, lease.domain, lease.event_id)
-            out.append({**event.to_json_dict(), "delivery": lease.delivery})
-        return out
+        return [{**(await self._body(realm, lease.domain, lease.event_id)).to_json_dict(), "delivery": lease.delivery}
+                for _, lease in leased]
 
     async def figures(self, of_realm: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
         """(realm, name, description) of every group of a realm or (None) of the store, by name."""
         found = []
         for realm, name in await self.table.names(of_realm):
-            try:
+            with contextlib.suppress(NotFound):  # deleted meanwhile
                 found.append((realm, name, await self.describe(realm, name)))
-            except NotFound:  # deleted meanwhile
-                continue
         return found
 
 
@@ -418,7 +418,7 @@ class _Queued:
 
 
 @dataclass(slots=True)
-class _Failed:
+class _Failed:  # an operation's own failure, for its caller
     error: Exception
 
 

@@ -199,11 +199,12 @@ async def _stream(ctx: Context, req: Request, send: Send, realm: str, name: str,
 
     async def pump(writing: Writing) -> None:
         batch = min(most, FIRST_BATCH)
+        born: list[float] = []  # the group's creation time: a group deleted and made again ends the stream
         while True:
             # (A lease holds one event at least, and ends at the one reaching the buffer. Through an
             # outage, a lease whose write was lost meanwhile runs out and is delivered again.)
             lease = functools.partial(groups.lease, realm, name, consumer, batch, streams.heartbeat, recheck,
-                                      max_bytes=streams.buffer)
+                                      max_bytes=streams.buffer, born=born)
             events = await through_outages(lease, writing, f"group {name} of {realm}")
             if not await _token_still_holds(ctx, req, realm, name, consumer, events):
                 return  # (revoked: the stream ends, as a read stream's does)
