@@ -224,7 +224,12 @@ class Suite:
                                                                          count, getattr(b, "flush", None))))
                     except Exception as exc:
                         self._backend_failed(name, f"raw driver baseline: {type(exc).__name__}: {exc}")
-        peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
+        # Row 5 is read in the first round only (best of 3 reads on each side; the fill is the slow
+        # part), so no extra round re-reads it: its own steal goes beside it, perhap's in round 1's.
+        with StealMeter() as steal:
+            peer_runs[0]["select"] = peers.select_events(self.work, s.peer_events)[0]
+        if steal.percent is not None:
+            peer_runs[0]["select_steal_percent"] = steal.percent
         # A backend that read back a smaller entity (row 5's fill budget) is compared with the peer
         # reading an aggregate of the same size: a smaller read runs faster per event on either side.
         for r in runs.values():
