@@ -49,9 +49,8 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
     app to close a connection at once (the ``perhap.abort`` scope extension, for stalled streams),
     and a deadline for a client that stops reading: once the transport's buffer is over its high
     mark, a response left unread for ``write_timeout`` seconds (None: never) ends the connection,
-    so a client that asks for a large page and never reads it cannot hold a connection slot for
-    ever (a stream's response is left to the app, which times its own writes and counts the
-    clients it drops: see ``abort_hook``)."""
+    so a client asking for a large page it never reads cannot hold a slot for ever (a stream's
+    response is left to the app, which times its own writes: see ``abort_hook``)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, whose own cap on incomplete headers answers a plain 400
@@ -154,15 +153,16 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
             self._arm(header_timeout)
 
         def data_received(self, data: bytes) -> None:
+            if self._refusal is not None:  # nothing after a refused request runs (uvicorn may resume reads)
+                return
             if self._in_head and not self.transport.is_closing() and self._head_ends_over(data):
                 return self._refuse_head()
             steps = self._steps
             super().data_received(data)
             if self._steps != steps or not self._in_head or self.transport.is_closing():
                 return
-            # httptools drops what it may (blank lines before a request, the spaces around a
-            # header's value) before the callbacks count it: a read that completed no head and no
-            # message was head (or blank lines before one) all through, so it counts whole.
+            # httptools drops blank lines before a request and spaces around a value before the callbacks
+            # count them: a read that completed no head and no message was all head, and counts whole.
             self._raw_head += len(data)
             answering = self.cycle is not None and not self.cycle.response_complete
             if self._raw_head > max_header:
@@ -228,6 +228,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 if not self.transport.is_closing():
                     self.transport.write(self._refusal)
                     self.transport.close()
+                    self.loop.call_later(CLOSE_GRACE, self._abort_unless_lost)  # (TLS: see _expired)
                 return
             super().on_response_complete()
 

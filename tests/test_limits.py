@@ -495,10 +495,27 @@ def test_pipelined_answers_owed_when_the_client_resets_or_stalls_go_nowhere_or_f
             reply = _raw(server.port, append(entity) + tail, timeout=10)
             statuses = re.findall(rb"HTTP/1\.1 \d{3}", reply)
             assert statuses == ([b"HTTP/1.1 201", b"HTTP/1.1 408"] if entity == "stall" else [b"HTTP/1.1 201"]), reply
+        # (4) Two answers owed before the stalled one, and its body's end arriving late with another
+        # append behind it: the first answer out let uvicorn read on, and the late requests ran
+        # before the 408 (201 201 201 408: a 201 in the stalled one's place, the last one stored).
+        _write_locked(db, 3.0)
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(append("first"))
+            time.sleep(0.1)
+            conn.sendall(append("second") + append("late")[:-6])
+            time.sleep(1.5)
+            conn.sendall(append("late")[-6:] + append("after"))
+            conn.settimeout(10)
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        assert re.findall(rb"HTTP/1\.1 \d{3}", reply) == [b"HTTP/1.1 201", b"HTTP/1.1 201", b"HTTP/1.1 408"], reply
         time.sleep(0.5)
-        stored = {e: len(httpx.get(f"{server.url}/p/d/{e}").json()["events"]) for e in ("reset", "stall", "head")}
+        entities = ("reset", "stall", "head", "first", "second", "late", "after")
+        stored = {e: len(httpx.get(f"{server.url}/p/d/{e}").json()["events"]) for e in entities}
         code, out = server.terminate()
-    assert stored == {"reset": 1, "stall": 1, "head": 1}, stored  # (the reset's second: never started)
+    # (the reset's second never started; nothing after a refused request runs)
+    assert stored == {"reset": 1, "stall": 1, "head": 1, "first": 1, "second": 1, "late": 0, "after": 0}, stored
     assert code == 0 and "Traceback" not in out and '"status":500' not in out and '"level":"ERROR"' not in out, out
 
 
