@@ -26,8 +26,14 @@ def run_token_add(args: argparse.Namespace) -> int:
     try:
         print(token, flush=True)  # the first line, alone: scripts read it with `head -1`
     except OSError as exc:  # (a full disk, a closed pipe) a token nobody saw must not stay valid
-        revoke_token(args.auth, grant.id)
-        raise CommandError(f"could not write the new token ({exc.strerror or exc}): it was not added") from None
+        why = exc.strerror or exc
+        try:
+            revoke_token(args.auth, grant.id)
+        except (OSError, AuthFileError) as undo:  # (the token file on that full disk too)
+            raise CommandError(f"could not write the new token ({why}), nor take it out of {args.auth} "
+                               f"({getattr(undo, 'strerror', None) or undo}): revoke id {grant.id} with "
+                               "`perhap token revoke` once there is room") from None
+        raise CommandError(f"could not write the new token ({why}): it was not added") from None
     print(f"id {grant.id}: {grant.permission} on realm {grant.realm!r}; store it now, it is not shown again",
           file=sys.stderr)
     return 0
