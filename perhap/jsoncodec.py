@@ -15,6 +15,8 @@ from .errors import InvalidInput, sent_text
 # orjson handles integers up to 64 bits; longer digit runs take the (slower, exact) stdlib path, and
 # so do exponents below -99, where a float may underflow to 0 (orjson reads 1e-400 as 0.0).
 _CHECKED_PATH = re.compile(rb"[0-9]{19}|[eE]-0*[1-9][0-9]{2}")
+#: A \u escape of a UTF-16 surrogate (D800-DFFF): only a body holding one is checked for halves.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 #: Python reads at most this many digits as one integer (``sys.get_int_max_str_digits``: more cost
 #: quadratic time); a longer integer is refused in words, not as invalid JSON.
 MAX_INT_DIGITS = 4300
@@ -58,7 +60,7 @@ def load_json(raw: bytes) -> Any:
             # or UTF-32), so whether a body was refused would hang on a number inside it.
             value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
                                parse_int=_exact_int)
-            if b"\\u" in raw:  # as orjson: a \u escape of half a UTF-16 pair alone is no text
+            if _SURROGATE_ESCAPE.search(raw):  # as orjson: half a UTF-16 pair alone is no text
                 json.dumps(value, ensure_ascii=False).encode("utf-8")
             return value
         except UnicodeEncodeError:

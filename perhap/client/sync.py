@@ -40,6 +40,7 @@ class Client(GroupCore[httpx.Client]):
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers, limits=POOL)
         self._streams: weakref.WeakSet[LiveStream] = weakref.WeakSet()  # open subscriptions, for close()
+        self._streams_lock = threading.Lock()  # (close() may run on another thread than subscribe())
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         if self._http.is_closed:
@@ -183,7 +184,8 @@ class Client(GroupCore[httpx.Client]):
         """:meth:`subscribe`'s stream as an object another thread can stop (perhap.eventsourcing)."""
         stream = LiveStream(self._http, self._stream(scope, following, max_retries, on_retry,
                                                      after_position=after_position, types=types))
-        self._streams.add(stream)
+        with self._streams_lock:
+            self._streams.add(stream)
         return stream
 
     # ----------------------------------------------------------------- consumer groups
@@ -267,7 +269,9 @@ class Client(GroupCore[httpx.Client]):
     def close(self) -> None:
         """Close the connections. A subscription another thread reads ends at once, raising
         :class:`~perhap.client.errors.PerhapClientError` there (the client is closed)."""
-        for stream in list(self._streams):  # (a blocked read would otherwise wait for the next heartbeat)
+        with self._streams_lock:
+            streams = list(self._streams)
+        for stream in streams:  # (a blocked read would otherwise wait for the next heartbeat)
             stream.stop(closing=True)
         self._http.close()
 

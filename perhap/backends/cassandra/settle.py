@@ -23,7 +23,7 @@ from ...slotted import fast_constructor
 from . import clock
 from .driver import gather
 from .names import Names
-from .records import ATTEMPT, EntityKey, IndexRow
+from .records import ATTEMPT, EntityKey, IndexRow, cell
 from .schema import Keyspace
 
 MAX_TXNS = 100_000
@@ -123,7 +123,7 @@ class Settler:
             elif r.txn not in self.own:  # else this process's writer is marking them right now
                 keys.add((realm, r.domain, r.entity))
                 shard = ks.ns.shard(r.id)
-                ids.append((shard, (shard, r.id, realm, r.domain, r.entity, r.type, r.version, r.ts, r.stamp,
+                ids.append((shard, (shard, r.id, realm, r.domain, r.entity, r.type, r.version, r.ts, cell(r.stamp),
                                     r.data, r.meta, r.txn, True, r.position)))
                 done.append(((scope, bucket), (realm, scope, bucket, r.ts, r.id)))
         try:
