@@ -227,8 +227,7 @@ def limited_protocol(max_header: int = DEFAULT_MAX_HEADER, header_timeout: float
                 self.server_state.total_requests += 1
                 if not self.transport.is_closing():
                     self.transport.write(self._refusal)
-                    self.transport.close()
-                    self.loop.call_later(CLOSE_GRACE, self._abort_unless_lost)  # (TLS: see _expired)
+                    self.transport.close()  # (no abort after a grace: the answers before it may still be draining)
                 return
             super().on_response_complete()
 
