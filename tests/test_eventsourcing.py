@@ -409,7 +409,8 @@ def test_a_subscription_catching_up_holds_a_bounded_backlog(target: Target, monk
         ids += [next(subscription).id for _ in range(2999)]
     finally:
         subscription.stop()
-    assert ids == list(range(ids[0], ids[0] + 3000)), (ids[:3], ids[-3:])
+    # Each once, in order (contiguous on SQLite and PostgreSQL; Cassandra's positions have gaps).
+    assert len(ids) == 3000 and ids == sorted(set(ids)), (ids[:3], ids[-3:])
 
 
 def test_stopping_a_subscription_ends_every_thread_waiting_in_it(target: Target) -> None:
